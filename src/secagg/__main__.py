@@ -1,0 +1,3 @@
+from secagg.cli import main
+
+main()

@@ -1,0 +1,233 @@
+"""The ``secagg`` command.
+
+Bad arguments and infeasible configurations end with one clear line on stderr and exit
+code 2; a round that aborts prints its report and exits with 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from secagg.errors import ConfigurationError
+from secagg.params import Params, Protocol
+from secagg.protocol.graph import ServerModel
+from secagg.simulate import (
+    DROP_STAGES,
+    DropSchedule,
+    InputSource,
+    RoundReport,
+    integer_weights,
+    random_inputs,
+    root_randomness,
+    simulate_round,
+)
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Secure aggregation for federated learning: SecAgg and SecAgg+.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+USAGE_EXIT = 2
+ABORT_EXIT = 1
+
+
+class ProtocolChoice(StrEnum):
+    secagg = "secagg"
+    secagg_plus = "secagg+"
+
+
+class ServerModelChoice(StrEnum):
+    semi_honest = "semi-honest"
+    semi_malicious = "semi-malicious"
+
+
+def _fail(message: str) -> NoReturn:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(USAGE_EXIT)
+
+
+@app.callback()
+def _root() -> None:
+    """Secure aggregation for federated learning: SecAgg and SecAgg+."""
+
+
+@app.command()
+def simulate(
+    clients: Annotated[
+        int | None, typer.Option("--clients", "-n", help="Cohort size (random inputs).")
+    ] = None,
+    dim: Annotated[int | None, typer.Option(help="Values per update (random inputs).")] = None,
+    inputs: Annotated[
+        Path | None, typer.Option(help="float32 array N x D: client i's update is row i.")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Vector of N non-negative weights (weighted mean).")
+    ] = None,
+    protocol: Annotated[ProtocolChoice, typer.Option(help="Neighbour graph.")] = (
+        ProtocolChoice.secagg_plus
+    ),
+    dropout: Annotated[
+        float, typer.Option(help="Fraction of clients that drop, each at a random stage.")
+    ] = 0.0,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option(help=f"STAGE=ID,ID,... (repeatable); stages: {', '.join(DROP_STAGES)}."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Make every random choice reproducible.")] = (
+        None
+    ),
+    clip: Annotated[float, typer.Option(help="Clip each value to [-clip, clip].")] = 1.0,
+    value_bits: Annotated[int, typer.Option(help="Quantisation bits per value.")] = 16,
+    adversarial_rate: Annotated[
+        float, typer.Option(help="Fraction of corrupt clients to tolerate.")
+    ] = 0.05,
+    max_dropout: Annotated[
+        float | None,
+        typer.Option(help="Dropout rate the graph must tolerate (default: max(0.33, dropout))."),
+    ] = None,
+    server_model: Annotated[ServerModelChoice, typer.Option(help="Server threat model.")] = (
+        ServerModelChoice.semi_honest
+    ),
+    threshold: Annotated[int | None, typer.Option(help="Override the threshold t.")] = None,
+    degree: Annotated[int | None, typer.Option(help="Override the SecAgg+ degree k.")] = None,
+    save_aggregate: Annotated[
+        Path | None, typer.Option(help="Write the weighted mean (float32) to this .npy file.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the round report as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Run one secure-aggregation round in process and report what it cost."""
+    source, n, d = _load_inputs(clients, dim, inputs, seed)
+    weight_vector = _load_weights(weights, n)
+    if drop and dropout:
+        _fail("use either --dropout or --drop, not both")
+    try:
+        _, max_weight = integer_weights(weight_vector, n)
+        tolerated = max(0.33, dropout) if max_dropout is None else max_dropout
+        params = Params(
+            dim=d,
+            max_clients=n,
+            protocol=Protocol(protocol.value),
+            clip=clip,
+            value_bits=value_bits,
+            max_weight=max_weight,
+            adversarial_rate=adversarial_rate,
+            dropout_rate=tolerated,
+            server_model=ServerModel(server_model.value),
+            degree=degree,
+            threshold=threshold,
+        )
+        if drop:
+            schedule = DropSchedule.parse(drop)
+        else:
+            schedule = DropSchedule.random(n, dropout, root_randomness(seed, "dropout"))
+        schedule.check_ids(n)
+        result = simulate_round(
+            params, n, source, weights=weight_vector, drops=schedule, seed=seed
+        )
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    report = result.report
+    if save_aggregate is not None and result.aggregate is not None:
+        np.save(save_aggregate, result.aggregate.astype(np.float32))
+    if json_output:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+    else:
+        _print_report(report)
+    if report.outcome != "completed":
+        raise typer.Exit(ABORT_EXIT)
+
+
+def _load_inputs(
+    clients: int | None, dim: int | None, inputs: Path | None, seed: int | None
+) -> tuple[InputSource, int, int]:
+    if inputs is not None:
+        if clients is not None or dim is not None:
+            _fail("--inputs fixes the cohort and dimension: drop --clients and --dim")
+        try:
+            array = np.load(inputs, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot read {inputs}: {exc}")
+        if array.ndim != 2 or array.shape[0] < 3 or array.shape[1] < 1:
+            _fail(f"{inputs} must be a 2-D array with at least 3 rows; got {array.shape}")
+        if not np.issubdtype(array.dtype, np.floating):
+            _fail(f"{inputs} must hold floats; got {array.dtype}")
+        return (lambda i: np.asarray(array[i], dtype=np.float32)), array.shape[0], array.shape[1]
+    n = 100 if clients is None else clients
+    d = 1000 if dim is None else dim
+    if n < 3:
+        _fail("--clients must be at least 3")
+    if d < 1:
+        _fail("--dim must be at least 1")
+    return random_inputs(d, seed), n, d
+
+
+def _load_weights(weights: Path | None, n: int) -> np.ndarray | None:
+    if weights is None:
+        return None
+    try:
+        w = np.load(weights, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot read {weights}: {exc}")
+    if w.shape != (n,):
+        _fail(f"{weights} must be a vector of {n} weights; got shape {w.shape}")
+    return np.asarray(w, dtype=np.float64)
+
+
+def _print_report(report: RoundReport) -> None:
+    console = Console()
+    title = f"{report.protocol} round: {report.outcome}"
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    ratio = report.upload_bytes_per_client / report.plaintext_bytes_per_client
+    rows = [
+        ("clients x dim", f"{report.clients} x {report.dim}"),
+        ("degree k / threshold t", f"{report.degree} / {report.threshold}"),
+        ("ring bits", f"{report.ring_bits} ({report.value_bits}-bit values, clip {report.clip})"),
+        ("included", str(len(report.included))),
+    ]
+    for stage, ids in report.dropped.items():
+        if ids:
+            rows.append((f"dropped at {stage}", _ids(ids)))
+    if report.client_aborts:
+        rows.append(("client aborts", str(dict(report.client_aborts))))
+    if report.abort_reason:
+        rows.append(("abort reason", report.abort_reason))
+    rows += [
+        ("clipped values", str(report.clipped_values)),
+        ("seconds", f"{report.seconds:.3f}"),
+        *[(f"  {s}", f"{t:.3f}") for s, t in report.stage_seconds.items()],
+        ("upload per client", f"{report.upload_bytes_per_client:,.0f} B ({ratio:.2f}x float32)"),
+        ("download per client", f"{report.download_bytes_per_client:,.0f} B"),
+    ]
+    if report.max_abs_error is not None:
+        rows.append(
+            ("max abs error", f"{report.max_abs_error:.3g} (bound {report.error_bound:.3g})")
+        )
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _ids(ids: tuple[int, ...]) -> str:
+    shown = ", ".join(str(i) for i in ids[:12])
+    return f"{len(ids)}: {shown}{', ...' if len(ids) > 12 else ''}"
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,129 @@
+"""Every error secagg raises, in one tree.
+
+::
+
+    SecAggError
+    ├── ConfigurationError      parameters that are invalid or could overflow (also ValueError)
+    ├── UsageError              we misbehaved: an API called in the wrong state or with bad types
+    ├── DecodeError             bytes that are not a valid encoding: junk, truncation, trailing
+    │                           bytes, out-of-range values (also ValueError)
+    ├── CryptoError
+    │   ├── AuthenticationError     an AEAD ciphertext or a signature did not verify
+    │   └── InconsistentSharesError Shamir shares that do not lie on one polynomial, or whose
+    │                               secret does not match its public commitment
+    ├── ClientAbort             the peer (server) misbehaved: the client stops and reveals nothing
+    │                           more; carries an ``AbortReason``
+    └── RoundAborted            the server cannot finish the round (fewer than t clients remain,
+                                or reconstruction failed); no aggregate is revealed; carries a
+                                human-readable reason
+
+A misbehaving *client* is never an exception on the server: the server records a
+``DropReason`` for it and the round goes on (see ``secagg.protocol.server``).
+
+Messages never contain secret material: keys, seeds, shares and vectors stay out of every
+``str()`` and ``repr()`` of these exceptions.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "AbortReason",
+    "AuthenticationError",
+    "ClientAbort",
+    "ConfigurationError",
+    "CryptoError",
+    "DecodeError",
+    "DropReason",
+    "InconsistentSharesError",
+    "RoundAborted",
+    "SecAggError",
+    "UsageError",
+]
+
+
+class SecAggError(Exception):
+    """Base class of every error raised by secagg."""
+
+
+class ConfigurationError(SecAggError, ValueError):
+    """Parameters are invalid, infeasible, or could overflow the ring."""
+
+
+class UsageError(SecAggError):
+    """The caller (our own code) used an API in the wrong state: a bug on our side."""
+
+
+class DecodeError(SecAggError, ValueError):
+    """Bytes are not a valid encoding of the expected object."""
+
+
+class CryptoError(SecAggError):
+    """A cryptographic check failed."""
+
+
+class AuthenticationError(CryptoError):
+    """An AEAD ciphertext or a signature did not verify."""
+
+
+class InconsistentSharesError(CryptoError):
+    """Secret shares disagree with each other or with the secret's public commitment."""
+
+
+class AbortReason(StrEnum):
+    """Why a client refused to go on: each is a claim of the server that did not check out."""
+
+    WRONG_SESSION = "wrong-session"
+    LISTED_AS_DROPPED = "listed-as-dropped"
+    UNKNOWN_ID = "unknown-id"
+    DUPLICATE_ID = "duplicate-id"
+    RESURRECTED_ID = "resurrected-id"
+    SELF_LISTED_AS_PEER = "self-listed-as-peer"
+    DUPLICATE_KEY = "duplicate-key"
+    BELOW_THRESHOLD = "below-threshold"
+    BOTH_SHARES_REQUESTED = "both-shares-requested"
+    INCOMPLETE_REQUEST = "incomplete-request"
+    UNEXPECTED_MESSAGE = "unexpected-message"
+    MALFORMED_MESSAGE = "malformed-message"
+    INVALID_CONFIG = "invalid-config"
+    BAD_PEER_KEY = "bad-peer-key"
+
+
+class DropReason(StrEnum):
+    """Why the server excluded a client from (the rest of) a round."""
+
+    MISSED_ADVERTISE = "missed-advertise"
+    MISSED_SHARE = "missed-share"
+    MISSED_MASKED_INPUT = "missed-masked-input"
+    MISSED_UNMASK = "missed-unmask"
+    MALFORMED = "malformed"
+    WRONG_LENGTH = "wrong-length"
+    WRONG_STAGE = "wrong-stage"
+    DUPLICATE = "duplicate"
+    UNKNOWN_CLIENT = "unknown-client"
+    DUPLICATE_KEY = "duplicate-key"
+    BAD_CIPHERTEXT = "bad-ciphertext"
+    BAD_SHARE = "bad-share"
+    CLIENT_ABORTED = "client-aborted"
+    WRONG_SESSION = "wrong-session"
+    BAD_KEY = "bad-key"
+    TOO_FEW_NEIGHBOURS = "too-few-neighbours"
+
+
+class ClientAbort(SecAggError):
+    """The client detected a server claim it must not act on, and stopped."""
+
+    def __init__(self, reason: AbortReason, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+
+
+class RoundAborted(SecAggError):
+    """The server could not finish the round; nothing about the inputs was revealed."""
+
+    def __init__(self, stage: str, detail: str) -> None:
+        self.stage = stage
+        self.detail = detail
+        super().__init__(f"round aborted at {stage}: {detail}")

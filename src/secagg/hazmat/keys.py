@@ -1,0 +1,199 @@
+"""Key agreement (X25519), signatures (Ed25519) and key derivation (HKDF-SHA256).
+
+Every derived key is bound to a purpose label and a context through :func:`derive_key`, whose
+``info`` is the injective :func:`encode_fields` encoding: a key is never used for two
+purposes, and no two distinct contexts can produce the same ``info``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from secagg.errors import AuthenticationError, CryptoError, DecodeError, UsageError
+
+if TYPE_CHECKING:
+    from secagg.hazmat.randomness import Randomness
+
+__all__ = [
+    "ED25519_PUBLIC_BYTES",
+    "ED25519_SIGNATURE_BYTES",
+    "X25519_KEY_BYTES",
+    "Ed25519SigningKey",
+    "X25519KeyPair",
+    "derive_key",
+    "ed25519_verify",
+    "encode_fields",
+    "hkdf",
+    "x25519_public_from_private",
+]
+
+X25519_KEY_BYTES = 32
+ED25519_PUBLIC_BYTES = 32
+ED25519_SIGNATURE_BYTES = 64
+_SHA256_BYTES = 32
+_PURPOSE_PREFIX = "secagg/v1/"
+
+# One tag byte per field type, so that b"1", "1" and 1 never encode alike.
+_TAG_BYTES = b"B"
+_TAG_INT = b"I"
+_TAG_STR = b"S"
+_LENGTH_BYTES = 8
+_INT_BYTES = 8
+
+
+def hkdf(ikm: bytes, *, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
+    """HKDF-SHA256 (RFC 5869): extract with ``salt`` (zeros when None), expand with ``info``."""
+    if isinstance(length, bool) or not isinstance(length, int):
+        raise UsageError("HKDF length must be an int")
+    if not 1 <= length <= 255 * _SHA256_BYTES:
+        raise UsageError(f"HKDF length must be in [1, {255 * _SHA256_BYTES}], got {length}")
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def encode_fields(*fields: bytes | int | str) -> bytes:
+    """Canonical, injective encoding of a sequence of fields, for hashing, KDF info and AEAD AD.
+
+    Each field is ``tag (1 byte) || length (8 bytes, big-endian) || payload`` where the tag is
+    ``B`` for bytes, ``I`` for an int (payload: 8-byte big-endian unsigned, so 0 <= v < 2**64)
+    and ``S`` for a str (payload: UTF-8). Bools are refused: they are ints by accident.
+    """
+    parts: list[bytes] = []
+    for value in fields:
+        if isinstance(value, bytes | bytearray | memoryview):
+            tag, payload = _TAG_BYTES, bytes(value)
+        elif isinstance(value, str):
+            tag, payload = _TAG_STR, value.encode("utf-8")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value < 1 << (8 * _INT_BYTES):
+                raise UsageError("int fields must be in [0, 2**64)")
+            tag, payload = _TAG_INT, value.to_bytes(_INT_BYTES, "big")
+        else:
+            raise UsageError(f"cannot encode a field of type {type(value).__name__}")
+        parts += (tag, len(payload).to_bytes(_LENGTH_BYTES, "big"), payload)
+    return b"".join(parts)
+
+
+def derive_key(secret: bytes, purpose: str, *context: bytes | int | str, length: int = 32) -> bytes:
+    """A key for one ``purpose`` in one ``context`` (session id, party ids, ...)."""
+    return hkdf(secret, info=encode_fields(_PURPOSE_PREFIX + purpose, *context), length=length)
+
+
+def _fingerprint(public: bytes) -> str:
+    # Public keys are not secret; a prefix is enough to tell them apart in logs.
+    return public[:6].hex()
+
+
+def _require_private_bytes(data: bytes, what: str) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"{what} private key must be bytes")
+    data = bytes(data)
+    if len(data) != X25519_KEY_BYTES:
+        raise DecodeError(f"{what} private key must be {X25519_KEY_BYTES} bytes, got {len(data)}")
+    return data
+
+
+@dataclass(frozen=True, eq=False)
+class X25519KeyPair:
+    """An X25519 key pair. Build it with :meth:`generate` or :meth:`from_private_bytes`."""
+
+    _key: X25519PrivateKey = field(repr=False)
+    public: bytes = field(init=False)
+    """The 32-byte raw public key."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "public", self._key.public_key().public_bytes_raw())
+
+    @classmethod
+    def generate(cls, rng: Randomness) -> X25519KeyPair:
+        """A key pair whose private key is ``rng.bytes(32)`` (reproducible under a seeded rng)."""
+        return cls.from_private_bytes(rng.bytes(X25519_KEY_BYTES))
+
+    @classmethod
+    def from_private_bytes(cls, private: bytes) -> X25519KeyPair:
+        """Rebuild a key pair from its 32 raw private bytes (e.g. reconstructed from shares)."""
+        data = _require_private_bytes(private, "X25519")
+        return cls(X25519PrivateKey.from_private_bytes(data))
+
+    def private_bytes(self) -> bytes:
+        """The 32 raw private bytes, as given at construction (clamping happens at use)."""
+        return self._key.private_bytes_raw()
+
+    def exchange(self, peer_public: bytes) -> bytes:
+        """The 32-byte X25519 shared secret with ``peer_public``.
+
+        Raises CryptoError if the peer key is not 32 bytes or is a small-order point (the
+        shared secret would be all zeros, known to anyone).
+        """
+        if not isinstance(peer_public, bytes | bytearray | memoryview):
+            raise CryptoError("peer public key must be bytes")
+        peer_public = bytes(peer_public)
+        if len(peer_public) != X25519_KEY_BYTES:
+            raise CryptoError(
+                f"peer public key must be {X25519_KEY_BYTES} bytes, got {len(peer_public)}"
+            )
+        peer = X25519PublicKey.from_public_bytes(peer_public)
+        try:
+            shared = self._key.exchange(peer)
+        except ValueError:
+            raise CryptoError("peer public key is a small-order point") from None
+        # cryptography already refuses an all-zero result; this keeps us safe if that changes.
+        if not any(shared):
+            raise CryptoError("peer public key is a small-order point")
+        return shared
+
+    def __repr__(self) -> str:
+        return f"X25519KeyPair(public={_fingerprint(self.public)}…)"
+
+
+def x25519_public_from_private(private: bytes) -> bytes:
+    """The 32-byte public key belonging to 32 raw private bytes."""
+    return X25519KeyPair.from_private_bytes(private).public
+
+
+@dataclass(frozen=True, eq=False)
+class Ed25519SigningKey:
+    """An Ed25519 signing key. Build it with :meth:`generate` or :meth:`from_private_bytes`."""
+
+    _key: Ed25519PrivateKey = field(repr=False)
+    public: bytes = field(init=False)
+    """The 32-byte raw public (verification) key."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "public", self._key.public_key().public_bytes_raw())
+
+    @classmethod
+    def generate(cls, rng: Randomness) -> Ed25519SigningKey:
+        """A signing key whose seed is ``rng.bytes(32)`` (reproducible under a seeded rng)."""
+        return cls.from_private_bytes(rng.bytes(X25519_KEY_BYTES))
+
+    @classmethod
+    def from_private_bytes(cls, private: bytes) -> Ed25519SigningKey:
+        """Rebuild a signing key from its 32-byte seed (RFC 8032 "secret key")."""
+        data = _require_private_bytes(private, "Ed25519")
+        return cls(Ed25519PrivateKey.from_private_bytes(data))
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of ``message``."""
+        return self._key.sign(message)
+
+    def __repr__(self) -> str:
+        return f"Ed25519SigningKey(public={_fingerprint(self.public)}…)"
+
+
+def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> None:
+    """Verify an Ed25519 signature; raise AuthenticationError on any failure whatsoever."""
+    if not all(isinstance(b, bytes | bytearray | memoryview) for b in (public, signature)):
+        raise AuthenticationError("public key and signature must be bytes")
+    if len(public) != ED25519_PUBLIC_BYTES or len(signature) != ED25519_SIGNATURE_BYTES:
+        raise AuthenticationError("signature did not verify")
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes(public)).verify(bytes(signature), message)
+    except (InvalidSignature, ValueError):
+        raise AuthenticationError("signature did not verify") from None

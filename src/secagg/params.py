@@ -1,0 +1,168 @@
+"""Validated parameters of a secure-aggregation deployment.
+
+A ``Params`` object is fixed before any round: it decides how values are quantised, how wide
+the ring must be so that no sum can wrap, and how the SecAgg+ graph degree and threshold
+follow from the cohort size and the tolerated adversarial and dropout rates. Everything that
+could go wrong with a configuration is refused here, up front, with a ``ConfigurationError``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from secagg.errors import ConfigurationError
+from secagg.hazmat.quantize import Quantizer
+from secagg.hazmat.ring import Ring
+from secagg.protocol.graph import (
+    GraphParameters,
+    ServerModel,
+    find_secagg_plus_parameters,
+    full_graph_threshold,
+)
+
+__all__ = ["MAX_RING_BITS", "Params", "Protocol", "ServerModel"]
+
+MAX_RING_BITS = 62
+
+
+class Protocol(StrEnum):
+    """Which neighbour graph the round uses."""
+
+    SECAGG = "secagg"  # complete graph (Bonawitz et al. 2017)
+    SECAGG_PLUS = "secagg+"  # random Harary graph of logarithmic degree (Bell et al. 2020)
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything a deployment fixes before its first round.
+
+    ``dim`` is the length of a model update; ``max_clients`` bounds any cohort (and so the
+    ring's width); each value is clipped to ``[-clip, clip]`` and stochastically rounded to
+    one of ``2**value_bits`` levels; ``max_weight`` bounds the integer weight a client may
+    give its update (1 for a plain mean). ``adversarial_rate`` and ``dropout_rate`` are the
+    fractions of the cohort that may be corrupt and that may drop out; with the server model
+    and the statistical parameters ``sigma``/``eta`` they fix the graph degree and threshold.
+    ``degree`` and ``threshold`` override the derived values (checked all the same).
+    """
+
+    dim: int
+    max_clients: int
+    protocol: Protocol = Protocol.SECAGG_PLUS
+    clip: float = 1.0
+    value_bits: int = 16
+    max_weight: int = 1
+    adversarial_rate: float = 0.05
+    dropout_rate: float = 0.33
+    server_model: ServerModel = ServerModel.SEMI_HONEST
+    sigma: int = 40
+    eta: int = 20
+    degree: int | None = None
+    threshold: int | None = None
+    ring_bits: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.dim, int) and self.dim >= 1, "dim must be a positive integer")
+        _require(
+            isinstance(self.max_clients, int) and 3 <= self.max_clients < 2**32,
+            "max_clients must be an integer in [3, 2**32)",
+        )
+        _require(
+            isinstance(self.max_weight, int) and 1 <= self.max_weight < 2**31,
+            "max_weight must be an integer in [1, 2**31)",
+        )
+        _require(math.isfinite(self.clip) and self.clip > 0, "clip must be finite and positive")
+        _require(1 <= self.value_bits <= 31, "value_bits must be in 1..31")
+        for name in ("adversarial_rate", "dropout_rate"):
+            rate = getattr(self, name)
+            _require(0.0 <= rate < 1.0, f"{name} must be in [0, 1)")
+        object.__setattr__(self, "protocol", Protocol(self.protocol))
+        object.__setattr__(self, "server_model", ServerModel(self.server_model))
+        # The largest possible sum: every client at the top level with the largest weight.
+        # The weight column's sum (max_clients * max_weight) is smaller, so it fits too.
+        largest_sum = self.max_clients * self.max_weight * (2**self.value_bits - 1)
+        bits = max(2, largest_sum.bit_length())
+        if bits > MAX_RING_BITS:
+            raise ConfigurationError(
+                f"a sum of {self.max_clients} clients x weight {self.max_weight} x "
+                f"{self.value_bits}-bit values needs a {bits}-bit ring; at most "
+                f"{MAX_RING_BITS} bits are supported: lower value_bits, max_weight or "
+                "max_clients"
+            )
+        object.__setattr__(self, "ring_bits", bits)
+        if self.degree is not None or self.threshold is not None:
+            self.graph(self.max_clients)  # validate overrides against the largest cohort now
+
+    @property
+    def ring(self) -> Ring:
+        return Ring(self.ring_bits)
+
+    @property
+    def quantizer(self) -> Quantizer:
+        return Quantizer(clip=self.clip, bits=self.value_bits)
+
+    @property
+    def vector_length(self) -> int:
+        """Ring elements a client sends: the weighted update and, last, its weight."""
+        return self.dim + 1
+
+    def graph(self, n: int) -> GraphParameters:
+        """Degree and threshold for a cohort of ``n`` clients."""
+        if not 3 <= n <= self.max_clients:
+            raise ConfigurationError(
+                f"a cohort needs between 3 and max_clients={self.max_clients} clients, got {n}"
+            )
+        derived = self._derived_graph(n)
+        degree = derived.degree if self.degree is None else min(self.degree, n - 1)
+        complete = degree == n - 1
+        if not complete and (degree < 2 or degree % 2):
+            raise ConfigurationError(
+                f"degree must be even and at least 2 (or n - 1 for the complete graph); "
+                f"got {degree}"
+            )
+        threshold = derived.threshold if self.threshold is None else self.threshold
+        if self.threshold is None and degree != derived.degree:
+            threshold = min(threshold, degree)
+        if not 1 <= threshold <= degree:
+            raise ConfigurationError(
+                f"threshold must be between 1 and the degree {degree}; got {threshold}"
+            )
+        if complete and threshold <= math.floor(self.adversarial_rate * n):
+            # Corrupt clients hold shares of both kinds: t of them must not exist.
+            raise ConfigurationError(
+                f"threshold {threshold} is not above the {math.floor(self.adversarial_rate * n)} "
+                f"corrupt clients tolerated at adversarial_rate={self.adversarial_rate}"
+            )
+        if self.server_model is ServerModel.SEMI_MALICIOUS and complete:
+            # A server that can show different views must not reach t with two disjoint sets.
+            need = math.floor((n + self.adversarial_rate * n) / 2) + 1
+            if threshold < need:
+                raise ConfigurationError(
+                    f"against a semi-malicious server the complete graph needs a threshold "
+                    f"t > (n + adversarial*n)/2, i.e. t >= {need}; got {threshold}"
+                )
+        return GraphParameters(n=n, degree=degree, threshold=threshold, complete=complete)
+
+    def _derived_graph(self, n: int) -> GraphParameters:
+        if self.protocol is Protocol.SECAGG:
+            t = full_graph_threshold(
+                n,
+                adversarial_rate=self.adversarial_rate,
+                dropout_rate=self.dropout_rate,
+                server_model=self.server_model,
+            )
+            return GraphParameters(n=n, degree=n - 1, threshold=t, complete=True)
+        return find_secagg_plus_parameters(
+            n,
+            adversarial_rate=self.adversarial_rate,
+            dropout_rate=self.dropout_rate,
+            server_model=self.server_model,
+            sigma=self.sigma,
+            eta=self.eta,
+        )
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigurationError(message)

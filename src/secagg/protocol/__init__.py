@@ -1,0 +1,1 @@
+"""Sans-I/O protocol core: neighbour graph, messages, client and server state machines."""

@@ -1,0 +1,101 @@
+"""Key derivations and layouts that client and server must compute identically.
+
+Each derived key has one purpose, named by a label, and binds the session id and both
+parties (ids and public keys), so that no key is ever used for two purposes and nothing
+derived in one session is valid in another.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import struct
+
+from secagg.errors import DecodeError
+from secagg.hazmat.keys import derive_key, encode_fields
+from secagg.hazmat.prg import MASK_KEY_BYTES
+from secagg.hazmat.shamir import SHARE_VALUE_BYTES
+from secagg.protocol.graph import neighbours_of
+from secagg.protocol.messages import SHARE_PLAINTEXT_BYTES, RoundConfig
+
+__all__ = [
+    "neighbours",
+    "pair_mask_key",
+    "self_mask_commitment",
+    "self_mask_key",
+    "share_associated_data",
+    "share_encryption_key",
+    "share_x",
+    "subtracts_pair_mask",
+]
+
+
+def share_x(client_id: int) -> int:
+    """Shamir x-coordinate of the shares a client holds (never 0, where the secret lives)."""
+    return client_id + 1
+
+
+def subtracts_pair_mask(owner: int, peer: int) -> bool:
+    """The lower id adds the pairwise mask and the higher one subtracts it, so they cancel."""
+    return owner > peer
+
+
+def pair_mask_key(
+    shared_secret: bytes, session_id: bytes, a: int, a_public: bytes, b: int, b_public: bytes
+) -> bytes:
+    (lo, lo_pk), (hi, hi_pk) = sorted(((a, a_public), (b, b_public)))
+    return derive_key(
+        shared_secret, "pair-mask", session_id, lo, hi, lo_pk, hi_pk, length=MASK_KEY_BYTES
+    )
+
+
+def share_encryption_key(
+    shared_secret: bytes, session_id: bytes, a: int, a_public: bytes, b: int, b_public: bytes
+) -> bytes:
+    (lo, lo_pk), (hi, hi_pk) = sorted(((a, a_public), (b, b_public)))
+    return derive_key(shared_secret, "share-encryption", session_id, lo, hi, lo_pk, hi_pk)
+
+
+def share_associated_data(session_id: bytes, sender: int, recipient: int) -> bytes:
+    return encode_fields("secagg/v1/share-keys", session_id, sender, recipient)
+
+
+def self_mask_key(seed: bytes, session_id: bytes, owner: int) -> bytes:
+    return derive_key(seed, "self-mask", session_id, owner, length=MASK_KEY_BYTES)
+
+
+def self_mask_commitment(seed: bytes, session_id: bytes, owner: int) -> bytes:
+    """Binds a client to its self-mask seed without revealing it (the seed is uniform)."""
+    return hashlib.sha256(
+        encode_fields("secagg/v1/self-mask-commitment", session_id, owner, seed)
+    ).digest()
+
+
+def encode_share_plaintext(sender: int, recipient: int, self_mask: bytes, key: bytes) -> bytes:
+    return struct.pack(">II", sender, recipient) + self_mask + key
+
+
+def decode_share_plaintext(data: bytes) -> tuple[int, int, bytes, bytes]:
+    if len(data) != SHARE_PLAINTEXT_BYTES:
+        raise DecodeError(f"share plaintext must be {SHARE_PLAINTEXT_BYTES} bytes")
+    sender, recipient = struct.unpack(">II", data[:8])
+    middle = 8 + SHARE_VALUE_BYTES
+    return sender, recipient, data[8:middle], data[middle:]
+
+
+def neighbours(config: RoundConfig, client_id: int) -> tuple[int, ...]:
+    """The ids a client pairs with: everyone else (SecAgg) or its Harary-graph neighbours."""
+    ids = config.client_ids
+    n = len(ids)
+    if config.degree == n - 1:
+        return tuple(i for i in ids if i != client_id)
+    position = _position(config, client_id)
+    return tuple(ids[p] for p in neighbours_of(n, config.degree, config.graph_seed, position))
+
+
+def _position(config: RoundConfig, client_id: int) -> int:
+    ids = config.client_ids
+    p = bisect.bisect_left(ids, client_id)
+    if p == len(ids) or ids[p] != client_id:
+        raise KeyError(client_id)
+    return p

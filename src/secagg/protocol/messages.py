@@ -1,0 +1,540 @@
+"""One typed message per round and direction, with canonical bytes.
+
+Every message encodes to ``MAGIC || VERSION || tag || body``; integers are big-endian, ids
+are ``u32``, variable-length parts carry a ``u32`` length or count. ``decode`` rejects a wrong
+header, a truncated body, a count or length that exceeds what is left (checked before any
+allocation) and trailing bytes, always with a ``DecodeError``. The decoders check structure
+only; what a message *claims* (which ids, how many) is judged by the state machines.
+
+Rounds, after Bonawitz et al. (2017):
+
+=========  ==========================  ===========================
+stage      client -> server            server -> client
+=========  ==========================  ===========================
+config                                 ``RoundConfig``
+advertise  ``AdvertiseKeys``           ``PeerKeys``
+share      ``EncryptedShares``         ``PeerShares``
+masked     ``MaskedInput``             ``UnmaskRequest``
+unmask     ``UnmaskResponse``
+=========  ==========================  ===========================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
+
+from secagg.errors import DecodeError, UsageError
+from secagg.hazmat import aead
+from secagg.hazmat.keys import encode_fields
+from secagg.hazmat.shamir import SHARE_VALUE_BYTES
+
+__all__ = [
+    "CIPHERTEXT_BYTES",
+    "KEY_BYTES",
+    "SHARE_PLAINTEXT_BYTES",
+    "AdvertiseKeys",
+    "EncryptedShares",
+    "MaskedInput",
+    "Message",
+    "PeerKeyEntry",
+    "PeerKeys",
+    "PeerShares",
+    "RoundConfig",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "decode",
+]
+
+MAGIC = b"SA"
+VERSION = 1
+KEY_BYTES = 32
+SESSION_ID_BYTES = 32
+NONCE_BYTES = 16
+DIGEST_BYTES = 32
+# A share ciphertext carries (from id, to id, self-mask share, key share).
+SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * SHARE_VALUE_BYTES
+CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + aead.OVERHEAD
+MAX_ID = 2**32 - 1
+
+PROTOCOL_CODES = {"secagg": 0, "secagg+": 1}
+SERVER_MODEL_CODES = {"semi-honest": 0, "semi-malicious": 1}
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def u8(self, value: int) -> None:
+        self._parts.append(struct.pack(">B", value))
+
+    def u32(self, value: int) -> None:
+        if not 0 <= value <= MAX_ID:
+            raise UsageError(f"value {value} does not fit in u32")
+        self._parts.append(struct.pack(">I", value))
+
+    def u64(self, value: int) -> None:
+        self._parts.append(struct.pack(">Q", value))
+
+    def f64(self, value: float) -> None:
+        self._parts.append(struct.pack(">d", value))
+
+    def fixed(self, data: bytes, size: int) -> None:
+        if len(data) != size:
+            raise UsageError(f"expected {size} bytes, got {len(data)}")
+        self._parts.append(bytes(data))
+
+    def blob(self, data: bytes) -> None:
+        self.u32(len(data))
+        self._parts.append(bytes(data))
+
+    def ids(self, ids: Sequence[int]) -> None:
+        self.u32(len(ids))
+        for i in ids:
+            self.u32(i)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+
+    def _take(self, size: int) -> memoryview:
+        end = self._pos + size
+        if end > len(self._data):
+            raise DecodeError(f"truncated: needed {size} more bytes at offset {self._pos}")
+        chunk = self._data[self._pos : end]
+        self._pos = end
+        return chunk
+
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+    def u8(self) -> int:
+        return int(self._take(1)[0])
+
+    def u32(self) -> int:
+        return int(struct.unpack(">I", self._take(4))[0])
+
+    def u64(self) -> int:
+        return int(struct.unpack(">Q", self._take(8))[0])
+
+    def f64(self) -> float:
+        return float(struct.unpack(">d", self._take(8))[0])
+
+    def fixed(self, size: int) -> bytes:
+        return bytes(self._take(size))
+
+    def blob(self) -> bytes:
+        size = self.u32()
+        if size > self.remaining():
+            raise DecodeError(f"length {size} exceeds the {self.remaining()} bytes left")
+        return bytes(self._take(size))
+
+    def count(self, item_size: int) -> int:
+        """A list length, refused before allocation if the items cannot all be there."""
+        n = self.u32()
+        if n * item_size > self.remaining():
+            raise DecodeError(f"count {n} exceeds what the {self.remaining()} bytes left can hold")
+        return n
+
+    def ids(self) -> tuple[int, ...]:
+        n = self.count(4)
+        return tuple(self.u32() for _ in range(n))
+
+    def finish(self) -> None:
+        if self.remaining():
+            raise DecodeError(f"{self.remaining()} trailing bytes")
+
+
+M = TypeVar("M", bound="Message")
+
+
+class Message:
+    """Base of every wire message: ``encode`` and a class-level ``decode``."""
+
+    TAG: ClassVar[int]
+    _registry: ClassVar[dict[int, type[Message]]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.TAG in Message._registry:
+            raise UsageError(f"duplicate message tag {cls.TAG}")
+        Message._registry[cls.TAG] = cls
+
+    def encode(self) -> bytes:
+        w = _Writer()
+        w.fixed(MAGIC, len(MAGIC))
+        w.u8(VERSION)
+        w.u8(self.TAG)
+        self._write(w)
+        return w.getvalue()
+
+    def _write(self, w: _Writer) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _read(cls: type[M], r: _Reader) -> M:
+        raise NotImplementedError
+
+    @classmethod
+    def decode(cls: type[M], data: bytes) -> M:
+        """Decode bytes that must hold exactly one message of this type."""
+        message = decode(data)
+        if not isinstance(message, cls):
+            raise DecodeError(f"expected {cls.__name__}, got {type(message).__name__}")
+        return message
+
+
+def decode(data: bytes) -> Message:
+    """Decode bytes holding exactly one message of any type."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    r = _Reader(bytes(data))
+    if r.fixed(len(MAGIC)) != MAGIC:
+        raise DecodeError("not a secagg message (bad magic)")
+    version = r.u8()
+    if version != VERSION:
+        raise DecodeError(f"unsupported wire version {version}")
+    tag = r.u8()
+    cls = Message._registry.get(tag)
+    if cls is None:
+        raise DecodeError(f"unknown message tag {tag}")
+    try:
+        message = cls._read(r)
+    except (ValueError, UsageError) as exc:  # a field that fails its own validation
+        if isinstance(exc, DecodeError):
+            raise
+        raise DecodeError(f"invalid {cls.__name__}: {exc}") from None
+    r.finish()
+    return message
+
+
+def _check_id(value: int, what: str) -> None:
+    if not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise UsageError(f"{what} must be a u32, got {value!r}")
+
+
+def _read_entries(r: _Reader, item_size: int, read: Callable[[], tuple[int, bytes]]) -> tuple[
+    tuple[int, bytes], ...
+]:
+    n = r.count(item_size)
+    return tuple(read() for _ in range(n))
+
+
+# --------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class RoundConfig(Message):
+    """What the server fixes for one round, sent to every client of the cohort first.
+
+    Its hash is the session id bound into every key derivation and every AEAD associated
+    data. ``nonce`` makes each round's session unique; ``task_hash`` binds the round to the
+    model (or any task description) the caller trains.
+    """
+
+    TAG: ClassVar[int] = 1
+
+    round_id: int
+    nonce: bytes
+    protocol: str
+    server_model: str
+    client_ids: tuple[int, ...]
+    degree: int
+    threshold: int
+    ring_bits: int
+    dim: int
+    clip: float
+    value_bits: int
+    max_weight: int
+    task_hash: bytes = bytes(DIGEST_BYTES)
+    session_id: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ids = tuple(self.client_ids)
+        object.__setattr__(self, "client_ids", ids)
+        if any(b <= a for a, b in zip(ids, ids[1:], strict=False)):
+            raise UsageError("client ids must be strictly increasing")
+        for i in ids:
+            _check_id(i, "client id")
+        n = len(ids)
+        if n < 3:
+            raise UsageError(f"a cohort needs at least 3 clients, got {n}")
+        if self.protocol not in PROTOCOL_CODES or self.server_model not in SERVER_MODEL_CODES:
+            raise UsageError("unknown protocol or server model")
+        if len(self.nonce) != NONCE_BYTES or len(self.task_hash) != DIGEST_BYTES:
+            raise UsageError("nonce must be 16 bytes and task_hash 32 bytes")
+        complete = self.degree == n - 1
+        if not (1 <= self.degree <= n - 1 and (complete or self.degree % 2 == 0)):
+            raise UsageError(f"degree {self.degree} is not valid for {n} clients")
+        if not 1 <= self.threshold <= self.degree:
+            raise UsageError(f"threshold {self.threshold} is not in 1..{self.degree}")
+        if not (2 <= self.ring_bits <= 62 and 1 <= self.value_bits <= 31):
+            raise UsageError("ring_bits must be in 2..62 and value_bits in 1..31")
+        if not (1 <= self.dim <= MAX_ID - 1 and 1 <= self.max_weight < 2**31):
+            raise UsageError("dim or max_weight out of range")
+        if not (math.isfinite(self.clip) and self.clip > 0):
+            raise UsageError("clip must be finite and positive")
+        if n * self.max_weight * (2**self.value_bits - 1) >= 2**self.ring_bits:
+            raise UsageError("the ring is too narrow for this cohort: sums could wrap")
+        object.__setattr__(
+            self, "session_id", hashlib.sha256(b"secagg/v1/session\x00" + self.encode()).digest()
+        )
+
+    @property
+    def vector_length(self) -> int:
+        return self.dim + 1
+
+    @property
+    def graph_seed(self) -> bytes:
+        return hashlib.sha256(encode_fields("secagg/v1/graph", self.nonce, self.round_id)).digest()
+
+    def _write(self, w: _Writer) -> None:
+        w.u64(self.round_id)
+        w.fixed(self.nonce, NONCE_BYTES)
+        w.u8(PROTOCOL_CODES[self.protocol])
+        w.u8(SERVER_MODEL_CODES[self.server_model])
+        w.ids(self.client_ids)
+        w.u32(self.degree)
+        w.u32(self.threshold)
+        w.u8(self.ring_bits)
+        w.u32(self.dim)
+        w.f64(self.clip)
+        w.u8(self.value_bits)
+        w.u32(self.max_weight)
+        w.fixed(self.task_hash, DIGEST_BYTES)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> RoundConfig:
+        round_id = r.u64()
+        nonce = r.fixed(NONCE_BYTES)
+        protocol = _lookup(PROTOCOL_CODES, r.u8(), "protocol")
+        server_model = _lookup(SERVER_MODEL_CODES, r.u8(), "server model")
+        return cls(
+            round_id=round_id,
+            nonce=nonce,
+            protocol=protocol,
+            server_model=server_model,
+            client_ids=r.ids(),
+            degree=r.u32(),
+            threshold=r.u32(),
+            ring_bits=r.u8(),
+            dim=r.u32(),
+            clip=r.f64(),
+            value_bits=r.u8(),
+            max_weight=r.u32(),
+            task_hash=r.fixed(DIGEST_BYTES),
+        )
+
+
+def _lookup(codes: dict[str, int], code: int, what: str) -> str:
+    for name, value in codes.items():
+        if value == code:
+            return name
+    raise DecodeError(f"unknown {what} code {code}")
+
+
+# --------------------------------------------------------------------------- advertise
+@dataclass(frozen=True)
+class AdvertiseKeys(Message):
+    """Round 0, client -> server: the client's two fresh X25519 public keys."""
+
+    TAG: ClassVar[int] = 2
+
+    session_id: bytes = field(repr=False)
+    client_id: int
+    cipher_public: bytes = field(repr=False)  # for encrypting shares
+    mask_public: bytes = field(repr=False)  # for pairwise masks
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.session_id, SESSION_ID_BYTES)
+        w.u32(self.client_id)
+        w.fixed(self.cipher_public, KEY_BYTES)
+        w.fixed(self.mask_public, KEY_BYTES)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> AdvertiseKeys:
+        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(KEY_BYTES), r.fixed(KEY_BYTES))
+
+
+@dataclass(frozen=True)
+class PeerKeyEntry:
+    client_id: int
+    cipher_public: bytes = field(repr=False)
+    mask_public: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PeerKeys(Message):
+    """Round 0, server -> client: the public keys of the neighbours that advertised."""
+
+    TAG: ClassVar[int] = 3
+
+    session_id: bytes = field(repr=False)
+    recipient: int
+    peers: tuple[PeerKeyEntry, ...]
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.session_id, SESSION_ID_BYTES)
+        w.u32(self.recipient)
+        w.u32(len(self.peers))
+        for p in self.peers:
+            w.u32(p.client_id)
+            w.fixed(p.cipher_public, KEY_BYTES)
+            w.fixed(p.mask_public, KEY_BYTES)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> PeerKeys:
+        session_id, recipient = r.fixed(SESSION_ID_BYTES), r.u32()
+        n = r.count(4 + 2 * KEY_BYTES)
+        peers = tuple(
+            PeerKeyEntry(r.u32(), r.fixed(KEY_BYTES), r.fixed(KEY_BYTES)) for _ in range(n)
+        )
+        return cls(session_id, recipient, peers)
+
+
+# --------------------------------------------------------------------------- share
+@dataclass(frozen=True)
+class EncryptedShares(Message):
+    """Round 1, client -> server: one sealed share pair per neighbour, and a commitment to
+    the self-mask seed so that the server can check the seed it reconstructs."""
+
+    TAG: ClassVar[int] = 4
+
+    session_id: bytes = field(repr=False)
+    client_id: int
+    self_mask_commitment: bytes = field(repr=False)
+    ciphertexts: tuple[tuple[int, bytes], ...] = field(repr=False)  # (recipient, sealed)
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.session_id, SESSION_ID_BYTES)
+        w.u32(self.client_id)
+        w.fixed(self.self_mask_commitment, DIGEST_BYTES)
+        _write_ciphertexts(w, self.ciphertexts)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> EncryptedShares:
+        return cls(
+            r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(DIGEST_BYTES), _read_ciphertexts(r)
+        )
+
+
+@dataclass(frozen=True)
+class PeerShares(Message):
+    """Round 1, server -> client: the sealed shares its neighbours addressed to it."""
+
+    TAG: ClassVar[int] = 5
+
+    session_id: bytes = field(repr=False)
+    recipient: int
+    ciphertexts: tuple[tuple[int, bytes], ...] = field(repr=False)  # (sender, sealed)
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.session_id, SESSION_ID_BYTES)
+        w.u32(self.recipient)
+        _write_ciphertexts(w, self.ciphertexts)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> PeerShares:
+        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), _read_ciphertexts(r))
+
+
+def _write_ciphertexts(w: _Writer, entries: Sequence[tuple[int, bytes]]) -> None:
+    w.u32(len(entries))
+    for peer, sealed in entries:
+        w.u32(peer)
+        w.fixed(sealed, CIPHERTEXT_BYTES)
+
+
+def _read_ciphertexts(r: _Reader) -> tuple[tuple[int, bytes], ...]:
+    return _read_entries(r, 4 + CIPHERTEXT_BYTES, lambda: (r.u32(), r.fixed(CIPHERTEXT_BYTES)))
+
+
+# --------------------------------------------------------------------------- masked input
+@dataclass(frozen=True)
+class MaskedInput(Message):
+    """Round 2, client -> server: the masked vector, bit-packed at the ring's width.
+
+    ``missing_shares`` lists the neighbours whose sealed shares did not open: the client
+    still masks with them, but holds no share of their secrets.
+    """
+
+    TAG: ClassVar[int] = 6
+
+    session_id: bytes = field(repr=False)
+    client_id: int
+    missing_shares: tuple[int, ...]
+    packed_vector: bytes = field(repr=False)
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.session_id, SESSION_ID_BYTES)
+        w.u32(self.client_id)
+        w.ids(self.missing_shares)
+        w.blob(self.packed_vector)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> MaskedInput:
+        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.ids(), r.blob())
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(Message):
+    """Round 3, server -> client: which of its neighbours survived and which dropped."""
+
+    TAG: ClassVar[int] = 7
+
+    session_id: bytes = field(repr=False)
+    recipient: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.session_id, SESSION_ID_BYTES)
+        w.u32(self.recipient)
+        w.ids(self.survivors)
+        w.ids(self.dropped)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> UnmaskRequest:
+        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.ids(), r.ids())
+
+
+@dataclass(frozen=True)
+class UnmaskResponse(Message):
+    """Round 3, client -> server: self-mask shares of survivors, key shares of the dropped.
+
+    Each share is the 33-byte field element; its x-coordinate is the sender's id + 1.
+    """
+
+    TAG: ClassVar[int] = 8
+
+    session_id: bytes = field(repr=False)
+    client_id: int
+    self_mask_shares: tuple[tuple[int, bytes], ...] = field(repr=False)  # (owner, share)
+    key_shares: tuple[tuple[int, bytes], ...] = field(repr=False)  # (owner, share)
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.session_id, SESSION_ID_BYTES)
+        w.u32(self.client_id)
+        for entries in (self.self_mask_shares, self.key_shares):
+            w.u32(len(entries))
+            for owner, share in entries:
+                w.u32(owner)
+                w.fixed(share, SHARE_VALUE_BYTES)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> UnmaskResponse:
+        session_id, client_id = r.fixed(SESSION_ID_BYTES), r.u32()
+
+        def entry() -> tuple[int, bytes]:
+            return r.u32(), r.fixed(SHARE_VALUE_BYTES)
+
+        self_mask = _read_entries(r, 4 + SHARE_VALUE_BYTES, entry)
+        keys = _read_entries(r, 4 + SHARE_VALUE_BYTES, entry)
+        return cls(session_id, client_id, self_mask, keys)

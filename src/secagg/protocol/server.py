@@ -1,0 +1,534 @@
+"""The server's side of one round, as a sans-I/O state machine.
+
+The driver (simulator or network service) feeds every client message to ``receive`` and
+calls ``close_stage`` when the stage's deadline passes or ``waiting_for`` is empty;
+``close_stage`` returns the messages to send for the next stage. The server never raises
+because of a client: a client that misbehaves is dropped with a ``DropReason`` and the
+round goes on. It raises ``RoundAborted`` only when the round cannot finish -- too few
+clients remain to reconstruct what must be removed -- and it checks that *before* asking
+anyone to reveal a share, so an aborted round reveals nothing.
+
+Stages and who is expected in each (sets named after Bonawitz et al. 2017)::
+
+    advertise     U0 = the configured cohort      -> U1 advertised valid keys
+    share         U1 (pruned to >= t neighbours)  -> U2 sent shares to all its neighbours
+    masked-input  U2 (pruned to >= t neighbours)  -> U3 sent a masked input: the included
+    unmask        U3                              -> U4 answered; then the sum is unmasked
+
+Memory stays O(dim + clients x degree): masked inputs are added to one running sum as they
+arrive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secagg.errors import (
+    CryptoError,
+    DecodeError,
+    DropReason,
+    InconsistentSharesError,
+    RoundAborted,
+    UsageError,
+)
+from secagg.hazmat import prg
+from secagg.hazmat.keys import X25519KeyPair, x25519_public_from_private
+from secagg.hazmat.quantize import Quantizer
+from secagg.hazmat.randomness import SystemRandomness
+from secagg.hazmat.ring import Ring
+from secagg.hazmat.shamir import Share, combine
+from secagg.protocol import derive
+from secagg.protocol.messages import (
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    Message,
+    PeerKeyEntry,
+    PeerKeys,
+    PeerShares,
+    RoundConfig,
+    UnmaskRequest,
+    UnmaskResponse,
+    decode,
+)
+
+__all__ = ["Drop", "RoundResult", "Server", "Stage"]
+
+
+class Stage(StrEnum):
+    ADVERTISE = "advertise"
+    SHARE = "share"
+    MASKED_INPUT = "masked-input"
+    UNMASK = "unmask"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+_EXPECTED_MESSAGE: dict[Stage, type[Message]] = {
+    Stage.ADVERTISE: AdvertiseKeys,
+    Stage.SHARE: EncryptedShares,
+    Stage.MASKED_INPUT: MaskedInput,
+    Stage.UNMASK: UnmaskResponse,
+}
+_MISSED: dict[Stage, DropReason] = {
+    Stage.ADVERTISE: DropReason.MISSED_ADVERTISE,
+    Stage.SHARE: DropReason.MISSED_SHARE,
+    Stage.MASKED_INPUT: DropReason.MISSED_MASKED_INPUT,
+    Stage.UNMASK: DropReason.MISSED_UNMASK,
+}
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A client the server stopped waiting for, when and why."""
+
+    client_id: int
+    stage: Stage
+    reason: DropReason
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """The unmasked sum over exactly the ``included`` clients, in the ring."""
+
+    included: tuple[int, ...]
+    total: NDArray[np.unsignedinteger] = field(repr=False)
+
+    @property
+    def total_weight(self) -> int:
+        return int(self.total[-1])
+
+    def weighted_mean(self, quantizer: Quantizer) -> NDArray[np.float64]:
+        return quantizer.decode(self.total)
+
+
+class Server:
+    """The server's view of one round."""
+
+    def __init__(self, config: RoundConfig) -> None:
+        self.config = config
+        self._ring = Ring(config.ring_bits)
+        self._t = config.threshold
+        self._cohort = frozenset(config.client_ids)
+        self._neighbours = {u: derive.neighbours(config, u) for u in config.client_ids}
+        self._stage = Stage.ADVERTISE
+        self._expected: set[int] = set(config.client_ids)
+        self._received: dict[int, Message] = {}
+        self._drops: dict[int, Drop] = {}
+        self._anomalies: list[Drop] = []
+        self._strangers = 0
+        self._keys: dict[int, AdvertiseKeys] = {}
+        self._key_owner: dict[bytes, int] = {}
+        self._peers: dict[int, tuple[int, ...]] = {}  # whose keys each client was sent
+        self._commitments: dict[int, bytes] = {}
+        self._view: dict[int, tuple[int, ...]] = {}  # whose shares each client was sent
+        self._missing: dict[int, frozenset[int]] = {}
+        self._total: NDArray[np.unsignedinteger] | None = None
+        self._requests: dict[int, UnmaskRequest] = {}
+        self._seed_shares: dict[int, list[Share]] = {}
+        self._key_shares: dict[int, list[Share]] = {}
+        self._included: tuple[int, ...] = ()
+        self._result: RoundResult | None = None
+        self._abort: RoundAborted | None = None
+        # A throwaway key to check that advertised keys are usable X25519 points.
+        self._probe_key = X25519KeyPair.generate(SystemRandomness())
+
+    def __repr__(self) -> str:
+        return f"Server(stage={self._stage.value}, waiting_for={len(self.waiting_for())})"
+
+    # ----------------------------------------------------------------- observation
+    @property
+    def stage(self) -> Stage:
+        return self._stage
+
+    @property
+    def drops(self) -> Mapping[int, Drop]:
+        return dict(self._drops)
+
+    @property
+    def anomalies(self) -> Sequence[Drop]:
+        """Misbehaviour that did not drop the client (e.g. a conflicting late duplicate)."""
+        return tuple(self._anomalies)
+
+    @property
+    def strangers(self) -> int:
+        """How many messages came from ids outside the cohort (ignored)."""
+        return self._strangers
+
+    @property
+    def result(self) -> RoundResult:
+        if self._result is None:
+            raise UsageError(f"no result: the round is at stage {self._stage.value}")
+        return self._result
+
+    @property
+    def abort_reason(self) -> RoundAborted | None:
+        return self._abort
+
+    def waiting_for(self) -> frozenset[int]:
+        """Clients whose message for the current stage has not arrived yet."""
+        return frozenset(self._expected - self._received.keys() - self._drops.keys())
+
+    def masked_with(self, client_id: int) -> tuple[int, ...]:
+        """The peers whose pairwise masks a client's masked input contains."""
+        return self._view.get(client_id, ())
+
+    # ----------------------------------------------------------------- input
+    def receive(self, sender: int, data: Message | bytes) -> None:
+        """Take one message from ``sender`` (an authenticated id); never raises for bad input."""
+        if sender not in self._cohort:
+            self._strangers += 1
+            return
+        if sender in self._drops or self._stage in (Stage.COMPLETED, Stage.ABORTED):
+            return  # late or from a dropped client: nothing more is taken from it
+        if sender not in self._expected:
+            return
+        if isinstance(data, Message):
+            message = data
+        else:
+            try:
+                message = decode(data)
+            except DecodeError as exc:
+                self.drop(sender, DropReason.MALFORMED, str(exc))
+                return
+        expected = _EXPECTED_MESSAGE[self._stage]
+        if not isinstance(message, expected):
+            self.drop(
+                sender,
+                DropReason.WRONG_STAGE,
+                f"sent {type(message).__name__} during {self._stage.value}",
+            )
+            return
+        if getattr(message, "session_id", None) != self.config.session_id:
+            self.drop(sender, DropReason.WRONG_SESSION, "message from another session")
+            return
+        if getattr(message, "client_id", None) != sender:
+            self.drop(sender, DropReason.MALFORMED, "message claims another sender id")
+            return
+        first = self._received.get(sender)
+        if first is not None:
+            self._duplicate(sender, first, message)
+            return
+        handler: Callable[[int, Message], bool] = getattr(self, f"_take_{self._stage.name}")
+        if handler(sender, message):
+            self._received[sender] = message
+
+    def drop(self, client_id: int, reason: DropReason, detail: str = "") -> None:
+        """Stop waiting for a client (misbehaved, disconnected, or late)."""
+        if client_id in self._drops or client_id not in self._cohort:
+            return
+        if self._stage in (Stage.COMPLETED, Stage.ABORTED):
+            return
+        self._drops[client_id] = Drop(client_id, self._stage, reason, detail)
+
+    def _duplicate(self, sender: int, first: Message, again: Message) -> None:
+        if first == again:
+            return  # a retransmission: harmless
+        if self._stage in (Stage.ADVERTISE, Stage.SHARE):
+            # Nothing of it was used yet: drop it.
+            del self._received[sender]
+            self.drop(sender, DropReason.DUPLICATE, "sent two different messages in one stage")
+        else:
+            # Its first message is already in the sum (or in the share pool): keep that one.
+            self._anomalies.append(
+                Drop(sender, self._stage, DropReason.DUPLICATE, "conflicting duplicate ignored")
+            )
+
+    def _take_ADVERTISE(self, sender: int, message: Message) -> bool:
+        assert isinstance(message, AdvertiseKeys)
+        for key in (message.cipher_public, message.mask_public):
+            owner = self._key_owner.get(key)
+            if owner is not None and owner != sender:
+                self.drop(sender, DropReason.DUPLICATE_KEY, f"reuses a key of client {owner}")
+                return False
+            try:
+                self._probe_key.exchange(key)
+            except CryptoError:
+                self.drop(sender, DropReason.BAD_KEY, "advertised an unusable X25519 key")
+                return False
+        for key in (message.cipher_public, message.mask_public):
+            self._key_owner[key] = sender
+        return True
+
+    def _take_SHARE(self, sender: int, message: Message) -> bool:
+        assert isinstance(message, EncryptedShares)
+        recipients = [v for v, _ in message.ciphertexts]
+        if sorted(recipients) != sorted(self._peers[sender]) or len(set(recipients)) != len(
+            recipients
+        ):
+            self.drop(sender, DropReason.MALFORMED, "shares not addressed to exactly its peers")
+            return False
+        return True
+
+    def _take_MASKED_INPUT(self, sender: int, message: Message) -> bool:
+        assert isinstance(message, MaskedInput)
+        view = set(self._view[sender])
+        missing = message.missing_shares
+        if len(set(missing)) != len(missing) or not view.issuperset(missing):
+            self.drop(sender, DropReason.MALFORMED, "missing-share list names non-peers")
+            return False
+        length = self.config.vector_length
+        if len(message.packed_vector) != self._ring.packed_size(length):
+            self.drop(
+                sender,
+                DropReason.WRONG_LENGTH,
+                f"masked input of {len(message.packed_vector)} bytes, expected "
+                f"{self._ring.packed_size(length)}",
+            )
+            return False
+        try:
+            vector = self._ring.unpack(message.packed_vector, length)
+        except DecodeError as exc:
+            self.drop(sender, DropReason.MALFORMED, str(exc))
+            return False
+        if self._total is None:
+            self._total = self._ring.zeros(length)
+        self._ring.add_into(self._total, vector)
+        self._missing[sender] = frozenset(missing)
+        # Keep the message small in memory: the vector is already in the sum.
+        self._received[sender] = MaskedInput(message.session_id, sender, missing, b"")
+        return False
+
+    def _take_UNMASK(self, sender: int, message: Message) -> bool:
+        assert isinstance(message, UnmaskResponse)
+        request = self._requests[sender]
+        missing = self._missing[sender]
+        x = derive.share_x(sender)
+        parsed: list[tuple[dict[int, list[Share]], int, Share]] = []
+        for pool, entries, wanted in (
+            (self._seed_shares, message.self_mask_shares, request.survivors),
+            (self._key_shares, message.key_shares, request.dropped),
+        ):
+            owners = [u for u, _ in entries]
+            expected = sorted(u for u in wanted if u not in missing)
+            if sorted(owners) != expected or len(set(owners)) != len(owners):
+                self.drop(sender, DropReason.MALFORMED, "shares for other peers than requested")
+                return False
+            for owner, value in entries:
+                try:
+                    parsed.append((pool, owner, Share.from_value_bytes(x, value)))
+                except DecodeError as exc:
+                    self.drop(sender, DropReason.BAD_SHARE, str(exc))
+                    return False
+        for pool, owner, share in parsed:
+            pool.setdefault(owner, []).append(share)
+        return True
+
+    # ----------------------------------------------------------------- stage transitions
+    def close_stage(self) -> dict[int, Message]:
+        """End the current stage: drop the silent, check feasibility, and say what to send."""
+        stage = self._stage
+        if stage in (Stage.COMPLETED, Stage.ABORTED):
+            raise UsageError(f"the round has already ended ({stage.value})")
+        for u in self.waiting_for():
+            self.drop(u, _MISSED[stage])
+        live = set(self._received)
+        try:
+            closer: Callable[[set[int]], dict[int, Message]] = getattr(
+                self, f"_close_{stage.name}"
+            )
+            outgoing = closer(live)
+        except RoundAborted as exc:
+            self._fail(exc)
+            raise
+        return outgoing
+
+    def _fail(self, exc: RoundAborted) -> None:
+        self._stage = Stage.ABORTED
+        self._abort = exc
+        self._total = None  # what was summed so far must never be revealed
+        self._seed_shares.clear()
+        self._key_shares.clear()
+
+    def _advance(self, stage: Stage, expected: set[int]) -> None:
+        self._stage = stage
+        self._expected = expected
+        self._received = {}
+
+    def _prune(self, live: set[int], candidates: Callable[[int], Sequence[int]]) -> None:
+        """Drop clients with fewer than t live peers, until every remaining one has t."""
+        changed = True
+        while changed:
+            changed = False
+            for u in sorted(live):
+                count = sum(1 for v in candidates(u) if v in live)
+                if count < self._t:
+                    live.discard(u)
+                    self.drop(
+                        u,
+                        DropReason.TOO_FEW_NEIGHBOURS,
+                        f"{count} live peers, threshold {self._t}",
+                    )
+                    changed = True
+
+    def _close_ADVERTISE(self, live: set[int]) -> dict[int, Message]:
+        self._keys = {u: m for u, m in self._received.items() if isinstance(m, AdvertiseKeys)}
+        self._prune(live, lambda u: self._neighbours[u])
+        if not live:
+            raise RoundAborted(
+                Stage.ADVERTISE, f"no client has {self._t} neighbours that advertised keys"
+            )
+        sid = self.config.session_id
+        outgoing: dict[int, Message] = {}
+        for u in sorted(live):
+            peers = tuple(v for v in self._neighbours[u] if v in live)
+            self._peers[u] = peers
+            entries = tuple(
+                PeerKeyEntry(v, self._keys[v].cipher_public, self._keys[v].mask_public)
+                for v in peers
+            )
+            outgoing[u] = PeerKeys(sid, u, entries)
+        self._advance(Stage.SHARE, live)
+        return outgoing
+
+    def _close_SHARE(self, live: set[int]) -> dict[int, Message]:
+        sealed: dict[int, dict[int, bytes]] = {}
+        for u, message in self._received.items():
+            assert isinstance(message, EncryptedShares)
+            sealed[u] = dict(message.ciphertexts)
+            self._commitments[u] = message.self_mask_commitment
+        self._prune(live, lambda u: self._peers[u])
+        if not live:
+            raise RoundAborted(Stage.SHARE, f"no client has {self._t} neighbours that shared")
+        sid = self.config.session_id
+        outgoing: dict[int, Message] = {}
+        for v in sorted(live):
+            view = tuple(u for u in self._peers[v] if u in live)
+            self._view[v] = view
+            outgoing[v] = PeerShares(sid, v, tuple((u, sealed[u][v]) for u in view))
+        self._advance(Stage.MASKED_INPUT, live)
+        return outgoing
+
+    def _holders(self, owner: int, survivors: set[int]) -> int:
+        """Surviving clients that hold a share of ``owner``'s secrets."""
+        return sum(
+            1 for v in self._view[owner] if v in survivors and owner not in self._missing[v]
+        )
+
+    def _close_MASKED_INPUT(self, live: set[int]) -> dict[int, Message]:
+        if not live:
+            raise RoundAborted(Stage.MASKED_INPUT, "no client sent a masked input")
+        # Before anyone reveals anything: can every mask in the sum be removed?
+        for u in sorted(self._view):
+            relevant = u in live or any(v in live for v in self._view[u])
+            if relevant and self._holders(u, live) < self._t:
+                kind = "self mask" if u in live else "pairwise masks"
+                raise RoundAborted(
+                    Stage.MASKED_INPUT,
+                    f"the {kind} of client {u} cannot be removed: fewer than "
+                    f"{self._t} surviving holders of its shares",
+                )
+        self._included = tuple(sorted(live))
+        sid = self.config.session_id
+        outgoing: dict[int, Message] = {}
+        for v in self._included:
+            view = self._view[v]
+            request = UnmaskRequest(
+                sid,
+                v,
+                tuple(u for u in view if u in live),
+                tuple(u for u in view if u not in live),
+            )
+            self._requests[v] = request
+            outgoing[v] = request
+        self._advance(Stage.UNMASK, set(self._included))
+        return outgoing
+
+    def _close_UNMASK(self, live: set[int]) -> dict[int, Message]:
+        total = self._total
+        assert total is not None
+        sid = self.config.session_id
+        scratch = np.empty(min(len(total), 1 << 16), dtype=total.dtype)
+        included = set(self._included)
+        for u in self._included:
+            seed = self._reconstruct(
+                u,
+                self._seed_shares.get(u, []),
+                lambda s, u=u: derive.self_mask_commitment(s, sid, u) == self._commitments[u],
+                "self-mask seed",
+            )
+            prg.add_mask(
+                total, derive.self_mask_key(seed, sid, u), subtract=True, scratch=scratch
+            )
+        for u in sorted(self._view):
+            if u in included:
+                continue
+            masked_by = [v for v in self._view[u] if v in included]
+            if not masked_by:
+                continue
+            advertised = self._keys[u].mask_public
+            private = self._reconstruct(
+                u,
+                self._key_shares.get(u, []),
+                lambda s, pk=advertised: x25519_public_from_private(s) == pk,
+                "mask key",
+            )
+            keys = X25519KeyPair.from_private_bytes(private)
+            for v in masked_by:
+                v_public = self._keys[v].mask_public
+                key = derive.pair_mask_key(keys.exchange(v_public), sid, u, advertised, v, v_public)
+                # v added this mask with v's sign: take it out with the opposite one.
+                prg.add_mask(
+                    total,
+                    key,
+                    subtract=not derive.subtracts_pair_mask(v, u),
+                    scratch=scratch,
+                )
+        self._ring.reduce(total)
+        self._result = RoundResult(self._included, total)
+        self._total = None
+        self._stage = Stage.COMPLETED
+        self._expected = set()
+        return {}
+
+    def _reconstruct(
+        self, owner: int, shares: list[Share], verify: Callable[[bytes], bool], what: str
+    ) -> bytes:
+        """Rebuild a secret from t shares, checked against its public commitment.
+
+        If the first t shares give a secret that fails the check, some holder sent a bad
+        share: other windows of t shares are tried, and the holders whose shares do not fit
+        the verified secret are recorded.
+        """
+        t = self._t
+        if len(shares) < t:
+            raise RoundAborted(
+                Stage.UNMASK, f"only {len(shares)} shares of client {owner}'s {what}; need {t}"
+            )
+        for start in range(len(shares) - t + 1):
+            try:
+                secret = combine(shares[start : start + t], t)
+            except InconsistentSharesError:
+                continue
+            if verify(secret):
+                if start:
+                    self._note_bad_shares(owner, shares, shares[start : start + t], what)
+                return secret
+        raise RoundAborted(
+            Stage.UNMASK, f"the shares of client {owner}'s {what} do not reconstruct it"
+        )
+
+    def _note_bad_shares(
+        self, owner: int, shares: list[Share], window: list[Share], what: str
+    ) -> None:
+        """Record the holders whose shares do not lie on the verified polynomial."""
+        for share in shares:
+            if share in window:
+                continue
+            try:
+                combine([*window, share], self._t)
+            except InconsistentSharesError:
+                self._anomalies.append(
+                    Drop(
+                        share.x - 1,
+                        Stage.UNMASK,
+                        DropReason.BAD_SHARE,
+                        f"sent a bad share of client {owner}'s {what}",
+                    )
+                )

@@ -1,0 +1,425 @@
+"""In-process driver: one round between many clients and a server, with scripted dropouts.
+
+This is the executable specification of a round: every message really is encoded, counted
+and decoded on the other side, exactly as it would travel on the wire, and the result is
+checked against the plaintext weighted mean of the clients whose inputs were included.
+Inputs are produced one client at a time, when that client masks, so that a cohort of
+thousands never holds all its vectors at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secagg.errors import ClientAbort, ConfigurationError, RoundAborted
+from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
+from secagg.params import Params
+from secagg.protocol.client import Client
+from secagg.protocol.messages import (
+    Message,
+    PeerKeys,
+    PeerShares,
+    RoundConfig,
+    UnmaskRequest,
+)
+from secagg.protocol.server import Server, Stage
+
+__all__ = [
+    "DROP_STAGES",
+    "DropSchedule",
+    "InputSource",
+    "RoundReport",
+    "SimulationResult",
+    "integer_weights",
+    "random_inputs",
+    "root_randomness",
+    "simulate_round",
+]
+
+DROP_STAGES = ("advertise", "share", "masked-input", "unmask")
+WEIGHT_LEVELS = 1 << 10  # resolution of non-integer weights
+
+InputSource = Callable[[int], NDArray[np.floating]]
+
+
+@dataclass(frozen=True)
+class DropSchedule:
+    """Which clients fail to send their message at which stage."""
+
+    at: Mapping[str, frozenset[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        seen: set[int] = set()
+        for stage, ids in self.at.items():
+            if stage not in DROP_STAGES:
+                raise ConfigurationError(
+                    f"unknown stage {stage!r}; stages are {', '.join(DROP_STAGES)}"
+                )
+            if seen & ids:
+                raise ConfigurationError(f"client(s) {sorted(seen & ids)} drop at two stages")
+            seen |= ids
+
+    @classmethod
+    def parse(cls, specs: Iterable[str]) -> DropSchedule:
+        """From ``STAGE=ID,ID,...`` strings (repeatable, stages may repeat)."""
+        at: dict[str, set[int]] = {}
+        for spec in specs:
+            stage, sep, ids = spec.partition("=")
+            stage = stage.strip()
+            if not sep:
+                raise ConfigurationError(f"--drop expects STAGE=ID,ID,...; got {spec!r}")
+            try:
+                parsed = {int(i) for i in ids.split(",") if i.strip()}
+            except ValueError:
+                raise ConfigurationError(f"--drop ids must be integers; got {ids!r}") from None
+            at.setdefault(stage, set()).update(parsed)
+        return cls({s: frozenset(ids) for s, ids in at.items()})
+
+    @classmethod
+    def random(cls, n: int, rate: float, rng: Randomness) -> DropSchedule:
+        """``round(rate * n)`` distinct clients, each failing at a uniformly chosen stage."""
+        if not 0.0 <= rate < 1.0:
+            raise ConfigurationError("the dropout rate must be in [0, 1)")
+        count = round(rate * n)
+        order = _shuffled(n, rng)
+        stage_draws = rng.words(count) % len(DROP_STAGES)
+        at: dict[str, set[int]] = {}
+        for client, s in zip(order[:count], stage_draws, strict=True):
+            at.setdefault(DROP_STAGES[int(s)], set()).add(int(client))
+        return cls({s: frozenset(ids) for s, ids in at.items()})
+
+    def stage_of(self, client_id: int) -> str | None:
+        for stage, ids in self.at.items():
+            if client_id in ids:
+                return stage
+        return None
+
+    def check_ids(self, n: int) -> None:
+        for ids in self.at.values():
+            bad = sorted(i for i in ids if not 0 <= i < n)
+            if bad:
+                raise ConfigurationError(f"--drop names client(s) {bad} outside 0..{n - 1}")
+
+
+def _shuffled(n: int, rng: Randomness) -> NDArray[np.int64]:
+    # Sorting by 64-bit random keys is an unbiased shuffle up to negligible collisions.
+    keys = rng.words(2 * n).view(np.uint64) if n else np.zeros(0, np.uint64)
+    return np.argsort(keys, kind="stable").astype(np.int64)
+
+
+def random_inputs(dim: int, seed: int | None) -> InputSource:
+    """Client i's input: ``dim`` values uniform in (-1, 1), reproducible from (seed, i)."""
+    root = root_randomness(seed, "inputs")
+
+    def source(client_id: int) -> NDArray[np.floating]:
+        rng = root.fork(f"input/{client_id}") if isinstance(root, DeterministicRandomness) else root
+        words = rng.words(dim)
+        return (words.astype(np.float64) * (2.0 / 2**32) - 1.0).astype(np.float32)
+
+    return source
+
+
+def integer_weights(weights: NDArray[np.floating] | None, n: int) -> tuple[list[int], int]:
+    """Per-client integer weights and their maximum.
+
+    Integer-valued weights are used as they are; others are scaled so that the largest
+    becomes ``WEIGHT_LEVELS`` and rounded (the report's error then includes that rounding).
+    """
+    if weights is None:
+        return [1] * n, 1
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ConfigurationError(f"weights must be a vector of {n} values, got shape {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
+        raise ConfigurationError("weights must be finite, non-negative and not all zero")
+    if np.all(w == np.round(w)) and w.max() < 2**31:
+        ints = [int(x) for x in w]
+    else:
+        ints = [int(x) for x in np.round(w / w.max() * WEIGHT_LEVELS)]
+    return ints, max(1, max(ints))
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What one simulated round did and cost; ``to_json`` is the CLI's ``--json`` output."""
+
+    outcome: str  # "completed" or "aborted"
+    abort_reason: str | None
+    protocol: str
+    clients: int
+    dim: int
+    included: tuple[int, ...]
+    dropped: Mapping[str, tuple[int, ...]]
+    drop_reasons: Mapping[int, str]
+    client_aborts: Mapping[int, str]
+    threshold: int
+    degree: int
+    ring_bits: int
+    value_bits: int
+    clip: float
+    clipped_values: int
+    seconds: float
+    stage_seconds: Mapping[str, float]
+    upload_bytes_per_client: float
+    download_bytes_per_client: float
+    plaintext_bytes_per_client: int
+    max_abs_error: float | None
+    error_bound: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "abort_reason": self.abort_reason,
+            "protocol": self.protocol,
+            "clients": self.clients,
+            "dim": self.dim,
+            "included": list(self.included),
+            "dropped": {s: list(ids) for s, ids in self.dropped.items()},
+            "drop_reasons": {str(i): r for i, r in sorted(self.drop_reasons.items())},
+            "client_aborts": {str(i): r for i, r in sorted(self.client_aborts.items())},
+            "threshold": self.threshold,
+            "degree": self.degree,
+            "ring_bits": self.ring_bits,
+            "value_bits": self.value_bits,
+            "clip": self.clip,
+            "clipped_values": self.clipped_values,
+            "seconds": self.seconds,
+            "stage_seconds": dict(self.stage_seconds),
+            "upload_bytes_per_client": self.upload_bytes_per_client,
+            "download_bytes_per_client": self.download_bytes_per_client,
+            "plaintext_bytes_per_client": self.plaintext_bytes_per_client,
+            "upload_vs_plaintext": self.upload_bytes_per_client / self.plaintext_bytes_per_client,
+            "max_abs_error": self.max_abs_error,
+            "error_bound": self.error_bound,
+        }
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    report: RoundReport
+    aggregate: NDArray[np.float64] | None = field(repr=False)  # the weighted mean, if any
+    ring_total: NDArray[np.unsignedinteger] | None = field(repr=False)
+
+
+def root_randomness(seed: int | None, purpose: str) -> Randomness:
+    if seed is None:
+        return SystemRandomness()
+    return DeterministicRandomness(
+        hashlib.sha256(f"secagg/simulate/{purpose}/{seed}".encode()).digest()
+    )
+
+
+class _Meter:
+    """Bytes each client sent and received, counted on the encoded messages."""
+
+    def __init__(self) -> None:
+        self.up: dict[int, int] = {}
+        self.down: dict[int, int] = {}
+
+    def sent(self, client_id: int, message: Message) -> bytes:
+        data = message.encode()
+        self.up[client_id] = self.up.get(client_id, 0) + len(data)
+        return data
+
+    def delivered(self, client_id: int, message: Message) -> bytes:
+        data = message.encode()
+        self.down[client_id] = self.down.get(client_id, 0) + len(data)
+        return data
+
+
+def make_config(
+    params: Params, n: int, rng: Randomness, *, round_id: int = 0, task_hash: bytes = bytes(32)
+) -> RoundConfig:
+    """The round configuration a server fixes for cohort ``0..n-1``."""
+    graph = params.graph(n)
+    return RoundConfig(
+        round_id=round_id,
+        nonce=rng.bytes(16),
+        protocol=params.protocol.value,
+        server_model=params.server_model.value,
+        client_ids=tuple(range(n)),
+        degree=graph.degree,
+        threshold=graph.threshold,
+        ring_bits=params.ring_bits,
+        dim=params.dim,
+        clip=params.clip,
+        value_bits=params.value_bits,
+        max_weight=params.max_weight,
+        task_hash=task_hash,
+    )
+
+
+def simulate_round(
+    params: Params,
+    n: int,
+    inputs: InputSource,
+    *,
+    weights: NDArray[np.floating] | None = None,
+    drops: DropSchedule | None = None,
+    seed: int | None = None,
+) -> SimulationResult:
+    """Run one complete round in process and report it.
+
+    ``inputs(i)`` gives client i's update (``params.dim`` values); ``weights`` its weight
+    (default 1). With a ``seed`` every random choice (keys, seeds, rounding, the nonce) is
+    reproducible; without one they come from the operating system.
+    """
+    drops = drops or DropSchedule()
+    drops.check_ids(n)
+    int_weights, max_weight = integer_weights(weights, n)
+    if max_weight > params.max_weight:
+        raise ConfigurationError(
+            f"weights need max_weight >= {max_weight}; params allow {params.max_weight}"
+        )
+    root = root_randomness(seed, "round")
+    config = make_config(params, n, root)
+    server = Server(config)
+    clients = {
+        i: Client(
+            config,
+            i,
+            root.fork(f"client/{i}") if isinstance(root, DeterministicRandomness) else root,
+        )
+        for i in config.client_ids
+    }
+    meter = _Meter()
+    stage_seconds: dict[str, float] = {}
+    client_aborts: dict[int, str] = {}
+    weighted_sum = np.zeros(params.dim, dtype=np.float64)
+    weight_sum = 0.0
+    exact_weights = (
+        np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    )
+    contributed: set[int] = set()
+    clipped = 0
+    outgoing: dict[int, Message] = {}
+    started = time.perf_counter()
+    abort: RoundAborted | None = None
+
+    def answer(stage: str, make: Callable[[Client, bytes | None], Message]) -> None:
+        for i, client in clients.items():
+            if drops.stage_of(i) == stage:
+                continue
+            delivered = outgoing.get(i)
+            if stage != "advertise" and delivered is None:
+                continue  # the server excluded it earlier
+            data = meter.delivered(i, delivered) if delivered is not None else None
+            try:
+                reply = make(client, data)
+            except ClientAbort as exc:
+                client_aborts[i] = exc.reason.value
+                continue
+            server.receive(i, meter.sent(i, reply))
+
+    def masked(client: Client, data: bytes | None) -> Message:
+        nonlocal weight_sum, clipped
+        assert data is not None
+        i = client.client_id
+        values = np.asarray(inputs(i))
+        if values.shape != (params.dim,):
+            raise ConfigurationError(
+                f"client {i}'s input has shape {values.shape}; expected ({params.dim},)"
+            )
+        reply = client.mask_input(PeerShares.decode(data), values, int_weights[i])
+        state = client.state
+        clipped += getattr(state, "clipped", 0)
+        w = float(exact_weights[i])
+        weighted_sum[:] += w * values.astype(np.float64)
+        weight_sum += w
+        contributed.add(i)
+        return reply
+
+    stages: Sequence[tuple[str, Callable[[Client, bytes | None], Message]]] = (
+        ("advertise", lambda c, _: c.advertise()),
+        ("share", lambda c, d: c.share_keys(PeerKeys.decode(_need(d)))),
+        ("masked-input", masked),
+        ("unmask", lambda c, d: c.unmask(UnmaskRequest.decode(_need(d)))),
+    )
+    for stage, make in stages:
+        t0 = time.perf_counter()
+        answer(stage, make)
+        try:
+            outgoing = server.close_stage()
+        except RoundAborted as exc:
+            abort = exc
+            stage_seconds[stage] = time.perf_counter() - t0
+            break
+        stage_seconds[stage] = time.perf_counter() - t0
+    seconds = time.perf_counter() - started
+
+    dropped: dict[str, list[int]] = {s: [] for s in DROP_STAGES}
+    reasons: dict[int, str] = {}
+    for d in server.drops.values():
+        dropped[d.stage.value].append(d.client_id)
+        reasons[d.client_id] = d.reason.value
+    quantizer = params.quantizer
+    bound = quantizer.error_bound()
+    if weights is not None and not np.all(exact_weights == np.round(exact_weights)):
+        bound += 2 * params.clip / WEIGHT_LEVELS  # rounding the weights moves the mean too
+    aggregate: NDArray[np.float64] | None = None
+    ring_total = None
+    max_abs_error: float | None = None
+    included: tuple[int, ...] = ()
+    if abort is None and server.stage is Stage.COMPLETED:
+        result = server.result
+        included = result.included
+        ring_total = result.total
+        aggregate = result.weighted_mean(quantizer)
+        if set(included) == contributed:
+            exact = weighted_sum / weight_sum
+        else:  # the server excluded a client after it sent: recompute over exactly those
+            exact = _exact_mean(inputs, included, exact_weights, params.dim)
+        max_abs_error = float(np.max(np.abs(aggregate - exact)))
+    full = [i for i in config.client_ids if i in included and drops.stage_of(i) is None]
+    report = RoundReport(
+        outcome="completed" if aggregate is not None else "aborted",
+        abort_reason=None if abort is None else str(abort),
+        protocol=params.protocol.value,
+        clients=n,
+        dim=params.dim,
+        included=included,
+        dropped={s: tuple(sorted(ids)) for s, ids in dropped.items()},
+        drop_reasons=reasons,
+        client_aborts=client_aborts,
+        threshold=config.threshold,
+        degree=config.degree,
+        ring_bits=config.ring_bits,
+        value_bits=params.value_bits,
+        clip=params.clip,
+        clipped_values=clipped,
+        seconds=seconds,
+        stage_seconds=stage_seconds,
+        upload_bytes_per_client=_mean(meter.up, full),
+        download_bytes_per_client=_mean(meter.down, full),
+        plaintext_bytes_per_client=4 * params.dim,
+        max_abs_error=max_abs_error,
+        error_bound=bound,
+    )
+    return SimulationResult(report, aggregate, ring_total)
+
+
+def _need(data: bytes | None) -> bytes:
+    assert data is not None
+    return data
+
+
+def _mean(counts: Mapping[int, int], ids: Sequence[int]) -> float:
+    if not ids:
+        return 0.0
+    return float(sum(counts.get(i, 0) for i in ids)) / len(ids)
+
+
+def _exact_mean(
+    inputs: InputSource, ids: Sequence[int], weights: NDArray[np.float64], dim: int
+) -> NDArray[np.float64]:
+    total = np.zeros(dim, dtype=np.float64)
+    for i in ids:
+        total += weights[i] * np.asarray(inputs(i), dtype=np.float64)
+    return total / float(sum(weights[i] for i in ids))
