@@ -124,9 +124,10 @@ class Params:
         threshold = derived.threshold if self.threshold is None else self.threshold
         if self.threshold is None and degree != derived.degree:
             threshold = min(threshold, degree)
-        if not 1 <= threshold <= degree:
+        if not 2 <= threshold <= degree:
+            # t = 1 would hand every neighbour the secrets themselves.
             raise ConfigurationError(
-                f"threshold must be between 1 and the degree {degree}; got {threshold}"
+                f"threshold must be between 2 and the degree {degree}; got {threshold}"
             )
         if complete and threshold <= math.floor(self.adversarial_rate * n):
             # Corrupt clients hold shares of both kinds: t of them must not exist.

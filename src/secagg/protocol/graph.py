@@ -61,6 +61,7 @@ import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError
@@ -147,11 +148,13 @@ def _check_rate(name: str, value: object) -> float:
 
 
 def _check_model(value: object) -> ServerModel:
-    try:
-        return ServerModel(value)
-    except ValueError:
-        models = ", ".join(m.value for m in ServerModel)
-        raise ConfigurationError(f"server_model must be one of {models}; got {value!r}") from None
+    if isinstance(value, str):
+        try:
+            return ServerModel(value)
+        except ValueError:
+            pass
+    models = ", ".join(m.value for m in ServerModel)
+    raise ConfigurationError(f"server_model must be one of {models}; got {value!r}")
 
 
 def _counts(n: int, adversarial_rate: float, dropout_rate: float) -> tuple[int, int]:
@@ -213,6 +216,12 @@ def full_graph_threshold(
 # --------------------------------------------------------------------------------------------
 
 
+def _rounding_margin(population: int) -> float:
+    """How close (in natural log) a float comparison may come before it is redone exactly:
+    ``math.lgamma`` near ``lgamma(population)`` rounds at about 1e-16 relative per term."""
+    return 1e-9 + 1e-12 * math.lgamma(population + 1)
+
+
 def _log_comb(a: int, b: int) -> float:
     return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)
 
@@ -231,9 +240,7 @@ class _Hypergeometric:
         mode = (draws + 1) * (marked + 1) // (population + 2)
         self.mode = min(max(mode, self.low), self.high)
         self._log_norm = _log_comb(population, draws)
-        # Rounding of lgamma near lgamma(population) (about 1e-16 relative per term): any
-        # log-space comparison closer than this is redone exactly.
-        self._tolerance = 1e-9 + 1e-12 * math.lgamma(population + 1)
+        self._tolerance = _rounding_margin(population)
 
     def _log_pmf(self, x: int) -> float:
         return (
@@ -352,16 +359,11 @@ def _connected_enough(n: int, bad: int, k: int, sigma: int) -> bool:
     if k > bad:
         return True
     log_value = (
-        math.log(n)
-        + math.log(n - k - 1)
-        + _log_comb(bad, k)
-        - _log_comb(n, k)
-        + sigma * _LN2
+        math.log(n) + math.log(n - k - 1) + _log_comb(bad, k) - _log_comb(n, k) + sigma * _LN2
     )
-    tolerance = 1e-9 + 1e-12 * math.lgamma(n + 1)
-    if abs(log_value) > tolerance:
+    if abs(log_value) > _rounding_margin(n):
         return log_value < 0.0
-    return n * (n - k - 1) * math.comb(bad, k) * 2**sigma < math.comb(n, k)
+    return (n * (n - k - 1) * math.comb(bad, k)) << sigma < math.comb(n, k)
 
 
 def _smallest_connected_degree(n: int, bad: int, sigma: int) -> int | None:
@@ -383,30 +385,28 @@ def _find(
         searchable = gamma + 2 * delta <= _SEARCH_DOMAIN
     first = _smallest_connected_degree(n, corrupt + dropped, sigma) if searchable else None
     if first is not None:
-        security_inverse = 2 ** (sigma + 1) * n
+        security_inverse = n << (sigma + 1)  # per-client security bound 2**-(sigma+1) / n
         security_log = -math.log(security_inverse)
-        correctness_inverse = 2**eta * n
+        correctness_inverse = n << eta  # per-client correctness bound 2**-eta / n
         correctness_log = -math.log(correctness_inverse)
         others = n - 1
         survivors = n - dropped - 1  # other survivors, seen from a surviving client
         # Both quantities only grow with k (more draws), so each search starts from the last.
         secure_from = 0  # smallest t with P[X >= t] below the security bound
         correct_upto = 0  # largest t with P[Z <= t - 1] below the correctness bound
-        for k in range(first, n - 1, 2):
+        k = first
+        while k <= n - 2:
             adversarial = _Hypergeometric(others, corrupt, k)
             surviving = _Hypergeometric(others, survivors, k)
-            secure_from = _first_true(
-                lambda t, h=adversarial: h.upper_tail_below(t, security_log, security_inverse),
-                secure_from,
-                adversarial.high + 1,
-            )
-            correct_upto = _first_true(
-                lambda u, h=surviving: not h.lower_tail_below(
-                    u, correctness_log, correctness_inverse
-                ),
-                correct_upto,
-                surviving.high,
-            )
+
+            def secure(t: int, h: _Hypergeometric = adversarial) -> bool:
+                return h.upper_tail_below(t, security_log, security_inverse)
+
+            def incorrect(t: int, h: _Hypergeometric = surviving) -> bool:
+                return not h.lower_tail_below(t, correctness_log, correctness_inverse)
+
+            secure_from = _first_true(secure, secure_from, adversarial.high + 1)
+            correct_upto = _first_true(incorrect, correct_upto, surviving.high)
             if model is ServerModel.SEMI_HONEST:
                 threshold = secure_from
             else:  # need P[X >= 2t - k] below the bound: 2t - k >= secure_from
@@ -414,6 +414,12 @@ def _find(
             threshold = max(threshold, 2)
             if threshold <= correct_upto:
                 return GraphParameters(n=n, degree=k, threshold=threshold, complete=False)
+            # Skip degrees that cannot close the gap. Two more draws raise correct_upto by at
+            # most 2 (Z grows by at most 2) and never lower the threshold; against a
+            # semi-malicious server they raise the threshold by at least 1 (it is
+            # ceil((secure_from + k) / 2), and secure_from >= 1 keeps it above 2).
+            deficit = threshold - correct_upto
+            k += 2 * (deficit if model is ServerModel.SEMI_MALICIOUS else (deficit + 1) // 2)
     try:
         threshold = full_graph_threshold(
             n, adversarial_rate=gamma, dropout_rate=delta, server_model=model
@@ -550,10 +556,16 @@ def harary_neighbours(n: int, degree: int, seed: bytes) -> list[tuple[int, ...]]
         everyone = tuple(range(n))
         return [everyone[:p] + everyone[p + 1 :] for p in range(n)]
     ring, slot = _ring(n, seed)
-    table = ring[(slot[:, None] + _offsets(degree)[None, :]) % n]
+    half = degree // 2
+    compact = ring.astype(np.int32 if n <= 2**31 else np.int64)
+    # Window s of the wrapped ring holds slots s - half .. s + half; drop the middle (self).
+    wrapped = np.concatenate((compact[n - half :], compact, compact[:half]))
+    windows = sliding_window_view(wrapped, degree + 1)
+    others = np.r_[0:half, half + 1 : degree + 1]
+    table = windows[slot][:, others]
     table.sort(axis=1)
     rows: list[list[int]] = table.tolist()
-    return [tuple(row) for row in rows]
+    return list(map(tuple, rows))
 
 
 def neighbours_of(n: int, degree: int, seed: bytes, position: int) -> tuple[int, ...]:

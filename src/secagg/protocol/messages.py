@@ -273,8 +273,9 @@ class RoundConfig(Message):
         complete = self.degree == n - 1
         if not (1 <= self.degree <= n - 1 and (complete or self.degree % 2 == 0)):
             raise UsageError(f"degree {self.degree} is not valid for {n} clients")
-        if not 1 <= self.threshold <= self.degree:
-            raise UsageError(f"threshold {self.threshold} is not in 1..{self.degree}")
+        if not 2 <= self.threshold <= self.degree:
+            # t = 1 would hand every neighbour the secrets themselves.
+            raise UsageError(f"threshold {self.threshold} is not in 2..{self.degree}")
         if not (2 <= self.ring_bits <= 62 and 1 <= self.value_bits <= 31):
             raise UsageError("ring_bits must be in 2..62 and value_bits in 1..31")
         if not (1 <= self.dim <= MAX_ID - 1 and 1 <= self.max_weight < 2**31):

@@ -1,0 +1,180 @@
+"""Every message round-trips through its canonical bytes, and every decoder rejects junk."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secagg.errors import DecodeError, UsageError
+from secagg.protocol.messages import (
+    CIPHERTEXT_BYTES,
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    Message,
+    PeerKeyEntry,
+    PeerKeys,
+    PeerShares,
+    RoundConfig,
+    UnmaskRequest,
+    UnmaskResponse,
+    decode,
+)
+
+SID = bytes(range(32))
+
+
+def _config(**overrides: object) -> RoundConfig:
+    fields: dict[str, object] = dict(
+        round_id=7,
+        nonce=b"n" * 16,
+        protocol="secagg+",
+        server_model="semi-honest",
+        client_ids=(1, 2, 5, 9),
+        degree=2,
+        threshold=2,
+        ring_bits=20,
+        dim=10,
+        clip=1.0,
+        value_bits=16,
+        max_weight=1,
+    )
+    fields.update(overrides)
+    return RoundConfig(**fields)  # type: ignore[arg-type]
+
+
+def sample_messages() -> list[Message]:
+    ct = bytes(CIPHERTEXT_BYTES)
+    return [
+        _config(),
+        AdvertiseKeys(SID, 3, b"c" * 32, b"m" * 32),
+        PeerKeys(SID, 3, (PeerKeyEntry(1, b"a" * 32, b"b" * 32), PeerKeyEntry(4, b"d" * 32, b"e" * 32))),
+        PeerKeys(SID, 3, ()),
+        EncryptedShares(SID, 3, b"h" * 32, ((1, ct), (4, ct))),
+        PeerShares(SID, 3, ((1, ct),)),
+        MaskedInput(SID, 3, (4,), b"\x01\x02\x03"),
+        MaskedInput(SID, 3, (), b""),
+        UnmaskRequest(SID, 3, (1, 2), (4,)),
+        UnmaskResponse(SID, 3, ((1, b"s" * 33),), ((4, b"k" * 33), (5, b"k" * 33))),
+    ]
+
+
+@pytest.mark.parametrize("message", sample_messages(), ids=lambda m: type(m).__name__)
+def test_every_message_round_trips_through_its_bytes(message: Message) -> None:
+    data = message.encode()
+    assert decode(data) == message
+    assert type(message).decode(data) == message
+    assert decode(data).encode() == data
+
+
+@pytest.mark.parametrize("message", sample_messages(), ids=lambda m: type(m).__name__)
+def test_decoder_rejects_every_truncation(message: Message) -> None:
+    data = message.encode()
+    for cut in range(len(data)):
+        with pytest.raises(DecodeError):
+            decode(data[:cut])
+
+
+@pytest.mark.parametrize("message", sample_messages(), ids=lambda m: type(m).__name__)
+def test_decoder_rejects_trailing_bytes(message: Message) -> None:
+    with pytest.raises(DecodeError, match="trailing"):
+        decode(message.encode() + b"\x00")
+
+
+def test_decoder_rejects_bad_magic_version_and_tag() -> None:
+    data = AdvertiseKeys(SID, 3, b"c" * 32, b"m" * 32).encode()
+    with pytest.raises(DecodeError, match="magic"):
+        decode(b"XX" + data[2:])
+    with pytest.raises(DecodeError, match="version"):
+        decode(data[:2] + b"\x09" + data[3:])
+    with pytest.raises(DecodeError, match="tag"):
+        decode(data[:3] + b"\xee" + data[4:])
+
+
+def test_typed_decode_rejects_another_message_type() -> None:
+    data = UnmaskRequest(SID, 3, (1,), ()).encode()
+    with pytest.raises(DecodeError, match="expected PeerKeys"):
+        PeerKeys.decode(data)
+
+
+def test_oversize_count_is_refused_before_allocation() -> None:
+    header = UnmaskRequest(SID, 3, (), ()).encode()[:4]
+    # A count of 2**32 - 1 ids in a message of a few bytes.
+    data = header + SID + struct.pack(">I", 3) + struct.pack(">I", 2**32 - 1)
+    with pytest.raises(DecodeError, match="count"):
+        decode(data)
+
+
+def test_oversize_vector_length_is_refused() -> None:
+    data = MaskedInput(SID, 3, (), b"abc").encode()
+    forged = data[:-7] + struct.pack(">I", 2**31) + b"abc"
+    with pytest.raises(DecodeError, match="length"):
+        decode(forged)
+
+
+def test_config_with_invalid_fields_does_not_decode() -> None:
+    data = bytearray(_config().encode())
+    # The protocol code sits right after the header, round id and nonce.
+    data[4 + 8 + 16] = 9
+    with pytest.raises(DecodeError, match="protocol"):
+        decode(bytes(data))
+
+
+def test_config_rejects_a_ring_too_narrow_for_its_cohort() -> None:
+    with pytest.raises(UsageError, match="wrap"):
+        _config(ring_bits=17)
+
+
+def test_config_rejects_unsorted_or_repeated_client_ids() -> None:
+    with pytest.raises(UsageError):
+        _config(client_ids=(2, 1, 5, 9))
+    with pytest.raises(UsageError):
+        _config(client_ids=(1, 1, 5, 9))
+
+
+def test_config_rejects_threshold_one() -> None:
+    with pytest.raises(UsageError, match="threshold"):
+        _config(threshold=1)
+
+
+def test_session_id_changes_with_every_field() -> None:
+    base = _config().session_id
+    assert _config(round_id=8).session_id != base
+    assert _config(nonce=b"m" * 16).session_id != base
+    assert _config(task_hash=b"t" * 32).session_id != base
+    assert _config(dim=11).session_id != base
+    assert _config().session_id == base
+
+
+def test_repr_of_messages_hides_keys_shares_and_vectors() -> None:
+    secretish = [b"c" * 32, b"m" * 32, b"s" * 33, b"\x01\x02\x03", bytes(CIPHERTEXT_BYTES)]
+    for message in sample_messages():
+        text = repr(message)
+        for blob in secretish:
+            assert repr(blob) not in text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_decoder_turns_arbitrary_bytes_into_a_message_or_a_decode_error(data: bytes) -> None:
+    try:
+        message = decode(data)
+    except DecodeError:
+        return
+    assert message.encode() == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sample_messages()), st.data())
+def test_decoder_survives_any_single_byte_corruption(message: Message, data: st.DataObject) -> None:
+    encoded = bytearray(message.encode())
+    position = data.draw(st.integers(0, len(encoded) - 1))
+    encoded[position] = data.draw(st.integers(0, 255))
+    try:
+        decoded = decode(bytes(encoded))
+    except DecodeError:
+        return
+    assert decoded.encode() == bytes(encoded)
