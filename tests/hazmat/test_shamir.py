@@ -238,10 +238,21 @@ def test_combine_uses_a_single_modular_inversion(monkeypatch: pytest.MonkeyPatch
         calls.append(args)
         return pow(*args)
 
-    shamir._lagrange_at.cache_clear()
+    shamir._lagrange_at_cached.cache_clear()
     monkeypatch.setattr(shamir, "pow", counting_pow, raising=False)
     assert combine(shares, 34) == SECRET
     assert len(calls) == 1
+
+
+def test_combine_without_the_coefficient_cache_gives_the_same_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shamir, "_CACHE_MAX_COEFFICIENTS", 0)
+    shares = split(SECRET, range(1, 9), 5, rng())
+    assert combine(shares, 5) == SECRET
+    tampered = [*shares[:-1], Share(shares[-1].x, (shares[-1].y + 1) % PRIME)]
+    with pytest.raises(InconsistentSharesError):
+        combine(tampered, 5)
 
 
 @pytest.mark.parametrize("secret", [b"", bytes(31), bytes(33)])
@@ -333,7 +344,7 @@ def test_split_and_combine_at_100_holders_threshold_34_are_fast() -> None:
     xs = list(range(1, 101))
     best_split = best_combine = float("inf")
     for _ in range(3):
-        shamir._lagrange_at.cache_clear()
+        shamir._lagrange_at_cached.cache_clear()
         t0 = time.perf_counter()
         shares = split(SECRET, xs, 34, rng())
         t1 = time.perf_counter()

@@ -255,3 +255,26 @@ def test_client_state_and_repr_hide_every_secret(caplog: pytest.LogCaptureFixtur
     for text in texts:
         for secret in secrets:
             assert secret not in text
+
+
+def test_masked_vector_of_a_constant_input_is_statistically_uniform() -> None:
+    h = Harness(6, threshold=3, dim=1 << 14, value_bits=4, seed=11)
+    h.advertise()
+    h.share()
+    message = h.outgoing[VICTIM]
+    assert isinstance(message, PeerShares)
+    constant = np.zeros(h.config.dim)  # the worst case for hiding: every value the same
+    reply = h.clients[VICTIM].mask_input(message, constant, 1)
+    from secagg.hazmat.ring import Ring
+
+    ring = Ring(h.config.ring_bits)
+    masked = ring.unpack(reply.packed_vector, h.config.vector_length).astype(np.int64)
+    # Chi-square over 64 equal bins of the ring: 63 degrees of freedom, mean 63, sd ~11.2.
+    bins = np.bincount(masked >> (ring.bits - 6), minlength=64)
+    expected = len(masked) / 64
+    chi_square = float(((bins - expected) ** 2 / expected).sum())
+    assert chi_square < 63 + 6 * 11.2
+    # Every bit is set in about half the values (5 standard deviations).
+    for bit in range(ring.bits):
+        ones = int(((masked >> bit) & 1).sum())
+        assert abs(ones - len(masked) / 2) < 5 * np.sqrt(len(masked) / 4)

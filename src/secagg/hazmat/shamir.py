@@ -128,8 +128,21 @@ def _batch_inverse(values: list[int]) -> list[int]:
     return result
 
 
-@lru_cache(maxsize=64)
+# Cache entries hold len(base) * len(targets) integers of ~64 bytes: cache only those of up to
+# ~1 MB, so that the cache stays below ~32 MB whatever the callers do.
+_CACHE_ENTRIES = 32
+_CACHE_MAX_COEFFICIENTS = 1 << 14
+
+
 def _lagrange_at(base: tuple[int, ...], targets: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    if len(base) * len(targets) <= _CACHE_MAX_COEFFICIENTS:
+        return _lagrange_at_cached(base, targets)
+    return _compute_lagrange_at(base, targets)
+
+
+def _compute_lagrange_at(
+    base: tuple[int, ...], targets: tuple[int, ...]
+) -> tuple[tuple[int, ...], ...]:
     """For each target z, the coefficients L_i(z) with f(z) = sum_i L_i(z) * f(base[i]).
 
     L_i(z) = prod_{j != i} (z - x_j) / prod_{j != i} (x_i - x_j). The denominators depend
@@ -158,6 +171,9 @@ def _lagrange_at(base: tuple[int, ...], targets: tuple[int, ...]) -> tuple[tuple
             prefix = prefix * diffs[i] % PRIME
         rows.append(tuple(row))
     return tuple(rows)
+
+
+_lagrange_at_cached = lru_cache(maxsize=_CACHE_ENTRIES)(_compute_lagrange_at)
 
 
 def lagrange_coefficients_at_zero(xs: Sequence[int]) -> list[int]:

@@ -376,8 +376,18 @@ def _smallest_connected_degree(n: int, bad: int, sigma: int) -> int | None:
 
 @functools.lru_cache(maxsize=512)
 def _find(
-    n: int, gamma: float, delta: float, model: ServerModel, sigma: int, eta: int
+    n: int,
+    gamma: float,
+    delta: float,
+    model: ServerModel,
+    sigma: int,
+    eta: int,
+    google_population: bool = False,
 ) -> GraphParameters:
+    """The finder proper. ``google_population`` swaps in the population model of Google's
+    finder (a client's neighbours drawn from all n clients, A of them corrupt and n - D
+    surviving) for ours (from the n - 1 others, A corrupt and n - D - 1 surviving); it exists
+    so the tests can show that this is the only difference from Google's published values."""
     corrupt, dropped = _counts(n, gamma, delta)
     if model is ServerModel.SEMI_HONEST:
         searchable = gamma + delta <= _SEARCH_DOMAIN
@@ -391,6 +401,8 @@ def _find(
         correctness_log = -math.log(correctness_inverse)
         others = n - 1
         survivors = n - dropped - 1  # other survivors, seen from a surviving client
+        if google_population:
+            others, survivors = n, n - dropped
         # Both quantities only grow with k (more draws), so each search starts from the last.
         secure_from = 0  # smallest t with P[X >= t] below the security bound
         correct_upto = 0  # largest t with P[Z <= t - 1] below the correctness bound
