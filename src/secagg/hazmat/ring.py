@@ -22,8 +22,26 @@ MAX_BITS = 62
 
 RingArray = NDArray[np.unsignedinteger[Any]]
 
+# Extra zero bytes after a packing buffer, so that every 8-byte window (and the 9th byte of
+# a value straddling 9 bytes) stays inside it.
+_SLACK = 16
+
 # Widths whose packing is a plain little-endian integer array.
 _NATIVE_WIDTHS = {8: "<u1", 16: "<u2", 32: "<u4"}
+
+
+def _window(
+    buf: NDArray[np.uint8],
+    offset: int,
+    count: int,
+    stride: int,
+    dtype: type[np.unsignedinteger[Any]] | str = "<u8",
+) -> NDArray[Any]:
+    """``count`` integers of ``dtype`` read from ``buf`` at byte ``offset``, ``stride`` apart.
+
+    A view, neither aligned nor contiguous: numpy reads and writes it with unaligned loops.
+    """
+    return np.ndarray((count,), dtype=dtype, buffer=buf, offset=offset, strides=(stride,))
 
 
 @dataclass(frozen=True)
@@ -107,27 +125,30 @@ class Ring:
         if native is not None:
             return values.astype(native, copy=False).tobytes()
 
-        # Work on groups of g values that fill G whole bytes: output byte c of a group gathers
-        # the (at most few) values overlapping its 8 bits. This is ~G+g column operations in
-        # total, whatever n is.
+        # Value j of every group of g values starts at bit j*b of its group, i.e. at byte
+        # off_j = j*b // 8 plus shift s_j = j*b % 8, and groups are G bytes apart. So all the
+        # values at position j go in with one vectorised OR into the 64-bit little-endian
+        # windows at off_j, off_j + G, ... (unaligned, strided). Windows of one OR must not
+        # overlap, so when G < 8 every ceil(8/G)-th group goes in the same pass.
+        bits = self.bits
         g, group_bytes = self._group()
         m = -(-n // g)
-        padded = np.zeros(m * g, dtype=np.uint64)
-        padded[:n] = values
-        grid = padded.reshape(m, g)
-        out = np.empty((m, group_bytes), dtype=np.uint8)
-        for c in range(group_bytes):
-            lo = 8 * c
-            acc: NDArray[np.uint64] | None = None
-            for j in range(lo // self.bits, min(g, (lo + 8 + self.bits - 1) // self.bits)):
-                offset = j * self.bits - lo
-                column = grid[:, j]
-                term = column << np.uint64(offset) if offset >= 0 else column >> np.uint64(-offset)
-                acc = term if acc is None else acc | term
-            assert acc is not None
-            # Casting to uint8 keeps the low 8 bits, which is exactly this byte.
-            out[:, c] = acc
-        return out.reshape(-1)[: self.packed_size(n)].tobytes()
+        words = values.astype(np.uint64)
+        out = np.zeros(m * group_bytes + _SLACK, dtype=np.uint8)
+        passes = -(-8 // group_bytes)
+        for j in range(g):
+            offset, shift = divmod(j * bits, 8)
+            column = words[j::g]
+            low = column << np.uint64(shift)
+            for p in range(passes):
+                part = low[p::passes]
+                window = _window(out, offset + p * group_bytes, len(part), passes * group_bytes)
+                window |= part
+            if shift + bits > 64:
+                # The top bits of a value that straddles 9 bytes.
+                spill = _window(out, offset + 8, len(column), group_bytes, np.uint8)
+                spill |= (column >> np.uint64(64 - shift)).astype(np.uint8)
+        return out[: self.packed_size(n)].tobytes()
 
     def unpack(self, data: bytes, n: int) -> RingArray:
         """Inverse of :meth:`pack`. Raises DecodeError on a wrong length or nonzero padding."""
@@ -148,22 +169,21 @@ class Ring:
         if native is not None:
             return np.frombuffer(data, dtype=native).astype(self.dtype)
 
+        # The mirror image of pack: one strided, unaligned 64-bit read per position j.
+        bits = self.bits
         g, group_bytes = self._group()
         m = -(-n // g)
-        padded = np.zeros(m * group_bytes, dtype=np.uint8)
+        padded = np.zeros(m * group_bytes + _SLACK, dtype=np.uint8)
         padded[:size] = raw
-        grid = padded.reshape(m, group_bytes)
-        values = np.empty((m, g), dtype=np.uint64)
+        values = np.empty(m * g, dtype=self.dtype)
         mask = np.uint64(self.mask)
         for j in range(g):
-            start = j * self.bits
-            acc: NDArray[np.uint64] | None = None
-            for c in range(start // 8, (start + self.bits - 1) // 8 + 1):
-                offset = 8 * c - start
-                column = grid[:, c].astype(np.uint64)
-                term = column << np.uint64(offset) if offset >= 0 else column >> np.uint64(-offset)
-                acc = term if acc is None else acc | term
-            assert acc is not None
-            # Bits shifted past the top belong to the next value: mask them off.
-            values[:, j] = acc & mask
-        return values.reshape(-1)[:n].astype(self.dtype)
+            offset, shift = divmod(j * bits, 8)
+            column = _window(padded, offset, m, group_bytes) >> np.uint64(shift)
+            if shift + bits > 64:
+                spill = _window(padded, offset + 8, m, group_bytes, np.uint8)
+                column |= spill.astype(np.uint64) << np.uint64(64 - shift)
+            # Bits past the value belong to the next one.
+            column &= mask
+            values[j::g] = column
+        return values[:n]

@@ -82,9 +82,9 @@ class AwaitingPeerKeys:
 class AwaitingPeerShares:
     """Sent sealed shares of its secrets to ``peers``; waits for theirs."""
 
-    cipher_keys: X25519KeyPair = field(repr=False)
     mask_keys: X25519KeyPair = field(repr=False)
     peers: Mapping[int, PeerKeyEntry] = field(repr=False)
+    share_keys: Mapping[int, bytes] = field(repr=False)  # AEAD key shared with each peer
     self_mask_seed: bytes = field(repr=False)
 
 
@@ -175,8 +175,9 @@ class Client:
         key_shares = split(state.mask_keys.private_bytes(), xs, t, self._rng)
         sid = self.config.session_id
         ciphertexts = []
+        share_keys: dict[int, bytes] = {}
         for v, seed_share, key_share in zip(ids, seed_shares, key_shares, strict=True):
-            key = self._share_key(state.cipher_keys, peers[v])
+            key = share_keys[v] = self._share_key(state.cipher_keys, peers[v])
             plaintext = derive.encode_share_plaintext(
                 self.client_id, v, seed_share.value_bytes(), key_share.value_bytes()
             )
@@ -184,7 +185,7 @@ class Client:
                 key, plaintext, derive.share_associated_data(sid, self.client_id, v), self._rng
             )
             ciphertexts.append((v, sealed))
-        self._state = AwaitingPeerShares(state.cipher_keys, state.mask_keys, peers, seed)
+        self._state = AwaitingPeerShares(state.mask_keys, peers, share_keys, seed)
         return EncryptedShares(
             sid,
             self.client_id,
@@ -351,7 +352,7 @@ class Client:
         self, state: AwaitingPeerShares, sender: int, sealed: bytes
     ) -> tuple[Share, Share] | None:
         """The sender's shares for this client, or None if they do not open or do not fit."""
-        key = self._share_key(state.cipher_keys, state.peers[sender])
+        key = state.share_keys[sender]
         associated = derive.share_associated_data(self.config.session_id, sender, self.client_id)
         try:
             plaintext = aead.open_sealed(key, sealed, associated)

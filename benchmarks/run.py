@@ -1,0 +1,312 @@
+"""secagg's benchmark: every figure beside its reference, measured in the same run.
+
+    .venv/bin/python benchmarks/run.py [--write] [--repeats R] [--no-flower]
+
+Figures (medians of R repeats; ratios, since machines here are shared and noisy):
+
+1. the fused AES-CTR expand-and-add floor, in ns per element on one core;
+2. client masking (quantise, self mask, k pairwise masks, bit-pack) as floor / ours;
+3. server unmasking (reconstruct, regenerate and remove masks) as floor / ours;
+4. a whole simulated round at 100 clients x 100,000 values with 10% dropout, beside Flower's
+   SecAgg+ round in its own simulator (../shared/peers/flower/), and bytes per client.
+
+``--write`` replaces BENCHMARKS.md with this run's table and the exact command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import floor  # noqa: E402
+import flower_peer  # noqa: E402
+
+from secagg.hazmat.randomness import DeterministicRandomness  # noqa: E402
+from secagg.params import Params  # noqa: E402
+from secagg.protocol.client import Client  # noqa: E402
+from secagg.protocol.messages import PeerKeys, PeerShares, RoundConfig, UnmaskRequest  # noqa: E402
+from secagg.protocol.server import Server  # noqa: E402
+from secagg.simulate import (  # noqa: E402
+    DropSchedule,
+    random_inputs,
+    root_randomness,
+    simulate_round,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config(params: Params, n: int, rng: DeterministicRandomness) -> RoundConfig:
+    graph = params.graph(n)
+    return RoundConfig(
+        round_id=0,
+        nonce=rng.bytes(16),
+        protocol=params.protocol.value,
+        server_model=params.server_model.value,
+        client_ids=tuple(range(n)),
+        degree=graph.degree,
+        threshold=graph.threshold,
+        ring_bits=params.ring_bits,
+        dim=params.dim,
+        clip=params.clip,
+        value_bits=params.value_bits,
+        max_weight=params.max_weight,
+    )
+
+
+def _round_to_masking(
+    params: Params, n: int, seed: int
+) -> tuple[RoundConfig, Server, dict[int, Client], dict[int, PeerShares]]:
+    rng = DeterministicRandomness(hashlib.sha256(f"bench/{seed}".encode()).digest())
+    config = _config(params, n, rng)
+    server = Server(config)
+    clients = {i: Client(config, i, rng.fork(f"c{i}")) for i in config.client_ids}
+    for i, c in clients.items():
+        server.receive(i, c.advertise())
+    keys = server.close_stage()
+    for i, m in keys.items():
+        assert isinstance(m, PeerKeys)
+        server.receive(i, clients[i].share_keys(m))
+    shares = server.close_stage()
+    return config, server, clients, {i: m for i, m in shares.items() if isinstance(m, PeerShares)}
+
+
+def client_masking(dim: int, degree: int, samples: int, floor_ns: float) -> dict[str, Any]:
+    """Time mask_input of ``samples`` clients, each with exactly ``degree`` pairwise masks."""
+    params = Params(dim=dim, max_clients=degree + 1, degree=degree, threshold=degree // 3 + 1)
+    _, _, clients, shares = _round_to_masking(params, degree + 1, seed=dim)
+    values = random_inputs(dim, seed=1)(0)
+    times = []
+    for i in list(clients)[:samples]:
+        t0 = time.perf_counter()
+        clients[i].mask_input(shares[i], values, 1)
+        times.append(time.perf_counter() - t0)
+    ours = statistics.median(times)
+    floor_s = (degree + 1) * (dim + 1) * floor_ns * 1e-9
+    return {
+        "dim": dim,
+        "degree": degree,
+        "ours_ms": ours * 1e3,
+        "floor_ms": floor_s * 1e3,
+        "floor_over_ours": floor_s / ours,
+    }
+
+
+def server_unmasking(n: int, dim: int, dropped: int, floor_ns: float, repeats: int) -> dict[str, Any]:
+    """Time the server's unmask stage after ``dropped`` clients missed the masked input."""
+    params = Params(dim=dim, max_clients=n)
+    samples = []
+    expansions = 0
+    for r in range(repeats):
+        config, server, clients, shares = _round_to_masking(params, n, seed=1000 + r)
+        values = random_inputs(dim, seed=2)(0)
+        for i, m in shares.items():
+            if i >= dropped:
+                server.receive(i, clients[i].mask_input(m, values, 1))
+        requests = server.close_stage()
+        for i, m in requests.items():
+            assert isinstance(m, UnmaskRequest)
+            server.receive(i, clients[i].unmask(m))
+        included = set(requests)
+        expansions = len(included) + sum(
+            sum(1 for v in server.masked_with(u) if v in included) for u in range(dropped)
+        )
+        t0 = time.perf_counter()
+        server.close_stage()
+        samples.append(time.perf_counter() - t0)
+    ours = statistics.median(samples)
+    floor_s = expansions * (dim + 1) * floor_ns * 1e-9
+    return {
+        "clients": n,
+        "dim": dim,
+        "dropped": dropped,
+        "degree": config.degree,
+        "mask_expansions": expansions,
+        "ours_ms": ours * 1e3,
+        "floor_ms": floor_s * 1e3,
+        "floor_over_ours": floor_s / ours,
+    }
+
+
+def whole_round(n: int, dim: int, dropout: float, repeats: int, stage: str | None) -> dict[str, Any]:
+    """Median seconds of a simulated round; drops at random stages, or all at ``stage``."""
+    params = Params(dim=dim, max_clients=n)
+    samples, reports = [], []
+    for r in range(repeats):
+        if stage is None:
+            drops = DropSchedule.random(n, dropout, root_randomness(r, "dropout"))
+        else:
+            drops = DropSchedule({stage: frozenset(range(round(dropout * n)))})
+        result = simulate_round(params, n, random_inputs(dim, r), drops=drops, seed=r)
+        assert result.report.outcome == "completed", result.report.abort_reason
+        samples.append(result.report.seconds)
+        reports.append(result.report)
+    report = reports[0]
+    return {
+        "clients": n,
+        "dim": dim,
+        "dropout": dropout,
+        "drop_stage": stage or "random",
+        "degree": report.degree,
+        "threshold": report.threshold,
+        "ring_bits": report.ring_bits,
+        "seconds_median": statistics.median(samples),
+        "seconds_all": samples,
+        "upload_bytes_per_client": report.upload_bytes_per_client,
+        "download_bytes_per_client": report.download_bytes_per_client,
+        "plaintext_bytes_per_client": report.plaintext_bytes_per_client,
+        "max_abs_error": max(r.max_abs_error or 0.0 for r in reports),
+        "error_bound": report.error_bound,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-flower", action="store_true", help="skip the Flower peer")
+    parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md")
+    args = parser.parse_args()
+
+    out: dict[str, Any] = {"machine": f"{platform.machine()}, {platform.python_version()}"}
+    floor_ns = floor.floor_ns_per_element(repeats=args.repeats)
+    out["floor_ns_per_element"] = floor_ns
+    print(f"floor: {floor_ns:.3f} ns per element (fused AES-CTR expand + add, one core)")
+
+    out["client_masking"] = [
+        client_masking(100_000, 28, args.repeats, floor_ns),
+        client_masking(1_000_000, 100, args.repeats, floor_ns),
+    ]
+    for row in out["client_masking"]:
+        print(f"client masking m={row['dim']:,} k={row['degree']}: {row['ours_ms']:.1f} ms, "
+              f"floor {row['floor_ms']:.1f} ms -> {row['floor_over_ours']:.2f}x of floor")
+
+    out["server_unmasking"] = server_unmasking(100, 100_000, 10, floor_ns, args.repeats)
+    row = out["server_unmasking"]
+    print(f"server unmasking 100 x 100,000, 10 dropped: {row['ours_ms']:.1f} ms for "
+          f"{row['mask_expansions']} mask expansions, floor {row['floor_ms']:.1f} ms -> "
+          f"{row['floor_over_ours']:.2f}x of floor")
+
+    out["round_random_stages"] = whole_round(100, 100_000, 0.1, args.repeats, None)
+    out["round_drop_before_masked_input"] = whole_round(
+        100, 100_000, 0.1, args.repeats, "masked-input"
+    )
+    for key in ("round_random_stages", "round_drop_before_masked_input"):
+        r = out[key]
+        print(f"round 100 x 100,000, 10% dropout ({r['drop_stage']}): {r['seconds_median']:.3f} s, "
+              f"upload {r['upload_bytes_per_client']:,.0f} B/client "
+              f"({r['upload_bytes_per_client'] / r['plaintext_bytes_per_client']:.3f}x float32)")
+
+    if not args.no_flower and flower_peer.available():
+        flower = {r["mode"]: r for r in flower_peer.run(100, 100_000, 0.1)}
+        out["flower"] = flower
+        fl = flower["secagg+"]
+        ours = out["round_drop_before_masked_input"]["seconds_median"]
+        out["speedup_vs_flower"] = fl["round_s"] / ours
+        out["speedup_vs_flower_random_stages"] = (
+            fl["round_s"] / out["round_random_stages"]["seconds_median"]
+        )
+        print(f"Flower SecAgg+ round: {fl['round_s']:.2f} s (k={fl.get('num_shares')}, "
+              f"t={fl.get('threshold')}), upload {fl['up_bytes_per_surviving_client']:,} B/client; "
+              f"ours is {out['speedup_vs_flower']:.1f}x faster")
+    elif not args.no_flower:
+        print("Flower peer harness not found: set SECAGG_FLOWER_PEER", file=sys.stderr)
+
+    (ROOT / "benchmarks" / "results.json").write_text(json.dumps(out, indent=1) + "\n")
+    if args.write:
+        write_markdown(out, " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]))
+
+
+def write_markdown(out: dict[str, Any], command: str) -> None:
+    cm = out["client_masking"]
+    su = out["server_unmasking"]
+    rr, rm = out["round_random_stages"], out["round_drop_before_masked_input"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Latest run of the benchmark suite. Machines here are shared and noisy: figures are",
+        "medians of repeats, and every comparison is a ratio measured side by side in one run.",
+        "",
+        f"Command: `{command}` (after `make test` has created `.venv`; `make bench` runs it).",
+        f"Machine: {out['machine']}, 2 cores. Raw figures: `benchmarks/results.json`.",
+        "",
+        "## Against the hardware floor",
+        "",
+        f"Floor: fused AES-128-CTR expand-and-add into a cache-sized buffer, "
+        f"**{out['floor_ns_per_element']:.2f} ns per element** on one core (measured in this run).",
+        "",
+        "| what | size | ours | floor | floor / ours |",
+        "|---|---|---|---|---|",
+    ]
+    for row in cm:
+        lines.append(
+            f"| client masking (quantise, k+1 masks, pack) | m={row['dim']:,}, k={row['degree']} "
+            f"| {row['ours_ms']:.1f} ms | {row['floor_ms']:.1f} ms | {row['floor_over_ours']:.2f} |"
+        )
+    lines.append(
+        f"| server unmasking (reconstruct + remove {su['mask_expansions']} masks) "
+        f"| n={su['clients']}, m={su['dim']:,}, {su['dropped']} dropped "
+        f"| {su['ours_ms']:.1f} ms | {su['floor_ms']:.1f} ms | {su['floor_over_ours']:.2f} |"
+    )
+    lines += [
+        "",
+        "## One round, 100 clients x 100,000 values, 10% dropout",
+        "",
+        "| implementation | drops | k / t | round s (median) | upload B/client | vs float32 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in (rr, rm):
+        lines.append(
+            f"| secagg (SecAgg+, in-process simulator) | {r['drop_stage']} | "
+            f"{r['degree']} / {r['threshold']} | {r['seconds_median']:.3f} | "
+            f"{r['upload_bytes_per_client']:,.0f} | "
+            f"{r['upload_bytes_per_client'] / r['plaintext_bytes_per_client']:.3f}x |"
+        )
+    if "flower" in out:
+        fl = out["flower"]["secagg+"]
+        plain = out["flower"].get("plaintext-fedavg", {})
+        lines.append(
+            f"| Flower 1.42 SecAgg+ (its simulator) | after share-keys | "
+            f"{fl.get('num_shares')} / {fl.get('threshold')} | {fl['round_s']:.2f} | "
+            f"{fl['up_bytes_per_surviving_client']:,} | "
+            f"{fl['up_bytes_per_surviving_client'] / fl['plaintext_vector_bytes']:.3f}x |"
+        )
+        if plain:
+            lines.append(
+                f"| Flower 1.42 plaintext FedAvg | - | - | {plain['round_s']:.2f} | "
+                f"{plain['up_bytes_per_surviving_client']:,} | "
+                f"{plain['up_bytes_per_surviving_client'] / plain['plaintext_vector_bytes']:.3f}x |"
+            )
+        lines += [
+            "",
+            f"**secagg's round is {out['speedup_vs_flower']:.1f}x faster than Flower's SecAgg+** "
+            f"with the same drops (after share-keys), and "
+            f"{out['speedup_vs_flower_random_stages']:.1f}x with drops at random stages "
+            "(which Flower cannot recover from before share-keys).",
+            "",
+            "Notes: Flower's k is its default 2*ceil(log2 n)+1, chosen without a security "
+            "analysis; ours comes from the sigma=40 / eta=20 finder (k=28, t=6 at n=100), so our "
+            "round does more masking work per client. Byte counts are serialized messages "
+            "without transport framing, for both.",
+        ]
+    lines += [
+        "",
+        f"Max abs error of the secure mean: {max(rr['max_abs_error'], rm['max_abs_error']):.2e} "
+        f"(quantisation bound {rr['error_bound']:.2e}).",
+        "",
+    ]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
