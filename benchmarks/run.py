@@ -25,19 +25,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import floor  # noqa: E402
-import flower_peer  # noqa: E402
+import floor
+import flower_peer
 
-from secagg.hazmat.randomness import DeterministicRandomness  # noqa: E402
-from secagg.params import Params  # noqa: E402
-from secagg.protocol.client import Client  # noqa: E402
-from secagg.protocol.messages import PeerKeys, PeerShares, RoundConfig, UnmaskRequest  # noqa: E402
-from secagg.protocol.server import Server  # noqa: E402
-from secagg.simulate import (  # noqa: E402
+from secagg.hazmat.randomness import DeterministicRandomness
+from secagg.params import Params
+from secagg.protocol.client import Client
+from secagg.protocol.messages import PeerKeys, PeerShares, RoundConfig, UnmaskRequest
+from secagg.protocol.server import Server
+from secagg.simulate import (
     DropSchedule,
     random_inputs,
     root_randomness,
@@ -103,7 +101,9 @@ def client_masking(dim: int, degree: int, samples: int, floor_ns: float) -> dict
     }
 
 
-def server_unmasking(n: int, dim: int, dropped: int, floor_ns: float, repeats: int) -> dict[str, Any]:
+def server_unmasking(
+    n: int, dim: int, dropped: int, floor_ns: float, repeats: int
+) -> dict[str, Any]:
     """Time the server's unmask stage after ``dropped`` clients missed the masked input."""
     params = Params(dim=dim, max_clients=n)
     samples = []
@@ -139,7 +139,9 @@ def server_unmasking(n: int, dim: int, dropped: int, floor_ns: float, repeats: i
     }
 
 
-def whole_round(n: int, dim: int, dropout: float, repeats: int, stage: str | None) -> dict[str, Any]:
+def whole_round(
+    n: int, dim: int, dropout: float, repeats: int, stage: str | None
+) -> dict[str, Any]:
     """Median seconds of a simulated round; drops at random stages, or all at ``stage``."""
     params = Params(dim=dim, max_clients=n)
     samples, reports = [], []
@@ -188,14 +190,18 @@ def main() -> None:
         client_masking(1_000_000, 100, args.repeats, floor_ns),
     ]
     for row in out["client_masking"]:
-        print(f"client masking m={row['dim']:,} k={row['degree']}: {row['ours_ms']:.1f} ms, "
-              f"floor {row['floor_ms']:.1f} ms -> {row['floor_over_ours']:.2f}x of floor")
+        print(
+            f"client masking m={row['dim']:,} k={row['degree']}: {row['ours_ms']:.1f} ms, "
+            f"floor {row['floor_ms']:.1f} ms -> {row['floor_over_ours']:.2f}x of floor"
+        )
 
     out["server_unmasking"] = server_unmasking(100, 100_000, 10, floor_ns, args.repeats)
     row = out["server_unmasking"]
-    print(f"server unmasking 100 x 100,000, 10 dropped: {row['ours_ms']:.1f} ms for "
-          f"{row['mask_expansions']} mask expansions, floor {row['floor_ms']:.1f} ms -> "
-          f"{row['floor_over_ours']:.2f}x of floor")
+    print(
+        f"server unmasking 100 x 100,000, 10 dropped: {row['ours_ms']:.1f} ms for "
+        f"{row['mask_expansions']} mask expansions, floor {row['floor_ms']:.1f} ms -> "
+        f"{row['floor_over_ours']:.2f}x of floor"
+    )
 
     out["round_random_stages"] = whole_round(100, 100_000, 0.1, args.repeats, None)
     out["round_drop_before_masked_input"] = whole_round(
@@ -203,9 +209,11 @@ def main() -> None:
     )
     for key in ("round_random_stages", "round_drop_before_masked_input"):
         r = out[key]
-        print(f"round 100 x 100,000, 10% dropout ({r['drop_stage']}): {r['seconds_median']:.3f} s, "
-              f"upload {r['upload_bytes_per_client']:,.0f} B/client "
-              f"({r['upload_bytes_per_client'] / r['plaintext_bytes_per_client']:.3f}x float32)")
+        print(
+            f"round 100 x 100,000, 10% dropout ({r['drop_stage']}): {r['seconds_median']:.3f} s, "
+            f"upload {r['upload_bytes_per_client']:,.0f} B/client "
+            f"({r['upload_bytes_per_client'] / r['plaintext_bytes_per_client']:.3f}x float32)"
+        )
 
     if not args.no_flower and flower_peer.available():
         flower = {r["mode"]: r for r in flower_peer.run(100, 100_000, 0.1)}
@@ -216,9 +224,11 @@ def main() -> None:
         out["speedup_vs_flower_random_stages"] = (
             fl["round_s"] / out["round_random_stages"]["seconds_median"]
         )
-        print(f"Flower SecAgg+ round: {fl['round_s']:.2f} s (k={fl.get('num_shares')}, "
-              f"t={fl.get('threshold')}), upload {fl['up_bytes_per_surviving_client']:,} B/client; "
-              f"ours is {out['speedup_vs_flower']:.1f}x faster")
+        print(
+            f"Flower SecAgg+ round: {fl['round_s']:.2f} s (k={fl.get('num_shares')}, "
+            f"t={fl.get('threshold')}), upload {fl['up_bytes_per_surviving_client']:,} B/client; "
+            f"ours is {out['speedup_vs_flower']:.1f}x faster"
+        )
     elif not args.no_flower:
         print("Flower peer harness not found: set SECAGG_FLOWER_PEER", file=sys.stderr)
 

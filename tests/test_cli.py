@@ -57,13 +57,20 @@ def test_inputs_weights_and_saved_aggregate(tmp_path: Path) -> None:
     out = tmp_path / "mean.npy"
     report = _json(
         [
-            "--inputs", str(tmp_path / "x.npy"),
-            "--weights", str(tmp_path / "w.npy"),
-            "--protocol", "secagg",
-            "--drop", "share=2",
-            "--drop", "unmask=5",
-            "--save-aggregate", str(out),
-            "--seed", "4",
+            "--inputs",
+            str(tmp_path / "x.npy"),
+            "--weights",
+            str(tmp_path / "w.npy"),
+            "--protocol",
+            "secagg",
+            "--drop",
+            "share=2",
+            "--drop",
+            "unmask=5",
+            "--save-aggregate",
+            str(out),
+            "--seed",
+            "4",
         ]
     )
     included = report["included"]
@@ -97,7 +104,9 @@ def test_table_summary_without_json() -> None:
     ],
 )
 def test_bad_arguments_exit_with_code_2_and_one_line(args: list[str]) -> None:
-    result = runner.invoke(app, ["simulate", *args, "--dim", "5"] if "--dim" not in args else ["simulate", *args])
+    result = runner.invoke(
+        app, ["simulate", *args, "--dim", "5"] if "--dim" not in args else ["simulate", *args]
+    )
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
 
@@ -105,8 +114,20 @@ def test_bad_arguments_exit_with_code_2_and_one_line(args: list[str]) -> None:
 def test_aborted_round_exits_with_code_1(tmp_path: Path) -> None:
     result = runner.invoke(
         app,
-        ["simulate", "--clients", "6", "--dim", "4", "--protocol", "secagg", "--threshold", "4",
-         "--drop", "masked-input=0,1,2", "--json"],
+        [
+            "simulate",
+            "--clients",
+            "6",
+            "--dim",
+            "4",
+            "--protocol",
+            "secagg",
+            "--threshold",
+            "4",
+            "--drop",
+            "masked-input=0,1,2",
+            "--json",
+        ],
     )
     assert result.exit_code == 1
     assert json.loads(result.stdout)["outcome"] == "aborted"
@@ -114,7 +135,19 @@ def test_aborted_round_exits_with_code_1(tmp_path: Path) -> None:
 
 def test_command_line_entry_point_runs_as_a_real_process() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "secagg", "simulate", "--clients", "5", "--dim", "3", "--json", "--seed", "1"],
+        [
+            sys.executable,
+            "-m",
+            "secagg",
+            "simulate",
+            "--clients",
+            "5",
+            "--dim",
+            "3",
+            "--json",
+            "--seed",
+            "1",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -9,12 +9,25 @@ from secagg import secure_mean
 from secagg.errors import ConfigurationError
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.params import Params, Protocol
-from secagg.simulate import DROP_STAGES, DropSchedule, integer_weights, random_inputs, simulate_round
+from secagg.simulate import (
+    DROP_STAGES,
+    DropSchedule,
+    integer_weights,
+    random_inputs,
+    simulate_round,
+)
 
 
 def test_random_dropout_at_every_stage_still_gives_the_mean_of_the_included() -> None:
     params = Params(dim=50, max_clients=40)
-    drops = DropSchedule({"advertise": frozenset({1}), "share": frozenset({2}), "masked-input": frozenset({3}), "unmask": frozenset({4})})
+    drops = DropSchedule(
+        {
+            "advertise": frozenset({1}),
+            "share": frozenset({2}),
+            "masked-input": frozenset({3}),
+            "unmask": frozenset({4}),
+        }
+    )
     inputs = random_inputs(50, seed=5)
     result = simulate_round(params, 40, inputs, drops=drops, seed=5)
     report = result.report
@@ -113,3 +126,20 @@ def test_integer_weights_keep_integers_and_scale_fractions() -> None:
         integer_weights(np.array([0.0, 0.0, 0.0]), 3)
     with pytest.raises(ConfigurationError):
         integer_weights(np.array([1.0, -1.0, 1.0]), 3)
+
+
+def test_worker_processes_change_nothing_the_round_computes() -> None:
+    params = Params(dim=300, max_clients=12)
+    drops = DropSchedule.parse(["share=3", "unmask=7"])
+    one = simulate_round(params, 12, random_inputs(300, 4), drops=drops, seed=4, workers=1)
+    two = simulate_round(params, 12, random_inputs(300, 4), drops=drops, seed=4, workers=2)
+    assert one.ring_total is not None and two.ring_total is not None
+    np.testing.assert_array_equal(one.ring_total, two.ring_total)
+    assert one.report.included == two.report.included
+    assert one.report.upload_bytes_per_client == two.report.upload_bytes_per_client
+
+
+def test_a_bad_input_in_a_worker_process_surfaces_as_a_configuration_error() -> None:
+    params = Params(dim=3, max_clients=6)
+    with pytest.raises(ConfigurationError, match="shape"):
+        simulate_round(params, 6, lambda i: np.zeros(4), seed=1, workers=2)

@@ -76,6 +76,4 @@ def secure_mean(
 
         _, max_weight = integer_weights(weights, n)
         params = Params(dim=dim, max_clients=n, max_weight=max_weight)
-    return simulate_round(
-        params, n, lambda i: array[i], weights=weights, drops=drops, seed=seed
-    )
+    return simulate_round(params, n, lambda i: array[i], weights=weights, drops=drops, seed=seed)

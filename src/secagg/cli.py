@@ -136,9 +136,7 @@ def simulate(
         else:
             schedule = DropSchedule.random(n, dropout, root_randomness(seed, "dropout"))
         schedule.check_ids(n)
-        result = simulate_round(
-            params, n, source, weights=weight_vector, drops=schedule, seed=seed
-        )
+        result = simulate_round(params, n, source, weights=weight_vector, drops=schedule, seed=seed)
     except ConfigurationError as exc:
         _fail(str(exc))
     report = result.report

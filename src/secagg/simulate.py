@@ -18,17 +18,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.errors import ClientAbort, ConfigurationError, RoundAborted
+from secagg.cohort import ClientGroup, Cohort, default_workers
+from secagg.errors import ConfigurationError, RoundAborted
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
 from secagg.params import Params
 from secagg.protocol.client import Client
-from secagg.protocol.messages import (
-    Message,
-    PeerKeys,
-    PeerShares,
-    RoundConfig,
-    UnmaskRequest,
-)
+from secagg.protocol.messages import Message, RoundConfig
 from secagg.protocol.server import Server, Stage
 
 __all__ = [
@@ -223,11 +218,6 @@ class _Meter:
         self.up: dict[int, int] = {}
         self.down: dict[int, int] = {}
 
-    def sent(self, client_id: int, message: Message) -> bytes:
-        data = message.encode()
-        self.up[client_id] = self.up.get(client_id, 0) + len(data)
-        return data
-
     def delivered(self, client_id: int, message: Message) -> bytes:
         data = message.encode()
         self.down[client_id] = self.down.get(client_id, 0) + len(data)
@@ -264,12 +254,14 @@ def simulate_round(
     weights: NDArray[np.floating] | None = None,
     drops: DropSchedule | None = None,
     seed: int | None = None,
+    workers: int | None = None,
 ) -> SimulationResult:
     """Run one complete round in process and report it.
 
     ``inputs(i)`` gives client i's update (``params.dim`` values); ``weights`` its weight
     (default 1). With a ``seed`` every random choice (keys, seeds, rounding, the nonce) is
-    reproducible; without one they come from the operating system.
+    reproducible; without one they come from the operating system. ``workers`` processes
+    run the clients (default: one per core for large rounds, none for small ones).
     """
     drops = drops or DropSchedule()
     drops.check_ids(n)
@@ -281,78 +273,54 @@ def simulate_round(
     root = root_randomness(seed, "round")
     config = make_config(params, n, root)
     server = Server(config)
-    clients = {
-        i: Client(
-            config,
-            i,
-            root.fork(f"client/{i}") if isinstance(root, DeterministicRandomness) else root,
-        )
-        for i in config.client_ids
-    }
+    exact_weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+
+    def group_of(ids: Sequence[int]) -> ClientGroup:
+        clients = {
+            i: Client(
+                config,
+                i,
+                root.fork(f"client/{i}") if isinstance(root, DeterministicRandomness) else root,
+            )
+            for i in ids
+        }
+        return ClientGroup(clients, inputs, int_weights, exact_weights, params.dim)
+
     meter = _Meter()
     stage_seconds: dict[str, float] = {}
     client_aborts: dict[int, str] = {}
-    weighted_sum = np.zeros(params.dim, dtype=np.float64)
-    weight_sum = 0.0
-    exact_weights = (
-        np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    )
-    contributed: set[int] = set()
-    clipped = 0
     outgoing: dict[int, Message] = {}
-    started = time.perf_counter()
     abort: RoundAborted | None = None
-
-    def answer(stage: str, make: Callable[[Client, bytes | None], Message]) -> None:
-        for i, client in clients.items():
-            if drops.stage_of(i) == stage:
-                continue
-            delivered = outgoing.get(i)
-            if stage != "advertise" and delivered is None:
-                continue  # the server excluded it earlier
-            data = meter.delivered(i, delivered) if delivered is not None else None
+    workers = default_workers(n, params.dim) if workers is None else workers
+    started = time.perf_counter()
+    with Cohort(group_of, config.client_ids, workers) as cohort:
+        for stage in DROP_STAGES:
+            t0 = time.perf_counter()
+            if stage == "advertise":
+                addressed: dict[int, Message | None] = dict.fromkeys(config.client_ids)
+            else:
+                addressed = dict(outgoing)  # the server may have excluded some already
+            deliveries = {
+                i: None if m is None else meter.delivered(i, m)
+                for i, m in addressed.items()
+                if drops.stage_of(i) != stage
+            }
+            for i, data, aborted in cohort.answer(stage, deliveries):
+                if aborted is not None:
+                    client_aborts[i] = aborted
+                else:
+                    assert data is not None
+                    meter.up[i] = meter.up.get(i, 0) + len(data)
+                    server.receive(i, data)
             try:
-                reply = make(client, data)
-            except ClientAbort as exc:
-                client_aborts[i] = exc.reason.value
-                continue
-            server.receive(i, meter.sent(i, reply))
-
-    def masked(client: Client, data: bytes | None) -> Message:
-        nonlocal weight_sum, clipped
-        assert data is not None
-        i = client.client_id
-        values = np.asarray(inputs(i))
-        if values.shape != (params.dim,):
-            raise ConfigurationError(
-                f"client {i}'s input has shape {values.shape}; expected ({params.dim},)"
-            )
-        reply = client.mask_input(PeerShares.decode(data), values, int_weights[i])
-        state = client.state
-        clipped += getattr(state, "clipped", 0)
-        w = float(exact_weights[i])
-        weighted_sum[:] += w * values.astype(np.float64)
-        weight_sum += w
-        contributed.add(i)
-        return reply
-
-    stages: Sequence[tuple[str, Callable[[Client, bytes | None], Message]]] = (
-        ("advertise", lambda c, _: c.advertise()),
-        ("share", lambda c, d: c.share_keys(PeerKeys.decode(_need(d)))),
-        ("masked-input", masked),
-        ("unmask", lambda c, d: c.unmask(UnmaskRequest.decode(_need(d)))),
-    )
-    for stage, make in stages:
-        t0 = time.perf_counter()
-        answer(stage, make)
-        try:
-            outgoing = server.close_stage()
-        except RoundAborted as exc:
-            abort = exc
+                outgoing = server.close_stage()
+            except RoundAborted as exc:
+                abort = exc
             stage_seconds[stage] = time.perf_counter() - t0
-            break
-        stage_seconds[stage] = time.perf_counter() - t0
-    seconds = time.perf_counter() - started
+            if abort is not None:
+                break
+        seconds = time.perf_counter() - started
+        tally = cohort.tally()
 
     dropped: dict[str, list[int]] = {s: [] for s in DROP_STAGES}
     reasons: dict[int, str] = {}
@@ -372,8 +340,8 @@ def simulate_round(
         included = result.included
         ring_total = result.total
         aggregate = result.weighted_mean(quantizer)
-        if set(included) == contributed:
-            exact = weighted_sum / weight_sum
+        if set(included) == tally.contributed:
+            exact = tally.weighted_sum / tally.weight_sum
         else:  # the server excluded a client after it sent: recompute over exactly those
             exact = _exact_mean(inputs, included, exact_weights, params.dim)
         max_abs_error = float(np.max(np.abs(aggregate - exact)))
@@ -393,7 +361,7 @@ def simulate_round(
         ring_bits=config.ring_bits,
         value_bits=params.value_bits,
         clip=params.clip,
-        clipped_values=clipped,
+        clipped_values=tally.clipped,
         seconds=seconds,
         stage_seconds=stage_seconds,
         upload_bytes_per_client=_mean(meter.up, full),
@@ -403,11 +371,6 @@ def simulate_round(
         error_bound=bound,
     )
     return SimulationResult(report, aggregate, ring_total)
-
-
-def _need(data: bytes | None) -> bytes:
-    assert data is not None
-    return data
 
 
 def _mean(counts: Mapping[int, int], ids: Sequence[int]) -> float:

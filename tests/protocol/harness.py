@@ -58,14 +58,15 @@ class Harness:
             max_weight=max_weight,
         )
         self.server = Server(self.config)
-        self.clients = {
-            i: Client(self.config, i, self.rng.fork(f"client/{i}")) for i in client_ids
-        }
+        self.clients = {i: Client(self.config, i, self.rng.fork(f"client/{i}")) for i in client_ids}
         data = self.rng.fork("inputs")
         self.levels = np.asarray(data.words(len(client_ids) * dim) % (levels + 1)).reshape(
             len(client_ids), dim
         )
-        self.weights = {i: 1 + int(w) % max_weight for i, w in zip(client_ids, data.words(len(client_ids)), strict=True)}
+        self.weights = {
+            i: 1 + int(w) % max_weight
+            for i, w in zip(client_ids, data.words(len(client_ids)), strict=True)
+        }
         self.row = {i: r for r, i in enumerate(client_ids)}
         self.outgoing: dict[int, Message] = {}
 

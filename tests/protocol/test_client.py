@@ -159,14 +159,18 @@ def test_client_aborts_when_peer_keys_repeat_an_id() -> None:
 def test_client_aborts_when_peer_keys_name_a_stranger() -> None:
     h, message = _peer_keys()
     stranger = PeerKeyEntry(77, b"\x09" * 32, b"\x0a" * 32)
-    _share_aborts(h, dataclasses.replace(message, peers=(*message.peers, stranger)), AbortReason.UNKNOWN_ID)
+    _share_aborts(
+        h, dataclasses.replace(message, peers=(*message.peers, stranger)), AbortReason.UNKNOWN_ID
+    )
 
 
 def test_client_aborts_when_two_peers_share_a_public_key() -> None:
     h, message = _peer_keys()
     first, second, *rest = message.peers
     clone = dataclasses.replace(second, mask_public=first.mask_public)
-    _share_aborts(h, dataclasses.replace(message, peers=(first, clone, *rest)), AbortReason.DUPLICATE_KEY)
+    _share_aborts(
+        h, dataclasses.replace(message, peers=(first, clone, *rest)), AbortReason.DUPLICATE_KEY
+    )
 
 
 def test_client_aborts_when_its_own_key_is_handed_back_as_a_peer_key() -> None:
@@ -174,12 +178,16 @@ def test_client_aborts_when_its_own_key_is_handed_back_as_a_peer_key() -> None:
     own = h.clients[VICTIM].state
     first, *rest = message.peers
     mirrored = dataclasses.replace(first, cipher_public=own.cipher_keys.public)  # type: ignore[union-attr]
-    _share_aborts(h, dataclasses.replace(message, peers=(mirrored, *rest)), AbortReason.DUPLICATE_KEY)
+    _share_aborts(
+        h, dataclasses.replace(message, peers=(mirrored, *rest)), AbortReason.DUPLICATE_KEY
+    )
 
 
 def test_client_aborts_when_too_few_peers_advertised() -> None:
     h, message = _peer_keys()
-    _share_aborts(h, dataclasses.replace(message, peers=message.peers[:2]), AbortReason.BELOW_THRESHOLD)
+    _share_aborts(
+        h, dataclasses.replace(message, peers=message.peers[:2]), AbortReason.BELOW_THRESHOLD
+    )
 
 
 def test_client_aborts_on_a_small_order_peer_key() -> None:
@@ -210,14 +218,16 @@ def test_client_masks_with_a_peer_whose_sealed_share_is_tampered_and_reports_it(
     assert isinstance(message, PeerShares)
     sender, sealed = message.ciphertexts[0]
     tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
-    forged = dataclasses.replace(message, ciphertexts=((sender, tampered), *message.ciphertexts[1:]))
+    forged = dataclasses.replace(
+        message, ciphertexts=((sender, tampered), *message.ciphertexts[1:])
+    )
     reply = h.clients[VICTIM].mask_input(forged, h.values(VICTIM), h.weights[VICTIM])
     assert reply.missing_shares == (sender,)
     assert sender in h.clients[VICTIM].state.masked_with  # type: ignore[union-attr]
 
 
 def test_client_aborts_on_a_message_out_of_order() -> None:
-    h, message = _peer_keys()
+    h, _ = _peer_keys()
     with pytest.raises(ClientAbort) as caught:
         h.clients[VICTIM].unmask(UnmaskRequest(h.config.session_id, VICTIM, (), ()))
     assert caught.value.reason is AbortReason.UNEXPECTED_MESSAGE

@@ -51,7 +51,9 @@ def sample_messages() -> list[Message]:
     return [
         _config(),
         AdvertiseKeys(SID, 3, b"c" * 32, b"m" * 32),
-        PeerKeys(SID, 3, (PeerKeyEntry(1, b"a" * 32, b"b" * 32), PeerKeyEntry(4, b"d" * 32, b"e" * 32))),
+        PeerKeys(
+            SID, 3, (PeerKeyEntry(1, b"a" * 32, b"b" * 32), PeerKeyEntry(4, b"d" * 32, b"e" * 32))
+        ),
         PeerKeys(SID, 3, ()),
         EncryptedShares(SID, 3, b"h" * 32, ((1, ct), (4, ct))),
         PeerShares(SID, 3, ((1, ct),)),

@@ -57,8 +57,18 @@ def test_result_is_the_exact_sum_of_included_inputs_or_nothing(
             aborted_at = exc.stage
             break
 
-    revealed_self = {u for c in h.clients.values() if isinstance(c.state, Completed) for u in c.state.revealed_self_mask_shares_of}
-    revealed_keys = {u for c in h.clients.values() if isinstance(c.state, Completed) for u in c.state.revealed_key_shares_of}
+    revealed_self = {
+        u
+        for c in h.clients.values()
+        if isinstance(c.state, Completed)
+        for u in c.state.revealed_self_mask_shares_of
+    }
+    revealed_keys = {
+        u
+        for c in h.clients.values()
+        if isinstance(c.state, Completed)
+        for u in c.state.revealed_key_shares_of
+    }
     # Nobody's two secrets are ever both handed out, by anyone.
     assert not revealed_self & revealed_keys
 

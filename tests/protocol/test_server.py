@@ -197,7 +197,9 @@ def test_a_bad_share_is_outvoted_and_its_sender_noted() -> None:
     honest = h.clients[0].unmask(request)
     owner, share = honest.self_mask_shares[0]
     corrupted = bytes(32) + bytes([share[-1] ^ 1])
-    bad = dataclasses.replace(honest, self_mask_shares=((owner, corrupted), *honest.self_mask_shares[1:]))
+    bad = dataclasses.replace(
+        honest, self_mask_shares=((owner, corrupted), *honest.self_mask_shares[1:])
+    )
     h.server.receive(0, bad)
     h.unmask(skip=[0])
     np.testing.assert_array_equal(h.server.result.total, h.expected_total(range(7)))
@@ -253,9 +255,7 @@ def test_secagg_plus_prunes_clients_left_with_too_few_neighbours() -> None:
     h.mask()
     h.unmask()
     assert 0 not in h.server.result.included
-    np.testing.assert_array_equal(
-        h.server.result.total, h.expected_total(h.server.result.included)
-    )
+    np.testing.assert_array_equal(h.server.result.total, h.expected_total(h.server.result.included))
 
 
 def test_round_aborts_at_advertise_when_nobody_can_share() -> None:

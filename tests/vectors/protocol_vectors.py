@@ -25,27 +25,47 @@ SPECS: list[dict[str, Any]] = [
     {"name": "secagg-no-drops", "n": 4, "degree": None, "threshold": 2, "dim": 3, "seed": 1},
     {
         "name": "secagg-drop-at-every-stage",
-        "n": 8, "degree": None, "threshold": 3, "dim": 4, "seed": 2,
+        "n": 8,
+        "degree": None,
+        "threshold": 3,
+        "dim": 4,
+        "seed": 2,
         "skip": {"advertise": [0], "share": [1], "mask": [2], "unmask": [3]},
     },
     {
         "name": "secagg-plus-drops",
-        "n": 10, "degree": 4, "threshold": 2, "dim": 3, "seed": 3,
+        "n": 10,
+        "degree": 4,
+        "threshold": 2,
+        "dim": 3,
+        "seed": 3,
         "skip": {"share": [4], "mask": [7]},
     },
     {
         "name": "fails-server-aborts-below-threshold",
-        "n": 5, "degree": None, "threshold": 4, "dim": 2, "seed": 4,
+        "n": 5,
+        "degree": None,
+        "threshold": 4,
+        "dim": 2,
+        "seed": 4,
         "skip": {"mask": [0, 1]},
     },
     {
         "name": "fails-client-listed-as-dropped",
-        "n": 5, "degree": None, "threshold": 2, "dim": 2, "seed": 5,
+        "n": 5,
+        "degree": None,
+        "threshold": 2,
+        "dim": 2,
+        "seed": 5,
         "forge": {"client": 1, "dropped_add": [1]},
     },
     {
         "name": "fails-client-asked-for-both-shares",
-        "n": 5, "degree": None, "threshold": 2, "dim": 2, "seed": 6,
+        "n": 5,
+        "degree": None,
+        "threshold": 2,
+        "dim": 2,
+        "seed": 6,
         "forge": {"client": 1, "dropped_add": [2]},
     },
 ]
@@ -60,7 +80,10 @@ def _hex(message: Message) -> str:
 def record(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the round a spec describes and record everything that crossed the wire."""
     h = Harness(
-        spec["n"], degree=spec["degree"], threshold=spec["threshold"], dim=spec["dim"],
+        spec["n"],
+        degree=spec["degree"],
+        threshold=spec["threshold"],
+        dim=spec["dim"],
         seed=spec["seed"],
     )
     skip: dict[str, list[int]] = spec.get("skip", {})

@@ -200,9 +200,7 @@ class Client:
         state = self._expect(AwaitingPeerShares, message)
         self._check_addressed(message.session_id, message.recipient)
         senders = [sender for sender, _ in message.ciphertexts]
-        self._check_ids(
-            senders, allowed=frozenset(state.peers), earlier_dropped=self._neighbours
-        )
+        self._check_ids(senders, allowed=frozenset(state.peers), earlier_dropped=self._neighbours)
         self._check_enough(len(senders), "neighbours shared keys")
         if not 0 <= weight <= self.config.max_weight:
             raise UsageError(f"weight must be in [0, {self.config.max_weight}]")
@@ -215,9 +213,7 @@ class Client:
                 missing.append(sender)  # still masked with: the pairwise key needs no share
             else:
                 held[sender] = shares
-        encoded = self._quantizer.encode(
-            np.asarray(values), weight, self._ring, self._rng
-        )
+        encoded = self._quantizer.encode(np.asarray(values), weight, self._ring, self._rng)
         vector = encoded.vector
         if vector.shape != (self.config.vector_length,):
             raise UsageError(
@@ -274,9 +270,7 @@ class Client:
             )
         self._check_enough(len(survivors), "neighbours survived")
         self_mask_shares = tuple(
-            (u, state.held_shares[u][0].value_bytes())
-            for u in survivors
-            if u in state.held_shares
+            (u, state.held_shares[u][0].value_bytes()) for u in survivors if u in state.held_shares
         )
         key_shares = tuple(
             (u, state.held_shares[u][1].value_bytes()) for u in dropped if u in state.held_shares

@@ -22,6 +22,7 @@ unmask     ``UnmaskResponse``
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -222,9 +223,9 @@ def _check_id(value: int, what: str) -> None:
         raise UsageError(f"{what} must be a u32, got {value!r}")
 
 
-def _read_entries(r: _Reader, item_size: int, read: Callable[[], tuple[int, bytes]]) -> tuple[
-    tuple[int, bytes], ...
-]:
+def _read_entries(
+    r: _Reader, item_size: int, read: Callable[[], tuple[int, bytes]]
+) -> tuple[tuple[int, bytes], ...]:
     n = r.count(item_size)
     return tuple(read() for _ in range(n))
 
@@ -259,7 +260,7 @@ class RoundConfig(Message):
     def __post_init__(self) -> None:
         ids = tuple(self.client_ids)
         object.__setattr__(self, "client_ids", ids)
-        if any(b <= a for a, b in zip(ids, ids[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(ids)):
             raise UsageError("client ids must be strictly increasing")
         for i in ids:
             _check_id(i, "client id")
@@ -421,9 +422,7 @@ class EncryptedShares(Message):
 
     @classmethod
     def _read(cls, r: _Reader) -> EncryptedShares:
-        return cls(
-            r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(DIGEST_BYTES), _read_ciphertexts(r)
-        )
+        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(DIGEST_BYTES), _read_ciphertexts(r))
 
 
 @dataclass(frozen=True)

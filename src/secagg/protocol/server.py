@@ -215,8 +215,13 @@ class Server:
         if first is not None:
             self._duplicate(sender, first, message)
             return
-        handler: Callable[[int, Message], bool] = getattr(self, f"_take_{self._stage.name}")
-        if handler(sender, message):
+        handlers: dict[Stage, Callable[[int, Message], bool]] = {
+            Stage.ADVERTISE: self._take_advertise,
+            Stage.SHARE: self._take_share,
+            Stage.MASKED_INPUT: self._take_masked_input,
+            Stage.UNMASK: self._take_unmask,
+        }
+        if handlers[self._stage](sender, message):
             self._received[sender] = message
 
     def drop(self, client_id: int, reason: DropReason, detail: str = "") -> None:
@@ -240,7 +245,7 @@ class Server:
                 Drop(sender, self._stage, DropReason.DUPLICATE, "conflicting duplicate ignored")
             )
 
-    def _take_ADVERTISE(self, sender: int, message: Message) -> bool:
+    def _take_advertise(self, sender: int, message: Message) -> bool:
         assert isinstance(message, AdvertiseKeys)
         for key in (message.cipher_public, message.mask_public):
             owner = self._key_owner.get(key)
@@ -256,7 +261,7 @@ class Server:
             self._key_owner[key] = sender
         return True
 
-    def _take_SHARE(self, sender: int, message: Message) -> bool:
+    def _take_share(self, sender: int, message: Message) -> bool:
         assert isinstance(message, EncryptedShares)
         recipients = [v for v, _ in message.ciphertexts]
         if sorted(recipients) != sorted(self._peers[sender]) or len(set(recipients)) != len(
@@ -266,7 +271,7 @@ class Server:
             return False
         return True
 
-    def _take_MASKED_INPUT(self, sender: int, message: Message) -> bool:
+    def _take_masked_input(self, sender: int, message: Message) -> bool:
         assert isinstance(message, MaskedInput)
         view = set(self._view[sender])
         missing = message.missing_shares
@@ -295,7 +300,7 @@ class Server:
         self._received[sender] = MaskedInput(message.session_id, sender, missing, b"")
         return False
 
-    def _take_UNMASK(self, sender: int, message: Message) -> bool:
+    def _take_unmask(self, sender: int, message: Message) -> bool:
         assert isinstance(message, UnmaskResponse)
         request = self._requests[sender]
         missing = self._missing[sender]
@@ -330,10 +335,13 @@ class Server:
             self.drop(u, _MISSED[stage])
         live = set(self._received)
         try:
-            closer: Callable[[set[int]], dict[int, Message]] = getattr(
-                self, f"_close_{stage.name}"
-            )
-            outgoing = closer(live)
+            closers: dict[Stage, Callable[[set[int]], dict[int, Message]]] = {
+                Stage.ADVERTISE: self._close_advertise,
+                Stage.SHARE: self._close_share,
+                Stage.MASKED_INPUT: self._close_masked_input,
+                Stage.UNMASK: self._close_unmask,
+            }
+            outgoing = closers[stage](live)
         except RoundAborted as exc:
             self._fail(exc)
             raise
@@ -367,7 +375,7 @@ class Server:
                     )
                     changed = True
 
-    def _close_ADVERTISE(self, live: set[int]) -> dict[int, Message]:
+    def _close_advertise(self, live: set[int]) -> dict[int, Message]:
         self._keys = {u: m for u, m in self._received.items() if isinstance(m, AdvertiseKeys)}
         self._prune(live, lambda u: self._neighbours[u])
         if not live:
@@ -387,7 +395,7 @@ class Server:
         self._advance(Stage.SHARE, live)
         return outgoing
 
-    def _close_SHARE(self, live: set[int]) -> dict[int, Message]:
+    def _close_share(self, live: set[int]) -> dict[int, Message]:
         sealed: dict[int, dict[int, bytes]] = {}
         for u, message in self._received.items():
             assert isinstance(message, EncryptedShares)
@@ -407,11 +415,9 @@ class Server:
 
     def _holders(self, owner: int, survivors: set[int]) -> int:
         """Surviving clients that hold a share of ``owner``'s secrets."""
-        return sum(
-            1 for v in self._view[owner] if v in survivors and owner not in self._missing[v]
-        )
+        return sum(1 for v in self._view[owner] if v in survivors and owner not in self._missing[v])
 
-    def _close_MASKED_INPUT(self, live: set[int]) -> dict[int, Message]:
+    def _close_masked_input(self, live: set[int]) -> dict[int, Message]:
         if not live:
             raise RoundAborted(Stage.MASKED_INPUT, "no client sent a masked input")
         # Before anyone reveals anything: can every mask in the sum be removed?
@@ -440,22 +446,24 @@ class Server:
         self._advance(Stage.UNMASK, set(self._included))
         return outgoing
 
-    def _close_UNMASK(self, live: set[int]) -> dict[int, Message]:
+    def _close_unmask(self, live: set[int]) -> dict[int, Message]:
         total = self._total
         assert total is not None
         sid = self.config.session_id
         scratch = np.empty(min(len(total), 1 << 16), dtype=total.dtype)
         included = set(self._included)
         for u in self._included:
+            commitment = self._commitments[u]
+
+            def matches_commitment(
+                seed: bytes, owner: int = u, expected: bytes = commitment
+            ) -> bool:
+                return derive.self_mask_commitment(seed, sid, owner) == expected
+
             seed = self._reconstruct(
-                u,
-                self._seed_shares.get(u, []),
-                lambda s, u=u: derive.self_mask_commitment(s, sid, u) == self._commitments[u],
-                "self-mask seed",
+                u, self._seed_shares.get(u, []), matches_commitment, "self-mask seed"
             )
-            prg.add_mask(
-                total, derive.self_mask_key(seed, sid, u), subtract=True, scratch=scratch
-            )
+            prg.add_mask(total, derive.self_mask_key(seed, sid, u), subtract=True, scratch=scratch)
         for u in sorted(self._view):
             if u in included:
                 continue
@@ -463,11 +471,12 @@ class Server:
             if not masked_by:
                 continue
             advertised = self._keys[u].mask_public
+
+            def matches_public_key(private: bytes, expected: bytes = advertised) -> bool:
+                return x25519_public_from_private(private) == expected
+
             private = self._reconstruct(
-                u,
-                self._key_shares.get(u, []),
-                lambda s, pk=advertised: x25519_public_from_private(s) == pk,
-                "mask key",
+                u, self._key_shares.get(u, []), matches_public_key, "mask key"
             )
             keys = X25519KeyPair.from_private_bytes(private)
             for v in masked_by:

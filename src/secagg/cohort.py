@@ -1,0 +1,212 @@
+"""Simulated clients, run in this process or spread over worker processes.
+
+The simulator's server lives in the main process; the clients of a ``Cohort`` answer each
+stage's messages, as bytes, exactly as remote clients would. With ``workers > 1`` the
+cohort forks that many processes, each owning a fixed share of the clients (AES and X25519
+hold the GIL, so threads would not run them in parallel). Which process runs a client
+changes nothing it computes: every client draws from its own random stream.
+
+Each group also keeps the plaintext tally (the weighted sum of the inputs it masked) that
+the simulator checks the unmasked result against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secagg.errors import ClientAbort, ConfigurationError, SecAggError
+from secagg.protocol.client import AwaitingUnmaskRequest, Client
+from secagg.protocol.messages import Message, PeerKeys, PeerShares, UnmaskRequest
+
+__all__ = ["Cohort", "Reply", "Tally"]
+
+InputSource = Callable[[int], NDArray[np.floating]]
+Reply = tuple[int, bytes | None, str | None]  # (client, reply bytes, abort reason)
+
+
+@dataclass
+class Tally:
+    """What the clients really put in: the reference for the unmasked result."""
+
+    weighted_sum: NDArray[np.float64] = field(repr=False)
+    weight_sum: float = 0.0
+    contributed: set[int] = field(default_factory=set)
+    clipped: int = 0
+
+    def merge(self, other: Tally) -> None:
+        self.weighted_sum += other.weighted_sum
+        self.weight_sum += other.weight_sum
+        self.contributed |= other.contributed
+        self.clipped += other.clipped
+
+
+class ClientGroup:
+    """The clients one process runs."""
+
+    def __init__(
+        self,
+        clients: Mapping[int, Client],
+        inputs: InputSource,
+        weights: Sequence[int],
+        exact_weights: NDArray[np.float64],
+        dim: int,
+    ) -> None:
+        self._clients = dict(clients)
+        self._inputs = inputs
+        self._weights = weights
+        self._exact_weights = exact_weights
+        self._dim = dim
+        self._tally = Tally(np.zeros(dim, dtype=np.float64))
+
+    def answer(self, stage: str, deliveries: Sequence[tuple[int, bytes | None]]) -> list[Reply]:
+        replies: list[Reply] = []
+        for i, data in deliveries:
+            try:
+                message = self._handle(stage, self._clients[i], data)
+            except ClientAbort as exc:
+                replies.append((i, None, exc.reason.value))
+                continue
+            replies.append((i, message.encode(), None))
+        return replies
+
+    def _handle(self, stage: str, client: Client, data: bytes | None) -> Message:
+        if stage == "advertise":
+            return client.advertise()
+        assert data is not None
+        if stage == "share":
+            return client.share_keys(PeerKeys.decode(data))
+        if stage == "masked-input":
+            return self._mask(client, PeerShares.decode(data))
+        return client.unmask(UnmaskRequest.decode(data))
+
+    def _mask(self, client: Client, message: PeerShares) -> Message:
+        i = client.client_id
+        values = np.asarray(self._inputs(i))
+        if values.shape != (self._dim,):
+            raise ConfigurationError(
+                f"client {i}'s input has shape {values.shape}; expected ({self._dim},)"
+            )
+        reply = client.mask_input(message, values, self._weights[i])
+        state = client.state
+        if isinstance(state, AwaitingUnmaskRequest):
+            self._tally.clipped += state.clipped
+        w = float(self._exact_weights[i])
+        self._tally.weighted_sum += w * values.astype(np.float64)
+        self._tally.weight_sum += w
+        self._tally.contributed.add(i)
+        return reply
+
+    def tally(self) -> Tally:
+        return self._tally
+
+
+class Cohort:
+    """All simulated clients of a round; use as a context manager to stop the workers."""
+
+    def __init__(
+        self, group_of: Callable[[Sequence[int]], ClientGroup], ids: Sequence[int], workers: int
+    ) -> None:
+        self._workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+        self._owner: dict[int, int] = {}
+        if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            self._local: ClientGroup | None = group_of(list(ids))
+            return
+        self._local = None
+        context = multiprocessing.get_context("fork")
+        for w in range(workers):
+            share = list(ids[w::workers])
+            for i in share:
+                self._owner[i] = w
+            group = group_of(share)
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_serve, args=(theirs, group), daemon=True)
+            process.start()
+            theirs.close()
+            self._workers.append((process, ours))
+
+    def __enter__(self) -> Cohort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def answer(self, stage: str, deliveries: Mapping[int, bytes | None]) -> list[Reply]:
+        """Every addressed client's reply to this stage, in client-id order."""
+        if self._local is not None:
+            return self._local.answer(stage, sorted(deliveries.items()))
+        batches: list[list[tuple[int, bytes | None]]] = [[] for _ in self._workers]
+        for i, data in sorted(deliveries.items()):
+            batches[self._owner[i]].append((i, data))
+        for (_, conn), batch in zip(self._workers, batches, strict=True):
+            conn.send(("answer", stage, batch))
+        replies: list[Reply] = []
+        for _, conn in self._workers:
+            replies += _receive(conn)
+        return sorted(replies, key=lambda r: r[0])
+
+    def tally(self) -> Tally:
+        if self._local is not None:
+            return self._local.tally()
+        total: Tally | None = None
+        for _, conn in self._workers:
+            conn.send(("tally",))
+            part: Tally = _receive(conn)
+            if total is None:
+                total = part
+            else:
+                total.merge(part)
+        assert total is not None
+        return total
+
+    def close(self) -> None:
+        for process, conn in self._workers:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                conn.send(("close",))
+            conn.close()
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+        self._workers = []
+
+
+def default_workers(n: int, dim: int) -> int:
+    """Worker processes worth forking: none for small rounds, where forking costs more."""
+    if n * dim < 2_000_000:
+        return 1
+    return max(1, min(os.cpu_count() or 1, n))
+
+
+def _receive(conn: Connection) -> Any:
+    kind, payload = conn.recv()
+    if kind == "error":
+        raise payload
+    return payload
+
+
+def _serve(conn: Connection, group: ClientGroup) -> None:
+    """A worker's loop: answer stages until told to close."""
+    while True:
+        try:
+            command = conn.recv()
+        except EOFError:
+            return
+        if command[0] == "close":
+            return
+        try:
+            if command[0] == "answer":
+                conn.send(("ok", group.answer(command[1], command[2])))
+            else:
+                conn.send(("ok", group.tally()))
+        except SecAggError as exc:
+            conn.send(("error", exc))
+        except Exception as exc:  # never leave the parent waiting
+            conn.send(("error", RuntimeError(f"simulated client failed: {exc!r}")))
