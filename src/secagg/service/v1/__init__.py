@@ -1,0 +1,1 @@
+"""Generated gRPC code for the coordinator service (see proto/); do not edit."""
