@@ -17,9 +17,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from secagg.errors import ConfigurationError
+from secagg.errors import ConfigurationError, DecodeError, UsageError
 from secagg.params import Params, Protocol
 from secagg.protocol.graph import ServerModel
+from secagg.service.client import UpdateFn
+from secagg.service.config import DeploymentConfig
+from secagg.service.coordinator import RoundSummary
+from secagg.service.credentials import create_deployment
 from secagg.simulate import (
     DROP_STAGES,
     DropSchedule,
@@ -225,6 +229,187 @@ def _print_report(report: RoundReport) -> None:
 def _ids(ids: tuple[int, ...]) -> str:
     shown = ", ".join(str(i) for i in ids[:12])
     return f"{len(ids)}: {shown}{', ...' if len(ids) > 12 else ''}"
+
+
+
+
+# --------------------------------------------------------------------------- service
+def _load_config(path: Path) -> DeploymentConfig:
+    try:
+        return DeploymentConfig.load(path)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def certs(
+    directory: Annotated[Path, typer.Argument(help="Where to write the deployment.")],
+    clients: Annotated[int, typer.Option(help="Client identities to create.")] = 10,
+    dim: Annotated[int, typer.Option(help="Values per update.")] = 1000,
+    port: Annotated[int, typer.Option(help="Coordinator port.")] = 50051,
+    min_clients: Annotated[int, typer.Option(help="Smallest cohort.")] = 3,
+) -> None:
+    """Create a local deployment: a CA, a server certificate, client identities, an
+    allow-list and deployment.toml (read by `serve` and `join`)."""
+    try:
+        deployment = create_deployment(directory, clients)
+        params = Params(dim=dim, max_clients=max(3, clients))
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    config = directory / "deployment.toml"
+    config.write_text(
+        DeploymentConfig.render(
+            params=params,
+            port=port,
+            min_clients=min_clients,
+            stage_timeout=30.0,
+            cohort_wait=60.0,
+            ledger="ledger.sqlite",
+            tls=(
+                str(deployment.tls.ca_cert.relative_to(directory)),
+                str(deployment.tls.server_cert.relative_to(directory)),
+                str(deployment.tls.server_key.relative_to(directory)),
+            ),
+            allow_list=str(deployment.allow_list.relative_to(directory)),
+        )
+    )
+    Console().print(f"wrote {config} and {clients} identities under {directory / 'clients'}")
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option(help="deployment.toml")],
+    rounds: Annotated[int, typer.Option(help="Rounds to run, then exit.")] = 1,
+    port: Annotated[int | None, typer.Option(help="Override the configured port.")] = None,
+    stage_timeout: Annotated[float | None, typer.Option(help="Seconds per stage.")] = None,
+    min_clients: Annotated[int | None, typer.Option(help="Smallest cohort.")] = None,
+    cohort_wait: Annotated[float | None, typer.Option(help="Seconds to wait for it.")] = None,
+) -> None:
+    """Run the coordinator: admit allow-listed clients over TLS and run rounds."""
+    import asyncio
+
+    from secagg.service.run import serve as run_serve
+
+    deployment = _load_config(config).with_overrides(
+        port=port, stage_timeout=stage_timeout, min_clients=min_clients, cohort_wait=cohort_wait
+    )
+    console = Console()
+
+    def report(summary: RoundSummary) -> None:
+        console.print(
+            f"round {summary.round_id}: {summary.outcome}, {len(summary.included)} of "
+            f"{len(summary.cohort)} included, {summary.seconds:.2f} s"
+            + (f" ({summary.abort_reason})" if summary.abort_reason else "")
+        )
+
+    _setup_logging()
+    try:
+        asyncio.run(run_serve(deployment, rounds=rounds, report=report))
+    except ConfigurationError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def join(
+    config: Annotated[Path, typer.Option(help="deployment.toml")],
+    identity: Annotated[Path, typer.Option(help="This client's identity file.")],
+    target: Annotated[str | None, typer.Option(help="host:port (default: from config).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Leave after this many rounds.")] = None,
+    task: Annotated[str, typer.Option(help="random | digits")] = "random",
+    task_seed: Annotated[int, typer.Option(help="Seed of the task's data.")] = 0,
+    task_clients: Annotated[int, typer.Option(help="digits: clients in the split.")] = 10,
+) -> None:
+    """Join a coordinator as a client and answer its rounds."""
+    from secagg.service.run import join as run_join
+
+    deployment = _load_config(config)
+    dim = deployment.params.dim
+
+    def make_update(client_id: int) -> UpdateFn:
+        if task == "random":
+            from secagg.service.tasks import random_task
+
+            return random_task(client_id, dim, task_seed)
+        if task == "digits":
+            from secagg.fl.tasks import digits_task
+
+            return digits_task(client_id, task_clients, task_seed)
+        _fail(f"unknown task {task!r}: use random or digits")
+
+    _setup_logging()
+    try:
+        run_join(deployment, identity, make_update, target=target, rounds=rounds)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def rounds(
+    ledger: Annotated[Path, typer.Option(help="The coordinator's ledger file.")],
+    export: Annotated[int | None, typer.Option(help="Round whose aggregate to export.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write it (.npy).")] = None,
+) -> None:
+    """List the rounds in a ledger, or export one round's aggregate."""
+    from secagg.service.ledger import Ledger, export_aggregate, format_rounds_table
+
+    if not ledger.exists():
+        _fail(f"no ledger at {ledger}")
+    with Ledger(ledger) as book:
+        if export is None:
+            Console().print(format_rounds_table(book.rounds()))
+            return
+        if out is None:
+            _fail("--export needs --out FILE.npy")
+        try:
+            export_aggregate(book, export, out)
+        except (UsageError, DecodeError) as exc:
+            _fail(str(exc))
+    Console().print(f"wrote the aggregate of round {export} to {out}")
+
+
+@app.command()
+def demo(
+    clients: Annotated[int, typer.Option(help="Client processes.")] = 10,
+    rounds: Annotated[int, typer.Option(help="Training rounds.")] = 10,
+    seed: Annotated[int, typer.Option(help="Data split, model init and kill choices.")] = 0,
+    drop_rate: Annotated[
+        float, typer.Option(help="Chance per round that a client process is killed.")
+    ] = 0.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = (
+        None
+    ),
+    protocol: Annotated[ProtocolChoice, typer.Option(help="Neighbour graph.")] = (
+        ProtocolChoice.secagg_plus
+    ),
+) -> None:
+    """Federated training on handwritten digits with secure aggregation, over TLS on
+    loopback, beside plaintext FedAvg on the same split."""
+    from secagg.demo import DemoOptions, print_report, run_demo, write_json
+
+    try:
+        options = DemoOptions(
+            clients=clients, rounds=rounds, seed=seed, drop_rate=drop_rate, protocol=protocol.value
+        )
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    console = Console()
+    with console.status("starting", spinner="dots") as status:
+        try:
+            report = run_demo(options, progress=lambda text: status.update(text))
+        except ConfigurationError as exc:
+            _fail(str(exc))
+    print_report(report, console)
+    if json_path is not None:
+        write_json(report, json_path)
+        console.print(f"report written to {json_path}")
+
+
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
 
 
 def main() -> None:

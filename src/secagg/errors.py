@@ -109,6 +109,8 @@ class DropReason(StrEnum):
     WRONG_SESSION = "wrong-session"
     BAD_KEY = "bad-key"
     TOO_FEW_NEIGHBOURS = "too-few-neighbours"
+    DISCONNECTED = "disconnected"
+    OVERSIZE = "oversize"
 
 
 class ClientAbort(SecAggError):

@@ -76,16 +76,18 @@ class Welcome(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("round_id", "secure", "round_config", "model")
+    __slots__ = ("round_id", "secure", "round_config", "model", "step")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     SECURE_FIELD_NUMBER: _ClassVar[int]
     ROUND_CONFIG_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     secure: bool
     round_config: bytes
     model: bytes
-    def __init__(self, round_id: _Optional[int] = ..., secure: _Optional[bool] = ..., round_config: _Optional[bytes] = ..., model: _Optional[bytes] = ...) -> None: ...
+    step: int
+    def __init__(self, round_id: _Optional[int] = ..., secure: _Optional[bool] = ..., round_config: _Optional[bytes] = ..., model: _Optional[bytes] = ..., step: _Optional[int] = ...) -> None: ...
 
 class RoundEnd(_message.Message):
     __slots__ = ("round_id", "completed", "included", "reason")

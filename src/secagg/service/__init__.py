@@ -1,0 +1,1 @@
+"""The network service: a gRPC coordinator and clients, TLS, identities, the round ledger."""

@@ -1,0 +1,177 @@
+"""A deployment's configuration: one TOML file read by both the coordinator and its clients.
+
+Both ends derive the message size cap from the same round parameters, so they agree on it
+without a handshake. Paths in the file are relative to the file itself. Flags on the
+command line override what the file says.
+
+::
+
+    [round]
+    dim = 2410
+    max_clients = 10
+    clip = 0.5
+    value_bits = 16
+    max_weight = 2000
+    protocol = "secagg+"
+
+    [coordinator]
+    host = "127.0.0.1"
+    port = 50051
+    min_clients = 3
+    cohort_wait = 60.0
+    stage_timeout = 30.0
+    ledger = "ledger.sqlite"
+
+    [tls]
+    ca = "tls/ca.pem"
+    cert = "tls/server.pem"
+    key = "tls/server.key"
+
+    [clients]
+    allow_list = "allowlist.toml"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from secagg.errors import ConfigurationError
+from secagg.params import Params, Protocol, ServerModel
+from secagg.service.coordinator import CoordinatorSettings
+from secagg.service.credentials import TlsFiles
+
+__all__ = ["DeploymentConfig"]
+
+_ROUND_KEYS = {
+    "dim": int,
+    "max_clients": int,
+    "clip": float,
+    "value_bits": int,
+    "max_weight": int,
+    "protocol": str,
+    "server_model": str,
+    "adversarial_rate": float,
+    "dropout_rate": float,
+}
+_COORDINATOR_KEYS = {
+    "host": str,
+    "port": int,
+    "min_clients": int,
+    "cohort_wait": float,
+    "stage_timeout": float,
+    "ledger": str,
+}
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    params: Params
+    coordinator: CoordinatorSettings
+    tls: TlsFiles | None
+    allow_list: Path | None
+    ledger: Path
+
+    @classmethod
+    def load(cls, path: Path) -> DeploymentConfig:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"cannot read {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
+        base = path.parent
+        unknown = set(data) - {"round", "coordinator", "tls", "clients"}
+        if unknown:
+            raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
+        round_ = _section(data, "round", _ROUND_KEYS, path)
+        coord = _section(data, "coordinator", _COORDINATOR_KEYS, path)
+        if "dim" not in round_ or "max_clients" not in round_:
+            raise ConfigurationError(f"{path}: [round] needs dim and max_clients")
+        if "protocol" in round_:
+            round_["protocol"] = Protocol(round_["protocol"])
+        if "server_model" in round_:
+            round_["server_model"] = ServerModel(round_["server_model"])
+        params = Params(**round_)
+        ledger = base / str(coord.pop("ledger", "ledger.sqlite"))
+        settings = CoordinatorSettings(params=params, **coord)
+        tls_section = data.get("tls")
+        tls = None
+        if tls_section is not None:
+            try:
+                tls = TlsFiles(
+                    ca_cert=base / tls_section["ca"],
+                    server_cert=base / tls_section["cert"],
+                    server_key=base / tls_section["key"],
+                )
+            except (KeyError, TypeError):
+                raise ConfigurationError(f"{path}: [tls] needs ca, cert and key") from None
+        clients = data.get("clients", {})
+        allow = clients.get("allow_list") if isinstance(clients, dict) else None
+        return cls(params, settings, tls, None if allow is None else base / allow, ledger)
+
+    def with_overrides(self, **coordinator: Any) -> DeploymentConfig:
+        """The same deployment with some coordinator settings replaced (from flags)."""
+        given = {k: v for k, v in coordinator.items() if v is not None}
+        return replace(self, coordinator=replace(self.coordinator, **given))
+
+    @staticmethod
+    def render(
+        *,
+        params: Params,
+        port: int,
+        min_clients: int,
+        stage_timeout: float,
+        cohort_wait: float,
+        ledger: str,
+        tls: tuple[str, str, str] | None,
+        allow_list: str | None,
+    ) -> str:
+        """The TOML text of a deployment (relative paths are relative to where it is saved)."""
+        lines = [
+            "[round]",
+            f"dim = {params.dim}",
+            f"max_clients = {params.max_clients}",
+            f"clip = {params.clip!r}",
+            f"value_bits = {params.value_bits}",
+            f"max_weight = {params.max_weight}",
+            f'protocol = "{params.protocol.value}"',
+            f'server_model = "{params.server_model.value}"',
+            f"adversarial_rate = {params.adversarial_rate!r}",
+            f"dropout_rate = {params.dropout_rate!r}",
+            "",
+            "[coordinator]",
+            'host = "127.0.0.1"',
+            f"port = {port}",
+            f"min_clients = {min_clients}",
+            f"cohort_wait = {cohort_wait!r}",
+            f"stage_timeout = {stage_timeout!r}",
+            f'ledger = "{ledger}"',
+        ]
+        if tls is not None:
+            ca, cert, key = tls
+            lines += ["", "[tls]", f'ca = "{ca}"', f'cert = "{cert}"', f'key = "{key}"']
+        if allow_list is not None:
+            lines += ["", "[clients]", f'allow_list = "{allow_list}"']
+        return "\n".join(lines) + "\n"
+
+
+def _section(
+    data: dict[str, Any], name: str, keys: dict[str, type], path: Path
+) -> dict[str, Any]:
+    section = data.get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigurationError(f"{path}: [{name}] must be a table")
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        kind = keys.get(key)
+        if kind is None:
+            raise ConfigurationError(f"{path}: unknown key {name}.{key}")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigurationError(f"{path}: {name}.{key} must be a {kind.__name__}")
+        out[key] = value
+    return out

@@ -1,0 +1,98 @@
+"""Entry points behind ``secagg serve`` and ``secagg join``: wiring config files to objects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from secagg.errors import ConfigurationError
+from secagg.service.client import ClientSettings, SecAggClient, UpdateFn
+from secagg.service.config import DeploymentConfig
+from secagg.service.coordinator import Coordinator, RoundSummary
+from secagg.service.credentials import AllowList, ClientIdentity, load_ca, load_tls_server_credentials
+from secagg.service.ledger import Ledger
+
+__all__ = ["join", "make_coordinator", "serve"]
+
+log = logging.getLogger("secagg.serve")
+
+
+def make_coordinator(
+    config: DeploymentConfig,
+    *,
+    ledger: Ledger,
+    on_stage: Callable[[int, str], None] | None = None,
+    insecure: bool = False,
+) -> Coordinator:
+    if config.allow_list is None:
+        raise ConfigurationError("the deployment names no allow-list ([clients] allow_list)")
+    if config.tls is None and not insecure:
+        raise ConfigurationError("the deployment has no [tls] section; TLS is required")
+    tls = None if config.tls is None else load_tls_server_credentials(config.tls)
+    return Coordinator(
+        config.coordinator,
+        ledger=ledger,
+        allow_list=AllowList.load(config.allow_list),
+        tls=tls,
+        on_stage=on_stage,
+    )
+
+
+async def serve(
+    config: DeploymentConfig,
+    *,
+    rounds: int,
+    report: Callable[[RoundSummary], None] | None = None,
+) -> list[RoundSummary]:
+    """Run ``rounds`` rounds of federated averaging on a zero-initialised model."""
+    summaries: list[RoundSummary] = []
+    with Ledger(config.ledger) as ledger:
+        coordinator = make_coordinator(config, ledger=ledger)
+        await coordinator.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        model = np.zeros(config.params.dim, dtype=np.float32)
+        try:
+            for step in range(rounds):
+                if stop.is_set():
+                    break
+                summary = await coordinator.run_round(model, secure=True, step=step)
+                summaries.append(summary)
+                if report is not None:
+                    report(summary)
+                if summary.aggregate is not None:
+                    model = (model + summary.aggregate).astype(np.float32)
+        finally:
+            await coordinator.stop()
+    return summaries
+
+
+def join(
+    config: DeploymentConfig,
+    identity_path: Path,
+    update: Callable[[int], UpdateFn],
+    *,
+    target: str | None = None,
+    rounds: int | None = None,
+    insecure: bool = False,
+) -> None:
+    """Connect to the coordinator and answer rounds until ``rounds`` have ended."""
+    identity = ClientIdentity.load(identity_path)
+    if config.tls is None and not insecure:
+        raise ConfigurationError("the deployment has no [tls] section; TLS is required")
+    ca = None if config.tls is None else load_ca(config.tls.ca_cert)
+    settings = ClientSettings(
+        target=target or f"{config.coordinator.host}:{config.coordinator.port}",
+        identity=identity,
+        ca_cert=ca,
+        max_message_bytes=config.coordinator.max_message_bytes,
+    )
+    client = SecAggClient(settings, update(identity.client_id), rounds=rounds)
+    asyncio.run(client.run())

@@ -1,0 +1,109 @@
+"""Fixtures for the service tests: a real local deployment (TLS, identities, allow-list),
+client processes started with ``python -m secagg join``, and the exact expected mean."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from secagg.params import Params
+from secagg.service.config import DeploymentConfig
+from secagg.service.credentials import Deployment, create_deployment
+from secagg.service.tasks import random_update, random_weight
+
+DIM = 64
+CLIENTS = 6
+TASK_SEED = 0
+
+
+@dataclass
+class Local:
+    """A deployment on disk and the client processes started against it."""
+
+    root: Path
+    deployment: Deployment
+    config_path: Path
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def config(self) -> DeploymentConfig:
+        return DeploymentConfig.load(self.config_path)
+
+    def start_client(self, client_id: int, target: str, *, rounds: int | None = None) -> None:
+        log = open(self.root / f"client-{client_id}.log", "ab")  # noqa: SIM115
+        command = [
+            sys.executable, "-m", "secagg", "join",
+            "--config", str(self.config_path),
+            "--identity", str(self.deployment.identities[client_id]),
+            "--target", target,
+            "--task", "random",
+            "--task-seed", str(TASK_SEED),
+        ]
+        if rounds is not None:
+            command += ["--rounds", str(rounds)]
+        self.processes[client_id] = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+
+    def kill(self, client_id: int, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[client_id]
+        if process.poll() is None:
+            os.kill(process.pid, sig)
+            if sig == signal.SIGKILL:
+                process.wait()
+
+    def client_logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("client-*.log")))
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+def write_config(root: Path, deployment: Deployment, *, stage_timeout: float = 10.0,
+                 min_clients: int = 3, port: int = 0, clients: int = CLIENTS) -> Path:
+    path = root / "deployment.toml"
+    path.write_text(
+        DeploymentConfig.render(
+            params=Params(dim=DIM, max_clients=clients, max_weight=3),
+            port=port,
+            min_clients=min_clients,
+            stage_timeout=stage_timeout,
+            cohort_wait=30.0,
+            ledger="ledger.sqlite",
+            tls=(
+                str(deployment.tls.ca_cert.relative_to(root)),
+                str(deployment.tls.server_cert.relative_to(root)),
+                str(deployment.tls.server_key.relative_to(root)),
+            ),
+            allow_list=str(deployment.allow_list.relative_to(root)),
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[Local]:
+    deployment = create_deployment(tmp_path / "deploy", CLIENTS)
+    config = write_config(tmp_path / "deploy", deployment)
+    env = Local(tmp_path / "deploy", deployment, config)
+    yield env
+    env.stop()
+
+
+def expected_mean(included: tuple[int, ...] | list[int], step: int = 0) -> NDArray[np.float64]:
+    weights = np.array([random_weight(c) for c in included], dtype=np.float64)
+    updates = np.stack([random_update(c, DIM, step, TASK_SEED).astype(np.float64) for c in included])
+    return np.asarray(weights @ updates / weights.sum())
