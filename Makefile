@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .venv-flower .pytest_cache .mypy_cache .ruff_cache
+
+proto: $(STAMP)
+	$(VENV)/bin/python -m grpc_tools.protoc -I proto --python_out=src --pyi_out=src \
+		--grpc_python_out=src proto/secagg/service/v1/coordinator.proto

@@ -231,8 +231,6 @@ def _ids(ids: tuple[int, ...]) -> str:
     return f"{len(ids)}: {shown}{', ...' if len(ids) > 12 else ''}"
 
 
-
-
 # --------------------------------------------------------------------------- service
 def _load_config(path: Path) -> DeploymentConfig:
     try:
@@ -407,9 +405,7 @@ def demo(
 def _setup_logging() -> None:
     import logging
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from rich.table import Table
 from secagg.errors import ConfigurationError
 from secagg.fl.data import load_digits_split
 from secagg.fl.fedavg import apply_update
-from secagg.fl.tasks import DEMO_CLIP, DEMO_TRAINING, demo_model
+from secagg.fl.tasks import DEMO_CLIP, demo_model
 from secagg.params import Params
 from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import RoundSummary
@@ -151,8 +151,15 @@ def _row(step: int, summary: RoundSummary, accuracy: float | None) -> RoundRow:
 class _Fleet:
     """The client processes: started, killed and restarted by the demo."""
 
-    def __init__(self, workdir: Path, config_path: Path, identities: dict[int, Path], target: str,
-                 clients: int, seed: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config_path: Path,
+        identities: dict[int, Path],
+        target: str,
+        clients: int,
+        seed: int,
+    ) -> None:
         self._workdir = workdir
         self._config = config_path
         self._identities = identities
@@ -164,13 +171,22 @@ class _Fleet:
     def start(self, client_id: int) -> None:
         log = open(self._workdir / f"client-{client_id}.log", "ab")  # noqa: SIM115
         command = [
-            sys.executable, "-m", "secagg", "join",
-            "--config", str(self._config),
-            "--identity", str(self._identities[client_id]),
-            "--target", self._target,
-            "--task", "digits",
-            "--task-clients", str(self._clients),
-            "--task-seed", str(self._seed),
+            sys.executable,
+            "-m",
+            "secagg",
+            "join",
+            "--config",
+            str(self._config),
+            "--identity",
+            str(self._identities[client_id]),
+            "--target",
+            self._target,
+            "--task",
+            "digits",
+            "--task-clients",
+            str(self._clients),
+            "--task-seed",
+            str(self._seed),
         ]
         self.processes[client_id] = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -219,8 +235,9 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
         protocol=options.protocol,  # type: ignore[arg-type]
     )
     graph = params.graph(options.clients)
-    report = DemoReport(options, spec.dim, (graph.degree, graph.threshold), params.ring_bits,
-                        workdir=str(workdir))
+    report = DemoReport(
+        options, spec.dim, (graph.degree, graph.threshold), params.ring_bits, workdir=str(workdir)
+    )
     say(f"setting up TLS and {options.clients} client identities in {workdir}")
     deployment = create_deployment(workdir, options.clients)
     config_path = workdir / "deployment.toml"
@@ -255,8 +272,14 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
     with Ledger(config.ledger) as ledger:
         coordinator = make_coordinator(config, ledger=ledger, on_stage=on_stage)
         port = await coordinator.start()
-        fleet = _Fleet(workdir, config_path, dict(deployment.identities), f"127.0.0.1:{port}",
-                       options.clients, options.seed)
+        fleet = _Fleet(
+            workdir,
+            config_path,
+            dict(deployment.identities),
+            f"127.0.0.1:{port}",
+            options.clients,
+            options.seed,
+        )
         try:
             for c in range(options.clients):
                 fleet.start(c)

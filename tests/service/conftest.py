@@ -41,12 +41,20 @@ class Local:
     def start_client(self, client_id: int, target: str, *, rounds: int | None = None) -> None:
         log = open(self.root / f"client-{client_id}.log", "ab")  # noqa: SIM115
         command = [
-            sys.executable, "-m", "secagg", "join",
-            "--config", str(self.config_path),
-            "--identity", str(self.deployment.identities[client_id]),
-            "--target", target,
-            "--task", "random",
-            "--task-seed", str(TASK_SEED),
+            sys.executable,
+            "-m",
+            "secagg",
+            "join",
+            "--config",
+            str(self.config_path),
+            "--identity",
+            str(self.deployment.identities[client_id]),
+            "--target",
+            target,
+            "--task",
+            "random",
+            "--task-seed",
+            str(TASK_SEED),
         ]
         if rounds is not None:
             command += ["--rounds", str(rounds)]
@@ -63,7 +71,9 @@ class Local:
                 process.wait()
 
     def client_logs(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("client-*.log")))
+        return "".join(
+            p.read_text(errors="replace") for p in sorted(self.root.glob("client-*.log"))
+        )
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -72,8 +82,15 @@ class Local:
             process.wait()
 
 
-def write_config(root: Path, deployment: Deployment, *, stage_timeout: float = 10.0,
-                 min_clients: int = 3, port: int = 0, clients: int = CLIENTS) -> Path:
+def write_config(
+    root: Path,
+    deployment: Deployment,
+    *,
+    stage_timeout: float = 10.0,
+    min_clients: int = 3,
+    port: int = 0,
+    clients: int = CLIENTS,
+) -> Path:
     path = root / "deployment.toml"
     path.write_text(
         DeploymentConfig.render(
@@ -105,5 +122,7 @@ def local(tmp_path: Path) -> Iterator[Local]:
 
 def expected_mean(included: tuple[int, ...] | list[int], step: int = 0) -> NDArray[np.float64]:
     weights = np.array([random_weight(c) for c in included], dtype=np.float64)
-    updates = np.stack([random_update(c, DIM, step, TASK_SEED).astype(np.float64) for c in included])
+    updates = np.stack(
+        [random_update(c, DIM, step, TASK_SEED).astype(np.float64) for c in included]
+    )
     return np.asarray(weights @ updates / weights.sum())

@@ -30,8 +30,13 @@ from tests.service.conftest import CLIENTS, DIM, TASK_SEED, Local, expected_mean
 pytestmark = pytest.mark.timeout(120)
 
 
-def _client(local: Local, client_id: int, port: int, identity: ClientIdentity | None = None,
-            rounds: int | None = None) -> SecAggClient:
+def _client(
+    local: Local,
+    client_id: int,
+    port: int,
+    identity: ClientIdentity | None = None,
+    rounds: int | None = None,
+) -> SecAggClient:
     config = local.config
     assert config.tls is not None
     settings = ClientSettings(
@@ -44,8 +49,13 @@ def _client(local: Local, client_id: int, port: int, identity: ClientIdentity | 
     return SecAggClient(settings, random_task(client_id, DIM, TASK_SEED), rounds=rounds)
 
 
-async def _round_with(local: Local, clients: list[int], *, rounds: int = 1,
-                      extra: list[asyncio.Task[object]] | None = None) -> tuple[list[RoundSummary], Ledger, Coordinator]:
+async def _round_with(
+    local: Local,
+    clients: list[int],
+    *,
+    rounds: int = 1,
+    extra: list[asyncio.Task[object]] | None = None,
+) -> tuple[list[RoundSummary], Ledger, Coordinator]:
     config = local.config
     ledger = Ledger(config.ledger)
     coordinator = make_coordinator(config, ledger=ledger)
@@ -61,7 +71,9 @@ async def _round_with(local: Local, clients: list[int], *, rounds: int = 1,
     return summaries, ledger, coordinator
 
 
-def test_full_round_over_tls_reveals_the_exact_weighted_mean(local: Local, caplog: pytest.LogCaptureFixture) -> None:
+def test_full_round_over_tls_reveals_the_exact_weighted_mean(
+    local: Local, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     summaries, ledger, _ = asyncio.run(_round_with(local, list(range(CLIENTS))))
     summary = summaries[0]
@@ -148,11 +160,15 @@ class RawClient:
 
     async def hello(self) -> None:
         challenge = await self.call.read()
-        await self.call.write(pb.ClientFrame(hello=pb.Hello(
-            client_id=self.identity.client_id,
-            public_key=self.identity.public_key,
-            signature=sign_challenge(self.identity, challenge.challenge.nonce),
-        )))
+        await self.call.write(
+            pb.ClientFrame(
+                hello=pb.Hello(
+                    client_id=self.identity.client_id,
+                    public_key=self.identity.public_key,
+                    signature=sign_challenge(self.identity, challenge.challenge.nonce),
+                )
+            )
+        )
         welcome = await self.call.read()
         assert welcome.HasField("welcome")
 
@@ -241,7 +257,7 @@ async def _misbehaving(local: Local, behaviour: str) -> tuple[RoundSummary, Roun
 def test_a_misbehaving_client_is_dropped_while_the_round_goes_on(
     local: Local, behaviour: str, reason: DropReason
 ) -> None:
-    first, second = asyncio.run(_misbehaving(local, behaviour))
+    _, second = asyncio.run(_misbehaving(local, behaviour))
     assert second is not None
     assert second.outcome == "completed"
     assert second.included == (0, 1, 2, 3)

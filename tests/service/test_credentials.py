@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import ssl
@@ -14,10 +15,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secagg.errors import AuthenticationError, ConfigurationError, UsageError
 from secagg.hazmat.keys import Ed25519SigningKey, encode_fields
@@ -349,6 +350,27 @@ def test_load_tls_server_credentials_refuses_missing_junk_and_mismatched_files(
     # Never quote the key: no line of its PEM body appears in the message.
     for line in tls.server_key.read_text().splitlines()[1:-1]:
         assert line not in str(caught.value)
+
+
+def test_load_tls_server_credentials_refuses_an_expired_certificate(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=3))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    files = TlsFiles.in_directory(tmp_path)
+    files.server_cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    files.server_key.write_text(_pem(key))
+    with pytest.raises(ConfigurationError, match="expired on"):
+        load_tls_server_credentials(files)
 
 
 def test_load_ca_refuses_a_server_certificate_junk_and_a_missing_file(

@@ -116,9 +116,7 @@ class ModelSpec:
 
     # --- internals: float64 in, float64 out, no argument checks (callers did them) ---
 
-    def _loss_and_grad64(
-        self, params: _F64, x: _F64, y: NDArray[np.int64]
-    ) -> tuple[float, _F64]:
+    def _loss_and_grad64(self, params: _F64, x: _F64, y: NDArray[np.int64]) -> tuple[float, _F64]:
         layers = self._unpack(params)
         activations = self._forward(layers, x)
         logits = activations[-1]
@@ -172,9 +170,7 @@ class ModelSpec:
     def _check_x(self, x: NDArray[np.floating[Any]]) -> _F64:
         array = np.asarray(x)
         if array.ndim != 2 or array.shape[1] != self.features:
-            raise ConfigurationError(
-                f"x must have shape (n, {self.features}), got {array.shape}"
-            )
+            raise ConfigurationError(f"x must have shape (n, {self.features}), got {array.shape}")
         return array.astype(np.float64)
 
     def _check_y(self, y: NDArray[np.integer[Any]], n: int) -> NDArray[np.int64]:

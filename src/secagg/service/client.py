@@ -124,7 +124,8 @@ class SecAggClient:
 
     async def _session(self) -> None:
         async with self._channel() as channel:
-            call = pb_grpc.CoordinatorStub(channel).Connect()
+            stub = pb_grpc.CoordinatorStub(channel)  # type: ignore[no-untyped-call]
+            call = stub.Connect()
             try:
                 await self._converse(call)
             finally:
@@ -206,7 +207,9 @@ class SecAggClient:
         await self._send(call, client.advertise())
         return state
 
-    async def _answer(self, call: grpc.aio.StreamStreamCall, state: _RoundState, data: bytes) -> None:
+    async def _answer(
+        self, call: grpc.aio.StreamStreamCall, state: _RoundState, data: bytes
+    ) -> None:
         client = state.client
         assert client is not None
         try:

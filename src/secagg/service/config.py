@@ -158,9 +158,7 @@ class DeploymentConfig:
         return "\n".join(lines) + "\n"
 
 
-def _section(
-    data: dict[str, Any], name: str, keys: dict[str, type], path: Path
-) -> dict[str, Any]:
+def _section(data: dict[str, Any], name: str, keys: dict[str, type], path: Path) -> dict[str, Any]:
     section = data.get(name, {})
     if not isinstance(section, dict):
         raise ConfigurationError(f"{path}: [{name}] must be a table")

@@ -155,7 +155,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             log.warning("rounds %s were left running by a previous coordinator: aborted", recovered)
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(options=channel_options(limit))
-        pb_grpc.add_CoordinatorServicer_to_server(self, server)
+        pb_grpc.add_CoordinatorServicer_to_server(self, server)  # type: ignore[no-untyped-call]
         address = f"{self.settings.host}:{self.settings.port}"
         if self._tls is None:
             self.port = server.add_insecure_port(address)
@@ -444,8 +444,13 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         )
         outgoing: Mapping[int, object] = {}
         abort: RoundAborted | None = None
-        log.info("round %d: cohort of %d, k=%d, t=%d", round_id, len(cohort), config.degree,
-                 config.threshold)
+        log.info(
+            "round %d: cohort of %d, k=%d, t=%d",
+            round_id,
+            len(cohort),
+            config.degree,
+            config.threshold,
+        )
         for stage in SECURE_STAGES:
             active.stage = stage.value
             t0 = time.perf_counter()
@@ -485,8 +490,19 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             log.warning("round %d aborted: %s", round_id, abort)
             up, down = self._bytes(cohort)
             self._end(active, False, (), abort.detail)
-            return RoundSummary(round_id, True, "aborted", cohort, (), dropped, stage_seconds,
-                                seconds, up, down, abort.detail)
+            return RoundSummary(
+                round_id,
+                True,
+                "aborted",
+                cohort,
+                (),
+                dropped,
+                stage_seconds,
+                seconds,
+                up,
+                down,
+                abort.detail,
+            )
         result = server.result
         mean = result.weighted_mean(self.settings.params.quantizer)
         finishers = tuple(c for c in result.included if c not in dropped)
@@ -502,8 +518,20 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         )
         self._end(active, True, result.included, "")
         log.info("round %d completed: %d included", round_id, len(result.included))
-        return RoundSummary(round_id, True, "completed", cohort, result.included, dropped,
-                            stage_seconds, seconds, up, down, None, mean)
+        return RoundSummary(
+            round_id,
+            True,
+            "completed",
+            cohort,
+            result.included,
+            dropped,
+            stage_seconds,
+            seconds,
+            up,
+            down,
+            None,
+            mean,
+        )
 
     async def _run_plain(self, cohort: tuple[int, ...], model: bytes) -> RoundSummary:
         """The baseline: plaintext FedAvg over the same streams, for comparison."""
@@ -529,10 +557,32 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         up, down = self._bytes(included)
         if active.plain_sum is None or active.plain_weight == 0:
             self._end(active, False, (), "no update arrived")
-            return RoundSummary(round_id, False, "aborted", cohort, (), active.plain_dropped,
-                                {PLAIN_STAGE: seconds}, seconds, up, down, "no update arrived")
+            return RoundSummary(
+                round_id,
+                False,
+                "aborted",
+                cohort,
+                (),
+                active.plain_dropped,
+                {PLAIN_STAGE: seconds},
+                seconds,
+                up,
+                down,
+                "no update arrived",
+            )
         mean = active.plain_sum / active.plain_weight
         self._end(active, True, included, "")
-        return RoundSummary(round_id, False, "completed", cohort, included,
-                            dict(active.plain_dropped), {PLAIN_STAGE: seconds}, seconds, up, down,
-                            None, mean)
+        return RoundSummary(
+            round_id,
+            False,
+            "completed",
+            cohort,
+            included,
+            dict(active.plain_dropped),
+            {PLAIN_STAGE: seconds},
+            seconds,
+            up,
+            down,
+            None,
+            mean,
+        )

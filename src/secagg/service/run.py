@@ -14,7 +14,12 @@ from secagg.errors import ConfigurationError
 from secagg.service.client import ClientSettings, SecAggClient, UpdateFn
 from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import Coordinator, RoundSummary
-from secagg.service.credentials import AllowList, ClientIdentity, load_ca, load_tls_server_credentials
+from secagg.service.credentials import (
+    AllowList,
+    ClientIdentity,
+    load_ca,
+    load_tls_server_credentials,
+)
 from secagg.service.ledger import Ledger
 
 __all__ = ["join", "make_coordinator", "serve"]

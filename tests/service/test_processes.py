@@ -1,0 +1,177 @@
+"""Real client processes (``python -m secagg join``) over TLS on loopback, killed with
+SIGKILL at every stage; a real coordinator process killed and restarted mid-round."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from secagg.service.coordinator import RoundSummary
+from secagg.service.ledger import Ledger, RoundOutcome
+from secagg.service.run import make_coordinator
+from tests.service.conftest import CLIENTS, DIM, Local, expected_mean
+
+pytestmark = pytest.mark.timeout(240)
+
+
+async def _round_killing(local: Local, kills: dict[int, str]) -> tuple[RoundSummary, Ledger]:
+    """All clients start as processes; ``kills`` says which to SIGKILL at which stage."""
+    ledger = Ledger(local.config.ledger)
+
+    def on_stage(round_id: int, stage: str) -> None:
+        for client, at in kills.items():
+            if at == stage:
+                local.kill(client)
+
+    coordinator = make_coordinator(local.config, ledger=ledger, on_stage=on_stage)
+    port = await coordinator.start()
+    for c in range(CLIENTS):
+        local.start_client(c, f"127.0.0.1:{port}")
+    assert await coordinator.wait_for_clients(CLIENTS, 60), local.client_logs()
+    summary = await coordinator.run_round(np.zeros(DIM, dtype=np.float32))
+    await coordinator.stop()
+    return summary, ledger
+
+
+@pytest.mark.parametrize("stage", ["advertise", "share", "masked-input", "unmask"])
+def test_a_client_killed_at_any_stage_leaves_an_exact_mean_of_the_included(
+    local: Local, stage: str
+) -> None:
+    summary, ledger = asyncio.run(_round_killing(local, {3: stage}))
+    assert summary.outcome == "completed", summary.abort_reason
+    expected_included = tuple(range(CLIENTS)) if stage == "unmask" else (0, 1, 2, 4, 5)
+    assert summary.included == expected_included
+    assert summary.dropped[3][0] == stage
+    assert summary.aggregate is not None
+    bound = local.config.params.quantizer.error_bound()
+    assert np.max(np.abs(summary.aggregate - expected_mean(summary.included))) <= bound
+    record = ledger.round(summary.round_id)
+    assert [(d.client_id, d.stage) for d in record.drops] == [(3, stage)]
+
+
+def test_too_many_killed_clients_abort_the_round_with_no_aggregate_and_a_reason(
+    local: Local,
+) -> None:
+    summary, ledger = asyncio.run(
+        _round_killing(
+            local, {0: "masked-input", 1: "masked-input", 2: "masked-input", 3: "unmask"}
+        )
+    )
+    assert summary.outcome == "aborted"
+    assert summary.aggregate is None
+    record = ledger.round(summary.round_id)
+    assert record.outcome is RoundOutcome.ABORTED
+    assert not record.has_aggregate
+    assert record.abort_reason and "aborted at" in record.abort_reason
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(local: Local, port: int, rounds: int) -> subprocess.Popen[bytes]:
+    log = open(local.root / "coordinator.log", "ab")  # noqa: SIM115
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "secagg",
+            "serve",
+            "--config",
+            str(local.config_path),
+            "--port",
+            str(port),
+            "--rounds",
+            str(rounds),
+            "--min-clients",
+            str(CLIENTS),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    return process
+
+
+def _wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _silent_client(local: Local, client_id: int, port: int, stop: threading.Event) -> None:
+    """Authenticates as ``client_id`` and then never answers: the round stalls on it."""
+
+    async def session() -> None:
+        from tests.service.test_coordinator import RawClient
+
+        raw = RawClient(local, client_id, port)
+        await raw.hello()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await raw.channel.close()
+
+    with contextlib.suppress(Exception):
+        asyncio.run(session())
+
+
+def test_coordinator_killed_mid_round_restarts_with_the_round_aborted_and_clients_rejoining(
+    local: Local,
+) -> None:
+    port = _free_port()
+    ledger_path = local.config.ledger
+    coordinator = _serve(local, port, rounds=1)
+    for c in range(CLIENTS - 1):
+        local.start_client(c, f"127.0.0.1:{port}")
+    silent = CLIENTS - 1
+    stop = threading.Event()
+    _wait_for(lambda: ledger_path.exists(), 60, "the coordinator")
+    thread = threading.Thread(target=_silent_client, args=(local, silent, port, stop))
+    thread.start()
+
+    def running() -> bool:
+        with Ledger(ledger_path) as ledger:
+            return any(r.outcome is RoundOutcome.RUNNING for r in ledger.rounds())
+
+    try:
+        _wait_for(running, 60, "a running round")
+        coordinator.send_signal(signal.SIGKILL)
+        coordinator.wait()
+    finally:
+        stop.set()
+        thread.join()
+
+    restarted = _serve(local, port, rounds=1)
+    local.start_client(silent, f"127.0.0.1:{port}")
+    try:
+        assert restarted.wait(timeout=120) == 0, (local.root / "coordinator.log").read_text()
+    finally:
+        if restarted.poll() is None:
+            restarted.kill()
+    with Ledger(ledger_path) as ledger:
+        first, second = ledger.rounds()
+        aggregate = ledger.aggregate(second.round_id)
+    assert first.outcome is RoundOutcome.ABORTED
+    assert first.abort_reason is not None and "restarted" in first.abort_reason
+    assert second.outcome is RoundOutcome.COMPLETED
+    assert second.session_id != first.session_id
+    assert set(second.included) == set(range(CLIENTS))
+    bound = local.config.params.quantizer.error_bound()
+    assert np.max(np.abs(aggregate - expected_mean(second.included))) <= bound
+    logs = local.client_logs() + (local.root / "coordinator.log").read_text()
+    assert "Traceback" not in logs
