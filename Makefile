@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/secagg simulate --clients 100 --dim 100000 --dropout 0.1 --seed 1
+	$(VENV)/bin/secagg demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

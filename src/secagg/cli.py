@@ -390,7 +390,8 @@ def demo(
         )
     except ConfigurationError as exc:
         _fail(str(exc))
-    console = Console()
+    # Wide enough for the per-round table even when the output is not a terminal.
+    console = Console(width=None if sys.stdout.isatty() else 150)
     with console.status("starting", spinner="dots") as status:
         try:
             report = run_demo(options, progress=lambda text: status.update(text))

@@ -304,20 +304,34 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
                     fleet.start(c)
                 if killed:
                     await coordinator.wait_for_clients(options.clients, 60.0)
-                accuracy = None
                 if secure.aggregate is not None:
                     secure_model = apply_update(secure_model, secure.aggregate)
-                    accuracy = spec.accuracy(secure_model, split.test)
+                accuracy = spec.accuracy(secure_model, split.test)
                 report.secure.append(_row(step, secure, accuracy))
-                cohort = secure.included if secure.included else None
-                plain = await coordinator.run_round(
-                    plain_model, secure=False, step=step, cohort=cohort
-                )
-                plain_accuracy = None
-                if plain.aggregate is not None:
-                    plain_model = apply_update(plain_model, plain.aggregate)
-                    plain_accuracy = spec.accuracy(plain_model, split.test)
-                report.plaintext.append(_row(step, plain, plain_accuracy))
+                if secure.outcome == "completed":
+                    # The baseline averages exactly the clients the secure round included.
+                    plain = await coordinator.run_round(
+                        plain_model, secure=False, step=step, cohort=secure.included
+                    )
+                    plain_row = _row(step, plain, None)
+                    if plain.aggregate is not None:
+                        plain_model = apply_update(plain_model, plain.aggregate)
+                        plain_row.accuracy = spec.accuracy(plain_model, split.test)
+                else:
+                    # Nothing was aggregated securely: the baseline skips the round too.
+                    plain_row = RoundRow(
+                        step + 1,
+                        spec.accuracy(plain_model, split.test),
+                        "skipped",
+                        [],
+                        {},
+                        0.0,
+                        {},
+                        0.0,
+                        0.0,
+                    )
+                plain_accuracy = plain_row.accuracy
+                report.plaintext.append(plain_row)
                 say(
                     f"round {step + 1}/{options.rounds}: secure accuracy "
                     f"{_pct(accuracy)}, plaintext {_pct(plain_accuracy)}"
@@ -353,19 +367,19 @@ def print_report(report: DemoReport, console: Console) -> None:
     )
     for column in (
         "round",
-        "secure acc",
-        "plain acc",
+        "acc secure",
+        "acc plain",
         "included",
-        "dropped (stage: reason)",
-        "secure s",
-        "plain s",
-        "up B/client secure",
-        "up B/client plain",
+        "dropped: client stage (reason)",
+        "s secure",
+        "s plain",
+        "up B secure",
+        "up B plain",
     ):
         table.add_column(column, justify="left" if column.startswith("dropped") else "right")
     for s, p in zip(report.secure, report.plaintext, strict=True):
         dropped = ", ".join(
-            f"{c} {d['stage']}: {d['reason']}" for c, d in sorted(s.dropped.items())
+            f"{c} {d['stage']} ({d['reason']})" for c, d in sorted(s.dropped.items())
         )
         table.add_row(
             str(s.round),
@@ -382,8 +396,13 @@ def print_report(report: DemoReport, console: Console) -> None:
     secure_final, plain_final = report.final(report.secure), report.final(report.plaintext)
     secure_s = sum(r.seconds for r in report.secure)
     plain_s = sum(r.seconds for r in report.plaintext)
-    up_s = np.mean([r.upload_bytes_per_client for r in report.secure])
-    up_p = np.mean([r.upload_bytes_per_client for r in report.plaintext])
+    done = [
+        (s, p)
+        for s, p in zip(report.secure, report.plaintext, strict=True)
+        if s.outcome == p.outcome == "completed"
+    ]
+    up_s = float(np.mean([s.upload_bytes_per_client for s, _ in done])) if done else 0.0
+    up_p = float(np.mean([p.upload_bytes_per_client for _, p in done])) if done else 0.0
     lines = [
         f"final accuracy: secure {_pct(secure_final)}, plaintext {_pct(plain_final)}"
         + (
@@ -393,7 +412,7 @@ def print_report(report: DemoReport, console: Console) -> None:
         ),
         f"time in rounds: secure {secure_s:.2f} s, plaintext {plain_s:.2f} s"
         + (f" ({secure_s / plain_s:.1f}x)" if plain_s > 0 else ""),
-        f"upload per client per round: secure {up_s:,.0f} B, plaintext {up_p:,.0f} B"
+        f"upload per client per completed round: secure {up_s:,.0f} B, plaintext {up_p:,.0f} B"
         + (f" ({up_s / up_p:.2f}x)" if up_p > 0 else ""),
     ]
     if report.kills:

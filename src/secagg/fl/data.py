@@ -206,8 +206,9 @@ def _random_sizes(total: int, parts: int, rng: np.random.Generator) -> NDArray[n
     share = rng.uniform(0.5, 1.5, parts)
     spare = total - parts  # one example each first, so no shard is ever empty
     exact = share / share.sum() * spare
-    sizes = np.floor(exact).astype(np.int64)
+    sizes: NDArray[np.int64] = np.floor(exact).astype(np.int64)
     # Largest remainders get the leftover examples, so the sizes sum to ``total`` exactly.
     leftover = spare - int(sizes.sum())
     sizes[np.argsort(-(exact - sizes), kind="stable")[:leftover]] += 1
-    return sizes + 1
+    sizes += 1
+    return sizes

@@ -47,7 +47,7 @@ class TrainingConfig:
 
     The defaults were tuned on the digits with 10 non-IID clients (2 shards each) and
     ``ModelSpec(64, 10)``: after 10 rounds, test accuracy is 0.90 on average over 20 seeds
-    (0.87 at worst), each client's update takes about 1.5 ms, and no value of any client's
+    (0.87 at worst), one local update takes 1-2 ms, and no value of any client's
     update exceeded 0.9 in absolute value, so a secure-aggregation clip of 1.0 does not bite.
     More local epochs buy little accuracy against the drift of clients that see 2-3 labels.
     """

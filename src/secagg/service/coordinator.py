@@ -29,7 +29,7 @@ from secagg.errors import AuthenticationError, DropReason, RoundAborted, UsageEr
 from secagg.params import Params
 from secagg.protocol.messages import RoundConfig
 from secagg.protocol.server import Server, Stage
-from secagg.service.credentials import AllowList
+from secagg.service.credentials import AllowList, new_challenge
 from secagg.service.ledger import Ledger
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
@@ -47,7 +47,6 @@ log = logging.getLogger("secagg.coordinator")
 
 SECURE_STAGES = (Stage.ADVERTISE, Stage.SHARE, Stage.MASKED_INPUT, Stage.UNMASK)
 PLAIN_STAGE = "plain-update"
-CHALLENGE_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -196,7 +195,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         request_iterator: AsyncIterator[pb.ClientFrame],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        challenge = os.urandom(CHALLENGE_BYTES)
+        challenge = new_challenge()
         await context.write(pb.ServerFrame(challenge=pb.Challenge(nonce=challenge)))
         try:
             first = await asyncio.wait_for(context.read(), self.settings.auth_timeout)
@@ -210,7 +209,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         try:
             self.allow_list.verify(hello.client_id, hello.public_key, challenge, hello.signature)
         except AuthenticationError as exc:
-            await self._reject(context, str(exc))
+            # The peer learns only that it failed: which ids are listed is not its business.
+            await self._reject(context, "authentication failed", detail=str(exc))
             return
         client_id = hello.client_id
         if client_id in self._connections:
@@ -246,9 +246,11 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 await reader
             self._disconnected(conn)
 
-    async def _reject(self, context: grpc.aio.ServicerContext, reason: str) -> None:
-        self.rejections.append(reason)
-        log.warning("connection refused: %s", reason)
+    async def _reject(
+        self, context: grpc.aio.ServicerContext, reason: str, *, detail: str = ""
+    ) -> None:
+        self.rejections.append(detail or reason)
+        log.warning("connection refused: %s", detail or reason)
         with contextlib.suppress(Exception):
             await context.write(pb.ServerFrame(reject=pb.Reject(reason=reason)))
 

@@ -1,0 +1,50 @@
+"""The training task of ``secagg demo``: what the coordinator sends and each client runs.
+
+A client process rebuilds the same non-IID split of the digits from (clients, seed) and
+trains on its own share only; nothing but the (masked) update leaves it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secagg.fl.data import FederatedSplit, load_digits_split
+from secagg.fl.fedavg import TrainingConfig, local_update
+from secagg.fl.model import ModelSpec
+from secagg.service.client import UpdateFn
+
+__all__ = ["DEMO_CLIP", "DEMO_TRAINING", "demo_model", "digits_task"]
+
+# Updates of the demo's model stay well inside this range (measured over whole runs): the
+# quantiser clips nothing, and 16 bits over [-2, 2] give steps of 6e-5.
+DEMO_CLIP = 2.0
+DEMO_TRAINING = TrainingConfig()
+
+
+def demo_model(split: FederatedSplit) -> ModelSpec:
+    return ModelSpec(features=split.features, classes=split.classes)
+
+
+@cache
+def _split(clients: int, seed: int) -> FederatedSplit:
+    return load_digits_split(clients, seed=seed)
+
+
+def digits_task(client_id: int, clients: int, seed: int) -> UpdateFn:
+    split = _split(clients, seed)
+    spec = demo_model(split)
+    data = split.clients[client_id]
+    config = TrainingConfig(
+        local_epochs=DEMO_TRAINING.local_epochs,
+        batch_size=DEMO_TRAINING.batch_size,
+        learning_rate=DEMO_TRAINING.learning_rate,
+        seed=seed,
+    )
+
+    def update(model: NDArray[np.float32], step: int) -> tuple[NDArray[np.floating], int]:
+        return local_update(spec, model, data, config, round_index=step, client_index=client_id)
+
+    return update
