@@ -195,6 +195,14 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         request_iterator: AsyncIterator[pb.ClientFrame],
         context: grpc.aio.ServicerContext,
     ) -> None:
+        del request_iterator  # the stream is read with context.read()
+        try:
+            await self._connect(context)
+        except asyncio.CancelledError:
+            # The server is stopping: the stream simply ends (its client will reconnect).
+            return
+
+    async def _connect(self, context: grpc.aio.ServicerContext) -> None:
         challenge = new_challenge()
         await context.write(pb.ServerFrame(challenge=pb.Challenge(nonce=challenge)))
         try:
