@@ -282,9 +282,13 @@ def serve(
     stage_timeout: Annotated[float | None, typer.Option(help="Seconds per stage.")] = None,
     min_clients: Annotated[int | None, typer.Option(help="Smallest cohort.")] = None,
     cohort_wait: Annotated[float | None, typer.Option(help="Seconds to wait for it.")] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON line per round on stdout.")
+    ] = False,
 ) -> None:
     """Run the coordinator: admit allow-listed clients over TLS and run rounds."""
     import asyncio
+    import resource
 
     from secagg.service.run import serve as run_serve
 
@@ -294,6 +298,24 @@ def serve(
     console = Console()
 
     def report(summary: RoundSummary) -> None:
+        if json_output:
+            line = {
+                "round_id": summary.round_id,
+                "outcome": summary.outcome,
+                "cohort": len(summary.cohort),
+                "included": len(summary.included),
+                "dropped": {str(c): list(d) for c, d in summary.dropped.items()},
+                "seconds": summary.seconds,
+                "stage_seconds": dict(summary.stage_seconds),
+                "upload_bytes_per_client": summary.upload_bytes_per_client,
+                "download_bytes_per_client": summary.download_bytes_per_client,
+                "abort_reason": summary.abort_reason,
+                # Linux reports ru_maxrss in KiB: the coordinator's peak so far.
+                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            }
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+            return
         console.print(
             f"round {summary.round_id}: {summary.outcome}, {len(summary.included)} of "
             f"{len(summary.cohort)} included, {summary.seconds:.2f} s"

@@ -85,17 +85,24 @@ class RoundSummary:
     aggregate: NDArray[np.float64] | None = field(default=None, repr=False)
 
 
+# A Task frame (it carries the model) is built only when its turn to be written comes, and at
+# most _LARGE_WRITES of them are in flight: the coordinator never holds a copy of the model
+# per client.
+_LARGE_WRITES = 16
+
+Outgoing = pb.ServerFrame | Callable[[], pb.ServerFrame] | None
+
+
 class _Connection:
     """One authenticated client stream."""
 
     def __init__(self, client_id: int) -> None:
         self.client_id = client_id
-        self.outbox: asyncio.Queue[pb.ServerFrame | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.up = 0
         self.down = 0
 
-    def send(self, frame: pb.ServerFrame) -> None:
-        self.down += frame.ByteSize()
+    def send(self, frame: pb.ServerFrame | Callable[[], pb.ServerFrame]) -> None:
         self.outbox.put_nowait(frame)
 
 
@@ -142,6 +149,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         self._round: _Round | None = None
         self._server: grpc.aio.Server | None = None
         self._connected = asyncio.Condition()
+        self._large_writes = asyncio.Semaphore(_LARGE_WRITES)
         self.port = 0
         self._step = 0
         self._plain_rounds = 0
@@ -243,7 +251,14 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 outgoing = await conn.outbox.get()
                 if outgoing is None:
                     break
-                await context.write(outgoing)
+                if callable(outgoing):
+                    async with self._large_writes:
+                        frame = outgoing()
+                        conn.down += frame.ByteSize()
+                        await context.write(frame)
+                else:
+                    conn.down += outgoing.ByteSize()
+                    await context.write(outgoing)
                 if reader.done():
                     break
         except (asyncio.CancelledError, grpc.aio.AioRpcError, ConnectionError):
@@ -468,7 +483,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             if stage is Stage.ADVERTISE:
                 for c in cohort:
                     if c in self._connections:
-                        self._connections[c].send(pb.ServerFrame(task=task))
+                        self._connections[c].send(lambda: pb.ServerFrame(task=task))
                     else:
                         server.drop(c, DropReason.DISCONNECTED)
             else:
@@ -556,7 +571,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         task = pb.Task(round_id=round_id, secure=False, model=model, step=self._step)
         for c in cohort:
             if c in self._connections:
-                self._connections[c].send(pb.ServerFrame(task=task))
+                self._connections[c].send(lambda: pb.ServerFrame(task=task))
             else:
                 active.plain_dropped[c] = (PLAIN_STAGE, "disconnected")
         await self._await_stage(active)
