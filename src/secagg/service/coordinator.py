@@ -470,11 +470,12 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         outgoing: Mapping[int, object] = {}
         abort: RoundAborted | None = None
         log.info(
-            "round %d: cohort of %d, k=%d, t=%d",
+            "round %d: cohort of %d, k=%d, t=%d (resident memory %d MiB)",
             round_id,
             len(cohort),
             config.degree,
             config.threshold,
+            _resident_bytes() >> 20,
         )
         for stage in SECURE_STAGES:
             active.stage = stage.value
@@ -499,6 +500,13 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             except RoundAborted as exc:
                 abort = exc
             stage_seconds[stage.value] = time.perf_counter() - t0
+            log.info(
+                "round %d: %s took %.2f s (resident memory %d MiB)",
+                round_id,
+                stage.value,
+                stage_seconds[stage.value],
+                _resident_bytes() >> 20,
+            )
             self.ledger.record_stage(round_id, stage.value, stage_seconds[stage.value])
             for client, drop in server.drops.items():
                 if client not in recorded:
@@ -611,3 +619,12 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             None,
             mean,
         )
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory now (Linux; 0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
