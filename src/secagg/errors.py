@@ -88,6 +88,9 @@ class AbortReason(StrEnum):
     MALFORMED_MESSAGE = "malformed-message"
     INVALID_CONFIG = "invalid-config"
     BAD_PEER_KEY = "bad-peer-key"
+    BAD_SIGNATURE = "bad-signature"
+    INCONSISTENT_SURVIVORS = "inconsistent-survivors"
+    COHORT_TOO_SMALL = "cohort-too-small"
 
 
 class DropReason(StrEnum):
@@ -96,6 +99,7 @@ class DropReason(StrEnum):
     MISSED_ADVERTISE = "missed-advertise"
     MISSED_SHARE = "missed-share"
     MISSED_MASKED_INPUT = "missed-masked-input"
+    MISSED_CONSISTENCY = "missed-consistency"
     MISSED_UNMASK = "missed-unmask"
     MALFORMED = "malformed"
     WRONG_LENGTH = "wrong-length"
@@ -110,7 +114,7 @@ class DropReason(StrEnum):
     BAD_KEY = "bad-key"
     TOO_FEW_NEIGHBOURS = "too-few-neighbours"
     DISCONNECTED = "disconnected"
-    OVERSIZE = "oversize"
+    BAD_SIGNATURE = "bad-signature"
 
 
 class ClientAbort(SecAggError):

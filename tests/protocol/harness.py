@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.protocol.client import Client
 from secagg.protocol.messages import (
@@ -20,6 +21,7 @@ from secagg.protocol.messages import (
     PeerKeys,
     PeerShares,
     RoundConfig,
+    SurvivorList,
     UnmaskRequest,
 )
 from secagg.protocol.server import Server
@@ -38,6 +40,9 @@ class Harness:
         seed: int = 1,
         ids: Iterable[int] | None = None,
         round_id: int = 0,
+        active: bool = False,
+        min_cohort: int = 1,
+        task_hash: bytes = bytes(32),
     ) -> None:
         self.rng = DeterministicRandomness(hashlib.sha256(f"harness/{seed}".encode()).digest())
         levels = 2**value_bits - 1
@@ -47,7 +52,7 @@ class Harness:
             round_id=round_id,
             nonce=self.rng.bytes(16),
             protocol="secagg" if degree is None else "secagg+",
-            server_model="semi-honest",
+            server_model="semi-malicious" if active else "semi-honest",
             client_ids=client_ids,
             degree=len(client_ids) - 1 if degree is None else degree,
             threshold=threshold,
@@ -56,9 +61,25 @@ class Harness:
             clip=levels / 2,
             value_bits=value_bits,
             max_weight=max_weight,
+            task_hash=task_hash,
+            min_cohort=min_cohort,
         )
-        self.server = Server(self.config)
-        self.clients = {i: Client(self.config, i, self.rng.fork(f"client/{i}")) for i in client_ids}
+        # Long-term identities: the PKI that active mode's signatures are checked against.
+        self.identities = {
+            i: Ed25519SigningKey.generate(self.rng.fork(f"identity/{i}")) for i in client_ids
+        }
+        self.pki = {i: key.public for i, key in self.identities.items()}
+        self.server = Server(self.config, pki=self.pki)
+        self.clients = {
+            i: Client(
+                self.config,
+                i,
+                self.rng.fork(f"client/{i}"),
+                identity=self.identities[i],
+                pki=self.pki,
+            )
+            for i in client_ids
+        }
         data = self.rng.fork("inputs")
         self.levels = np.asarray(data.words(len(client_ids) * dim) % (levels + 1)).reshape(
             len(client_ids), dim
@@ -103,6 +124,12 @@ class Harness:
             self.server.receive(i, reply.encode())
         return self._close()
 
+    def consistency(self, skip: Iterable[int] = ()) -> dict[int, Message]:
+        for i in self._answering(skip):
+            message = SurvivorList.decode(self.outgoing[i].encode())
+            self.server.receive(i, self.clients[i].consistency(message).encode())
+        return self._close()
+
     def unmask(self, skip: Iterable[int] = ()) -> dict[int, Message]:
         for i in self._answering(skip):
             message = UnmaskRequest.decode(self.outgoing[i].encode())
@@ -113,6 +140,8 @@ class Harness:
         self.advertise(skips.get("advertise", ()))
         self.share(skips.get("share", ()))
         self.mask(skips.get("mask", ()))
+        if self.config.active:
+            self.consistency(skips.get("consistency", ()))
         self.unmask(skips.get("unmask", ()))
 
     def _answering(self, skip: Iterable[int]) -> list[int]:

@@ -4,7 +4,14 @@ A ``Client`` is created from the round's ``RoundConfig`` and walks through four 
 per message it answers::
 
     Initial --advertise()--> AwaitingPeerKeys --share_keys(PeerKeys)--> AwaitingPeerShares
-      --mask_input(PeerShares, x)--> AwaitingUnmaskRequest --unmask(UnmaskRequest)--> Completed
+      --mask_input(PeerShares, x)--> [AwaitingSurvivorList --consistency(SurvivorList)-->]
+      AwaitingUnmaskRequest --unmask(UnmaskRequest)--> Completed
+
+The bracketed step is active mode (a ``semi-malicious`` server model): the client signs its
+advertised keys with its long-term identity and checks every peer's signature, then signs
+the survivor set it is shown and unmasks only if at least t of its neighbours signed the very
+same set -- so a server cannot show two groups two different sets and collect both kinds of
+share of one client.
 
 Any claim of the server that does not check out moves it to ``Aborted`` and raises
 ``ClientAbort``; an aborted client never answers again. Above all, the client never reveals
@@ -15,6 +22,7 @@ and cover exactly the neighbours it masked with.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar
@@ -31,7 +39,7 @@ from secagg.errors import (
     UsageError,
 )
 from secagg.hazmat import aead, prg
-from secagg.hazmat.keys import X25519KeyPair
+from secagg.hazmat.keys import Ed25519SigningKey, X25519KeyPair, ed25519_verify
 from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.randomness import Randomness
 from secagg.hazmat.ring import Ring
@@ -39,12 +47,14 @@ from secagg.hazmat.shamir import Share, split
 from secagg.protocol import derive
 from secagg.protocol.messages import (
     AdvertiseKeys,
+    ConsistencySignature,
     EncryptedShares,
     MaskedInput,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
     RoundConfig,
+    SurvivorList,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -53,6 +63,7 @@ __all__ = [
     "Aborted",
     "AwaitingPeerKeys",
     "AwaitingPeerShares",
+    "AwaitingSurvivorList",
     "AwaitingUnmaskRequest",
     "Client",
     "ClientState",
@@ -89,12 +100,25 @@ class AwaitingPeerShares:
 
 
 @dataclass(frozen=True)
-class AwaitingUnmaskRequest:
-    """Sent its masked input; ``masked_with`` are the peers whose pairwise masks it added."""
+class AwaitingSurvivorList:
+    """Active mode: sent its masked input; waits for the survivor set to sign."""
 
     masked_with: frozenset[int]
     held_shares: Mapping[int, tuple[Share, Share]] = field(repr=False)  # (self-mask, key)
     clipped: int
+
+
+@dataclass(frozen=True)
+class AwaitingUnmaskRequest:
+    """Sent its masked input; ``masked_with`` are the peers whose pairwise masks it added.
+
+    In active mode ``survivors`` is the survivor set it signed; the request must match it.
+    """
+
+    masked_with: frozenset[int]
+    held_shares: Mapping[int, tuple[Share, Share]] = field(repr=False)  # (self-mask, key)
+    clipped: int
+    survivors: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,16 +137,36 @@ class Aborted:
 
 
 ClientState = (
-    Initial | AwaitingPeerKeys | AwaitingPeerShares | AwaitingUnmaskRequest | Completed | Aborted
+    Initial
+    | AwaitingPeerKeys
+    | AwaitingPeerShares
+    | AwaitingSurvivorList
+    | AwaitingUnmaskRequest
+    | Completed
+    | Aborted
 )
 
 
 class Client:
     """One client's participation in one round."""
 
-    def __init__(self, config: RoundConfig, client_id: int, rng: Randomness) -> None:
+    def __init__(
+        self,
+        config: RoundConfig,
+        client_id: int,
+        rng: Randomness,
+        *,
+        identity: Ed25519SigningKey | None = None,
+        pki: Mapping[int, bytes] | None = None,
+    ) -> None:
+        """``identity`` (this client's long-term signing key) and ``pki`` (every cohort
+        member's identity public key) are required in active mode."""
         if client_id not in config.client_ids:
             raise UsageError(f"client {client_id} is not in the round's cohort")
+        if config.active and (identity is None or pki is None):
+            raise UsageError("active mode needs the client's identity and the peers' public keys")
+        self._identity = identity
+        self._pki = dict(pki or {})
         self.config = config
         self.client_id = client_id
         self._rng = rng
@@ -149,9 +193,16 @@ class Client:
         cipher_keys = X25519KeyPair.generate(self._rng)
         mask_keys = X25519KeyPair.generate(self._rng)
         self._state = AwaitingPeerKeys(cipher_keys, mask_keys)
-        return AdvertiseKeys(
-            self.config.session_id, self.client_id, cipher_keys.public, mask_keys.public
-        )
+        sid = self.config.session_id
+        signature = b""
+        if self.config.active:
+            assert self._identity is not None
+            signature = self._identity.sign(
+                derive.advertise_signed_bytes(
+                    sid, self.client_id, cipher_keys.public, mask_keys.public
+                )
+            )
+        return AdvertiseKeys(sid, self.client_id, cipher_keys.public, mask_keys.public, signature)
 
     # ----------------------------------------------------------------- round 1
     def share_keys(self, message: PeerKeys) -> EncryptedShares:
@@ -160,6 +211,15 @@ class Client:
         ids = [p.client_id for p in message.peers]
         self._check_ids(ids, allowed=self._neighbours, earlier_dropped=frozenset())
         self._check_enough(len(ids), "neighbours advertised keys")
+        if self.config.active:
+            for p in message.peers:
+                self._check_signature(
+                    p.client_id,
+                    derive.advertise_signed_bytes(
+                        message.session_id, p.client_id, p.cipher_public, p.mask_public
+                    ),
+                    p.signature,
+                )
         own = {state.cipher_keys.public, state.mask_keys.public}
         seen: set[bytes] = set()
         for p in message.peers:
@@ -242,8 +302,42 @@ class Client:
             )
         self._ring.reduce(vector)
         packed = self._ring.pack(vector)
-        self._state = AwaitingUnmaskRequest(frozenset(senders), held, encoded.clipped)
+        if self.config.active:
+            self._state = AwaitingSurvivorList(frozenset(senders), held, encoded.clipped)
+        else:
+            self._state = AwaitingUnmaskRequest(frozenset(senders), held, encoded.clipped)
         return MaskedInput(sid, self.client_id, tuple(missing), packed)
+
+    # ----------------------------------------------------------------- consistency (active)
+    def consistency(self, message: SurvivorList) -> ConsistencySignature:
+        state = self._expect(AwaitingSurvivorList, message)
+        self._check_addressed(message.session_id, message.recipient)
+        survivors = message.survivors
+        if any(b <= a for a, b in itertools.pairwise(survivors)):
+            self._abort(AbortReason.DUPLICATE_ID, "the survivor set is not sorted and unique")
+        if self.client_id not in survivors:
+            self._abort(AbortReason.LISTED_AS_DROPPED, "the survivor set leaves this client out")
+        for u in survivors:
+            if u not in self._cohort:
+                self._abort(AbortReason.UNKNOWN_ID, f"survivor {u} is not in the cohort")
+            if u in self._neighbours and u not in state.masked_with:
+                self._abort(AbortReason.RESURRECTED_ID, f"peer {u} had already dropped")
+        if len(survivors) < self.config.min_cohort:
+            self._abort(
+                AbortReason.COHORT_TOO_SMALL,
+                f"{len(survivors)} inputs in the sum; the minimum is {self.config.min_cohort}",
+            )
+        self._check_enough(
+            sum(1 for u in survivors if u in state.masked_with), "neighbours survived"
+        )
+        assert self._identity is not None
+        signature = self._identity.sign(
+            derive.consistency_signed_bytes(self.config.session_id, survivors)
+        )
+        self._state = AwaitingUnmaskRequest(
+            state.masked_with, state.held_shares, state.clipped, survivors
+        )
+        return ConsistencySignature(self.config.session_id, self.client_id, signature)
 
     # ----------------------------------------------------------------- round 3
     def unmask(self, message: UnmaskRequest) -> UnmaskResponse:
@@ -269,6 +363,8 @@ class Client:
                 "the request does not account for every neighbour this client masked with",
             )
         self._check_enough(len(survivors), "neighbours survived")
+        if state.survivors is not None:
+            self._check_consistent(state, message)
         self_mask_shares = tuple(
             (u, state.held_shares[u][0].value_bytes()) for u in survivors if u in state.held_shares
         )
@@ -320,6 +416,38 @@ class Client:
                 if i in earlier_dropped:
                     self._abort(AbortReason.RESURRECTED_ID, f"peer {i} had already dropped")
                 self._abort(AbortReason.UNKNOWN_ID, f"peer {i} is not a neighbour here")
+
+    def _check_signature(self, signer: int, signed: bytes, signature: bytes) -> None:
+        public = self._pki.get(signer)
+        if public is None:
+            self._abort(AbortReason.UNKNOWN_ID, f"no identity key for client {signer}")
+        try:
+            ed25519_verify(public, signed, signature)
+        except AuthenticationError:
+            self._abort(AbortReason.BAD_SIGNATURE, f"client {signer}'s signature does not verify")
+
+    def _check_consistent(self, state: AwaitingUnmaskRequest, message: UnmaskRequest) -> None:
+        """The request must follow from the signed survivor set, which t neighbours signed."""
+        assert state.survivors is not None
+        signed = set(state.survivors)
+        if (
+            set(message.survivors) != state.masked_with & signed
+            or set(message.dropped) != state.masked_with - signed
+        ):
+            self._abort(
+                AbortReason.INCONSISTENT_SURVIVORS,
+                "the request does not match the survivor set this client signed",
+            )
+        payload = derive.consistency_signed_bytes(self.config.session_id, state.survivors)
+        signers: set[int] = set()
+        for signer, signature in message.signatures:
+            if signer in signers:
+                self._abort(AbortReason.DUPLICATE_ID, f"two signatures from client {signer}")
+            if signer not in signed or signer not in self._neighbours:
+                self._abort(AbortReason.UNKNOWN_ID, f"signature from non-survivor {signer}")
+            self._check_signature(signer, payload, signature)
+            signers.add(signer)
+        self._check_enough(len(signers), "neighbours signed the same survivor set")
 
     def _check_enough(self, count: int, what: str) -> None:
         if count < self.config.threshold:

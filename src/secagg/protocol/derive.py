@@ -71,6 +71,20 @@ def self_mask_commitment(seed: bytes, session_id: bytes, owner: int) -> bytes:
     ).digest()
 
 
+def advertise_signed_bytes(
+    session_id: bytes, client_id: int, cipher_public: bytes, mask_public: bytes
+) -> bytes:
+    """What a client signs in active mode: its two keys, for this session only."""
+    return encode_fields("secagg/v1/advertise", session_id, client_id, cipher_public, mask_public)
+
+
+def consistency_signed_bytes(session_id: bytes, survivors: tuple[int, ...]) -> bytes:
+    """What every client signs in the consistency round: the one survivor set it was shown."""
+    return encode_fields(
+        "secagg/v1/consistency", session_id, b"".join(u.to_bytes(4, "big") for u in survivors)
+    )
+
+
 def encode_share_plaintext(sender: int, recipient: int, self_mask: bytes, key: bytes) -> bytes:
     return struct.pack(">II", sender, recipient) + self_mask + key
 

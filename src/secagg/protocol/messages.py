@@ -14,9 +14,15 @@ stage      client -> server            server -> client
 config                                 ``RoundConfig``
 advertise  ``AdvertiseKeys``           ``PeerKeys``
 share      ``EncryptedShares``         ``PeerShares``
-masked     ``MaskedInput``             ``UnmaskRequest``
+masked     ``MaskedInput``             ``SurvivorList`` (active mode)
+                                       or ``UnmaskRequest``
+consistency ``ConsistencySignature``   ``UnmaskRequest`` (active mode: with the signatures)
 unmask     ``UnmaskResponse``
 =========  ==========================  ===========================
+
+In active mode (a ``semi-malicious`` server model) advertised keys are signed with the
+client's long-term Ed25519 identity, and the consistency round makes every client sign the
+survivor set it was shown before anyone reveals a share (Bonawitz et al. 2017, section 4).
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ __all__ = [
     "CIPHERTEXT_BYTES",
     "KEY_BYTES",
     "SHARE_PLAINTEXT_BYTES",
+    "SIGNATURE_BYTES",
     "AdvertiseKeys",
+    "ConsistencySignature",
     "EncryptedShares",
     "MaskedInput",
     "Message",
@@ -46,6 +54,7 @@ __all__ = [
     "PeerKeys",
     "PeerShares",
     "RoundConfig",
+    "SurvivorList",
     "UnmaskRequest",
     "UnmaskResponse",
     "decode",
@@ -61,6 +70,7 @@ DIGEST_BYTES = 32
 SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * SHARE_VALUE_BYTES
 CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + aead.OVERHEAD
 MAX_ID = 2**32 - 1
+SIGNATURE_BYTES = 64  # Ed25519
 
 PROTOCOL_CODES = {"secagg": 0, "secagg+": 1}
 SERVER_MODEL_CODES = {"semi-honest": 0, "semi-malicious": 1}
@@ -255,6 +265,7 @@ class RoundConfig(Message):
     value_bits: int
     max_weight: int
     task_hash: bytes = bytes(DIGEST_BYTES)
+    min_cohort: int = 1  # no revealed sum may contain fewer inputs (checked in active mode)
     session_id: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -283,6 +294,8 @@ class RoundConfig(Message):
             raise UsageError("dim or max_weight out of range")
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise UsageError("clip must be finite and positive")
+        if not 1 <= self.min_cohort <= n:
+            raise UsageError(f"min_cohort must be in 1..{n}")
         if n * self.max_weight * (2**self.value_bits - 1) >= 2**self.ring_bits:
             raise UsageError("the ring is too narrow for this cohort: sums could wrap")
         object.__setattr__(
@@ -292,6 +305,11 @@ class RoundConfig(Message):
     @property
     def vector_length(self) -> int:
         return self.dim + 1
+
+    @property
+    def active(self) -> bool:
+        """Active mode: signed keys and a consistency round against a deviating server."""
+        return self.server_model == "semi-malicious"
 
     @property
     def graph_seed(self) -> bytes:
@@ -311,6 +329,7 @@ class RoundConfig(Message):
         w.u8(self.value_bits)
         w.u32(self.max_weight)
         w.fixed(self.task_hash, DIGEST_BYTES)
+        w.u32(self.min_cohort)
 
     @classmethod
     def _read(cls, r: _Reader) -> RoundConfig:
@@ -332,6 +351,7 @@ class RoundConfig(Message):
             value_bits=r.u8(),
             max_weight=r.u32(),
             task_hash=r.fixed(DIGEST_BYTES),
+            min_cohort=r.u32(),
         )
 
 
@@ -353,16 +373,39 @@ class AdvertiseKeys(Message):
     client_id: int
     cipher_public: bytes = field(repr=False)  # for encrypting shares
     mask_public: bytes = field(repr=False)  # for pairwise masks
+    signature: bytes = field(default=b"", repr=False)  # active mode: by the client's identity
 
     def _write(self, w: _Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.fixed(self.cipher_public, KEY_BYTES)
         w.fixed(self.mask_public, KEY_BYTES)
+        _write_signature(w, self.signature)
 
     @classmethod
     def _read(cls, r: _Reader) -> AdvertiseKeys:
-        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(KEY_BYTES), r.fixed(KEY_BYTES))
+        return cls(
+            r.fixed(SESSION_ID_BYTES),
+            r.u32(),
+            r.fixed(KEY_BYTES),
+            r.fixed(KEY_BYTES),
+            _read_signature(r),
+        )
+
+
+def _write_signature(w: _Writer, signature: bytes) -> None:
+    """Empty (semi-honest mode) or exactly one Ed25519 signature."""
+    if len(signature) not in (0, SIGNATURE_BYTES):
+        raise UsageError(f"a signature is 0 or {SIGNATURE_BYTES} bytes")
+    w.u8(len(signature))
+    w.fixed(signature, len(signature))
+
+
+def _read_signature(r: _Reader) -> bytes:
+    size = r.u8()
+    if size not in (0, SIGNATURE_BYTES):
+        raise DecodeError(f"a signature is 0 or {SIGNATURE_BYTES} bytes, not {size}")
+    return r.fixed(size)
 
 
 @dataclass(frozen=True)
@@ -370,6 +413,7 @@ class PeerKeyEntry:
     client_id: int
     cipher_public: bytes = field(repr=False)
     mask_public: bytes = field(repr=False)
+    signature: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -390,13 +434,15 @@ class PeerKeys(Message):
             w.u32(p.client_id)
             w.fixed(p.cipher_public, KEY_BYTES)
             w.fixed(p.mask_public, KEY_BYTES)
+            _write_signature(w, p.signature)
 
     @classmethod
     def _read(cls, r: _Reader) -> PeerKeys:
         session_id, recipient = r.fixed(SESSION_ID_BYTES), r.u32()
-        n = r.count(4 + 2 * KEY_BYTES)
+        n = r.count(4 + 2 * KEY_BYTES + 1)
         peers = tuple(
-            PeerKeyEntry(r.u32(), r.fixed(KEY_BYTES), r.fixed(KEY_BYTES)) for _ in range(n)
+            PeerKeyEntry(r.u32(), r.fixed(KEY_BYTES), r.fixed(KEY_BYTES), _read_signature(r))
+            for _ in range(n)
         )
         return cls(session_id, recipient, peers)
 
@@ -493,16 +539,71 @@ class UnmaskRequest(Message):
     recipient: int
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    # Active mode: the consistency signatures of the survivor set, (signer, signature).
+    signatures: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
 
     def _write(self, w: _Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.ids(self.survivors)
         w.ids(self.dropped)
+        w.u32(len(self.signatures))
+        for signer, signature in self.signatures:
+            w.u32(signer)
+            w.fixed(signature, SIGNATURE_BYTES)
 
     @classmethod
     def _read(cls, r: _Reader) -> UnmaskRequest:
-        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.ids(), r.ids())
+        session_id, recipient, survivors, dropped = (
+            r.fixed(SESSION_ID_BYTES),
+            r.u32(),
+            r.ids(),
+            r.ids(),
+        )
+        signatures = _read_entries(
+            r, 4 + SIGNATURE_BYTES, lambda: (r.u32(), r.fixed(SIGNATURE_BYTES))
+        )
+        return cls(session_id, recipient, survivors, dropped, signatures)
+
+
+@dataclass(frozen=True)
+class SurvivorList(Message):
+    """Active mode, server -> client: every client whose masked input is in the sum."""
+
+    TAG: ClassVar[int] = 9
+
+    session_id: bytes = field(repr=False)
+    recipient: int
+    survivors: tuple[int, ...]
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.session_id, SESSION_ID_BYTES)
+        w.u32(self.recipient)
+        w.ids(self.survivors)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> SurvivorList:
+        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.ids())
+
+
+@dataclass(frozen=True)
+class ConsistencySignature(Message):
+    """Active mode, client -> server: the client's signature over the survivor set."""
+
+    TAG: ClassVar[int] = 10
+
+    session_id: bytes = field(repr=False)
+    client_id: int
+    signature: bytes = field(repr=False)
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.session_id, SESSION_ID_BYTES)
+        w.u32(self.client_id)
+        w.fixed(self.signature, SIGNATURE_BYTES)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> ConsistencySignature:
+        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(SIGNATURE_BYTES))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,11 @@ Stages and who is expected in each (sets named after Bonawitz et al. 2017)::
     advertise     U0 = the configured cohort      -> U1 advertised valid keys
     share         U1 (pruned to >= t neighbours)  -> U2 sent shares to all its neighbours
     masked-input  U2 (pruned to >= t neighbours)  -> U3 sent a masked input: the included
-    unmask        U3                              -> U4 answered; then the sum is unmasked
+    consistency   U3 (active mode only)           -> U3' signed the survivor set U3
+    unmask        U3 (or U3' with t signatures)   -> U4 answered; then the sum is unmasked
+
+In active mode (a ``semi-malicious`` server model) the server also checks every signature
+against the clients' identity keys (``pki``) and drops a client whose signature fails.
 
 Memory stays O(dim + clients x degree): masked inputs are added to one running sum as they
 arrive.
@@ -29,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import (
+    AuthenticationError,
     CryptoError,
     DecodeError,
     DropReason,
@@ -37,7 +42,7 @@ from secagg.errors import (
     UsageError,
 )
 from secagg.hazmat import prg
-from secagg.hazmat.keys import X25519KeyPair, x25519_public_from_private
+from secagg.hazmat.keys import X25519KeyPair, ed25519_verify, x25519_public_from_private
 from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.randomness import SystemRandomness
 from secagg.hazmat.ring import Ring
@@ -45,6 +50,7 @@ from secagg.hazmat.shamir import Share, combine
 from secagg.protocol import derive
 from secagg.protocol.messages import (
     AdvertiseKeys,
+    ConsistencySignature,
     EncryptedShares,
     MaskedInput,
     Message,
@@ -52,6 +58,7 @@ from secagg.protocol.messages import (
     PeerKeys,
     PeerShares,
     RoundConfig,
+    SurvivorList,
     UnmaskRequest,
     UnmaskResponse,
     decode,
@@ -64,6 +71,7 @@ class Stage(StrEnum):
     ADVERTISE = "advertise"
     SHARE = "share"
     MASKED_INPUT = "masked-input"
+    CONSISTENCY = "consistency"
     UNMASK = "unmask"
     COMPLETED = "completed"
     ABORTED = "aborted"
@@ -73,12 +81,14 @@ _EXPECTED_MESSAGE: dict[Stage, type[Message]] = {
     Stage.ADVERTISE: AdvertiseKeys,
     Stage.SHARE: EncryptedShares,
     Stage.MASKED_INPUT: MaskedInput,
+    Stage.CONSISTENCY: ConsistencySignature,
     Stage.UNMASK: UnmaskResponse,
 }
 _MISSED: dict[Stage, DropReason] = {
     Stage.ADVERTISE: DropReason.MISSED_ADVERTISE,
     Stage.SHARE: DropReason.MISSED_SHARE,
     Stage.MASKED_INPUT: DropReason.MISSED_MASKED_INPUT,
+    Stage.CONSISTENCY: DropReason.MISSED_CONSISTENCY,
     Stage.UNMASK: DropReason.MISSED_UNMASK,
 }
 
@@ -111,7 +121,11 @@ class RoundResult:
 class Server:
     """The server's view of one round."""
 
-    def __init__(self, config: RoundConfig) -> None:
+    def __init__(self, config: RoundConfig, *, pki: Mapping[int, bytes] | None = None) -> None:
+        """``pki`` (each client's identity public key) is required in active mode."""
+        if config.active and pki is None:
+            raise UsageError("active mode needs the clients' identity public keys")
+        self._pki = dict(pki or {})
         self.config = config
         self._ring = Ring(config.ring_bits)
         self._t = config.threshold
@@ -131,6 +145,8 @@ class Server:
         self._missing: dict[int, frozenset[int]] = {}
         self._total: NDArray[np.unsignedinteger] | None = None
         self._requests: dict[int, UnmaskRequest] = {}
+        self._survivor_set: tuple[int, ...] = ()
+        self._signatures: dict[int, bytes] = {}
         self._seed_shares: dict[int, list[Share]] = {}
         self._key_shares: dict[int, list[Share]] = {}
         self._included: tuple[int, ...] = ()
@@ -219,6 +235,7 @@ class Server:
             Stage.ADVERTISE: self._take_advertise,
             Stage.SHARE: self._take_share,
             Stage.MASKED_INPUT: self._take_masked_input,
+            Stage.CONSISTENCY: self._take_consistency,
             Stage.UNMASK: self._take_unmask,
         }
         if handlers[self._stage](sender, message):
@@ -245,8 +262,27 @@ class Server:
                 Drop(sender, self._stage, DropReason.DUPLICATE, "conflicting duplicate ignored")
             )
 
+    def _verified(self, sender: int, signed: bytes, signature: bytes) -> bool:
+        public = self._pki.get(sender)
+        try:
+            if public is None:
+                raise AuthenticationError("no identity key")
+            ed25519_verify(public, signed, signature)
+        except AuthenticationError:
+            self.drop(sender, DropReason.BAD_SIGNATURE, "signature does not verify")
+            return False
+        return True
+
     def _take_advertise(self, sender: int, message: Message) -> bool:
         assert isinstance(message, AdvertiseKeys)
+        if self.config.active and not self._verified(
+            sender,
+            derive.advertise_signed_bytes(
+                self.config.session_id, sender, message.cipher_public, message.mask_public
+            ),
+            message.signature,
+        ):
+            return False
         for key in (message.cipher_public, message.mask_public):
             owner = self._key_owner.get(key)
             if owner is not None and owner != sender:
@@ -300,6 +336,14 @@ class Server:
         self._received[sender] = MaskedInput(message.session_id, sender, missing, b"")
         return False
 
+    def _take_consistency(self, sender: int, message: Message) -> bool:
+        assert isinstance(message, ConsistencySignature)
+        signed = derive.consistency_signed_bytes(self.config.session_id, self._survivor_set)
+        if not self._verified(sender, signed, message.signature):
+            return False
+        self._signatures[sender] = message.signature
+        return True
+
     def _take_unmask(self, sender: int, message: Message) -> bool:
         assert isinstance(message, UnmaskResponse)
         request = self._requests[sender]
@@ -339,6 +383,7 @@ class Server:
                 Stage.ADVERTISE: self._close_advertise,
                 Stage.SHARE: self._close_share,
                 Stage.MASKED_INPUT: self._close_masked_input,
+                Stage.CONSISTENCY: self._close_consistency,
                 Stage.UNMASK: self._close_unmask,
             }
             outgoing = closers[stage](live)
@@ -388,7 +433,12 @@ class Server:
             peers = tuple(v for v in self._neighbours[u] if v in live)
             self._peers[u] = peers
             entries = tuple(
-                PeerKeyEntry(v, self._keys[v].cipher_public, self._keys[v].mask_public)
+                PeerKeyEntry(
+                    v,
+                    self._keys[v].cipher_public,
+                    self._keys[v].mask_public,
+                    self._keys[v].signature,
+                )
                 for v in peers
             )
             outgoing[u] = PeerKeys(sid, u, entries)
@@ -417,33 +467,69 @@ class Server:
         """Surviving clients that hold a share of ``owner``'s secrets."""
         return sum(1 for v in self._view[owner] if v in survivors and owner not in self._missing[v])
 
-    def _close_masked_input(self, live: set[int]) -> dict[int, Message]:
-        if not live:
-            raise RoundAborted(Stage.MASKED_INPUT, "no client sent a masked input")
-        # Before anyone reveals anything: can every mask in the sum be removed?
+    def _check_removable(self, stage: Stage, askable: set[int]) -> None:
+        """Before anyone reveals anything: can every mask in the sum be removed by asking
+        only the clients in ``askable``?"""
+        included = set(self._included)
         for u in sorted(self._view):
-            relevant = u in live or any(v in live for v in self._view[u])
-            if relevant and self._holders(u, live) < self._t:
-                kind = "self mask" if u in live else "pairwise masks"
+            relevant = u in included or any(v in included for v in self._view[u])
+            if relevant and self._holders(u, askable) < self._t:
+                kind = "self mask" if u in included else "pairwise masks"
                 raise RoundAborted(
-                    Stage.MASKED_INPUT,
+                    stage,
                     f"the {kind} of client {u} cannot be removed: fewer than "
                     f"{self._t} surviving holders of its shares",
                 )
+
+    def _close_masked_input(self, live: set[int]) -> dict[int, Message]:
+        if not live:
+            raise RoundAborted(Stage.MASKED_INPUT, "no client sent a masked input")
         self._included = tuple(sorted(live))
+        self._check_removable(Stage.MASKED_INPUT, live)
+        if len(live) < self.config.min_cohort:
+            raise RoundAborted(
+                Stage.MASKED_INPUT,
+                f"{len(live)} inputs; no sum of fewer than {self.config.min_cohort} is revealed",
+            )
+        if self.config.active:
+            self._survivor_set = self._included
+            sid = self.config.session_id
+            outgoing: dict[int, Message] = {
+                v: SurvivorList(sid, v, self._survivor_set) for v in self._included
+            }
+            self._advance(Stage.CONSISTENCY, set(self._included))
+            return outgoing
+        return self._request_unmasking(set(self._included), {})
+
+    def _close_consistency(self, live: set[int]) -> dict[int, Message]:
+        # A client unmasks only with t signatures from its neighbours: those short of them
+        # will not be asked, and the rest must still be able to remove every mask.
+        self._prune(live, lambda v: [u for u in self._neighbours[v] if u in self._signatures])
+        self._check_removable(Stage.CONSISTENCY, live)
+        return self._request_unmasking(live, self._signatures)
+
+    def _request_unmasking(
+        self, askable: set[int], signatures: Mapping[int, bytes]
+    ) -> dict[int, Message]:
         sid = self.config.session_id
+        included = set(self._included)
         outgoing: dict[int, Message] = {}
-        for v in self._included:
+        for v in sorted(askable):
             view = self._view[v]
             request = UnmaskRequest(
                 sid,
                 v,
-                tuple(u for u in view if u in live),
-                tuple(u for u in view if u not in live),
+                tuple(u for u in view if u in included),
+                tuple(u for u in view if u not in included),
+                tuple(
+                    (u, signatures[u])
+                    for u in self._neighbours[v]
+                    if u in signatures and u in askable
+                ),
             )
             self._requests[v] = request
             outgoing[v] = request
-        self._advance(Stage.UNMASK, set(self._included))
+        self._advance(Stage.UNMASK, askable)
         return outgoing
 
     def _close_unmask(self, live: set[int]) -> dict[int, Message]:
