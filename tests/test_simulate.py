@@ -10,7 +10,7 @@ from secagg.errors import ConfigurationError
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.params import Params, Protocol
 from secagg.simulate import (
-    DROP_STAGES,
+    SEMI_HONEST_STAGES,
     DropSchedule,
     integer_weights,
     random_inputs,
@@ -115,7 +115,7 @@ def test_random_drop_schedule_drops_the_requested_fraction_across_stages() -> No
     schedule = DropSchedule.random(1000, 0.1, DeterministicRandomness(b"s" * 32))
     dropped = [i for ids in schedule.at.values() for i in ids]
     assert len(dropped) == len(set(dropped)) == 100
-    assert set(schedule.at) == set(DROP_STAGES)
+    assert set(schedule.at) == set(SEMI_HONEST_STAGES)
 
 
 def test_integer_weights_keep_integers_and_scale_fractions() -> None:

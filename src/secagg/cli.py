@@ -26,6 +26,7 @@ from secagg.service.coordinator import RoundSummary
 from secagg.service.credentials import create_deployment
 from secagg.simulate import (
     DROP_STAGES,
+    SEMI_HONEST_STAGES,
     DropSchedule,
     InputSource,
     RoundReport,
@@ -53,9 +54,17 @@ class ProtocolChoice(StrEnum):
     secagg_plus = "secagg+"
 
 
-class ServerModelChoice(StrEnum):
+class ThreatModel(StrEnum):
+    """What the server is trusted to do: follow the protocol, or nothing at all."""
+
     semi_honest = "semi-honest"
-    semi_malicious = "semi-malicious"
+    malicious = "malicious"
+
+    @property
+    def server_model(self) -> ServerModel:
+        if self is ThreatModel.malicious:
+            return ServerModel.SEMI_MALICIOUS  # active mode: signatures + consistency round
+        return ServerModel.SEMI_HONEST
 
 
 def _fail(message: str) -> NoReturn:
@@ -102,9 +111,13 @@ def simulate(
         float | None,
         typer.Option(help="Dropout rate the graph must tolerate (default: max(0.33, dropout))."),
     ] = None,
-    server_model: Annotated[ServerModelChoice, typer.Option(help="Server threat model.")] = (
-        ServerModelChoice.semi_honest
-    ),
+    threat_model: Annotated[
+        ThreatModel,
+        typer.Option(help="malicious: signed keys and a consistency round (active mode)."),
+    ] = ThreatModel.semi_honest,
+    min_cohort: Annotated[
+        int, typer.Option(help="Fewest inputs a revealed sum may contain (active mode).")
+    ] = 1,
     threshold: Annotated[int | None, typer.Option(help="Override the threshold t.")] = None,
     degree: Annotated[int | None, typer.Option(help="Override the SecAgg+ degree k.")] = None,
     save_aggregate: Annotated[
@@ -131,14 +144,20 @@ def simulate(
             max_weight=max_weight,
             adversarial_rate=adversarial_rate,
             dropout_rate=tolerated,
-            server_model=ServerModel(server_model.value),
+            server_model=threat_model.server_model,
+            min_cohort=min_cohort,
             degree=degree,
             threshold=threshold,
         )
         if drop:
             schedule = DropSchedule.parse(drop)
         else:
-            schedule = DropSchedule.random(n, dropout, root_randomness(seed, "dropout"))
+            schedule = DropSchedule.random(
+                n,
+                dropout,
+                root_randomness(seed, "dropout"),
+                stages=DROP_STAGES if params.active else SEMI_HONEST_STAGES,
+            )
         schedule.check_ids(n)
         result = simulate_round(params, n, source, weights=weight_vector, drops=schedule, seed=seed)
     except ConfigurationError as exc:

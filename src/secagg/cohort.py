@@ -24,8 +24,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import ClientAbort, ConfigurationError, SecAggError
-from secagg.protocol.client import AwaitingUnmaskRequest, Client
-from secagg.protocol.messages import Message, PeerKeys, PeerShares, UnmaskRequest
+from secagg.protocol.client import AwaitingSurvivorList, AwaitingUnmaskRequest, Client
+from secagg.protocol.messages import (
+    Message,
+    PeerKeys,
+    PeerShares,
+    SurvivorList,
+    UnmaskRequest,
+)
 
 __all__ = ["Cohort", "Reply", "Tally"]
 
@@ -86,6 +92,8 @@ class ClientGroup:
             return client.share_keys(PeerKeys.decode(data))
         if stage == "masked-input":
             return self._mask(client, PeerShares.decode(data))
+        if stage == "consistency":
+            return client.consistency(SurvivorList.decode(data))
         return client.unmask(UnmaskRequest.decode(data))
 
     def _mask(self, client: Client, message: PeerShares) -> Message:
@@ -97,7 +105,7 @@ class ClientGroup:
             )
         reply = client.mask_input(message, values, self._weights[i])
         state = client.state
-        if isinstance(state, AwaitingUnmaskRequest):
+        if isinstance(state, AwaitingUnmaskRequest | AwaitingSurvivorList):
             self._tally.clipped += state.clipped
         w = float(self._exact_weights[i])
         self._tally.weighted_sum += w * values.astype(np.float64)

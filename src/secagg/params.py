@@ -45,6 +45,9 @@ class Params:
     fractions of the cohort that may be corrupt and that may drop out; with the server model
     and the statistical parameters ``sigma``/``eta`` they fix the graph degree and threshold.
     ``degree`` and ``threshold`` override the derived values (checked all the same).
+    ``server_model=SEMI_MALICIOUS`` is active mode: signed keys, a consistency round and the
+    thresholds of the semi-malicious model. ``min_cohort`` is the fewest inputs any revealed
+    sum may contain (clients check it in active mode).
     """
 
     dim: int
@@ -60,6 +63,7 @@ class Params:
     eta: int = 20
     degree: int | None = None
     threshold: int | None = None
+    min_cohort: int = 1
     ring_bits: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +81,10 @@ class Params:
         for name in ("adversarial_rate", "dropout_rate"):
             rate = getattr(self, name)
             _require(0.0 <= rate < 1.0, f"{name} must be in [0, 1)")
+        _require(
+            isinstance(self.min_cohort, int) and 1 <= self.min_cohort <= self.max_clients,
+            "min_cohort must be an integer in [1, max_clients]",
+        )
         object.__setattr__(self, "protocol", Protocol(self.protocol))
         object.__setattr__(self, "server_model", ServerModel(self.server_model))
         # The largest possible sum: every client at the top level with the largest weight.
@@ -93,6 +101,11 @@ class Params:
         object.__setattr__(self, "ring_bits", bits)
         if self.degree is not None or self.threshold is not None:
             self.graph(self.max_clients)  # validate overrides against the largest cohort now
+
+    @property
+    def active(self) -> bool:
+        """Active mode: defends against a server that deviates from the protocol."""
+        return self.server_model is ServerModel.SEMI_MALICIOUS
 
     @property
     def ring(self) -> Ring:

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from secagg.cohort import ClientGroup, Cohort, default_workers
 from secagg.errors import ConfigurationError, RoundAborted
+from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
 from secagg.params import Params
 from secagg.protocol.client import Client
@@ -28,6 +29,7 @@ from secagg.protocol.server import Server, Stage
 
 __all__ = [
     "DROP_STAGES",
+    "SEMI_HONEST_STAGES",
     "DropSchedule",
     "InputSource",
     "RoundReport",
@@ -38,7 +40,8 @@ __all__ = [
     "simulate_round",
 ]
 
-DROP_STAGES = ("advertise", "share", "masked-input", "unmask")
+DROP_STAGES = ("advertise", "share", "masked-input", "consistency", "unmask")
+SEMI_HONEST_STAGES = ("advertise", "share", "masked-input", "unmask")  # no consistency round
 WEIGHT_LEVELS = 1 << 10  # resolution of non-integer weights
 
 InputSource = Callable[[int], NDArray[np.floating]]
@@ -78,16 +81,18 @@ class DropSchedule:
         return cls({s: frozenset(ids) for s, ids in at.items()})
 
     @classmethod
-    def random(cls, n: int, rate: float, rng: Randomness) -> DropSchedule:
+    def random(
+        cls, n: int, rate: float, rng: Randomness, *, stages: Sequence[str] = SEMI_HONEST_STAGES
+    ) -> DropSchedule:
         """``round(rate * n)`` distinct clients, each failing at a uniformly chosen stage."""
         if not 0.0 <= rate < 1.0:
             raise ConfigurationError("the dropout rate must be in [0, 1)")
         count = round(rate * n)
         order = _shuffled(n, rng)
-        stage_draws = rng.words(count) % len(DROP_STAGES)
+        stage_draws = rng.words(count) % len(stages)
         at: dict[str, set[int]] = {}
         for client, s in zip(order[:count], stage_draws, strict=True):
-            at.setdefault(DROP_STAGES[int(s)], set()).add(int(client))
+            at.setdefault(stages[int(s)], set()).add(int(client))
         return cls({s: frozenset(ids) for s, ids in at.items()})
 
     def stage_of(self, client_id: int) -> str | None:
@@ -243,6 +248,7 @@ def make_config(
         value_bits=params.value_bits,
         max_weight=params.max_weight,
         task_hash=task_hash,
+        min_cohort=params.min_cohort,
     )
 
 
@@ -272,7 +278,21 @@ def simulate_round(
         )
     root = root_randomness(seed, "round")
     config = make_config(params, n, root)
-    server = Server(config)
+    stages = DROP_STAGES if config.active else SEMI_HONEST_STAGES
+    if not config.active and drops.at.get("consistency"):
+        raise ConfigurationError("the consistency stage exists only against a malicious server")
+
+    def fork(label: str) -> Randomness:
+        return root.fork(label) if isinstance(root, DeterministicRandomness) else root
+
+    # Active mode: each client's long-term identity; the public keys are the PKI.
+    identities = (
+        {i: Ed25519SigningKey.generate(fork(f"identity/{i}")) for i in config.client_ids}
+        if config.active
+        else {}
+    )
+    pki = {i: key.public for i, key in identities.items()}
+    server = Server(config, pki=pki if config.active else None)
     exact_weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
 
     def group_of(ids: Sequence[int]) -> ClientGroup:
@@ -280,7 +300,9 @@ def simulate_round(
             i: Client(
                 config,
                 i,
-                root.fork(f"client/{i}") if isinstance(root, DeterministicRandomness) else root,
+                fork(f"client/{i}"),
+                identity=identities.get(i),
+                pki=pki if config.active else None,
             )
             for i in ids
         }
@@ -294,7 +316,7 @@ def simulate_round(
     workers = default_workers(n, params.dim) if workers is None else workers
     started = time.perf_counter()
     with Cohort(group_of, config.client_ids, workers) as cohort:
-        for stage in DROP_STAGES:
+        for stage in stages:
             t0 = time.perf_counter()
             if stage == "advertise":
                 addressed: dict[int, Message | None] = dict.fromkeys(config.client_ids)
@@ -322,7 +344,7 @@ def simulate_round(
         seconds = time.perf_counter() - started
         tally = cohort.tally()
 
-    dropped: dict[str, list[int]] = {s: [] for s in DROP_STAGES}
+    dropped: dict[str, list[int]] = {s: [] for s in stages}
     reasons: dict[int, str] = {}
     for d in server.drops.values():
         dropped[d.stage.value].append(d.client_id)

@@ -13,7 +13,7 @@ from secagg.protocol.client import Completed
 from secagg.protocol.server import Stage
 from tests.protocol.harness import Harness
 
-STAGES = ("advertise", "share", "mask", "unmask")
+STAGES = ("advertise", "share", "mask", "consistency", "unmask")
 
 
 @st.composite
@@ -24,12 +24,14 @@ def rounds(draw: st.DrawFn) -> tuple[Harness, dict[str, list[int]]]:
     k = n - 1 if degree is None else degree
     # Mostly low thresholds (rounds that survive drops), sometimes up to the degree.
     threshold = draw(st.integers(2, max(2, k // 2 + 1) if draw(st.booleans()) else max(2, k)))
+    active = draw(st.booleans())
+    stages = STAGES if active else tuple(s for s in STAGES if s != "consistency")
     # Each client drops with probability 1/3, at a uniformly chosen stage.
-    dropping = draw(st.lists(st.integers(0, 11), min_size=n, max_size=n))
+    dropping = draw(st.lists(st.integers(0, 3 * len(stages) - 1), min_size=n, max_size=n))
     schedule: dict[str, list[int]] = {s: [] for s in STAGES}
     for client, choice in enumerate(dropping):
-        if choice < len(STAGES):
-            schedule[STAGES[choice]].append(client)
+        if choice < len(stages):
+            schedule[stages[choice]].append(client)
     h = Harness(
         n,
         degree=degree,
@@ -38,6 +40,7 @@ def rounds(draw: st.DrawFn) -> tuple[Harness, dict[str, list[int]]]:
         value_bits=draw(st.integers(1, 6)),
         max_weight=draw(st.integers(1, 4)),
         seed=draw(st.integers(0, 2**16)),
+        active=active,
     )
     return h, schedule
 
@@ -48,9 +51,11 @@ def test_result_is_the_exact_sum_of_included_inputs_or_nothing(
     case: tuple[Harness, dict[str, list[int]]],
 ) -> None:
     h, schedule = case
-    steps = [h.advertise, h.share, h.mask, h.unmask]
+    steps = [h.advertise, h.share, h.mask, h.consistency, h.unmask]
     aborted_at = None
     for stage, step in zip(STAGES, steps, strict=True):
+        if stage == "consistency" and not h.config.active:
+            continue
         try:
             step(skip=schedule[stage])
         except RoundAborted as exc:
@@ -76,13 +81,18 @@ def test_result_is_the_exact_sum_of_included_inputs_or_nothing(
         assert h.server.stage is Stage.ABORTED
         with pytest.raises(UsageError):
             _ = h.server.result
-        if aborted_at != Stage.UNMASK:
+        if aborted_at not in (Stage.UNMASK,):
             assert not revealed_self and not revealed_keys
         assert any(schedule.values()), "a round without drops must never abort"
         return
 
     result = h.server.result
-    pruned = {c for c, d in h.server.drops.items() if d.reason is DropReason.TOO_FEW_NEIGHBOURS}
+    # Pruned before masking: excluded. (Pruned at the consistency stage: still included.)
+    pruned = {
+        c
+        for c, d in h.server.drops.items()
+        if d.reason is DropReason.TOO_FEW_NEIGHBOURS and d.stage in (Stage.ADVERTISE, Stage.SHARE)
+    }
     excluded = set(schedule["advertise"] + schedule["share"] + schedule["mask"]) | pruned
     assert set(result.included) == set(range(len(h.clients))) - excluded
     np.testing.assert_array_equal(result.total, h.expected_total(result.included))

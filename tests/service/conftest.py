@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from secagg.params import Params
+from secagg.params import Params, ServerModel
 from secagg.service.config import DeploymentConfig
 from secagg.service.credentials import Deployment, create_deployment
 from secagg.service.tasks import random_update, random_weight
@@ -90,11 +90,17 @@ def write_config(
     min_clients: int = 3,
     port: int = 0,
     clients: int = CLIENTS,
+    active: bool = False,
 ) -> Path:
     path = root / "deployment.toml"
     path.write_text(
         DeploymentConfig.render(
-            params=Params(dim=DIM, max_clients=clients, max_weight=3),
+            params=Params(
+                dim=DIM,
+                max_clients=clients,
+                max_weight=3,
+                server_model=ServerModel.SEMI_MALICIOUS if active else ServerModel.SEMI_HONEST,
+            ),
             port=port,
             min_clients=min_clients,
             stage_timeout=stage_timeout,

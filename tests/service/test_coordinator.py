@@ -18,7 +18,7 @@ import pytest
 from secagg.errors import DropReason
 from secagg.service.client import ClientSettings, Rejected, SecAggClient
 from secagg.service.coordinator import Coordinator, RoundSummary
-from secagg.service.credentials import ClientIdentity, load_ca, sign_challenge
+from secagg.service.credentials import AllowList, ClientIdentity, load_ca, sign_challenge
 from secagg.service.ledger import Ledger, RoundOutcome
 from secagg.service.run import make_coordinator
 from secagg.service.tasks import random_task
@@ -45,6 +45,7 @@ def _client(
         ca_cert=load_ca(config.tls.ca_cert),
         max_message_bytes=config.coordinator.max_message_bytes,
         max_attempts=3,
+        pki=AllowList.load(config.allow_list).keys if config.allow_list else None,
     )
     return SecAggClient(settings, random_task(client_id, DIM, TASK_SEED), rounds=rounds)
 
@@ -91,6 +92,25 @@ def test_full_round_over_tls_reveals_the_exact_weighted_mean(
     # Nothing that looks like key, seed or vector bytes reaches the logs.
     assert not re.search(r"[0-9a-f]{32}", caplog.text)
     assert "\\x" not in caplog.text
+
+
+def test_active_mode_round_over_tls_signs_keys_and_survivor_sets(local: Local) -> None:
+    from tests.service.conftest import write_config
+
+    local.config_path = write_config(local.root, local.deployment, active=True)
+    summaries, ledger, _ = asyncio.run(_round_with(local, list(range(CLIENTS))))
+    summary = summaries[0]
+    assert summary.outcome == "completed", summary.abort_reason
+    assert set(summary.stage_seconds) == {
+        "advertise",
+        "share",
+        "masked-input",
+        "consistency",
+        "unmask",
+    }
+    assert summary.aggregate is not None
+    bound = local.config.params.quantizer.error_bound()
+    assert np.max(np.abs(summary.aggregate - expected_mean(summary.included))) <= bound
 
 
 def test_clients_take_part_in_successive_rounds_with_fresh_sessions(local: Local) -> None:

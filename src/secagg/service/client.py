@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -26,6 +26,7 @@ from secagg.protocol.messages import (
     PeerKeys,
     PeerShares,
     RoundConfig,
+    SurvivorList,
     UnmaskRequest,
     decode,
 )
@@ -56,6 +57,8 @@ class ClientSettings:
     retry_initial: float = 0.2
     retry_max: float = 5.0
     max_attempts: int | None = None  # connection attempts in a row before giving up
+    # Active mode: every cohort member's identity public key (the allow-list; public data).
+    pki: Mapping[int, bytes] | None = None
 
 
 @dataclass
@@ -201,7 +204,16 @@ class SecAggClient:
             )
             return _RoundState(task.round_id, None, None)
         assert config is not None
-        client = Client(config, self.client_id, SystemRandomness())
+        if config.active and self.settings.pki is None:
+            await self._abort(call, task.round_id, "active mode needs the allow-list")
+            return _RoundState(task.round_id, None, None)
+        client = Client(
+            config,
+            self.client_id,
+            SystemRandomness(),
+            identity=self.settings.identity.signing_key if config.active else None,
+            pki=self.settings.pki if config.active else None,
+        )
         state = _RoundState(task.round_id, client, (values, weight))
         self._stage(task.round_id, "advertise")
         await self._send(call, client.advertise())
@@ -223,6 +235,9 @@ class SecAggClient:
                 values, weight = state.update
                 reply = client.mask_input(message, values, weight)
                 state.update = None  # the plaintext update is not kept past masking
+            elif isinstance(message, SurvivorList):
+                self._stage(state.round_id, "consistency")
+                reply = client.consistency(message)
             elif isinstance(message, UnmaskRequest):
                 self._stage(state.round_id, "unmask")
                 reply = client.unmask(message)

@@ -55,6 +55,7 @@ _ROUND_KEYS = {
     "server_model": str,
     "adversarial_rate": float,
     "dropout_rate": float,
+    "min_cohort": int,
 }
 _COORDINATOR_KEYS = {
     "host": str,
@@ -141,6 +142,7 @@ class DeploymentConfig:
             f'server_model = "{params.server_model.value}"',
             f"adversarial_rate = {params.adversarial_rate!r}",
             f"dropout_rate = {params.dropout_rate!r}",
+            f"min_cohort = {params.min_cohort}",
             "",
             "[coordinator]",
             'host = "127.0.0.1"',

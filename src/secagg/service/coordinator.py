@@ -46,6 +46,7 @@ __all__ = ["Coordinator", "CoordinatorSettings", "RoundSummary"]
 log = logging.getLogger("secagg.coordinator")
 
 SECURE_STAGES = (Stage.ADVERTISE, Stage.SHARE, Stage.MASKED_INPUT, Stage.UNMASK)
+ACTIVE_STAGES = (Stage.ADVERTISE, Stage.SHARE, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK)
 PLAIN_STAGE = "plain-update"
 
 
@@ -394,6 +395,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             value_bits=params.value_bits,
             max_weight=params.max_weight,
             task_hash=task_digest(model),
+            min_cohort=params.min_cohort,
         )
 
     async def _stage_started(self, round_id: int, stage: str) -> None:
@@ -445,7 +447,9 @@ class Coordinator(pb_grpc.CoordinatorServicer):
     async def _run_secure(self, cohort: tuple[int, ...], model: bytes) -> RoundSummary:
         round_id = self.ledger.next_round_id()
         config = self._config(round_id, cohort, model)
-        server = Server(config)
+        # Active mode: the allow-list is the PKI that signed keys and survivor sets are
+        # checked against.
+        server = Server(config, pki=self.allow_list.keys if config.active else None)
         self.ledger.start_round(
             round_id=round_id,
             session_id=config.session_id,
@@ -477,7 +481,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             config.threshold,
             _resident_bytes() >> 20,
         )
-        for stage in SECURE_STAGES:
+        for stage in ACTIVE_STAGES if config.active else SECURE_STAGES:
             active.stage = stage.value
             t0 = time.perf_counter()
             await self._stage_started(round_id, stage.value)

@@ -93,11 +93,17 @@ def join(
     if config.tls is None and not insecure:
         raise ConfigurationError("the deployment has no [tls] section; TLS is required")
     ca = None if config.tls is None else load_ca(config.tls.ca_cert)
+    pki = None
+    if config.params.active:
+        if config.allow_list is None:
+            raise ConfigurationError("active mode needs the allow-list ([clients] allow_list)")
+        pki = AllowList.load(config.allow_list).keys
     settings = ClientSettings(
         target=target or f"{config.coordinator.host}:{config.coordinator.port}",
         identity=identity,
         ca_cert=ca,
         max_message_bytes=config.coordinator.max_message_bytes,
+        pki=pki,
     )
     client = SecAggClient(settings, update(identity.client_id), rounds=rounds)
     asyncio.run(client.run())
