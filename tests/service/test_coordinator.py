@@ -100,6 +100,7 @@ def test_active_mode_round_over_tls_signs_keys_and_survivor_sets(local: Local) -
     local.config_path = write_config(local.root, local.deployment, active=True)
     summaries, ledger, _ = asyncio.run(_round_with(local, list(range(CLIENTS))))
     summary = summaries[0]
+    assert ledger.round(summary.round_id).outcome is RoundOutcome.COMPLETED
     assert summary.outcome == "completed", summary.abort_reason
     assert set(summary.stage_seconds) == {
         "advertise",
