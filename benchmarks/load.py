@@ -142,7 +142,8 @@ def write_markdown(result: dict[str, Any], command: str) -> None:
             f"| {result['clients']:,} | {result['dim']:,} | {result['degree']} / "
             f"{result['threshold']} | {result['outcome']} | {result['included']:,} | "
             f"{result['seconds']:.1f} | {result['peak_rss_bytes'] / 2**20:,.0f} MiB | "
-            f"{result['upload_bytes_per_client']:,.0f} | {result['download_bytes_per_client']:,.0f} |",
+            f"{result['upload_bytes_per_client']:,.0f} | "
+            f"{result['download_bytes_per_client']:,.0f} |",
             "",
             f"Stages: {stages}. The round time includes every client's masking and the "
             "coordinator's unmasking on the same two cores.",
