@@ -164,3 +164,33 @@ def test_command_line_entry_point_runs_as_a_real_process() -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "error" in bad.stderr
+
+
+def test_malicious_threat_model_runs_the_consistency_round() -> None:
+    report = _json(
+        [
+            "--clients",
+            "12",
+            "--dim",
+            "50",
+            "--threat-model",
+            "malicious",
+            "--min-cohort",
+            "6",
+            "--drop",
+            "consistency=3",
+            "--seed",
+            "2",
+        ]
+    )
+    assert report["outcome"] == "completed"
+    assert "consistency" in report["stage_seconds"]  # type: ignore[operator]
+    assert report["dropped"]["consistency"] == [3]  # type: ignore[index]
+    assert 3 in report["included"]  # type: ignore[operator]
+
+
+def test_consistency_drops_are_refused_in_semi_honest_mode() -> None:
+    result = runner.invoke(
+        app, ["simulate", "--clients", "8", "--dim", "5", "--drop", "consistency=1"]
+    )
+    assert result.exit_code == 2

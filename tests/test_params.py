@@ -97,3 +97,27 @@ def test_params_are_frozen() -> None:
     params = Params(dim=1, max_clients=10)
     with pytest.raises(AttributeError):
         params.dim = 2  # type: ignore[misc]
+
+
+def test_active_mode_uses_the_semi_malicious_parameters() -> None:
+    params = Params(dim=1, max_clients=1000, server_model=ServerModel.SEMI_MALICIOUS)
+    assert params.active
+    graph = params.graph(1000)
+    assert (graph.degree, graph.threshold) == (398, 223)
+
+
+def test_active_mode_refuses_rates_no_graph_can_meet() -> None:
+    # t > (n + 0.3 n) / 2 and t <= n - 1 - 0.35 n cannot both hold.
+    with pytest.raises(ConfigurationError):
+        Params(
+            dim=1,
+            max_clients=1000,
+            server_model=ServerModel.SEMI_MALICIOUS,
+            adversarial_rate=0.3,
+            dropout_rate=0.35,
+        ).graph(1000)
+
+
+def test_min_cohort_must_fit_the_cohort() -> None:
+    with pytest.raises(ConfigurationError, match="min_cohort"):
+        Params(dim=1, max_clients=10, min_cohort=11)
