@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
@@ -73,16 +73,15 @@ class ClientGroup:
         self._dim = dim
         self._tally = Tally(np.zeros(dim, dtype=np.float64))
 
-    def answer(self, stage: str, deliveries: Sequence[tuple[int, bytes | None]]) -> list[Reply]:
-        replies: list[Reply] = []
+    def answer(self, stage: str, deliveries: Sequence[tuple[int, bytes | None]]) -> Iterator[Reply]:
+        """Each reply as soon as it is computed: a stage never holds every masked input."""
         for i, data in deliveries:
             try:
                 message = self._handle(stage, self._clients[i], data)
             except ClientAbort as exc:
-                replies.append((i, None, exc.reason.value))
+                yield (i, None, exc.reason.value)
                 continue
-            replies.append((i, message.encode(), None))
-        return replies
+            yield (i, message.encode(), None)
 
     def _handle(self, stage: str, client: Client, data: bytes | None) -> Message:
         if stage == "advertise":
@@ -147,19 +146,25 @@ class Cohort:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def answer(self, stage: str, deliveries: Mapping[int, bytes | None]) -> list[Reply]:
-        """Every addressed client's reply to this stage, in client-id order."""
+    def answer(self, stage: str, deliveries: Mapping[int, bytes | None]) -> Iterator[Reply]:
+        """Every addressed client's reply to this stage, as they come (any order)."""
         if self._local is not None:
-            return self._local.answer(stage, sorted(deliveries.items()))
+            yield from self._local.answer(stage, sorted(deliveries.items()))
+            return
         batches: list[list[tuple[int, bytes | None]]] = [[] for _ in self._workers]
         for i, data in sorted(deliveries.items()):
             batches[self._owner[i]].append((i, data))
         for (_, conn), batch in zip(self._workers, batches, strict=True):
             conn.send(("answer", stage, batch))
-        replies: list[Reply] = []
-        for _, conn in self._workers:
-            replies += _receive(conn)
-        return sorted(replies, key=lambda r: r[0])
+        busy = [conn for _, conn in self._workers]
+        while busy:
+            for ready in wait(busy):
+                assert isinstance(ready, Connection)
+                reply: Reply | None = _receive(ready)
+                if reply is None:
+                    busy.remove(ready)
+                else:
+                    yield reply
 
     def tally(self) -> Tally:
         if self._local is not None:
@@ -211,7 +216,9 @@ def _serve(conn: Connection, group: ClientGroup) -> None:
             return
         try:
             if command[0] == "answer":
-                conn.send(("ok", group.answer(command[1], command[2])))
+                for reply in group.answer(command[1], command[2]):
+                    conn.send(("ok", reply))
+                conn.send(("ok", None))  # this batch is done
             else:
                 conn.send(("ok", group.tally()))
         except SecAggError as exc:

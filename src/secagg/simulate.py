@@ -22,6 +22,7 @@ from secagg.cohort import ClientGroup, Cohort, default_workers
 from secagg.errors import ConfigurationError, RoundAborted
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
+from secagg.parallel import MaskApplier
 from secagg.params import Params
 from secagg.protocol.client import Client
 from secagg.protocol.messages import Message, RoundConfig
@@ -292,7 +293,8 @@ def simulate_round(
         else {}
     )
     pki = {i: key.public for i, key in identities.items()}
-    server = Server(config, pki=pki if config.active else None)
+    workers = default_workers(n, params.dim) if workers is None else workers
+    server = Server(config, pki=pki if config.active else None, apply_masks=MaskApplier(workers))
     exact_weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
 
     def group_of(ids: Sequence[int]) -> ClientGroup:
@@ -313,7 +315,6 @@ def simulate_round(
     client_aborts: dict[int, str] = {}
     outgoing: dict[int, Message] = {}
     abort: RoundAborted | None = None
-    workers = default_workers(n, params.dim) if workers is None else workers
     started = time.perf_counter()
     with Cohort(group_of, config.client_ids, workers) as cohort:
         for stage in stages:

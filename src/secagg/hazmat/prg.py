@@ -13,6 +13,7 @@ still in cache.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from numpy.typing import NDArray
 
 from secagg.errors import UsageError
 
-__all__ = ["CHUNK_BYTES", "MASK_KEY_BYTES", "add_mask", "expand_into"]
+__all__ = ["CHUNK_BYTES", "MASK_KEY_BYTES", "Mask", "add_mask", "apply_masks", "expand_into"]
 
 MASK_KEY_BYTES = 16
 _BLOCK_BYTES = 16
@@ -118,3 +119,13 @@ def add_mask(
             words.byteswap(inplace=True)
         part = acc[lo:hi]
         op(part, words, out=part)
+
+
+Mask = tuple[bytes, bool]  # (mask key, subtract)
+
+
+def apply_masks(acc: WordArray, masks: Sequence[Mask]) -> None:
+    """Add (or subtract) every mask's keystream into ``acc``, reusing one scratch buffer."""
+    scratch = np.empty(max(1, min(len(acc), CHUNK_BYTES // acc.itemsize)), dtype=acc.dtype)
+    for key, subtract in masks:
+        add_mask(acc, key, subtract=subtract, scratch=scratch)

@@ -121,8 +121,19 @@ class RoundResult:
 class Server:
     """The server's view of one round."""
 
-    def __init__(self, config: RoundConfig, *, pki: Mapping[int, bytes] | None = None) -> None:
-        """``pki`` (each client's identity public key) is required in active mode."""
+    def __init__(
+        self,
+        config: RoundConfig,
+        *,
+        pki: Mapping[int, bytes] | None = None,
+        apply_masks: Callable[[NDArray[np.unsignedinteger], Sequence[prg.Mask]], None] = (
+            prg.apply_masks
+        ),
+    ) -> None:
+        """``pki`` (each client's identity public key) is required in active mode.
+        ``apply_masks`` regenerates the masks to remove; a driver may pass one that uses
+        every core (``secagg.parallel.MaskApplier``)."""
+        self._apply_masks = apply_masks
         if config.active and pki is None:
             raise UsageError("active mode needs the clients' identity public keys")
         self._pki = dict(pki or {})
@@ -536,8 +547,9 @@ class Server:
         total = self._total
         assert total is not None
         sid = self.config.session_id
-        scratch = np.empty(min(len(total), 1 << 16), dtype=total.dtype)
         included = set(self._included)
+        # First every secret (cheap), then every mask regenerated in one pass (the cost).
+        masks: list[prg.Mask] = []
         for u in self._included:
             commitment = self._commitments[u]
 
@@ -549,7 +561,7 @@ class Server:
             seed = self._reconstruct(
                 u, self._seed_shares.get(u, []), matches_commitment, "self-mask seed"
             )
-            prg.add_mask(total, derive.self_mask_key(seed, sid, u), subtract=True, scratch=scratch)
+            masks.append((derive.self_mask_key(seed, sid, u), True))
         for u in sorted(self._view):
             if u in included:
                 continue
@@ -569,12 +581,8 @@ class Server:
                 v_public = self._keys[v].mask_public
                 key = derive.pair_mask_key(keys.exchange(v_public), sid, u, advertised, v, v_public)
                 # v added this mask with v's sign: take it out with the opposite one.
-                prg.add_mask(
-                    total,
-                    key,
-                    subtract=not derive.subtracts_pair_mask(v, u),
-                    scratch=scratch,
-                )
+                masks.append((key, not derive.subtracts_pair_mask(v, u)))
+        self._apply_masks(total, masks)
         self._ring.reduce(total)
         self._result = RoundResult(self._included, total)
         self._total = None

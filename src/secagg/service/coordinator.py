@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import AuthenticationError, DropReason, RoundAborted, UsageError
+from secagg.parallel import MaskApplier
 from secagg.params import Params
 from secagg.protocol.messages import RoundConfig
 from secagg.protocol.server import Server, Stage
@@ -151,6 +152,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         self._server: grpc.aio.Server | None = None
         self._connected = asyncio.Condition()
         self._large_writes = asyncio.Semaphore(_LARGE_WRITES)
+        self._mask_applier = MaskApplier()  # unmasking on every core
         self.port = 0
         self._step = 0
         self._plain_rounds = 0
@@ -449,7 +451,11 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         config = self._config(round_id, cohort, model)
         # Active mode: the allow-list is the PKI that signed keys and survivor sets are
         # checked against.
-        server = Server(config, pki=self.allow_list.keys if config.active else None)
+        server = Server(
+            config,
+            pki=self.allow_list.keys if config.active else None,
+            apply_masks=self._mask_applier,
+        )
         self.ledger.start_round(
             round_id=round_id,
             session_id=config.session_id,

@@ -1,0 +1,97 @@
+"""Regenerating many masks on every core: the server's unmasking, split by vector ranges.
+
+AES-CTR is seekable, so each worker process expands every mask for its own slice of the
+vector only, and adds the slices straight into one shared-memory accumulator: no worker
+repeats another's work and nothing is copied back but the result. Processes rather than
+threads, since the AES call holds the GIL. The protocol core stays free of processes: the
+driver hands ``MaskApplier`` to the ``Server``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+from collections.abc import Sequence
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secagg.hazmat import prg
+
+__all__ = ["MaskApplier", "default_workers"]
+
+# Below this much work (elements x masks) forking costs more than it saves.
+_PARALLEL_WORK = 20_000_000
+_SCRATCH_WORDS = 1 << 15
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+class MaskApplier:
+    """Applies masks over ``workers`` processes (one per core by default)."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = default_workers() if workers is None else max(1, workers)
+
+    def __call__(self, acc: NDArray[np.unsignedinteger[Any]], masks: Sequence[prg.Mask]) -> None:
+        n = len(acc)
+        workers = min(self.workers, max(1, n // _SCRATCH_WORDS))
+        if (
+            workers <= 1
+            or n * len(masks) < _PARALLEL_WORK
+            or "fork" not in multiprocessing.get_all_start_methods()
+        ):
+            prg.apply_masks(acc, masks)
+            return
+        shm = shared_memory.SharedMemory(create=True, size=acc.nbytes)
+        try:
+            shared: NDArray[np.unsignedinteger[Any]] = np.ndarray(
+                acc.shape, dtype=acc.dtype, buffer=shm.buf
+            )
+            shared[:] = acc
+            bounds = np.linspace(0, n, workers + 1).astype(int)
+            context = multiprocessing.get_context("fork")
+            # Forked, the workers inherit the keys: nothing secret is pickled or written.
+            processes = [
+                context.Process(
+                    target=_apply_range, args=(shm.name, acc.shape, acc.dtype, lo, hi, masks)
+                )
+                for lo, hi in itertools.pairwise(bounds.tolist())
+            ]
+            for p in processes:
+                p.start()
+            for p in processes:
+                p.join()
+            failed = [p.exitcode for p in processes if p.exitcode != 0]
+            if failed:
+                raise RuntimeError(f"a mask worker failed (exit codes {failed})")
+            acc[:] = shared
+            del shared
+        finally:
+            shm.close()
+            shm.unlink()
+
+
+def _apply_range(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    lo: int,
+    hi: int,
+    masks: Sequence[prg.Mask],
+) -> None:
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        view: NDArray[np.unsignedinteger[Any]] = np.ndarray(shape, dtype=dtype, buffer=shm.buf)
+        part = view[lo:hi]
+        scratch = np.empty(min(len(part), _SCRATCH_WORDS), dtype=dtype)
+        for key, subtract in masks:
+            prg.add_mask(part, key, start=lo, subtract=subtract, scratch=scratch)
+        del part, view
+    finally:
+        shm.close()
