@@ -38,7 +38,6 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    precondition,
     rule,
 )
 
@@ -143,7 +142,7 @@ class RoundMachine(RuleBasedStateMachine):
         )
         k = n - 1 if degree is None else degree
         # Mostly low thresholds (rounds that survive some chaos), sometimes up to the degree.
-        low = data.draw(st.booleans(), label="low threshold")
+        low = data.draw(st.integers(0, 3), label="low threshold") > 0
         threshold = data.draw(st.integers(2, max(2, k // 2 + 1) if low else k), label="t")
         self.params = dict(
             n=n,
@@ -156,6 +155,15 @@ class RoundMachine(RuleBasedStateMachine):
         self.seed = data.draw(st.integers(0, 2**16), label="seed")
         self.h = h = Harness(**self.params, seed=self.seed)
         self.cohort = frozenset(h.config.client_ids)
+        # The clients that may drop, misbehave or be targeted by the server; the rest are
+        # reliable and honest (strangers outside the cohort may always send anything).
+        few = data.draw(st.integers(0, 3), label="few unreliable") > 0
+        self.unreliable = frozenset(
+            data.draw(
+                st.sets(st.sampled_from(sorted(self.cohort)), max_size=n // 2 if few else n),
+                label="unreliable",
+            )
+        )
         self.t = threshold
         self.stages = ["advertise", "share", "mask"]
         self.stages += ["consistency", "unmask"] if h.config.active else ["unmask"]
@@ -360,8 +368,9 @@ class RoundMachine(RuleBasedStateMachine):
         return self._foreign
 
     # ------------------------------------------------------------------ client -> server
+    # Rules run in name order when Hypothesis starts simple: honest answers come first.
     @rule(data=st.data())
-    def deliver(self, data: st.DataObject) -> None:
+    def answer(self, data: st.DataObject) -> None:
         """A client answers (again, if it already did: an identical retransmission)."""
         if self._over(data):
             return
@@ -370,12 +379,23 @@ class RoundMachine(RuleBasedStateMachine):
             self._deliver_honest(data.draw(st.sampled_from(candidates), label="client"))
 
     @rule(data=st.data())
+    def answer_several(self, data: st.DataObject) -> None:
+        """Some clients answer, in any order (those that already did: retransmissions)."""
+        if self._over(data):
+            return
+        candidates = self.answerable()
+        if candidates:
+            order = data.draw(st.permutations(candidates), label="order")
+            for c in order[: data.draw(st.integers(1, len(order)), label="how many")]:
+                self._deliver_honest(c)
+
+    @rule(data=st.data())
     def deliver_conflicting_duplicate(self, data: st.DataObject) -> None:
         """A client that answered sends a second, different message of the same kind."""
         if self._over(data):
             return
         assert self.h is not None
-        candidates = sorted(self.delivered - self.deviant)
+        candidates = sorted((self.delivered - self.deviant) & self.unreliable)
         if not candidates:
             return
         c = data.draw(st.sampled_from(candidates), label="client")
@@ -410,13 +430,17 @@ class RoundMachine(RuleBasedStateMachine):
             # The first is already in the sum or the share pool: kept, the second ignored.
             assert self.h.server.anomalies[-1].client_id == c
 
-    @precondition(lambda self: bool(self.ended) or self.si > 0)
     @rule(data=st.data())
     def deliver_late(self, data: st.DataObject) -> None:
         """A client's message of an earlier stage arrives now."""
         if self._over(data):
             return
-        late = [(s, c) for s in self.stages[: self.si] for c in sorted(self.replies[s])]
+        late = [
+            (s, c)
+            for s in self.stages[: self.si]
+            for c in sorted(self.replies[s])
+            if c in self.unreliable
+        ]
         if late:
             stage, c = data.draw(st.sampled_from(late), label="late message")
             self._deliver_bad(c, self.replies[stage][c])
@@ -427,7 +451,9 @@ class RoundMachine(RuleBasedStateMachine):
         if self._over(data):
             return
         assert self.h is not None
-        c = data.draw(st.sampled_from(sorted(self.cohort)), label="sender")
+        if not self.unreliable:
+            return
+        c = data.draw(st.sampled_from(sorted(self.unreliable)), label="sender")
         sid = self.h.config.session_id
         key = bytes(range(32))
         kinds: list[Message] = [
@@ -456,8 +482,10 @@ class RoundMachine(RuleBasedStateMachine):
         if self._over(data):
             return
         foreign = self._foreign_messages()
+        if not self.unreliable:
+            return
         stage = data.draw(st.sampled_from(self.stages), label="their stage")
-        c = data.draw(st.sampled_from(sorted(foreign[stage])), label="sender")
+        c = data.draw(st.sampled_from(sorted(self.unreliable)), label="sender")
         self._deliver_bad(c, foreign[stage][c])
 
     @rule(data=st.data())
@@ -469,7 +497,7 @@ class RoundMachine(RuleBasedStateMachine):
         if not sent:
             return
         stage, c = data.draw(st.sampled_from(sent), label="message")
-        others = [*sorted(self.cohort - {c}), STRANGER]
+        others = [*sorted(self.unreliable - {c}), STRANGER]
         self._deliver_bad(
             data.draw(st.sampled_from(others), label="sender"), self.replies[stage][c]
         )
@@ -479,7 +507,7 @@ class RoundMachine(RuleBasedStateMachine):
         """Bytes that are no message: random, or a truncated real message."""
         if self._over(data):
             return
-        sender = data.draw(st.sampled_from([*sorted(self.cohort), STRANGER]), label="sender")
+        sender = data.draw(st.sampled_from([*sorted(self.unreliable), STRANGER]), label="sender")
         sent = [r for s in self.stages[: self.si + 1] for r in self.replies[s].values()]
         if sent and data.draw(st.booleans(), label="truncate"):
             real = data.draw(st.sampled_from(sent), label="message")
@@ -494,7 +522,7 @@ class RoundMachine(RuleBasedStateMachine):
         if self._over(data):
             return
         assert self.h is not None
-        candidates = sorted(self.cohort - self.silenced)
+        candidates = sorted(self.unreliable - self.silenced)
         if not candidates:
             return
         c = data.draw(st.sampled_from(candidates), label="client")
@@ -709,7 +737,6 @@ class RoundMachine(RuleBasedStateMachine):
         """Clients that have a server message of this stage and have not answered it."""
         return [c for c in self.answerable() if c not in self.replies[self.stage]]
 
-    @precondition(lambda self: bool(self.ended) or self.si > 0)
     @rule(data=st.data(), tell_server=st.booleans())
     def server_tampers(self, data: st.DataObject, tell_server: bool) -> None:
         """The server sends one client a message it must refuse: it aborts for good."""
@@ -739,7 +766,6 @@ class RoundMachine(RuleBasedStateMachine):
             self.h.server.drop(c, DropReason.CLIENT_ABORTED, str(info.value))
             self.dropped.add(c)
 
-    @precondition(lambda self: bool(self.ended) or self.stage == "mask")
     @rule(data=st.data())
     def server_corrupts_a_sealed_share(self, data: st.DataObject) -> None:
         """A sealed share that does not open: the client still masks, and says it lacks it."""
@@ -765,7 +791,6 @@ class RoundMachine(RuleBasedStateMachine):
         assert isinstance(reply, MaskedInput)
         assert cts[i][0] in reply.missing_shares
 
-    @precondition(lambda self: bool(self.ended) or self.stage == "consistency")
     @rule(data=st.data())
     def server_shows_a_split_view(self, data: st.DataObject) -> None:
         """Active mode: one client is shown a smaller survivor set. It signs it, the server's
@@ -796,14 +821,18 @@ class RoundMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ stage transitions
     @rule(data=st.data())
-    def close_stage(self, data: st.DataObject) -> None:
-        """The deadline passes: whoever has not answered is dropped."""
+    def stage_deadline_passes(self, data: st.DataObject) -> None:
+        """The deadline passes: the reliable clients have answered by then (in any order),
+        the unreliable ones that have not are dropped."""
         if self._over(data):
             return
+        late = [c for c in self.answerable() if c not in self.delivered | self.unreliable]
+        for c in data.draw(st.permutations(late), label="order"):
+            self._deliver_honest(c)
         self._close()
 
     @rule(data=st.data())
-    def everyone_left_answers_then_close(self, data: st.DataObject) -> None:
+    def stage_closes_once_all_answered(self, data: st.DataObject) -> None:
         """Every client still there answers, then the stage closes."""
         if self._over(data):
             return
@@ -853,11 +882,14 @@ class RoundMachine(RuleBasedStateMachine):
             if isinstance(state, Completed):
                 assert not state.revealed_self_mask_shares_of & state.revealed_key_shares_of
         # No two clients together hand out both kinds of share of one peer ...
-        assert not set(self.self_mask_senders) & set(self.key_senders)
+        self_masks = {u for u, senders in self.self_mask_senders.items() if senders}
+        keys = {u for u, senders in self.key_senders.items() if senders}
+        assert not self_masks & keys
         # ... and in particular the server never holds t of both kinds for one client.
         for u in self.cohort:
             assert not (
-                len(self.self_mask_senders[u]) >= self.t and len(self.key_senders[u]) >= self.t
+                len(self.self_mask_senders.get(u, ())) >= self.t
+                and len(self.key_senders.get(u, ())) >= self.t
             )
 
     @invariant()

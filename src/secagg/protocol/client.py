@@ -161,7 +161,7 @@ class Client:
     ) -> None:
         """``identity`` (this client's long-term signing key) and ``pki`` (every cohort
         member's identity public key) are required in active mode."""
-        if client_id not in config.client_ids:
+        if client_id not in config.cohort:
             raise UsageError(f"client {client_id} is not in the round's cohort")
         if config.active and (identity is None or pki is None):
             raise UsageError("active mode needs the client's identity and the peers' public keys")
@@ -173,7 +173,7 @@ class Client:
         self._ring = Ring(config.ring_bits)
         self._quantizer = Quantizer(clip=config.clip, bits=config.value_bits)
         self._neighbours = frozenset(derive.neighbours(config, client_id))
-        self._cohort = frozenset(config.client_ids)
+        self._cohort = config.cohort
         self._state: ClientState = Initial()
 
     def __repr__(self) -> str:

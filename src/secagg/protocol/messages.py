@@ -27,6 +27,7 @@ survivor set it was shown before anyone reveals a share (Bonawitz et al. 2017, s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -305,6 +306,12 @@ class RoundConfig(Message):
     @property
     def vector_length(self) -> int:
         return self.dim + 1
+
+    @functools.cached_property
+    def cohort(self) -> frozenset[int]:
+        """The client ids as a set, built once per config (a process may hold thousands of
+        clients of one round: none of them should copy it)."""
+        return frozenset(self.client_ids)
 
     @property
     def active(self) -> bool:

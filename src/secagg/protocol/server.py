@@ -140,7 +140,7 @@ class Server:
         self.config = config
         self._ring = Ring(config.ring_bits)
         self._t = config.threshold
-        self._cohort = frozenset(config.client_ids)
+        self._cohort = config.cohort
         self._neighbours = {u: derive.neighbours(config, u) for u in config.client_ids}
         self._stage = Stage.ADVERTISE
         self._expected: set[int] = set(config.client_ids)
