@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import floor
 import flower_peer
+import performance
 
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.params import Params, ServerModel
@@ -197,6 +198,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-flower", action="store_true", help="skip the Flower peer")
     parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md")
+    parser.add_argument(
+        "--big", action="store_true", help="also the 10,000-client round (about 5 minutes)"
+    )
     args = parser.parse_args()
 
     out: dict[str, Any] = {"machine": f"{platform.machine()}, {platform.python_version()}"}
@@ -268,6 +272,51 @@ def main() -> None:
         )
     elif not args.no_flower:
         print("Flower peer harness not found: set SECAGG_FLOWER_PEER", file=sys.stderr)
+
+    workers = performance.default_workers()
+    out["all_core_floor_ns"] = performance.all_core_floor_ns(workers)
+    out["server_unmasking_all_cores"] = performance.server_unmasking_all_cores(
+        _round_to_masking, 100, 1_000_000, 10, out["all_core_floor_ns"], 3
+    )
+    print("server unmasking on every core:", out["server_unmasking_all_cores"])
+    out["shamir_and_key_agreement"] = performance.shamir_and_key_agreement(1000, 100_000, floor_ns)
+    print("shamir and key agreement:", out["shamir_and_key_agreement"])
+    out["bonawitz_expansion"] = performance.bonawitz_expansion()
+    print("bonawitz expansion:", out["bonawitz_expansion"])
+    out["scaling"] = performance.scaling(3)
+    print("scaling:", out["scaling"])
+    if "flower" in out:
+        points = []
+        for n, dropout in ((50, 0.0), (100, 0.1), (200, 0.1)):
+            if n == 100:
+                fl = out["flower"]["secagg+"]
+            else:
+                fl = {r["mode"]: r for r in flower_peer.run(n, 100_000, dropout, mode="secagg")}[
+                    "secagg+"
+                ]
+            ours = whole_round(n, 100_000, dropout, args.repeats, None)
+            points.append(
+                {
+                    "clients": n,
+                    "dim": 100_000,
+                    "dropout": dropout,
+                    "ours_s": ours["seconds_median"],
+                    "degree": ours["degree"],
+                    "threshold": ours["threshold"],
+                    "ours_up": ours["upload_bytes_per_client"],
+                    "flower_s": fl["round_s"],
+                    "flower_k": fl.get("num_shares"),
+                    "flower_t": fl.get("threshold"),
+                    "flower_up": fl["up_bytes_per_surviving_client"],
+                    "speedup": fl["round_s"] / ours["seconds_median"],
+                }
+            )
+            print("vs Flower:", points[-1])
+        out["flower_points"] = points
+    out["plots"] = performance.plot(out["scaling"], out.get("flower_points", []))
+    if args.big:
+        out["big_cohort"] = performance.big_cohort()
+        print("10,000 clients:", out["big_cohort"])
 
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(out, indent=1) + "\n")
     if args.write:
@@ -370,6 +419,9 @@ def write_markdown(out: dict[str, Any], command: str) -> None:
         f"masks against {ra['degree'] + 1} instead of {rr['degree'] + 1} keys, and the round "
         "costs what that masking costs.",
     ]
+    lines += performance.markdown(out)
+    if "big_cohort" in out:
+        lines += performance.big_cohort_markdown(out["big_cohort"])
     lines += [
         "",
         f"Max abs error of the secure mean: {max(rr['max_abs_error'], rm['max_abs_error']):.2e} "

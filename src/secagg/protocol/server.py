@@ -25,6 +25,8 @@ arrive.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -65,6 +67,10 @@ from secagg.protocol.messages import (
 )
 
 __all__ = ["Drop", "RoundResult", "Server", "Stage"]
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 class Stage(StrEnum):
@@ -261,6 +267,8 @@ class Server:
         self._drops[client_id] = Drop(client_id, self._stage, reason, detail)
 
     def _duplicate(self, sender: int, first: Message, again: Message) -> None:
+        if isinstance(again, MaskedInput):
+            again = dataclasses.replace(again, packed_vector=_digest(again.packed_vector))
         if first == again:
             return  # a retransmission: harmless
         if self._stage in (Stage.ADVERTISE, Stage.SHARE):
@@ -343,8 +351,11 @@ class Server:
             self._total = self._ring.zeros(length)
         self._ring.add_into(self._total, vector)
         self._missing[sender] = frozenset(missing)
-        # Keep the message small in memory: the vector is already in the sum.
-        self._received[sender] = MaskedInput(message.session_id, sender, missing, b"")
+        # Keep the message small in memory: the vector is already in the sum; its digest is
+        # enough to tell a retransmission from a conflicting duplicate.
+        self._received[sender] = MaskedInput(
+            message.session_id, sender, missing, _digest(message.packed_vector)
+        )
         return False
 
     def _take_consistency(self, sender: int, message: Message) -> bool:
@@ -389,6 +400,10 @@ class Server:
         for u in self.waiting_for():
             self.drop(u, _MISSED[stage])
         live = set(self._received)
+        if stage is not Stage.MASKED_INPUT:
+            # A client dropped after its message arrived (say, it disconnected) goes no
+            # further; at the masked-input stage its input is in the sum all the same.
+            live -= self._drops.keys()
         try:
             closers: dict[Stage, Callable[[set[int]], dict[int, Message]]] = {
                 Stage.ADVERTISE: self._close_advertise,
@@ -495,8 +510,11 @@ class Server:
     def _close_masked_input(self, live: set[int]) -> dict[int, Message]:
         if not live:
             raise RoundAborted(Stage.MASKED_INPUT, "no client sent a masked input")
+        # Everyone whose masked input was taken is in the sum, even if dropped since; only
+        # those still here can be asked for shares.
         self._included = tuple(sorted(live))
-        self._check_removable(Stage.MASKED_INPUT, live)
+        askable = live - self._drops.keys()
+        self._check_removable(Stage.MASKED_INPUT, askable)
         if len(live) < self.config.min_cohort:
             raise RoundAborted(
                 Stage.MASKED_INPUT,
@@ -506,11 +524,11 @@ class Server:
             self._survivor_set = self._included
             sid = self.config.session_id
             outgoing: dict[int, Message] = {
-                v: SurvivorList(sid, v, self._survivor_set) for v in self._included
+                v: SurvivorList(sid, v, self._survivor_set) for v in sorted(askable)
             }
-            self._advance(Stage.CONSISTENCY, set(self._included))
+            self._advance(Stage.CONSISTENCY, askable)
             return outgoing
-        return self._request_unmasking(set(self._included), {})
+        return self._request_unmasking(askable, {})
 
     def _close_consistency(self, live: set[int]) -> dict[int, Message]:
         # A client unmasks only with t signatures from its neighbours: those short of them
