@@ -395,7 +395,7 @@ def rounds(
         _fail(f"no ledger at {ledger}")
     with Ledger(ledger) as book:
         if export is None:
-            Console().print(format_rounds_table(book.rounds()))
+            _wide_console().print(format_rounds_table(book.rounds()))
             return
         if out is None:
             _fail("--export needs --out FILE.npy")
@@ -431,8 +431,7 @@ def demo(
         )
     except ConfigurationError as exc:
         _fail(str(exc))
-    # Wide enough for the per-round table even when the output is not a terminal.
-    console = Console(width=None if sys.stdout.isatty() else 150)
+    console = _wide_console()
     with console.status("starting", spinner="dots") as status:
         try:
             report = run_demo(options, progress=lambda text: status.update(text))
@@ -442,6 +441,11 @@ def demo(
     if json_path is not None:
         write_json(report, json_path)
         console.print(f"report written to {json_path}")
+
+
+def _wide_console() -> Console:
+    """Wide enough for the per-round tables even when the output is not a terminal."""
+    return Console(width=None if sys.stdout.isatty() else 150)
 
 
 def _setup_logging() -> None:

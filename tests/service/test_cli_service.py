@@ -1,0 +1,75 @@
+"""The service commands: `secagg certs` writes a deployment; `secagg rounds` lists and exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from secagg.cli import app
+from secagg.service.config import DeploymentConfig
+from secagg.service.ledger import Ledger
+
+runner = CliRunner()
+
+
+def test_certs_writes_a_deployment_both_ends_can_load(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["certs", str(tmp_path / "d"), "--clients", "4", "--dim", "32"])
+    assert result.exit_code == 0, result.output
+    config = DeploymentConfig.load(tmp_path / "d" / "deployment.toml")
+    assert config.params.dim == 32 and config.tls is not None and config.allow_list is not None
+    assert sorted(p.name for p in (tmp_path / "d" / "clients").iterdir()) == [
+        f"client-{i}.key" for i in range(4)
+    ]
+    again = runner.invoke(app, ["certs", str(tmp_path / "d"), "--clients", "4"])
+    assert again.exit_code == 2  # never overwrites keys
+
+
+def test_rounds_lists_the_ledger_and_exports_an_aggregate(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        ledger.start_round(
+            round_id=1,
+            session_id=b"s" * 32,
+            task_hash=b"t" * 32,
+            protocol="secagg+",
+            cohort=[0, 1, 2],
+            degree=2,
+            threshold=2,
+            dim=3,
+        )
+        ledger.complete_round(
+            1,
+            included=[0, 1, 2],
+            aggregate=np.array([0.5, -0.25, 1.0]),
+            total_weight=3,
+            upload_bytes_per_client=100.0,
+            download_bytes_per_client=50.0,
+        )
+        ledger.start_round(
+            round_id=2,
+            session_id=b"u" * 32,
+            task_hash=b"t" * 32,
+            protocol="secagg+",
+            cohort=[0, 1, 2],
+            degree=2,
+            threshold=2,
+            dim=3,
+        )
+        ledger.abort_round(2, "round aborted at share: too few")
+    listing = runner.invoke(app, ["rounds", "--ledger", str(path)])
+    assert listing.exit_code == 0, listing.output
+    assert "completed" in listing.output and "aborted" in listing.output
+    out = tmp_path / "agg.npy"
+    export = runner.invoke(
+        app, ["rounds", "--ledger", str(path), "--export", "1", "--out", str(out)]
+    )
+    assert export.exit_code == 0, export.output
+    np.testing.assert_array_equal(np.load(out), np.array([0.5, -0.25, 1.0], dtype=np.float32))
+    refused = runner.invoke(
+        app, ["rounds", "--ledger", str(path), "--export", "2", "--out", str(out)]
+    )
+    assert refused.exit_code == 2  # an aborted round has no aggregate
+    missing = runner.invoke(app, ["rounds", "--ledger", str(tmp_path / "none.sqlite")])
+    assert missing.exit_code == 2
