@@ -295,6 +295,20 @@ def main() -> None:
                     "secagg+"
                 ]
             ours = whole_round(n, 100_000, dropout, args.repeats, None)
+            # Flower's num_shares counts the client itself: its neighbours number one fewer.
+            flower_degree = int(fl.get("num_shares", 0)) - 1
+            same = (
+                whole_round(
+                    n,
+                    100_000,
+                    dropout,
+                    args.repeats,
+                    None,
+                    graph=(flower_degree - flower_degree % 2, int(fl["threshold"])),
+                )
+                if flower_degree >= 2
+                else ours
+            )
             points.append(
                 {
                     "clients": n,
@@ -309,6 +323,9 @@ def main() -> None:
                     "flower_t": fl.get("threshold"),
                     "flower_up": fl["up_bytes_per_surviving_client"],
                     "speedup": fl["round_s"] / ours["seconds_median"],
+                    "ours_same_graph_s": same["seconds_median"],
+                    "same_graph_degree": same["degree"],
+                    "speedup_same_graph": fl["round_s"] / same["seconds_median"],
                 }
             )
             print("vs Flower:", points[-1])

@@ -2,24 +2,30 @@
 junk and a tampering server, interleaved at random, against real clients and a real server.
 
 A ``RoundMachine`` example is one round (a fresh ``Harness``: 3..10 clients, a complete or a
-Harary graph, any threshold, semi-honest or active mode, any minimum cohort). Its rules act in
-the current stage: a client answers the server (out of order across clients), answers twice
-(an identical retransmission or a conflicting re-encoding), delivers a message of an earlier
-stage, of the wrong kind or of another session, or junk; a client drops for good; the server
-tampers with what it sends to one client (which must abort); the stage closes. At teardown
-the round is driven to its end with whoever is left answering honestly.
+Harary graph, any threshold, semi-honest or active mode, any minimum cohort). A random subset
+of the cohort is *unreliable*: those clients may drop for good, send junk, late, conflicting,
+foreign or misaddressed messages, and strangers outside the cohort may send anything; the
+others answer honestly, in any order, before each deadline. The server may tamper with the
+message it sends any client, in any stage after advertise; that client must raise
+``ClientAbort``, end ``Aborted`` and never answer again. It may also corrupt a sealed share
+(the client masks anyway and reports it missing) or show one client a smaller survivor set in
+active mode (the server then refuses that client's signature). At teardown the round is
+driven to its end with whoever is left answering honestly.
 
-The machine keeps its own model of which clients the server has dropped and whose messages
-it accepted (a message is accepted iff it is the sender's first well-formed one in the stage
-and the sender was not dropped before), and checks it against the server at every step.
+The machine keeps its own model of the server: a client's message is accepted iff it is its
+first well-formed one in the stage and the server had not dropped it; a refused message drops
+its sender if the server was waiting for it; a conflicting duplicate drops the sender in the
+advertise and share stages and is ignored later. The model must agree with the server after
+every step.
 
 Invariants: ``receive`` never raises and ``close_stage`` raises only ``RoundAborted``; a
 completed round's total is exactly the ring sum of the clients whose masked input was
-accepted, and ``included`` is exactly those; an aborted round has no result; no client
-reveals both kinds of share of one peer, no two clients together reveal both kinds for one
-peer, and the server never holds t shares of both kinds for one client; a tampered client
-aborts and never answers again; nothing secret (keys, seeds, share values) reaches a log that
-records every message, state, exception and drop at DEBUG.
+accepted, and ``included`` is exactly those; an aborted round has no result; a round without
+any drop or deviation completes with everyone; no client reveals both kinds of share of one
+peer, no two clients together reveal both kinds for one peer, and the server never receives
+t shares of both kinds for one client; nothing secret (keys, seeds, share values, in hex,
+decimal or bytes repr, or any 64-hex-digit run) reaches a log that records every message,
+client state, exception, drop and anomaly at DEBUG.
 """
 
 from __future__ import annotations
@@ -167,6 +173,11 @@ class RoundMachine(RuleBasedStateMachine):
         self.t = threshold
         self.stages = ["advertise", "share", "mask"]
         self.stages += ["consistency", "unmask"] if h.config.active else ["unmask"]
+        # ... each from a stage of its own on (until then it behaves).
+        self.turns_bad = {
+            c: data.draw(st.integers(0, len(self.stages) - 1), label=f"client {c} turns bad")
+            for c in sorted(self.unreliable)
+        }
         self.si = 0
         self.ended: str | None = None
         self.rng = DeterministicRandomness(
@@ -178,6 +189,7 @@ class RoundMachine(RuleBasedStateMachine):
         self.accepted: set[int] = set()  # whose message of this stage the server took
         self.included: set[int] | None = None  # whose masked input is in the sum
         self.strangers = 0
+        self.anomalies = 0  # conflicting duplicates the server noted and ignored
         # What the clients saw and said.
         self.incoming: dict[int, Message] = {}  # the message each client answers this stage
         self.previous: dict[int, Message] = {}  # what each client answered in earlier stages
@@ -186,8 +198,8 @@ class RoundMachine(RuleBasedStateMachine):
         self.delivered: set[int] = set()
         self.silenced: set[int] = set()  # dropped: never answers again
         self.aborted: set[int] = set()  # raised ClientAbort
+        self.armed: dict[int, tuple[str, int, bool]] = {}  # a tamper waiting for its stage
         self.disturbed = False
-        self.server_deviated = False
         self.self_mask_senders: dict[int, set[int]] = defaultdict(set)
         self.key_senders: dict[int, set[int]] = defaultdict(set)
         self.secret_bytes: set[bytes] = set()
@@ -209,6 +221,10 @@ class RoundMachine(RuleBasedStateMachine):
     @property
     def stage(self) -> str:
         return self.stages[self.si]
+
+    def troublemakers(self) -> frozenset[int]:
+        """The unreliable clients that misbehave in this stage."""
+        return frozenset(c for c, s in self.turns_bad.items() if s <= self.si)
 
     def answerable(self) -> list[int]:
         pool = self.cohort if self.stage == "advertise" else self.incoming.keys()
@@ -284,6 +300,10 @@ class RoundMachine(RuleBasedStateMachine):
             assert sender in self.h.server.drops
 
     def _deliver_honest(self, c: int) -> None:
+        if self.armed.get(c, ("",))[0] == self.stage and c not in self.replies[self.stage]:
+            _, choice, tell_server = self.armed.pop(c)
+            self._attack(c, choice, tell_server)
+            return
         payload = self._reply(c)
         if c in self.deviant:
             self._deliver_bad(c, payload)
@@ -300,7 +320,9 @@ class RoundMachine(RuleBasedStateMachine):
         stage = self.stage
         assert server.stage is _SERVER_STAGE[stage]
         missed = self.expected - self.accepted - self.dropped
-        live = set(self.accepted)
+        # A client dropped after its message was taken goes no further, except that a masked
+        # input once taken stays in the sum.
+        live = set(self.accepted) if stage == "mask" else self.accepted - self.dropped
         if missed:
             self.disturbed = True
         self.dropped |= missed
@@ -308,7 +330,7 @@ class RoundMachine(RuleBasedStateMachine):
         try:
             outgoing = server.close_stage()
         except RoundAborted as exc:
-            log.debug("round aborted: %s (%r)", exc, exc)
+            log.debug("round aborted: %s (%r); drops %r", exc, exc, server.drops)
             assert server.stage is Stage.ABORTED
             assert server.abort_reason is exc
             extra = set(server.drops) - self.dropped
@@ -318,6 +340,7 @@ class RoundMachine(RuleBasedStateMachine):
             self.ended = "aborted"
             event(f"aborted at {stage}")
             return
+        log.debug("drops %r, anomalies %r", server.drops, server.anomalies)
         for u, message in sorted(outgoing.items()):
             log.debug("server sends to %d: %r", u, message)
         if stage != "unmask":
@@ -327,7 +350,8 @@ class RoundMachine(RuleBasedStateMachine):
             assert all(server.drops[u].reason is DropReason.TOO_FEW_NEIGHBOURS for u in pruned)
             self.dropped |= pruned
         if stage == "mask":
-            assert out == live, "no masked input is pruned: every accepted one is in the sum"
+            # Every masked input taken is in the sum; those dropped since are not asked.
+            assert out == live - self.dropped
             self.included = live
         if stage == "unmask":
             assert not outgoing
@@ -395,7 +419,7 @@ class RoundMachine(RuleBasedStateMachine):
         if self._over(data):
             return
         assert self.h is not None
-        candidates = sorted((self.delivered - self.deviant) & self.unreliable)
+        candidates = sorted((self.delivered - self.deviant) & self.troublemakers())
         if not candidates:
             return
         c = data.draw(st.sampled_from(candidates), label="client")
@@ -428,6 +452,7 @@ class RoundMachine(RuleBasedStateMachine):
             self.accepted.discard(c)
         else:
             # The first is already in the sum or the share pool: kept, the second ignored.
+            self.anomalies += 1
             assert self.h.server.anomalies[-1].client_id == c
 
     @rule(data=st.data())
@@ -439,7 +464,7 @@ class RoundMachine(RuleBasedStateMachine):
             (s, c)
             for s in self.stages[: self.si]
             for c in sorted(self.replies[s])
-            if c in self.unreliable
+            if c in self.troublemakers()
         ]
         if late:
             stage, c = data.draw(st.sampled_from(late), label="late message")
@@ -451,9 +476,9 @@ class RoundMachine(RuleBasedStateMachine):
         if self._over(data):
             return
         assert self.h is not None
-        if not self.unreliable:
+        if not self.troublemakers():
             return
-        c = data.draw(st.sampled_from(sorted(self.unreliable)), label="sender")
+        c = data.draw(st.sampled_from(sorted(self.troublemakers())), label="sender")
         sid = self.h.config.session_id
         key = bytes(range(32))
         kinds: list[Message] = [
@@ -497,7 +522,7 @@ class RoundMachine(RuleBasedStateMachine):
         if not sent:
             return
         stage, c = data.draw(st.sampled_from(sent), label="message")
-        others = [*sorted(self.unreliable - {c}), STRANGER]
+        others = [*sorted(self.troublemakers() - {c}), STRANGER]
         self._deliver_bad(
             data.draw(st.sampled_from(others), label="sender"), self.replies[stage][c]
         )
@@ -507,7 +532,9 @@ class RoundMachine(RuleBasedStateMachine):
         """Bytes that are no message: random, or a truncated real message."""
         if self._over(data):
             return
-        sender = data.draw(st.sampled_from([*sorted(self.unreliable), STRANGER]), label="sender")
+        sender = data.draw(
+            st.sampled_from([*sorted(self.troublemakers()), STRANGER]), label="sender"
+        )
         sent = [r for s in self.stages[: self.si + 1] for r in self.replies[s].values()]
         if sent and data.draw(st.booleans(), label="truncate"):
             real = data.draw(st.sampled_from(sent), label="message")
@@ -522,15 +549,38 @@ class RoundMachine(RuleBasedStateMachine):
         if self._over(data):
             return
         assert self.h is not None
-        candidates = sorted(self.unreliable - self.silenced)
+        candidates = sorted(self.troublemakers() - self.silenced)
         if not candidates:
             return
         c = data.draw(st.sampled_from(candidates), label="client")
+        self._go_away(c, notify)
+
+    def _go_away(self, c: int, notify: bool) -> None:
+        assert self.h is not None
         self.silenced.add(c)
         self.disturbed = True
-        if notify:
+        if notify and not self.ended:
             self.h.server.drop(c, DropReason.DISCONNECTED, "connection lost")
             self.dropped.add(c)
+
+    @rule(data=st.data(), how=st.sampled_from(["junk", "late", "foreign", "leaves", "vanishes"]))
+    def answer_then_misbehave(self, data: st.DataObject, how: str) -> None:
+        """A client's answer is taken, then it misbehaves or goes away in the same stage."""
+        if self._over(data):
+            return
+        candidates = sorted(self.troublemakers() & set(self.answerable()))
+        if not candidates:
+            return
+        c = data.draw(st.sampled_from(candidates), label="client")
+        self._deliver_honest(c)
+        if how == "junk":
+            self._deliver_bad(c, b"\x00junk")
+        elif how == "late" and self.si > 0 and c in self.replies[self.stages[self.si - 1]]:
+            self._deliver_bad(c, self.replies[self.stages[self.si - 1]][c])
+        elif how == "foreign":
+            self._deliver_bad(c, self._foreign_messages()[self.stage][c])
+        else:
+            self._go_away(c, notify=how == "leaves")
 
     # ------------------------------------------------------------------ server -> client
     def _tampers(self, c: int, m: Message) -> dict[str, Tamper]:
@@ -735,23 +785,20 @@ class RoundMachine(RuleBasedStateMachine):
 
     def _untouched(self) -> list[int]:
         """Clients that have a server message of this stage and have not answered it."""
-        return [c for c in self.answerable() if c not in self.replies[self.stage]]
+        return [
+            c
+            for c in self.answerable()
+            if c not in self.replies[self.stage] and self.armed.get(c, ("",))[0] != self.stage
+        ]
 
-    @rule(data=st.data(), tell_server=st.booleans())
-    def server_tampers(self, data: st.DataObject, tell_server: bool) -> None:
-        """The server sends one client a message it must refuse: it aborts for good."""
-        if self._over(data):
-            return
+    def _attack(self, c: int, choice: int, tell_server: bool) -> None:
+        """Send client c the ``choice``-th deviation of its message: it must abort for good."""
         assert self.h is not None
-        candidates = self._untouched()
-        if not candidates:
-            return
-        c = data.draw(st.sampled_from(candidates), label="victim")
         tampers = self._tampers(c, self.incoming[c])
-        name = data.draw(st.sampled_from(sorted(tampers)), label="tamper")
+        name = sorted(tampers)[choice % len(tampers)]
         message, reasons = tampers[name]
         event(f"tamper {name} at {self.stage}")
-        self.disturbed = self.server_deviated = True
+        self.disturbed = True
         client = self.h.clients[c]
         with pytest.raises(ClientAbort) as info:
             respond(self.h, c, message)
@@ -766,10 +813,26 @@ class RoundMachine(RuleBasedStateMachine):
             self.h.server.drop(c, DropReason.CLIENT_ABORTED, str(info.value))
             self.dropped.add(c)
 
+    @rule(data=st.data(), choice=st.integers(0, 63), tell_server=st.booleans())
+    def server_tampers(self, data: st.DataObject, choice: int, tell_server: bool) -> None:
+        """The server sends one client, now or in a later stage, a message it must refuse."""
+        if self._over(data):
+            return
+        candidates = sorted(self.cohort - self.aborted - self.silenced - self.armed.keys())
+        if not candidates:
+            return
+        c = data.draw(st.sampled_from(candidates), label="victim")
+        later = self.stages[max(1, self.si) :]
+        stage = data.draw(st.sampled_from(later), label="when")
+        if stage == self.stage and c in self._untouched():
+            self._attack(c, choice, tell_server)
+        elif stage != self.stage:
+            self.armed[c] = (stage, choice, tell_server)  # when c is about to answer then
+
     @rule(data=st.data())
     def server_corrupts_a_sealed_share(self, data: st.DataObject) -> None:
         """A sealed share that does not open: the client still masks, and says it lacks it."""
-        if self._over(data):
+        if self._over(data) or self.stage != "mask":
             return
         candidates = self._untouched()
         if not candidates:
@@ -786,7 +849,7 @@ class RoundMachine(RuleBasedStateMachine):
         else:
             cts[i] = (cts[i][0], flip(cts[i][1], data.draw(st.integers(0, CIPHERTEXT_BYTES - 1))))
         self.incoming[c] = replace(m, ciphertexts=tuple(cts))
-        self.disturbed = self.server_deviated = True
+        self.disturbed = True
         reply = decode(self._reply(c))
         assert isinstance(reply, MaskedInput)
         assert cts[i][0] in reply.missing_shares
@@ -795,7 +858,7 @@ class RoundMachine(RuleBasedStateMachine):
     def server_shows_a_split_view(self, data: st.DataObject) -> None:
         """Active mode: one client is shown a smaller survivor set. It signs it, the server's
         check of that signature fails, and the client is dropped before any unmasking."""
-        if self._over(data):
+        if self._over(data) or self.stage != "consistency":
             return
         assert self.h is not None
         options = []
@@ -815,7 +878,7 @@ class RoundMachine(RuleBasedStateMachine):
             return
         c, smaller = data.draw(st.sampled_from(options), label="view")
         self.incoming[c] = replace(self.incoming[c], survivors=smaller)
-        self.disturbed = self.server_deviated = True
+        self.disturbed = True
         self._reply(c)
         self.deviant.add(c)  # its signature is over another set: the server must refuse it
 
@@ -826,7 +889,7 @@ class RoundMachine(RuleBasedStateMachine):
         the unreliable ones that have not are dropped."""
         if self._over(data):
             return
-        late = [c for c in self.answerable() if c not in self.delivered | self.unreliable]
+        late = [c for c in self.answerable() if c not in self.delivered | self.troublemakers()]
         for c in data.draw(st.permutations(late), label="order"):
             self._deliver_honest(c)
         self._close()
@@ -867,6 +930,7 @@ class RoundMachine(RuleBasedStateMachine):
         server = self.h.server
         assert set(server.drops) == self.dropped
         assert server.strangers == self.strangers
+        assert len(server.anomalies) == self.anomalies  # retransmissions are not anomalies
         if not self.ended:
             assert server.stage is _SERVER_STAGE[self.stage]
             waiting = self.expected - self.accepted - self.dropped
@@ -938,8 +1002,8 @@ class RoundMachine(RuleBasedStateMachine):
 
 
 RoundMachine.TestCase.settings = settings(
-    max_examples=80,
-    stateful_step_count=30,
+    max_examples=100,
+    stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
@@ -947,7 +1011,9 @@ TestRound = RoundMachine.TestCase
 
 
 # ---------------------------------------------------------------------------------------
-# Interleavings the machine found or that are worth pinning down on their own.
+# Interleavings worth pinning down on their own (the machine found both server bugs fixed in
+# 97f24f0: a retransmitted masked input counted as a conflicting duplicate, and a client
+# dropped after its masked input was still counted on to unmask).
 
 
 def test_identical_retransmission_of_each_message_changes_nothing() -> None:
@@ -960,35 +1026,13 @@ def test_identical_retransmission_of_each_message_changes_nothing() -> None:
         )
         for i, m in replies.items():
             h.server.receive(i, m.encode())
-            h.server.receive(i, m.encode())
+            h.server.receive(i, m.encode())  # the same bytes again: a harmless retransmission
         assert not h.server.drops
+        assert not h.server.anomalies
         h.outgoing = h.server.close_stage()
     np.testing.assert_array_equal(h.server.result.total, h.expected_total(range(5)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.py keeps a stripped copy of an accepted MaskedInput (packed_vector=b''), "
-    "so _duplicate compares a retransmission against it and records a conflicting-duplicate "
-    "anomaly for an identical retransmission",
-)
-def test_identical_retransmission_of_a_masked_input_is_not_an_anomaly() -> None:
-    h = Harness(4, threshold=2)
-    h.advertise()
-    h.share()
-    for i, m in h.outgoing.items():
-        data = respond(h, i, m).encode()
-        h.server.receive(i, data)
-        h.server.receive(i, data)  # the same bytes again: a harmless retransmission
-    assert not h.server.anomalies
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.py _close_masked_input counts a client it has already dropped (e.g. "
-    "disconnected right after its masked input was taken) as a holder that will answer, asks "
-    "it to unmask anyway, and aborts only at unmask, after the others revealed shares",
-)
 def test_server_aborts_before_unmasking_when_a_holder_it_dropped_is_needed() -> None:
     h = Harness(3, threshold=2)
     h.advertise()
@@ -999,3 +1043,4 @@ def test_server_aborts_before_unmasking_when_a_holder_it_dropped_is_needed() -> 
     # Client 0's self mask needs t = 2 holders; only client 1 is left to answer.
     with pytest.raises(RoundAborted):
         h.server.close_stage()
+    assert all(not isinstance(c.state, Completed) for c in h.clients.values())

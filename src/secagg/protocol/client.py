@@ -50,6 +50,7 @@ from secagg.protocol.messages import (
     ConsistencySignature,
     EncryptedShares,
     MaskedInput,
+    Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
@@ -206,7 +207,7 @@ class Client:
 
     # ----------------------------------------------------------------- round 1
     def share_keys(self, message: PeerKeys) -> EncryptedShares:
-        state = self._expect(AwaitingPeerKeys, message)
+        state = self._expect(AwaitingPeerKeys, message, PeerKeys)
         self._check_addressed(message.session_id, message.recipient)
         ids = [p.client_id for p in message.peers]
         self._check_ids(ids, allowed=self._neighbours, earlier_dropped=frozenset())
@@ -257,7 +258,7 @@ class Client:
     def mask_input(
         self, message: PeerShares, values: NDArray[np.floating], weight: int = 1
     ) -> MaskedInput:
-        state = self._expect(AwaitingPeerShares, message)
+        state = self._expect(AwaitingPeerShares, message, PeerShares)
         self._check_addressed(message.session_id, message.recipient)
         senders = [sender for sender, _ in message.ciphertexts]
         self._check_ids(senders, allowed=frozenset(state.peers), earlier_dropped=self._neighbours)
@@ -310,7 +311,7 @@ class Client:
 
     # ----------------------------------------------------------------- consistency (active)
     def consistency(self, message: SurvivorList) -> ConsistencySignature:
-        state = self._expect(AwaitingSurvivorList, message)
+        state = self._expect(AwaitingSurvivorList, message, SurvivorList)
         self._check_addressed(message.session_id, message.recipient)
         survivors = message.survivors
         if any(b <= a for a, b in itertools.pairwise(survivors)):
@@ -341,7 +342,7 @@ class Client:
 
     # ----------------------------------------------------------------- round 3
     def unmask(self, message: UnmaskRequest) -> UnmaskResponse:
-        state = self._expect(AwaitingUnmaskRequest, message)
+        state = self._expect(AwaitingUnmaskRequest, message, UnmaskRequest)
         self._check_addressed(message.session_id, message.recipient)
         if self.client_id in message.dropped:
             self._abort(AbortReason.LISTED_AS_DROPPED, "the server lists this client as dropped")
@@ -379,10 +380,17 @@ class Client:
         return UnmaskResponse(self.config.session_id, self.client_id, self_mask_shares, key_shares)
 
     # ----------------------------------------------------------------- checks
-    def _expect(self, expected: type[S], message: object = None) -> S:
+    def _expect(
+        self, expected: type[S], message: object = None, kind: type[Message] | None = None
+    ) -> S:
         state = self._state
         if isinstance(state, Aborted):
             raise ClientAbort(state.reason, "this client has already aborted")
+        if kind is not None and not isinstance(message, kind):
+            self._abort(
+                AbortReason.UNEXPECTED_MESSAGE,
+                f"got {type(message).__name__} where {kind.__name__} was expected",
+            )
         if not isinstance(state, expected):
             what = type(message).__name__ if message is not None else "this call"
             self._abort(

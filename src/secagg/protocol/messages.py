@@ -90,6 +90,8 @@ class _Writer:
         self._parts.append(struct.pack(">I", value))
 
     def u64(self, value: int) -> None:
+        if not 0 <= value < 2**64:
+            raise UsageError(f"value {value} does not fit in u64")
         self._parts.append(struct.pack(">Q", value))
 
     def f64(self, value: float) -> None:
@@ -279,6 +281,8 @@ class RoundConfig(Message):
         n = len(ids)
         if n < 3:
             raise UsageError(f"a cohort needs at least 3 clients, got {n}")
+        if not isinstance(self.round_id, int) or not 0 <= self.round_id < 2**64:
+            raise UsageError(f"round_id must be a u64, got {self.round_id!r}")
         if self.protocol not in PROTOCOL_CODES or self.server_model not in SERVER_MODEL_CODES:
             raise UsageError("unknown protocol or server model")
         if len(self.nonce) != NONCE_BYTES or len(self.task_hash) != DIGEST_BYTES:

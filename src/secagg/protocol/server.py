@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -67,6 +68,10 @@ from secagg.protocol.messages import (
 )
 
 __all__ = ["Drop", "RoundResult", "Server", "Stage"]
+
+
+# Subsets of t shares tried before a reconstruction is given up (each try is ~20 us).
+_RECONSTRUCTION_TRIES = 2000
 
 
 def _digest(data: bytes) -> bytes:
@@ -301,6 +306,10 @@ class Server:
             ),
             message.signature,
         ):
+            return False
+        if message.cipher_public == message.mask_public:
+            # Its peers would (rightly) refuse a repeated key and abort: drop it here instead.
+            self.drop(sender, DropReason.DUPLICATE_KEY, "advertised the same key twice")
             return False
         for key in (message.cipher_public, message.mask_public):
             owner = self._key_owner.get(key)
@@ -614,7 +623,7 @@ class Server:
         """Rebuild a secret from t shares, checked against its public commitment.
 
         If the first t shares give a secret that fails the check, some holder sent a bad
-        share: other windows of t shares are tried, and the holders whose shares do not fit
+        share: other subsets of t shares are tried, and the holders whose shares do not fit
         the verified secret are recorded.
         """
         t = self._t
@@ -622,14 +631,20 @@ class Server:
             raise RoundAborted(
                 Stage.UNMASK, f"only {len(shares)} shares of client {owner}'s {what}; need {t}"
             )
-        for start in range(len(shares) - t + 1):
+        # Consecutive windows first (one try when every share is good), then any t of them,
+        # up to a budget: a few bad shares among good ones are out-voted wherever they sit.
+        candidates = itertools.chain(
+            (shares[start : start + t] for start in range(len(shares) - t + 1)),
+            itertools.islice(itertools.combinations(shares, t), _RECONSTRUCTION_TRIES),
+        )
+        for window in candidates:
             try:
-                secret = combine(shares[start : start + t], t)
+                secret = combine(list(window), t)
             except InconsistentSharesError:
                 continue
             if verify(secret):
-                if start:
-                    self._note_bad_shares(owner, shares, shares[start : start + t], what)
+                if list(window) != shares[:t]:
+                    self._note_bad_shares(owner, shares, list(window), what)
                 return secret
         raise RoundAborted(
             Stage.UNMASK, f"the shares of client {owner}'s {what} do not reconstruct it"
