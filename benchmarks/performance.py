@@ -339,6 +339,7 @@ def big_cohort(clients: int = 10_000, dim: int = 100_000, dropout: float = 0.05)
     import json
     import subprocess
     import sys
+    import tempfile
 
     command = [
         sys.executable,
@@ -358,13 +359,15 @@ def big_cohort(clients: int = 10_000, dim: int = 100_000, dropout: float = 0.05)
         "--json",
     ]
     t0 = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, _tree_rss_bytes(process.pid))
-        time.sleep(0.5)
-    out, _ = process.communicate()
-    report = json.loads(out)
+    # The report lists every included id: far more than a pipe holds while we only poll.
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen(command, stdout=out, text=True)
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, _tree_rss_bytes(process.pid))
+            time.sleep(0.5)
+        out.seek(0)
+        report = json.loads(out.read())
     return {
         "command": "secagg " + " ".join(command[3:]),
         "clients": clients,
