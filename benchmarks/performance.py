@@ -315,7 +315,8 @@ def markdown(out: dict[str, Any]) -> list[str]:
 
 
 def _tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process and its children (Linux /proc)."""
+    """Memory of a process and its children (Linux /proc), as proportional set size: pages
+    a forked child still shares with its parent count once, not once per process."""
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -325,11 +326,11 @@ def _tree_rss_bytes(pid: int) -> int:
             continue
         if proc_pid == pid or int(fields[1]) == pid:
             try:
-                status = (stat.parent / "status").read_text()
+                rollup = (stat.parent / "smaps_rollup").read_text()
             except OSError:
                 continue
-            for line in status.splitlines():
-                if line.startswith("VmRSS:"):
+            for line in rollup.splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) * 1024
     return total
 
@@ -390,7 +391,8 @@ def big_cohort_markdown(b: dict[str, Any]) -> list[str]:
         "",
         f"`{b['command']}`: {b['outcome']} in **{b['wall_seconds']:.0f} s** wall "
         f"({b['seconds']:.0f} s in the round: {stages}), k={b['degree']}, t={b['threshold']}; "
-        f"peak resident memory of all its processes **{b['peak_rss_bytes'] / 2**30:.2f} GiB** "
-        "(sampled every 0.5 s). Clients run in one worker process per core and stream their "
+        f"peak memory of all its processes **{b['peak_rss_bytes'] / 2**30:.2f} GiB** "
+        "(proportional set size, so pages a forked worker shares with its parent count once; "
+        "sampled every 0.5 s). Clients run in one worker process per core and stream their "
         "replies; no process holds every client's vector or every pairwise key.",
     ]

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import floor
 import flower_peer
+import load
 import performance
 
 from secagg.hazmat.randomness import DeterministicRandomness
@@ -445,7 +446,12 @@ def write_markdown(out: dict[str, Any], command: str) -> None:
         f"(quantisation bound {rr['error_bound']:.2e}).",
         "",
     ]
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
+    path = ROOT / "BENCHMARKS.md"
+    # The load benchmark (benchmarks/load.py) owns its own section: keep it.
+    kept = ""
+    if path.exists() and load.MARKER in path.read_text():
+        kept = "\n" + load.MARKER + path.read_text().split(load.MARKER, 1)[1]
+    path.write_text("\n".join(lines) + kept)
 
 
 if __name__ == "__main__":

@@ -145,13 +145,14 @@ def test_a_bad_input_in_a_worker_process_surfaces_as_a_configuration_error() -> 
         simulate_round(params, 6, lambda i: np.zeros(4), seed=1, workers=2)
 
 
-def test_unmasking_on_every_core_gives_the_same_sum_as_on_one() -> None:
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_unmasking_on_every_core_gives_the_same_sum_as_on_one(start_method: str) -> None:
     from secagg.hazmat import prg
     from secagg.parallel import MaskApplier
 
-    keys = [(bytes([i]) * 16, i % 3 == 0) for i in range(12)]
-    serial = np.arange(2_000_003, dtype=np.uint32)
+    keys = [(bytes([i]) * 16, i % 3 == 0) for i in range(21)]
+    serial = np.arange(1_000_003, dtype=np.uint32)
     parallel = serial.copy()
     prg.apply_masks(serial, keys)
-    MaskApplier(workers=2)(parallel, keys)
+    MaskApplier(workers=2, start_method=start_method)(parallel, keys)
     np.testing.assert_array_equal(serial, parallel)

@@ -33,10 +33,16 @@ def default_workers() -> int:
 
 
 class MaskApplier:
-    """Applies masks over ``workers`` processes (one per core by default)."""
+    """Applies masks over ``workers`` processes (one per core by default).
 
-    def __init__(self, workers: int | None = None) -> None:
+    ``start_method="fork"`` is cheapest; a process that runs gRPC must not fork (gRPC's
+    threads abort the child), so the coordinator uses ``"forkserver"``: a clean helper
+    process, started once, forks the workers, and the keys reach them over a local pipe.
+    """
+
+    def __init__(self, workers: int | None = None, *, start_method: str = "fork") -> None:
         self.workers = default_workers() if workers is None else max(1, workers)
+        self.start_method = start_method
 
     def __call__(self, acc: NDArray[np.unsignedinteger[Any]], masks: Sequence[prg.Mask]) -> None:
         n = len(acc)
@@ -44,7 +50,7 @@ class MaskApplier:
         if (
             workers <= 1
             or n * len(masks) < _PARALLEL_WORK
-            or "fork" not in multiprocessing.get_all_start_methods()
+            or self.start_method not in multiprocessing.get_all_start_methods()
         ):
             prg.apply_masks(acc, masks)
             return
@@ -55,8 +61,9 @@ class MaskApplier:
             )
             shared[:] = acc
             bounds = np.linspace(0, n, workers + 1).astype(int)
-            context = multiprocessing.get_context("fork")
-            # Forked, the workers inherit the keys: nothing secret is pickled or written.
+            context: Any = multiprocessing.get_context(self.start_method)  # fork or forkserver
+            # Forked, the workers inherit the keys; through the fork server they travel over a
+            # local pipe. Nothing secret is written anywhere.
             processes = [
                 context.Process(
                     target=_apply_range, args=(shm.name, acc.shape, acc.dtype, lo, hi, masks)

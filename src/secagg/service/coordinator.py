@@ -152,7 +152,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         self._server: grpc.aio.Server | None = None
         self._connected = asyncio.Condition()
         self._large_writes = asyncio.Semaphore(_LARGE_WRITES)
-        self._mask_applier = MaskApplier()  # unmasking on every core
+        # Unmasking on every core, through a fork server: this process runs gRPC.
+        self._mask_applier = MaskApplier(start_method="forkserver")
         self.port = 0
         self._step = 0
         self._plain_rounds = 0
