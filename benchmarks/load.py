@@ -41,22 +41,14 @@ def run(clients: int, dim: int, processes: int, workdir: Path) -> dict[str, Any]
     deployment = create_deployment(workdir, clients)
     params = Params(dim=dim, max_clients=clients, max_weight=3)
     port = _free_port()
-    config = workdir / "deployment.toml"
-    config.write_text(
-        DeploymentConfig.render(
-            params=params,
-            port=port,
-            min_clients=clients,
-            stage_timeout=900.0,
-            cohort_wait=900.0,
-            ledger="ledger.sqlite",
-            tls=(
-                str(deployment.tls.ca_cert.relative_to(workdir)),
-                str(deployment.tls.server_cert.relative_to(workdir)),
-                str(deployment.tls.server_key.relative_to(workdir)),
-            ),
-            allow_list=str(deployment.allow_list.relative_to(workdir)),
-        )
+    config = DeploymentConfig.write(
+        workdir,
+        deployment,
+        params,
+        port=port,
+        min_clients=clients,
+        stage_timeout=900.0,
+        cohort_wait=900.0,
     )
     started = time.perf_counter()
     coordinator = subprocess.Popen(

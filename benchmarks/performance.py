@@ -21,9 +21,7 @@ from secagg.hazmat.keys import X25519KeyPair
 from secagg.hazmat.randomness import DeterministicRandomness, SystemRandomness
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import combine, split
-from secagg.parallel import MaskApplier, default_workers
 from secagg.params import Params
-from secagg.protocol.messages import UnmaskRequest
 from secagg.simulate import DropSchedule, random_inputs, root_randomness, simulate_round
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,49 +36,6 @@ def all_core_floor_ns(workers: int) -> float:
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         rates = pool.map(_floor_rate, range(workers))
     return 1.0 / sum(rates)
-
-
-def server_unmasking_all_cores(
-    run_to_masking: Callable[..., Any],
-    n: int,
-    dim: int,
-    dropped: int,
-    floor_ns: float,
-    repeats: int,
-) -> dict[str, Any]:
-    """The unmask stage with MaskApplier on every core, against the all-core floor."""
-    params = Params(dim=dim, max_clients=n)
-    samples, expansions = [], 0
-    for r in range(repeats):
-        _, server, clients, shares = run_to_masking(params, n, seed=2000 + r)
-        server._apply_masks = MaskApplier()  # the driver's choice, as in simulate/service
-        values = random_inputs(dim, seed=3)(0)
-        for i, m in shares.items():
-            if i >= dropped:
-                server.receive(i, clients[i].mask_input(m, values, 1))
-        requests = server.close_stage()
-        for i, m in requests.items():
-            assert isinstance(m, UnmaskRequest)
-            server.receive(i, clients[i].unmask(m))
-        included = set(requests)
-        expansions = len(included) + sum(
-            sum(1 for v in server.masked_with(u) if v in included) for u in range(dropped)
-        )
-        t0 = time.perf_counter()
-        server.close_stage()
-        samples.append(time.perf_counter() - t0)
-    ours = statistics.median(samples)
-    floor_s = expansions * (dim + 1) * floor_ns * 1e-9
-    return {
-        "clients": n,
-        "dim": dim,
-        "dropped": dropped,
-        "mask_expansions": expansions,
-        "workers": default_workers(),
-        "ours_ms": ours * 1e3,
-        "floor_ms": floor_s * 1e3,
-        "floor_over_ours": floor_s / ours,
-    }
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:

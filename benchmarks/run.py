@@ -33,6 +33,7 @@ import load
 import performance
 
 from secagg.hazmat.randomness import DeterministicRandomness
+from secagg.parallel import MaskApplier
 from secagg.params import Params, ServerModel
 from secagg.protocol.client import Client
 from secagg.protocol.messages import PeerKeys, PeerShares, RoundConfig, UnmaskRequest
@@ -41,6 +42,7 @@ from secagg.simulate import (
     DROP_STAGES,
     SEMI_HONEST_STAGES,
     DropSchedule,
+    make_config,
     random_inputs,
     root_randomness,
     simulate_round,
@@ -49,29 +51,11 @@ from secagg.simulate import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _config(params: Params, n: int, rng: DeterministicRandomness) -> RoundConfig:
-    graph = params.graph(n)
-    return RoundConfig(
-        round_id=0,
-        nonce=rng.bytes(16),
-        protocol=params.protocol.value,
-        server_model=params.server_model.value,
-        client_ids=tuple(range(n)),
-        degree=graph.degree,
-        threshold=graph.threshold,
-        ring_bits=params.ring_bits,
-        dim=params.dim,
-        clip=params.clip,
-        value_bits=params.value_bits,
-        max_weight=params.max_weight,
-    )
-
-
 def _round_to_masking(
     params: Params, n: int, seed: int
 ) -> tuple[RoundConfig, Server, dict[int, Client], dict[int, PeerShares]]:
     rng = DeterministicRandomness(hashlib.sha256(f"bench/{seed}".encode()).digest())
-    config = _config(params, n, rng)
+    config = make_config(params, n, rng)
     server = Server(config)
     clients = {i: Client(config, i, rng.fork(f"c{i}")) for i in config.client_ids}
     for i, c in clients.items():
@@ -106,14 +90,25 @@ def client_masking(dim: int, degree: int, samples: int, floor_ns: float) -> dict
 
 
 def server_unmasking(
-    n: int, dim: int, dropped: int, floor_ns: float, repeats: int
+    n: int,
+    dim: int,
+    dropped: int,
+    floor_ns: float,
+    repeats: int,
+    *,
+    applier: MaskApplier | None = None,
 ) -> dict[str, Any]:
-    """Time the server's unmask stage after ``dropped`` clients missed the masked input."""
+    """Time the server's unmask stage after ``dropped`` clients missed the masked input
+    (on one core, or with ``applier`` as the driver's choice of mask regeneration)."""
     params = Params(dim=dim, max_clients=n)
     samples = []
     expansions = 0
+    degree = 0
     for r in range(repeats):
         config, server, clients, shares = _round_to_masking(params, n, seed=1000 + r)
+        degree = config.degree
+        if applier is not None:
+            server._apply_masks = applier
         values = random_inputs(dim, seed=2)(0)
         for i, m in shares.items():
             if i >= dropped:
@@ -135,7 +130,8 @@ def server_unmasking(
         "clients": n,
         "dim": dim,
         "dropped": dropped,
-        "degree": config.degree,
+        "degree": degree,
+        "workers": 1 if applier is None else applier.workers,
         "mask_expansions": expansions,
         "ours_ms": ours * 1e3,
         "floor_ms": floor_s * 1e3,
@@ -276,8 +272,8 @@ def main() -> None:
 
     workers = performance.default_workers()
     out["all_core_floor_ns"] = performance.all_core_floor_ns(workers)
-    out["server_unmasking_all_cores"] = performance.server_unmasking_all_cores(
-        _round_to_masking, 100, 1_000_000, 10, out["all_core_floor_ns"], 3
+    out["server_unmasking_all_cores"] = server_unmasking(
+        100, 1_000_000, 10, out["all_core_floor_ns"], 3, applier=MaskApplier(workers)
     )
     print("server unmasking on every core:", out["server_unmasking_all_cores"])
     out["shamir_and_key_agreement"] = performance.shamir_and_key_agreement(1000, 100_000, floor_ns)

@@ -273,22 +273,14 @@ def certs(
         params = Params(dim=dim, max_clients=max(3, clients))
     except ConfigurationError as exc:
         _fail(str(exc))
-    config = directory / "deployment.toml"
-    config.write_text(
-        DeploymentConfig.render(
-            params=params,
-            port=port,
-            min_clients=min_clients,
-            stage_timeout=30.0,
-            cohort_wait=60.0,
-            ledger="ledger.sqlite",
-            tls=(
-                str(deployment.tls.ca_cert.relative_to(directory)),
-                str(deployment.tls.server_cert.relative_to(directory)),
-                str(deployment.tls.server_key.relative_to(directory)),
-            ),
-            allow_list=str(deployment.allow_list.relative_to(directory)),
-        )
+    config = DeploymentConfig.write(
+        directory,
+        deployment,
+        params,
+        port=port,
+        min_clients=min_clients,
+        stage_timeout=30.0,
+        cohort_wait=60.0,
     )
     Console().print(f"wrote {config} and {clients} identities under {directory / 'clients'}")
 

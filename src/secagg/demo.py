@@ -240,22 +240,13 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
     )
     say(f"setting up TLS and {options.clients} client identities in {workdir}")
     deployment = create_deployment(workdir, options.clients)
-    config_path = workdir / "deployment.toml"
-    config_path.write_text(
-        DeploymentConfig.render(
-            params=params,
-            port=0,
-            min_clients=3,
-            stage_timeout=options.stage_timeout,
-            cohort_wait=60.0,
-            ledger="ledger.sqlite",
-            tls=(
-                str(deployment.tls.ca_cert.relative_to(workdir)),
-                str(deployment.tls.server_cert.relative_to(workdir)),
-                str(deployment.tls.server_key.relative_to(workdir)),
-            ),
-            allow_list=str(deployment.allow_list.relative_to(workdir)),
-        )
+    config_path = DeploymentConfig.write(
+        workdir,
+        deployment,
+        params,
+        min_clients=3,
+        stage_timeout=options.stage_timeout,
+        cohort_wait=60.0,
     )
     config = DeploymentConfig.load(config_path)
     rng = np.random.default_rng(options.seed)  # chooses which processes to kill: not secret

@@ -9,6 +9,7 @@ could go wrong with a configuration is refused here, up front, with a ``Configur
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -21,6 +22,7 @@ from secagg.protocol.graph import (
     find_secagg_plus_parameters,
     full_graph_threshold,
 )
+from secagg.protocol.messages import RoundConfig
 
 __all__ = ["MAX_RING_BITS", "Params", "Protocol", "ServerModel"]
 
@@ -157,6 +159,34 @@ class Params:
                     f"t > (n + adversarial*n)/2, i.e. t >= {need}; got {threshold}"
                 )
         return GraphParameters(n=n, degree=degree, threshold=threshold, complete=complete)
+
+    def round_config(
+        self,
+        cohort: Sequence[int],
+        *,
+        nonce: bytes,
+        round_id: int = 0,
+        task_hash: bytes = bytes(32),
+    ) -> RoundConfig:
+        """The configuration a server fixes for one round of this deployment: the graph for
+        this cohort's size, the ring, the quantiser, the task it is bound to."""
+        graph = self.graph(len(cohort))
+        return RoundConfig(
+            round_id=round_id,
+            nonce=nonce,
+            protocol=self.protocol.value,
+            server_model=self.server_model.value,
+            client_ids=tuple(sorted(cohort)),
+            degree=graph.degree,
+            threshold=graph.threshold,
+            ring_bits=self.ring_bits,
+            dim=self.dim,
+            clip=self.clip,
+            value_bits=self.value_bits,
+            max_weight=self.max_weight,
+            task_hash=task_hash,
+            min_cohort=self.min_cohort,
+        )
 
     def _derived_graph(self, n: int) -> GraphParameters:
         if self.protocol is Protocol.SECAGG:

@@ -234,22 +234,8 @@ def make_config(
     params: Params, n: int, rng: Randomness, *, round_id: int = 0, task_hash: bytes = bytes(32)
 ) -> RoundConfig:
     """The round configuration a server fixes for cohort ``0..n-1``."""
-    graph = params.graph(n)
-    return RoundConfig(
-        round_id=round_id,
-        nonce=rng.bytes(16),
-        protocol=params.protocol.value,
-        server_model=params.server_model.value,
-        client_ids=tuple(range(n)),
-        degree=graph.degree,
-        threshold=graph.threshold,
-        ring_bits=params.ring_bits,
-        dim=params.dim,
-        clip=params.clip,
-        value_bits=params.value_bits,
-        max_weight=params.max_weight,
-        task_hash=task_hash,
-        min_cohort=params.min_cohort,
+    return params.round_config(
+        range(n), nonce=rng.bytes(16), round_id=round_id, task_hash=task_hash
     )
 
 

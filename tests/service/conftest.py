@@ -92,29 +92,20 @@ def write_config(
     clients: int = CLIENTS,
     active: bool = False,
 ) -> Path:
-    path = root / "deployment.toml"
-    path.write_text(
-        DeploymentConfig.render(
-            params=Params(
-                dim=DIM,
-                max_clients=clients,
-                max_weight=3,
-                server_model=ServerModel.SEMI_MALICIOUS if active else ServerModel.SEMI_HONEST,
-            ),
-            port=port,
-            min_clients=min_clients,
-            stage_timeout=stage_timeout,
-            cohort_wait=30.0,
-            ledger="ledger.sqlite",
-            tls=(
-                str(deployment.tls.ca_cert.relative_to(root)),
-                str(deployment.tls.server_cert.relative_to(root)),
-                str(deployment.tls.server_key.relative_to(root)),
-            ),
-            allow_list=str(deployment.allow_list.relative_to(root)),
-        )
+    return DeploymentConfig.write(
+        root,
+        deployment,
+        Params(
+            dim=DIM,
+            max_clients=clients,
+            max_weight=3,
+            server_model=ServerModel.SEMI_MALICIOUS if active else ServerModel.SEMI_HONEST,
+        ),
+        port=port,
+        min_clients=min_clients,
+        stage_timeout=stage_timeout,
+        cohort_wait=30.0,
     )
-    return path
 
 
 @pytest.fixture

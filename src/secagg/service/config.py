@@ -41,7 +41,7 @@ from typing import Any
 from secagg.errors import ConfigurationError
 from secagg.params import Params, Protocol, ServerModel
 from secagg.service.coordinator import CoordinatorSettings
-from secagg.service.credentials import TlsFiles
+from secagg.service.credentials import Deployment, TlsFiles
 
 __all__ = ["DeploymentConfig"]
 
@@ -117,6 +117,38 @@ class DeploymentConfig:
         """The same deployment with some coordinator settings replaced (from flags)."""
         given = {k: v for k, v in coordinator.items() if v is not None}
         return replace(self, coordinator=replace(self.coordinator, **given))
+
+    @classmethod
+    def write(
+        cls,
+        root: Path,
+        deployment: Deployment,
+        params: Params,
+        *,
+        port: int = 0,
+        min_clients: int = 3,
+        stage_timeout: float = 30.0,
+        cohort_wait: float = 60.0,
+    ) -> Path:
+        """Write ``root/deployment.toml`` for a deployment that ``create_deployment`` made
+        under ``root`` (paths relative to it, so the folder can move)."""
+        path = root / "deployment.toml"
+        tls = deployment.tls
+        path.write_text(
+            cls.render(
+                params=params,
+                port=port,
+                min_clients=min_clients,
+                stage_timeout=stage_timeout,
+                cohort_wait=cohort_wait,
+                ledger="ledger.sqlite",
+                tls=tuple(  # type: ignore[arg-type]
+                    str(p.relative_to(root)) for p in (tls.ca_cert, tls.server_cert, tls.server_key)
+                ),
+                allow_list=str(deployment.allow_list.relative_to(root)),
+            )
+        )
+        return path
 
     @staticmethod
     def render(

@@ -382,23 +382,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         return await self._run_plain(cohort, model_bytes)
 
     def _config(self, round_id: int, cohort: tuple[int, ...], model: bytes) -> RoundConfig:
-        params = self.settings.params
-        graph = params.graph(len(cohort))
-        return RoundConfig(
-            round_id=round_id,
-            nonce=os.urandom(16),
-            protocol=params.protocol.value,
-            server_model=params.server_model.value,
-            client_ids=cohort,
-            degree=graph.degree,
-            threshold=graph.threshold,
-            ring_bits=params.ring_bits,
-            dim=params.dim,
-            clip=params.clip,
-            value_bits=params.value_bits,
-            max_weight=params.max_weight,
-            task_hash=task_digest(model),
-            min_cohort=params.min_cohort,
+        return self.settings.params.round_config(
+            cohort, nonce=os.urandom(16), round_id=round_id, task_hash=task_digest(model)
         )
 
     async def _stage_started(self, round_id: int, stage: str) -> None:
