@@ -82,28 +82,34 @@ class Quantizer:
         x = np.array(values, dtype=np.float64)  # a copy, worked on in place below
         if x.ndim != 1:
             raise UsageError(f"values must be a 1-D array, got shape {x.shape}")
-        if not np.isfinite(x).all():
+        # Two reductions, no temporaries: min and max propagate NaN, and in the common case
+        # (nothing outside the range) they also show that nothing needs clipping.
+        low, high = (float(x.min()), float(x.max())) if len(x) else (0.0, 0.0)
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise ConfigurationError("input contains NaN or infinity")
-        clipped = int(np.count_nonzero(np.abs(x) > self.clip))
-
-        np.clip(x, -self.clip, self.clip, out=x)
+        clipped = 0
+        if low < -self.clip or high > self.clip:
+            clipped = int(np.count_nonzero(x < -self.clip) + np.count_nonzero(x > self.clip))
+            np.clip(x, -self.clip, self.clip, out=x)
         x += self.clip
-        x /= self.step
-        # Floating-point rounding can land a hair outside [0, levels]; never round beyond it.
-        np.clip(x, 0.0, float(self.levels), out=x)
-        z = np.floor(x)
-        x -= z  # now the fractional part, in [0, 1)
-        x *= _TWO_32
-        # Round up iff u < frac * 2^32 for u uniform in [0, 2^32): probability frac, up to
-        # 2^-32. The comparison is exact, since both sides are exact float64 values.
-        z += rng.words(len(x)) < x
+        x *= 1.0 / self.step
+        # Floating-point rounding can land a hair above levels; never round beyond it.
+        np.minimum(x, float(self.levels), out=x)
+        # Stochastic rounding: floor(x + u) for u uniform in [0, 1) rounds up with probability
+        # equal to the fractional part of x (u from the CSPRNG, on a 2^-32 grid). Rounding
+        # x + u to a double moves that probability by at most 2^(bits - 53): nothing at 16 bits.
+        u = rng.words(len(x)).astype(np.float64)
+        u *= 1.0 / _TWO_32
+        x += u
+        np.floor(x, out=x)
 
         vector = np.empty(len(x) + 1, dtype=ring.dtype)
         # Integer product: weight * z may exceed float64's 53-bit mantissa. It cannot exceed
         # the ring (checked above), so it does not wrap.
         body = vector[:-1]
-        body[...] = z
-        body *= ring.dtype(weight)
+        body[...] = x
+        if weight != 1:
+            body *= ring.dtype(weight)
         vector[-1] = weight
         return EncodedInput(vector=vector, clipped=clipped)
 
