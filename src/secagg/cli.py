@@ -266,8 +266,10 @@ def certs(
     port: Annotated[int, typer.Option(help="Coordinator port.")] = 50051,
     min_clients: Annotated[int, typer.Option(help="Smallest cohort.")] = 3,
 ) -> None:
-    """Create a local deployment: a CA, a server certificate, client identities, an
-    allow-list and deployment.toml (read by `serve` and `join`)."""
+    """Create a local deployment: CA, server certificate, client identities, allow-list.
+
+    Also writes deployment.toml, which both `serve` and `join` read.
+    """
     try:
         deployment = create_deployment(directory, clients)
         params = Params(dim=dim, max_clients=max(3, clients))
@@ -413,8 +415,10 @@ def demo(
         ProtocolChoice.secagg_plus
     ),
 ) -> None:
-    """Federated training on handwritten digits with secure aggregation, over TLS on
-    loopback, beside plaintext FedAvg on the same split."""
+    """Federated training on digits with secure aggregation, beside plaintext FedAvg.
+
+    A TLS coordinator and client processes on loopback; the same split and rounds twice.
+    """
     from secagg.demo import DemoOptions, print_report, run_demo, write_json
 
     try:
