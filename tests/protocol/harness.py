@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.errors import AbortReason, ClientAbort
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.protocol.client import Client
@@ -23,8 +24,18 @@ from secagg.protocol.messages import (
     RoundConfig,
     SurvivorList,
     UnmaskRequest,
+    decode,
 )
-from secagg.protocol.server import Server
+from secagg.protocol.server import Server, Stage
+
+# The harness's stage names and the server's.
+SERVER_STAGE = {
+    "advertise": Stage.ADVERTISE,
+    "share": Stage.SHARE,
+    "mask": Stage.MASKED_INPUT,
+    "consistency": Stage.CONSISTENCY,
+    "unmask": Stage.UNMASK,
+}
 
 
 class Harness:
@@ -90,6 +101,20 @@ class Harness:
         }
         self.row = {i: r for r, i in enumerate(client_ids)}
         self.outgoing: dict[int, Message] = {}
+
+    def respond(self, client_id: int, message: Message) -> Message:
+        """A client's answer to a server message, dispatched by type as the service does."""
+        client = self.clients[client_id]
+        message = decode(message.encode())  # as it travels
+        if isinstance(message, PeerKeys):
+            return client.share_keys(message)
+        if isinstance(message, PeerShares):
+            return client.mask_input(message, self.values(client_id), self.weights[client_id])
+        if isinstance(message, SurvivorList):
+            return client.consistency(message)
+        if isinstance(message, UnmaskRequest):
+            return client.unmask(message)
+        raise ClientAbort(AbortReason.UNEXPECTED_MESSAGE, type(message).__name__)
 
     def values(self, client_id: int) -> NDArray[np.float64]:
         return self.levels[self.row[client_id]].astype(np.float64) - self.config.clip

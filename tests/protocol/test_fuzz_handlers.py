@@ -77,7 +77,7 @@ from secagg.protocol.messages import (
     decode,
 )
 from secagg.protocol.server import Stage
-from tests.protocol.harness import Harness
+from tests.protocol.harness import SERVER_STAGE, Harness
 
 MESSAGE_TYPES: list[type[Message]] = [
     RoundConfig,
@@ -335,28 +335,6 @@ SERVER_STAGES = [
     for stage in ("advertise", "share", "mask", "consistency", "unmask")
     if active or stage != "consistency"
 ]
-_SERVER_STAGE = {
-    "advertise": Stage.ADVERTISE,
-    "share": Stage.SHARE,
-    "mask": Stage.MASKED_INPUT,
-    "consistency": Stage.CONSISTENCY,
-    "unmask": Stage.UNMASK,
-}
-
-
-def respond(h: Harness, client_id: int, message: Message) -> Message:
-    """A client's answer, dispatched by the kind of message as the service does."""
-    client = h.clients[client_id]
-    message = decode(message.encode())
-    if isinstance(message, PeerKeys):
-        return client.share_keys(message)
-    if isinstance(message, PeerShares):
-        return client.mask_input(message, h.values(client_id), h.weights[client_id])
-    if isinstance(message, SurvivorList):
-        return client.consistency(message)
-    if isinstance(message, UnmaskRequest):
-        return client.unmask(message)
-    raise AssertionError(f"unexpected {type(message).__name__}")
 
 
 def answers(h: Harness, stage: str, skip: set[int]) -> dict[int, Message]:
@@ -368,7 +346,7 @@ def answers(h: Harness, stage: str, skip: set[int]) -> dict[int, Message]:
         if i in skip:
             continue
         try:
-            out[i] = respond(h, i, m)
+            out[i] = h.respond(i, m)
         except ClientAbort:
             # Only a client whose earlier message the server did not keep as sent (it
             # took junk from it instead) can be confused; it is then out of the round.
@@ -493,7 +471,7 @@ def test_server_survives_any_input_and_the_round_stays_exact(
         for i, m in answers(h, before, set()).items():
             server.receive(i, m.encode())
         h.outgoing = server.close_stage()
-    assert server.stage is _SERVER_STAGE[stage]
+    assert server.stage is SERVER_STAGE[stage]
 
     honest = answers(h, stage, set())
     cohort = list(h.config.client_ids)
@@ -584,7 +562,7 @@ def test_one_bad_share_does_not_stop_reconstruction_when_t_good_ones_remain() ->
     h.share()
     h.mask()
     for i, m in sorted(h.outgoing.items()):
-        reply = respond(h, i, m)
+        reply = h.respond(i, m)
         assert isinstance(reply, UnmaskResponse)
         if i == 1:  # one holder lies about client 0's self-mask share
             reply = replace(
@@ -615,7 +593,7 @@ def test_server_drops_a_client_that_advertises_one_key_twice(active: bool) -> No
     h.outgoing = h.server.close_stage()
     assert 0 in h.server.drops  # as it drops a client reusing another client's key
     for i in sorted(h.outgoing):
-        respond(h, i, h.outgoing[i])  # no honest client aborts
+        h.respond(i, h.outgoing[i])  # no honest client aborts
 
 
 def test_a_bad_share_between_good_ones_is_out_voted() -> None:
@@ -624,7 +602,7 @@ def test_a_bad_share_between_good_ones_is_out_voted() -> None:
     h.share()
     h.mask()
     for i, m in sorted(h.outgoing.items()):
-        reply = respond(h, i, m)
+        reply = h.respond(i, m)
         assert isinstance(reply, UnmaskResponse)
         if i == 2:  # the middle holder lies about client 0's self-mask share
             reply = replace(

@@ -82,34 +82,11 @@ from secagg.protocol.messages import (
     decode,
 )
 from secagg.protocol.server import Stage
-from tests.protocol.harness import Harness
+from tests.protocol.harness import SERVER_STAGE, Harness
 
 STRANGER = 1_000_000  # an id outside every cohort
 HEX_RUN = re.compile(r"[0-9a-fA-F]{64}")
 log = logging.getLogger("tests.protocol.stateful")
-
-_SERVER_STAGE = {
-    "advertise": Stage.ADVERTISE,
-    "share": Stage.SHARE,
-    "mask": Stage.MASKED_INPUT,
-    "consistency": Stage.CONSISTENCY,
-    "unmask": Stage.UNMASK,
-}
-
-
-def respond(h: Harness, client_id: int, message: Message) -> Message:
-    """What a client answers to a server message, dispatched by type as the service does."""
-    client = h.clients[client_id]
-    message = decode(message.encode())  # as it travels
-    if isinstance(message, PeerKeys):
-        return client.share_keys(message)
-    if isinstance(message, PeerShares):
-        return client.mask_input(message, h.values(client_id), h.weights[client_id])
-    if isinstance(message, SurvivorList):
-        return client.consistency(message)
-    if isinstance(message, UnmaskRequest):
-        return client.unmask(message)
-    raise ClientAbort(AbortReason.UNEXPECTED_MESSAGE, type(message).__name__)
 
 
 def flip(data: bytes, position: int = 0) -> bytes:
@@ -254,7 +231,7 @@ class RoundMachine(RuleBasedStateMachine):
                 message: Message = client.advertise()
             else:
                 try:
-                    message = respond(self.h, c, self.incoming[c])
+                    message = self.h.respond(c, self.incoming[c])
                 except ClientAbort as exc:  # pragma: no cover - a failure
                     log.debug("client %d aborted: %s", c, exc)
                     raise AssertionError(f"client {c} aborted on an honest server: {exc}") from exc
@@ -318,7 +295,7 @@ class RoundMachine(RuleBasedStateMachine):
         assert self.h is not None
         server = self.h.server
         stage = self.stage
-        assert server.stage is _SERVER_STAGE[stage]
+        assert server.stage is SERVER_STAGE[stage]
         missed = self.expected - self.accepted - self.dropped
         # A client dropped after its message was taken goes no further, except that a masked
         # input once taken stays in the sum.
@@ -366,7 +343,7 @@ class RoundMachine(RuleBasedStateMachine):
             event("completed" + (" (disturbed)" if self.disturbed else ""))
             return
         self.si += 1
-        assert server.stage is _SERVER_STAGE[self.stage]
+        assert server.stage is SERVER_STAGE[self.stage]
         self.expected = out
         self.incoming = dict(outgoing)
         self.accepted = set()
@@ -383,7 +360,7 @@ class RoundMachine(RuleBasedStateMachine):
             replies: dict[int, Message] = {i: c.advertise() for i, c in f.clients.items()}
             for stage in self.stages:
                 if stage != "advertise":
-                    replies = {i: respond(f, i, m) for i, m in outgoing.items()}
+                    replies = {i: f.respond(i, m) for i, m in outgoing.items()}
                 found[stage] = {i: m.encode() for i, m in replies.items()}
                 for i, m in replies.items():
                     f.server.receive(i, m.encode())
@@ -801,13 +778,13 @@ class RoundMachine(RuleBasedStateMachine):
         self.disturbed = True
         client = self.h.clients[c]
         with pytest.raises(ClientAbort) as info:
-            respond(self.h, c, message)
+            self.h.respond(c, message)
         log.debug("client %d refused %s: %s (%r)", c, name, info.value, info.value)
         assert info.value.reason in reasons, (name, info.value)
         assert isinstance(client.state, Aborted)
         # An aborted client never answers again, not even the honest message.
         with pytest.raises(ClientAbort):
-            respond(self.h, c, self.incoming[c])
+            self.h.respond(c, self.incoming[c])
         self.aborted.add(c)
         if tell_server and not self.ended:
             self.h.server.drop(c, DropReason.CLIENT_ABORTED, str(info.value))
@@ -932,7 +909,7 @@ class RoundMachine(RuleBasedStateMachine):
         assert server.strangers == self.strangers
         assert len(server.anomalies) == self.anomalies  # retransmissions are not anomalies
         if not self.ended:
-            assert server.stage is _SERVER_STAGE[self.stage]
+            assert server.stage is SERVER_STAGE[self.stage]
             waiting = self.expected - self.accepted - self.dropped
             # A deviant client's reply has been refused: it is dropped, not waited for.
             assert server.waiting_for() == waiting
@@ -1022,7 +999,7 @@ def test_identical_retransmission_of_each_message_changes_nothing() -> None:
         replies = (
             {i: c.advertise() for i, c in h.clients.items()}
             if stage == "advertise"
-            else {i: respond(h, i, m) for i, m in h.outgoing.items()}
+            else {i: h.respond(i, m) for i, m in h.outgoing.items()}
         )
         for i, m in replies.items():
             h.server.receive(i, m.encode())
@@ -1038,7 +1015,7 @@ def test_server_aborts_before_unmasking_when_a_holder_it_dropped_is_needed() -> 
     h.advertise()
     h.share()
     for i, m in h.outgoing.items():
-        h.server.receive(i, respond(h, i, m).encode())
+        h.server.receive(i, h.respond(i, m).encode())
     h.server.drop(2, DropReason.DISCONNECTED)  # after its masked input was accepted
     # Client 0's self mask needs t = 2 holders; only client 1 is left to answer.
     with pytest.raises(RoundAborted):
