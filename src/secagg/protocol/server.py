@@ -176,6 +176,21 @@ class Server:
         self._abort: RoundAborted | None = None
         # A throwaway key to check that advertised keys are usable X25519 points.
         self._probe_key = X25519KeyPair.generate(SystemRandomness())
+        # What takes each stage's messages, and what closes each stage.
+        self._handlers: dict[Stage, Callable[[int, Message], bool]] = {
+            Stage.ADVERTISE: self._take_advertise,
+            Stage.SHARE: self._take_share,
+            Stage.MASKED_INPUT: self._take_masked_input,
+            Stage.CONSISTENCY: self._take_consistency,
+            Stage.UNMASK: self._take_unmask,
+        }
+        self._closers: dict[Stage, Callable[[set[int]], dict[int, Message]]] = {
+            Stage.ADVERTISE: self._close_advertise,
+            Stage.SHARE: self._close_share,
+            Stage.MASKED_INPUT: self._close_masked_input,
+            Stage.CONSISTENCY: self._close_consistency,
+            Stage.UNMASK: self._close_unmask,
+        }
 
     def __repr__(self) -> str:
         return f"Server(stage={self._stage.value}, waiting_for={len(self.waiting_for())})"
@@ -253,14 +268,7 @@ class Server:
         if first is not None:
             self._duplicate(sender, first, message)
             return
-        handlers: dict[Stage, Callable[[int, Message], bool]] = {
-            Stage.ADVERTISE: self._take_advertise,
-            Stage.SHARE: self._take_share,
-            Stage.MASKED_INPUT: self._take_masked_input,
-            Stage.CONSISTENCY: self._take_consistency,
-            Stage.UNMASK: self._take_unmask,
-        }
-        if handlers[self._stage](sender, message):
+        if self._handlers[self._stage](sender, message):
             self._received[sender] = message
 
     def drop(self, client_id: int, reason: DropReason, detail: str = "") -> None:
@@ -414,14 +422,7 @@ class Server:
             # further; at the masked-input stage its input is in the sum all the same.
             live -= self._drops.keys()
         try:
-            closers: dict[Stage, Callable[[set[int]], dict[int, Message]]] = {
-                Stage.ADVERTISE: self._close_advertise,
-                Stage.SHARE: self._close_share,
-                Stage.MASKED_INPUT: self._close_masked_input,
-                Stage.CONSISTENCY: self._close_consistency,
-                Stage.UNMASK: self._close_unmask,
-            }
-            outgoing = closers[stage](live)
+            outgoing = self._closers[stage](live)
         except RoundAborted as exc:
             self._fail(exc)
             raise
