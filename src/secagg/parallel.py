@@ -25,7 +25,8 @@ __all__ = ["MaskApplier", "default_workers"]
 
 # Below this much work (elements x masks) forking costs more than it saves.
 _PARALLEL_WORK = 20_000_000
-_SCRATCH_WORDS = 1 << 15
+# Fewer elements than this per worker are not worth a process.
+_MIN_RANGE = 1 << 15
 
 
 def default_workers() -> int:
@@ -46,7 +47,7 @@ class MaskApplier:
 
     def __call__(self, acc: NDArray[np.unsignedinteger[Any]], masks: Sequence[prg.Mask]) -> None:
         n = len(acc)
-        workers = min(self.workers, max(1, n // _SCRATCH_WORDS))
+        workers = min(self.workers, max(1, n // _MIN_RANGE))
         if (
             workers <= 1
             or n * len(masks) < _PARALLEL_WORK
@@ -96,9 +97,7 @@ def _apply_range(
     try:
         view: NDArray[np.unsignedinteger[Any]] = np.ndarray(shape, dtype=dtype, buffer=shm.buf)
         part = view[lo:hi]
-        scratch = np.empty(min(len(part), _SCRATCH_WORDS), dtype=dtype)
-        for key, subtract in masks:
-            prg.add_mask(part, key, start=lo, subtract=subtract, scratch=scratch)
+        prg.apply_masks(part, masks, start=lo)
         del part, view
     finally:
         shm.close()

@@ -124,8 +124,9 @@ def add_mask(
 Mask = tuple[bytes, bool]  # (mask key, subtract)
 
 
-def apply_masks(acc: WordArray, masks: Sequence[Mask]) -> None:
-    """Add (or subtract) every mask's keystream into ``acc``, reusing one scratch buffer."""
+def apply_masks(acc: WordArray, masks: Sequence[Mask], *, start: int = 0) -> None:
+    """Add (or subtract) every mask's keystream words [start, start + len(acc)) into
+    ``acc``, reusing one scratch buffer."""
     scratch = np.empty(max(1, min(len(acc), CHUNK_BYTES // acc.itemsize)), dtype=acc.dtype)
     for key, subtract in masks:
-        add_mask(acc, key, subtract=subtract, scratch=scratch)
+        add_mask(acc, key, start=start, subtract=subtract, scratch=scratch)
