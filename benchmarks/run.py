@@ -33,7 +33,7 @@ import load
 import performance
 
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.parallel import MaskApplier, default_workers
+from secagg.parallel import MaskApplier, usable_cores
 from secagg.params import Params, ServerModel
 from secagg.protocol.client import Client
 from secagg.protocol.messages import PeerKeys, PeerShares, RoundConfig, UnmaskRequest
@@ -270,7 +270,7 @@ def main() -> None:
     elif not args.no_flower:
         print("Flower peer harness not found: set SECAGG_FLOWER_PEER", file=sys.stderr)
 
-    workers = default_workers()
+    workers = usable_cores()
     out["all_core_floor_ns"] = performance.all_core_floor_ns(workers)
     out["server_unmasking_all_cores"] = server_unmasking(
         100, 1_000_000, 10, out["all_core_floor_ns"], 3, applier=MaskApplier(workers)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -24,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import ClientAbort, ConfigurationError, SecAggError
+from secagg.parallel import usable_cores
 from secagg.protocol.client import AwaitingSurvivorList, AwaitingUnmaskRequest, Client
 from secagg.protocol.messages import (
     Message,
@@ -195,7 +195,7 @@ def default_workers(n: int, dim: int) -> int:
     """Worker processes worth forking: none for small rounds, where forking costs more."""
     if n * dim < 2_000_000:
         return 1
-    return max(1, min(os.cpu_count() or 1, n))
+    return min(usable_cores(), n)
 
 
 def _receive(conn: Connection) -> Any:

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from secagg.hazmat import prg
 
-__all__ = ["MaskApplier", "default_workers"]
+__all__ = ["MaskApplier", "usable_cores"]
 
 # Below this much work (elements x masks) forking costs more than it saves.
 _PARALLEL_WORK = 20_000_000
@@ -29,8 +29,11 @@ _PARALLEL_WORK = 20_000_000
 _MIN_RANGE = 1 << 15
 
 
-def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS reports one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 class MaskApplier:
@@ -42,7 +45,7 @@ class MaskApplier:
     """
 
     def __init__(self, workers: int | None = None, *, start_method: str = "fork") -> None:
-        self.workers = default_workers() if workers is None else max(1, workers)
+        self.workers = usable_cores() if workers is None else max(1, workers)
         self.start_method = start_method
 
     def __call__(self, acc: NDArray[np.unsignedinteger[Any]], masks: Sequence[prg.Mask]) -> None:
