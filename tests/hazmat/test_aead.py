@@ -2,33 +2,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
-from numpy.typing import NDArray
 
 from secagg.errors import AuthenticationError, UsageError
 from secagg.hazmat.aead import NONCE_BYTES, OVERHEAD, TAG_BYTES, open_sealed, seal
 from secagg.hazmat.randomness import DeterministicRandomness
 
-from ._vectors import load_vectors
+from ._vectors import FixedRandomness, load_vectors
 
 KEY = bytes(range(32))
 AD = b"session|from=1|to=2|round=share-keys"
-
-
-class FixedRandomness:
-    """Hands out preset bytes: lets a test choose the nonce."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def bytes(self, n: int) -> bytes:
-        out, self._data = self._data[:n], self._data[n:]
-        assert len(out) == n
-        return out
-
-    def words(self, n: int) -> NDArray[np.uint32]:
-        raise AssertionError("not used")
 
 
 def rng() -> DeterministicRandomness:

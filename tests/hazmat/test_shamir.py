@@ -6,11 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numpy.typing import NDArray
 
 from secagg.errors import DecodeError, InconsistentSharesError, UsageError
 from secagg.hazmat import shamir
@@ -24,7 +22,7 @@ from secagg.hazmat.shamir import (
     split,
 )
 
-from ._vectors import VECTORS, load_vectors
+from ._vectors import VECTORS, FixedRandomness, load_vectors
 
 SECRET = bytes(range(100, 132))
 SMALL_PRIMES = [p for p in range(2, 320) if all(p % d for d in range(2, p))]  # 66 primes
@@ -68,19 +66,6 @@ def interpolate(points: list[tuple[int, int]], x: int) -> int:
                 den = den * (xi - xj) % PRIME
         total += yi * num * pow(den, -1, PRIME)
     return total % PRIME
-
-
-class FixedRandomness:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def bytes(self, n: int) -> bytes:
-        out, self._data = self._data[:n], self._data[n:]
-        assert len(out) == n
-        return out
-
-    def words(self, n: int) -> NDArray[np.uint32]:
-        raise AssertionError("not used")
 
 
 # --- the field -----------------------------------------------------------------------
