@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import RoundSummary
 from secagg.service.credentials import create_deployment
 from secagg.service.ledger import Ledger
-from secagg.service.run import make_coordinator
+from secagg.service.run import make_coordinator, start_client_process
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -169,29 +168,15 @@ class _Fleet:
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self, client_id: int) -> None:
-        log = open(self._workdir / f"client-{client_id}.log", "ab")  # noqa: SIM115
-        command = [
-            sys.executable,
-            "-m",
-            "secagg",
-            "join",
-            "--config",
-            str(self._config),
-            "--identity",
-            str(self._identities[client_id]),
-            "--target",
+        self.processes[client_id] = start_client_process(
+            self._config,
+            self._identities[client_id],
             self._target,
-            "--task",
-            "digits",
-            "--task-clients",
-            str(self._clients),
-            "--task-seed",
-            str(self._seed),
-        ]
-        self.processes[client_id] = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self._workdir / f"client-{client_id}.log",
+            task="digits",
+            task_seed=self._seed,
+            task_clients=self._clients,
         )
-        log.close()
 
     def kill(self, client_id: int) -> None:
         process = self.processes.get(client_id)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from numpy.typing import NDArray
 from secagg.params import Params, ServerModel
 from secagg.service.config import DeploymentConfig
 from secagg.service.credentials import Deployment, create_deployment
+from secagg.service.run import start_client_process
 from secagg.service.tasks import random_update, random_weight
 
 DIM = 64
@@ -39,29 +39,15 @@ class Local:
         return DeploymentConfig.load(self.config_path)
 
     def start_client(self, client_id: int, target: str, *, rounds: int | None = None) -> None:
-        log = open(self.root / f"client-{client_id}.log", "ab")  # noqa: SIM115
-        command = [
-            sys.executable,
-            "-m",
-            "secagg",
-            "join",
-            "--config",
-            str(self.config_path),
-            "--identity",
-            str(self.deployment.identities[client_id]),
-            "--target",
+        self.processes[client_id] = start_client_process(
+            self.config_path,
+            self.deployment.identities[client_id],
             target,
-            "--task",
-            "random",
-            "--task-seed",
-            str(TASK_SEED),
-        ]
-        if rounds is not None:
-            command += ["--rounds", str(rounds)]
-        self.processes[client_id] = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.root / f"client-{client_id}.log",
+            task="random",
+            task_seed=TASK_SEED,
+            rounds=rounds,
         )
-        log.close()
 
     def kill(self, client_id: int, sig: int = signal.SIGKILL) -> None:
         process = self.processes[client_id]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from secagg.service.credentials import (
 )
 from secagg.service.ledger import Ledger
 
-__all__ = ["join", "make_coordinator", "serve"]
+__all__ = ["join", "make_coordinator", "serve", "start_client_process"]
 
 log = logging.getLogger("secagg.serve")
 
@@ -107,3 +109,33 @@ def join(
     )
     client = SecAggClient(settings, update(identity.client_id), rounds=rounds)
     asyncio.run(client.run())
+
+
+def start_client_process(
+    config: Path,
+    identity: Path,
+    target: str,
+    log: Path,
+    *,
+    task: str = "random",
+    task_seed: int = 0,
+    task_clients: int | None = None,
+    rounds: int | None = None,
+) -> subprocess.Popen[bytes]:
+    """``secagg join`` in a process of its own, its output appended to ``log``."""
+    command = [
+        sys.executable, "-m", "secagg", "join",
+        "--config", str(config),
+        "--identity", str(identity),
+        "--target", target,
+        "--task", task,
+        "--task-seed", str(task_seed),
+    ]  # fmt: skip
+    if task_clients is not None:
+        command += ["--task-clients", str(task_clients)]
+    if rounds is not None:
+        command += ["--rounds", str(rounds)]
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
