@@ -229,6 +229,10 @@ class _Meter:
         self.down[client_id] = self.down.get(client_id, 0) + len(data)
         return data
 
+    def sent(self, client_id: int, data: bytes) -> bytes:
+        self.up[client_id] = self.up.get(client_id, 0) + len(data)
+        return data
+
 
 def make_config(
     params: Params, n: int, rng: Randomness, *, round_id: int = 0, task_hash: bytes = bytes(32)
@@ -319,8 +323,7 @@ def simulate_round(
                     client_aborts[i] = aborted
                 else:
                     assert data is not None
-                    meter.up[i] = meter.up.get(i, 0) + len(data)
-                    server.receive(i, data)
+                    server.receive(i, meter.sent(i, data))
             try:
                 outgoing = server.close_stage()
             except RoundAborted as exc:
