@@ -11,6 +11,8 @@
     │   ├── AuthenticationError     an AEAD ciphertext or a signature did not verify
     │   └── InconsistentSharesError Shamir shares that do not lie on one polynomial, or whose
     │                               secret does not match its public commitment
+    ├── LedgerError             the round ledger cannot be opened, locked or written (a second
+    │                           coordinator, a foreign or empty file, a full disk)
     ├── ClientAbort             the peer (server) misbehaved: the client stops and reveals nothing
     │                           more; carries an ``AbortReason``
     └── RoundAborted            the server cannot finish the round (fewer than t clients remain,
@@ -37,6 +39,7 @@ __all__ = [
     "DecodeError",
     "DropReason",
     "InconsistentSharesError",
+    "LedgerError",
     "RoundAborted",
     "SecAggError",
     "UsageError",
@@ -69,6 +72,11 @@ class AuthenticationError(CryptoError):
 
 class InconsistentSharesError(CryptoError):
     """Secret shares disagree with each other or with the secret's public commitment."""
+
+
+class LedgerError(SecAggError):
+    """The round ledger cannot be used: locked by another coordinator, not a ledger, read-only
+    where a write is needed, or the disk under it is full. Nothing was half-written."""
 
 
 class AbortReason(StrEnum):
