@@ -97,7 +97,8 @@ def run_metered_round(
     mask_seconds: list[float] = []
 
     # The server regenerates masks through the callable it is given: timing it separates
-    # unmasking from the Shamir reconstruction done in the same close_stage().
+    # unmasking from the rest of the unmask stage's close_stage(), which is the Shamir
+    # reconstruction of the dropped clients' keys and survivors' seeds (and its share checks).
     def timed_apply_masks(total: NDArray[np.unsignedinteger], masks: Sequence[prg.Mask]) -> None:
         t0 = time.perf_counter()
         prg.apply_masks(total, masks)
@@ -438,7 +439,7 @@ REFUSED: list[tuple[str, Callable[[Metrics], None]]] = [
     ("running as an outcome", lambda m: m.round_finished(RoundOutcome.RUNNING)),
     ("an unknown outcome", lambda m: m.round_finished("crashed")),
     ("more answers than expected", lambda m: m.stage_finished("share", 0.1, 3, 4)),
-    ("a bool as a count", lambda m: m.stage_finished("share", 0.1, True, 0)),  # type: ignore[arg-type]
+    ("a bool as a count", lambda m: m.stage_finished("share", 0.1, True, 0)),
     ("negative seconds", lambda m: m.unmasking_seconds(-0.5)),
     ("infinite seconds", lambda m: m.reconstruction_seconds(float("inf"))),
     ("nan seconds", lambda m: m.client_responded("share", float("nan"))),
