@@ -394,7 +394,9 @@ def test_non_float_buffers_stay_local_across_rounds_while_running_statistics_are
 def test_the_update_fn_is_deterministic() -> None:
     fn = digits_torch_task(2, 5, 0)
     global_model = demo_model_for(5, 0).init(0)
+    threads = torch.get_num_threads()
     first, weight = fn(global_model, 3)
+    assert torch.get_num_threads() == threads  # trains on one thread, then restores the count
     again, weight_again = fn(global_model, 3)
     np.testing.assert_array_equal(first, again)
     assert weight == weight_again > 0

@@ -174,6 +174,8 @@ class FlatSpec:
     statistics are averaged like weights, as FedAvg does). Integer and boolean buffers
     (BatchNorm's ``num_batches_tracked``) are left out: they are not sent, and each client's
     own copy is left untouched. Complex entries are refused rather than silently left out.
+    Tied parameters appear under each of their names, as in ``state_dict()``; every client
+    sends equal values under each, so their means stay equal.
 
     ``FlatSpec.of(module_or_state_dict)`` reads the layout off a model; a spec holds no
     tensors, so it can be built, compared and pickled without torch.
@@ -388,10 +390,10 @@ def sgd_train_step(data: Dataset, config: TrainingConfig, *, client_index: int) 
     Round ``step`` visits the examples in the order ``local_update`` uses for the same
     ``(config.seed, step, client_index)`` (a numpy generator seeded by that triple, nothing
     secret), for ``config.local_epochs`` epochs of ``config.batch_size``: plain SGD (no
-    momentum, no weight decay, so nothing carries over from round to round), on the
-    parameters that require gradients. It returns ``len(data)``; a
-    client without data trains nothing and returns 0. The module must map ``data.x`` (float32)
-    to logits, and is put in training mode.
+    momentum, no weight decay, so nothing carries over from round to round) on the
+    parameters that require gradients. It returns ``len(data)``; a client without data trains
+    nothing and returns 0. The module must map ``data.x`` (float32) to logits; it is put in
+    training mode.
     """
     _require_torch()
     if not _is_int(client_index) or client_index < 0:
