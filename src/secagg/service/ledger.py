@@ -9,6 +9,26 @@ such rows into aborted rounds at the next start. A completed round's aggregate i
 (``synchronous=FULL``: fsynced) before ``complete_round`` returns, and so before anyone is
 told that the round completed.
 
+Two ways to open a ledger:
+
+- ``Ledger(path)``, the writer (the coordinator). It holds an exclusive lock on
+  ``<path>.lock`` (``flock``, with its pid in the file) for as long as it is open, so a second
+  coordinator started on the same ledger is refused before it can touch, let alone
+  ``recover()``, the first one's running round. The kernel drops the lock when its holder dies,
+  even by SIGKILL, so a restarted coordinator gets it back and recovers as before. A writer
+  creates a new ledger only where no file exists, and creates it whole (beside the target,
+  then linked into place) so that a crash never leaves half a ledger; it refuses an empty
+  file unless asked to ``initialise`` it, and anything that is not a ledger of this schema
+  version, always.
+- ``Ledger.open_readonly(path)``, for ``secagg rounds`` and other readers: SQLite's read-only
+  mode, no lock, no recovery, nothing created or changed; it works on a read-only file, in a
+  read-only directory and while a coordinator writes (write-ahead logging).
+
+Every failure an operator can cause (a second coordinator, a file that is missing, empty,
+foreign, unreadable or read-only, a full disk) is a ``LedgerError`` with one line naming the
+file; a write that fails is rolled back whole, so the ledger stays as it was before the call.
+``UsageError`` remains what it always is: our own code calling the ledger wrongly.
+
 No secret (key, seed, share) and no individual update, masked or not, is ever stored: no
 method takes one. The only vector in the file is the aggregate of a completed round, which
 the protocol reveals anyway; the only other blobs are the two public 32-byte hashes.
@@ -19,6 +39,8 @@ Every write method commits its own transaction; all SQL is parameterised.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import math
 import operator
@@ -30,19 +52,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, BinaryIO, SupportsIndex
 
 import numpy as np
 from numpy.typing import NDArray
-from rich.table import Table
-from rich.text import Text
 
-from secagg.errors import ConfigurationError, DecodeError, UsageError
+from secagg.errors import ConfigurationError, DecodeError, LedgerError, UsageError
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 __all__ = [
+    "LOCK_SUFFIX",
     "RECOVERED_REASON",
     "SCHEMA_VERSION",
     "DropRecord",
@@ -57,6 +81,13 @@ SCHEMA_VERSION = 1
 RECOVERED_REASON = "coordinator restarted mid-round"
 HASH_BYTES = 32
 _MAX_SQLITE_INT = 2**63 - 1
+LOCK_SUFFIX = ".lock"  # the writer's lock file sits beside the ledger: <ledger>.lock
+_SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+_TABLES = frozenset({"schema_version", "rounds", "cohort", "stage_timings", "drops", "aggregates"})
+_FREEZE_TRIGGER = "finished_rounds_are_final"
+# How SQLite says that a read-only connection cannot set up its shared memory beside a WAL
+# database, because the directory is read-only: the cue to read the file as immutable.
+_NO_SHARED_MEMORY = frozenset({"SQLITE_READONLY_DIRECTORY", "SQLITE_READONLY_CANTINIT"})
 
 
 class RoundOutcome(StrEnum):
@@ -210,78 +241,123 @@ _QUERIES: dict[bool, tuple[str, str, str, str]] = {
 }
 
 
+class _Found(Enum):
+    """What is at a ledger's path, judged from the file system and the file's first bytes."""
+
+    NOTHING = "nothing"
+    EMPTY_FILE = "an empty file"
+    SQLITE = "an SQLite database"
+    FOREIGN = "not an SQLite database"
+
+
 class Ledger:
     """The durable record of rounds, in one SQLite file (``":memory:"`` for tests).
 
-    Opening creates the schema in a new file and refuses a file written by a newer secagg
-    (or one that is not a ledger) with ``ConfigurationError``. Call ``recover()`` once when
-    the coordinator starts. The ledger may be shared between threads: one lock serialises
-    its use of the connection.
+    ``Ledger(path)`` opens the writer: see the module docstring for the lock and for what it
+    creates or refuses (always with ``LedgerError``). ``initialise=True`` lets it write a new
+    ledger into an existing empty file, for an operator who starts over on purpose.
+    ``max_pages`` caps the database at that many pages (SQLite's ``max_page_count``, pages of
+    4 KiB): a hard size limit, and how the tests fill the "disk" for real. Call ``recover()``
+    once when the coordinator starts. ``Ledger.open_readonly(path)`` opens a reader. A ledger
+    may be shared between threads: one lock serialises its use of the connection.
     """
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
-        self._path = str(path)
-        self._clock = clock
-        self._lock = threading.RLock()
+    _conn: sqlite3.Connection | None
+    _lock_file: BinaryIO | None  # the writer's hold on <ledger>.lock, for as long as it is open
+    # Set when a reader had to open its file as immutable (read-only directory): the file
+    # and what it looked like then, so that a checkpoint landing under a read is detected.
+    _frozen: tuple[Path, tuple[int, int, int]] | None
+    # Why the connection was given up mid-way (a rollback that failed), if it was.
+    _broken: str | None
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        initialise: bool = False,
+        max_pages: int | None = None,
+    ) -> None:
+        if max_pages is not None and (
+            isinstance(max_pages, bool) or not isinstance(max_pages, int) or max_pages < 1
+        ):
+            raise ConfigurationError(f"max_pages must be a positive int, got {max_pages!r}")
+        self._setup(str(path), clock=clock, read_only=False)
+        if self._path == ":memory:":
+            conn = _connect(self._path, self._path)
+            try:
+                _configure_writer(conn, self._path, max_pages)
+                _create_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+            return
+        file = _resolve(path)
+        if file.is_dir():
+            raise LedgerError(f"{self._path} is a directory, not a round ledger")
+        # The lock comes first: whatever follows (creating, checking, recovering) happens
+        # with no other writer on the file.
+        self._lock_file = _take_lock(file, self._path)
         try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is
-            # exactly one method call and nothing is left open between calls.
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise ConfigurationError(f"cannot open the round ledger {self._path}: {exc}") from exc
-        self._conn: sqlite3.Connection | None = conn
-        try:
-            conn.execute("PRAGMA foreign_keys = ON")
-            # WAL lets `secagg rounds` read while the coordinator writes; synchronous=FULL
-            # fsyncs the log at every commit, so a committed round survives a power cut.
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            self._ensure_schema()
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            self._conn = None
-            raise ConfigurationError(f"{self._path} is not a usable round ledger: {exc}") from exc
+            self._conn = _open_writer(file, self._path, initialise=initialise, max_pages=max_pages)
         except BaseException:
-            conn.close()
-            self._conn = None
+            self._release()
             raise
 
-    def _ensure_schema(self) -> None:
-        with self._write() as conn:
-            tables = {
-                name
-                for (name,) in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = ?", ("table",)
-                )
-            }
-            if "schema_version" not in tables:
-                if tables:
-                    raise ConfigurationError(
-                        f"{self._path} is a SQLite database but not a secagg round ledger"
-                    )
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                return
-            rows = conn.execute("SELECT version FROM schema_version").fetchall()
-            if len(rows) != 1 or not isinstance(rows[0][0], int):
-                raise ConfigurationError(f"{self._path}: the ledger's schema version is unreadable")
-            version = rows[0][0]
-            if version > SCHEMA_VERSION:
-                raise ConfigurationError(
-                    f"{self._path} has ledger schema version {version}, newer than this secagg "
-                    f"understands ({SCHEMA_VERSION}): upgrade secagg to read it"
-                )
-            if version != SCHEMA_VERSION:
-                raise ConfigurationError(f"{self._path}: unknown ledger schema version {version}")
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> Ledger:
+        """A reader: never creates, initialises, migrates, locks or recovers anything.
+
+        Its write methods raise ``UsageError``. A missing, empty, foreign, corrupt or
+        unreadable file, or a directory, is a ``LedgerError`` naming it.
+        """
+        if str(path) == ":memory:":
+            raise UsageError("an in-memory ledger cannot be opened read-only: it would be empty")
+        self = cls.__new__(cls)
+        self._setup(str(path), clock=time.time, read_only=True)
+        file = _resolve(path)
+        self._conn, frozen = _open_reader(file, self._path)
+        if frozen is not None:
+            self._frozen = (file, frozen)
+        return self
+
+    def _setup(self, path: str, *, clock: Callable[[], float], read_only: bool) -> None:
+        self._path = path
+        self._clock = clock
+        self._read_only = read_only
+        self._lock = threading.RLock()
+        self._conn = None
+        self._lock_file = None
+        self._frozen = None
+        self._broken = None
+
+    @property
+    def path(self) -> str:
+        """The path the ledger was opened with, as given."""
+        return self._path
+
+    @property
+    def read_only(self) -> bool:
+        """True for a ledger from ``open_readonly``: its write methods raise ``UsageError``."""
+        return self._read_only
 
     # ----------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        """Close the file (idempotent). Every write has already been committed."""
+        """Close the file and release the writer's lock (idempotent). Writes are committed."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
+            try:
+                if self._conn is not None:
+                    self._conn.close()
+            finally:
                 self._conn = None
+                self._release()
+
+    def _release(self) -> None:
+        # Closing the lock file releases the flock; the file itself stays (see _take_lock).
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     def __enter__(self) -> Ledger:
         return self
@@ -296,40 +372,69 @@ class Ledger:
 
     def __repr__(self) -> str:
         state = "closed" if self._conn is None else "open"
-        return f"Ledger({self._path!r}, {state})"
+        mode = ", read-only" if self._read_only else ""
+        return f"Ledger({self._path!r}, {state}{mode})"
 
     @contextlib.contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, begin: str, action: str) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._conn
             if conn is None:
+                if self._broken is not None:
+                    raise LedgerError(self._broken)
                 raise UsageError("the round ledger is closed")
-            conn.execute(begin)
             try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT (disk full, I/O error): nothing half-written
-                # stays pending, and the caller sees the error, so it never reports success.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                conn.execute(begin)
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # Also after a failed COMMIT (disk full, I/O error): nothing half-written
+                    # stays pending, and the caller sees the error, so it never reports success.
+                    if conn.in_transaction:
+                        self._roll_back(conn)
+                    raise
+            except sqlite3.ProgrammingError:
+                raise  # our own SQL or API use is wrong: a bug, not the operator's problem
+            except sqlite3.DatabaseError as exc:
+                # The file, the disk or another program refused: one line for the operator.
+                raise LedgerError(f"round ledger {self._path}: could not {action}: {exc}") from exc
 
-    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            # A connection that cannot even roll back is in an unknown state; closing it
+            # makes SQLite discard the transaction (and recover from the log at the next
+            # opening), and every later call says why the ledger is no longer usable.
+            self._conn = None
+            self._broken = f"round ledger {self._path}: given up after a failed rollback: {exc}"
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _write(self, action: str) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        if self._read_only:
+            raise UsageError(f"the round ledger {self._path} was opened read-only: cannot {action}")
         # IMMEDIATE takes the write lock up front: the state checks a write method makes
         # (is the round still running?) cannot be invalidated before its update lands.
-        return self._transaction("BEGIN IMMEDIATE")
+        return self._transaction("BEGIN IMMEDIATE", f"{action} (nothing was written)")
 
-    def _read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
         # One read transaction per call: a record is assembled from one consistent snapshot
         # even while another process (the coordinator) writes.
-        return self._transaction("BEGIN")
+        with self._transaction("BEGIN", "read it") as conn:
+            yield conn
+        if self._frozen is not None and _stat(self._frozen[0]) != self._frozen[1]:
+            raise LedgerError(
+                f"round ledger {self._path} changed while it was being read: run this again"
+            )
 
     # ----------------------------------------------------------------- writing
     def recover(self) -> list[int]:
         """Abort every round left running by a coordinator that died; return their ids."""
         now = self._clock()
-        with self._write() as conn:
+        with self._write("recover the rounds left running") as conn:
             ids = [
                 round_id
                 for (round_id,) in conn.execute(
@@ -363,7 +468,7 @@ class Ledger:
         dim: int,
     ) -> None:
         """Record a new round as running, before its first message goes out."""
-        round_id = _int(round_id, "round id", minimum=1)
+        round_id = _round_id(round_id)
         session_id = _hash(session_id, "session id")
         task_hash = _hash(task_hash, "task hash")
         protocol = _text(protocol, "protocol")
@@ -378,7 +483,7 @@ class Ledger:
         if threshold > len(members):
             raise UsageError(f"threshold {threshold} exceeds the cohort of {len(members)}")
         now = self._clock()
-        with self._write() as conn:
+        with self._write(f"start round {round_id}") as conn:
             if conn.execute("SELECT 1 FROM rounds WHERE round_id = ?", (round_id,)).fetchone():
                 raise UsageError(f"round {round_id} already exists in the ledger")
             conn.execute(
@@ -403,9 +508,10 @@ class Ledger:
 
     def record_stage(self, round_id: int, stage: str, seconds: float) -> None:
         """Record how long one stage of a running round took (once per stage)."""
+        round_id = _round_id(round_id)
         stage = _text(stage, "stage")
         seconds = _amount(seconds, "stage seconds")
-        with self._write() as conn:
+        with self._write(f"record how long round {round_id} spent in {stage}") as conn:
             _require_running(conn, round_id)
             if conn.execute(
                 "SELECT 1 FROM stage_timings WHERE round_id = ? AND stage = ?", (round_id, stage)
@@ -424,12 +530,13 @@ class Ledger:
 
         The client need not be in the cohort: a message from an unknown client is a drop too.
         """
+        round_id = _round_id(round_id)
         client_id = _int(client_id, "client id")
         stage = _text(stage, "stage")
         reason = _text(reason, "drop reason")
         if not isinstance(detail, str):
             raise UsageError("a drop's detail must be a str")
-        with self._write() as conn:
+        with self._write(f"record that round {round_id} dropped client {client_id}") as conn:
             _require_running(conn, round_id)
             conn.execute(
                 "INSERT INTO drops (round_id, client_id, stage, reason, detail)"
@@ -447,7 +554,13 @@ class Ledger:
         upload_bytes_per_client: float,
         download_bytes_per_client: float,
     ) -> None:
-        """Record a round as completed with its aggregate; durable once this returns."""
+        """Record a round as completed with its aggregate; durable once this returns.
+
+        All or nothing, in one transaction: if the write fails (``LedgerError``: disk full,
+        I/O error) the round is still ``running``, without aggregate, and ``recover()`` at
+        the next start aborts it; a completed round always has its aggregate.
+        """
+        round_id = _round_id(round_id)
         members = [_int(c, "client id") for c in included]
         if len(set(members)) != len(members):
             raise UsageError("the included clients list an id twice")
@@ -461,7 +574,7 @@ class Ledger:
         up = _amount(upload_bytes_per_client, "upload bytes per client")
         down = _amount(download_bytes_per_client, "download bytes per client")
         now = self._clock()
-        with self._write() as conn:
+        with self._write(f"complete round {round_id}") as conn:
             _require_running(conn, round_id)
             threshold, dim = conn.execute(
                 "SELECT threshold, dim FROM rounds WHERE round_id = ?", (round_id,)
@@ -500,9 +613,10 @@ class Ledger:
 
     def abort_round(self, round_id: int, reason: str) -> None:
         """Record a running round as aborted, with a human-readable reason (no aggregate)."""
+        round_id = _round_id(round_id)
         reason = _text(reason, "abort reason")
         now = self._clock()
-        with self._write() as conn:
+        with self._write(f"abort round {round_id}") as conn:
             _require_running(conn, round_id)
             conn.execute(
                 "UPDATE rounds SET outcome = ?, abort_reason = ?, finished_at = ?"
@@ -518,6 +632,7 @@ class Ledger:
 
     def round(self, round_id: int) -> RoundRecord:
         """One round; ``UsageError`` if the ledger has no such round."""
+        round_id = _round_id(round_id)
         with self._read() as conn:
             records = _load(conn, round_id)
         if not records:
@@ -541,6 +656,7 @@ class Ledger:
         ``UsageError`` if the round is unknown or did not complete; ``DecodeError`` if what
         is stored is not the aggregate that was written (wrong length or digest).
         """
+        round_id = _round_id(round_id)
         with self._read() as conn:
             row = conn.execute(
                 "SELECT r.outcome, r.dim, a.round_id IS NOT NULL, a.length, a.sha256, a.data"
@@ -563,6 +679,299 @@ class Ledger:
         if hashlib.sha256(data).digest() != digest:
             raise DecodeError(f"round {round_id}: stored aggregate does not match its digest")
         return np.frombuffer(data, dtype="<f8").astype(np.float64)
+
+
+# ----------------------------------------------------------------- opening
+def _resolve(path: str | Path) -> Path:
+    # Symlinks resolved: two names for one ledger must find the same lock file.
+    return Path(path).resolve()
+
+
+def _stat(file: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _wal(file: Path) -> Path:
+    return file.with_name(file.name + "-wal")
+
+
+def _take_lock(file: Path, shown: str) -> BinaryIO:
+    """Hold ``<ledger>.lock`` exclusively for the writer's life; refuse if another has it.
+
+    ``flock`` rather than SQLite's own locks (which only last a transaction), and on a file
+    of its own rather than the database: closing any descriptor of a file drops every POSIX
+    lock the process holds on it, SQLite's included, and SQLite opens the database itself.
+    The kernel drops a flock when its holder dies, even by SIGKILL, so a stale lock file
+    never blocks a restart. The file is never deleted: unlinking it while another process
+    waits to open it would let two writers lock two different files of the same name.
+    """
+    lock_path = file.with_name(file.name + LOCK_SUFFIX)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        raise LedgerError(
+            f"cannot open the round ledger {shown}: directory {file.parent} does not exist"
+        ) from None
+    except OSError as exc:
+        raise LedgerError(
+            f"cannot lock the round ledger {shown}: {lock_path}: {exc.strerror}"
+        ) from None
+    handle = os.fdopen(fd, "r+b", buffering=0)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        handle.close()
+        who = f"pid {holder}" if holder.isdigit() else "pid unknown"
+        raise LedgerError(
+            f"the round ledger {shown} is in use by another coordinator ({who}, lock "
+            f"{lock_path}): stop that one first, or give this one its own ledger"
+        ) from None
+    except OSError as exc:
+        handle.close()
+        raise LedgerError(f"cannot lock the round ledger {shown}: {exc.strerror}") from None
+    # Ours now: say who holds it, for the message a second coordinator prints.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return handle
+
+
+def _identify(file: Path, shown: str) -> _Found:
+    try:
+        with open(file, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return _Found.NOTHING
+    except IsADirectoryError:
+        raise LedgerError(f"{shown} is a directory, not a round ledger") from None
+    except PermissionError:
+        raise LedgerError(f"cannot read the round ledger {shown}: permission denied") from None
+    except OSError as exc:
+        raise LedgerError(f"cannot read the round ledger {shown}: {exc.strerror}") from None
+    if not head:
+        return _Found.EMPTY_FILE
+    return _Found.SQLITE if head == _SQLITE_MAGIC else _Found.FOREIGN
+
+
+def _refuse_stale_log(file: Path, shown: str) -> None:
+    # SQLite would replay a write-ahead log left beside a missing or emptied database into
+    # the new one: rounds of some other ledger, or half of one, would appear in it.
+    wal = _wal(file)
+    with contextlib.suppress(OSError):
+        if wal.stat().st_size > 0:
+            raise LedgerError(
+                f"refusing to start a new round ledger at {shown}: {wal} is the write-ahead log "
+                "of a ledger that was there; restore that ledger or move the log away"
+            )
+
+
+def _connect(target: str, shown: str, *, uri: bool = False) -> sqlite3.Connection:
+    try:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is
+        # exactly one method call and nothing is left open between calls.
+        return sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open the round ledger {shown}: {exc}") from None
+
+
+def _configure_writer(conn: sqlite3.Connection, shown: str, max_pages: int | None) -> None:
+    conn.execute("PRAGMA foreign_keys = ON")
+    # WAL lets `secagg rounds` read while the coordinator writes; synchronous=FULL fsyncs
+    # the log at every commit, so a committed round survives a power cut.
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if shown != ":memory:" and str(mode).lower() != "wal":
+        raise LedgerError(
+            f"round ledger {shown}: SQLite cannot use write-ahead logging there (journal mode "
+            f"{mode}); put the ledger on a local file system"
+        )
+    conn.execute("PRAGMA synchronous = FULL")
+    if max_pages is not None:
+        conn.execute(f"PRAGMA max_page_count = {int(max_pages)}")
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _check_schema(conn: sqlite3.Connection, shown: str) -> bool:
+    """True for a ledger of our schema version, False for a database with nothing in it;
+    ``LedgerError`` for anything else."""
+    objects = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
+    if not objects:
+        return False
+    tables = {name for kind, name in objects if kind == "table"}
+    triggers = {name for kind, name in objects if kind == "trigger"}
+    if "schema_version" not in tables:
+        names = sorted(tables)
+        listed = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "") or "none"
+        raise LedgerError(
+            f"{shown} is an SQLite database but not a secagg round ledger (tables: {listed})"
+        )
+    rows = conn.execute("SELECT version FROM schema_version").fetchall()
+    if len(rows) != 1 or type(rows[0][0]) is not int:
+        raise LedgerError(f"{shown}: the round ledger's schema version is unreadable")
+    version = rows[0][0]
+    if version > SCHEMA_VERSION:
+        raise LedgerError(
+            f"{shown} has ledger schema version {version}, newer than this secagg "
+            f"understands ({SCHEMA_VERSION}): upgrade secagg to use it"
+        )
+    if version != SCHEMA_VERSION:
+        raise LedgerError(
+            f"{shown} has ledger schema version {version}, which this secagg does not know "
+            f"(it writes version {SCHEMA_VERSION})"
+        )
+    missing = sorted((_TABLES - tables) | ({_FREEZE_TRIGGER} - triggers))
+    if missing:
+        raise LedgerError(f"{shown} is a damaged round ledger: {', '.join(missing)} missing")
+    return True
+
+
+def _create(file: Path, shown: str) -> None:
+    """Write a new, complete ledger beside ``file`` and link it into place.
+
+    Either ``file`` does not exist or it holds the whole schema: a coordinator killed while
+    creating its ledger leaves no empty or half-made file for the next start to refuse.
+    """
+    try:
+        fd, name = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".new")
+    except OSError as exc:
+        raise LedgerError(f"cannot create the round ledger {shown}: {exc.strerror}") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            # The journal mode is recorded in the file's header, so the ledger is born WAL.
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            _create_schema(conn)
+        finally:
+            conn.close()  # checkpoints the log into the file and removes it
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, file)  # never replaces: a file that appeared meanwhile is kept
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            os.rename(tmp, file)  # no hard links on this file system; we hold the lock
+        dir_fd = os.open(file.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)  # the new name is durable too
+        finally:
+            os.close(dir_fd)
+    except FileExistsError:
+        raise LedgerError(
+            f"cannot create the round ledger {shown}: another program created it meanwhile"
+        ) from None
+    except OSError as exc:
+        raise LedgerError(f"cannot create the round ledger {shown}: {exc.strerror}") from None
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot create the round ledger {shown}: {exc}") from None
+    finally:
+        for leftover in (tmp, _wal(tmp), tmp.with_name(tmp.name + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+def _open_writer(
+    file: Path, shown: str, *, initialise: bool, max_pages: int | None
+) -> sqlite3.Connection:
+    found = _identify(file, shown)
+    if found is _Found.FOREIGN:
+        raise LedgerError(f"{shown} is not an SQLite database, so not a round ledger")
+    if found is _Found.EMPTY_FILE and not initialise:
+        raise LedgerError(
+            f"{shown} is an empty file, not a round ledger: refusing to start a new ledger in "
+            "it (round ids would begin again at 1); remove it, or initialise it on purpose"
+        )
+    if found is not _Found.SQLITE:
+        _refuse_stale_log(file, shown)
+    if found is _Found.NOTHING:
+        _create(file, shown)
+    conn = _connect(str(file), shown)
+    try:
+        # Look before touching anything: even switching the journal mode writes to the
+        # file, and a database that is not ours must be left exactly as it was.
+        conn.execute("BEGIN")
+        is_ledger = _check_schema(conn, shown)
+        conn.execute("ROLLBACK")
+        if not is_ledger and not initialise:
+            raise LedgerError(
+                f"{shown} is an SQLite database with nothing in it, not a round ledger: "
+                "remove it, or initialise it on purpose"
+            )
+        _configure_writer(conn, shown, max_pages)
+        if is_ledger:
+            # SQLite opens a file it may not write read-only without a word, and only the
+            # first write would fail: find out now, with a change that is rolled back.
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE schema_version SET version = version")
+            conn.execute("ROLLBACK")
+        else:
+            _create_schema(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise LedgerError(f"cannot use the round ledger {shown}: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _open_reader(file: Path, shown: str) -> tuple[sqlite3.Connection, tuple[int, int, int] | None]:
+    found = _identify(file, shown)
+    if found is _Found.NOTHING:
+        raise LedgerError(f"no round ledger at {shown}: the file does not exist")
+    if found is not _Found.SQLITE:
+        raise LedgerError(f"{shown} is {found.value}, not a round ledger")
+    # mode=ro: SQLite itself refuses every write, and never creates the file.
+    conn = _connect(file.as_uri() + "?mode=ro", shown, uri=True)
+    frozen: tuple[int, int, int] | None = None
+    try:
+        try:
+            is_ledger = _check_schema(conn, shown)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorname not in _NO_SHARED_MEMORY:
+                raise
+            # A read-only directory where no coordinator is running: SQLite cannot create
+            # the shared-memory file WAL readers use. With no log beside the file, its bytes
+            # are the whole ledger: read them as immutable, and check after every read that
+            # no checkpoint changed them meanwhile.
+            conn.close()
+            if (_stat(_wal(file)) or (0, 0, 0))[1] > 0:
+                raise LedgerError(
+                    f"cannot read the round ledger {shown}: its write-ahead log needs a "
+                    f"writable directory ({file.parent}) to be read"
+                ) from None
+            frozen = _stat(file)
+            if frozen is None:
+                raise LedgerError(f"no round ledger at {shown}: the file is gone") from None
+            conn = _connect(file.as_uri() + "?mode=ro&immutable=1", shown, uri=True)
+            is_ledger = _check_schema(conn, shown)
+        if not is_ledger:
+            raise LedgerError(f"{shown} is an SQLite database with nothing in it, not a ledger")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise LedgerError(f"cannot read the round ledger {shown}: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn, frozen
 
 
 def _require_running(conn: sqlite3.Connection, round_id: int) -> None:
@@ -594,7 +1003,24 @@ def _load(conn: sqlite3.Connection, round_id: int | None) -> list[RoundRecord]:
     for rid, client, stage, reason, detail in conn.execute(drops_sql, params):
         drops.setdefault(rid, []).append(DropRecord(client, stage, reason, detail))
     records = []
-    for (
+    for row in rows:
+        try:
+            records.append(_record(row, cohorts, included, stages, drops))
+        except (TypeError, ValueError) as exc:
+            # CHECK constraints guard every write, but SQLite does not checksum its pages:
+            # a damaged row is a typed error naming the round, never a traceback.
+            raise DecodeError(f"round {row[0]!r} in the ledger is corrupt: {exc}") from None
+    return records
+
+
+def _record(
+    row: tuple[Any, ...],
+    cohorts: Mapping[int, list[int]],
+    included: Mapping[int, list[int]],
+    stages: Mapping[int, dict[str, float]],
+    drops: Mapping[int, list[DropRecord]],
+) -> RoundRecord:
+    (
         rid,
         session_id,
         task_hash,
@@ -610,31 +1036,35 @@ def _load(conn: sqlite3.Connection, round_id: int | None) -> list[RoundRecord]:
         down,
         has_aggregate,
         total_weight,
-    ) in rows:
-        records.append(
-            RoundRecord(
-                round_id=rid,
-                session_id=bytes(session_id),
-                task_hash=bytes(task_hash),
-                protocol=protocol,
-                cohort=tuple(cohorts.get(rid, ())),
-                degree=degree,
-                threshold=threshold,
-                dim=dim,
-                started_at=started_at,
-                finished_at=finished_at,
-                outcome=RoundOutcome(outcome),
-                abort_reason=abort_reason,
-                included=tuple(included.get(rid, ())),
-                stage_seconds=MappingProxyType(stages.get(rid, {})),
-                drops=tuple(drops.get(rid, ())),
-                upload_bytes_per_client=up,
-                download_bytes_per_client=down,
-                has_aggregate=bool(has_aggregate),
-                total_weight=total_weight,
-            )
-        )
-    return records
+    ) = row
+    return RoundRecord(
+        round_id=rid,
+        session_id=_stored_hash(session_id, "session id"),
+        task_hash=_stored_hash(task_hash, "task hash"),
+        protocol=protocol,
+        cohort=tuple(cohorts.get(rid, ())),
+        degree=degree,
+        threshold=threshold,
+        dim=dim,
+        started_at=started_at,
+        finished_at=finished_at,
+        outcome=RoundOutcome(outcome),
+        abort_reason=abort_reason,
+        included=tuple(included.get(rid, ())),
+        stage_seconds=MappingProxyType(stages.get(rid, {})),
+        drops=tuple(drops.get(rid, ())),
+        upload_bytes_per_client=up,
+        download_bytes_per_client=down,
+        has_aggregate=bool(has_aggregate),
+        total_weight=total_weight,
+    )
+
+
+def _stored_hash(value: object, what: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != HASH_BYTES:
+        size = len(value) if isinstance(value, bytes | str) else type(value).__name__
+        raise ValueError(f"its {what} is not {HASH_BYTES} bytes ({size})")
+    return value
 
 
 # ----------------------------------------------------------------- argument checks
@@ -648,6 +1078,11 @@ def _int(value: object, what: str, *, minimum: int = 0) -> int:
     if not minimum <= number <= _MAX_SQLITE_INT:
         raise UsageError(f"{what} must be in [{minimum}, 2**63), got {number}")
     return number
+
+
+def _round_id(value: object) -> int:
+    # Before any SQL: an id SQLite cannot hold (2**70) would be an OverflowError inside it.
+    return _int(value, "round id", minimum=1)
 
 
 def _amount(value: object, what: str) -> float:
@@ -682,6 +1117,10 @@ _OUTCOME_STYLE = {
 
 def format_rounds_table(records: Sequence[RoundRecord]) -> Table:
     """The ledger as a table for ``secagg rounds``: one row per round."""
+    # Imported here: presentation is the CLI's business, and the ledger core must not need it.
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title="secagg rounds")
     table.add_column("round", justify="right")
     table.add_column("outcome")
@@ -711,11 +1150,23 @@ def format_rounds_table(records: Sequence[RoundRecord]) -> Table:
 def export_aggregate(ledger: Ledger, round_id: int, path: Path) -> None:
     """Write a completed round's aggregate to ``path`` as a float32 ``.npy`` file.
 
-    Written beside the target and renamed into place, so ``path`` never holds half a file.
+    Written beside the target and renamed into place, so ``path`` never holds half a file
+    and nothing is left behind when writing fails. ``UsageError``/``DecodeError`` as for
+    ``Ledger.aggregate`` (checked before any file is touched); ``LedgerError``, one line
+    naming the path, when the file cannot be written (missing directory, no permission, a
+    directory in the way, a full disk).
     """
     values = ledger.aggregate(round_id).astype(np.float32)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    failed = f"cannot export round {round_id} to {path}"
+    if path.is_dir():
+        raise LedgerError(f"{failed}: it is a directory")
+    if not path.parent.is_dir():
+        raise LedgerError(f"{failed}: directory {path.parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise LedgerError(f"{failed}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             # A file object, not a name: np.save would append ".npy" to a name without it.
@@ -723,7 +1174,9 @@ def export_aggregate(ledger: Ledger, round_id: int, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise LedgerError(f"{failed}: {exc.strerror or exc}") from None
         raise
