@@ -171,30 +171,41 @@ _ATTEMPT = textwrap.dedent(
 )
 
 
-def _as_unprivileged(script: str, *args: Path) -> dict[str, tuple[str, str]]:
-    """Run ``script`` where file permissions apply (as root too) and collect its attempts.
+def _unprivileged(script: str, *args: Path) -> subprocess.Popen[str]:
+    """Start ``script`` where file permissions apply (as root too), with pipes to talk to it.
 
     ``attempt(label, action)`` prints one tab-separated line: label, outcome (``ok`` or the
     exception's class) and the result or message; a message of two lines would not parse.
     """
     preexec = _drop_file_capabilities if os.geteuid() == 0 else None
     try:
-        child = subprocess.run(
+        return subprocess.Popen(
             [sys.executable, "-c", _ATTEMPT + textwrap.dedent(script), *map(str, args)],
             env={"PYTHONPATH": str(SRC)},
             preexec_fn=preexec,
-            capture_output=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=60,
         )
     except subprocess.SubprocessError as exc:
         pytest.skip(f"cannot give up root's file capabilities here: {exc}")
-    assert child.returncode == 0, child.stderr
+
+
+def _attempts(stdout: str) -> dict[str, tuple[str, str]]:
     results = {}
-    for line in child.stdout.splitlines():
+    for line in stdout.splitlines():
         label, outcome, detail = line.split("\t")
         results[label] = (outcome, detail)
     return results
+
+
+def _as_unprivileged(script: str, *args: Path) -> dict[str, tuple[str, str]]:
+    """Run ``script`` (see ``_unprivileged``) to its end and collect its attempts."""
+    child = _unprivileged(script, *args)
+    stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 0, stderr
+    return _attempts(stdout)
 
 
 def _one_line_naming(error: BaseException, path: Path) -> str:
@@ -722,6 +733,10 @@ def test_a_new_ledger_appears_whole_and_leaves_no_temporary_file(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.db", "ledger.db.lock"]
     with _raw(path) as raw:
         assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    # Readable as SQLite would make it, so `secagg rounds` works from another account.
+    assert path.stat().st_mode & 0o777 == 0o644 & ~umask
 
 
 def test_an_empty_file_is_never_silently_made_a_new_ledger(tmp_path: Path) -> None:
@@ -946,6 +961,75 @@ def test_a_reader_in_a_read_only_directory_sees_a_running_coordinators_log(
         _complete(writer, 2)  # the coordinator carries on
 
 
+def test_a_reader_of_a_read_only_directory_notices_a_checkpoint_under_its_reads(
+    tmp_path: Path,
+) -> None:
+    # Without a log beside it, such a reader reads the file's bytes directly; a coordinator
+    # started meanwhile by someone allowed to write there could rewrite them under it.
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    path = shelf / "ledger.db"
+    with Ledger(path) as writer:
+        _start(writer, 1)
+    shelf.chmod(0o555)
+    try:
+        child = _unprivileged(
+            """
+            reader = Ledger.open_readonly(sys.argv[1])
+            attempt("before", lambda: len(reader.rounds()))
+            sys.stdout.flush()
+            sys.stdin.readline()
+            attempt("after", lambda: len(reader.rounds()))
+            """,
+            path,
+        )
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == "before\tok\t1\n", child.stderr
+        if os.geteuid() != 0:
+            shelf.chmod(0o755)  # the writer's permission; root has it anyway
+        with Ledger(path) as writer:
+            _start(writer, 2)  # checkpointed into the file when the writer closes
+        stdout, stderr = child.communicate("\n", timeout=60)
+    finally:
+        shelf.chmod(0o755)
+    outcome, message = _attempts(stdout)["after"]
+    assert (outcome, message) == (
+        "LedgerError",
+        f"round ledger {path} changed while it was being read: run this again",
+    ), stderr
+
+
+def test_a_reader_in_a_read_only_directory_refuses_a_log_it_cannot_read(tmp_path: Path) -> None:
+    # A crash image whose shared-memory file is gone: SQLite would need to rebuild it beside
+    # the log, and reading the file alone would silently miss the rounds in the log.
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    path = shelf / "ledger.db"
+    with Ledger(path) as writer:
+        _start(writer, 1)
+        _start(writer, 2)
+        for name in ("ledger.db", "ledger.db-wal"):
+            (tmp_path / name).write_bytes((shelf / name).read_bytes())
+    for name in ("ledger.db", "ledger.db-wal"):  # the writer has gone, taking its files
+        (shelf / name).write_bytes((tmp_path / name).read_bytes())
+    assert sorted(p.name for p in shelf.iterdir()) == [
+        "ledger.db",
+        "ledger.db-wal",
+        "ledger.db.lock",
+    ]
+    shelf.chmod(0o555)
+    try:
+        results = _as_unprivileged(
+            'attempt("open", lambda: Ledger.open_readonly(sys.argv[1]))', path
+        )
+    finally:
+        shelf.chmod(0o755)
+    assert results["open"][0] == "LedgerError"
+    assert "write-ahead log needs a writable directory" in results["open"][1]
+    with Ledger.open_readonly(path) as reader:  # once it may, it sees every round
+        assert [r.round_id for r in reader.rounds()] == [1, 2]
+
+
 def test_without_permission_every_opening_fails_in_one_line(tmp_path: Path) -> None:
     secret = tmp_path / "unreadable.db"
     frozen = tmp_path / "frozen.db"
@@ -1111,7 +1195,12 @@ def test_export_into_a_missing_directory_or_onto_a_directory_is_one_line_and_lea
     with pytest.raises(LedgerError, match="is a directory") as failed:
         export_aggregate(ledger, 1, occupied)
     _one_line_naming(failed.value, occupied)
-    assert [p.name for p in tmp_path.iterdir()] == ["occupied"]
+    a_file = tmp_path / "a-file"
+    a_file.write_bytes(b"x")
+    with pytest.raises(LedgerError, match="is not a directory") as failed:
+        export_aggregate(ledger, 1, a_file / "mean.npy")
+    _one_line_naming(failed.value, a_file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "occupied"]
     assert list(occupied.iterdir()) == []
 
 

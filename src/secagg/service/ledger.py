@@ -21,8 +21,9 @@ Two ways to open a ledger:
   file unless asked to ``initialise`` it, and anything that is not a ledger of this schema
   version, always.
 - ``Ledger.open_readonly(path)``, for ``secagg rounds`` and other readers: SQLite's read-only
-  mode, no lock, no recovery, nothing created or changed; it works on a read-only file, in a
-  read-only directory and while a coordinator writes (write-ahead logging).
+  mode, no lock, no recovery; the ledger is never created or changed (in a writable directory
+  SQLite may leave its shared-memory file and an empty log beside it, which are harmless). It
+  works on a read-only file, in a read-only directory and while a coordinator writes (WAL).
 
 Every failure an operator can cause (a second coordinator, a file that is missing, empty,
 foreign, unreadable or read-only, a full disk) is a ``LedgerError`` with one line naming the
@@ -245,9 +246,9 @@ class _Found(Enum):
     """What is at a ledger's path, judged from the file system and the file's first bytes."""
 
     NOTHING = "nothing"
-    EMPTY_FILE = "an empty file"
-    SQLITE = "an SQLite database"
-    FOREIGN = "not an SQLite database"
+    EMPTY_FILE = "empty file"
+    SQLITE = "SQLite database"
+    FOREIGN = "something else"
 
 
 class Ledger:
@@ -846,12 +847,13 @@ def _create(file: Path, shown: str) -> None:
     Either ``file`` does not exist or it holds the whole schema: a coordinator killed while
     creating its ledger leaves no empty or half-made file for the next start to refuse.
     """
+    tmp = file.with_name(f".{file.name}.{os.urandom(6).hex()}.new")
     try:
-        fd, name = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".new")
+        # 0o644 less the umask, as SQLite itself would create it (mkstemp would make it 0o600,
+        # and an operator's `secagg rounds` under another account could not read it).
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
     except OSError as exc:
         raise LedgerError(f"cannot create the round ledger {shown}: {exc.strerror}") from None
-    os.close(fd)
-    tmp = Path(name)
     try:
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
@@ -937,8 +939,10 @@ def _open_reader(file: Path, shown: str) -> tuple[sqlite3.Connection, tuple[int,
     found = _identify(file, shown)
     if found is _Found.NOTHING:
         raise LedgerError(f"no round ledger at {shown}: the file does not exist")
-    if found is not _Found.SQLITE:
-        raise LedgerError(f"{shown} is {found.value}, not a round ledger")
+    if found is _Found.EMPTY_FILE:
+        raise LedgerError(f"{shown} is an empty file, not a round ledger")
+    if found is _Found.FOREIGN:
+        raise LedgerError(f"{shown} is not an SQLite database, so not a round ledger")
     # mode=ro: SQLite itself refuses every write, and never creates the file.
     conn = _connect(file.as_uri() + "?mode=ro", shown, uri=True)
     frozen: tuple[int, int, int] | None = None
@@ -946,18 +950,23 @@ def _open_reader(file: Path, shown: str) -> tuple[sqlite3.Connection, tuple[int,
         try:
             is_ledger = _check_schema(conn, shown)
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorname not in _NO_SHARED_MEMORY:
+            if exc.sqlite_errorname not in _NO_SHARED_MEMORY | {"SQLITE_CANTOPEN"}:
                 raise
-            # A read-only directory where no coordinator is running: SQLite cannot create
-            # the shared-memory file WAL readers use. With no log beside the file, its bytes
-            # are the whole ledger: read them as immutable, and check after every read that
-            # no checkpoint changed them meanwhile.
             conn.close()
-            if (_stat(_wal(file)) or (0, 0, 0))[1] > 0:
+            # The directory is read-only, so SQLite cannot create the shared-memory file
+            # that WAL readers use. A log beside the file holds rounds the file lacks: say
+            # so rather than read the file alone and silently miss them.
+            logged = (_stat(_wal(file)) or (0, 0, 0))[1] > 0
+            if logged and not os.access(file.parent, os.W_OK):
                 raise LedgerError(
                     f"cannot read the round ledger {shown}: its write-ahead log needs a "
                     f"writable directory ({file.parent}) to be read"
                 ) from None
+            if logged or exc.sqlite_errorname not in _NO_SHARED_MEMORY:
+                raise
+            # No log, so no coordinator running: the file's bytes are the whole ledger.
+            # Read them as immutable, and check after every read that no checkpoint (a
+            # coordinator started meanwhile) changed them under it.
             frozen = _stat(file)
             if frozen is None:
                 raise LedgerError(f"no round ledger at {shown}: the file is gone") from None
@@ -1162,6 +1171,8 @@ def export_aggregate(ledger: Ledger, round_id: int, path: Path) -> None:
     if path.is_dir():
         raise LedgerError(f"{failed}: it is a directory")
     if not path.parent.is_dir():
+        if path.parent.exists():
+            raise LedgerError(f"{failed}: {path.parent} is not a directory")
         raise LedgerError(f"{failed}: directory {path.parent} does not exist")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
