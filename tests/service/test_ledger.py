@@ -119,6 +119,13 @@ HOLDER = textwrap.dedent(
 )
 
 
+def _last_words(child: subprocess.Popen[str]) -> str:
+    """What a child that went wrong wrote on stderr (stopped first, so reading cannot hang)."""
+    child.kill()
+    child.wait(timeout=30)
+    return child.stderr.read() if child.stderr is not None else ""
+
+
 @pytest.fixture
 def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """The HOLDER coordinator on ``tmp_path / "ledger.db"``, once round 1 is running."""
@@ -132,7 +139,7 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     )
     try:
         assert child.stdout is not None
-        assert child.stdout.readline() == "running 1\n", child.stderr
+        assert child.stdout.readline() == "running 1\n", _last_words(child)
         yield child
     finally:
         if child.poll() is None:
@@ -682,7 +689,7 @@ def test_a_second_coordinator_is_refused_with_the_holders_pid_and_the_first_carr
     assert holder.stdin is not None and holder.stdout is not None
     holder.stdin.write("\n")
     holder.stdin.flush()
-    assert holder.stdout.readline() == "running 2\n", holder.stderr  # it completed round 1
+    assert holder.stdout.readline() == "running 2\n", _last_words(holder)  # round 1 completed
     holder.stdin.close()
     assert holder.wait(timeout=30) == 0
     with Ledger(path) as ledger:  # a clean exit released the lock too
@@ -984,7 +991,7 @@ def test_a_reader_of_a_read_only_directory_notices_a_checkpoint_under_its_reads(
             path,
         )
         assert child.stdout is not None and child.stdin is not None
-        assert child.stdout.readline() == "before\tok\t1\n", child.stderr
+        assert child.stdout.readline() == "before\tok\t1\n", _last_words(child)
         if os.geteuid() != 0:
             shelf.chmod(0o755)  # the writer's permission; root has it anyway
         with Ledger(path) as writer:
