@@ -159,7 +159,13 @@ class DpConfig:
             _is_number(self.sampling_rate) and 0.0 < self.sampling_rate <= 1.0,
             "sampling_rate must be in (0, 1]",
         )
-        object.__setattr__(self, "mechanism", Mechanism(self.mechanism))
+        try:
+            object.__setattr__(self, "mechanism", Mechanism(self.mechanism))
+        except ValueError:
+            names = ", ".join(m.value for m in Mechanism)
+            raise ConfigurationError(
+                f"mechanism must be one of {names}, got {self.mechanism!r}"
+            ) from None
         _require(_is_number(self.beta) and 0.0 <= self.beta < 1.0, "beta must be in [0, 1)")
         _require(
             _is_number(self.max_wrap_probability) and 0.0 < self.max_wrap_probability < 1.0,

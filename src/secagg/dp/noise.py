@@ -6,12 +6,12 @@ Two mechanisms (``Mechanism``):
   variance ``mu``. Sums of independent Skellams are Skellam with the summed parameter, which is
   why it is the default: n clients adding ``Sk(mu)`` give exactly ``Sk(n*mu)``.
 - **Discrete Gaussian** ``N_Z(0, sigma^2)``: P(x) proportional to exp(-x^2 / (2 sigma^2)) on the
-  integers (variance at most sigma^2, and within 1e-8 of it for sigma >= 1). A sum of discrete
-  Gaussians is not one; the accounting pays for that (``accounting.ddg_tau``).
+  integers (variance below sigma^2, by a relative 2e-7 at sigma = 1 and far less above). A sum
+  of discrete Gaussians is not one; the accounting pays for that (``accounting.ddg_tau``).
 
 Never numpy's generators: every uniform comes from ``rng.words`` (AES-CTR), two words per
 53-bit double. All samplers are vectorised rejection loops that redraw only for the samples
-still rejected, so 100,000 samples cost a few milliseconds at any parameter in range.
+still rejected, so 100,000 samples cost 5-20 milliseconds at any parameter in range.
 
 What floating point costs. Uniforms live on a 2^-53 grid and logs/exps round, so each outcome's
 probability is off by a relative ~1e-15 where it is not tiny, and outcomes whose probability is
