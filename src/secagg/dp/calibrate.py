@@ -21,7 +21,15 @@ coordinate of the clipped sum is a Rademacher sum with variance proxy ``(n c s)^
 rounding errors are independent, bounded in an interval of length 1 (proxy 1/4 each, plus at
 most beta/(1 - beta) of bias each when beta > 0); the noise's moment generating function is
 exact (Skellam: ``n mu (cosh t - 1)``) or bounded (discrete Gaussian: ``n sigma^2 t^2 / 2``,
-Canonne-Kamath-Steinke). So the stated figure is an upper bound, not an estimate.
+Canonne-Kamath-Steinke). So the stated figure is an upper bound, not an estimate. It assumes
+honest inputs: a client that chooses its update knowing the signs (or sends any ring vector at
+all, which secure aggregation cannot prevent) can make coordinates wrap. That harms accuracy,
+not privacy: wrapping is a public function of the sum and of that client's own vector.
+
+**Who must be honest.** The guarantee counts the noise of ``min_clients`` clients. Clients who
+collude with the server and leave their noise out take it away; to tolerate k of them, set
+``min_clients`` to the smallest number of *honest* inputs a revealed sum contains (the
+protocol's minimum cohort minus k).
 
 **Rounding does not silently dominate.** Rounding to integers inflates the sensitivity from
 ``c s`` to ``Delta_2`` (up to ``c s + sqrt(D)``), and the noise with it; a configuration where
@@ -427,13 +435,11 @@ class _Calibration:
         return hi
 
 
-def _knobs(config: DpConfig) -> str:
-    privacy = (
-        "raise target_epsilon (or lower rounds or sampling_rate)"
-        if config.target_epsilon is not None
-        else "lower noise_multiplier"
-    )
-    return privacy
+def _privacy_knob(config: DpConfig) -> str:
+    """The knob that asks for less noise, in the terms the user configured."""
+    if config.target_epsilon is not None:
+        return "raise target_epsilon (or lower rounds or sampling_rate)"
+    return "lower noise_multiplier"
 
 
 def calibrate(config: DpConfig) -> DpPlan:
@@ -453,7 +459,7 @@ def calibrate(config: DpConfig) -> DpPlan:
     if search.local_variance(noise) > MAX_LOCAL_VARIANCE:
         raise ConfigurationError(
             f"the noise this guarantee needs is beyond what the samplers support "
-            f"(local variance above 2^50 at the smallest usable scale): {_knobs(config)}"
+            f"(local variance above 2^50 at the smallest usable scale): {_privacy_knob(config)}"
         )
     wrap_at_min = search.wrap(u_min, noise)
     if wrap_at_min > config.max_wrap_probability:
@@ -462,8 +468,8 @@ def calibrate(config: DpConfig) -> DpPlan:
             f"even at the smallest scale rounding allows (inflation "
             f"{config.max_rounding_inflation:g}) a coordinate wraps with probability up to "
             f"{wrap_at_min:.3g} > max_wrap_probability={config.max_wrap_probability:g}; "
-            f"raise bits (or {_knobs(config)}, lower max_clients, raise max_rounding_inflation "
-            f"or max_wrap_probability)"
+            f"raise bits (or {_privacy_knob(config)}, lower max_clients, raise "
+            f"max_rounding_inflation or max_wrap_probability)"
         )
     # The largest u that still fits: at u_hi the rotated signal alone has a proxy std of
     # 2^(bits+2), so it cannot fit; bisect in log space between the two.
