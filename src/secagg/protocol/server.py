@@ -35,7 +35,6 @@ import hashlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
@@ -77,6 +76,7 @@ from secagg.protocol.messages import (
     UnmaskResponse,
     decode,
 )
+from secagg.protocol.stages import CLIENT_MESSAGE, SESSION_AGREEMENT, Stage
 
 __all__ = ["Drop", "RoundResult", "Server", "Stage"]
 
@@ -89,33 +89,6 @@ def _digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-class Stage(StrEnum):
-    """Every stage of a round, in order; the one name used by drivers, drop schedules, the
-    ledger, reports and tests."""
-
-    COMMIT = "commit"
-    REVEAL = "reveal"
-    ADVERTISE = "advertise"
-    SHARE = "share"
-    MASKED_INPUT = "masked-input"
-    CONSISTENCY = "consistency"
-    UNMASK = "unmask"
-    COMPLETED = "completed"
-    ABORTED = "aborted"
-
-
-# The stages before the session is agreed: their messages carry the config id.
-SESSION_AGREEMENT = frozenset({Stage.COMMIT, Stage.REVEAL})
-
-_EXPECTED_MESSAGE: dict[Stage, type[Message]] = {
-    Stage.COMMIT: Commitment,
-    Stage.REVEAL: Reveal,
-    Stage.ADVERTISE: AdvertiseKeys,
-    Stage.SHARE: EncryptedShares,
-    Stage.MASKED_INPUT: MaskedInput,
-    Stage.CONSISTENCY: ConsistencySignature,
-    Stage.UNMASK: UnmaskResponse,
-}
 _MISSED: dict[Stage, DropReason] = {
     Stage.COMMIT: DropReason.MISSED_COMMIT,
     Stage.REVEAL: DropReason.MISSED_REVEAL,
@@ -302,7 +275,7 @@ class Server:
             except DecodeError as exc:
                 self.drop(sender, DropReason.MALFORMED, str(exc))
                 return
-        expected = _EXPECTED_MESSAGE[self._stage]
+        expected = CLIENT_MESSAGE[self._stage]
         if not isinstance(message, expected):
             self.drop(
                 sender,
