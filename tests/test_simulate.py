@@ -22,6 +22,8 @@ def test_random_dropout_at_every_stage_still_gives_the_mean_of_the_included() ->
     params = Params(dim=50, max_clients=40)
     drops = DropSchedule(
         {
+            "commit": frozenset({5}),
+            "reveal": frozenset({6}),
             "advertise": frozenset({1}),
             "share": frozenset({2}),
             "masked-input": frozenset({3}),
@@ -32,13 +34,17 @@ def test_random_dropout_at_every_stage_still_gives_the_mean_of_the_included() ->
     result = simulate_round(params, 40, inputs, drops=drops, seed=5)
     report = result.report
     assert report.outcome == "completed"
-    assert set(report.included) == set(range(40)) - {1, 2, 3}
+    assert set(report.included) == set(range(40)) - {1, 2, 3, 5, 6}
     assert {s: list(ids) for s, ids in report.dropped.items()} == {
+        "commit": [5],
+        "reveal": [6],
         "advertise": [1],
         "share": [2],
         "masked-input": [3],
         "unmask": [4],
     }
+    # Client 6 committed but never revealed: everyone else committed a second time.
+    assert report.session_attempts == 2
     assert report.max_abs_error is not None
     assert report.max_abs_error <= report.error_bound
     exact = np.mean([inputs(i).astype(np.float64) for i in report.included], axis=0)

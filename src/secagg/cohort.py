@@ -25,13 +25,7 @@ from numpy.typing import NDArray
 from secagg.errors import ClientAbort, ConfigurationError, SecAggError
 from secagg.parallel import usable_cores
 from secagg.protocol.client import AwaitingSurvivorList, AwaitingUnmaskRequest, Client
-from secagg.protocol.messages import (
-    Message,
-    PeerKeys,
-    PeerShares,
-    SurvivorList,
-    UnmaskRequest,
-)
+from secagg.protocol.messages import Message, PeerShares, RoundConfig, decode
 
 __all__ = ["Cohort", "Reply", "Tally"]
 
@@ -73,36 +67,35 @@ class ClientGroup:
         self._dim = dim
         self._tally = Tally(np.zeros(dim, dtype=np.float64))
 
-    def answer(self, stage: str, deliveries: Sequence[tuple[int, bytes | None]]) -> Iterator[Reply]:
+    def answer(self, deliveries: Sequence[tuple[int, bytes]]) -> Iterator[Reply]:
         """Each reply as soon as it is computed: a stage never holds every masked input."""
         for i, data in deliveries:
             try:
-                message = self._handle(stage, self._clients[i], data)
+                message = self._handle(self._clients[i], data)
             except ClientAbort as exc:
                 yield (i, None, exc.reason.value)
                 continue
             yield (i, message.encode(), None)
 
-    def _handle(self, stage: str, client: Client, data: bytes | None) -> Message:
-        if stage == "advertise":
-            return client.advertise()
-        assert data is not None
-        if stage == "share":
-            return client.share_keys(PeerKeys.decode(data))
-        if stage == "masked-input":
-            return self._mask(client, PeerShares.decode(data))
-        if stage == "consistency":
-            return client.consistency(SurvivorList.decode(data))
-        return client.unmask(UnmaskRequest.decode(data))
+    def _handle(self, client: Client, data: bytes) -> Message:
+        message = decode(data)
+        if isinstance(message, RoundConfig):
+            return client.start()  # the client was made from this very configuration
+        if isinstance(message, PeerShares):
+            return self._mask(client, message)
+        return client.receive(message)
 
     def _mask(self, client: Client, message: PeerShares) -> Message:
+        # The input is produced only now, when this client masks: a cohort of thousands
+        # never holds every vector at once.
         i = client.client_id
         values = np.asarray(self._inputs(i))
         if values.shape != (self._dim,):
             raise ConfigurationError(
                 f"client {i}'s input has shape {values.shape}; expected ({self._dim},)"
             )
-        reply = client.mask_input(message, values, self._weights[i])
+        client.set_input(values, self._weights[i])
+        reply = client.receive(message)
         state = client.state
         if isinstance(state, AwaitingUnmaskRequest | AwaitingSurvivorList):
             self._tally.clipped += state.clipped
@@ -146,16 +139,16 @@ class Cohort:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def answer(self, stage: str, deliveries: Mapping[int, bytes | None]) -> Iterator[Reply]:
+    def answer(self, deliveries: Mapping[int, bytes]) -> Iterator[Reply]:
         """Every addressed client's reply to this stage, as they come (any order)."""
         if self._local is not None:
-            yield from self._local.answer(stage, sorted(deliveries.items()))
+            yield from self._local.answer(sorted(deliveries.items()))
             return
-        batches: list[list[tuple[int, bytes | None]]] = [[] for _ in self._workers]
+        batches: list[list[tuple[int, bytes]]] = [[] for _ in self._workers]
         for i, data in sorted(deliveries.items()):
             batches[self._owner[i]].append((i, data))
         for (_, conn), batch in zip(self._workers, batches, strict=True):
-            conn.send(("answer", stage, batch))
+            conn.send(("answer", batch))
         busy = [conn for _, conn in self._workers]
         while busy:
             for ready in wait(busy):
@@ -216,7 +209,7 @@ def _serve(conn: Connection, group: ClientGroup) -> None:
             return
         try:
             if command[0] == "answer":
-                for reply in group.answer(command[1], command[2]):
+                for reply in group.answer(command[1]):
                     conn.send(("ok", reply))
                 conn.send(("ok", None))  # this batch is done
             else:

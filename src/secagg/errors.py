@@ -7,6 +7,8 @@
     ├── UsageError              we misbehaved: an API called in the wrong state or with bad types
     ├── DecodeError             bytes that are not a valid encoding: junk, truncation, trailing
     │                           bytes, out-of-range values (also ValueError)
+    ├── InputError              an update handed to a client is unusable: wrong length, NaN or
+    │                           infinity, a weight that is not an int in range (also ValueError)
     ├── CryptoError
     │   ├── AuthenticationError     an AEAD ciphertext or a signature did not verify
     │   └── InconsistentSharesError Shamir shares that do not lie on one polynomial, or whose
@@ -39,6 +41,7 @@ __all__ = [
     "DecodeError",
     "DropReason",
     "InconsistentSharesError",
+    "InputError",
     "LedgerError",
     "RoundAborted",
     "SecAggError",
@@ -60,6 +63,10 @@ class UsageError(SecAggError):
 
 class DecodeError(SecAggError, ValueError):
     """Bytes are not a valid encoding of the expected object."""
+
+
+class InputError(SecAggError, ValueError):
+    """The update given to a client cannot be sent: wrong shape, not finite, bad weight."""
 
 
 class CryptoError(SecAggError):
@@ -95,6 +102,20 @@ class AbortReason(StrEnum):
     UNEXPECTED_MESSAGE = "unexpected-message"
     MALFORMED_MESSAGE = "malformed-message"
     INVALID_CONFIG = "invalid-config"
+    # The client's own policy (its deployment) against what the server configured:
+    DOWNGRADE = "downgrade"  # a weaker server model or minimum cohort than the deployment's
+    PARAMETER_MISMATCH = "parameter-mismatch"  # protocol, dim, clip, bits, weight, ring width
+    WEAK_GRAPH = "weak-graph"  # degree or threshold other than the client computes itself
+    COHORT_NOT_ALLOWED = "cohort-not-allowed"  # an id that is not on the allow-list
+    REPLAYED_ROUND = "replayed-round"  # a round id this client has already taken part in
+    MODEL_MISMATCH = "model-mismatch"  # the model is not the one the session is bound to
+    INVALID_MODEL = "invalid-model"  # wrong length, NaN or infinity in the model
+    INVALID_UPDATE = "invalid-update"  # the update callback returned something unusable
+    UPDATE_FAILED = "update-failed"  # the update callback raised
+    STAGE_TIMEOUT = "stage-timeout"  # the server said nothing within the client's deadline
+    # Session agreement (commit and reveal):
+    BAD_CONTRIBUTIONS = "bad-contributions"  # not the committed set, or without our own
+    TOO_MANY_ATTEMPTS = "too-many-attempts"  # more commit attempts than the protocol allows
     BAD_PEER_KEY = "bad-peer-key"
     BAD_SIGNATURE = "bad-signature"
     INCONSISTENT_SURVIVORS = "inconsistent-survivors"
@@ -104,6 +125,9 @@ class AbortReason(StrEnum):
 class DropReason(StrEnum):
     """Why the server excluded a client from (the rest of) a round."""
 
+    MISSED_COMMIT = "missed-commit"
+    MISSED_REVEAL = "missed-reveal"
+    BAD_REVEAL = "bad-reveal"  # a contribution that does not match its commitment
     MISSED_ADVERTISE = "missed-advertise"
     MISSED_SHARE = "missed-share"
     MISSED_MASKED_INPUT = "missed-masked-input"

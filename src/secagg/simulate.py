@@ -24,6 +24,7 @@ from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
 from secagg.parallel import MaskApplier
 from secagg.params import Params
+from secagg.policy import ClientPolicy
 from secagg.protocol.client import Client
 from secagg.protocol.messages import Message, RoundConfig
 from secagg.protocol.server import Server, Stage
@@ -41,8 +42,20 @@ __all__ = [
     "simulate_round",
 ]
 
-DROP_STAGES = ("advertise", "share", "masked-input", "consistency", "unmask")
-SEMI_HONEST_STAGES = ("advertise", "share", "masked-input", "unmask")  # no consistency round
+# Where a client can fail to answer, in order; the names are ``Stage`` values.
+DROP_STAGES = tuple(
+    s.value
+    for s in (
+        Stage.COMMIT,
+        Stage.REVEAL,
+        Stage.ADVERTISE,
+        Stage.SHARE,
+        Stage.MASKED_INPUT,
+        Stage.CONSISTENCY,
+        Stage.UNMASK,
+    )
+)
+SEMI_HONEST_STAGES = tuple(s for s in DROP_STAGES if s != Stage.CONSISTENCY)
 WEIGHT_LEVELS = 1 << 10  # resolution of non-integer weights
 
 InputSource = Callable[[int], NDArray[np.floating]]
@@ -162,6 +175,7 @@ class RoundReport:
     client_aborts: Mapping[int, str]
     threshold: int
     degree: int
+    session_attempts: int  # commit-reveal attempts before the session was agreed
     ring_bits: int
     value_bits: int
     clip: float
@@ -187,6 +201,7 @@ class RoundReport:
             "client_aborts": {str(i): r for i, r in sorted(self.client_aborts.items())},
             "threshold": self.threshold,
             "degree": self.degree,
+            "session_attempts": self.session_attempts,
             "ring_bits": self.ring_bits,
             "value_bits": self.value_bits,
             "clip": self.clip,
@@ -287,7 +302,11 @@ def simulate_round(
     server = Server(config, pki=pki if config.active else None, apply_masks=MaskApplier(workers))
     exact_weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
 
+    policy = ClientPolicy(params, frozenset(config.client_ids))
+
     def group_of(ids: Sequence[int]) -> ClientGroup:
+        for i in ids:
+            policy.check(config, i)  # each client runs only what its deployment allows
         clients = {
             i: Client(
                 config,
@@ -303,22 +322,19 @@ def simulate_round(
     meter = _Meter()
     stage_seconds: dict[str, float] = {}
     client_aborts: dict[int, str] = {}
-    outgoing: dict[int, Message] = {}
     abort: RoundAborted | None = None
     started = time.perf_counter()
     with Cohort(group_of, config.client_ids, workers) as cohort:
-        for stage in stages:
+        outgoing: dict[int, Message] = server.start()
+        while not server.done:
+            stage = server.stage
             t0 = time.perf_counter()
-            if stage == "advertise":
-                addressed: dict[int, Message | None] = dict.fromkeys(config.client_ids)
-            else:
-                addressed = dict(outgoing)  # the server may have excluded some already
             deliveries = {
-                i: None if m is None else meter.delivered(i, m)
-                for i, m in addressed.items()
-                if drops.stage_of(i) != stage
+                i: meter.delivered(i, m)
+                for i, m in outgoing.items()
+                if drops.stage_of(i) != stage.value
             }
-            for i, data, aborted in cohort.answer(stage, deliveries):
+            for i, data, aborted in cohort.answer(deliveries):
                 if aborted is not None:
                     client_aborts[i] = aborted
                 else:
@@ -328,9 +344,10 @@ def simulate_round(
                 outgoing = server.close_stage()
             except RoundAborted as exc:
                 abort = exc
-            stage_seconds[stage] = time.perf_counter() - t0
-            if abort is not None:
-                break
+            # A stage that runs again (a second commit attempt) adds to its time.
+            stage_seconds[stage.value] = (
+                stage_seconds.get(stage.value, 0.0) + time.perf_counter() - t0
+            )
         seconds = time.perf_counter() - started
         tally = cohort.tally()
 
@@ -370,6 +387,7 @@ def simulate_round(
         client_aborts=client_aborts,
         threshold=config.threshold,
         degree=config.degree,
+        session_attempts=server.attempt,
         ring_bits=config.ring_bits,
         value_bits=params.value_bits,
         clip=params.clip,

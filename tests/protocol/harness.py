@@ -1,5 +1,9 @@
 """A small in-test driver of real clients and a real server, stage by stage.
 
+The constructor runs the session agreement (commit and reveal) unless told not to, so that
+tests of the later stages start where the server waits for advertised keys and every
+client's session is fixed.
+
 Inputs sit exactly on the quantisation grid (clip = levels / 2, so one step is 1.0), which
 makes the encoding deterministic: the expected ring sum of any set of clients is known
 exactly, and tests can compare the unmasked result with it bit for bit.
@@ -13,23 +17,24 @@ from collections.abc import Iterable
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.errors import AbortReason, ClientAbort
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.protocol.client import Client
 from secagg.protocol.messages import (
+    Contributions,
     Message,
     PeerKeys,
     PeerShares,
     RoundConfig,
     SurvivorList,
     UnmaskRequest,
-    decode,
 )
 from secagg.protocol.server import Server, Stage
 
 # The harness's stage names and the server's.
 SERVER_STAGE = {
+    "commit": Stage.COMMIT,
+    "reveal": Stage.REVEAL,
     "advertise": Stage.ADVERTISE,
     "share": Stage.SHARE,
     "mask": Stage.MASKED_INPUT,
@@ -54,6 +59,7 @@ class Harness:
         active: bool = False,
         min_cohort: int = 1,
         task_hash: bytes = bytes(32),
+        agree: bool = True,
     ) -> None:
         self.rng = DeterministicRandomness(hashlib.sha256(f"harness/{seed}".encode()).digest())
         levels = 2**value_bits - 1
@@ -101,20 +107,44 @@ class Harness:
         }
         self.row = {i: r for r, i in enumerate(client_ids)}
         self.outgoing: dict[int, Message] = {}
+        for i, client in self.clients.items():
+            client.set_input(self.values(i), self.weights[i])
+        if agree:
+            self.agree()
+
+    @property
+    def session_id(self) -> bytes:
+        return self.server.session.session_id
+
+    def agree(self, skip_commit: Iterable[int] = (), skip_reveal: Iterable[int] = ()) -> None:
+        """Commit and reveal, then fix each client's session (it does not advertise yet)."""
+        self.commit(skip_commit)
+        self.reveal(skip_reveal)
+        for i, message in self.outgoing.items():
+            assert isinstance(message, Contributions)
+            self.clients[i].agree(Contributions.decode(message.encode()))
+        self.outgoing = {}
+
+    def commit(self, skip: Iterable[int] = ()) -> dict[int, Message]:
+        """Attempt 1 starts every client; a later attempt answers the server's requests."""
+        for i in self._answering(skip) if self.outgoing else list(self.clients):
+            if i in set(skip):
+                continue
+            client = self.clients[i]
+            reply = client.receive(self.outgoing[i].encode()) if self.outgoing else client.start()
+            self.server.receive(i, reply.encode())
+        return self._close()
+
+    def reveal(self, skip: Iterable[int] = ()) -> dict[int, Message]:
+        for i in self._answering(skip):
+            self.server.receive(i, self.clients[i].receive(self.outgoing[i].encode()).encode())
+        return self._close()
 
     def respond(self, client_id: int, message: Message) -> Message:
-        """A client's answer to a server message, dispatched by type as the service does."""
+        """A client's answer to a server message, as it travels, through its one entry point."""
         client = self.clients[client_id]
-        message = decode(message.encode())  # as it travels
-        if isinstance(message, PeerKeys):
-            return client.share_keys(message)
-        if isinstance(message, PeerShares):
-            return client.mask_input(message, self.values(client_id), self.weights[client_id])
-        if isinstance(message, SurvivorList):
-            return client.consistency(message)
-        if isinstance(message, UnmaskRequest):
-            return client.unmask(message)
-        raise ClientAbort(AbortReason.UNEXPECTED_MESSAGE, type(message).__name__)
+        client.set_input(self.values(client_id), self.weights[client_id])
+        return client.receive(message.encode())
 
     def values(self, client_id: int) -> NDArray[np.float64]:
         return self.levels[self.row[client_id]].astype(np.float64) - self.config.clip
@@ -132,8 +162,14 @@ class Harness:
     # Each stage: the clients not in ``skip`` answer what the server sent them last.
     def advertise(self, skip: Iterable[int] = ()) -> dict[int, Message]:
         for i, c in self.clients.items():
-            if i not in set(skip):
-                self.server.receive(i, c.advertise().encode())
+            if i in set(skip) or i not in self.server.session.participants:
+                continue
+            contributions = self.outgoing.get(i)
+            if isinstance(contributions, Contributions):  # agreed and advertised in one step
+                advert = c.receive(contributions.encode())
+            else:
+                advert = c.advertise()
+            self.server.receive(i, advert.encode())
         return self._close()
 
     def share(self, skip: Iterable[int] = ()) -> dict[int, Message]:
@@ -162,6 +198,9 @@ class Harness:
         return self._close()
 
     def run(self, **skips: Iterable[int]) -> None:
+        if self.server.stage in (Stage.COMMIT, Stage.REVEAL):
+            self.commit(skips.get("commit", ()))
+            self.reveal(skips.get("reveal", ()))
         self.advertise(skips.get("advertise", ()))
         self.share(skips.get("share", ()))
         self.mask(skips.get("mask", ()))

@@ -26,7 +26,6 @@ from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, combine
 from secagg.protocol import derive
-from secagg.protocol.client import Client
 from secagg.protocol.messages import (
     AdvertiseKeys,
     ConsistencySignature,
@@ -100,7 +99,7 @@ class Attacker:
                 h.server.receive(i, reply)
 
     def sign(self, client: int, survivors: tuple[int, ...]) -> bytes | None:
-        message = SurvivorList(self.h.config.session_id, client, survivors)
+        message = SurvivorList(self.h.session_id, client, survivors)
         reply = self.ask(client, self.h.clients[client].consistency, message)
         return reply.signature if isinstance(reply, ConsistencySignature) else None
 
@@ -125,7 +124,7 @@ class Attacker:
     ) -> UnmaskRequest:
         view = self.masked_with[client]
         return UnmaskRequest(
-            self.h.config.session_id,
+            self.h.session_id,
             client,
             tuple(u for u in sorted(view) if u in set(survivors)),
             tuple(u for u in sorted(view) if u in set(dropped)),
@@ -167,7 +166,7 @@ class Attacker:
         return secret if check(secret) else None  # type: ignore[operator]
 
     def self_mask_seed(self, owner: int) -> bytes | None:
-        sid = self.h.config.session_id
+        sid = self.h.session_id
         commitment = self.commitments.get(owner)
         return self._secret(
             self.self_mask_shares.get(owner, {}).values(),
@@ -188,7 +187,7 @@ class Attacker:
         seed, private = self.self_mask_seed(owner), self.mask_key(owner)
         if seed is None or private is None:
             return None
-        h, sid = self.h, self.h.config.session_id
+        h, sid = self.h, self.h.session_id
         vector = self.masked[owner].copy()
         prg.add_mask(vector, derive.self_mask_key(seed, sid, owner), subtract=True)
         keys = X25519KeyPair.from_private_bytes(private)
@@ -204,7 +203,7 @@ class Attacker:
         self, survivors: Iterable[int], dropped: Iterable[int]
     ) -> NDArray[np.unsignedinteger] | None:
         """The sum of the survivors' inputs, if the loot removes every mask from it."""
-        h, sid = self.h, self.h.config.session_id
+        h, sid = self.h, self.h.session_id
         ring = Ring(h.config.ring_bits)
         survivors, dropped = list(survivors), list(dropped)
         total = ring.zeros(h.config.vector_length)
@@ -390,7 +389,7 @@ def test_replaying_messages_from_another_session(active: bool) -> None:
         assert isinstance(reply, EncryptedShares)
     # A whole message from the other session is refused in either mode.
     with pytest.raises(ClientAbort) as caught:
-        h.clients[3].share_keys(dataclasses.replace(peer_keys[3], session_id=old.config.session_id))
+        h.clients[3].share_keys(dataclasses.replace(peer_keys[3], session_id=old.session_id))
     assert caught.value.reason is AbortReason.WRONG_SESSION
 
 
@@ -427,7 +426,7 @@ def test_substituting_public_keys_to_decrypt_a_victims_shares(active: bool) -> N
         assert not a.learned_input_of(VICTIM)
         return
     # The attacker opens what the victim sealed "for" the substituted peers.
-    sid = h.config.session_id
+    sid = h.session_id
     victim_cipher = a.adverts[VICTIM].cipher_public
     for u, (cipher, _) in forged_keys.items():
         key = derive.share_encryption_key(
@@ -458,16 +457,11 @@ def test_sending_different_models_to_different_clients(active: bool) -> None:
     n = 7
     honest = Harness(n, threshold=4, active=active, seed=20, task_hash=b"A" * 32)
     isolated = Harness(n, threshold=4, active=active, seed=20, task_hash=b"B" * 32)
-    honest.clients[VICTIM] = Client(
-        isolated.config,
-        VICTIM,
-        isolated.rng.fork("victim"),
-        identity=honest.identities[VICTIM],
-        pki=honest.pki,
-    )
+    # The victim agreed on its session of model B; the others on theirs, of model A.
+    honest.clients[VICTIM] = isolated.clients[VICTIM]
     a = Attacker(honest)
-    session = {i: honest.config.session_id for i in range(n)}
-    session[VICTIM] = isolated.config.session_id
+    session = {i: honest.session_id for i in range(n)}
+    session[VICTIM] = isolated.session_id
     for i, c in honest.clients.items():
         a.adverts[i] = c.advertise()
     peer_keys = a.peer_keys(session)

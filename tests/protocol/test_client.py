@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from secagg.errors import AbortReason, ClientAbort, UsageError
+from secagg.errors import AbortReason, ClientAbort, InputError, UsageError
 from secagg.protocol.client import Aborted, Completed
 from secagg.protocol.messages import (
     PeerKeyEntry,
@@ -229,7 +229,7 @@ def test_client_masks_with_a_peer_whose_sealed_share_is_tampered_and_reports_it(
 def test_client_aborts_on_a_message_out_of_order() -> None:
     h, _ = _peer_keys()
     with pytest.raises(ClientAbort) as caught:
-        h.clients[VICTIM].unmask(UnmaskRequest(h.config.session_id, VICTIM, (), ()))
+        h.clients[VICTIM].unmask(UnmaskRequest(h.session_id, VICTIM, (), ()))
     assert caught.value.reason is AbortReason.UNEXPECTED_MESSAGE
 
 
@@ -239,7 +239,7 @@ def test_client_refuses_an_input_of_the_wrong_dimension() -> None:
     h.share()
     message = h.outgoing[VICTIM]
     assert isinstance(message, PeerShares)
-    with pytest.raises(UsageError):
+    with pytest.raises(InputError):
         h.clients[VICTIM].mask_input(message, np.zeros(h.config.dim + 1))
 
 
@@ -258,7 +258,7 @@ def test_client_state_and_repr_hide_every_secret(caplog: pytest.LogCaptureFixtur
     state_before = client.state
     client.unmask(request)
     texts = [repr(client), repr(state_before), repr(client.state), caplog.text]
-    secrets = [h.config.session_id.hex()]
+    secrets = [h.session_id.hex()]
     held = state_before.held_shares  # type: ignore[union-attr]
     for a, b in held.values():
         secrets += [hex(a.y), str(a.y), hex(b.y), str(b.y)]

@@ -14,7 +14,7 @@ the field) from senders in and out of the cohort, before and after the honest me
 either abort (``RoundAborted``) or give exactly the sum of the inputs it took.
 
 Each client handler gets random server messages of the kind it expects (and random inputs to
-mask): it may only answer or raise ``ClientAbort`` (``UsageError`` or ``ConfigurationError``
+mask): it may only answer or raise ``ClientAbort`` (``InputError`` or ``ConfigurationError``
 for an input vector it cannot encode), and an answer never reveals both shares of a peer.
 
 With atheris installed, ``tests/fuzz/fuzz_decode.py`` also runs for a bounded number of
@@ -44,6 +44,7 @@ from secagg.errors import (
     ClientAbort,
     ConfigurationError,
     DecodeError,
+    InputError,
     RoundAborted,
     UsageError,
 )
@@ -440,7 +441,7 @@ def fuzz_payloads(draw: st.DrawFn, h: Harness, honest: dict[int, Message], sende
     if kind == "random":
         message = draw(MESSAGES)
         if hasattr(message, "client_id") and draw(st.booleans()):
-            message = replace(message, session_id=h.config.session_id, client_id=sender)
+            message = replace(message, session_id=h.session_id, client_id=sender)
         return message.encode()
     return draw(st.sampled_from([h.config, *h.outgoing.values()])).encode()
 
@@ -586,7 +587,7 @@ def test_server_drops_a_client_that_advertises_one_key_twice(active: bool) -> No
             advert = replace(advert, mask_public=advert.cipher_public)
             if active:
                 signed = derive.advertise_signed_bytes(
-                    h.config.session_id, 0, advert.cipher_public, advert.mask_public
+                    h.session_id, 0, advert.cipher_public, advert.mask_public
                 )
                 advert = replace(advert, signature=h.identities[0].sign(signed))
         h.server.receive(i, advert.encode())
@@ -646,7 +647,7 @@ def server_messages(draw: st.DrawFn, h: Harness, c: int) -> Message:
     cohort = list(h.config.client_ids)
     some_id = st.sampled_from([*cohort, *STRANGERS])
     some_ids = st.lists(some_id, max_size=8).map(tuple)
-    session = st.sampled_from([h.config.session_id, bytes(32)])
+    session = st.sampled_from([h.session_id, bytes(32)])
     recipient = st.sampled_from([c, c, (c + 1) % len(cohort), STRANGERS[0]])
     kind = draw(st.sampled_from(["random", "perturbed", "mutated"]))
     if kind == "mutated":
@@ -753,7 +754,7 @@ def test_client_handlers_answer_or_abort_and_never_reveal_both_shares(
         values = data.draw(values_for(h, c), label="values")
         weight = data.draw(st.sampled_from([h.weights[c], 0, -1, h.config.max_weight + 1]))
         handler = functools.partial(client.mask_input, message, values, weight)
-        allowed = (ClientAbort, UsageError, ConfigurationError)
+        allowed = (ClientAbort, InputError, ConfigurationError)
     elif isinstance(message, SurvivorList):
         handler = functools.partial(client.consistency, message)
     else:
@@ -800,7 +801,7 @@ def test_a_handler_given_another_kind_of_message_aborts(stage: str) -> None:
     h = base_round(stage, False, False)
     c = sorted(h.outgoing)[0]
     client = copy.copy(h.clients[c])
-    sid = h.config.session_id
+    sid = h.session_id
     wrong = {
         "share": lambda: client.share_keys(UnmaskRequest(sid, c, (), ())),  # type: ignore[arg-type]
         "mask": lambda: client.mask_input(PeerKeys(sid, c, ()), h.values(c)),  # type: ignore[arg-type]

@@ -12,12 +12,17 @@ from secagg.errors import DecodeError, UsageError
 from secagg.protocol.messages import (
     CIPHERTEXT_BYTES,
     AdvertiseKeys,
+    Commitment,
+    CommitmentDigest,
+    CommitRequest,
+    Contributions,
     EncryptedShares,
     MaskedInput,
     Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
+    Reveal,
     RoundConfig,
     UnmaskRequest,
     UnmaskResponse,
@@ -50,6 +55,12 @@ def sample_messages() -> list[Message]:
     ct = bytes(CIPHERTEXT_BYTES)
     return [
         _config(),
+        Commitment(SID, 3, 1, b"h" * 32),
+        CommitmentDigest(SID, 3, 1, b"d" * 32, 4),
+        Reveal(SID, 3, 1, b"r" * 32),
+        CommitRequest(SID, 3, 2),
+        Contributions(SID, 3, 1, ((1, b"r" * 32), (3, b"q" * 32))),
+        Contributions(SID, 3, 3, ()),
         AdvertiseKeys(SID, 3, b"c" * 32, b"m" * 32),
         PeerKeys(
             SID, 3, (PeerKeyEntry(1, b"a" * 32, b"b" * 32), PeerKeyEntry(4, b"d" * 32, b"e" * 32))
@@ -142,17 +153,24 @@ def test_config_rejects_threshold_one() -> None:
         _config(threshold=1)
 
 
-def test_session_id_changes_with_every_field() -> None:
-    base = _config().session_id
-    assert _config(round_id=8).session_id != base
-    assert _config(nonce=b"m" * 16).session_id != base
-    assert _config(task_hash=b"t" * 32).session_id != base
-    assert _config(dim=11).session_id != base
-    assert _config().session_id == base
+def test_config_id_changes_with_every_field() -> None:
+    base = _config().config_id
+    assert _config(round_id=8).config_id != base
+    assert _config(nonce=b"m" * 16).config_id != base
+    assert _config(task_hash=b"t" * 32).config_id != base
+    assert _config(dim=11).config_id != base
+    assert _config().config_id == base
 
 
 def test_repr_of_messages_hides_keys_shares_and_vectors() -> None:
-    secretish = [b"c" * 32, b"m" * 32, b"s" * 33, b"\x01\x02\x03", bytes(CIPHERTEXT_BYTES)]
+    secretish = [
+        b"c" * 32,
+        b"m" * 32,
+        b"s" * 33,
+        b"r" * 32,
+        b"\x01\x02\x03",
+        bytes(CIPHERTEXT_BYTES),
+    ]
     for message in sample_messages():
         text = repr(message)
         for blob in secretish:

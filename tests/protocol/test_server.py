@@ -50,7 +50,9 @@ def test_client_dropped_at_unmask_is_still_included() -> None:
 
 
 def test_drops_at_every_stage_at_once_in_a_secagg_plus_round() -> None:
-    h = Harness(12, degree=6, threshold=3)
+    # Seed 2 gives a graph in which client 11's drop at unmask still leaves t holders of
+    # every secret (with most graphs it does not, and the round aborts: test_round_properties).
+    h = Harness(12, degree=6, threshold=3, seed=2)
     h.run(advertise=[0], share=[5], mask=[9], unmask=[11])
     included = [i for i in range(12) if i not in (0, 5, 9)]
     assert h.server.result.included == tuple(included)
@@ -91,7 +93,7 @@ def test_malformed_bytes_drop_the_sender_and_the_round_goes_on() -> None:
 
 def test_message_for_the_wrong_stage_drops_the_sender() -> None:
     h = Harness(6, threshold=3)
-    h.server.receive(2, UnmaskRequest(h.config.session_id, 2, (), ()).encode())
+    h.server.receive(2, UnmaskRequest(h.session_id, 2, (), ()).encode())
     assert _reason(h, 2) is DropReason.WRONG_STAGE
 
 

@@ -354,7 +354,7 @@ class RoundMachine(RuleBasedStateMachine):
         """Every message of an honest round of the same shape in another session."""
         if self._foreign is None:
             f = Harness(**self.params, seed=self.seed + 7919)
-            assert f.config.session_id != self.h.config.session_id
+            assert f.session_id != self.h.session_id
             found: dict[str, dict[int, bytes]] = {}
             outgoing: dict[int, Message] = {}
             replies: dict[int, Message] = {i: c.advertise() for i, c in f.clients.items()}
@@ -456,7 +456,7 @@ class RoundMachine(RuleBasedStateMachine):
         if not self.troublemakers():
             return
         c = data.draw(st.sampled_from(sorted(self.troublemakers())), label="sender")
-        sid = self.h.config.session_id
+        sid = self.h.session_id
         key = bytes(range(32))
         kinds: list[Message] = [
             self.h.config,
@@ -575,7 +575,7 @@ class RoundMachine(RuleBasedStateMachine):
             tampers["wrong-recipient"] = (replace(m, recipient=other), wrong)
         if c in self.previous:  # the previous stage's message again
             tampers["replayed"] = (self.previous[c], frozenset({AbortReason.UNEXPECTED_MESSAGE}))
-        sid = self.h.config.session_id
+        sid = self.h.session_id
         if not isinstance(m, UnmaskRequest):
             tampers["out-of-order"] = (
                 UnmaskRequest(sid, c, (), ()),

@@ -18,9 +18,9 @@ import pytest
 from secagg.errors import DropReason
 from secagg.service.client import ClientSettings, Rejected, SecAggClient
 from secagg.service.coordinator import Coordinator, RoundSummary
-from secagg.service.credentials import AllowList, ClientIdentity, load_ca, sign_challenge
+from secagg.service.credentials import ClientIdentity, load_ca, sign_challenge
 from secagg.service.ledger import Ledger, RoundOutcome
-from secagg.service.run import make_coordinator
+from secagg.service.run import client_policy, make_coordinator
 from secagg.service.tasks import random_task
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
@@ -39,13 +39,15 @@ def _client(
 ) -> SecAggClient:
     config = local.config
     assert config.tls is not None
+    policy, pki = client_policy(config)
     settings = ClientSettings(
         target=f"127.0.0.1:{port}",
         identity=identity or ClientIdentity.load(local.deployment.identities[client_id]),
         ca_cert=load_ca(config.tls.ca_cert),
         max_message_bytes=config.coordinator.max_message_bytes,
+        policy=policy,
+        pki=pki,
         max_attempts=3,
-        pki=AllowList.load(config.allow_list).keys if config.allow_list else None,
     )
     return SecAggClient(settings, random_task(client_id, DIM, TASK_SEED), rounds=rounds)
 
@@ -103,6 +105,8 @@ def test_active_mode_round_over_tls_signs_keys_and_survivor_sets(local: Local) -
     assert ledger.round(summary.round_id).outcome is RoundOutcome.COMPLETED
     assert summary.outcome == "completed", summary.abort_reason
     assert set(summary.stage_seconds) == {
+        "commit",
+        "reveal",
         "advertise",
         "share",
         "masked-input",
@@ -202,21 +206,6 @@ class RawClient:
             yield frame
 
 
-def answer(client: object, data: bytes) -> bytes:
-    from secagg.protocol.client import Client
-    from secagg.protocol.messages import PeerKeys, PeerShares, UnmaskRequest, decode
-
-    assert isinstance(client, Client)
-    message = decode(data)
-    if isinstance(message, PeerKeys):
-        return client.share_keys(message).encode()
-    if isinstance(message, PeerShares):
-        values = np.zeros(DIM)
-        return client.mask_input(message, values, 1).encode()
-    assert isinstance(message, UnmaskRequest)
-    return client.unmask(message).encode()
-
-
 async def _misbehaving(local: Local, behaviour: str) -> tuple[RoundSummary, RoundSummary | None]:
     """Clients 0-3 are honest; client 4 is driven by hand and misbehaves in round 2."""
     config = local.config
@@ -239,11 +228,12 @@ async def _misbehaving(local: Local, behaviour: str) -> tuple[RoundSummary, Roun
                 rounds += 1
                 config_ = RoundConfig.decode(frame.task.round_config)
                 if rounds == 1:
-                    # Round 1: it takes part honestly; the test keeps its advert to replay.
+                    # Round 1: it takes part honestly; the test keeps its commitment to replay.
                     client = Client(config_, 4, SystemRandomness())
-                    advert = client.advertise().encode()
-                    recorded.append(advert)
-                    await raw.call.write(pb.ClientFrame(protocol=advert))
+                    client.set_input(np.zeros(DIM), 1)
+                    commitment = client.start().encode()
+                    recorded.append(commitment)
+                    await raw.call.write(pb.ClientFrame(protocol=commitment))
                 elif behaviour == "replay":
                     await raw.call.write(pb.ClientFrame(protocol=recorded[0]))
                 elif behaviour == "junk":
@@ -251,7 +241,7 @@ async def _misbehaving(local: Local, behaviour: str) -> tuple[RoundSummary, Roun
                 elif behaviour == "oversize":
                     await raw.call.write(pb.ClientFrame(protocol=bytes(raw.limit + 1)))
             elif frame.HasField("protocol") and rounds == 1 and client is not None:
-                reply = answer(client, frame.protocol)
+                reply = client.receive(frame.protocol).encode()
                 await raw.call.write(pb.ClientFrame(protocol=reply))
             elif frame.HasField("round_end") and rounds == 2:
                 return
@@ -283,7 +273,7 @@ def test_a_misbehaving_client_is_dropped_while_the_round_goes_on(
     assert second is not None
     assert second.outcome == "completed"
     assert second.included == (0, 1, 2, 3)
-    assert second.dropped[4] == ("advertise", reason.value)
+    assert second.dropped[4] == ("commit", reason.value)
     assert second.aggregate is not None
     bound = local.config.params.quantizer.error_bound()
     assert np.max(np.abs(second.aggregate - expected_mean((0, 1, 2, 3), step=1))) <= bound

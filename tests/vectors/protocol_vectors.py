@@ -70,7 +70,7 @@ SPECS: list[dict[str, Any]] = [
     },
 ]
 
-STAGES = ("advertise", "share", "mask", "unmask")
+STAGES = ("commit", "reveal", "advertise", "share", "mask", "unmask")
 
 
 def _hex(message: Message) -> str:
@@ -85,6 +85,7 @@ def record(spec: dict[str, Any]) -> dict[str, Any]:
         threshold=spec["threshold"],
         dim=spec["dim"],
         seed=spec["seed"],
+        agree=False,
     )
     skip: dict[str, list[int]] = spec.get("skip", {})
     forge: dict[str, Any] | None = spec.get("forge")
@@ -107,7 +108,7 @@ def record(spec: dict[str, Any]) -> dict[str, Any]:
                 h.outgoing[victim] = dataclasses.replace(
                     request, dropped=(*request.dropped, *forge["dropped_add"])
                 )
-            if stage != "advertise":
+            if stage != "commit":
                 for client, message in sorted(h.outgoing.items()):
                     transcript.append({"from": "server", "to": client, "hex": _hex(message)})
             getattr(h, stage)(skip=skip.get(stage, []))
@@ -124,7 +125,7 @@ def record(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "spec": spec,
         "config": h.config.encode().hex(),
-        "session_id": h.config.session_id.hex(),
+        "session_id": h.session_id.hex(),
         "messages": transcript,
         **outcome,
     }
@@ -134,6 +135,7 @@ def decoder_rejections() -> dict[str, Any]:
     """Bytes every decoder must refuse, with the reason each one is wrong."""
     h = Harness(4, threshold=2, dim=2, seed=7)
     advert = h.clients[0].advertise().encode()
+    # The session-agreement messages are covered by the round vectors above.
     cases = [
         ("trailing-byte", advert + b"\x00"),
         ("truncated", advert[:-1]),

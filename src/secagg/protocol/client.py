@@ -1,11 +1,22 @@
 """The client's side of one round, as a sans-I/O state machine.
 
-A ``Client`` is created from the round's ``RoundConfig`` and walks through four states, one
-per message it answers::
+A ``Client`` is created from the round's ``RoundConfig`` (which its owner has checked against
+its own policy, ``secagg.policy``), given its update with ``set_input``, and then driven by
+one entry point: ``start()`` gives its first message and ``receive(message)`` answers each
+server message, dispatching on its type. Its states, one per message it waits for::
 
-    Initial --advertise()--> AwaitingPeerKeys --share_keys(PeerKeys)--> AwaitingPeerShares
-      --mask_input(PeerShares, x)--> [AwaitingSurvivorList --consistency(SurvivorList)-->]
-      AwaitingUnmaskRequest --unmask(UnmaskRequest)--> Completed
+    Initial --start()--> AwaitingDigest --CommitmentDigest--> AwaitingContributions
+      --Contributions--> [Agreed --advertise()-->] AwaitingPeerKeys
+      --PeerKeys--> AwaitingPeerShares --PeerShares--> [AwaitingSurvivorList
+      --SurvivorList-->] AwaitingUnmaskRequest --UnmaskRequest--> Completed
+
+    AwaitingContributions --CommitRequest(attempt + 1)--> AwaitingDigest   (at most 3 attempts)
+
+The first two steps agree on a fresh session: the client commits to 32 random bytes, reveals
+them only once the server has fixed the digest of every commitment, and checks that the
+contributions it is then sent are exactly the committed ones and include its own. The
+session id (and the SecAgg+ graph) are hashes of all of them, so no session can be replayed
+to this client and the server cannot pick the graph.
 
 The bracketed step is active mode (a ``semi-malicious`` server model): the client signs its
 advertised keys with its long-term identity and checks every peer's signature, then signs
@@ -36,6 +47,7 @@ from secagg.errors import (
     ClientAbort,
     CryptoError,
     DecodeError,
+    InputError,
     UsageError,
 )
 from secagg.hazmat import aead, prg
@@ -46,22 +58,33 @@ from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, split
 from secagg.protocol import derive
 from secagg.protocol.messages import (
+    CONTRIBUTION_BYTES,
+    MAX_ATTEMPTS,
     AdvertiseKeys,
+    Commitment,
+    CommitmentDigest,
+    CommitRequest,
     ConsistencySignature,
+    Contributions,
     EncryptedShares,
     MaskedInput,
     Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
+    Reveal,
     RoundConfig,
     SurvivorList,
     UnmaskRequest,
     UnmaskResponse,
+    decode,
 )
 
 __all__ = [
     "Aborted",
+    "Agreed",
+    "AwaitingContributions",
+    "AwaitingDigest",
     "AwaitingPeerKeys",
     "AwaitingPeerShares",
     "AwaitingSurvivorList",
@@ -80,6 +103,29 @@ S = TypeVar("S")
 @dataclass(frozen=True)
 class Initial:
     """Created, nothing sent yet."""
+
+
+@dataclass(frozen=True)
+class AwaitingDigest:
+    """Committed to a fresh contribution; waits for the digest of every commitment."""
+
+    attempt: int
+    contribution: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AwaitingContributions:
+    """Revealed its contribution; waits for all of them (or a request to commit again)."""
+
+    attempt: int
+    contribution: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+    count: int
+
+
+@dataclass(frozen=True)
+class Agreed:
+    """The session is fixed (``Client.session``); nothing sent in it yet."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +185,9 @@ class Aborted:
 
 ClientState = (
     Initial
+    | AwaitingDigest
+    | AwaitingContributions
+    | Agreed
     | AwaitingPeerKeys
     | AwaitingPeerShares
     | AwaitingSurvivorList
@@ -173,8 +222,10 @@ class Client:
         self._rng = rng
         self._ring = Ring(config.ring_bits)
         self._quantizer = Quantizer(clip=config.clip, bits=config.value_bits)
-        self._neighbours = frozenset(derive.neighbours(config, client_id))
         self._cohort = config.cohort
+        self._session: derive.Session | None = None
+        self._neighbours: frozenset[int] = frozenset()
+        self._input: tuple[NDArray[np.floating], int] | None = None
         self._state: ClientState = Initial()
 
     def __repr__(self) -> str:
@@ -185,16 +236,151 @@ class Client:
         return self._state
 
     @property
+    def session(self) -> derive.Session:
+        if self._session is None:
+            raise UsageError("the session is not agreed yet")
+        return self._session
+
+    @property
     def neighbours(self) -> frozenset[int]:
+        """The peers this client pairs with (known once the session is agreed)."""
         return self._neighbours
+
+    # ----------------------------------------------------------------- the entry points
+    def set_input(self, values: NDArray[np.floating], weight: int = 1) -> None:
+        """The update this client contributes: ``dim`` finite values and an integer weight in
+        ``[0, max_weight]``. Checked here, so a bad update is refused before it is masked."""
+        array = np.asarray(values)
+        if array.shape != (self.config.dim,):
+            raise InputError(
+                f"the update has shape {array.shape}; the round expects ({self.config.dim},)"
+            )
+        if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(
+            array.dtype, np.integer
+        ):
+            raise InputError(f"the update must hold numbers, not {array.dtype}")
+        if not np.all(np.isfinite(array)):
+            raise InputError("the update contains NaN or infinity")
+        if isinstance(weight, bool) or not isinstance(weight, int | np.integer):
+            raise InputError(f"the weight must be an int, not {type(weight).__name__}")
+        if not 0 <= weight <= self.config.max_weight:
+            raise InputError(f"the weight {weight} is outside [0, {self.config.max_weight}]")
+        self._input = (array, int(weight))
+
+    def start(self) -> Commitment:
+        """The first message: a commitment to a fresh contribution to the session."""
+        self._expect(Initial)
+        return self._commit(1)
+
+    def receive(self, message: Message | bytes) -> Message:
+        """Answer one server message; any claim that does not check out raises ClientAbort."""
+        if not isinstance(message, Message):
+            try:
+                message = decode(message)
+            except DecodeError as exc:
+                self._abort(AbortReason.MALFORMED_MESSAGE, str(exc))
+        if isinstance(message, CommitmentDigest):
+            return self.reveal(message)
+        if isinstance(message, CommitRequest):
+            return self.recommit(message)
+        if isinstance(message, Contributions):
+            self.agree(message)
+            return self.advertise()
+        if isinstance(message, PeerKeys):
+            return self.share_keys(message)
+        if isinstance(message, PeerShares):
+            if self._input is None:
+                raise UsageError("set_input must be called before the masked-input stage")
+            values, weight = self._input
+            self._input = None  # the plaintext update is not kept past masking
+            return self.mask_input(message, values, weight)
+        if isinstance(message, SurvivorList):
+            return self.consistency(message)
+        if isinstance(message, UnmaskRequest):
+            return self.unmask(message)
+        self._abort(
+            AbortReason.UNEXPECTED_MESSAGE, f"{type(message).__name__} is never sent to a client"
+        )
+
+    # ----------------------------------------------------------------- the session
+    def _commit(self, attempt: int) -> Commitment:
+        contribution = self._rng.bytes(CONTRIBUTION_BYTES)
+        self._state = AwaitingDigest(attempt, contribution)
+        config_id = self.config.config_id
+        return Commitment(
+            config_id,
+            self.client_id,
+            attempt,
+            derive.contribution_commitment(config_id, attempt, self.client_id, contribution),
+        )
+
+    def recommit(self, message: CommitRequest) -> Commitment:
+        """Some committed client did not reveal: commit to a new contribution."""
+        state = self._expect(AwaitingContributions, message, CommitRequest)
+        self._check_config_addressed(message.config_id, message.recipient)
+        if message.attempt != state.attempt + 1:
+            self._abort(
+                AbortReason.UNEXPECTED_MESSAGE,
+                f"attempt {message.attempt} after attempt {state.attempt}",
+            )
+        if message.attempt > MAX_ATTEMPTS:
+            self._abort(AbortReason.TOO_MANY_ATTEMPTS, f"at most {MAX_ATTEMPTS} attempts per round")
+        return self._commit(message.attempt)
+
+    def reveal(self, message: CommitmentDigest) -> Reveal:
+        state = self._expect(AwaitingDigest, message, CommitmentDigest)
+        self._check_config_addressed(message.config_id, message.recipient)
+        if message.attempt != state.attempt:
+            self._abort(AbortReason.UNEXPECTED_MESSAGE, "a digest for another attempt")
+        # Nothing is revealed for a session that could not reveal a sum anyway.
+        self._check_cohort_size(message.count, "clients committed")
+        self._state = AwaitingContributions(
+            state.attempt, state.contribution, message.digest, message.count
+        )
+        return Reveal(self.config.config_id, self.client_id, state.attempt, state.contribution)
+
+    def agree(self, message: Contributions) -> None:
+        """Check the contributions against the committed digest and fix the session."""
+        state = self._expect(AwaitingContributions, message, Contributions)
+        self._check_config_addressed(message.config_id, message.recipient)
+        if message.attempt != state.attempt:
+            self._abort(AbortReason.BAD_CONTRIBUTIONS, "contributions of another attempt")
+        ids = [c for c, _ in message.entries]
+        if not derive.sorted_unique(ids):
+            self._abort(AbortReason.BAD_CONTRIBUTIONS, "contributions not sorted by client id")
+        for c in ids:
+            if c not in self._cohort:
+                self._abort(AbortReason.UNKNOWN_ID, f"contribution from {c}, not in the cohort")
+        if (self.client_id, state.contribution) not in message.entries:
+            self._abort(AbortReason.BAD_CONTRIBUTIONS, "this client's contribution is missing")
+        config_id = self.config.config_id
+        recomputed = derive.commitment_digest(
+            config_id,
+            state.attempt,
+            [
+                (c, derive.contribution_commitment(config_id, state.attempt, c, r))
+                for c, r in message.entries
+            ],
+        )
+        # Every committed contribution, and nothing else: the server fixed this set before it
+        # saw any contribution, so it could not have chosen one to steer the session.
+        if len(message.entries) != state.count or recomputed != state.digest:
+            self._abort(
+                AbortReason.BAD_CONTRIBUTIONS,
+                "the contributions are not the ones the server committed to",
+            )
+        session = derive.Session.agree(self.config, state.attempt, message.entries)
+        self._session = session
+        self._neighbours = frozenset(session.neighbours(self.client_id))
+        self._state = Agreed()
 
     # ----------------------------------------------------------------- round 0
     def advertise(self) -> AdvertiseKeys:
-        self._expect(Initial)
+        self._expect(Agreed)
         cipher_keys = X25519KeyPair.generate(self._rng)
         mask_keys = X25519KeyPair.generate(self._rng)
         self._state = AwaitingPeerKeys(cipher_keys, mask_keys)
-        sid = self.config.session_id
+        sid = self._sid
         signature = b""
         if self.config.active:
             assert self._identity is not None
@@ -204,6 +390,10 @@ class Client:
                 )
             )
         return AdvertiseKeys(sid, self.client_id, cipher_keys.public, mask_keys.public, signature)
+
+    @property
+    def _sid(self) -> bytes:
+        return self.session.session_id
 
     # ----------------------------------------------------------------- round 1
     def share_keys(self, message: PeerKeys) -> EncryptedShares:
@@ -234,7 +424,7 @@ class Client:
         t = self.config.threshold
         seed_shares = split(seed, xs, t, self._rng)
         key_shares = split(state.mask_keys.private_bytes(), xs, t, self._rng)
-        sid = self.config.session_id
+        sid = self._sid
         ciphertexts = []
         share_keys: dict[int, bytes] = {}
         for v, seed_share, key_share in zip(ids, seed_shares, key_shares, strict=True):
@@ -263,9 +453,9 @@ class Client:
         senders = [sender for sender, _ in message.ciphertexts]
         self._check_ids(senders, allowed=frozenset(state.peers), earlier_dropped=self._neighbours)
         self._check_enough(len(senders), "neighbours shared keys")
-        if not 0 <= weight <= self.config.max_weight:
-            raise UsageError(f"weight must be in [0, {self.config.max_weight}]")
-        sid = self.config.session_id
+        self.set_input(values, weight)
+        self._input = None
+        sid = self._sid
         held: dict[int, tuple[Share, Share]] = {}
         missing: list[int] = []
         for sender, sealed in message.ciphertexts:
@@ -276,10 +466,6 @@ class Client:
                 held[sender] = shares
         encoded = self._quantizer.encode(np.asarray(values), weight, self._ring, self._rng)
         vector = encoded.vector
-        if vector.shape != (self.config.vector_length,):
-            raise UsageError(
-                f"input has {vector.shape[0] - 1} values; the round expects {self.config.dim}"
-            )
         scratch = np.empty(min(len(vector), 1 << 16), dtype=vector.dtype)
         prg.add_mask(
             vector,
@@ -323,22 +509,16 @@ class Client:
                 self._abort(AbortReason.UNKNOWN_ID, f"survivor {u} is not in the cohort")
             if u in self._neighbours and u not in state.masked_with:
                 self._abort(AbortReason.RESURRECTED_ID, f"peer {u} had already dropped")
-        if len(survivors) < self.config.min_cohort:
-            self._abort(
-                AbortReason.COHORT_TOO_SMALL,
-                f"{len(survivors)} inputs in the sum; the minimum is {self.config.min_cohort}",
-            )
+        self._check_cohort_size(len(survivors), "inputs in the sum")
         self._check_enough(
             sum(1 for u in survivors if u in state.masked_with), "neighbours survived"
         )
         assert self._identity is not None
-        signature = self._identity.sign(
-            derive.consistency_signed_bytes(self.config.session_id, survivors)
-        )
+        signature = self._identity.sign(derive.consistency_signed_bytes(self._sid, survivors))
         self._state = AwaitingUnmaskRequest(
             state.masked_with, state.held_shares, state.clipped, survivors
         )
-        return ConsistencySignature(self.config.session_id, self.client_id, signature)
+        return ConsistencySignature(self._sid, self.client_id, signature)
 
     # ----------------------------------------------------------------- round 3
     def unmask(self, message: UnmaskRequest) -> UnmaskResponse:
@@ -377,7 +557,7 @@ class Client:
             frozenset(u for u, _ in key_shares),
             state.clipped,
         )
-        return UnmaskResponse(self.config.session_id, self.client_id, self_mask_shares, key_shares)
+        return UnmaskResponse(self._sid, self.client_id, self_mask_shares, key_shares)
 
     # ----------------------------------------------------------------- checks
     def _expect(
@@ -403,8 +583,21 @@ class Client:
         self._state = Aborted(reason, detail)
         raise ClientAbort(reason, detail)
 
+    def _check_config_addressed(self, config_id: bytes, recipient: int) -> None:
+        if config_id != self.config.config_id:
+            self._abort(AbortReason.WRONG_SESSION, "message belongs to another round")
+        if recipient != self.client_id:
+            self._abort(AbortReason.WRONG_SESSION, "message is addressed to another client")
+
+    def _check_cohort_size(self, count: int, what: str) -> None:
+        if count < self.config.min_cohort:
+            self._abort(
+                AbortReason.COHORT_TOO_SMALL,
+                f"only {count} {what}; the minimum cohort is {self.config.min_cohort}",
+            )
+
     def _check_addressed(self, session_id: bytes, recipient: int) -> None:
-        if session_id != self.config.session_id:
+        if session_id != self._sid:
             self._abort(AbortReason.WRONG_SESSION, "message belongs to another session")
         if recipient != self.client_id:
             self._abort(AbortReason.WRONG_SESSION, "message is addressed to another client")
@@ -446,7 +639,7 @@ class Client:
                 AbortReason.INCONSISTENT_SURVIVORS,
                 "the request does not match the survivor set this client signed",
             )
-        payload = derive.consistency_signed_bytes(self.config.session_id, state.survivors)
+        payload = derive.consistency_signed_bytes(self._sid, state.survivors)
         signers: set[int] = set()
         for signer, _ in message.signatures:
             if signer in signers:
@@ -474,7 +667,7 @@ class Client:
             self._abort(AbortReason.BAD_PEER_KEY, f"peer {peer.client_id}'s cipher key is invalid")
         return derive.share_encryption_key(
             shared,
-            self.config.session_id,
+            self._sid,
             self.client_id,
             cipher_keys.public,
             peer.client_id,
@@ -486,7 +679,7 @@ class Client:
     ) -> tuple[Share, Share] | None:
         """The sender's shares for this client, or None if they do not open or do not fit."""
         key = state.share_keys[sender]
-        associated = derive.share_associated_data(self.config.session_id, sender, self.client_id)
+        associated = derive.share_associated_data(self._sid, sender, self.client_id)
         try:
             plaintext = aead.open_sealed(key, sealed, associated)
             origin, recipient, seed_share, key_share = derive.decode_share_plaintext(plaintext)

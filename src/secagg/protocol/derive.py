@@ -3,13 +3,23 @@
 Each derived key has one purpose, named by a label, and binds the session id and both
 parties (ids and public keys), so that no key is ever used for two purposes and nothing
 derived in one session is valid in another.
+
+The session itself is agreed first (:class:`Session`): every client commits to a fresh random
+contribution, the server fixes the digest of all commitments before anyone reveals, and the
+session id and the SecAgg+ graph seed are hashes of the configuration and every revealed
+contribution. A client's own fresh randomness is therefore in every session it takes part in
+(no replay), and the server, which sees the contributions only after it has fixed the
+commitments, cannot choose the graph (no grinding).
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from secagg.errors import DecodeError
 from secagg.hazmat.keys import derive_key, encode_fields
@@ -19,13 +29,16 @@ from secagg.protocol.graph import neighbours_of
 from secagg.protocol.messages import SHARE_PLAINTEXT_BYTES, RoundConfig
 
 __all__ = [
-    "neighbours",
+    "Session",
+    "commitment_digest",
+    "contribution_commitment",
     "pair_mask_key",
     "self_mask_commitment",
     "self_mask_key",
     "share_associated_data",
     "share_encryption_key",
     "share_x",
+    "sorted_unique",
     "subtracts_pair_mask",
 ]
 
@@ -97,14 +110,75 @@ def decode_share_plaintext(data: bytes) -> tuple[int, int, bytes, bytes]:
     return sender, recipient, data[8:middle], data[middle:]
 
 
-def neighbours(config: RoundConfig, client_id: int) -> tuple[int, ...]:
-    """The ids a client pairs with: everyone else (SecAgg) or its Harary-graph neighbours."""
-    ids = config.client_ids
-    n = len(ids)
-    if config.degree == n - 1:
-        return tuple(i for i in ids if i != client_id)
-    position = _position(config, client_id)
-    return tuple(ids[p] for p in neighbours_of(n, config.degree, config.graph_seed, position))
+def contribution_commitment(
+    config_id: bytes, attempt: int, client_id: int, contribution: bytes
+) -> bytes:
+    """Binds a client to its contribution (32 uniform bytes, so the hash hides it)."""
+    return hashlib.sha256(
+        encode_fields("secagg/v1/contribution", config_id, attempt, client_id, contribution)
+    ).digest()
+
+
+def commitment_digest(
+    config_id: bytes, attempt: int, commitments: Sequence[tuple[int, bytes]]
+) -> bytes:
+    """The digest of every (client, commitment) the server took, sorted by client id."""
+    return hashlib.sha256(
+        encode_fields(
+            "secagg/v1/commitments",
+            config_id,
+            attempt,
+            b"".join(c.to_bytes(4, "big") + commitment for c, commitment in commitments),
+        )
+    ).digest()
+
+
+@dataclass(frozen=True)
+class Session:
+    """One run of a round configuration, fixed by every participant's contribution.
+
+    ``participants`` are the clients whose contributions are in it; only they can take part.
+    """
+
+    config: RoundConfig
+    attempt: int
+    participants: frozenset[int]
+    session_id: bytes = field(repr=False)
+    graph_seed: bytes = field(repr=False)
+
+    @classmethod
+    def agree(
+        cls, config: RoundConfig, attempt: int, contributions: Sequence[tuple[int, bytes]]
+    ) -> Session:
+        """From every revealed contribution, sorted by client id (checked by the caller)."""
+        commitments = [
+            (c, contribution_commitment(config.config_id, attempt, c, r)) for c, r in contributions
+        ]
+        digest = commitment_digest(config.config_id, attempt, commitments)
+        revealed = b"".join(c.to_bytes(4, "big") + r for c, r in contributions)
+        session_id = hashlib.sha256(
+            encode_fields("secagg/v1/session", config.config_id, attempt, digest, revealed)
+        ).digest()
+        graph_seed = hashlib.sha256(encode_fields("secagg/v1/graph", session_id)).digest()
+        return cls(config, attempt, frozenset(c for c, _ in contributions), session_id, graph_seed)
+
+    def neighbours(self, client_id: int) -> tuple[int, ...]:
+        """The ids a client pairs with: everyone else (SecAgg) or its Harary-graph neighbours.
+
+        The graph spans the whole cohort, so its shape does not depend on who contributed;
+        a cohort member without a contribution is a client that dropped before advertising.
+        """
+        config = self.config
+        ids = config.client_ids
+        n = len(ids)
+        if config.degree == n - 1:
+            return tuple(i for i in ids if i != client_id)
+        position = _position(config, client_id)
+        return tuple(ids[p] for p in neighbours_of(n, config.degree, self.graph_seed, position))
+
+
+def sorted_unique(ids: Sequence[int]) -> bool:
+    return all(a < b for a, b in itertools.pairwise(ids))
 
 
 def _position(config: RoundConfig, client_id: int) -> int:

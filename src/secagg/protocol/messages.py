@@ -6,19 +6,28 @@ header, a truncated body, a count or length that exceeds what is left (checked b
 allocation) and trailing bytes, always with a ``DecodeError``. The decoders check structure
 only; what a message *claims* (which ids, how many) is judged by the state machines.
 
-Rounds, after Bonawitz et al. (2017):
+Rounds, after Bonawitz et al. (2017), preceded by the agreement on a fresh session:
 
-=========  ==========================  ===========================
-stage      client -> server            server -> client
-=========  ==========================  ===========================
-config                                 ``RoundConfig``
-advertise  ``AdvertiseKeys``           ``PeerKeys``
-share      ``EncryptedShares``         ``PeerShares``
-masked     ``MaskedInput``             ``SurvivorList`` (active mode)
-                                       or ``UnmaskRequest``
-consistency ``ConsistencySignature``   ``UnmaskRequest`` (active mode: with the signatures)
-unmask     ``UnmaskResponse``
-=========  ==========================  ===========================
+=========== ==========================  ===========================
+stage       client -> server            server -> client
+=========== ==========================  ===========================
+config                                  ``RoundConfig``
+commit      ``Commitment``              ``CommitmentDigest``
+reveal      ``Reveal``                  ``Contributions`` (or ``CommitRequest``: try again)
+advertise   ``AdvertiseKeys``           ``PeerKeys``
+share       ``EncryptedShares``         ``PeerShares``
+masked      ``MaskedInput``             ``SurvivorList`` (active mode)
+                                        or ``UnmaskRequest``
+consistency ``ConsistencySignature``    ``UnmaskRequest`` (active mode: with the signatures)
+unmask      ``UnmaskResponse``
+=========== ==========================  ===========================
+
+The commit and reveal stages make the session fresh from the clients' side: each client
+commits to 32 random bytes, the server fixes the list of commitments (its digest) before
+anyone reveals, and the session id and the SecAgg+ graph are derived from the configuration
+and every revealed contribution (``secagg.protocol.derive.Session``). The server can neither
+replay a session nor grind the graph. Messages of those two stages carry the ``config_id``
+(the hash of the ``RoundConfig``); every later message carries the ``session_id``.
 
 In active mode (a ``semi-malicious`` server model) advertised keys are signed with the
 client's long-term Ed25519 identity, and the consistency round makes every client sign the
@@ -38,7 +47,6 @@ from typing import ClassVar, TypeVar
 
 from secagg.errors import DecodeError, UsageError
 from secagg.hazmat import aead
-from secagg.hazmat.keys import encode_fields
 from secagg.hazmat.shamir import SHARE_VALUE_BYTES
 
 __all__ = [
@@ -47,13 +55,18 @@ __all__ = [
     "SHARE_PLAINTEXT_BYTES",
     "SIGNATURE_BYTES",
     "AdvertiseKeys",
+    "CommitRequest",
+    "Commitment",
+    "CommitmentDigest",
     "ConsistencySignature",
+    "Contributions",
     "EncryptedShares",
     "MaskedInput",
     "Message",
     "PeerKeyEntry",
     "PeerKeys",
     "PeerShares",
+    "Reveal",
     "RoundConfig",
     "SurvivorList",
     "UnmaskRequest",
@@ -72,6 +85,8 @@ SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * SHARE_VALUE_BYTES
 CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + aead.OVERHEAD
 MAX_ID = 2**32 - 1
 SIGNATURE_BYTES = 64  # Ed25519
+CONTRIBUTION_BYTES = 32  # each client's share of the session's randomness
+MAX_ATTEMPTS = 3  # commit-reveal attempts per round: each retry is a graph the server may pick
 
 PROTOCOL_CODES = {"secagg": 0, "secagg+": 1}
 SERVER_MODEL_CODES = {"semi-honest": 0, "semi-malicious": 1}
@@ -248,9 +263,11 @@ def _read_entries(
 class RoundConfig(Message):
     """What the server fixes for one round, sent to every client of the cohort first.
 
-    Its hash is the session id bound into every key derivation and every AEAD associated
-    data. ``nonce`` makes each round's session unique; ``task_hash`` binds the round to the
-    model (or any task description) the caller trains.
+    Its hash, ``config_id``, goes into the session id (with every client's contribution),
+    which is bound into every key derivation, AEAD associated data and signature.
+    ``task_hash`` binds the round to the model (or any task description) the caller trains.
+    The decoder checks wire ranges only; whether a configuration is acceptable is the
+    client's policy (``secagg.protocol.policy``).
     """
 
     TAG: ClassVar[int] = 1
@@ -269,7 +286,7 @@ class RoundConfig(Message):
     max_weight: int
     task_hash: bytes = bytes(DIGEST_BYTES)
     min_cohort: int = 1  # no revealed sum may contain fewer inputs (checked in active mode)
-    session_id: bytes = field(init=False, repr=False, compare=False)
+    config_id: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ids = tuple(self.client_ids)
@@ -304,7 +321,7 @@ class RoundConfig(Message):
         if n * self.max_weight * (2**self.value_bits - 1) >= 2**self.ring_bits:
             raise UsageError("the ring is too narrow for this cohort: sums could wrap")
         object.__setattr__(
-            self, "session_id", hashlib.sha256(b"secagg/v1/session\x00" + self.encode()).digest()
+            self, "config_id", hashlib.sha256(b"secagg/v1/config\x00" + self.encode()).digest()
         )
 
     @property
@@ -321,10 +338,6 @@ class RoundConfig(Message):
     def active(self) -> bool:
         """Active mode: signed keys and a consistency round against a deviating server."""
         return self.server_model == "semi-malicious"
-
-    @property
-    def graph_seed(self) -> bytes:
-        return hashlib.sha256(encode_fields("secagg/v1/graph", self.nonce, self.round_id)).digest()
 
     def _write(self, w: _Writer) -> None:
         w.u64(self.round_id)
@@ -371,6 +384,126 @@ def _lookup(codes: dict[str, int], code: int, what: str) -> str:
         if value == code:
             return name
     raise DecodeError(f"unknown {what} code {code}")
+
+
+# --------------------------------------------------------------------------- commit / reveal
+@dataclass(frozen=True)
+class CommitRequest(Message):
+    """Server -> client: commit again (attempt 2 or 3), because some committed client did
+    not reveal. Attempt 1 needs no request: the ``RoundConfig`` itself asks for it."""
+
+    TAG: ClassVar[int] = 11
+
+    config_id: bytes = field(repr=False)
+    recipient: int
+    attempt: int
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.config_id, SESSION_ID_BYTES)
+        w.u32(self.recipient)
+        w.u8(self.attempt)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> CommitRequest:
+        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8())
+
+
+@dataclass(frozen=True)
+class Commitment(Message):
+    """Client -> server: a hash binding the client to a fresh random contribution."""
+
+    TAG: ClassVar[int] = 12
+
+    config_id: bytes = field(repr=False)
+    client_id: int
+    attempt: int
+    commitment: bytes = field(repr=False)
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.config_id, SESSION_ID_BYTES)
+        w.u32(self.client_id)
+        w.u8(self.attempt)
+        w.fixed(self.commitment, DIGEST_BYTES)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Commitment:
+        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8(), r.fixed(DIGEST_BYTES))
+
+
+@dataclass(frozen=True)
+class CommitmentDigest(Message):
+    """Server -> client: the digest of every commitment it took, fixed before any reveal."""
+
+    TAG: ClassVar[int] = 13
+
+    config_id: bytes = field(repr=False)
+    recipient: int
+    attempt: int
+    digest: bytes = field(repr=False)
+    count: int  # how many commitments the digest covers
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.config_id, SESSION_ID_BYTES)
+        w.u32(self.recipient)
+        w.u8(self.attempt)
+        w.fixed(self.digest, DIGEST_BYTES)
+        w.u32(self.count)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> CommitmentDigest:
+        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8(), r.fixed(DIGEST_BYTES), r.u32())
+
+
+@dataclass(frozen=True)
+class Reveal(Message):
+    """Client -> server: the contribution it committed to."""
+
+    TAG: ClassVar[int] = 14
+
+    config_id: bytes = field(repr=False)
+    client_id: int
+    attempt: int
+    contribution: bytes = field(repr=False)
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.config_id, SESSION_ID_BYTES)
+        w.u32(self.client_id)
+        w.u8(self.attempt)
+        w.fixed(self.contribution, CONTRIBUTION_BYTES)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Reveal:
+        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8(), r.fixed(CONTRIBUTION_BYTES))
+
+
+@dataclass(frozen=True)
+class Contributions(Message):
+    """Server -> client: every revealed contribution, sorted by client id. Each client checks
+    them against the digest it was sent and finds its own among them."""
+
+    TAG: ClassVar[int] = 15
+
+    config_id: bytes = field(repr=False)
+    recipient: int
+    attempt: int
+    entries: tuple[tuple[int, bytes], ...] = field(repr=False)  # (client, contribution)
+
+    def _write(self, w: _Writer) -> None:
+        w.fixed(self.config_id, SESSION_ID_BYTES)
+        w.u32(self.recipient)
+        w.u8(self.attempt)
+        w.u32(len(self.entries))
+        for client, contribution in self.entries:
+            w.u32(client)
+            w.fixed(contribution, CONTRIBUTION_BYTES)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Contributions:
+        config_id, recipient, attempt = r.fixed(SESSION_ID_BYTES), r.u32(), r.u8()
+        entries = _read_entries(
+            r, 4 + CONTRIBUTION_BYTES, lambda: (r.u32(), r.fixed(CONTRIBUTION_BYTES))
+        )
+        return cls(config_id, recipient, attempt, entries)
 
 
 # --------------------------------------------------------------------------- advertise

@@ -10,7 +10,12 @@ anyone to reveal a share, so an aborted round reveals nothing.
 
 Stages and who is expected in each (sets named after Bonawitz et al. 2017)::
 
-    advertise     U0 = the configured cohort      -> U1 advertised valid keys
+    commit        the configured cohort           -> C  committed to a contribution
+    reveal        C                               -> every one of C revealed a matching
+                                                     contribution: the session is agreed
+                                                     (if not, commit again among those who
+                                                     did, at most 3 attempts)
+    advertise     U0 = C                          -> U1 advertised valid keys
     share         U1 (pruned to >= t neighbours)  -> U2 sent shares to all its neighbours
     masked-input  U2 (pruned to >= t neighbours)  -> U3 sent a masked input: the included
     consistency   U3 (active mode only)           -> U3' signed the survivor set U3
@@ -30,7 +35,6 @@ import hashlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
@@ -52,20 +56,27 @@ from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, combine
 from secagg.protocol import derive
 from secagg.protocol.messages import (
+    MAX_ATTEMPTS,
     AdvertiseKeys,
+    Commitment,
+    CommitmentDigest,
+    CommitRequest,
     ConsistencySignature,
+    Contributions,
     EncryptedShares,
     MaskedInput,
     Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
+    Reveal,
     RoundConfig,
     SurvivorList,
     UnmaskRequest,
     UnmaskResponse,
     decode,
 )
+from secagg.protocol.stages import CLIENT_MESSAGE, SESSION_AGREEMENT, Stage
 
 __all__ = ["Drop", "RoundResult", "Server", "Stage"]
 
@@ -78,24 +89,9 @@ def _digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-class Stage(StrEnum):
-    ADVERTISE = "advertise"
-    SHARE = "share"
-    MASKED_INPUT = "masked-input"
-    CONSISTENCY = "consistency"
-    UNMASK = "unmask"
-    COMPLETED = "completed"
-    ABORTED = "aborted"
-
-
-_EXPECTED_MESSAGE: dict[Stage, type[Message]] = {
-    Stage.ADVERTISE: AdvertiseKeys,
-    Stage.SHARE: EncryptedShares,
-    Stage.MASKED_INPUT: MaskedInput,
-    Stage.CONSISTENCY: ConsistencySignature,
-    Stage.UNMASK: UnmaskResponse,
-}
 _MISSED: dict[Stage, DropReason] = {
+    Stage.COMMIT: DropReason.MISSED_COMMIT,
+    Stage.REVEAL: DropReason.MISSED_REVEAL,
     Stage.ADVERTISE: DropReason.MISSED_ADVERTISE,
     Stage.SHARE: DropReason.MISSED_SHARE,
     Stage.MASKED_INPUT: DropReason.MISSED_MASKED_INPUT,
@@ -152,9 +148,12 @@ class Server:
         self._ring = Ring(config.ring_bits)
         self._t = config.threshold
         self._cohort = config.cohort
-        self._neighbours = {u: derive.neighbours(config, u) for u in config.client_ids}
-        self._stage = Stage.ADVERTISE
+        self._stage = Stage.COMMIT
         self._expected: set[int] = set(config.client_ids)
+        self._attempt = 1
+        self._commitments: dict[int, bytes] = {}  # this attempt's, by client
+        self._session: derive.Session | None = None
+        self._neighbours: dict[int, tuple[int, ...]] = {}
         self._received: dict[int, Message] = {}
         self._drops: dict[int, Drop] = {}
         self._anomalies: list[Drop] = []
@@ -162,7 +161,7 @@ class Server:
         self._keys: dict[int, AdvertiseKeys] = {}
         self._key_owner: dict[bytes, int] = {}
         self._peers: dict[int, tuple[int, ...]] = {}  # whose keys each client was sent
-        self._commitments: dict[int, bytes] = {}
+        self._self_mask_commitments: dict[int, bytes] = {}
         self._view: dict[int, tuple[int, ...]] = {}  # whose shares each client was sent
         self._missing: dict[int, frozenset[int]] = {}
         self._total: NDArray[np.unsignedinteger] | None = None
@@ -178,6 +177,8 @@ class Server:
         self._probe_key = X25519KeyPair.generate(SystemRandomness())
         # What takes each stage's messages, and what closes each stage.
         self._handlers: dict[Stage, Callable[[int, Message], bool]] = {
+            Stage.COMMIT: self._take_commit,
+            Stage.REVEAL: self._take_reveal,
             Stage.ADVERTISE: self._take_advertise,
             Stage.SHARE: self._take_share,
             Stage.MASKED_INPUT: self._take_masked_input,
@@ -185,6 +186,8 @@ class Server:
             Stage.UNMASK: self._take_unmask,
         }
         self._closers: dict[Stage, Callable[[set[int]], dict[int, Message]]] = {
+            Stage.COMMIT: self._close_commit,
+            Stage.REVEAL: self._close_reveal,
             Stage.ADVERTISE: self._close_advertise,
             Stage.SHARE: self._close_share,
             Stage.MASKED_INPUT: self._close_masked_input,
@@ -196,9 +199,31 @@ class Server:
         return f"Server(stage={self._stage.value}, waiting_for={len(self.waiting_for())})"
 
     # ----------------------------------------------------------------- observation
+    def start(self) -> dict[int, Message]:
+        """What opens the round: the configuration, for every client of the cohort (each
+        answers with its commitment)."""
+        if self._stage is not Stage.COMMIT or self._attempt != 1 or self._received:
+            raise UsageError("the round has already started")
+        return dict.fromkeys(self.config.client_ids, self.config)
+
     @property
     def stage(self) -> Stage:
         return self._stage
+
+    @property
+    def done(self) -> bool:
+        return self._stage in (Stage.COMPLETED, Stage.ABORTED)
+
+    @property
+    def session(self) -> derive.Session:
+        if self._session is None:
+            raise UsageError("the session is not agreed yet")
+        return self._session
+
+    @property
+    def attempt(self) -> int:
+        """The commit-reveal attempt this round is on (or agreed in)."""
+        return self._attempt
 
     @property
     def drops(self) -> Mapping[int, Drop]:
@@ -250,7 +275,7 @@ class Server:
             except DecodeError as exc:
                 self.drop(sender, DropReason.MALFORMED, str(exc))
                 return
-        expected = _EXPECTED_MESSAGE[self._stage]
+        expected = CLIENT_MESSAGE[self._stage]
         if not isinstance(message, expected):
             self.drop(
                 sender,
@@ -258,7 +283,7 @@ class Server:
                 f"sent {type(message).__name__} during {self._stage.value}",
             )
             return
-        if getattr(message, "session_id", None) != self.config.session_id:
+        if self._binding(message) != self._expected_binding():
             self.drop(sender, DropReason.WRONG_SESSION, "message from another session")
             return
         if getattr(message, "client_id", None) != sender:
@@ -270,6 +295,19 @@ class Server:
             return
         if self._handlers[self._stage](sender, message):
             self._received[sender] = message
+
+    def _expected_binding(self) -> bytes:
+        if self._stage in SESSION_AGREEMENT:
+            return self.config.config_id
+        return self.session.session_id
+
+    @staticmethod
+    def _binding(message: Message) -> bytes | None:
+        """The config id (before the session is agreed) or session id a message carries."""
+        binding = getattr(message, "config_id", None)
+        if binding is None:
+            binding = getattr(message, "session_id", None)
+        return binding if isinstance(binding, bytes) else None
 
     def drop(self, client_id: int, reason: DropReason, detail: str = "") -> None:
         """Stop waiting for a client (misbehaved, disconnected, or late)."""
@@ -284,7 +322,7 @@ class Server:
             again = dataclasses.replace(again, packed_vector=_digest(again.packed_vector))
         if first == again:
             return  # a retransmission: harmless
-        if self._stage in (Stage.ADVERTISE, Stage.SHARE):
+        if self._stage in (Stage.COMMIT, Stage.ADVERTISE, Stage.SHARE):
             # Nothing of it was used yet: drop it.
             del self._received[sender]
             self.drop(sender, DropReason.DUPLICATE, "sent two different messages in one stage")
@@ -305,12 +343,30 @@ class Server:
             return False
         return True
 
+    def _take_commit(self, sender: int, message: Message) -> bool:
+        assert isinstance(message, Commitment)
+        if message.attempt != self._attempt:
+            self.drop(sender, DropReason.MALFORMED, f"commitment for attempt {message.attempt}")
+            return False
+        return True
+
+    def _take_reveal(self, sender: int, message: Message) -> bool:
+        assert isinstance(message, Reveal)
+        config_id = self.config.config_id
+        committed = derive.contribution_commitment(
+            config_id, self._attempt, sender, message.contribution
+        )
+        if message.attempt != self._attempt or committed != self._commitments[sender]:
+            self.drop(sender, DropReason.BAD_REVEAL, "the contribution does not match")
+            return False
+        return True
+
     def _take_advertise(self, sender: int, message: Message) -> bool:
         assert isinstance(message, AdvertiseKeys)
         if self.config.active and not self._verified(
             sender,
             derive.advertise_signed_bytes(
-                self.config.session_id, sender, message.cipher_public, message.mask_public
+                self.session.session_id, sender, message.cipher_public, message.mask_public
             ),
             message.signature,
         ):
@@ -377,7 +433,7 @@ class Server:
 
     def _take_consistency(self, sender: int, message: Message) -> bool:
         assert isinstance(message, ConsistencySignature)
-        signed = derive.consistency_signed_bytes(self.config.session_id, self._survivor_set)
+        signed = derive.consistency_signed_bytes(self.session.session_id, self._survivor_set)
         if not self._verified(sender, signed, message.signature):
             return False
         self._signatures[sender] = message.signature
@@ -417,9 +473,10 @@ class Server:
         for u in self.waiting_for():
             self.drop(u, _MISSED[stage])
         live = set(self._received)
-        if stage is not Stage.MASKED_INPUT:
+        if stage not in (Stage.REVEAL, Stage.MASKED_INPUT):
             # A client dropped after its message arrived (say, it disconnected) goes no
-            # further; at the masked-input stage its input is in the sum all the same.
+            # further; at the masked-input stage its input is in the sum all the same, and
+            # at the reveal stage its contribution is in the session all the same.
             live -= self._drops.keys()
         try:
             outgoing = self._closers[stage](live)
@@ -456,6 +513,69 @@ class Server:
                     )
                     changed = True
 
+    def _fewest_participants(self) -> int:
+        """Below this many clients no round can complete: each needs t neighbours, and no sum
+        of fewer than the minimum cohort is revealed."""
+        return max(self._t + 1, self.config.min_cohort)
+
+    def _close_commit(self, live: set[int]) -> dict[int, Message]:
+        if len(live) < self._fewest_participants():
+            raise RoundAborted(
+                Stage.COMMIT,
+                f"{len(live)} clients committed; at least {self._fewest_participants()} are needed",
+            )
+        self._commitments = {
+            u: m.commitment
+            for u, m in sorted(self._received.items())
+            if u in live and isinstance(m, Commitment)
+        }
+        config_id = self.config.config_id
+        digest = derive.commitment_digest(
+            config_id, self._attempt, sorted(self._commitments.items())
+        )
+        outgoing: dict[int, Message] = {
+            u: CommitmentDigest(config_id, u, self._attempt, digest, len(self._commitments))
+            for u in sorted(live)
+        }
+        self._advance(Stage.REVEAL, live)
+        return outgoing
+
+    def _close_reveal(self, live: set[int]) -> dict[int, Message]:
+        config_id = self.config.config_id
+        here = live - self._drops.keys()
+        if live == set(self._commitments):
+            # Every committed contribution is in: the session is fixed, for all of them.
+            contributions = tuple(
+                (u, m.contribution)
+                for u, m in sorted(self._received.items())
+                if isinstance(m, Reveal)
+            )
+            session = derive.Session.agree(self.config, self._attempt, contributions)
+            self._session = session
+            self._neighbours = {u: session.neighbours(u) for u in self.config.client_ids}
+            outgoing: dict[int, Message] = {
+                u: Contributions(config_id, u, self._attempt, contributions) for u in sorted(here)
+            }
+            self._advance(Stage.ADVERTISE, here)
+            return outgoing
+        # A committed client did not reveal. Leaving it out would let the server choose among
+        # sessions by choosing whom to leave out, so everyone who is left commits afresh.
+        missing = len(self._commitments) - len(live)
+        if self._attempt == MAX_ATTEMPTS:
+            raise RoundAborted(
+                Stage.REVEAL,
+                f"{missing} committed client(s) did not reveal in {MAX_ATTEMPTS} attempts",
+            )
+        if len(here) < self._fewest_participants():
+            raise RoundAborted(
+                Stage.REVEAL,
+                f"{len(here)} clients revealed; at least {self._fewest_participants()} are needed",
+            )
+        self._attempt += 1
+        outgoing = {u: CommitRequest(config_id, u, self._attempt) for u in sorted(here)}
+        self._advance(Stage.COMMIT, here)
+        return outgoing
+
     def _close_advertise(self, live: set[int]) -> dict[int, Message]:
         self._keys = {u: m for u, m in self._received.items() if isinstance(m, AdvertiseKeys)}
         self._prune(live, lambda u: self._neighbours[u])
@@ -463,7 +583,7 @@ class Server:
             raise RoundAborted(
                 Stage.ADVERTISE, f"no client has {self._t} neighbours that advertised keys"
             )
-        sid = self.config.session_id
+        sid = self.session.session_id
         outgoing: dict[int, Message] = {}
         for u in sorted(live):
             peers = tuple(v for v in self._neighbours[u] if v in live)
@@ -486,11 +606,11 @@ class Server:
         for u, message in self._received.items():
             assert isinstance(message, EncryptedShares)
             sealed[u] = dict(message.ciphertexts)
-            self._commitments[u] = message.self_mask_commitment
+            self._self_mask_commitments[u] = message.self_mask_commitment
         self._prune(live, lambda u: self._peers[u])
         if not live:
             raise RoundAborted(Stage.SHARE, f"no client has {self._t} neighbours that shared")
-        sid = self.config.session_id
+        sid = self.session.session_id
         outgoing: dict[int, Message] = {}
         for v in sorted(live):
             view = tuple(u for u in self._peers[v] if u in live)
@@ -532,7 +652,7 @@ class Server:
             )
         if self.config.active:
             self._survivor_set = self._included
-            sid = self.config.session_id
+            sid = self.session.session_id
             outgoing: dict[int, Message] = {
                 v: SurvivorList(sid, v, self._survivor_set) for v in sorted(askable)
             }
@@ -550,7 +670,7 @@ class Server:
     def _request_unmasking(
         self, askable: set[int], signatures: Mapping[int, bytes]
     ) -> dict[int, Message]:
-        sid = self.config.session_id
+        sid = self.session.session_id
         included = set(self._included)
         outgoing: dict[int, Message] = {}
         for v in sorted(askable):
@@ -574,12 +694,12 @@ class Server:
     def _close_unmask(self, live: set[int]) -> dict[int, Message]:
         total = self._total
         assert total is not None
-        sid = self.config.session_id
+        sid = self.session.session_id
         included = set(self._included)
         # First every secret (cheap), then every mask regenerated in one pass (the cost).
         masks: list[prg.Mask] = []
         for u in self._included:
-            commitment = self._commitments[u]
+            commitment = self._self_mask_commitments[u]
 
             def matches_commitment(
                 seed: bytes, owner: int = u, expected: bytes = commitment

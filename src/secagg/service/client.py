@@ -1,9 +1,25 @@
 """A client of the coordinator: connects out, proves its identity, answers rounds.
 
+The client trusts nothing the coordinator says. Its deployment (``ClientPolicy``: parameters,
+threat model, allow-list, minimum cohort) is the source of truth, and every round is checked
+against it before the client trains, generates a key or reveals anything:
+
+1. the round configuration must be one the policy accepts (``secagg.policy``), for a round id
+   this client has not taken part in before;
+2. the model must be the one the configuration is bound to (its digest is in the config, so
+   in the session id), finite and of the deployment's dimension;
+3. the update the callback returns must be a finite vector of that dimension and an integer
+   weight in range; a callback that raises aborts the round, not the client.
+
+Any refusal is a typed ``ClientAbort`` sent to the coordinator and logged; the client stays
+connected for the next round. Nothing the coordinator sends can crash it: every frame is
+validated, and a silent coordinator is noticed at the client's own per-stage deadline. One
+INFO line per round (the audit line) says what the client agreed to and how the round ended.
+
 The client never listens and never writes a secret to disk: each round's keys, seeds and
-shares live in the sans-I/O ``Client`` of that round only, and a new round (including after
-a reconnection) starts with fresh ones. The update comes from a callback given the model the
-round trains; the client checks that this model is the one its session id is bound to.
+shares live in the sans-I/O ``Client`` of that round only, and a new round (including after a
+reconnection) starts with fresh ones. There is no plaintext path: the only vector that leaves
+the client is its masked input.
 """
 
 from __future__ import annotations
@@ -18,47 +34,65 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.errors import AbortReason, ClientAbort, DecodeError, SecAggError
-from secagg.hazmat.randomness import SystemRandomness
-from secagg.protocol.client import Client
-from secagg.protocol.messages import (
-    Message,
-    PeerKeys,
-    PeerShares,
-    RoundConfig,
-    SurvivorList,
-    UnmaskRequest,
-    decode,
+from secagg.errors import (
+    AbortReason,
+    ClientAbort,
+    DecodeError,
+    InputError,
+    SecAggError,
 )
+from secagg.hazmat.randomness import SystemRandomness
+from secagg.policy import ClientPolicy
+from secagg.protocol.client import Client
+from secagg.protocol.messages import Message, RoundConfig
+from secagg.protocol.stages import stage_answered_by
 from secagg.service.credentials import ClientIdentity, sign_challenge
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
-from secagg.service.wire import channel_options, decode_model, encode_model, task_digest
+from secagg.service.wire import channel_options, decode_model, task_digest
 
-__all__ = ["ClientSettings", "ClientStats", "SecAggClient", "UpdateFn"]
+__all__ = ["ClientSettings", "ClientStats", "Rejected", "SecAggClient", "UpdateFn"]
 
 log = logging.getLogger("secagg.client")
 
-# (the model to train, the training round) -> (update, integer weight)
 UpdateFn = Callable[[NDArray[np.float32], int], tuple[NDArray[np.floating], int]]
+"""The update callback: ``update(model, step) -> (values, weight)``.
+
+``model`` is the global model the round trains (a flat float32 vector of the deployment's
+``dim``, already checked against the round's session); ``step`` is the training round. Return
+the update to aggregate (``dim`` finite values; they are clipped to the deployment's
+``[-clip, clip]``) and an integer weight in ``[0, max_weight]`` (e.g. the number of local
+examples: the coordinator learns the weighted mean). The callback runs in a worker thread and
+may take as long as local training takes; if it raises, this client sits the round out.
+"""
+
+# Longest detail sent in a ClientAbort frame: one line for the operator, never a dump.
+_DETAIL_CHARS = 200
 
 
 class Rejected(SecAggError):
-    """The coordinator refused this client (e.g. not on its allow-list): retrying won't help."""
+    """The coordinator refused this client (e.g. not on its allow-list)."""
 
 
 @dataclass(frozen=True)
 class ClientSettings:
+    """How a client reaches its coordinator, and the deployment it holds the server to."""
+
     target: str  # host:port
     identity: ClientIdentity = field(repr=False)
     ca_cert: bytes | None  # PEM root; None only for tests over an insecure channel
     max_message_bytes: int
+    policy: ClientPolicy
+    # Every allow-listed client's identity public key: the cohort must lie within it, and in
+    # active mode signatures are checked against it (public data).
+    pki: Mapping[int, bytes] = field(repr=False)
+    # Longest wait for the coordinator's next message in a round: it must exceed the
+    # coordinator's stage timeout, since a fast client waits for the slowest one.
+    stage_timeout: float = 120.0
     server_name: str = "localhost"
     retry_initial: float = 0.2
     retry_max: float = 5.0
     max_attempts: int | None = None  # connection attempts in a row before giving up
-    # Active mode: every cohort member's identity public key (the allow-list; public data).
-    pki: Mapping[int, bytes] | None = None
 
 
 @dataclass
@@ -68,9 +102,27 @@ class ClientStats:
     aborted: int = 0
     reconnects: int = 0
     events: list[str] = field(default_factory=list)
+    abort_reasons: list[AbortReason] = field(default_factory=list)
+
+
+@dataclass
+class _RoundState:
+    """The round this client is in, as far as it has got."""
+
+    round_id: int
+    config: RoundConfig | None = None
+    client: Client | None = None  # None once this client has left the round
+    aborted: ClientAbort | None = None
+    audited: bool = False
 
 
 class SecAggClient:
+    """Takes part in the coordinator's rounds with updates from ``update`` (see ``UpdateFn``).
+
+    ``rounds`` ends ``run`` after that many rounds have ended (None: run until cancelled);
+    ``on_stage(round_id, stage)`` is called as each stage starts, for progress displays.
+    """
+
     def __init__(
         self,
         settings: ClientSettings,
@@ -83,6 +135,7 @@ class SecAggClient:
         self._update = update
         self._rounds = rounds
         self._on_stage = on_stage
+        self._last_round: int | None = None  # the newest round id this client took part in
         self.stats = ClientStats()
 
     @property
@@ -138,8 +191,24 @@ class SecAggClient:
         frame = await call.read()
         if frame is grpc.aio.EOF:
             return None
-        assert isinstance(frame, pb.ServerFrame)
+        if not isinstance(frame, pb.ServerFrame):
+            raise ConnectionError("the coordinator sent something that is not a frame")
         return frame
+
+    async def _pump(
+        self, call: grpc.aio.StreamStreamCall, inbox: asyncio.Queue[pb.ServerFrame | Exception]
+    ) -> None:
+        """Read frames into ``inbox`` (a deadline then waits on the queue, never cancelling a
+        read in the middle of the stream)."""
+        try:
+            while True:
+                frame = await self._read(call)
+                if frame is None:
+                    inbox.put_nowait(ConnectionError("the coordinator closed the stream"))
+                    return
+                inbox.put_nowait(frame)
+        except Exception as exc:
+            inbox.put_nowait(exc)
 
     async def _converse(self, call: grpc.aio.StreamStreamCall) -> None:
         identity = self.settings.identity
@@ -159,65 +228,137 @@ class SecAggClient:
         if answer is None:
             raise ConnectionError("the coordinator closed the stream after the hello")
         if answer.HasField("reject"):
-            raise Rejected(answer.reject.reason)
+            raise Rejected(_one_line(answer.reject.reason))
         self.stats.events.append("welcomed")
-        round_: _RoundState | None = None
+        inbox: asyncio.Queue[pb.ServerFrame | Exception] = asyncio.Queue()
+        pump = asyncio.create_task(self._pump(call, inbox))
+        try:
+            await self._rounds_on(call, inbox)
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+
+    async def _rounds_on(
+        self, call: grpc.aio.StreamStreamCall, inbox: asyncio.Queue[pb.ServerFrame | Exception]
+    ) -> None:
+        current: _RoundState | None = None
         while not self._done():
-            frame = await self._read(call)
-            if frame is None:
-                raise ConnectionError("the coordinator closed the stream")
+            # Between rounds the coordinator may be idle as long as it likes; inside one, it
+            # must say something within the client's own deadline.
+            in_round = current is not None and current.client is not None
+            try:
+                item = await asyncio.wait_for(
+                    inbox.get(), self.settings.stage_timeout if in_round else None
+                )
+            except TimeoutError:
+                assert current is not None
+                await self._leave(
+                    call,
+                    current,
+                    ClientAbort(
+                        AbortReason.STAGE_TIMEOUT,
+                        f"no word from the coordinator for {self.settings.stage_timeout:g} s",
+                    ),
+                )
+                continue
+            if isinstance(item, Exception):
+                raise item
+            frame = item
             kind = frame.WhichOneof("body")
             if kind == "task":
-                round_ = await self._start(call, frame.task)
-            elif kind == "protocol" and round_ is not None and round_.client is not None:
-                await self._answer(call, round_, frame.protocol)
-            elif kind == "round_end":
-                self._finish(frame.round_end)
-                round_ = None
-            elif kind == "reject":
-                raise Rejected(frame.reject.reason)
-
-    async def _start(self, call: grpc.aio.StreamStreamCall, task: pb.Task) -> _RoundState:
-        dim = None
-        config: RoundConfig | None = None
-        if task.secure:
-            try:
-                config = RoundConfig.decode(task.round_config)
-            except DecodeError as exc:
-                await self._abort(call, task.round_id, f"invalid round config: {exc}")
-                return _RoundState(task.round_id, None, None)
-            dim = config.dim
-            if task_digest(task.model) != config.task_hash or config.round_id != task.round_id:
-                # The session is bound to another model: training this one would be unsafe.
-                await self._abort(call, task.round_id, "the model does not match the session")
-                return _RoundState(task.round_id, None, None)
-        model = decode_model(task.model, dim)
-        update, weight = await asyncio.to_thread(self._update, model, task.step)
-        values = np.asarray(update, dtype=np.float32)
-        if not task.secure:
-            await call.write(
-                pb.ClientFrame(
-                    plain_update=pb.PlainUpdate(
-                        round_id=task.round_id, values=encode_model(values), weight=weight
+                if current is not None and current.client is not None:
+                    # A new round while this one is unfinished: the old one is over for us.
+                    await self._leave(
+                        call,
+                        current,
+                        ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "a new round began"),
                     )
-                )
+                current = await self._start(call, frame.task)
+            elif kind == "protocol":
+                if current is not None and current.client is not None:
+                    await self._answer(call, current, frame.protocol)
+            elif kind == "round_end":
+                if current is not None and frame.round_end.round_id == current.round_id:
+                    self._finish(current, frame.round_end)
+                    current = None
+            elif kind == "reject":
+                raise Rejected(_one_line(frame.reject.reason))
+            # Anything else (a second welcome, a challenge, an empty frame) carries nothing
+            # this client acts on.
+
+    # ----------------------------------------------------------------- a round
+    async def _start(self, call: grpc.aio.StreamStreamCall, task: pb.Task) -> _RoundState:
+        state = _RoundState(task.round_id)
+        try:
+            config = self._check_task(task)
+            state.config = config
+            model = self._check_model(task, config)
+            self._last_round = config.round_id
+            self._stage(task.round_id, "train")
+            values, weight = await self._train(model, task.step)
+            client = Client(
+                config,
+                self.client_id,
+                SystemRandomness(),
+                identity=self.settings.identity.signing_key if config.active else None,
+                pki=self.settings.pki if config.active else None,
             )
-            return _RoundState(task.round_id, None, None)
-        assert config is not None
-        if config.active and self.settings.pki is None:
-            await self._abort(call, task.round_id, "active mode needs the allow-list")
-            return _RoundState(task.round_id, None, None)
-        client = Client(
-            config,
-            self.client_id,
-            SystemRandomness(),
-            identity=self.settings.identity.signing_key if config.active else None,
-            pki=self.settings.pki if config.active else None,
-        )
-        state = _RoundState(task.round_id, client, (values, weight))
-        self._stage(task.round_id, "advertise")
-        await self._send(call, client.advertise())
+            try:
+                client.set_input(values, weight)
+            except InputError as exc:
+                raise ClientAbort(AbortReason.INVALID_UPDATE, str(exc)) from None
+        except ClientAbort as exc:
+            await self._leave(call, state, exc)
+            return state
+        state.client = client
+        self._stage(task.round_id, "commit")
+        await self._send(call, client.start())
         return state
+
+    def _check_task(self, task: pb.Task) -> RoundConfig:
+        try:
+            config = RoundConfig.decode(task.round_config)
+        except DecodeError as exc:
+            raise ClientAbort(AbortReason.INVALID_CONFIG, str(exc)) from None
+        if config.round_id != task.round_id:
+            raise ClientAbort(AbortReason.INVALID_CONFIG, "the task and its config disagree")
+        if self._last_round is not None and config.round_id <= self._last_round:
+            raise ClientAbort(
+                AbortReason.REPLAYED_ROUND,
+                f"round {config.round_id} is not after round {self._last_round}",
+            )
+        self.settings.policy.check(config, self.client_id)
+        return config
+
+    def _check_model(self, task: pb.Task, config: RoundConfig) -> NDArray[np.float32]:
+        if task_digest(task.model, task.step) != config.task_hash:
+            # The session is bound to another model: training this one would be unsafe.
+            raise ClientAbort(AbortReason.MODEL_MISMATCH, "the model is not the session's")
+        try:
+            return decode_model(task.model, config.dim)
+        except DecodeError as exc:
+            raise ClientAbort(AbortReason.INVALID_MODEL, str(exc)) from None
+
+    async def _train(
+        self, model: NDArray[np.float32], step: int
+    ) -> tuple[NDArray[np.floating], int]:
+        try:
+            result = await asyncio.to_thread(self._update, model, step)
+        except Exception as exc:  # the user's callback: its failure ends the round, not us
+            raise ClientAbort(
+                AbortReason.UPDATE_FAILED, f"the update callback raised {type(exc).__name__}"
+            ) from None
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise ClientAbort(
+                AbortReason.INVALID_UPDATE, "the update callback must return (values, weight)"
+            )
+        values, weight = result
+        try:
+            array = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ClientAbort(AbortReason.INVALID_UPDATE, "the update is not numeric") from None
+        return array, weight
 
     async def _answer(
         self, call: grpc.aio.StreamStreamCall, state: _RoundState, data: bytes
@@ -225,51 +366,80 @@ class SecAggClient:
         client = state.client
         assert client is not None
         try:
-            message = decode(data)
-            if isinstance(message, PeerKeys):
-                self._stage(state.round_id, "share")
-                reply: Message = client.share_keys(message)
-            elif isinstance(message, PeerShares):
-                self._stage(state.round_id, "masked-input")
-                assert state.update is not None
-                values, weight = state.update
-                reply = client.mask_input(message, values, weight)
-                state.update = None  # the plaintext update is not kept past masking
-            elif isinstance(message, SurvivorList):
-                self._stage(state.round_id, "consistency")
-                reply = client.consistency(message)
-            elif isinstance(message, UnmaskRequest):
-                self._stage(state.round_id, "unmask")
-                reply = client.unmask(message)
-            else:
-                raise ClientAbort(AbortReason.UNEXPECTED_MESSAGE, type(message).__name__)
-        except DecodeError as exc:
-            state.client = None
-            await self._abort(call, state.round_id, f"{AbortReason.MALFORMED_MESSAGE}: {exc}")
-            return
+            reply: Message = client.receive(data)
         except ClientAbort as exc:
-            state.client = None
-            await self._abort(call, state.round_id, str(exc))
+            await self._leave(call, state, exc)
             return
+        except Exception as exc:  # a bug on our side must not end the client either
+            log.error(
+                "client %d: round %d failed inside the protocol: %s",
+                self.client_id,
+                state.round_id,
+                type(exc).__name__,
+            )
+            await self._leave(
+                call, state, ClientAbort(AbortReason.MALFORMED_MESSAGE, type(exc).__name__)
+            )
+            return
+        self._stage(state.round_id, stage_answered_by(reply).value)
         await self._send(call, reply)
 
     async def _send(self, call: grpc.aio.StreamStreamCall, message: Message) -> None:
         await call.write(pb.ClientFrame(protocol=message.encode()))
 
-    async def _abort(self, call: grpc.aio.StreamStreamCall, round_id: int, reason: str) -> None:
-        log.warning("client %d leaves round %d: %s", self.client_id, round_id, reason)
+    async def _leave(
+        self, call: grpc.aio.StreamStreamCall, state: _RoundState, abort: ClientAbort
+    ) -> None:
+        """Leave the round: tell the coordinator why, log it, and reveal nothing more."""
+        state.client = None
+        state.aborted = abort
         self.stats.aborted += 1
-        self.stats.events.append(f"aborted round {round_id}: {reason}")
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await call.write(pb.ClientFrame(abort=pb.ClientAbort(round_id=round_id, reason=reason)))
+        self.stats.abort_reasons.append(abort.reason)
+        self.stats.events.append(f"aborted round {state.round_id}: {abort.reason.value}")
+        log.warning(
+            "client %d leaves round %d: %s", self.client_id, state.round_id, _one_line(str(abort))
+        )
+        self._audit(state, f"left by this client ({abort.reason.value})")
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await call.write(
+                pb.ClientFrame(
+                    abort=pb.ClientAbort(
+                        round_id=state.round_id,
+                        reason=abort.reason.value,
+                        detail=_one_line(abort.detail)[:_DETAIL_CHARS],
+                    )
+                )
+            )
 
-    def _finish(self, end: pb.RoundEnd) -> None:
+    def _finish(self, state: _RoundState, end: pb.RoundEnd) -> None:
         self.stats.rounds += 1
         if end.included:
             self.stats.included += 1
+        outcome = "completed" if end.completed else "aborted"
         self.stats.events.append(
-            f"round {end.round_id}: {'completed' if end.completed else 'aborted'}"
-            f"{', included' if end.included else ''}"
+            f"round {end.round_id}: {outcome}{', included' if end.included else ''}"
+        )
+        self._audit(state, f"{outcome}, {'included' if end.included else 'not included'}")
+
+    def _audit(self, state: _RoundState, outcome: str) -> None:
+        """One line per round: what this client agreed to, and how the round ended for it."""
+        if state.audited:
+            return
+        state.audited = True
+        config = state.config
+        if config is None:
+            log.info("round %d: refused before it began: %s", state.round_id, outcome)
+            return
+        log.info(
+            "round %d: server model %s, %s k=%d t=%d, cohort %d, min cohort %d: %s",
+            state.round_id,
+            config.server_model,
+            config.protocol,
+            config.degree,
+            config.threshold,
+            len(config.client_ids),
+            config.min_cohort,
+            outcome,
         )
 
     def _stage(self, round_id: int, stage: str) -> None:
@@ -277,8 +447,6 @@ class SecAggClient:
             self._on_stage(round_id, stage)
 
 
-@dataclass
-class _RoundState:
-    round_id: int
-    client: Client | None
-    update: tuple[NDArray[np.float32], int] | None = field(default=None, repr=False)
+def _one_line(text: str) -> str:
+    """What the peer said, as one printable line (its words, never trusted as markup)."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())

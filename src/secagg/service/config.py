@@ -29,6 +29,10 @@ command line override what the file says.
 
     [clients]
     allow_list = "allowlist.toml"
+    stage_timeout = 70.0   # a client's own deadline for the coordinator's next message
+
+The client reads the same ``[round]`` section as its policy: it refuses any round whose
+configuration differs from it (``secagg.policy``).
 """
 
 from __future__ import annotations
@@ -67,6 +71,17 @@ _COORDINATOR_KEYS = {
 }
 
 
+_CLIENTS_KEYS = {
+    "allow_list": str,
+    "stage_timeout": float,
+}
+
+
+def default_client_stage_timeout(coordinator_stage_timeout: float) -> float:
+    """A client waits for the slowest client of a stage, then for the coordinator's work."""
+    return 2 * coordinator_stage_timeout + 10.0
+
+
 @dataclass(frozen=True)
 class DeploymentConfig:
     params: Params
@@ -74,6 +89,7 @@ class DeploymentConfig:
     tls: TlsFiles | None
     allow_list: Path | None
     ledger: Path
+    client_stage_timeout: float = 70.0
 
     @classmethod
     def load(cls, path: Path) -> DeploymentConfig:
@@ -109,9 +125,25 @@ class DeploymentConfig:
                 )
             except (KeyError, TypeError):
                 raise ConfigurationError(f"{path}: [tls] needs ca, cert and key") from None
-        clients = data.get("clients", {})
-        allow = clients.get("allow_list") if isinstance(clients, dict) else None
-        return cls(params, settings, tls, None if allow is None else base / allow, ledger)
+        clients = _section(data, "clients", _CLIENTS_KEYS, path)
+        allow = clients.get("allow_list")
+        client_timeout = clients.get(
+            "stage_timeout", default_client_stage_timeout(settings.stage_timeout)
+        )
+        if client_timeout <= settings.stage_timeout:
+            raise ConfigurationError(
+                f"{path}: clients.stage_timeout ({client_timeout:g} s) must exceed "
+                f"coordinator.stage_timeout ({settings.stage_timeout:g} s): a client waits for "
+                "the slowest client of each stage"
+            )
+        return cls(
+            params,
+            settings,
+            tls,
+            None if allow is None else base / allow,
+            ledger,
+            client_timeout,
+        )
 
     def with_overrides(self, **coordinator: Any) -> DeploymentConfig:
         """The same deployment with some coordinator settings replaced (from flags)."""
@@ -188,7 +220,12 @@ class DeploymentConfig:
             ca, cert, key = tls
             lines += ["", "[tls]", f'ca = "{ca}"', f'cert = "{cert}"', f'key = "{key}"']
         if allow_list is not None:
-            lines += ["", "[clients]", f'allow_list = "{allow_list}"']
+            lines += [
+                "",
+                "[clients]",
+                f'allow_list = "{allow_list}"',
+                f"stage_timeout = {default_client_stage_timeout(stage_timeout)!r}",
+            ]
         return "\n".join(lines) + "\n"
 
 

@@ -3,8 +3,10 @@
 Each client keeps one bidirectional stream open. On connection the coordinator sends a fresh
 challenge; the client answers with its id and an Ed25519 signature, checked against the
 allow-list. Rounds then follow one another: the coordinator forms a cohort from the idle
-connected clients, binds the round to the model it sends (the task digest is in the session
-id), and drives the sans-I/O ``Server`` stage by stage, each with a deadline. A client that
+connected clients, binds the round to the model it sends (the task digest is in the round
+configuration, hence in the session id), and drives the sans-I/O ``Server`` stage by stage,
+each with a deadline, until the server says the round is done. There is no plaintext path:
+clients only ever send protocol messages. A client that
 misses a deadline, disconnects or misbehaves is dropped with a reason and the round goes on
 while enough remain. Masked inputs are summed as they arrive, so memory stays
 O(dim + clients x degree). Every round is written to the ledger; a completed round's
@@ -25,30 +27,20 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.errors import AuthenticationError, DropReason, RoundAborted, UsageError
+from secagg.errors import AbortReason, AuthenticationError, DropReason, RoundAborted, UsageError
 from secagg.parallel import MaskApplier
 from secagg.params import Params
-from secagg.protocol.messages import RoundConfig
-from secagg.protocol.server import Server, Stage
+from secagg.protocol.messages import Message, RoundConfig
+from secagg.protocol.server import Server
 from secagg.service.credentials import AllowList, new_challenge
 from secagg.service.ledger import Ledger
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
-from secagg.service.wire import (
-    channel_options,
-    decode_model,
-    encode_model,
-    message_size_limit,
-    task_digest,
-)
+from secagg.service.wire import channel_options, encode_model, message_size_limit, task_digest
 
 __all__ = ["Coordinator", "CoordinatorSettings", "RoundSummary"]
 
 log = logging.getLogger("secagg.coordinator")
-
-SECURE_STAGES = (Stage.ADVERTISE, Stage.SHARE, Stage.MASKED_INPUT, Stage.UNMASK)
-ACTIVE_STAGES = (Stage.ADVERTISE, Stage.SHARE, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK)
-PLAIN_STAGE = "plain-update"
 
 
 @dataclass(frozen=True)
@@ -74,7 +66,6 @@ class RoundSummary:
     """What a round did, as the coordinator saw it (also in the ledger)."""
 
     round_id: int
-    secure: bool
     outcome: str  # "completed" or "aborted"
     cohort: tuple[int, ...]
     included: tuple[int, ...]
@@ -85,6 +76,7 @@ class RoundSummary:
     download_bytes_per_client: float
     abort_reason: str | None = None
     aggregate: NDArray[np.float64] | None = field(default=None, repr=False)
+    session_attempts: int = 1
 
 
 # A Task frame (it carries the model) is built only when its turn to be written comes, and at
@@ -109,25 +101,16 @@ class _Connection:
 
 
 class _Round:
-    """The round in progress: the protocol server (or the plaintext sum) and who is in it."""
+    """The round in progress: the protocol server and who is in it."""
 
-    def __init__(self, round_id: int, cohort: tuple[int, ...], server: Server | None) -> None:
+    def __init__(self, round_id: int, cohort: tuple[int, ...], server: Server) -> None:
         self.round_id = round_id
         self.cohort = cohort
         self.server = server
         self.progress = asyncio.Event()
-        self.stage: str = "starting"
-        # Plaintext baseline: a running weighted sum, exactly as FedAvg without secagg.
-        self.plain_sum: NDArray[np.float64] | None = None
-        self.plain_weight = 0.0
-        self.plain_included: set[int] = set()
-        self.plain_dropped: dict[int, tuple[str, str]] = {}
 
     def waiting_for(self) -> frozenset[int]:
-        if self.server is not None:
-            return self.server.waiting_for()
-        done = self.plain_included | set(self.plain_dropped)
-        return frozenset(c for c in self.cohort if c not in done)
+        return self.server.waiting_for()
 
 
 class Coordinator(pb_grpc.CoordinatorServicer):
@@ -155,8 +138,6 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         # Unmasking on every core, through a fork server: this process runs gRPC.
         self._mask_applier = MaskApplier(start_method="forkserver")
         self.port = 0
-        self._step = 0
-        self._plain_rounds = 0
         self.rejections: list[str] = []  # why connections were refused, for tests and reports
 
     # ----------------------------------------------------------------- lifecycle
@@ -298,10 +279,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         log.info("client %d disconnected", conn.client_id)
         active = self._round
         if active is not None and conn.client_id in active.cohort:
-            if active.server is not None:
-                active.server.drop(conn.client_id, DropReason.DISCONNECTED)
-            elif conn.client_id not in active.plain_included:
-                active.plain_dropped.setdefault(conn.client_id, (active.stage, "disconnected"))
+            active.server.drop(conn.client_id, DropReason.DISCONNECTED)
             self._check_progress(active)
 
     def _on_frame(self, conn: _Connection, frame: pb.ClientFrame) -> None:
@@ -309,35 +287,17 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         if active is None or conn.client_id not in active.cohort:
             return  # nothing is expected from this client now: ignore
         kind = frame.WhichOneof("body")
-        if kind == "protocol" and active.server is not None:
+        if kind == "protocol":
             active.server.receive(conn.client_id, frame.protocol)
-        elif kind == "abort" and active.server is not None:
+        elif kind == "abort":
             if frame.abort.round_id == active.round_id:
-                log.warning("client %d aborted: %s", conn.client_id, frame.abort.reason)
-                active.server.drop(conn.client_id, DropReason.CLIENT_ABORTED, frame.abort.reason)
-        elif kind == "plain_update" and active.server is None:
-            self._take_plain(active, conn.client_id, frame.plain_update)
-        elif active.server is not None:
+                reason = _abort_reason(frame.abort.reason)
+                detail = f"{reason}: {frame.abort.detail}"[:200]
+                log.warning("client %d left round %d: %s", conn.client_id, active.round_id, detail)
+                active.server.drop(conn.client_id, DropReason.CLIENT_ABORTED, detail)
+        else:
             active.server.drop(conn.client_id, DropReason.WRONG_STAGE, f"unexpected {kind} frame")
         self._check_progress(active)
-
-    def _take_plain(self, active: _Round, client_id: int, update: pb.PlainUpdate) -> None:
-        if client_id in active.plain_included or client_id in active.plain_dropped:
-            return
-        dim = self.settings.params.dim
-        try:
-            values = decode_model(update.values, dim).astype(np.float64)
-        except ValueError as exc:
-            active.plain_dropped[client_id] = (PLAIN_STAGE, f"malformed: {exc}")
-            return
-        if update.round_id != active.round_id:
-            active.plain_dropped[client_id] = (PLAIN_STAGE, "update for another round")
-            return
-        if active.plain_sum is None:
-            active.plain_sum = np.zeros(dim, dtype=np.float64)
-        active.plain_sum += float(update.weight) * values
-        active.plain_weight += float(update.weight)
-        active.plain_included.add(client_id)
 
     def _check_progress(self, active: _Round) -> None:
         if not active.waiting_for():
@@ -359,7 +319,6 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         self,
         model: NDArray[np.floating],
         *,
-        secure: bool = True,
         step: int = 0,
         cohort: tuple[int, ...] | None = None,
     ) -> RoundSummary:
@@ -373,17 +332,16 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             cohort = await self._cohort()
         else:
             cohort = tuple(sorted(c for c in cohort if c in self._connections))
-        self._step = step
         model_bytes = encode_model(model)
         if len(model_bytes) != 4 * self.settings.params.dim:
             raise UsageError(f"the model must have {self.settings.params.dim} parameters")
-        if secure:
-            return await self._run_secure(cohort, model_bytes)
-        return await self._run_plain(cohort, model_bytes)
+        return await self._run(cohort, model_bytes, step)
 
-    def _config(self, round_id: int, cohort: tuple[int, ...], model: bytes) -> RoundConfig:
+    def _config(
+        self, round_id: int, cohort: tuple[int, ...], model: bytes, step: int
+    ) -> RoundConfig:
         return self.settings.params.round_config(
-            cohort, nonce=os.urandom(16), round_id=round_id, task_hash=task_digest(model)
+            cohort, nonce=os.urandom(16), round_id=round_id, task_hash=task_digest(model, step)
         )
 
     async def _stage_started(self, round_id: int, stage: str) -> None:
@@ -399,7 +357,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(active.progress.wait(), self.settings.stage_timeout)
 
-    def _begin(self, round_id: int, cohort: tuple[int, ...], server: Server | None) -> _Round:
+    def _begin(self, round_id: int, cohort: tuple[int, ...], server: Server) -> _Round:
         active = _Round(round_id, cohort, server)
         self._round = active
         for c in cohort:
@@ -432,9 +390,20 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             )
         self._round = None
 
-    async def _run_secure(self, cohort: tuple[int, ...], model: bytes) -> RoundSummary:
+    def _deliver(self, server: Server, outgoing: Mapping[int, Message], task: pb.Task) -> None:
+        """Send each client its message: the configuration travels in a Task, with the model."""
+        for c, message in outgoing.items():
+            conn = self._connections.get(c)
+            if conn is None:
+                server.drop(c, DropReason.DISCONNECTED)
+            elif isinstance(message, RoundConfig):
+                conn.send(lambda: pb.ServerFrame(task=task))
+            else:
+                conn.send(pb.ServerFrame(protocol=message.encode()))
+
+    async def _run(self, cohort: tuple[int, ...], model: bytes, step: int) -> RoundSummary:
         round_id = self.ledger.next_round_id()
-        config = self._config(round_id, cohort, model)
+        config = self._config(round_id, cohort, model, step)
         # Active mode: the allow-list is the PKI that signed keys and survivor sets are
         # checked against.
         server = Server(
@@ -444,7 +413,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         )
         self.ledger.start_round(
             round_id=round_id,
-            session_id=config.session_id,
+            session_id=config.config_id,
             task_hash=config.task_hash,
             protocol=config.protocol,
             cohort=cohort,
@@ -456,14 +425,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         started = time.perf_counter()
         stage_seconds: dict[str, float] = {}
         recorded: set[int] = set()
-        task = pb.Task(
-            round_id=round_id,
-            secure=True,
-            round_config=config.encode(),
-            model=model,
-            step=self._step,
-        )
-        outgoing: Mapping[int, object] = {}
+        task = pb.Task(round_id=round_id, round_config=config.encode(), model=model, step=step)
         abort: RoundAborted | None = None
         log.info(
             "round %d: cohort of %d, k=%d, t=%d (resident memory %d MiB)",
@@ -473,45 +435,35 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             config.threshold,
             _resident_bytes() >> 20,
         )
-        for stage in ACTIVE_STAGES if config.active else SECURE_STAGES:
-            active.stage = stage.value
+        outgoing: Mapping[int, Message] = server.start()
+        while not server.done:
+            stage = server.stage
             t0 = time.perf_counter()
             await self._stage_started(round_id, stage.value)
-            if stage is Stage.ADVERTISE:
-                for c in cohort:
-                    if c in self._connections:
-                        self._connections[c].send(lambda: pb.ServerFrame(task=task))
-                    else:
-                        server.drop(c, DropReason.DISCONNECTED)
-            else:
-                for c, message in outgoing.items():
-                    conn = self._connections.get(c)
-                    if conn is None:
-                        server.drop(c, DropReason.DISCONNECTED)
-                        continue
-                    conn.send(pb.ServerFrame(protocol=message.encode()))  # type: ignore[attr-defined]
+            self._deliver(server, outgoing, task)
             await self._await_stage(active)
             try:
                 outgoing = server.close_stage()
             except RoundAborted as exc:
                 abort = exc
-            stage_seconds[stage.value] = time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            # A stage that runs again (a second commit attempt) adds to its time.
+            stage_seconds[stage.value] = stage_seconds.get(stage.value, 0.0) + seconds
             log.info(
                 "round %d: %s took %.2f s (resident memory %d MiB)",
                 round_id,
                 stage.value,
-                stage_seconds[stage.value],
+                seconds,
                 _resident_bytes() >> 20,
             )
-            self.ledger.record_stage(round_id, stage.value, stage_seconds[stage.value])
             for client, drop in server.drops.items():
                 if client not in recorded:
                     recorded.add(client)
                     self.ledger.record_drop(
                         round_id, client, drop.stage.value, drop.reason.value, drop.detail
                     )
-            if abort is not None:
-                break
+        for name, seconds in stage_seconds.items():
+            self.ledger.record_stage(round_id, name, seconds)
         dropped = {c: (d.stage.value, d.reason.value) for c, d in server.drops.items()}
         seconds = time.perf_counter() - started
         if abort is not None:
@@ -521,7 +473,6 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             self._end(active, False, (), abort.detail)
             return RoundSummary(
                 round_id,
-                True,
                 "aborted",
                 cohort,
                 (),
@@ -531,6 +482,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 up,
                 down,
                 abort.detail,
+                session_attempts=server.attempt,
             )
         result = server.result
         mean = result.weighted_mean(self.settings.params.quantizer)
@@ -549,7 +501,6 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         log.info("round %d completed: %d included", round_id, len(result.included))
         return RoundSummary(
             round_id,
-            True,
             "completed",
             cohort,
             result.included,
@@ -560,61 +511,16 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             down,
             None,
             mean,
+            session_attempts=server.attempt,
         )
 
-    async def _run_plain(self, cohort: tuple[int, ...], model: bytes) -> RoundSummary:
-        """The baseline: plaintext FedAvg over the same streams, for comparison."""
-        # Baseline rounds are not secure-aggregation rounds: they stay out of the ledger and
-        # count on their own.
-        self._plain_rounds += 1
-        round_id = self._plain_rounds
-        active = self._begin(round_id, cohort, None)
-        active.stage = PLAIN_STAGE
-        started = time.perf_counter()
-        await self._stage_started(round_id, PLAIN_STAGE)
-        task = pb.Task(round_id=round_id, secure=False, model=model, step=self._step)
-        for c in cohort:
-            if c in self._connections:
-                self._connections[c].send(lambda: pb.ServerFrame(task=task))
-            else:
-                active.plain_dropped[c] = (PLAIN_STAGE, "disconnected")
-        await self._await_stage(active)
-        seconds = time.perf_counter() - started
-        for c in active.waiting_for():
-            active.plain_dropped[c] = (PLAIN_STAGE, "missed-deadline")
-        included = tuple(sorted(active.plain_included))
-        up, down = self._bytes(included)
-        if active.plain_sum is None or active.plain_weight == 0:
-            self._end(active, False, (), "no update arrived")
-            return RoundSummary(
-                round_id,
-                False,
-                "aborted",
-                cohort,
-                (),
-                active.plain_dropped,
-                {PLAIN_STAGE: seconds},
-                seconds,
-                up,
-                down,
-                "no update arrived",
-            )
-        mean = active.plain_sum / active.plain_weight
-        self._end(active, True, included, "")
-        return RoundSummary(
-            round_id,
-            False,
-            "completed",
-            cohort,
-            included,
-            dict(active.plain_dropped),
-            {PLAIN_STAGE: seconds},
-            seconds,
-            up,
-            down,
-            None,
-            mean,
-        )
+
+def _abort_reason(code: str) -> str:
+    """A client's abort reason as one of ours (it is the client's word: never trusted as text)."""
+    try:
+        return AbortReason(code).value
+    except ValueError:
+        return "unknown"
 
 
 def _resident_bytes() -> int:

@@ -7,12 +7,13 @@ import logging
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from secagg.errors import ConfigurationError
+from secagg.policy import ClientPolicy
 from secagg.service.client import ClientSettings, SecAggClient, UpdateFn
 from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import Coordinator, RoundSummary
@@ -24,7 +25,7 @@ from secagg.service.credentials import (
 )
 from secagg.service.ledger import Ledger
 
-__all__ = ["join", "make_coordinator", "serve", "start_client_process"]
+__all__ = ["client_policy", "join", "make_coordinator", "serve", "start_client_process"]
 
 log = logging.getLogger("secagg.serve")
 
@@ -70,7 +71,7 @@ async def serve(
             for step in range(rounds):
                 if stop.is_set():
                     break
-                summary = await coordinator.run_round(model, secure=True, step=step)
+                summary = await coordinator.run_round(model, step=step)
                 summaries.append(summary)
                 if report is not None:
                     report(summary)
@@ -95,20 +96,27 @@ def join(
     if config.tls is None and not insecure:
         raise ConfigurationError("the deployment has no [tls] section; TLS is required")
     ca = None if config.tls is None else load_ca(config.tls.ca_cert)
-    pki = None
-    if config.params.active:
-        if config.allow_list is None:
-            raise ConfigurationError("active mode needs the allow-list ([clients] allow_list)")
-        pki = AllowList.load(config.allow_list).keys
+    policy, pki = client_policy(config)
     settings = ClientSettings(
         target=target or f"{config.coordinator.host}:{config.coordinator.port}",
         identity=identity,
         ca_cert=ca,
         max_message_bytes=config.coordinator.max_message_bytes,
+        policy=policy,
         pki=pki,
+        stage_timeout=config.client_stage_timeout,
     )
     client = SecAggClient(settings, update(identity.client_id), rounds=rounds)
     asyncio.run(client.run())
+
+
+def client_policy(config: DeploymentConfig) -> tuple[ClientPolicy, Mapping[int, bytes]]:
+    """The client's policy and PKI from its deployment: the allow-list is required, since the
+    cohort of every round must lie within it."""
+    if config.allow_list is None:
+        raise ConfigurationError("the deployment names no allow-list ([clients] allow_list)")
+    keys = AllowList.load(config.allow_list).keys
+    return ClientPolicy(config.params, frozenset(keys)), keys
 
 
 def start_client_process(

@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import DecodeError
+from secagg.hazmat.keys import encode_fields
 from secagg.hazmat.ring import Ring
 from secagg.protocol.messages import CIPHERTEXT_BYTES, KEY_BYTES
 
@@ -55,6 +56,7 @@ def decode_model(data: bytes, dim: int | None = None) -> NDArray[np.float32]:
     return model
 
 
-def task_digest(model: bytes) -> bytes:
-    """The hash bound into a round's session id: a client trains only the model it was sent."""
-    return hashlib.sha256(b"secagg/v1/task\x00" + model).digest()
+def task_digest(model: bytes, step: int) -> bytes:
+    """The hash bound into a round's session id: a client trains only the model (and training
+    step) it was sent."""
+    return hashlib.sha256(encode_fields("secagg/v1/task", step, model)).digest()

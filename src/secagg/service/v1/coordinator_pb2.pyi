@@ -6,16 +6,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClientFrame(_message.Message):
-    __slots__ = ("hello", "protocol", "abort", "plain_update")
+    __slots__ = ("hello", "protocol", "abort")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
-    PLAIN_UPDATE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     protocol: bytes
     abort: ClientAbort
-    plain_update: PlainUpdate
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., protocol: _Optional[bytes] = ..., abort: _Optional[_Union[ClientAbort, _Mapping]] = ..., plain_update: _Optional[_Union[PlainUpdate, _Mapping]] = ...) -> None: ...
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., protocol: _Optional[bytes] = ..., abort: _Optional[_Union[ClientAbort, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("client_id", "public_key", "signature")
@@ -28,22 +26,14 @@ class Hello(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ClientAbort(_message.Message):
-    __slots__ = ("round_id", "reason")
+    __slots__ = ("round_id", "reason", "detail")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     reason: str
-    def __init__(self, round_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
-
-class PlainUpdate(_message.Message):
-    __slots__ = ("round_id", "values", "weight")
-    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
-    VALUES_FIELD_NUMBER: _ClassVar[int]
-    WEIGHT_FIELD_NUMBER: _ClassVar[int]
-    round_id: int
-    values: bytes
-    weight: int
-    def __init__(self, round_id: _Optional[int] = ..., values: _Optional[bytes] = ..., weight: _Optional[int] = ...) -> None: ...
+    detail: str
+    def __init__(self, round_id: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
     __slots__ = ("challenge", "welcome", "task", "protocol", "round_end", "reject")
@@ -76,18 +66,16 @@ class Welcome(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("round_id", "secure", "round_config", "model", "step")
+    __slots__ = ("round_id", "round_config", "model", "step")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
-    SECURE_FIELD_NUMBER: _ClassVar[int]
     ROUND_CONFIG_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     round_id: int
-    secure: bool
     round_config: bytes
     model: bytes
     step: int
-    def __init__(self, round_id: _Optional[int] = ..., secure: _Optional[bool] = ..., round_config: _Optional[bytes] = ..., model: _Optional[bytes] = ..., step: _Optional[int] = ...) -> None: ...
+    def __init__(self, round_id: _Optional[int] = ..., round_config: _Optional[bytes] = ..., model: _Optional[bytes] = ..., step: _Optional[int] = ...) -> None: ...
 
 class RoundEnd(_message.Message):
     __slots__ = ("round_id", "completed", "included", "reason")
