@@ -43,13 +43,15 @@ observed). Our wire format therefore carries bare SEAL ciphertexts; we rebuild T
 wrapper ourselves with the slot counts of our layout, check SEAL's 16-byte header (and the
 size it declares) before SEAL sees the bytes, cap each ciphertext at what the parameters can
 produce, and after loading check that each is a fresh, well-formed encryption at the top
-level (two polynomials, NTT form, the expected scale, not transparent). SEAL (>= 4.3.3 in this
-TenSEAL) bounds every allocation by the parameters and decompresses on demand, so a
+level (two polynomials, NTT form, the expected scale, not transparent). The SEAL inside
+TenSEAL 0.3.18 is 4.3.3 or later (it has the streaming inflater that release added): it bounds
+every allocation by the parameters and decompresses only as far as it parses, so a
 decompression bomb stops at the first invalid field. Fuzzing it with truncations, bit flips,
-random bytes, hostile lengths and field-by-field mutations of an uncompressed ciphertext raised
-only exceptions, which we turn into :class:`~secagg.errors.DecodeError`. A ciphertext under
-another key with the same parameters is indistinguishable until decryption, where
-:func:`decrypt_mean` refuses it (its total weight is not a whole number).
+random bytes, hostile lengths, zstd bombs and field-by-field mutations of an uncompressed
+ciphertext raised only exceptions (no crash, no hang), which we turn into
+:class:`~secagg.errors.DecodeError`. A ciphertext under another key with the same parameters
+is indistinguishable until decryption, where :func:`decrypt_mean` refuses it: its slots
+decrypt to noise of about q / scale, so the total weight cannot be read to within 1/2.
 """
 
 from __future__ import annotations
@@ -768,6 +770,13 @@ def encrypt_update(
     if low < -clip or high > clip:
         clipped = int(np.count_nonzero(x < -clip) + np.count_nonzero(x > clip))
         np.clip(x, -clip, clip, out=x)
+        low, high = max(low, -clip), min(high, clip)
+    if max(abs(low), abs(high), 1.0) * weight >= 2.0**params.headroom_bits:
+        # SEAL would refuse to encode it; a sum of such updates could not decrypt anyway.
+        raise ConfigurationError(
+            f"weight {weight} x values up to clip {clip} overflow the {params.headroom_bits}-bit "
+            "headroom of these CKKS parameters: lower clip or max_weight"
+        )
     padded = np.empty(len(x) + 1, dtype=np.float64)
     np.multiply(x, float(weight), out=padded[:-1])
     padded[-1] = weight
