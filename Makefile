@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[fl,bench,dev]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[fl,bench,dev,dp,he,metrics,torch]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from secagg.errors import ConfigurationError, DecodeError, UsageError
+from secagg.errors import ConfigurationError, DecodeError, LedgerError, UsageError
 from secagg.params import Params, Protocol
 from secagg.protocol.graph import ServerModel
 from secagg.service.client import UpdateFn
@@ -338,7 +338,7 @@ def serve(
     _setup_logging()
     try:
         asyncio.run(run_serve(deployment, rounds=rounds, report=report))
-    except ConfigurationError as exc:
+    except (ConfigurationError, LedgerError) as exc:
         _fail(str(exc))
 
 
@@ -385,18 +385,16 @@ def rounds(
     """List the rounds in a ledger, or export one round's aggregate."""
     from secagg.service.ledger import Ledger, export_aggregate, format_rounds_table
 
-    if not ledger.exists():
-        _fail(f"no ledger at {ledger}")
-    with Ledger(ledger) as book:
-        if export is None:
-            _wide_console().print(format_rounds_table(book.rounds()))
-            return
-        if out is None:
-            _fail("--export needs --out FILE.npy")
-        try:
+    try:
+        with Ledger.open_readonly(ledger) as book:
+            if export is None:
+                _wide_console().print(format_rounds_table(book.rounds()))
+                return
+            if out is None:
+                _fail("--export needs --out FILE.npy")
             export_aggregate(book, export, out)
-        except (UsageError, DecodeError) as exc:
-            _fail(str(exc))
+    except (LedgerError, UsageError, DecodeError) as exc:
+        _fail(str(exc))
     Console().print(f"wrote the aggregate of round {export} to {out}")
 
 
@@ -431,7 +429,7 @@ def demo(
     with console.status("starting", spinner="dots") as status:
         try:
             report = run_demo(options, progress=lambda text: status.update(text))
-        except ConfigurationError as exc:
+        except (ConfigurationError, LedgerError) as exc:
             _fail(str(exc))
     print_report(report, console)
     if json_path is not None:

@@ -57,6 +57,10 @@ LONG_IDS = (12345, 40001, 65000)
 LABEL_OF = {
     "AdvertiseKeys": ("up", "advertise-keys"),
     "EncryptedShares": ("up", "encrypted-shares"),
+    "Commitment": ("up", "commitment"),
+    "Reveal": ("up", "reveal"),
+    "CommitmentDigest": ("down", "commitment-digest"),
+    "Contributions": ("down", "contributions"),
     "MaskedInput": ("up", "masked-input"),
     "ConsistencySignature": ("up", "consistency-signature"),
     "UnmaskResponse": ("up", "unmask-response"),
@@ -106,13 +110,14 @@ def run_metered_round(
 
     server = harness.server = Server(harness.config, apply_masks=timed_apply_masks)
     metrics.round_started()
-    outgoing: Mapping[int, Message | None] = dict.fromkeys(harness.config.client_ids)
+    outgoing: Mapping[int, Message] = server.start()
     recorded: set[int] = set()
-    for stage in (Stage.ADVERTISE, Stage.SHARE, Stage.MASKED_INPUT, Stage.UNMASK):
+    while not server.done:
+        stage = server.stage
         started = time.perf_counter()
         expected = server.waiting_for()
         for client_id, message in outgoing.items():
-            if message is not None:
+            if not isinstance(message, RoundConfig):  # the config travels inside a Task
                 data = message.encode()
                 metrics.message_bytes(
                     Direction.DOWN, protocol_message_type(data, Direction.DOWN), len(data)
@@ -125,8 +130,8 @@ def run_metered_round(
                 data, kind = JUNK, "junk"
             else:
                 reply = (
-                    harness.clients[client_id].advertise()
-                    if message is None
+                    harness.clients[client_id].start()
+                    if isinstance(message, RoundConfig)
                     else harness.respond(client_id, message)
                 )
                 data, kind = reply.encode(), type(reply).__name__
@@ -219,7 +224,7 @@ def test_a_scrape_after_a_completed_and_an_aborted_round_reports_exactly_what_ha
             mid_round.append(parse(scrape(endpoint)))
 
     seen = run_metered_round(
-        Harness(ids=IDS),
+        Harness(ids=IDS, agree=False),
         metrics,
         silent={Stage.SHARE: [SILENT_CLIENT]},
         junk={Stage.MASKED_INPUT: [JUNK_CLIENT]},
@@ -232,6 +237,8 @@ def test_a_scrape_after_a_completed_and_an_aborted_round_reports_exactly_what_ha
     assert value(during, "secagg_rounds_started_total") == 1
     assert value(during, "secagg_rounds_total", outcome="completed") == 0
     assert {dict(labels)["stage"] for labels in series(during, "secagg_stage_clients")} == {
+        "commit",
+        "reveal",
         "advertise",
         "share",
     }
@@ -245,6 +252,10 @@ def test_a_scrape_after_a_completed_and_an_aborted_round_reports_exactly_what_ha
         for labels, v in series(first, "secagg_stage_clients").items()
     }
     assert stage_clients == {
+        ("commit", "expected"): 6,
+        ("commit", "answered"): 6,
+        ("reveal", "expected"): 6,
+        ("reveal", "answered"): 6,
         ("advertise", "expected"): 6,
         ("advertise", "answered"): 6,
         ("share", "expected"): 6,
@@ -262,6 +273,10 @@ def test_a_scrape_after_a_completed_and_an_aborted_round_reports_exactly_what_ha
 
     # Bytes and message counts by direction and type: exactly the encoded messages sent.
     assert seen.messages == {
+        "Commitment": 6,
+        "CommitmentDigest": 6,
+        "Reveal": 6,
+        "Contributions": 6,
         "AdvertiseKeys": 6,
         "PeerKeys": 6,
         "EncryptedShares": 5,
@@ -298,7 +313,7 @@ def test_a_scrape_after_a_completed_and_an_aborted_round_reports_exactly_what_ha
 
     # A second round: four clients never advertise, the round cannot reach the threshold.
     seen = run_metered_round(
-        Harness(ids=IDS, round_id=1, seed=2),
+        Harness(ids=IDS, agree=False, round_id=1, seed=2),
         metrics,
         silent={Stage.ADVERTISE: [3, 77, 1000, SILENT_CLIENT]},
     )
@@ -309,6 +324,10 @@ def test_a_scrape_after_a_completed_and_an_aborted_round_reports_exactly_what_ha
     assert value(second, "secagg_rounds_total", outcome="aborted") == 1
     # The stage gauges now describe the aborted round only: it never reached share.
     assert series(second, "secagg_stage_clients") == {
+        frozenset({("stage", "commit"), ("status", "expected")}): 6,
+        frozenset({("stage", "commit"), ("status", "answered")}): 6,
+        frozenset({("stage", "reveal"), ("status", "expected")}): 6,
+        frozenset({("stage", "reveal"), ("status", "answered")}): 6,
         frozenset({("stage", "advertise"), ("status", "expected")}): 6,
         frozenset({("stage", "advertise"), ("status", "answered")}): 2,
     }
@@ -330,7 +349,7 @@ def test_no_client_id_appears_anywhere_in_the_scrape(
     metrics: CoordinatorMetrics, endpoint: MetricsEndpoint
 ) -> None:
     run_metered_round(
-        Harness(ids=IDS),
+        Harness(ids=IDS, agree=False),
         metrics,
         silent={Stage.SHARE: [SILENT_CLIENT]},
         junk={Stage.MASKED_INPUT: [JUNK_CLIENT]},
@@ -352,7 +371,7 @@ def test_no_client_id_appears_anywhere_in_the_scrape(
 def test_every_metric_follows_the_prometheus_naming_conventions(
     metrics: CoordinatorMetrics,
 ) -> None:
-    run_metered_round(Harness(ids=IDS), metrics, silent={Stage.SHARE: [SILENT_CLIENT]})
+    run_metered_round(Harness(ids=IDS, agree=False), metrics, silent={Stage.SHARE: [SILENT_CLIENT]})
     metrics.clients_connected(6)
     families = {
         f.name: f
@@ -429,7 +448,7 @@ REFUSED: list[tuple[str, Callable[[Metrics], None]]] = [
     ("a client id as reason", lambda m: m.client_dropped(Stage.SHARE, "12345")),
     ("an int as stage", lambda m: m.client_dropped(12345, "missed-share")),  # type: ignore[arg-type]
     ("a final state as stage", lambda m: m.client_dropped(Stage.COMPLETED, "missed-share")),
-    ("an unknown stage", lambda m: m.stage_finished("plain-update", 0.1, 3, 3)),
+    ("an unknown stage", lambda m: m.stage_finished("completed", 0.1, 3, 3)),
     ("a client id as type", lambda m: m.message_bytes("up", "client-12345", 10)),
     ("a sideways direction", lambda m: m.message_bytes("sideways", "hello", 10)),
     ("a down type sent up", lambda m: m.message_bytes(Direction.UP, MessageType.TASK, 10)),
@@ -468,7 +487,8 @@ def test_the_refusal_names_the_allowed_values() -> None:
     with pytest.raises(UsageError) as info:
         CoordinatorMetrics().client_dropped("client-12345", "missed-share")
     assert str(info.value) == (
-        "a metrics stage must be one of advertise, share, masked-input, consistency, unmask; "
+        "a metrics stage must be one of commit, reveal, advertise, share, masked-input, "
+        "consistency, unmask; "
         "got 'client-12345'"
     )
     with pytest.raises(UsageError) as info:
@@ -490,7 +510,9 @@ def test_enum_members_and_their_string_values_record_the_same_series(
 
 def test_null_metrics_accept_a_whole_round_and_export_nothing() -> None:
     null = NullMetrics()
-    seen = run_metered_round(Harness(ids=IDS), null, silent={Stage.SHARE: [SILENT_CLIENT]})
+    seen = run_metered_round(
+        Harness(ids=IDS, agree=False), null, silent={Stage.SHARE: [SILENT_CLIENT]}
+    )
     assert not seen.aborted
     assert not hasattr(null, "registry")
     with pytest.raises(UsageError):
@@ -510,7 +532,6 @@ def test_every_frame_on_the_stream_has_a_type_and_the_direction_it_travels() -> 
         (pb.ClientFrame(hello=pb.Hello(client_id=3)), MessageType.HELLO),
         (pb.ClientFrame(protocol=advertise), MessageType.ADVERTISE_KEYS),
         (pb.ClientFrame(abort=pb.ClientAbort(round_id=1, reason="x")), MessageType.CLIENT_ABORT),
-        (pb.ClientFrame(plain_update=pb.PlainUpdate(round_id=1)), MessageType.PLAIN_UPDATE),
         (pb.ClientFrame(), MessageType.MALFORMED),  # an empty frame
         (pb.ClientFrame(protocol=JUNK), MessageType.MALFORMED),
         (pb.ClientFrame(protocol=peer_keys), MessageType.MALFORMED),  # a server message, sent up

@@ -145,7 +145,7 @@ def test_coordinator_killed_mid_round_restarts_with_the_round_aborted_and_client
     thread.start()
 
     def running() -> bool:
-        with Ledger(ledger_path) as ledger:
+        with Ledger.open_readonly(ledger_path) as ledger:
             return any(r.outcome is RoundOutcome.RUNNING for r in ledger.rounds())
 
     try:
@@ -163,7 +163,7 @@ def test_coordinator_killed_mid_round_restarts_with_the_round_aborted_and_client
     finally:
         if restarted.poll() is None:
             restarted.kill()
-    with Ledger(ledger_path) as ledger:
+    with Ledger.open_readonly(ledger_path) as ledger:
         first, second = ledger.rounds()
         aggregate = ledger.aggregate(second.round_id)
     assert first.outcome is RoundOutcome.ABORTED

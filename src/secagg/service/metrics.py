@@ -83,7 +83,7 @@ __all__ = [
 NEEDS_EXTRA = "metrics need the [metrics] extra: pip install 'secagg[metrics]'"
 
 # The stages a round passes through (COMPLETED and ABORTED are where it ends, not stages).
-ROUND_STAGES = (Stage.ADVERTISE, Stage.SHARE, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK)
+ROUND_STAGES = tuple(s for s in Stage if s not in (Stage.COMPLETED, Stage.ABORTED))
 
 # 1 ms .. 10 min, about three buckets per decade: a loopback advertise stage takes
 # milliseconds, a stage that waits out its deadline takes stage_timeout (30 s by default, and
@@ -122,18 +122,22 @@ class MessageType(StrEnum):
 
     # client -> coordinator
     HELLO = "hello"
+    COMMITMENT = "commitment"
+    REVEAL = "reveal"
     ADVERTISE_KEYS = "advertise-keys"
     ENCRYPTED_SHARES = "encrypted-shares"
     MASKED_INPUT = "masked-input"
     CONSISTENCY_SIGNATURE = "consistency-signature"
     UNMASK_RESPONSE = "unmask-response"
     CLIENT_ABORT = "client-abort"
-    PLAIN_UPDATE = "plain-update"
     MALFORMED = "malformed"
     # coordinator -> client
     CHALLENGE = "challenge"
     WELCOME = "welcome"
     TASK = "task"
+    COMMIT_REQUEST = "commit-request"
+    COMMITMENT_DIGEST = "commitment-digest"
+    CONTRIBUTIONS = "contributions"
     PEER_KEYS = "peer-keys"
     PEER_SHARES = "peer-shares"
     SURVIVOR_LIST = "survivor-list"
@@ -151,6 +155,9 @@ _DOWN = frozenset(
         MessageType.CHALLENGE,
         MessageType.WELCOME,
         MessageType.TASK,
+        MessageType.COMMIT_REQUEST,
+        MessageType.COMMITMENT_DIGEST,
+        MessageType.CONTRIBUTIONS,
         MessageType.PEER_KEYS,
         MessageType.PEER_SHARES,
         MessageType.SURVIVOR_LIST,
@@ -164,6 +171,8 @@ _DOWN = frozenset(
 # inside a Task), so a bare one is not a message of either side.
 _PROTOCOL_TYPES: Mapping[Direction, Mapping[int, MessageType]] = {
     Direction.UP: {
+        messages.Commitment.TAG: MessageType.COMMITMENT,
+        messages.Reveal.TAG: MessageType.REVEAL,
         messages.AdvertiseKeys.TAG: MessageType.ADVERTISE_KEYS,
         messages.EncryptedShares.TAG: MessageType.ENCRYPTED_SHARES,
         messages.MaskedInput.TAG: MessageType.MASKED_INPUT,
@@ -171,6 +180,9 @@ _PROTOCOL_TYPES: Mapping[Direction, Mapping[int, MessageType]] = {
         messages.UnmaskResponse.TAG: MessageType.UNMASK_RESPONSE,
     },
     Direction.DOWN: {
+        messages.CommitRequest.TAG: MessageType.COMMIT_REQUEST,
+        messages.CommitmentDigest.TAG: MessageType.COMMITMENT_DIGEST,
+        messages.Contributions.TAG: MessageType.CONTRIBUTIONS,
         messages.PeerKeys.TAG: MessageType.PEER_KEYS,
         messages.PeerShares.TAG: MessageType.PEER_SHARES,
         messages.SurvivorList.TAG: MessageType.SURVIVOR_LIST,
@@ -182,7 +194,6 @@ _HEADER = len(messages.MAGIC) + 2  # MAGIC || VERSION || tag
 _CLIENT_FRAMES = {
     "hello": MessageType.HELLO,
     "abort": MessageType.CLIENT_ABORT,
-    "plain_update": MessageType.PLAIN_UPDATE,
 }
 _SERVER_FRAMES = {
     "challenge": MessageType.CHALLENGE,
