@@ -185,7 +185,7 @@ class RoundReport:
     upload_bytes_per_client: float
     download_bytes_per_client: float
     plaintext_bytes_per_client: int
-    max_abs_error: float | None
+    max_abs_error: float | None  # against the weighted mean of the included inputs, clipped
     error_bound: float
 
     def to_json(self) -> dict[str, Any]:
@@ -369,10 +369,12 @@ def simulate_round(
         included = result.included
         ring_total = result.total
         aggregate = result.weighted_mean(quantizer)
-        if set(included) == tally.contributed:
+        if set(included) == tally.contributed and tally.clipped == 0:
             exact = tally.weighted_sum / tally.weight_sum
-        else:  # the server excluded a client after it sent: recompute over exactly those
-            exact = _exact_mean(inputs, included, exact_weights, params.dim)
+        else:
+            # The server excluded a client after it sent, or inputs were clipped: what secure
+            # aggregation promises is the mean of exactly the included inputs, as clipped.
+            exact = _exact_mean(inputs, included, exact_weights, params.dim, params.clip)
         max_abs_error = float(np.max(np.abs(aggregate - exact)))
     full = [i for i in config.client_ids if i in included and drops.stage_of(i) is None]
     report = RoundReport(
@@ -410,9 +412,10 @@ def _mean(counts: Mapping[int, int], ids: Sequence[int]) -> float:
 
 
 def _exact_mean(
-    inputs: InputSource, ids: Sequence[int], weights: NDArray[np.float64], dim: int
+    inputs: InputSource, ids: Sequence[int], weights: NDArray[np.float64], dim: int, clip: float
 ) -> NDArray[np.float64]:
+    """The float64 weighted mean of the clients' inputs clipped to [-clip, clip]."""
     total = np.zeros(dim, dtype=np.float64)
     for i in ids:
-        total += weights[i] * np.asarray(inputs(i), dtype=np.float64)
+        total += weights[i] * np.clip(np.asarray(inputs(i), dtype=np.float64), -clip, clip)
     return total / float(sum(weights[i] for i in ids))
