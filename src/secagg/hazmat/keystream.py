@@ -50,13 +50,6 @@ WordArray = NDArray[np.unsignedinteger[Any]]
 """A 1-D uint32 or uint64 array: the word widths the stream is read at."""
 
 
-def _check_offset(offset: int) -> None:
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise UsageError(f"keystream offset must be a non-negative int, got {offset!r}")
-    if offset >= _PERIOD_BYTES:
-        raise UsageError("keystream offset beyond the 2^128-block counter")
-
-
 def _check_count(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise UsageError(f"count must be a non-negative int, got {n!r}")
@@ -110,7 +103,12 @@ class Keystream:
 
     def seek(self, offset: int) -> None:
         """Position the stream at byte ``offset`` (block ``offset // 16`` for a block offset)."""
-        _check_offset(offset)
+        # One comparison chain, no helper call: masking seeks once per mask, so this is on
+        # the per-mask path (type() also refuses bools, which are ints by accident).
+        if type(offset) is not int or not 0 <= offset < _PERIOD_BYTES:
+            if type(offset) is int and offset >= _PERIOD_BYTES:
+                raise UsageError("keystream offset beyond the 2^128-block counter")
+            raise UsageError(f"keystream offset must be a non-negative int, got {offset!r}")
         block, skip = divmod(offset, BLOCK_BYTES)
         counter = block.to_bytes(BLOCK_BYTES, "big")
         self._encryptor = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
@@ -193,7 +191,7 @@ class Keystream:
                 words.byteswap(inplace=True)
             part = acc[lo:hi]
             op(part, words, out=part)
-        self._advance(n * width)
+        self._offset = (self._offset + n * width) % _PERIOD_BYTES  # as _advance, inlined
 
     def _fill(self, view: memoryview) -> None:
         """Write the next ``len(view)`` bytes into a flat, writable byte view."""

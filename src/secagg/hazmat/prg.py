@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from secagg.errors import UsageError
-from secagg.hazmat.keystream import CHUNK_BYTES, WORD_DTYPES, Keystream, WordArray
+from secagg.hazmat.keystream import CHUNK_BYTES, Keystream, WordArray
 
 __all__ = ["CHUNK_BYTES", "MASK_KEY_BYTES", "Mask", "add_mask", "apply_masks", "expand_into"]
 
@@ -31,8 +31,8 @@ def _stream_at(key: bytes, start: int, words: WordArray, name: str) -> Keystream
         raise UsageError(f"mask key must be {MASK_KEY_BYTES} bytes")
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
         raise UsageError(f"start must be a non-negative int, got {start!r}")
-    # The width is needed to find the offset; Keystream checks the array fully.
-    if not isinstance(words, np.ndarray) or words.dtype not in WORD_DTYPES:
+    # The width is needed to find the offset; Keystream then checks the array fully.
+    if not isinstance(words, np.ndarray):
         raise UsageError(f"{name} must be a 1-D uint32 or uint64 array")
     return Keystream(key, start * words.itemsize)
 
