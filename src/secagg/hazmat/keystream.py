@@ -62,10 +62,9 @@ def _check_words(a: WordArray, name: str) -> None:
 
 def _writable_bytes(out: bytearray | memoryview | NDArray[Any]) -> memoryview:
     """``out`` as a flat, writable byte view; refuses anything it could not fill in place."""
-    if isinstance(out, np.ndarray) and out.dtype.hasobject:
-        # Filling an object array would overwrite pointers.
-        raise UsageError("out must not hold Python objects")
     if isinstance(out, np.ndarray):
+        if out.dtype.hasobject:  # filling it would overwrite pointers
+            raise UsageError("out must not hold Python objects")
         view = out.data
     elif isinstance(out, bytearray | memoryview):
         view = memoryview(out)
