@@ -30,6 +30,13 @@ class RunLog:
     models: list[list[np.ndarray]] = field(default_factory=list)  # the global model, likewise
     reports: list[SecureRoundReport] = field(default_factory=list)
     partitions: dict[int, int] = field(default_factory=dict)  # node id -> partition id
+    # Called as each evaluation begins (before round 1, then after each round).
+    on_evaluate: list[Callable[[], None]] = field(default_factory=list)
+
+    def evaluated(self, accuracy: float) -> None:
+        for hook in self.on_evaluate:
+            hook()
+        self.accuracy.append(accuracy)
 
 
 def secure_client_app(num_nodes: int, *, outer_mods: Sequence[Mod] = ()) -> ClientApp:
@@ -87,8 +94,8 @@ def secure_server_app(
             model = task.new_model(num_nodes)
             model.load_state_dict(arrays.to_torch_state_dict())
             log.models.append([a.copy() for a in arrays.to_numpy_ndarrays()])
-            log.accuracy.append(task.accuracy(model, num_nodes))
             log.reports[:] = secure.reports
+            log.evaluated(task.accuracy(model, num_nodes))
             return MetricRecord({"accuracy": log.accuracy[-1]})
 
         strategy.start(
