@@ -311,15 +311,15 @@ class SecAggMod:
         data = record.get(wire.MESSAGE)
         if not isinstance(data, bytes):
             raise ClientAbort(AbortReason.MALFORMED_MESSAGE, "the protocol message is not bytes")
-        config = RoundConfig.decode(state.config)
-        client = self._client(config, state)
-        client.set_input(np.frombuffer(state.update, dtype="<f4"), state.weight)
-        client.start()
-        for earlier in state.transcript:
-            client.receive(earlier)
         try:
+            config = RoundConfig.decode(state.config)
+            client = self._client(config, state)
+            client.set_input(np.frombuffer(state.update, dtype="<f4"), state.weight)
+            client.start()
+            for earlier in state.transcript:  # replays what this node already answered
+                client.receive(earlier)
             answer = client.receive(data)
-        except (ClientAbort, InputError):
+        except ClientAbort:
             raise
         except Exception as exc:  # a bug on our side must not crash the node either
             raise ClientAbort(AbortReason.MALFORMED_MESSAGE, type(exc).__name__) from None

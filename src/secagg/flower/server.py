@@ -265,7 +265,11 @@ class SecureGrid(Grid):  # type: ignore[misc]  # Flower is untyped where mypy ru
                     reason = _one_line(str(answer.error.reason or answer.error.code))
                     server.drop(cid, DropReason.DISCONNECTED, reason)
                     continue
-                record = answer.content.config_records.get(wire.RECORD_KEY)
+                record = (
+                    answer.content.config_records.get(wire.RECORD_KEY)
+                    if answer.has_content()
+                    else None
+                )
                 if record is None:
                     server.drop(cid, DropReason.MALFORMED, "no secagg record in the reply")
                 elif wire.ABORT in record:
