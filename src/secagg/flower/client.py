@@ -158,8 +158,10 @@ class SecAggMod:
         except ClientAbort as exc:
             self._forget_round(ctxt)
             log.warning("node %d leaves the round: %s", ctxt.node_id, _one_line(str(exc)))
-            reply = {wire.ABORT: exc.reason.value, wire.DETAIL: _one_line(exc.detail)}
-            return Message(RecordDict({wire.RECORD_KEY: ConfigRecord(reply)}), reply_to=msg)
+            refusal = ConfigRecord()
+            refusal[wire.ABORT] = exc.reason.value
+            refusal[wire.DETAIL] = _one_line(exc.detail)
+            return Message(RecordDict({wire.RECORD_KEY: refusal}), reply_to=msg)
         return Message(
             RecordDict({wire.RECORD_KEY: ConfigRecord({wire.MESSAGE: answer.encode()})}),
             reply_to=msg,
@@ -172,8 +174,11 @@ class SecAggMod:
         # A new round ends whatever this node was doing in an earlier one.
         self._forget_round(ctxt)
         config = _decode_config(record.get(wire.MESSAGE))
+        table_bytes = record.get(wire.NODES)
+        if not isinstance(table_bytes, bytes):
+            raise ClientAbort(AbortReason.INVALID_CONFIG, "the node table is not bytes")
         try:
-            table = wire.decode_nodes(record.get(wire.NODES))
+            table = wire.decode_nodes(table_bytes)
         except DecodeError as exc:
             raise ClientAbort(AbortReason.INVALID_CONFIG, str(exc)) from None
         last_text = self._state(ctxt).get(_LAST_ROUND)
@@ -184,7 +189,7 @@ class SecAggMod:
             )
         client_id = self._check_cohort(config, table, ctxt.node_id)
         task = wire.without_record(msg.content, wire.RECORD_KEY)
-        expected = wire.task_digest(config.round_id, record[wire.NODES], wire.content_digest(task))
+        expected = wire.task_digest(config.round_id, table_bytes, wire.content_digest(task))
         if expected != config.task_hash:
             # The session is bound to another model (or config, or cohort): never train this.
             raise ClientAbort(AbortReason.MODEL_MISMATCH, "the task is not the session's")
@@ -205,7 +210,7 @@ class SecAggMod:
         seed = SystemRandomness().bytes(_SEED_BYTES)
         state = _RoundState(
             config=config.encode(),
-            nodes=record[wire.NODES],
+            nodes=table_bytes,
             client_id=client_id,
             seed=seed,
             update=np.ascontiguousarray(update, dtype="<f4").tobytes(),

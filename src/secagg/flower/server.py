@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class SecureRoundReport:
         }
 
 
-class SecureGrid(Grid):  # type: ignore[misc]  # Flower is untyped where mypy runs
+class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any without flwr
     """A ``Grid`` whose training rounds are secure aggregation rounds (see the module).
 
     ``params`` is the deployment, the same the clients' ``SecAggMod`` holds;
@@ -157,10 +157,12 @@ class SecureGrid(Grid):  # type: ignore[misc]  # Flower is untyped where mypy ru
         return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
-        return cast(Iterable[int], self._grid.get_node_ids())
+        delegated: Iterable[int] = self._grid.get_node_ids()
+        return delegated
 
     def get_nodes(self) -> Iterable[Any]:
-        return cast(Iterable[Any], self._grid.get_nodes())
+        delegated: Iterable[Any] = self._grid.get_nodes()
+        return delegated
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         # Pushing bypasses the protocol: a train message pushed here would ask for a
@@ -168,10 +170,12 @@ class SecureGrid(Grid):  # type: ignore[misc]  # Flower is untyped where mypy ru
         messages = list(messages)
         if any(_is_train(m) for m in messages):
             raise UsageError("train messages go through send_and_receive on a SecureGrid")
-        return cast(Iterable[str], self._grid.push_messages(messages))
+        delegated: Iterable[str] = self._grid.push_messages(messages)
+        return delegated
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return cast(Iterable[Message], self._grid.pull_messages(message_ids))
+        delegated: Iterable[Message] = self._grid.pull_messages(message_ids)
+        return delegated
 
     # ----------------------------------------------------------------- the secure round
     def send_and_receive(
@@ -180,7 +184,8 @@ class SecureGrid(Grid):  # type: ignore[misc]  # Flower is untyped where mypy ru
         messages = list(messages)
         train = [m for m in messages if _is_train(m)]
         if not train:
-            return cast(Iterable[Message], self._grid.send_and_receive(messages, timeout=timeout))
+            delegated: Iterable[Message] = self._grid.send_and_receive(messages, timeout=timeout)
+            return delegated
         if len(train) != len(messages):
             raise UsageError("send train messages on their own: they run one secure round")
         reply = self._secure_round(train, timeout)
@@ -239,8 +244,8 @@ class SecureGrid(Grid):  # type: ignore[misc]  # Flower is untyped where mypy ru
                 node = node_of[cid]
                 down[node] += len(data) + (model_bytes if first else 0)
                 if first:
-                    record = ConfigRecord({wire.MESSAGE: data, wire.NODES: table})
-                    content = RecordDict({**dict(task.items()), wire.RECORD_KEY: record})
+                    opening = ConfigRecord({wire.MESSAGE: data, wire.NODES: table})
+                    content = RecordDict({**dict(task.items()), wire.RECORD_KEY: opening})
                 else:
                     content = RecordDict({wire.RECORD_KEY: ConfigRecord({wire.MESSAGE: data})})
                 out.append(
@@ -277,10 +282,10 @@ class SecureGrid(Grid):  # type: ignore[misc]  # Flower is untyped where mypy ru
                     aborts[node] = reason
                     server.drop(cid, DropReason.CLIENT_ABORTED, reason)
                 else:
-                    data = record.get(wire.MESSAGE)
-                    if isinstance(data, bytes):
-                        up[node] += len(data)
-                        server.receive(cid, data)
+                    payload = record.get(wire.MESSAGE)
+                    if isinstance(payload, bytes):
+                        up[node] += len(payload)
+                        server.receive(cid, payload)
                     else:
                         server.drop(cid, DropReason.MALFORMED, "the protocol message is not bytes")
             try:
