@@ -173,15 +173,15 @@ def test_command_line_entry_point_runs_as_a_real_process() -> None:
     assert bad.stderr.strip().count("\n") == 0 and "error" in bad.stderr
 
 
-def test_malicious_threat_model_runs_the_consistency_round() -> None:
+def test_the_semi_malicious_server_model_runs_the_consistency_round() -> None:
     report = _json(
         [
             "--clients",
             "12",
             "--dim",
             "50",
-            "--threat-model",
-            "malicious",
+            "--server-model",
+            "semi-malicious",
             "--min-cohort",
             "6",
             "--drop",
@@ -201,3 +201,54 @@ def test_consistency_drops_are_refused_in_semi_honest_mode() -> None:
         app, ["simulate", "--clients", "8", "--dim", "5", "--drop", "consistency=1"]
     )
     assert result.exit_code == 2
+
+
+def test_the_old_threat_model_spelling_is_refused_with_the_new_one_named() -> None:
+    result = runner.invoke(app, ["simulate", "--threat-model", "malicious"])
+    assert result.exit_code == 2
+    assert "--server-model semi-malicious" in result.output
+
+
+def test_under_heavy_clipping_the_error_is_against_the_clipped_mean_and_clipping_is_counted(
+    tmp_path: Path,
+) -> None:
+    rows = np.random.default_rng(1).uniform(-0.5, 0.5, (6, 8)).astype(np.float32)
+    rows[0, :3] = 1e30  # far outside the clip range: the unclipped mean is ~1.7e29
+    rows[4, 5] = -7.0
+    np.save(tmp_path / "x.npy", rows)
+    report = _json(["--inputs", str(tmp_path / "x.npy"), "--seed", "2"])
+    assert report["clipped_values"] == 4
+    # Secure aggregation promises the mean of the clipped inputs, within the bound.
+    assert report["max_abs_error"] <= report["error_bound"]  # type: ignore[operator]
+
+
+def test_save_aggregate_into_a_missing_directory_is_refused_before_the_round_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import secagg.cli
+
+    ran: list[int] = []
+    real = secagg.cli.simulate_round
+    monkeypatch.setattr(
+        secagg.cli, "simulate_round", lambda *a, **k: ran.append(1) or real(*a, **k)
+    )
+    target = tmp_path / "missing" / "mean.npy"
+    result = runner.invoke(
+        app, ["simulate", "--clients", "5", "--dim", "4", "--save-aggregate", str(target)]
+    )
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and ran == []
+    ok = runner.invoke(
+        app, ["simulate", "--clients", "5", "--dim", "4", "--save-aggregate", str(tmp_path / "m")]
+    )
+    assert ok.exit_code == 0 and ran == [1]
+    assert np.load(tmp_path / "m").shape == (4,)
+
+
+def test_inputs_holding_nan_are_refused_in_one_line(tmp_path: Path) -> None:
+    rows = np.zeros((4, 3), dtype=np.float32)
+    rows[2, 1] = np.nan
+    np.save(tmp_path / "x.npy", rows)
+    result = runner.invoke(app, ["simulate", "--inputs", str(tmp_path / "x.npy")])
+    assert result.exit_code == 2
+    assert "row 2" in result.output

@@ -557,7 +557,8 @@ def join(
     except (RunFailed, SecAggError) as exc:
         _fail(str(exc), FAILED_EXIT)
     _say(
-        f"left after {stats.rounds} round(s): {stats.included} included, {stats.aborted} left early"
+        f"client {_owner(identity)} left after {stats.rounds} round(s): "
+        f"{stats.included} included, {stats.aborted} left early"
     )
 
 
@@ -628,6 +629,16 @@ def demo(
     if json_path is not None:
         write_json(report, json_path)
         _say(f"report written to {json_path}")
+
+
+def _owner(identity: Path) -> str:
+    """The id in an identity file that was just used (or "?" if it is gone since)."""
+    from secagg.service.identity import ClientIdentity
+
+    try:
+        return str(ClientIdentity.load(identity).client_id)
+    except ConfigurationError:
+        return "?"
 
 
 def _wide_console() -> Console:

@@ -78,6 +78,8 @@ def write_config(
     clients: int = CLIENTS,
     active: bool = False,
 ) -> Path:
+    # A test may rewrite its deployment; DeploymentConfig.write itself never overwrites.
+    (root / "deployment.toml").unlink(missing_ok=True)
     return DeploymentConfig.write(
         root,
         deployment,

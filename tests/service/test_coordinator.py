@@ -9,23 +9,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from secagg.errors import DropReason
 from secagg.service.client import ClientSettings, Rejected, SecAggClient
 from secagg.service.coordinator import Coordinator, RoundSummary
-from secagg.service.credentials import ClientIdentity, load_ca, sign_challenge
+from secagg.service.credentials import (
+    ClientIdentity,
+    create_deployment,
+    load_ca,
+    sign_challenge,
+)
 from secagg.service.ledger import Ledger, RoundOutcome
+from secagg.service.metrics import CoordinatorMetrics, MetricsEndpoint, serve_metrics
 from secagg.service.run import client_policy, make_coordinator
 from secagg.service.tasks import random_task
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
 from secagg.service.wire import channel_options
-from tests.service.conftest import CLIENTS, DIM, TASK_SEED, Local, expected_mean
+from tests.service.conftest import CLIENTS, DIM, TASK_SEED, Local, expected_mean, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -149,24 +159,77 @@ def test_an_identity_not_on_the_allow_list_is_refused(local: Local) -> None:
     assert any("not on the allow-list" in r for r in rejections)
 
 
-async def _duplicate(local: Local) -> tuple[str, RoundSummary]:
+async def _superseded_before_a_round(local: Local) -> tuple[bool, RoundSummary]:
+    """A stale stream of client 3 (authenticated, then silent), then client 3 restarted."""
     config = local.config
     coordinator = make_coordinator(config, ledger=Ledger(":memory:"))
     port = await coordinator.start()
+    stale = RawClient(local, 3, port)
+    await stale.hello()
     tasks = [asyncio.create_task(_client(local, c, port, rounds=1).run()) for c in range(4)]
     assert await coordinator.wait_for_clients(4, 30)
-    with pytest.raises(Rejected) as caught:
-        await _client(local, 2, port).run()
+    # The stale stream is closed by the coordinator: it ends without a round.
+    ended = await asyncio.wait_for(_ends(stale), 10)
     summary = await coordinator.run_round(np.zeros(DIM, dtype=np.float32))
-    await asyncio.gather(*tasks)
+    await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    await stale.channel.close()
     await coordinator.stop()
-    return str(caught.value), summary
+    return ended, summary
 
 
-def test_a_second_connection_with_the_same_client_id_is_refused(local: Local) -> None:
-    reason, summary = asyncio.run(_duplicate(local))
-    assert "already connected" in reason
+async def _ends(raw: RawClient) -> bool:
+    async for _ in raw.frames():
+        pass
+    return True
+
+
+def test_a_restarted_client_supersedes_its_stale_stream_instead_of_being_refused(
+    local: Local,
+) -> None:
+    ended, summary = asyncio.run(_superseded_before_a_round(local))
+    assert ended
     assert summary.outcome == "completed" and summary.included == (0, 1, 2, 3)
+
+
+async def _superseded_mid_round(local: Local) -> tuple[RoundSummary, float]:
+    """Client 4 is a silent stream in the cohort; at the share stage client 4 reconnects."""
+    config = local.config
+    coordinator: Coordinator | None = None
+    restarted: list[asyncio.Task[object]] = []
+
+    async def on_stage(round_id: int, stage: str) -> None:
+        assert coordinator is not None
+        if stage == "commit" and not restarted:
+            old = coordinator.transport.connection(4)
+            assert old is not None
+            restarted.append(asyncio.create_task(_client(local, 4, port).run()))
+            while not old.superseded:
+                await asyncio.sleep(0.01)
+
+    coordinator = make_coordinator(config, ledger=Ledger(":memory:"), on_stage=on_stage)
+    port = await coordinator.start()
+    honest = [asyncio.create_task(_client(local, c, port, rounds=1).run()) for c in range(4)]
+    stale = RawClient(local, 4, port)
+    await stale.hello()
+    assert await coordinator.wait_for_clients(5, 30)
+    started = time.monotonic()
+    summary = await coordinator.run_round(np.zeros(DIM, dtype=np.float32))
+    seconds = time.monotonic() - started
+    await asyncio.wait_for(asyncio.gather(*honest), 30)
+    for task in restarted:
+        task.cancel()
+    await stale.channel.close()
+    await coordinator.stop()
+    return summary, seconds
+
+
+def test_a_client_superseded_mid_round_is_dropped_as_disconnected_at_once(local: Local) -> None:
+    summary, seconds = asyncio.run(_superseded_mid_round(local))
+    assert summary.outcome == "completed", summary.abort_reason
+    assert summary.included == (0, 1, 2, 3)
+    assert summary.dropped[4] == ("commit", "disconnected")
+    # Not at the 10 s stage deadline, as a stale stream that nobody replaced would be.
+    assert seconds < local.config.coordinator.stage_timeout / 2
 
 
 class RawClient:
@@ -277,3 +340,111 @@ def test_a_misbehaving_client_is_dropped_while_the_round_goes_on(
     assert second.aggregate is not None
     bound = local.config.params.quantizer.error_bound()
     assert np.max(np.abs(second.aggregate - expected_mean((0, 1, 2, 3), step=1))) <= bound
+
+
+# ----------------------------------------------------------------- operator metrics
+
+# Ids long enough that finding one in the scrape would mean it was exported.
+METRIC_IDS = tuple(range(40001, 40007))
+
+
+async def _metered_round(
+    local: Local, endpoint: MetricsEndpoint, metrics: CoordinatorMetrics
+) -> tuple[RoundSummary, list[str]]:
+    """A round over TLS with real clients; the one with the last id vanishes at the share
+    stage; the endpoint is scraped as the unmask stage starts and after the round."""
+    scrapes: list[str] = []
+    tasks: dict[int, asyncio.Task[object]] = {}
+
+    async def on_stage(round_id: int, stage: str) -> None:
+        if stage == "share":
+            tasks[METRIC_IDS[-1]].cancel()
+            await asyncio.sleep(0.2)  # its stream closes: a disconnection, not a late message
+        if stage == "unmask":
+            scrapes.append(await asyncio.to_thread(_scrape, endpoint))
+
+    config = local.config
+    coordinator = make_coordinator(
+        config, ledger=Ledger(":memory:"), on_stage=on_stage, metrics=metrics
+    )
+    port = await coordinator.start()
+    for c in METRIC_IDS:
+        tasks[c] = asyncio.create_task(_client(local, c, port, rounds=1).run())
+    assert await coordinator.wait_for_clients(len(METRIC_IDS), 30)
+    summary = await coordinator.run_round(np.zeros(DIM, dtype=np.float32))
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+    scrapes.append(await asyncio.to_thread(_scrape, endpoint))
+    await coordinator.stop()
+    return summary, scrapes
+
+
+def _scrape(endpoint: MetricsEndpoint) -> str:
+    with urllib.request.urlopen(endpoint.url, timeout=5) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_a_scrape_during_and_after_a_real_round_shows_what_the_operator_needs(
+    tmp_path: Path,
+) -> None:
+    deployment = create_deployment(tmp_path, len(METRIC_IDS), first_id=METRIC_IDS[0])
+    config_path = write_config(tmp_path, deployment, clients=len(METRIC_IDS))
+    local = Local(tmp_path, deployment, config_path)
+    metrics = CoordinatorMetrics()
+    with serve_metrics(metrics, "127.0.0.1", 0) as endpoint:
+        summary, (during, after) = asyncio.run(_metered_round(local, endpoint, metrics))
+    assert summary.outcome == "completed", summary.abort_reason
+    assert summary.dropped[METRIC_IDS[-1]] == ("share", "disconnected")
+
+    now = _samples(during)
+    assert now[("secagg_rounds_started_total", frozenset())] == 1
+    assert now[("secagg_rounds_total", frozenset({("outcome", "completed")}))] == 0
+    assert now[("secagg_connected_clients", frozenset())] == len(METRIC_IDS) - 1
+    stages_so_far = {
+        dict(labels)["stage"] for (name, labels) in now if name == "secagg_stage_clients"
+    }
+    assert stages_so_far == {"commit", "reveal", "advertise", "share", "masked-input"}
+
+    done = _samples(after)
+    assert done[("secagg_rounds_total", frozenset({("outcome", "completed")}))] == 1
+
+    def clients(stage: str, status: str) -> float:
+        return done[("secagg_stage_clients", frozenset({("stage", stage), ("status", status)}))]
+
+    assert clients("commit", "expected") == clients("commit", "answered") == 6
+    assert clients("masked-input", "expected") == 5 and clients("unmask", "answered") == 5
+    drops = frozenset({("stage", "share"), ("reason", "disconnected")})
+    assert done[("secagg_client_drops_total", drops)] == 1
+    for stage in ("commit", "reveal", "advertise", "share", "masked-input", "unmask"):
+        count = done[("secagg_stage_duration_seconds_count", frozenset({("stage", stage)}))]
+        assert count == 1, stage
+    assert done[("secagg_unmasking_seconds_count", frozenset())] == 1
+    assert done[("secagg_shamir_reconstruction_seconds_count", frozenset())] == 1
+    sent = {
+        (dict(labels)["direction"], dict(labels)["type"]): v
+        for (name, labels), v in done.items()
+        if name == "secagg_message_bytes_total"
+    }
+    for kind in ("hello", "commitment", "reveal", "advertise-keys", "masked-input"):
+        assert sent[("up", kind)] > 0, kind
+    for kind in ("challenge", "welcome", "task", "peer-keys", "unmask-request", "round-end"):
+        assert sent[("down", kind)] > 0, kind
+    # The model travels in the Task frames: 4 bytes per parameter to each client.
+    assert sent[("down", "task")] >= 4 * DIM * len(METRIC_IDS)
+
+    # Never a client id, in a label or anywhere else in the text.
+    for text in (during, after):
+        for line in text.splitlines():
+            shown = line if line.startswith("#") else line.rsplit(" ", 1)[0]
+            assert not any(str(c) in shown for c in METRIC_IDS), line
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                assert not {"client", "client_id"} & set(sample.labels)

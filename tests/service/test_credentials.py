@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from secagg.errors import AuthenticationError, ConfigurationError, UsageError
 from secagg.hazmat.keys import Ed25519SigningKey, encode_fields
 from secagg.hazmat.randomness import DeterministicRandomness
+from secagg.protocol.messages import MAX_ID
 from secagg.service.credentials import (
     AUTH_LABEL,
     CHALLENGE_BYTES,
@@ -39,6 +40,8 @@ from secagg.service.credentials import (
 )
 
 SEED = b"credentials test seed"
+# Client ids are the protocol's u32 ids: one bound for identities, the allow-list and the wire.
+ID_RANGE = rf"\[0, {MAX_ID}\]"
 
 
 def _mode(path: Path) -> int:
@@ -437,7 +440,7 @@ def test_identities_are_fresh_by_default_and_reproducible_with_a_seeded_rng() ->
     assert _identity(1) != _identity(2)
 
 
-@pytest.mark.parametrize("client_id", [-1, 2**64, True, 1.0, "1"])
+@pytest.mark.parametrize("client_id", [-1, MAX_ID + 1, 2**64, True, 1.0, "1"])
 def test_an_identity_rejects_an_invalid_client_id(client_id: object) -> None:
     with pytest.raises(ConfigurationError):
         ClientIdentity.generate(client_id)  # type: ignore[arg-type]
@@ -465,6 +468,9 @@ JUNK_IDENTITIES: dict[str, Callable[[], bytes]] = {
     "no header": lambda: ED_PEM.encode(),
     "id with leading zero": lambda: ("secagg-client-id: 03\n" + ED_PEM).encode(),
     "negative id": lambda: ("secagg-client-id: -3\n" + ED_PEM).encode(),
+    "id of 2**32 (the wire carries u32)": lambda: (
+        f"secagg-client-id: {2**32}\n" + ED_PEM
+    ).encode(),
     "id of 2**64": lambda: (f"secagg-client-id: {2**64}\n" + ED_PEM).encode(),
     "no space after colon": lambda: ("secagg-client-id:3\n" + ED_PEM).encode(),
     "not an Ed25519 key": lambda: (HEADER + EC_PEM).encode(),
@@ -580,8 +586,9 @@ def test_an_allow_list_is_read_only_and_a_copy(alice: ClientIdentity) -> None:
         ({0: b"k" * 32, 1: b"k" * 32}, "clients 0 and 1 have the same public key"),
         ({0: b"k" * 31}, "must be 32 bytes"),
         ({0: "k" * 32}, "must be 32 bytes"),
-        ({-1: b"k" * 32}, r"\[0, 2\*\*64\)"),
-        ({2**64: b"k" * 32}, r"\[0, 2\*\*64\)"),
+        ({-1: b"k" * 32}, ID_RANGE),
+        ({MAX_ID + 1: b"k" * 32}, ID_RANGE),
+        ({2**64: b"k" * 32}, ID_RANGE),
         ({True: b"k" * 32}, "must be an int"),
         ({"0": b"k" * 32}, "must be an int"),
     ],
@@ -615,7 +622,8 @@ JUNK_ALLOW_LISTS: dict[str, tuple[bytes, str]] = {
     "id with underscore": (f'[clients]\n"1_0" = "{KEY}"\n'.encode(), "not a decimal"),
     "id with a sign": (f'[clients]\n"+1" = "{KEY}"\n'.encode(), "not a decimal"),
     "id not a number": (f'[clients]\nalice = "{KEY}"\n'.encode(), "not a decimal"),
-    "id of 2**64": (f'[clients]\n"{2**64}" = "{KEY}"\n'.encode(), r"\[0, 2\*\*64\)"),
+    "id of 2**32": (f'[clients]\n"{2**32}" = "{KEY}"\n'.encode(), ID_RANGE),
+    "id of 2**64": (f'[clients]\n"{2**64}" = "{KEY}"\n'.encode(), ID_RANGE),
     "huge id": (f'[clients]\n"{"9" * 5000}" = "{KEY}"\n'.encode(), "not a decimal"),
 }
 
@@ -760,7 +768,7 @@ def test_create_deployment_refuses_an_existing_deployment_and_writes_nothing(
 
 
 @pytest.mark.parametrize(
-    ("clients", "first_id"), [(0, 0), (-1, 0), (True, 0), (1, -1), (2, 2**64 - 1)]
+    ("clients", "first_id"), [(0, 0), (-1, 0), (True, 0), (1, -1), (2, MAX_ID), (1, 2**64 - 1)]
 )
 def test_create_deployment_rejects_bad_counts_and_ids(
     tmp_path: Path, clients: int, first_id: int
@@ -768,3 +776,42 @@ def test_create_deployment_rejects_bad_counts_and_ids(
     with pytest.raises(ConfigurationError):
         create_deployment(tmp_path, clients, first_id=first_id)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_largest_id_the_wire_carries_is_accepted_everywhere_and_one_more_nowhere(
+    tmp_path: Path,
+) -> None:
+    identity = ClientIdentity.generate(MAX_ID, rng=DeterministicRandomness(SEED))
+    identity.save(tmp_path / "last.key")
+    assert ClientIdentity.load(tmp_path / "last.key") == identity
+    allow = AllowList({MAX_ID: identity.public_key})
+    allow.save(tmp_path / "allowlist.toml")
+    assert AllowList.load(tmp_path / "allowlist.toml").keys == {MAX_ID: identity.public_key}
+    with pytest.raises(ConfigurationError, match=ID_RANGE):
+        ClientIdentity(MAX_ID + 1, identity.signing_key)
+    with pytest.raises(ConfigurationError, match=ID_RANGE):
+        AllowList({MAX_ID + 1: identity.public_key})
+
+
+def test_a_server_certificate_that_is_not_yet_valid_is_refused_when_loaded(
+    tmp_path: Path,
+) -> None:
+    files = generate_tls(tmp_path)
+    key = serialization.load_pem_private_key(files.server_key.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    old = _cert(files.server_cert)
+    tomorrow = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    future = (
+        x509.CertificateBuilder()
+        .subject_name(old.subject)
+        .issuer_name(old.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(tomorrow)
+        .not_valid_after(tomorrow + dt.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    files.server_cert.write_bytes(future.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(ConfigurationError, match="not valid before") as refused:
+        load_tls_server_credentials(files)
+    assert str(files.server_cert) in str(refused.value)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import io
 import os
 import secrets
 import signal
@@ -18,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from numpy.typing import NDArray
-from rich.console import Console
 
 import secagg
 from secagg.errors import ConfigurationError, DecodeError, LedgerError, UsageError
@@ -29,8 +27,6 @@ from secagg.service.ledger import (
     DropRecord,
     Ledger,
     RoundOutcome,
-    export_aggregate,
-    format_rounds_table,
 )
 
 SESSION = bytes(range(32))
@@ -164,7 +160,7 @@ _ATTEMPT = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from secagg.service.ledger import Ledger, export_aggregate
+    from secagg.service.ledger import Ledger
 
     def attempt(label, action):
         try:
@@ -558,9 +554,6 @@ def test_a_corrupted_aggregate_blob_is_a_decode_error(tmp_path: Path) -> None:
             ledger.aggregate(1)
         with pytest.raises(DecodeError, match="digest"):
             ledger.aggregate(2)
-        with pytest.raises(DecodeError):
-            export_aggregate(ledger, 1, tmp_path / "out.npy")
-        assert not (tmp_path / "out.npy").exists()
 
 
 def test_the_file_holds_no_secret_and_no_vector_but_the_aggregate(tmp_path: Path) -> None:
@@ -613,63 +606,6 @@ def test_the_file_holds_no_secret_and_no_vector_but_the_aggregate(tmp_path: Path
         ("aggregates", "sha256", digest),
         ("aggregates", "data", mean.astype("<f8").tobytes()),
     }
-
-
-# ----------------------------------------------------------------- the CLI's helpers
-
-
-def test_export_writes_the_aggregate_as_float32_npy(ledger: Ledger, tmp_path: Path) -> None:
-    _start(ledger, 1)
-    _complete(ledger, 1)
-    out = tmp_path / "mean"  # no suffix: the file is written at exactly this path
-    export_aggregate(ledger, 1, out)
-    loaded = np.load(out)
-    assert loaded.dtype == np.float32
-    np.testing.assert_array_equal(loaded, _aggregate(1).astype(np.float32))
-    assert [p.name for p in tmp_path.iterdir()] == ["mean"]  # no temporary file left behind
-
-
-def test_export_of_a_round_without_aggregate_is_a_usage_error(
-    ledger: Ledger, tmp_path: Path
-) -> None:
-    _start(ledger, 1)
-    with pytest.raises(UsageError):
-        export_aggregate(ledger, 1, tmp_path / "out.npy")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_format_rounds_table_shows_outcome_drops_by_stage_seconds_and_reason(
-    ledger: Ledger,
-) -> None:
-    _start(ledger, 1)
-    ledger.record_stage(1, "advertise", 0.25)
-    ledger.record_stage(1, "share", 0.5)
-    ledger.record_drop(1, 21, "share", "missed-share")
-    ledger.record_drop(1, 5, "share", "bad-share")
-    ledger.record_stage(1, "unmask", 0.75)
-    ledger.record_drop(1, 13, "unmask", "missed-unmask")
-    _complete(ledger, 1)
-    _start(ledger, 2)
-    ledger.abort_round(2, "2 clients left, threshold 3")
-    _start(ledger, 3)
-    console = Console(record=True, width=160, file=io.StringIO())
-    console.print(format_rounds_table(ledger.rounds()))
-    text = console.export_text()
-    header = next(line for line in text.splitlines() if "outcome" in line)
-    columns = ("round", "outcome", "cohort size", "included", "dropped", "seconds", "up B/client")
-    for column in (*columns, "reason"):
-        assert column in header
-    rows: dict[str, str] = {}
-    for line in text.splitlines():
-        cells = line.split()  # "│ 1 │ completed │ ...": the round id is the second cell
-        if len(cells) > 1 and cells[1].isdigit():
-            rows[cells[1]] = line
-    assert "completed" in rows["1"]
-    assert "share 2, unmask 1" in rows["1"]
-    assert "1.50" in rows["1"]
-    assert "1,234" in rows["1"]  # up B/client, whole bytes
-    assert "aborted" in rows["2"] and "2 clients left, threshold 3" in rows["2"]
-    assert "running" in rows["3"]
 
 
 # ----------------------------------------------------------------- one writer at a time
@@ -1154,7 +1090,6 @@ def test_an_impossible_round_id_is_a_usage_error_never_an_overflow(
     calls: list[Callable[[], object]] = [
         lambda: ledger.round(round_id),
         lambda: ledger.aggregate(round_id),
-        lambda: export_aggregate(ledger, round_id, out),
         lambda: ledger.abort_round(round_id, "no"),
         lambda: ledger.record_stage(round_id, "share", 1.0),
         lambda: ledger.record_drop(round_id, 3, "share", "missed-share"),
@@ -1186,58 +1121,6 @@ def test_a_corrupt_row_is_a_decode_error_naming_the_round(
 
 
 # ----------------------------------------------------------------- exporting
-
-
-def test_export_into_a_missing_directory_or_onto_a_directory_is_one_line_and_leaves_nothing(
-    ledger: Ledger, tmp_path: Path
-) -> None:
-    _start(ledger, 1)
-    _complete(ledger, 1)
-    nowhere = tmp_path / "no-such-dir" / "mean.npy"
-    with pytest.raises(LedgerError, match="does not exist") as failed:
-        export_aggregate(ledger, 1, nowhere)
-    _one_line_naming(failed.value, nowhere)
-    occupied = tmp_path / "occupied"
-    occupied.mkdir()
-    with pytest.raises(LedgerError, match="is a directory") as failed:
-        export_aggregate(ledger, 1, occupied)
-    _one_line_naming(failed.value, occupied)
-    a_file = tmp_path / "a-file"
-    a_file.write_bytes(b"x")
-    with pytest.raises(LedgerError, match="is not a directory") as failed:
-        export_aggregate(ledger, 1, a_file / "mean.npy")
-    _one_line_naming(failed.value, a_file)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "occupied"]
-    assert list(occupied.iterdir()) == []
-
-
-def test_export_into_an_unwritable_directory_is_one_line_and_leaves_nothing(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "ledger.db"
-    with Ledger(path) as ledger:
-        _start(ledger, 1)
-        _complete(ledger, 1)
-    shelf = tmp_path / "shelf"
-    shelf.mkdir()
-    shelf.chmod(0o555)
-    try:
-        results = _as_unprivileged(
-            """
-            ledger, shelf = map(Path, sys.argv[1:])
-            with Ledger.open_readonly(ledger) as reader:
-                attempt("export", lambda: export_aggregate(reader, 1, shelf / "mean.npy"))
-            """,
-            path,
-            shelf,
-        )
-    finally:
-        shelf.chmod(0o755)
-    assert results["export"] == (
-        "LedgerError",
-        f"cannot export round 1 to {shelf / 'mean.npy'}: Permission denied",
-    )
-    assert list(shelf.iterdir()) == []
 
 
 def test_the_ledger_core_does_not_need_the_clis_presentation_library() -> None:

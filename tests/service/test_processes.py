@@ -11,14 +11,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from secagg.service.coordinator import RoundSummary
 from secagg.service.ledger import Ledger, RoundOutcome
-from secagg.service.run import make_coordinator
-from tests.service.conftest import CLIENTS, DIM, Local, expected_mean
+from secagg.service.run import make_coordinator, start_client_process
+from tests.service.conftest import CLIENTS, DIM, Local, expected_mean, write_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -175,3 +176,73 @@ def test_coordinator_killed_mid_round_restarts_with_the_round_aborted_and_client
     assert np.max(np.abs(aggregate - expected_mean(second.included))) <= bound
     logs = local.client_logs() + (local.root / "coordinator.log").read_text()
     assert "Traceback" not in logs
+
+
+# ----------------------------------------------------------------- long stages, frozen clients
+
+
+async def _round_with_processes(
+    local: Local,
+    *,
+    slow: dict[int, float] | None = None,
+    on_stage: Callable[[int, str], None] | None = None,
+) -> tuple[RoundSummary, float]:
+    """One round with every client a `secagg join` process; ``slow`` maps a client to the
+    seconds its update callback trains."""
+    coordinator = make_coordinator(local.config, ledger=Ledger(":memory:"), on_stage=on_stage)
+    port = await coordinator.start()
+    clients = local.config.params.max_clients
+    for c in range(clients):
+        local.processes[c] = start_client_process(
+            local.config_path,
+            local.deployment.identities[c],
+            f"127.0.0.1:{port}",
+            local.root / f"client-{c}.log",
+            rounds=1,
+            train_seconds=(slow or {}).get(c),
+        )
+    assert await coordinator.wait_for_clients(clients, 60), local.client_logs()
+    started = time.monotonic()
+    summary = await coordinator.run_round(np.zeros(DIM, dtype=np.float32))
+    seconds = time.monotonic() - started
+    await coordinator.stop()
+    return summary, seconds
+
+
+@pytest.mark.timeout(200)
+def test_a_client_that_trains_for_90_seconds_completes_its_round_under_a_120_second_timeout(
+    local: Local,
+) -> None:
+    # Every stream is idle for 90 s: the slow client's while it trains, the others' while
+    # they wait for the commit stage to close. The coordinator must permit the clients'
+    # keepalive pings all that time (by default gRPC cuts such a stream after about 40 s).
+    local.config_path = write_config(local.root, local.deployment, stage_timeout=120.0, clients=4)
+    summary, seconds = asyncio.run(_round_with_processes(local, slow={2: 90.0}))
+    logs = local.client_logs()
+    assert summary.outcome == "completed", (summary.abort_reason, logs)
+    assert summary.included == (0, 1, 2, 3) and not summary.dropped
+    assert 90.0 <= summary.stage_seconds["commit"] < 120.0
+    assert seconds < 120.0
+    assert "too_many_pings" not in logs and "GOAWAY" not in logs
+    for process in local.processes.values():
+        assert process.wait(timeout=30) == 0, logs
+
+
+def test_a_frozen_client_is_dropped_as_disconnected_within_seconds(local: Local) -> None:
+    frozen = 3
+
+    def on_stage(round_id: int, stage: str) -> None:
+        if stage == "advertise":
+            local.kill(frozen, signal.SIGSTOP)  # alive to the kernel, silent to everyone
+
+    local.config_path = write_config(local.root, local.deployment, stage_timeout=60.0)
+    try:
+        summary, _ = asyncio.run(_round_with_processes(local, on_stage=on_stage))
+    finally:
+        local.kill(frozen, signal.SIGCONT)
+    assert summary.outcome == "completed", summary.abort_reason
+    assert summary.dropped[frozen] == ("advertise", "disconnected")
+    # Found by the coordinator's keepalive pings (every 2 s, 3 s to answer), long before the
+    # 60 s stage deadline (or the ~68 s TCP keepalive of the old defaults).
+    assert summary.stage_seconds["advertise"] < 10.0
+    assert summary.included == tuple(c for c in range(CLIENTS) if c != frozen)

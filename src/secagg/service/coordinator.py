@@ -78,6 +78,11 @@ class Coordinator:
         await self._transport.stop(grace)
 
     @property
+    def transport(self) -> Transport:
+        """The connections (for tests and tools that look at them; rounds go through here)."""
+        return self._transport
+
+    @property
     def port(self) -> int:
         return self._transport.port
 

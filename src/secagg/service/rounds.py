@@ -326,6 +326,8 @@ class RoundRunner:
     def _deliver(self, server: Server, outgoing: Mapping[int, Message], task: pb.Task) -> None:
         """Send each client its message: the configuration travels in a Task, with the model."""
         for c, message in outgoing.items():
+            if c in server.drops:
+                continue  # dropped since the stage closed (disconnected, superseded)
             conn = self._transport.connection(c)
             if conn is None:
                 server.drop(c, DropReason.DISCONNECTED)

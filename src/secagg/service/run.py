@@ -40,6 +40,7 @@ __all__ = [
     "RunFailed",
     "Stopped",
     "client_policy",
+    "client_settings",
     "join",
     "make_coordinator",
     "serve",
@@ -207,14 +208,31 @@ def join(
     for name, value in (("--rounds", rounds), ("--max-attempts", max_attempts)):
         if value is not None and (isinstance(value, bool) or value < 1):
             raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    settings = client_settings(
+        config, identity_path, target=target, insecure=insecure, max_attempts=max_attempts
+    )
+    client = SecAggClient(settings, update(settings.identity.client_id), rounds=rounds)
+    return asyncio.run(_join(client, settings.target))
+
+
+def client_settings(
+    config: DeploymentConfig,
+    identity_path: Path,
+    *,
+    target: str | None = None,
+    insecure: bool = False,
+    max_attempts: int | None = None,
+) -> ClientSettings:
+    """Everything a ``SecAggClient`` needs, from the deployment file and the client's
+    identity file: the coordinator's address (``target`` overrides the file's), the CA to
+    trust, the message size cap, the client's policy and PKI, its own stage deadline."""
     identity = ClientIdentity.load(identity_path)
     if config.tls is None and not insecure:
         raise ConfigurationError("the deployment has no [tls] section; TLS is required")
     ca = None if config.tls is None else load_ca(config.tls.ca_cert)
     policy, pki = client_policy(config)
-    where = target or f"{config.coordinator.host}:{config.coordinator.port}"
-    settings = ClientSettings(
-        target=where,
+    return ClientSettings(
+        target=target or f"{config.coordinator.host}:{config.coordinator.port}",
         identity=identity,
         ca_cert=ca,
         max_message_bytes=config.coordinator.max_message_bytes,
@@ -223,8 +241,6 @@ def join(
         stage_timeout=config.client_stage_timeout,
         max_attempts=max_attempts,
     )
-    client = SecAggClient(settings, update(identity.client_id), rounds=rounds)
-    return asyncio.run(_join(client, where))
 
 
 async def _join(client: SecAggClient, target: str) -> ClientStats:

@@ -109,6 +109,9 @@ def server_options(limit: int) -> list[tuple[str, int]]:
         # Ping every client, data or not, and drop a connection whose ping goes unanswered.
         ("grpc.keepalive_time_ms", int(SERVER_PING_SECONDS * 1000)),
         ("grpc.keepalive_timeout_ms", int(SERVER_PING_TIMEOUT_SECONDS * 1000)),
+        # Recent gRPC cores time an unanswered ping out on this, not on the keepalive
+        # timeout alone (its default is a minute).
+        ("grpc.http2.ping_timeout_ms", int(SERVER_PING_TIMEOUT_SECONDS * 1000)),
         ("grpc.http2.max_pings_without_data", 0),
     ]
 
