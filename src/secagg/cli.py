@@ -11,11 +11,12 @@ recorded as aborted first).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import numpy as np
 import typer
@@ -42,7 +43,6 @@ from secagg.errors import (
 from secagg.params import Params, Protocol, ServerModel
 from secagg.service.config import CONFIG_FILE, DeploymentConfig
 from secagg.service.files import check_writable, refuse_existing, write_array
-from secagg.service.rounds import RoundSummary
 from secagg.service.settings import CoordinatorSettings
 from secagg.service.tasks import Task, TaskSpec, task_requirements
 from secagg.simulate import (
@@ -56,6 +56,9 @@ from secagg.simulate import (
     root_randomness,
     simulate_round,
 )
+
+if TYPE_CHECKING:  # the coordinator (and gRPC) are imported by the commands that run them
+    from secagg.service.rounds import RoundSummary
 
 __all__ = ["app", "main", "run"]
 
@@ -687,4 +690,8 @@ def run(args: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
+    # gRPC's C core writes its own log lines to stderr (a failed bind, a peer's GOAWAY):
+    # errors reach the operator as our one line instead. GRPC_VERBOSITY=ERROR brings them
+    # back; it is read once, when grpc is first imported (by the commands that use it).
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     sys.exit(run())

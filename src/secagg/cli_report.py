@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 from rich.console import Console
@@ -22,7 +22,9 @@ from rich.text import Text
 
 from secagg.service.files import check_writable, write_array
 from secagg.service.ledger import Ledger, RoundOutcome, RoundRecord
-from secagg.service.rounds import RoundSummary
+
+if TYPE_CHECKING:  # the coordinator (and gRPC) only where one runs
+    from secagg.service.rounds import RoundSummary
 
 __all__ = [
     "export_aggregate",

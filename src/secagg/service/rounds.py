@@ -252,7 +252,7 @@ class RoundRunner:
                 return self._aborted(active, abort, seconds)
             return self._completed(active, seconds)
         except asyncio.CancelledError:
-            self._interrupted(active, f"the coordinator was stopped at {server.stage}")
+            self._interrupted(active, "the coordinator was stopped")
             raise
         except LedgerError as exc:
             self._interrupted(active, f"the ledger failed: {exc}")

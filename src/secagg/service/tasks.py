@@ -17,13 +17,16 @@ import hashlib
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.service.client import UpdateFn
+
+if TYPE_CHECKING:  # the client (and gRPC) only where a client runs
+    from secagg.service.client import UpdateFn
 
 __all__ = [
     "RANDOM_CLIP",
