@@ -72,6 +72,10 @@ class _Servicer(pb_grpc.CoordinatorServicer):
         if first is grpc.aio.EOF or not first.HasField("hello"):
             return
         hello = first.hello
+        self._adversary.hellos += 1
+        if self._adversary.refusals:
+            await context.write(pb.ServerFrame(reject=self._adversary.refusals.pop(0)))
+            return
         try:
             self._adversary.allow_list.verify(
                 hello.client_id, hello.public_key, challenge, hello.signature
@@ -122,6 +126,8 @@ class Adversary:
         self._tls = tls
         self.connections: dict[int, _Connection] = {}
         self.sent_up: list[tuple[int, pb.ClientFrame]] = []  # every frame any client sent
+        self.refusals: list[pb.Reject] = []  # answers to the next hellos, in order
+        self.hellos = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: grpc.aio.Server | None = None
