@@ -216,12 +216,11 @@ def _print_report(report: RoundReport) -> None:
     table.add_column(style="bold")
     table.add_column()
     ratio = report.upload_bytes_per_client / report.plaintext_bytes_per_client
-    rows = [
-        ("clients x dim", f"{report.clients} x {report.dim}"),
-        ("degree k / threshold t", f"{report.degree} / {report.threshold}"),
-        ("ring bits", f"{report.ring_bits} ({report.value_bits}-bit values, clip {report.clip})"),
-        ("included", str(len(report.included))),
-    ]
+    rows = [("clients x dim", f"{report.clients} x {report.dim}")]
+    rows += [(key.replace("_", " "), str(value)) for key, value in report.details.items()]
+    rows.append(("included", str(len(report.included))))
+    if report.threshold_margin is not None:
+        rows.append(("threshold margin", f"{report.threshold_margin} (unmask answers - t)"))
     for stage, ids in report.dropped.items():
         if ids:
             rows.append((f"dropped at {stage}", _ids(ids)))
@@ -230,7 +229,7 @@ def _print_report(report: RoundReport) -> None:
     if report.abort_reason:
         rows.append(("abort reason", report.abort_reason))
     rows += [
-        ("clipped values", str(report.clipped_values)),
+        ("clipped values", f"{report.clipped_values} ({report.clip_rate:.2%})"),
         ("seconds", f"{report.seconds:.3f}"),
         *[(f"  {s}", f"{t:.3f}") for s, t in report.stage_seconds.items()],
         ("upload per client", f"{report.upload_bytes_per_client:,.0f} B ({ratio:.2f}x float32)"),

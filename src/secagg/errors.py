@@ -146,6 +146,9 @@ class AbortReason(StrEnum):
 class DropReason(StrEnum):
     """Why the server excluded a client from (the rest of) a round."""
 
+    MISSED_UPLOAD = "missed-upload"  # plaintext and CKKS schemes
+    MISSED_DECRYPT = "missed-decrypt"  # CKKS: the key holder asked to decrypt did not answer
+    BAD_DECRYPTION = "bad-decryption"  # CKKS: a decrypted sum that does not fit the round
     MISSED_COMMIT = "missed-commit"
     MISSED_REVEAL = "missed-reveal"
     BAD_REVEAL = "bad-reveal"  # a contribution that does not match its commitment

@@ -66,11 +66,13 @@ __all__ = [
     "PeerKeyEntry",
     "PeerKeys",
     "PeerShares",
+    "Reader",
     "Reveal",
     "RoundConfig",
     "SurvivorList",
     "UnmaskRequest",
     "UnmaskResponse",
+    "Writer",
     "decode",
 ]
 
@@ -92,7 +94,9 @@ PROTOCOL_CODES = {"secagg": 0, "secagg+": 1}
 SERVER_MODEL_CODES = {"semi-honest": 0, "semi-malicious": 1}
 
 
-class _Writer:
+class Writer:
+    """Canonical encoding of fields, for every message (schemes define theirs with it too)."""
+
     def __init__(self) -> None:
         self._parts: list[bytes] = []
 
@@ -130,7 +134,9 @@ class _Writer:
         return b"".join(self._parts)
 
 
-class _Reader:
+class Reader:
+    """Strict decoding: every read is bounds-checked; counts before any allocation."""
+
     def __init__(self, data: bytes) -> None:
         self._data = memoryview(data)
         self._pos = 0
@@ -199,18 +205,18 @@ class Message:
         Message._registry[cls.TAG] = cls
 
     def encode(self) -> bytes:
-        w = _Writer()
+        w = Writer()
         w.fixed(MAGIC, len(MAGIC))
         w.u8(VERSION)
         w.u8(self.TAG)
         self._write(w)
         return w.getvalue()
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         raise NotImplementedError
 
     @classmethod
-    def _read(cls: type[M], r: _Reader) -> M:
+    def _read(cls: type[M], r: Reader) -> M:
         raise NotImplementedError
 
     @classmethod
@@ -226,7 +232,7 @@ def decode(data: bytes) -> Message:
     """Decode bytes holding exactly one message of any type."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
-    r = _Reader(bytes(data))
+    r = Reader(bytes(data))
     if r.fixed(len(MAGIC)) != MAGIC:
         raise DecodeError("not a secagg message (bad magic)")
     version = r.u8()
@@ -252,7 +258,7 @@ def _check_id(value: int, what: str) -> None:
 
 
 def _read_entries(
-    r: _Reader, item_size: int, read: Callable[[], tuple[int, bytes]]
+    r: Reader, item_size: int, read: Callable[[], tuple[int, bytes]]
 ) -> tuple[tuple[int, bytes], ...]:
     n = r.count(item_size)
     return tuple(read() for _ in range(n))
@@ -339,7 +345,7 @@ class RoundConfig(Message):
         """Active mode: signed keys and a consistency round against a deviating server."""
         return self.server_model == "semi-malicious"
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.u64(self.round_id)
         w.fixed(self.nonce, NONCE_BYTES)
         w.u8(PROTOCOL_CODES[self.protocol])
@@ -356,7 +362,7 @@ class RoundConfig(Message):
         w.u32(self.min_cohort)
 
     @classmethod
-    def _read(cls, r: _Reader) -> RoundConfig:
+    def _read(cls, r: Reader) -> RoundConfig:
         round_id = r.u64()
         nonce = r.fixed(NONCE_BYTES)
         protocol = _lookup(PROTOCOL_CODES, r.u8(), "protocol")
@@ -398,13 +404,13 @@ class CommitRequest(Message):
     recipient: int
     attempt: int
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.config_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.u8(self.attempt)
 
     @classmethod
-    def _read(cls, r: _Reader) -> CommitRequest:
+    def _read(cls, r: Reader) -> CommitRequest:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8())
 
 
@@ -419,14 +425,14 @@ class Commitment(Message):
     attempt: int
     commitment: bytes = field(repr=False)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.config_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.u8(self.attempt)
         w.fixed(self.commitment, DIGEST_BYTES)
 
     @classmethod
-    def _read(cls, r: _Reader) -> Commitment:
+    def _read(cls, r: Reader) -> Commitment:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8(), r.fixed(DIGEST_BYTES))
 
 
@@ -442,7 +448,7 @@ class CommitmentDigest(Message):
     digest: bytes = field(repr=False)
     count: int  # how many commitments the digest covers
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.config_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.u8(self.attempt)
@@ -450,7 +456,7 @@ class CommitmentDigest(Message):
         w.u32(self.count)
 
     @classmethod
-    def _read(cls, r: _Reader) -> CommitmentDigest:
+    def _read(cls, r: Reader) -> CommitmentDigest:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8(), r.fixed(DIGEST_BYTES), r.u32())
 
 
@@ -465,14 +471,14 @@ class Reveal(Message):
     attempt: int
     contribution: bytes = field(repr=False)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.config_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.u8(self.attempt)
         w.fixed(self.contribution, CONTRIBUTION_BYTES)
 
     @classmethod
-    def _read(cls, r: _Reader) -> Reveal:
+    def _read(cls, r: Reader) -> Reveal:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8(), r.fixed(CONTRIBUTION_BYTES))
 
 
@@ -488,7 +494,7 @@ class Contributions(Message):
     attempt: int
     entries: tuple[tuple[int, bytes], ...] = field(repr=False)  # (client, contribution)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.config_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.u8(self.attempt)
@@ -498,7 +504,7 @@ class Contributions(Message):
             w.fixed(contribution, CONTRIBUTION_BYTES)
 
     @classmethod
-    def _read(cls, r: _Reader) -> Contributions:
+    def _read(cls, r: Reader) -> Contributions:
         config_id, recipient, attempt = r.fixed(SESSION_ID_BYTES), r.u32(), r.u8()
         entries = _read_entries(
             r, 4 + CONTRIBUTION_BYTES, lambda: (r.u32(), r.fixed(CONTRIBUTION_BYTES))
@@ -519,7 +525,7 @@ class AdvertiseKeys(Message):
     mask_public: bytes = field(repr=False)  # for pairwise masks
     signature: bytes = field(default=b"", repr=False)  # active mode: by the client's identity
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.fixed(self.cipher_public, KEY_BYTES)
@@ -527,7 +533,7 @@ class AdvertiseKeys(Message):
         _write_signature(w, self.signature)
 
     @classmethod
-    def _read(cls, r: _Reader) -> AdvertiseKeys:
+    def _read(cls, r: Reader) -> AdvertiseKeys:
         return cls(
             r.fixed(SESSION_ID_BYTES),
             r.u32(),
@@ -537,7 +543,7 @@ class AdvertiseKeys(Message):
         )
 
 
-def _write_signature(w: _Writer, signature: bytes) -> None:
+def _write_signature(w: Writer, signature: bytes) -> None:
     """Empty (semi-honest mode) or exactly one Ed25519 signature."""
     if len(signature) not in (0, SIGNATURE_BYTES):
         raise UsageError(f"a signature is 0 or {SIGNATURE_BYTES} bytes")
@@ -545,7 +551,7 @@ def _write_signature(w: _Writer, signature: bytes) -> None:
     w.fixed(signature, len(signature))
 
 
-def _read_signature(r: _Reader) -> bytes:
+def _read_signature(r: Reader) -> bytes:
     size = r.u8()
     if size not in (0, SIGNATURE_BYTES):
         raise DecodeError(f"a signature is 0 or {SIGNATURE_BYTES} bytes, not {size}")
@@ -570,7 +576,7 @@ class PeerKeys(Message):
     recipient: int
     peers: tuple[PeerKeyEntry, ...]
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.u32(len(self.peers))
@@ -581,7 +587,7 @@ class PeerKeys(Message):
             _write_signature(w, p.signature)
 
     @classmethod
-    def _read(cls, r: _Reader) -> PeerKeys:
+    def _read(cls, r: Reader) -> PeerKeys:
         session_id, recipient = r.fixed(SESSION_ID_BYTES), r.u32()
         n = r.count(4 + 2 * KEY_BYTES + 1)
         peers = tuple(
@@ -604,14 +610,14 @@ class EncryptedShares(Message):
     self_mask_commitment: bytes = field(repr=False)
     ciphertexts: tuple[tuple[int, bytes], ...] = field(repr=False)  # (recipient, sealed)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.fixed(self.self_mask_commitment, DIGEST_BYTES)
         _write_ciphertexts(w, self.ciphertexts)
 
     @classmethod
-    def _read(cls, r: _Reader) -> EncryptedShares:
+    def _read(cls, r: Reader) -> EncryptedShares:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(DIGEST_BYTES), _read_ciphertexts(r))
 
 
@@ -625,24 +631,24 @@ class PeerShares(Message):
     recipient: int
     ciphertexts: tuple[tuple[int, bytes], ...] = field(repr=False)  # (sender, sealed)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         _write_ciphertexts(w, self.ciphertexts)
 
     @classmethod
-    def _read(cls, r: _Reader) -> PeerShares:
+    def _read(cls, r: Reader) -> PeerShares:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), _read_ciphertexts(r))
 
 
-def _write_ciphertexts(w: _Writer, entries: Sequence[tuple[int, bytes]]) -> None:
+def _write_ciphertexts(w: Writer, entries: Sequence[tuple[int, bytes]]) -> None:
     w.u32(len(entries))
     for peer, sealed in entries:
         w.u32(peer)
         w.fixed(sealed, CIPHERTEXT_BYTES)
 
 
-def _read_ciphertexts(r: _Reader) -> tuple[tuple[int, bytes], ...]:
+def _read_ciphertexts(r: Reader) -> tuple[tuple[int, bytes], ...]:
     return _read_entries(r, 4 + CIPHERTEXT_BYTES, lambda: (r.u32(), r.fixed(CIPHERTEXT_BYTES)))
 
 
@@ -662,14 +668,14 @@ class MaskedInput(Message):
     missing_shares: tuple[int, ...]
     packed_vector: bytes = field(repr=False)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.ids(self.missing_shares)
         w.blob(self.packed_vector)
 
     @classmethod
-    def _read(cls, r: _Reader) -> MaskedInput:
+    def _read(cls, r: Reader) -> MaskedInput:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.ids(), r.blob())
 
 
@@ -686,7 +692,7 @@ class UnmaskRequest(Message):
     # Active mode: the consistency signatures of the survivor set, (signer, signature).
     signatures: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.ids(self.survivors)
@@ -697,7 +703,7 @@ class UnmaskRequest(Message):
             w.fixed(signature, SIGNATURE_BYTES)
 
     @classmethod
-    def _read(cls, r: _Reader) -> UnmaskRequest:
+    def _read(cls, r: Reader) -> UnmaskRequest:
         session_id, recipient, survivors, dropped = (
             r.fixed(SESSION_ID_BYTES),
             r.u32(),
@@ -720,13 +726,13 @@ class SurvivorList(Message):
     recipient: int
     survivors: tuple[int, ...]
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.ids(self.survivors)
 
     @classmethod
-    def _read(cls, r: _Reader) -> SurvivorList:
+    def _read(cls, r: Reader) -> SurvivorList:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.ids())
 
 
@@ -740,13 +746,13 @@ class ConsistencySignature(Message):
     client_id: int
     signature: bytes = field(repr=False)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.fixed(self.signature, SIGNATURE_BYTES)
 
     @classmethod
-    def _read(cls, r: _Reader) -> ConsistencySignature:
+    def _read(cls, r: Reader) -> ConsistencySignature:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(SIGNATURE_BYTES))
 
 
@@ -764,7 +770,7 @@ class UnmaskResponse(Message):
     self_mask_shares: tuple[tuple[int, bytes], ...] = field(repr=False)  # (owner, share)
     key_shares: tuple[tuple[int, bytes], ...] = field(repr=False)  # (owner, share)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         for entries in (self.self_mask_shares, self.key_shares):
@@ -774,7 +780,7 @@ class UnmaskResponse(Message):
                 w.fixed(share, SHARE_VALUE_BYTES)
 
     @classmethod
-    def _read(cls, r: _Reader) -> UnmaskResponse:
+    def _read(cls, r: Reader) -> UnmaskResponse:
         session_id, client_id = r.fixed(SESSION_ID_BYTES), r.u32()
 
         def entry() -> tuple[int, bytes]:
