@@ -17,9 +17,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from secagg.compare import (
+    SCHEMES,
+    CompareOptions,
+    CompareReport,
+    build_scheme,
+    run_compare,
+    write_plots,
+)
+from secagg.compare import demo_updates as demo_updates_of
 from secagg.errors import ConfigurationError, DecodeError, LedgerError, UsageError
 from secagg.params import Params, Protocol
 from secagg.protocol.graph import ServerModel
+from secagg.schemes.base import Scheme
 from secagg.service.client import UpdateFn
 from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import RoundSummary
@@ -52,6 +62,12 @@ ABORT_EXIT = 1
 class ProtocolChoice(StrEnum):
     secagg = "secagg"
     secagg_plus = "secagg+"
+
+
+class SchemeChoice(StrEnum):
+    masking = "masking"
+    ckks = "ckks"
+    plaintext = "plaintext"
 
 
 class ThreatModel(StrEnum):
@@ -126,6 +142,10 @@ def simulate(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the round report as JSON on stdout.")
     ] = False,
+    scheme: Annotated[
+        SchemeChoice,
+        typer.Option(help="masking (SecAgg/SecAgg+), ckks (homomorphic) or plaintext."),
+    ] = SchemeChoice.masking,
 ) -> None:
     """Run one secure-aggregation round in process and report what it cost."""
     source, n, d = _load_inputs(clients, dim, inputs, seed)
@@ -149,17 +169,25 @@ def simulate(
             degree=degree,
             threshold=threshold,
         )
+        chosen: Scheme | Params = params
+        stages = DROP_STAGES if params.active else SEMI_HONEST_STAGES
+        if scheme is not SchemeChoice.masking:
+            chosen = build_scheme(
+                scheme.value,
+                n,
+                d,
+                max_weight,
+                CompareOptions(clients=n, dim=d, clip=clip, value_bits=value_bits),
+            )
+            stages = tuple(s.value for s in chosen.stages)
         if drop:
             schedule = DropSchedule.parse(drop)
         else:
             schedule = DropSchedule.random(
-                n,
-                dropout,
-                root_randomness(seed, "dropout"),
-                stages=DROP_STAGES if params.active else SEMI_HONEST_STAGES,
+                n, dropout, root_randomness(seed, "dropout"), stages=stages
             )
         schedule.check_ids(n)
-        result = simulate_round(params, n, source, weights=weight_vector, drops=schedule, seed=seed)
+        result = simulate_round(chosen, n, source, weights=weight_vector, drops=schedule, seed=seed)
     except ConfigurationError as exc:
         _fail(str(exc))
     report = result.report
@@ -173,21 +201,27 @@ def simulate(
         raise typer.Exit(ABORT_EXIT)
 
 
+def _load_array(path: Path) -> tuple[np.ndarray, int, int]:
+    """A float array of N x D updates (N >= 3), memory-mapped."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot read {path}: {exc}")
+    if array.ndim != 2 or array.shape[0] < 3 or array.shape[1] < 1:
+        _fail(f"{path} must be a 2-D array with at least 3 rows; got {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        _fail(f"{path} must hold floats; got {array.dtype}")
+    return array, int(array.shape[0]), int(array.shape[1])
+
+
 def _load_inputs(
     clients: int | None, dim: int | None, inputs: Path | None, seed: int | None
 ) -> tuple[InputSource, int, int]:
     if inputs is not None:
         if clients is not None or dim is not None:
             _fail("--inputs fixes the cohort and dimension: drop --clients and --dim")
-        try:
-            array = np.load(inputs, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            _fail(f"cannot read {inputs}: {exc}")
-        if array.ndim != 2 or array.shape[0] < 3 or array.shape[1] < 1:
-            _fail(f"{inputs} must be a 2-D array with at least 3 rows; got {array.shape}")
-        if not np.issubdtype(array.dtype, np.floating):
-            _fail(f"{inputs} must hold floats; got {array.dtype}")
-        return (lambda i: np.asarray(array[i], dtype=np.float32)), array.shape[0], array.shape[1]
+        array, rows, columns = _load_array(inputs)
+        return (lambda i: np.asarray(array[i], dtype=np.float32)), rows, columns
     n = 100 if clients is None else clients
     d = 1000 if dim is None else dim
     if n < 3:
@@ -434,6 +468,122 @@ def demo(
     if json_path is not None:
         write_json(report, json_path)
         console.print(f"report written to {json_path}")
+
+
+@app.command()
+def compare(
+    clients: Annotated[int, typer.Option("--clients", "-n", help="Clients per round.")] = 20,
+    dim: Annotated[int, typer.Option(help="Values per update.")] = 100_000,
+    dropout: Annotated[
+        float, typer.Option(help="Fraction of clients that drop, each at a random stage.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Inputs, dropouts and keys.")] = 0,
+    inputs: Annotated[
+        Path | None, typer.Option(help="float32 array N x D of updates instead of random ones.")
+    ] = None,
+    demo_updates: Annotated[
+        bool, typer.Option("--demo-updates", help="The demo's first-round digits updates.")
+    ] = False,
+    schemes: Annotated[
+        str, typer.Option(help="Comma-separated subset of the schemes to compare.")
+    ] = ",".join(SCHEMES),
+    sweep_clients: Annotated[
+        str | None, typer.Option(help="Also compare at these client counts, e.g. 10,20,50.")
+    ] = None,
+    sweep_dim: Annotated[
+        str | None, typer.Option(help="Also compare at these dimensions, e.g. 1000,100000.")
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write PNG plots into this folder.")] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the raw figures as JSON on stdout.")
+    ] = False,
+) -> None:
+    """The same updates through plaintext, SecAgg, SecAgg+ (both threat models) and CKKS."""
+    try:
+        options = CompareOptions(
+            clients=clients,
+            dim=dim,
+            dropout=dropout,
+            seed=seed,
+            schemes=tuple(s.strip() for s in schemes.split(",") if s.strip()),
+        )
+        array = None
+        source = "random"
+        if inputs is not None and demo_updates:
+            _fail("use either --inputs or --demo-updates, not both")
+        if inputs is not None:
+            array, _, _ = _load_array(inputs)
+            source = str(inputs)
+        elif demo_updates:
+            array = demo_updates_of(clients, seed)
+            source = "the demo's digits updates"
+        report = run_compare(
+            options,
+            inputs=array,
+            source=source,
+            sweep_clients=_int_list(sweep_clients, "--sweep-clients"),
+            sweep_dim=_int_list(sweep_dim, "--sweep-dim"),
+        )
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    if json_output:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+    else:
+        _print_compare(report)
+    if plots is not None:
+        for path in write_plots(report, plots):
+            Console(stderr=json_output).print(f"wrote {path}", highlight=False)
+
+
+def _int_list(text: str | None, flag: str) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        _fail(f"{flag} takes integers separated by commas, e.g. 10,20,50")
+
+
+def _print_compare(report: CompareReport) -> None:
+    o = report.options
+    table = Table(
+        title=(
+            f"{o.clients} clients x {o.dim:,} values, dropout {o.dropout:g}, "
+            f"updates: {report.source}"
+        ),
+        title_justify="left",
+    )
+    for column in (
+        "scheme",
+        "included",
+        "client s",
+        "server s",
+        "up B/client",
+        "x float32",
+        "down B/client",
+        "max error (bound)",
+        "tolerates",
+        "server learns",
+        "to see one update",
+    ):
+        table.add_column(column, justify="left" if column[0] in "stm" else "right")
+    for row in report.rows:
+        r = row.report
+        error = "-" if r.max_abs_error is None else f"{r.max_abs_error:.1e} ({r.error_bound:.0e})"
+        table.add_row(
+            row.scheme if r.outcome == "completed" else f"{row.scheme} (aborted)",
+            f"{len(r.included)}/{r.clients}",
+            f"{r.client_seconds:.4f}",
+            f"{r.server_seconds:.4f}",
+            f"{r.upload_bytes_per_client:,.0f}",
+            f"{r.upload_bytes_per_client / r.plaintext_bytes_per_client:.2f}",
+            f"{r.download_bytes_per_client:,.0f}",
+            error,
+            row.tolerates,
+            row.server_learns,
+            row.to_see_one_update,
+        )
+    _wide_console().print(table)
 
 
 def _wide_console() -> Console:
