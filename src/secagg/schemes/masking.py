@@ -13,7 +13,7 @@ from secagg.errors import AbortReason, ClientAbort, UsageError
 from secagg.hazmat import prg
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import Randomness
-from secagg.params import Params
+from secagg.params import Params, check_round_config
 from secagg.policy import ClientPolicy
 from secagg.protocol.client import Client
 from secagg.protocol.messages import Message, RoundConfig
@@ -78,6 +78,7 @@ class MaskingScheme:
 
     def server(self, config: Message) -> Server:
         assert isinstance(config, RoundConfig)
+        check_round_config(config)
         return Server(config, pki=self.pki if config.active else None, apply_masks=self.apply_masks)
 
     def check(self, config: Message, client_id: int) -> None:
@@ -90,6 +91,7 @@ class MaskingScheme:
 
     def client(self, config: Message, client_id: int, rng: Randomness) -> Client:
         assert isinstance(config, RoundConfig)
+        check_round_config(config)
         return Client(
             config,
             client_id,
