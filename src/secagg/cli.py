@@ -1,13 +1,18 @@
 """The ``secagg`` command.
 
-Bad arguments and infeasible configurations end with one clear line on stderr and exit
-code 2; a round that aborts prints its report and exits with 1.
+Every error is one line on stderr (``error: ...``), never a traceback. Exit codes: 0 when
+the command did what it was asked; 2 for bad input (arguments, files, a deployment that
+cannot start: a port in use, a ledger another coordinator holds); 1 for a run that started
+and failed (a round that aborted, no cohort in time, a refused or unreachable client);
+130 or 143 when SIGINT or SIGTERM stopped ``serve`` or ``join`` (a running round is then
+recorded as aborted first).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -16,7 +21,16 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from secagg.cli_report import (
+    export_aggregate,
+    format_rounds_table,
+    one_line,
+    print_error,
+    round_json,
+    round_line,
+)
 from secagg.compare import (
     SCHEMES,
     CompareOptions,
@@ -26,14 +40,21 @@ from secagg.compare import (
     write_plots,
 )
 from secagg.compare import demo_updates as demo_updates_of
-from secagg.errors import ConfigurationError, DecodeError, LedgerError, UsageError
-from secagg.params import Params, Protocol
-from secagg.protocol.graph import ServerModel
+from secagg.errors import (
+    ConfigurationError,
+    DecodeError,
+    InputError,
+    LedgerError,
+    SecAggError,
+    UsageError,
+)
+from secagg.params import Params, Protocol, ServerModel
 from secagg.schemes.base import Scheme
-from secagg.service.client import UpdateFn
-from secagg.service.config import DeploymentConfig
-from secagg.service.coordinator import RoundSummary
-from secagg.service.credentials import create_deployment
+from secagg.service.config import CONFIG_FILE, DeploymentConfig
+from secagg.service.files import check_writable, refuse_existing, write_array
+from secagg.service.rounds import RoundSummary
+from secagg.service.settings import CoordinatorSettings
+from secagg.service.tasks import Task, TaskSpec, task_requirements
 from secagg.simulate import (
     DROP_STAGES,
     SEMI_HONEST_STAGES,
@@ -46,7 +67,7 @@ from secagg.simulate import (
     simulate_round,
 )
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "run"]
 
 app = typer.Typer(
     help="Secure aggregation for federated learning: SecAgg and SecAgg+.",
@@ -55,8 +76,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+OK_EXIT = 0
 USAGE_EXIT = 2
-ABORT_EXIT = 1
+FAILED_EXIT = 1
+DEFAULT_MAX_ATTEMPTS = 20  # join: about a minute and a half of retries (backoff up to 5 s)
+_MAX_ROUND_ID = 2**63 - 1  # what the ledger (SQLite) can hold
 
 
 class ProtocolChoice(StrEnum):
@@ -70,22 +94,27 @@ class SchemeChoice(StrEnum):
     plaintext = "plaintext"
 
 
-class ThreatModel(StrEnum):
-    """What the server is trusted to do: follow the protocol, or nothing at all."""
+class ServerModelChoice(StrEnum):
+    """What the server is trusted to do (the names of ``ServerModel``, as in deployment.toml)."""
 
     semi_honest = "semi-honest"
-    malicious = "malicious"
-
-    @property
-    def server_model(self) -> ServerModel:
-        if self is ThreatModel.malicious:
-            return ServerModel.SEMI_MALICIOUS  # active mode: signatures + consistency round
-        return ServerModel.SEMI_HONEST
+    semi_malicious = "semi-malicious"
 
 
-def _fail(message: str) -> NoReturn:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(USAGE_EXIT)
+class TaskChoice(StrEnum):
+    random = "random"
+    digits = "digits"
+
+
+def _fail(message: str, code: int = USAGE_EXIT) -> NoReturn:
+    """Every error of every command goes out through here: one line, then the exit code."""
+    print_error(message)
+    raise typer.Exit(code)
+
+
+def _say(text: str) -> None:
+    """A line of ordinary output: never markup (it may quote paths and sections)."""
+    Console(soft_wrap=True, markup=False, highlight=False).print(Text(text))
 
 
 @app.callback()
@@ -93,6 +122,7 @@ def _root() -> None:
     """Secure aggregation for federated learning: SecAgg and SecAgg+."""
 
 
+# --------------------------------------------------------------------------- simulate
 @app.command()
 def simulate(
     clients: Annotated[
@@ -127,10 +157,11 @@ def simulate(
         float | None,
         typer.Option(help="Dropout rate the graph must tolerate (default: max(0.33, dropout))."),
     ] = None,
-    threat_model: Annotated[
-        ThreatModel,
-        typer.Option(help="malicious: signed keys and a consistency round (active mode)."),
-    ] = ThreatModel.semi_honest,
+    server_model: Annotated[
+        ServerModelChoice,
+        typer.Option(help="semi-malicious: active mode (signed keys and a consistency round)."),
+    ] = ServerModelChoice.semi_honest,
+    threat_model: Annotated[str | None, typer.Option(hidden=True)] = None,
     min_cohort: Annotated[
         int, typer.Option(help="Fewest inputs a revealed sum may contain (active mode).")
     ] = 1,
@@ -148,6 +179,14 @@ def simulate(
     ] = SchemeChoice.masking,
 ) -> None:
     """Run one secure-aggregation round in process and report what it cost."""
+    if threat_model is not None:
+        _fail(_renamed_threat_model(threat_model))
+    if save_aggregate is not None:
+        # Before the round: a round of minutes must not end in a path error.
+        try:
+            check_writable(save_aggregate, "the aggregate")
+        except ConfigurationError as exc:
+            _fail(str(exc))
     source, n, d = _load_inputs(clients, dim, inputs, seed)
     weight_vector = _load_weights(weights, n)
     if drop and dropout:
@@ -164,7 +203,7 @@ def simulate(
             max_weight=max_weight,
             adversarial_rate=adversarial_rate,
             dropout_rate=tolerated,
-            server_model=threat_model.server_model,
+            server_model=ServerModel(server_model.value),
             min_cohort=min_cohort,
             degree=degree,
             threshold=threshold,
@@ -188,17 +227,36 @@ def simulate(
             )
         schedule.check_ids(n)
         result = simulate_round(chosen, n, source, weights=weight_vector, drops=schedule, seed=seed)
-    except ConfigurationError as exc:
+    except (ConfigurationError, InputError) as exc:
         _fail(str(exc))
     report = result.report
     if save_aggregate is not None and result.aggregate is not None:
-        np.save(save_aggregate, result.aggregate.astype(np.float32))
+        try:
+            write_array(save_aggregate, result.aggregate.astype(np.float32))
+        except ConfigurationError as exc:
+            _fail(str(exc), FAILED_EXIT)
     if json_output:
         sys.stdout.write(json.dumps(report.to_json()) + "\n")
     else:
         _print_report(report)
     if report.outcome != "completed":
-        raise typer.Exit(ABORT_EXIT)
+        raise typer.Exit(FAILED_EXIT)
+    if report.max_abs_error is not None and not report.max_abs_error <= report.error_bound:
+        # The simulator checks itself: an error beyond the stated bound is a bug, never a
+        # result to pass on.
+        _fail(
+            f"the aggregate is off by {report.max_abs_error:.3g}, beyond the quantisation "
+            f"bound {report.error_bound:.3g}: this is a bug, please report it",
+            FAILED_EXIT,
+        )
+
+
+def _renamed_threat_model(value: str) -> str:
+    new = "semi-malicious" if value == "malicious" else "semi-honest"
+    return (
+        f"--threat-model is now --server-model (the name deployment.toml and the API use): "
+        f"use --server-model {new}"
+    )
 
 
 def _load_array(path: Path) -> tuple[np.ndarray, int, int]:
@@ -211,6 +269,9 @@ def _load_array(path: Path) -> tuple[np.ndarray, int, int]:
         _fail(f"{path} must be a 2-D array with at least 3 rows; got {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
         _fail(f"{path} must hold floats; got {array.dtype}")
+    for i in range(array.shape[0]):  # row by row: the array may be larger than memory
+        if not np.all(np.isfinite(array[i])):
+            _fail(f"{path}: row {i} holds NaN or infinity")
     return array, int(array.shape[0]), int(array.shape[1])
 
 
@@ -246,7 +307,7 @@ def _load_weights(weights: Path | None, n: int) -> np.ndarray | None:
 def _print_report(report: RoundReport) -> None:
     console = Console()
     title = f"{report.protocol} round: {report.outcome}"
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(title=Text(title), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     ratio = report.upload_bytes_per_client / report.plaintext_bytes_per_client
@@ -270,11 +331,15 @@ def _print_report(report: RoundReport) -> None:
         ("download per client", f"{report.download_bytes_per_client:,.0f} B"),
     ]
     if report.max_abs_error is not None:
+        against = "the clipped inputs' mean" if report.clipped_values else "the inputs' mean"
         rows.append(
-            ("max abs error", f"{report.max_abs_error:.3g} (bound {report.error_bound:.3g})")
+            (
+                "max abs error",
+                f"{report.max_abs_error:.3g} against {against} (bound {report.error_bound:.3g})",
+            )
         )
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(Text(key), Text(value))
     console.print(table)
 
 
@@ -294,30 +359,97 @@ def _load_config(path: Path) -> DeploymentConfig:
 @app.command()
 def certs(
     directory: Annotated[Path, typer.Argument(help="Where to write the deployment.")],
-    clients: Annotated[int, typer.Option(help="Client identities to create.")] = 10,
-    dim: Annotated[int, typer.Option(help="Values per update.")] = 1000,
+    clients: Annotated[int, typer.Option(help="Client identities to create (at least 3).")] = 10,
+    task: Annotated[
+        TaskChoice,
+        typer.Option(help="What the clients train: sets dim, max weight and clip to fit it."),
+    ] = TaskChoice.random,
+    dim: Annotated[
+        int | None, typer.Option(help="Values per update (random task; default 1000).")
+    ] = None,
+    max_weight: Annotated[
+        int | None,
+        typer.Option(help="Largest weight a client may give its update (default: the task's)."),
+    ] = None,
     port: Annotated[int, typer.Option(help="Coordinator port.")] = 50051,
-    min_clients: Annotated[int, typer.Option(help="Smallest cohort.")] = 3,
+    min_clients: Annotated[
+        int, typer.Option(help="A round starts once this many clients are connected.")
+    ] = 3,
+    server_model: Annotated[
+        ServerModelChoice,
+        typer.Option(help="semi-malicious: active mode (signed keys, a consistency round)."),
+    ] = ServerModelChoice.semi_honest,
+    stage_timeout: Annotated[float, typer.Option(help="Seconds per stage.")] = 30.0,
+    cohort_wait: Annotated[
+        float, typer.Option(help="Seconds serve waits for min_clients before giving up.")
+    ] = 60.0,
 ) -> None:
     """Create a local deployment: CA, server certificate, client identities, allow-list.
 
-    Also writes deployment.toml, which both `serve` and `join` read.
+    Also writes deployment.toml, which both `serve` and `join` read. Everything is checked
+    before the first file is written: a refused command leaves nothing behind.
     """
+    from secagg.service.credentials import create_deployment, deployment_files
+
     try:
+        if clients < 3:
+            raise ConfigurationError(
+                f"--clients must be at least 3 (a round needs 3), got {clients}"
+            )
+        spec = TaskSpec(Task(task.value), clients=clients)
+        needs = task_requirements(spec)
+        if needs.dim is not None and dim is not None and dim != needs.dim:
+            raise ConfigurationError(
+                f"the {task.value} task needs --dim {needs.dim} (its model's size); leave --dim out"
+            )
+        if max_weight is not None and max_weight < needs.max_weight:
+            raise ConfigurationError(
+                f"the {task.value} task sends weights up to {needs.max_weight}: "
+                f"--max-weight {max_weight} would refuse them"
+            )
+        params = Params(
+            dim=needs.dim or (1000 if dim is None else dim),
+            max_clients=clients,
+            clip=needs.clip,
+            max_weight=needs.max_weight if max_weight is None else max_weight,
+            server_model=ServerModel(server_model.value),
+        )
+        CoordinatorSettings(
+            params,
+            port=port,
+            min_clients=min_clients,
+            stage_timeout=stage_timeout,
+            cohort_wait=cohort_wait,
+        )
+        files = deployment_files(directory, clients)
+        tls = files.tls
+        for path in (
+            directory / CONFIG_FILE,
+            tls.ca_cert,
+            tls.server_cert,
+            tls.server_key,
+            files.allow_list,
+            *files.identities.values(),
+        ):
+            refuse_existing(path)
         deployment = create_deployment(directory, clients)
-        params = Params(dim=dim, max_clients=max(3, clients))
+        config = DeploymentConfig.write(
+            directory,
+            deployment,
+            params,
+            port=port,
+            min_clients=min_clients,
+            stage_timeout=stage_timeout,
+            cohort_wait=cohort_wait,
+            task=spec,
+        )
     except ConfigurationError as exc:
         _fail(str(exc))
-    config = DeploymentConfig.write(
-        directory,
-        deployment,
-        params,
-        port=port,
-        min_clients=min_clients,
-        stage_timeout=30.0,
-        cohort_wait=60.0,
+    _say(
+        f"wrote {config} and {clients} identities under {directory / 'clients'} "
+        f"(task {task.value}: dim {params.dim}, max_weight {params.max_weight}; a round "
+        f"starts once {min_clients} clients are connected)"
     )
-    Console().print(f"wrote {config} and {clients} identities under {directory / 'clients'}")
 
 
 @app.command()
@@ -328,51 +460,68 @@ def serve(
     stage_timeout: Annotated[float | None, typer.Option(help="Seconds per stage.")] = None,
     min_clients: Annotated[int | None, typer.Option(help="Smallest cohort.")] = None,
     cohort_wait: Annotated[float | None, typer.Option(help="Seconds to wait for it.")] = None,
+    model_out: Annotated[
+        Path | None,
+        typer.Option(help="Write the model here (.npy, float32) after every completed round."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port (0: any).")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address of the metrics endpoint.")] = (
+        "127.0.0.1"
+    ),
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON line per round on stdout.")
     ] = False,
 ) -> None:
-    """Run the coordinator: admit allow-listed clients over TLS and run rounds."""
-    import asyncio
-    import resource
+    """Run the coordinator: admit allow-listed clients over TLS and run rounds.
 
+    Stops cleanly on Ctrl-C or SIGTERM (a running round is recorded as aborted).
+    """
+    import asyncio
+
+    from secagg.service.metrics import CoordinatorMetrics, MetricsEndpoint, serve_metrics
+    from secagg.service.run import RunFailed, Stopped, serve_failed
     from secagg.service.run import serve as run_serve
 
-    deployment = _load_config(config).with_overrides(
-        port=port, stage_timeout=stage_timeout, min_clients=min_clients, cohort_wait=cohort_wait
-    )
-    console = Console()
+    try:
+        deployment = _load_config(config).with_overrides(
+            port=port, stage_timeout=stage_timeout, min_clients=min_clients, cohort_wait=cohort_wait
+        )
+    except ConfigurationError as exc:
+        _fail(str(exc))
 
     def report(summary: RoundSummary) -> None:
         if json_output:
-            line = {
-                "round_id": summary.round_id,
-                "outcome": summary.outcome,
-                "cohort": len(summary.cohort),
-                "included": len(summary.included),
-                "dropped": {str(c): list(d) for c, d in summary.dropped.items()},
-                "seconds": summary.seconds,
-                "stage_seconds": dict(summary.stage_seconds),
-                "upload_bytes_per_client": summary.upload_bytes_per_client,
-                "download_bytes_per_client": summary.download_bytes_per_client,
-                "abort_reason": summary.abort_reason,
-                # Linux reports ru_maxrss in KiB: the coordinator's peak so far.
-                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            }
-            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.write(json.dumps(round_json(summary)) + "\n")
             sys.stdout.flush()
-            return
-        console.print(
-            f"round {summary.round_id}: {summary.outcome}, {len(summary.included)} of "
-            f"{len(summary.cohort)} included, {summary.seconds:.2f} s"
-            + (f" ({summary.abort_reason})" if summary.abort_reason else "")
-        )
+        else:
+            Console(soft_wrap=True, highlight=False).print(round_line(summary))
 
     _setup_logging()
+    metrics: CoordinatorMetrics | None = None
+    endpoint: MetricsEndpoint | None = None
     try:
-        asyncio.run(run_serve(deployment, rounds=rounds, report=report))
+        if metrics_port is not None:
+            metrics = CoordinatorMetrics()
+            endpoint = serve_metrics(metrics, metrics_host, metrics_port)
+        summaries = asyncio.run(
+            run_serve(
+                deployment, rounds=rounds, report=report, model_out=model_out, metrics=metrics
+            )
+        )
     except (ConfigurationError, LedgerError) as exc:
         _fail(str(exc))
+    except RunFailed as exc:
+        _fail(str(exc), FAILED_EXIT)
+    except Stopped as exc:
+        raise typer.Exit(exc.exit_code) from None
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+    failed = serve_failed(summaries)
+    if failed is not None:
+        _fail(failed, FAILED_EXIT)
 
 
 @app.command()
@@ -381,32 +530,68 @@ def join(
     identity: Annotated[Path, typer.Option(help="This client's identity file.")],
     target: Annotated[str | None, typer.Option(help="host:port (default: from config).")] = None,
     rounds: Annotated[int | None, typer.Option(help="Leave after this many rounds.")] = None,
-    task: Annotated[str, typer.Option(help="random | digits")] = "random",
-    task_seed: Annotated[int, typer.Option(help="Seed of the task's data.")] = 0,
-    task_clients: Annotated[int, typer.Option(help="digits: clients in the split.")] = 10,
+    task: Annotated[
+        TaskChoice | None, typer.Option(help="What to train (default: the deployment's task).")
+    ] = None,
+    task_seed: Annotated[
+        int | None, typer.Option(help="Seed of the task's data (default: the deployment's).")
+    ] = None,
+    task_clients: Annotated[
+        int | None, typer.Option(help="digits: shares of the data (default: the deployment's).")
+    ] = None,
+    max_attempts: Annotated[
+        int, typer.Option(help="Connection attempts in a row before giving up.")
+    ] = DEFAULT_MAX_ATTEMPTS,
+    train_seconds: Annotated[float, typer.Option(hidden=True)] = 0.0,
 ) -> None:
-    """Join a coordinator as a client and answer its rounds."""
+    """Join a coordinator as a client and answer its rounds.
+
+    Logs one line per round (what this client agreed to and how the round ended for it),
+    and a summary when it leaves.
+    """
+    from secagg.service.client import Rejected, UpdateFn
+    from secagg.service.run import RunFailed, Stopped
     from secagg.service.run import join as run_join
+    from secagg.service.tasks import update_function
 
     deployment = _load_config(config)
     dim = deployment.params.dim
+    try:
+        if not (train_seconds >= 0 and train_seconds < float("inf")):
+            raise ConfigurationError("--train-seconds must be a non-negative number")
+        default = deployment.task
+        spec = TaskSpec(
+            Task(task.value) if task is not None else default.task,
+            clients=default.clients if task_clients is None else task_clients,
+            seed=default.seed if task_seed is None else task_seed,
+        )
+    except ConfigurationError as exc:
+        _fail(str(exc))
 
     def make_update(client_id: int) -> UpdateFn:
-        if task == "random":
-            from secagg.service.tasks import random_task
-
-            return random_task(client_id, dim, task_seed)
-        if task == "digits":
-            from secagg.fl.tasks import digits_task
-
-            return digits_task(client_id, task_clients, task_seed)
-        _fail(f"unknown task {task!r}: use random or digits")
+        return update_function(spec, client_id, dim, train_seconds=train_seconds)
 
     _setup_logging()
     try:
-        run_join(deployment, identity, make_update, target=target, rounds=rounds)
+        stats = run_join(
+            deployment,
+            identity,
+            make_update,
+            target=target,
+            rounds=rounds,
+            max_attempts=max_attempts,
+        )
     except ConfigurationError as exc:
         _fail(str(exc))
+    except Rejected as exc:
+        _fail(f"the coordinator refused this client: {exc}", FAILED_EXIT)
+    except Stopped as exc:
+        raise typer.Exit(exc.exit_code) from None
+    except (RunFailed, SecAggError) as exc:
+        _fail(str(exc), FAILED_EXIT)
+    _say(
+        f"left after {stats.rounds} round(s): {stats.included} included, {stats.aborted} left early"
+    )
 
 
 @app.command()
@@ -416,19 +601,23 @@ def rounds(
     out: Annotated[Path | None, typer.Option(help="Where to write it (.npy).")] = None,
 ) -> None:
     """List the rounds in a ledger, or export one round's aggregate."""
-    from secagg.service.ledger import Ledger, export_aggregate, format_rounds_table
+    from secagg.service.ledger import Ledger
 
+    if export is not None:
+        if not 1 <= export <= _MAX_ROUND_ID:
+            _fail(f"--export must be a round id in [1, {_MAX_ROUND_ID}], got {export}")
+        if out is None:
+            _fail("--export needs --out FILE.npy")
     try:
         with Ledger.open_readonly(ledger) as book:
             if export is None:
                 _wide_console().print(format_rounds_table(book.rounds()))
                 return
-            if out is None:
-                _fail("--export needs --out FILE.npy")
+            assert out is not None
             export_aggregate(book, export, out)
-    except (LedgerError, UsageError, DecodeError) as exc:
+    except (LedgerError, UsageError, DecodeError, ConfigurationError) as exc:
         _fail(str(exc))
-    Console().print(f"wrote the aggregate of round {export} to {out}")
+    _say(f"wrote the aggregate of round {export} to {out}")
 
 
 @app.command()
@@ -456,18 +645,22 @@ def demo(
         options = DemoOptions(
             clients=clients, rounds=rounds, seed=seed, drop_rate=drop_rate, protocol=protocol.value
         )
+        if json_path is not None:
+            check_writable(json_path, "the report")
     except ConfigurationError as exc:
         _fail(str(exc))
     console = _wide_console()
     with console.status("starting", spinner="dots") as status:
         try:
-            report = run_demo(options, progress=lambda text: status.update(text))
+            report = run_demo(options, progress=lambda text: status.update(Text(text)))
         except (ConfigurationError, LedgerError) as exc:
             _fail(str(exc))
+        except SecAggError as exc:
+            _fail(str(exc), FAILED_EXIT)
     print_report(report, console)
     if json_path is not None:
         write_json(report, json_path)
-        console.print(f"report written to {json_path}")
+        _say(f"report written to {json_path}")
 
 
 @app.command()
@@ -597,5 +790,39 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def _click_exception() -> type[Exception]:
+    """Click's base exception, wherever this typer keeps click (vendored or not)."""
+    for kind in typer.BadParameter.__mro__:
+        if kind.__name__ == "ClickException":
+            return kind
+    raise ImportError("typer's click has no ClickException")  # pragma: no cover
+
+
+def run(args: Sequence[str] | None = None) -> int:
+    """Run the command line on ``args`` (default: ``sys.argv[1:]``); the exit code."""
+    command = typer.main.get_command(app)
+    click_error = _click_exception()
+    try:
+        result = command.main(
+            list(sys.argv[1:] if args is None else args), prog_name="secagg", standalone_mode=False
+        )
+    except click_error as exc:
+        text: str = exc.format_message()  # type: ignore[attr-defined]
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # No arguments at all: the help is the answer (some click versions print it
+            # themselves, others hand it over as the message).
+            if text.strip():
+                sys.stderr.write(text + "\n")
+            return USAGE_EXIT
+        # Bad arguments: one line (click would draw a usage box), and where to look.
+        context = getattr(exc, "ctx", None)
+        where = getattr(context, "command_path", "") or "secagg"
+        print_error(f"{one_line(text)} (see {where} --help)")
+        return USAGE_EXIT
+    except (KeyboardInterrupt, typer.Abort):
+        return 130
+    return result if isinstance(result, int) else OK_EXIT
+
+
 def main() -> None:
-    app()
+    sys.exit(run())

@@ -42,7 +42,7 @@ from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import RoundSummary
 from secagg.service.credentials import create_deployment
 from secagg.service.ledger import Ledger
-from secagg.service.run import make_coordinator, start_client_process
+from secagg.service.run import RunFailed, make_coordinator, start_client_process
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -144,11 +144,11 @@ def _row(step: int, summary: RoundSummary, accuracy: float | None) -> RoundRow:
     return RoundRow(
         round=step + 1,
         accuracy=accuracy,
-        outcome=summary.outcome,
+        outcome=summary.outcome.value,
         included=list(summary.included),
-        dropped={c: {"stage": s, "reason": r} for c, (s, r) in summary.dropped.items()},
+        dropped={c: {"stage": s.value, "reason": r.value} for c, (s, r) in summary.dropped.items()},
         seconds=summary.seconds,
-        stage_seconds=dict(summary.stage_seconds),
+        stage_seconds={s.value: t for s, t in summary.stage_seconds.items()},
         upload_bytes_per_client=summary.upload_bytes_per_client,
         download_bytes_per_client=summary.download_bytes_per_client,
     )
@@ -269,9 +269,9 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
                 fleet.start(c)
             say(f"coordinator on 127.0.0.1:{port}; waiting for {options.clients} clients")
             if not await coordinator.wait_for_clients(options.clients, 120.0):
-                raise ConfigurationError(
-                    f"only {len(coordinator.connected)} of {options.clients} clients connected; "
-                    f"see the logs in {workdir}"
+                raise RunFailed(
+                    f"only {len(coordinator.connected)} of {options.clients} clients connected "
+                    f"within 120 s; see the logs in {workdir}"
                 )
             secure_model = spec.init(options.seed)
             plain_model = secure_model.copy()

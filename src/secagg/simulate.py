@@ -200,7 +200,7 @@ class RoundReport:
     download_bytes_per_client: float
     plaintext_bytes_per_client: int
     plaintext_seconds: float | None  # the same included clients' round as plaintext FedAvg
-    max_abs_error: float | None
+    max_abs_error: float | None  # against the weighted mean of the included inputs, clipped
     error_bound: float
 
     @property

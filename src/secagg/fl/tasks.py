@@ -6,6 +6,7 @@ trains on its own share only; nothing but the (masked) update leaves it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -16,7 +17,15 @@ from secagg.fl.fedavg import TrainingConfig, local_update
 from secagg.fl.model import ModelSpec
 from secagg.service.client import UpdateFn
 
-__all__ = ["DEMO_CLIP", "DEMO_TRAINING", "demo_model", "digits_task"]
+__all__ = [
+    "DEMO_CLIP",
+    "DEMO_TRAINING",
+    "DigitsRequirements",
+    "demo_model",
+    "digits_initial_model",
+    "digits_requirements",
+    "digits_task",
+]
 
 # Updates of the demo's model stay well inside this range (measured over whole runs): the
 # quantiser clips nothing, and 16 bits over [-2, 2] give steps of 6e-5.
@@ -31,6 +40,35 @@ def demo_model(split: FederatedSplit) -> ModelSpec:
 @cache
 def _split(clients: int, seed: int) -> FederatedSplit:
     return load_digits_split(clients, seed=seed)
+
+
+@dataclass(frozen=True)
+class DigitsRequirements:
+    """What a deployment must allow for the digits task: the model's size, the largest
+    weight a client can send (its number of examples) and the clip range of the updates."""
+
+    dim: int
+    max_weight: int
+    clip: float
+
+
+def digits_requirements(clients: int, seed: int = 0) -> DigitsRequirements:
+    """The digits task split over ``clients`` clients.
+
+    A client's weight is its number of training examples. ``max_weight`` is the size of the
+    whole training set, which bounds every client's share whatever the seed of the split
+    (and costs at most a few bits of ring width over the largest share of one seed).
+    """
+    split = _split(clients, seed)
+    return DigitsRequirements(
+        dim=demo_model(split).dim, max_weight=sum(split.sizes), clip=DEMO_CLIP
+    )
+
+
+def digits_initial_model(clients: int, seed: int = 0) -> NDArray[np.float32]:
+    """The model the coordinator starts the digits task from (random weights: a network
+    started at zero would keep every hidden unit identical)."""
+    return demo_model(_split(clients, seed)).init(seed)
 
 
 def digits_task(client_id: int, clients: int, seed: int) -> UpdateFn:

@@ -1,8 +1,7 @@
-"""Key agreement (X25519), signatures (Ed25519) and key derivation (HKDF-SHA256).
+"""Key agreement (X25519) and signatures (Ed25519).
 
-Every derived key is bound to a purpose label and a context through :func:`derive_key`, whose
-``info`` is the injective :func:`encode_fields` encoding: a key is never used for two
-purposes, and no two distinct contexts can produce the same ``info``.
+Key derivation (HKDF-SHA256, :func:`~secagg.hazmat.kdf.derive_key`,
+:func:`~secagg.hazmat.kdf.encode_fields`) lives in :mod:`secagg.hazmat.kdf`.
 """
 
 from __future__ import annotations
@@ -11,12 +10,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from secagg.errors import AuthenticationError, CryptoError, DecodeError, UsageError
+from secagg.errors import AuthenticationError, CryptoError, DecodeError
+
+# Transitional re-export: these moved to secagg.hazmat.kdf, and other modules still import
+# them from here. Remove these three names once every import says secagg.hazmat.kdf.
+from secagg.hazmat.kdf import derive_key as derive_key
+from secagg.hazmat.kdf import encode_fields as encode_fields
+from secagg.hazmat.kdf import hkdf as hkdf
 
 if TYPE_CHECKING:
     from secagg.hazmat.randomness import Randomness
@@ -27,62 +30,13 @@ __all__ = [
     "X25519_KEY_BYTES",
     "Ed25519SigningKey",
     "X25519KeyPair",
-    "derive_key",
     "ed25519_verify",
-    "encode_fields",
-    "hkdf",
     "x25519_public_from_private",
 ]
 
 X25519_KEY_BYTES = 32
 ED25519_PUBLIC_BYTES = 32
 ED25519_SIGNATURE_BYTES = 64
-_SHA256_BYTES = 32
-_PURPOSE_PREFIX = "secagg/v1/"
-
-# One tag byte per field type, so that b"1", "1" and 1 never encode alike.
-_TAG_BYTES = b"B"
-_TAG_INT = b"I"
-_TAG_STR = b"S"
-_LENGTH_BYTES = 8
-_INT_BYTES = 8
-
-
-def hkdf(ikm: bytes, *, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
-    """HKDF-SHA256 (RFC 5869): extract with ``salt`` (zeros when None), expand with ``info``."""
-    if isinstance(length, bool) or not isinstance(length, int):
-        raise UsageError("HKDF length must be an int")
-    if not 1 <= length <= 255 * _SHA256_BYTES:
-        raise UsageError(f"HKDF length must be in [1, {255 * _SHA256_BYTES}], got {length}")
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
-
-
-def encode_fields(*fields: bytes | int | str) -> bytes:
-    """Canonical, injective encoding of a sequence of fields, for hashing, KDF info and AEAD AD.
-
-    Each field is ``tag (1 byte) || length (8 bytes, big-endian) || payload`` where the tag is
-    ``B`` for bytes, ``I`` for an int (payload: 8-byte big-endian unsigned, so 0 <= v < 2**64)
-    and ``S`` for a str (payload: UTF-8). Bools are refused: they are ints by accident.
-    """
-    parts: list[bytes] = []
-    for value in fields:
-        if isinstance(value, bytes | bytearray | memoryview):
-            tag, payload = _TAG_BYTES, bytes(value)
-        elif isinstance(value, str):
-            tag, payload = _TAG_STR, value.encode("utf-8")
-        elif isinstance(value, int) and not isinstance(value, bool):
-            if not 0 <= value < 1 << (8 * _INT_BYTES):
-                raise UsageError("int fields must be in [0, 2**64)")
-            tag, payload = _TAG_INT, value.to_bytes(_INT_BYTES, "big")
-        else:
-            raise UsageError(f"cannot encode a field of type {type(value).__name__}")
-        parts += (tag, len(payload).to_bytes(_LENGTH_BYTES, "big"), payload)
-    return b"".join(parts)
-
-
-def derive_key(secret: bytes, purpose: str, *context: bytes | int | str, length: int = 32) -> bytes:
-    """A key for one ``purpose`` in one ``context`` (session id, party ids, ...)."""
-    return hkdf(secret, info=encode_fields(_PURPOSE_PREFIX + purpose, *context), length=length)
 
 
 def _fingerprint(public: bytes) -> str:

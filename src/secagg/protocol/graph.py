@@ -58,13 +58,12 @@ from enum import StrEnum
 from typing import Final
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError
+from secagg.hazmat.kdf import hkdf
+from secagg.hazmat.keystream import Keystream
 
 __all__ = [
     "GRAPH_SEED_BYTES",
@@ -479,11 +478,6 @@ def find_secagg_plus_parameters(
 # --------------------------------------------------------------------------------------------
 
 
-def _keystream_words(encryptor: CipherContext, count: int) -> NDArray[np.uint64]:
-    words = np.frombuffer(encryptor.update(bytes(4 * count)), dtype="<u4")
-    return words.astype(np.uint64)
-
-
 def _swap_indices(n: int, seed: bytes) -> list[int]:
     """Fisher-Yates draws: for i = n - 1 down to 1, a uniform j in [0, i].
 
@@ -493,24 +487,19 @@ def _swap_indices(n: int, seed: bytes) -> list[int]:
     next word is tried. Drawing is vectorised; rejections (probability < b / 2**32) restart
     the vector at the step that rejected.
     """
-    key = HKDF(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=None,
-        info=_HKDF_INFO + n.to_bytes(8, "big"),
-    ).derive(seed)
-    encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    stream = Keystream(hkdf(seed, info=_HKDF_INFO + n.to_bytes(8, "big"), length=32))
     steps = n - 1
     bounds = np.arange(n, 1, -1, dtype=np.uint64)  # b = i + 1 for i = n - 1 .. 1
     limits = np.uint64(2**32) - np.uint64(2**32) % bounds
     draws = np.empty(steps, dtype=np.uint64)
-    words = _keystream_words(encryptor, steps)
+    # uint64, so that the limits (up to 2^32) and the comparisons need no casts.
+    words = stream.words(steps).astype(np.uint64)
     done = 0
     used = 0
     while done < steps:
         need = steps - done
         if words.size - used < need:
-            fresh = _keystream_words(encryptor, need - (words.size - used) + 16)
+            fresh = stream.words(need - (words.size - used) + 16).astype(np.uint64)
             words = np.concatenate((words[used:], fresh))
             used = 0
         window = words[used : used + need]

@@ -31,23 +31,36 @@ command line override what the file says.
     allow_list = "allowlist.toml"
     stage_timeout = 70.0   # a client's own deadline for the coordinator's next message
 
+    [task]
+    name = "random"        # random | digits: what `secagg join` trains by default
+    clients = 10           # digits: the data is split into this many shares
+    seed = 0
+
 The client reads the same ``[round]`` section as its policy: it refuses any round whose
-configuration differs from it (``secagg.policy``).
+configuration differs from it (``secagg.policy``). Every value is checked when the file is
+loaded; a mistake is one ``ConfigurationError`` line naming the file, the key and what it
+must be (an unknown protocol, a port outside 0..65535, a timeout that is not positive, a
+``dim`` too large for gRPC's messages, ``min_clients`` above ``max_clients``...).
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from secagg.errors import ConfigurationError
 from secagg.params import Params, Protocol, ServerModel
-from secagg.service.coordinator import CoordinatorSettings
 from secagg.service.credentials import Deployment, TlsFiles
+from secagg.service.files import create_file, refuse_existing
+from secagg.service.settings import CoordinatorSettings
+from secagg.service.tasks import Task, TaskSpec
 
-__all__ = ["DeploymentConfig"]
+__all__ = ["CONFIG_FILE", "DeploymentConfig", "default_client_stage_timeout"]
+
+CONFIG_FILE = "deployment.toml"
 
 _ROUND_KEYS = {
     "dim": int,
@@ -69,12 +82,16 @@ _COORDINATOR_KEYS = {
     "stage_timeout": float,
     "ledger": str,
 }
-
-
 _CLIENTS_KEYS = {
     "allow_list": str,
     "stage_timeout": float,
 }
+_TASK_KEYS = {
+    "name": str,
+    "clients": int,
+    "seed": int,
+}
+_ENUM_KEYS: dict[str, type[StrEnum]] = {"protocol": Protocol, "server_model": ServerModel}
 
 
 def default_client_stage_timeout(coordinator_stage_timeout: float) -> float:
@@ -84,58 +101,58 @@ def default_client_stage_timeout(coordinator_stage_timeout: float) -> float:
 
 @dataclass(frozen=True)
 class DeploymentConfig:
+    """A deployment, as both ends read it from ``deployment.toml``."""
+
     params: Params
     coordinator: CoordinatorSettings
     tls: TlsFiles | None
     allow_list: Path | None
     ledger: Path
     client_stage_timeout: float = 70.0
+    task: TaskSpec = field(default_factory=TaskSpec)
 
     @classmethod
     def load(cls, path: Path) -> DeploymentConfig:
+        path = Path(path)
         try:
             data = tomllib.loads(path.read_text())
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(f"cannot read {path}: {exc}") from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConfigurationError(f"cannot read {path}: {reason}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
         base = path.parent
-        unknown = set(data) - {"round", "coordinator", "tls", "clients"}
+        unknown = set(data) - {"round", "coordinator", "tls", "clients", "task"}
         if unknown:
             raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
         round_ = _section(data, "round", _ROUND_KEYS, path)
         coord = _section(data, "coordinator", _COORDINATOR_KEYS, path)
         if "dim" not in round_ or "max_clients" not in round_:
             raise ConfigurationError(f"{path}: [round] needs dim and max_clients")
-        if "protocol" in round_:
-            round_["protocol"] = Protocol(round_["protocol"])
-        if "server_model" in round_:
-            round_["server_model"] = ServerModel(round_["server_model"])
-        params = Params(**round_)
+        for key, enum in _ENUM_KEYS.items():
+            if key in round_:
+                round_[key] = _member(enum, round_[key], f"{path}: round.{key}")
+        params = _checked(lambda: Params(**round_), f"{path}: [round]")
         ledger = base / str(coord.pop("ledger", "ledger.sqlite"))
-        settings = CoordinatorSettings(params=params, **coord)
-        tls_section = data.get("tls")
-        tls = None
-        if tls_section is not None:
-            try:
-                tls = TlsFiles(
-                    ca_cert=base / tls_section["ca"],
-                    server_cert=base / tls_section["cert"],
-                    server_key=base / tls_section["key"],
-                )
-            except (KeyError, TypeError):
-                raise ConfigurationError(f"{path}: [tls] needs ca, cert and key") from None
+        settings = _checked(
+            lambda: CoordinatorSettings(params=params, **coord), f"{path}: [coordinator]"
+        )
+        tls = _tls_section(data, path)
         clients = _section(data, "clients", _CLIENTS_KEYS, path)
         allow = clients.get("allow_list")
         client_timeout = clients.get(
             "stage_timeout", default_client_stage_timeout(settings.stage_timeout)
         )
-        if client_timeout <= settings.stage_timeout:
-            raise ConfigurationError(
-                f"{path}: clients.stage_timeout ({client_timeout:g} s) must exceed "
-                f"coordinator.stage_timeout ({settings.stage_timeout:g} s): a client waits for "
-                "the slowest client of each stage"
-            )
+        _check_client_timeout(client_timeout, settings.stage_timeout, path)
+        task_section = _section(data, "task", _TASK_KEYS, path)
+        task = _checked(
+            lambda: TaskSpec(
+                task=task_section.get("name", Task.RANDOM),
+                clients=task_section.get("clients", params.max_clients),
+                seed=task_section.get("seed", 0),
+            ),
+            f"{path}: [task]",
+        )
         return cls(
             params,
             settings,
@@ -143,12 +160,20 @@ class DeploymentConfig:
             None if allow is None else base / allow,
             ledger,
             client_timeout,
+            task,
         )
 
     def with_overrides(self, **coordinator: Any) -> DeploymentConfig:
         """The same deployment with some coordinator settings replaced (from flags)."""
         given = {k: v for k, v in coordinator.items() if v is not None}
-        return replace(self, coordinator=replace(self.coordinator, **given))
+        settings = replace(self.coordinator, **given)
+        if settings.stage_timeout >= self.client_stage_timeout:
+            raise ConfigurationError(
+                f"a stage timeout of {settings.stage_timeout:g} s must stay below the clients' "
+                f"own deadline ([clients] stage_timeout = {self.client_stage_timeout:g} s): a "
+                "client waits for the slowest client of each stage"
+            )
+        return replace(self, coordinator=settings)
 
     @classmethod
     def write(
@@ -161,25 +186,29 @@ class DeploymentConfig:
         min_clients: int = 3,
         stage_timeout: float = 30.0,
         cohort_wait: float = 60.0,
+        task: TaskSpec | None = None,
     ) -> Path:
         """Write ``root/deployment.toml`` for a deployment that ``create_deployment`` made
-        under ``root`` (paths relative to it, so the folder can move)."""
-        path = root / "deployment.toml"
+        under ``root`` (paths relative to it, so the folder can move). Never overwrites."""
+        path = root / CONFIG_FILE
+        refuse_existing(path)
         tls = deployment.tls
-        path.write_text(
-            cls.render(
-                params=params,
-                port=port,
-                min_clients=min_clients,
-                stage_timeout=stage_timeout,
-                cohort_wait=cohort_wait,
-                ledger="ledger.sqlite",
-                tls=tuple(  # type: ignore[arg-type]
-                    str(p.relative_to(root)) for p in (tls.ca_cert, tls.server_cert, tls.server_key)
-                ),
-                allow_list=str(deployment.allow_list.relative_to(root)),
-            )
+        text = cls.render(
+            params=params,
+            port=port,
+            min_clients=min_clients,
+            stage_timeout=stage_timeout,
+            cohort_wait=cohort_wait,
+            ledger="ledger.sqlite",
+            tls=(
+                str(tls.ca_cert.relative_to(root)),
+                str(tls.server_cert.relative_to(root)),
+                str(tls.server_key.relative_to(root)),
+            ),
+            allow_list=str(deployment.allow_list.relative_to(root)),
+            task=task,
         )
+        create_file(path, text.encode(), private=False)
         return path
 
     @staticmethod
@@ -193,6 +222,7 @@ class DeploymentConfig:
         ledger: str,
         tls: tuple[str, str, str] | None,
         allow_list: str | None,
+        task: TaskSpec | None = None,
     ) -> str:
         """The TOML text of a deployment (relative paths are relative to where it is saved)."""
         lines = [
@@ -212,8 +242,8 @@ class DeploymentConfig:
             'host = "127.0.0.1"',
             f"port = {port}",
             f"min_clients = {min_clients}",
-            f"cohort_wait = {cohort_wait!r}",
-            f"stage_timeout = {stage_timeout!r}",
+            f"cohort_wait = {float(cohort_wait)!r}",
+            f"stage_timeout = {float(stage_timeout)!r}",
             f'ledger = "{ledger}"',
         ]
         if tls is not None:
@@ -226,7 +256,61 @@ class DeploymentConfig:
                 f'allow_list = "{allow_list}"',
                 f"stage_timeout = {default_client_stage_timeout(stage_timeout)!r}",
             ]
+        if task is not None:
+            lines += [
+                "",
+                "[task]",
+                f'name = "{task.task.value}"',
+                f"clients = {task.clients}",
+                f"seed = {task.seed}",
+            ]
         return "\n".join(lines) + "\n"
+
+
+def _checked(make: Any, where: str) -> Any:
+    """``make()``, with any ConfigurationError prefixed by where in the file it comes from."""
+    try:
+        return make()
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where} {exc}") from None
+
+
+def _member(enum: type[StrEnum], value: str, what: str) -> StrEnum:
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(f'"{m.value}"' for m in enum)
+        raise ConfigurationError(f"{what} must be one of {choices}; got {value!r}") from None
+
+
+def _tls_section(data: dict[str, Any], path: Path) -> TlsFiles | None:
+    section = data.get("tls")
+    if section is None:
+        return None
+    base = path.parent
+    if not isinstance(section, dict) or set(section) != {"ca", "cert", "key"}:
+        raise ConfigurationError(f"{path}: [tls] needs exactly ca, cert and key")
+    if not all(isinstance(v, str) and v for v in section.values()):
+        raise ConfigurationError(f"{path}: [tls] ca, cert and key must be file names")
+    return TlsFiles(
+        ca_cert=base / section["ca"],
+        server_cert=base / section["cert"],
+        server_key=base / section["key"],
+    )
+
+
+def _check_client_timeout(client_timeout: float, coordinator_timeout: float, path: Path) -> None:
+    if not client_timeout > 0 or client_timeout == float("inf"):
+        raise ConfigurationError(
+            f"{path}: clients.stage_timeout must be a positive number of seconds, "
+            f"got {client_timeout!r}"
+        )
+    if client_timeout <= coordinator_timeout:
+        raise ConfigurationError(
+            f"{path}: clients.stage_timeout ({client_timeout:g} s) must exceed "
+            f"coordinator.stage_timeout ({coordinator_timeout:g} s): a client waits for "
+            "the slowest client of each stage"
+        )
 
 
 def _section(data: dict[str, Any], name: str, keys: dict[str, type], path: Path) -> dict[str, Any]:

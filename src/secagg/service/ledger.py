@@ -47,24 +47,19 @@ import math
 import operator
 import os
 import sqlite3
-import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, SupportsIndex
+from typing import Any, BinaryIO, SupportsIndex
 
 import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError, DecodeError, LedgerError, UsageError
-
-if TYPE_CHECKING:
-    from rich.table import Table
 
 __all__ = [
     "LOCK_SUFFIX",
@@ -74,8 +69,6 @@ __all__ = [
     "Ledger",
     "RoundOutcome",
     "RoundRecord",
-    "export_aggregate",
-    "format_rounds_table",
 ]
 
 SCHEMA_VERSION = 1
@@ -1114,80 +1107,3 @@ def _text(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise UsageError(f"{what} must be a non-empty str")
     return str(value)
-
-
-# ----------------------------------------------------------------- for the CLI
-_OUTCOME_STYLE = {
-    RoundOutcome.RUNNING: "yellow",
-    RoundOutcome.COMPLETED: "green",
-    RoundOutcome.ABORTED: "red",
-}
-
-
-def format_rounds_table(records: Sequence[RoundRecord]) -> Table:
-    """The ledger as a table for ``secagg rounds``: one row per round."""
-    # Imported here: presentation is the CLI's business, and the ledger core must not need it.
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title="secagg rounds")
-    table.add_column("round", justify="right")
-    table.add_column("outcome")
-    table.add_column("cohort size", justify="right")
-    table.add_column("included", justify="right")
-    table.add_column("dropped")
-    table.add_column("seconds", justify="right")
-    table.add_column("up B/client", justify="right")
-    table.add_column("reason", overflow="fold")
-    for r in records:
-        # Drops are recorded as they happen, so first appearance is the protocol's order.
-        by_stage = Counter(d.stage for d in r.drops)
-        dropped = ", ".join(f"{stage} {n}" for stage, n in by_stage.items()) or "-"
-        table.add_row(
-            str(r.round_id),
-            Text(r.outcome.value, style=_OUTCOME_STYLE[r.outcome]),
-            str(len(r.cohort)),
-            str(len(r.included)) if r.outcome is RoundOutcome.COMPLETED else "-",
-            dropped,
-            f"{sum(r.stage_seconds.values()):.2f}" if r.stage_seconds else "-",
-            "-" if r.upload_bytes_per_client is None else f"{r.upload_bytes_per_client:,.0f}",
-            r.abort_reason or "",
-        )
-    return table
-
-
-def export_aggregate(ledger: Ledger, round_id: int, path: Path) -> None:
-    """Write a completed round's aggregate to ``path`` as a float32 ``.npy`` file.
-
-    Written beside the target and renamed into place, so ``path`` never holds half a file
-    and nothing is left behind when writing fails. ``UsageError``/``DecodeError`` as for
-    ``Ledger.aggregate`` (checked before any file is touched); ``LedgerError``, one line
-    naming the path, when the file cannot be written (missing directory, no permission, a
-    directory in the way, a full disk).
-    """
-    values = ledger.aggregate(round_id).astype(np.float32)
-    path = Path(path)
-    failed = f"cannot export round {round_id} to {path}"
-    if path.is_dir():
-        raise LedgerError(f"{failed}: it is a directory")
-    if not path.parent.is_dir():
-        if path.parent.exists():
-            raise LedgerError(f"{failed}: {path.parent} is not a directory")
-        raise LedgerError(f"{failed}: directory {path.parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise LedgerError(f"{failed}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # A file object, not a name: np.save would append ".npy" to a name without it.
-            np.save(f, values, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise LedgerError(f"{failed}: {exc.strerror or exc}") from None
-        raise

@@ -1,20 +1,135 @@
-"""Synthetic client updates for exercising the service without a model.
+"""What the clients of a deployment train: the tasks ``secagg join`` and ``secagg serve`` know.
 
-Client i's update at training step s is reproducible from (seed, i, s), so a test or a load
-benchmark can compute the exact mean the coordinator should reveal.
+- ``random``: synthetic updates, no model. Client i's update at training step s is
+  reproducible from (seed, i, s), so a test or a load benchmark can compute the exact mean
+  the coordinator should reveal. Weights are 1..3.
+- ``digits``: a small network on scikit-learn's handwritten digits, each client training on
+  its own non-IID share (``secagg.fl.tasks``; needs the ``[fl]`` extra).
+
+A deployment names its task in ``deployment.toml`` (``[task]``), so that ``secagg certs`` can
+size the deployment for it (``dim``, ``max_weight``, ``clip``), ``secagg serve`` starts from
+the task's initial model, and ``secagg join`` trains the right thing without being told.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
+from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.errors import ConfigurationError
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.service.client import UpdateFn
 
-__all__ = ["random_task", "random_update", "random_weight"]
+__all__ = [
+    "RANDOM_CLIP",
+    "RANDOM_MAX_WEIGHT",
+    "Task",
+    "TaskRequirements",
+    "TaskSpec",
+    "check_fits",
+    "initial_model",
+    "random_task",
+    "random_update",
+    "random_weight",
+    "task_requirements",
+    "update_function",
+]
+
+RANDOM_MAX_WEIGHT = 3  # random_weight gives 1, 2 or 3
+RANDOM_CLIP = 1.0  # random updates lie in (-0.5, 0.5)
+_NEEDS_FL = "the digits task needs the [fl] extra: pip install 'secagg[fl]'"
+
+
+class Task(StrEnum):
+    """What a client contributes."""
+
+    RANDOM = "random"
+    DIGITS = "digits"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A deployment's task: which one, over how many clients' shares, from which seed."""
+
+    task: Task = Task.RANDOM
+    clients: int = 10  # digits: the data is split into this many shares
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "task", Task(self.task))
+        except ValueError:
+            choices = ", ".join(t.value for t in Task)
+            raise ConfigurationError(f"task must be one of {choices}; got {self.task!r}") from None
+        if isinstance(self.clients, bool) or not isinstance(self.clients, int):
+            raise ConfigurationError(f"task clients must be an integer, got {self.clients!r}")
+        if self.clients < 3:
+            raise ConfigurationError(f"task clients must be at least 3, got {self.clients}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigurationError(f"task seed must be a non-negative integer, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class TaskRequirements:
+    """What a deployment must allow for a task (``dim`` None: any dimension will do)."""
+
+    dim: int | None
+    max_weight: int
+    clip: float
+
+
+def task_requirements(spec: TaskSpec) -> TaskRequirements:
+    if spec.task is Task.DIGITS:
+        try:
+            from secagg.fl.tasks import digits_requirements
+        except ImportError:
+            raise ConfigurationError(_NEEDS_FL) from None
+        needs = digits_requirements(spec.clients, spec.seed)
+        return TaskRequirements(needs.dim, needs.max_weight, needs.clip)
+    return TaskRequirements(None, RANDOM_MAX_WEIGHT, RANDOM_CLIP)
+
+
+def check_fits(spec: TaskSpec, dim: int, client_id: int | None = None) -> None:
+    """Refuse a task the deployment cannot carry (its model has another size), or a client
+    that has no share of the task's data."""
+    needs = task_requirements(spec)
+    if needs.dim is not None and needs.dim != dim:
+        raise ConfigurationError(
+            f"the {spec.task} task needs round.dim = {needs.dim}; the deployment says {dim} "
+            f"(create it with: secagg certs DIR --task {spec.task})"
+        )
+    if spec.task is Task.DIGITS and client_id is not None and client_id >= spec.clients:
+        raise ConfigurationError(
+            f"client {client_id} has no share of the digits data split {spec.clients} ways "
+            "(task clients)"
+        )
+
+
+def initial_model(spec: TaskSpec, dim: int) -> NDArray[np.float32]:
+    """The model the coordinator's first round sends."""
+    check_fits(spec, dim)
+    if spec.task is Task.DIGITS:
+        from secagg.fl.tasks import digits_initial_model
+
+        return digits_initial_model(spec.clients, spec.seed)
+    return np.zeros(dim, dtype=np.float32)
+
+
+def update_function(
+    spec: TaskSpec, client_id: int, dim: int, *, train_seconds: float = 0.0
+) -> UpdateFn:
+    """Client ``client_id``'s update callback for the task."""
+    check_fits(spec, dim, client_id)
+    if spec.task is Task.DIGITS:
+        from secagg.fl.tasks import digits_task
+
+        return digits_task(client_id, spec.clients, spec.seed)
+    return random_task(client_id, dim, spec.seed, train_seconds=train_seconds)
 
 
 def random_update(client_id: int, dim: int, step: int, seed: int) -> NDArray[np.float32]:
@@ -25,12 +140,17 @@ def random_update(client_id: int, dim: int, step: int, seed: int) -> NDArray[np.
 
 
 def random_weight(client_id: int) -> int:
-    return 1 + client_id % 3
+    return 1 + client_id % RANDOM_MAX_WEIGHT
 
 
-def random_task(client_id: int, dim: int, seed: int) -> UpdateFn:
+def random_task(client_id: int, dim: int, seed: int, *, train_seconds: float = 0.0) -> UpdateFn:
+    """Synthetic updates; ``train_seconds`` makes each one take that long, as local training
+    would (the callback runs in a worker thread, so the client stays responsive)."""
+
     def update(model: NDArray[np.float32], step: int) -> tuple[NDArray[np.floating], int]:
         del model  # the synthetic update does not depend on the model
+        if train_seconds > 0:
+            time.sleep(train_seconds)
         return random_update(client_id, dim, step, seed), random_weight(client_id)
 
     return update

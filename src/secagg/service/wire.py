@@ -1,4 +1,15 @@
-"""What both ends of the gRPC channel must agree on: message size caps and the task digest."""
+"""What both ends of the gRPC channel must agree on: message size caps, keepalive, the task digest.
+
+Keepalive is a contract between the two ends. A client pings every ``CLIENT_PING_SECONDS``
+on its otherwise silent stream (a client may train for minutes before it says anything), and
+the coordinator must permit that: by default a gRPC server allows a ping without data only
+every five minutes, counts each earlier one as a strike and, after two, cuts the connection
+with GOAWAY ``too_many_pings``. The coordinator therefore accepts a ping every
+``MIN_CLIENT_PING_SECONDS`` (half the client's interval, for timer jitter). In the other
+direction the coordinator pings every client every ``SERVER_PING_SECONDS`` and gives it
+``SERVER_PING_TIMEOUT_SECONDS`` to answer: a client that is frozen (stopped, swapped out, cut
+off) is dropped as disconnected within seconds, not at the TCP timeout.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +18,97 @@ import hashlib
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.errors import DecodeError
+from secagg.errors import ConfigurationError, DecodeError
 from secagg.hazmat.keys import encode_fields
 from secagg.hazmat.ring import Ring
 from secagg.protocol.messages import CIPHERTEXT_BYTES, KEY_BYTES
 
-__all__ = ["channel_options", "decode_model", "encode_model", "message_size_limit", "task_digest"]
+__all__ = [
+    "CLIENT_PING_SECONDS",
+    "MAX_MESSAGE_BYTES",
+    "MIN_CLIENT_PING_SECONDS",
+    "SERVER_PING_SECONDS",
+    "SERVER_PING_TIMEOUT_SECONDS",
+    "channel_options",
+    "decode_model",
+    "encode_model",
+    "message_size_limit",
+    "server_options",
+    "task_digest",
+]
 
 # Headroom for protobuf framing and the fixed-size parts of every message.
 _SLACK = 64 * 1024
+
+MAX_MESSAGE_BYTES = 2**31 - 1
+"""The largest message gRPC can be told to accept: its channel arguments are C ints (and a
+protobuf message is limited to 2 GiB anyway)."""
+
+CLIENT_PING_SECONDS = 10.0
+MIN_CLIENT_PING_SECONDS = CLIENT_PING_SECONDS / 2
+SERVER_PING_SECONDS = 2.0
+SERVER_PING_TIMEOUT_SECONDS = 3.0
 
 
 def message_size_limit(dim: int, max_clients: int, ring_bits: int) -> int:
     """The largest message either side may legitimately send, plus headroom.
 
     Set identically on both ends, so that gRPC refuses anything larger from its length
-    prefix, before the message is allocated.
+    prefix, before the message is allocated. A deployment whose messages could not fit gRPC's
+    limit is refused (``ConfigurationError`` naming ``dim``).
     """
     ids = 4 * max_clients
     masked_input = Ring(ring_bits).packed_size(dim + 1) + ids
     task = 4 * dim + ids  # the model and the config's cohort
     peer_messages = max_clients * (4 + max(2 * KEY_BYTES, CIPHERTEXT_BYTES))
-    return max(masked_input, task, peer_messages) + _SLACK
+    limit = max(masked_input, task, peer_messages) + _SLACK
+    if limit > MAX_MESSAGE_BYTES:
+        raise ConfigurationError(
+            f"dim = {dim} needs gRPC messages of {limit:,} bytes (the model travels as "
+            f"float32); gRPC carries at most {MAX_MESSAGE_BYTES:,}: lower round.dim"
+        )
+    return limit
+
+
+def _checked_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_MESSAGE_BYTES:
+        raise ConfigurationError(
+            f"the message size limit must be in [1, {MAX_MESSAGE_BYTES}], got {limit!r}"
+        )
+    return limit
 
 
 def channel_options(limit: int) -> list[tuple[str, int]]:
+    """The client's channel: the size cap, and a keepalive ping every CLIENT_PING_SECONDS so
+    that a dead coordinator is noticed within seconds rather than at the TCP timeout."""
+    limit = _checked_limit(limit)
     return [
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
-        # Notice a dead peer within seconds rather than at the TCP timeout.
-        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_time_ms", int(CLIENT_PING_SECONDS * 1000)),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def server_options(limit: int) -> list[tuple[str, int]]:
+    """The coordinator's server: the size cap, the clients' keepalive permitted, its own
+    keepalive to find frozen clients, and a port of its own (see the module docstring)."""
+    limit = _checked_limit(limit)
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        # Never share the port: with SO_REUSEPORT a second coordinator started by mistake
+        # would bind the same port and the kernel would split the clients between the two.
+        ("grpc.so_reuseport", 0),
+        # Permit the clients' pings on streams that carry no data (a client training).
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(MIN_CLIENT_PING_SECONDS * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+        # Ping every client, data or not, and drop a connection whose ping goes unanswered.
+        ("grpc.keepalive_time_ms", int(SERVER_PING_SECONDS * 1000)),
+        ("grpc.keepalive_timeout_ms", int(SERVER_PING_TIMEOUT_SECONDS * 1000)),
         ("grpc.http2.max_pings_without_data", 0),
     ]
 

@@ -1,7 +1,6 @@
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -87,7 +86,7 @@ class RoundEnd(_message.Message):
     completed: bool
     included: bool
     reason: str
-    def __init__(self, round_id: _Optional[int] = ..., completed: _Optional[bool] = ..., included: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, round_id: _Optional[int] = ..., completed: bool = ..., included: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Reject(_message.Message):
     __slots__ = ("reason", "retryable")

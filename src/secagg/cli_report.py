@@ -1,0 +1,125 @@
+"""What the ``secagg`` command shows and writes: presentation, kept out of the service.
+
+- ``print_error``: the one way an error reaches the user: one line on stderr, never
+  wrapped, never read as markup (a message may quote ``[tls]`` or a path with brackets);
+- ``format_rounds_table`` and ``export_aggregate`` for ``secagg rounds``;
+- ``round_line`` and ``round_json`` for ``secagg serve``'s report of each round.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from secagg.service.files import check_writable, write_array
+from secagg.service.ledger import Ledger, RoundOutcome, RoundRecord
+from secagg.service.rounds import RoundSummary
+
+__all__ = [
+    "export_aggregate",
+    "format_rounds_table",
+    "one_line",
+    "print_error",
+    "round_json",
+    "round_line",
+]
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: newlines and control characters become spaces."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+
+
+def print_error(message: str, *, stream: TextIO | None = None) -> None:
+    """``error: <message>`` as exactly one line on stderr (red on a terminal)."""
+    out = sys.stderr if stream is None else stream
+    # soft_wrap: a long line stays one line, on a terminal or not; Text: never markup.
+    console = Console(file=out, soft_wrap=True, highlight=False)
+    console.print(Text.assemble(("error: ", "bold red"), one_line(message)))
+
+
+_OUTCOME_STYLE = {
+    RoundOutcome.RUNNING: "yellow",
+    RoundOutcome.COMPLETED: "green",
+    RoundOutcome.ABORTED: "red",
+}
+
+
+def format_rounds_table(records: Sequence[RoundRecord]) -> Table:
+    """The ledger as a table for ``secagg rounds``: one row per round."""
+    table = Table(title="secagg rounds")
+    table.add_column("round", justify="right")
+    table.add_column("outcome")
+    table.add_column("cohort size", justify="right")
+    table.add_column("included", justify="right")
+    table.add_column("dropped")
+    table.add_column("seconds", justify="right")
+    table.add_column("up B/client", justify="right")
+    table.add_column("reason", overflow="fold")
+    for r in records:
+        # Drops are recorded as they happen, so first appearance is the protocol's order.
+        by_stage = Counter(d.stage for d in r.drops)
+        dropped = ", ".join(f"{stage} {n}" for stage, n in by_stage.items()) or "-"
+        table.add_row(
+            str(r.round_id),
+            Text(r.outcome.value, style=_OUTCOME_STYLE[r.outcome]),
+            str(len(r.cohort)),
+            str(len(r.included)) if r.outcome is RoundOutcome.COMPLETED else "-",
+            dropped,
+            f"{sum(r.stage_seconds.values()):.2f}" if r.stage_seconds else "-",
+            "-" if r.upload_bytes_per_client is None else f"{r.upload_bytes_per_client:,.0f}",
+            # The reason is text from the ledger: never markup.
+            Text(r.abort_reason or ""),
+        )
+    return table
+
+
+def export_aggregate(ledger: Ledger, round_id: int, path: Path) -> None:
+    """Write a completed round's aggregate to ``path`` as a float32 ``.npy`` file.
+
+    The path is checked before the ledger is read, and the file is written beside the
+    target and renamed into place, so ``path`` never holds half a file and nothing is left
+    behind when writing fails. ``UsageError``/``DecodeError`` as for ``Ledger.aggregate``;
+    ``ConfigurationError``, one line naming the path, when the file cannot be written
+    (missing directory, no permission, a directory in the way, a full disk).
+    """
+    check_writable(path, f"the aggregate of round {round_id}")
+    write_array(path, ledger.aggregate(round_id).astype(np.float32))
+
+
+def round_line(summary: RoundSummary) -> Text:
+    """One line per round of ``secagg serve``."""
+    text = (
+        f"round {summary.round_id}: {summary.outcome}, {len(summary.included)} of "
+        f"{len(summary.cohort)} included, {summary.seconds:.2f} s"
+    )
+    if summary.abort_reason:
+        text += f" ({summary.abort_reason})"
+    return Text(text)
+
+
+def round_json(summary: RoundSummary) -> dict[str, Any]:
+    """One JSON object per round of ``secagg serve --json``."""
+    return {
+        "round_id": summary.round_id,
+        "outcome": summary.outcome.value,
+        "cohort": len(summary.cohort),
+        "included": len(summary.included),
+        "dropped": {str(c): [s.value, r.value] for c, (s, r) in summary.dropped.items()},
+        "seconds": summary.seconds,
+        "stage_seconds": {s.value: t for s, t in summary.stage_seconds.items()},
+        "upload_bytes_per_client": summary.upload_bytes_per_client,
+        "download_bytes_per_client": summary.download_bytes_per_client,
+        "abort_reason": summary.abort_reason,
+        # Linux reports ru_maxrss in KiB: the coordinator's peak so far.
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }

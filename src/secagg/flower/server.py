@@ -1,0 +1,359 @@
+"""The server side: a Flower ``Grid`` that turns every training round into a secure one.
+
+``SecureGrid(grid, params)`` wraps the ``Grid`` a ``ServerApp`` is given. Everything passes
+through unchanged except ``send_and_receive`` of ``TRAIN`` messages: those are the strategy
+asking a cohort to train, and the wrapper answers them by running one secagg round with
+that cohort -- secagg's own ``Server`` state machine, driven stage by stage over Flower's
+``send_and_receive`` -- and returning **one** reply that carries the secure aggregate: the
+global model plus the weighted mean of the included clients' updates, and as its weight the
+sum of their weights. FedAvg (or any strategy that takes a weighted mean of its replies)
+averages that single reply into itself, so the strategy's own code runs unchanged::
+
+    grid = SecureGrid(grid, params)            # the one line that changes in a ServerApp
+    strategy.start(grid=grid, initial_arrays=arrays, num_rounds=10)
+
+The legacy API works the same way: ``DefaultWorkflow()(SecureGrid(grid, params), context)``.
+
+Each stage is one ``send_and_receive`` with ``stage_timeout``: a node that answers with an
+error, with a typed refusal (``wire.ABORT``) or not at all by then is dropped and the round
+goes on without it, as secagg's ``Server`` decides (it recovers dropouts at every stage and
+aborts, revealing nothing, only when fewer than the threshold remain). An aborted round
+returns no reply, so the strategy keeps its current model. What each round did is in
+``SecureGrid.reports``.
+
+Node ids: the cohort is the strategy's sampled nodes; client id ``i`` is the ``i``-th
+smallest node id (``secagg.flower.wire``), and the node table travels with the round's first
+message, bound into its task hash.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+
+from secagg.errors import ConfigurationError, DropReason, RoundAborted, UsageError
+from secagg.flower import wire
+from secagg.hazmat.randomness import Randomness, SystemRandomness
+from secagg.params import Params
+from secagg.protocol.server import Server, Stage
+
+try:
+    from flwr.app import (
+        ArrayRecord,
+        ConfigRecord,
+        Message,
+        MessageType,
+        MetricRecord,
+        RecordDict,
+    )
+    from flwr.serverapp import Grid
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("secagg.flower needs Flower: pip install 'secagg[flower]'") from exc
+
+__all__ = ["SecureGrid", "SecureRoundReport"]
+
+log = logging.getLogger("secagg.flower.server")
+
+_LEGACY_PARAMETERS = "fitins.parameters"  # the model of a legacy (DefaultWorkflow) fit message
+_REASON_CHARS = 200
+
+
+@dataclass(frozen=True)
+class SecureRoundReport:
+    """What one secure round did, in Flower's node ids.
+
+    ``included`` are the nodes whose updates are in the aggregate; ``dropped`` maps each
+    other node to the stage it was dropped at and why (``DropReason`` values, and
+    ``client-aborted: <AbortReason>`` for a node that refused); ``upload_bytes`` and
+    ``download_bytes`` are the protocol bytes each node sent and was sent (the encoded
+    secagg messages, plus the model once; Flower's own framing is not counted).
+    """
+
+    round_id: int
+    outcome: str  # "completed" or "aborted"
+    abort_reason: str | None
+    nodes: tuple[int, ...]
+    included: tuple[int, ...]
+    dropped: Mapping[int, tuple[str, str]]
+    total_weight: int
+    degree: int
+    threshold: int
+    seconds: float
+    stage_seconds: Mapping[str, float]
+    upload_bytes: Mapping[int, int] = field(repr=False)
+    download_bytes: Mapping[int, int] = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "round_id": self.round_id,
+            "outcome": self.outcome,
+            "abort_reason": self.abort_reason,
+            "nodes": list(self.nodes),
+            "included": list(self.included),
+            "dropped": {str(n): list(v) for n, v in sorted(self.dropped.items())},
+            "total_weight": self.total_weight,
+            "degree": self.degree,
+            "threshold": self.threshold,
+            "seconds": self.seconds,
+            "stage_seconds": dict(self.stage_seconds),
+        }
+
+
+class SecureGrid(Grid):  # type: ignore[misc]  # Flower is untyped where mypy runs
+    """A ``Grid`` whose training rounds are secure aggregation rounds (see the module).
+
+    ``params`` is the deployment, the same the clients' ``SecAggMod`` holds;
+    ``stage_timeout`` the seconds each stage waits for the nodes' answers; ``pki`` (active
+    mode only) each node's Ed25519 identity public key; ``rng`` the source of round nonces
+    (default: the operating system).
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        params: Params,
+        *,
+        stage_timeout: float = 60.0,
+        weight_key: str = "num-examples",
+        pki: Mapping[int, bytes] | None = None,
+        rng: Randomness | None = None,
+    ) -> None:
+        if not isinstance(params, Params):
+            raise ConfigurationError(f"params must be a secagg Params, got {type(params)}")
+        if not stage_timeout > 0:
+            raise ConfigurationError("stage_timeout must be a positive number of seconds")
+        if params.active and pki is None:
+            raise ConfigurationError("a semi-malicious server model needs the nodes' pki")
+        self._grid = grid
+        self.params = params
+        self.stage_timeout = float(stage_timeout)
+        self.weight_key = weight_key
+        self._pki = dict(pki or {})
+        self._rng: Randomness = rng if rng is not None else SystemRandomness()
+        self._round_id = 0
+        self.reports: list[SecureRoundReport] = []
+
+    # ----------------------------------------------------------------- delegated
+    def set_run(self, run: Any) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return cast(Iterable[int], self._grid.get_node_ids())
+
+    def get_nodes(self) -> Iterable[Any]:
+        return cast(Iterable[Any], self._grid.get_nodes())
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        # Pushing bypasses the protocol: a train message pushed here would ask for a
+        # plaintext update (which the clients' mod refuses anyway).
+        messages = list(messages)
+        if any(_is_train(m) for m in messages):
+            raise UsageError("train messages go through send_and_receive on a SecureGrid")
+        return cast(Iterable[str], self._grid.push_messages(messages))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return cast(Iterable[Message], self._grid.pull_messages(message_ids))
+
+    # ----------------------------------------------------------------- the secure round
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        train = [m for m in messages if _is_train(m)]
+        if not train:
+            return cast(Iterable[Message], self._grid.send_and_receive(messages, timeout=timeout))
+        if len(train) != len(messages):
+            raise UsageError("send train messages on their own: they run one secure round")
+        reply = self._secure_round(train, timeout)
+        return [] if reply is None else [reply]
+
+    def _secure_round(self, train: list[Message], timeout: float | None) -> Message | None:
+        started = time.perf_counter()
+        deadline = None if timeout is None else started + timeout
+        nodes = sorted(m.metadata.dst_node_id for m in train)
+        table = wire.encode_nodes(nodes)  # refuses a node sampled twice
+        task = train[0].content
+        task_digest = wire.content_digest(task)
+        if any(wire.content_digest(m.content) != task_digest for m in train[1:]):
+            raise UsageError("secure aggregation averages one model: send every node the same")
+        model = wire.single_array_record(task, "a train message")
+        layout = wire.ArrayLayout.of(model)
+        if layout.size != self.params.dim:
+            raise ConfigurationError(
+                f"the model has {layout.size} floating-point values; Params.dim is "
+                f"{self.params.dim}"
+            )
+        global_vector = layout.flatten(model).astype(np.float64)
+        self._round_id += 1
+        round_id = self._round_id
+        config = self.params.round_config(
+            range(len(nodes)),
+            nonce=self._rng.bytes(16),
+            round_id=round_id,
+            task_hash=wire.task_digest(round_id, table, task_digest),
+        )
+        pki = None
+        if config.active:
+            strangers = [n for n in nodes if n not in self._pki]
+            if strangers:
+                raise ConfigurationError(f"node(s) {strangers[:3]} have no identity key (pki)")
+            pki = {i: self._pki[n] for i, n in enumerate(nodes)}
+        server = Server(config, pki=pki)
+        node_of = dict(enumerate(nodes))
+        client_of = {n: i for i, n in node_of.items()}
+        up = dict.fromkeys(nodes, 0)
+        down = dict.fromkeys(nodes, 0)
+        aborts: dict[int, str] = {}
+        stage_seconds: dict[str, float] = {}
+        group_id = train[0].metadata.group_id
+        model_bytes = sum(len(a.data) for a in model.values())
+        abort: RoundAborted | None = None
+
+        outgoing = server.start()
+        while not server.done:
+            stage = server.stage
+            t0 = time.perf_counter()
+            first = stage is Stage.COMMIT and server.attempt == 1
+            out: list[Message] = []
+            for cid, message in outgoing.items():
+                data = message.encode()
+                node = node_of[cid]
+                down[node] += len(data) + (model_bytes if first else 0)
+                if first:
+                    record = ConfigRecord({wire.MESSAGE: data, wire.NODES: table})
+                    content = RecordDict({**dict(task.items()), wire.RECORD_KEY: record})
+                else:
+                    content = RecordDict({wire.RECORD_KEY: ConfigRecord({wire.MESSAGE: data})})
+                out.append(
+                    Message(
+                        content,
+                        dst_node_id=node,
+                        message_type=MessageType.TRAIN,
+                        group_id=group_id,
+                        ttl=self.stage_timeout,
+                    )
+                )
+            wait = self.stage_timeout
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.perf_counter()))
+            replies = self._grid.send_and_receive(out, timeout=wait) if out else []
+            for answer in replies:
+                node = answer.metadata.src_node_id
+                if node not in client_of:
+                    continue
+                cid = client_of[node]
+                if answer.has_error():
+                    reason = _one_line(str(answer.error.reason or answer.error.code))
+                    server.drop(cid, DropReason.DISCONNECTED, reason)
+                    continue
+                record = answer.content.config_records.get(wire.RECORD_KEY)
+                if record is None:
+                    server.drop(cid, DropReason.MALFORMED, "no secagg record in the reply")
+                elif wire.ABORT in record:
+                    reason = _one_line(str(record.get(wire.ABORT)))
+                    aborts[node] = reason
+                    server.drop(cid, DropReason.CLIENT_ABORTED, reason)
+                else:
+                    data = record.get(wire.MESSAGE)
+                    if isinstance(data, bytes):
+                        up[node] += len(data)
+                        server.receive(cid, data)
+                    else:
+                        server.drop(cid, DropReason.MALFORMED, "the protocol message is not bytes")
+            try:
+                outgoing = server.close_stage()
+            except RoundAborted as exc:
+                abort = exc
+            stage_seconds[stage.value] = (
+                stage_seconds.get(stage.value, 0.0) + time.perf_counter() - t0
+            )
+
+        dropped = {
+            node_of[d.client_id]: (
+                d.stage.value,
+                f"client-aborted: {aborts[node_of[d.client_id]]}"
+                if node_of[d.client_id] in aborts
+                else d.reason.value,
+            )
+            for d in server.drops.values()
+        }
+        reply: Message | None = None
+        included: tuple[int, ...] = ()
+        total_weight = 0
+        if abort is None:
+            result = server.result
+            included = tuple(node_of[c] for c in result.included)
+            total_weight = result.total_weight
+            if total_weight > 0:
+                mean = result.weighted_mean(self.params.quantizer)
+                aggregate = layout.unflatten(global_vector + mean, like=model)
+                reply = Message(self._reply(task, aggregate, total_weight), reply_to=train[0])
+            else:
+                abort = RoundAborted(Stage.COMPLETED.value, "every included weight was zero")
+        report = SecureRoundReport(
+            round_id=round_id,
+            outcome="completed" if reply is not None else "aborted",
+            abort_reason=None if abort is None else str(abort),
+            nodes=tuple(nodes),
+            included=included,
+            dropped=dropped,
+            total_weight=total_weight,
+            degree=config.degree,
+            threshold=config.threshold,
+            seconds=time.perf_counter() - started,
+            stage_seconds=stage_seconds,
+            upload_bytes=up,
+            download_bytes=down,
+        )
+        self.reports.append(report)
+        log.info(
+            "secure round %d: %s, %d of %d nodes included, %d dropped, %.2f s",
+            round_id,
+            report.outcome if abort is None else f"aborted ({abort})",
+            len(included),
+            len(nodes),
+            len(dropped),
+            report.seconds,
+        )
+        return reply
+
+    def _reply(self, task: RecordDict, aggregate: ArrayRecord, weight: int) -> RecordDict:
+        """The one reply the strategy aggregates, in the shape its own clients' take."""
+        if _LEGACY_PARAMETERS in task.array_records:
+            # A legacy FitRes (flwr.compat's layout): parameters, example count, status.
+            return RecordDict(
+                {
+                    "fitres.parameters": aggregate,
+                    "fitres.num_examples": MetricRecord({"num_examples": weight}),
+                    "fitres.metrics": ConfigRecord({}),
+                    "fitres.status": ConfigRecord({"code": 0, "message": "secure aggregate"}),
+                }
+            )
+        return RecordDict({"arrays": aggregate, "metrics": MetricRecord({self.weight_key: weight})})
+
+
+def _is_train(message: Message) -> bool:
+    return bool(str(message.metadata.message_type).split(".", 1)[0] == MessageType.TRAIN)
+
+
+def _one_line(text: str) -> str:
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:_REASON_CHARS]

@@ -1,0 +1,484 @@
+"""Rounds: drives the sans-I/O ``Server`` over the transport, with deadlines, the ledger and
+the operator metrics.
+
+A round starts once ``min_clients`` clients are connected and takes every connected client
+(up to ``max_clients``). The coordinator binds it to the model it sends (the task digest is
+in the round configuration, hence in the session id), then runs the server's stages one by
+one, each with a deadline, until the server says the round is done. There is no plaintext
+path: clients only ever send protocol messages. A client that misses a deadline, disconnects
+or misbehaves is dropped with a reason and the round goes on while enough remain; when it
+cannot, the abort reason says what happened to whom (how many clients dropped where, and
+why) before the protocol's own reason. Masked inputs are summed as they arrive, so memory
+stays O(dim + clients x degree).
+
+Every round is written to the ledger when it starts; a completed round's aggregate is
+committed before anyone is told the round completed. A round that cannot finish because
+the coordinator is stopped (a signal cancels it) or because the ledger fails (a full disk)
+is recorded as aborted where the ledger still can, and its clients are told it aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secagg.errors import (
+    AbortReason,
+    DropReason,
+    LedgerError,
+    RoundAborted,
+    SecAggError,
+    UsageError,
+)
+from secagg.hazmat import prg
+from secagg.protocol.messages import Message, RoundConfig
+from secagg.protocol.server import Drop, Server
+from secagg.protocol.stages import Stage
+from secagg.service.ledger import Ledger, RoundOutcome
+from secagg.service.metrics import Metrics, NullMetrics
+from secagg.service.settings import CoordinatorSettings
+from secagg.service.transport import Connection, Transport
+from secagg.service.v1 import coordinator_pb2 as pb
+from secagg.service.wire import encode_model, task_digest
+
+__all__ = ["NoCohort", "RoundRunner", "RoundSummary", "describe_abort"]
+
+log = logging.getLogger("secagg.coordinator")
+
+StageHook = Callable[[int, Stage], Awaitable[None] | None]
+MaskApplier = Callable[[NDArray[np.unsignedinteger], Sequence[prg.Mask]], None]
+
+
+class NoCohort(SecAggError):
+    """Fewer than ``min_clients`` clients connected within ``cohort_wait``: no round began."""
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """What a round did, as the coordinator saw it (also in the ledger)."""
+
+    round_id: int
+    outcome: RoundOutcome
+    cohort: tuple[int, ...]
+    included: tuple[int, ...]
+    dropped: Mapping[int, tuple[Stage, DropReason]]
+    stage_seconds: Mapping[Stage, float]
+    seconds: float
+    upload_bytes_per_client: float
+    download_bytes_per_client: float
+    abort_reason: str | None = None
+    aggregate: NDArray[np.float64] | None = field(default=None, repr=False)
+    session_attempts: int = 1
+
+
+class _TimedMasks:
+    """The mask applier, timed: unmasking is told apart from Shamir reconstruction, which
+    is the rest of the unmask stage's close."""
+
+    def __init__(self, apply: MaskApplier) -> None:
+        self._apply = apply
+        self.seconds = 0.0
+
+    def __call__(self, total: NDArray[np.unsignedinteger], masks: Sequence[prg.Mask]) -> None:
+        started = time.perf_counter()
+        try:
+            self._apply(total, masks)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+class _Round:
+    """The round in progress: the protocol server, who is in it, when its stage began."""
+
+    def __init__(self, round_id: int, cohort: tuple[int, ...], server: Server) -> None:
+        self.round_id = round_id
+        self.cohort = cohort
+        self.server = server
+        self.progress = asyncio.Event()
+        self.stage_started = time.perf_counter()
+        self.recorded: set[int] = set()  # drops already written to the ledger and metrics
+        self.stage_seconds: dict[Stage, float] = {}
+
+
+class RoundRunner:
+    """Runs rounds over ``transport``; it is the transport's listener while it lives."""
+
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        transport: Transport,
+        *,
+        ledger: Ledger,
+        pki: Mapping[int, bytes],
+        apply_masks: MaskApplier,
+        metrics: Metrics | None = None,
+        on_stage: StageHook | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self._transport = transport
+        self._pki = pki
+        self._apply_masks = apply_masks
+        self._metrics: Metrics = NullMetrics() if metrics is None else metrics
+        self._on_stage = on_stage
+        self._round: _Round | None = None
+        transport.listener = self
+
+    # ----------------------------------------------------------------- what clients send
+    def on_frame(self, conn: Connection, frame: pb.ClientFrame) -> None:
+        active = self._round
+        if active is None or conn.client_id not in active.cohort:
+            return  # nothing is expected from this client now: ignore
+        server = active.server
+        kind = frame.WhichOneof("body")
+        if kind == "protocol":
+            if conn.client_id in server.waiting_for():
+                self._metrics.client_responded(
+                    server.stage, time.perf_counter() - active.stage_started
+                )
+            server.receive(conn.client_id, frame.protocol)
+        elif kind == "abort":
+            if frame.abort.round_id == active.round_id:
+                reason = _abort_reason(frame.abort.reason)
+                detail = f"{reason}: {frame.abort.detail}"[:200]
+                log.warning("client %d left round %d: %s", conn.client_id, active.round_id, detail)
+                server.drop(conn.client_id, DropReason.CLIENT_ABORTED, detail)
+        else:
+            server.drop(conn.client_id, DropReason.WRONG_STAGE, f"unexpected {kind} frame")
+        self._check_progress(active)
+
+    def on_disconnect(self, conn: Connection) -> None:
+        active = self._round
+        if active is not None and conn.client_id in active.cohort:
+            active.server.drop(conn.client_id, DropReason.DISCONNECTED)
+            self._check_progress(active)
+
+    def _check_progress(self, active: _Round) -> None:
+        if not active.server.waiting_for():
+            active.progress.set()
+
+    # ----------------------------------------------------------------- a round
+    async def cohort(self) -> tuple[int, ...]:
+        """Every connected client (up to max_clients), once min_clients are connected."""
+        settings = self.settings
+        if not await self._transport.wait_for_clients(settings.min_clients, settings.cohort_wait):
+            raise NoCohort(
+                f"only {len(self._transport.connected)} of the {settings.min_clients} clients "
+                f"a round needs (min_clients) connected within {settings.cohort_wait:g} s "
+                "(cohort_wait)"
+            )
+        return tuple(sorted(self._transport.connected)[: settings.params.max_clients])
+
+    async def run(
+        self,
+        model: NDArray[np.floating],
+        *,
+        step: int = 0,
+        cohort: tuple[int, ...] | None = None,
+    ) -> RoundSummary:
+        """One round; ``model`` is what the clients train at training round ``step``.
+
+        The cohort is the clients connected now (or those of ``cohort`` that are). Raises
+        ``NoCohort`` if too few connect in time, ``LedgerError`` if the ledger fails (the
+        round is then recorded as aborted if the ledger still can be written), and lets a
+        cancellation through once the running round is recorded as aborted.
+        """
+        if self._round is not None:
+            raise UsageError("a round is already running")
+        if cohort is None:
+            cohort = await self.cohort()
+        else:
+            connected = self._transport.connected
+            cohort = tuple(sorted(c for c in cohort if c in connected))
+        model_bytes = encode_model(model)
+        if len(model_bytes) != 4 * self.settings.params.dim:
+            raise UsageError(f"the model must have {self.settings.params.dim} parameters")
+        return await self._run(cohort, model_bytes, step)
+
+    def _config(
+        self, round_id: int, cohort: tuple[int, ...], model: bytes, step: int
+    ) -> RoundConfig:
+        return self.settings.params.round_config(
+            cohort, nonce=os.urandom(16), round_id=round_id, task_hash=task_digest(model, step)
+        )
+
+    async def _run(self, cohort: tuple[int, ...], model: bytes, step: int) -> RoundSummary:
+        round_id = self.ledger.next_round_id()
+        config = self._config(round_id, cohort, model, step)
+        masks = _TimedMasks(self._apply_masks)
+        # Active mode: the allow-list is the PKI that signed keys and survivor sets are
+        # checked against.
+        server = Server(config, pki=self._pki if config.active else None, apply_masks=masks)
+        self.ledger.start_round(
+            round_id=round_id,
+            session_id=config.config_id,
+            task_hash=config.task_hash,
+            protocol=config.protocol,
+            cohort=cohort,
+            degree=config.degree,
+            threshold=config.threshold,
+            dim=config.dim,
+        )
+        self._metrics.round_started()
+        active = _Round(round_id, cohort, server)
+        self._round = active
+        for c in cohort:
+            conn = self._transport.connection(c)
+            if conn is not None:
+                conn.reset_bytes()
+        started = time.perf_counter()
+        log.info(
+            "round %d: cohort of %d, k=%d, t=%d (resident memory %d MiB)",
+            round_id,
+            len(cohort),
+            config.degree,
+            config.threshold,
+            _resident_bytes() >> 20,
+        )
+        task = pb.Task(round_id=round_id, round_config=config.encode(), model=model, step=step)
+        try:
+            abort = await self._stages(active, task, masks)
+            seconds = time.perf_counter() - started
+            if abort is not None:
+                return self._aborted(active, abort, seconds)
+            return self._completed(active, seconds)
+        except asyncio.CancelledError:
+            self._interrupted(active, f"the coordinator was stopped at {server.stage}")
+            raise
+        except LedgerError as exc:
+            self._interrupted(active, f"the ledger failed: {exc}")
+            raise
+        finally:
+            self._round = None
+
+    async def _stages(
+        self, active: _Round, task: pb.Task, masks: _TimedMasks
+    ) -> RoundAborted | None:
+        server = active.server
+        outgoing: Mapping[int, Message] = server.start()
+        abort: RoundAborted | None = None
+        while not server.done:
+            stage = server.stage
+            started = active.stage_started = time.perf_counter()
+            await self._stage_started(active.round_id, stage)
+            expected = server.waiting_for()
+            self._deliver(server, outgoing, task)
+            await self._await_stage(active)
+            answered = len(expected - server.waiting_for() - server.drops.keys())
+            unmasked_before = masks.seconds
+            closing = time.perf_counter()
+            try:
+                outgoing = server.close_stage()
+            except RoundAborted as exc:
+                abort = exc
+            closed = time.perf_counter()
+            seconds = closed - started
+            # A stage that runs again (a second commit attempt) adds to its time.
+            active.stage_seconds[stage] = active.stage_seconds.get(stage, 0.0) + seconds
+            self._metrics.stage_finished(stage, seconds, len(expected), answered)
+            if stage is Stage.UNMASK and abort is None:
+                unmasking = masks.seconds - unmasked_before
+                self._metrics.unmasking_seconds(unmasking)
+                self._metrics.reconstruction_seconds(max(0.0, closed - closing - unmasking))
+            log.info(
+                "round %d: %s took %.2f s (resident memory %d MiB)",
+                active.round_id,
+                stage,
+                seconds,
+                _resident_bytes() >> 20,
+            )
+            self._record_drops(active)
+        for name, seconds in active.stage_seconds.items():
+            self.ledger.record_stage(active.round_id, name.value, seconds)
+        return abort
+
+    def _record_drops(self, active: _Round) -> None:
+        for client, drop in active.server.drops.items():
+            if client not in active.recorded:
+                active.recorded.add(client)
+                self._metrics.client_dropped(drop.stage, drop.reason)
+                self.ledger.record_drop(
+                    active.round_id, client, drop.stage.value, drop.reason.value, drop.detail
+                )
+
+    async def _stage_started(self, round_id: int, stage: Stage) -> None:
+        if self._on_stage is not None:
+            outcome = self._on_stage(round_id, stage)
+            if outcome is not None:
+                await outcome
+
+    async def _await_stage(self, active: _Round) -> None:
+        if not active.server.waiting_for():
+            return
+        active.progress.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(active.progress.wait(), self.settings.stage_timeout)
+
+    def _deliver(self, server: Server, outgoing: Mapping[int, Message], task: pb.Task) -> None:
+        """Send each client its message: the configuration travels in a Task, with the model."""
+        for c, message in outgoing.items():
+            conn = self._transport.connection(c)
+            if conn is None:
+                server.drop(c, DropReason.DISCONNECTED)
+            elif isinstance(message, RoundConfig):
+                conn.send(lambda: pb.ServerFrame(task=task))
+            else:
+                conn.send(pb.ServerFrame(protocol=message.encode()))
+
+    # ----------------------------------------------------------------- how it ends
+    def _bytes(self, ids: Sequence[int]) -> tuple[float, float]:
+        conns = [c for c in map(self._transport.connection, ids) if c is not None]
+        if not conns:
+            return 0.0, 0.0
+        return (
+            sum(c.up for c in conns) / len(conns),
+            sum(c.down for c in conns) / len(conns),
+        )
+
+    def _dropped(self, server: Server) -> dict[int, tuple[Stage, DropReason]]:
+        return {c: (d.stage, d.reason) for c, d in server.drops.items()}
+
+    def _tell(
+        self, active: _Round, completed: bool, included: tuple[int, ...], reason: str
+    ) -> None:
+        for c in active.cohort:
+            conn = self._transport.connection(c)
+            if conn is not None:
+                conn.send(
+                    pb.ServerFrame(
+                        round_end=pb.RoundEnd(
+                            round_id=active.round_id,
+                            completed=completed,
+                            included=c in included,
+                            reason=reason,
+                        )
+                    )
+                )
+
+    def _aborted(self, active: _Round, abort: RoundAborted, seconds: float) -> RoundSummary:
+        server = active.server
+        reason = describe_abort(abort, server.drops)
+        self.ledger.abort_round(active.round_id, reason)
+        self._metrics.round_finished(RoundOutcome.ABORTED)
+        log.warning("round %d %s", active.round_id, reason)
+        up, down = self._bytes(active.cohort)
+        self._tell(active, False, (), reason)
+        return RoundSummary(
+            active.round_id,
+            RoundOutcome.ABORTED,
+            active.cohort,
+            (),
+            self._dropped(server),
+            dict(active.stage_seconds),
+            seconds,
+            up,
+            down,
+            reason,
+            session_attempts=server.attempt,
+        )
+
+    def _completed(self, active: _Round, seconds: float) -> RoundSummary:
+        server = active.server
+        result = server.result
+        mean = result.weighted_mean(self.settings.params.quantizer)
+        dropped = self._dropped(server)
+        finishers = tuple(c for c in result.included if c not in dropped)
+        up, down = self._bytes(finishers)
+        # Durable before anyone hears the round completed.
+        self.ledger.complete_round(
+            active.round_id,
+            included=result.included,
+            aggregate=mean,
+            total_weight=result.total_weight,
+            upload_bytes_per_client=up,
+            download_bytes_per_client=down,
+        )
+        self._metrics.round_finished(RoundOutcome.COMPLETED)
+        self._tell(active, True, result.included, "")
+        log.info("round %d completed: %d included", active.round_id, len(result.included))
+        return RoundSummary(
+            active.round_id,
+            RoundOutcome.COMPLETED,
+            active.cohort,
+            result.included,
+            dropped,
+            dict(active.stage_seconds),
+            seconds,
+            up,
+            down,
+            None,
+            mean,
+            session_attempts=server.attempt,
+        )
+
+    def _interrupted(self, active: _Round, why: str) -> None:
+        """The round cannot go on: record it as aborted where the ledger still can be
+        written (else the next start recovers it), and tell its clients."""
+        reason = f"aborted at {active.server.stage}: {why}"
+        with contextlib.suppress(LedgerError):
+            self._record_drops(active)
+        with contextlib.suppress(LedgerError):
+            self.ledger.abort_round(active.round_id, reason)
+        self._metrics.round_finished(RoundOutcome.ABORTED)
+        log.warning("round %d %s", active.round_id, reason)
+        self._tell(active, False, (), reason)
+
+
+# Why a client was dropped, as words for an abort reason ("3 clients disconnected at
+# masked-input"); every reason not listed reads "sent <reason>".
+_DROP_WORDS = {
+    DropReason.DISCONNECTED: "disconnected",
+    DropReason.CLIENT_ABORTED: "left the round (their own abort)",
+    DropReason.TOO_FEW_NEIGHBOURS: "had too few live neighbours",
+    DropReason.MISSED_COMMIT: "missed the deadline",
+    DropReason.MISSED_REVEAL: "missed the deadline",
+    DropReason.MISSED_ADVERTISE: "missed the deadline",
+    DropReason.MISSED_SHARE: "missed the deadline",
+    DropReason.MISSED_MASKED_INPUT: "missed the deadline",
+    DropReason.MISSED_CONSISTENCY: "missed the deadline",
+    DropReason.MISSED_UNMASK: "missed the deadline",
+    DropReason.BAD_REVEAL: "revealed what they had not committed",
+}
+_STAGE_ORDER = {stage: index for index, stage in enumerate(Stage)}
+
+
+def describe_abort(abort: RoundAborted, drops: Mapping[int, Drop]) -> str:
+    """Why a round aborted, cause first: who dropped where and why (as counts, in the order
+    of the stages), then the protocol's reason, e.g. "aborted at masked-input: 3 clients
+    disconnected at masked-input; the self mask of client 2 cannot be removed: fewer than
+    3 surviving holders of its shares"."""
+    counts = Counter((d.stage, d.reason) for d in drops.values())
+    causes = [
+        f"{n} client{'s' if n > 1 else ''} "
+        f"{_DROP_WORDS.get(reason, f'sent {reason.value}')} at {stage.value}"
+        for (stage, reason), n in sorted(
+            counts.items(), key=lambda item: (_STAGE_ORDER[item[0][0]], item[0][1].value)
+        )
+    ]
+    return f"aborted at {abort.stage}: " + "; ".join([*causes, abort.detail])
+
+
+def _abort_reason(code: str) -> str:
+    """A client's abort reason as one of ours (it is the client's word: never trusted as text)."""
+    try:
+        return AbortReason(code).value
+    except ValueError:
+        return "unknown"
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory now (Linux; 0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

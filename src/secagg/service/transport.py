@@ -1,0 +1,315 @@
+"""Transport: the coordinator's gRPC servicer, the challenge handshake and the connections.
+
+Each client keeps one bidirectional stream open. On connection the coordinator sends a fresh
+challenge; the client answers with its id and an Ed25519 signature over it, checked against
+the allow-list. An authenticated stream becomes a ``Connection``: an outbox that one writer
+drains, and counters of the bytes that went up and down (every frame is also counted in the
+operator metrics, by direction and message type). What the client sends after its hello is
+handed to the ``Listener`` (the round driver); nothing here knows about rounds.
+
+A client that authenticates while a stream of the same id is still open supersedes it: the
+new connection has just proved the identity afresh, and the old one is most likely a stream
+a restarted client left behind (it would otherwise linger until keepalive found it dead).
+The old stream is closed and reported to the listener as disconnected.
+
+The server listens on a port of its own (no SO_REUSEPORT), permits the clients' keepalive
+pings and pings them in turn (``secagg.service.wire``); an address it cannot bind is one
+``ConfigurationError`` line that says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+import grpc
+
+from secagg.errors import AuthenticationError, ConfigurationError
+from secagg.service.identity import AllowList, new_challenge
+from secagg.service.metrics import Direction, Metrics, NullMetrics, frame_message_type
+from secagg.service.settings import CoordinatorSettings
+from secagg.service.v1 import coordinator_pb2 as pb
+from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
+from secagg.service.wire import server_options
+
+__all__ = ["Connection", "Listener", "Transport", "address"]
+
+log = logging.getLogger("secagg.coordinator")
+
+# A Task frame (it carries the model) is built only when its turn to be written comes, and at
+# most _LARGE_WRITES of them are in flight: the coordinator never holds a copy of the model
+# per client.
+_LARGE_WRITES = 16
+
+Outgoing = pb.ServerFrame | Callable[[], pb.ServerFrame] | None
+
+
+class Connection:
+    """One authenticated client stream: its outbox and its byte counts."""
+
+    def __init__(self, client_id: int) -> None:
+        self.client_id = client_id
+        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self.up = 0
+        self.down = 0
+        self.superseded = False
+
+    def send(self, frame: pb.ServerFrame | Callable[[], pb.ServerFrame]) -> None:
+        """Queue a frame (or a function that builds it when its turn comes)."""
+        self.outbox.put_nowait(frame)
+
+    def close(self) -> None:
+        """End the stream once what is queued has been written."""
+        self.outbox.put_nowait(None)
+
+    def reset_bytes(self) -> None:
+        self.up = self.down = 0
+
+
+class Listener(Protocol):
+    """Who hears what authenticated clients send, and when their streams end."""
+
+    def on_frame(self, conn: Connection, frame: pb.ClientFrame) -> None: ...
+    def on_disconnect(self, conn: Connection) -> None: ...
+
+
+class _Nobody:
+    def on_frame(self, conn: Connection, frame: pb.ClientFrame) -> None:
+        pass
+
+    def on_disconnect(self, conn: Connection) -> None:
+        pass
+
+
+class Transport(pb_grpc.CoordinatorServicer):
+    """The gRPC side of the coordinator: ``await start()``, ``await stop()``."""
+
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        *,
+        allow_list: AllowList,
+        tls: tuple[bytes, bytes] | None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.allow_list = allow_list
+        self.listener: Listener = _Nobody()
+        self._tls = tls
+        self._metrics: Metrics = NullMetrics() if metrics is None else metrics
+        self._connections: dict[int, Connection] = {}
+        self._server: grpc.aio.Server | None = None
+        self._connected = asyncio.Condition()
+        self._large_writes = asyncio.Semaphore(_LARGE_WRITES)
+        self.port = 0
+        self.rejections: list[str] = []  # why connections were refused, for tests and reports
+
+    # ----------------------------------------------------------------- lifecycle
+    async def start(self) -> int:
+        """Listen; ``ConfigurationError`` (one line saying why) if the address cannot be had."""
+        server = grpc.aio.server(options=server_options(self.settings.max_message_bytes))
+        pb_grpc.add_CoordinatorServicer_to_server(self, server)  # type: ignore[no-untyped-call]
+        host, port = self.settings.host, self.settings.port
+        where = address(host, port)
+        try:
+            if self._tls is None:
+                bound = int(server.add_insecure_port(where))
+            else:
+                key, chain = self._tls
+                bound = int(
+                    server.add_secure_port(where, grpc.ssl_server_credentials([(key, chain)]))
+                )
+        except RuntimeError:  # how gRPC says it could not bind
+            bound = 0
+        if bound == 0:
+            await server.stop(None)
+            raise ConfigurationError(f"cannot listen on {where}: {_why_not_bindable(host, port)}")
+        await server.start()
+        self._server = server
+        self.port = bound
+        log.info("coordinator listening on %s", address(host, bound))
+        return bound
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Close every stream (after what is queued on it) and stop listening."""
+        for conn in list(self._connections.values()):
+            conn.close()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    @property
+    def connected(self) -> frozenset[int]:
+        return frozenset(self._connections)
+
+    def connection(self, client_id: int) -> Connection | None:
+        return self._connections.get(client_id)
+
+    async def wait_for_clients(self, count: int, timeout: float) -> bool:
+        """Until ``count`` clients are connected (True) or the timeout passes (False)."""
+        async with self._connected:
+            try:
+                await asyncio.wait_for(
+                    self._connected.wait_for(lambda: len(self._connections) >= count), timeout
+                )
+            except TimeoutError:
+                return False
+        return True
+
+    # ----------------------------------------------------------------- the stream
+    async def Connect(  # noqa: N802  (the gRPC method name)
+        self,
+        request_iterator: AsyncIterator[pb.ClientFrame],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        del request_iterator  # the stream is read with context.read()
+        try:
+            await self._stream(context)
+        except asyncio.CancelledError:
+            # The server is stopping, or the connection is gone (keepalive found it dead):
+            # the stream simply ends, and the client (if alive) reconnects.
+            return
+
+    async def _write(self, context: grpc.aio.ServicerContext, frame: pb.ServerFrame) -> int:
+        size = frame.ByteSize()
+        self._metrics.message_bytes(Direction.DOWN, frame_message_type(frame), size)
+        await context.write(frame)
+        return size
+
+    def _count_up(self, frame: pb.ClientFrame) -> int:
+        size = frame.ByteSize()
+        self._metrics.message_bytes(Direction.UP, frame_message_type(frame), size)
+        return size
+
+    async def _stream(self, context: grpc.aio.ServicerContext) -> None:
+        challenge = new_challenge()
+        await self._write(context, pb.ServerFrame(challenge=pb.Challenge(nonce=challenge)))
+        try:
+            first = await asyncio.wait_for(context.read(), self.settings.auth_timeout)
+        except TimeoutError:
+            await self._reject(context, "no hello before the authentication deadline")
+            return
+        if first is grpc.aio.EOF:
+            return  # gone before saying anything: nothing to refuse
+        hello_size = self._count_up(first)
+        if not first.HasField("hello"):
+            await self._reject(context, "the first frame must be a hello")
+            return
+        hello = first.hello
+        try:
+            self.allow_list.verify(hello.client_id, hello.public_key, challenge, hello.signature)
+        except AuthenticationError as exc:
+            # The peer learns only that it failed: which ids are listed is not its business.
+            await self._reject(context, "authentication failed", detail=str(exc))
+            return
+        conn = Connection(hello.client_id)
+        conn.up += hello_size
+        self._register(conn)
+        async with self._connected:
+            self._connected.notify_all()
+        conn.send(
+            pb.ServerFrame(
+                welcome=pb.Welcome(
+                    client_id=conn.client_id, max_message_bytes=self.settings.max_message_bytes
+                )
+            )
+        )
+        reader = asyncio.create_task(self._read(conn, context))
+        try:
+            await self._drain(conn, context, reader)
+        except (grpc.aio.AioRpcError, ConnectionError):
+            pass
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            self._unregister(conn)
+
+    async def _drain(
+        self, conn: Connection, context: grpc.aio.ServicerContext, reader: asyncio.Task[None]
+    ) -> None:
+        while True:
+            outgoing = await conn.outbox.get()
+            if outgoing is None:
+                return
+            if callable(outgoing):
+                async with self._large_writes:
+                    conn.down += await self._write(context, outgoing())
+            else:
+                conn.down += await self._write(context, outgoing)
+            if reader.done():
+                return
+
+    async def _reject(
+        self, context: grpc.aio.ServicerContext, reason: str, *, detail: str = ""
+    ) -> None:
+        self.rejections.append(detail or reason)
+        log.warning("connection refused: %s", detail or reason)
+        with contextlib.suppress(Exception):
+            await self._write(context, pb.ServerFrame(reject=pb.Reject(reason=reason)))
+
+    async def _read(self, conn: Connection, context: grpc.aio.ServicerContext) -> None:
+        try:
+            while True:
+                frame = await context.read()
+                if frame is grpc.aio.EOF:
+                    break
+                conn.up += self._count_up(frame)
+                if not conn.superseded:
+                    self.listener.on_frame(conn, frame)
+        finally:
+            conn.close()  # wake the writer: the stream is over
+
+    def _register(self, conn: Connection) -> None:
+        stale = self._connections.get(conn.client_id)
+        self._connections[conn.client_id] = conn
+        if stale is not None:
+            # The new stream proved the identity just now; the old one is a leftover.
+            log.warning("client %d connected again: its previous stream is closed", conn.client_id)
+            stale.superseded = True
+            stale.close()
+            self.listener.on_disconnect(stale)
+        else:
+            log.info("client %d connected", conn.client_id)
+        self._metrics.clients_connected(len(self._connections))
+
+    def _unregister(self, conn: Connection) -> None:
+        if self._connections.get(conn.client_id) is conn:
+            del self._connections[conn.client_id]
+            self._metrics.clients_connected(len(self._connections))
+        if not conn.superseded:
+            log.info("client %d disconnected", conn.client_id)
+            self.listener.on_disconnect(conn)
+
+
+def address(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "address already in use (is another coordinator running? choose "
+    "another coordinator.port)",
+    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+    errno.EADDRNOTAVAIL: "address not available on this machine (check coordinator.host)",
+}
+
+
+def _why_not_bindable(host: str, port: int) -> str:
+    """Why gRPC could not listen there: it does not say, so ask the operating system."""
+    try:
+        candidates = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return "unknown host (check coordinator.host)"
+    for family, kind, proto, _, where in candidates:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(where)
+            except OSError as exc:
+                return _BIND_ERRORS.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
+    return "gRPC refused the address"
