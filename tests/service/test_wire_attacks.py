@@ -120,7 +120,7 @@ def _write_deployment(root: Path, mode: ServerModel) -> tuple[Params, Path]:
         dropout_rate=0.5 if mode is ServerModel.SEMI_HONEST else 0.33,
         min_cohort=4,
     )
-    path = DeploymentConfig.write(root, deployment, params, stage_timeout=1.0)
+    path = DeploymentConfig.write(root, deployment, params, stage_timeout=1.0, min_clients=6)
     text = re.sub(
         r"(\[clients\][^\[]*?stage_timeout = )[0-9.]+",
         rf"\g<1>{CLIENT_STAGE_TIMEOUT}",
