@@ -32,6 +32,15 @@ from secagg.cli_report import (
     round_json,
     round_line,
 )
+from secagg.compare import (
+    SCHEMES,
+    CompareOptions,
+    CompareReport,
+    build_scheme,
+    run_compare,
+    write_plots,
+)
+from secagg.compare import demo_updates as demo_updates_of
 from secagg.errors import (
     ConfigurationError,
     DecodeError,
@@ -41,6 +50,7 @@ from secagg.errors import (
     UsageError,
 )
 from secagg.params import Params, Protocol, ServerModel
+from secagg.schemes.base import Scheme
 from secagg.service.config import CONFIG_FILE, DeploymentConfig
 from secagg.service.files import check_writable, refuse_existing, write_array
 from secagg.service.settings import CoordinatorSettings
@@ -79,6 +89,12 @@ _MAX_ROUND_ID = 2**63 - 1  # what the ledger (SQLite) can hold
 class ProtocolChoice(StrEnum):
     secagg = "secagg"
     secagg_plus = "secagg+"
+
+
+class SchemeChoice(StrEnum):
+    masking = "masking"
+    ckks = "ckks"
+    plaintext = "plaintext"
 
 
 class ServerModelChoice(StrEnum):
@@ -160,6 +176,10 @@ def simulate(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the round report as JSON on stdout.")
     ] = False,
+    scheme: Annotated[
+        SchemeChoice,
+        typer.Option(help="masking (SecAgg/SecAgg+), ckks (homomorphic) or plaintext."),
+    ] = SchemeChoice.masking,
 ) -> None:
     """Run one secure-aggregation round in process and report what it cost."""
     if threat_model is not None:
@@ -191,17 +211,25 @@ def simulate(
             degree=degree,
             threshold=threshold,
         )
+        chosen: Scheme | Params = params
+        stages = DROP_STAGES if params.active else SEMI_HONEST_STAGES
+        if scheme is not SchemeChoice.masking:
+            chosen = build_scheme(
+                scheme.value,
+                n,
+                d,
+                max_weight,
+                CompareOptions(clients=n, dim=d, clip=clip, value_bits=value_bits),
+            )
+            stages = tuple(s.value for s in chosen.stages)
         if drop:
             schedule = DropSchedule.parse(drop)
         else:
             schedule = DropSchedule.random(
-                n,
-                dropout,
-                root_randomness(seed, "dropout"),
-                stages=DROP_STAGES if params.active else SEMI_HONEST_STAGES,
+                n, dropout, root_randomness(seed, "dropout"), stages=stages
             )
         schedule.check_ids(n)
-        result = simulate_round(params, n, source, weights=weight_vector, drops=schedule, seed=seed)
+        result = simulate_round(chosen, n, source, weights=weight_vector, drops=schedule, seed=seed)
     except (ConfigurationError, InputError) as exc:
         _fail(str(exc))
     report = result.report
@@ -234,24 +262,30 @@ def _renamed_threat_model(value: str) -> str:
     )
 
 
+def _load_array(path: Path) -> tuple[np.ndarray, int, int]:
+    """A float array of N x D updates (N >= 3), memory-mapped."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot read {path}: {exc}")
+    if array.ndim != 2 or array.shape[0] < 3 or array.shape[1] < 1:
+        _fail(f"{path} must be a 2-D array with at least 3 rows; got {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        _fail(f"{path} must hold floats; got {array.dtype}")
+    for i in range(array.shape[0]):  # row by row: the array may be larger than memory
+        if not np.all(np.isfinite(array[i])):
+            _fail(f"{path}: row {i} holds NaN or infinity")
+    return array, int(array.shape[0]), int(array.shape[1])
+
+
 def _load_inputs(
     clients: int | None, dim: int | None, inputs: Path | None, seed: int | None
 ) -> tuple[InputSource, int, int]:
     if inputs is not None:
         if clients is not None or dim is not None:
             _fail("--inputs fixes the cohort and dimension: drop --clients and --dim")
-        try:
-            array = np.load(inputs, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            _fail(f"cannot read {inputs}: {exc}")
-        if array.ndim != 2 or array.shape[0] < 3 or array.shape[1] < 1:
-            _fail(f"{inputs} must be a 2-D array with at least 3 rows; got {array.shape}")
-        if not np.issubdtype(array.dtype, np.floating):
-            _fail(f"{inputs} must hold floats; got {array.dtype}")
-        for i in range(array.shape[0]):  # row by row: the array may be larger than memory
-            if not np.all(np.isfinite(array[i])):
-                _fail(f"{inputs}: row {i} holds NaN or infinity")
-        return (lambda i: np.asarray(array[i], dtype=np.float32)), array.shape[0], array.shape[1]
+        array, rows, columns = _load_array(inputs)
+        return (lambda i: np.asarray(array[i], dtype=np.float32)), rows, columns
     n = 100 if clients is None else clients
     d = 1000 if dim is None else dim
     if n < 3:
@@ -280,12 +314,11 @@ def _print_report(report: RoundReport) -> None:
     table.add_column(style="bold")
     table.add_column()
     ratio = report.upload_bytes_per_client / report.plaintext_bytes_per_client
-    rows = [
-        ("clients x dim", f"{report.clients} x {report.dim}"),
-        ("degree k / threshold t", f"{report.degree} / {report.threshold}"),
-        ("ring bits", f"{report.ring_bits} ({report.value_bits}-bit values, clip {report.clip})"),
-        ("included", str(len(report.included))),
-    ]
+    rows = [("clients x dim", f"{report.clients} x {report.dim}")]
+    rows += [(key.replace("_", " "), str(value)) for key, value in report.details.items()]
+    rows.append(("included", str(len(report.included))))
+    if report.threshold_margin is not None:
+        rows.append(("threshold margin", f"{report.threshold_margin} (unmask answers - t)"))
     for stage, ids in report.dropped.items():
         if ids:
             rows.append((f"dropped at {stage}", _ids(ids)))
@@ -294,7 +327,7 @@ def _print_report(report: RoundReport) -> None:
     if report.abort_reason:
         rows.append(("abort reason", report.abort_reason))
     rows += [
-        ("clipped values", str(report.clipped_values)),
+        ("clipped values", f"{report.clipped_values} ({report.clip_rate:.2%})"),
         ("seconds", f"{report.seconds:.3f}"),
         *[(f"  {s}", f"{t:.3f}") for s, t in report.stage_seconds.items()],
         ("upload per client", f"{report.upload_bytes_per_client:,.0f} B ({ratio:.2f}x float32)"),
@@ -642,6 +675,122 @@ def _owner(identity: Path) -> str:
         return str(ClientIdentity.load(identity).client_id)
     except ConfigurationError:
         return "?"
+
+
+@app.command()
+def compare(
+    clients: Annotated[int, typer.Option("--clients", "-n", help="Clients per round.")] = 20,
+    dim: Annotated[int, typer.Option(help="Values per update.")] = 100_000,
+    dropout: Annotated[
+        float, typer.Option(help="Fraction of clients that drop, each at a random stage.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Inputs, dropouts and keys.")] = 0,
+    inputs: Annotated[
+        Path | None, typer.Option(help="float32 array N x D of updates instead of random ones.")
+    ] = None,
+    demo_updates: Annotated[
+        bool, typer.Option("--demo-updates", help="The demo's first-round digits updates.")
+    ] = False,
+    schemes: Annotated[
+        str, typer.Option(help="Comma-separated subset of the schemes to compare.")
+    ] = ",".join(SCHEMES),
+    sweep_clients: Annotated[
+        str | None, typer.Option(help="Also compare at these client counts, e.g. 10,20,50.")
+    ] = None,
+    sweep_dim: Annotated[
+        str | None, typer.Option(help="Also compare at these dimensions, e.g. 1000,100000.")
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write PNG plots into this folder.")] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the raw figures as JSON on stdout.")
+    ] = False,
+) -> None:
+    """The same updates through plaintext, SecAgg, SecAgg+ (both threat models) and CKKS."""
+    try:
+        options = CompareOptions(
+            clients=clients,
+            dim=dim,
+            dropout=dropout,
+            seed=seed,
+            schemes=tuple(s.strip() for s in schemes.split(",") if s.strip()),
+        )
+        array = None
+        source = "random"
+        if inputs is not None and demo_updates:
+            _fail("use either --inputs or --demo-updates, not both")
+        if inputs is not None:
+            array, _, _ = _load_array(inputs)
+            source = str(inputs)
+        elif demo_updates:
+            array = demo_updates_of(clients, seed)
+            source = "the demo's digits updates"
+        report = run_compare(
+            options,
+            inputs=array,
+            source=source,
+            sweep_clients=_int_list(sweep_clients, "--sweep-clients"),
+            sweep_dim=_int_list(sweep_dim, "--sweep-dim"),
+        )
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    if json_output:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+    else:
+        _print_compare(report)
+    if plots is not None:
+        for path in write_plots(report, plots):
+            Console(stderr=json_output).print(f"wrote {path}", highlight=False)
+
+
+def _int_list(text: str | None, flag: str) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        _fail(f"{flag} takes integers separated by commas, e.g. 10,20,50")
+
+
+def _print_compare(report: CompareReport) -> None:
+    o = report.options
+    table = Table(
+        title=(
+            f"{o.clients} clients x {o.dim:,} values, dropout {o.dropout:g}, "
+            f"updates: {report.source}"
+        ),
+        title_justify="left",
+    )
+    for column in (
+        "scheme",
+        "included",
+        "client s",
+        "server s",
+        "up B/client",
+        "x float32",
+        "down B/client",
+        "max error (bound)",
+        "tolerates",
+        "server learns",
+        "to see one update",
+    ):
+        table.add_column(column, justify="left" if column[0] in "stm" else "right")
+    for row in report.rows:
+        r = row.report
+        error = "-" if r.max_abs_error is None else f"{r.max_abs_error:.1e} ({r.error_bound:.0e})"
+        table.add_row(
+            row.scheme if r.outcome == "completed" else f"{row.scheme} (aborted)",
+            f"{len(r.included)}/{r.clients}",
+            f"{r.client_seconds:.4f}",
+            f"{r.server_seconds:.4f}",
+            f"{r.upload_bytes_per_client:,.0f}",
+            f"{r.upload_bytes_per_client / r.plaintext_bytes_per_client:.2f}",
+            f"{r.download_bytes_per_client:,.0f}",
+            error,
+            row.tolerates,
+            row.server_learns,
+            row.to_see_one_update,
+        )
+    _wide_console().print(table)
 
 
 def _wide_console() -> Console:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -24,8 +25,8 @@ from numpy.typing import NDArray
 
 from secagg.errors import ClientAbort, ConfigurationError, SecAggError
 from secagg.parallel import usable_cores
-from secagg.protocol.client import AwaitingSurvivorList, AwaitingUnmaskRequest, Client
-from secagg.protocol.messages import Message, PeerShares, RoundConfig, decode
+from secagg.protocol.messages import Message, decode
+from secagg.protocol.runner import RoundClient
 
 __all__ = ["Cohort", "Reply", "Tally"]
 
@@ -37,16 +38,18 @@ Reply = tuple[int, bytes | None, str | None]  # (client, reply bytes, abort reas
 class Tally:
     """What the clients really put in: the reference for the unmasked result."""
 
-    weighted_sum: NDArray[np.float64] = field(repr=False)
+    weighted_sum: NDArray[np.float64] = field(repr=False)  # of the inputs as the scheme clips them
     weight_sum: float = 0.0
     contributed: set[int] = field(default_factory=set)
     clipped: int = 0
+    client_seconds: float = 0.0  # time spent inside the clients' code, summed over clients
 
     def merge(self, other: Tally) -> None:
         self.weighted_sum += other.weighted_sum
         self.weight_sum += other.weight_sum
         self.contributed |= other.contributed
         self.clipped += other.clipped
+        self.client_seconds += other.client_seconds
 
 
 class ClientGroup:
@@ -54,56 +57,62 @@ class ClientGroup:
 
     def __init__(
         self,
-        clients: Mapping[int, Client],
+        clients: Mapping[int, RoundClient],
         inputs: InputSource,
         weights: Sequence[int],
         exact_weights: NDArray[np.float64],
         dim: int,
+        clip: float | None,
     ) -> None:
         self._clients = dict(clients)
         self._inputs = inputs
         self._weights = weights
         self._exact_weights = exact_weights
         self._dim = dim
+        self._clip = clip
         self._tally = Tally(np.zeros(dim, dtype=np.float64))
 
     def answer(self, deliveries: Sequence[tuple[int, bytes]]) -> Iterator[Reply]:
         """Each reply as soon as it is computed: a stage never holds every masked input."""
         for i, data in deliveries:
             try:
-                message = self._handle(self._clients[i], data)
+                message = self._handle(i, self._clients[i], data)
             except ClientAbort as exc:
                 yield (i, None, exc.reason.value)
                 continue
             yield (i, message.encode(), None)
 
-    def _handle(self, client: Client, data: bytes) -> Message:
+    def _handle(self, i: int, client: RoundClient, data: bytes) -> Message:
         message = decode(data)
-        if isinstance(message, RoundConfig):
-            return client.start()  # the client was made from this very configuration
-        if isinstance(message, PeerShares):
-            return self._mask(client, message)
-        return client.receive(message)
+        started = time.perf_counter()
+        try:
+            if client.needs_input(message):
+                # The input is produced only now, when this client uses it: a cohort of
+                # thousands never holds every vector at once.
+                self._set_input(i, client)
+            reply = client.receive(message)
+        finally:
+            self._tally.client_seconds += time.perf_counter() - started
+        if reply is None:
+            raise ConfigurationError("a simulated client answered nothing")
+        return reply
 
-    def _mask(self, client: Client, message: PeerShares) -> Message:
-        # The input is produced only now, when this client masks: a cohort of thousands
-        # never holds every vector at once.
-        i = client.client_id
+    def _set_input(self, i: int, client: RoundClient) -> None:
         values = np.asarray(self._inputs(i))
         if values.shape != (self._dim,):
             raise ConfigurationError(
                 f"client {i}'s input has shape {values.shape}; expected ({self._dim},)"
             )
         client.set_input(values, self._weights[i])
-        reply = client.receive(message)
-        state = client.state
-        if isinstance(state, AwaitingUnmaskRequest | AwaitingSurvivorList):
-            self._tally.clipped += state.clipped
         w = float(self._exact_weights[i])
-        self._tally.weighted_sum += w * values.astype(np.float64)
+        exact = values.astype(np.float64)
+        if self._clip is not None:
+            # What the scheme promises is the mean of the clipped inputs: check against that.
+            np.clip(exact, -self._clip, self._clip, out=exact)
+            self._tally.clipped += int(np.count_nonzero(np.abs(values) > self._clip))
+        self._tally.weighted_sum += w * exact
         self._tally.weight_sum += w
         self._tally.contributed.add(i)
-        return reply
 
     def tally(self) -> Tally:
         return self._tally

@@ -13,6 +13,11 @@
     │   ├── AuthenticationError     an AEAD ciphertext or a signature did not verify
     │   └── InconsistentSharesError Shamir shares that do not lie on one polynomial, or whose
     │                               secret does not match its public commitment
+    ├── ServiceError            the network service cannot go on (one line for the operator)
+    │   ├── Rejected                the coordinator refused this client (not on its allow-list,
+    │   │                           or told to stop)
+    │   └── Unreachable             no connection: a certificate that does not verify, or every
+    │                               attempt failed
     ├── LedgerError             the round ledger cannot be opened, locked or written (a second
     │                           coordinator, a foreign or empty file, a full disk)
     ├── ClientAbort             the peer (server) misbehaved: the client stops and reveals nothing
@@ -43,8 +48,11 @@ __all__ = [
     "InconsistentSharesError",
     "InputError",
     "LedgerError",
+    "Rejected",
     "RoundAborted",
     "SecAggError",
+    "ServiceError",
+    "Unreachable",
     "UsageError",
 ]
 
@@ -79,6 +87,19 @@ class AuthenticationError(CryptoError):
 
 class InconsistentSharesError(CryptoError):
     """Secret shares disagree with each other or with the secret's public commitment."""
+
+
+class ServiceError(SecAggError):
+    """The network service cannot go on; the message is one line for the operator."""
+
+
+class Rejected(ServiceError):
+    """The coordinator refused this client: retrying would not help."""
+
+
+class Unreachable(ServiceError):
+    """The coordinator could not be reached: its certificate does not verify (fatal at once),
+    or every allowed attempt failed."""
 
 
 class LedgerError(SecAggError):
@@ -125,6 +146,9 @@ class AbortReason(StrEnum):
 class DropReason(StrEnum):
     """Why the server excluded a client from (the rest of) a round."""
 
+    MISSED_UPLOAD = "missed-upload"  # plaintext and CKKS schemes
+    MISSED_DECRYPT = "missed-decrypt"  # CKKS: the key holder asked to decrypt did not answer
+    BAD_DECRYPTION = "bad-decryption"  # CKKS: a decrypted sum that does not fit the round
     MISSED_COMMIT = "missed-commit"
     MISSED_REVEAL = "missed-reveal"
     BAD_REVEAL = "bad-reveal"  # a contribution that does not match its commitment

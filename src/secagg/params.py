@@ -24,7 +24,7 @@ from secagg.protocol.graph import (
 )
 from secagg.protocol.messages import RoundConfig
 
-__all__ = ["MAX_RING_BITS", "Params", "Protocol", "ServerModel"]
+__all__ = ["MAX_RING_BITS", "Params", "Protocol", "ServerModel", "check_round_config"]
 
 MAX_RING_BITS = 62
 
@@ -210,3 +210,28 @@ class Params:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigurationError(message)
+
+
+def check_round_config(config: RoundConfig) -> None:
+    """The rules any round configuration must meet before a client or a server acts on it,
+    whoever made it: a cohort of at least 3, a graph that exists (the complete graph, or an
+    even degree of at least 2), a threshold of at least 2 (t = 1 would hand every neighbour
+    the secrets themselves) and at most the degree, and a ring wide enough that no sum of the
+    cohort can wrap. (A client also holds the configuration to its own deployment's
+    ``Params``: ``secagg.policy``.)"""
+    n = len(config.client_ids)
+    _require(n >= 3, f"a cohort needs at least 3 clients, got {n}")
+    complete = config.degree == n - 1
+    _require(
+        1 <= config.degree <= n - 1
+        and (complete or (config.degree >= 2 and config.degree % 2 == 0)),
+        f"degree {config.degree} is not valid for {n} clients",
+    )
+    _require(
+        2 <= config.threshold <= config.degree,
+        f"threshold {config.threshold} is not in 2..{config.degree}",
+    )
+    _require(
+        n * config.max_weight * (2**config.value_bits - 1) < 2**config.ring_bits,
+        f"a {config.ring_bits}-bit ring is too narrow for {n} clients: sums could wrap",
+    )

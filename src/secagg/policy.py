@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from secagg.errors import AbortReason, ClientAbort, ConfigurationError
-from secagg.params import Params
+from secagg.params import Params, check_round_config
 from secagg.protocol.graph import ServerModel
 from secagg.protocol.messages import RoundConfig
 
@@ -42,6 +42,10 @@ class ClientPolicy:
     def check(self, config: RoundConfig, client_id: int) -> None:
         """Refuse (``ClientAbort``) a configuration this client must not run."""
         p = self.params
+        try:
+            check_round_config(config)
+        except ConfigurationError as exc:
+            raise ClientAbort(AbortReason.INVALID_CONFIG, str(exc)) from None
         if client_id not in config.cohort:
             raise ClientAbort(AbortReason.UNKNOWN_ID, "this client is not in the cohort")
         if config.server_model != p.server_model.value:

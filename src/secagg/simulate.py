@@ -1,14 +1,17 @@
-"""In-process driver: one round between many clients and a server, with scripted dropouts.
+"""In-process transport: one round of any scheme between many clients and a server, with
+scripted dropouts.
 
-This is the executable specification of a round: every message really is encoded, counted
-and decoded on the other side, exactly as it would travel on the wire, and the result is
-checked against the plaintext weighted mean of the clients whose inputs were included.
-Inputs are produced one client at a time, when that client masks, so that a cohort of
-thousands never holds all its vectors at once.
+This is the executable specification of a round: the round engine
+(``secagg.protocol.runner.RoundRun``) drives the scheme's server; every message really is
+encoded, counted and decoded on the other side, exactly as it would travel on the wire; and
+the result is checked against the exact weighted mean of the (clipped) inputs of the clients
+that were included. Inputs are produced one client at a time, when that client uses its
+input, so that a cohort of thousands never holds all its vectors at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,15 +22,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.cohort import ClientGroup, Cohort, default_workers
-from secagg.errors import ConfigurationError, RoundAborted
+from secagg.errors import ConfigurationError
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
 from secagg.parallel import MaskApplier
 from secagg.params import Params
-from secagg.policy import ClientPolicy
-from secagg.protocol.client import Client
-from secagg.protocol.messages import Message, RoundConfig
-from secagg.protocol.server import Server, Stage
+from secagg.protocol.messages import Message
+from secagg.protocol.runner import RoundClient, RoundRun, RoundServer
+from secagg.protocol.server import Server
+from secagg.protocol.stages import Stage
+from secagg.schemes.base import Scheme
+from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.plaintext import PlaintextScheme
 
 __all__ = [
     "DROP_STAGES",
@@ -37,13 +43,16 @@ __all__ = [
     "RoundReport",
     "SimulationResult",
     "integer_weights",
+    "masking_scheme",
     "random_inputs",
     "root_randomness",
     "simulate_round",
 ]
 
-# Where a client can fail to answer, in order; the names are ``Stage`` values.
-DROP_STAGES = tuple(
+# Where a client can fail to answer, in order; the names are ``Stage`` values. Each scheme
+# runs some of them (``Scheme.stages``).
+DROP_STAGES = tuple(s.value for s in Stage if s not in (Stage.COMPLETED, Stage.ABORTED))
+SEMI_HONEST_STAGES = tuple(
     s.value
     for s in (
         Stage.COMMIT,
@@ -51,11 +60,9 @@ DROP_STAGES = tuple(
         Stage.ADVERTISE,
         Stage.SHARE,
         Stage.MASKED_INPUT,
-        Stage.CONSISTENCY,
         Stage.UNMASK,
     )
 )
-SEMI_HONEST_STAGES = tuple(s for s in DROP_STAGES if s != Stage.CONSISTENCY)
 WEIGHT_LEVELS = 1 << 10  # resolution of non-integer weights
 
 InputSource = Callable[[int], NDArray[np.floating]]
@@ -162,56 +169,89 @@ def integer_weights(weights: NDArray[np.floating] | None, n: int) -> tuple[list[
 
 @dataclass(frozen=True)
 class RoundReport:
-    """What one simulated round did and cost; ``to_json`` is the CLI's ``--json`` output."""
+    """What one simulated round did and cost; ``to_json`` is the CLI's ``--json`` output.
 
+    Besides what happened (outcome, who was included, who dropped at which stage and why)
+    every report carries the round's signals: the inputs in the revealed sum, the threshold
+    margin (unmask answers beyond t; masking only), the clip rate, the error bound in force
+    and the error measured against it, and time and bytes against a plaintext round over the
+    same included clients.
+    """
+
+    scheme: str
     outcome: str  # "completed" or "aborted"
     abort_reason: str | None
-    protocol: str
     clients: int
     dim: int
     included: tuple[int, ...]
     dropped: Mapping[str, tuple[int, ...]]
     drop_reasons: Mapping[int, str]
     client_aborts: Mapping[int, str]
-    threshold: int
-    degree: int
-    session_attempts: int  # commit-reveal attempts before the session was agreed
-    ring_bits: int
-    value_bits: int
-    clip: float
+    details: Mapping[str, object]  # scheme-specific: degree, threshold, ring bits, CKKS params
+    session_attempts: int | None  # masking: commit-reveal attempts before the session was agreed
+    threshold_margin: int | None  # masking: clients that answered the unmask stage, minus t
     clipped_values: int
+    clip_rate: float
     seconds: float
     stage_seconds: Mapping[str, float]
+    client_seconds: float  # inside the clients' code, per client
+    server_seconds: float  # inside the server's code
     upload_bytes_per_client: float
     download_bytes_per_client: float
     plaintext_bytes_per_client: int
+    plaintext_seconds: float | None  # the same included clients' round as plaintext FedAvg
     max_abs_error: float | None  # against the weighted mean of the included inputs, clipped
     error_bound: float
 
+    @property
+    def protocol(self) -> str:
+        return str(self.details.get("protocol", self.scheme))
+
+    @property
+    def threshold(self) -> int | None:
+        value = self.details.get("threshold")
+        return value if isinstance(value, int) else None
+
+    @property
+    def degree(self) -> int | None:
+        value = self.details.get("degree")
+        return value if isinstance(value, int) else None
+
+    @property
+    def ring_bits(self) -> int | None:
+        value = self.details.get("ring_bits")
+        return value if isinstance(value, int) else None
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "scheme": self.scheme,
             "outcome": self.outcome,
             "abort_reason": self.abort_reason,
             "protocol": self.protocol,
             "clients": self.clients,
             "dim": self.dim,
             "included": list(self.included),
+            "inputs_in_sum": len(self.included),
             "dropped": {s: list(ids) for s, ids in self.dropped.items()},
             "drop_reasons": {str(i): r for i, r in sorted(self.drop_reasons.items())},
             "client_aborts": {str(i): r for i, r in sorted(self.client_aborts.items())},
-            "threshold": self.threshold,
-            "degree": self.degree,
+            **dict(self.details),
             "session_attempts": self.session_attempts,
-            "ring_bits": self.ring_bits,
-            "value_bits": self.value_bits,
-            "clip": self.clip,
+            "threshold_margin": self.threshold_margin,
             "clipped_values": self.clipped_values,
+            "clip_rate": self.clip_rate,
             "seconds": self.seconds,
             "stage_seconds": dict(self.stage_seconds),
+            "client_seconds": self.client_seconds,
+            "server_seconds": self.server_seconds,
             "upload_bytes_per_client": self.upload_bytes_per_client,
             "download_bytes_per_client": self.download_bytes_per_client,
             "plaintext_bytes_per_client": self.plaintext_bytes_per_client,
             "upload_vs_plaintext": self.upload_bytes_per_client / self.plaintext_bytes_per_client,
+            "plaintext_seconds": self.plaintext_seconds,
+            "seconds_vs_plaintext": (
+                None if not self.plaintext_seconds else self.seconds / self.plaintext_seconds
+            ),
             "max_abs_error": self.max_abs_error,
             "error_bound": self.error_bound,
         }
@@ -221,7 +261,7 @@ class RoundReport:
 class SimulationResult:
     report: RoundReport
     aggregate: NDArray[np.float64] | None = field(repr=False)  # the weighted mean, if any
-    ring_total: NDArray[np.unsignedinteger] | None = field(repr=False)
+    ring_total: NDArray[np.unsignedinteger] | None = field(repr=False)  # masking only
 
 
 def root_randomness(seed: int | None, purpose: str) -> Randomness:
@@ -230,6 +270,10 @@ def root_randomness(seed: int | None, purpose: str) -> Randomness:
     return DeterministicRandomness(
         hashlib.sha256(f"secagg/simulate/{purpose}/{seed}".encode()).digest()
     )
+
+
+def _fork(root: Randomness, label: str) -> Randomness:
+    return root.fork(label) if isinstance(root, DeterministicRandomness) else root
 
 
 class _Meter:
@@ -249,17 +293,53 @@ class _Meter:
         return data
 
 
-def make_config(
-    params: Params, n: int, rng: Randomness, *, round_id: int = 0, task_hash: bytes = bytes(32)
-) -> RoundConfig:
-    """The round configuration a server fixes for cohort ``0..n-1``."""
-    return params.round_config(
-        range(n), nonce=rng.bytes(16), round_id=round_id, task_hash=task_hash
+class _TimedServer:
+    """The scheme's server, with the time spent inside it counted (the server's cost)."""
+
+    def __init__(self, server: RoundServer) -> None:
+        self.inner = server
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _timed(self, call: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return call()
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def start(self) -> dict[int, Message]:
+        return self._timed(self.inner.start)  # type: ignore[no-any-return]
+
+    def receive(self, sender: int, data: Message | bytes) -> None:
+        self._timed(lambda: self.inner.receive(sender, data))
+
+    def close_stage(self) -> dict[int, Message]:
+        return self._timed(self.inner.close_stage)  # type: ignore[no-any-return]
+
+
+def masking_scheme(
+    params: Params, ids: Sequence[int], root: Randomness, *, workers: int = 1
+) -> MaskingScheme:
+    """Masking for an in-process run: in active mode every client's identity, and the PKI."""
+    identities = (
+        {i: Ed25519SigningKey.generate(_fork(root, f"identity/{i}")) for i in ids}
+        if params.active
+        else {}
+    )
+    return MaskingScheme(
+        params,
+        identities=identities,
+        pki={i: key.public for i, key in identities.items()} if params.active else None,
+        allowed=frozenset(ids),
+        apply_masks=MaskApplier(workers),
     )
 
 
 def simulate_round(
-    params: Params,
+    scheme: Scheme | Params,
     n: int,
     inputs: InputSource,
     *,
@@ -267,68 +347,86 @@ def simulate_round(
     drops: DropSchedule | None = None,
     seed: int | None = None,
     workers: int | None = None,
+    baseline: bool = True,
 ) -> SimulationResult:
-    """Run one complete round in process and report it.
+    """Run one complete round of ``scheme`` (masking when given ``Params``) and report it.
 
-    ``inputs(i)`` gives client i's update (``params.dim`` values); ``weights`` its weight
-    (default 1). With a ``seed`` every random choice (keys, seeds, rounding, the nonce) is
-    reproducible; without one they come from the operating system. ``workers`` processes
-    run the clients (default: one per core for large rounds, none for small ones).
+    ``inputs(i)`` gives client i's update (``dim`` values); ``weights`` its weight (default
+    1). With a ``seed`` every random choice (keys, seeds, rounding, the nonce) is
+    reproducible; without one they come from the operating system. ``workers`` processes run
+    the clients (default: one per core for large rounds, none for small ones). ``baseline``
+    also runs plaintext FedAvg over the included clients, for the time and bytes ratios.
     """
     drops = drops or DropSchedule()
     drops.check_ids(n)
     int_weights, max_weight = integer_weights(weights, n)
-    if max_weight > params.max_weight:
-        raise ConfigurationError(
-            f"weights need max_weight >= {max_weight}; params allow {params.max_weight}"
-        )
     root = root_randomness(seed, "round")
-    config = make_config(params, n, root)
-    stages = DROP_STAGES if config.active else SEMI_HONEST_STAGES
-    if not config.active and drops.at.get("consistency"):
-        raise ConfigurationError("the consistency stage exists only against a malicious server")
-
-    def fork(label: str) -> Randomness:
-        return root.fork(label) if isinstance(root, DeterministicRandomness) else root
-
-    # Active mode: each client's long-term identity; the public keys are the PKI.
-    identities = (
-        {i: Ed25519SigningKey.generate(fork(f"identity/{i}")) for i in config.client_ids}
-        if config.active
-        else {}
-    )
-    pki = {i: key.public for i, key in identities.items()}
-    workers = default_workers(n, params.dim) if workers is None else workers
-    server = Server(config, pki=pki if config.active else None, apply_masks=MaskApplier(workers))
+    dim = scheme.dim
+    workers = default_workers(n, dim) if workers is None else workers
+    if isinstance(scheme, Params):
+        if max_weight > scheme.max_weight:
+            raise ConfigurationError(
+                f"weights need max_weight >= {max_weight}; params allow {scheme.max_weight}"
+            )
+        scheme = masking_scheme(scheme, range(n), root, workers=workers)
+    unknown = set(drops.at) - {s.value for s in scheme.stages}
+    if unknown:
+        raise ConfigurationError(
+            f"this round has no {', '.join(sorted(unknown))} stage: its stages are "
+            f"{', '.join(s.value for s in scheme.stages)}"
+        )
     exact_weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    outcome = _run(scheme, n, inputs, int_weights, exact_weights, drops, root, workers)
+    report = _report(scheme, n, inputs, outcome, weights, exact_weights, drops)
+    if baseline and outcome.aggregate is not None:
+        report = _with_baseline(report, n, inputs, int_weights, exact_weights, max_weight, dim)
+    return SimulationResult(report, outcome.mean, outcome.ring_total)
 
-    policy = ClientPolicy(params, frozenset(config.client_ids))
+
+@dataclass
+class _Outcome:
+    config: Message
+    run: RoundRun
+    server: _TimedServer
+    meter: _Meter
+    tally_clipped: int
+    client_seconds: float
+    contributed: set[int]
+    weighted_sum: NDArray[np.float64]
+    weight_sum: float
+    client_aborts: dict[int, str]
+    aggregate: Any = None
+    mean: NDArray[np.float64] | None = None
+    ring_total: NDArray[np.unsignedinteger] | None = None
+
+
+def _run(
+    scheme: Scheme,
+    n: int,
+    inputs: InputSource,
+    int_weights: Sequence[int],
+    exact_weights: NDArray[np.float64],
+    drops: DropSchedule,
+    root: Randomness,
+    workers: int,
+) -> _Outcome:
+    config = scheme.round_config(range(n), nonce=root.bytes(16))
 
     def group_of(ids: Sequence[int]) -> ClientGroup:
+        clients: dict[int, RoundClient] = {}
         for i in ids:
-            policy.check(config, i)  # each client runs only what its deployment allows
-        clients = {
-            i: Client(
-                config,
-                i,
-                fork(f"client/{i}"),
-                identity=identities.get(i),
-                pki=pki if config.active else None,
-            )
-            for i in ids
-        }
-        return ClientGroup(clients, inputs, int_weights, exact_weights, params.dim)
+            scheme.check(config, i)  # each client runs only what its deployment allows
+            clients[i] = scheme.client(config, i, _fork(root, f"client/{i}"))
+        return ClientGroup(
+            clients, inputs, int_weights, exact_weights, scheme.dim, scheme.input_clip
+        )
 
+    server = _TimedServer(scheme.server(config))
+    run = RoundRun(server)
     meter = _Meter()
-    stage_seconds: dict[str, float] = {}
     client_aborts: dict[int, str] = {}
-    abort: RoundAborted | None = None
-    started = time.perf_counter()
-    with Cohort(group_of, config.client_ids, workers) as cohort:
-        outgoing: dict[int, Message] = server.start()
-        while not server.done:
-            stage = server.stage
-            t0 = time.perf_counter()
+    with Cohort(group_of, tuple(range(n)), workers) as cohort:
+        for stage, outgoing in run.stages():
             deliveries = {
                 i: meter.delivered(i, m)
                 for i, m in outgoing.items()
@@ -340,69 +438,116 @@ def simulate_round(
                 else:
                     assert data is not None
                     server.receive(i, meter.sent(i, data))
-            try:
-                outgoing = server.close_stage()
-            except RoundAborted as exc:
-                abort = exc
-            # A stage that runs again (a second commit attempt) adds to its time.
-            stage_seconds[stage.value] = (
-                stage_seconds.get(stage.value, 0.0) + time.perf_counter() - t0
-            )
-        seconds = time.perf_counter() - started
         tally = cohort.tally()
+    outcome = _Outcome(
+        config,
+        run,
+        server,
+        meter,
+        tally.clipped,
+        tally.client_seconds,
+        tally.contributed,
+        tally.weighted_sum,
+        tally.weight_sum,
+        client_aborts,
+    )
+    if run.completed:
+        aggregate = server.inner.aggregate()
+        outcome.aggregate = aggregate
+        outcome.mean = aggregate.mean
+        if isinstance(server.inner, Server):
+            outcome.ring_total = server.inner.result.total
+    return outcome
 
-    dropped: dict[str, list[int]] = {s: [] for s in stages}
+
+def _report(
+    scheme: Scheme,
+    n: int,
+    inputs: InputSource,
+    outcome: _Outcome,
+    weights: NDArray[np.floating] | None,
+    exact_weights: NDArray[np.float64],
+    drops: DropSchedule,
+) -> RoundReport:
+    server, run = outcome.server, outcome.run
+    dropped: dict[str, list[int]] = {s.value: [] for s in scheme.stages}
     reasons: dict[int, str] = {}
-    for d in server.drops.values():
-        dropped[d.stage.value].append(d.client_id)
+    for d in server.inner.drops.values():
+        dropped.setdefault(d.stage.value, []).append(d.client_id)
         reasons[d.client_id] = d.reason.value
-    quantizer = params.quantizer
-    bound = quantizer.error_bound()
+    bound = scheme.error_bound(n)
     if weights is not None and not np.all(exact_weights == np.round(exact_weights)):
-        bound += 2 * params.clip / WEIGHT_LEVELS  # rounding the weights moves the mean too
-    aggregate: NDArray[np.float64] | None = None
-    ring_total = None
-    max_abs_error: float | None = None
+        clip = scheme.input_clip or 0.0
+        bound += 2 * clip / WEIGHT_LEVELS  # rounding the weights moves the mean too
     included: tuple[int, ...] = ()
-    if abort is None and server.stage is Stage.COMPLETED:
-        result = server.result
-        included = result.included
-        ring_total = result.total
-        aggregate = result.weighted_mean(quantizer)
-        if set(included) == tally.contributed and tally.clipped == 0:
-            exact = tally.weighted_sum / tally.weight_sum
-        else:
-            # The server excluded a client after it sent, or inputs were clipped: what secure
-            # aggregation promises is the mean of exactly the included inputs, as clipped.
-            exact = _exact_mean(inputs, included, exact_weights, params.dim, params.clip)
-        max_abs_error = float(np.max(np.abs(aggregate - exact)))
-    full = [i for i in config.client_ids if i in included and drops.stage_of(i) is None]
-    report = RoundReport(
-        outcome="completed" if aggregate is not None else "aborted",
-        abort_reason=None if abort is None else str(abort),
-        protocol=params.protocol.value,
+    max_abs_error: float | None = None
+    margin: int | None = None
+    if outcome.aggregate is not None:
+        included = outcome.aggregate.included
+        if set(included) == outcome.contributed:
+            exact = outcome.weighted_sum / outcome.weight_sum
+        else:  # a client used its input but was not included: recompute over exactly those
+            exact = _exact_mean(inputs, included, exact_weights, scheme.dim, scheme.input_clip)
+        max_abs_error = float(np.max(np.abs(outcome.aggregate.mean - exact)))
+    inner = server.inner
+    if isinstance(inner, Server):
+        margin = inner.unmask_answers - inner.config.threshold if outcome.aggregate else None
+    full = [i for i in range(n) if i in included and drops.stage_of(i) is None]
+    return RoundReport(
+        scheme=scheme.kind.value,
+        outcome="completed" if outcome.aggregate is not None else "aborted",
+        abort_reason=None if run.abort is None else str(run.abort),
         clients=n,
-        dim=params.dim,
+        dim=scheme.dim,
         included=included,
         dropped={s: tuple(sorted(ids)) for s, ids in dropped.items()},
         drop_reasons=reasons,
-        client_aborts=client_aborts,
-        threshold=config.threshold,
-        degree=config.degree,
-        session_attempts=server.attempt,
-        ring_bits=config.ring_bits,
-        value_bits=params.value_bits,
-        clip=params.clip,
-        clipped_values=tally.clipped,
-        seconds=seconds,
-        stage_seconds=stage_seconds,
-        upload_bytes_per_client=_mean(meter.up, full),
-        download_bytes_per_client=_mean(meter.down, full),
-        plaintext_bytes_per_client=4 * params.dim,
+        client_aborts=outcome.client_aborts,
+        details=scheme.describe(n),
+        session_attempts=inner.attempt if isinstance(inner, Server) else None,
+        threshold_margin=margin,
+        clipped_values=outcome.tally_clipped,
+        clip_rate=outcome.tally_clipped / max(1, len(outcome.contributed) * scheme.dim),
+        seconds=run.seconds,
+        stage_seconds=run.stage_seconds,
+        client_seconds=outcome.client_seconds / max(1, len(outcome.contributed)),
+        server_seconds=server.seconds,
+        upload_bytes_per_client=_mean(outcome.meter.up, full),
+        download_bytes_per_client=_mean(outcome.meter.down, full),
+        plaintext_bytes_per_client=4 * scheme.dim,
+        plaintext_seconds=None,
         max_abs_error=max_abs_error,
         error_bound=bound,
     )
-    return SimulationResult(report, aggregate, ring_total)
+
+
+def _with_baseline(
+    report: RoundReport,
+    n: int,
+    inputs: InputSource,
+    int_weights: Sequence[int],
+    exact_weights: NDArray[np.float64],
+    max_weight: int,
+    dim: int,
+) -> RoundReport:
+    """The same included clients' round as plaintext FedAvg: the time it takes."""
+    included = report.included
+
+    def source(i: int) -> NDArray[np.floating]:
+        return inputs(included[i])
+
+    plain = PlaintextScheme(dim=dim, max_weight=max_weight)
+    outcome = _run(
+        plain,
+        len(included),
+        source,
+        [int_weights[c] for c in included],
+        exact_weights[list(included)],
+        DropSchedule(),
+        root_randomness(None, "baseline"),
+        1,
+    )
+    return dataclasses.replace(report, plaintext_seconds=outcome.run.seconds)
 
 
 def _mean(counts: Mapping[int, int], ids: Sequence[int]) -> float:
@@ -412,10 +557,17 @@ def _mean(counts: Mapping[int, int], ids: Sequence[int]) -> float:
 
 
 def _exact_mean(
-    inputs: InputSource, ids: Sequence[int], weights: NDArray[np.float64], dim: int, clip: float
+    inputs: InputSource,
+    included: Sequence[int],
+    exact_weights: NDArray[np.float64],
+    dim: int,
+    clip: float | None,
 ) -> NDArray[np.float64]:
-    """The float64 weighted mean of the clients' inputs clipped to [-clip, clip]."""
+    """The weighted mean of exactly the included clients' (clipped) inputs."""
     total = np.zeros(dim, dtype=np.float64)
-    for i in ids:
-        total += weights[i] * np.clip(np.asarray(inputs(i), dtype=np.float64), -clip, clip)
-    return total / float(sum(weights[i] for i in ids))
+    for i in included:
+        values = np.asarray(inputs(i), dtype=np.float64)
+        if clip is not None:
+            values = np.clip(values, -clip, clip)
+        total += exact_weights[i] * values
+    return total / float(sum(exact_weights[i] for i in included))

@@ -17,17 +17,14 @@ from collections.abc import Iterable
 
 import numpy as np
 import pytest
-from numpy.typing import NDArray
 
-from secagg.errors import AbortReason, ClientAbort, InconsistentSharesError
-from secagg.hazmat import aead, prg
-from secagg.hazmat.keys import X25519KeyPair, x25519_public_from_private
+from secagg.errors import AbortReason, ClientAbort
+from secagg.hazmat import aead
+from secagg.hazmat.keys import X25519KeyPair
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.hazmat.ring import Ring
-from secagg.hazmat.shamir import Share, combine
+from secagg.hazmat.shamir import Share
 from secagg.protocol import derive
 from secagg.protocol.messages import (
-    AdvertiseKeys,
     ConsistencySignature,
     EncryptedShares,
     MaskedInput,
@@ -39,22 +36,17 @@ from secagg.protocol.messages import (
     UnmaskResponse,
 )
 from tests.protocol.harness import Harness
+from tests.protocol.loot import Loot
 
 VICTIM = 0
 
 
-class Attacker:
+class Attacker(Loot):
     """Everything a malicious server holds, and what it can compute from it."""
 
     def __init__(self, h: Harness) -> None:
+        super().__init__(h.config, h.session_id)
         self.h = h
-        self.adverts: dict[int, AdvertiseKeys] = {}
-        self.commitments: dict[int, bytes] = {}
-        self.sealed: dict[int, dict[int, bytes]] = {}  # sender -> recipient -> ciphertext
-        self.masked: dict[int, NDArray[np.unsignedinteger]] = {}
-        self.masked_with: dict[int, frozenset[int]] = {}
-        self.self_mask_shares: dict[int, dict[int, Share]] = {}  # owner -> holder -> share
-        self.key_shares: dict[int, dict[int, Share]] = {}
         self.aborts: dict[int, AbortReason] = {}
 
     # ------------------------------------------------------------------ driving clients
@@ -70,7 +62,7 @@ class Attacker:
         h = self.h
         for i, c in h.clients.items():
             advert = c.advertise()
-            self.adverts[i] = advert
+            self.take(i, advert)
             h.server.receive(i, advert)
         out = h.server.close_stage()
         return {i: m for i, m in out.items() if isinstance(m, PeerKeys)}
@@ -80,22 +72,20 @@ class Attacker:
         for i, message in peer_keys.items():
             reply = self.ask(i, h.clients[i].share_keys, message)
             if isinstance(reply, EncryptedShares):
-                self.commitments[i] = reply.self_mask_commitment
-                self.sealed[i] = dict(reply.ciphertexts)
+                self.take(i, reply)
                 h.server.receive(i, reply)
         out = h.server.close_stage()
         return {i: m for i, m in out.items() if isinstance(m, PeerShares)}
 
     def mask(self, peer_shares: dict[int, PeerShares], skip: Iterable[int] = ()) -> None:
         h = self.h
-        ring = Ring(h.config.ring_bits)
         for i, message in peer_shares.items():
             if i in set(skip):
                 continue
             reply = self.ask(i, h.clients[i].mask_input, message, h.values(i), h.weights[i])
             if isinstance(reply, MaskedInput):
-                self.masked[i] = ring.unpack(reply.packed_vector, h.config.vector_length)
-                self.masked_with[i] = frozenset(u for u, _ in message.ciphertexts)
+                self.take(i, reply)
+                self.sent(i, message)
                 h.server.receive(i, reply)
 
     def sign(self, client: int, survivors: tuple[int, ...]) -> bytes | None:
@@ -106,14 +96,7 @@ class Attacker:
     def unmask(self, client: int, request: UnmaskRequest) -> None:
         reply = self.ask(client, self.h.clients[client].unmask, request)
         if isinstance(reply, UnmaskResponse):
-            self.loot(client, reply)
-
-    def loot(self, holder: int, response: UnmaskResponse) -> None:
-        x = derive.share_x(holder)
-        for owner, value in response.self_mask_shares:
-            self.self_mask_shares.setdefault(owner, {})[holder] = Share.from_value_bytes(x, value)
-        for owner, value in response.key_shares:
-            self.key_shares.setdefault(owner, {})[holder] = Share.from_value_bytes(x, value)
+            self.take(client, reply)
 
     def request(
         self,
@@ -152,81 +135,6 @@ class Attacker:
             )
             for v in self.sealed
         }
-
-    # ------------------------------------------------------------------ what it can compute
-    def _secret(self, shares: Iterable[Share], check: object) -> bytes | None:
-        shares = list(shares)
-        t = self.h.config.threshold
-        if len(shares) < t:
-            return None
-        try:
-            secret = combine(shares[:t], t)
-        except InconsistentSharesError:
-            return None
-        return secret if check(secret) else None  # type: ignore[operator]
-
-    def self_mask_seed(self, owner: int) -> bytes | None:
-        sid = self.h.session_id
-        commitment = self.commitments.get(owner)
-        return self._secret(
-            self.self_mask_shares.get(owner, {}).values(),
-            lambda s: derive.self_mask_commitment(s, sid, owner) == commitment,
-        )
-
-    def mask_key(self, owner: int) -> bytes | None:
-        public = self.adverts[owner].mask_public
-        return self._secret(
-            self.key_shares.get(owner, {}).values(),
-            lambda s: x25519_public_from_private(s) == public,
-        )
-
-    def recover(self, owner: int) -> NDArray[np.unsignedinteger] | None:
-        """The owner's encoded input, if the loot strips every mask off its masked input."""
-        if owner not in self.masked:
-            return None
-        seed, private = self.self_mask_seed(owner), self.mask_key(owner)
-        if seed is None or private is None:
-            return None
-        h, sid = self.h, self.h.session_id
-        vector = self.masked[owner].copy()
-        prg.add_mask(vector, derive.self_mask_key(seed, sid, owner), subtract=True)
-        keys = X25519KeyPair.from_private_bytes(private)
-        for peer in self.masked_with[owner]:
-            peer_public = self.adverts[peer].mask_public
-            key = derive.pair_mask_key(
-                keys.exchange(peer_public), sid, owner, keys.public, peer, peer_public
-            )
-            prg.add_mask(vector, key, subtract=not derive.subtracts_pair_mask(owner, peer))
-        return Ring(h.config.ring_bits).reduce(vector)
-
-    def sum_of(
-        self, survivors: Iterable[int], dropped: Iterable[int]
-    ) -> NDArray[np.unsignedinteger] | None:
-        """The sum of the survivors' inputs, if the loot removes every mask from it."""
-        h, sid = self.h, self.h.session_id
-        ring = Ring(h.config.ring_bits)
-        survivors, dropped = list(survivors), list(dropped)
-        total = ring.zeros(h.config.vector_length)
-        for u in survivors:
-            seed = self.self_mask_seed(u)
-            if u not in self.masked or seed is None:
-                return None
-            ring.add_into(total, self.masked[u])
-            prg.add_mask(total, derive.self_mask_key(seed, sid, u), subtract=True)
-        for d in dropped:
-            private = self.mask_key(d)
-            if private is None:
-                return None
-            keys = X25519KeyPair.from_private_bytes(private)
-            for v in survivors:
-                if d not in self.masked_with[v]:
-                    continue
-                v_public = self.adverts[v].mask_public
-                key = derive.pair_mask_key(
-                    keys.exchange(v_public), sid, d, keys.public, v, v_public
-                )
-                prg.add_mask(total, key, subtract=not derive.subtracts_pair_mask(v, d))
-        return ring.reduce(total)
 
     def learned_input_of(self, owner: int) -> bool:
         recovered = self.recover(owner)
@@ -468,8 +376,7 @@ def test_sending_different_models_to_different_clients(active: bool) -> None:
     for i, message in peer_keys.items():
         reply = a.ask(i, honest.clients[i].share_keys, message)
         if isinstance(reply, EncryptedShares):
-            a.sealed[i] = dict(reply.ciphertexts)
-            a.commitments[i] = reply.self_mask_commitment
+            a.take(i, reply)
     if active:
         # The victim's keys are signed for session B: every peer refuses them, and the
         # victim refuses theirs, signed for session A.

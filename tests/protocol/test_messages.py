@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secagg.errors import DecodeError, UsageError
+from secagg.errors import ConfigurationError, DecodeError, UsageError
+from secagg.params import check_round_config
 from secagg.protocol.messages import (
     CIPHERTEXT_BYTES,
     AdvertiseKeys,
@@ -136,9 +137,10 @@ def test_config_with_invalid_fields_does_not_decode() -> None:
         decode(bytes(data))
 
 
-def test_config_rejects_a_ring_too_narrow_for_its_cohort() -> None:
-    with pytest.raises(UsageError, match="wrap"):
-        _config(ring_bits=17)
+def test_a_ring_too_narrow_for_its_cohort_is_a_parameter_rule_not_a_wire_rule() -> None:
+    config = _config(ring_bits=17)  # representable on the wire ...
+    with pytest.raises(ConfigurationError, match="wrap"):
+        check_round_config(config)  # ... refused before anyone acts on it
 
 
 def test_config_rejects_unsorted_or_repeated_client_ids() -> None:
@@ -148,9 +150,11 @@ def test_config_rejects_unsorted_or_repeated_client_ids() -> None:
         _config(client_ids=(1, 1, 5, 9))
 
 
-def test_config_rejects_threshold_one() -> None:
-    with pytest.raises(UsageError, match="threshold"):
-        _config(threshold=1)
+def test_a_threshold_of_one_or_an_odd_harary_degree_is_refused_before_use() -> None:
+    with pytest.raises(ConfigurationError, match="threshold"):
+        check_round_config(_config(threshold=1))
+    with pytest.raises(ConfigurationError, match="degree"):
+        check_round_config(_config(degree=3, client_ids=tuple(range(8))))
 
 
 def test_config_id_changes_with_every_field() -> None:

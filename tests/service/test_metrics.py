@@ -487,8 +487,8 @@ def test_the_refusal_names_the_allowed_values() -> None:
     with pytest.raises(UsageError) as info:
         CoordinatorMetrics().client_dropped("client-12345", "missed-share")
     assert str(info.value) == (
-        "a metrics stage must be one of commit, reveal, advertise, share, masked-input, "
-        "consistency, unmask; "
+        "a metrics stage must be one of upload, decrypt, commit, reveal, advertise, share, "
+        "masked-input, consistency, unmask; "
         "got 'client-12345'"
     )
     with pytest.raises(UsageError) as info:

@@ -226,6 +226,7 @@ class Client:
         self._session: derive.Session | None = None
         self._neighbours: frozenset[int] = frozenset()
         self._input: tuple[NDArray[np.floating], int] | None = None
+        self._clipped = 0
         self._state: ClientState = Initial()
 
     def __repr__(self) -> str:
@@ -240,6 +241,15 @@ class Client:
         if self._session is None:
             raise UsageError("the session is not agreed yet")
         return self._session
+
+    @property
+    def clipped(self) -> int:
+        """How many values of its input were clipped (once it has masked it)."""
+        return self._clipped
+
+    def needs_input(self, message: Message) -> bool:
+        """The input is used at the masked-input stage only, so a driver may produce it then."""
+        return isinstance(message, PeerShares)
 
     @property
     def neighbours(self) -> frozenset[int]:
@@ -279,6 +289,8 @@ class Client:
                 message = decode(message)
             except DecodeError as exc:
                 self._abort(AbortReason.MALFORMED_MESSAGE, str(exc))
+        if isinstance(message, RoundConfig) and message == self.config:
+            return self.start()  # the configuration this client was made from opens the round
         if isinstance(message, CommitmentDigest):
             return self.reveal(message)
         if isinstance(message, CommitRequest):
@@ -489,6 +501,7 @@ class Client:
             )
         self._ring.reduce(vector)
         packed = self._ring.pack(vector)
+        self._clipped = encoded.clipped
         if self.config.active:
             self._state = AwaitingSurvivorList(frozenset(senders), held, encoded.clipped)
         else:

@@ -66,11 +66,13 @@ __all__ = [
     "PeerKeyEntry",
     "PeerKeys",
     "PeerShares",
+    "Reader",
     "Reveal",
     "RoundConfig",
     "SurvivorList",
     "UnmaskRequest",
     "UnmaskResponse",
+    "Writer",
     "decode",
 ]
 
@@ -92,7 +94,9 @@ PROTOCOL_CODES = {"secagg": 0, "secagg+": 1}
 SERVER_MODEL_CODES = {"semi-honest": 0, "semi-malicious": 1}
 
 
-class _Writer:
+class Writer:
+    """Canonical encoding of fields, for every message (schemes define theirs with it too)."""
+
     def __init__(self) -> None:
         self._parts: list[bytes] = []
 
@@ -130,7 +134,9 @@ class _Writer:
         return b"".join(self._parts)
 
 
-class _Reader:
+class Reader:
+    """Strict decoding: every read is bounds-checked; counts before any allocation."""
+
     def __init__(self, data: bytes) -> None:
         self._data = memoryview(data)
         self._pos = 0
@@ -199,18 +205,18 @@ class Message:
         Message._registry[cls.TAG] = cls
 
     def encode(self) -> bytes:
-        w = _Writer()
+        w = Writer()
         w.fixed(MAGIC, len(MAGIC))
         w.u8(VERSION)
         w.u8(self.TAG)
         self._write(w)
         return w.getvalue()
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         raise NotImplementedError
 
     @classmethod
-    def _read(cls: type[M], r: _Reader) -> M:
+    def _read(cls: type[M], r: Reader) -> M:
         raise NotImplementedError
 
     @classmethod
@@ -226,7 +232,7 @@ def decode(data: bytes) -> Message:
     """Decode bytes holding exactly one message of any type."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
-    r = _Reader(bytes(data))
+    r = Reader(bytes(data))
     if r.fixed(len(MAGIC)) != MAGIC:
         raise DecodeError("not a secagg message (bad magic)")
     version = r.u8()
@@ -252,7 +258,7 @@ def _check_id(value: int, what: str) -> None:
 
 
 def _read_entries(
-    r: _Reader, item_size: int, read: Callable[[], tuple[int, bytes]]
+    r: Reader, item_size: int, read: Callable[[], tuple[int, bytes]]
 ) -> tuple[tuple[int, bytes], ...]:
     n = r.count(item_size)
     return tuple(read() for _ in range(n))
@@ -296,20 +302,19 @@ class RoundConfig(Message):
         for i in ids:
             _check_id(i, "client id")
         n = len(ids)
-        if n < 3:
-            raise UsageError(f"a cohort needs at least 3 clients, got {n}")
+        if n < 1:
+            raise UsageError("a cohort needs a client")
         if not isinstance(self.round_id, int) or not 0 <= self.round_id < 2**64:
             raise UsageError(f"round_id must be a u64, got {self.round_id!r}")
         if self.protocol not in PROTOCOL_CODES or self.server_model not in SERVER_MODEL_CODES:
             raise UsageError("unknown protocol or server model")
         if len(self.nonce) != NONCE_BYTES or len(self.task_hash) != DIGEST_BYTES:
             raise UsageError("nonce must be 16 bytes and task_hash 32 bytes")
-        complete = self.degree == n - 1
-        if not (1 <= self.degree <= n - 1 and (complete or self.degree % 2 == 0)):
-            raise UsageError(f"degree {self.degree} is not valid for {n} clients")
-        if not 2 <= self.threshold <= self.degree:
-            # t = 1 would hand every neighbour the secrets themselves.
-            raise UsageError(f"threshold {self.threshold} is not in 2..{self.degree}")
+        # Wire ranges only: whether the graph, the threshold and the ring make a sound round
+        # is a parameter rule (secagg.params.check_round_config), checked by the client and
+        # the server before they act on a configuration.
+        if not (0 <= self.degree <= MAX_ID and 0 <= self.threshold <= MAX_ID):
+            raise UsageError("degree and threshold must be u32")
         if not (2 <= self.ring_bits <= 62 and 1 <= self.value_bits <= 31):
             raise UsageError("ring_bits must be in 2..62 and value_bits in 1..31")
         if not (1 <= self.dim <= MAX_ID - 1 and 1 <= self.max_weight < 2**31):
@@ -318,8 +323,6 @@ class RoundConfig(Message):
             raise UsageError("clip must be finite and positive")
         if not 1 <= self.min_cohort <= n:
             raise UsageError(f"min_cohort must be in 1..{n}")
-        if n * self.max_weight * (2**self.value_bits - 1) >= 2**self.ring_bits:
-            raise UsageError("the ring is too narrow for this cohort: sums could wrap")
         object.__setattr__(
             self, "config_id", hashlib.sha256(b"secagg/v1/config\x00" + self.encode()).digest()
         )
@@ -339,7 +342,7 @@ class RoundConfig(Message):
         """Active mode: signed keys and a consistency round against a deviating server."""
         return self.server_model == "semi-malicious"
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.u64(self.round_id)
         w.fixed(self.nonce, NONCE_BYTES)
         w.u8(PROTOCOL_CODES[self.protocol])
@@ -356,7 +359,7 @@ class RoundConfig(Message):
         w.u32(self.min_cohort)
 
     @classmethod
-    def _read(cls, r: _Reader) -> RoundConfig:
+    def _read(cls, r: Reader) -> RoundConfig:
         round_id = r.u64()
         nonce = r.fixed(NONCE_BYTES)
         protocol = _lookup(PROTOCOL_CODES, r.u8(), "protocol")
@@ -398,13 +401,13 @@ class CommitRequest(Message):
     recipient: int
     attempt: int
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.config_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.u8(self.attempt)
 
     @classmethod
-    def _read(cls, r: _Reader) -> CommitRequest:
+    def _read(cls, r: Reader) -> CommitRequest:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8())
 
 
@@ -419,14 +422,14 @@ class Commitment(Message):
     attempt: int
     commitment: bytes = field(repr=False)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.config_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.u8(self.attempt)
         w.fixed(self.commitment, DIGEST_BYTES)
 
     @classmethod
-    def _read(cls, r: _Reader) -> Commitment:
+    def _read(cls, r: Reader) -> Commitment:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8(), r.fixed(DIGEST_BYTES))
 
 
@@ -442,7 +445,7 @@ class CommitmentDigest(Message):
     digest: bytes = field(repr=False)
     count: int  # how many commitments the digest covers
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.config_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.u8(self.attempt)
@@ -450,7 +453,7 @@ class CommitmentDigest(Message):
         w.u32(self.count)
 
     @classmethod
-    def _read(cls, r: _Reader) -> CommitmentDigest:
+    def _read(cls, r: Reader) -> CommitmentDigest:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8(), r.fixed(DIGEST_BYTES), r.u32())
 
 
@@ -465,14 +468,14 @@ class Reveal(Message):
     attempt: int
     contribution: bytes = field(repr=False)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.config_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.u8(self.attempt)
         w.fixed(self.contribution, CONTRIBUTION_BYTES)
 
     @classmethod
-    def _read(cls, r: _Reader) -> Reveal:
+    def _read(cls, r: Reader) -> Reveal:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8(), r.fixed(CONTRIBUTION_BYTES))
 
 
@@ -488,7 +491,7 @@ class Contributions(Message):
     attempt: int
     entries: tuple[tuple[int, bytes], ...] = field(repr=False)  # (client, contribution)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.config_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.u8(self.attempt)
@@ -498,7 +501,7 @@ class Contributions(Message):
             w.fixed(contribution, CONTRIBUTION_BYTES)
 
     @classmethod
-    def _read(cls, r: _Reader) -> Contributions:
+    def _read(cls, r: Reader) -> Contributions:
         config_id, recipient, attempt = r.fixed(SESSION_ID_BYTES), r.u32(), r.u8()
         entries = _read_entries(
             r, 4 + CONTRIBUTION_BYTES, lambda: (r.u32(), r.fixed(CONTRIBUTION_BYTES))
@@ -519,7 +522,7 @@ class AdvertiseKeys(Message):
     mask_public: bytes = field(repr=False)  # for pairwise masks
     signature: bytes = field(default=b"", repr=False)  # active mode: by the client's identity
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.fixed(self.cipher_public, KEY_BYTES)
@@ -527,7 +530,7 @@ class AdvertiseKeys(Message):
         _write_signature(w, self.signature)
 
     @classmethod
-    def _read(cls, r: _Reader) -> AdvertiseKeys:
+    def _read(cls, r: Reader) -> AdvertiseKeys:
         return cls(
             r.fixed(SESSION_ID_BYTES),
             r.u32(),
@@ -537,7 +540,7 @@ class AdvertiseKeys(Message):
         )
 
 
-def _write_signature(w: _Writer, signature: bytes) -> None:
+def _write_signature(w: Writer, signature: bytes) -> None:
     """Empty (semi-honest mode) or exactly one Ed25519 signature."""
     if len(signature) not in (0, SIGNATURE_BYTES):
         raise UsageError(f"a signature is 0 or {SIGNATURE_BYTES} bytes")
@@ -545,7 +548,7 @@ def _write_signature(w: _Writer, signature: bytes) -> None:
     w.fixed(signature, len(signature))
 
 
-def _read_signature(r: _Reader) -> bytes:
+def _read_signature(r: Reader) -> bytes:
     size = r.u8()
     if size not in (0, SIGNATURE_BYTES):
         raise DecodeError(f"a signature is 0 or {SIGNATURE_BYTES} bytes, not {size}")
@@ -570,7 +573,7 @@ class PeerKeys(Message):
     recipient: int
     peers: tuple[PeerKeyEntry, ...]
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.u32(len(self.peers))
@@ -581,7 +584,7 @@ class PeerKeys(Message):
             _write_signature(w, p.signature)
 
     @classmethod
-    def _read(cls, r: _Reader) -> PeerKeys:
+    def _read(cls, r: Reader) -> PeerKeys:
         session_id, recipient = r.fixed(SESSION_ID_BYTES), r.u32()
         n = r.count(4 + 2 * KEY_BYTES + 1)
         peers = tuple(
@@ -604,14 +607,14 @@ class EncryptedShares(Message):
     self_mask_commitment: bytes = field(repr=False)
     ciphertexts: tuple[tuple[int, bytes], ...] = field(repr=False)  # (recipient, sealed)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.fixed(self.self_mask_commitment, DIGEST_BYTES)
         _write_ciphertexts(w, self.ciphertexts)
 
     @classmethod
-    def _read(cls, r: _Reader) -> EncryptedShares:
+    def _read(cls, r: Reader) -> EncryptedShares:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(DIGEST_BYTES), _read_ciphertexts(r))
 
 
@@ -625,24 +628,24 @@ class PeerShares(Message):
     recipient: int
     ciphertexts: tuple[tuple[int, bytes], ...] = field(repr=False)  # (sender, sealed)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         _write_ciphertexts(w, self.ciphertexts)
 
     @classmethod
-    def _read(cls, r: _Reader) -> PeerShares:
+    def _read(cls, r: Reader) -> PeerShares:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), _read_ciphertexts(r))
 
 
-def _write_ciphertexts(w: _Writer, entries: Sequence[tuple[int, bytes]]) -> None:
+def _write_ciphertexts(w: Writer, entries: Sequence[tuple[int, bytes]]) -> None:
     w.u32(len(entries))
     for peer, sealed in entries:
         w.u32(peer)
         w.fixed(sealed, CIPHERTEXT_BYTES)
 
 
-def _read_ciphertexts(r: _Reader) -> tuple[tuple[int, bytes], ...]:
+def _read_ciphertexts(r: Reader) -> tuple[tuple[int, bytes], ...]:
     return _read_entries(r, 4 + CIPHERTEXT_BYTES, lambda: (r.u32(), r.fixed(CIPHERTEXT_BYTES)))
 
 
@@ -662,14 +665,14 @@ class MaskedInput(Message):
     missing_shares: tuple[int, ...]
     packed_vector: bytes = field(repr=False)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.ids(self.missing_shares)
         w.blob(self.packed_vector)
 
     @classmethod
-    def _read(cls, r: _Reader) -> MaskedInput:
+    def _read(cls, r: Reader) -> MaskedInput:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.ids(), r.blob())
 
 
@@ -686,7 +689,7 @@ class UnmaskRequest(Message):
     # Active mode: the consistency signatures of the survivor set, (signer, signature).
     signatures: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.ids(self.survivors)
@@ -697,7 +700,7 @@ class UnmaskRequest(Message):
             w.fixed(signature, SIGNATURE_BYTES)
 
     @classmethod
-    def _read(cls, r: _Reader) -> UnmaskRequest:
+    def _read(cls, r: Reader) -> UnmaskRequest:
         session_id, recipient, survivors, dropped = (
             r.fixed(SESSION_ID_BYTES),
             r.u32(),
@@ -720,13 +723,13 @@ class SurvivorList(Message):
     recipient: int
     survivors: tuple[int, ...]
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.ids(self.survivors)
 
     @classmethod
-    def _read(cls, r: _Reader) -> SurvivorList:
+    def _read(cls, r: Reader) -> SurvivorList:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.ids())
 
 
@@ -740,13 +743,13 @@ class ConsistencySignature(Message):
     client_id: int
     signature: bytes = field(repr=False)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.fixed(self.signature, SIGNATURE_BYTES)
 
     @classmethod
-    def _read(cls, r: _Reader) -> ConsistencySignature:
+    def _read(cls, r: Reader) -> ConsistencySignature:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(SIGNATURE_BYTES))
 
 
@@ -764,7 +767,7 @@ class UnmaskResponse(Message):
     self_mask_shares: tuple[tuple[int, bytes], ...] = field(repr=False)  # (owner, share)
     key_shares: tuple[tuple[int, bytes], ...] = field(repr=False)  # (owner, share)
 
-    def _write(self, w: _Writer) -> None:
+    def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         for entries in (self.self_mask_shares, self.key_shares):
@@ -774,7 +777,7 @@ class UnmaskResponse(Message):
                 w.fixed(share, SHARE_VALUE_BYTES)
 
     @classmethod
-    def _read(cls, r: _Reader) -> UnmaskResponse:
+    def _read(cls, r: Reader) -> UnmaskResponse:
         session_id, client_id = r.fixed(SESSION_ID_BYTES), r.u32()
 
         def entry() -> tuple[int, bytes]:

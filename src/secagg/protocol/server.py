@@ -76,7 +76,8 @@ from secagg.protocol.messages import (
     UnmaskResponse,
     decode,
 )
-from secagg.protocol.stages import CLIENT_MESSAGE, SESSION_AGREEMENT, Stage
+from secagg.protocol.runner import Aggregate
+from secagg.protocol.stages import CLIENT_MESSAGE, SESSION_AGREEMENT, Drop, Stage
 
 __all__ = ["Drop", "RoundResult", "Server", "Stage"]
 
@@ -98,16 +99,6 @@ _MISSED: dict[Stage, DropReason] = {
     Stage.CONSISTENCY: DropReason.MISSED_CONSISTENCY,
     Stage.UNMASK: DropReason.MISSED_UNMASK,
 }
-
-
-@dataclass(frozen=True)
-class Drop:
-    """A client the server stopped waiting for, when and why."""
-
-    client_id: int
-    stage: Stage
-    reason: DropReason
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +162,7 @@ class Server:
         self._seed_shares: dict[int, list[Share]] = {}
         self._key_shares: dict[int, list[Share]] = {}
         self._included: tuple[int, ...] = ()
+        self._unmask_answers = 0
         self._result: RoundResult | None = None
         self._abort: RoundAborted | None = None
         # A throwaway key to check that advertised keys are usable X25519 points.
@@ -248,6 +240,22 @@ class Server:
     @property
     def abort_reason(self) -> RoundAborted | None:
         return self._abort
+
+    @property
+    def unmask_answers(self) -> int:
+        """How many clients answered the unmask stage (the threshold margin is this minus t)."""
+        return self._unmask_answers
+
+    def aggregate(self) -> Aggregate:
+        """The weighted mean of the included inputs, decoded from the ring sum."""
+        result = self.result
+        quantizer = Quantizer(clip=self.config.clip, bits=self.config.value_bits)
+        return Aggregate(
+            result.included,
+            float(result.total_weight),
+            result.weighted_mean(quantizer),
+            quantizer.error_bound(),
+        )
 
     def waiting_for(self) -> frozenset[int]:
         """Clients whose message for the current stage has not arrived yet."""
@@ -692,6 +700,7 @@ class Server:
         return outgoing
 
     def _close_unmask(self, live: set[int]) -> dict[int, Message]:
+        self._unmask_answers = len(live)
         total = self._total
         assert total is not None
         sid = self.session.session_id

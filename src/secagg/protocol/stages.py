@@ -1,11 +1,13 @@
-"""The stages of a round: one enum, used by the server, every driver, drop schedules, the
-ledger, reports and tests; and which client message answers each stage."""
+"""The stages of a round: one enum, used by every scheme's server, every driver, drop
+schedules, the ledger, reports and tests; which masking message answers each stage; and the
+record of a client the server stopped waiting for."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
-from secagg.errors import UsageError
+from secagg.errors import DropReason, UsageError
 from secagg.protocol.messages import (
     AdvertiseKeys,
     Commitment,
@@ -17,13 +19,16 @@ from secagg.protocol.messages import (
     UnmaskResponse,
 )
 
-__all__ = ["CLIENT_MESSAGE", "SESSION_AGREEMENT", "Stage", "stage_answered_by"]
+__all__ = ["CLIENT_MESSAGE", "SESSION_AGREEMENT", "Drop", "Stage", "stage_answered_by"]
 
 
 class Stage(StrEnum):
-    """Every stage of a round, in order (``commit`` and ``reveal`` may run up to three
-    times), and the two ends."""
+    """Every stage of a round, and the two ends. Masking runs commit .. unmask (``commit``
+    and ``reveal`` up to three times); the plaintext and CKKS schemes run ``upload`` (and
+    CKKS ``decrypt``)."""
 
+    UPLOAD = "upload"
+    DECRYPT = "decrypt"
     COMMIT = "commit"
     REVEAL = "reveal"
     ADVERTISE = "advertise"
@@ -56,3 +61,13 @@ def stage_answered_by(message: Message) -> Stage:
         if isinstance(message, kind):
             return stage
     raise UsageError(f"{type(message).__name__} is not a client message")
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A client the server stopped waiting for, when and why."""
+
+    client_id: int
+    stage: Stage
+    reason: DropReason
+    detail: str = ""

@@ -39,7 +39,8 @@ from secagg.errors import (
     ClientAbort,
     DecodeError,
     InputError,
-    SecAggError,
+    Rejected,
+    Unreachable,
 )
 from secagg.hazmat.randomness import SystemRandomness
 from secagg.policy import ClientPolicy
@@ -51,7 +52,7 @@ from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
 from secagg.service.wire import channel_options, decode_model, task_digest
 
-__all__ = ["ClientSettings", "ClientStats", "Rejected", "SecAggClient", "UpdateFn"]
+__all__ = ["ClientSettings", "ClientStats", "Rejected", "SecAggClient", "Unreachable", "UpdateFn"]
 
 log = logging.getLogger("secagg.client")
 
@@ -70,8 +71,8 @@ may take as long as local training takes; if it raises, this client sits the rou
 _DETAIL_CHARS = 200
 
 
-class Rejected(SecAggError):
-    """The coordinator refused this client (e.g. not on its allow-list)."""
+class _Retry(Exception):
+    """A refusal the coordinator says is temporary."""
 
 
 @dataclass(frozen=True)
@@ -143,27 +144,56 @@ class SecAggClient:
         return self.settings.identity.client_id
 
     async def run(self) -> ClientStats:
-        """Connect (retrying with backoff) and take part in rounds until told enough."""
+        """Connect (retrying with backoff) and take part in rounds until told enough.
+
+        Each failed attempt is logged. A refusal by the coordinator (``Rejected``) and a
+        certificate that does not verify (``Unreachable``) end the run at once: retrying would
+        not help. Otherwise ``max_attempts`` failures in a row end it (``Unreachable``).
+        """
         delay = self.settings.retry_initial
         failures = 0
         while not self._done():
             try:
                 await self._session()
                 delay, failures = self.settings.retry_initial, 0
-            except Rejected:
-                raise
-            except (grpc.aio.AioRpcError, ConnectionError, OSError, EOFError) as exc:
+            except _Retry as exc:
                 failures += 1
-                self.stats.events.append(f"connection lost: {type(exc).__name__}")
-                limit = self.settings.max_attempts
-                if limit is not None and failures >= limit:
-                    raise
+                self._failed(failures, f"refused for now: {exc}", delay)
+            except grpc.aio.AioRpcError as exc:
+                if _certificate_failure(exc):
+                    raise Unreachable(
+                        f"the coordinator at {self.settings.target} presented a certificate "
+                        "that does not verify against the deployment's CA"
+                    ) from None
+                failures += 1
+                self._failed(failures, _rpc_reason(exc), delay)
+            except (ConnectionError, OSError, EOFError) as exc:
+                failures += 1
+                self._failed(failures, _one_line(str(exc)) or type(exc).__name__, delay)
             if self._done():
                 break
             self.stats.reconnects += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.retry_max)
         return self.stats
+
+    def _failed(self, failures: int, reason: str, delay: float) -> None:
+        self.stats.events.append(f"connection lost: {reason}")
+        limit = self.settings.max_attempts
+        log.warning(
+            "client %d: no session with the coordinator at %s (attempt %d%s): %s",
+            self.client_id,
+            self.settings.target,
+            failures,
+            "" if limit is None else f" of {limit}",
+            reason,
+        )
+        if limit is not None and failures >= limit:
+            raise Unreachable(
+                f"gave up on the coordinator at {self.settings.target} after {failures} "
+                f"attempts: {reason}"
+            )
+        log.info("client %d: trying again in %.1f s", self.client_id, delay)
 
     def _done(self) -> bool:
         return self._rounds is not None and self.stats.rounds >= self._rounds
@@ -228,6 +258,8 @@ class SecAggClient:
         if answer is None:
             raise ConnectionError("the coordinator closed the stream after the hello")
         if answer.HasField("reject"):
+            if answer.reject.retryable:
+                raise _Retry(_one_line(answer.reject.reason))
             raise Rejected(_one_line(answer.reject.reason))
         self.stats.events.append("welcomed")
         inbox: asyncio.Queue[pb.ServerFrame | Exception] = asyncio.Queue()
@@ -283,6 +315,8 @@ class SecAggClient:
                     self._finish(current, frame.round_end)
                     current = None
             elif kind == "reject":
+                if frame.reject.retryable:
+                    raise _Retry(_one_line(frame.reject.reason))
                 raise Rejected(_one_line(frame.reject.reason))
             # Anything else (a second welcome, a challenge, an empty frame) carries nothing
             # this client acts on.
@@ -445,6 +479,17 @@ class SecAggClient:
     def _stage(self, round_id: int, stage: str) -> None:
         if self._on_stage is not None:
             self._on_stage(round_id, stage)
+
+
+def _certificate_failure(exc: grpc.aio.AioRpcError) -> bool:
+    """gRPC reports a TLS verification failure only in its details text."""
+    details = (exc.details() or "").upper()
+    return "CERTIFICATE_VERIFY_FAILED" in details or "CERTIFICATE VERIFY FAILED" in details
+
+
+def _rpc_reason(exc: grpc.aio.AioRpcError) -> str:
+    details = _one_line(exc.details() or "")
+    return f"{exc.code().name.lower()}: {details[:160]}" if details else exc.code().name.lower()
 
 
 def _one_line(text: str) -> str:

@@ -89,7 +89,9 @@ class RoundEnd(_message.Message):
     def __init__(self, round_id: _Optional[int] = ..., completed: bool = ..., included: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Reject(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "retryable")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    retryable: bool
+    def __init__(self, reason: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...

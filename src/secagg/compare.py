@@ -1,0 +1,339 @@
+"""``secagg compare``: the same updates through every scheme, side by side.
+
+Plaintext FedAvg, masking (SecAgg and SecAgg+, each against a semi-honest and a
+semi-malicious server) and CKKS homomorphic encryption aggregate the same clients' updates,
+with the same clients dropping out (each at a random stage of each scheme's round), in one
+run. For each: what a client and the server spend, the bytes a client sends and receives,
+the error against the exact mean, the dropout the round survives, what the server learns and
+who must collude to see one client's update. ``--sweep-clients`` and ``--sweep-dim`` repeat
+the comparison over sizes for the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secagg.errors import ConfigurationError
+from secagg.params import Params, Protocol, ServerModel
+from secagg.schemes.base import Scheme
+from secagg.schemes.plaintext import PlaintextScheme
+from secagg.simulate import (
+    DropSchedule,
+    InputSource,
+    RoundReport,
+    integer_weights,
+    masking_scheme,
+    random_inputs,
+    root_randomness,
+    simulate_round,
+)
+
+__all__ = ["SCHEMES", "CompareOptions", "CompareReport", "run_compare", "write_plots"]
+
+# The rows of the comparison, in the order a reader meets them.
+SCHEMES = (
+    "plaintext",
+    "secagg",
+    "secagg-active",
+    "secagg+",
+    "secagg+-active",
+    "ckks",
+)
+
+
+COLOURS = {
+    "plaintext": "#888888",
+    "secagg": "#1f77b4",
+    "secagg-active": "#1f4e79",
+    "secagg+": "#2ca02c",
+    "secagg+-active": "#1b6e1b",
+    "ckks": "#d62728",
+}
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    clients: int = 20
+    dim: int = 100_000
+    dropout: float = 0.0
+    seed: int = 0
+    clip: float = 1.0
+    value_bits: int = 16
+    schemes: tuple[str, ...] = SCHEMES
+    workers: int | None = 1  # one process: the client and server times are comparable
+
+    def __post_init__(self) -> None:
+        if not 3 <= self.clients <= 10_000:
+            raise ConfigurationError("--clients must be between 3 and 10,000")
+        if self.dim < 1:
+            raise ConfigurationError("--dim must be at least 1")
+        if not 0.0 <= self.dropout < 0.5:
+            raise ConfigurationError("--dropout must be in [0, 0.5)")
+        unknown = set(self.schemes) - set(SCHEMES)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown scheme(s) {sorted(unknown)}: choose from {', '.join(SCHEMES)}"
+            )
+
+
+@dataclass
+class Row:
+    """One scheme's line in the comparison."""
+
+    scheme: str
+    report: RoundReport
+    server_learns: str
+    to_see_one_update: str
+    tolerates: str
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.report
+        return {
+            "scheme": self.scheme,
+            "outcome": r.outcome,
+            "abort_reason": r.abort_reason,
+            "clients": r.clients,
+            "dim": r.dim,
+            "included": len(r.included),
+            "client_seconds": r.client_seconds,
+            "server_seconds": r.server_seconds,
+            "seconds": r.seconds,
+            "upload_bytes_per_client": r.upload_bytes_per_client,
+            "download_bytes_per_client": r.download_bytes_per_client,
+            "upload_vs_float32": r.upload_bytes_per_client / r.plaintext_bytes_per_client,
+            "max_abs_error": r.max_abs_error,
+            "error_bound": r.error_bound,
+            "clipped_values": r.clipped_values,
+            "server_learns": self.server_learns,
+            "to_see_one_update": self.to_see_one_update,
+            "tolerates": self.tolerates,
+            "details": dict(r.details),
+        }
+
+
+@dataclass
+class CompareReport:
+    options: CompareOptions
+    source: str
+    rows: list[Row] = field(default_factory=list)
+    sweeps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "clients": o.clients,
+            "dim": o.dim,
+            "dropout": o.dropout,
+            "seed": o.seed,
+            "source": self.source,
+            "rows": [row.to_json() for row in self.rows],
+            "sweeps": self.sweeps,
+        }
+
+    def write_json(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+
+def build_scheme(name: str, n: int, dim: int, max_weight: int, options: CompareOptions) -> Scheme:
+    """The deployment a comparison row runs, for ``n`` clients of ``dim`` values."""
+    if name == "plaintext":
+        return PlaintextScheme(dim=dim, max_weight=max_weight)
+    if name == "ckks":
+        from secagg.hazmat.ckks import CkksParameters
+        from secagg.schemes.ckks import CkksScheme, simulated_keys
+
+        ckks_params = CkksParameters()
+        client, server = simulated_keys(ckks_params)
+        return CkksScheme(
+            dim=dim,
+            max_weight=max_weight,
+            clip=options.clip,
+            params=ckks_params,
+            client_context=client,
+            server_context=server,
+        )
+    protocol = Protocol.SECAGG_PLUS if name.startswith("secagg+") else Protocol.SECAGG
+    model = ServerModel.SEMI_MALICIOUS if name.endswith("-active") else ServerModel.SEMI_HONEST
+    params = Params(
+        dim=dim,
+        max_clients=n,
+        protocol=protocol,
+        server_model=model,
+        clip=options.clip,
+        value_bits=options.value_bits,
+        max_weight=max_weight,
+        # Tolerate the dropout the comparison injects, at least the usual third.
+        dropout_rate=max(0.33, options.dropout),
+    )
+    return masking_scheme(params, range(n), root_randomness(options.seed, f"scheme/{name}"))
+
+
+def _drops(scheme: Scheme, n: int, options: CompareOptions) -> DropSchedule:
+    """The same clients drop in every scheme (the same seed picks them), each at a random
+    stage of that scheme's round."""
+    return DropSchedule.random(
+        n,
+        options.dropout,
+        root_randomness(options.seed, "compare/dropout"),
+        stages=[s.value for s in scheme.stages],
+    )
+
+
+def compare_once(
+    options: CompareOptions,
+    inputs: InputSource,
+    n: int,
+    dim: int,
+    weights: NDArray[np.floating] | None = None,
+) -> list[Row]:
+    _, max_weight = integer_weights(weights, n)
+    rows = []
+    for name in options.schemes:
+        scheme = build_scheme(name, n, dim, max_weight, options)
+        result = simulate_round(
+            scheme,
+            n,
+            inputs,
+            weights=weights,
+            drops=_drops(scheme, n, options),
+            seed=options.seed,
+            workers=options.workers,
+            baseline=False,
+        )
+        disclosure = scheme.disclosure(n)
+        rows.append(
+            Row(
+                name,
+                result.report,
+                disclosure.server_learns,
+                disclosure.to_see_one_update,
+                disclosure.tolerates,
+            )
+        )
+    return rows
+
+
+def run_compare(
+    options: CompareOptions,
+    *,
+    inputs: NDArray[np.floating] | None = None,
+    source: str = "random",
+    sweep_clients: Sequence[int] = (),
+    sweep_dim: Sequence[int] = (),
+    progress: Callable[[str], None] = lambda _: None,
+) -> CompareReport:
+    """The comparison at ``options``' size (on ``inputs``, rows = clients, if given), and
+    the sweeps over clients and dimension on random updates."""
+    if inputs is not None:
+        array = np.asarray(inputs, dtype=np.float32)
+        n, dim = array.shape
+        options = CompareOptions(**{**options.__dict__, "clients": n, "dim": dim})
+
+        def source_of(i: int) -> NDArray[np.floating]:
+            return np.asarray(array[i])
+
+        report = CompareReport(options, source)
+        progress(f"{n} clients x {dim} values from {source}")
+        report.rows = compare_once(options, source_of, n, dim)
+    else:
+        report = CompareReport(options, "random")
+        progress(f"{options.clients} clients x {options.dim} random values")
+        report.rows = compare_once(
+            options,
+            random_inputs(options.dim, options.seed),
+            options.clients,
+            options.dim,
+        )
+    for axis, values in (("clients", sweep_clients), ("dim", sweep_dim)):
+        points = []
+        for value in values:
+            n = value if axis == "clients" else options.clients
+            dim = value if axis == "dim" else options.dim
+            progress(f"sweep: {n} clients x {dim} values")
+            sized = CompareOptions(**{**options.__dict__, "clients": n, "dim": dim})
+            for row in compare_once(sized, random_inputs(dim, options.seed), n, dim):
+                points.append({axis: value, **row.to_json()})
+        if points:
+            report.sweeps[axis] = points
+    return report
+
+
+def write_plots(report: CompareReport, directory: Path) -> list[Path]:
+    """PNG plots of the comparison (and its sweeps) into ``directory``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    names = [row.scheme for row in report.rows]
+    figure, axes = plt.subplots(1, 4, figsize=(18, 4.5))
+    panels = (
+        ("upload per client (x float32)", [r.to_json()["upload_vs_float32"] for r in report.rows]),
+        ("client seconds", [r.report.client_seconds for r in report.rows]),
+        ("server seconds", [r.report.server_seconds for r in report.rows]),
+        ("max abs error", [max(r.report.max_abs_error or 0.0, 1e-18) for r in report.rows]),
+    )
+    for ax, (title, values) in zip(axes, panels, strict=True):
+        ax.bar(
+            names,
+            values,
+            color=["#888", "#1f77b4", "#1f4e79", "#2ca02c", "#1b6e1b", "#d62728"][: len(names)],
+        )
+        ax.set_title(title)
+        ax.set_yscale("log")
+        ax.tick_params(axis="x", rotation=45)
+    o = report.options
+    figure.suptitle(
+        f"{o.clients} clients x {o.dim:,} values, dropout {o.dropout:g} ({report.source})"
+    )
+    figure.tight_layout()
+    path = directory / "compare.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    written.append(path)
+    for axis, points in report.sweeps.items():
+        figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        for name in names:
+            mine = [p for p in points if p["scheme"] == name]
+            xs = [p[axis] for p in mine]
+            for ax, key in zip(
+                axes, ("client_seconds", "server_seconds", "upload_bytes_per_client"), strict=True
+            ):
+                ax.plot(xs, [p[key] for p in mine], marker="o", label=name)
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.set_xlabel(axis)
+                ax.set_title(key.replace("_", " "))
+        axes[0].legend()
+        figure.tight_layout()
+        path = directory / f"compare_{axis}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def demo_updates(clients: int, seed: int) -> NDArray[np.float32]:
+    """The demo's first-round updates: each client's local training step on the digits from
+    the same initial model (needs the ``[fl]`` extra)."""
+    from secagg.fl.data import load_digits_split
+    from secagg.fl.tasks import demo_model, digits_task
+
+    split = load_digits_split(clients, seed=seed)
+    model = demo_model(split).init(seed)
+    rows = [
+        np.asarray(digits_task(c, clients, seed)(model, 0)[0], np.float32) for c in range(clients)
+    ]
+    if not rows or not math.isfinite(float(np.max(np.abs(rows)))):
+        raise ConfigurationError("the demo task produced no usable updates")
+    return np.stack(rows)

@@ -1,0 +1,20 @@
+"""Schemes: what a round computes, behind one interface the round engine drives.
+
+A scheme supplies a round configuration, a server state machine and a client state machine of
+the same shape (``secagg.protocol.runner.RoundServer`` / ``RoundClient``), and the client's
+policy (what configuration it accepts). Three implementations:
+
+- ``plaintext``: every client sends its update as float32; the baseline, in process only
+  (the service has no plaintext path);
+- ``masking``: SecAgg and SecAgg+ (``secagg.protocol``), semi-honest or active;
+- ``ckks``: CKKS homomorphic encryption (TenSEAL, the ``[he]`` extra): clients encrypt, the
+  server adds ciphertexts, a key holder decrypts the sum.
+
+Layers: ``hazmat`` <- ``protocol`` <- ``schemes`` <- ``simulate`` / ``service`` <- ``cli``.
+"""
+
+from __future__ import annotations
+
+from secagg.schemes.base import Scheme, SchemeKind
+
+__all__ = ["Scheme", "SchemeKind"]

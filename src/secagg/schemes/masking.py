@@ -1,0 +1,135 @@
+"""Masking: SecAgg and SecAgg+ (``secagg.protocol``) as a scheme, semi-honest or active."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secagg.errors import AbortReason, ClientAbort, UsageError
+from secagg.hazmat import prg
+from secagg.hazmat.keys import Ed25519SigningKey
+from secagg.hazmat.randomness import Randomness
+from secagg.params import Params, check_round_config
+from secagg.policy import ClientPolicy
+from secagg.protocol.client import Client
+from secagg.protocol.messages import Message, RoundConfig
+from secagg.protocol.server import Server
+from secagg.protocol.stages import Stage
+from secagg.schemes.base import Disclosure, SchemeKind
+
+__all__ = ["MaskingScheme"]
+
+MaskApplier = Callable[[NDArray[np.unsignedinteger], Sequence[prg.Mask]], None]
+
+
+@dataclass(frozen=True)
+class MaskingScheme:
+    """SecAgg / SecAgg+ under ``params``.
+
+    ``identities`` are the long-term signing keys of the clients this side runs (every client
+    in a simulation, one on a device); ``pki`` every allow-listed client's public key; both are
+    needed in active mode. ``allowed`` is the allow-list the client's policy checks cohorts
+    against (None: any id, for simulations). ``apply_masks`` is how the server regenerates
+    masks (e.g. on every core).
+    """
+
+    params: Params
+    identities: Mapping[int, Ed25519SigningKey] = field(default_factory=dict, repr=False)
+    pki: Mapping[int, bytes] | None = field(default=None, repr=False)
+    allowed: frozenset[int] | None = None
+    apply_masks: MaskApplier = field(default=prg.apply_masks, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.params.active and self.pki is None:
+            raise UsageError("active mode needs every client's identity public key (pki)")
+
+    @property
+    def kind(self) -> SchemeKind:
+        return SchemeKind.MASKING
+
+    @property
+    def dim(self) -> int:
+        return self.params.dim
+
+    @property
+    def input_clip(self) -> float:
+        return self.params.clip
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        stages = [Stage.COMMIT, Stage.REVEAL, Stage.ADVERTISE, Stage.SHARE, Stage.MASKED_INPUT]
+        if self.params.active:
+            stages.append(Stage.CONSISTENCY)
+        return (*stages, Stage.UNMASK)
+
+    def round_config(
+        self,
+        cohort: Sequence[int],
+        *,
+        nonce: bytes,
+        round_id: int = 0,
+        task_hash: bytes = bytes(32),
+    ) -> RoundConfig:
+        return self.params.round_config(cohort, nonce=nonce, round_id=round_id, task_hash=task_hash)
+
+    def server(self, config: Message) -> Server:
+        assert isinstance(config, RoundConfig)
+        check_round_config(config)
+        return Server(config, pki=self.pki if config.active else None, apply_masks=self.apply_masks)
+
+    def check(self, config: Message, client_id: int) -> None:
+        if not isinstance(config, RoundConfig):
+            raise ClientAbort(
+                AbortReason.PARAMETER_MISMATCH,
+                f"a {type(config).__name__}; this deployment runs masking",
+            )
+        ClientPolicy(self.params, self.allowed).check(config, client_id)
+
+    def client(self, config: Message, client_id: int, rng: Randomness) -> Client:
+        assert isinstance(config, RoundConfig)
+        check_round_config(config)
+        return Client(
+            config,
+            client_id,
+            rng,
+            identity=self.identities.get(client_id),
+            pki=self.pki if config.active else None,
+        )
+
+    def error_bound(self, clients: int) -> float:
+        del clients  # quantisation errs per coordinate, whatever the cohort
+        return self.params.quantizer.error_bound()
+
+    def disclosure(self, clients: int) -> Disclosure:
+        graph = self.params.graph(clients)
+        tolerated = clients - graph.threshold  # every secret needs t surviving holders
+        to_see = (
+            f"the server and {graph.threshold} of the client's {graph.degree} neighbours"
+            if not self.params.active
+            else f"the server and {graph.threshold} of the client's {graph.degree} "
+            "neighbours (and no inconsistent views)"
+        )
+        return Disclosure(
+            server_learns="the sum",
+            to_see_one_update=to_see,
+            tolerates=f"up to {tolerated} of {clients} ({math.floor(100 * tolerated / clients)}%)"
+            if graph.complete
+            else f"{self.params.dropout_rate:.0%} by design (sigma={self.params.sigma}, "
+            f"eta={self.params.eta})",
+        )
+
+    def describe(self, clients: int) -> dict[str, object]:
+        graph = self.params.graph(clients)
+        return {
+            "protocol": self.params.protocol.value,
+            "server_model": self.params.server_model.value,
+            "degree": graph.degree,
+            "threshold": graph.threshold,
+            "ring_bits": self.params.ring_bits,
+            "value_bits": self.params.value_bits,
+            "clip": self.params.clip,
+        }

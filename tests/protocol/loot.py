@@ -1,0 +1,146 @@
+"""What a malicious server holds after a round, and everything it can compute from it.
+
+Shared by the sans-I/O attacks (``test_attacks.py``) and the attacks played over the wire
+against real client processes (``tests/service/test_wire_attacks.py``): a verdict is never just
+"a client refused", but what the attacker's loot actually lets it recover. ``recover`` rebuilds
+every secret the collected shares allow and strips every mask it can from a masked input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secagg.errors import InconsistentSharesError
+from secagg.hazmat import prg
+from secagg.hazmat.keys import X25519KeyPair, x25519_public_from_private
+from secagg.hazmat.ring import Ring
+from secagg.hazmat.shamir import Share, combine
+from secagg.protocol import derive
+from secagg.protocol.messages import (
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    Message,
+    PeerShares,
+    RoundConfig,
+    UnmaskResponse,
+)
+
+
+class Loot:
+    """Every client message of one session the attacker kept (and what it sent)."""
+
+    def __init__(self, config: RoundConfig, session_id: bytes) -> None:
+        self.config = config
+        self.session_id = session_id
+        self.adverts: dict[int, AdvertiseKeys] = {}
+        self.commitments: dict[int, bytes] = {}  # self-mask commitments
+        self.sealed: dict[int, dict[int, bytes]] = {}  # sender -> recipient -> ciphertext
+        self.masked: dict[int, NDArray[np.unsignedinteger]] = {}
+        self.masked_with: dict[int, frozenset[int]] = {}
+        self.self_mask_shares: dict[int, dict[int, Share]] = {}  # owner -> holder -> share
+        self.key_shares: dict[int, dict[int, Share]] = {}
+
+    def take(self, sender: int, message: Message) -> None:
+        """Keep what a client sent."""
+        if isinstance(message, AdvertiseKeys):
+            self.adverts[sender] = message
+        elif isinstance(message, EncryptedShares):
+            self.commitments[sender] = message.self_mask_commitment
+            self.sealed[sender] = dict(message.ciphertexts)
+        elif isinstance(message, MaskedInput):
+            ring = Ring(self.config.ring_bits)
+            self.masked[sender] = ring.unpack(message.packed_vector, self.config.vector_length)
+        elif isinstance(message, UnmaskResponse):
+            x = derive.share_x(sender)
+            for owner, value in message.self_mask_shares:
+                self.self_mask_shares.setdefault(owner, {})[sender] = Share.from_value_bytes(
+                    x, value
+                )
+            for owner, value in message.key_shares:
+                self.key_shares.setdefault(owner, {})[sender] = Share.from_value_bytes(x, value)
+
+    def sent(self, recipient: int, message: Message) -> None:
+        """Note what the attacker told a client: whose masks its masked input will hold."""
+        if isinstance(message, PeerShares):
+            self.masked_with[recipient] = frozenset(u for u, _ in message.ciphertexts)
+
+    # ------------------------------------------------------------------ what it can compute
+    def _secret(self, shares: Iterable[Share], check: object) -> bytes | None:
+        shares = list(shares)
+        t = self.config.threshold
+        if len(shares) < t:
+            return None
+        try:
+            secret = combine(shares[:t], t)
+        except InconsistentSharesError:
+            return None
+        return secret if check(secret) else None  # type: ignore[operator]
+
+    def self_mask_seed(self, owner: int) -> bytes | None:
+        sid = self.session_id
+        commitment = self.commitments.get(owner)
+        return self._secret(
+            self.self_mask_shares.get(owner, {}).values(),
+            lambda s: derive.self_mask_commitment(s, sid, owner) == commitment,
+        )
+
+    def mask_key(self, owner: int) -> bytes | None:
+        advert = self.adverts.get(owner)
+        if advert is None:
+            return None
+        return self._secret(
+            self.key_shares.get(owner, {}).values(),
+            lambda s: x25519_public_from_private(s) == advert.mask_public,
+        )
+
+    def recover(self, owner: int) -> NDArray[np.unsignedinteger] | None:
+        """The owner's encoded input, if the loot strips every mask off its masked input."""
+        if owner not in self.masked or owner not in self.masked_with:
+            return None
+        seed, private = self.self_mask_seed(owner), self.mask_key(owner)
+        if seed is None or private is None:
+            return None
+        sid = self.session_id
+        vector = self.masked[owner].copy()
+        prg.add_mask(vector, derive.self_mask_key(seed, sid, owner), subtract=True)
+        keys = X25519KeyPair.from_private_bytes(private)
+        for peer in self.masked_with[owner]:
+            peer_public = self.adverts[peer].mask_public
+            key = derive.pair_mask_key(
+                keys.exchange(peer_public), sid, owner, keys.public, peer, peer_public
+            )
+            prg.add_mask(vector, key, subtract=not derive.subtracts_pair_mask(owner, peer))
+        return Ring(self.config.ring_bits).reduce(vector)
+
+    def sum_of(
+        self, survivors: Iterable[int], dropped: Iterable[int]
+    ) -> NDArray[np.unsignedinteger] | None:
+        """The sum of the survivors' inputs, if the loot removes every mask from it."""
+        sid = self.session_id
+        ring = Ring(self.config.ring_bits)
+        survivors, dropped = list(survivors), list(dropped)
+        total = ring.zeros(self.config.vector_length)
+        for u in survivors:
+            seed = self.self_mask_seed(u)
+            if u not in self.masked or seed is None:
+                return None
+            ring.add_into(total, self.masked[u])
+            prg.add_mask(total, derive.self_mask_key(seed, sid, u), subtract=True)
+        for d in dropped:
+            private = self.mask_key(d)
+            if private is None:
+                return None
+            keys = X25519KeyPair.from_private_bytes(private)
+            for v in survivors:
+                if d not in self.masked_with[v]:
+                    continue
+                v_public = self.adverts[v].mask_public
+                key = derive.pair_mask_key(
+                    keys.exchange(v_public), sid, d, keys.public, v, v_public
+                )
+                prg.add_mask(total, key, subtract=not derive.subtracts_pair_mask(v, d))
+        return ring.reduce(total)
