@@ -22,6 +22,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,14 @@ from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.parallel import MaskApplier, usable_cores
 from secagg.params import Params, ServerModel
 from secagg.protocol.client import Client
-from secagg.protocol.messages import PeerKeys, PeerShares, RoundConfig, UnmaskRequest
+from secagg.protocol.messages import Message, PeerShares
+from secagg.protocol.runner import RoundRun
 from secagg.protocol.server import Server
+from secagg.protocol.stages import Stage
 from secagg.simulate import (
     DROP_STAGES,
     SEMI_HONEST_STAGES,
     DropSchedule,
-    make_config,
     random_inputs,
     root_randomness,
     simulate_round,
@@ -51,32 +53,44 @@ from secagg.simulate import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# A round stopped at its masked-input stage: the server, the clients, the engine's stages
+# (resuming them closes the stage) and the shares each client is sent to mask with.
+_AtMaskedInput = tuple[
+    Server, dict[int, Client], Iterator[tuple[Stage, dict[int, Message]]], dict[int, PeerShares]
+]
+
+
 def _round_to_masking(
-    params: Params, n: int, seed: int
-) -> tuple[RoundConfig, Server, dict[int, Client], dict[int, PeerShares]]:
+    params: Params, n: int, seed: int, *, applier: MaskApplier | None = None
+) -> _AtMaskedInput:
+    """A round run by the round engine up to its masked-input stage, every client answering
+    through its one entry point. ``applier`` regenerates the server's masks (one core when
+    None)."""
     rng = DeterministicRandomness(hashlib.sha256(f"bench/{seed}".encode()).digest())
-    config = make_config(params, n, rng)
-    server = Server(config)
+    config = params.round_config(range(n), nonce=rng.bytes(16))
+    server = Server(config) if applier is None else Server(config, apply_masks=applier)
     clients = {i: Client(config, i, rng.fork(f"c{i}")) for i in config.client_ids}
-    for i, c in clients.items():
-        server.receive(i, c.advertise())
-    keys = server.close_stage()
-    for i, m in keys.items():
-        assert isinstance(m, PeerKeys)
-        server.receive(i, clients[i].share_keys(m))
-    shares = server.close_stage()
-    return config, server, clients, {i: m for i, m in shares.items() if isinstance(m, PeerShares)}
+    stages = RoundRun(server).stages()
+    for stage, outgoing in stages:
+        if stage is Stage.MASKED_INPUT:
+            shares = {i: m for i, m in outgoing.items() if isinstance(m, PeerShares)}
+            return server, clients, stages, shares
+        for i, message in outgoing.items():
+            server.receive(i, clients[i].receive(message))
+    raise AssertionError(f"the round ended before its masked input: {server.abort_reason}")
 
 
 def client_masking(dim: int, degree: int, samples: int, floor_ns: float) -> dict[str, Any]:
-    """Time mask_input of ``samples`` clients, each with exactly ``degree`` pairwise masks."""
+    """Time the masked-input answer of ``samples`` clients, each with exactly ``degree``
+    pairwise masks (the input is given beforehand, as a driver does)."""
     params = Params(dim=dim, max_clients=degree + 1, degree=degree, threshold=degree // 3 + 1)
-    _, _, clients, shares = _round_to_masking(params, degree + 1, seed=dim)
+    _, clients, _, shares = _round_to_masking(params, degree + 1, seed=dim)
     values = random_inputs(dim, seed=1)(0)
     times = []
     for i in list(clients)[:samples]:
+        clients[i].set_input(values, 1)
         t0 = time.perf_counter()
-        clients[i].mask_input(shares[i], values, 1)
+        clients[i].receive(shares[i])
         times.append(time.perf_counter() - t0)
     ours = statistics.median(times)
     floor_s = (degree + 1) * (dim + 1) * floor_ns * 1e-9
@@ -105,25 +119,27 @@ def server_unmasking(
     expansions = 0
     degree = 0
     for r in range(repeats):
-        config, server, clients, shares = _round_to_masking(params, n, seed=1000 + r)
-        degree = config.degree
-        if applier is not None:
-            server._apply_masks = applier
+        server, clients, stages, shares = _round_to_masking(
+            params, n, seed=1000 + r, applier=applier
+        )
+        degree = server.config.degree
         values = random_inputs(dim, seed=2)(0)
         for i, m in shares.items():
             if i >= dropped:
-                server.receive(i, clients[i].mask_input(m, values, 1))
-        requests = server.close_stage()
-        for i, m in requests.items():
-            assert isinstance(m, UnmaskRequest)
-            server.receive(i, clients[i].unmask(m))
+                clients[i].set_input(values, 1)
+                server.receive(i, clients[i].receive(m))
+        stage, requests = next(stages)  # the masked-input stage closes
+        assert stage is Stage.UNMASK, stage
+        for i, request in requests.items():
+            server.receive(i, clients[i].receive(request))
         included = set(requests)
         expansions = len(included) + sum(
             sum(1 for v in server.masked_with(u) if v in included) for u in range(dropped)
         )
         t0 = time.perf_counter()
-        server.close_stage()
+        assert next(stages, None) is None  # the unmask stage closes: the round's last
         samples.append(time.perf_counter() - t0)
+        assert server.stage is Stage.COMPLETED, server.abort_reason
     ours = statistics.median(samples)
     floor_s = expansions * (dim + 1) * floor_ns * 1e-9
     return {

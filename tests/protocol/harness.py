@@ -2,7 +2,10 @@
 
 The constructor runs the session agreement (commit and reveal) unless told not to, so that
 tests of the later stages start where the server waits for advertised keys and every
-client's session is fixed.
+client's session is fixed. Clients are driven only through their one entry point
+(``receive``): the ``Contributions`` that fix a client's session are answered with its
+advertised keys, which the harness keeps in ``adverts`` until the advertise stage (or a
+test) hands them to the server.
 
 Inputs sit exactly on the quantisation grid (clip = levels / 2, so one step is 1.0), which
 makes the encoding deterministic: the expected ring sum of any set of clients is known
@@ -21,6 +24,7 @@ from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.protocol.client import Client
 from secagg.protocol.messages import (
+    AdvertiseKeys,
     Contributions,
     Message,
     PeerKeys,
@@ -107,6 +111,8 @@ class Harness:
         }
         self.row = {i: r for r, i in enumerate(client_ids)}
         self.outgoing: dict[int, Message] = {}
+        # Each client's answer to the Contributions that fixed its session, not yet sent.
+        self.adverts: dict[int, AdvertiseKeys] = {}
         for i, client in self.clients.items():
             client.set_input(self.values(i), self.weights[i])
         if agree:
@@ -117,12 +123,13 @@ class Harness:
         return self.server.session.session_id
 
     def agree(self, skip_commit: Iterable[int] = (), skip_reveal: Iterable[int] = ()) -> None:
-        """Commit and reveal, then fix each client's session (it does not advertise yet)."""
+        """Commit and reveal, then fix each client's session; its advertised keys (its answer
+        to the contributions) wait in ``adverts`` for the advertise stage."""
         self.commit(skip_commit)
         self.reveal(skip_reveal)
         for i, message in self.outgoing.items():
             assert isinstance(message, Contributions)
-            self.clients[i].agree(Contributions.decode(message.encode()))
+            self.adverts[i] = self._advert(i, message)
         self.outgoing = {}
 
     def commit(self, skip: Iterable[int] = ()) -> dict[int, Message]:
@@ -141,9 +148,11 @@ class Harness:
         return self._close()
 
     def respond(self, client_id: int, message: Message) -> Message:
-        """A client's answer to a server message, as it travels, through its one entry point."""
+        """A client's answer to a server message, as it travels, through its one entry point
+        (given its input first when the message is the one that uses it)."""
         client = self.clients[client_id]
-        client.set_input(self.values(client_id), self.weights[client_id])
+        if client.needs_input(message):
+            client.set_input(self.values(client_id), self.weights[client_id])
         return client.receive(message.encode())
 
     def values(self, client_id: int) -> NDArray[np.float64]:
@@ -161,41 +170,26 @@ class Harness:
 
     # Each stage: the clients not in ``skip`` answer what the server sent them last.
     def advertise(self, skip: Iterable[int] = ()) -> dict[int, Message]:
-        for i, c in self.clients.items():
+        for i in self.clients:
             if i in set(skip) or i not in self.server.session.participants:
                 continue
             contributions = self.outgoing.get(i)
             if isinstance(contributions, Contributions):  # agreed and advertised in one step
-                advert = c.receive(contributions.encode())
-            else:
-                advert = c.advertise()
-            self.server.receive(i, advert.encode())
+                self.adverts[i] = self._advert(i, contributions)
+            self.server.receive(i, self.adverts[i].encode())
         return self._close()
 
     def share(self, skip: Iterable[int] = ()) -> dict[int, Message]:
-        for i in self._answering(skip):
-            message = PeerKeys.decode(self.outgoing[i].encode())
-            self.server.receive(i, self.clients[i].share_keys(message).encode())
-        return self._close()
+        return self._answer(skip, PeerKeys)
 
     def mask(self, skip: Iterable[int] = ()) -> dict[int, Message]:
-        for i in self._answering(skip):
-            message = PeerShares.decode(self.outgoing[i].encode())
-            reply = self.clients[i].mask_input(message, self.values(i), self.weights[i])
-            self.server.receive(i, reply.encode())
-        return self._close()
+        return self._answer(skip, PeerShares)
 
     def consistency(self, skip: Iterable[int] = ()) -> dict[int, Message]:
-        for i in self._answering(skip):
-            message = SurvivorList.decode(self.outgoing[i].encode())
-            self.server.receive(i, self.clients[i].consistency(message).encode())
-        return self._close()
+        return self._answer(skip, SurvivorList)
 
     def unmask(self, skip: Iterable[int] = ()) -> dict[int, Message]:
-        for i in self._answering(skip):
-            message = UnmaskRequest.decode(self.outgoing[i].encode())
-            self.server.receive(i, self.clients[i].unmask(message).encode())
-        return self._close()
+        return self._answer(skip, UnmaskRequest)
 
     def run(self, **skips: Iterable[int]) -> None:
         if self.server.stage in (Stage.COMMIT, Stage.REVEAL):
@@ -207,6 +201,19 @@ class Harness:
         if self.config.active:
             self.consistency(skips.get("consistency", ()))
         self.unmask(skips.get("unmask", ()))
+
+    def _advert(self, client_id: int, contributions: Contributions) -> AdvertiseKeys:
+        advert = self.clients[client_id].receive(contributions.encode())
+        assert isinstance(advert, AdvertiseKeys)
+        return advert
+
+    def _answer(self, skip: Iterable[int], kind: type[Message]) -> dict[int, Message]:
+        """The clients not skipped answer what the server sent them (which must be a
+        ``kind``), as it travelled."""
+        for i in self._answering(skip):
+            message = kind.decode(self.outgoing[i].encode())
+            self.server.receive(i, self.respond(i, message).encode())
+        return self._close()
 
     def _answering(self, skip: Iterable[int]) -> list[int]:
         skipped = set(skip)

@@ -28,6 +28,7 @@ from secagg.protocol.messages import (
     ConsistencySignature,
     EncryptedShares,
     MaskedInput,
+    Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
@@ -50,18 +51,22 @@ class Attacker(Loot):
         self.aborts: dict[int, AbortReason] = {}
 
     # ------------------------------------------------------------------ driving clients
-    def ask(self, client: int, call: object, *args: object) -> object | None:
-        """Deliver a message; a client that aborts answers nothing (and that is recorded)."""
+    def ask(self, client: int, message: Message) -> Message | None:
+        """Deliver a message (to the client's one entry point, with its input when the message
+        uses it); a client that aborts answers nothing (and that is recorded)."""
+        c = self.h.clients[client]
+        if c.needs_input(message):
+            c.set_input(self.h.values(client), self.h.weights[client])
         try:
-            return call(*args)  # type: ignore[operator]
+            return c.receive(message)
         except ClientAbort as exc:
             self.aborts[client] = exc.reason
             return None
 
     def advertise(self) -> dict[int, PeerKeys]:
         h = self.h
-        for i, c in h.clients.items():
-            advert = c.advertise()
+        for i in h.clients:
+            advert = h.adverts[i]  # each client's answer to the contributions that agreed it
             self.take(i, advert)
             h.server.receive(i, advert)
         out = h.server.close_stage()
@@ -70,7 +75,7 @@ class Attacker(Loot):
     def share(self, peer_keys: dict[int, PeerKeys]) -> dict[int, PeerShares]:
         h = self.h
         for i, message in peer_keys.items():
-            reply = self.ask(i, h.clients[i].share_keys, message)
+            reply = self.ask(i, message)
             if isinstance(reply, EncryptedShares):
                 self.take(i, reply)
                 h.server.receive(i, reply)
@@ -82,7 +87,7 @@ class Attacker(Loot):
         for i, message in peer_shares.items():
             if i in set(skip):
                 continue
-            reply = self.ask(i, h.clients[i].mask_input, message, h.values(i), h.weights[i])
+            reply = self.ask(i, message)
             if isinstance(reply, MaskedInput):
                 self.take(i, reply)
                 self.sent(i, message)
@@ -90,11 +95,11 @@ class Attacker(Loot):
 
     def sign(self, client: int, survivors: tuple[int, ...]) -> bytes | None:
         message = SurvivorList(self.h.session_id, client, survivors)
-        reply = self.ask(client, self.h.clients[client].consistency, message)
+        reply = self.ask(client, message)
         return reply.signature if isinstance(reply, ConsistencySignature) else None
 
     def unmask(self, client: int, request: UnmaskRequest) -> None:
-        reply = self.ask(client, self.h.clients[client].unmask, request)
+        reply = self.ask(client, request)
         if isinstance(reply, UnmaskResponse):
             self.take(client, reply)
 
@@ -289,7 +294,7 @@ def test_replaying_messages_from_another_session(active: bool) -> None:
         else e
         for e in message.peers
     )
-    reply = a.ask(1, h.clients[1].share_keys, dataclasses.replace(message, peers=replayed))
+    reply = a.ask(1, dataclasses.replace(message, peers=replayed))
     if active:
         assert reply is None and a.aborts[1] is AbortReason.BAD_SIGNATURE
     else:
@@ -297,7 +302,7 @@ def test_replaying_messages_from_another_session(active: bool) -> None:
         assert isinstance(reply, EncryptedShares)
     # A whole message from the other session is refused in either mode.
     with pytest.raises(ClientAbort) as caught:
-        h.clients[3].share_keys(dataclasses.replace(peer_keys[3], session_id=old.session_id))
+        h.clients[3].receive(dataclasses.replace(peer_keys[3], session_id=old.session_id))
     assert caught.value.reason is AbortReason.WRONG_SESSION
 
 
@@ -365,16 +370,18 @@ def test_sending_different_models_to_different_clients(active: bool) -> None:
     n = 7
     honest = Harness(n, threshold=4, active=active, seed=20, task_hash=b"A" * 32)
     isolated = Harness(n, threshold=4, active=active, seed=20, task_hash=b"B" * 32)
-    # The victim agreed on its session of model B; the others on theirs, of model A.
+    # The victim agreed on its session of model B (and advertised its keys for it); the
+    # others on theirs, of model A.
     honest.clients[VICTIM] = isolated.clients[VICTIM]
+    honest.adverts[VICTIM] = isolated.adverts[VICTIM]
     a = Attacker(honest)
     session = {i: honest.session_id for i in range(n)}
     session[VICTIM] = isolated.session_id
-    for i, c in honest.clients.items():
-        a.adverts[i] = c.advertise()
+    for i in honest.clients:
+        a.adverts[i] = honest.adverts[i]
     peer_keys = a.peer_keys(session)
     for i, message in peer_keys.items():
-        reply = a.ask(i, honest.clients[i].share_keys, message)
+        reply = a.ask(i, message)
         if isinstance(reply, EncryptedShares):
             a.take(i, reply)
     if active:

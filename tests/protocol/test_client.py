@@ -2,19 +2,49 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import inspect
 import logging
 
 import numpy as np
 import pytest
 
 from secagg.errors import AbortReason, ClientAbort, InputError, UsageError
-from secagg.protocol.client import Aborted, Completed
+from secagg.protocol import messages
+from secagg.protocol.client import (
+    Aborted,
+    AwaitingContributions,
+    AwaitingDigest,
+    AwaitingPeerKeys,
+    AwaitingPeerShares,
+    AwaitingSurvivorList,
+    AwaitingUnmaskRequest,
+    Client,
+    ClientState,
+    Completed,
+    Initial,
+)
 from secagg.protocol.messages import (
+    AdvertiseKeys,
+    Commitment,
+    CommitmentDigest,
+    CommitRequest,
+    ConsistencySignature,
+    Contributions,
+    EncryptedShares,
+    MaskedInput,
+    Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
+    Reveal,
+    RoundConfig,
+    SurvivorList,
     UnmaskRequest,
+    UnmaskResponse,
+    decode,
 )
 from tests.protocol.harness import Harness
 
@@ -34,7 +64,7 @@ def _at_unmask(n: int = 6, threshold: int = 3, **skips: list[int]) -> tuple[Harn
 def _aborts(h: Harness, request: UnmaskRequest, reason: AbortReason) -> None:
     client = h.clients[VICTIM]
     with pytest.raises(ClientAbort) as caught:
-        client.unmask(request)
+        client.receive(request)
     assert caught.value.reason is reason
     assert isinstance(client.state, Aborted)
 
@@ -42,7 +72,8 @@ def _aborts(h: Harness, request: UnmaskRequest, reason: AbortReason) -> None:
 # ----------------------------------------------------------------- honest path
 def test_client_reveals_self_mask_shares_of_survivors_and_key_shares_of_the_dropped() -> None:
     h, request = _at_unmask(mask=[4])
-    response = h.clients[VICTIM].unmask(request)
+    response = h.clients[VICTIM].receive(request)
+    assert isinstance(response, UnmaskResponse)
     assert {u for u, _ in response.self_mask_shares} == set(request.survivors)
     assert {u for u, _ in response.key_shares} == {4}
     state = h.clients[VICTIM].state
@@ -119,19 +150,19 @@ def test_aborted_client_never_answers_again() -> None:
     h, request = _at_unmask()
     client = h.clients[VICTIM]
     with pytest.raises(ClientAbort):
-        client.unmask(dataclasses.replace(request, dropped=(VICTIM,)))
+        client.receive(dataclasses.replace(request, dropped=(VICTIM,)))
     with pytest.raises(ClientAbort):
-        client.unmask(request)
+        client.receive(request)
 
 
 def test_client_answers_at_most_one_unmask_request() -> None:
     h, request = _at_unmask()
     client = h.clients[VICTIM]
-    client.unmask(request)
+    client.receive(request)
     # A second request (e.g. with the lists swapped) must not get the other kind of share.
     swapped = dataclasses.replace(request, survivors=request.dropped, dropped=request.survivors)
     with pytest.raises(ClientAbort) as caught:
-        client.unmask(swapped)
+        client.receive(swapped)
     assert caught.value.reason is AbortReason.UNEXPECTED_MESSAGE
 
 
@@ -146,7 +177,7 @@ def _peer_keys() -> tuple[Harness, PeerKeys]:
 
 def _share_aborts(h: Harness, message: PeerKeys, reason: AbortReason) -> None:
     with pytest.raises(ClientAbort) as caught:
-        h.clients[VICTIM].share_keys(message)
+        h.clients[VICTIM].receive(message)
     assert caught.value.reason is reason
 
 
@@ -205,8 +236,10 @@ def test_client_aborts_when_shares_come_from_a_peer_that_never_advertised() -> N
     assert isinstance(message, PeerShares)
     sealed = message.ciphertexts[0][1]
     forged = dataclasses.replace(message, ciphertexts=(*message.ciphertexts, (5, sealed)))
+    client = h.clients[VICTIM]
+    client.set_input(h.values(VICTIM))
     with pytest.raises(ClientAbort) as caught:
-        h.clients[VICTIM].mask_input(forged, h.values(VICTIM))
+        client.receive(forged)
     assert caught.value.reason is AbortReason.RESURRECTED_ID
 
 
@@ -221,7 +254,10 @@ def test_client_masks_with_a_peer_whose_sealed_share_is_tampered_and_reports_it(
     forged = dataclasses.replace(
         message, ciphertexts=((sender, tampered), *message.ciphertexts[1:])
     )
-    reply = h.clients[VICTIM].mask_input(forged, h.values(VICTIM), h.weights[VICTIM])
+    client = h.clients[VICTIM]
+    client.set_input(h.values(VICTIM), h.weights[VICTIM])
+    reply = client.receive(forged)
+    assert isinstance(reply, MaskedInput)
     assert reply.missing_shares == (sender,)
     assert sender in h.clients[VICTIM].state.masked_with  # type: ignore[union-attr]
 
@@ -229,7 +265,7 @@ def test_client_masks_with_a_peer_whose_sealed_share_is_tampered_and_reports_it(
 def test_client_aborts_on_a_message_out_of_order() -> None:
     h, _ = _peer_keys()
     with pytest.raises(ClientAbort) as caught:
-        h.clients[VICTIM].unmask(UnmaskRequest(h.session_id, VICTIM, (), ()))
+        h.clients[VICTIM].receive(UnmaskRequest(h.session_id, VICTIM, (), ()))
     assert caught.value.reason is AbortReason.UNEXPECTED_MESSAGE
 
 
@@ -239,14 +275,14 @@ def test_client_refuses_an_input_of_the_wrong_dimension() -> None:
     h.share()
     message = h.outgoing[VICTIM]
     assert isinstance(message, PeerShares)
+    client = h.clients[VICTIM]
     with pytest.raises(InputError):
-        h.clients[VICTIM].mask_input(message, np.zeros(h.config.dim + 1))
+        client.set_input(np.zeros(h.config.dim + 1))
+    assert isinstance(client.state, AwaitingPeerShares)  # refused before anything was masked
 
 
 def test_client_is_created_only_for_a_member_of_the_cohort() -> None:
     h = Harness(5)
-    from secagg.protocol.client import Client
-
     with pytest.raises(UsageError):
         Client(h.config, 42, h.rng)
 
@@ -256,7 +292,7 @@ def test_client_state_and_repr_hide_every_secret(caplog: pytest.LogCaptureFixtur
     h, request = _at_unmask()
     client = h.clients[VICTIM]
     state_before = client.state
-    client.unmask(request)
+    client.receive(request)
     texts = [repr(client), repr(state_before), repr(client.state), caplog.text]
     secrets = [h.session_id.hex()]
     held = state_before.held_shares  # type: ignore[union-attr]
@@ -274,7 +310,10 @@ def test_masked_vector_of_a_constant_input_is_statistically_uniform() -> None:
     message = h.outgoing[VICTIM]
     assert isinstance(message, PeerShares)
     constant = np.zeros(h.config.dim)  # the worst case for hiding: every value the same
-    reply = h.clients[VICTIM].mask_input(message, constant, 1)
+    client = h.clients[VICTIM]
+    client.set_input(constant, 1)
+    reply = client.receive(message)
+    assert isinstance(reply, MaskedInput)
     from secagg.hazmat.ring import Ring
 
     ring = Ring(h.config.ring_bits)
@@ -288,3 +327,163 @@ def test_masked_vector_of_a_constant_input_is_statistically_uniform() -> None:
     for bit in range(ring.bits):
         ones = int(((masked >> bit) & 1).sum())
         assert abs(ones - len(masked) / 2) < 5 * np.sqrt(len(masked) / 4)
+
+
+# ----------------------------------------------------------------- the one entry point
+# Every message a server sends a client, and every message a client sends a server.
+SERVER_MESSAGES: tuple[type[Message], ...] = (
+    RoundConfig,
+    CommitmentDigest,
+    CommitRequest,
+    Contributions,
+    PeerKeys,
+    PeerShares,
+    SurvivorList,
+    UnmaskRequest,
+)
+CLIENT_MESSAGES: tuple[type[Message], ...] = (
+    Commitment,
+    Reveal,
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    ConsistencySignature,
+    UnmaskResponse,
+)
+# The server message each state of an active round waits for (a client waiting for the
+# contributions may instead be asked to commit again).
+ANSWERS: dict[type[ClientState], tuple[type[Message], ...]] = {
+    Initial: (RoundConfig,),
+    AwaitingDigest: (CommitmentDigest,),
+    AwaitingContributions: (Contributions, CommitRequest),
+    AwaitingPeerKeys: (PeerKeys,),
+    AwaitingPeerShares: (PeerShares,),
+    AwaitingSurvivorList: (SurvivorList,),
+    AwaitingUnmaskRequest: (UnmaskRequest,),
+    Completed: (),
+}
+
+
+def test_the_masking_protocol_has_no_message_beside_these() -> None:
+    """So the wrong-state tests below cover every message there is."""
+    defined = {
+        kind
+        for kind in vars(messages).values()
+        if isinstance(kind, type) and issubclass(kind, Message) and kind is not Message
+    }
+    assert defined == set(SERVER_MESSAGES) | set(CLIENT_MESSAGES)
+
+
+def test_a_client_is_driven_only_through_set_input_start_and_receive() -> None:
+    """No stage of the protocol is public: a driver cannot call one out of turn, and
+    dispatching on the message type stays inside the protocol."""
+    h = Harness(5, threshold=3, agree=False)
+    client = h.clients[VICTIM]
+    public = {name for name in dir(client) if not name.startswith("_")}
+    read_only = {"state", "session", "neighbours", "clipped", "config", "client_id"}
+    assert public == {"set_input", "needs_input", "start", "receive"} | read_only
+    for name in read_only:
+        attribute = inspect.getattr_static(Client, name)
+        assert isinstance(attribute, property) and attribute.fset is None, name
+    with pytest.raises(AttributeError):
+        client.config = h.config  # type: ignore[misc]
+    assert not {name for name in vars(client) if not name.startswith("_")}
+
+
+@functools.cache
+def _every_state() -> tuple[Harness, dict[type[ClientState], Client], dict[type[Message], Message]]:
+    """An honest active round (the one that passes through every state): the victim as it
+    was in each state it waited in, and each message it received or sent."""
+    h = Harness(5, threshold=3, active=True, agree=False)
+    victim = h.clients[VICTIM]
+    seen: dict[type[Message], Message] = {
+        RoundConfig: h.config,
+        CommitRequest: CommitRequest(h.config.config_id, VICTIM, 2),
+    }
+    to_server = h.server.receive
+
+    def receive(sender: int, data: Message | bytes) -> None:
+        if sender == VICTIM:
+            message = decode(data) if isinstance(data, bytes) else data
+            seen[type(message)] = message
+        to_server(sender, data)
+
+    h.server.receive = receive  # type: ignore[method-assign]
+    snapshots: dict[type[ClientState], Client] = {}
+    for stage in ("commit", "reveal", "advertise", "share", "mask", "consistency", "unmask"):
+        snapshots[type(victim.state)] = copy.copy(victim)
+        getattr(h, stage)()
+        if VICTIM in h.outgoing:
+            seen[type(h.outgoing[VICTIM])] = h.outgoing[VICTIM]
+    snapshots[type(victim.state)] = copy.copy(victim)
+    assert set(snapshots) == set(ANSWERS)
+    assert set(seen) == set(SERVER_MESSAGES) | set(CLIENT_MESSAGES)
+    return h, snapshots, seen
+
+
+def _unexpected(state: type[ClientState], message: Message) -> None:
+    h, snapshots, _ = _every_state()
+    client = copy.copy(snapshots[state])  # the cached snapshot stays as it is
+    client.set_input(h.values(VICTIM), h.weights[VICTIM])  # so PeerShares is a protocol error
+    with pytest.raises(ClientAbort) as caught:
+        client.receive(message)
+    assert caught.value.reason is AbortReason.UNEXPECTED_MESSAGE
+    assert isinstance(client.state, Aborted)
+    client.set_input(h.values(VICTIM), h.weights[VICTIM])
+    with pytest.raises(ClientAbort) as again:  # and it never answers again
+        client.receive(message)
+    assert again.value.reason is AbortReason.UNEXPECTED_MESSAGE
+
+
+@pytest.mark.parametrize(
+    ("state", "kind"),
+    [
+        pytest.param(state, kind, id=f"{kind.__name__}-in-{state.__name__}")
+        for state, answered in ANSWERS.items()
+        for kind in SERVER_MESSAGES
+        if kind not in answered
+    ],
+)
+def test_every_server_message_in_the_wrong_state_is_an_unexpected_message_abort(
+    state: type[ClientState], kind: type[Message]
+) -> None:
+    _, _, seen = _every_state()
+    _unexpected(state, seen[kind])
+
+
+@pytest.mark.parametrize("state", list(ANSWERS), ids=lambda s: s.__name__)
+def test_a_client_message_sent_to_a_client_is_an_unexpected_message_abort_in_any_state(
+    state: type[ClientState],
+) -> None:
+    _, _, seen = _every_state()
+    for kind in CLIENT_MESSAGES:
+        _unexpected(state, seen[kind])
+
+
+def test_each_state_answers_the_message_it_waits_for() -> None:
+    """The other half of the dispatch: the right message in the right state is answered."""
+    h, snapshots, seen = _every_state()
+    for state, answered in ANSWERS.items():
+        for kind in answered:
+            client = copy.copy(snapshots[state])
+            client.set_input(h.values(VICTIM), h.weights[VICTIM])
+            assert isinstance(client.receive(seen[kind].encode()), Message), kind.__name__
+            assert not isinstance(client.state, (Aborted, state)), kind.__name__
+
+
+def test_the_masked_input_stage_needs_the_input_set_first() -> None:
+    """Forgetting the input is the driver's misuse, not the server's: no abort, and the
+    client answers once it has its input."""
+    h = Harness(5, threshold=3, agree=False)
+    client = h.clients[VICTIM] = Client(h.config, VICTIM, h.rng.fork("no input yet"))
+    h.agree()
+    h.advertise()
+    h.share()
+    message = h.outgoing[VICTIM]
+    assert isinstance(message, PeerShares)
+    assert client.needs_input(message) and not client.needs_input(h.config)
+    with pytest.raises(UsageError):
+        client.receive(message)
+    assert isinstance(client.state, AwaitingPeerShares)
+    client.set_input(h.values(VICTIM), h.weights[VICTIM])
+    assert isinstance(client.receive(message), MaskedInput)

@@ -13,9 +13,10 @@ the field) from senders in and out of the cohort, before and after the honest me
 ``receive`` must never raise; then the round is finished with the clients left and must
 either abort (``RoundAborted``) or give exactly the sum of the inputs it took.
 
-Each client handler gets random server messages of the kind it expects (and random inputs to
-mask): it may only answer or raise ``ClientAbort`` (``InputError`` or ``ConfigurationError``
-for an input vector it cannot encode), and an answer never reveals both shares of a peer.
+Each client gets, through its one entry point, random server messages of the kind it expects
+(and random inputs to mask, given to ``set_input`` first): it may only answer or raise
+``ClientAbort`` (``InputError`` or ``ConfigurationError`` for an input vector it cannot
+encode, leaving it as it was), and an answer never reveals both shares of a peer.
 
 With atheris installed, ``tests/fuzz/fuzz_decode.py`` also runs for a bounded number of
 iterations under libFuzzer's coverage guidance.
@@ -30,7 +31,6 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -341,7 +341,7 @@ SERVER_STAGES = [
 def answers(h: Harness, stage: str, skip: set[int]) -> dict[int, Message]:
     """The honest answers of this stage from every client that can give one."""
     if stage == "advertise":
-        return {i: c.advertise() for i, c in h.clients.items() if i not in skip}
+        return {i: h.adverts[i] for i in h.clients if i not in skip}
     out: dict[int, Message] = {}
     for i, m in h.outgoing.items():
         if i in skip:
@@ -581,8 +581,8 @@ def test_one_bad_share_does_not_stop_reconstruction_when_t_good_ones_remain() ->
 @pytest.mark.parametrize("active", [False, True])
 def test_server_drops_a_client_that_advertises_one_key_twice(active: bool) -> None:
     h = Harness(4, threshold=2, active=active)
-    for i, client in h.clients.items():
-        advert = client.advertise()
+    for i in h.clients:
+        advert = h.adverts[i]
         if i == 0:  # client 0 advertises its cipher key as its mask key too (and signs that)
             advert = replace(advert, mask_public=advert.cipher_public)
             if active:
@@ -746,20 +746,27 @@ def test_client_handlers_answer_or_abort_and_never_reveal_both_shares(
     before = client.state
     message = data.draw(server_messages(h, c), label="message")
     message = decode(message.encode())  # every message travels as bytes
-    handler: Callable[[], Message]
+    assert isinstance(message, PeerKeys | PeerShares | SurvivorList | UnmaskRequest)
     allowed: tuple[type[Exception], ...] = (ClientAbort,)
-    if isinstance(message, PeerKeys):
-        handler = functools.partial(client.share_keys, message)
-    elif isinstance(message, PeerShares):
+    update: tuple[np.ndarray, int] | None = None
+    if isinstance(message, PeerShares):
         values = data.draw(values_for(h, c), label="values")
         weight = data.draw(st.sampled_from([h.weights[c], 0, -1, h.config.max_weight + 1]))
-        handler = functools.partial(client.mask_input, message, values, weight)
+        try:
+            client.set_input(values, weight)
+            update = (values, weight)
+        except InputError:
+            event("refused: InputError")
+            assert client.state is before  # a bad input vector: nothing happened
+            update = (h.values(c), h.weights[c])  # and the message is still put to the test
         allowed = (ClientAbort, InputError, ConfigurationError)
-    elif isinstance(message, SurvivorList):
-        handler = functools.partial(client.consistency, message)
-    else:
-        assert isinstance(message, UnmaskRequest)
-        handler = functools.partial(client.unmask, message)
+
+    def handler() -> Message:
+        """What a driver does: the input when the message uses it, then the message."""
+        if update is not None:
+            client.set_input(*update)
+        return client.receive(message)
+
     try:
         reply = handler()
     except allowed as exc:
@@ -802,13 +809,14 @@ def test_a_handler_given_another_kind_of_message_aborts(stage: str) -> None:
     c = sorted(h.outgoing)[0]
     client = copy.copy(h.clients[c])
     sid = h.session_id
-    wrong = {
-        "share": lambda: client.share_keys(UnmaskRequest(sid, c, (), ())),  # type: ignore[arg-type]
-        "mask": lambda: client.mask_input(PeerKeys(sid, c, ()), h.values(c)),  # type: ignore[arg-type]
-        "unmask": lambda: client.unmask(PeerShares(sid, c, ())),  # type: ignore[arg-type]
+    wrong: Message = {
+        "share": UnmaskRequest(sid, c, (), ()),
+        "mask": PeerKeys(sid, c, ()),
+        "unmask": PeerShares(sid, c, ()),
     }[stage]
+    client.set_input(h.values(c))  # so a misplaced PeerShares is the server's fault, not ours
     with pytest.raises(ClientAbort) as info:
-        wrong()
+        client.receive(wrong)
     assert info.value.reason is AbortReason.UNEXPECTED_MESSAGE
 
 

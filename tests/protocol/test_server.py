@@ -100,19 +100,19 @@ def test_message_for_the_wrong_stage_drops_the_sender() -> None:
 def test_message_from_another_session_drops_the_sender() -> None:
     h = Harness(6, threshold=3)
     other = Harness(6, threshold=3, seed=2)
-    h.server.receive(1, other.clients[1].advertise().encode())
+    h.server.receive(1, other.adverts[1].encode())
     assert _reason(h, 1) is DropReason.WRONG_SESSION
 
 
 def test_message_claiming_another_sender_drops_the_sender() -> None:
     h = Harness(6, threshold=3)
-    h.server.receive(1, h.clients[2].advertise().encode())
+    h.server.receive(1, h.adverts[2].encode())
     assert _reason(h, 1) is DropReason.MALFORMED
 
 
 def test_reused_public_key_drops_the_copier_not_the_owner() -> None:
     h = Harness(6, threshold=3)
-    original = h.clients[0].advertise()
+    original = h.adverts[0]
     h.server.receive(0, original)
     h.server.receive(1, dataclasses.replace(original, client_id=1))
     assert 0 not in h.server.drops
@@ -121,14 +121,14 @@ def test_reused_public_key_drops_the_copier_not_the_owner() -> None:
 
 def test_unusable_x25519_key_drops_the_client() -> None:
     h = Harness(6, threshold=3)
-    advert = h.clients[0].advertise()
+    advert = h.adverts[0]
     h.server.receive(0, dataclasses.replace(advert, mask_public=bytes(32)))
     assert _reason(h, 0) is DropReason.BAD_KEY
 
 
 def test_conflicting_duplicate_advert_drops_the_client() -> None:
     h = Harness(6, threshold=3)
-    advert = h.clients[0].advertise()
+    advert = h.adverts[0]
     h.server.receive(0, advert)
     h.server.receive(0, advert)  # a retransmission is harmless
     assert 0 not in h.server.drops
@@ -142,7 +142,8 @@ def test_masked_input_of_the_wrong_length_drops_the_sender() -> None:
     h.share()
     shares = h.outgoing[3]
     assert isinstance(shares, PeerShares)
-    reply = h.clients[3].mask_input(shares, h.values(3), h.weights[3])
+    reply = h.respond(3, shares)
+    assert isinstance(reply, MaskedInput)
     h.server.receive(3, dataclasses.replace(reply, packed_vector=reply.packed_vector + b"\0"))
     assert _reason(h, 3) is DropReason.WRONG_LENGTH
     h.mask(skip=[3])
@@ -157,7 +158,8 @@ def test_conflicting_duplicate_masked_input_is_ignored_and_noted() -> None:
     h.share()
     shares = h.outgoing[3]
     assert isinstance(shares, PeerShares)
-    reply = h.clients[3].mask_input(shares, h.values(3), h.weights[3])
+    reply = h.respond(3, shares)
+    assert isinstance(reply, MaskedInput)
     h.server.receive(3, reply)
     h.server.receive(3, MaskedInput(reply.session_id, 3, (), bytes(len(reply.packed_vector))))
     assert 3 not in h.server.drops
@@ -174,7 +176,8 @@ def test_unmask_response_with_unrequested_shares_drops_the_sender_and_its_shares
     h.mask(skip=[6])
     request = h.outgoing[0]
     assert isinstance(request, UnmaskRequest)
-    honest = h.clients[0].unmask(request)
+    honest = h.respond(0, request)
+    assert isinstance(honest, UnmaskResponse)
     # Asks to hand in a self-mask share of the dropped client 6 as well.
     greedy = UnmaskResponse(
         honest.session_id,
@@ -196,7 +199,8 @@ def test_a_bad_share_is_outvoted_and_its_sender_noted() -> None:
     h.mask()
     request = h.outgoing[0]
     assert isinstance(request, UnmaskRequest)
-    honest = h.clients[0].unmask(request)
+    honest = h.respond(0, request)
+    assert isinstance(honest, UnmaskResponse)
     owner, share = honest.self_mask_shares[0]
     corrupted = bytes(32) + bytes([share[-1] ^ 1])
     bad = dataclasses.replace(
@@ -284,7 +288,7 @@ def test_server_repr_says_nothing_secret() -> None:
 
 def test_adverts_received_are_kept_only_for_the_cohort() -> None:
     h = Harness(5, threshold=3)
-    advert = h.clients[0].advertise()
+    advert = h.adverts[0]
     h.server.receive(0, dataclasses.replace(advert, client_id=7))
     assert isinstance(advert, AdvertiseKeys)
     assert _reason(h, 0) is DropReason.MALFORMED

@@ -227,8 +227,8 @@ class RoundMachine(RuleBasedStateMachine):
         replies = self.replies[self.stage]
         if c not in replies:
             client = self.h.clients[c]
-            if self.stage == "advertise":
-                message: Message = client.advertise()
+            if self.stage == "advertise":  # its answer to the contributions, kept till now
+                message: Message = self.h.adverts[c]
             else:
                 try:
                     message = self.h.respond(c, self.incoming[c])
@@ -357,7 +357,7 @@ class RoundMachine(RuleBasedStateMachine):
             assert f.session_id != self.h.session_id
             found: dict[str, dict[int, bytes]] = {}
             outgoing: dict[int, Message] = {}
-            replies: dict[int, Message] = {i: c.advertise() for i, c in f.clients.items()}
+            replies: dict[int, Message] = dict(f.adverts)
             for stage in self.stages:
                 if stage != "advertise":
                     replies = {i: f.respond(i, m) for i, m in outgoing.items()}
@@ -997,7 +997,7 @@ def test_identical_retransmission_of_each_message_changes_nothing() -> None:
     h = Harness(5, threshold=3, active=True)
     for stage in ("advertise", "share", "mask", "consistency", "unmask"):
         replies = (
-            {i: c.advertise() for i, c in h.clients.items()}
+            dict(h.adverts)
             if stage == "advertise"
             else {i: h.respond(i, m) for i, m in h.outgoing.items()}
         )

@@ -129,11 +129,7 @@ def run_metered_round(
             if client_id in junk.get(stage, ()):
                 data, kind = JUNK, "junk"
             else:
-                reply = (
-                    harness.clients[client_id].start()
-                    if isinstance(message, RoundConfig)
-                    else harness.respond(client_id, message)
-                )
+                reply = harness.respond(client_id, message)
                 data, kind = reply.encode(), type(reply).__name__
             metrics.message_bytes(
                 Direction.UP, protocol_message_type(data, Direction.UP), len(data)
@@ -525,7 +521,7 @@ def test_null_metrics_accept_a_whole_round_and_export_nothing() -> None:
 def test_every_frame_on_the_stream_has_a_type_and_the_direction_it_travels() -> None:
     h = Harness(ids=IDS)
     outgoing = h.advertise()
-    advertise = Harness(ids=IDS, seed=2).clients[3].advertise().encode()
+    advertise = Harness(ids=IDS, seed=2).adverts[3].encode()
     peer_keys = outgoing[3].encode()
     assert isinstance(outgoing[3], PeerKeys)
     cases: list[tuple[pb.ClientFrame | pb.ServerFrame, MessageType]] = [
@@ -561,7 +557,7 @@ def test_the_coordinator_sending_something_that_is_not_a_server_message_is_our_b
     ):
         with pytest.raises(UsageError):
             frame_message_type(frame)
-    advertise = Harness(ids=IDS).clients[3].advertise()
+    advertise = Harness(ids=IDS).adverts[3]
     assert isinstance(advertise, AdvertiseKeys)
     with pytest.raises(UsageError):
         protocol_message_type(advertise.encode(), Direction.DOWN)

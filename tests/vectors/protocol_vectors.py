@@ -134,7 +134,7 @@ def record(spec: dict[str, Any]) -> dict[str, Any]:
 def decoder_rejections() -> dict[str, Any]:
     """Bytes every decoder must refuse, with the reason each one is wrong."""
     h = Harness(4, threshold=2, dim=2, seed=7)
-    advert = h.clients[0].advertise().encode()
+    advert = h.adverts[0].encode()  # client 0's answer to the contributions
     # The session-agreement messages are covered by the round vectors above.
     cases = [
         ("trailing-byte", advert + b"\x00"),

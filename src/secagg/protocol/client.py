@@ -2,15 +2,23 @@
 
 A ``Client`` is created from the round's ``RoundConfig`` (which its owner has checked against
 its own policy, ``secagg.policy``), given its update with ``set_input``, and then driven by
-one entry point: ``start()`` gives its first message and ``receive(message)`` answers each
-server message, dispatching on its type. Its states, one per message it waits for::
+one entry point: ``start()`` (or ``receive`` of the very ``RoundConfig`` it was made from)
+gives its first message and ``receive(message)`` answers each server message, dispatching on
+its type; no driver calls a stage of the protocol by name. Its states, one per message it
+waits for::
 
     Initial --start()--> AwaitingDigest --CommitmentDigest--> AwaitingContributions
-      --Contributions--> [Agreed --advertise()-->] AwaitingPeerKeys
+      --Contributions--> AwaitingPeerKeys
       --PeerKeys--> AwaitingPeerShares --PeerShares--> [AwaitingSurvivorList
       --SurvivorList-->] AwaitingUnmaskRequest --UnmaskRequest--> Completed
 
     AwaitingContributions --CommitRequest(attempt + 1)--> AwaitingDigest   (at most 3 attempts)
+
+``Contributions`` fixes the session (the client is ``Agreed`` in passing) and is answered with
+the client's freshly advertised keys. ``PeerShares`` is answered with the masked input, so
+``set_input`` must have been called by then (``needs_input`` tells a driver when). A message
+that is not the one the current state waits for is an ``UNEXPECTED_MESSAGE`` abort (an
+aborted client raises its first abort's reason again).
 
 The first two steps agree on a fresh session: the client commits to 32 random bytes, reveals
 them only once the server has fixed the digest of every commitment, and checks that the
@@ -125,7 +133,8 @@ class AwaitingContributions:
 
 @dataclass(frozen=True)
 class Agreed:
-    """The session is fixed (``Client.session``); nothing sent in it yet."""
+    """The session is fixed (``Client.session``); nothing sent in it yet. Passed through
+    while ``receive`` answers ``Contributions``: the keys are advertised at once."""
 
 
 @dataclass(frozen=True)
@@ -217,8 +226,8 @@ class Client:
             raise UsageError("active mode needs the client's identity and the peers' public keys")
         self._identity = identity
         self._pki = dict(pki or {})
-        self.config = config
-        self.client_id = client_id
+        self._config = config
+        self._client_id = client_id
         self._rng = rng
         self._ring = Ring(config.ring_bits)
         self._quantizer = Quantizer(clip=config.clip, bits=config.value_bits)
@@ -231,6 +240,15 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client(id={self.client_id}, state={type(self._state).__name__})"
+
+    @property
+    def config(self) -> RoundConfig:
+        """The round this client was made for."""
+        return self._config
+
+    @property
+    def client_id(self) -> int:
+        return self._client_id
 
     @property
     def state(self) -> ClientState:
@@ -283,7 +301,10 @@ class Client:
         return self._commit(1)
 
     def receive(self, message: Message | bytes) -> Message:
-        """Answer one server message; any claim that does not check out raises ClientAbort."""
+        """Answer one server message (decoded here if given as bytes), dispatching on its
+        type to the stage that answers it; any claim that does not check out, and any message
+        the current state does not wait for, raises ClientAbort. ``PeerShares`` before
+        ``set_input`` is the caller's misuse (UsageError)."""
         if not isinstance(message, Message):
             try:
                 message = decode(message)
@@ -292,24 +313,24 @@ class Client:
         if isinstance(message, RoundConfig) and message == self.config:
             return self.start()  # the configuration this client was made from opens the round
         if isinstance(message, CommitmentDigest):
-            return self.reveal(message)
+            return self._reveal(message)
         if isinstance(message, CommitRequest):
-            return self.recommit(message)
+            return self._recommit(message)
         if isinstance(message, Contributions):
-            self.agree(message)
-            return self.advertise()
+            self._agree(message)
+            return self._advertise()
         if isinstance(message, PeerKeys):
-            return self.share_keys(message)
+            return self._share_keys(message)
         if isinstance(message, PeerShares):
             if self._input is None:
                 raise UsageError("set_input must be called before the masked-input stage")
             values, weight = self._input
             self._input = None  # the plaintext update is not kept past masking
-            return self.mask_input(message, values, weight)
+            return self._mask_input(message, values, weight)
         if isinstance(message, SurvivorList):
-            return self.consistency(message)
+            return self._consistency(message)
         if isinstance(message, UnmaskRequest):
-            return self.unmask(message)
+            return self._unmask(message)
         self._abort(
             AbortReason.UNEXPECTED_MESSAGE, f"{type(message).__name__} is never sent to a client"
         )
@@ -326,7 +347,7 @@ class Client:
             derive.contribution_commitment(config_id, attempt, self.client_id, contribution),
         )
 
-    def recommit(self, message: CommitRequest) -> Commitment:
+    def _recommit(self, message: CommitRequest) -> Commitment:
         """Some committed client did not reveal: commit to a new contribution."""
         state = self._expect(AwaitingContributions, message, CommitRequest)
         self._check_config_addressed(message.config_id, message.recipient)
@@ -339,7 +360,7 @@ class Client:
             self._abort(AbortReason.TOO_MANY_ATTEMPTS, f"at most {MAX_ATTEMPTS} attempts per round")
         return self._commit(message.attempt)
 
-    def reveal(self, message: CommitmentDigest) -> Reveal:
+    def _reveal(self, message: CommitmentDigest) -> Reveal:
         state = self._expect(AwaitingDigest, message, CommitmentDigest)
         self._check_config_addressed(message.config_id, message.recipient)
         if message.attempt != state.attempt:
@@ -351,7 +372,7 @@ class Client:
         )
         return Reveal(self.config.config_id, self.client_id, state.attempt, state.contribution)
 
-    def agree(self, message: Contributions) -> None:
+    def _agree(self, message: Contributions) -> None:
         """Check the contributions against the committed digest and fix the session."""
         state = self._expect(AwaitingContributions, message, Contributions)
         self._check_config_addressed(message.config_id, message.recipient)
@@ -387,7 +408,7 @@ class Client:
         self._state = Agreed()
 
     # ----------------------------------------------------------------- round 0
-    def advertise(self) -> AdvertiseKeys:
+    def _advertise(self) -> AdvertiseKeys:
         self._expect(Agreed)
         cipher_keys = X25519KeyPair.generate(self._rng)
         mask_keys = X25519KeyPair.generate(self._rng)
@@ -408,7 +429,7 @@ class Client:
         return self.session.session_id
 
     # ----------------------------------------------------------------- round 1
-    def share_keys(self, message: PeerKeys) -> EncryptedShares:
+    def _share_keys(self, message: PeerKeys) -> EncryptedShares:
         state = self._expect(AwaitingPeerKeys, message, PeerKeys)
         self._check_addressed(message.session_id, message.recipient)
         ids = [p.client_id for p in message.peers]
@@ -457,7 +478,7 @@ class Client:
         )
 
     # ----------------------------------------------------------------- round 2
-    def mask_input(
+    def _mask_input(
         self, message: PeerShares, values: NDArray[np.floating], weight: int = 1
     ) -> MaskedInput:
         state = self._expect(AwaitingPeerShares, message, PeerShares)
@@ -509,7 +530,7 @@ class Client:
         return MaskedInput(sid, self.client_id, tuple(missing), packed)
 
     # ----------------------------------------------------------------- consistency (active)
-    def consistency(self, message: SurvivorList) -> ConsistencySignature:
+    def _consistency(self, message: SurvivorList) -> ConsistencySignature:
         state = self._expect(AwaitingSurvivorList, message, SurvivorList)
         self._check_addressed(message.session_id, message.recipient)
         survivors = message.survivors
@@ -534,7 +555,7 @@ class Client:
         return ConsistencySignature(self._sid, self.client_id, signature)
 
     # ----------------------------------------------------------------- round 3
-    def unmask(self, message: UnmaskRequest) -> UnmaskResponse:
+    def _unmask(self, message: UnmaskRequest) -> UnmaskResponse:
         state = self._expect(AwaitingUnmaskRequest, message, UnmaskRequest)
         self._check_addressed(message.session_id, message.recipient)
         if self.client_id in message.dropped:
