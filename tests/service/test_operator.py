@@ -384,6 +384,23 @@ def test_serve_without_a_cohort_in_time_fails_in_one_line_and_starts_no_round(lo
     assert _rounds(local.config.ledger) == []
 
 
+def test_serve_whose_round_aborts_says_why_and_exits_1(local: Local, servers: list[Serve]) -> None:
+    port = _free_port()
+    serve = Serve(
+        local, "--config", str(local.config_path), "--port", str(port), "--stage-timeout", "1"
+    )
+    servers.append(serve)
+    serve.wait_for("listening")
+    _clients(local, port, range(3), train_seconds=3.0)  # longer than the stage allows
+    code, stdout, _ = _finish(serve.process)
+    assert code == 1
+    assert "round 1: aborted, 0 of 3 included" in stdout
+    assert "3 clients missed the deadline at commit" in stdout
+    assert _last_line(serve.text()) == (
+        "error: 1 of 1 rounds aborted (round 1); `secagg rounds --ledger LEDGER` says why"
+    )
+
+
 def test_a_refused_or_stranded_client_says_so_in_one_line(
     local: Local, servers: list[Serve]
 ) -> None:
@@ -409,7 +426,7 @@ def test_a_refused_or_stranded_client_says_so_in_one_line(
     )
     code, stdout, stderr = _finish(stranded)
     assert code == 1
-    assert "cannot reach the coordinator at 127.0.0.1:" in _last_line(stderr, stdout)
+    assert "the coordinator at 127.0.0.1:" in _last_line(stderr, stdout)
 
 
 def test_a_full_disk_under_the_ledger_fails_the_run_in_one_line_and_loses_no_round(

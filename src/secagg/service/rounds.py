@@ -105,6 +105,7 @@ class _Round:
         self.server = server
         self.progress = asyncio.Event()
         self.stage_started = time.perf_counter()
+        self.stage = server.stage  # the stage running (or the last one run)
         self.recorded: set[int] = set()  # drops already written to the ledger and metrics
         self.stage_seconds: dict[Stage, float] = {}
 
@@ -267,7 +268,7 @@ class RoundRunner:
         outgoing: Mapping[int, Message] = server.start()
         abort: RoundAborted | None = None
         while not server.done:
-            stage = server.stage
+            stage = active.stage = server.stage
             started = active.stage_started = time.perf_counter()
             await self._stage_started(active.round_id, stage)
             expected = server.waiting_for()
@@ -425,7 +426,7 @@ class RoundRunner:
     def _interrupted(self, active: _Round, why: str) -> None:
         """The round cannot go on: record it as aborted where the ledger still can be
         written (else the next start recovers it), and tell its clients."""
-        reason = f"aborted at {active.server.stage}: {why}"
+        reason = f"aborted at {active.stage}: {why}"
         with contextlib.suppress(LedgerError):
             self._record_drops(active)
         with contextlib.suppress(LedgerError):

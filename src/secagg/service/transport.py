@@ -41,6 +41,25 @@ __all__ = ["Connection", "Listener", "Transport", "address"]
 
 log = logging.getLogger("secagg.coordinator")
 
+
+class _QuietCancelledStreams(logging.Filter):
+    """Drops grpc-aio's report of a servicer task that was cancelled, and only that.
+
+    When the server stops (or a peer vanishes at the wrong instant) grpc-aio cancels the
+    task that runs ``Connect`` and its C extension logs the ``CancelledError`` with a
+    traceback, from outside any code of ours. A cancelled stream is how every stream of
+    ours ends when the coordinator stops: no error, and the operator must not see a
+    traceback for it. Any other exception the extension reports still gets through.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+
+_GRPC_LOG = logging.getLogger("grpc._cython.cygrpc")
+_QUIET = _QuietCancelledStreams()
+
 # A Task frame (it carries the model) is built only when its turn to be written comes, and at
 # most _LARGE_WRITES of them are in flight: the coordinator never holds a copy of the model
 # per client.
@@ -112,6 +131,8 @@ class Transport(pb_grpc.CoordinatorServicer):
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> int:
         """Listen; ``ConfigurationError`` (one line saying why) if the address cannot be had."""
+        if _QUIET not in _GRPC_LOG.filters:
+            _GRPC_LOG.addFilter(_QUIET)
         server = grpc.aio.server(options=server_options(self.settings.max_message_bytes))
         pb_grpc.add_CoordinatorServicer_to_server(self, server)  # type: ignore[no-untyped-call]
         host, port = self.settings.host, self.settings.port
@@ -142,6 +163,7 @@ class Transport(pb_grpc.CoordinatorServicer):
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+            await _settle_rpc_tasks()
 
     @property
     def connected(self) -> frozenset[int]:
@@ -285,6 +307,28 @@ class Transport(pb_grpc.CoordinatorServicer):
         if not conn.superseded:
             log.info("client %d disconnected", conn.client_id)
             self.listener.on_disconnect(conn)
+
+
+# How grpc-aio names the task that runs each RPC on the server; a different name in another
+# grpc release only means _settle_rpc_tasks waits for nothing.
+_RPC_TASK_NAME = "rpc_task"
+_SETTLE_SECONDS = 1.0
+
+
+async def _settle_rpc_tasks() -> None:
+    """Let grpc-aio's per-RPC tasks finish once the server has stopped.
+
+    The server's stop returns when no call is live in the C core, a moment before the Python
+    tasks that ran the calls have unwound. A program that ends right then (``asyncio.run``
+    cancels what is left) would make grpc-aio print a ``CancelledError`` traceback per task.
+    """
+    rpc_tasks = [
+        task
+        for task in asyncio.all_tasks()
+        if task.get_name() == _RPC_TASK_NAME and not task.done()
+    ]
+    if rpc_tasks:
+        await asyncio.wait(rpc_tasks, timeout=_SETTLE_SECONDS)
 
 
 def address(host: str, port: int) -> str:
