@@ -30,6 +30,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# Ray's local cluster on loopback: read when ray is imported (otherwise it binds the address
+# of the machine's network interface).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

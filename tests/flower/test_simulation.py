@@ -94,9 +94,6 @@ def run() -> Run:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
     )
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run_simulation(
         server_app=apps.secure_server_app(NODES, ROUNDS, log, stage_timeout=60.0),
         client_app=apps.secure_client_app(NODES, outer_mods=[failing_mod(schedule)]),
