@@ -115,9 +115,9 @@ def _fail(message: str, code: int = USAGE_EXIT) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _say(text: str) -> None:
+def _say(text: str, *, stderr: bool = False) -> None:
     """A line of ordinary output: never markup (it may quote paths and sections)."""
-    Console(soft_wrap=True, markup=False, highlight=False).print(Text(text))
+    Console(stderr=stderr, soft_wrap=True, markup=False, highlight=False).print(Text(text))
 
 
 @app.callback()
@@ -739,7 +739,7 @@ def compare(
         _print_compare(report)
     if plots is not None:
         for path in write_plots(report, plots):
-            Console(stderr=json_output).print(f"wrote {path}", highlight=False)
+            _say(f"wrote {path}", stderr=json_output)
 
 
 def _int_list(text: str | None, flag: str) -> list[int]:
@@ -754,9 +754,9 @@ def _int_list(text: str | None, flag: str) -> list[int]:
 def _print_compare(report: CompareReport) -> None:
     o = report.options
     table = Table(
-        title=(
+        title=Text(
             f"{o.clients} clients x {o.dim:,} values, dropout {o.dropout:g}, "
-            f"updates: {report.source}"
+            f"updates: {report.source}"  # may be a path: never markup
         ),
         title_justify="left",
     )
