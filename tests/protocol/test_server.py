@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from secagg.protocol.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from secagg.protocol.server import Stage
+from secagg.protocol.server import PeerStatus, Server, Stage
 from tests.protocol.harness import Harness
 
 
@@ -292,3 +293,120 @@ def test_adverts_received_are_kept_only_for_the_cohort() -> None:
     h.server.receive(0, dataclasses.replace(advert, client_id=7))
     assert isinstance(advert, AdvertiseKeys)
     assert _reason(h, 0) is DropReason.MALFORMED
+
+
+# ----------------------------------------------------------------- each member's status
+def _assert_one_status_each(server: Server) -> None:
+    """Every cohort member has exactly one status, and the statuses are what the public views
+    say: the expected are those waited for, the dropped those with a drop record."""
+    statuses = server.statuses
+    assert sorted(statuses) == list(server.config.client_ids)
+    expected = {u for u, s in statuses.items() if s is PeerStatus.EXPECTED}
+    dropped = {u for u, s in statuses.items() if s is PeerStatus.DROPPED}
+    assert expected == server.waiting_for()
+    assert dropped == server.drops.keys()
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_every_cohort_member_has_exactly_one_status_at_every_stage(active: bool) -> None:
+    # Degree 8 leaves t holders of every secret after one drop at each stage below.
+    h = Harness(12, degree=8, threshold=3, active=active, agree=False)
+    server = h.server
+    _assert_one_status_each(server)
+    assert set(server.statuses.values()) == {PeerStatus.EXPECTED}
+    stages: list[tuple[Callable[..., object], list[int]]] = [
+        (h.commit, []),
+        (h.reveal, []),
+        (h.advertise, [0]),
+        (h.share, [5]),
+        (h.mask, [9]),
+    ]
+    if active:
+        stages.append((h.consistency, [3]))
+    for run_stage, skip in stages:
+        _assert_one_status_each(server)
+        run_stage(skip=skip)
+        # A stage closed: its silent are dropped, everyone else is expected in the next one.
+        _assert_one_status_each(server)
+        assert all(server.statuses[u] is PeerStatus.DROPPED for u in skip)
+        assert PeerStatus.ANSWERED not in server.statuses.values()
+    h.unmask(skip=[11])
+    _assert_one_status_each(server)
+    assert server.stage is Stage.COMPLETED
+    # The round is over: whoever was not dropped answered the unmask request.
+    answered = {u for u, s in server.statuses.items() if s is PeerStatus.ANSWERED}
+    assert answered == set(server.config.client_ids) - server.drops.keys()
+    assert server.unmask_answers == len(answered)
+
+
+def test_a_client_is_answered_once_its_message_is_taken_and_not_before() -> None:
+    h = Harness(5, threshold=3)
+    assert h.server.statuses[1] is PeerStatus.EXPECTED
+    h.server.receive(1, h.adverts[1])
+    assert h.server.statuses[1] is PeerStatus.ANSWERED
+    assert 1 not in h.server.waiting_for()
+    h.server.receive(2, b"junk")  # refused: dropped, not answered
+    assert h.server.statuses[2] is PeerStatus.DROPPED
+    _assert_one_status_each(h.server)
+
+
+def test_a_conflicting_duplicate_turns_an_answered_client_into_a_dropped_one() -> None:
+    h = Harness(6, threshold=3)
+    advert = h.adverts[0]
+    h.server.receive(0, advert)
+    h.server.receive(0, dataclasses.replace(advert, mask_public=advert.cipher_public))
+    assert h.server.statuses[0] is PeerStatus.DROPPED
+    _assert_one_status_each(h.server)
+    h.advertise(skip=[0])
+    assert 0 not in h.outgoing
+
+
+def test_a_client_dropped_after_its_masked_input_is_dropped_yet_in_the_sum() -> None:
+    h = Harness(7, threshold=3)
+    h.advertise()
+    h.share()
+    shares = h.outgoing[4]
+    assert isinstance(shares, PeerShares)
+    h.server.receive(4, h.respond(4, shares))
+    h.server.drop(4, DropReason.CLIENT_ABORTED, "disconnected")
+    assert h.server.statuses[4] is PeerStatus.DROPPED
+    h.mask(skip=[4])
+    _assert_one_status_each(h.server)
+    assert 4 not in h.outgoing  # not asked to unmask ...
+    h.unmask()
+    assert 4 in h.server.result.included  # ... but its input is in the sum
+    np.testing.assert_array_equal(h.server.result.total, h.expected_total(range(7)))
+    assert h.server.drops[4].stage is Stage.MASKED_INPUT
+
+
+def test_a_committed_client_that_does_not_reveal_is_dropped_and_the_rest_commit_again() -> None:
+    h = Harness(6, threshold=3, agree=False)
+    h.commit()
+    h.reveal(skip=[2])
+    assert h.server.stage is Stage.COMMIT
+    assert h.server.attempt == 2
+    _assert_one_status_each(h.server)
+    assert h.server.statuses[2] is PeerStatus.DROPPED
+    assert h.server.waiting_for() == {0, 1, 3, 4, 5}
+
+
+def test_an_aborted_round_keeps_nothing_it_summed_or_pooled() -> None:
+    h = Harness(5, threshold=3)
+    h.advertise()
+    h.share()
+    h.mask()
+    with pytest.raises(RoundAborted) as caught:
+        h.unmask(skip=[0, 1, 2])  # two answers pooled their shares, fewer than t
+    assert caught.value.stage == Stage.UNMASK
+    server = h.server
+    assert server.stage is Stage.ABORTED
+    _assert_one_status_each(server)
+    # No public view shows these; looking inside is the only way to check that an abort
+    # leaves neither the masked sum nor any share behind.
+    assert server._total is None
+    assert not server._seed_shares and not server._key_shares
+    assert not server._answers
+    # What the round established before it gave up stays readable; the margin is counted.
+    assert server.session.session_id == h.session_id
+    assert server.masked_with(0) == tuple(sorted(h.clients[0].neighbours))
+    assert server.unmask_answers == 2

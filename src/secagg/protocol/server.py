@@ -21,6 +21,24 @@ Stages and who is expected in each (sets named after Bonawitz et al. 2017)::
     consistency   U3 (active mode only)           -> U3' signed the survivor set U3
     unmask        U3 (or U3' with t signatures)   -> U4 answered; then the sum is unmasked
 
+The server is always in exactly one state, one per stage it waits in, and each state holds
+the frozen records of what the stages before it established (built when each one closed)::
+
+    Committing(attempt) --> Revealing(attempt, commitments)
+      --> Advertising(agreed: SessionAgreed)
+      --> Sharing(agreed, advertised: KeysAdvertised)
+      --> Masking(agreed, advertised, routed: SharesRouted)
+      --> [Confirming(agreed, advertised, routed, masked: InputsMasked) -->]
+      --> Unmasking(agreed, advertised, routed, masked, requests)
+      --> Completed(result)              (any state) --> Aborted(reason)
+
+    Revealing --(a committed client did not reveal)--> Committing(attempt + 1)
+
+Every cohort member has exactly one ``PeerStatus`` at every moment: ``EXPECTED`` until its
+message for the current stage is taken, then ``ANSWERED``; ``DROPPED`` for good once the
+server stops waiting for it (``drops`` says when and why). When a stage closes, the silent
+are dropped, and those still ``ANSWERED`` are ``EXPECTED`` in the next stage.
+
 In active mode (a ``semi-malicious`` server model) the server also checks every signature
 against the clients' identity keys (``pki``) and drops a client whose signature fails.
 
@@ -33,8 +51,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -79,7 +99,7 @@ from secagg.protocol.messages import (
 from secagg.protocol.runner import Aggregate
 from secagg.protocol.stages import CLIENT_MESSAGE, SESSION_AGREEMENT, Drop, Stage
 
-__all__ = ["Drop", "RoundResult", "Server", "Stage"]
+__all__ = ["Drop", "PeerStatus", "RoundResult", "Server", "Stage"]
 
 
 # Subsets of t shares tried before a reconstruction is given up (each try is ~20 us).
@@ -116,6 +136,181 @@ class RoundResult:
         return quantizer.decode(self.total)
 
 
+class PeerStatus(StrEnum):
+    """Where one cohort member stands in the current stage (each has exactly one)."""
+
+    EXPECTED = "expected"  # the stage waits for its message
+    ANSWERED = "answered"  # its message for the stage was taken
+    DROPPED = "dropped"  # the server stopped waiting for it, for good (``Server.drops``)
+
+
+# ----------------------------------------------------------------- what each stage establishes
+@dataclass(frozen=True)
+class SessionAgreed:
+    """The reveal stage, once every committed contribution is in: the session (its id and
+    its SecAgg+ graph) and each cohort member's neighbours in it."""
+
+    session: derive.Session
+    neighbours: Mapping[int, tuple[int, ...]] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.session.participants <= self.neighbours.keys():
+            raise UsageError("every participant of the session needs its neighbours")
+
+
+@dataclass(frozen=True)
+class KeysAdvertised:
+    """The advertise stage: the keys each client advertised, and whose keys each client that
+    goes on was sent (its neighbours that advertised, after pruning)."""
+
+    keys: Mapping[int, AdvertiseKeys] = field(repr=False)
+    peers: Mapping[int, tuple[int, ...]] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        for u, peers in self.peers.items():
+            if u not in self.keys or not all(v in self.keys for v in peers):
+                raise UsageError(f"client {u} or one of its peers advertised no keys")
+
+
+@dataclass(frozen=True)
+class SharesRouted:
+    """The share stage: whose sealed shares each client that goes on was sent (so whose
+    pairwise masks its masked input contains), and every sharer's self-mask commitment."""
+
+    view: Mapping[int, tuple[int, ...]] = field(repr=False)
+    self_mask_commitments: Mapping[int, bytes] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        committed = self.self_mask_commitments
+        for v, view in self.view.items():
+            if v not in committed or not all(u in committed for u in view):
+                raise UsageError(f"client {v} or one of its peers sent no self-mask commitment")
+
+
+@dataclass(frozen=True)
+class InputsMasked:
+    """The masked-input stage: the clients whose masked inputs are in the sum (the survivor
+    set U3, also what active mode asks to sign), and which of its peers' shares each sender
+    said it lacks."""
+
+    included: tuple[int, ...]
+    missing: Mapping[int, frozenset[int]] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.included or not derive.sorted_unique(self.included):
+            raise UsageError("the included clients must be a non-empty increasing sequence")
+        if not all(u in self.missing for u in self.included):
+            raise UsageError("every included client's missing shares must be known")
+
+
+# ----------------------------------------------------------------- one state per stage
+@dataclass(frozen=True)
+class Committing:
+    """Waits for each client's commitment to a fresh contribution."""
+
+    stage: ClassVar[Stage] = Stage.COMMIT
+    attempt: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempt <= MAX_ATTEMPTS:
+            raise UsageError(f"attempt {self.attempt} is outside 1..{MAX_ATTEMPTS}")
+
+
+@dataclass(frozen=True)
+class Revealing:
+    """Sent the digest of every commitment; waits for the committed contributions."""
+
+    stage: ClassVar[Stage] = Stage.REVEAL
+    attempt: int
+    commitments: Mapping[int, bytes] = field(repr=False)  # this attempt's, by client
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempt <= MAX_ATTEMPTS:
+            raise UsageError(f"attempt {self.attempt} is outside 1..{MAX_ATTEMPTS}")
+
+
+@dataclass(frozen=True)
+class Advertising:
+    """The session is agreed; waits for each client's two public keys."""
+
+    stage: ClassVar[Stage] = Stage.ADVERTISE
+    agreed: SessionAgreed
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """Sent each client its peers' keys; waits for sealed shares addressed to those peers."""
+
+    stage: ClassVar[Stage] = Stage.SHARE
+    agreed: SessionAgreed
+    advertised: KeysAdvertised
+
+
+@dataclass(frozen=True)
+class Masking:
+    """Routed the sealed shares; waits for masked inputs (added to the running sum)."""
+
+    stage: ClassVar[Stage] = Stage.MASKED_INPUT
+    agreed: SessionAgreed
+    advertised: KeysAdvertised
+    routed: SharesRouted
+
+
+@dataclass(frozen=True)
+class Confirming:
+    """Active mode: sent the survivor set; waits for each client's signature of it."""
+
+    stage: ClassVar[Stage] = Stage.CONSISTENCY
+    agreed: SessionAgreed
+    advertised: KeysAdvertised
+    routed: SharesRouted
+    masked: InputsMasked
+
+
+@dataclass(frozen=True)
+class Unmasking:
+    """Checked that every mask can be removed; sent each askable client its request (one kind
+    of share per peer); waits for the shares."""
+
+    stage: ClassVar[Stage] = Stage.UNMASK
+    agreed: SessionAgreed
+    advertised: KeysAdvertised
+    routed: SharesRouted
+    masked: InputsMasked
+    requests: Mapping[int, UnmaskRequest] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not all(r.recipient == v for v, r in self.requests.items()):
+            raise UsageError("an unmask request filed under another client")
+
+
+Waiting = Committing | Revealing | Advertising | Sharing | Masking | Confirming | Unmasking
+
+
+@dataclass(frozen=True)
+class Completed:
+    """Unmasked the sum. ``last`` is the state it completed from: what the round established
+    stays readable (the session, whose masks each input held)."""
+
+    stage: ClassVar[Stage] = Stage.COMPLETED
+    last: Unmasking = field(repr=False)
+    result: RoundResult
+
+
+@dataclass(frozen=True)
+class Aborted:
+    """Gave up in the state ``last``; nothing summed or pooled is kept (``Server._fail``)."""
+
+    stage: ClassVar[Stage] = Stage.ABORTED
+    last: Waiting = field(repr=False)
+    reason: RoundAborted
+
+
+ServerState = Waiting | Completed | Aborted
+
+_W = TypeVar("_W", bound=Waiting)
+
+
 class Server:
     """The server's view of one round."""
 
@@ -139,36 +334,31 @@ class Server:
         self._ring = Ring(config.ring_bits)
         self._t = config.threshold
         self._cohort = config.cohort
-        self._stage = Stage.COMMIT
-        self._expected: set[int] = set(config.client_ids)
-        self._attempt = 1
-        self._commitments: dict[int, bytes] = {}  # this attempt's, by client
-        self._session: derive.Session | None = None
-        self._neighbours: dict[int, tuple[int, ...]] = {}
-        self._received: dict[int, Message] = {}
+        # The round's one state: replaced (never edited) each time a stage closes.
+        self._state: ServerState = Committing(attempt=1)
+        # Each cohort member's status in the current stage, and why the dropped were dropped
+        # (in the order they were; ``drop`` is the one place that writes both).
+        self._status: dict[int, PeerStatus] = dict.fromkeys(config.client_ids, PeerStatus.EXPECTED)
         self._drops: dict[int, Drop] = {}
-        self._anomalies: list[Drop] = []
-        self._strangers = 0
-        self._keys: dict[int, AdvertiseKeys] = {}
-        self._key_owner: dict[bytes, int] = {}
-        self._peers: dict[int, tuple[int, ...]] = {}  # whose keys each client was sent
-        self._self_mask_commitments: dict[int, bytes] = {}
-        self._view: dict[int, tuple[int, ...]] = {}  # whose shares each client was sent
-        self._missing: dict[int, frozenset[int]] = {}
+        # What the current stage has taken so far; emptied when it closes. A client dropped
+        # after its message was taken keeps its answer here: at the reveal and masked-input
+        # stages it still counts (its contribution is in the session, its input in the sum).
+        self._answers: dict[int, Message] = {}
+        self._key_owner: dict[bytes, int] = {}  # advertise: the client each key came from
+        # Accumulators, mutable because they must be: masked inputs are added to one running
+        # sum as they arrive (memory O(dim), never a vector per client), and unmask answers
+        # pool their shares by owner. Both are cleared on abort (``_fail``).
         self._total: NDArray[np.unsignedinteger] | None = None
-        self._requests: dict[int, UnmaskRequest] = {}
-        self._survivor_set: tuple[int, ...] = ()
-        self._signatures: dict[int, bytes] = {}
         self._seed_shares: dict[int, list[Share]] = {}
         self._key_shares: dict[int, list[Share]] = {}
-        self._included: tuple[int, ...] = ()
-        self._unmask_answers = 0
-        self._result: RoundResult | None = None
-        self._abort: RoundAborted | None = None
+        # Observations that drop nobody.
+        self._anomalies: list[Drop] = []
+        self._strangers = 0
         # A throwaway key to check that advertised keys are usable X25519 points.
         self._probe_key = X25519KeyPair.generate(SystemRandomness())
-        # What takes each stage's messages, and what closes each stage.
-        self._handlers: dict[Stage, Callable[[int, Message], bool]] = {
+        # What takes each stage's messages (the message to keep, or None if the sender was
+        # dropped), and what closes each stage.
+        self._handlers: dict[Stage, Callable[[int, Message], Message | None]] = {
             Stage.COMMIT: self._take_commit,
             Stage.REVEAL: self._take_reveal,
             Stage.ADVERTISE: self._take_advertise,
@@ -188,34 +378,44 @@ class Server:
         }
 
     def __repr__(self) -> str:
-        return f"Server(stage={self._stage.value}, waiting_for={len(self.waiting_for())})"
+        return f"Server(stage={self.stage.value}, waiting_for={len(self.waiting_for())})"
 
     # ----------------------------------------------------------------- observation
     def start(self) -> dict[int, Message]:
         """What opens the round: the configuration, for every client of the cohort (each
         answers with its commitment)."""
-        if self._stage is not Stage.COMMIT or self._attempt != 1 or self._received:
+        state = self._state
+        if not isinstance(state, Committing) or state.attempt != 1 or self._answers:
             raise UsageError("the round has already started")
         return dict.fromkeys(self.config.client_ids, self.config)
 
     @property
     def stage(self) -> Stage:
-        return self._stage
+        return self._state.stage
 
     @property
     def done(self) -> bool:
-        return self._stage in (Stage.COMPLETED, Stage.ABORTED)
+        return isinstance(self._state, Completed | Aborted)
 
     @property
     def session(self) -> derive.Session:
-        if self._session is None:
+        state = self._last_waiting()
+        if isinstance(state, Committing | Revealing):
             raise UsageError("the session is not agreed yet")
-        return self._session
+        return state.agreed.session
 
     @property
     def attempt(self) -> int:
         """The commit-reveal attempt this round is on (or agreed in)."""
-        return self._attempt
+        state = self._last_waiting()
+        if isinstance(state, Committing | Revealing):
+            return state.attempt
+        return state.agreed.session.attempt
+
+    @property
+    def statuses(self) -> Mapping[int, PeerStatus]:
+        """Each cohort member's status in the current stage (or the last, once ended)."""
+        return dict(self._status)
 
     @property
     def drops(self) -> Mapping[int, Drop]:
@@ -233,18 +433,24 @@ class Server:
 
     @property
     def result(self) -> RoundResult:
-        if self._result is None:
-            raise UsageError(f"no result: the round is at stage {self._stage.value}")
-        return self._result
+        state = self._state
+        if not isinstance(state, Completed):
+            raise UsageError(f"no result: the round is at stage {state.stage.value}")
+        return state.result
 
     @property
     def abort_reason(self) -> RoundAborted | None:
-        return self._abort
+        state = self._state
+        return state.reason if isinstance(state, Aborted) else None
 
     @property
     def unmask_answers(self) -> int:
         """How many clients answered the unmask stage (the threshold margin is this minus t)."""
-        return self._unmask_answers
+        # Counted once the unmask stage has closed (completed, or aborted while unmasking):
+        # then its silent are dropped and everyone still answered is an answer.
+        if not (self.done and isinstance(self._last_waiting(), Unmasking)):
+            return 0
+        return sum(1 for status in self._status.values() if status is PeerStatus.ANSWERED)
 
     def aggregate(self) -> Aggregate:
         """The weighted mean of the included inputs, decoded from the ring sum."""
@@ -259,11 +465,29 @@ class Server:
 
     def waiting_for(self) -> frozenset[int]:
         """Clients whose message for the current stage has not arrived yet."""
-        return frozenset(self._expected - self._received.keys() - self._drops.keys())
+        return frozenset(self._expected())
 
     def masked_with(self, client_id: int) -> tuple[int, ...]:
         """The peers whose pairwise masks a client's masked input contains."""
-        return self._view.get(client_id, ())
+        state = self._last_waiting()
+        if isinstance(state, Masking | Confirming | Unmasking):
+            return state.routed.view.get(client_id, ())
+        return ()
+
+    def _expected(self) -> list[int]:
+        """The members still expected in the current stage, in cohort (id) order."""
+        return [u for u, status in self._status.items() if status is PeerStatus.EXPECTED]
+
+    def _last_waiting(self) -> Waiting:
+        """The current state, or the one the round ended in."""
+        state = self._state
+        return state.last if isinstance(state, Completed | Aborted) else state
+
+    def _current(self, kind: type[_W]) -> _W:
+        """The current state, which the stage dispatch guarantees is a ``kind``."""
+        state = self._state
+        assert isinstance(state, kind), f"{type(state).__name__} is not {kind.__name__}"
+        return state
 
     # ----------------------------------------------------------------- input
     def receive(self, sender: int, data: Message | bytes) -> None:
@@ -271,10 +495,8 @@ class Server:
         if sender not in self._cohort:
             self._strangers += 1
             return
-        if sender in self._drops or self._stage in (Stage.COMPLETED, Stage.ABORTED):
+        if self.done or self._status[sender] is PeerStatus.DROPPED:
             return  # late or from a dropped client: nothing more is taken from it
-        if sender not in self._expected:
-            return
         if isinstance(data, Message):
             message = data
         else:
@@ -283,12 +505,13 @@ class Server:
             except DecodeError as exc:
                 self.drop(sender, DropReason.MALFORMED, str(exc))
                 return
-        expected = CLIENT_MESSAGE[self._stage]
+        stage = self.stage
+        expected = CLIENT_MESSAGE[stage]
         if not isinstance(message, expected):
             self.drop(
                 sender,
                 DropReason.WRONG_STAGE,
-                f"sent {type(message).__name__} during {self._stage.value}",
+                f"sent {type(message).__name__} during {stage.value}",
             )
             return
         if self._binding(message) != self._expected_binding():
@@ -297,15 +520,16 @@ class Server:
         if getattr(message, "client_id", None) != sender:
             self.drop(sender, DropReason.MALFORMED, "message claims another sender id")
             return
-        first = self._received.get(sender)
-        if first is not None:
-            self._duplicate(sender, first, message)
+        if self._status[sender] is PeerStatus.ANSWERED:
+            self._duplicate(sender, self._answers[sender], message)
             return
-        if self._handlers[self._stage](sender, message):
-            self._received[sender] = message
+        kept = self._handlers[stage](sender, message)
+        if kept is not None:
+            self._answers[sender] = kept
+            self._status[sender] = PeerStatus.ANSWERED
 
     def _expected_binding(self) -> bytes:
-        if self._stage in SESSION_AGREEMENT:
+        if self.stage in SESSION_AGREEMENT:
             return self.config.config_id
         return self.session.session_id
 
@@ -319,25 +543,26 @@ class Server:
 
     def drop(self, client_id: int, reason: DropReason, detail: str = "") -> None:
         """Stop waiting for a client (misbehaved, disconnected, or late)."""
-        if client_id in self._drops or client_id not in self._cohort:
+        if client_id not in self._cohort or self.done:
             return
-        if self._stage in (Stage.COMPLETED, Stage.ABORTED):
+        if self._status[client_id] is PeerStatus.DROPPED:
             return
-        self._drops[client_id] = Drop(client_id, self._stage, reason, detail)
+        self._status[client_id] = PeerStatus.DROPPED
+        self._drops[client_id] = Drop(client_id, self.stage, reason, detail)
 
     def _duplicate(self, sender: int, first: Message, again: Message) -> None:
         if isinstance(again, MaskedInput):
             again = dataclasses.replace(again, packed_vector=_digest(again.packed_vector))
         if first == again:
             return  # a retransmission: harmless
-        if self._stage in (Stage.COMMIT, Stage.ADVERTISE, Stage.SHARE):
+        if self.stage in (Stage.COMMIT, Stage.ADVERTISE, Stage.SHARE):
             # Nothing of it was used yet: drop it.
-            del self._received[sender]
+            del self._answers[sender]
             self.drop(sender, DropReason.DUPLICATE, "sent two different messages in one stage")
         else:
             # Its first message is already in the sum (or in the share pool): keep that one.
             self._anomalies.append(
-                Drop(sender, self._stage, DropReason.DUPLICATE, "conflicting duplicate ignored")
+                Drop(sender, self.stage, DropReason.DUPLICATE, "conflicting duplicate ignored")
             )
 
     def _verified(self, sender: int, signed: bytes, signature: bytes) -> bool:
@@ -351,69 +576,70 @@ class Server:
             return False
         return True
 
-    def _take_commit(self, sender: int, message: Message) -> bool:
+    def _take_commit(self, sender: int, message: Message) -> Message | None:
         assert isinstance(message, Commitment)
-        if message.attempt != self._attempt:
+        attempt = self._current(Committing).attempt
+        if message.attempt != attempt:
             self.drop(sender, DropReason.MALFORMED, f"commitment for attempt {message.attempt}")
-            return False
-        return True
+            return None
+        return message
 
-    def _take_reveal(self, sender: int, message: Message) -> bool:
+    def _take_reveal(self, sender: int, message: Message) -> Message | None:
         assert isinstance(message, Reveal)
-        config_id = self.config.config_id
+        state = self._current(Revealing)
         committed = derive.contribution_commitment(
-            config_id, self._attempt, sender, message.contribution
+            self.config.config_id, state.attempt, sender, message.contribution
         )
-        if message.attempt != self._attempt or committed != self._commitments[sender]:
+        if message.attempt != state.attempt or committed != state.commitments[sender]:
             self.drop(sender, DropReason.BAD_REVEAL, "the contribution does not match")
-            return False
-        return True
+            return None
+        return message
 
-    def _take_advertise(self, sender: int, message: Message) -> bool:
+    def _take_advertise(self, sender: int, message: Message) -> Message | None:
         assert isinstance(message, AdvertiseKeys)
+        session_id = self._current(Advertising).agreed.session.session_id
         if self.config.active and not self._verified(
             sender,
             derive.advertise_signed_bytes(
-                self.session.session_id, sender, message.cipher_public, message.mask_public
+                session_id, sender, message.cipher_public, message.mask_public
             ),
             message.signature,
         ):
-            return False
+            return None
         if message.cipher_public == message.mask_public:
             # Its peers would (rightly) refuse a repeated key and abort: drop it here instead.
             self.drop(sender, DropReason.DUPLICATE_KEY, "advertised the same key twice")
-            return False
+            return None
         for key in (message.cipher_public, message.mask_public):
             owner = self._key_owner.get(key)
             if owner is not None and owner != sender:
                 self.drop(sender, DropReason.DUPLICATE_KEY, f"reuses a key of client {owner}")
-                return False
+                return None
             try:
                 self._probe_key.exchange(key)
             except CryptoError:
                 self.drop(sender, DropReason.BAD_KEY, "advertised an unusable X25519 key")
-                return False
+                return None
         for key in (message.cipher_public, message.mask_public):
             self._key_owner[key] = sender
-        return True
+        return message
 
-    def _take_share(self, sender: int, message: Message) -> bool:
+    def _take_share(self, sender: int, message: Message) -> Message | None:
         assert isinstance(message, EncryptedShares)
+        peers = self._current(Sharing).advertised.peers[sender]
         recipients = [v for v, _ in message.ciphertexts]
-        if sorted(recipients) != sorted(self._peers[sender]) or len(set(recipients)) != len(
-            recipients
-        ):
+        if sorted(recipients) != sorted(peers) or len(set(recipients)) != len(recipients):
             self.drop(sender, DropReason.MALFORMED, "shares not addressed to exactly its peers")
-            return False
-        return True
+            return None
+        return message
 
-    def _take_masked_input(self, sender: int, message: Message) -> bool:
+    def _take_masked_input(self, sender: int, message: Message) -> Message | None:
         assert isinstance(message, MaskedInput)
-        view = set(self._view[sender])
+        view = set(self._current(Masking).routed.view[sender])
         missing = message.missing_shares
         if len(set(missing)) != len(missing) or not view.issuperset(missing):
             self.drop(sender, DropReason.MALFORMED, "missing-share list names non-peers")
-            return False
+            return None
         length = self.config.vector_length
         if len(message.packed_vector) != self._ring.packed_size(length):
             self.drop(
@@ -422,35 +648,34 @@ class Server:
                 f"masked input of {len(message.packed_vector)} bytes, expected "
                 f"{self._ring.packed_size(length)}",
             )
-            return False
+            return None
         try:
             vector = self._ring.unpack(message.packed_vector, length)
         except DecodeError as exc:
             self.drop(sender, DropReason.MALFORMED, str(exc))
-            return False
+            return None
         if self._total is None:
             self._total = self._ring.zeros(length)
         self._ring.add_into(self._total, vector)
-        self._missing[sender] = frozenset(missing)
         # Keep the message small in memory: the vector is already in the sum; its digest is
         # enough to tell a retransmission from a conflicting duplicate.
-        self._received[sender] = MaskedInput(
-            message.session_id, sender, missing, _digest(message.packed_vector)
-        )
-        return False
+        return MaskedInput(message.session_id, sender, missing, _digest(message.packed_vector))
 
-    def _take_consistency(self, sender: int, message: Message) -> bool:
+    def _take_consistency(self, sender: int, message: Message) -> Message | None:
         assert isinstance(message, ConsistencySignature)
-        signed = derive.consistency_signed_bytes(self.session.session_id, self._survivor_set)
+        state = self._current(Confirming)
+        signed = derive.consistency_signed_bytes(
+            state.agreed.session.session_id, state.masked.included
+        )
         if not self._verified(sender, signed, message.signature):
-            return False
-        self._signatures[sender] = message.signature
-        return True
+            return None
+        return message
 
-    def _take_unmask(self, sender: int, message: Message) -> bool:
+    def _take_unmask(self, sender: int, message: Message) -> Message | None:
         assert isinstance(message, UnmaskResponse)
-        request = self._requests[sender]
-        missing = self._missing[sender]
+        state = self._current(Unmasking)
+        request = state.requests[sender]
+        missing = state.masked.missing[sender]
         x = derive.share_x(sender)
         parsed: list[tuple[dict[int, list[Share]], int, Share]] = []
         for pool, entries, wanted in (
@@ -461,31 +686,32 @@ class Server:
             expected = sorted(u for u in wanted if u not in missing)
             if sorted(owners) != expected or len(set(owners)) != len(owners):
                 self.drop(sender, DropReason.MALFORMED, "shares for other peers than requested")
-                return False
+                return None
             for owner, value in entries:
                 try:
                     parsed.append((pool, owner, Share.from_value_bytes(x, value)))
                 except DecodeError as exc:
                     self.drop(sender, DropReason.BAD_SHARE, str(exc))
-                    return False
+                    return None
         for pool, owner, share in parsed:
             pool.setdefault(owner, []).append(share)
-        return True
+        return message
 
     # ----------------------------------------------------------------- stage transitions
     def close_stage(self) -> dict[int, Message]:
         """End the current stage: drop the silent, check feasibility, and say what to send."""
-        stage = self._stage
-        if stage in (Stage.COMPLETED, Stage.ABORTED):
+        stage = self.stage
+        if self.done:
             raise UsageError(f"the round has already ended ({stage.value})")
-        for u in self.waiting_for():
+        for u in self._expected():
             self.drop(u, _MISSED[stage])
-        live = set(self._received)
-        if stage not in (Stage.REVEAL, Stage.MASKED_INPUT):
+        if stage in (Stage.REVEAL, Stage.MASKED_INPUT):
             # A client dropped after its message arrived (say, it disconnected) goes no
-            # further; at the masked-input stage its input is in the sum all the same, and
-            # at the reveal stage its contribution is in the session all the same.
-            live -= self._drops.keys()
+            # further elsewhere; but at the masked-input stage its input is in the sum all
+            # the same, and at the reveal stage its contribution is in the session.
+            live = set(self._answers)
+        else:
+            live = {u for u in self._answers if self._status[u] is PeerStatus.ANSWERED}
         try:
             outgoing = self._closers[stage](live)
         except RoundAborted as exc:
@@ -494,16 +720,30 @@ class Server:
         return outgoing
 
     def _fail(self, exc: RoundAborted) -> None:
-        self._stage = Stage.ABORTED
-        self._abort = exc
-        self._total = None  # what was summed so far must never be revealed
+        self._state = Aborted(self._current_waiting(), exc)
+        # What was summed or pooled so far must never be revealed; nor what the unmask
+        # answers held (their shares).
+        self._total = None
         self._seed_shares.clear()
         self._key_shares.clear()
+        self._answers = {}
 
-    def _advance(self, stage: Stage, expected: set[int]) -> None:
-        self._stage = stage
-        self._expected = expected
-        self._received = {}
+    def _current_waiting(self) -> Waiting:
+        state = self._state
+        assert not isinstance(state, Completed | Aborted), "the round has already ended"
+        return state
+
+    def _advance(self, state: Waiting, expected: Set[int]) -> None:
+        """Enter the next stage's state. Who goes on (``expected``) is exactly who answered
+        the stage that closed and was not dropped: they are expected again, and everyone
+        else left with a drop record."""
+        answered = {u for u, status in self._status.items() if status is PeerStatus.ANSWERED}
+        assert answered == expected, "a client would go on, or leave, without a status"
+        self._state = state
+        self._answers = {}
+        self._key_owner = {}
+        for u in expected:
+            self._status[u] = PeerStatus.EXPECTED
 
     def _prune(self, live: set[int], candidates: Callable[[int], Sequence[int]]) -> None:
         """Drop clients with fewer than t live peers, until every remaining one has t."""
@@ -527,49 +767,50 @@ class Server:
         return max(self._t + 1, self.config.min_cohort)
 
     def _close_commit(self, live: set[int]) -> dict[int, Message]:
+        attempt = self._current(Committing).attempt
         if len(live) < self._fewest_participants():
             raise RoundAborted(
                 Stage.COMMIT,
                 f"{len(live)} clients committed; at least {self._fewest_participants()} are needed",
             )
-        self._commitments = {
+        commitments = {
             u: m.commitment
-            for u, m in sorted(self._received.items())
+            for u, m in sorted(self._answers.items())
             if u in live and isinstance(m, Commitment)
         }
         config_id = self.config.config_id
-        digest = derive.commitment_digest(
-            config_id, self._attempt, sorted(self._commitments.items())
-        )
+        digest = derive.commitment_digest(config_id, attempt, sorted(commitments.items()))
         outgoing: dict[int, Message] = {
-            u: CommitmentDigest(config_id, u, self._attempt, digest, len(self._commitments))
+            u: CommitmentDigest(config_id, u, attempt, digest, len(commitments))
             for u in sorted(live)
         }
-        self._advance(Stage.REVEAL, live)
+        self._advance(Revealing(attempt, commitments), live)
         return outgoing
 
     def _close_reveal(self, live: set[int]) -> dict[int, Message]:
+        state = self._current(Revealing)
         config_id = self.config.config_id
-        here = live - self._drops.keys()
-        if live == set(self._commitments):
+        here = {u for u in live if self._status[u] is not PeerStatus.DROPPED}
+        if live == state.commitments.keys():
             # Every committed contribution is in: the session is fixed, for all of them.
             contributions = tuple(
                 (u, m.contribution)
-                for u, m in sorted(self._received.items())
+                for u, m in sorted(self._answers.items())
                 if isinstance(m, Reveal)
             )
-            session = derive.Session.agree(self.config, self._attempt, contributions)
-            self._session = session
-            self._neighbours = {u: session.neighbours(u) for u in self.config.client_ids}
+            session = derive.Session.agree(self.config, state.attempt, contributions)
+            agreed = SessionAgreed(
+                session, {u: session.neighbours(u) for u in self.config.client_ids}
+            )
             outgoing: dict[int, Message] = {
-                u: Contributions(config_id, u, self._attempt, contributions) for u in sorted(here)
+                u: Contributions(config_id, u, state.attempt, contributions) for u in sorted(here)
             }
-            self._advance(Stage.ADVERTISE, here)
+            self._advance(Advertising(agreed), here)
             return outgoing
         # A committed client did not reveal. Leaving it out would let the server choose among
         # sessions by choosing whom to leave out, so everyone who is left commits afresh.
-        missing = len(self._commitments) - len(live)
-        if self._attempt == MAX_ATTEMPTS:
+        missing = len(state.commitments) - len(live)
+        if state.attempt == MAX_ATTEMPTS:
             raise RoundAborted(
                 Stage.REVEAL,
                 f"{missing} committed client(s) did not reveal in {MAX_ATTEMPTS} attempts",
@@ -579,65 +820,74 @@ class Server:
                 Stage.REVEAL,
                 f"{len(here)} clients revealed; at least {self._fewest_participants()} are needed",
             )
-        self._attempt += 1
-        outgoing = {u: CommitRequest(config_id, u, self._attempt) for u in sorted(here)}
-        self._advance(Stage.COMMIT, here)
+        attempt = state.attempt + 1
+        outgoing = {u: CommitRequest(config_id, u, attempt) for u in sorted(here)}
+        self._advance(Committing(attempt), here)
         return outgoing
 
     def _close_advertise(self, live: set[int]) -> dict[int, Message]:
-        self._keys = {u: m for u, m in self._received.items() if isinstance(m, AdvertiseKeys)}
-        self._prune(live, lambda u: self._neighbours[u])
+        agreed = self._current(Advertising).agreed
+        keys = {u: m for u, m in self._answers.items() if isinstance(m, AdvertiseKeys)}
+        self._prune(live, lambda u: agreed.neighbours[u])
         if not live:
             raise RoundAborted(
                 Stage.ADVERTISE, f"no client has {self._t} neighbours that advertised keys"
             )
-        sid = self.session.session_id
+        advertised = KeysAdvertised(
+            keys, {u: tuple(v for v in agreed.neighbours[u] if v in live) for u in sorted(live)}
+        )
+        sid = agreed.session.session_id
         outgoing: dict[int, Message] = {}
-        for u in sorted(live):
-            peers = tuple(v for v in self._neighbours[u] if v in live)
-            self._peers[u] = peers
+        for u, peers in advertised.peers.items():
             entries = tuple(
-                PeerKeyEntry(
-                    v,
-                    self._keys[v].cipher_public,
-                    self._keys[v].mask_public,
-                    self._keys[v].signature,
-                )
+                PeerKeyEntry(v, keys[v].cipher_public, keys[v].mask_public, keys[v].signature)
                 for v in peers
             )
             outgoing[u] = PeerKeys(sid, u, entries)
-        self._advance(Stage.SHARE, live)
+        self._advance(Sharing(agreed, advertised), live)
         return outgoing
 
     def _close_share(self, live: set[int]) -> dict[int, Message]:
+        state = self._current(Sharing)
         sealed: dict[int, dict[int, bytes]] = {}
-        for u, message in self._received.items():
+        self_mask_commitments: dict[int, bytes] = {}
+        for u, message in self._answers.items():
             assert isinstance(message, EncryptedShares)
             sealed[u] = dict(message.ciphertexts)
-            self._self_mask_commitments[u] = message.self_mask_commitment
-        self._prune(live, lambda u: self._peers[u])
+            self_mask_commitments[u] = message.self_mask_commitment
+        peers = state.advertised.peers
+        self._prune(live, lambda u: peers[u])
         if not live:
             raise RoundAborted(Stage.SHARE, f"no client has {self._t} neighbours that shared")
-        sid = self.session.session_id
-        outgoing: dict[int, Message] = {}
-        for v in sorted(live):
-            view = tuple(u for u in self._peers[v] if u in live)
-            self._view[v] = view
-            outgoing[v] = PeerShares(sid, v, tuple((u, sealed[u][v]) for u in view))
-        self._advance(Stage.MASKED_INPUT, live)
+        routed = SharesRouted(
+            {v: tuple(u for u in peers[v] if u in live) for v in sorted(live)},
+            self_mask_commitments,
+        )
+        sid = state.agreed.session.session_id
+        outgoing: dict[int, Message] = {
+            v: PeerShares(sid, v, tuple((u, sealed[u][v]) for u in view))
+            for v, view in routed.view.items()
+        }
+        self._advance(Masking(state.agreed, state.advertised, routed), live)
         return outgoing
 
-    def _holders(self, owner: int, survivors: set[int]) -> int:
+    def _holders(
+        self, routed: SharesRouted, masked: InputsMasked, owner: int, survivors: Set[int]
+    ) -> int:
         """Surviving clients that hold a share of ``owner``'s secrets."""
-        return sum(1 for v in self._view[owner] if v in survivors and owner not in self._missing[v])
+        return sum(
+            1 for v in routed.view[owner] if v in survivors and owner not in masked.missing[v]
+        )
 
-    def _check_removable(self, stage: Stage, askable: set[int]) -> None:
+    def _check_removable(
+        self, stage: Stage, routed: SharesRouted, masked: InputsMasked, askable: Set[int]
+    ) -> None:
         """Before anyone reveals anything: can every mask in the sum be removed by asking
         only the clients in ``askable``?"""
-        included = set(self._included)
-        for u in sorted(self._view):
-            relevant = u in included or any(v in included for v in self._view[u])
-            if relevant and self._holders(u, askable) < self._t:
+        included = set(masked.included)
+        for u in sorted(routed.view):
+            relevant = u in included or any(v in included for v in routed.view[u])
+            if relevant and self._holders(routed, masked, u, askable) < self._t:
                 kind = "self mask" if u in included else "pairwise masks"
                 raise RoundAborted(
                     stage,
@@ -646,69 +896,87 @@ class Server:
                 )
 
     def _close_masked_input(self, live: set[int]) -> dict[int, Message]:
+        state = self._current(Masking)
         if not live:
             raise RoundAborted(Stage.MASKED_INPUT, "no client sent a masked input")
         # Everyone whose masked input was taken is in the sum, even if dropped since; only
         # those still here can be asked for shares.
-        self._included = tuple(sorted(live))
-        askable = live - self._drops.keys()
-        self._check_removable(Stage.MASKED_INPUT, askable)
+        masked = InputsMasked(
+            tuple(sorted(live)),
+            {
+                u: frozenset(m.missing_shares)
+                for u, m in self._answers.items()
+                if isinstance(m, MaskedInput)
+            },
+        )
+        askable = {u for u in live if self._status[u] is not PeerStatus.DROPPED}
+        self._check_removable(Stage.MASKED_INPUT, state.routed, masked, askable)
         if len(live) < self.config.min_cohort:
             raise RoundAborted(
                 Stage.MASKED_INPUT,
                 f"{len(live)} inputs; no sum of fewer than {self.config.min_cohort} is revealed",
             )
         if self.config.active:
-            self._survivor_set = self._included
-            sid = self.session.session_id
+            sid = state.agreed.session.session_id
             outgoing: dict[int, Message] = {
-                v: SurvivorList(sid, v, self._survivor_set) for v in sorted(askable)
+                v: SurvivorList(sid, v, masked.included) for v in sorted(askable)
             }
-            self._advance(Stage.CONSISTENCY, askable)
+            self._advance(Confirming(state.agreed, state.advertised, state.routed, masked), askable)
             return outgoing
-        return self._request_unmasking(askable, {})
+        return self._request_unmasking(state, masked, askable, {})
 
     def _close_consistency(self, live: set[int]) -> dict[int, Message]:
+        state = self._current(Confirming)
+        signatures = {
+            u: m.signature for u, m in self._answers.items() if isinstance(m, ConsistencySignature)
+        }
         # A client unmasks only with t signatures from its neighbours: those short of them
         # will not be asked, and the rest must still be able to remove every mask.
-        self._prune(live, lambda v: [u for u in self._neighbours[v] if u in self._signatures])
-        self._check_removable(Stage.CONSISTENCY, live)
-        return self._request_unmasking(live, self._signatures)
+        neighbours = state.agreed.neighbours
+        self._prune(live, lambda v: [u for u in neighbours[v] if u in signatures])
+        self._check_removable(Stage.CONSISTENCY, state.routed, state.masked, live)
+        return self._request_unmasking(state, state.masked, live, signatures)
 
     def _request_unmasking(
-        self, askable: set[int], signatures: Mapping[int, bytes]
+        self,
+        state: Masking | Confirming,
+        masked: InputsMasked,
+        askable: set[int],
+        signatures: Mapping[int, bytes],
     ) -> dict[int, Message]:
-        sid = self.session.session_id
-        included = set(self._included)
-        outgoing: dict[int, Message] = {}
+        sid = state.agreed.session.session_id
+        included = set(masked.included)
+        requests: dict[int, UnmaskRequest] = {}
         for v in sorted(askable):
-            view = self._view[v]
-            request = UnmaskRequest(
+            view = state.routed.view[v]
+            requests[v] = UnmaskRequest(
                 sid,
                 v,
                 tuple(u for u in view if u in included),
                 tuple(u for u in view if u not in included),
                 tuple(
                     (u, signatures[u])
-                    for u in self._neighbours[v]
+                    for u in state.agreed.neighbours[v]
                     if u in signatures and u in askable
                 ),
             )
-            self._requests[v] = request
-            outgoing[v] = request
-        self._advance(Stage.UNMASK, askable)
-        return outgoing
+        self._advance(
+            Unmasking(state.agreed, state.advertised, state.routed, masked, requests), askable
+        )
+        return dict(requests)
 
     def _close_unmask(self, live: set[int]) -> dict[int, Message]:
-        self._unmask_answers = len(live)
+        state = self._current(Unmasking)
         total = self._total
         assert total is not None
-        sid = self.session.session_id
-        included = set(self._included)
+        sid = state.agreed.session.session_id
+        keys = state.advertised.keys
+        view = state.routed.view
+        included = set(state.masked.included)
         # First every secret (cheap), then every mask regenerated in one pass (the cost).
         masks: list[prg.Mask] = []
-        for u in self._included:
-            commitment = self._self_mask_commitments[u]
+        for u in state.masked.included:
+            commitment = state.routed.self_mask_commitments[u]
 
             def matches_commitment(
                 seed: bytes, owner: int = u, expected: bytes = commitment
@@ -719,13 +987,13 @@ class Server:
                 u, self._seed_shares.get(u, []), matches_commitment, "self-mask seed"
             )
             masks.append((derive.self_mask_key(seed, sid, u), True))
-        for u in sorted(self._view):
+        for u in sorted(view):
             if u in included:
                 continue
-            masked_by = [v for v in self._view[u] if v in included]
+            masked_by = [v for v in view[u] if v in included]
             if not masked_by:
                 continue
-            advertised = self._keys[u].mask_public
+            advertised = keys[u].mask_public
 
             def matches_public_key(private: bytes, expected: bytes = advertised) -> bool:
                 return x25519_public_from_private(private) == expected
@@ -733,18 +1001,19 @@ class Server:
             private = self._reconstruct(
                 u, self._key_shares.get(u, []), matches_public_key, "mask key"
             )
-            keys = X25519KeyPair.from_private_bytes(private)
+            key_pair = X25519KeyPair.from_private_bytes(private)
             for v in masked_by:
-                v_public = self._keys[v].mask_public
-                key = derive.pair_mask_key(keys.exchange(v_public), sid, u, advertised, v, v_public)
+                v_public = keys[v].mask_public
+                key = derive.pair_mask_key(
+                    key_pair.exchange(v_public), sid, u, advertised, v, v_public
+                )
                 # v added this mask with v's sign: take it out with the opposite one.
                 masks.append((key, not derive.subtracts_pair_mask(v, u)))
         self._apply_masks(total, masks)
         self._ring.reduce(total)
-        self._result = RoundResult(self._included, total)
+        self._state = Completed(state, RoundResult(state.masked.included, total))
         self._total = None
-        self._stage = Stage.COMPLETED
-        self._expected = set()
+        self._answers = {}
         return {}
 
     def _reconstruct(
