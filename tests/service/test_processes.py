@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import socket
 import subprocess
@@ -74,7 +75,11 @@ def test_too_many_killed_clients_abort_the_round_with_no_aggregate_and_a_reason(
     assert not record.has_aggregate
     # The reason names the cause first (who dropped where), then the protocol's words.
     assert record.abort_reason is not None
-    assert record.abort_reason.startswith("aborted at masked-input: 3 clients disconnected at ")
+    # (Where it aborts depends on the graph of the round: at masked-input, or at unmask.)
+    assert re.match(
+        r"aborted at (masked-input|unmask): 3 clients disconnected at masked-input; ",
+        record.abort_reason,
+    ), record.abort_reason
     assert summary.abort_reason == record.abort_reason
 
 
