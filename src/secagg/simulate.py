@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.cohort import ClientGroup, Cohort, default_workers
+from secagg.backends import Backend, mask_applier, open_cohort
+from secagg.cohort import ClientGroup, default_workers
 from secagg.errors import ConfigurationError
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
@@ -348,6 +349,7 @@ def simulate_round(
     seed: int | None = None,
     workers: int | None = None,
     baseline: bool = True,
+    backend: Backend | str = Backend.PROCESS,
 ) -> SimulationResult:
     """Run one complete round of ``scheme`` (masking when given ``Params``) and report it.
 
@@ -356,19 +358,26 @@ def simulate_round(
     reproducible; without one they come from the operating system. ``workers`` processes run
     the clients (default: one per core for large rounds, none for small ones). ``baseline``
     also runs plaintext FedAvg over the included clients, for the time and bytes ratios.
+    ``backend`` is where the clients and the unmasking run: ``"process"`` (this machine) or
+    ``"ray"`` (a Ray cluster, ``workers`` batches of clients, default one per CPU; see
+    ``secagg.backends.ray_backend``); the result is the same, bit for bit.
     """
+    backend = Backend.parse(backend)
     drops = drops or DropSchedule()
     drops.check_ids(n)
     int_weights, max_weight = integer_weights(weights, n)
     root = root_randomness(seed, "round")
     dim = scheme.dim
-    workers = default_workers(n, dim) if workers is None else workers
+    if backend is Backend.PROCESS and workers is None:
+        workers = default_workers(n, dim)
     if isinstance(scheme, Params):
         if max_weight > scheme.max_weight:
             raise ConfigurationError(
                 f"weights need max_weight >= {max_weight}; params allow {scheme.max_weight}"
             )
-        scheme = masking_scheme(scheme, range(n), root, workers=workers)
+        scheme = masking_scheme(scheme, range(n), root, workers=workers or 1)
+        if backend is not Backend.PROCESS:
+            scheme = dataclasses.replace(scheme, apply_masks=mask_applier(backend, workers))
     unknown = set(drops.at) - {s.value for s in scheme.stages}
     if unknown:
         raise ConfigurationError(
@@ -376,10 +385,12 @@ def simulate_round(
             f"{', '.join(s.value for s in scheme.stages)}"
         )
     exact_weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    outcome = _run(scheme, n, inputs, int_weights, exact_weights, drops, root, workers)
+    outcome = _run(scheme, n, inputs, int_weights, exact_weights, drops, root, workers, backend)
     report = _report(scheme, n, inputs, outcome, weights, exact_weights, drops)
     if baseline and outcome.aggregate is not None:
-        report = _with_baseline(report, n, inputs, int_weights, exact_weights, max_weight, dim)
+        report = _with_baseline(
+            report, n, inputs, int_weights, exact_weights, max_weight, dim, backend
+        )
     return SimulationResult(report, outcome.mean, outcome.ring_total)
 
 
@@ -408,7 +419,8 @@ def _run(
     exact_weights: NDArray[np.float64],
     drops: DropSchedule,
     root: Randomness,
-    workers: int,
+    workers: int | None,
+    backend: Backend = Backend.PROCESS,
 ) -> _Outcome:
     config = scheme.round_config(range(n), nonce=root.bytes(16))
 
@@ -425,7 +437,7 @@ def _run(
     run = RoundRun(server)
     meter = _Meter()
     client_aborts: dict[int, str] = {}
-    with Cohort(group_of, tuple(range(n)), workers) as cohort:
+    with open_cohort(backend, group_of, tuple(range(n)), workers) as cohort:
         for stage, outgoing in run.stages():
             deliveries = {
                 i: meter.delivered(i, m)
@@ -529,6 +541,7 @@ def _with_baseline(
     exact_weights: NDArray[np.float64],
     max_weight: int,
     dim: int,
+    backend: Backend,
 ) -> RoundReport:
     """The same included clients' round as plaintext FedAvg: the time it takes."""
     included = report.included
@@ -545,7 +558,8 @@ def _with_baseline(
         exact_weights[list(included)],
         DropSchedule(),
         root_randomness(None, "baseline"),
-        1,
+        1 if backend is Backend.PROCESS else None,
+        backend,
     )
     return dataclasses.replace(report, plaintext_seconds=outcome.run.seconds)
 
