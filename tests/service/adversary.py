@@ -23,7 +23,7 @@ from secagg.protocol.messages import Message, RoundConfig, decode
 from secagg.service.credentials import AllowList, new_challenge
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
-from secagg.service.wire import channel_options
+from secagg.service.wire import server_options
 
 T = TypeVar("T")
 
@@ -141,7 +141,7 @@ class Adversary:
         self._thread.start()
 
         async def start() -> int:
-            server = grpc.aio.server(options=channel_options(self.limit))
+            server = grpc.aio.server(options=server_options(self.limit))
             pb_grpc.add_CoordinatorServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
             key, chain = self._tls
             port = server.add_secure_port(
