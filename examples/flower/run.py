@@ -205,6 +205,7 @@ def run(mode: str, nodes: int, rounds: int, dropout: float) -> dict[str, Any]:
         }
         if mode == "secagg" and i < len(log.reports):
             report = log.reports[i]
+            entry["stage_seconds"] = {k: round(v, 3) for k, v in report.stage_seconds.items()}
             entry["included"] = len(report.included)
             entry["dropped"] = {
                 str(log.partitions.get(n, n)): stage for n, (stage, _) in report.dropped.items()
