@@ -6,6 +6,7 @@ Ray starts once for this module (a local cluster of two CPUs, as on CI) and stop
 from __future__ import annotations
 
 import dataclasses
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -184,3 +185,15 @@ def zeros(client_id: int) -> NDArray[np.float32]:
 def test_an_unknown_backend_is_refused_with_the_choices() -> None:
     with pytest.raises(ConfigurationError, match="process, ray"):
         Backend.parse("spark")
+
+
+def test_clients_that_cannot_be_shipped_to_ray_are_refused_in_one_line() -> None:
+    lock = threading.Lock()  # no pickled form, like a CKKS context
+
+    def locked_inputs(client_id: int) -> NDArray[np.float32]:
+        with lock:
+            return np.zeros(DIM, dtype=np.float32)
+
+    with pytest.raises(ConfigurationError, match="lock has no pickled form") as caught:
+        simulate_round(PlaintextScheme(dim=DIM), 4, locked_inputs, backend="ray", baseline=False)
+    assert "\n" not in str(caught.value)

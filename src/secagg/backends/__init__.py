@@ -29,7 +29,7 @@ from secagg.parallel import MaskApplier
 __all__ = ["Backend", "ClientCohort", "mask_applier", "open_cohort"]
 
 
-class Backend(enum.Enum):
+class Backend(enum.StrEnum):
     """Where the simulated clients run."""
 
     PROCESS = "process"  # this machine: in process, or forked worker processes

@@ -65,6 +65,7 @@ import itertools
 import logging
 import os
 import pickle
+import re
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -240,9 +241,12 @@ class RayCohort:
             # Pickled once, into the object store; every actor reads the same copy.
             recipe = ray.put(group_of)
         except (TypeError, pickle.PicklingError, AttributeError) as exc:
+            # Ray's own message lists every object it tried: name only the culprit's type.
+            culprit = re.search(r"cannot pickle '([^']+)'", str(exc))
+            what = culprit.group(1) if culprit else type(exc).__name__
             raise ConfigurationError(
-                "this scheme's clients cannot be shipped to Ray workers "
-                f"({exc}); run it with backend='process'"
+                f"the ray backend cannot ship this scheme's clients to Ray workers ({what} "
+                "has no pickled form; CKKS contexts do not); run it with backend 'process'"
             ) from None
         self._owner: dict[int, int] = {}
         shares: list[list[int]] = []
