@@ -109,6 +109,12 @@ class TaskChoice(StrEnum):
     digits = "digits"
 
 
+_NO_PLAINTEXT_SERVICE = (
+    "--scheme plaintext cannot run over the service: it has no plaintext path (plaintext "
+    "runs in process only: secagg simulate --scheme plaintext); use masking or ckks"
+)
+
+
 def _fail(message: str, code: int = USAGE_EXIT) -> NoReturn:
     """Every error of every command goes out through here: one line, then the exit code."""
     print_error(message)
@@ -379,22 +385,49 @@ def certs(
         int, typer.Option(help="A round starts once this many clients are connected.")
     ] = 3,
     server_model: Annotated[
-        ServerModelChoice,
-        typer.Option(help="semi-malicious: active mode (signed keys, a consistency round)."),
-    ] = ServerModelChoice.semi_honest,
+        ServerModelChoice | None,
+        typer.Option(
+            help="masking: semi-malicious is active mode (signed keys, a consistency round); "
+            "default semi-honest."
+        ),
+    ] = None,
     stage_timeout: Annotated[float, typer.Option(help="Seconds per stage.")] = 30.0,
     cohort_wait: Annotated[
         float, typer.Option(help="Seconds serve waits for min_clients before giving up.")
     ] = 60.0,
+    scheme: Annotated[
+        SchemeChoice,
+        typer.Option(
+            help="masking (SecAgg/SecAgg+) or ckks (homomorphic encryption: also writes the "
+            "CKKS keys; needs the he extra)."
+        ),
+    ] = SchemeChoice.masking,
 ) -> None:
     """Create a local deployment: CA, server certificate, client identities, allow-list.
 
-    Also writes deployment.toml, which both `serve` and `join` read. Everything is checked
-    before the first file is written: a refused command leaves nothing behind.
+    Also writes deployment.toml, which both `serve` and `join` read, and with --scheme ckks
+    the CKKS keys: the coordinator's evaluation context and, beside each identity, the
+    clients' context with the secret key. Everything is checked before the first file is
+    written: a refused command leaves nothing behind.
     """
+    from secagg.service.ckks_deployment import (
+        SERVER_CONTEXT_FILE,
+        CkksSettings,
+        client_context_path,
+        provision_ckks_keys,
+        require_tenseal,
+    )
     from secagg.service.credentials import create_deployment, deployment_files
 
     try:
+        if scheme is SchemeChoice.plaintext:
+            raise ConfigurationError(_NO_PLAINTEXT_SERVICE)
+        ckks = scheme is SchemeChoice.ckks
+        if ckks and server_model is not None:
+            raise ConfigurationError(
+                "--server-model applies to masking; a CKKS deployment has no server model "
+                "(docs/THREAT_MODEL.md says what CKKS trusts the coordinator with)"
+            )
         if clients < 3:
             raise ConfigurationError(
                 f"--clients must be at least 3 (a round needs 3), got {clients}"
@@ -410,13 +443,23 @@ def certs(
                 f"the {task.value} task sends weights up to {needs.max_weight}: "
                 f"--max-weight {max_weight} would refuse them"
             )
-        params = Params(
-            dim=needs.dim or (1000 if dim is None else dim),
-            max_clients=clients,
-            clip=needs.clip,
-            max_weight=needs.max_weight if max_weight is None else max_weight,
-            server_model=ServerModel(server_model.value),
-        )
+        params: Params | CkksSettings
+        if ckks:
+            require_tenseal()
+            params = CkksSettings(
+                dim=needs.dim or (1000 if dim is None else dim),
+                max_clients=clients,
+                clip=needs.clip,
+                max_weight=needs.max_weight if max_weight is None else max_weight,
+            )
+        else:
+            params = Params(
+                dim=needs.dim or (1000 if dim is None else dim),
+                max_clients=clients,
+                clip=needs.clip,
+                max_weight=needs.max_weight if max_weight is None else max_weight,
+                server_model=ServerModel((server_model or ServerModelChoice.semi_honest).value),
+            )
         CoordinatorSettings(
             params,
             port=port,
@@ -426,6 +469,11 @@ def certs(
         )
         files = deployment_files(directory, clients)
         tls = files.tls
+        keys = (
+            [directory / SERVER_CONTEXT_FILE, *map(client_context_path, files.identities.values())]
+            if ckks
+            else []
+        )
         for path in (
             directory / CONFIG_FILE,
             tls.ca_cert,
@@ -433,9 +481,12 @@ def certs(
             tls.server_key,
             files.allow_list,
             *files.identities.values(),
+            *keys,
         ):
             refuse_existing(path)
         deployment = create_deployment(directory, clients)
+        if isinstance(params, CkksSettings):
+            provision_ckks_keys(directory, deployment.identities, params.params)
         config = DeploymentConfig.write(
             directory,
             deployment,
@@ -448,10 +499,17 @@ def certs(
         )
     except ConfigurationError as exc:
         _fail(str(exc))
+    what = (
+        f"{clients} identities and CKKS contexts (the secret key, mode 0600) under "
+        f"{directory / 'clients'}, the coordinator's evaluation context in "
+        f"{directory / SERVER_CONTEXT_FILE}"
+        if ckks
+        else f"{clients} identities under {directory / 'clients'}"
+    )
     _say(
-        f"wrote {config} and {clients} identities under {directory / 'clients'} "
-        f"(task {task.value}: dim {params.dim}, max_weight {params.max_weight}; a round "
-        f"starts once {min_clients} clients are connected)"
+        f"wrote {config} and {what} (scheme {scheme.value}, task {task.value}: dim "
+        f"{params.dim}, max_weight {params.max_weight}; a round starts once {min_clients} "
+        "clients are connected)"
     )
 
 
@@ -635,9 +693,13 @@ def demo(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = (
         None
     ),
-    protocol: Annotated[ProtocolChoice, typer.Option(help="Neighbour graph.")] = (
+    protocol: Annotated[ProtocolChoice, typer.Option(help="Neighbour graph (masking).")] = (
         ProtocolChoice.secagg_plus
     ),
+    scheme: Annotated[
+        SchemeChoice,
+        typer.Option(help="masking (SecAgg/SecAgg+) or ckks (homomorphic encryption)."),
+    ] = SchemeChoice.masking,
 ) -> None:
     """Federated training on digits with secure aggregation, beside plaintext FedAvg.
 
@@ -646,8 +708,17 @@ def demo(
     from secagg.demo import DemoOptions, print_report, run_demo, write_json
 
     try:
+        if scheme is SchemeChoice.plaintext:
+            raise ConfigurationError(
+                _NO_PLAINTEXT_SERVICE + " (the demo computes the plaintext baseline itself)"
+            )
         options = DemoOptions(
-            clients=clients, rounds=rounds, seed=seed, drop_rate=drop_rate, protocol=protocol.value
+            clients=clients,
+            rounds=rounds,
+            seed=seed,
+            drop_rate=drop_rate,
+            protocol=protocol.value,
+            scheme=scheme.value,
         )
         if json_path is not None:
             check_writable(json_path, "the report")

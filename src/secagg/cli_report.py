@@ -113,6 +113,7 @@ def round_json(summary: RoundSummary) -> dict[str, Any]:
     """One JSON object per round of ``secagg serve --json``."""
     return {
         "round_id": summary.round_id,
+        "scheme": summary.scheme,
         "outcome": summary.outcome.value,
         "cohort": len(summary.cohort),
         "included": len(summary.included),
@@ -122,6 +123,8 @@ def round_json(summary: RoundSummary) -> dict[str, Any]:
         "upload_bytes_per_client": summary.upload_bytes_per_client,
         "download_bytes_per_client": summary.download_bytes_per_client,
         "abort_reason": summary.abort_reason,
+        # The largest error the scheme may add to a coordinate of the mean (completed rounds).
+        "error_bound": summary.error_bound,
         # Linux reports ru_maxrss in KiB: the coordinator's peak so far.
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }

@@ -2,13 +2,16 @@
 
 One command starts a coordinator with TLS on loopback and N client processes, each holding
 a non-IID share of scikit-learn's handwritten digits, and trains a small network with
-FedAvg. Beside the secure training run, the demo trains a plaintext FedAvg baseline over
-exactly the clients each secure round included, computing those clients' updates itself (the
-same deterministic local training the client processes run), so the report shows what
-secure aggregation changes in accuracy (only quantisation) and in bytes. The baseline never
-travels through the service: the production client and wire schema have no plaintext path.
-``--drop-rate`` SIGKILLs random client processes at random stages of the secure rounds;
-killed clients restart and rejoin with fresh keys.
+FedAvg, aggregated with the scheme asked for: masking (SecAgg/SecAgg+, the default) or CKKS
+homomorphic encryption (``--scheme ckks``: the demo provisions the CKKS keys as ``secagg
+certs --scheme ckks`` does). Beside the secure training run, the demo trains a plaintext
+FedAvg baseline over exactly the clients each secure round included, computing those
+clients' updates itself (the same deterministic local training the client processes run),
+so the report shows what secure aggregation changes in accuracy (only quantisation, or
+CKKS's approximation) and in bytes. The baseline never travels through the service: the
+production client and wire schema have no plaintext path. ``--drop-rate`` SIGKILLs random
+client processes at random stages of the secure rounds; killed clients restart and rejoin
+with fresh keys (a CKKS client keeps its provisioned context, as a device would).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from secagg.fl.fedavg import apply_update
 from secagg.fl.tasks import DEMO_CLIP, demo_model, digits_task
 from secagg.params import Params
 from secagg.protocol.stages import Stage
+from secagg.schemes.base import Scheme, SchemeKind
+from secagg.schemes.masking import MaskingScheme
+from secagg.service.ckks_deployment import CkksSettings, provision_ckks_keys, require_tenseal
 from secagg.service.client import UpdateFn
 from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import RoundSummary
@@ -46,9 +52,14 @@ from secagg.service.run import RunFailed, make_coordinator, start_client_process
 
 __all__ = ["DemoOptions", "run_demo"]
 
-KILL_STAGES = tuple(
-    s.value for s in (Stage.COMMIT, Stage.ADVERTISE, Stage.SHARE, Stage.MASKED_INPUT, Stage.UNMASK)
-)
+# Where --drop-rate kills a client process, per scheme.
+KILL_STAGES = {
+    SchemeKind.MASKING: tuple(
+        s.value
+        for s in (Stage.COMMIT, Stage.ADVERTISE, Stage.SHARE, Stage.MASKED_INPUT, Stage.UNMASK)
+    ),
+    SchemeKind.CKKS: (Stage.UPLOAD.value, Stage.DECRYPT.value),
+}
 
 
 @dataclass(frozen=True)
@@ -59,9 +70,15 @@ class DemoOptions:
     drop_rate: float = 0.0
     stage_timeout: float = 20.0
     workdir: Path | None = None
-    protocol: str = "secagg+"
+    protocol: str = "secagg+"  # masking's neighbour graph
+    scheme: str = SchemeKind.MASKING.value
 
     def __post_init__(self) -> None:
+        if self.scheme not in KILL_STAGES:
+            raise ConfigurationError(
+                "--scheme must be masking or ckks: the service has no plaintext path (the "
+                "demo computes the plaintext baseline itself)"
+            )
         if not 3 <= self.clients <= 200:
             raise ConfigurationError("--clients must be between 3 and 200")
         if not 1 <= self.rounds <= 1000:
@@ -100,8 +117,10 @@ class RoundRow:
 class DemoReport:
     options: DemoOptions
     dim: int
-    degree_threshold: tuple[int, int]
-    ring_bits: int
+    # What the scheme that ran fixes (scheme.describe: masking's protocol, k, t and ring
+    # width; CKKS's parameters and key holders), and the error it may add to the mean.
+    details: dict[str, object]
+    error_bound: float
     secure: list[RoundRow] = field(default_factory=list)
     plaintext: list[RoundRow] = field(default_factory=list)
     kills: list[dict[str, Any]] = field(default_factory=list)
@@ -120,11 +139,10 @@ class DemoReport:
                 "rounds": o.rounds,
                 "seed": o.seed,
                 "drop_rate": o.drop_rate,
-                "protocol": o.protocol,
+                "scheme": o.scheme,
                 "dim": self.dim,
-                "degree": self.degree_threshold[0],
-                "threshold": self.degree_threshold[1],
-                "ring_bits": self.ring_bits,
+                **self.details,
+                "error_bound": self.error_bound,
             },
             "secure": {
                 "rounds": [r.to_json() for r in self.secure],
@@ -218,20 +236,39 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
     workdir.mkdir(parents=True, exist_ok=True)
     split = load_digits_split(options.clients, seed=options.seed)
     spec = demo_model(split)
-    params = Params(
-        dim=spec.dim,
-        max_clients=options.clients,
-        clip=DEMO_CLIP,
-        value_bits=16,
-        max_weight=max(len(c.y) for c in split.clients),
-        protocol=options.protocol,  # type: ignore[arg-type]
-    )
-    graph = params.graph(options.clients)
+    kind = SchemeKind(options.scheme)
+    max_weight = max(len(c.y) for c in split.clients)
+    params: Params | CkksSettings
+    scheme: Scheme
+    if kind is SchemeKind.CKKS:
+        require_tenseal()
+        params = CkksSettings(
+            dim=spec.dim, max_clients=options.clients, clip=DEMO_CLIP, max_weight=max_weight
+        )
+        scheme = params.scheme()  # no keys: only to describe the round
+    else:
+        params = Params(
+            dim=spec.dim,
+            max_clients=options.clients,
+            clip=DEMO_CLIP,
+            value_bits=16,
+            max_weight=max_weight,
+            protocol=options.protocol,  # type: ignore[arg-type]
+        )
+        scheme = MaskingScheme(params)
     report = DemoReport(
-        options, spec.dim, (graph.degree, graph.threshold), params.ring_bits, workdir=str(workdir)
+        options,
+        spec.dim,
+        scheme.describe(options.clients),
+        scheme.error_bound(options.clients),
+        workdir=str(workdir),
     )
     say(f"setting up TLS and {options.clients} client identities in {workdir}")
     deployment = create_deployment(workdir, options.clients)
+    if isinstance(params, CkksSettings):
+        say("provisioning the CKKS keys (the clients' secret key, the coordinator's context)")
+        provision_ckks_keys(workdir, deployment.identities, params.params)
+    kill_stages = KILL_STAGES[kind]
     config_path = DeploymentConfig.write(
         workdir,
         deployment,
@@ -277,7 +314,7 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
             plain_model = secure_model.copy()
             for step in range(options.rounds):
                 planned = {
-                    int(c): KILL_STAGES[int(rng.integers(len(KILL_STAGES)))]
+                    int(c): kill_stages[int(rng.integers(len(kill_stages)))]
                     for c in range(options.clients)
                     if rng.random() < options.drop_rate
                 }
@@ -358,11 +395,10 @@ def write_json(report: DemoReport, path: Path) -> None:
 def print_report(report: DemoReport, console: Console) -> None:
     """One row per training round: secure beside plaintext, then the totals."""
     o = report.options
-    degree, threshold = report.degree_threshold
     table = Table(
         title=(
             f"FedAvg on digits: {o.clients} clients (non-IID), {report.dim} parameters, "
-            f"{o.protocol} k={degree} t={threshold}, {report.ring_bits}-bit ring, TLS on loopback"
+            f"{_scheme_title(report)}, TLS on loopback"
         ),
         title_justify="left",
     )
@@ -411,10 +447,27 @@ def print_report(report: DemoReport, console: Console) -> None:
         ),
         f"time in secure rounds: {secure_s:.2f} s, clients' local training included "
         f"(the plaintext baseline's updates were computed here in {plain_s:.2f} s)",
-        f"upload per client per completed round: secure {up_s:,.0f} B, plaintext float32 "
-        f"{up_p:,.0f} B" + (f" ({up_s / up_p:.2f}x)" if up_p > 0 else ""),
+        f"upload per client per completed round: secure ({o.scheme}) {up_s:,.0f} B, "
+        f"plaintext float32 {up_p:,.0f} B" + (f" ({up_s / up_p:.2f}x)" if up_p > 0 else ""),
+        f"scheme: {_scheme_title(report)}; each coordinate of the mean within "
+        f"{report.error_bound:.2g} of the exact weighted mean of the clipped updates",
     ]
     if report.kills:
         lines.append(f"client processes killed: {len(report.kills)} (restarted with fresh keys)")
     for line in lines:
         console.print(line)
+
+
+def _scheme_title(report: DemoReport) -> str:
+    """Which scheme ran, with what it fixes: ``secagg+ k=4 t=3, 24-bit ring`` or ``CKKS
+    N=8192, moduli [60, 40, 40], scale 2^40, 2 key holders``."""
+    d = report.details
+    if report.options.scheme == SchemeKind.CKKS.value:
+        return (
+            f"CKKS N={d.get('poly_modulus_degree')}, moduli {d.get('coeff_mod_bit_sizes')}, "
+            f"scale 2^{d.get('scale_bits')}, {d.get('key_holders')} key holders"
+        )
+    return (
+        f"{d.get('protocol')} k={d.get('degree')} t={d.get('threshold')}, "
+        f"{d.get('ring_bits')}-bit ring"
+    )

@@ -1,11 +1,13 @@
 """A client of the coordinator: connects out, proves its identity, answers rounds.
 
-The client trusts nothing the coordinator says. Its deployment (``ClientPolicy``: parameters,
-threat model, allow-list, minimum cohort) is the source of truth, and every round is checked
-against it before the client trains, generates a key or reveals anything:
+The client trusts nothing the coordinator says. Its deployment (its ``Scheme``, masking or
+CKKS, whose ``check`` is the client's policy: parameters, threat model, allow-list, minimum
+cohort) is the source of truth, and every round is checked against it before the client
+trains, generates a key or reveals anything:
 
-1. the round configuration must be one the policy accepts (``secagg.policy``), for a round id
-   this client has not taken part in before;
+1. the round configuration must be one the policy accepts (``secagg.policy`` for masking,
+   ``CkksScheme.check`` for CKKS; a configuration of another scheme is a
+   ``parameter-mismatch``), for a round id this client has not taken part in before;
 2. the model must be the one the configuration is bound to (its digest is in the config, so
    in the session id), finite and of the deployment's dimension;
 3. the update the callback returns must be a finite vector of that dimension and an integer
@@ -17,15 +19,17 @@ validated, and a silent coordinator is noticed at the client's own per-stage dea
 INFO line per round (the audit line) says what the client agreed to and how the round ended.
 
 The client never listens and never writes a secret to disk: each round's keys, seeds and
-shares live in the sans-I/O ``Client`` of that round only, and a new round (including after a
-reconnection) starts with fresh ones. There is no plaintext path: the only vector that leaves
-the client is its masked input.
+shares live in the scheme's sans-I/O client of that round only, and a new round (including
+after a reconnection) starts with fresh ones. There is no plaintext path: the only vector
+that leaves the client is its masked input, or under CKKS its encrypted update (and, for a
+key holder, the decrypted mean of the round's sum).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,10 +47,14 @@ from secagg.errors import (
     Unreachable,
 )
 from secagg.hazmat.randomness import SystemRandomness
-from secagg.policy import ClientPolicy
-from secagg.protocol.client import Client
-from secagg.protocol.messages import Message, RoundConfig
-from secagg.protocol.stages import stage_answered_by
+from secagg.protocol.messages import Message, RoundConfig, decode
+from secagg.protocol.runner import RoundClient
+from secagg.protocol.stages import Stage, stage_answered_by
+from secagg.schemes import plaintext as _plaintext  # noqa: F401  (registers its messages)
+from secagg.schemes.base import Scheme
+from secagg.schemes.ckks import CkksConfig, CkksResult, CkksUpload
+from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.upload import CohortConfig
 from secagg.service.credentials import ClientIdentity, sign_challenge
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
@@ -70,6 +78,9 @@ may take as long as local training takes; if it raises, this client sits the rou
 # Longest detail sent in a ClientAbort frame: one line for the operator, never a dump.
 _DETAIL_CHARS = 200
 
+# The stage each CKKS answer belongs to (masking's are in ``secagg.protocol.stages``).
+_CKKS_ANSWERS: dict[type[Message], Stage] = {CkksUpload: Stage.UPLOAD, CkksResult: Stage.DECRYPT}
+
 
 class _Retry(Exception):
     """A refusal the coordinator says is temporary."""
@@ -83,7 +94,9 @@ class ClientSettings:
     identity: ClientIdentity = field(repr=False)
     ca_cert: bytes | None  # PEM root; None only for tests over an insecure channel
     max_message_bytes: int
-    policy: ClientPolicy
+    # The deployment's scheme on this client's side (``run.client_policy`` builds it): its
+    # ``check`` is the client's policy, and it makes the client of each round.
+    policy: Scheme
     # Every allow-listed client's identity public key: the cohort must lie within it, and in
     # active mode signatures are checked against it (public data).
     pki: Mapping[int, bytes] = field(repr=False)
@@ -111,8 +124,8 @@ class _RoundState:
     """The round this client is in, as far as it has got."""
 
     round_id: int
-    config: RoundConfig | None = None
-    client: Client | None = None  # None once this client has left the round
+    config: RoundConfig | CkksConfig | None = None
+    client: RoundClient | None = None  # None once this client has left the round
     aborted: ClientAbort | None = None
     audited: bool = False
 
@@ -133,6 +146,7 @@ class SecAggClient:
         on_stage: Callable[[int, str], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._scheme = _signing_as(settings)
         self._update = update
         self._rounds = rounds
         self._on_stage = on_stage
@@ -331,13 +345,7 @@ class SecAggClient:
             self._last_round = config.round_id
             self._stage(task.round_id, "train")
             values, weight = await self._train(model, task.step)
-            client = Client(
-                config,
-                self.client_id,
-                SystemRandomness(),
-                identity=self.settings.identity.signing_key if config.active else None,
-                pki=self.settings.pki if config.active else None,
-            )
+            client = self._scheme.client(config, self.client_id, SystemRandomness())
             try:
                 client.set_input(values, weight)
             except InputError as exc:
@@ -346,15 +354,19 @@ class SecAggClient:
             await self._leave(call, state, exc)
             return state
         state.client = client
-        self._stage(task.round_id, "commit")
-        await self._send(call, client.start())
+        # The configuration this client was made from opens the round: its first message.
+        await self._answer(call, state, config)
         return state
 
-    def _check_task(self, task: pb.Task) -> RoundConfig:
+    def _check_task(self, task: pb.Task) -> RoundConfig | CkksConfig:
         try:
-            config = RoundConfig.decode(task.round_config)
+            config = decode(task.round_config)
         except DecodeError as exc:
             raise ClientAbort(AbortReason.INVALID_CONFIG, str(exc)) from None
+        if not isinstance(config, RoundConfig | CohortConfig):
+            raise ClientAbort(
+                AbortReason.INVALID_CONFIG, f"a {type(config).__name__} is no round configuration"
+            )
         if config.round_id != task.round_id:
             raise ClientAbort(AbortReason.INVALID_CONFIG, "the task and its config disagree")
         if self._last_round is not None and config.round_id <= self._last_round:
@@ -362,10 +374,15 @@ class SecAggClient:
                 AbortReason.REPLAYED_ROUND,
                 f"round {config.round_id} is not after round {self._last_round}",
             )
-        self.settings.policy.check(config, self.client_id)
+        self._scheme.check(config, self.client_id)
+        if not isinstance(config, RoundConfig | CkksConfig):
+            # Only a scheme the service does not run would accept it: never run it.
+            raise ClientAbort(
+                AbortReason.PARAMETER_MISMATCH, f"the service runs no {type(config).__name__}"
+            )
         return config
 
-    def _check_model(self, task: pb.Task, config: RoundConfig) -> NDArray[np.float32]:
+    def _check_model(self, task: pb.Task, config: RoundConfig | CkksConfig) -> NDArray[np.float32]:
         if task_digest(task.model, task.step) != config.task_hash:
             # The session is bound to another model: training this one would be unsafe.
             raise ClientAbort(AbortReason.MODEL_MISMATCH, "the model is not the session's")
@@ -395,12 +412,12 @@ class SecAggClient:
         return array, weight
 
     async def _answer(
-        self, call: grpc.aio.StreamStreamCall, state: _RoundState, data: bytes
+        self, call: grpc.aio.StreamStreamCall, state: _RoundState, data: Message | bytes
     ) -> None:
         client = state.client
         assert client is not None
         try:
-            reply: Message = client.receive(data)
+            reply = client.receive(data)
         except ClientAbort as exc:
             await self._leave(call, state, exc)
             return
@@ -415,7 +432,9 @@ class SecAggClient:
                 call, state, ClientAbort(AbortReason.MALFORMED_MESSAGE, type(exc).__name__)
             )
             return
-        self._stage(state.round_id, stage_answered_by(reply).value)
+        if reply is None:
+            return  # nothing to say at this stage
+        self._stage(state.round_id, _answered(reply).value)
         await self._send(call, reply)
 
     async def _send(self, call: grpc.aio.StreamStreamCall, message: Message) -> None:
@@ -464,13 +483,21 @@ class SecAggClient:
         if config is None:
             log.info("round %d: refused before it began: %s", state.round_id, outcome)
             return
+        if isinstance(config, RoundConfig):
+            agreed = (
+                f"server model {config.server_model}, {config.protocol} "
+                f"k={config.degree} t={config.threshold}"
+            )
+        else:
+            agreed = (
+                f"ckks N={config.poly_modulus_degree} moduli "
+                f"{list(config.coeff_mod_bit_sizes)} scale 2^{config.scale_bits}, "
+                f"{len(config.key_holders)} key holder(s)"
+            )
         log.info(
-            "round %d: server model %s, %s k=%d t=%d, cohort %d, min cohort %d: %s",
+            "round %d: %s, cohort %d, min cohort %d: %s",
             state.round_id,
-            config.server_model,
-            config.protocol,
-            config.degree,
-            config.threshold,
+            agreed,
             len(config.client_ids),
             config.min_cohort,
             outcome,
@@ -479,6 +506,24 @@ class SecAggClient:
     def _stage(self, round_id: int, stage: str) -> None:
         if self._on_stage is not None:
             self._on_stage(round_id, stage)
+
+
+def _signing_as(settings: ClientSettings) -> Scheme:
+    """The deployment's scheme, able to sign as this client where masking's active mode
+    needs it (its long-term identity signs its keys and the survivor set)."""
+    scheme = settings.policy
+    if isinstance(scheme, MaskingScheme):
+        identity = settings.identity
+        return dataclasses.replace(
+            scheme, identities={identity.client_id: identity.signing_key}, pki=settings.pki
+        )
+    return scheme
+
+
+def _answered(message: Message) -> Stage:
+    """The stage a client's message answers (for progress displays)."""
+    stage = _CKKS_ANSWERS.get(type(message))
+    return stage if stage is not None else stage_answered_by(message)
 
 
 def _certificate_failure(exc: grpc.aio.AioRpcError) -> bool:

@@ -36,11 +36,35 @@ command line override what the file says.
     clients = 10           # digits: the data is split into this many shares
     seed = 0
 
+A deployment runs one scheme, named in ``[round]``: ``scheme = "masking"`` (the default:
+SecAgg or SecAgg+, the keys above) or ``scheme = "ckks"`` (homomorphic encryption; ``[round]``
+then holds only ``dim``, ``max_clients``, ``clip``, ``max_weight`` and ``min_cohort``, and a
+``[ckks]`` section the rest)::
+
+    [round]
+    scheme = "ckks"
+    dim = 2410
+    max_clients = 10
+    clip = 0.5
+    max_weight = 2000
+
+    [ckks]
+    poly_modulus_degree = 8192
+    coeff_mod_bit_sizes = [60, 40, 40]
+    scale_bits = 40
+    key_holders = 2                        # clients asked to decrypt each sum
+    server_context = "ckks/server.context" # the coordinator's evaluation context
+
+Each client's CKKS context (with the secret key) sits beside its identity file
+(``secagg.service.ckks_deployment``). ``scheme = "plaintext"`` is refused: the service has no
+plaintext path.
+
 The client reads the same ``[round]`` section as its policy: it refuses any round whose
-configuration differs from it (``secagg.policy``). Every value is checked when the file is
-loaded; a mistake is one ``ConfigurationError`` line naming the file, the key and what it
-must be (an unknown protocol, a port outside 0..65535, a timeout that is not positive, a
-``dim`` too large for gRPC's messages, ``min_clients`` above ``max_clients``...).
+configuration differs from it (``secagg.policy``, ``CkksScheme.check``). Every value is
+checked when the file is loaded; a mistake is one ``ConfigurationError`` line naming the
+file, the key and what it must be (an unknown protocol, a port outside 0..65535, a timeout
+that is not positive, a ``dim`` too large for gRPC's messages, ``min_clients`` above
+``max_clients``...).
 """
 
 from __future__ import annotations
@@ -52,7 +76,10 @@ from pathlib import Path
 from typing import Any
 
 from secagg.errors import ConfigurationError
+from secagg.hazmat.ckks import CkksParameters
 from secagg.params import Params, Protocol, ServerModel
+from secagg.schemes.base import SchemeKind
+from secagg.service.ckks_deployment import SERVER_CONTEXT_FILE, CkksSettings
 from secagg.service.credentials import Deployment, TlsFiles
 from secagg.service.files import create_file, refuse_existing
 from secagg.service.settings import CoordinatorSettings
@@ -63,6 +90,7 @@ __all__ = ["CONFIG_FILE", "DeploymentConfig", "default_client_stage_timeout"]
 CONFIG_FILE = "deployment.toml"
 
 _ROUND_KEYS = {
+    "scheme": str,
     "dim": int,
     "max_clients": int,
     "clip": float,
@@ -73,6 +101,15 @@ _ROUND_KEYS = {
     "adversarial_rate": float,
     "dropout_rate": float,
     "min_cohort": int,
+}
+# What a CKKS round shares with masking; the other [round] keys are masking's alone.
+_COMMON_ROUND_KEYS = frozenset({"dim", "max_clients", "clip", "max_weight", "min_cohort"})
+_CKKS_KEYS = {
+    "poly_modulus_degree": int,
+    "coeff_mod_bit_sizes": list,
+    "scale_bits": int,
+    "key_holders": int,
+    "server_context": str,
 }
 _COORDINATOR_KEYS = {
     "host": str,
@@ -101,15 +138,25 @@ def default_client_stage_timeout(coordinator_stage_timeout: float) -> float:
 
 @dataclass(frozen=True)
 class DeploymentConfig:
-    """A deployment, as both ends read it from ``deployment.toml``."""
+    """A deployment, as both ends read it from ``deployment.toml``.
 
-    params: Params
+    ``params`` are the round parameters of its scheme: ``Params`` (masking) or
+    ``CkksSettings`` (CKKS, whose coordinator loads its evaluation context from
+    ``server_context``).
+    """
+
+    params: Params | CkksSettings
     coordinator: CoordinatorSettings
     tls: TlsFiles | None
     allow_list: Path | None
     ledger: Path
     client_stage_timeout: float = 70.0
     task: TaskSpec = field(default_factory=TaskSpec)
+    server_context: Path | None = None
+
+    @property
+    def scheme(self) -> SchemeKind:
+        return SchemeKind.CKKS if isinstance(self.params, CkksSettings) else SchemeKind.MASKING
 
     @classmethod
     def load(cls, path: Path) -> DeploymentConfig:
@@ -122,17 +169,28 @@ class DeploymentConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
         base = path.parent
-        unknown = set(data) - {"round", "coordinator", "tls", "clients", "task"}
+        unknown = set(data) - {"round", "coordinator", "tls", "clients", "task", "ckks"}
         if unknown:
             raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
         round_ = _section(data, "round", _ROUND_KEYS, path)
         coord = _section(data, "coordinator", _COORDINATOR_KEYS, path)
         if "dim" not in round_ or "max_clients" not in round_:
             raise ConfigurationError(f"{path}: [round] needs dim and max_clients")
-        for key, enum in _ENUM_KEYS.items():
-            if key in round_:
-                round_[key] = _member(enum, round_[key], f"{path}: round.{key}")
-        params = _checked(lambda: Params(**round_), f"{path}: [round]")
+        scheme = _scheme(round_.pop("scheme", SchemeKind.MASKING.value), path)
+        params: Params | CkksSettings
+        server_context: Path | None = None
+        if scheme is SchemeKind.CKKS:
+            params, server_context = _ckks_round(data, round_, path)
+        else:
+            if "ckks" in data:
+                raise ConfigurationError(
+                    f'{path}: [ckks] belongs to a deployment with round.scheme = "ckks"; '
+                    f'this one runs "{scheme.value}"'
+                )
+            for key, enum in _ENUM_KEYS.items():
+                if key in round_:
+                    round_[key] = _member(enum, round_[key], f"{path}: round.{key}")
+            params = _checked(lambda: Params(**round_), f"{path}: [round]")
         ledger = base / str(coord.pop("ledger", "ledger.sqlite"))
         settings = _checked(
             lambda: CoordinatorSettings(params=params, **coord), f"{path}: [coordinator]"
@@ -161,6 +219,7 @@ class DeploymentConfig:
             ledger,
             client_timeout,
             task,
+            server_context,
         )
 
     def with_overrides(self, **coordinator: Any) -> DeploymentConfig:
@@ -180,7 +239,7 @@ class DeploymentConfig:
         cls,
         root: Path,
         deployment: Deployment,
-        params: Params,
+        params: Params | CkksSettings,
         *,
         port: int = 0,
         min_clients: int = 3,
@@ -189,7 +248,8 @@ class DeploymentConfig:
         task: TaskSpec | None = None,
     ) -> Path:
         """Write ``root/deployment.toml`` for a deployment that ``create_deployment`` made
-        under ``root`` (paths relative to it, so the folder can move). Never overwrites."""
+        under ``root`` (paths relative to it, so the folder can move). Never overwrites. A
+        CKKS deployment's keys are ``provision_ckks_keys``'s, under the same ``root``."""
         path = root / CONFIG_FILE
         refuse_existing(path)
         tls = deployment.tls
@@ -214,7 +274,7 @@ class DeploymentConfig:
     @staticmethod
     def render(
         *,
-        params: Params,
+        params: Params | CkksSettings,
         port: int,
         min_clients: int,
         stage_timeout: float,
@@ -225,20 +285,8 @@ class DeploymentConfig:
         task: TaskSpec | None = None,
     ) -> str:
         """The TOML text of a deployment (relative paths are relative to where it is saved)."""
-        lines = [
-            "[round]",
-            f"dim = {params.dim}",
-            f"max_clients = {params.max_clients}",
-            f"clip = {params.clip!r}",
-            f"value_bits = {params.value_bits}",
-            f"max_weight = {params.max_weight}",
-            f'protocol = "{params.protocol.value}"',
-            f'server_model = "{params.server_model.value}"',
-            f"adversarial_rate = {params.adversarial_rate!r}",
-            f"dropout_rate = {params.dropout_rate!r}",
-            f"min_cohort = {params.min_cohort}",
-            "",
-            "[coordinator]",
+        lines = ["[round]", *_round_lines(params), "", "[coordinator]"]
+        lines += [
             'host = "127.0.0.1"',
             f"port = {port}",
             f"min_clients = {min_clients}",
@@ -246,6 +294,17 @@ class DeploymentConfig:
             f"stage_timeout = {float(stage_timeout)!r}",
             f'ledger = "{ledger}"',
         ]
+        if isinstance(params, CkksSettings):
+            ckks = params.params
+            lines += [
+                "",
+                "[ckks]",
+                f"poly_modulus_degree = {ckks.poly_modulus_degree}",
+                f"coeff_mod_bit_sizes = {list(ckks.coeff_mod_bit_sizes)}",
+                f"scale_bits = {ckks.scale_bits}",
+                f"key_holders = {params.key_holders}",
+                f'server_context = "{SERVER_CONTEXT_FILE}"',
+            ]
         if tls is not None:
             ca, cert, key = tls
             lines += ["", "[tls]", f'ca = "{ca}"', f'cert = "{cert}"', f'key = "{key}"']
@@ -265,6 +324,75 @@ class DeploymentConfig:
                 f"seed = {task.seed}",
             ]
         return "\n".join(lines) + "\n"
+
+
+def _round_lines(params: Params | CkksSettings) -> list[str]:
+    if isinstance(params, CkksSettings):
+        return [
+            f'scheme = "{SchemeKind.CKKS.value}"',
+            f"dim = {params.dim}",
+            f"max_clients = {params.max_clients}",
+            f"clip = {float(params.clip)!r}",
+            f"max_weight = {params.max_weight}",
+            f"min_cohort = {params.min_cohort}",
+        ]
+    return [
+        f'scheme = "{SchemeKind.MASKING.value}"',
+        f"dim = {params.dim}",
+        f"max_clients = {params.max_clients}",
+        f"clip = {params.clip!r}",
+        f"value_bits = {params.value_bits}",
+        f"max_weight = {params.max_weight}",
+        f'protocol = "{params.protocol.value}"',
+        f'server_model = "{params.server_model.value}"',
+        f"adversarial_rate = {params.adversarial_rate!r}",
+        f"dropout_rate = {params.dropout_rate!r}",
+        f"min_cohort = {params.min_cohort}",
+    ]
+
+
+def _scheme(value: str, path: Path) -> SchemeKind:
+    kind = _member(SchemeKind, value, f"{path}: round.scheme")
+    if kind is SchemeKind.PLAINTEXT:
+        raise ConfigurationError(
+            f'{path}: round.scheme = "plaintext" cannot be served: the service has no '
+            "plaintext path (plaintext runs in process only, as `secagg simulate --scheme "
+            'plaintext`); use "masking" or "ckks"'
+        )
+    return SchemeKind(kind)
+
+
+def _ckks_round(
+    data: dict[str, Any], round_: dict[str, Any], path: Path
+) -> tuple[CkksSettings, Path]:
+    """A CKKS deployment's [round] (the keys it shares with masking) and [ckks] sections."""
+    masking_only = sorted(set(round_) - _COMMON_ROUND_KEYS)
+    if masking_only:
+        raise ConfigurationError(
+            f"{path}: round.{masking_only[0]} is a masking parameter; this deployment's "
+            'round.scheme is "ckks" (its parameters are in [ckks])'
+        )
+    section = _section(data, "ckks", _CKKS_KEYS, path)
+    sizes = section.pop("coeff_mod_bit_sizes", None)
+    if sizes is not None and not all(isinstance(b, int) and not isinstance(b, bool) for b in sizes):
+        raise ConfigurationError(f"{path}: ckks.coeff_mod_bit_sizes must be a list of integers")
+    context = section.pop("server_context", SERVER_CONTEXT_FILE)
+    if not context:
+        raise ConfigurationError(f"{path}: ckks.server_context must be a file name")
+    key_holders = section.pop("key_holders", 2)
+    defaults = CkksParameters()
+    ckks = _checked(
+        lambda: CkksParameters(
+            section.get("poly_modulus_degree", defaults.poly_modulus_degree),
+            tuple(sizes) if sizes is not None else defaults.coeff_mod_bit_sizes,
+            section.get("scale_bits", defaults.scale_bits),
+        ),
+        f"{path}: [ckks]",
+    )
+    settings = _checked(
+        lambda: CkksSettings(**round_, params=ckks, key_holders=key_holders), f"{path}: [round]"
+    )
+    return settings, path.parent / context
 
 
 def _checked(make: Any, where: str) -> Any:

@@ -4,8 +4,8 @@ It is two parts with one job each, put together here:
 
 - ``secagg.service.transport``: the gRPC servicer, the challenge handshake, the connections
   and their byte counts;
-- ``secagg.service.rounds``: the round driver (the sans-I/O ``Server`` stage by stage, the
-  deadlines, the ledger, the operator metrics).
+- ``secagg.service.rounds``: the round driver (the deployment's scheme through the round
+  engine, the deadlines, the ledger, the operator metrics).
 
 Embed it with ``await coordinator.start()``, then ``await coordinator.run_round(model)`` as
 often as needed, then ``await coordinator.stop()``.
@@ -19,8 +19,12 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.errors import UsageError
 from secagg.parallel import MaskApplier
+from secagg.params import Params
 from secagg.protocol.stages import Stage
+from secagg.schemes.base import Scheme
+from secagg.schemes.masking import MaskingScheme
 from secagg.service.identity import AllowList
 from secagg.service.ledger import Ledger
 from secagg.service.metrics import Metrics, NullMetrics
@@ -28,7 +32,7 @@ from secagg.service.rounds import NoCohort, RoundRunner, RoundSummary
 from secagg.service.settings import CoordinatorSettings
 from secagg.service.transport import Transport
 
-__all__ = ["Coordinator", "CoordinatorSettings", "NoCohort", "RoundSummary"]
+__all__ = ["Coordinator", "CoordinatorSettings", "NoCohort", "RoundSummary", "masking_scheme"]
 
 log = logging.getLogger("secagg.coordinator")
 
@@ -36,8 +40,10 @@ log = logging.getLogger("secagg.coordinator")
 class Coordinator:
     """A coordinator: ``start``, ``run_round`` (as often as needed), ``stop``.
 
-    ``on_stage(round_id, stage)`` is called (and awaited, if it returns an awaitable) as each
-    stage of a round starts. ``metrics`` records what an operator sees
+    ``scheme`` is the coordinator's side of the deployment's scheme (``make_coordinator``
+    builds it from deployment.toml); by default, masking under ``settings.params`` with the
+    allow-list as PKI. ``on_stage(round_id, stage)`` is called (and awaited, if it returns an
+    awaitable) as each stage of a round starts. ``metrics`` records what an operator sees
     (``secagg.service.metrics``); by default nothing is recorded.
     """
 
@@ -48,6 +54,7 @@ class Coordinator:
         ledger: Ledger,
         allow_list: AllowList,
         tls: tuple[bytes, bytes] | None,
+        scheme: Scheme | None = None,
         on_stage: Callable[[int, Stage], Awaitable[None] | None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -55,14 +62,16 @@ class Coordinator:
         self.ledger = ledger
         self.allow_list = allow_list
         self.metrics: Metrics = NullMetrics() if metrics is None else metrics
+        if scheme is None:
+            if not isinstance(settings.params, Params):
+                raise UsageError("a CKKS coordinator needs its scheme: see make_coordinator")
+            scheme = masking_scheme(settings.params, allow_list)
         self._transport = Transport(settings, allow_list=allow_list, tls=tls, metrics=self.metrics)
         self._rounds = RoundRunner(
             settings,
             self._transport,
             ledger=ledger,
-            pki=allow_list.keys,
-            # Unmasking on every core, through a fork server: this process runs gRPC.
-            apply_masks=MaskApplier(start_method="forkserver"),
+            scheme=scheme,
             metrics=self.metrics,
             on_stage=on_stage,
         )
@@ -107,3 +116,12 @@ class Coordinator:
     ) -> RoundSummary:
         """One round (see ``RoundRunner.run``): ``NoCohort`` if too few clients connect."""
         return await self._rounds.run(model, step=step, cohort=cohort)
+
+
+def masking_scheme(params: Params, allow_list: AllowList) -> MaskingScheme:
+    """The coordinator's side of masking: the allow-list is the PKI that active mode checks
+    signed keys and survivor sets against, and unmasking runs on every core, through a fork
+    server (this process runs gRPC)."""
+    return MaskingScheme(
+        params, pki=allow_list.keys, apply_masks=MaskApplier(start_method="forkserver")
+    )

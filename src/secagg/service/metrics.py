@@ -55,6 +55,7 @@ from secagg import __version__
 from secagg.errors import ConfigurationError, DropReason, UsageError
 from secagg.protocol import messages
 from secagg.protocol.server import Stage
+from secagg.schemes.ckks import CkksResult, CkksSumRequest, CkksUpload
 from secagg.service.ledger import RoundOutcome
 from secagg.service.v1 import coordinator_pb2 as pb
 
@@ -129,6 +130,8 @@ class MessageType(StrEnum):
     MASKED_INPUT = "masked-input"
     CONSISTENCY_SIGNATURE = "consistency-signature"
     UNMASK_RESPONSE = "unmask-response"
+    CKKS_UPLOAD = "ckks-upload"
+    CKKS_RESULT = "ckks-result"
     CLIENT_ABORT = "client-abort"
     MALFORMED = "malformed"
     # coordinator -> client
@@ -142,6 +145,7 @@ class MessageType(StrEnum):
     PEER_SHARES = "peer-shares"
     SURVIVOR_LIST = "survivor-list"
     UNMASK_REQUEST = "unmask-request"
+    CKKS_SUM_REQUEST = "ckks-sum-request"
     ROUND_END = "round-end"
     REJECT = "reject"
 
@@ -162,6 +166,7 @@ _DOWN = frozenset(
         MessageType.PEER_SHARES,
         MessageType.SURVIVOR_LIST,
         MessageType.UNMASK_REQUEST,
+        MessageType.CKKS_SUM_REQUEST,
         MessageType.ROUND_END,
         MessageType.REJECT,
     }
@@ -178,6 +183,8 @@ _PROTOCOL_TYPES: Mapping[Direction, Mapping[int, MessageType]] = {
         messages.MaskedInput.TAG: MessageType.MASKED_INPUT,
         messages.ConsistencySignature.TAG: MessageType.CONSISTENCY_SIGNATURE,
         messages.UnmaskResponse.TAG: MessageType.UNMASK_RESPONSE,
+        CkksUpload.TAG: MessageType.CKKS_UPLOAD,
+        CkksResult.TAG: MessageType.CKKS_RESULT,
     },
     Direction.DOWN: {
         messages.CommitRequest.TAG: MessageType.COMMIT_REQUEST,
@@ -187,6 +194,7 @@ _PROTOCOL_TYPES: Mapping[Direction, Mapping[int, MessageType]] = {
         messages.PeerShares.TAG: MessageType.PEER_SHARES,
         messages.SurvivorList.TAG: MessageType.SURVIVOR_LIST,
         messages.UnmaskRequest.TAG: MessageType.UNMASK_REQUEST,
+        CkksSumRequest.TAG: MessageType.CKKS_SUM_REQUEST,
     },
 }
 _HEADER = len(messages.MAGIC) + 2  # MAGIC || VERSION || tag

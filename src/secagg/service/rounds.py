@@ -1,26 +1,34 @@
-"""Rounds: drives the sans-I/O ``Server`` over the transport, with deadlines, the ledger and
+"""Rounds: the coordinator's transport over the round engine, with deadlines, the ledger and
 the operator metrics.
 
 A round starts once ``min_clients`` clients are connected and takes every connected client
 (up to ``max_clients``). The coordinator binds it to the model it sends (the task digest is
-in the round configuration, hence in the session id), then runs the server's stages one by
-one, each with a deadline, until the server says the round is done. There is no plaintext
+in the round configuration, hence in the session id) and hands the deployment's scheme
+(masking or CKKS, ``secagg.schemes``) to the one round engine, ``RoundRun``: for each stage
+the engine names, this module delivers what the scheme's server sends, feeds back what
+arrives, and resumes the engine when the stage's deadline passes or nobody is awaited any
+more. It keeps no list of stages and dispatches no message itself. There is no plaintext
 path: clients only ever send protocol messages. A client that misses a deadline, disconnects
 or misbehaves is dropped with a reason and the round goes on while enough remain; when it
 cannot, the abort reason says what happened to whom (how many clients dropped where, and
-why) before the protocol's own reason. Masked inputs are summed as they arrive, so memory
-stays O(dim + clients x degree).
+why) before the scheme's own reason.
 
 Every round is written to the ledger when it starts; a completed round's aggregate is
 committed before anyone is told the round completed. A round that cannot finish because
 the coordinator is stopped (a signal cancels it) or because the ledger fails (a full disk)
 is recorded as aborted where the ledger still can, and its clients are told it aborted.
+
+The ledger's ``protocol``, ``degree`` and ``threshold`` columns come from the scheme's
+description of the round: masking's protocol, graph degree k and threshold t; for CKKS the
+protocol ``ckks``, degree 0 (no neighbour graph) and, as threshold, the round's minimum
+cohort, the fewest inputs a revealed sum may hold, which the ledger checks as it does t.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -41,8 +49,12 @@ from secagg.errors import (
 )
 from secagg.hazmat import prg
 from secagg.protocol.messages import Message, RoundConfig
+from secagg.protocol.runner import RoundRun, RoundServer
 from secagg.protocol.server import Drop, Server
 from secagg.protocol.stages import Stage
+from secagg.schemes.base import Scheme
+from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.upload import CohortConfig
 from secagg.service.ledger import Ledger, RoundOutcome
 from secagg.service.metrics import Metrics, NullMetrics
 from secagg.service.settings import CoordinatorSettings
@@ -78,11 +90,14 @@ class RoundSummary:
     abort_reason: str | None = None
     aggregate: NDArray[np.float64] | None = field(default=None, repr=False)
     session_attempts: int = 1
+    scheme: str = "masking"
+    # The largest error the scheme's encoding may add to a coordinate of the aggregate.
+    error_bound: float | None = None
 
 
 class _TimedMasks:
-    """The mask applier, timed: unmasking is told apart from Shamir reconstruction, which
-    is the rest of the unmask stage's close."""
+    """Masking's mask applier, timed: unmasking is told apart from Shamir reconstruction,
+    which is the rest of the unmask stage's close."""
 
     def __init__(self, apply: MaskApplier) -> None:
         self._apply = apply
@@ -96,22 +111,39 @@ class _TimedMasks:
             self.seconds += time.perf_counter() - started
 
 
-class _Round:
-    """The round in progress: the protocol server, who is in it, when its stage began."""
+@dataclass
+class _Closing:
+    """A stage whose deadline has passed, while the engine closes it."""
 
-    def __init__(self, round_id: int, cohort: tuple[int, ...], server: Server) -> None:
+    stage: Stage
+    started: float
+    expected: int
+    answered: int
+    closing: float  # when the engine was resumed to close it
+    unmasked_before: float  # the mask applier's seconds then
+
+
+class _Round:
+    """The round in progress: the engine driving the scheme's server, who is in it, when its
+    stage began."""
+
+    def __init__(
+        self, round_id: int, cohort: tuple[int, ...], config: Message, server: RoundServer
+    ) -> None:
         self.round_id = round_id
         self.cohort = cohort
+        self.config = config
         self.server = server
+        self.run = RoundRun(server)
         self.progress = asyncio.Event()
         self.stage_started = time.perf_counter()
         self.stage = server.stage  # the stage running (or the last one run)
-        self.recorded: set[int] = set()  # drops already written to the ledger and metrics
-        self.stage_seconds: dict[Stage, float] = {}
 
 
 class RoundRunner:
-    """Runs rounds over ``transport``; it is the transport's listener while it lives."""
+    """Runs rounds of ``scheme`` over ``transport``; it is the transport's listener while it
+    lives. ``scheme`` holds the coordinator's side of the deployment: masking's PKI and mask
+    applier, or CKKS's evaluation context."""
 
     def __init__(
         self,
@@ -119,16 +151,22 @@ class RoundRunner:
         transport: Transport,
         *,
         ledger: Ledger,
-        pki: Mapping[int, bytes],
-        apply_masks: MaskApplier,
+        scheme: Scheme,
         metrics: Metrics | None = None,
         on_stage: StageHook | None = None,
     ) -> None:
+        if scheme.dim != settings.params.dim:
+            raise UsageError(
+                f"a scheme of dim {scheme.dim} for a deployment of {settings.params.dim}"
+            )
         self.settings = settings
         self.ledger = ledger
         self._transport = transport
-        self._pki = pki
-        self._apply_masks = apply_masks
+        self._masks: _TimedMasks | None = None
+        if isinstance(scheme, MaskingScheme):
+            self._masks = _TimedMasks(scheme.apply_masks)
+            scheme = dataclasses.replace(scheme, apply_masks=self._masks)
+        self.scheme = scheme
         self._metrics: Metrics = NullMetrics() if metrics is None else metrics
         self._on_stage = on_stage
         self._round: _Round | None = None
@@ -205,32 +243,27 @@ class RoundRunner:
             raise UsageError(f"the model must have {self.settings.params.dim} parameters")
         return await self._run(cohort, model_bytes, step)
 
-    def _config(
-        self, round_id: int, cohort: tuple[int, ...], model: bytes, step: int
-    ) -> RoundConfig:
-        return self.settings.params.round_config(
-            cohort, nonce=os.urandom(16), round_id=round_id, task_hash=task_digest(model, step)
-        )
-
     async def _run(self, cohort: tuple[int, ...], model: bytes, step: int) -> RoundSummary:
         round_id = self.ledger.next_round_id()
-        config = self._config(round_id, cohort, model, step)
-        masks = _TimedMasks(self._apply_masks)
-        # Active mode: the allow-list is the PKI that signed keys and survivor sets are
-        # checked against.
-        server = Server(config, pki=self._pki if config.active else None, apply_masks=masks)
+        scheme = self.scheme
+        config = scheme.round_config(
+            cohort, nonce=os.urandom(16), round_id=round_id, task_hash=task_digest(model, step)
+        )
+        assert isinstance(config, RoundConfig | CohortConfig)
+        details = scheme.describe(len(cohort))
+        server = scheme.server(config)
         self.ledger.start_round(
             round_id=round_id,
             session_id=config.config_id,
             task_hash=config.task_hash,
-            protocol=config.protocol,
+            protocol=str(details.get("protocol", scheme.kind.value)),
             cohort=cohort,
-            degree=config.degree,
-            threshold=config.threshold,
+            degree=_int_detail(details, "degree", 0),
+            threshold=_int_detail(details, "threshold", config.min_cohort),
             dim=config.dim,
         )
         self._metrics.round_started()
-        active = _Round(round_id, cohort, server)
+        active = _Round(round_id, cohort, config, server)
         self._round = active
         for c in cohort:
             conn = self._transport.connection(c)
@@ -238,19 +271,19 @@ class RoundRunner:
                 conn.reset_bytes()
         started = time.perf_counter()
         log.info(
-            "round %d: cohort of %d, k=%d, t=%d (resident memory %d MiB)",
+            "round %d: %s, cohort of %d, %s (resident memory %d MiB)",
             round_id,
+            scheme.kind.value,
             len(cohort),
-            config.degree,
-            config.threshold,
+            ", ".join(f"{key}={value}" for key, value in details.items()),
             _resident_bytes() >> 20,
         )
         task = pb.Task(round_id=round_id, round_config=config.encode(), model=model, step=step)
         try:
-            abort = await self._stages(active, task, masks)
+            await self._stages(active, task)
             seconds = time.perf_counter() - started
-            if abort is not None:
-                return self._aborted(active, abort, seconds)
+            if active.run.abort is not None:
+                return self._aborted(active, active.run.abort, seconds)
             return self._completed(active, seconds)
         except asyncio.CancelledError:
             self._interrupted(active, "the coordinator was stopped")
@@ -261,55 +294,58 @@ class RoundRunner:
         finally:
             self._round = None
 
-    async def _stages(
-        self, active: _Round, task: pb.Task, masks: _TimedMasks
-    ) -> RoundAborted | None:
+    async def _stages(self, active: _Round, task: pb.Task) -> None:
+        """The engine's stages, one by one: deliver, wait, resume (which closes the stage)."""
         server = active.server
-        outgoing: Mapping[int, Message] = server.start()
-        abort: RoundAborted | None = None
-        while not server.done:
-            stage = active.stage = server.stage
+        closing: _Closing | None = None
+        for stage, outgoing in active.run.stages():
+            if closing is not None:
+                self._stage_closed(active, closing)
+            active.stage = stage
             started = active.stage_started = time.perf_counter()
             await self._stage_started(active.round_id, stage)
             expected = server.waiting_for()
-            self._deliver(server, outgoing, task)
+            self._deliver(active, outgoing, task)
             await self._await_stage(active)
             answered = len(expected - server.waiting_for() - server.drops.keys())
-            unmasked_before = masks.seconds
-            closing = time.perf_counter()
-            try:
-                outgoing = server.close_stage()
-            except RoundAborted as exc:
-                abort = exc
-            closed = time.perf_counter()
-            seconds = closed - started
-            # A stage that runs again (a second commit attempt) adds to its time.
-            active.stage_seconds[stage] = active.stage_seconds.get(stage, 0.0) + seconds
-            self._metrics.stage_finished(stage, seconds, len(expected), answered)
-            if stage is Stage.UNMASK and abort is None:
-                unmasking = masks.seconds - unmasked_before
-                self._metrics.unmasking_seconds(unmasking)
-                self._metrics.reconstruction_seconds(max(0.0, closed - closing - unmasking))
-            log.info(
-                "round %d: %s took %.2f s (resident memory %d MiB)",
-                active.round_id,
+            closing = _Closing(
                 stage,
-                seconds,
-                _resident_bytes() >> 20,
+                started,
+                len(expected),
+                answered,
+                time.perf_counter(),
+                0.0 if self._masks is None else self._masks.seconds,
             )
-            self._record_drops(active)
-        for name, seconds in active.stage_seconds.items():
-            self.ledger.record_stage(active.round_id, name.value, seconds)
-        return abort
+        if closing is not None:
+            self._stage_closed(active, closing)
+        for name, seconds in active.run.stage_seconds.items():
+            self.ledger.record_stage(active.round_id, name, seconds)
+
+    def _stage_closed(self, active: _Round, closing: _Closing) -> None:
+        """Metrics, log and ledger for a stage the engine has just closed."""
+        closed = time.perf_counter()
+        stage = closing.stage
+        seconds = closed - closing.started
+        self._metrics.stage_finished(stage, seconds, closing.expected, closing.answered)
+        if stage is Stage.UNMASK and active.run.abort is None and self._masks is not None:
+            unmasking = self._masks.seconds - closing.unmasked_before
+            self._metrics.unmasking_seconds(unmasking)
+            self._metrics.reconstruction_seconds(max(0.0, closed - closing.closing - unmasking))
+        log.info(
+            "round %d: %s took %.2f s (resident memory %d MiB)",
+            active.round_id,
+            stage,
+            seconds,
+            _resident_bytes() >> 20,
+        )
+        self._record_drops(active)
 
     def _record_drops(self, active: _Round) -> None:
-        for client, drop in active.server.drops.items():
-            if client not in active.recorded:
-                active.recorded.add(client)
-                self._metrics.client_dropped(drop.stage, drop.reason)
-                self.ledger.record_drop(
-                    active.round_id, client, drop.stage.value, drop.reason.value, drop.detail
-                )
+        for drop in active.run.new_drops():
+            self._metrics.client_dropped(drop.stage, drop.reason)
+            self.ledger.record_drop(
+                active.round_id, drop.client_id, drop.stage.value, drop.reason.value, drop.detail
+            )
 
     async def _stage_started(self, round_id: int, stage: Stage) -> None:
         if self._on_stage is not None:
@@ -324,15 +360,16 @@ class RoundRunner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(active.progress.wait(), self.settings.stage_timeout)
 
-    def _deliver(self, server: Server, outgoing: Mapping[int, Message], task: pb.Task) -> None:
+    def _deliver(self, active: _Round, outgoing: Mapping[int, Message], task: pb.Task) -> None:
         """Send each client its message: the configuration travels in a Task, with the model."""
+        server = active.server
         for c, message in outgoing.items():
             if c in server.drops:
                 continue  # dropped since the stage closed (disconnected, superseded)
             conn = self._transport.connection(c)
             if conn is None:
                 server.drop(c, DropReason.DISCONNECTED)
-            elif isinstance(message, RoundConfig):
+            elif isinstance(message, RoundConfig | CohortConfig):
                 conn.send(lambda: pb.ServerFrame(task=task))
             else:
                 conn.send(pb.ServerFrame(protocol=message.encode()))
@@ -347,7 +384,7 @@ class RoundRunner:
             sum(c.down for c in conns) / len(conns),
         )
 
-    def _dropped(self, server: Server) -> dict[int, tuple[Stage, DropReason]]:
+    def _dropped(self, server: RoundServer) -> dict[int, tuple[Stage, DropReason]]:
         return {c: (d.stage, d.reason) for c, d in server.drops.items()}
 
     def _tell(
@@ -367,6 +404,14 @@ class RoundRunner:
                     )
                 )
 
+    @staticmethod
+    def _attempts(server: RoundServer) -> int:
+        """Masking's commit-reveal attempts; the other schemes have one."""
+        return server.attempt if isinstance(server, Server) else 1
+
+    def _stage_seconds(self, active: _Round) -> dict[Stage, float]:
+        return {Stage(name): seconds for name, seconds in active.run.stage_seconds.items()}
+
     def _aborted(self, active: _Round, abort: RoundAborted, seconds: float) -> RoundSummary:
         server = active.server
         reason = describe_abort(abort, server.drops)
@@ -381,18 +426,18 @@ class RoundRunner:
             active.cohort,
             (),
             self._dropped(server),
-            dict(active.stage_seconds),
+            self._stage_seconds(active),
             seconds,
             up,
             down,
             reason,
-            session_attempts=server.attempt,
+            session_attempts=self._attempts(server),
+            scheme=self.scheme.kind.value,
         )
 
     def _completed(self, active: _Round, seconds: float) -> RoundSummary:
         server = active.server
-        result = server.result
-        mean = result.weighted_mean(self.settings.params.quantizer)
+        result = server.aggregate()
         dropped = self._dropped(server)
         finishers = tuple(c for c in result.included if c not in dropped)
         up, down = self._bytes(finishers)
@@ -400,8 +445,8 @@ class RoundRunner:
         self.ledger.complete_round(
             active.round_id,
             included=result.included,
-            aggregate=mean,
-            total_weight=result.total_weight,
+            aggregate=result.mean,
+            total_weight=round(result.total_weight),
             upload_bytes_per_client=up,
             download_bytes_per_client=down,
         )
@@ -414,13 +459,15 @@ class RoundRunner:
             active.cohort,
             result.included,
             dropped,
-            dict(active.stage_seconds),
+            self._stage_seconds(active),
             seconds,
             up,
             down,
             None,
-            mean,
-            session_attempts=server.attempt,
+            result.mean,
+            session_attempts=self._attempts(server),
+            scheme=self.scheme.kind.value,
+            error_bound=result.error_bound,
         )
 
     def _interrupted(self, active: _Round, why: str) -> None:
@@ -436,6 +483,11 @@ class RoundRunner:
         self._tell(active, False, (), reason)
 
 
+def _int_detail(details: Mapping[str, object], key: str, default: int) -> int:
+    value = details.get(key, default)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
 # Why a client was dropped, as words for an abort reason ("3 clients disconnected at
 # masked-input"); every reason not listed reads "sent <reason>".
 _DROP_WORDS = {
@@ -449,6 +501,8 @@ _DROP_WORDS = {
     DropReason.MISSED_MASKED_INPUT: "missed the deadline",
     DropReason.MISSED_CONSISTENCY: "missed the deadline",
     DropReason.MISSED_UNMASK: "missed the deadline",
+    DropReason.MISSED_UPLOAD: "missed the deadline",
+    DropReason.MISSED_DECRYPT: "missed the deadline",
     DropReason.BAD_REVEAL: "revealed what they had not committed",
 }
 _STAGE_ORDER = {stage: index for index, stage in enumerate(Stage)}

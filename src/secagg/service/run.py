@@ -23,11 +23,18 @@ import grpc
 import numpy as np
 
 from secagg.errors import ConfigurationError, LedgerError, SecAggError
-from secagg.policy import ClientPolicy
+from secagg.params import Params
 from secagg.protocol.stages import Stage
+from secagg.schemes.base import Scheme
+from secagg.schemes.masking import MaskingScheme
+from secagg.service.ckks_deployment import (
+    client_context_path,
+    load_client_context,
+    load_server_context,
+)
 from secagg.service.client import ClientSettings, ClientStats, SecAggClient, UpdateFn
 from secagg.service.config import DeploymentConfig
-from secagg.service.coordinator import Coordinator, NoCohort, RoundSummary
+from secagg.service.coordinator import Coordinator, NoCohort, RoundSummary, masking_scheme
 from secagg.service.files import check_writable, write_array
 from secagg.service.identity import AllowList, ClientIdentity
 from secagg.service.ledger import Ledger, RoundOutcome
@@ -41,6 +48,7 @@ __all__ = [
     "Stopped",
     "client_policy",
     "client_settings",
+    "coordinator_scheme",
     "join",
     "make_coordinator",
     "serve",
@@ -122,14 +130,27 @@ def make_coordinator(
     if config.tls is None and not insecure:
         raise ConfigurationError("the deployment has no [tls] section; TLS is required")
     tls = None if config.tls is None else load_tls_server_credentials(config.tls)
+    allow_list = AllowList.load(config.allow_list)
     return Coordinator(
         config.coordinator,
         ledger=ledger,
-        allow_list=AllowList.load(config.allow_list),
+        allow_list=allow_list,
         tls=tls,
+        scheme=coordinator_scheme(config, allow_list),
         on_stage=on_stage,
         metrics=metrics,
     )
+
+
+def coordinator_scheme(config: DeploymentConfig, allow_list: AllowList) -> Scheme:
+    """The coordinator's side of the deployment's scheme: masking with the allow-list as
+    PKI, or CKKS with the evaluation context (checked to hold no secret key)."""
+    if isinstance(config.params, Params):
+        return masking_scheme(config.params, allow_list)
+    if config.server_context is None:
+        raise ConfigurationError("a CKKS deployment needs [ckks] server_context")
+    context = load_server_context(config.server_context, config.params.params)
+    return config.params.scheme(server_context=context)
 
 
 async def serve(
@@ -230,7 +251,7 @@ def client_settings(
     if config.tls is None and not insecure:
         raise ConfigurationError("the deployment has no [tls] section; TLS is required")
     ca = None if config.tls is None else load_ca(config.tls.ca_cert)
-    policy, pki = client_policy(config)
+    policy, pki = client_policy(config, identity_path)
     return ClientSettings(
         target=target or f"{config.coordinator.host}:{config.coordinator.port}",
         identity=identity,
@@ -272,13 +293,25 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def client_policy(config: DeploymentConfig) -> tuple[ClientPolicy, Mapping[int, bytes]]:
-    """The client's policy and PKI from its deployment: the allow-list is required, since the
-    cohort of every round must lie within it."""
+def client_policy(
+    config: DeploymentConfig, identity_path: Path | None = None
+) -> tuple[Scheme, Mapping[int, bytes]]:
+    """The client's side of the deployment's scheme (its ``check`` is the client's policy)
+    and the PKI. The allow-list is required, since the cohort of every round must lie within
+    it. A CKKS client's context, with the secret key, is the one beside its identity file
+    (checked against the deployment's parameters)."""
     if config.allow_list is None:
         raise ConfigurationError("the deployment names no allow-list ([clients] allow_list)")
     keys = AllowList.load(config.allow_list).keys
-    return ClientPolicy(config.params, frozenset(keys)), keys
+    allowed = frozenset(keys)
+    if isinstance(config.params, Params):
+        return MaskingScheme(config.params, pki=keys, allowed=allowed), keys
+    if identity_path is None:
+        raise ConfigurationError(
+            "a CKKS client needs its identity file: its CKKS context sits beside it"
+        )
+    context = load_client_context(client_context_path(identity_path), config.params.params)
+    return config.params.scheme(client_context=context, allowed=allowed), keys
 
 
 def start_client_process(

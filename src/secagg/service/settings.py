@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from secagg.errors import ConfigurationError
 from secagg.params import Params
-from secagg.service.wire import message_size_limit
+from secagg.service.ckks_deployment import CkksSettings
+from secagg.service.wire import ckks_message_size_limit, message_size_limit
 
 __all__ = ["MAX_PORT", "CoordinatorSettings"]
 
@@ -18,14 +19,16 @@ MAX_PORT = 65535
 class CoordinatorSettings:
     """How the coordinator listens, forms cohorts and paces stages.
 
-    A round starts once ``min_clients`` clients are connected (waiting at most
-    ``cohort_wait`` seconds) and takes every connected client, up to ``params.max_clients``.
-    Each stage waits at most ``stage_timeout`` seconds for the clients it expects; a client
-    that misses it is dropped. Every value is checked here, so that a typo in the deployment
-    file is one line at start-up rather than a traceback (or a silently wrapped port) later.
+    ``params`` are the round parameters of the deployment's scheme: ``Params`` for masking,
+    ``CkksSettings`` for CKKS. A round starts once ``min_clients`` clients are connected
+    (waiting at most ``cohort_wait`` seconds) and takes every connected client, up to
+    ``params.max_clients``. Each stage waits at most ``stage_timeout`` seconds for the
+    clients it expects; a client that misses it is dropped. Every value is checked here, so
+    that a typo in the deployment file is one line at start-up rather than a traceback (or a
+    silently wrapped port) later.
     """
 
-    params: Params
+    params: Params | CkksSettings
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port (see Coordinator.port)
     min_clients: int = 3
@@ -35,8 +38,8 @@ class CoordinatorSettings:
     max_message_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.params, Params):
-            raise ConfigurationError("the coordinator needs validated Params")
+        if not isinstance(self.params, Params | CkksSettings):
+            raise ConfigurationError("the coordinator needs validated Params or CkksSettings")
         if not isinstance(self.host, str) or not self.host or self.host != self.host.strip():
             raise ConfigurationError(f"host must be a non-empty name or address, got {self.host!r}")
         if not _is_int(self.port) or not 0 <= self.port <= MAX_PORT:
@@ -56,12 +59,14 @@ class CoordinatorSettings:
             )
         for name in ("cohort_wait", "stage_timeout", "auth_timeout"):
             _check_seconds(name, getattr(self, name))
-        # The graph and threshold of the smallest cohort must exist (overrides are checked).
-        self.params.graph(self.min_clients)
         p = self.params
-        object.__setattr__(
-            self, "max_message_bytes", message_size_limit(p.dim, p.max_clients, p.ring_bits)
-        )
+        if isinstance(p, Params):
+            # The graph and threshold of the smallest cohort must exist (overrides are checked).
+            p.graph(self.min_clients)
+            limit = message_size_limit(p.dim, p.max_clients, p.ring_bits)
+        else:
+            limit = ckks_message_size_limit(p.dim, p.max_clients, p.params)
+        object.__setattr__(self, "max_message_bytes", limit)
 
 
 def _is_int(value: object) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError, DecodeError
+from secagg.hazmat.ckks import CkksParameters
 from secagg.hazmat.keys import encode_fields
 from secagg.hazmat.ring import Ring
 from secagg.protocol.messages import CIPHERTEXT_BYTES, KEY_BYTES
@@ -30,6 +31,7 @@ __all__ = [
     "SERVER_PING_SECONDS",
     "SERVER_PING_TIMEOUT_SECONDS",
     "channel_options",
+    "ckks_message_size_limit",
     "decode_model",
     "encode_model",
     "message_size_limit",
@@ -66,6 +68,22 @@ def message_size_limit(dim: int, max_clients: int, ring_bits: int) -> int:
         raise ConfigurationError(
             f"dim = {dim} needs gRPC messages of {limit:,} bytes (the model travels as "
             f"float32); gRPC carries at most {MAX_MESSAGE_BYTES:,}: lower round.dim"
+        )
+    return limit
+
+
+def ckks_message_size_limit(dim: int, max_clients: int, params: CkksParameters) -> int:
+    """``message_size_limit`` for a CKKS deployment: an upload (or the encrypted sum sent to a
+    key holder, with the ids it includes) is one ciphertext per ``slots`` values, each at
+    most ``max_ciphertext_bytes``; a key holder's answer is the mean as float64."""
+    ids = 4 * max_clients
+    ciphertexts = params.ciphertexts_for(dim) * (4 + params.max_ciphertext_bytes) + 64
+    task = 4 * dim + 2 * ids  # the model and the config's cohort and key holders
+    limit = max(ciphertexts + ids, task, 8 * dim) + _SLACK
+    if limit > MAX_MESSAGE_BYTES:
+        raise ConfigurationError(
+            f"dim = {dim} needs gRPC messages of {limit:,} bytes under CKKS (about 57 bytes "
+            f"per value); gRPC carries at most {MAX_MESSAGE_BYTES:,}: lower round.dim"
         )
     return limit
 
