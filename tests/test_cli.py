@@ -252,3 +252,28 @@ def test_inputs_holding_nan_are_refused_in_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["simulate", "--inputs", str(tmp_path / "x.npy")])
     assert result.exit_code == 2
     assert "row 2" in result.output
+
+
+def test_simulate_runs_a_ckks_round_through_its_own_two_stages() -> None:
+    pytest.importorskip("tenseal")
+    report = _json(["--scheme", "ckks", "--clients", "5", "--dim", "50", "--seed", "1"])
+    assert report["scheme"] == "ckks"
+    assert set(report["stage_seconds"]) == {"upload", "decrypt"}  # type: ignore[arg-type]
+    assert report["max_abs_error"] <= report["error_bound"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--scheme", "plaintext"], "no plaintext path"),
+        (["--scheme", "ckks", "--server-model", "semi-malicious"], "--server-model applies"),
+    ],
+    ids=["plaintext", "server-model-under-ckks"],
+)
+def test_certs_refuses_a_scheme_the_service_cannot_run_before_writing_anything(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    result = runner.invoke(app, ["certs", str(tmp_path / "d"), *flags])
+    assert result.exit_code == 2
+    assert message in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "d").exists()
