@@ -563,6 +563,22 @@ def test_the_coordinator_sending_something_that_is_not_a_server_message_is_our_b
         protocol_message_type(advertise.encode(), Direction.DOWN)
 
 
+def test_a_ckks_rounds_messages_have_their_own_types_each_in_its_direction() -> None:
+    from secagg.schemes.ckks import CkksResult, CkksSumRequest, CkksUpload
+
+    config_id = bytes(32)
+    upload = CkksUpload(config_id, 3, b"ciphertexts").encode()
+    result = CkksResult(config_id, 3, 7, bytes(8)).encode()
+    request = CkksSumRequest(config_id, 3, (1, 3), b"ciphertexts").encode()
+    assert frame_message_type(pb.ClientFrame(protocol=upload)) is MessageType.CKKS_UPLOAD
+    assert frame_message_type(pb.ClientFrame(protocol=result)) is MessageType.CKKS_RESULT
+    assert frame_message_type(pb.ServerFrame(protocol=request)) is MessageType.CKKS_SUM_REQUEST
+    # The sum sent back up is no client's message; an upload sent down is our bug.
+    assert frame_message_type(pb.ClientFrame(protocol=request)) is MessageType.MALFORMED
+    with pytest.raises(UsageError):
+        frame_message_type(pb.ServerFrame(protocol=upload))
+
+
 # ------------------------------------------------------------------ isolation
 
 
