@@ -62,14 +62,14 @@ class ClientGroup:
         weights: Sequence[int],
         exact_weights: NDArray[np.float64],
         dim: int,
-        clip: float | None,
+        reference: Callable[[NDArray[np.floating]], NDArray[np.float64]],
     ) -> None:
         self._clients = dict(clients)
         self._inputs = inputs
         self._weights = weights
         self._exact_weights = exact_weights
         self._dim = dim
-        self._clip = clip
+        self._reference = reference
         self._tally = Tally(np.zeros(dim, dtype=np.float64))
 
     def answer(self, deliveries: Sequence[tuple[int, bytes]]) -> Iterator[Reply]:
@@ -86,11 +86,14 @@ class ClientGroup:
         message = decode(data)
         started = time.perf_counter()
         try:
-            if client.needs_input(message):
+            uses_input = client.needs_input(message)
+            if uses_input:
                 # The input is produced only now, when this client uses it: a cohort of
                 # thousands never holds every vector at once.
                 self._set_input(i, client)
             reply = client.receive(message)
+            if uses_input:
+                self._tally.clipped += client.clipped
         finally:
             self._tally.client_seconds += time.perf_counter() - started
         if reply is None:
@@ -105,12 +108,8 @@ class ClientGroup:
             )
         client.set_input(values, self._weights[i])
         w = float(self._exact_weights[i])
-        exact = values.astype(np.float64)
-        if self._clip is not None:
-            # What the scheme promises is the mean of the clipped inputs: check against that.
-            np.clip(exact, -self._clip, self._clip, out=exact)
-            self._tally.clipped += int(np.count_nonzero(np.abs(values) > self._clip))
-        self._tally.weighted_sum += w * exact
+        # What the scheme promises is the mean of the inputs as it clips them: check that.
+        self._tally.weighted_sum += w * self._reference(values)
         self._tally.weight_sum += w
         self._tally.contributed.add(i)
 

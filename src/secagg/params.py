@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from secagg.dp.calibrate import DpConfig, DpPlan, calibrate
+from secagg.dp.encoding import dp_round
 from secagg.errors import ConfigurationError
 from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.ring import Ring
@@ -50,6 +52,12 @@ class Params:
     ``server_model=SEMI_MALICIOUS`` is active mode: signed keys, a consistency round and the
     thresholds of the semi-malicious model. ``min_cohort`` is the fewest inputs any revealed
     sum may contain (clients check it in active mode).
+
+    ``dp`` turns on distributed differential privacy (``secagg.dp``): every client adds
+    discrete noise calibrated (``dp_plan``) so that the guarantee holds for a sum of
+    ``min_cohort`` inputs, the ring is the plan's, and the mean is unweighted (``max_weight``
+    1). The DP configuration's ``dim``, ``min_clients`` and ``max_clients`` must be this
+    deployment's ``dim``, ``min_cohort`` and ``max_clients``.
     """
 
     dim: int
@@ -66,7 +74,9 @@ class Params:
     degree: int | None = None
     threshold: int | None = None
     min_cohort: int = 1
+    dp: DpConfig | None = None
     ring_bits: int = field(init=False)
+    dp_plan: DpPlan | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _require(isinstance(self.dim, int) and self.dim >= 1, "dim must be a positive integer")
@@ -101,8 +111,31 @@ class Params:
                 "max_clients"
             )
         object.__setattr__(self, "ring_bits", bits)
+        object.__setattr__(self, "dp_plan", None)
+        if self.dp is not None:
+            self._plan_dp(self.dp)
         if self.degree is not None or self.threshold is not None:
             self.graph(self.max_clients)  # validate overrides against the largest cohort now
+
+    def _plan_dp(self, dp: DpConfig) -> None:
+        for ours, theirs, name in (
+            (self.dim, dp.dim, "dim"),
+            (self.min_cohort, dp.min_clients, "min_cohort (the DP min_clients)"),
+            (self.max_clients, dp.max_clients, "max_clients"),
+        ):
+            _require(
+                ours == theirs,
+                f"the DP configuration's {name} is {theirs}, the deployment's {ours}: "
+                "they must agree (the guarantee holds from the minimum cohort up)",
+            )
+        _require(self.max_weight == 1, "with distributed DP max_weight must be 1 (unweighted)")
+        plan = calibrate(dp)
+        _require(
+            self.max_clients < 2**plan.ring_bits,
+            f"a {plan.ring_bits}-bit ring cannot count {self.max_clients} inputs: raise bits",
+        )
+        object.__setattr__(self, "dp_plan", plan)
+        object.__setattr__(self, "ring_bits", plan.ring_bits)
 
     @property
     def active(self) -> bool:
@@ -119,8 +152,9 @@ class Params:
 
     @property
     def vector_length(self) -> int:
-        """Ring elements a client sends: the weighted update and, last, its weight."""
-        return self.dim + 1
+        """Ring elements a client sends: the weighted (or DP: rotated, padded) update and,
+        last, its weight."""
+        return (self.dim if self.dp_plan is None else self.dp_plan.padded_dim) + 1
 
     def graph(self, n: int) -> GraphParameters:
         """Degree and threshold for a cohort of ``n`` clients."""
@@ -186,6 +220,7 @@ class Params:
             max_weight=self.max_weight,
             task_hash=task_hash,
             min_cohort=self.min_cohort,
+            dp=None if self.dp_plan is None else dp_round(self.dp_plan),
         )
 
     def _derived_graph(self, n: int) -> GraphParameters:
@@ -231,7 +266,13 @@ def check_round_config(config: RoundConfig) -> None:
         2 <= config.threshold <= config.degree,
         f"threshold {config.threshold} is not in 2..{config.degree}",
     )
-    _require(
-        n * config.max_weight * (2**config.value_bits - 1) < 2**config.ring_bits,
-        f"a {config.ring_bits}-bit ring is too narrow for {n} clients: sums could wrap",
-    )
+    if config.dp is None:
+        _require(
+            n * config.max_weight * (2**config.value_bits - 1) < 2**config.ring_bits,
+            f"a {config.ring_bits}-bit ring is too narrow for {n} clients: sums could wrap",
+        )
+    else:
+        # Noisy values live modulo the ring by design (the plan bounds the wrap probability);
+        # only the count of inputs in the last element must never wrap.
+        _require(config.max_weight == 1, "with distributed DP every client weighs 1")
+        _require(n < 2**config.ring_bits, f"a {config.ring_bits}-bit ring cannot count {n}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from secagg.dp.encoding import dp_round
 from secagg.errors import AbortReason, ClientAbort, ConfigurationError
 from secagg.params import Params, check_round_config
 from secagg.protocol.graph import ServerModel
@@ -70,6 +71,23 @@ class ClientPolicy:
             ("max_weight", config.max_weight, p.max_weight),
             ("ring_bits", config.ring_bits, p.ring_bits),
         )
+        ours_dp = None if p.dp_plan is None else dp_round(p.dp_plan)
+        if config.dp != ours_dp:
+            weaker = (
+                config.dp is None
+                or ours_dp is None
+                or config.dp.local_noise < ours_dp.local_noise
+                or config.dp.scale > ours_dp.scale
+                or config.dp.l2_clip > ours_dp.l2_clip
+            )
+            raise ClientAbort(
+                AbortReason.DOWNGRADE
+                if weaker and ours_dp is not None
+                else (AbortReason.PARAMETER_MISMATCH),
+                "distributed DP other than the deployment's "
+                f"({'none' if config.dp is None else config.dp.mechanism} sent, "
+                f"{'none' if ours_dp is None else ours_dp.mechanism} required)",
+            )
         for name, theirs, ours in mismatches:
             if theirs != ours:
                 raise ClientAbort(

@@ -202,7 +202,8 @@ class RoundReport:
     plaintext_bytes_per_client: int
     plaintext_seconds: float | None  # the same included clients' round as plaintext FedAvg
     max_abs_error: float | None  # against the weighted mean of the included inputs, clipped
-    error_bound: float
+    error_bound: float  # a hard bound; with distributed DP, one exceeded w.p. below 1e-9
+    epsilon: float | None = None  # distributed DP: the guarantee of the sum actually revealed
 
     @property
     def protocol(self) -> str:
@@ -255,6 +256,7 @@ class RoundReport:
             ),
             "max_abs_error": self.max_abs_error,
             "error_bound": self.error_bound,
+            "epsilon": self.epsilon,
         }
 
 
@@ -430,7 +432,7 @@ def _run(
             scheme.check(config, i)  # each client runs only what its deployment allows
             clients[i] = scheme.client(config, i, _fork(root, f"client/{i}"))
         return ClientGroup(
-            clients, inputs, int_weights, exact_weights, scheme.dim, scheme.input_clip
+            clients, inputs, int_weights, exact_weights, scheme.dim, scheme.reference
         )
 
     server = _TimedServer(scheme.server(config))
@@ -487,20 +489,27 @@ def _report(
     for d in server.inner.drops.values():
         dropped.setdefault(d.stage.value, []).append(d.client_id)
         reasons[d.client_id] = d.reason.value
+    details = scheme.describe(n)
     bound = scheme.error_bound(n)
-    if weights is not None and not np.all(exact_weights == np.round(exact_weights)):
-        clip = scheme.input_clip or 0.0
-        bound += 2 * clip / WEIGHT_LEVELS  # rounding the weights moves the mean too
     included: tuple[int, ...] = ()
     max_abs_error: float | None = None
     margin: int | None = None
+    epsilon: float | None = None
     if outcome.aggregate is not None:
         included = outcome.aggregate.included
+        bound = outcome.aggregate.error_bound  # for the number of inputs actually included
+        epsilon = scheme.epsilon(len(included))
         if set(included) == outcome.contributed:
             exact = outcome.weighted_sum / outcome.weight_sum
         else:  # a client used its input but was not included: recompute over exactly those
-            exact = _exact_mean(inputs, included, exact_weights, scheme.dim, scheme.input_clip)
+            exact = _exact_mean(inputs, included, exact_weights, scheme.dim, scheme.reference)
         max_abs_error = float(np.max(np.abs(outcome.aggregate.mean - exact)))
+    if weights is not None and not np.all(exact_weights == np.round(exact_weights)):
+        clip = float(details.get("clip") or 0.0)  # type: ignore[arg-type]
+        bound += 2 * clip / WEIGHT_LEVELS  # rounding the weights moves the mean too
+    # DP clips each update's L2 norm (counted per client); the others clip values.
+    per_client = "dp_mechanism" in details
+    clip_units = len(outcome.contributed) * (1 if per_client else scheme.dim)
     inner = server.inner
     if isinstance(inner, Server):
         margin = inner.unmask_answers - inner.config.threshold if outcome.aggregate else None
@@ -515,11 +524,11 @@ def _report(
         dropped={s: tuple(sorted(ids)) for s, ids in dropped.items()},
         drop_reasons=reasons,
         client_aborts=outcome.client_aborts,
-        details=scheme.describe(n),
+        details=details,
         session_attempts=inner.attempt if isinstance(inner, Server) else None,
         threshold_margin=margin,
         clipped_values=outcome.tally_clipped,
-        clip_rate=outcome.tally_clipped / max(1, len(outcome.contributed) * scheme.dim),
+        clip_rate=outcome.tally_clipped / max(1, clip_units),
         seconds=run.seconds,
         stage_seconds=run.stage_seconds,
         client_seconds=outcome.client_seconds / max(1, len(outcome.contributed)),
@@ -530,6 +539,7 @@ def _report(
         plaintext_seconds=None,
         max_abs_error=max_abs_error,
         error_bound=bound,
+        epsilon=epsilon,
     )
 
 
@@ -575,13 +585,10 @@ def _exact_mean(
     included: Sequence[int],
     exact_weights: NDArray[np.float64],
     dim: int,
-    clip: float | None,
+    reference: Callable[[NDArray[np.floating]], NDArray[np.float64]],
 ) -> NDArray[np.float64]:
-    """The weighted mean of exactly the included clients' (clipped) inputs."""
+    """The weighted mean of exactly the included clients' inputs, as the scheme clips them."""
     total = np.zeros(dim, dtype=np.float64)
     for i in included:
-        values = np.asarray(inputs(i), dtype=np.float64)
-        if clip is not None:
-            values = np.clip(values, -clip, clip)
-        total += exact_weights[i] * values
+        total += exact_weights[i] * reference(np.asarray(inputs(i), dtype=np.float64))
     return total / float(sum(exact_weights[i] for i in included))

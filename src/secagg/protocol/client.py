@@ -65,6 +65,7 @@ from secagg.hazmat.randomness import Randomness
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, split
 from secagg.protocol import derive
+from secagg.protocol.encoding import InputEncoding, QuantizedEncoding
 from secagg.protocol.messages import (
     CONTRIBUTION_BYTES,
     MAX_ATTEMPTS,
@@ -217,11 +218,18 @@ class Client:
         *,
         identity: Ed25519SigningKey | None = None,
         pki: Mapping[int, bytes] | None = None,
+        encoding: InputEncoding | None = None,
     ) -> None:
         """``identity`` (this client's long-term signing key) and ``pki`` (every cohort
-        member's identity public key) are required in active mode."""
+        member's identity public key) are required in active mode. ``encoding`` turns the
+        update into the ring vector (default: the quantiser of the config; a distributed-DP
+        round needs its ``secagg.dp.encoding.DpEncoding``)."""
         if client_id not in config.cohort:
             raise UsageError(f"client {client_id} is not in the round's cohort")
+        if encoding is None:
+            if config.dp is not None:
+                raise UsageError("a distributed-DP round needs its DP encoding")
+            encoding = QuantizedEncoding(Quantizer(clip=config.clip, bits=config.value_bits))
         if config.active and (identity is None or pki is None):
             raise UsageError("active mode needs the client's identity and the peers' public keys")
         self._identity = identity
@@ -230,7 +238,7 @@ class Client:
         self._client_id = client_id
         self._rng = rng
         self._ring = Ring(config.ring_bits)
-        self._quantizer = Quantizer(clip=config.clip, bits=config.value_bits)
+        self._encoding = encoding
         self._cohort = config.cohort
         self._session: derive.Session | None = None
         self._neighbours: frozenset[int] = frozenset()
@@ -497,8 +505,10 @@ class Client:
                 missing.append(sender)  # still masked with: the pairwise key needs no share
             else:
                 held[sender] = shares
-        encoded = self._quantizer.encode(np.asarray(values), weight, self._ring, self._rng)
+        encoded = self._encoding.encode(np.asarray(values), weight, self._ring, self._rng, sid)
         vector = encoded.vector
+        if vector.shape != (self.config.vector_length,):
+            raise UsageError("the encoding made a vector of the wrong length")
         scratch = np.empty(min(len(vector), 1 << 16), dtype=vector.dtype)
         prg.add_mask(
             vector,

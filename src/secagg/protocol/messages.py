@@ -60,6 +60,7 @@ __all__ = [
     "CommitmentDigest",
     "ConsistencySignature",
     "Contributions",
+    "DpRound",
     "EncryptedShares",
     "MaskedInput",
     "Message",
@@ -292,6 +293,7 @@ class RoundConfig(Message):
     max_weight: int
     task_hash: bytes = bytes(DIGEST_BYTES)
     min_cohort: int = 1  # no revealed sum may contain fewer inputs (checked in active mode)
+    dp: DpRound | None = None  # distributed DP: each client's noise, before masking
     config_id: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -329,7 +331,8 @@ class RoundConfig(Message):
 
     @property
     def vector_length(self) -> int:
-        return self.dim + 1
+        """Ring elements a client sends: its (DP: rotated, padded) values, then its weight."""
+        return (self.dim if self.dp is None else self.dp.padded_dim) + 1
 
     @functools.cached_property
     def cohort(self) -> frozenset[int]:
@@ -357,6 +360,9 @@ class RoundConfig(Message):
         w.u32(self.max_weight)
         w.fixed(self.task_hash, DIGEST_BYTES)
         w.u32(self.min_cohort)
+        w.u8(0 if self.dp is None else 1)
+        if self.dp is not None:
+            self.dp.write(w)
 
     @classmethod
     def _read(cls, r: Reader) -> RoundConfig:
@@ -379,6 +385,62 @@ class RoundConfig(Message):
             max_weight=r.u32(),
             task_hash=r.fixed(DIGEST_BYTES),
             min_cohort=r.u32(),
+            dp=DpRound.read(r) if _flag(r) else None,
+        )
+
+
+def _flag(r: Reader) -> bool:
+    value = r.u8()
+    if value not in (0, 1):
+        raise DecodeError(f"a flag is 0 or 1, not {value}")
+    return value == 1
+
+
+MECHANISM_CODES = {"skellam": 0, "discrete-gaussian": 1}
+
+
+@dataclass(frozen=True)
+class DpRound:
+    """The distributed-DP part of a round configuration: what every client's encoding uses
+    (``secagg.dp``). A client runs only the noise its own deployment calibrated: its policy
+    compares this block with its own, field for field."""
+
+    mechanism: str
+    padded_dim: int  # the rotated length (a power of two at least dim)
+    l2_clip: float
+    scale: float
+    local_noise: float  # Skellam mu or discrete Gaussian sigma per client, in scaled units
+    beta: float  # conditional rounding (0: plain randomised rounding)
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISM_CODES:
+            raise UsageError(f"unknown DP mechanism {self.mechanism!r}")
+        if not 1 <= self.padded_dim <= MAX_ID - 1 or self.padded_dim & (self.padded_dim - 1):
+            raise UsageError("padded_dim must be a power of two in u32")
+        for name in ("l2_clip", "scale", "local_noise"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(f"{name} must be finite and positive")
+        if not (math.isfinite(self.beta) and 0.0 <= self.beta < 1.0):
+            raise UsageError("beta must be in [0, 1)")
+
+    def write(self, w: Writer) -> None:
+        w.u8(MECHANISM_CODES[self.mechanism])
+        w.u32(self.padded_dim)
+        w.f64(self.l2_clip)
+        w.f64(self.scale)
+        w.f64(self.local_noise)
+        w.f64(self.beta)
+
+    @classmethod
+    def read(cls, r: Reader) -> DpRound:
+        return cls(
+            _lookup(MECHANISM_CODES, r.u8(), "DP mechanism"),
+            r.u32(),
+            r.f64(),
+            r.f64(),
+            r.f64(),
+            r.f64(),
         )
 
 

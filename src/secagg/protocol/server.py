@@ -75,6 +75,7 @@ from secagg.hazmat.randomness import SystemRandomness
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, combine
 from secagg.protocol import derive
+from secagg.protocol.encoding import InputEncoding, QuantizedEncoding
 from secagg.protocol.messages import (
     MAX_ATTEMPTS,
     AdvertiseKeys,
@@ -322,10 +323,17 @@ class Server:
         apply_masks: Callable[[NDArray[np.unsignedinteger], Sequence[prg.Mask]], None] = (
             prg.apply_masks
         ),
+        encoding: InputEncoding | None = None,
     ) -> None:
         """``pki`` (each client's identity public key) is required in active mode.
         ``apply_masks`` regenerates the masks to remove; a driver may pass one that uses
-        every core (``secagg.parallel.MaskApplier``)."""
+        every core (``secagg.parallel.MaskApplier``). ``encoding`` reads the unmasked sum
+        (default: the quantiser of the config; distributed DP needs its DP encoding)."""
+        if encoding is None:
+            if config.dp is not None:
+                raise UsageError("a distributed-DP round needs its DP encoding")
+            encoding = QuantizedEncoding(Quantizer(clip=config.clip, bits=config.value_bits))
+        self._encoding = encoding
         self._apply_masks = apply_masks
         if config.active and pki is None:
             raise UsageError("active mode needs the clients' identity public keys")
@@ -453,14 +461,16 @@ class Server:
         return sum(1 for status in self._status.values() if status is PeerStatus.ANSWERED)
 
     def aggregate(self) -> Aggregate:
-        """The weighted mean of the included inputs, decoded from the ring sum."""
+        """The aggregate of the included inputs, decoded from the ring sum by the round's
+        encoding: the weighted mean (quantised) or the noisy mean (distributed DP)."""
         result = self.result
-        quantizer = Quantizer(clip=self.config.clip, bits=self.config.value_bits)
+        session_id = self.session.session_id
+        included = len(result.included)
         return Aggregate(
             result.included,
             float(result.total_weight),
-            result.weighted_mean(quantizer),
-            quantizer.error_bound(),
+            self._encoding.decode(result.total, included, session_id),
+            self._encoding.error_bound(included),
         )
 
     def waiting_for(self) -> frozenset[int]:

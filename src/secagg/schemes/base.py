@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+
 from secagg.hazmat.randomness import Randomness
 from secagg.protocol.messages import Message
 from secagg.protocol.runner import RoundClient, RoundServer
@@ -45,9 +48,12 @@ class Scheme(Protocol):
     @property
     def dim(self) -> int: ...
 
-    @property
-    def input_clip(self) -> float | None:
-        """Each value is clipped to [-input_clip, input_clip] before it is aggregated."""
+    def reference(self, values: NDArray[np.floating]) -> NDArray[np.float64]:
+        """An update as the scheme clips it: the aggregate is the mean of these."""
+        ...
+
+    def epsilon(self, included: int) -> float | None:
+        """The DP epsilon of a revealed sum of ``included`` inputs (None: no DP)."""
         ...
 
     @property

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.dp.calibrate import achieved_epsilon
+from secagg.dp.encoding import DpEncoding
 from secagg.errors import AbortReason, ClientAbort, UsageError
 from secagg.hazmat import prg
 from secagg.hazmat.keys import Ed25519SigningKey
@@ -16,6 +18,7 @@ from secagg.hazmat.randomness import Randomness
 from secagg.params import Params, check_round_config
 from secagg.policy import ClientPolicy
 from secagg.protocol.client import Client
+from secagg.protocol.encoding import InputEncoding, QuantizedEncoding
 from secagg.protocol.messages import Message, RoundConfig
 from secagg.protocol.server import Server
 from secagg.protocol.stages import Stage
@@ -56,8 +59,18 @@ class MaskingScheme:
         return self.params.dim
 
     @property
-    def input_clip(self) -> float:
-        return self.params.clip
+    def encoding(self) -> InputEncoding:
+        """How updates become ring vectors: quantised, or distributed DP."""
+        plan = self.params.dp_plan
+        return QuantizedEncoding(self.params.quantizer) if plan is None else DpEncoding(plan)
+
+    def reference(self, values: NDArray[np.floating]) -> NDArray[np.float64]:
+        return self.encoding.reference(values)
+
+    def epsilon(self, included: int) -> float | None:
+        """The (epsilon, delta) guarantee of a revealed sum of ``included`` inputs (DP only)."""
+        plan = self.params.dp_plan
+        return None if plan is None else achieved_epsilon(plan, included)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -79,7 +92,12 @@ class MaskingScheme:
     def server(self, config: Message) -> Server:
         assert isinstance(config, RoundConfig)
         check_round_config(config)
-        return Server(config, pki=self.pki if config.active else None, apply_masks=self.apply_masks)
+        return Server(
+            config,
+            pki=self.pki if config.active else None,
+            apply_masks=self.apply_masks,
+            encoding=self.encoding,
+        )
 
     def check(self, config: Message, client_id: int) -> None:
         if not isinstance(config, RoundConfig):
@@ -98,11 +116,11 @@ class MaskingScheme:
             rng,
             identity=self.identities.get(client_id),
             pki=self.pki if config.active else None,
+            encoding=self.encoding,
         )
 
     def error_bound(self, clients: int) -> float:
-        del clients  # quantisation errs per coordinate, whatever the cohort
-        return self.params.quantizer.error_bound()
+        return self.encoding.error_bound(clients)
 
     def disclosure(self, clients: int) -> Disclosure:
         graph = self.params.graph(clients)
@@ -124,7 +142,18 @@ class MaskingScheme:
 
     def describe(self, clients: int) -> dict[str, object]:
         graph = self.params.graph(clients)
-        return {
+        plan = self.params.dp_plan
+        dp: dict[str, object] = {}
+        if plan is not None:
+            dp = {
+                "dp_mechanism": plan.mechanism.value,
+                "dp_epsilon_target": plan.epsilon_per_round,
+                "dp_delta": plan.config.delta,
+                "dp_l2_clip": plan.config.l2_clip,
+                "dp_noise_multiplier": plan.noise_multiplier,
+                "dp_wrap_probability_bound": plan.wrap_probability_bound,
+            }
+        return dp | {
             "protocol": self.params.protocol.value,
             "server_model": self.params.server_model.value,
             "degree": graph.degree,

@@ -156,9 +156,12 @@ class PlaintextScheme:
     def kind(self) -> SchemeKind:
         return SchemeKind.PLAINTEXT
 
-    @property
-    def input_clip(self) -> None:
-        return None  # the baseline sends the update as it is
+    def reference(self, values: NDArray[np.floating]) -> NDArray[np.float64]:
+        return np.asarray(values, dtype=np.float64)  # the baseline sends the update as it is
+
+    def epsilon(self, included: int) -> float | None:
+        del included
+        return None
 
     @property
     def stages(self) -> tuple[Stage, ...]:
