@@ -231,6 +231,10 @@ def test_a_ckks_round_over_tls_with_real_join_processes_is_exact_within_its_boun
         assert error <= summary.error_bound == config.params.error_bound
         # A ciphertext goes up, never the update: far more than its 4 * dim float32 bytes.
         assert summary.upload_bytes_per_client > 100 * 4 * DIM
+    # Each round counts its own bytes: a large frame still being written as the next round
+    # starts does not carry the previous rounds' totals into it.
+    first, second = (s.download_bytes_per_client for s in summaries)
+    assert abs(second - first) < 0.1 * first
     with Ledger.open_readonly(config.ledger) as ledger:
         record = ledger.round(summaries[1].round_id)
         stored = ledger.aggregate(record.round_id)

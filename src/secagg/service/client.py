@@ -70,9 +70,10 @@ UpdateFn = Callable[[NDArray[np.float32], int], tuple[NDArray[np.floating], int]
 ``model`` is the global model the round trains (a flat float32 vector of the deployment's
 ``dim``, already checked against the round's session); ``step`` is the training round. Return
 the update to aggregate (``dim`` finite values; they are clipped to the deployment's
-``[-clip, clip]``) and an integer weight in ``[0, max_weight]`` (e.g. the number of local
-examples: the coordinator learns the weighted mean). The callback runs in a worker thread and
-may take as long as local training takes; if it raises, this client sits the round out.
+``[-clip, clip]``) and an integer weight in ``[0, max_weight]`` (at least 1 under CKKS, which
+divides by the decrypted total weight; e.g. the number of local examples: the coordinator
+learns the weighted mean). The callback runs in a worker thread and may take as long as local
+training takes; if it raises, this client sits the round out.
 """
 
 # Longest detail sent in a ClientAbort frame: one line for the operator, never a dump.

@@ -259,11 +259,15 @@ class Transport(pb_grpc.CoordinatorServicer):
             outgoing = await conn.outbox.get()
             if outgoing is None:
                 return
+            # The size is added once the write is done, never as ``down += await ...``: that
+            # reads ``down`` before the await, and a large frame still being written when the
+            # next round resets the counts (reset_bytes) would restore the old total.
             if callable(outgoing):
                 async with self._large_writes:
-                    conn.down += await self._write(context, outgoing())
+                    size = await self._write(context, outgoing())
             else:
-                conn.down += await self._write(context, outgoing)
+                size = await self._write(context, outgoing)
+            conn.down += size
             if reader.done():
                 return
 
