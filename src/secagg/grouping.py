@@ -41,6 +41,7 @@ from secagg.simulate import (
     InputSource,
     RoundReport,
     integer_weights,
+    masking_scheme,
     root_randomness,
     simulate_round,
 )
@@ -76,6 +77,7 @@ class GroupReport:
             "degree": r.degree,
             "threshold": r.threshold,
             "threshold_margin": r.threshold_margin,
+            "epsilon": r.epsilon,  # distributed DP: each group's sum is noised on its own
             "dropped": sum(len(ids) for ids in r.dropped.values()),
             "seconds": r.seconds,
             "server_seconds": r.server_seconds,
@@ -211,7 +213,8 @@ def simulate_grouped(
     members = assign_groups(n, groups, root_randomness(seed, "groups"))
     int_weights, max_weight = integer_weights(weights, n)
     schemes = [_group_scheme(scheme, len(ids), max_weight) for ids in members]
-    min_cohort, dim, clip = _min_cohort(schemes[0]), _dim(schemes[0]), _clip(schemes[0])
+    min_cohort, dim = _min_cohort(schemes[0]), schemes[0].dim
+    reference = _reference(schemes[0])
     smallest = min(len(ids) for ids in members)
     if smallest < max(3, min_cohort):
         raise ConfigurationError(
@@ -245,12 +248,12 @@ def simulate_grouped(
     error: float | None = None
     if aggregate is not None:
         included = [i for r in done for i in r.included]
-        exact, largest_input = _exact_mean(inputs, included, exact_weights, dim, clip)
+        exact, largest_input = _exact_mean(inputs, included, exact_weights, dim, reference)
         error = float(np.max(np.abs(aggregate - exact)))
         if fractional:
             # The rounding of the weights (once, cohort-wide) moves the mean too: as in
-            # simulate_round, by at most 2 * (the largest input's size) / WEIGHT_LEVELS.
-            bound += 2 * (largest_input if clip is None else clip) / WEIGHT_LEVELS
+            # simulate_round, by at most 2 * (the largest value) / WEIGHT_LEVELS.
+            bound += 2 * largest_input / WEIGHT_LEVELS
     grouped = GroupedReport(
         clients=n,
         dim=dim,
@@ -336,12 +339,12 @@ def _min_cohort(scheme: Scheme | Params) -> int:
     return int(value)
 
 
-def _dim(scheme: Scheme | Params) -> int:
-    return scheme.dim
-
-
-def _clip(scheme: Scheme | Params) -> float | None:
-    return scheme.clip if isinstance(scheme, Params) else scheme.input_clip
+def _reference(scheme: Scheme | Params) -> Callable[[NDArray[np.floating]], NDArray[np.float64]]:
+    """An update as the groups' scheme clips it: the aggregate is the mean of these."""
+    if isinstance(scheme, Params):
+        # The scheme simulate_round builds from these params (no clients: only its encoding).
+        return masking_scheme(scheme, (), root_randomness(None, "reference")).reference
+    return scheme.reference
 
 
 def _exact_mean(
@@ -349,16 +352,14 @@ def _exact_mean(
     included: Sequence[int],
     exact_weights: NDArray[np.float64],
     dim: int,
-    clip: float | None,
+    reference: Callable[[NDArray[np.floating]], NDArray[np.float64]],
 ) -> tuple[NDArray[np.float64], float]:
-    """The weighted mean of exactly the included clients' (clipped) inputs, and the largest
-    absolute value among them."""
+    """The weighted mean of exactly the included clients' inputs as the scheme clips them,
+    and the largest absolute value among those."""
     total = np.zeros(dim, dtype=np.float64)
     largest = 0.0
     for i in included:
-        values = np.asarray(inputs(i), dtype=np.float64)
-        if clip is not None:
-            values = np.clip(values, -clip, clip)
+        values = reference(np.asarray(inputs(i), dtype=np.float64))
         largest = max(largest, float(np.max(np.abs(values), initial=0.0)))
         total += exact_weights[i] * values
     return total / float(sum(exact_weights[i] for i in included)), largest

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -27,6 +27,7 @@ from secagg.errors import ConfigurationError  # noqa: E402
 from secagg.hazmat import prg  # noqa: E402
 from secagg.hazmat.randomness import DeterministicRandomness  # noqa: E402
 from secagg.params import Params, ServerModel  # noqa: E402
+from secagg.protocol.messages import Message  # noqa: E402
 from secagg.schemes.plaintext import PlaintextScheme  # noqa: E402
 from secagg.simulate import (  # noqa: E402
     DropSchedule,
@@ -169,13 +170,54 @@ def test_a_ray_cohort_runs_one_actor_per_batch_never_one_per_client() -> None:
 
     def group_of(ids: Sequence[int]) -> ClientGroup:
         clients = {i: scheme.client(config, i, DeterministicRandomness(bytes(16))) for i in ids}
-        return ClientGroup(clients, zeros, [1, 1, 1], np.ones(3), 4, None)
+        return ClientGroup(clients, zeros, [1, 1, 1], np.ones(3), 4, scheme.reference)
 
     with RayCohort(group_of, (0, 1, 2), 8) as cohort:
         assert cohort.batches == 3  # never more batches than clients
     with open_cohort(Backend.RAY, group_of, (0, 1, 2), None) as default:
         assert isinstance(default, RayCohort)
         assert default.batches == 2  # one per CPU of the cluster
+
+
+class CountingDeliveries(Mapping[int, bytes]):
+    """Deliveries encoded when they are read, counting the reads."""
+
+    def __init__(self, messages: Mapping[int, Message]) -> None:
+        self.messages = messages
+        self.reads = 0
+
+    def __getitem__(self, client_id: int) -> bytes:
+        self.reads += 1
+        return self.messages[client_id].encode()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.messages)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+def test_a_ray_cohort_reads_each_delivery_only_when_its_chunk_is_shipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    n = 12
+    scheme = PlaintextScheme(dim=4)
+    config = scheme.round_config(range(n), nonce=bytes(16))
+
+    def group_of(ids: Sequence[int]) -> ClientGroup:
+        clients = {i: scheme.client(config, i, DeterministicRandomness(bytes(16))) for i in ids}
+        return ClientGroup(clients, zeros, [1] * n, np.ones(n), 4, scheme.reference)
+
+    monkeypatch.setattr(ray_backend, "DELIVERY_CHUNK_BYTES", 1)  # one delivery per chunk
+    deliveries = CountingDeliveries(scheme.server(config).start())
+    with RayCohort(group_of, tuple(range(n)), 2) as cohort:
+        replies = cohort.answer(deliveries)
+        first, _, _ = next(replies)
+        # Before the first reply: two one-delivery chunks shipped to each of the two batches.
+        assert deliveries.reads == 4
+        answered = [first, *(i for i, _, _ in replies)]
+    assert sorted(answered) == list(range(n))
+    assert deliveries.reads == n
 
 
 def zeros(client_id: int) -> NDArray[np.float32]:

@@ -282,21 +282,35 @@ class RayCohort:
         self.close()
 
     def answer(self, deliveries: Mapping[int, bytes]) -> Iterator[Reply]:
-        """Every addressed client's reply to this stage, as they come (any order)."""
+        """Every addressed client's reply to this stage, as they come (any order).
+
+        A delivery is read from the mapping only when its chunk is shipped, so a mapping that
+        encodes on access never has a whole stage's broadcast in memory.
+        """
         if not self._actors:
             raise UsageError("the cohort is closed")
-        queues: list[deque[list[tuple[int, bytes]]]] = [deque() for _ in self._actors]
-        for b, batch in enumerate(self._split(deliveries)):
-            queues[b].extend(_chunks(batch, DELIVERY_CHUNK_BYTES))
+        pending: list[deque[int]] = [deque() for _ in self._actors]
+        for i in sorted(deliveries):
+            owner = self._owner.get(i)
+            if owner is None:
+                raise UsageError(f"client {i} is not in this cohort")
+            pending[owner].append(i)
         running: dict[Any, int] = {}
 
         def submit(b: int) -> None:
-            if queues[b]:
+            chunk: list[tuple[int, bytes]] = []
+            size = 0
+            while pending[b] and size < DELIVERY_CHUNK_BYTES:
+                i = pending[b].popleft()
+                data = deliveries[i]
+                chunk.append((i, data))
+                size += _REPLY_OVERHEAD + len(data)
+            if chunk:
                 call = self._actors[b].answer.options(
                     num_returns="streaming",
                     _generator_backpressure_num_objects=REPLY_CHUNKS_AHEAD,
                 )
-                running[call.remote(queues[b].popleft(), REPLY_CHUNK_BYTES)] = b
+                running[call.remote(chunk, REPLY_CHUNK_BYTES)] = b
 
         for b in range(len(self._actors)):
             for _ in range(_CALLS_IN_FLIGHT):
@@ -310,18 +324,9 @@ class RayCohort:
                 except StopIteration:
                     submit(running.pop(stream))
                     continue
-                chunk: list[Reply] = _fetch(ref)
+                replies: list[Reply] = _fetch(ref)
                 del ref  # the chunk leaves the object store once we hold it
-                yield from chunk
-
-    def _split(self, deliveries: Mapping[int, bytes]) -> list[list[tuple[int, bytes]]]:
-        per_batch: list[list[tuple[int, bytes]]] = [[] for _ in self._actors]
-        for i, data in sorted(deliveries.items()):
-            owner = self._owner.get(i)
-            if owner is None:
-                raise UsageError(f"client {i} is not in this cohort")
-            per_batch[owner].append((i, data))
-        return per_batch
+                yield from replies
 
     def tally(self) -> Tally:
         parts: list[Tally] = _unwrap(lambda: ray.get([a.tally.remote() for a in self._actors]))
@@ -336,19 +341,6 @@ class RayCohort:
             with contextlib.suppress(Exception):  # already gone: nothing left to end
                 ray.kill(actor)
         self._actors = []
-
-
-def _chunks(items: Sequence[tuple[int, bytes]], limit: int) -> Iterator[list[tuple[int, bytes]]]:
-    chunk: list[tuple[int, bytes]] = []
-    size = 0
-    for item in items:
-        chunk.append(item)
-        size += _REPLY_OVERHEAD + len(item[1])
-        if size >= limit:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
 
 
 # ----------------------------------------------------------------- unmasking
