@@ -249,7 +249,10 @@ class RoundRunner:
         config = scheme.round_config(
             cohort, nonce=os.urandom(16), round_id=round_id, task_hash=task_digest(model, step)
         )
-        assert isinstance(config, RoundConfig | CohortConfig)
+        if not isinstance(config, RoundConfig | CohortConfig):  # pragma: no cover
+            raise UsageError(
+                f"a {type(config).__name__} is no round configuration the service runs"
+            )
         details = scheme.describe(len(cohort))
         server = scheme.server(config)
         self.ledger.start_round(
