@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sections
 
 from secagg.dp.calibrate import DpConfig, epsilon_spent
 from secagg.fl.data import load_digits_split
@@ -29,6 +30,7 @@ from secagg.params import Params
 from secagg.simulate import DropSchedule, root_randomness, simulate_round
 
 ROOT = Path(__file__).resolve().parent.parent
+MARKER = "## Distributed DP: privacy against utility on the digits"
 
 
 def train(
@@ -147,11 +149,22 @@ def main() -> None:
         f"dropout {args.dropout}, L2 clip {clip:.4f} (median update norm), {args.bits} bits, "
         f"delta {args.delta}"
     )
-    print(
+    lines = [
+        MARKER,
+        "",
+        f"Command: `python benchmarks/dp_sweep.py --write`. FedAvg on scikit-learn's digits "
+        f"(the demo's model and local training), {args.clients} clients per round "
+        f"({args.dropout:.0%} dropping at random stages), minimum cohort {args.min_cohort}, "
+        f"{args.rounds} rounds, SecAgg+ in process with every client adding Skellam noise "
+        f"before masking; L2 clip {clip:.4f} (the median first-round update norm), "
+        f"{args.bits} bits per coordinate, delta {args.delta:g}. The target epsilon is for the "
+        "whole run; 'spent' is what the sums actually revealed cost (more inputs than the "
+        "minimum cohort carry more noise). Beside it, the same training with the exact mean.",
+        "",
         "| target epsilon (whole run) | spent | noise multiplier | final accuracy "
-        "| epsilon per round |"
-    )
-    print("|---|---|---|---|---|")
+        "| epsilon per round |",
+        "|---|---|---|---|---|",
+    ]
     for run in runs:
         eps, noise = run["epsilon_target"], run["noise_multiplier"]
         achieved = run["epsilon_per_round_achieved"]
@@ -159,14 +172,17 @@ def main() -> None:
         multiplier = "-" if noise is None else f"{noise:.2f}"
         per_round = "-" if not achieved else f"{min(achieved):.3f}..{max(achieved):.3f}"
         spent = "-" if run["epsilon_spent"] is None else f"{run['epsilon_spent']:.3f}"
-        print(
+        lines.append(
             f"| {target} | {spent} | {multiplier} | {100 * run['final_accuracy']:.1f}% "
             f"| {per_round} |"
         )
+    lines += ["", "![privacy against utility](docs/dp_privacy_utility.png)", ""]
+    print("\n".join(lines))
     if args.write:
         out = {"args": vars(args), "l2_clip": clip, "runs": runs}
         (ROOT / "benchmarks" / "dp_sweep.json").write_text(json.dumps(out, indent=1) + "\n")
         plot(runs, args, clip)
+        sections.write_section(MARKER, "\n".join(lines))
 
 
 def plot(runs: list[dict[str, Any]], args: argparse.Namespace, clip: float) -> None:

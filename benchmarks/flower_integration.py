@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import sections
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv-flower-ci"
 MARKER = "## Flower: secagg's integration vs Flower's SecAgg+ (same run)"
@@ -144,16 +146,7 @@ def markdown(
 
 
 def write(section: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARKER in text:
-        head, rest = text.split(MARKER, 1)
-        tail = rest.split("\n## ", 1)
-        after = "\n## " + tail[1] if len(tail) == 2 else ""
-        text = head + section + after
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    sections.write_section(MARKER, section)
 
 
 def main() -> None:

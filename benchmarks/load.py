@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import sections
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -115,9 +117,6 @@ def run(clients: int, dim: int, processes: int, workdir: Path) -> dict[str, Any]
 
 
 def write_markdown(result: dict[str, Any], command: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    head = text.split(MARKER)[0].rstrip() + "\n\n"
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["stage_seconds"].items())
     section = "\n".join(
         [
@@ -150,7 +149,7 @@ def write_markdown(result: dict[str, Any], command: str) -> None:
             "",
         ]
     )
-    path.write_text(head + section)
+    sections.write_section(MARKER, section)
 
 
 def main() -> None:

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import floor
 import flower_peer
-import load
 import performance
+import sections
 
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.parallel import MaskApplier, usable_cores
@@ -459,11 +459,9 @@ def write_markdown(out: dict[str, Any], command: str) -> None:
         "",
     ]
     path = ROOT / "BENCHMARKS.md"
-    # The load benchmark (benchmarks/load.py) owns its own section: keep it.
-    kept = ""
-    if path.exists() and load.MARKER in path.read_text():
-        kept = "\n" + load.MARKER + path.read_text().split(load.MARKER, 1)[1]
-    path.write_text("\n".join(lines) + kept)
+    # The other benchmarks own their sections (benchmarks/sections.py): keep them.
+    kept = sections.owned_sections(path.read_text()) if path.exists() else ""
+    path.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
 
 
 if __name__ == "__main__":
