@@ -40,7 +40,9 @@ from secagg.errors import ConfigurationError, DropReason, RoundAborted, UsageErr
 from secagg.flower import wire
 from secagg.hazmat.randomness import Randomness, SystemRandomness
 from secagg.params import Params
-from secagg.protocol.server import Server, Stage
+from secagg.protocol.runner import RoundRun
+from secagg.protocol.stages import Stage
+from secagg.schemes.masking import MaskingScheme
 
 try:
     from flwr.app import (
@@ -222,21 +224,19 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
             if strangers:
                 raise ConfigurationError(f"node(s) {strangers[:3]} have no identity key (pki)")
             pki = {i: self._pki[n] for i, n in enumerate(nodes)}
-        server = Server(config, pki=pki)
+        # Masking as a scheme (quantised, or with distributed DP when Params.dp says so), driven
+        # by the one round engine: this transport only delivers and collects.
+        server = MaskingScheme(self.params, pki=pki).server(config)
+        run = RoundRun(server)
         node_of = dict(enumerate(nodes))
         client_of = {n: i for i, n in node_of.items()}
         up = dict.fromkeys(nodes, 0)
         down = dict.fromkeys(nodes, 0)
         aborts: dict[int, str] = {}
-        stage_seconds: dict[str, float] = {}
         group_id = train[0].metadata.group_id
         model_bytes = sum(len(a.data) for a in model.values())
-        abort: RoundAborted | None = None
 
-        outgoing = server.start()
-        while not server.done:
-            stage = server.stage
-            t0 = time.perf_counter()
+        for stage, outgoing in run.stages():
             first = stage is Stage.COMMIT and server.attempt == 1
             out: list[Message] = []
             for cid, message in outgoing.items():
@@ -288,13 +288,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
                         server.receive(cid, payload)
                     else:
                         server.drop(cid, DropReason.MALFORMED, "the protocol message is not bytes")
-            try:
-                outgoing = server.close_stage()
-            except RoundAborted as exc:
-                abort = exc
-            stage_seconds[stage.value] = (
-                stage_seconds.get(stage.value, 0.0) + time.perf_counter() - t0
-            )
+        abort = run.abort
 
         dropped = {
             node_of[d.client_id]: (
@@ -313,7 +307,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
             included = tuple(node_of[c] for c in result.included)
             total_weight = result.total_weight
             if total_weight > 0:
-                mean = result.weighted_mean(self.params.quantizer)
+                mean = server.aggregate().mean
                 aggregate = layout.unflatten(global_vector + mean, like=model)
                 reply = Message(self._reply(task, aggregate, total_weight), reply_to=train[0])
             else:
@@ -329,7 +323,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
             degree=config.degree,
             threshold=config.threshold,
             seconds=time.perf_counter() - started,
-            stage_seconds=stage_seconds,
+            stage_seconds=dict(run.stage_seconds),
             upload_bytes=up,
             download_bytes=down,
         )
