@@ -226,7 +226,10 @@ def test_a_new_file_gets_the_schema_its_version_and_write_ahead_logging(tmp_path
     Ledger(path).close()
     with _raw(path) as raw:
         tables = {n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        expected = {"schema_version", "rounds", "cohort", "stage_timings", "drops", "aggregates"}
+        expected = {
+            "schema_version", "rounds", "cohort", "stage_timings", "drops", "aggregates",
+            "dp_rounds",
+        }  # fmt: skip
         assert tables == expected
         assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -592,6 +595,10 @@ def test_the_file_holds_no_secret_and_no_vector_but_the_aggregate(tmp_path: Path
             "stage_timings": ["round_id", "stage", "seconds"],
             "drops": ["drop_id", "round_id", "client_id", "stage", "reason", "detail"],
             "aggregates": ["round_id", "length", "total_weight", "sha256", "data"],
+            "dp_rounds": [
+                "round_id", "series", "mechanism", "delta", "epsilon", "epsilon_spent",
+                "epsilon_target", "target_rounds",
+            ],
         }  # fmt: skip
         blobs = {
             (t, c, bytes(v))

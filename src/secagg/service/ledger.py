@@ -3,7 +3,9 @@
 For each round the ledger keeps its public configuration (session id, task hash, protocol,
 cohort, degree, threshold, dimension), when it started and ended, how long each stage took,
 which clients were dropped at which stage and why, its outcome, and, for a completed round
-only, the final aggregate and the total weight behind it. A round is written when it starts,
+only, the final aggregate and the total weight behind it and, under distributed differential
+privacy, the guarantee of the sum it revealed and the epsilon spent so far (``RoundPrivacy``,
+computed by ``account_round``). A round is written when it starts,
 so that a coordinator killed mid-round leaves a ``running`` row behind; ``recover()`` turns
 such rows into aborted rounds at the next start. A completed round's aggregate is committed
 (``synchronous=FULL``: fsynced) before ``complete_round`` returns, and so before anyone is
@@ -18,12 +20,16 @@ Two ways to open a ledger:
   even by SIGKILL, so a restarted coordinator gets it back and recovers as before. A writer
   creates a new ledger only where no file exists, and creates it whole (beside the target,
   then linked into place) so that a crash never leaves half a ledger; it refuses an empty
-  file unless asked to ``initialise`` it, and anything that is not a ledger of this schema
-  version, always.
+  file unless asked to ``initialise`` it, and anything that is not a ledger of a schema
+  version it knows, always. A ledger of an older version it knows is upgraded when the writer
+  opens it, in one transaction (version 1, before distributed DP, gains the ``dp_rounds``
+  table: its rounds are kept as they are, with no privacy record); an older secagg then
+  refuses the file as newer than it understands, in one line.
 - ``Ledger.open_readonly(path)``, for ``secagg rounds`` and other readers: SQLite's read-only
   mode, no lock, no recovery; the ledger is never created or changed (in a writable directory
   SQLite may leave its shared-memory file and an empty log beside it, which are harmless). It
-  works on a read-only file, in a read-only directory and while a coordinator writes (WAL).
+  works on a read-only file, in a read-only directory and while a coordinator writes (WAL),
+  and reads a version-1 ledger as it is (no round has a privacy record).
 
 Every failure an operator can cause (a second coordinator, a file that is missing, empty,
 foreign, unreadable or read-only, a full disk) is a ``LedgerError`` with one line naming the
@@ -32,7 +38,8 @@ file; a write that fails is rolled back whole, so the ledger stays as it was bef
 
 No secret (key, seed, share) and no individual update, masked or not, is ever stored: no
 method takes one. The only vector in the file is the aggregate of a completed round, which
-the protocol reveals anyway; the only other blobs are the two public 32-byte hashes.
+the protocol reveals anyway; the only other blobs are the two public 32-byte hashes and, under
+distributed DP, a round's 32-byte DP series (the digest of the public DP configuration).
 
 Every write method commits its own transaction; all SQL is parameterised.
 """
@@ -59,7 +66,9 @@ from typing import Any, BinaryIO, SupportsIndex
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.dp.calibrate import DpPlan, achieved_epsilon, epsilon_spent
 from secagg.errors import ConfigurationError, DecodeError, LedgerError, UsageError
+from secagg.hazmat.kdf import encode_fields
 
 __all__ = [
     "LOCK_SUFFIX",
@@ -68,10 +77,14 @@ __all__ = [
     "DropRecord",
     "Ledger",
     "RoundOutcome",
+    "RoundPrivacy",
     "RoundRecord",
+    "account_round",
+    "dp_series",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_FIRST_VERSION = 1  # the oldest schema a writer upgrades and a reader reads
 RECOVERED_REASON = "coordinator restarted mid-round"
 HASH_BYTES = 32
 _MAX_SQLITE_INT = 2**63 - 1
@@ -79,6 +92,10 @@ LOCK_SUFFIX = ".lock"  # the writer's lock file sits beside the ledger: <ledger>
 _SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 _TABLES = frozenset({"schema_version", "rounds", "cohort", "stage_timings", "drops", "aggregates"})
 _FREEZE_TRIGGER = "finished_rounds_are_final"
+_DP_TABLE = "dp_rounds"
+_DP_FREEZE_TRIGGER = "privacy_records_are_final"
+# What each version must hold, beyond version 1's.
+_SINCE: dict[int, frozenset[str]] = {2: frozenset({_DP_TABLE, _DP_FREEZE_TRIGGER})}
 # How SQLite says that a read-only connection cannot set up its shared memory beside a WAL
 # database, because the directory is read-only: the cue to read the file as immutable.
 _NO_SHARED_MEMORY = frozenset({"SQLITE_READONLY_DIRECTORY", "SQLITE_READONLY_CANTINIT"})
@@ -100,6 +117,45 @@ class DropRecord:
     stage: str
     reason: str
     detail: str
+
+
+@dataclass(frozen=True)
+class RoundPrivacy:
+    """The distributed-DP guarantee of a completed round's revealed sum, and the privacy
+    spent so far (all at ``delta``).
+
+    ``epsilon`` is the guarantee of this round's sum, for the number of inputs it actually
+    held; ``epsilon_spent`` composes (RDP) this round with every earlier completed round of
+    the same ``series``, the digest of the public DP configuration that calibrated the
+    noise (``dp_series``): rounds under another configuration, or none, belong to another
+    deployment and are accounted apart. ``epsilon_target`` is the plan's epsilon over
+    ``target_rounds`` rounds at the minimum cohort (the target, when one was given): spent
+    stays at or below it for as many rounds, and passes it after more.
+    """
+
+    series: bytes
+    mechanism: str
+    delta: float
+    epsilon: float
+    epsilon_spent: float
+    epsilon_target: float
+    target_rounds: int
+
+    def __post_init__(self) -> None:
+        _hash(self.series, "a DP series")
+        _text(self.mechanism, "the DP mechanism")
+        if isinstance(self.delta, bool) or not (
+            isinstance(self.delta, int | float) and 0.0 < self.delta < 1.0
+        ):
+            raise UsageError(f"delta must be in (0, 1), got {self.delta!r}")
+        for name in ("epsilon", "epsilon_spent", "epsilon_target"):
+            _amount(getattr(self, name), name)
+        # Composition never spends less than its last round alone (to rounding).
+        if self.epsilon_spent < self.epsilon * (1 - 1e-9):
+            raise UsageError(
+                f"epsilon spent {self.epsilon_spent!r} is below the round's {self.epsilon!r}"
+            )
+        _int(self.target_rounds, "target rounds", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -127,6 +183,7 @@ class RoundRecord:
     download_bytes_per_client: float | None
     has_aggregate: bool
     total_weight: int | None = None  # the weight behind the aggregate (completed rounds only)
+    privacy: RoundPrivacy | None = None  # distributed DP (completed rounds of a DP deployment)
 
 
 # Cohort and included ids live in a child table rather than as JSON text: the primary key
@@ -209,24 +266,67 @@ _SCHEMA = (
     )
     """,
 )
+# Version 2: distributed DP. A table of its own (one row per completed round of a DP
+# deployment, written in the same transaction as the aggregate), so that version 1 upgrades
+# by adding it and no existing row changes; the number of inputs is not repeated here, it is
+# the round's included clients.
+_SCHEMA_V2 = (
+    f"""
+    CREATE TABLE {_DP_TABLE} (
+        round_id INTEGER PRIMARY KEY REFERENCES rounds (round_id),
+        series BLOB NOT NULL CHECK (length(series) = 32),
+        mechanism TEXT NOT NULL,
+        delta REAL NOT NULL CHECK (delta > 0 AND delta < 1),
+        epsilon REAL NOT NULL CHECK (epsilon >= 0),
+        epsilon_spent REAL NOT NULL CHECK (epsilon_spent >= 0),
+        epsilon_target REAL NOT NULL CHECK (epsilon_target >= 0),
+        target_rounds INTEGER NOT NULL CHECK (target_rounds >= 1)
+    )
+    """,
+    f"CREATE INDEX dp_rounds_by_series ON {_DP_TABLE} (series)",
+    # A privacy record is as final as the round it belongs to.
+    f"""
+    CREATE TRIGGER {_DP_FREEZE_TRIGGER} BEFORE UPDATE ON {_DP_TABLE}
+    BEGIN
+        SELECT RAISE(ABORT, 'a privacy record cannot be changed');
+    END
+    """,
+)
+_SCHEMA_UPGRADES: dict[int, tuple[str, ...]] = {2: _SCHEMA_V2}  # from the version before
 
 _ROUND_COLUMNS = """
     SELECT r.round_id, r.session_id, r.task_hash, r.protocol, r.degree, r.threshold, r.dim,
            r.started_at, r.finished_at, r.outcome, r.abort_reason,
            r.upload_bytes_per_client, r.download_bytes_per_client,
-           a.round_id IS NOT NULL, a.total_weight
-    FROM rounds AS r LEFT JOIN aggregates AS a ON a.round_id = r.round_id
+           a.round_id IS NOT NULL, a.total_weight,
 """
+_PRIVACY_COLUMNS = (
+    "d.series, d.mechanism, d.delta, d.epsilon, d.epsilon_spent, d.epsilon_target, d.target_rounds"
+)
+# The rounds query of each schema version: a version-1 ledger has no privacy records.
+_ROUNDS_FROM: dict[bool, str] = {
+    True: _ROUND_COLUMNS
+    + _PRIVACY_COLUMNS
+    + """
+    FROM rounds AS r LEFT JOIN aggregates AS a ON a.round_id = r.round_id
+    LEFT JOIN dp_rounds AS d ON d.round_id = r.round_id
+""",
+    False: _ROUND_COLUMNS
+    + ", ".join(["NULL"] * 7)
+    + """
+    FROM rounds AS r LEFT JOIN aggregates AS a ON a.round_id = r.round_id
+""",
+}
 # Two fixed variants of each query (every round, or one round); the id is always a parameter.
 _QUERIES: dict[bool, tuple[str, str, str, str]] = {
     False: (
-        _ROUND_COLUMNS + " ORDER BY r.round_id",
+        " ORDER BY r.round_id",
         "SELECT round_id, client_id, included FROM cohort ORDER BY round_id, client_id",
         "SELECT round_id, stage, seconds FROM stage_timings ORDER BY rowid",
         "SELECT round_id, client_id, stage, reason, detail FROM drops ORDER BY drop_id",
     ),
     True: (
-        _ROUND_COLUMNS + " WHERE r.round_id = ?",
+        " WHERE r.round_id = ?",
         "SELECT round_id, client_id, included FROM cohort WHERE round_id = ? ORDER BY client_id",
         "SELECT round_id, stage, seconds FROM stage_timings WHERE round_id = ? ORDER BY rowid",
         "SELECT round_id, client_id, stage, reason, detail FROM drops WHERE round_id = ?"
@@ -263,6 +363,8 @@ class Ledger:
     _frozen: tuple[Path, tuple[int, int, int]] | None
     # Why the connection was given up mid-way (a rollback that failed), if it was.
     _broken: str | None
+    # The schema version of the open file (a writer upgrades to the newest on opening).
+    _version: int
 
     def __init__(
         self,
@@ -286,6 +388,7 @@ class Ledger:
                 conn.close()
                 raise
             self._conn = conn
+            self._version = SCHEMA_VERSION
             return
         file = _resolve(path)
         if file.is_dir():
@@ -295,6 +398,7 @@ class Ledger:
         self._lock_file = _take_lock(file, self._path)
         try:
             self._conn = _open_writer(file, self._path, initialise=initialise, max_pages=max_pages)
+            self._version = SCHEMA_VERSION
         except BaseException:
             self._release()
             raise
@@ -311,7 +415,7 @@ class Ledger:
         self = cls.__new__(cls)
         self._setup(str(path), clock=time.time, read_only=True)
         file = _resolve(path)
-        self._conn, frozen = _open_reader(file, self._path)
+        self._conn, frozen, self._version = _open_reader(file, self._path)
         if frozen is not None:
             self._frozen = (file, frozen)
         return self
@@ -325,11 +429,17 @@ class Ledger:
         self._lock_file = None
         self._frozen = None
         self._broken = None
+        self._version = SCHEMA_VERSION
 
     @property
     def path(self) -> str:
         """The path the ledger was opened with, as given."""
         return self._path
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open file (a reader may hold an older one)."""
+        return self._version
 
     @property
     def read_only(self) -> bool:
@@ -547,12 +657,14 @@ class Ledger:
         total_weight: int,
         upload_bytes_per_client: float,
         download_bytes_per_client: float,
+        privacy: RoundPrivacy | None = None,
     ) -> None:
-        """Record a round as completed with its aggregate; durable once this returns.
+        """Record a round as completed with its aggregate (and, under distributed DP, its
+        ``privacy``: ``account_round``); durable once this returns.
 
         All or nothing, in one transaction: if the write fails (``LedgerError``: disk full,
-        I/O error) the round is still ``running``, without aggregate, and ``recover()`` at
-        the next start aborts it; a completed round always has its aggregate.
+        I/O error) the round is still ``running``, without aggregate or privacy record, and
+        ``recover()`` at the next start aborts it; a completed round always has its aggregate.
         """
         round_id = _round_id(round_id)
         members = [_int(c, "client id") for c in included]
@@ -567,6 +679,8 @@ class Ledger:
         total_weight = _int(total_weight, "total weight")
         up = _amount(upload_bytes_per_client, "upload bytes per client")
         down = _amount(download_bytes_per_client, "download bytes per client")
+        if privacy is not None and not isinstance(privacy, RoundPrivacy):
+            raise UsageError(f"privacy must be a RoundPrivacy, got {type(privacy).__name__}")
         now = self._clock()
         with self._write(f"complete round {round_id}") as conn:
             _require_running(conn, round_id)
@@ -604,6 +718,22 @@ class Ledger:
                 " VALUES (?, ?, ?, ?, ?)",
                 (round_id, values.size, total_weight, hashlib.sha256(data).digest(), data),
             )
+            if privacy is not None:
+                conn.execute(
+                    "INSERT INTO dp_rounds (round_id, series, mechanism, delta, epsilon,"
+                    " epsilon_spent, epsilon_target, target_rounds)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        round_id,
+                        privacy.series,
+                        privacy.mechanism,
+                        float(privacy.delta),
+                        float(privacy.epsilon),
+                        float(privacy.epsilon_spent),
+                        float(privacy.epsilon_target),
+                        privacy.target_rounds,
+                    ),
+                )
 
     def abort_round(self, round_id: int, reason: str) -> None:
         """Record a running round as aborted, with a human-readable reason (no aggregate)."""
@@ -622,16 +752,31 @@ class Ledger:
     def rounds(self) -> list[RoundRecord]:
         """Every round, ordered by round id."""
         with self._read() as conn:
-            return _load(conn, None)
+            return _load(conn, None, self._version)
 
     def round(self, round_id: int) -> RoundRecord:
         """One round; ``UsageError`` if the ledger has no such round."""
         round_id = _round_id(round_id)
         with self._read() as conn:
-            records = _load(conn, round_id)
+            records = _load(conn, round_id, self._version)
         if not records:
             raise UsageError(f"no round {round_id}")
         return records[0]
+
+    def dp_inputs(self, series: bytes) -> list[int]:
+        """How many inputs each completed round of DP ``series`` revealed, by round id: what
+        ``account_round`` composes (empty for a version-1 ledger)."""
+        series = _hash(series, "a DP series")
+        if self._version < 2:
+            return []
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT COUNT(c.client_id) FROM dp_rounds AS d"
+                " JOIN cohort AS c ON c.round_id = d.round_id AND c.included = 1"
+                " WHERE d.series = ? GROUP BY d.round_id ORDER BY d.round_id",
+                (series,),
+            ).fetchall()
+        return [int(n) for (n,) in rows]
 
     def latest_completed(self) -> RoundRecord | None:
         """The completed round with the largest id, if any."""
@@ -642,7 +787,7 @@ class Ledger:
             ).fetchone()
             if latest is None:
                 return None
-            return _load(conn, latest)[0]
+            return _load(conn, latest, self._version)[0]
 
     def aggregate(self, round_id: int) -> NDArray[np.float64]:
         """The stored aggregate of a completed round, exactly as it was committed.
@@ -790,7 +935,7 @@ def _configure_writer(conn: sqlite3.Connection, shown: str, max_pages: int | Non
 def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in _SCHEMA:
+        for statement in (*_SCHEMA, *_SCHEMA_V2):
             conn.execute(statement)
         conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         conn.execute("COMMIT")
@@ -800,12 +945,12 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         raise
 
 
-def _check_schema(conn: sqlite3.Connection, shown: str) -> bool:
-    """True for a ledger of our schema version, False for a database with nothing in it;
-    ``LedgerError`` for anything else."""
+def _check_schema(conn: sqlite3.Connection, shown: str) -> int | None:
+    """The schema version of a ledger of a version we know (``_FIRST_VERSION`` up to ours),
+    None for a database with nothing in it; ``LedgerError`` for anything else."""
     objects = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
     if not objects:
-        return False
+        return None
     tables = {name for kind, name in objects if kind == "table"}
     triggers = {name for kind, name in objects if kind == "trigger"}
     if "schema_version" not in tables:
@@ -823,15 +968,35 @@ def _check_schema(conn: sqlite3.Connection, shown: str) -> bool:
             f"{shown} has ledger schema version {version}, newer than this secagg "
             f"understands ({SCHEMA_VERSION}): upgrade secagg to use it"
         )
-    if version != SCHEMA_VERSION:
+    if version < _FIRST_VERSION:
         raise LedgerError(
             f"{shown} has ledger schema version {version}, which this secagg does not know "
-            f"(it writes version {SCHEMA_VERSION})"
+            f"(it reads versions {_FIRST_VERSION} to {SCHEMA_VERSION})"
         )
-    missing = sorted((_TABLES - tables) | ({_FREEZE_TRIGGER} - triggers))
+    expected = _TABLES | {_FREEZE_TRIGGER}
+    for since, added in _SINCE.items():
+        if version >= since:
+            expected |= added
+    missing = sorted(expected - tables - triggers)
     if missing:
         raise LedgerError(f"{shown} is a damaged round ledger: {', '.join(missing)} missing")
-    return True
+    return int(version)
+
+
+def _upgrade(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a ledger of an older known ``version`` to ``SCHEMA_VERSION``, in one
+    transaction: either every step lands or the file stays as it was."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _SCHEMA_UPGRADES[step]:
+                conn.execute(statement)
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _create(file: Path, shown: str) -> None:
@@ -903,8 +1068,9 @@ def _open_writer(
         # Look before touching anything: even switching the journal mode writes to the
         # file, and a database that is not ours must be left exactly as it was.
         conn.execute("BEGIN")
-        is_ledger = _check_schema(conn, shown)
+        version = _check_schema(conn, shown)
         conn.execute("ROLLBACK")
+        is_ledger = version is not None
         if not is_ledger and not initialise:
             raise LedgerError(
                 f"{shown} is an SQLite database with nothing in it, not a round ledger: "
@@ -917,6 +1083,8 @@ def _open_writer(
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("UPDATE schema_version SET version = version")
             conn.execute("ROLLBACK")
+            if version is not None and version < SCHEMA_VERSION:
+                _upgrade(conn, version)
         else:
             _create_schema(conn)
     except sqlite3.DatabaseError as exc:
@@ -928,7 +1096,9 @@ def _open_writer(
     return conn
 
 
-def _open_reader(file: Path, shown: str) -> tuple[sqlite3.Connection, tuple[int, int, int] | None]:
+def _open_reader(
+    file: Path, shown: str
+) -> tuple[sqlite3.Connection, tuple[int, int, int] | None, int]:
     found = _identify(file, shown)
     if found is _Found.NOTHING:
         raise LedgerError(f"no round ledger at {shown}: the file does not exist")
@@ -941,7 +1111,7 @@ def _open_reader(file: Path, shown: str) -> tuple[sqlite3.Connection, tuple[int,
     frozen: tuple[int, int, int] | None = None
     try:
         try:
-            is_ledger = _check_schema(conn, shown)
+            version = _check_schema(conn, shown)
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorname not in _NO_SHARED_MEMORY | {"SQLITE_CANTOPEN"}:
                 raise
@@ -964,8 +1134,8 @@ def _open_reader(file: Path, shown: str) -> tuple[sqlite3.Connection, tuple[int,
             if frozen is None:
                 raise LedgerError(f"no round ledger at {shown}: the file is gone") from None
             conn = _connect(file.as_uri() + "?mode=ro&immutable=1", shown, uri=True)
-            is_ledger = _check_schema(conn, shown)
-        if not is_ledger:
+            version = _check_schema(conn, shown)
+        if version is None:
             raise LedgerError(f"{shown} is an SQLite database with nothing in it, not a ledger")
     except sqlite3.DatabaseError as exc:
         conn.close()
@@ -973,7 +1143,7 @@ def _open_reader(file: Path, shown: str) -> tuple[sqlite3.Connection, tuple[int,
     except BaseException:
         conn.close()
         raise
-    return conn, frozen
+    return conn, frozen, version
 
 
 def _require_running(conn: sqlite3.Connection, round_id: int) -> None:
@@ -984,12 +1154,12 @@ def _require_running(conn: sqlite3.Connection, round_id: int) -> None:
         raise UsageError(f"round {round_id} has already ended ({row[0]})")
 
 
-def _load(conn: sqlite3.Connection, round_id: int | None) -> list[RoundRecord]:
+def _load(conn: sqlite3.Connection, round_id: int | None, version: int) -> list[RoundRecord]:
     # Four queries in all, however many rounds, rather than four per round.
     one = round_id is not None
     params: tuple[int, ...] = (round_id,) if round_id is not None else ()
-    rounds_sql, cohort_sql, stages_sql, drops_sql = _QUERIES[one]
-    rows = conn.execute(rounds_sql, params).fetchall()
+    rounds_where, cohort_sql, stages_sql, drops_sql = _QUERIES[one]
+    rows = conn.execute(_ROUNDS_FROM[version >= 2] + rounds_where, params).fetchall()
     if not rows:
         return []
     cohorts: dict[int, list[int]] = {}
@@ -1008,7 +1178,7 @@ def _load(conn: sqlite3.Connection, round_id: int | None) -> list[RoundRecord]:
     for row in rows:
         try:
             records.append(_record(row, cohorts, included, stages, drops))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, UsageError) as exc:
             # CHECK constraints guard every write, but SQLite does not checksum its pages:
             # a damaged row is a typed error naming the round, never a traceback.
             raise DecodeError(f"round {row[0]!r} in the ledger is corrupt: {exc}") from None
@@ -1038,6 +1208,7 @@ def _record(
         down,
         has_aggregate,
         total_weight,
+        *privacy,
     ) = row
     return RoundRecord(
         round_id=rid,
@@ -1059,6 +1230,7 @@ def _record(
         download_bytes_per_client=down,
         has_aggregate=bool(has_aggregate),
         total_weight=total_weight,
+        privacy=None if privacy[0] is None else RoundPrivacy(*privacy),
     )
 
 
@@ -1107,3 +1279,40 @@ def _text(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise UsageError(f"{what} must be a non-empty str")
     return str(value)
+
+
+# ----------------------------------------------------------------- distributed DP
+def dp_series(plan: DpPlan) -> bytes:
+    """The digest of what a DP deployment's privacy accounting depends on: the mechanism,
+    the clip in scaled units, the padded dimension, the rounding, each client's noise, the
+    sampling rate and delta. Rounds of one series compose into one ``epsilon_spent``."""
+    c = plan.config
+    return hashlib.sha256(
+        encode_fields(
+            "secagg/v1/ledger/dp-series",
+            plan.mechanism.value,
+            plan.padded_dim,
+            repr(float(plan.scaled_clip)),
+            repr(float(c.beta)),
+            repr(float(plan.local_noise)),
+            repr(float(c.sampling_rate)),
+            repr(float(c.delta)),
+        )
+    ).digest()
+
+
+def account_round(ledger: Ledger, plan: DpPlan, inputs: int) -> RoundPrivacy:
+    """The privacy record of a round of ``plan``'s deployment whose revealed sum held
+    ``inputs`` inputs: its own epsilon, and the epsilon spent by it and every completed round
+    of the same series before it in ``ledger`` (``secagg.dp.epsilon_spent``)."""
+    series = dp_series(plan)
+    earlier = ledger.dp_inputs(series)
+    return RoundPrivacy(
+        series=series,
+        mechanism=plan.mechanism.value,
+        delta=plan.config.delta,
+        epsilon=achieved_epsilon(plan, inputs),
+        epsilon_spent=epsilon_spent(plan, [*earlier, inputs]),
+        epsilon_target=plan.epsilon_total,
+        target_rounds=plan.config.rounds,
+    )

@@ -55,7 +55,7 @@ from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.upload import CohortConfig
-from secagg.service.ledger import Ledger, RoundOutcome
+from secagg.service.ledger import Ledger, RoundOutcome, RoundPrivacy, account_round
 from secagg.service.metrics import Metrics, NullMetrics
 from secagg.service.settings import CoordinatorSettings
 from secagg.service.transport import Connection, Transport
@@ -93,6 +93,8 @@ class RoundSummary:
     scheme: str = "masking"
     # The largest error the scheme's encoding may add to a coordinate of the aggregate.
     error_bound: float | None = None
+    # Distributed DP (completed rounds): the revealed sum's epsilon and the epsilon spent.
+    privacy: RoundPrivacy | None = None
 
 
 class _TimedMasks:
@@ -444,6 +446,8 @@ class RoundRunner:
         dropped = self._dropped(server)
         finishers = tuple(c for c in result.included if c not in dropped)
         up, down = self._bytes(finishers)
+        plan = self.scheme.params.dp_plan if isinstance(self.scheme, MaskingScheme) else None
+        privacy = None if plan is None else account_round(self.ledger, plan, len(result.included))
         # Durable before anyone hears the round completed.
         self.ledger.complete_round(
             active.round_id,
@@ -452,6 +456,7 @@ class RoundRunner:
             total_weight=round(result.total_weight),
             upload_bytes_per_client=up,
             download_bytes_per_client=down,
+            privacy=privacy,
         )
         self._metrics.round_finished(RoundOutcome.COMPLETED)
         self._tell(active, True, result.included, "")
@@ -471,6 +476,7 @@ class RoundRunner:
             session_attempts=self._attempts(server),
             scheme=self.scheme.kind.value,
             error_bound=result.error_bound,
+            privacy=privacy,
         )
 
     def _interrupted(self, active: _Round, why: str) -> None:
