@@ -57,6 +57,7 @@ from secagg.policy import ClientPolicy
 from secagg.protocol.client import Client
 from secagg.protocol.messages import Message as ProtocolMessage
 from secagg.protocol.messages import RoundConfig, UnmaskResponse
+from secagg.schemes.masking import MaskingScheme
 
 try:
     from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
@@ -356,13 +357,11 @@ class SecAggMod:
                 raise ClientAbort(
                     AbortReason.COHORT_NOT_ALLOWED, f"{missing} node(s) without an identity key"
                 )
-        return Client(
-            config,
-            state.client_id,
-            DeterministicRandomness(state.seed),
-            identity=self._identity if config.active else None,
-            pki=pki,
-        )
+        # Masking as a scheme: the client gets the deployment's encoding (quantised, or
+        # distributed DP when Params.dp says so) exactly as ``secagg join`` does.
+        identities = {state.client_id: self._identity} if config.active and self._identity else {}
+        scheme = MaskingScheme(self.params, identities=identities, pki=pki)
+        return scheme.client(config, state.client_id, DeterministicRandomness(state.seed))
 
     # ----------------------------------------------------------------- the node's state
     @staticmethod
