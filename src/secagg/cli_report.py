@@ -3,7 +3,8 @@
 - ``print_error``: the one way an error reaches the user: one line on stderr, never
   wrapped, never read as markup (a message may quote ``[tls]`` or a path with brackets);
 - ``format_rounds_table`` and ``export_aggregate`` for ``secagg rounds``;
-- ``round_line`` and ``round_json`` for ``secagg serve``'s report of each round.
+- ``round_line`` and ``round_json`` for ``secagg serve``'s report of each round;
+- ``privacy_text``: a round's distributed-DP guarantee and the epsilon spent, in words.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from secagg.service.files import check_writable, write_array
-from secagg.service.ledger import Ledger, RoundOutcome, RoundRecord
+from secagg.service.ledger import Ledger, RoundOutcome, RoundPrivacy, RoundRecord
 
 if TYPE_CHECKING:  # the coordinator (and gRPC) only where one runs
     from secagg.service.rounds import RoundSummary
@@ -31,6 +32,8 @@ __all__ = [
     "format_rounds_table",
     "one_line",
     "print_error",
+    "privacy_json",
+    "privacy_text",
     "round_json",
     "round_line",
 ]
@@ -56,8 +59,31 @@ _OUTCOME_STYLE = {
 }
 
 
+def privacy_text(privacy: RoundPrivacy) -> str:
+    """``epsilon 0.84 for this sum, 2.1 spent of 8 over 10 rounds (delta 1e-05)``."""
+    return (
+        f"epsilon {privacy.epsilon:.3g} for this sum, {privacy.epsilon_spent:.3g} spent of "
+        f"{privacy.epsilon_target:.3g} over {privacy.target_rounds} round"
+        f"{'s' if privacy.target_rounds > 1 else ''} (delta {privacy.delta:g})"
+    )
+
+
+def privacy_json(privacy: RoundPrivacy | None) -> dict[str, Any]:
+    """A round's distributed-DP figures as JSON fields (all None without DP)."""
+    return {
+        "epsilon": None if privacy is None else privacy.epsilon,
+        "epsilon_spent": None if privacy is None else privacy.epsilon_spent,
+        "epsilon_target": None if privacy is None else privacy.epsilon_target,
+        "target_rounds": None if privacy is None else privacy.target_rounds,
+        "delta": None if privacy is None else privacy.delta,
+    }
+
+
 def format_rounds_table(records: Sequence[RoundRecord]) -> Table:
-    """The ledger as a table for ``secagg rounds``: one row per round."""
+    """The ledger as a table for ``secagg rounds``: one row per round. A ledger with
+    distributed-DP rounds has two more columns: each round's epsilon (of the sum it revealed)
+    and the epsilon spent so far, against the deployment's target."""
+    dp = any(r.privacy is not None for r in records)
     table = Table(title="secagg rounds")
     table.add_column("round", justify="right")
     table.add_column("outcome")
@@ -66,12 +92,15 @@ def format_rounds_table(records: Sequence[RoundRecord]) -> Table:
     table.add_column("dropped")
     table.add_column("seconds", justify="right")
     table.add_column("up B/client", justify="right")
+    if dp:
+        table.add_column("epsilon", justify="right")
+        table.add_column("spent (of target)", justify="right")
     table.add_column("reason", overflow="fold")
     for r in records:
         # Drops are recorded as they happen, so first appearance is the protocol's order.
         by_stage = Counter(d.stage for d in r.drops)
         dropped = ", ".join(f"{stage} {n}" for stage, n in by_stage.items()) or "-"
-        table.add_row(
+        cells: list[str | Text] = [
             str(r.round_id),
             Text(r.outcome.value, style=_OUTCOME_STYLE[r.outcome]),
             str(len(r.cohort)),
@@ -79,8 +108,23 @@ def format_rounds_table(records: Sequence[RoundRecord]) -> Table:
             dropped,
             f"{sum(r.stage_seconds.values()):.2f}" if r.stage_seconds else "-",
             "-" if r.upload_bytes_per_client is None else f"{r.upload_bytes_per_client:,.0f}",
-            # The reason is text from the ledger: never markup.
-            Text(r.abort_reason or ""),
+        ]
+        if dp:
+            p = r.privacy
+            cells += (
+                ["-", "-"]
+                if p is None
+                else [
+                    f"{p.epsilon:.3g}",
+                    f"{p.epsilon_spent:.3g} ({p.epsilon_target:.3g} over {p.target_rounds})",
+                ]
+            )
+        # The reason is text from the ledger: never markup.
+        table.add_row(*cells, Text(r.abort_reason or ""))
+    if dp:
+        table.caption = (
+            "epsilon: the (epsilon, delta) guarantee of the sum the round revealed; spent: "
+            "composed over the completed rounds of the same DP configuration"
         )
     return table
 
@@ -106,6 +150,8 @@ def round_line(summary: RoundSummary) -> Text:
     )
     if summary.abort_reason:
         text += f" ({summary.abort_reason})"
+    if summary.privacy is not None:
+        text += f"; {privacy_text(summary.privacy)}"
     return Text(text)
 
 
@@ -125,6 +171,8 @@ def round_json(summary: RoundSummary) -> dict[str, Any]:
         "abort_reason": summary.abort_reason,
         # The largest error the scheme may add to a coordinate of the mean (completed rounds).
         "error_bound": summary.error_bound,
+        # Distributed DP: the revealed sum's epsilon, the epsilon spent so far, the target.
+        **privacy_json(summary.privacy),
         # Linux reports ru_maxrss in KiB: the coordinator's peak so far.
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }

@@ -4,9 +4,14 @@ Plaintext FedAvg, masking (SecAgg and SecAgg+, each against a semi-honest and a
 semi-malicious server) and CKKS homomorphic encryption aggregate the same clients' updates,
 with the same clients dropping out (each at a random stage of each scheme's round), in one
 run. For each: what a client and the server spend, the bytes a client sends and receives,
-the error against the exact mean, the dropout the round survives, what the server learns and
-who must collude to see one client's update. ``--sweep-clients`` and ``--sweep-dim`` repeat
-the comparison over sizes for the plots.
+the error against the exact mean, the dropout the round survives, what the server learns,
+who must collude to see one client's update, and the privacy of the sum it reveals: the
+(epsilon, delta) guarantee under distributed DP, "none" otherwise (an exact sum).
+With DP settings (``CompareOptions.dp``; ``--dp-epsilon`` on the command line) one more row,
+``secagg+-dp``, runs SecAgg+ with every client adding its noise before masking: an
+unweighted mean of the updates clipped to the L2 clip, calibrated for the smallest sum the
+round is designed to survive. ``--sweep-clients`` and ``--sweep-dim`` repeat the comparison
+over sizes for the plots.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from secagg.errors import ConfigurationError
 from secagg.params import Params, Protocol, ServerModel
 from secagg.schemes.base import Scheme
 from secagg.schemes.plaintext import PlaintextScheme
+from secagg.service.settings import DpSettings, default_dp_min_cohort
 from secagg.simulate import (
     DropSchedule,
     InputSource,
@@ -36,7 +42,15 @@ from secagg.simulate import (
     simulate_round,
 )
 
-__all__ = ["SCHEMES", "CompareOptions", "CompareReport", "run_compare", "write_plots"]
+__all__ = [
+    "ALL_SCHEMES",
+    "DP_SCHEME",
+    "SCHEMES",
+    "CompareOptions",
+    "CompareReport",
+    "run_compare",
+    "write_plots",
+]
 
 # The rows of the comparison, in the order a reader meets them.
 SCHEMES = (
@@ -47,6 +61,11 @@ SCHEMES = (
     "secagg+-active",
     "ckks",
 )
+# SecAgg+ with distributed DP: a row only when DP settings are given.
+DP_SCHEME = "secagg+-dp"
+ALL_SCHEMES = (*SCHEMES, DP_SCHEME)
+# The L2 clip of the DP row when the settings name none.
+DEFAULT_DP_CLIP = 1.0
 
 
 COLOURS = {
@@ -56,6 +75,7 @@ COLOURS = {
     "secagg+": "#2ca02c",
     "secagg+-active": "#1b6e1b",
     "ckks": "#d62728",
+    DP_SCHEME: "#9467bd",
 }
 
 
@@ -69,6 +89,8 @@ class CompareOptions:
     value_bits: int = 16
     schemes: tuple[str, ...] = SCHEMES
     workers: int | None = 1  # one process: the client and server times are comparable
+    # Distributed DP for the secagg+-dp row (added to the schemes when given).
+    dp: DpSettings | None = None
 
     def __post_init__(self) -> None:
         if not 3 <= self.clients <= 10_000:
@@ -77,11 +99,18 @@ class CompareOptions:
             raise ConfigurationError("--dim must be at least 1")
         if not 0.0 <= self.dropout < 0.5:
             raise ConfigurationError("--dropout must be in [0, 0.5)")
-        unknown = set(self.schemes) - set(SCHEMES)
+        unknown = set(self.schemes) - set(ALL_SCHEMES)
         if unknown:
             raise ConfigurationError(
-                f"unknown scheme(s) {sorted(unknown)}: choose from {', '.join(SCHEMES)}"
+                f"unknown scheme(s) {sorted(unknown)}: choose from {', '.join(ALL_SCHEMES)}"
             )
+        if self.dp is None and DP_SCHEME in self.schemes:
+            raise ConfigurationError(
+                f"the {DP_SCHEME} row needs distributed DP settings: add --dp-epsilon or "
+                "--dp-noise-multiplier"
+            )
+        if self.dp is not None and DP_SCHEME not in self.schemes:
+            object.__setattr__(self, "schemes", (*self.schemes, DP_SCHEME))
 
 
 @dataclass
@@ -93,6 +122,14 @@ class Row:
     server_learns: str
     to_see_one_update: str
     tolerates: str
+
+    @property
+    def privacy(self) -> str:
+        """The revealed sum's DP guarantee, or "none" (the sum is revealed exactly)."""
+        epsilon = self.report.epsilon
+        if epsilon is None:
+            return "none"
+        return f"epsilon {epsilon:.3g} (delta {self.report.details.get('dp_delta')})"
 
     def to_json(self) -> dict[str, Any]:
         r = self.report
@@ -115,6 +152,9 @@ class Row:
             "server_learns": self.server_learns,
             "to_see_one_update": self.to_see_one_update,
             "tolerates": self.tolerates,
+            # The (epsilon, delta) guarantee of the revealed sum; None: no DP (an exact sum).
+            "epsilon": r.epsilon,
+            "privacy": self.privacy,
             "details": dict(r.details),
         }
 
@@ -128,11 +168,24 @@ class CompareReport:
 
     def to_json(self) -> dict[str, Any]:
         o = self.options
+        dp = o.dp
         return {
             "clients": o.clients,
             "dim": o.dim,
             "dropout": o.dropout,
             "seed": o.seed,
+            "dp": None
+            if dp is None
+            else {
+                "target_epsilon": dp.target_epsilon,
+                "noise_multiplier": dp.noise_multiplier,
+                "delta": dp.delta,
+                "l2_clip": DEFAULT_DP_CLIP if dp.l2_clip is None else dp.l2_clip,
+                "bits": dp.bits,
+                "mechanism": dp.mechanism.value,
+                "rounds": dp.rounds,
+                "sampling_rate": dp.sampling_rate,
+            },
             "source": self.source,
             "rows": [row.to_json() for row in self.rows],
             "sweeps": self.sweeps,
@@ -162,6 +215,20 @@ def build_scheme(name: str, n: int, dim: int, max_weight: int, options: CompareO
         )
     protocol = Protocol.SECAGG_PLUS if name.startswith("secagg+") else Protocol.SECAGG
     model = ServerModel.SEMI_MALICIOUS if name.endswith("-active") else ServerModel.SEMI_HONEST
+    # Tolerate the dropout the comparison injects, at least the usual third.
+    dropout_rate = max(0.33, options.dropout)
+    dp = None
+    min_cohort = 1
+    if name == DP_SCHEME:
+        if options.dp is None:
+            raise ConfigurationError(f"the {DP_SCHEME} row needs distributed DP settings")
+        # Calibrated for the smallest sum the round is designed to survive; unweighted.
+        min_cohort = default_dp_min_cohort(n, dropout_rate)
+        settings = options.dp
+        if settings.l2_clip is None:
+            settings = settings.with_clip(DEFAULT_DP_CLIP)
+        dp = settings.config(dim=dim, min_clients=min_cohort, max_clients=n)
+        max_weight = 1
     params = Params(
         dim=dim,
         max_clients=n,
@@ -170,8 +237,9 @@ def build_scheme(name: str, n: int, dim: int, max_weight: int, options: CompareO
         clip=options.clip,
         value_bits=options.value_bits,
         max_weight=max_weight,
-        # Tolerate the dropout the comparison injects, at least the usual third.
-        dropout_rate=max(0.33, options.dropout),
+        dropout_rate=dropout_rate,
+        min_cohort=min_cohort,
+        dp=dp,
     )
     return masking_scheme(params, range(n), root_randomness(options.seed, f"scheme/{name}"))
 
@@ -202,18 +270,22 @@ def compare_once(
             scheme,
             n,
             inputs,
-            weights=weights,
+            # Distributed DP's mean is unweighted: every client weighs 1.
+            weights=None if name == DP_SCHEME else weights,
             drops=_drops(scheme, n, options),
             seed=options.seed,
             workers=options.workers,
             baseline=False,
         )
         disclosure = scheme.disclosure(n)
+        learns = disclosure.server_learns
+        if result.report.epsilon is not None:
+            learns += ", with every client's DP noise"
         rows.append(
             Row(
                 name,
                 result.report,
-                disclosure.server_learns,
+                learns,
                 disclosure.to_see_one_update,
                 disclosure.tolerates,
             )
@@ -275,7 +347,13 @@ def write_plots(report: CompareReport, directory: Path) -> list[Path]:
 
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    names = [row.scheme for row in report.rows]
+    names = [
+        row.scheme
+        if row.report.epsilon is None
+        else f"{row.scheme}\n(eps {row.report.epsilon:.2g})"
+        for row in report.rows
+    ]
+    colours = [COLOURS.get(row.scheme, "#444444") for row in report.rows]
     figure, axes = plt.subplots(1, 4, figsize=(18, 4.5))
     panels = (
         ("upload per client (x float32)", [r.to_json()["upload_vs_float32"] for r in report.rows]),
@@ -284,11 +362,7 @@ def write_plots(report: CompareReport, directory: Path) -> list[Path]:
         ("max abs error", [max(r.report.max_abs_error or 0.0, 1e-18) for r in report.rows]),
     )
     for ax, (title, values) in zip(axes, panels, strict=True):
-        ax.bar(
-            names,
-            values,
-            color=["#888", "#1f77b4", "#1f4e79", "#2ca02c", "#1b6e1b", "#d62728"][: len(names)],
-        )
+        ax.bar(names, values, color=colours)
         ax.set_title(title)
         ax.set_yscale("log")
         ax.tick_params(axis="x", rotation=45)
@@ -303,13 +377,13 @@ def write_plots(report: CompareReport, directory: Path) -> list[Path]:
     written.append(path)
     for axis, points in report.sweeps.items():
         figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-        for name in names:
+        for name in (row.scheme for row in report.rows):
             mine = [p for p in points if p["scheme"] == name]
             xs = [p[axis] for p in mine]
             for ax, key in zip(
                 axes, ("client_seconds", "server_seconds", "upload_bytes_per_client"), strict=True
             ):
-                ax.plot(xs, [p[key] for p in mine], marker="o", label=name)
+                ax.plot(xs, [p[key] for p in mine], marker="o", label=name, color=COLOURS.get(name))
                 ax.set_xscale("log")
                 ax.set_yscale("log")
                 ax.set_xlabel(axis)

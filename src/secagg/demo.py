@@ -12,6 +12,19 @@ CKKS's approximation) and in bytes. The baseline never travels through the servi
 production client and wire schema have no plaintext path. ``--drop-rate`` SIGKILLs random
 client processes at random stages of the secure rounds; killed clients restart and rejoin
 with fresh keys (a CKKS client keeps its provisioned context, as a device would).
+
+With distributed differential privacy (``DemoOptions.dp``, ``secagg demo --dp-epsilon E``)
+the deployment gets a ``[dp]`` section: every client process adds discrete noise to its
+update before masking, calibrated so that the whole run (``--rounds`` rounds) is
+(epsilon, delta)-DP for every sum of at least the minimum cohort. The mean is then
+unweighted (every client weighs 1, in the baseline too, so that the two differ only by DP's
+clipping and noise), and each update is scaled down to the L2 clip: ``--dp-clip``, or by
+default the median norm of the clients' first-round updates (as
+``benchmarks/dp_sweep.py`` does: computed from every client's data, which only a demo holds
+in one place). The report gives each round's epsilon (of the sum it revealed) and the epsilon
+spent so far, from the ledger. With the demo's ten clients the noise a guarantee needs is
+large against the mean of so few updates: the report says so, and BENCHMARKS.md's
+privacy-utility sweep shows DP at 100 clients per round.
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +47,11 @@ from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
 
+from secagg.dp.calibrate import DpPlan
 from secagg.errors import ConfigurationError
 from secagg.fl.data import load_digits_split
 from secagg.fl.fedavg import apply_update
-from secagg.fl.tasks import DEMO_CLIP, demo_model, digits_task
+from secagg.fl.tasks import DEMO_CLIP, demo_model, digits_median_update_norm
 from secagg.params import Params
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme, SchemeKind
@@ -49,6 +63,8 @@ from secagg.service.coordinator import RoundSummary
 from secagg.service.credentials import create_deployment
 from secagg.service.ledger import Ledger
 from secagg.service.run import RunFailed, make_coordinator, start_client_process
+from secagg.service.settings import DpSettings, default_dp_min_cohort
+from secagg.service.tasks import Task, TaskSpec, update_function
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -72,6 +88,12 @@ class DemoOptions:
     workdir: Path | None = None
     protocol: str = "secagg+"  # masking's neighbour graph
     scheme: str = SchemeKind.MASKING.value
+    # Distributed DP (masking): its target covers the whole run (its rounds become
+    # ``rounds``); no L2 clip: the median first-round update norm.
+    dp: DpSettings | None = None
+    # The fewest inputs a revealed sum may hold (under DP the guarantee holds from here up);
+    # None: 1 without DP, with DP all but the third of the clients the graph tolerates.
+    min_cohort: int | None = None
 
     def __post_init__(self) -> None:
         if self.scheme not in KILL_STAGES:
@@ -79,12 +101,27 @@ class DemoOptions:
                 "--scheme must be masking or ckks: the service has no plaintext path (the "
                 "demo computes the plaintext baseline itself)"
             )
+        if self.dp is not None and self.scheme != SchemeKind.MASKING.value:
+            raise ConfigurationError(
+                "distributed DP adds each client's noise before masking: drop --scheme "
+                f"{self.scheme} (or the --dp-* options)"
+            )
         if not 3 <= self.clients <= 200:
             raise ConfigurationError("--clients must be between 3 and 200")
         if not 1 <= self.rounds <= 1000:
             raise ConfigurationError("--rounds must be between 1 and 1000")
         if not 0.0 <= self.drop_rate < 0.5:
             raise ConfigurationError("--drop-rate must be in [0, 0.5)")
+        if self.min_cohort is not None and not 3 <= self.min_cohort <= self.clients:
+            raise ConfigurationError(f"--min-cohort must be in [3, {self.clients}] (--clients)")
+
+    @property
+    def cohort_minimum(self) -> int:
+        """The minimum cohort the deployment fixes (see ``min_cohort``)."""
+        if self.min_cohort is not None:
+            return self.min_cohort
+        # The deployment's graph tolerates a third of the clients dropping (Params' default).
+        return 1 if self.dp is None else default_dp_min_cohort(self.clients, 0.33)
 
 
 @dataclass
@@ -98,6 +135,9 @@ class RoundRow:
     stage_seconds: dict[str, float]
     upload_bytes_per_client: float
     download_bytes_per_client: float
+    # Distributed DP: the revealed sum's epsilon and the epsilon spent so far (the ledger's).
+    epsilon: float | None = None
+    epsilon_spent: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +150,8 @@ class RoundRow:
             "stage_seconds": self.stage_seconds,
             "upload_bytes_per_client": self.upload_bytes_per_client,
             "download_bytes_per_client": self.download_bytes_per_client,
+            "epsilon": self.epsilon,
+            "epsilon_spent": self.epsilon_spent,
         }
 
 
@@ -126,6 +168,9 @@ class DemoReport:
     kills: list[dict[str, Any]] = field(default_factory=list)
     workdir: str = ""
     seconds: float = 0.0
+    # Distributed DP: the calibrated plan, and where its L2 clip came from.
+    dp_plan: DpPlan | None = field(default=None, repr=False)
+    dp_clip_source: str = ""
 
     def final(self, rows: list[RoundRow]) -> float | None:
         accuracies = [r.accuracy for r in rows if r.accuracy is not None]
@@ -141,8 +186,10 @@ class DemoReport:
                 "drop_rate": o.drop_rate,
                 "scheme": o.scheme,
                 "dim": self.dim,
+                "min_cohort": o.cohort_minimum,
                 **self.details,
                 "error_bound": self.error_bound,
+                **self._dp_json(),
             },
             "secure": {
                 "rounds": [r.to_json() for r in self.secure],
@@ -157,8 +204,22 @@ class DemoReport:
             "seconds": self.seconds,
         }
 
+    def _dp_json(self) -> dict[str, Any]:
+        plan = self.dp_plan
+        if plan is None:
+            return {"dp": False}
+        return {
+            "dp": True,
+            "dp_l2_clip_source": self.dp_clip_source,
+            "dp_rounds": plan.config.rounds,
+            "dp_epsilon_run": plan.epsilon_total,
+            "dp_min_cohort": plan.config.min_clients,
+            "dp_bits": plan.ring_bits,
+        }
+
 
 def _row(step: int, summary: RoundSummary, accuracy: float | None) -> RoundRow:
+    privacy = summary.privacy
     return RoundRow(
         round=step + 1,
         accuracy=accuracy,
@@ -169,6 +230,8 @@ def _row(step: int, summary: RoundSummary, accuracy: float | None) -> RoundRow:
         stage_seconds={s.value: t for s, t in summary.stage_seconds.items()},
         upload_bytes_per_client=summary.upload_bytes_per_client,
         download_bytes_per_client=summary.download_bytes_per_client,
+        epsilon=None if privacy is None else privacy.epsilon,
+        epsilon_spent=None if privacy is None else privacy.epsilon_spent,
     )
 
 
@@ -240,6 +303,7 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
     max_weight = max(len(c.y) for c in split.clients)
     params: Params | CkksSettings
     scheme: Scheme
+    clip_source = ""  # distributed DP: where the L2 clip came from
     if kind is SchemeKind.CKKS:
         require_tenseal()
         params = CkksSettings(
@@ -247,6 +311,18 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
         )
         scheme = params.scheme()  # no keys: only to describe the round
     else:
+        min_cohort = options.cohort_minimum
+        dp_config = None
+        if options.dp is not None:
+            dp = replace(options.dp, rounds=options.rounds)  # the target covers the whole run
+            if dp.l2_clip is None:
+                say("choosing the L2 clip: the median norm of the clients' first-round updates")
+                dp = dp.with_clip(digits_median_update_norm(options.clients, options.seed))
+                clip_source = "the median norm of the clients' first-round updates"
+            else:
+                clip_source = "--dp-clip"
+            dp_config = dp.config(dim=spec.dim, min_clients=min_cohort, max_clients=options.clients)
+            max_weight = 1  # an unweighted mean
         params = Params(
             dim=spec.dim,
             max_clients=options.clients,
@@ -254,6 +330,8 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
             value_bits=16,
             max_weight=max_weight,
             protocol=options.protocol,  # type: ignore[arg-type]
+            min_cohort=min_cohort,
+            dp=dp_config,
         )
         scheme = MaskingScheme(params)
     report = DemoReport(
@@ -263,6 +341,9 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
         scheme.error_bound(options.clients),
         workdir=str(workdir),
     )
+    if isinstance(params, Params) and params.dp_plan is not None:
+        report.dp_plan = params.dp_plan
+        report.dp_clip_source = clip_source
     say(f"setting up TLS and {options.clients} client identities in {workdir}")
     deployment = create_deployment(workdir, options.clients)
     if isinstance(params, CkksSettings):
@@ -273,13 +354,20 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
         workdir,
         deployment,
         params,
-        min_clients=3,
+        # A round of fewer than the minimum cohort could never reveal its sum.
+        min_clients=max(3, params.min_cohort),
         stage_timeout=options.stage_timeout,
         cohort_wait=60.0,
     )
     config = DeploymentConfig.load(config_path)
     rng = np.random.default_rng(options.seed)  # chooses which processes to kill: not secret
-    updates = {c: digits_task(c, options.clients, options.seed) for c in range(options.clients)}
+    # What each client process trains (``secagg join`` on the deployment's task; under DP
+    # every update weighs 1), computed here for the plaintext baseline.
+    task = TaskSpec(Task.DIGITS, clients=options.clients, seed=options.seed)
+    unweighted = report.dp_plan is not None
+    updates = {
+        c: update_function(task, c, spec.dim, unweighted=unweighted) for c in range(options.clients)
+    }
     planned: dict[int, str] = {}
     fleet: _Fleet | None = None
 
@@ -337,9 +425,11 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
                 plain_row.accuracy = spec.accuracy(plain_model, split.test)
                 plain_accuracy = plain_row.accuracy
                 report.plaintext.append(plain_row)
+                spent = report.secure[-1].epsilon_spent
                 say(
                     f"round {step + 1}/{options.rounds}: secure accuracy "
                     f"{_pct(accuracy)}, plaintext {_pct(plain_accuracy)}"
+                    + ("" if spent is None else f", epsilon spent {spent:.3g}")
                 )
         finally:
             fleet.stop_all()
@@ -402,7 +492,8 @@ def print_report(report: DemoReport, console: Console) -> None:
         ),
         title_justify="left",
     )
-    for column in (
+    plan = report.dp_plan
+    columns = [
         "round",
         "acc secure",
         "acc plain",
@@ -411,13 +502,16 @@ def print_report(report: DemoReport, console: Console) -> None:
         "s secure",
         "up B secure",
         "up B float32",
-    ):
+    ]
+    if plan is not None:
+        columns += ["epsilon", "spent"]
+    for column in columns:
         table.add_column(column, justify="left" if column.startswith("dropped") else "right")
     for s, p in zip(report.secure, report.plaintext, strict=True):
         dropped = ", ".join(
             f"{c} {d['stage']} ({d['reason']})" for c, d in sorted(s.dropped.items())
         )
-        table.add_row(
+        cells = [
             str(s.round),
             _pct(s.accuracy),
             _pct(p.accuracy),
@@ -426,7 +520,10 @@ def print_report(report: DemoReport, console: Console) -> None:
             f"{s.seconds:.2f}",
             f"{s.upload_bytes_per_client:,.0f}",
             f"{p.upload_bytes_per_client:,.0f}",
-        )
+        ]
+        if plan is not None:
+            cells += [_figure(s.epsilon), _figure(s.epsilon_spent)]
+        table.add_row(*cells)
     console.print(table)
     secure_final, plain_final = report.final(report.secure), report.final(report.plaintext)
     secure_s = sum(r.seconds for r in report.secure)
@@ -450,12 +547,39 @@ def print_report(report: DemoReport, console: Console) -> None:
         f"upload per client per completed round: secure ({o.scheme}) {up_s:,.0f} B, "
         f"plaintext float32 {up_p:,.0f} B" + (f" ({up_s / up_p:.2f}x)" if up_p > 0 else ""),
         f"scheme: {_scheme_title(report)}; each coordinate of the mean within "
-        f"{report.error_bound:.2g} of the exact weighted mean of the clipped updates",
+        f"{report.error_bound:.2g} of the exact weighted mean of the clipped updates"
+        if plan is None
+        else f"scheme: {_scheme_title(report)}; each coordinate of the noisy mean within "
+        f"{report.error_bound:.2g} (with probability 1 - 1e-9, all {o.clients} included) of "
+        f"the unweighted mean of the updates clipped to L2 norm {plan.config.l2_clip:.3g} "
+        f"({report.dp_clip_source})",
     ]
+    if plan is not None:
+        lines += _dp_lines(report, plan)
     if report.kills:
         lines.append(f"client processes killed: {len(report.kills)} (restarted with fresh keys)")
     for line in lines:
         console.print(line)
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _dp_lines(report: DemoReport, plan: DpPlan) -> list[str]:
+    """What the report says of distributed DP: the guarantee, what was spent, and its cost
+    with so few clients."""
+    c = plan.config
+    spent = [r.epsilon_spent for r in report.secure if r.epsilon_spent is not None]
+    return [
+        f"distributed DP: epsilon {plan.epsilon_total:.3g} at delta {c.delta:g} over the "
+        f"{c.rounds} rounds for every sum of at least {c.min_clients} inputs (noise multiplier "
+        f"{plan.noise_multiplier:.3g}); spent by the sums revealed: "
+        f"{_figure(spent[-1] if spent else None)}",
+        f"note: DP with only {report.options.clients} clients per round costs a lot of "
+        "accuracy: the noise the guarantee needs is large against the mean of so few updates "
+        "(BENCHMARKS.md's privacy-utility sweep trains with 100 clients per round)",
+    ]
 
 
 def _scheme_title(report: DemoReport) -> str:
@@ -467,7 +591,10 @@ def _scheme_title(report: DemoReport) -> str:
             f"CKKS N={d.get('poly_modulus_degree')}, moduli {d.get('coeff_mod_bit_sizes')}, "
             f"scale 2^{d.get('scale_bits')}, {d.get('key_holders')} key holders"
         )
-    return (
+    title = (
         f"{d.get('protocol')} k={d.get('degree')} t={d.get('threshold')}, "
         f"{d.get('ring_bits')}-bit ring"
     )
+    if report.dp_plan is not None:
+        title += f", distributed DP ({report.dp_plan.mechanism.value})"
+    return title

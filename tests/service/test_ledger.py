@@ -19,6 +19,7 @@ import pytest
 from numpy.typing import NDArray
 
 import secagg
+from secagg.dp.calibrate import DpConfig, DpPlan, achieved_epsilon, calibrate, epsilon_spent
 from secagg.errors import ConfigurationError, DecodeError, LedgerError, UsageError
 from secagg.service.ledger import (
     LOCK_SUFFIX,
@@ -27,6 +28,9 @@ from secagg.service.ledger import (
     DropRecord,
     Ledger,
     RoundOutcome,
+    RoundPrivacy,
+    account_round,
+    dp_series,
 )
 
 SESSION = bytes(range(32))
@@ -1140,3 +1144,139 @@ def test_the_ledger_core_does_not_need_the_clis_presentation_library() -> None:
         timeout=60,
     )
     assert child.stdout.strip() == "False", child.stderr
+
+
+# ----------------------------------------------------------------- distributed DP
+
+
+def _plan(epsilon: float = 8.0) -> DpPlan:
+    pytest.importorskip("dp_accounting")
+    return calibrate(
+        DpConfig(
+            dim=DIM, l2_clip=1.0, bits=20, min_clients=3, max_clients=len(COHORT),
+            delta=1e-5, target_epsilon=epsilon, rounds=4,
+        )
+    )  # fmt: skip
+
+
+def _complete_dp(ledger: Ledger, round_id: int, plan: DpPlan, included: tuple[int, ...]) -> None:
+    _start(ledger, round_id)
+    ledger.complete_round(
+        round_id,
+        included=included,
+        aggregate=_aggregate(round_id),
+        total_weight=len(included),
+        upload_bytes_per_client=100.0,
+        download_bytes_per_client=50.0,
+        privacy=account_round(ledger, plan, len(included)),
+    )
+
+
+def test_each_dp_round_records_its_sums_epsilon_and_the_epsilon_spent_over_its_series(
+    tmp_path: Path,
+) -> None:
+    plan = _plan()
+    path = tmp_path / "ledger.db"
+    counts = [(3, 5, 8, 13, 21), (3, 8, 13), (5, 8, 13, 21)]
+    with Ledger(path) as ledger:
+        for round_id, included in enumerate(counts, start=1):
+            _complete_dp(ledger, round_id, plan, included)
+        _start(ledger, 4)
+        ledger.abort_round(4, "too few")  # reveals nothing, spends nothing
+    with Ledger.open_readonly(path) as reader:
+        records = reader.rounds()
+    privacy = [r.privacy for r in records]
+    assert privacy[3] is None
+    spent = []
+    for i, p in enumerate(privacy[:3]):
+        assert p is not None
+        assert p.series == dp_series(plan) and p.mechanism == "skellam" and p.delta == 1e-5
+        # The sum's own epsilon: for the number of inputs it held (more inputs, more noise).
+        assert p.epsilon == achieved_epsilon(plan, len(counts[i]))
+        # Spent: the rounds so far composed (RDP), exactly what secagg.dp computes.
+        assert p.epsilon_spent == epsilon_spent(plan, [len(c) for c in counts[: i + 1]])
+        assert p.epsilon_target == plan.epsilon_total and p.target_rounds == 4
+        spent.append(p.epsilon_spent)
+    assert spent == sorted(spent) and spent[-1] <= plan.epsilon_total  # 3 of its 4 rounds
+
+
+def test_another_dp_configuration_is_another_series_accounted_apart(ledger: Ledger) -> None:
+    first, second = _plan(8.0), _plan(4.0)
+    assert dp_series(first) != dp_series(second)
+    _complete_dp(ledger, 1, first, COHORT)
+    _complete_dp(ledger, 2, second, COHORT)
+    _complete_dp(ledger, 3, first, COHORT)
+    spent = {r.round_id: r.privacy.epsilon_spent for r in ledger.rounds() if r.privacy}
+    assert spent[2] == epsilon_spent(second, [len(COHORT)])
+    assert spent[3] == epsilon_spent(first, [len(COHORT)] * 2)
+    assert ledger.dp_inputs(dp_series(first)) == [len(COHORT)] * 2
+
+
+def test_a_privacy_record_is_as_final_as_its_round(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as ledger:
+        _complete_dp(ledger, 1, _plan(), COHORT)
+    with _raw(path) as raw, pytest.raises(sqlite3.IntegrityError, match="cannot be changed"):
+        raw.execute("UPDATE dp_rounds SET epsilon_spent = 0 WHERE round_id = 1")
+
+
+def test_a_privacy_record_that_spends_less_than_its_own_round_is_refused() -> None:
+    with pytest.raises(UsageError, match="below the round's"):
+        RoundPrivacy(bytes(32), "skellam", 1e-5, 2.0, 1.0, 8.0, 4)
+    with pytest.raises(UsageError, match="delta"):
+        RoundPrivacy(bytes(32), "skellam", 1.5, 1.0, 1.0, 8.0, 4)
+
+
+def test_a_corrupt_privacy_record_is_a_decode_error_naming_the_round(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as ledger:
+        _complete_dp(ledger, 1, _plan(), COHORT)
+    with _raw(path) as raw:
+        # What a damaged page looks like: past the CHECK constraints and the trigger.
+        (trigger,) = raw.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'privacy_records_are_final'"
+        ).fetchone()
+        raw.execute("PRAGMA ignore_check_constraints = ON")
+        raw.execute("DROP TRIGGER privacy_records_are_final")
+        raw.execute("UPDATE dp_rounds SET series = ? WHERE round_id = 1", (b"short",))
+        raw.execute(trigger)
+    with (
+        Ledger.open_readonly(path) as reader,
+        pytest.raises(DecodeError, match="round 1 in the ledger is corrupt"),
+    ):
+        reader.rounds()
+
+
+def _version_1(path: Path) -> None:
+    """A ledger as secagg wrote it before distributed DP (schema version 1): the same
+    tables, without the DP ones, and one completed round in it."""
+    with Ledger(path) as ledger:
+        _start(ledger, 1)
+        _complete(ledger, 1)
+    with _raw(path) as raw:
+        raw.execute("DROP TRIGGER privacy_records_are_final")
+        raw.execute("DROP TABLE dp_rounds")
+        raw.execute("UPDATE schema_version SET version = 1")
+
+
+def test_a_version_1_ledger_is_read_as_it_is_and_upgraded_whole_by_the_writer(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.db"
+    _version_1(path)
+    before = path.read_bytes()
+    with Ledger.open_readonly(path) as reader:  # a reader changes nothing
+        assert reader.schema_version == 1
+        (old,) = reader.rounds()
+        assert old.outcome is RoundOutcome.COMPLETED and old.privacy is None
+        assert reader.dp_inputs(bytes(32)) == []
+    assert path.read_bytes() == before
+    with Ledger(path) as writer:  # the writer upgrades, keeping every round as it was
+        assert writer.schema_version == SCHEMA_VERSION
+        assert writer.rounds() == [old]
+        np.testing.assert_array_equal(writer.aggregate(1), _aggregate(1))
+        _complete_dp(writer, 2, _plan(), COHORT)
+    with _raw(path) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    with Ledger.open_readonly(path) as reader:
+        assert [r.privacy is not None for r in reader.rounds()] == [False, True]

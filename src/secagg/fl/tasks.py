@@ -23,6 +23,7 @@ __all__ = [
     "DigitsRequirements",
     "demo_model",
     "digits_initial_model",
+    "digits_median_update_norm",
     "digits_requirements",
     "digits_task",
 ]
@@ -86,3 +87,21 @@ def digits_task(client_id: int, clients: int, seed: int) -> UpdateFn:
         return local_update(spec, model, data, config, round_index=step, client_index=client_id)
 
     return update
+
+
+@cache
+def digits_median_update_norm(clients: int, seed: int = 0) -> float:
+    """The median L2 norm of the clients' first-round updates (from the initial model): the
+    L2 clip distributed DP starts from on this task (docs/DP_GUIDE.md; about half the
+    clients are scaled down a little, none by much).
+
+    It is computed from the clients' own data, which a real deployment would not have in
+    one place: there, take it from public data or a non-private pilot. The demo and
+    ``secagg certs --task digits`` hold every share anyway, so they use it.
+    """
+    model = digits_initial_model(clients, seed)
+    norms = [
+        float(np.linalg.norm(np.asarray(digits_task(c, clients, seed)(model, 0)[0], np.float64)))
+        for c in range(clients)
+    ]
+    return float(np.median(norms))

@@ -59,6 +59,31 @@ Each client's CKKS context (with the secret key) sits beside its identity file
 (``secagg.service.ckks_deployment``). ``scheme = "plaintext"`` is refused: the service has no
 plaintext path.
 
+A masking deployment may add distributed differential privacy (``secagg.dp``): every client
+adds discrete noise to its update before masking, calibrated so that every sum the
+coordinator can reveal (at least ``[round] min_cohort`` inputs, at most ``max_clients``) is
+(epsilon, delta)-DP. The guarantee's sizes are the round's (``dim``, ``min_cohort``,
+``max_clients``); the mean is unweighted, so ``max_weight`` is 1::
+
+    [round]
+    scheme = "masking"
+    dim = 2410
+    max_clients = 10
+    max_weight = 1
+    min_cohort = 7
+
+    [dp]
+    epsilon = 8.0                 # over `rounds` rounds; or noise_multiplier = 1.1 instead
+    delta = 1e-05
+    l2_clip = 1.2                 # each update is scaled down to this L2 norm
+    bits = 20                     # per coordinate of the noisy sum (what travels)
+    mechanism = "skellam"         # or "discrete-gaussian"
+    rounds = 10
+    sampling_rate = 1.0           # 1: every connected client takes part in every round
+
+Both ends calibrate the same plan from it; a client refuses any round whose noise differs
+from its own deployment's (less noise, or none, is a ``downgrade``).
+
 The client reads the same ``[round]`` section as its policy: it refuses any round whose
 configuration differs from it (``secagg.policy``, ``CkksScheme.check``). Every value is
 checked when the file is loaded; a mistake is one ``ConfigurationError`` line naming the
@@ -75,6 +100,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from secagg.dp.calibrate import DpConfig, DpPlan
+from secagg.dp.noise import Mechanism
 from secagg.errors import ConfigurationError
 from secagg.hazmat.ckks import CkksParameters
 from secagg.params import Params, Protocol, ServerModel
@@ -82,7 +109,7 @@ from secagg.schemes.base import SchemeKind
 from secagg.service.ckks_deployment import SERVER_CONTEXT_FILE, CkksSettings
 from secagg.service.credentials import Deployment, TlsFiles
 from secagg.service.files import create_file, refuse_existing
-from secagg.service.settings import CoordinatorSettings
+from secagg.service.settings import CoordinatorSettings, DpSettings, name_knobs
 from secagg.service.tasks import Task, TaskSpec
 
 __all__ = ["CONFIG_FILE", "DeploymentConfig", "default_client_stage_timeout"]
@@ -128,6 +155,32 @@ _TASK_KEYS = {
     "clients": int,
     "seed": int,
 }
+_DP_KEYS = {
+    "epsilon": float,
+    "noise_multiplier": float,
+    "delta": float,
+    "l2_clip": float,
+    "bits": int,
+    "mechanism": str,
+    "rounds": int,
+    "sampling_rate": float,
+}
+# DpConfig's names for what the file calls otherwise, so an error names the key to change.
+_DP_FILE_NAMES = {
+    "target_epsilon": "dp.epsilon",
+    "noise_multiplier": "dp.noise_multiplier",
+    "delta": "dp.delta",
+    "l2_clip": "dp.l2_clip",
+    "bits": "dp.bits",
+    "mechanism": "dp.mechanism",
+    "rounds": "dp.rounds",
+    "sampling_rate": "dp.sampling_rate",
+    "min_clients": "round.min_cohort",
+    "min_cohort": "round.min_cohort",
+    "max_clients": "round.max_clients",
+}
+_DP_PASSED_AS_IS = frozenset({"delta", "bits", "rounds", "sampling_rate"})
+_SECTIONS = frozenset({"round", "coordinator", "tls", "clients", "task", "ckks", "dp"})
 _ENUM_KEYS: dict[str, type[StrEnum]] = {"protocol": Protocol, "server_model": ServerModel}
 
 
@@ -158,6 +211,11 @@ class DeploymentConfig:
     def scheme(self) -> SchemeKind:
         return SchemeKind.CKKS if isinstance(self.params, CkksSettings) else SchemeKind.MASKING
 
+    @property
+    def dp_plan(self) -> DpPlan | None:
+        """The calibrated distributed-DP plan of a masking deployment with a ``[dp]`` section."""
+        return self.params.dp_plan if isinstance(self.params, Params) else None
+
     @classmethod
     def load(cls, path: Path) -> DeploymentConfig:
         path = Path(path)
@@ -169,7 +227,7 @@ class DeploymentConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
         base = path.parent
-        unknown = set(data) - {"round", "coordinator", "tls", "clients", "task", "ckks"}
+        unknown = set(data) - _SECTIONS
         if unknown:
             raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
         round_ = _section(data, "round", _ROUND_KEYS, path)
@@ -180,6 +238,11 @@ class DeploymentConfig:
         params: Params | CkksSettings
         server_context: Path | None = None
         if scheme is SchemeKind.CKKS:
+            if "dp" in data:
+                raise ConfigurationError(
+                    f'{path}: [dp] belongs to a deployment with round.scheme = "masking": '
+                    "distributed DP adds each client's noise before masking, and CKKS has none"
+                )
             params, server_context = _ckks_round(data, round_, path)
         else:
             if "ckks" in data:
@@ -190,7 +253,7 @@ class DeploymentConfig:
             for key, enum in _ENUM_KEYS.items():
                 if key in round_:
                     round_[key] = _member(enum, round_[key], f"{path}: round.{key}")
-            params = _checked(lambda: Params(**round_), f"{path}: [round]")
+            params = _masking_round(data, round_, path)
         ledger = base / str(coord.pop("ledger", "ledger.sqlite"))
         settings = _checked(
             lambda: CoordinatorSettings(params=params, **coord), f"{path}: [coordinator]"
@@ -285,7 +348,10 @@ class DeploymentConfig:
         task: TaskSpec | None = None,
     ) -> str:
         """The TOML text of a deployment (relative paths are relative to where it is saved)."""
-        lines = ["[round]", *_round_lines(params), "", "[coordinator]"]
+        lines = ["[round]", *_round_lines(params)]
+        if isinstance(params, Params) and params.dp is not None:
+            lines += _dp_lines(params.dp)
+        lines += ["", "[coordinator]"]
         lines += [
             'host = "127.0.0.1"',
             f"port = {port}",
@@ -324,6 +390,62 @@ class DeploymentConfig:
                 f"seed = {task.seed}",
             ]
         return "\n".join(lines) + "\n"
+
+
+def _dp_lines(config: DpConfig) -> list[str]:
+    """The ``[dp]`` section of a deployment (the sizes are the ``[round]``'s)."""
+    dp = DpSettings.of(config)
+    goal = (
+        f"epsilon = {float(dp.target_epsilon)!r}"
+        if dp.target_epsilon is not None
+        else f"noise_multiplier = {float(dp.noise_multiplier or 0.0)!r}"
+    )
+    return [
+        "",
+        "[dp]",
+        goal,
+        f"delta = {float(dp.delta)!r}",
+        f"l2_clip = {float(config.l2_clip)!r}",
+        f"bits = {dp.bits}",
+        f'mechanism = "{dp.mechanism.value}"',
+        f"rounds = {dp.rounds}",
+        f"sampling_rate = {float(dp.sampling_rate)!r}",
+    ]
+
+
+def _masking_round(data: dict[str, Any], round_: dict[str, Any], path: Path) -> Params:
+    """A masking deployment's [round] and, if present, its [dp] section."""
+    if "dp" not in data:
+        params: Params = _checked(lambda: Params(**round_), f"{path}: [round]")
+        return params
+    section = _section(data, "dp", _DP_KEYS, path)
+    if "l2_clip" not in section:
+        raise ConfigurationError(f"{path}: [dp] needs l2_clip (each update's L2 norm bound)")
+    mechanism = _member(
+        Mechanism, section.pop("mechanism", Mechanism.SKELLAM.value), f"{path}: dp.mechanism"
+    )
+
+    def settings() -> DpSettings:
+        return DpSettings(
+            l2_clip=section["l2_clip"],
+            target_epsilon=section.get("epsilon"),
+            noise_multiplier=section.get("noise_multiplier"),
+            mechanism=Mechanism(mechanism),
+            **{k: v for k, v in section.items() if k in _DP_PASSED_AS_IS},
+        )
+
+    dp = _checked(settings, f"{path}: [dp]", _DP_FILE_NAMES)
+    sizes = {
+        "dim": round_["dim"],
+        "min_clients": round_.get("min_cohort", 1),
+        "max_clients": round_["max_clients"],
+    }
+    params = _checked(
+        lambda: Params(**round_, dp=dp.config(**sizes)),
+        f"{path}: [round] with [dp]",
+        _DP_FILE_NAMES,
+    )
+    return params
 
 
 def _round_lines(params: Params | CkksSettings) -> list[str]:
@@ -395,12 +517,14 @@ def _ckks_round(
     return settings, path.parent / context
 
 
-def _checked(make: Any, where: str) -> Any:
-    """``make()``, with any ConfigurationError prefixed by where in the file it comes from."""
+def _checked(make: Any, where: str, names: dict[str, str] | None = None) -> Any:
+    """``make()``, with any ConfigurationError prefixed by where in the file it comes from
+    (and, with ``names``, the parameters it mentions called by their keys in the file)."""
     try:
         return make()
     except ConfigurationError as exc:
-        raise ConfigurationError(f"{where} {exc}") from None
+        message = str(exc) if names is None else name_knobs(str(exc), names)
+        raise ConfigurationError(f"{where} {message}") from None
 
 
 def _member(enum: type[StrEnum], value: str, what: str) -> StrEnum:

@@ -1,18 +1,148 @@
-"""How the coordinator listens, forms cohorts and paces stages: validated on construction."""
+"""What a deployment fixes beyond the round parameters, validated on construction: how the
+coordinator listens, forms cohorts and paces stages (``CoordinatorSettings``), and what it
+asks of distributed differential privacy (``DpSettings``)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 
-from secagg.errors import ConfigurationError
+from secagg.dp.calibrate import DpConfig
+from secagg.dp.noise import Mechanism
+from secagg.errors import ConfigurationError, UsageError
 from secagg.params import Params
 from secagg.service.ckks_deployment import CkksSettings
 from secagg.service.wire import ckks_message_size_limit, message_size_limit
 
-__all__ = ["MAX_PORT", "CoordinatorSettings"]
+__all__ = [
+    "DEFAULT_DP_BITS",
+    "DEFAULT_DP_DELTA",
+    "MAX_PORT",
+    "CoordinatorSettings",
+    "DpSettings",
+    "default_dp_min_cohort",
+    "name_knobs",
+]
 
 MAX_PORT = 65535
+DEFAULT_DP_DELTA = 1e-5
+DEFAULT_DP_BITS = 20
+# DpConfig's knobs that a deployment file does not carry (their defaults hold).
+_UNRECORDED = frozenset(
+    {"beta", "max_wrap_probability", "max_rounding_bias", "max_rounding_inflation"}
+)
+
+
+@dataclass(frozen=True)
+class DpSettings:
+    """What a deployment, or one command, asks of distributed DP: everything of a
+    ``secagg.dp.DpConfig`` but what the round parameters already fix (the update's ``dim``,
+    the minimum cohort the guarantee must hold for, and ``max_clients``).
+
+    Exactly one of ``target_epsilon`` (at ``delta``, over ``rounds`` rounds, each sampling
+    clients with probability ``sampling_rate``) and ``noise_multiplier`` is given.
+    ``l2_clip`` None means "not chosen yet": the caller picks it from the task (the demo and
+    ``secagg certs`` take the task's typical update norm) with ``with_clip`` before asking
+    for a ``config``. Every value is checked here, by the rules of ``DpConfig``.
+    """
+
+    l2_clip: float | None = None
+    target_epsilon: float | None = None
+    noise_multiplier: float | None = None
+    delta: float = DEFAULT_DP_DELTA
+    bits: int = DEFAULT_DP_BITS
+    mechanism: Mechanism = Mechanism.SKELLAM
+    rounds: int = 1
+    sampling_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        # The placeholder sizes are valid for any DpConfig: only this object's values are judged.
+        self._config(dim=1, min_clients=1, max_clients=1, l2_clip=self.l2_clip or 1.0)
+        object.__setattr__(self, "mechanism", Mechanism(self.mechanism))
+
+    def with_clip(self, l2_clip: float) -> DpSettings:
+        return replace(self, l2_clip=l2_clip)
+
+    def config(self, *, dim: int, min_clients: int, max_clients: int) -> DpConfig:
+        """The full DP configuration for a deployment of these sizes."""
+        if self.l2_clip is None:
+            raise UsageError("the DP settings have no L2 clip yet: choose one with with_clip")
+        return self._config(
+            dim=dim, min_clients=min_clients, max_clients=max_clients, l2_clip=self.l2_clip
+        )
+
+    def _config(self, *, dim: int, min_clients: int, max_clients: int, l2_clip: float) -> DpConfig:
+        return DpConfig(
+            dim=dim,
+            l2_clip=l2_clip,
+            bits=self.bits,
+            min_clients=min_clients,
+            max_clients=max_clients,
+            delta=self.delta,
+            target_epsilon=self.target_epsilon,
+            noise_multiplier=self.noise_multiplier,
+            rounds=self.rounds,
+            sampling_rate=self.sampling_rate,
+            mechanism=self.mechanism,
+        )
+
+    @classmethod
+    def of(cls, config: DpConfig) -> DpSettings:
+        """What a deployment file records of ``config`` (refused if it uses a knob the file
+        cannot carry: conditional rounding, or other wrap and rounding bounds)."""
+        for knob in fields(DpConfig):
+            if knob.name in _UNRECORDED and getattr(config, knob.name) != knob.default:
+                raise ConfigurationError(
+                    f"a deployment records no DP {knob.name}: keep it at its default "
+                    f"({knob.default!r})"
+                )
+        return cls(
+            l2_clip=config.l2_clip,
+            target_epsilon=config.target_epsilon,
+            noise_multiplier=config.noise_multiplier,
+            delta=config.delta,
+            bits=config.bits,
+            mechanism=config.mechanism,
+            rounds=config.rounds,
+            sampling_rate=config.sampling_rate,
+        )
+
+
+def default_dp_min_cohort(clients: int, dropout_rate: float) -> int:
+    """The minimum cohort a DP round is calibrated for when the user names none: the
+    smallest sum a round of ``clients`` is designed to survive (all but the ``dropout_rate``
+    its graph tolerates). A larger minimum means less noise per client; a round that ends
+    with fewer inputs aborts and reveals nothing."""
+    return max(1, clients - math.floor(dropout_rate * clients))
+
+
+# The names DpConfig and calibrate use in their messages, as words of a sentence.
+_DP_NAMES = (
+    "target_epsilon",
+    "noise_multiplier",
+    "l2_clip",
+    "bits",
+    "delta",
+    "rounds",
+    "sampling_rate",
+    "mechanism",
+    "min_clients",
+    "min_cohort",
+    "max_clients",
+)
+
+
+def name_knobs(message: str, names: Mapping[str, str]) -> str:
+    """``message`` (from ``DpConfig``, ``calibrate`` or ``Params``) with each parameter named
+    as the user sets it: ``names`` maps e.g. ``bits`` to ``--dp-bits`` or ``dp.bits``.
+    Only whole words are replaced (``value_bits`` and ``20-bit`` stay as they are)."""
+    known = [n for n in _DP_NAMES if n in names]
+    if not known:
+        return message
+    pattern = re.compile(r"(?<![\w.-])(" + "|".join(known) + r")(?![\w-])")
+    return pattern.sub(lambda match: names[match.group(1)], message)
 
 
 @dataclass(frozen=True)
@@ -64,6 +194,11 @@ class CoordinatorSettings:
             # The graph and threshold of the smallest cohort must exist (overrides are checked).
             p.graph(self.min_clients)
             limit = message_size_limit(p.dim, p.max_clients, p.ring_bits)
+            if p.vector_length - 1 > p.dim:
+                # Distributed DP sends the rotated update, padded to a power of two: the
+                # masked input may outgrow the model that the dimension sizes.
+                padded = message_size_limit(p.vector_length - 1, p.max_clients, p.ring_bits)
+                limit = max(limit, padded)
         else:
             limit = ckks_message_size_limit(p.dim, p.max_clients, p.params)
         object.__setattr__(self, "max_message_bytes", limit)

@@ -7,13 +7,16 @@
   its own non-IID share (``secagg.fl.tasks``; needs the ``[fl]`` extra).
 
 A deployment names its task in ``deployment.toml`` (``[task]``), so that ``secagg certs`` can
-size the deployment for it (``dim``, ``max_weight``, ``clip``), ``secagg serve`` starts from
-the task's initial model, and ``secagg join`` trains the right thing without being told.
+size the deployment for it (``dim``, ``max_weight``, ``clip``, and under distributed DP the
+L2 clip: ``default_l2_clip``), ``secagg serve`` starts from the task's initial model, and
+``secagg join`` trains the right thing without being told. Under distributed DP the mean is
+unweighted: ``update_function(..., unweighted=True)`` gives every update the weight 1.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -35,6 +38,7 @@ __all__ = [
     "TaskRequirements",
     "TaskSpec",
     "check_fits",
+    "default_l2_clip",
     "initial_model",
     "random_task",
     "random_update",
@@ -123,16 +127,49 @@ def initial_model(spec: TaskSpec, dim: int) -> NDArray[np.float32]:
     return np.zeros(dim, dtype=np.float32)
 
 
+def default_l2_clip(spec: TaskSpec, dim: int) -> float:
+    """The L2 clip distributed DP uses for the task when the operator names none: the
+    typical norm of its updates. ``random``: sqrt(dim / 12), the root mean square norm of an
+    update uniform in (-0.5, 0.5)^dim (from the task's definition, not from any data);
+    ``digits``: the median norm of the clients' first-round updates
+    (``secagg.fl.tasks.digits_median_update_norm``)."""
+    check_fits(spec, dim)
+    if spec.task is Task.DIGITS:
+        try:
+            from secagg.fl.tasks import digits_median_update_norm
+        except ImportError:
+            raise ConfigurationError(_NEEDS_FL) from None
+        return digits_median_update_norm(spec.clients, spec.seed)
+    return math.sqrt(dim / 12.0)
+
+
 def update_function(
-    spec: TaskSpec, client_id: int, dim: int, *, train_seconds: float = 0.0
+    spec: TaskSpec,
+    client_id: int,
+    dim: int,
+    *,
+    train_seconds: float = 0.0,
+    unweighted: bool = False,
 ) -> UpdateFn:
-    """Client ``client_id``'s update callback for the task."""
+    """Client ``client_id``'s update callback for the task; ``unweighted`` (distributed DP,
+    whose mean counts every client once) gives every update the weight 1."""
     check_fits(spec, dim, client_id)
+    update: UpdateFn
     if spec.task is Task.DIGITS:
         from secagg.fl.tasks import digits_task
 
-        return digits_task(client_id, spec.clients, spec.seed)
-    return random_task(client_id, dim, spec.seed, train_seconds=train_seconds)
+        update = digits_task(client_id, spec.clients, spec.seed)
+    else:
+        update = random_task(client_id, dim, spec.seed, train_seconds=train_seconds)
+    return _weighing_one(update) if unweighted else update
+
+
+def _weighing_one(update: UpdateFn) -> UpdateFn:
+    def unweighted(model: NDArray[np.float32], step: int) -> tuple[NDArray[np.floating], int]:
+        values, _weight = update(model, step)
+        return values, 1
+
+    return unweighted
 
 
 def random_update(client_id: int, dim: int, step: int, seed: int) -> NDArray[np.float32]:
