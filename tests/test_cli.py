@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -277,3 +280,109 @@ def test_certs_refuses_a_scheme_the_service_cannot_run_before_writing_anything(
     assert result.exit_code == 2
     assert message in result.output and result.output.count("\n") == 1
     assert not (tmp_path / "d").exists()
+
+
+# ----------------------------------------------------------------- distributed DP
+
+
+def _dp_json(args: list[str]) -> dict[str, Any]:
+    pytest.importorskip("dp_accounting")
+    return _json(args)
+
+
+def test_simulate_with_dp_reports_the_epsilon_of_the_sum_revealed_down_to_the_minimum_cohort() -> (
+    None
+):
+    common = ["--clients", "30", "--dim", "100", "--dp-epsilon", "4", "--seed", "3"]
+    full = _dp_json(common)
+    # Without --min-cohort the guarantee holds down to what the graph is built to survive:
+    # all but a third of the clients.
+    assert full["dp_min_cohort"] == 30 - 9
+    assert full["epsilon"] is not None and full["epsilon"] < 4.0
+    assert full["dp_epsilon_run"] == pytest.approx(4.0, rel=1e-5)
+    assert full["error_within_bound"] is True
+    assert full["max_abs_error"] <= full["error_bound"]
+    # Random inputs in (-1, 1)^100 have L2 norms near 5.8: every client is clipped to 1.
+    assert full["clipped_values"] == 30 and full["clip_rate"] == 1.0
+    # Nine clients drop: the sum of 21 inputs still meets the target, with less to spare.
+    dropped = _dp_json([*common, "--drop", "masked-input=0,1,2,3,4,5,6,7,8"])
+    assert len(dropped["included"]) == 21
+    assert full["epsilon"] < dropped["epsilon"] <= 4.0
+    # One more and the round aborts rather than reveal a sum the guarantee does not cover.
+    result = runner.invoke(
+        app, ["simulate", *common, "--drop", "masked-input=0,1,2,3,4,5,6,7,8,9", "--json"]
+    )
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["outcome"] == "aborted"
+
+
+def test_simulate_prints_the_dp_guarantee_the_noise_the_clipping_and_the_wrap_bound() -> None:
+    pytest.importorskip("dp_accounting")
+    result = runner.invoke(
+        app,
+        ["simulate", "--clients", "12", "--dim", "40", "--seed", "1",
+         "--dp-noise-multiplier", "1.5", "--dp-mechanism", "discrete-gaussian", "--dp-clip", "3"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())  # the table may wrap long cells
+    assert "with distributed DP (discrete-gaussian)" in out
+    for row in ("epsilon", "noise multiplier", "clipped clients", "wrap bound"):
+        assert f"│ {row} " in out, row
+    assert re.search(r"noise multiplier\s+│ 1\.5 \(", out)  # the multiplier asked for
+    assert "for this sum of 12 inputs" in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dp-epsilon", "4", "--dp-bits", "6"], "raise --dp-bits"),
+        (["--dp-epsilon", "-1"], "--dp-epsilon must be finite and positive"),
+        (["--dp-epsilon", "4", "--dp-noise-multiplier", "1"], "not both"),
+        (["--dp-clip", "2"], "add --dp-epsilon or --dp-noise-multiplier"),
+        (["--dp-epsilon", "4", "--scheme", "plaintext"], "drop --scheme plaintext"),
+        (["--dp-epsilon", "4", "--min-cohort", "40"], "--min-cohort must be in [1, 20]"),
+        (["--dp-epsilon", "4", "--dp-sampling-rate", "0"], "--dp-sampling-rate must be in"),
+    ],
+    ids=["bits", "epsilon", "both", "clip-alone", "scheme", "cohort", "sampling"],
+)
+def test_infeasible_dp_settings_are_one_line_naming_the_option(
+    flags: list[str], message: str
+) -> None:
+    pytest.importorskip("dp_accounting")
+    result = runner.invoke(app, ["simulate", "--clients", "20", "--dim", "50", *flags])
+    assert result.exit_code == 2
+    assert message in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_dp_refuses_weights_its_mean_is_unweighted(tmp_path: Path) -> None:
+    np.save(tmp_path / "w.npy", np.arange(1, 11, dtype=np.float64))
+    result = runner.invoke(
+        app,
+        ["simulate", "--clients", "10", "--dim", "5", "--weights", str(tmp_path / "w.npy"),
+         "--dp-epsilon", "4"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "drop --weights" in result.output
+
+
+def test_beyond_its_bound_a_dp_mean_is_reported_not_a_bug_while_quantisation_is_a_bug() -> None:
+    pytest.importorskip("dp_accounting")
+    from secagg.cli import error_verdict
+    from secagg.dp.calibrate import DpConfig
+    from secagg.params import Params
+    from secagg.simulate import random_inputs, simulate_round
+
+    dp = DpConfig(
+        dim=50, l2_clip=1.0, bits=20, min_clients=8, max_clients=10, delta=1e-5,
+        target_epsilon=4.0,
+    )  # fmt: skip
+    params = Params(dim=50, max_clients=10, min_cohort=8, dp=dp)
+    report = simulate_round(params, 10, random_inputs(50, 1), seed=1, baseline=False).report
+    assert report.max_abs_error is not None and params.dp_plan is not None
+    assert error_verdict(report, params.dp_plan) == (None, False)
+    # The same round, had a coordinate wrapped: the error is far beyond the bound.
+    wrapped = dataclasses.replace(report, max_abs_error=100 * report.error_bound)
+    message, bug = error_verdict(wrapped, params.dp_plan)
+    assert not bug and message is not None
+    assert "high-probability bound" in message and "raise --dp-bits" in message
+    message, bug = error_verdict(wrapped, None)
+    assert bug and message is not None and "this is a bug" in message

@@ -8,8 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from secagg.compare import SCHEMES, CompareOptions, run_compare
+from secagg.cli import app
+from secagg.compare import DP_SCHEME, SCHEMES, CompareOptions, run_compare
+from secagg.errors import ConfigurationError
+from secagg.service.settings import DpSettings
 from secagg.simulate import DropSchedule, root_randomness
 
 pytest.importorskip("tenseal")
@@ -86,3 +90,68 @@ def test_an_unknown_scheme_is_one_line_of_error() -> None:
     )
     assert done.returncode == 2
     assert "unknown scheme" in done.stderr and "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------- distributed DP
+
+
+def test_with_dp_settings_a_secagg_plus_dp_row_states_its_epsilon_and_the_others_none() -> None:
+    pytest.importorskip("dp_accounting")
+    options = CompareOptions(
+        clients=10,
+        dim=300,
+        dropout=0.2,
+        seed=4,
+        schemes=("plaintext", "secagg+", "ckks"),
+        dp=DpSettings(target_epsilon=4.0),
+    )
+    report = run_compare(options)
+    rows = {row.scheme: row for row in report.rows}
+    assert tuple(rows) == ("plaintext", "secagg+", "ckks", DP_SCHEME)
+    for name in ("plaintext", "secagg+", "ckks"):
+        assert rows[name].privacy == "none" and rows[name].to_json()["epsilon"] is None
+    dp = rows[DP_SCHEME]
+    r = dp.report
+    assert r.outcome == "completed", r.abort_reason
+    # The same two clients drop as in the other rows; the sum of the rest meets the target.
+    assert set(r.included) == set(rows["plaintext"].report.included)
+    assert r.epsilon is not None and r.epsilon <= 4.0
+    assert dp.privacy == f"epsilon {r.epsilon:.3g} (delta 1e-05)"
+    assert "DP noise" in dp.server_learns
+    # Its error is the noise's, against the unweighted mean of the updates clipped to L2
+    # norm 1, within the bound it states (with probability 1 - 1e-9 and the wrap bound).
+    assert r.max_abs_error is not None and r.max_abs_error <= r.error_bound
+    assert r.max_abs_error > 100 * rows["secagg+"].report.error_bound  # noise, not rounding
+    figures = report.to_json()
+    assert figures["dp"]["target_epsilon"] == 4.0 and figures["dp"]["l2_clip"] == 1.0
+
+
+def test_the_dp_row_needs_dp_settings() -> None:
+    with pytest.raises(ConfigurationError, match="needs distributed DP settings"):
+        CompareOptions(schemes=("secagg+", DP_SCHEME))
+
+
+def test_the_command_adds_the_dp_row_to_the_table_json_and_plots(tmp_path: Path) -> None:
+    pytest.importorskip("dp_accounting")
+    command = [
+        sys.executable, "-m", "secagg", "compare", "--clients", "6", "--dim", "200",
+        "--schemes", "plaintext,secagg+", "--dp-epsilon", "8", "--seed", "1",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [*command, "--json", "--plots", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert [row["scheme"] for row in figures["rows"]] == ["plaintext", "secagg+", DP_SCHEME]
+    assert [row["epsilon"] is None for row in figures["rows"]] == [True, True, False]
+    assert (tmp_path / "compare.png").stat().st_size > 1000
+    # The table and a refusal, in this process (the same command, without the imports).
+    table = CliRunner().invoke(app, command[3:])
+    assert table.exit_code == 0, table.output
+    assert "privacy" in table.stdout and "secagg+-dp" in table.stdout
+    bad = CliRunner().invoke(app, [*command[3:-2], "--dp-bits", "4"])
+    assert bad.exit_code == 2 and "raise --dp-bits" in bad.output

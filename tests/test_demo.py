@@ -110,3 +110,43 @@ def test_demo_refuses_the_plaintext_scheme_in_one_line() -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
     assert "no plaintext path" in done.stderr
+
+
+@pytest.mark.timeout(300)
+def test_demo_trains_with_distributed_dp_and_reports_epsilon_per_round_and_spent(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("dp_accounting")
+    report_path = tmp_path / "demo-dp.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "secagg", "demo", "--clients", "5", "--rounds", "2",
+         "--dp-epsilon", "50", "--seed", "1", "--json", str(report_path)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = " ".join(done.stdout.split())
+    assert "distributed DP (skellam)" in out
+    assert "note: DP with only 5 clients per round costs a lot of accuracy" in out
+    report = json.loads(report_path.read_text())
+    config = report["config"]
+    assert config["dp"] is True and config["dp_rounds"] == 2
+    assert config["dp_epsilon_run"] == pytest.approx(50.0, rel=1e-5)
+    assert config["dp_l2_clip_source"] == "the median norm of the clients' first-round updates"
+    # All but a third of the 5 clients: the guarantee holds for sums of 4 and more.
+    assert config["min_cohort"] == config["dp_min_cohort"] == 4
+    secure, plain = report["secure"]["rounds"], report["plaintext"]["rounds"]
+    assert [r["outcome"] for r in secure] == ["completed", "completed"]
+    first, second = secure
+    # Five inputs carry more noise than the minimum cohort's four: each round's sum is
+    # better protected than the plan's per-round figure (at four), and the run as a whole
+    # spends less than its target (RDP composition: two rounds cost less than twice one).
+    assert 0 < first["epsilon"] == second["epsilon"] < config["dp_epsilon_target"]
+    assert first["epsilon_spent"] == first["epsilon"]
+    assert first["epsilon"] < second["epsilon_spent"] < 50.0
+    assert f"{second['epsilon_spent']:.3g}" in out
+    for s, p in zip(secure, plain, strict=True):
+        assert s["included"] == p["included"]
+        assert p["epsilon"] is None  # the baseline is not private

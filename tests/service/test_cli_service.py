@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from secagg.cli import app
+from secagg.dp.calibrate import DpConfig, calibrate
 from secagg.service.config import DeploymentConfig
-from secagg.service.ledger import Ledger
+from secagg.service.ledger import Ledger, account_round
 
 runner = CliRunner()
 
@@ -73,3 +75,33 @@ def test_rounds_lists_the_ledger_and_exports_an_aggregate(tmp_path: Path) -> Non
     assert refused.exit_code == 2  # an aborted round has no aggregate
     missing = runner.invoke(app, ["rounds", "--ledger", str(tmp_path / "none.sqlite")])
     assert missing.exit_code == 2
+
+
+def test_rounds_shows_each_dp_rounds_epsilon_and_the_epsilon_spent(tmp_path: Path) -> None:
+    pytest.importorskip("dp_accounting")
+    plan = calibrate(
+        DpConfig(
+            dim=3, l2_clip=1.0, bits=16, min_clients=3, max_clients=4, delta=1e-5,
+            target_epsilon=8.0, rounds=2,
+        )
+    )  # fmt: skip
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        for round_id, included in ((1, [0, 1, 2, 3]), (2, [0, 1, 2])):
+            ledger.start_round(
+                round_id=round_id, session_id=bytes(32), task_hash=bytes(32),
+                protocol="secagg+", cohort=[0, 1, 2, 3], degree=2, threshold=2, dim=3,
+            )  # fmt: skip
+            privacy = account_round(ledger, plan, len(included))
+            ledger.complete_round(
+                round_id, included=included, aggregate=np.zeros(3), total_weight=len(included),
+                upload_bytes_per_client=1.0, download_bytes_per_client=1.0, privacy=privacy,
+            )  # fmt: skip
+        records = ledger.rounds()
+    listing = runner.invoke(app, ["rounds", "--ledger", str(path)])
+    assert listing.exit_code == 0, listing.output
+    assert "epsilon" in listing.output and "spent (of target)" in listing.output
+    for record in records:
+        assert record.privacy is not None
+        assert f"{record.privacy.epsilon:.3g}" in listing.output
+        assert f"{record.privacy.epsilon_spent:.3g} (8 over 2)" in listing.output
