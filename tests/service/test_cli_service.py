@@ -105,3 +105,25 @@ def test_rounds_shows_each_dp_rounds_epsilon_and_the_epsilon_spent(tmp_path: Pat
         assert record.privacy is not None
         assert f"{record.privacy.epsilon:.3g}" in listing.output
         assert f"{record.privacy.epsilon_spent:.3g} (8 over 2)" in listing.output
+
+
+def test_serve_reports_a_dp_rounds_epsilon_and_the_epsilon_spent_in_its_line_and_json() -> None:
+    from secagg.cli_report import round_json, round_line
+    from secagg.service.ledger import RoundOutcome, RoundPrivacy
+    from secagg.service.rounds import RoundSummary
+
+    privacy = RoundPrivacy(bytes(32), "skellam", 1e-5, 0.84, 2.1, 8.0, 10)
+    summary = RoundSummary(
+        round_id=3, outcome=RoundOutcome.COMPLETED, cohort=(0, 1, 2), included=(0, 1, 2),
+        dropped={}, stage_seconds={}, seconds=0.5, upload_bytes_per_client=1.0,
+        download_bytes_per_client=1.0, privacy=privacy,
+    )  # fmt: skip
+    assert str(round_line(summary)).endswith(
+        "; epsilon 0.84 for this sum, 2.1 spent of 8 over 10 rounds (delta 1e-05)"
+    )
+    figures = round_json(summary)
+    assert (figures["epsilon"], figures["epsilon_spent"], figures["epsilon_target"]) == (
+        0.84, 2.1, 8.0,
+    )  # fmt: skip
+    plain = round_json(RoundSummary(**{**summary.__dict__, "privacy": None}))
+    assert plain["epsilon"] is None and plain["epsilon_spent"] is None

@@ -140,6 +140,14 @@ def test_under_dp_every_task_update_weighs_one() -> None:
     assert default_l2_clip(spec, DIM) == pytest.approx(float(np.mean(norms)), rel=0.1)
 
 
+def test_dp_settings_are_checked_by_the_rules_of_the_dp_configuration() -> None:
+    for bad in ({"l2_clip": 0.0}, {"l2_clip": -1.0}, {"bits": 1}, {"delta": 1.0}):
+        with pytest.raises(ConfigurationError):
+            DpSettings(target_epsilon=1.0, **bad)
+    with pytest.raises(ConfigurationError, match="exactly one"):
+        DpSettings(l2_clip=1.0)
+
+
 def test_errors_name_the_knob_as_the_user_sets_it() -> None:
     names = {"bits": "--dp-bits", "target_epsilon": "--dp-epsilon", "max_clients": "--clients"}
     message = "a 20-bit ring: raise bits (or target_epsilon, lower max_clients); value_bits 16"

@@ -59,7 +59,8 @@ class DpSettings:
 
     def __post_init__(self) -> None:
         # The placeholder sizes are valid for any DpConfig: only this object's values are judged.
-        self._config(dim=1, min_clients=1, max_clients=1, l2_clip=self.l2_clip or 1.0)
+        clip = 1.0 if self.l2_clip is None else self.l2_clip
+        self._config(dim=1, min_clients=1, max_clients=1, l2_clip=clip)
         object.__setattr__(self, "mechanism", Mechanism(self.mechanism))
 
     def with_clip(self, l2_clip: float) -> DpSettings:
