@@ -844,6 +844,10 @@ def serve(
     stage_timeout: Annotated[float | None, typer.Option(help="Seconds per stage.")] = None,
     min_clients: Annotated[int | None, typer.Option(help="Smallest cohort.")] = None,
     cohort_wait: Annotated[float | None, typer.Option(help="Seconds to wait for it.")] = None,
+    upload_window: Annotated[
+        int | None,
+        typer.Option(help="Clients sent a model-sized message (model, upload request) at once."),
+    ] = None,
     model_out: Annotated[
         Path | None,
         typer.Option(help="Write the model here (.npy, float32) after every completed round."),
@@ -870,7 +874,11 @@ def serve(
 
     try:
         deployment = _load_config(config).with_overrides(
-            port=port, stage_timeout=stage_timeout, min_clients=min_clients, cohort_wait=cohort_wait
+            port=port,
+            stage_timeout=stage_timeout,
+            min_clients=min_clients,
+            cohort_wait=cohort_wait,
+            upload_window=upload_window,
         )
     except ConfigurationError as exc:
         _fail(str(exc))

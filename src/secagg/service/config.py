@@ -21,6 +21,7 @@ command line override what the file says.
     cohort_wait = 60.0
     stage_timeout = 30.0
     ledger = "ledger.sqlite"
+    upload_window = 64     # clients sent a model-sized message at once (flow control)
 
     [tls]
     ca = "tls/ca.pem"
@@ -145,6 +146,7 @@ _COORDINATOR_KEYS = {
     "cohort_wait": float,
     "stage_timeout": float,
     "ledger": str,
+    "upload_window": int,
 }
 _CLIENTS_KEYS = {
     "allow_list": str,

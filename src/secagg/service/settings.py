@@ -166,6 +166,9 @@ class CoordinatorSettings:
     cohort_wait: float = 60.0  # seconds to wait for min_clients before giving up
     stage_timeout: float = 30.0  # per stage; a client that misses it is dropped
     auth_timeout: float = 10.0
+    # Flow control: at most this many clients are sent a model-sized message (the model, or
+    # what makes them upload their input) at once; the rest wait their turn (docs/SCALING.md).
+    upload_window: int = 64
     max_message_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -187,6 +190,11 @@ class CoordinatorSettings:
             raise ConfigurationError(
                 f"min_clients ({self.min_clients}) must be at least min_cohort "
                 f"({self.params.min_cohort}): a smaller cohort could never reveal its sum"
+            )
+        if not _is_int(self.upload_window) or self.upload_window < 1:
+            raise ConfigurationError(
+                f"upload_window must be a positive integer (clients served at once), "
+                f"got {self.upload_window!r}"
             )
         for name in ("cohort_wait", "stage_timeout", "auth_timeout"):
             _check_seconds(name, getattr(self, name))
