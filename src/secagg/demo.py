@@ -307,7 +307,11 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
     if kind is SchemeKind.CKKS:
         require_tenseal()
         params = CkksSettings(
-            dim=spec.dim, max_clients=options.clients, clip=DEMO_CLIP, max_weight=max_weight
+            dim=spec.dim,
+            max_clients=options.clients,
+            clip=DEMO_CLIP,
+            max_weight=max_weight,
+            min_cohort=options.cohort_minimum,
         )
         scheme = params.scheme()  # no keys: only to describe the round
     else:
