@@ -124,6 +124,8 @@ class GroupedReport:
         if not sums:
             return "nothing: every group aborted"
         smallest = min(len(g.included) for g in sums)
+        if len(sums) == 1:
+            return f"one sum over {smallest} inputs"
         return (
             f"{len(sums)} group sums (the smallest over {smallest} inputs) instead of one sum "
             f"over {len(self.included)}"
