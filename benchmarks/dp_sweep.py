@@ -25,7 +25,7 @@ import sections
 from secagg.dp.calibrate import DpConfig, epsilon_spent
 from secagg.fl.data import load_digits_split
 from secagg.fl.fedavg import apply_update
-from secagg.fl.tasks import demo_model, digits_task
+from secagg.fl.tasks import demo_model, digits_median_update_norm, digits_task
 from secagg.params import Params
 from secagg.simulate import DropSchedule, root_randomness, simulate_round
 
@@ -108,15 +108,6 @@ def train(
     }
 
 
-def median_update_norm(clients: int, seed: int) -> float:
-    split = load_digits_split(clients, seed=seed)
-    model = demo_model(split).init(seed)
-    norms = [
-        float(np.linalg.norm(digits_task(c, clients, seed)(model, 0)[0])) for c in range(clients)
-    ]
-    return float(np.median(norms))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=100)
@@ -130,7 +121,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     # Clip at the median first-round update norm: half the clients are scaled down a little.
-    clip = median_update_norm(args.clients, args.seed)
+    clip = digits_median_update_norm(args.clients, args.seed)
     common = dict(
         clients=args.clients,
         rounds=args.rounds,

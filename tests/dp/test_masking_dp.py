@@ -148,3 +148,17 @@ def test_dp_parameters_must_agree_with_the_deployment_and_name_the_knob() -> Non
         )
     with pytest.raises(ConfigurationError, match="max_weight"):
         dataclasses.replace(_params(), max_weight=3)
+
+
+def test_a_weight_other_than_one_is_refused_before_anything_is_masked() -> None:
+    from secagg.errors import InputError
+    from secagg.hazmat.randomness import SystemRandomness
+    from secagg.schemes.masking import MaskingScheme
+
+    params = _params()
+    config = params.round_config(range(N), nonce=bytes(16))
+    client = MaskingScheme(params).client(config, 0, SystemRandomness())
+    with pytest.raises(InputError, match="weighs 1"):
+        client.set_input(np.zeros(DIM), 0)  # in range, but DP counts every input once
+    with pytest.raises(InputError):
+        client.set_input(np.zeros(DIM), 2)  # max_weight is 1 under DP

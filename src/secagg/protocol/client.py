@@ -301,6 +301,9 @@ class Client:
             raise InputError(f"the weight must be an int, not {type(weight).__name__}")
         if not 0 <= weight <= self.config.max_weight:
             raise InputError(f"the weight {weight} is outside [0, {self.config.max_weight}]")
+        if self.config.dp is not None and weight != 1:
+            # The DP mean is unweighted: the guarantee counts each client's input once.
+            raise InputError(f"with distributed DP every client weighs 1, not {weight}")
         self._input = (array, int(weight))
 
     def start(self) -> Commitment:
