@@ -117,6 +117,14 @@ class ServerModelChoice(StrEnum):
 class TaskChoice(StrEnum):
     random = "random"
     digits = "digits"
+    digits_torch = "digits-torch"  # the digits model trained with PyTorch (the [torch] extra)
+
+
+class FrameworkChoice(StrEnum):
+    """What the demo's clients train with: the same model and vector layout either way."""
+
+    numpy = "numpy"
+    torch = "torch"
 
 
 _NO_PLAINTEXT_SERVICE = (
@@ -1061,6 +1069,10 @@ def demo(
     ] = None,
     dp_bits: DpBits = None,
     dp_mechanism: DpMechanism = None,
+    framework: Annotated[
+        FrameworkChoice,
+        typer.Option(help="What the clients train with: numpy, or PyTorch (the [torch] extra)."),
+    ] = FrameworkChoice.numpy,
 ) -> None:
     """Federated training on digits with secure aggregation, beside plaintext FedAvg.
 
@@ -1086,6 +1098,7 @@ def demo(
             # The demo's target covers its whole run (DemoOptions sets its rounds).
             dp=_dp_settings(*dp_flags, None, None),
             min_cohort=min_cohort,
+            framework=framework.value,
         )
         if json_path is not None:
             check_writable(json_path, "the report")

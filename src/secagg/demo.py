@@ -94,6 +94,7 @@ class DemoOptions:
     # The fewest inputs a revealed sum may hold (under DP the guarantee holds from here up);
     # None: 1 without DP, with DP all but the third of the clients the graph tolerates.
     min_cohort: int | None = None
+    framework: str = "numpy"  # what the clients train with: numpy or torch (same model)
 
     def __post_init__(self) -> None:
         if self.scheme not in KILL_STAGES:
@@ -106,6 +107,15 @@ class DemoOptions:
                 "distributed DP adds each client's noise before masking: drop --scheme "
                 f"{self.scheme} (or the --dp-* options)"
             )
+        if self.framework not in ("numpy", "torch"):
+            raise ConfigurationError("--framework must be numpy or torch")
+        if self.framework == "torch":
+            import importlib.util
+
+            if importlib.util.find_spec("torch") is None:
+                raise ConfigurationError(
+                    "--framework torch needs PyTorch: pip install 'secagg[torch]'"
+                )
         if not 3 <= self.clients <= 200:
             raise ConfigurationError("--clients must be between 3 and 200")
         if not 1 <= self.rounds <= 1000:
@@ -185,6 +195,7 @@ class DemoReport:
                 "seed": o.seed,
                 "drop_rate": o.drop_rate,
                 "scheme": o.scheme,
+                "framework": o.framework,
                 "dim": self.dim,
                 "min_cohort": o.cohort_minimum,
                 **self.details,
@@ -244,15 +255,13 @@ class _Fleet:
         config_path: Path,
         identities: dict[int, Path],
         target: str,
-        clients: int,
-        seed: int,
+        task: TaskSpec,
     ) -> None:
         self._workdir = workdir
         self._config = config_path
         self._identities = identities
         self._target = target
-        self._clients = clients
-        self._seed = seed
+        self._task = task
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self, client_id: int) -> None:
@@ -261,9 +270,9 @@ class _Fleet:
             self._identities[client_id],
             self._target,
             self._workdir / f"client-{client_id}.log",
-            task="digits",
-            task_seed=self._seed,
-            task_clients=self._clients,
+            task=self._task.task.value,
+            task_seed=self._task.seed,
+            task_clients=self._task.clients,
         )
 
     def kill(self, client_id: int) -> None:
@@ -367,7 +376,11 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
     rng = np.random.default_rng(options.seed)  # chooses which processes to kill: not secret
     # What each client process trains (``secagg join`` on the deployment's task; under DP
     # every update weighs 1), computed here for the plaintext baseline.
-    task = TaskSpec(Task.DIGITS, clients=options.clients, seed=options.seed)
+    task = TaskSpec(
+        Task.DIGITS_TORCH if options.framework == "torch" else Task.DIGITS,
+        clients=options.clients,
+        seed=options.seed,
+    )
     unweighted = report.dp_plan is not None
     updates = {
         c: update_function(task, c, spec.dim, unweighted=unweighted) for c in range(options.clients)
@@ -390,8 +403,7 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
             config_path,
             dict(deployment.identities),
             f"127.0.0.1:{port}",
-            options.clients,
-            options.seed,
+            task,
         )
         try:
             for c in range(options.clients):
@@ -491,8 +503,8 @@ def print_report(report: DemoReport, console: Console) -> None:
     o = report.options
     table = Table(
         title=(
-            f"FedAvg on digits: {o.clients} clients (non-IID), {report.dim} parameters, "
-            f"{_scheme_title(report)}, TLS on loopback"
+            f"FedAvg on digits ({o.framework}): {o.clients} clients (non-IID), "
+            f"{report.dim} parameters, {_scheme_title(report)}, TLS on loopback"
         ),
         title_justify="left",
     )

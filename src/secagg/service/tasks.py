@@ -5,6 +5,9 @@
   the coordinator should reveal. Weights are 1..3.
 - ``digits``: a small network on scikit-learn's handwritten digits, each client training on
   its own non-IID share (``secagg.fl.tasks``; needs the ``[fl]`` extra).
+- ``digits-torch``: the same network, split and training written in PyTorch
+  (``secagg.fl.torch.digits_torch_task``; needs the ``[torch]`` extra). Its parameters flatten
+  to the same vector as ``digits``, so the coordinator cannot tell them apart.
 
 A deployment names its task in ``deployment.toml`` (``[task]``), so that ``secagg certs`` can
 size the deployment for it (``dim``, ``max_weight``, ``clip``, and under distributed DP the
@@ -57,6 +60,12 @@ class Task(StrEnum):
 
     RANDOM = "random"
     DIGITS = "digits"
+    DIGITS_TORCH = "digits-torch"
+
+    @property
+    def digits(self) -> bool:
+        """Trains the digits model (numpy or PyTorch): one data split, one vector layout."""
+        return self in (Task.DIGITS, Task.DIGITS_TORCH)
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,7 @@ class TaskRequirements:
 
 
 def task_requirements(spec: TaskSpec) -> TaskRequirements:
-    if spec.task is Task.DIGITS:
+    if spec.task.digits:
         try:
             from secagg.fl.tasks import digits_requirements
         except ImportError:
@@ -110,7 +119,7 @@ def check_fits(spec: TaskSpec, dim: int, client_id: int | None = None) -> None:
             f"the {spec.task} task needs round.dim = {needs.dim}; the deployment says {dim} "
             f"(create it with: secagg certs DIR --task {spec.task})"
         )
-    if spec.task is Task.DIGITS and client_id is not None and client_id >= spec.clients:
+    if spec.task.digits and client_id is not None and client_id >= spec.clients:
         raise ConfigurationError(
             f"client {client_id} has no share of the digits data split {spec.clients} ways "
             "(task clients)"
@@ -120,7 +129,7 @@ def check_fits(spec: TaskSpec, dim: int, client_id: int | None = None) -> None:
 def initial_model(spec: TaskSpec, dim: int) -> NDArray[np.float32]:
     """The model the coordinator's first round sends."""
     check_fits(spec, dim)
-    if spec.task is Task.DIGITS:
+    if spec.task.digits:
         from secagg.fl.tasks import digits_initial_model
 
         return digits_initial_model(spec.clients, spec.seed)
@@ -134,7 +143,7 @@ def default_l2_clip(spec: TaskSpec, dim: int) -> float:
     ``digits``: the median norm of the clients' first-round updates
     (``secagg.fl.tasks.digits_median_update_norm``)."""
     check_fits(spec, dim)
-    if spec.task is Task.DIGITS:
+    if spec.task.digits:
         try:
             from secagg.fl.tasks import digits_median_update_norm
         except ImportError:
@@ -159,6 +168,10 @@ def update_function(
         from secagg.fl.tasks import digits_task
 
         update = digits_task(client_id, spec.clients, spec.seed)
+    elif spec.task is Task.DIGITS_TORCH:
+        from secagg.fl.torch import digits_torch_task
+
+        update = digits_torch_task(client_id, spec.clients, spec.seed)
     else:
         update = random_task(client_id, dim, spec.seed, train_seconds=train_seconds)
     return _weighing_one(update) if unweighted else update
