@@ -1,19 +1,41 @@
-"""Many secagg clients in one process, for the load benchmark: one asyncio task each."""
+"""Many secagg clients in one process, for the load benchmark: one asyncio task each.
+
+``--drops 3:masked-input,17:train`` makes client 3 vanish as it is about to send its masked
+input and client 17 as it starts training: its task ends and its stream closes, as a device's
+would when the app is killed. Clients connect a little apart (``--connect-every``) so that a
+few thousand TLS handshakes do not all land within the coordinator's hello deadline.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from secagg.schemes.base import SchemeKind  # noqa: E402
 from secagg.service.client import ClientSettings, SecAggClient  # noqa: E402
 from secagg.service.config import DeploymentConfig  # noqa: E402
 from secagg.service.credentials import ClientIdentity, load_ca  # noqa: E402
+from secagg.service.run import client_policy  # noqa: E402
 from secagg.service.tasks import random_task  # noqa: E402
+
+
+class Vanished(Exception):
+    """This client drops out of the round here (the benchmark's scheduled failure)."""
+
+
+def _dropper(stage: str) -> Callable[[int, str], None]:
+    def on_stage(round_id: int, at: str) -> None:
+        if at == stage:
+            raise Vanished(f"client vanishes at {stage}")
+
+    return on_stage
 
 
 async def main() -> None:
@@ -22,22 +44,41 @@ async def main() -> None:
     parser.add_argument("--ids", required=True)
     parser.add_argument("--identities", type=Path, required=True)
     parser.add_argument("--target", required=True)
+    parser.add_argument("--drops", default="", help="id:stage,... (clients that vanish)")
+    parser.add_argument("--connect-every", type=float, default=0.02)
     args = parser.parse_args()
     config = DeploymentConfig.load(args.config)
     assert config.tls is not None
     ca = load_ca(config.tls.ca_cert)
+    drops = dict(item.split(":", 1) for item in args.drops.split(",") if item)
+    # A masking client's policy is the deployment's (parsing the allow-list once per process,
+    # not once per client); a CKKS client's holds its own context, beside its identity.
+    shared = client_policy(config) if config.scheme is SchemeKind.MASKING else None
     clients = []
     for i in (int(x) for x in args.ids.split(",")):
-        identity = ClientIdentity.load(args.identities / f"client-{i}.key")
+        path = args.identities / f"client-{i}.key"
+        policy, pki = shared if shared is not None else client_policy(config, path)
         settings = ClientSettings(
             target=args.target,
-            identity=identity,
+            identity=ClientIdentity.load(path),
             ca_cert=ca,
             max_message_bytes=config.coordinator.max_message_bytes,
+            policy=policy,
+            pki=pki,
+            stage_timeout=config.client_stage_timeout,
             retry_max=2.0,
         )
-        clients.append(SecAggClient(settings, random_task(i, config.params.dim, 0), rounds=1))
-    await asyncio.gather(*(c.run() for c in clients))
+        stage = drops.get(str(i))
+        on_stage = None if stage is None else _dropper(stage)
+        update = random_task(i, config.params.dim, 0)
+        clients.append(SecAggClient(settings, update, rounds=1, on_stage=on_stage))
+
+    async def later(k: int, client: SecAggClient) -> None:
+        await asyncio.sleep(k * args.connect_every)
+        with contextlib.suppress(Vanished):
+            await client.run()
+
+    await asyncio.gather(*(later(k, c) for k, c in enumerate(clients)))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,15 @@ from secagg.errors import DropReason, RoundAborted
 from secagg.protocol.messages import Message
 from secagg.protocol.stages import Drop, Stage
 
-__all__ = ["Aggregate", "Drop", "RoundClient", "RoundRun", "RoundServer"]
+__all__ = ["UPLOAD_STAGES", "Aggregate", "Drop", "RoundClient", "RoundRun", "RoundServer"]
+
+# The stages whose answers are as long as the model: masking's masked inputs, an encrypted
+# (CKKS) or plain update, a key holder's decrypted mean. A transport may send the messages
+# that open such a stage to a few clients at a time, releasing the next as answers arrive, so
+# that only so many model-sized answers are in flight at once (the coordinator's upload
+# window). That changes when a client hears from the server, never what it hears: the engine
+# still says which stage runs and what each client is sent.
+UPLOAD_STAGES = frozenset({Stage.UPLOAD, Stage.MASKED_INPUT, Stage.DECRYPT})
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,17 @@ connected for the next round. Nothing the coordinator sends can crash it: every 
 validated, and a silent coordinator is noticed at the client's own per-stage deadline. One
 INFO line per round (the audit line) says what the client agreed to and how the round ended.
 
+That deadline runs from the moment the client has done what the round last asked of it, and
+only a message of the round or a sign of life restarts it. A coordinator that serves a large
+cohort a window at a time (flow control) says ``Queued`` to the clients it keeps waiting, at
+least every half of its own stage timeout; each such frame of the client's round restarts the
+deadline, but never beyond a bound the client fixes at the first one, from the cohort's size
+and the window the coordinator announces: one stage deadline per window of the cohort, and
+three more (``_Patience``), which covers the longest an honest coordinator takes: a stage of
+``ceil(n / W) + 1`` of its own (shorter) stage timeouts, then the next stage's. A coordinator
+that keeps a client queued for longer is left, like a silent one: the client waits longer
+for a larger cohort, never for ever.
+
 The client never listens and never writes a secret to disk: each round's keys, seeds and
 shares live in the scheme's sans-I/O client of that round only, and a new round (including
 after a reconnection) starts with fresh ones. There is no plaintext path: the only vector
@@ -31,6 +42,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -121,6 +133,42 @@ class ClientStats:
 
 
 @dataclass
+class _Patience:
+    """How long a client in a round still waits for the coordinator (see the module docstring).
+
+    ``began`` is when the wait began (the client had done what the round last asked), ``alive``
+    the last sign of life, ``bound`` the end of the whole wait once the coordinator said it
+    queues this client: ``(ceil(cohort / window) + 3)`` stage deadlines after ``began``.
+    """
+
+    began: float
+    alive: float
+    bound: float | None = None
+
+    @classmethod
+    def starting(cls, now: float) -> _Patience:
+        return cls(now, now)
+
+    def deadline(self, stage_timeout: float) -> float:
+        end = self.alive + stage_timeout
+        return end if self.bound is None else min(end, self.bound)
+
+    def queued(self, now: float, cohort: int, window: int, stage_timeout: float) -> None:
+        """A ``Queued`` frame of this round: a sign of life, within the bound it sets."""
+        if self.bound is None:
+            self.bound = self.began + (math.ceil(cohort / window) + 3) * stage_timeout
+        self.alive = now
+
+    def why(self, now: float, stage_timeout: float) -> str:
+        if self.bound is not None and now >= self.bound:
+            return (
+                f"queued for {now - self.began:.0f} s, longer than the coordinator's windows "
+                f"of this cohort can take ({self.bound - self.began:g} s)"
+            )
+        return f"no word from the coordinator for {stage_timeout:g} s"
+
+
+@dataclass
 class _RoundState:
     """The round this client is in, as far as it has got."""
 
@@ -129,6 +177,7 @@ class _RoundState:
     client: RoundClient | None = None  # None once this client has left the round
     aborted: ClientAbort | None = None
     audited: bool = False
+    patience: _Patience | None = None  # the wait for the coordinator's next word
 
 
 class SecAggClient:
@@ -252,6 +301,7 @@ class SecAggClient:
                     inbox.put_nowait(ConnectionError("the coordinator closed the stream"))
                     return
                 inbox.put_nowait(frame)
+                del frame  # the inbox has it; not kept while the next one is awaited
         except Exception as exc:
             inbox.put_nowait(exc)
 
@@ -290,28 +340,27 @@ class SecAggClient:
         self, call: grpc.aio.StreamStreamCall, inbox: asyncio.Queue[pb.ServerFrame | Exception]
     ) -> None:
         current: _RoundState | None = None
+        clock = asyncio.get_running_loop().time
+        timeout = self.settings.stage_timeout
         while not self._done():
             # Between rounds the coordinator may be idle as long as it likes; inside one, it
             # must say something within the client's own deadline.
-            in_round = current is not None and current.client is not None
+            wait: float | None = None
+            if current is not None and current.client is not None:
+                if current.patience is None:
+                    current.patience = _Patience.starting(clock())
+                wait = max(0.0, current.patience.deadline(timeout) - clock())
             try:
-                item = await asyncio.wait_for(
-                    inbox.get(), self.settings.stage_timeout if in_round else None
-                )
+                item = await asyncio.wait_for(inbox.get(), wait)
             except TimeoutError:
-                assert current is not None
-                await self._leave(
-                    call,
-                    current,
-                    ClientAbort(
-                        AbortReason.STAGE_TIMEOUT,
-                        f"no word from the coordinator for {self.settings.stage_timeout:g} s",
-                    ),
-                )
+                assert current is not None and current.patience is not None
+                why = current.patience.why(clock(), timeout)
+                await self._leave(call, current, ClientAbort(AbortReason.STAGE_TIMEOUT, why))
                 continue
             if isinstance(item, Exception):
                 raise item
             frame = item
+            del item
             kind = frame.WhichOneof("body")
             if kind == "task":
                 if current is not None and current.client is not None:
@@ -322,9 +371,14 @@ class SecAggClient:
                         ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "a new round began"),
                     )
                 current = await self._start(call, frame.task)
+                current.patience = _Patience.starting(clock())
             elif kind == "protocol":
                 if current is not None and current.client is not None:
                     await self._answer(call, current, frame.protocol)
+                    current.patience = _Patience.starting(clock())
+            elif kind == "queued":
+                if current is not None and current.client is not None:
+                    self._queued(current, frame.queued, clock())
             elif kind == "round_end":
                 if current is not None and frame.round_end.round_id == current.round_id:
                     self._finish(current, frame.round_end)
@@ -334,7 +388,31 @@ class SecAggClient:
                     raise _Retry(_one_line(frame.reject.reason))
                 raise Rejected(_one_line(frame.reject.reason))
             # Anything else (a second welcome, a challenge, an empty frame) carries nothing
-            # this client acts on.
+            # this client acts on. The frame (it may hold the model) is not kept while the
+            # next one is awaited.
+            del frame
+
+    def _queued(self, state: _RoundState, queued: pb.Queued, now: float) -> None:
+        """The coordinator keeps this client waiting its turn: a sign of life, if it is about
+        this round and names a window (it is the coordinator's word: only its bound counts)."""
+        config = state.config
+        if queued.round_id != state.round_id or queued.window < 1 or config is None:
+            return
+        if state.patience is None:
+            state.patience = _Patience.starting(now)
+        if state.patience.bound is None:
+            self.stats.events.append(
+                f"round {state.round_id}: queued behind {queued.position} client(s)"
+            )
+        state.patience.queued(
+            now, len(config.client_ids), queued.window, self.settings.stage_timeout
+        )
+        log.debug(
+            "client %d: round %d, queued behind %d client(s)",
+            self.client_id,
+            state.round_id,
+            queued.position,
+        )
 
     # ----------------------------------------------------------------- a round
     async def _start(self, call: grpc.aio.StreamStreamCall, task: pb.Task) -> _RoundState:
@@ -407,7 +485,11 @@ class SecAggClient:
             )
         values, weight = result
         try:
-            array = np.asarray(values, dtype=np.float64)
+            array = np.asarray(values)
+            # A floating update keeps its precision (float32 is half the memory while the
+            # client waits for its turn to mask); anything else must read as float64.
+            if not np.issubdtype(array.dtype, np.floating):
+                array = array.astype(np.float64)
         except (TypeError, ValueError):
             raise ClientAbort(AbortReason.INVALID_UPDATE, "the update is not numeric") from None
         return array, weight

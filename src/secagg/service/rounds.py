@@ -13,6 +13,23 @@ or misbehaves is dropped with a reason and the round goes on while enough remain
 cannot, the abort reason says what happened to whom (how many clients dropped where, and
 why) before the scheme's own reason.
 
+Flow control keeps the coordinator's memory independent of how many clients upload: it is
+O(dim x W + clients x degree) for an upload window of W clients (``upload_window``). Every
+message goes out through the transport's bounded writes (built when its turn comes, at most
+W model-sized frames in flight: the model broadcast). In an upload stage (the engine's
+``UPLOAD_STAGES``: masking's masked input, CKKS's encrypted update, whose answers are as
+long as the model) at most W clients hold the message that makes them upload (masking's
+``PeerShares``, CKKS's Task) without having answered it; the rest are told they are queued
+(a ``Queued`` frame with their position) and are sent their message, the same one, as
+answers arrive. Each client's deadline is ``stage_timeout`` from the moment its message was
+written, so a queued client is never late for a turn that has not come, and a client that
+holds a place in the window without answering is dropped at its deadline and frees it. A
+stage therefore lasts at most ``ceil(n / W) + 1`` stage timeouts (the stretched deadline).
+While a stage runs, every client still in the round that waits on the coordinator (queued,
+or done with the stage) is sent a ``Queued`` frame every half stage timeout: a sign of life
+that its own per-stage deadline (``[clients] stage_timeout``, which exceeds the
+coordinator's) counts, within the bound that the client sets itself (``secagg.service.client``).
+
 Every round is written to the ledger when it starts; a completed round's aggregate is
 committed before anyone is told the round completed. A round that cannot finish because
 the coordinator is stopped (a signal cancels it) or because the ledger fails (a full disk)
@@ -29,10 +46,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
 import logging
+import math
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -49,7 +68,7 @@ from secagg.errors import (
 )
 from secagg.hazmat import prg
 from secagg.protocol.messages import Message, RoundConfig
-from secagg.protocol.runner import RoundRun, RoundServer
+from secagg.protocol.runner import UPLOAD_STAGES, RoundRun, RoundServer
 from secagg.protocol.server import Drop, Server
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
@@ -125,21 +144,85 @@ class _Closing:
     unmasked_before: float  # the mask applier's seconds then
 
 
-class _Round:
-    """The round in progress: the engine driving the scheme's server, who is in it, when its
-    stage began."""
+class _Delivery:
+    """One stage's messages on their way out, and when each awaited client becomes late.
+
+    A client is late ``timeout`` seconds after its message was written to its stream, or
+    after the stage began if the stage sends it nothing. In an upload stage (``paced``) at
+    most ``window`` clients hold a message they have not answered (``open``); the others wait
+    in ``queue``, in the engine's order, with their message ``held``, and have no deadline
+    until their turn comes.
+    """
 
     def __init__(
-        self, round_id: int, cohort: tuple[int, ...], config: Message, server: RoundServer
+        self,
+        stage: Stage,
+        *,
+        started: float,
+        timeout: float,
+        window: int,
+        paced: bool,
+        awaited: int,
+        wake: Callable[[], None],
+    ) -> None:
+        self.stage = stage
+        self.timeout = timeout
+        self.window = window
+        self.paced = paced
+        self.queue: deque[int] = deque()
+        self.held: dict[int, Message] = {}
+        self.open: set[int] = set()
+        # The stretched deadline: each window of clients may take a whole stage timeout, and
+        # so may the writes of the stage's messages; nobody is waited for beyond it.
+        self.windows = max(1, math.ceil(awaited / window))
+        self.limit = started + timeout * (self.windows + 1)
+        self.next_refresh = started + timeout / 2
+        self._late: list[tuple[float, int]] = []  # (when, client): a heap
+        self._wake = wake
+
+    def late_from(self, client_id: int, when: float) -> None:
+        """``client_id`` is late from ``when + timeout`` on (its message was written then)."""
+        if not self._late:
+            self._wake()  # the stage's loop may be asleep until a later moment
+        heapq.heappush(self._late, (when + self.timeout, client_id))
+
+    def written(self, client_id: int) -> Callable[[], None]:
+        return lambda: self.late_from(client_id, time.perf_counter())
+
+    def due(self, now: float) -> list[int]:
+        """The clients whose deadline has passed (whether or not they answered since)."""
+        due = []
+        while self._late and self._late[0][0] <= now:
+            due.append(heapq.heappop(self._late)[1])
+        return due
+
+    def next_deadline(self) -> float:
+        return self._late[0][0] if self._late else math.inf
+
+
+class _Round:
+    """The round in progress: the engine driving the scheme's server, who is in it, when its
+    stage began, and how the stage's messages are going out."""
+
+    def __init__(
+        self,
+        round_id: int,
+        cohort: tuple[int, ...],
+        config: Message,
+        server: RoundServer,
+        task: pb.Task,
     ) -> None:
         self.round_id = round_id
         self.cohort = cohort
         self.config = config
         self.server = server
+        self.task = task
         self.run = RoundRun(server)
         self.progress = asyncio.Event()
         self.stage_started = time.perf_counter()
         self.stage = server.stage  # the stage running (or the last one run)
+        self.delivery: _Delivery | None = None
+        self.peak = 0  # the largest resident memory sampled since the stage began
 
 
 class RoundRunner:
@@ -204,8 +287,11 @@ class RoundRunner:
             self._check_progress(active)
 
     def _check_progress(self, active: _Round) -> None:
-        if not active.server.waiting_for():
+        waiting = active.server.waiting_for()
+        if not waiting:
             active.progress.set()
+        elif active.delivery is not None and active.delivery.paced:
+            self._release(active, waiting)
 
     # ----------------------------------------------------------------- a round
     async def cohort(self) -> tuple[int, ...]:
@@ -268,7 +354,8 @@ class RoundRunner:
             dim=config.dim,
         )
         self._metrics.round_started()
-        active = _Round(round_id, cohort, config, server)
+        task = pb.Task(round_id=round_id, round_config=config.encode(), model=model, step=step)
+        active = _Round(round_id, cohort, config, server, task)
         self._round = active
         for c in cohort:
             conn = self._transport.connection(c)
@@ -283,9 +370,9 @@ class RoundRunner:
             ", ".join(f"{key}={value}" for key, value in details.items()),
             _resident_bytes() >> 20,
         )
-        task = pb.Task(round_id=round_id, round_config=config.encode(), model=model, step=step)
+        sampler = asyncio.create_task(_sample_resident(active))
         try:
-            await self._stages(active, task)
+            await self._stages(active)
             seconds = time.perf_counter() - started
             if active.run.abort is not None:
                 return self._aborted(active, active.run.abort, seconds)
@@ -298,8 +385,11 @@ class RoundRunner:
             raise
         finally:
             self._round = None
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
 
-    async def _stages(self, active: _Round, task: pb.Task) -> None:
+    async def _stages(self, active: _Round) -> None:
         """The engine's stages, one by one: deliver, wait, resume (which closes the stage)."""
         server = active.server
         closing: _Closing | None = None
@@ -310,8 +400,10 @@ class RoundRunner:
             started = active.stage_started = time.perf_counter()
             await self._stage_started(active.round_id, stage)
             expected = server.waiting_for()
-            self._deliver(active, outgoing, task)
+            active.peak = _resident_bytes()
+            self._deliver(active, outgoing)
             await self._await_stage(active)
+            active.delivery = None
             answered = len(expected - server.waiting_for() - server.drops.keys())
             closing = _Closing(
                 stage,
@@ -337,11 +429,12 @@ class RoundRunner:
             self._metrics.unmasking_seconds(unmasking)
             self._metrics.reconstruction_seconds(max(0.0, closed - closing.closing - unmasking))
         log.info(
-            "round %d: %s took %.2f s (resident memory %d MiB)",
+            "round %d: %s took %.2f s (resident memory %d MiB, peak %d MiB)",
             active.round_id,
             stage,
             seconds,
             _resident_bytes() >> 20,
+            max(active.peak, _resident_bytes()) >> 20,
         )
         self._record_drops(active)
 
@@ -359,25 +452,127 @@ class RoundRunner:
                 await outcome
 
     async def _await_stage(self, active: _Round) -> None:
-        if not active.server.waiting_for():
-            return
-        active.progress.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(active.progress.wait(), self.settings.stage_timeout)
-
-    def _deliver(self, active: _Round, outgoing: Mapping[int, Message], task: pb.Task) -> None:
-        """Send each client its message: the configuration travels in a Task, with the model."""
+        """Until nobody is awaited: drop each client at its deadline (freeing its place in an
+        upload window), tell the waiting they are not forgotten every half stage timeout, and
+        give up at the stage's stretched deadline (the engine's close drops whoever is left)."""
         server = active.server
+        delivery = active.delivery
+        assert delivery is not None
+        timeout = self.settings.stage_timeout
+        missed = _missed(delivery.stage)
+        while waiting := server.waiting_for():
+            now = time.perf_counter()
+            if now >= delivery.limit:
+                return
+            late = [c for c in delivery.due(now) if c in waiting]
+            if late:
+                for c in late:
+                    server.drop(c, missed, f"no answer within {timeout:g} s of its message")
+                self._check_progress(active)
+                continue
+            if now >= delivery.next_refresh:
+                self._tell_waiting(active, waiting)
+                delivery.next_refresh = now + timeout / 2
+            wake = min(delivery.limit, delivery.next_deadline(), delivery.next_refresh)
+            active.progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(active.progress.wait(), max(0.0, wake - now))
+
+    def _deliver(self, active: _Round, outgoing: Mapping[int, Message]) -> None:
+        """Send each client its message, or, in an upload stage, as many as the window holds
+        and queue the rest (they are told their place)."""
+        server = active.server
+        stage = server.stage
+        awaited = server.waiting_for()
+        started = time.perf_counter()
+        delivery = active.delivery = _Delivery(
+            stage,
+            started=started,
+            timeout=self.settings.stage_timeout,
+            window=self.settings.upload_window,
+            paced=stage in UPLOAD_STAGES,
+            awaited=len(awaited),
+            wake=active.progress.set,
+        )
+        for c in sorted(awaited - outgoing.keys()):
+            delivery.late_from(c, started)  # awaited, though sent nothing now
+        drops = server.drops
         for c, message in outgoing.items():
-            if c in server.drops:
+            if c in drops:
                 continue  # dropped since the stage closed (disconnected, superseded)
-            conn = self._transport.connection(c)
-            if conn is None:
-                server.drop(c, DropReason.DISCONNECTED)
-            elif isinstance(message, RoundConfig | CohortConfig):
-                conn.send(lambda: pb.ServerFrame(task=task))
+            if delivery.paced:
+                delivery.queue.append(c)
+                delivery.held[c] = message
             else:
-                conn.send(pb.ServerFrame(protocol=message.encode()))
+                self._send(active, c, message)
+        if delivery.paced:
+            self._release(active, awaited)
+            self._tell_waiting(active, server.waiting_for(), queued_only=True)
+
+    def _release(self, active: _Round, waiting: frozenset[int]) -> None:
+        """Send queued messages while the upload window has room: a place is taken from the
+        moment a client is sent its message until it answers or is dropped."""
+        delivery = active.delivery
+        assert delivery is not None
+        delivery.open &= waiting
+        drops: Mapping[int, object] | None = None
+        while delivery.queue and len(delivery.open) < delivery.window:
+            c = delivery.queue.popleft()
+            message = delivery.held.pop(c)
+            drops = active.server.drops if drops is None else drops
+            if c in drops:
+                continue  # dropped while queued (disconnected): nothing to send
+            self._send(active, c, message)
+            if c in waiting:
+                delivery.open.add(c)
+
+    def _send(self, active: _Round, c: int, message: Message) -> None:
+        """One client's message, built only when the transport writes it: the configuration
+        travels in a Task, with the model; its deadline starts once it is written."""
+        conn = self._transport.connection(c)
+        if conn is None:
+            active.server.drop(c, DropReason.DISCONNECTED)
+            return
+        delivery = active.delivery
+        written = None if delivery is None else delivery.written(c)
+        if isinstance(message, RoundConfig | CohortConfig):
+            task = active.task
+            conn.send(lambda: pb.ServerFrame(task=task), written=written)
+        else:
+            conn.send(lambda: pb.ServerFrame(protocol=message.encode()), written=written)
+
+    def _tell_waiting(
+        self, active: _Round, waiting: frozenset[int], *, queued_only: bool = False
+    ) -> None:
+        """A ``Queued`` frame for each client still in the round that waits on the coordinator:
+        those queued (with how many are served before them) and, unless ``queued_only``, those
+        the stage no longer awaits (with how many it still does). Clients holding a message
+        they have not answered are left alone: it is their turn."""
+        delivery = active.delivery
+        assert delivery is not None
+        window = delivery.window
+        queued: set[int] = set()
+        position = 0
+        for c in delivery.queue:
+            if c in waiting:
+                self._send_queued(active, c, position, window)
+                queued.add(c)
+                position += 1
+        if queued_only:
+            return
+        drops = active.server.drops
+        for c in active.cohort:
+            if c not in waiting and c not in drops and c not in queued:
+                self._send_queued(active, c, len(waiting), window)
+
+    def _send_queued(self, active: _Round, c: int, position: int, window: int) -> None:
+        conn = self._transport.connection(c)
+        if conn is not None:
+            conn.send(
+                pb.ServerFrame(
+                    queued=pb.Queued(round_id=active.round_id, position=position, window=window)
+                )
+            )
 
     # ----------------------------------------------------------------- how it ends
     def _bytes(self, ids: Sequence[int]) -> tuple[float, float]:
@@ -531,6 +726,19 @@ def describe_abort(abort: RoundAborted, drops: Mapping[int, Drop]) -> str:
         )
     ]
     return f"aborted at {abort.stage}: " + "; ".join([*causes, abort.detail])
+
+
+def _missed(stage: Stage) -> DropReason:
+    """Why a client that misses ``stage``'s deadline is dropped: the reason every scheme's
+    server gives it when the stage closes (``missed-<stage>``)."""
+    return DropReason(f"missed-{stage.value}")
+
+
+async def _sample_resident(active: _Round, every: float = 0.2) -> None:
+    """The largest resident memory of each stage (the log's per-stage peak), sampled."""
+    while True:
+        active.peak = max(active.peak, _resident_bytes())
+        await asyncio.sleep(every)
 
 
 def _abort_reason(code: str) -> str:

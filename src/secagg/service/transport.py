@@ -7,6 +7,13 @@ drains, and counters of the bytes that went up and down (every frame is also cou
 operator metrics, by direction and message type). What the client sends after its hello is
 handed to the ``Listener`` (the round driver); nothing here knows about rounds.
 
+A frame that may be as large as the model (the Task, any protocol message: the round driver
+sends them all this way) is queued as a function that builds it, called only when its turn to
+be written comes; at most ``upload_window`` such frames are built and in flight at once over
+all connections, so the coordinator never holds a copy per client. A client that does not
+take such a frame within ``stage_timeout`` has its stream closed (it is reported as
+disconnected): a reader that stalls must not hold one of the window's places for ever.
+
 A client that authenticates while a stream of the same id is still open supersedes it: the
 new connection has just proved the identity afresh, and the old one is most likely a stream
 a restarted client left behind (it would otherwise linger until keepalive found it dead).
@@ -60,12 +67,8 @@ class _QuietCancelledStreams(logging.Filter):
 _GRPC_LOG = logging.getLogger("grpc._cython.cygrpc")
 _QUIET = _QuietCancelledStreams()
 
-# A Task frame (it carries the model) is built only when its turn to be written comes, and at
-# most _LARGE_WRITES of them are in flight: the coordinator never holds a copy of the model
-# per client.
-_LARGE_WRITES = 16
-
-Outgoing = pb.ServerFrame | Callable[[], pb.ServerFrame] | None
+Frame = pb.ServerFrame | Callable[[], pb.ServerFrame]
+Written = Callable[[], None]
 
 
 class Connection:
@@ -73,14 +76,15 @@ class Connection:
 
     def __init__(self, client_id: int) -> None:
         self.client_id = client_id
-        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self.outbox: asyncio.Queue[tuple[Frame, Written | None] | None] = asyncio.Queue()
         self.up = 0
         self.down = 0
         self.superseded = False
 
-    def send(self, frame: pb.ServerFrame | Callable[[], pb.ServerFrame]) -> None:
-        """Queue a frame (or a function that builds it when its turn comes)."""
-        self.outbox.put_nowait(frame)
+    def send(self, frame: Frame, *, written: Written | None = None) -> None:
+        """Queue a frame, or a function that builds it when its turn comes (a frame that may
+        be large: see the module docstring); ``written()`` is called once it is written."""
+        self.outbox.put_nowait((frame, written))
 
     def close(self) -> None:
         """End the stream once what is queued has been written."""
@@ -124,7 +128,7 @@ class Transport(pb_grpc.CoordinatorServicer):
         self._connections: dict[int, Connection] = {}
         self._server: grpc.aio.Server | None = None
         self._connected = asyncio.Condition()
-        self._large_writes = asyncio.Semaphore(_LARGE_WRITES)
+        self._large_writes = asyncio.Semaphore(settings.upload_window)
         self.port = 0
         self.rejections: list[str] = []  # why connections were refused, for tests and reports
 
@@ -199,7 +203,10 @@ class Transport(pb_grpc.CoordinatorServicer):
 
     async def _write(self, context: grpc.aio.ServicerContext, frame: pb.ServerFrame) -> int:
         size = frame.ByteSize()
-        self._metrics.message_bytes(Direction.DOWN, frame_message_type(frame), size)
+        # The operator metrics have no message type for a Queued frame (a few bytes of flow
+        # control): it is counted in the client's download, not in the metrics.
+        if frame.WhichOneof("body") != "queued":
+            self._metrics.message_bytes(Direction.DOWN, frame_message_type(frame), size)
         await context.write(frame)
         return size
 
@@ -259,15 +266,29 @@ class Transport(pb_grpc.CoordinatorServicer):
             outgoing = await conn.outbox.get()
             if outgoing is None:
                 return
+            frame, written = outgoing
             # The size is added once the write is done, never as ``down += await ...``: that
             # reads ``down`` before the await, and a large frame still being written when the
             # next round resets the counts (reset_bytes) would restore the old total.
-            if callable(outgoing):
+            if callable(frame):
                 async with self._large_writes:
-                    size = await self._write(context, outgoing())
+                    try:
+                        size = await asyncio.wait_for(
+                            self._write(context, frame()), self.settings.stage_timeout
+                        )
+                    except TimeoutError:
+                        log.warning(
+                            "client %d took no frame for %g s (stage_timeout): its stream is "
+                            "closed",
+                            conn.client_id,
+                            self.settings.stage_timeout,
+                        )
+                        return
             else:
-                size = await self._write(context, outgoing)
+                size = await self._write(context, frame)
             conn.down += size
+            if written is not None:
+                written()
             if reader.done():
                 return
 
@@ -288,6 +309,9 @@ class Transport(pb_grpc.CoordinatorServicer):
                 conn.up += self._count_up(frame)
                 if not conn.superseded:
                     self.listener.on_frame(conn, frame)
+                # Not kept while waiting for the next one: a client's last frame is often its
+                # model-sized upload, and every connection would hold one (O(clients x dim)).
+                del frame
         finally:
             conn.close()  # wake the writer: the stream is over
 

@@ -35,20 +35,22 @@ class ClientAbort(_message.Message):
     def __init__(self, round_id: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("challenge", "welcome", "task", "protocol", "round_end", "reject")
+    __slots__ = ("challenge", "welcome", "task", "protocol", "round_end", "reject", "queued")
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     ROUND_END_FIELD_NUMBER: _ClassVar[int]
     REJECT_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
     challenge: Challenge
     welcome: Welcome
     task: Task
     protocol: bytes
     round_end: RoundEnd
     reject: Reject
-    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., protocol: _Optional[bytes] = ..., round_end: _Optional[_Union[RoundEnd, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ...) -> None: ...
+    queued: Queued
+    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., protocol: _Optional[bytes] = ..., round_end: _Optional[_Union[RoundEnd, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ...) -> None: ...
 
 class Challenge(_message.Message):
     __slots__ = ("nonce",)
@@ -75,6 +77,16 @@ class Task(_message.Message):
     model: bytes
     step: int
     def __init__(self, round_id: _Optional[int] = ..., round_config: _Optional[bytes] = ..., model: _Optional[bytes] = ..., step: _Optional[int] = ...) -> None: ...
+
+class Queued(_message.Message):
+    __slots__ = ("round_id", "position", "window")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    position: int
+    window: int
+    def __init__(self, round_id: _Optional[int] = ..., position: _Optional[int] = ..., window: _Optional[int] = ...) -> None: ...
 
 class RoundEnd(_message.Message):
     __slots__ = ("round_id", "completed", "included", "reason")
