@@ -50,7 +50,6 @@ CLIENT_PING_SECONDS = 10.0
 MIN_CLIENT_PING_SECONDS = CLIENT_PING_SECONDS / 2
 SERVER_PING_SECONDS = 2.0
 SERVER_PING_TIMEOUT_SECONDS = 3.0
-_READ_CHUNK = 16 * 1024
 
 
 def message_size_limit(dim: int, max_clients: int, ring_bits: int) -> int:
@@ -132,10 +131,6 @@ def server_options(limit: int) -> list[tuple[str, int]]:
         # timeout alone (its default is a minute).
         ("grpc.http2.ping_timeout_ms", int(SERVER_PING_TIMEOUT_SECONDS * 1000)),
         ("grpc.http2.max_pings_without_data", 0),
-        # Read at most this much at a time from a connection: gRPC keeps the unused rest of
-        # its last read buffer per connection, and after a model-sized upload that rest would
-        # otherwise stay as large as the upload on every connection (memory O(clients x dim)).
-        ("grpc.experimental.tcp_max_read_chunk_size", _READ_CHUNK),
     ]
 
 
