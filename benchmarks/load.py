@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -136,6 +137,9 @@ def run(
             )
         )
     out, _ = coordinator.communicate(timeout=4 * 3600)
+    # The coordinator is the only child reaped so far: these are its CPU seconds.
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    coordinator_cpu = usage.ru_utime + usage.ru_stime
     for w in workers:
         try:
             w.wait(timeout=120)
@@ -147,6 +151,7 @@ def run(
         raise RuntimeError(log[-3000:])
     result = rounds[-1]
     result["memory_mib"] = _memory(log)
+    result["coordinator_cpu_seconds"] = coordinator_cpu
     result["wall_seconds_including_startup"] = time.perf_counter() - started
     result.update(
         clients=clients,
@@ -211,12 +216,14 @@ def _row(r: dict[str, Any]) -> str:
 def _details(r: dict[str, Any]) -> list[str]:
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in r["stage_seconds"].items())
     memory = ", ".join(f"{s} {after:,} / {peak:,}" for s, after, peak in r["memory_mib"])
+    seconds = r.get("coordinator_cpu_seconds")
+    cpu = "" if seconds is None else f" The coordinator used {seconds:.0f} CPU seconds."
     return [
         f"**{r['clients']:,} clients x {r['dim']:,} values, window {r['upload_window']}, "
         f"{r['dropout']:.0%} dropping.** Command: `{r['command']}` (load average "
         f"{r['load_average']:.1f} at the end).",
         "",
-        f"- Stages: {stages}.",
+        f"- Stages: {stages}.{cpu}",
         f"- Coordinator resident memory after / peak within each stage (MiB): {memory}.",
         f"- {r['scheduled_drops']} clients were scheduled to vanish (at random stages); "
         f"{len(r['dropped'])} were dropped, {r['included']:,} inputs are in the sum, whose "

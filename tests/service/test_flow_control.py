@@ -154,6 +154,55 @@ def test_a_window_as_large_as_the_cohort_queues_nobody(local: Local) -> None:
         assert not any("queued" in event for event in client.stats.events)
 
 
+def test_under_ckks_the_task_is_what_the_window_paces_and_the_mean_is_exact(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("tenseal")
+    from secagg.service.ckks_deployment import CkksSettings, provision_ckks_keys
+
+    clients = 4
+    root = tmp_path / "deploy"
+    deployment = create_deployment(root, clients)
+    settings = CkksSettings(dim=DIM, max_clients=clients, max_weight=3)
+    provision_ckks_keys(root, deployment.identities, settings.params)
+    path = DeploymentConfig.write(root, deployment, settings, stage_timeout=10.0)
+    config = DeploymentConfig.load(path).with_overrides(upload_window=1)
+
+    async def scenario() -> tuple[RoundSummary, list[SecAggClient]]:
+        with Ledger(config.ledger) as ledger:
+            coordinator = make_coordinator(config, ledger=ledger)
+            port = await coordinator.start()
+            members = [
+                SecAggClient(
+                    dataclasses.replace(
+                        client_settings(config, deployment.identities[c]),
+                        target=f"127.0.0.1:{port}",
+                    ),
+                    random_task(c, DIM, TASK_SEED),
+                    rounds=1,
+                )
+                for c in range(clients)
+            ]
+            runs = [asyncio.create_task(member.run()) for member in members]
+            try:
+                assert await coordinator.wait_for_clients(clients, 30)
+                summary = await coordinator.run_round(np.zeros(DIM, dtype=np.float32))
+                await asyncio.wait_for(asyncio.gather(*runs), 30)
+            finally:
+                for run in runs:
+                    run.cancel()
+                await coordinator.stop()
+        return summary, members
+
+    summary, members = asyncio.run(scenario())
+    assert summary.outcome == "completed", summary.abort_reason
+    assert summary.included == tuple(range(clients))
+    assert summary.aggregate is not None and summary.error_bound is not None
+    exact = expected_mean(summary.included)
+    assert np.max(np.abs(summary.aggregate - exact)) <= summary.error_bound
+    assert all(member.stats.included == 1 for member in members)
+
+
 # ------------------------------------------------------------- a coordinator that only queues
 class _OnlyQueues:
     """A round driver that sends one client its Task, takes its commitment and then says

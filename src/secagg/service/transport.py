@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
 import socket
@@ -137,6 +139,7 @@ class Transport(pb_grpc.CoordinatorServicer):
         """Listen; ``ConfigurationError`` (one line saying why) if the address cannot be had."""
         if _QUIET not in _GRPC_LOG.filters:
             _GRPC_LOG.addFilter(_QUIET)
+        _map_large_allocations()
         server = grpc.aio.server(options=server_options(self.settings.max_message_bytes))
         pb_grpc.add_CoordinatorServicer_to_server(self, server)  # type: ignore[no-untyped-call]
         host, port = self.settings.host, self.settings.port
@@ -357,6 +360,32 @@ async def _settle_rpc_tasks() -> None:
     ]
     if rpc_tasks:
         await asyncio.wait(rpc_tasks, timeout=_SETTLE_SECONDS)
+
+
+# glibc's mallopt parameter for the size from which an allocation gets pages of its own.
+_M_MMAP_THRESHOLD = -3
+_LARGE_ALLOCATION = 128 * 1024
+
+
+def _map_large_allocations() -> None:
+    """Give every allocation of 128 KiB or more pages of its own, returned when it is freed.
+
+    A coordinator allocates model-sized buffers all round long (each frame built, serialised,
+    received, unpacked), a few at a time, among many small long-lived objects. glibc raises
+    its threshold for mapping a buffer to the size of the last one freed, so from the first
+    frame on they come from the heap, where they stay after they are freed, stranded between
+    small objects: measured, that left the coordinator about 25 KiB per client above what it
+    holds (a quarter of a GiB at 10,000 clients). A fixed threshold keeps them mapped. Where
+    the C library is not glibc this does nothing.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _LARGE_ALLOCATION)
 
 
 def address(host: str, port: int) -> str:
