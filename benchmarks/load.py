@@ -136,7 +136,13 @@ def run(
                 stderr=open(workdir / f"clients-{p}.log", "wb"),  # noqa: SIM115
             )
         )
-    out, _ = coordinator.communicate(timeout=4 * 3600)
+    try:
+        _wait_watching_memory(coordinator)
+    except MemoryError:
+        for process in (coordinator, *workers):
+            process.kill()
+        raise
+    out, _ = coordinator.communicate(timeout=60)
     # The coordinator is the only child reaped so far: these are its CPU seconds.
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     coordinator_cpu = usage.ru_utime + usage.ru_stime
@@ -171,6 +177,32 @@ def run(
     return result
 
 
+# The machine is shared: stop the run rather than let the kernel's OOM killer pick a victim.
+MIN_AVAILABLE_MIB = 1536
+
+
+def _available_mib() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) >> 10
+    return 1 << 30
+
+
+def _wait_watching_memory(coordinator: subprocess.Popen[str]) -> None:
+    """Until the coordinator exits; ``MemoryError`` if the machine runs short of memory."""
+    while True:
+        try:
+            coordinator.wait(timeout=2)
+            return
+        except subprocess.TimeoutExpired:
+            available = _available_mib()
+            if available < MIN_AVAILABLE_MIB:
+                raise MemoryError(
+                    f"stopped: {available} MiB left on the machine (below {MIN_AVAILABLE_MIB})"
+                ) from None
+
+
 def _memory(log: str) -> list[list[Any]]:
     """[stage, resident MiB after it, peak MiB within it], from the coordinator's log."""
     rows: list[list[Any]] = []
@@ -195,7 +227,8 @@ def _check_aggregate(config: DeploymentConfig, round_id: int, dim: int) -> dict[
     weights = 0
     for c in record.included:
         w = random_weight(c)
-        total += w * random_update(c, dim, 0, 0).astype(np.float64)
+        # The clients send their update as float16 (load_clients.py).
+        total += w * random_update(c, dim, 0, 0).astype(np.float16).astype(np.float64)
         weights += w
     exact = total / weights
     error = float(np.max(np.abs(aggregate - exact)))

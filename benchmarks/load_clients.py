@@ -15,11 +15,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+from numpy.typing import NDArray
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from secagg.schemes.base import SchemeKind  # noqa: E402
-from secagg.service.client import ClientSettings, SecAggClient  # noqa: E402
+from secagg.service.client import ClientSettings, SecAggClient, UpdateFn  # noqa: E402
 from secagg.service.config import DeploymentConfig  # noqa: E402
 from secagg.service.credentials import ClientIdentity, load_ca  # noqa: E402
 from secagg.service.run import client_policy  # noqa: E402
@@ -36,6 +39,18 @@ def _dropper(stage: str) -> Callable[[int, str], None]:
             raise Vanished(f"client vanishes at {stage}")
 
     return on_stage
+
+
+def _half_precision(update: UpdateFn) -> UpdateFn:
+    """The synthetic update as float16: thousands of clients in one process each hold theirs
+    from training until their turn to mask it (load.py checks the aggregate against the same
+    float16 values)."""
+
+    def half(model: NDArray[np.float32], step: int) -> tuple[NDArray[np.floating], int]:
+        values, weight = update(model, step)
+        return np.asarray(values, dtype=np.float16), weight
+
+    return half
 
 
 async def main() -> None:
@@ -70,7 +85,7 @@ async def main() -> None:
         )
         stage = drops.get(str(i))
         on_stage = None if stage is None else _dropper(stage)
-        update = random_task(i, config.params.dim, 0)
+        update = _half_precision(random_task(i, config.params.dim, 0))
         clients.append(SecAggClient(settings, update, rounds=1, on_stage=on_stage))
 
     async def later(k: int, client: SecAggClient) -> None:
