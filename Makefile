@@ -19,7 +19,7 @@ FLOWER_MYPY := $(VENV)/bin/mypy --cache-dir .mypy_cache/flower \
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/$(INSTALL) -e '.[fl,bench,dev,dp,he,metrics,torch]'
+	$(VENV)/bin/$(INSTALL) -e '.[fl,bench,dev,dp,he,metrics,torch,ray]'
 	touch $(STAMP)
 
 $(FLOWER_STAMP): pyproject.toml constraints.txt

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from secagg.backends import Backend
 from secagg.cli_report import (
     export_aggregate,
     format_rounds_table,
@@ -52,6 +53,7 @@ from secagg.errors import (
     SecAggError,
     UsageError,
 )
+from secagg.grouping import GroupedReport, simulate_grouped
 from secagg.params import Params, Protocol, ServerModel
 from secagg.schemes.base import Scheme
 from secagg.service.config import CONFIG_FILE, DeploymentConfig
@@ -331,8 +333,23 @@ def simulate(
     dp_mechanism: DpMechanism = None,
     dp_rounds: DpRounds = None,
     dp_sampling_rate: DpSamplingRate = None,
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            help="Where the clients and the unmasking run: process (this machine) or ray "
+            "(the Ray cluster at RAY_ADDRESS, else a local one; needs secagg[ray])."
+        ),
+    ] = Backend.PROCESS,
+    groups: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Split the cohort into this many random groups, each its own secure round; "
+            "only the groups' sums are combined.",
+        ),
+    ] = 1,
 ) -> None:
-    """Run one secure-aggregation round in process and report what it cost.
+    """Run one secure-aggregation round in simulation and report what it cost.
 
     With --dp-epsilon or --dp-noise-multiplier every client adds discrete noise before
     masking (distributed DP; the mean is unweighted, each update clipped to L2 norm
@@ -413,9 +430,28 @@ def simulate(
                 n, dropout, root_randomness(seed, "dropout"), stages=stages
             )
         schedule.check_ids(n)
-        result = simulate_round(chosen, n, source, weights=weight_vector, drops=schedule, seed=seed)
+        if groups > 1:
+            grouped = simulate_grouped(
+                params
+                if scheme is SchemeChoice.masking
+                else _scheme_factory(scheme, d, clip, value_bits, max_weight),
+                n,
+                source,
+                groups=groups,
+                weights=weight_vector,
+                drops=schedule,
+                seed=seed,
+                backend=backend,
+            )
+        else:
+            result = simulate_round(
+                chosen, n, source, weights=weight_vector, drops=schedule, seed=seed, backend=backend
+            )
     except (ConfigurationError, InputError) as exc:
         _fail(name_knobs(str(exc), _DP_OPTIONS) if _dp_requested(*dp_flags) else str(exc))
+    if groups > 1:
+        _finish_grouped(grouped.report, grouped.aggregate, save_aggregate, json_output)
+        return
     report = result.report
     plan = params.dp_plan
     beyond, is_bug = error_verdict(report, plan)
@@ -439,6 +475,69 @@ def simulate(
             # result to pass on.
             _fail(beyond, FAILED_EXIT)
         _say(f"note: {beyond}", stderr=True)
+
+
+def _scheme_factory(
+    scheme: SchemeChoice, dim: int, clip: float, value_bits: int, max_weight: int
+) -> Callable[[int], Scheme]:
+    """The scheme for one group of a grouped round (its own keys, sized for the group)."""
+
+    def build(size: int) -> Scheme:
+        options = CompareOptions(clients=size, dim=dim, clip=clip, value_bits=value_bits)
+        return build_scheme(scheme.value, size, dim, max_weight, options)
+
+    return build
+
+
+def _finish_grouped(
+    report: GroupedReport,
+    aggregate: np.ndarray | None,
+    save_aggregate: Path | None,
+    json_output: bool,
+) -> None:
+    """A grouped round's output and exit: as a single round's, per group."""
+    if save_aggregate is not None and aggregate is not None:
+        try:
+            write_array(save_aggregate, aggregate.astype(np.float32))
+        except ConfigurationError as exc:
+            _fail(str(exc), FAILED_EXIT)
+    if json_output:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+    else:
+        _print_grouped(report)
+    if report.outcome == "aborted":
+        raise typer.Exit(FAILED_EXIT)
+    if report.max_abs_error is not None and not report.max_abs_error <= report.error_bound:
+        _fail(
+            f"the aggregate is off by {report.max_abs_error:.3g}, beyond the bound "
+            f"{report.error_bound:.3g}",
+            FAILED_EXIT,
+        )
+
+
+def _print_grouped(report: GroupedReport) -> None:
+    console = Console()
+    title = f"{len(report.groups)} groups of {report.clients} clients: {report.outcome}"
+    table = Table(title=Text(title), title_justify="left")
+    for column in ("group", "clients", "outcome", "inputs in sum", "seconds", "upload/client"):
+        table.add_column(column)
+    for g in report.groups:
+        table.add_row(
+            str(g.index),
+            str(len(g.members)),
+            g.round.outcome if g.completed else f"aborted: {g.round.abort_reason}",
+            str(len(g.included)),
+            f"{g.round.seconds:.2f}",
+            f"{g.round.upload_bytes_per_client:,.0f} B",
+        )
+    console.print(table)
+    _say(f"the top level learns {report.top_level_learns}")
+    _say(
+        f"time: {report.seconds:.2f} s one group after another, "
+        f"{report.parallel_seconds:.2f} s with one aggregator per group"
+    )
+    if report.max_abs_error is not None:
+        _say(f"max abs error {report.max_abs_error:.3g} (bound {report.error_bound:.3g})")
 
 
 def error_verdict(report: RoundReport, plan: DpPlan | None) -> tuple[str | None, bool]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,6 +296,24 @@ class _Meter:
         return data
 
 
+class _Deliveries(Mapping[int, bytes]):
+    """A stage's deliveries, each encoded (and metered) when the cohort reads it: a stage
+    that broadcasts O(n) bytes to each of n clients never holds all of them at once."""
+
+    def __init__(self, outgoing: Mapping[int, Message], meter: _Meter) -> None:
+        self._outgoing = outgoing
+        self._meter = meter
+
+    def __getitem__(self, client_id: int) -> bytes:
+        return self._meter.delivered(client_id, self._outgoing[client_id])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._outgoing)
+
+    def __len__(self) -> int:
+        return len(self._outgoing)
+
+
 class _TimedServer:
     """The scheme's server, with the time spent inside it counted (the server's cost)."""
 
@@ -441,11 +459,9 @@ def _run(
     client_aborts: dict[int, str] = {}
     with open_cohort(backend, group_of, tuple(range(n)), workers) as cohort:
         for stage, outgoing in run.stages():
-            deliveries = {
-                i: meter.delivered(i, m)
-                for i, m in outgoing.items()
-                if drops.stage_of(i) != stage.value
-            }
+            deliveries = _Deliveries(
+                {i: m for i, m in outgoing.items() if drops.stage_of(i) != stage.value}, meter
+            )
             for i, data, aborted in cohort.answer(deliveries):
                 if aborted is not None:
                     client_aborts[i] = aborted

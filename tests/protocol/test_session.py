@@ -271,3 +271,15 @@ def test_a_commitment_for_another_attempt_drops_its_sender() -> None:
     commitment = h.clients[1].start()
     h.server.receive(1, dataclasses.replace(commitment, attempt=2).encode())
     assert h.server.drops[1].reason is DropReason.MALFORMED
+
+
+def test_the_fast_commitment_list_is_exactly_the_one_commitment_at_a_time() -> None:
+    """Every client hashes the whole cohort's contributions: the batched path must be the
+    defined commitment, byte for byte, for ordinary and odd entries alike."""
+    h = Harness(6, threshold=3, agree=False)
+    config_id = h.config.config_id
+    entries = [(c, bytes([c % 256]) * 32) for c in (0, 1, 7, 2**32 - 1)] + [(5, b"short")]
+    for attempt in (1, 3):
+        assert derive.contribution_commitments(config_id, attempt, entries) == [
+            (c, derive.contribution_commitment(config_id, attempt, c, r)) for c, r in entries
+        ]

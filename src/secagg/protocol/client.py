@@ -398,14 +398,8 @@ class Client:
         if (self.client_id, state.contribution) not in message.entries:
             self._abort(AbortReason.BAD_CONTRIBUTIONS, "this client's contribution is missing")
         config_id = self.config.config_id
-        recomputed = derive.commitment_digest(
-            config_id,
-            state.attempt,
-            [
-                (c, derive.contribution_commitment(config_id, state.attempt, c, r))
-                for c, r in message.entries
-            ],
-        )
+        commitments = derive.contribution_commitments(config_id, state.attempt, message.entries)
+        recomputed = derive.commitment_digest(config_id, state.attempt, commitments)
         # Every committed contribution, and nothing else: the server fixed this set before it
         # saw any contribution, so it could not have chosen one to steer the session.
         if len(message.entries) != state.count or recomputed != state.digest:
@@ -413,7 +407,7 @@ class Client:
                 AbortReason.BAD_CONTRIBUTIONS,
                 "the contributions are not the ones the server committed to",
             )
-        session = derive.Session.agree(self.config, state.attempt, message.entries)
+        session = derive.Session.agree(self.config, state.attempt, message.entries, commitments)
         self._session = session
         self._neighbours = frozenset(session.neighbours(self.client_id))
         self._state = Agreed()

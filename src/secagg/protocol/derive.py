@@ -26,12 +26,13 @@ from secagg.hazmat.keys import derive_key, encode_fields
 from secagg.hazmat.prg import MASK_KEY_BYTES
 from secagg.hazmat.shamir import SHARE_VALUE_BYTES
 from secagg.protocol.graph import neighbours_of
-from secagg.protocol.messages import SHARE_PLAINTEXT_BYTES, RoundConfig
+from secagg.protocol.messages import CONTRIBUTION_BYTES, SHARE_PLAINTEXT_BYTES, RoundConfig
 
 __all__ = [
     "Session",
     "commitment_digest",
     "contribution_commitment",
+    "contribution_commitments",
     "pair_mask_key",
     "self_mask_commitment",
     "self_mask_key",
@@ -119,6 +120,26 @@ def contribution_commitment(
     ).digest()
 
 
+def contribution_commitments(
+    config_id: bytes, attempt: int, contributions: Sequence[tuple[int, bytes]]
+) -> list[tuple[int, bytes]]:
+    """``(client, contribution_commitment(...))`` for every contribution, with the fields
+    they share encoded once: each client checks every commitment of the cohort, so this is
+    O(n) per client and must cost microseconds, not an encode_fields call, per entry."""
+    prefix = encode_fields("secagg/v1/contribution", config_id, attempt)
+    int_head = encode_fields(0)[:-8]  # tag and length of an int field
+    head = encode_fields(bytes(CONTRIBUTION_BYTES))[:-CONTRIBUTION_BYTES]  # of a contribution
+    sha256 = hashlib.sha256
+    out: list[tuple[int, bytes]] = []
+    for c, r in contributions:
+        if len(r) != CONTRIBUTION_BYTES or not 0 <= c < 2**64:
+            out.append((c, contribution_commitment(config_id, attempt, c, r)))  # general way
+            continue
+        encoded = b"".join((prefix, int_head, c.to_bytes(8, "big"), head, r))
+        out.append((c, sha256(encoded).digest()))
+    return out
+
+
 def commitment_digest(
     config_id: bytes, attempt: int, commitments: Sequence[tuple[int, bytes]]
 ) -> bytes:
@@ -142,25 +163,37 @@ class Session:
 
     config: RoundConfig
     attempt: int
-    participants: frozenset[int]
+    # Cohort members without a contribution (those that dropped before the session was
+    # agreed): a few, where the cohort is thousands. Every client keeps its session, so a
+    # set of the participants themselves would cost each client O(n) memory.
+    absent: frozenset[int]
     session_id: bytes = field(repr=False)
     graph_seed: bytes = field(repr=False)
 
+    @property
+    def participants(self) -> frozenset[int]:
+        return self.config.cohort - self.absent
+
     @classmethod
     def agree(
-        cls, config: RoundConfig, attempt: int, contributions: Sequence[tuple[int, bytes]]
+        cls,
+        config: RoundConfig,
+        attempt: int,
+        contributions: Sequence[tuple[int, bytes]],
+        commitments: Sequence[tuple[int, bytes]] | None = None,
     ) -> Session:
-        """From every revealed contribution, sorted by client id (checked by the caller)."""
-        commitments = [
-            (c, contribution_commitment(config.config_id, attempt, c, r)) for c, r in contributions
-        ]
+        """From every revealed contribution, sorted by client id (checked by the caller);
+        ``commitments``, if the caller has computed them already."""
+        if commitments is None:
+            commitments = contribution_commitments(config.config_id, attempt, contributions)
         digest = commitment_digest(config.config_id, attempt, commitments)
         revealed = b"".join(c.to_bytes(4, "big") + r for c, r in contributions)
         session_id = hashlib.sha256(
             encode_fields("secagg/v1/session", config.config_id, attempt, digest, revealed)
         ).digest()
         graph_seed = hashlib.sha256(encode_fields("secagg/v1/graph", session_id)).digest()
-        return cls(config, attempt, frozenset(c for c, _ in contributions), session_id, graph_seed)
+        absent = config.cohort.difference(c for c, _ in contributions)
+        return cls(config, attempt, absent, session_id, graph_seed)
 
     def neighbours(self, client_id: int) -> tuple[int, ...]:
         """The ids a client pairs with: everyone else (SecAgg) or its Harary-graph neighbours.

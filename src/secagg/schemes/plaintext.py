@@ -100,6 +100,7 @@ class PlaintextClient:
         if self._input is None:
             raise UsageError("set_input must be called before the upload")
         values, weight = self._input
+        self._input = None  # sent: a process running thousands of clients must not keep it
         self._sent = True
         return PlainUpdate(self.config.config_id, self.client_id, weight, values.tobytes())
 
