@@ -10,7 +10,7 @@ import pytest
 from secagg.errors import ConfigurationError
 from secagg.fl.data import Dataset
 from secagg.fl.model import ModelSpec, model_hash
-from secagg.hazmat.keys import encode_fields
+from secagg.hazmat.kdf import encode_fields
 
 
 def batch(spec: ModelSpec, n: int, seed: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:

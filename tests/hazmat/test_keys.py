@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 
 from secagg.errors import AuthenticationError, CryptoError, DecodeError
-from secagg.hazmat import kdf, keys
 from secagg.hazmat.keys import (
     Ed25519SigningKey,
     X25519KeyPair,
@@ -28,16 +27,6 @@ SMALL_ORDER_POINTS = [
 
 def rng() -> DeterministicRandomness:
     return DeterministicRandomness(b"keys test randomness")
-
-
-# --- Key derivation, now in kdf ----------------------------------------------------
-
-
-def test_key_derivation_is_still_importable_from_keys_during_the_transition() -> None:
-    # Transitional: remove with the re-export in keys.py once every import says kdf.
-    assert keys.hkdf is kdf.hkdf
-    assert keys.encode_fields is kdf.encode_fields
-    assert keys.derive_key is kdf.derive_key
 
 
 # --- X25519 --------------------------------------------------------------------------

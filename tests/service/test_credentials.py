@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secagg.errors import AuthenticationError, ConfigurationError, UsageError
-from secagg.hazmat.keys import Ed25519SigningKey, encode_fields
+from secagg.hazmat.kdf import encode_fields
+from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.protocol.messages import MAX_ID
 from secagg.service.credentials import (

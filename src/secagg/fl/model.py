@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError
 from secagg.fl.data import Dataset
-from secagg.hazmat.keys import encode_fields
+from secagg.hazmat.kdf import encode_fields
 
 __all__ = ["ModelSpec", "model_hash"]
 
@@ -188,7 +188,7 @@ class ModelSpec:
 def model_hash(params: NDArray[np.floating[Any]]) -> bytes:
     """SHA-256 of a canonical encoding of ``params``: binds a round to the model it trains.
 
-    The encoding is ``encode_fields`` (injective; see ``secagg.hazmat.keys``) of the label
+    The encoding is ``encode_fields`` (injective; see ``secagg.hazmat.kdf``) of the label
     ``secagg/v1/model``, the little-endian dtype string, the number of dimensions, each
     dimension, and the values as little-endian bytes in C order. The result is the 32-byte
     ``task_hash`` a ``RoundConfig`` takes. The same values hash the same whatever the array's

@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError, DecodeError
-from secagg.hazmat.keys import encode_fields
+from secagg.hazmat.kdf import encode_fields
 from secagg.protocol import messages as pm
 from secagg.protocol.stages import Stage
 

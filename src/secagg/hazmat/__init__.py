@@ -6,10 +6,12 @@ Nothing is re-exported here, so that importing one primitive stays cheap; import
   forkable AES-CTR DRBG for reproducible runs.
 - :mod:`~secagg.hazmat.ring` -- Z_{2^b} vector arithmetic in place, and bit packing at b bits
   per value.
-- :mod:`~secagg.hazmat.prg` -- mask expansion: a 16-byte key to a seekable AES-128-CTR
-  keystream, added into a vector chunk by chunk.
-- :mod:`~secagg.hazmat.keys` -- HKDF-SHA256 with domain separation and an injective field
-  encoding; X25519 key agreement; Ed25519 signatures.
+- :mod:`~secagg.hazmat.keystream` -- a seekable AES-CTR keystream, produced chunk by chunk.
+- :mod:`~secagg.hazmat.prg` -- mask expansion: a 16-byte key to its keystream, added into a
+  vector chunk by chunk.
+- :mod:`~secagg.hazmat.kdf` -- HKDF-SHA256 with domain separation and an injective field
+  encoding.
+- :mod:`~secagg.hazmat.keys` -- X25519 key agreement and Ed25519 signatures.
 - :mod:`~secagg.hazmat.aead` -- AES-256-GCM sealing with associated data.
 - :mod:`~secagg.hazmat.shamir` -- Shamir sharing of 32-byte secrets over GF(2^256 + 297).
 - :mod:`~secagg.hazmat.quantize` -- clip, scale, stochastically round and weight real vectors

@@ -15,12 +15,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from secagg.errors import AuthenticationError, CryptoError, DecodeError
 
-# Transitional re-export: these moved to secagg.hazmat.kdf, and other modules still import
-# them from here. Remove these three names once every import says secagg.hazmat.kdf.
-from secagg.hazmat.kdf import derive_key as derive_key
-from secagg.hazmat.kdf import encode_fields as encode_fields
-from secagg.hazmat.kdf import hkdf as hkdf
-
 if TYPE_CHECKING:
     from secagg.hazmat.randomness import Randomness
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from secagg.errors import DecodeError
-from secagg.hazmat.keys import derive_key, encode_fields
+from secagg.hazmat.kdf import derive_key, encode_fields
 from secagg.hazmat.prg import MASK_KEY_BYTES
 from secagg.hazmat.shamir import SHARE_VALUE_BYTES
 from secagg.protocol.graph import neighbours_of

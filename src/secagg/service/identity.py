@@ -37,12 +37,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from secagg.errors import AuthenticationError, ConfigurationError, UsageError
-from secagg.hazmat.keys import (
-    ED25519_PUBLIC_BYTES,
-    Ed25519SigningKey,
-    ed25519_verify,
-    encode_fields,
-)
+from secagg.hazmat.kdf import encode_fields
+from secagg.hazmat.keys import ED25519_PUBLIC_BYTES, Ed25519SigningKey, ed25519_verify
 from secagg.hazmat.randomness import SystemRandomness
 from secagg.protocol.messages import MAX_ID
 from secagg.service.files import create_file, read_file, replace_file

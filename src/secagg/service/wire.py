@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError, DecodeError
 from secagg.hazmat.ckks import CkksParameters
-from secagg.hazmat.keys import encode_fields
+from secagg.hazmat.kdf import encode_fields
 from secagg.hazmat.ring import Ring
 from secagg.protocol.messages import CIPHERTEXT_BYTES, KEY_BYTES
 
