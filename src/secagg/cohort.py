@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,7 +29,12 @@ from secagg.parallel import usable_cores
 from secagg.protocol.messages import Message, decode
 from secagg.protocol.runner import RoundClient
 
-__all__ = ["Cohort", "Reply", "Tally"]
+__all__ = ["DELIVERY_CHUNK_BYTES", "Cohort", "Reply", "Tally"]
+
+# The most delivery bytes a worker is sent at once. A stage may broadcast O(n) bytes to each
+# of n clients (the contribution list: 36 bytes per participant, so 720 KB to each of 20,000
+# clients, 14 GB in all); deliveries are encoded only when their chunk is sent.
+DELIVERY_CHUNK_BYTES: Final = 32 << 20
 
 InputSource = Callable[[int], NDArray[np.floating]]
 Reply = tuple[int, bytes | None, str | None]  # (client, reply bytes, abort reason)
@@ -72,7 +78,7 @@ class ClientGroup:
         self._reference = reference
         self._tally = Tally(np.zeros(dim, dtype=np.float64))
 
-    def answer(self, deliveries: Sequence[tuple[int, bytes]]) -> Iterator[Reply]:
+    def answer(self, deliveries: Iterable[tuple[int, bytes]]) -> Iterator[Reply]:
         """Each reply as soon as it is computed: a stage never holds every masked input."""
         for i, data in deliveries:
             try:
@@ -148,22 +154,44 @@ class Cohort:
         self.close()
 
     def answer(self, deliveries: Mapping[int, bytes]) -> Iterator[Reply]:
-        """Every addressed client's reply to this stage, as they come (any order)."""
+        """Every addressed client's reply to this stage, as they come (any order).
+
+        A delivery is read from the mapping only when it is sent, and a worker is sent its
+        clients' deliveries a chunk of at most ``DELIVERY_CHUNK_BYTES`` at a time (the next
+        when it has answered the last), so a mapping that encodes on access never has a whole
+        stage's broadcast in memory.
+        """
         if self._local is not None:
-            yield from self._local.answer(sorted(deliveries.items()))
+            yield from self._local.answer((i, deliveries[i]) for i in sorted(deliveries))
             return
-        batches: list[list[tuple[int, bytes]]] = [[] for _ in self._workers]
-        for i, data in sorted(deliveries.items()):
-            batches[self._owner[i]].append((i, data))
-        for (_, conn), batch in zip(self._workers, batches, strict=True):
-            conn.send(("answer", batch))
-        busy = [conn for _, conn in self._workers]
+        pending: list[deque[int]] = [deque() for _ in self._workers]
+        for i in sorted(deliveries):
+            pending[self._owner[i]].append(i)
+        busy: dict[Connection, int] = {}
+
+        def send_chunk(w: int) -> None:
+            chunk: list[tuple[int, bytes]] = []
+            size = 0
+            while pending[w] and size < DELIVERY_CHUNK_BYTES:
+                i = pending[w].popleft()
+                data = deliveries[i]
+                chunk.append((i, data))
+                size += len(data)
+            if chunk:
+                # One chunk per worker at a time: a second send could block on a full pipe
+                # while the worker blocks sending replies that nobody reads.
+                conn = self._workers[w][1]
+                conn.send(("answer", chunk))
+                busy[conn] = w
+
+        for w in range(len(self._workers)):
+            send_chunk(w)
         while busy:
-            for ready in wait(busy):
+            for ready in wait(list(busy)):
                 assert isinstance(ready, Connection)
                 reply: Reply | None = _receive(ready)
-                if reply is None:
-                    busy.remove(ready)
+                if reply is None:  # this chunk is answered
+                    send_chunk(busy.pop(ready))
                 else:
                     yield reply
 

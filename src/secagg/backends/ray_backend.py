@@ -76,7 +76,7 @@ import ray
 import ray.exceptions
 from numpy.typing import NDArray
 
-from secagg.cohort import ClientGroup, Reply, Tally
+from secagg.cohort import DELIVERY_CHUNK_BYTES, ClientGroup, Reply, Tally
 from secagg.errors import ConfigurationError, SecAggError, UsageError
 from secagg.hazmat import prg
 from secagg.hazmat.keys import Ed25519SigningKey
@@ -92,9 +92,9 @@ __all__ = [
     "connect",
 ]
 
-# Deliveries sent to an actor per call: large enough that a stage of small messages is one or
-# two calls, small enough that the object store never holds a stage's broadcast whole.
-DELIVERY_CHUNK_BYTES: Final = 32 << 20
+# Deliveries are sent to an actor per call in chunks of at most DELIVERY_CHUNK_BYTES (the
+# process backend's): large enough that a stage of small messages is one or two calls, small
+# enough that the object store never holds a stage's broadcast whole.
 # Delivery chunks queued per actor: one being answered, one already shipped.
 _CALLS_IN_FLIGHT: Final = 2
 # Replies per object: a masked input of 100,000 values is ~390 KiB, so ~20 of them a chunk.
