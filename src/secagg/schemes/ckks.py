@@ -281,23 +281,22 @@ class CkksServer(UploadServer):
             config.params, len(config.client_ids), config.clip, config.max_weight
         )
 
-    def _take(self, sender: int, message: Message) -> bool:
+    def _take(self, sender: int, message: Message) -> Message | None:
         if isinstance(message, CkksUpload):
             assert self._sum is not None
             try:
                 self._sum.add(message.update)
             except DecodeError as exc:
                 self.drop(sender, DropReason.MALFORMED, str(exc))
-                return False
+                return None
             # The ciphertext is in the sum; keep only that it arrived.
-            self._received[sender] = CkksUpload(message.config_id, sender, b"")
-            return False
+            return CkksUpload(message.config_id, sender, b"")
         assert isinstance(message, CkksResult)
         mean = np.frombuffer(message.mean, dtype="<f8") if len(message.mean) % 8 == 0 else None
         if mean is None or mean.shape != (self.config.dim,) or not np.all(np.isfinite(mean)):
             self.drop(sender, DropReason.BAD_DECRYPTION, "not dim finite values")
-            return False
-        return True
+            return None
+        return message
 
     def _close(self, live: set[int]) -> dict[int, Message]:
         if self._stage is Stage.UPLOAD:

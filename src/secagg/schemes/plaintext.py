@@ -116,18 +116,19 @@ class PlaintextServer(UploadServer):
         self._weight = 0
         self._included: tuple[int, ...] = ()
 
-    def _take(self, sender: int, message: Message) -> bool:
+    def _take(self, sender: int, message: Message) -> Message | None:
         assert isinstance(message, PlainUpdate)
         if len(message.values) != 4 * self.config.dim or message.weight > self.config.max_weight:
             self.drop(sender, DropReason.WRONG_LENGTH, "not dim float32 values and a weight")
-            return False
+            return None
         values = np.frombuffer(message.values, dtype="<f4").astype(np.float64)
         if not np.all(np.isfinite(values)):
             self.drop(sender, DropReason.MALFORMED, "NaN or infinity")
-            return False
+            return None
         self._sum += message.weight * values
         self._weight += message.weight
-        return True
+        # The update is in the sum; keep only that it arrived (and its weight).
+        return PlainUpdate(message.config_id, sender, message.weight, b"")
 
     def _close(self, live: set[int]) -> dict[int, Message]:
         if len(live) < self.config.min_cohort or self._weight == 0:

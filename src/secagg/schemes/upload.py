@@ -163,8 +163,9 @@ class UploadServer:
             return
         if sender in self._received:
             return  # the first one counts; the scheme has already used it
-        if self._take(sender, message):
-            self._received[sender] = message
+        kept = self._take(sender, message)
+        if kept is not None:
+            self._received[sender] = kept
 
     def close_stage(self) -> dict[int, Message]:
         if self.done:
@@ -186,7 +187,10 @@ class UploadServer:
         self._expected = expected
         self._received = {}
 
-    def _take(self, sender: int, message: Message) -> bool:
+    def _take(self, sender: int, message: Message) -> Message | None:
+        """Use ``message`` and return what to keep of it until the stage closes, or None when
+        its sender was dropped. Keep no payload already used: a stage of thousands of uploads
+        must not hold them all."""
         raise NotImplementedError
 
     def _close(self, live: set[int]) -> dict[int, Message]:
