@@ -160,6 +160,9 @@ def run_one(backend: str, clients: int, dim: int, dropout: float, seed: int) -> 
         "peak_machine_used_MiB": round(sampler.peak_used / MIB),
         "processes_at_peak": sampler.processes,
         "load_average": round(os.getloadavg()[0], 1),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
     }
 
 
@@ -178,7 +181,9 @@ def section(runs: list[dict[str, Any]]) -> str:
         "in a process of its own; memory is the peak proportional set size of the run's whole "
         "process tree (Ray's daemons and workers included, its object store in shared memory "
         "counted once), sampled every second. The aggregate's sha256 is over "
-        "the saved float32 file: the same seed gives the same bytes on both backends.",
+        "the saved float32 file: the same seed gives the same bytes on both backends. 'wall s' is "
+        "the whole command (start-up, the round, and the plaintext round over the same "
+        "clients that the report compares against); 'round s' is the secure round alone.",
         "",
         "| command | outcome | inputs in sum | k / t | wall s | round s | peak PSS all MiB "
         "| aggregate sha256 | max error (bound) |",
@@ -214,7 +219,8 @@ def section(runs: list[dict[str, Any]]) -> str:
         stages = ", ".join(f"{k} {v} s" for k, v in r["stage_seconds"].items())
         lines.append(
             f"- `{r['command']}`: stages {stages}; {r['processes_at_peak']} processes at the "
-            f"peak; load average {r['load_average']} at the end."
+            f"peak; load average {r['load_average']} at the end; commit "
+            f"{r.get('commit') or 'not recorded'}."
         )
     lines += [
         "",
