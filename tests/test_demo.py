@@ -6,40 +6,33 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("sklearn")
 
 
-@pytest.mark.timeout(300)
-def test_demo_trains_with_secure_aggregation_as_well_as_plaintext_fedavg(tmp_path: Path) -> None:
+def run_demo(tmp_path: Path, *options: str) -> tuple[str, dict[str, Any]]:
+    """``secagg demo OPTIONS --json FILE`` to the end: its output and its JSON report."""
     report_path = tmp_path / "demo.json"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "secagg",
-            "demo",
-            "--clients",
-            "5",
-            "--rounds",
-            "3",
-            "--drop-rate",
-            "0.2",
-            "--seed",
-            "3",
-            "--json",
-            str(report_path),
-        ],
+        [sys.executable, "-m", "secagg", "demo", *options, "--json", str(report_path)],
         capture_output=True,
         text=True,
         timeout=280,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "final accuracy" in done.stdout
-    report = json.loads(report_path.read_text())
+    return done.stdout, json.loads(report_path.read_text())
+
+
+@pytest.mark.timeout(300)
+def test_demo_trains_with_secure_aggregation_as_well_as_plaintext_fedavg(tmp_path: Path) -> None:
+    out, report = run_demo(
+        tmp_path, "--clients", "5", "--rounds", "3", "--drop-rate", "0.2", "--seed", "3"
+    )
+    assert "final accuracy" in out
     secure, plain = report["secure"], report["plaintext"]
     assert len(secure["rounds"]) == len(plain["rounds"]) == 3
     for s, p in zip(secure["rounds"], plain["rounds"], strict=True):
@@ -62,30 +55,8 @@ def test_demo_trains_over_the_service_with_ckks_as_well_as_plaintext_fedavg(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("tenseal")
-    report_path = tmp_path / "demo-ckks.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "secagg",
-            "demo",
-            "--scheme",
-            "ckks",
-            "--clients",
-            "4",
-            "--rounds",
-            "2",
-            "--json",
-            str(report_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "CKKS N=8192" in done.stdout  # the report says which scheme ran
-    report = json.loads(report_path.read_text())
+    out, report = run_demo(tmp_path, "--scheme", "ckks", "--clients", "4", "--rounds", "2")
+    assert "CKKS N=8192" in out  # the report says which scheme ran
     config = report["config"]
     assert config["scheme"] == "ckks" and config["poly_modulus_degree"] == 8192
     secure, plain = report["secure"], report["plaintext"]
@@ -117,20 +88,12 @@ def test_demo_trains_with_distributed_dp_and_reports_epsilon_per_round_and_spent
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("dp_accounting")
-    report_path = tmp_path / "demo-dp.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "secagg", "demo", "--clients", "5", "--rounds", "2",
-         "--dp-epsilon", "50", "--seed", "1", "--json", str(report_path)],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    out = " ".join(done.stdout.split())
+    stdout, report = run_demo(
+        tmp_path, "--clients", "5", "--rounds", "2", "--dp-epsilon", "50", "--seed", "1"
+    )
+    out = " ".join(stdout.split())
     assert "distributed DP (skellam)" in out
     assert "note: DP with only 5 clients per round costs a lot of accuracy" in out
-    report = json.loads(report_path.read_text())
     config = report["config"]
     assert config["dp"] is True and config["dp_rounds"] == 2
     assert config["dp_epsilon_run"] == pytest.approx(50.0, rel=1e-5)
@@ -155,29 +118,7 @@ def test_demo_trains_with_distributed_dp_and_reports_epsilon_per_round_and_spent
 @pytest.mark.timeout(300)
 def test_demo_trains_with_pytorch_clients_over_the_same_service(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    report_path = tmp_path / "demo.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "secagg",
-            "demo",
-            "--framework",
-            "torch",
-            "--clients",
-            "3",
-            "--rounds",
-            "1",
-            "--json",
-            str(report_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(report_path.read_text())
+    _, report = run_demo(tmp_path, "--framework", "torch", "--clients", "3", "--rounds", "1")
     assert report["config"]["framework"] == "torch"
     secure, plain = report["secure"], report["plaintext"]
     assert [r["outcome"] for r in secure["rounds"]] == ["completed"]

@@ -252,8 +252,12 @@ def _dp_settings(
         raise ConfigurationError(name_knobs(str(exc), _DP_OPTIONS)) from None
 
 
-def _dp_requested(*values: object) -> bool:
-    return any(v is not None for v in values)
+def _error_text(exc: Exception, dp_flags: tuple[object, ...]) -> str:
+    """``exc`` as the user's one line: when any --dp-* option was given, the DP knobs the
+    message names are spelled as those options."""
+    if any(v is not None for v in dp_flags):
+        return name_knobs(str(exc), _DP_OPTIONS)
+    return str(exc)
 
 
 def _say(text: str, *, stderr: bool = False) -> None:
@@ -448,7 +452,7 @@ def simulate(
                 chosen, n, source, weights=weight_vector, drops=schedule, seed=seed, backend=backend
             )
     except (ConfigurationError, InputError) as exc:
-        _fail(name_knobs(str(exc), _DP_OPTIONS) if _dp_requested(*dp_flags) else str(exc))
+        _fail(_error_text(exc, dp_flags))
     if groups > 1:
         _finish_grouped(grouped.report, grouped.aggregate, save_aggregate, json_output)
         return
@@ -913,7 +917,7 @@ def certs(
             task=spec,
         )
     except ConfigurationError as exc:
-        _fail(name_knobs(str(exc), _DP_OPTIONS) if _dp_requested(*dp_flags) else str(exc))
+        _fail(_error_text(exc, dp_flags))
     what = (
         f"{clients} identities and CKKS contexts (the secret key, mode 0600) under "
         f"{directory / 'clients'}, the coordinator's evaluation context in "
@@ -1208,7 +1212,7 @@ def demo(
         try:
             report = run_demo(options, progress=lambda text: status.update(Text(text)))
         except (ConfigurationError, LedgerError) as exc:
-            _fail(name_knobs(str(exc), _DP_OPTIONS) if _dp_requested(*dp_flags) else str(exc))
+            _fail(_error_text(exc, dp_flags))
         except SecAggError as exc:
             _fail(str(exc), FAILED_EXIT)
     print_report(report, console)
@@ -1310,7 +1314,7 @@ def compare(
             sweep_dim=_int_list(sweep_dim, "--sweep-dim"),
         )
     except ConfigurationError as exc:
-        _fail(name_knobs(str(exc), _DP_OPTIONS) if _dp_requested(*dp_flags) else str(exc))
+        _fail(_error_text(exc, dp_flags))
     if json_output:
         sys.stdout.write(json.dumps(report.to_json()) + "\n")
     else:

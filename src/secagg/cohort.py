@@ -29,7 +29,7 @@ from secagg.parallel import usable_cores
 from secagg.protocol.messages import Message, decode
 from secagg.protocol.runner import RoundClient
 
-__all__ = ["DELIVERY_CHUNK_BYTES", "Cohort", "Reply", "Tally"]
+__all__ = ["DELIVERY_CHUNK_BYTES", "Cohort", "Reply", "Tally", "take_chunk"]
 
 # The most delivery bytes a worker is sent at once. A stage may broadcast O(n) bytes to each
 # of n clients (the contribution list: 36 bytes per participant, so 720 KB to each of 20,000
@@ -123,6 +123,21 @@ class ClientGroup:
         return self._tally
 
 
+def take_chunk(
+    pending: deque[int], deliveries: Mapping[int, bytes], limit: int, overhead: int = 0
+) -> list[tuple[int, bytes]]:
+    """Take clients off the front of ``pending`` with their deliveries, read only now, until
+    the chunk holds ``limit`` bytes (each delivery counted with ``overhead`` more)."""
+    chunk: list[tuple[int, bytes]] = []
+    size = 0
+    while pending and size < limit:
+        i = pending.popleft()
+        data = deliveries[i]
+        chunk.append((i, data))
+        size += overhead + len(data)
+    return chunk
+
+
 class Cohort:
     """All simulated clients of a round; use as a context manager to stop the workers."""
 
@@ -170,13 +185,7 @@ class Cohort:
         busy: dict[Connection, int] = {}
 
         def send_chunk(w: int) -> None:
-            chunk: list[tuple[int, bytes]] = []
-            size = 0
-            while pending[w] and size < DELIVERY_CHUNK_BYTES:
-                i = pending[w].popleft()
-                data = deliveries[i]
-                chunk.append((i, data))
-                size += len(data)
+            chunk = take_chunk(pending[w], deliveries, DELIVERY_CHUNK_BYTES)
             if chunk:
                 # One chunk per worker at a time: a second send could block on a full pipe
                 # while the worker blocks sending replies that nobody reads.

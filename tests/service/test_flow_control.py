@@ -25,7 +25,7 @@ from secagg.protocol.stages import Stage
 from secagg.schemes.masking import MaskingScheme
 from secagg.service.client import ClientSettings, SecAggClient
 from secagg.service.config import DeploymentConfig
-from secagg.service.coordinator import RoundSummary
+from secagg.service.coordinator import Coordinator, RoundSummary
 from secagg.service.credentials import AllowList, create_deployment
 from secagg.service.ledger import Ledger
 from secagg.service.run import client_settings, make_coordinator
@@ -47,6 +47,21 @@ class _SilentAtUpload(SecAggClient):
         if isinstance(data, bytes) and isinstance(decode(data), PeerShares):
             return
         await super()._answer(call, state, data)
+
+
+async def _one_round(coordinator: Coordinator, clients: list[SecAggClient]) -> RoundSummary:
+    """Run ``clients`` (in this process) through one round of the started ``coordinator``,
+    then stop it."""
+    runs = [asyncio.create_task(client.run()) for client in clients]
+    try:
+        assert await coordinator.wait_for_clients(len(clients), 30)
+        summary = await coordinator.run_round(np.zeros(DIM, dtype=np.float32))
+        await asyncio.wait_for(asyncio.gather(*runs), 30)
+    finally:
+        for run in runs:
+            run.cancel()
+        await coordinator.stop()
+    return summary
 
 
 def _settings(local: Local, client: int, stage_timeout: float) -> ClientSettings:
@@ -75,15 +90,7 @@ async def _in_process_round(
             )
             kind = _SilentAtUpload if c in silent else SecAggClient
             clients.append(kind(settings, random_task(c, DIM, TASK_SEED), rounds=1))
-        runs = [asyncio.create_task(client.run()) for client in clients]
-        try:
-            assert await coordinator.wait_for_clients(CLIENTS, 30)
-            summary = await coordinator.run_round(np.zeros(DIM, dtype=np.float32))
-            await asyncio.wait_for(asyncio.gather(*runs), 30)
-        finally:
-            for run in runs:
-                run.cancel()
-            await coordinator.stop()
+        summary = await _one_round(coordinator, clients)
     return summary, clients
 
 
@@ -183,15 +190,7 @@ def test_under_ckks_the_task_is_what_the_window_paces_and_the_mean_is_exact(
                 )
                 for c in range(clients)
             ]
-            runs = [asyncio.create_task(member.run()) for member in members]
-            try:
-                assert await coordinator.wait_for_clients(clients, 30)
-                summary = await coordinator.run_round(np.zeros(DIM, dtype=np.float32))
-                await asyncio.wait_for(asyncio.gather(*runs), 30)
-            finally:
-                for run in runs:
-                    run.cancel()
-                await coordinator.stop()
+            summary = await _one_round(coordinator, members)
         return summary, members
 
     summary, members = asyncio.run(scenario())

@@ -76,7 +76,7 @@ import ray
 import ray.exceptions
 from numpy.typing import NDArray
 
-from secagg.cohort import DELIVERY_CHUNK_BYTES, ClientGroup, Reply, Tally
+from secagg.cohort import DELIVERY_CHUNK_BYTES, ClientGroup, Reply, Tally, take_chunk
 from secagg.errors import ConfigurationError, SecAggError, UsageError
 from secagg.hazmat import prg
 from secagg.hazmat.keys import Ed25519SigningKey
@@ -298,13 +298,7 @@ class RayCohort:
         running: dict[Any, int] = {}
 
         def submit(b: int) -> None:
-            chunk: list[tuple[int, bytes]] = []
-            size = 0
-            while pending[b] and size < DELIVERY_CHUNK_BYTES:
-                i = pending[b].popleft()
-                data = deliveries[i]
-                chunk.append((i, data))
-                size += _REPLY_OVERHEAD + len(data)
+            chunk = take_chunk(pending[b], deliveries, DELIVERY_CHUNK_BYTES, _REPLY_OVERHEAD)
             if chunk:
                 call = self._actors[b].answer.options(
                     num_returns="streaming",

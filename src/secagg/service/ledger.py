@@ -932,17 +932,25 @@ def _configure_writer(conn: sqlite3.Connection, shown: str, max_pages: int | Non
         conn.execute(f"PRAGMA max_page_count = {int(max_pages)}")
 
 
-def _create_schema(conn: sqlite3.Connection) -> None:
+@contextlib.contextmanager
+def _schema_change(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on a ledger being opened (before a ``Ledger`` owns it): every
+    statement lands, or the file stays as it was."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in (*_SCHEMA, *_SCHEMA_V2):
-            conn.execute(statement)
-        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        yield
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    with _schema_change(conn):
+        for statement in (*_SCHEMA, *_SCHEMA_V2):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
 def _check_schema(conn: sqlite3.Connection, shown: str) -> int | None:
@@ -986,17 +994,11 @@ def _check_schema(conn: sqlite3.Connection, shown: str) -> int | None:
 def _upgrade(conn: sqlite3.Connection, version: int) -> None:
     """Bring a ledger of an older known ``version`` to ``SCHEMA_VERSION``, in one
     transaction: either every step lands or the file stays as it was."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _schema_change(conn):
         for step in range(version + 1, SCHEMA_VERSION + 1):
             for statement in _SCHEMA_UPGRADES[step]:
                 conn.execute(statement)
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def _create(file: Path, shown: str) -> None:
