@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import floor
+from memory import tree_pss_bytes
 
 from secagg.hazmat.keys import X25519KeyPair
 from secagg.hazmat.randomness import DeterministicRandomness, SystemRandomness
@@ -273,27 +274,6 @@ def markdown(out: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _tree_rss_bytes(pid: int) -> int:
-    """Memory of a process and its children (Linux /proc), as proportional set size: pages
-    a forked child still shares with its parent count once, not once per process."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().split(") ")[-1].split()
-            proc_pid = int(stat.parent.name)
-        except (OSError, ValueError):
-            continue
-        if proc_pid == pid or int(fields[1]) == pid:
-            try:
-                rollup = (stat.parent / "smaps_rollup").read_text()
-            except OSError:
-                continue
-            for line in rollup.splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-    return total
-
-
 def big_cohort(clients: int = 10_000, dim: int = 100_000, dropout: float = 0.05) -> dict[str, Any]:
     """The CLI round at 10,000 clients: wall time and the peak memory of all its processes."""
     import json
@@ -324,7 +304,7 @@ def big_cohort(clients: int = 10_000, dim: int = 100_000, dropout: float = 0.05)
         process = subprocess.Popen(command, stdout=out, text=True)
         peak = 0
         while process.poll() is None:
-            peak = max(peak, _tree_rss_bytes(process.pid))
+            peak = max(peak, tree_pss_bytes(process.pid))
             time.sleep(0.5)
         out.seek(0)
         report = json.loads(out.read())

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import sections
+from memory import process_tree, pss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "## Ray backend"
@@ -52,37 +53,6 @@ def _used() -> int:
     return info["MemTotal"] - info["MemAvailable"]
 
 
-def _tree(root: int) -> list[int]:
-    """``root`` and every process descended from it (Ray's daemons and workers included)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while it was being read
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def _pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 class _Sampler:
     """Peaks of a process tree's PSS and of the machine's used memory, once a second."""
 
@@ -95,13 +65,15 @@ class _Sampler:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            tree = _tree(self.root)
-            total = sum(_pss(pid) for pid in tree)
+        while True:  # a sample at once, then every second: a short run is not read as 0
+            tree = process_tree(self.root)
+            total = sum(pss_bytes(pid) for pid in tree)
             if total > self.peak_tree:
                 self.peak_tree, self.processes = total, len(tree)
-            self.peak_root = max(self.peak_root, _pss(self.root))
+            self.peak_root = max(self.peak_root, pss_bytes(self.root))
             self.peak_used = max(self.peak_used, _used() - self.base)
+            if self._stop.wait(1.0):
+                return
 
     def stop(self) -> None:
         self._stop.set()
