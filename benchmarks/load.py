@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import sections
+from memory import meminfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -182,11 +183,7 @@ MIN_AVAILABLE_MIB = 1536
 
 
 def _available_mib() -> int:
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) >> 10
-    return 1 << 30
+    return meminfo().get("MemAvailable", 1 << 50) >> 20
 
 
 def _wait_watching_memory(coordinator: subprocess.Popen[str]) -> None:

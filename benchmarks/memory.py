@@ -10,6 +10,16 @@ from __future__ import annotations
 import os
 
 
+def meminfo() -> dict[str, int]:
+    """The machine's /proc/meminfo, each figure in bytes."""
+    fields: dict[str, int] = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":", 1)
+            fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
 def process_tree(root: int) -> list[int]:
     """``root`` and every process descended from it (forked workers, Ray's daemons and their
     workers alike)."""

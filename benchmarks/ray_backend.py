@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import sections
-from memory import process_tree, pss_bytes
+from memory import meminfo, process_tree, pss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "## Ray backend"
@@ -39,17 +39,8 @@ RESULTS = ROOT / "benchmarks" / "ray_results.json"
 MIB = 2**20
 
 
-def _meminfo() -> dict[str, int]:
-    fields: dict[str, int] = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, value = line.split(":", 1)
-            fields[key] = int(value.split()[0]) * 1024
-    return fields
-
-
 def _used() -> int:
-    info = _meminfo()
+    info = meminfo()
     return info["MemTotal"] - info["MemAvailable"]
 
 
