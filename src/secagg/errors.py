@@ -20,6 +20,9 @@
     │                               attempt failed
     ├── LedgerError             the round ledger cannot be opened, locked or written (a second
     │                           coordinator, a foreign or empty file, a full disk)
+    ├── JournalError            a client's journal cannot be opened, locked or written (a
+    │                           foreign file, a newer schema, a full disk): the client answers
+    │                           nothing it could not record
     ├── ClientAbort             the peer (server) misbehaved: the client stops and reveals nothing
     │                           more; carries an ``AbortReason``
     └── RoundAborted            the server cannot finish the round (fewer than t clients remain,
@@ -47,6 +50,7 @@ __all__ = [
     "DropReason",
     "InconsistentSharesError",
     "InputError",
+    "JournalError",
     "LedgerError",
     "Rejected",
     "RoundAborted",
@@ -107,6 +111,12 @@ class LedgerError(SecAggError):
     where a write is needed, or the disk under it is full. Nothing was half-written."""
 
 
+class JournalError(SecAggError):
+    """A client's journal cannot be used: not a journal, a schema this secagg does not read,
+    locked for too long, or the disk under it is full. Nothing was answered that it does not
+    hold."""
+
+
 class AbortReason(StrEnum):
     """Why a client refused to go on: each is a claim of the server that did not check out."""
 
@@ -141,6 +151,11 @@ class AbortReason(StrEnum):
     BAD_SIGNATURE = "bad-signature"
     INCONSISTENT_SURVIVORS = "inconsistent-survivors"
     COHORT_TOO_SMALL = "cohort-too-small"
+    # What the client's journal holds it to (``secagg.client_session``):
+    REPLAYED_TASK = "replayed-task"  # a task whose update already entered a sum
+    BUDGET_EXHAUSTED = "budget-exhausted"  # the round would spend more than the DP budget
+    CONFLICTING_REQUEST = "conflicting-request"  # not the request answered before at this step
+    ROUND_CLOSED = "round-closed"  # a message of a round this client is no longer in
 
 
 class DropReason(StrEnum):

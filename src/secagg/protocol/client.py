@@ -378,6 +378,12 @@ class Client:
             self._abort(AbortReason.UNEXPECTED_MESSAGE, "a digest for another attempt")
         # Nothing is revealed for a session that could not reveal a sum anyway.
         self._check_cohort_size(message.count, "clients committed")
+        if message.count > len(self.config.client_ids):
+            # Only cohort members commit: a larger count is a digest of something else.
+            self._abort(
+                AbortReason.INVALID_CONFIG,
+                f"{message.count} commitments claimed for a cohort of {len(self.config.client_ids)}",
+            )
         self._state = AwaitingContributions(
             state.attempt, state.contribution, message.digest, message.count
         )

@@ -14,6 +14,7 @@ off) is dropped as disconnected within seconds, not at the TCP timeout.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,6 +29,7 @@ __all__ = [
     "CLIENT_PING_SECONDS",
     "MAX_MESSAGE_BYTES",
     "MIN_CLIENT_PING_SECONDS",
+    "ModelTask",
     "SERVER_PING_SECONDS",
     "SERVER_PING_TIMEOUT_SECONDS",
     "channel_options",
@@ -151,3 +153,22 @@ def task_digest(model: bytes, step: int) -> bytes:
     """The hash bound into a round's session id: a client trains only the model (and training
     step) it was sent."""
     return hashlib.sha256(encode_fields("secagg/v1/task", step, model)).digest()
+
+
+@dataclass(frozen=True)
+class ModelTask:
+    """A gRPC ``Task``'s model and step, as a client session reads them
+    (``secagg.client_session.TaskCodec``): the session binds the digest of both, one update
+    per (model, step), and the model decoded to the deployment's dimension."""
+
+    model_bytes: bytes = field(repr=False)
+    step: int
+
+    def binding(self) -> bytes:
+        return task_digest(self.model_bytes, self.step)
+
+    def fingerprint(self) -> bytes:
+        return task_digest(self.model_bytes, self.step)
+
+    def model(self, dim: int) -> NDArray[np.float32]:
+        return decode_model(self.model_bytes, dim)

@@ -1,0 +1,484 @@
+"""The client's journal: a node-local, durable, append-only record of what it promised.
+
+A client's promises (the rounds and tasks it took part in, each attempt, the survivor set it
+signed, which share of which peer it revealed, the privacy it spent) are decisions that must
+outlive the message that made them: checked against a rolled-back copy, every check passes
+twice. So a client session (``secagg.client_session``) decides each server message inside one
+``Journal.transaction()``: it reads the journal, decides, appends what it decided, and the
+transaction's commit (SQLite, ``synchronous = FULL``) is durable before the answer is handed to
+the transport. The transaction holds SQLite's write lock (``BEGIN IMMEDIATE``), so two messages
+for one node, from two threads or two processes sharing the file, are decided one after the
+other.
+
+Tables (``rounds`` and the promise tables are append-only: triggers refuse deleting them and
+freeze a round once it is closed):
+
+- ``rounds``: every round this client was offered, by its round id (a u64, kept as text):
+  the task's fingerprint, the client's id in it, when it was accepted, its deadline, how many
+  commit attempts it made and how it closed (``outcome``, ``included``);
+- ``events``: the audit, one row per thing the client did or was told (kinds in ``Event``);
+- ``contributed``: the fingerprint of every task whose update left this client (masked), so
+  no task's update enters two sums;
+- ``dp_charges``: one row per masked input sent under distributed DP, by the deployment's DP
+  fingerprint and the revealed-sum size it is charged at;
+- ``exchanges``: the live round's transcript, each server message answered (its digest, its
+  bytes) with the answer sent, for retransmissions and, where the transport cannot keep the
+  round's client in memory, to rebuild it;
+- ``secrets``: the live round's 32-byte seed and update, only where the transport asks for them
+  to be kept (Flower runs messages in other processes); erased when the round closes.
+
+Bounded: when a round is accepted, the exchanges of every closed round are deleted (the
+summary stays in ``rounds``/``events``). ``secure_delete`` overwrites what is deleted. The
+file is created with mode 0600: it is as sensitive as the identity key beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from secagg.errors import JournalError
+
+__all__ = ["Event", "Journal", "JournalRound", "JournalTransaction", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+_APPLICATION_ID = 0x5A6A4E4C  # "secagg journal": tells a journal from any other SQLite file
+_BUSY_MS = 120_000  # a message waits this long for another one of the same node
+
+
+class Event(StrEnum):
+    """What a journal's audit rows record."""
+
+    ACCEPTED = "accepted"  # the round's task passed every check: the client trains it
+    REFUSED = "refused"  # the round's task was refused before training (detail: reason)
+    COMMITTED = "committed"  # a commitment for an attempt (detail: the attempt)
+    ADVERTISED = "advertised"  # fresh public keys for the session
+    SHARED = "shared"  # sealed shares sent to neighbours (detail: how many)
+    CONTRIBUTED = "contributed"  # the masked (or encrypted) input left the client
+    SIGNED = "signed"  # active mode: the survivor set signed (detail: size and digest)
+    REVEALED = "revealed"  # the unmask answer (detail: whose self-mask / key shares)
+    DECRYPTED = "decrypted"  # CKKS key holder: the decryption of the round's sum
+    RETRANSMITTED = "retransmitted"  # a request answered before, answered the same again
+    LEFT = "left"  # the client left the round (detail: reason)
+    EXPIRED = "expired"  # the deadline passed; the round's secrets are erased
+    CLAIMED = "claimed"  # what the server said of the round's end (its word only)
+
+
+@dataclass(frozen=True)
+class JournalRound:
+    """One round as the journal holds it."""
+
+    round_id: int
+    task: bytes = field(repr=False)
+    client_id: int
+    accepted_at: float
+    deadline: float | None
+    attempts: int
+    outcome: str | None  # None while the round is live
+    included: bool
+    members: tuple[int, ...] | None = field(default=None, repr=False)  # the transport's ids
+
+    @property
+    def live(self) -> bool:
+        return self.outcome is None
+
+
+@dataclass(frozen=True)
+class Exchange:
+    request_digest: bytes
+    request: bytes = field(repr=False)
+    answer: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RoundSecrets:
+    seed: bytes = field(repr=False)
+    update: bytes = field(repr=False)  # float32, little-endian
+    weight: int
+
+    def __repr__(self) -> str:
+        return "RoundSecrets(<secret>)"
+
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE rounds (
+    round TEXT PRIMARY KEY,
+    task BLOB NOT NULL,
+    client_id INTEGER NOT NULL CHECK (client_id >= 0),
+    accepted_at REAL NOT NULL,
+    deadline REAL,
+    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    outcome TEXT,
+    included INTEGER NOT NULL DEFAULT 0 CHECK (included IN (0, 1)),
+    members BLOB
+);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    round TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE contributed (task BLOB PRIMARY KEY, round TEXT NOT NULL);
+CREATE TABLE dp_charges (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    fingerprint BLOB NOT NULL,
+    round TEXT NOT NULL UNIQUE,
+    charged_at INTEGER NOT NULL CHECK (charged_at > 0)
+);
+CREATE TABLE exchanges (
+    round TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    request_digest BLOB NOT NULL,
+    request BLOB NOT NULL,
+    answer BLOB NOT NULL,
+    PRIMARY KEY (round, seq)
+);
+CREATE INDEX exchanges_by_request ON exchanges (request_digest);
+CREATE TABLE secrets (
+    round TEXT PRIMARY KEY,
+    seed BLOB NOT NULL,
+    update_bytes BLOB NOT NULL,
+    weight INTEGER NOT NULL
+);
+CREATE TRIGGER rounds_kept BEFORE DELETE ON rounds
+    BEGIN SELECT RAISE(ABORT, 'a journal round is never deleted'); END;
+CREATE TRIGGER rounds_frozen BEFORE UPDATE ON rounds WHEN OLD.outcome IS NOT NULL
+    BEGIN SELECT RAISE(ABORT, 'a closed journal round is frozen'); END;
+CREATE TRIGGER rounds_identity BEFORE UPDATE OF round, task, client_id, accepted_at, members
+    ON rounds
+    BEGIN SELECT RAISE(ABORT, 'a journal round keeps its identity'); END;
+CREATE TRIGGER events_kept BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'the journal audit is append-only'); END;
+CREATE TRIGGER events_frozen BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'the journal audit is append-only'); END;
+CREATE TRIGGER contributed_kept BEFORE DELETE ON contributed
+    BEGIN SELECT RAISE(ABORT, 'a contributed task is never forgotten'); END;
+CREATE TRIGGER contributed_frozen BEFORE UPDATE ON contributed
+    BEGIN SELECT RAISE(ABORT, 'a contributed task is never forgotten'); END;
+CREATE TRIGGER dp_kept BEFORE DELETE ON dp_charges
+    BEGIN SELECT RAISE(ABORT, 'a privacy charge is never forgotten'); END;
+CREATE TRIGGER dp_frozen BEFORE UPDATE ON dp_charges
+    BEGIN SELECT RAISE(ABORT, 'a privacy charge is never forgotten'); END;
+CREATE TRIGGER exchanges_frozen BEFORE UPDATE ON exchanges
+    BEGIN SELECT RAISE(ABORT, 'an answer once sent is never changed'); END;
+"""
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class Journal:
+    """One client's journal file (see the module docstring). Use ``transaction()`` for every
+    read and write; one ``Journal`` may be shared by threads."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"Journal({str(self.path)!r})"
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Journal:
+        """Open the journal at ``path``, creating it (mode 0600) if it does not exist."""
+        target = Path(path)
+        if target.is_dir():
+            raise JournalError(f"{target} is a folder, not a journal file")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            conn = sqlite3.connect(
+                target, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open the journal {target}: {_one_line(exc)}") from None
+        journal = cls(target, conn)
+        try:
+            journal._prepare()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise JournalError(f"{target} is not a usable journal: {_one_line(exc)}") from None
+        return journal
+
+    def _prepare(self) -> None:
+        conn = self._conn
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+        conn.execute("PRAGMA secure_delete = ON")
+        # A rollback journal (not WAL): an erased secret is overwritten in the file itself
+        # (secure_delete) and no write-ahead log keeps the page it was on.
+        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute("PRAGMA synchronous = FULL")
+        with self._write() as cur:
+            (app,) = cur.execute("PRAGMA application_id").fetchone()
+            tables = cur.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app == 0 and tables == 0:
+                for statement in _statements(_SCHEMA):
+                    cur.execute(statement)
+                cur.execute(
+                    "INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+                cur.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+            elif app != _APPLICATION_ID:
+                raise JournalError(f"{self.path} is not a secagg journal")
+            else:
+                row = cur.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                if row is None or row[0] != str(SCHEMA_VERSION):
+                    raise JournalError(
+                        f"{self.path} is a journal of schema {row[0] if row else '?'}; "
+                        f"this secagg reads schema {SCHEMA_VERSION}"
+                    )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot lock the journal {self.path}: {_one_line(exc)}") from None
+            try:
+                yield cur
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                raise
+            try:
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                raise JournalError(f"cannot write the journal {self.path}: {_one_line(exc)}") from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[JournalTransaction]:
+        """The node's exclusive lock, across threads and processes: everything done inside is
+        one durable commit at the end (or nothing, if an exception leaves it)."""
+        with self._write() as cur:
+            try:
+                yield JournalTransaction(cur)
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot write the journal {self.path}: {_one_line(exc)}") from None
+
+    def rounds(self) -> list[JournalRound]:
+        """Every round, oldest first (for the history)."""
+        with self.transaction() as txn:
+            return txn.all_rounds()
+
+    def events(self, round_id: int) -> list[tuple[float, Event, str]]:
+        with self.transaction() as txn:
+            return txn.events(round_id)
+
+
+class JournalTransaction:
+    """What a client session reads and appends while it holds the journal's lock."""
+
+    def __init__(self, cur: sqlite3.Cursor) -> None:
+        self._cur = cur
+
+    # ----------------------------------------------------------------- rounds
+    def round(self, round_id: int) -> JournalRound | None:
+        row = self._cur.execute(
+            f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE round = ?", (_key(round_id),)
+        ).fetchone()
+        return None if row is None else _round(row)
+
+    def live_rounds(self) -> list[JournalRound]:
+        rows = self._cur.execute(
+            f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE outcome IS NULL ORDER BY accepted_at"
+        ).fetchall()
+        return [_round(row) for row in rows]
+
+    def all_rounds(self) -> list[JournalRound]:
+        rows = self._cur.execute(
+            f"SELECT {_ROUND_COLUMNS} FROM rounds ORDER BY accepted_at, rowid"
+        ).fetchall()
+        return [_round(row) for row in rows]
+
+    def add_round(
+        self,
+        round_id: int,
+        task: bytes,
+        client_id: int,
+        now: float,
+        members: tuple[int, ...] | None = None,
+    ) -> None:
+        packed = None if members is None else b"".join(m.to_bytes(8, "big") for m in members)
+        self._cur.execute(
+            "INSERT INTO rounds (round, task, client_id, accepted_at, members) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (_key(round_id), task, client_id, now, packed),
+        )
+
+    def refuse_round(self, round_id: int, task: bytes, now: float, reason: str) -> None:
+        """A round refused before training: its id is spent too (it is never trained)."""
+        self._cur.execute(
+            "INSERT INTO rounds (round, task, client_id, accepted_at, outcome) "
+            "VALUES (?, ?, 0, ?, ?)",
+            (_key(round_id), task, now, f"refused ({reason})"),
+        )
+        self.note(round_id, now, Event.REFUSED, reason)
+
+    def set_deadline(self, round_id: int, deadline: float | None) -> None:
+        self._cur.execute(
+            "UPDATE rounds SET deadline = ? WHERE round = ?", (deadline, _key(round_id))
+        )
+
+    def set_attempts(self, round_id: int, attempts: int) -> None:
+        self._cur.execute(
+            "UPDATE rounds SET attempts = ? WHERE round = ?", (attempts, _key(round_id))
+        )
+
+    def close_round(self, round_id: int, outcome: str, *, included: bool = False) -> None:
+        """Close a live round for good and erase its secrets."""
+        self._cur.execute(
+            "UPDATE rounds SET outcome = ?, included = ?, deadline = NULL WHERE round = ?",
+            (outcome, int(included), _key(round_id)),
+        )
+        self._cur.execute("DELETE FROM secrets WHERE round = ?", (_key(round_id),))
+
+    def compact(self) -> None:
+        """Forget the transcripts of closed rounds (their summary stays)."""
+        self._cur.execute(
+            "DELETE FROM exchanges WHERE round IN (SELECT round FROM rounds "
+            "WHERE outcome IS NOT NULL)"
+        )
+        self._cur.execute(
+            "DELETE FROM secrets WHERE round NOT IN (SELECT round FROM rounds "
+            "WHERE outcome IS NULL)"
+        )
+
+    # ----------------------------------------------------------------- the audit
+    def note(self, round_id: int, now: float, kind: Event, detail: str = "") -> None:
+        self._cur.execute(
+            "INSERT INTO events (round, at, kind, detail) VALUES (?, ?, ?, ?)",
+            (_key(round_id), now, kind.value, detail),
+        )
+
+    def events(self, round_id: int) -> list[tuple[float, Event, str]]:
+        rows = self._cur.execute(
+            "SELECT at, kind, detail FROM events WHERE round = ? ORDER BY seq",
+            (_key(round_id),),
+        ).fetchall()
+        return [(float(at), Event(kind), str(detail)) for at, kind, detail in rows]
+
+    # ----------------------------------------------------------------- promises
+    def contributed_in(self, task: bytes) -> int | None:
+        row = self._cur.execute("SELECT round FROM contributed WHERE task = ?", (task,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def add_contribution(self, task: bytes, round_id: int) -> None:
+        self._cur.execute("INSERT INTO contributed VALUES (?, ?)", (task, _key(round_id)))
+
+    def dp_charges(self, fingerprint: bytes) -> list[int]:
+        rows = self._cur.execute(
+            "SELECT charged_at FROM dp_charges WHERE fingerprint = ? ORDER BY seq", (fingerprint,)
+        ).fetchall()
+        return [int(count) for (count,) in rows]
+
+    def add_dp_charge(self, fingerprint: bytes, round_id: int, charged_at: int) -> None:
+        self._cur.execute(
+            "INSERT INTO dp_charges (fingerprint, round, charged_at) VALUES (?, ?, ?)",
+            (fingerprint, _key(round_id), charged_at),
+        )
+
+    # ----------------------------------------------------------------- the live transcript
+    def exchanges(self, round_id: int) -> list[Exchange]:
+        rows = self._cur.execute(
+            "SELECT request_digest, request, answer FROM exchanges WHERE round = ? ORDER BY seq",
+            (_key(round_id),),
+        ).fetchall()
+        return [Exchange(bytes(d), bytes(r), bytes(a)) for d, r, a in rows]
+
+    def exchanges_with(self, request_digest: bytes) -> list[tuple[int, Exchange]]:
+        """Every kept exchange whose request has this digest, with its round."""
+        rows = self._cur.execute(
+            "SELECT round, request_digest, request, answer FROM exchanges "
+            "WHERE request_digest = ? ORDER BY round, seq",
+            (request_digest,),
+        ).fetchall()
+        return [(int(k), Exchange(bytes(d), bytes(r), bytes(a))) for k, d, r, a in rows]
+
+    def add_exchange(self, round_id: int, request: bytes, answer: bytes) -> None:
+        (count,) = self._cur.execute(
+            "SELECT count(*) FROM exchanges WHERE round = ?", (_key(round_id),)
+        ).fetchone()
+        self._cur.execute(
+            "INSERT INTO exchanges VALUES (?, ?, ?, ?, ?)",
+            (_key(round_id), count, digest(request), request, answer),
+        )
+
+    def secrets(self, round_id: int) -> RoundSecrets | None:
+        row = self._cur.execute(
+            "SELECT seed, update_bytes, weight FROM secrets WHERE round = ?", (_key(round_id),)
+        ).fetchone()
+        return None if row is None else RoundSecrets(bytes(row[0]), bytes(row[1]), int(row[2]))
+
+    def keep_secrets(self, round_id: int, secrets: RoundSecrets) -> None:
+        self._cur.execute(
+            "INSERT INTO secrets VALUES (?, ?, ?, ?)",
+            (_key(round_id), secrets.seed, secrets.update, secrets.weight),
+        )
+
+
+_ROUND_COLUMNS = (
+    "round, task, client_id, accepted_at, deadline, attempts, outcome, included, members"
+)
+
+
+def _round(row: tuple[object, ...]) -> JournalRound:
+    key, task, client_id, accepted_at, deadline, attempts, outcome, included, members = row
+    assert isinstance(key, str) and isinstance(task, bytes)
+    table = None
+    if isinstance(members, bytes):
+        table = tuple(int.from_bytes(members[i : i + 8], "big") for i in range(0, len(members), 8))
+    return JournalRound(
+        round_id=int(key),
+        task=task,
+        client_id=int(client_id),  # type: ignore[call-overload]
+        accepted_at=float(accepted_at),  # type: ignore[arg-type]
+        deadline=None if deadline is None else float(deadline),  # type: ignore[arg-type]
+        attempts=int(attempts),  # type: ignore[call-overload]
+        outcome=None if outcome is None else str(outcome),
+        included=bool(included),
+        members=table,
+    )
+
+
+def _key(round_id: int) -> str:
+    # Round ids are u64; SQLite's integers stop at 2^63 - 1.
+    if isinstance(round_id, bool) or not 0 <= round_id < 1 << 64:
+        raise JournalError(f"a round id is a u64, not {round_id!r}")
+    return str(int(round_id))
+
+
+def _statements(script: str) -> list[str]:
+    """The schema's statements (triggers hold semicolons inside BEGIN .. END)."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in script.strip().splitlines():
+        current.append(line)
+        text = "\n".join(current).strip()
+        if text.endswith(";") and (not text.upper().startswith("CREATE TRIGGER") or text.endswith("END;")):
+            statements.append(text)
+            current = []
+    return statements
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
