@@ -80,9 +80,9 @@ def round_config(round_id: int = 1, step: int = 0) -> RoundConfig:
     )
 
 
-def stages(nodes: list[Node], config: RoundConfig, step: int = 0) -> Iterator[
-    tuple[Stage, dict[int, bytes], Server]
-]:
+def stages(
+    nodes: list[Node], config: RoundConfig, step: int = 0
+) -> Iterator[tuple[Stage, dict[int, bytes], Server]]:
     """Drive a real server; yields each stage's outgoing messages before answering them."""
     server = MaskingScheme(PARAMS).server(config)
     run = RoundRun(server)
@@ -103,11 +103,8 @@ def stages(nodes: list[Node], config: RoundConfig, step: int = 0) -> Iterator[
 
 
 def run_round(nodes: list[Node], config: RoundConfig, step: int = 0) -> Server:
-    server = None
-    for _, _, server in stages(nodes, config, step):
-        pass
-    assert server is not None
-    return server
+    servers = [server for _, _, server in stages(nodes, config, step)]
+    return servers[-1]
 
 
 def test_an_honest_round_sums_and_every_journal_says_included(nodes: list[Node]) -> None:
@@ -180,6 +177,26 @@ def test_a_restarted_process_rebuilds_the_round_from_the_journal_and_refuses_a_r
                 victim.session.receive(flipped.encode(), 0.0)
 
 
+def answer_at_once(twins: list[Node], requests: list[bytes]) -> list[object]:
+    """Each twin (a process of its own on one journal) handed its request at one moment."""
+    results: list[object] = [None] * len(twins)
+    barrier = threading.Barrier(len(twins))
+
+    def answer(k: int) -> None:
+        barrier.wait()
+        try:
+            results[k] = twins[k].session.receive(requests[k], 0.0)
+        except ClientAbort as exc:
+            results[k] = exc
+
+    threads = [threading.Thread(target=answer, args=(k,)) for k in range(len(twins))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def test_two_messages_for_one_node_at_once_are_answered_one_after_the_other(
     nodes: list[Node],
 ) -> None:
@@ -198,26 +215,8 @@ def test_two_messages_for_one_node_at_once_are_answered_one_after_the_other(
                 request.signatures,
             )
             twins = [Node(nodes[0].path, 0) for _ in range(2)]
-            results: list[object] = [None, None]
-            barrier = threading.Barrier(2)
-
-            def answer(k: int, data: bytes) -> None:
-                barrier.wait()
-                try:
-                    results[k] = twins[k].session.receive(data, 0.0)
-                except ClientAbort as exc:
-                    results[k] = exc
-
-            threads = [
-                threading.Thread(target=answer, args=(0, outgoing[0])),
-                threading.Thread(target=answer, args=(1, flipped.encode())),
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            answered = [r for r in results if isinstance(r, bytes)]
-            assert len(answered) == 1
+            results = answer_at_once(twins, [outgoing[0], flipped.encode()])
+            assert sum(isinstance(r, bytes) for r in results) == 1
             assert sum(isinstance(r, ClientAbort) for r in results) == 1
             break
 

@@ -8,8 +8,10 @@ comparison.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -39,9 +41,19 @@ class RunLog:
         self.accuracy.append(accuracy)
 
 
-def secure_client_app(num_nodes: int, *, outer_mods: Sequence[Mod] = ()) -> ClientApp:
-    """The ClientApp: trains the node's share of the digits, only inside secure rounds."""
-    mod = SecAggMod(task.deployment(num_nodes))  # secagg: the node's own deployment
+def secure_client_app(
+    num_nodes: int, *, journal: str | Path | None = None, outer_mods: Sequence[Mod] = ()
+) -> ClientApp:
+    """The ClientApp: trains the node's share of the digits, only inside secure rounds.
+
+    ``journal`` is the folder of the nodes' journals (one file per node: what each promised,
+    kept before it answers); by default a fresh folder for this run. In a simulation every
+    node is this app's own, so it opts out of the allow-list by name; a deployment names its
+    nodes: ``SecAggMod(params, journal=..., allowed_nodes=[...])``.
+    """
+    folder = Path(journal) if journal is not None else Path(tempfile.mkdtemp(prefix="secagg-"))
+    # secagg: the node's own deployment and journal
+    mod = SecAggMod(task.deployment(num_nodes), journal=folder, allow_any_node=True)
     app = ClientApp(mods=[*outer_mods, mod])  # secagg: the mod answers the protocol
 
     @app.train()

@@ -67,6 +67,9 @@ __all__ = ["Accepted", "ClientSession", "Offer", "SchemeFor", "TaskCodec"]
 log = logging.getLogger("secagg.client_session")
 
 SEED_BYTES = 32
+# A refusal is a decision: what the session wrote before it (the round closed, its secrets
+# erased) is committed before the refusal reaches the transport.
+_KEEP = (ClientAbort,)
 _DETAIL_CHARS = 200
 
 
@@ -191,7 +194,7 @@ class ClientSession:
         if offer.round_id is not None and offer.round_id != round_id:
             raise ClientAbort(AbortReason.INVALID_CONFIG, "the task and its config disagree")
         client_id = self._client_id(config, offer.members)
-        with self.journal.transaction() as txn:
+        with self.journal.transaction(_KEEP) as txn:
             if txn.round(round_id) is not None:
                 raise ClientAbort(
                     AbortReason.REPLAYED_ROUND, f"round {round_id} is in this client's journal"
@@ -238,7 +241,7 @@ class ClientSession:
     ) -> bytes:
         """The trained update of an accepted round: the round's first message (encoded)."""
         round_id = accepted.round_id
-        with self.journal.transaction() as txn:
+        with self.journal.transaction(_KEEP) as txn:
             entry = self._live(txn, round_id)
             if txn.exchanges(round_id):
                 raise ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "the round has begun already")
@@ -262,7 +265,7 @@ class ClientSession:
     # ----------------------------------------------------------------- later messages
     def receive(self, data: bytes, now: float) -> bytes:
         """Answer one server message of the live round (its bytes), or refuse it."""
-        with self.journal.transaction() as txn:
+        with self.journal.transaction(_KEEP) as txn:
             # A request answered before (in the live round, or in the last one, which keeps its
             # transcript until the next round is accepted) gets the recorded answer again:
             # the same bytes were already sent, so nothing new is revealed.
@@ -381,7 +384,7 @@ class ClientSession:
     # ----------------------------------------------------------------- time
     def deadline(self) -> float | None:
         """When the session gives up on its live round (None: no round waits on the server)."""
-        with self.journal.transaction() as txn:
+        with self.journal.transaction(_KEEP) as txn:
             deadlines = [r.deadline for r in txn.live_rounds() if r.deadline is not None]
         return min(deadlines) if deadlines else None
 
@@ -390,7 +393,7 @@ class ClientSession:
         of ``ceil(cohort / window) + 3`` stage timeouts from when the wait began."""
         if window < 1:
             return
-        with self.journal.transaction() as txn:
+        with self.journal.transaction(_KEEP) as txn:
             entry = txn.round(round_id)
             if entry is None or not entry.live or entry.deadline is None:
                 return
@@ -402,12 +405,12 @@ class ClientSession:
     def expire(self, now: float) -> list[int]:
         """Close every live round whose deadline has passed (its secrets erased)."""
         closed: list[int] = []
-        with self.journal.transaction() as txn:
+        with self.journal.transaction(_KEEP) as txn:
             for entry in txn.live_rounds():
                 if entry.deadline is not None and now >= entry.deadline:
                     wait = self._wait.get(entry.round_id)
                     why = (
-                        f"queued past the bound of this cohort's windows"
+                        "queued past the bound of this cohort's windows"
                         if wait is not None and wait.bound is not None and now >= wait.bound
                         else f"no word from the server for {self.stage_timeout:g} s"
                     )
@@ -418,32 +421,33 @@ class ClientSession:
     # ----------------------------------------------------------------- the round's end
     def leave(self, round_id: int, reason: AbortReason, detail: str, now: float) -> None:
         """The transport's side of leaving (the update callback failed, say)."""
-        with self.journal.transaction() as txn:
+        with self.journal.transaction(_KEEP) as txn:
             entry = txn.round(round_id)
             if entry is not None and entry.live:
                 self._close(txn, round_id, now, Event.LEFT, f"{reason.value}: {detail}")
 
     def server_ended(self, round_id: int, completed: bool, included: bool, now: float) -> str:
         """Record the coordinator's word on a round's end; the audit line of the round."""
-        with self.journal.transaction() as txn:
+        with self.journal.transaction(_KEEP) as txn:
             entry = txn.round(round_id)
             if entry is None:
                 return f"round {round_id}: not in this client's journal"
-            claim = f"{'completed' if completed else 'aborted'}, {'' if included else 'not '}included"
+            outcome = "completed" if completed else "aborted"
+            claim = f"{outcome}, {'' if included else 'not '}included"
             txn.note(round_id, now, Event.CLAIMED, claim)
             if entry.live:
                 self._close(txn, round_id, now, Event.LEFT, "ended by the coordinator")
             return audit_line(txn.round(round_id) or entry, txn.events(round_id))
 
     def audit(self, round_id: int) -> str:
-        with self.journal.transaction() as txn:
+        with self.journal.transaction(_KEEP) as txn:
             entry = txn.round(round_id)
             if entry is None:
                 return f"round {round_id}: not in this client's journal"
             return audit_line(entry, txn.events(round_id))
 
     def included(self, round_id: int) -> bool:
-        with self.journal.transaction() as txn:
+        with self.journal.transaction(_KEEP) as txn:
             entry = txn.round(round_id)
             return entry is not None and entry.included
 
@@ -542,4 +546,3 @@ def audit_line(entry: JournalRound, events: list[tuple[float, Event, str]]) -> s
     if ending == "ended by the coordinator":
         return f"round {entry.round_id}: ended by the coordinator{attempt}; {done}{claim}"
     return f"round {entry.round_id}: {ending}{attempt}; {done}{claim}"
-

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from secagg.errors import JournalError
 
-__all__ = ["Event", "Journal", "JournalRound", "JournalTransaction", "SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "Event", "Journal", "JournalRound", "JournalTransaction"]
 
 SCHEMA_VERSION = 1
 _APPLICATION_ID = 0x5A6A4E4C  # "secagg journal": tells a journal from any other SQLite file
@@ -226,9 +226,7 @@ class Journal:
             if app == 0 and tables == 0:
                 for statement in _statements(_SCHEMA):
                     cur.execute(statement)
-                cur.execute(
-                    "INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-                )
+                cur.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 cur.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
             elif app != _APPLICATION_ID:
                 raise JournalError(f"{self.path} is not a secagg journal")
@@ -245,35 +243,48 @@ class Journal:
             self._conn.close()
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
+    def _write(self, keep_on: tuple[type[BaseException], ...] = ()) -> Iterator[sqlite3.Cursor]:
         with self._lock:
             cur = self._conn.cursor()
             try:
                 cur.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise JournalError(f"cannot lock the journal {self.path}: {_one_line(exc)}") from None
+                raise JournalError(
+                    f"cannot lock the journal {self.path}: {_one_line(exc)}"
+                ) from None
             try:
                 yield cur
+            except keep_on:
+                self._commit(cur)
+                raise
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     cur.execute("ROLLBACK")
                 raise
-            try:
-                cur.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    cur.execute("ROLLBACK")
-                raise JournalError(f"cannot write the journal {self.path}: {_one_line(exc)}") from None
+            self._commit(cur)
+
+    def _commit(self, cur: sqlite3.Cursor) -> None:
+        try:
+            cur.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                cur.execute("ROLLBACK")
+            raise JournalError(f"cannot write the journal {self.path}: {_one_line(exc)}") from None
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[JournalTransaction]:
+    def transaction(
+        self, keep_on: tuple[type[BaseException], ...] = ()
+    ) -> Iterator[JournalTransaction]:
         """The node's exclusive lock, across threads and processes: everything done inside is
-        one durable commit at the end (or nothing, if an exception leaves it)."""
-        with self._write() as cur:
+        one durable commit at the end, or nothing if an exception leaves it, except one of
+        ``keep_on`` (a refusal is a decision too: what was written before it is kept)."""
+        with self._write(keep_on) as cur:
             try:
                 yield JournalTransaction(cur)
             except sqlite3.Error as exc:
-                raise JournalError(f"cannot write the journal {self.path}: {_one_line(exc)}") from None
+                raise JournalError(
+                    f"cannot write the journal {self.path}: {_one_line(exc)}"
+                ) from None
 
     def rounds(self) -> list[JournalRound]:
         """Every round, oldest first (for the history)."""
@@ -474,7 +485,8 @@ def _statements(script: str) -> list[str]:
     for line in script.strip().splitlines():
         current.append(line)
         text = "\n".join(current).strip()
-        if text.endswith(";") and (not text.upper().startswith("CREATE TRIGGER") or text.endswith("END;")):
+        trigger = text.upper().startswith("CREATE TRIGGER")
+        if text.endswith(";") and (not trigger or text.endswith("END;")):
             statements.append(text)
             current = []
     return statements

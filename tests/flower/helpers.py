@@ -3,6 +3,9 @@ is known in advance, so every aggregate can be checked exactly."""
 
 from __future__ import annotations
 
+import tempfile
+from typing import Any
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -10,7 +13,7 @@ from flwr.clientapp.typing import Mod
 from numpy.typing import NDArray
 
 from secagg import Params
-from secagg.flower import ArrayLayout, wire
+from secagg.flower import ArrayLayout, SecAggMod, wire
 from secagg.hazmat.randomness import DeterministicRandomness
 
 DIM = 6
@@ -85,3 +88,12 @@ def secagg_record(message: Message) -> ConfigRecord:
     record = message.content.config_records[wire.RECORD_KEY]
     assert isinstance(record, ConfigRecord)
     return record
+
+
+def secagg_mod(params: Params = PARAMS, **options: Any) -> SecAggMod:
+    """A mod with a journal folder of its own and, unless the test names one, no allow-list
+    (the app opts out by name, as a simulation whose nodes are all its own may)."""
+    options.setdefault("journal", tempfile.mkdtemp(prefix="secagg-test-journal-"))
+    if "allowed_nodes" not in options and "pki" not in options:
+        options.setdefault("allow_any_node", True)
+    return SecAggMod(params, **options)

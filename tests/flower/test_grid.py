@@ -11,11 +11,11 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flwr.app import ConfigRecord, Message, MessageType
+from flwr.app import Message, MessageType
 
 from secagg import Params, ServerModel
 from secagg.errors import ConfigurationError, UsageError
-from secagg.flower import STATE_KEY, SecAggMod, SecureGrid, wire
+from secagg.flower import SecureGrid, wire
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
 from tests.flower.helpers import (
@@ -25,6 +25,7 @@ from tests.flower.helpers import (
     flat,
     model,
     node_ids,
+    secagg_mod,
     task,
     weight,
 )
@@ -47,7 +48,7 @@ def expected_mean(partitions: list[int]) -> np.ndarray:
 def test_a_train_round_returns_one_reply_holding_the_secure_weighted_mean() -> None:
     nodes = node_ids(6)
     trained: list[int] = []
-    grid = SecureGrid(LoopbackGrid(client_app([SecAggMod(PARAMS)], trained), nodes), PARAMS)
+    grid = SecureGrid(LoopbackGrid(client_app([secagg_mod(PARAMS)], trained), nodes), PARAMS)
     replies = list(grid.send_and_receive(train_messages(nodes)))
     assert len(replies) == 1
     content = replies[0].content
@@ -66,7 +67,7 @@ def test_a_train_round_returns_one_reply_holding_the_secure_weighted_mean() -> N
 
 def test_every_message_of_the_round_carries_only_protocol_bytes_after_the_first() -> None:
     nodes = node_ids(5)
-    loopback = LoopbackGrid(client_app([SecAggMod(PARAMS)], []), nodes)
+    loopback = LoopbackGrid(client_app([secagg_mod(PARAMS)], []), nodes)
     SecureGrid(loopback, PARAMS).send_and_receive(train_messages(nodes))
     first, later = loopback.sent[: len(nodes)], loopback.sent[len(nodes) :]
     assert all(set(m.content.keys()) == {"arrays", "config", wire.RECORD_KEY} for m in first)
@@ -86,7 +87,7 @@ def test_nodes_that_fail_refuse_or_fall_silent_are_dropped_and_the_rest_aggregat
             raise RuntimeError("the node's hardware failed")
         return call_next(msg, ctxt)
 
-    loopback = LoopbackGrid(client_app([crash_in_training, SecAggMod(PARAMS)], trained), nodes)
+    loopback = LoopbackGrid(client_app([crash_in_training, secagg_mod(PARAMS)], trained), nodes)
     loopback.silent.add(by_partition[1])
     grid = SecureGrid(loopback, PARAMS)
     replies = list(grid.send_and_receive(train_messages(nodes)))
@@ -105,8 +106,8 @@ def test_nodes_that_fail_refuse_or_fall_silent_are_dropped_and_the_rest_aggregat
 def test_a_node_that_refuses_is_dropped_with_its_typed_reason() -> None:
     nodes = node_ids(5)
     # One node's deployment allows only some of the cohort: it refuses the round.
-    strict = SecAggMod(PARAMS, allowed_nodes=list(nodes)[:3])
-    lenient = SecAggMod(PARAMS)
+    strict = secagg_mod(PARAMS, allowed_nodes=list(nodes)[:3])
+    lenient = secagg_mod(PARAMS)
     by_partition = {p: n for n, p in nodes.items()}
 
     def pick(msg, ctxt, call_next):  # type: ignore[no-untyped-def]
@@ -122,7 +123,7 @@ def test_a_node_that_refuses_is_dropped_with_its_typed_reason() -> None:
 
 def test_a_round_that_cannot_finish_returns_no_reply_so_the_strategy_keeps_its_model() -> None:
     nodes = node_ids(5)
-    loopback = LoopbackGrid(client_app([SecAggMod(PARAMS)], []), nodes)
+    loopback = LoopbackGrid(client_app([secagg_mod(PARAMS)], []), nodes)
     loopback.silent.update(list(nodes)[:3])  # 2 of 5 left: below any threshold
     grid = SecureGrid(loopback, PARAMS)
     assert list(grid.send_and_receive(train_messages(nodes))) == []
@@ -134,21 +135,24 @@ def test_a_round_that_cannot_finish_returns_no_reply_so_the_strategy_keeps_its_m
 
 def test_the_next_round_runs_with_a_new_round_id_and_the_nodes_keep_no_secret() -> None:
     nodes = node_ids(5)
-    loopback = LoopbackGrid(client_app([SecAggMod(PARAMS)], []), nodes)
+    mod = secagg_mod(PARAMS)
+    loopback = LoopbackGrid(client_app([mod], []), nodes)
     grid = SecureGrid(loopback, PARAMS)
     grid.send_and_receive(train_messages(nodes))
     grid.send_and_receive(train_messages(nodes, task(server_round=2)))
     assert [r.round_id for r in grid.reports] == [1, 2]
     assert [r.outcome for r in grid.reports] == ["completed", "completed"]
-    for context in loopback.contexts.values():
-        state = context.state.config_records[STATE_KEY]
-        assert isinstance(state, ConfigRecord)
-        assert dict(state) == {"last-round": "2"}
+    for node, context in loopback.contexts.items():
+        assert len(context.state.config_records) == 0
+        journal = mod.session(node).journal
+        assert [(r.round_id, r.included) for r in journal.rounds()] == [(1, True), (2, True)]
+        with journal.transaction() as txn:
+            assert txn.secrets(1) is None and txn.secrets(2) is None
 
 
 def test_other_message_types_pass_through_untouched() -> None:
     nodes = node_ids(4)
-    grid = SecureGrid(LoopbackGrid(client_app([SecAggMod(PARAMS)], []), nodes), PARAMS)
+    grid = SecureGrid(LoopbackGrid(client_app([secagg_mod(PARAMS)], []), nodes), PARAMS)
     evaluate = [Message(task(), dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
     replies = list(grid.send_and_receive(evaluate))
     assert len(replies) == 4
@@ -158,7 +162,7 @@ def test_other_message_types_pass_through_untouched() -> None:
 
 def test_misuse_is_refused_up_front() -> None:
     nodes = node_ids(4)
-    grid = SecureGrid(LoopbackGrid(client_app([SecAggMod(PARAMS)], []), nodes), PARAMS)
+    grid = SecureGrid(LoopbackGrid(client_app([secagg_mod(PARAMS)], []), nodes), PARAMS)
     mixed = train_messages(nodes)[:2] + [
         Message(task(), dst_node_id=n, message_type=MessageType.EVALUATE) for n in list(nodes)[2:]
     ]
@@ -190,7 +194,7 @@ def test_a_semi_malicious_deployment_runs_with_signed_keys_and_a_consistency_che
         for n in nodes
     }
     pki = {n: k.public for n, k in keys.items()}
-    mods = {n: SecAggMod(params, identity=keys[n], pki=pki) for n in nodes}
+    mods = {n: secagg_mod(params, identity=keys[n], pki=pki) for n in nodes}
 
     def own_mod(msg, ctxt, call_next):  # type: ignore[no-untyped-def]
         return mods[ctxt.node_id](msg, ctxt, call_next)

@@ -20,8 +20,8 @@ from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
-from secagg.flower import SecAggMod, SecureGrid
-from tests.flower.helpers import PARAMS, delta, node_ids, weight
+from secagg.flower import SecureGrid
+from tests.flower.helpers import PARAMS, delta, node_ids, secagg_mod, weight
 from tests.flower.loopback import LoopbackGrid
 
 START = [np.arange(4, dtype=np.float32).reshape(2, 2) / 10, np.array([0.5, -0.25], np.float32)]
@@ -43,7 +43,7 @@ def test_the_legacy_default_workflow_aggregates_the_secure_reply() -> None:
     def client_fn(context: Context):  # type: ignore[no-untyped-def]
         return DeltaClient(int(context.node_config["partition-id"])).to_client()
 
-    app = ClientApp(client_fn=client_fn, mods=[SecAggMod(PARAMS)])
+    app = ClientApp(client_fn=client_fn, mods=[secagg_mod(PARAMS)])
     grid = SecureGrid(LoopbackGrid(app, nodes), PARAMS)
     strategy = FedAvg(
         fraction_fit=1.0,

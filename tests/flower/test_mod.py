@@ -18,10 +18,18 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 
 from secagg import Params
 from secagg.errors import AbortReason, ConfigurationError
-from secagg.flower import REFUSED_PLAINTEXT, STATE_KEY, SecAggMod, wire
+from secagg.flower import REFUSED_PLAINTEXT, SecAggMod, wire
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.protocol.messages import Commitment, RoundConfig
-from tests.flower.helpers import PARAMS, client_app, model, node_ids, secagg_record, task
+from tests.flower.helpers import (
+    PARAMS,
+    client_app,
+    model,
+    node_ids,
+    secagg_mod,
+    secagg_record,
+    task,
+)
 
 NODES = node_ids(5)
 ME = next(iter(NODES))  # the node under test
@@ -81,7 +89,7 @@ def refusal(reply: Message) -> str:
 
 def test_an_honest_first_message_is_answered_with_a_commitment_after_training_once() -> None:
     trained: list[int] = []
-    reply = answer(SecAggMod(PARAMS), first_message(), context(), trained)
+    reply = answer(secagg_mod(PARAMS), first_message(), context(), trained)
     commitment = Commitment.decode(secagg_record(reply)[wire.MESSAGE])
     assert commitment.client_id == sorted(NODES).index(ME)
     assert trained == [NODES[ME]]
@@ -90,7 +98,7 @@ def test_an_honest_first_message_is_answered_with_a_commitment_after_training_on
 def test_a_train_message_without_the_protocol_is_refused_and_never_trained() -> None:
     trained: list[int] = []
     plain = Message(task(), dst_node_id=ME, message_type=MessageType.TRAIN)
-    reply = answer(SecAggMod(PARAMS), plain, context(), trained)
+    reply = answer(secagg_mod(PARAMS), plain, context(), trained)
     assert reply.has_error()
     assert reply.error.code == REFUSED_PLAINTEXT
     assert trained == []
@@ -104,32 +112,32 @@ LIES: dict[str, tuple[Callable[[], Message], AbortReason, SecAggMod]] = {
     "a wider clip range": (
         lambda: first_message(params=_other_params()),
         AbortReason.PARAMETER_MISMATCH,
-        SecAggMod(PARAMS),
+        secagg_mod(PARAMS),
     ),
     "a node the deployment does not allow": (
         first_message,
         AbortReason.COHORT_NOT_ALLOWED,
-        SecAggMod(PARAMS, allowed_nodes=[n for n in NODES if n != STRANGER]),
+        secagg_mod(PARAMS, allowed_nodes=[n for n in NODES if n != STRANGER]),
     ),
     "a cohort without this node": (
         lambda: first_message(nodes=[n for n in sorted(NODES) if n != ME] + [1]),
         AbortReason.UNKNOWN_ID,
-        SecAggMod(PARAMS),
+        secagg_mod(PARAMS),
     ),
     "a node table out of order": (
         lambda: first_message(table=b"".join(n.to_bytes(8, "big") for n in sorted(NODES)[::-1])),
         AbortReason.INVALID_CONFIG,
-        SecAggMod(PARAMS),
+        secagg_mod(PARAMS),
     ),
     "a model other than the one the session is bound to": (
         lambda: first_message(bound_to=task(server_round=2)),
         AbortReason.MODEL_MISMATCH,
-        SecAggMod(PARAMS),
+        secagg_mod(PARAMS),
     ),
     "a configuration that does not decode": (
         lambda: first_message(config_bytes=b"junk"),
         AbortReason.INVALID_CONFIG,
-        SecAggMod(PARAMS),
+        secagg_mod(PARAMS),
     ),
     "a model of another size": (
         lambda: first_message(
@@ -137,7 +145,7 @@ LIES: dict[str, tuple[Callable[[], Message], AbortReason, SecAggMod]] = {
             params=Params(dim=4, max_clients=8, clip=1.0, max_weight=100),
         ),
         AbortReason.PARAMETER_MISMATCH,
-        SecAggMod(PARAMS),
+        secagg_mod(PARAMS),
     ),
 }
 
@@ -150,23 +158,25 @@ def test_a_lying_first_message_is_refused_before_training(lie: str) -> None:
     reply = answer(mod, build(), ctxt, trained)
     assert refusal(reply) == reason.value
     assert trained == []
-    assert "seed" not in ctxt.state.config_records.get(STATE_KEY, {})
+    assert len(ctxt.state.config_records) == 0  # nothing of a round lives in the Context
+    assert mod.session(ME).journal.rounds() == []  # a refused task promised nothing
 
 
-def test_a_round_id_that_is_not_after_the_last_one_is_refused() -> None:
+def test_a_round_id_the_node_took_part_in_is_refused_and_no_id_locks_it_out() -> None:
     trained: list[int] = []
-    mod, ctxt = SecAggMod(PARAMS), context()
-    answer(mod, first_message(round_id=5), ctxt, trained)
-    reply = answer(mod, first_message(round_id=5), ctxt, trained)
+    mod, ctxt = secagg_mod(PARAMS), context()
+    answer(mod, first_message(round_id=2**64 - 1), ctxt, trained)
+    reply = answer(mod, first_message(round_id=2**64 - 1), ctxt, trained)
     assert refusal(reply) == AbortReason.REPLAYED_ROUND.value
-    reply = answer(mod, first_message(round_id=4), ctxt, trained)
-    assert refusal(reply) == AbortReason.REPLAYED_ROUND.value
-    assert len(trained) == 1
+    # Freshness comes from the journal, not from the largest id ever seen.
+    reply = answer(mod, first_message(round_id=4, sent=task(server_round=4)), ctxt, trained)
+    assert wire.MESSAGE in secagg_record(reply)
+    assert len(trained) == 2
 
 
 def test_an_update_whose_weight_exceeds_the_deployment_is_refused() -> None:
     trained: list[int] = []
-    app = client_app([SecAggMod(PARAMS)], trained, bad_weight=PARAMS.max_weight + 1)
+    app = client_app([secagg_mod(PARAMS)], trained, bad_weight=PARAMS.max_weight + 1)
     reply = app(first_message(), context())
     assert refusal(reply) == AbortReason.INVALID_UPDATE.value
 
@@ -177,12 +187,12 @@ def test_a_protocol_message_outside_any_round_is_refused() -> None:
         dst_node_id=ME,
         message_type=MessageType.TRAIN,
     )
-    reply = answer(SecAggMod(PARAMS), stray, context(), [])
-    assert refusal(reply) == AbortReason.UNEXPECTED_MESSAGE.value
+    reply = answer(secagg_mod(PARAMS), stray, context(), [])
+    assert refusal(reply) == AbortReason.ROUND_CLOSED.value
 
 
 def test_junk_in_the_middle_of_a_round_ends_it_with_a_typed_refusal() -> None:
-    mod, ctxt = SecAggMod(PARAMS), context()
+    mod, ctxt = secagg_mod(PARAMS), context()
     answer(mod, first_message(), ctxt, [])
     junk = Message(
         RecordDict({wire.RECORD_KEY: ConfigRecord({wire.MESSAGE: b"\x00" * 40})}),
@@ -191,20 +201,29 @@ def test_junk_in_the_middle_of_a_round_ends_it_with_a_typed_refusal() -> None:
     )
     reply = answer(mod, junk, ctxt, [])
     assert refusal(reply) == AbortReason.MALFORMED_MESSAGE.value
-    assert set(ctxt.state.config_records[STATE_KEY]) == {"last-round"}  # secrets forgotten
+    (entry,) = mod.session(ME).journal.rounds()
+    assert not entry.live
+    with mod.session(ME).journal.transaction() as txn:
+        assert txn.secrets(entry.round_id) is None  # secrets forgotten
 
 
 def test_an_active_deployment_needs_its_identity() -> None:
     active = Params(dim=6, max_clients=8, server_model="semi-malicious")
     with pytest.raises(ConfigurationError, match="identity"):
-        SecAggMod(active)
+        SecAggMod(active, journal="unused", allowed_nodes=list(NODES))
+
+
+def test_a_mod_without_an_allow_list_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="allow_any_node=True"):
+        SecAggMod(PARAMS, journal="unused")
 
 
 def test_the_round_config_the_node_accepted_is_the_one_it_was_sent() -> None:
     message = first_message()
     sent = RoundConfig.decode(secagg_record(message)[wire.MESSAGE])
     ctxt = context()
-    answer(SecAggMod(PARAMS), message, ctxt, [])
-    kept = ctxt.state.config_records[STATE_KEY]["config"]
-    assert isinstance(kept, bytes)
-    assert RoundConfig.decode(kept) == sent
+    mod = secagg_mod(PARAMS)
+    answer(mod, message, ctxt, [])
+    with mod.session(ME).journal.transaction() as txn:
+        (opening, _) = txn.exchanges(sent.round_id)[0], None
+    assert RoundConfig.decode(opening.request) == sent

@@ -3,9 +3,11 @@
 Two pieces, one per side, over Flower's current Message API (and its legacy
 ``DefaultWorkflow``):
 
-- ``SecAggMod(params, ...)``, a client ``Mod``: ``ClientApp(mods=[SecAggMod(params)])``.
-  It checks every round against the node's own deployment, trains once per round, and
-  answers the protocol; the only vector that leaves the node is its masked input.
+- ``SecAggMod(params, journal=folder, allowed_nodes=...)``, a client ``Mod``:
+  ``ClientApp(mods=[SecAggMod(...)])``. A transport over the client session
+  (``secagg.client_session``): every round is checked against the node's own deployment and
+  journal, trained once, and answered along one durable transcript; the only vector that
+  leaves the node is its masked input.
 - ``SecureGrid(grid, params, ...)``, a ``Grid`` wrapper for the ``ServerApp``: each
   ``TRAIN`` round of the strategy becomes one secagg round, and the strategy receives one
   reply holding the secure weighted mean (FedAvg averages it into itself).
@@ -18,13 +20,13 @@ client ``i`` is the ``i``-th smallest node id of the cohort. Needs ``pip install
 
 from __future__ import annotations
 
-from secagg.flower.client import REFUSED_PLAINTEXT, STATE_KEY, SecAggMod
+from secagg.flower.client import DEFAULT_STAGE_TIMEOUT, REFUSED_PLAINTEXT, SecAggMod
 from secagg.flower.server import SecureGrid, SecureRoundReport
 from secagg.flower.wire import ArrayLayout
 
 __all__ = [
+    "DEFAULT_STAGE_TIMEOUT",
     "REFUSED_PLAINTEXT",
-    "STATE_KEY",
     "ArrayLayout",
     "SecAggMod",
     "SecureGrid",

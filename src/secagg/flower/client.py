@@ -1,62 +1,69 @@
 """The client side: a Flower mod that answers secagg's protocol and trains only inside it.
 
-``SecAggMod(params, ...)`` is a Flower ``Mod``: put it in a ``ClientApp``'s ``mods`` and
-every ``TRAIN`` message goes through it. The mod is built by the client app from its own
-deployment (the ``Params``, the allowed nodes, the weight key); nothing in it is taken from
-the server. For each round it checks, exactly as ``secagg join`` does (``secagg.service
-.client``):
+``SecAggMod(params, journal=..., allowed_nodes=...)`` is a Flower ``Mod``: put it in a
+``ClientApp``'s ``mods`` and every ``TRAIN`` message goes through it. The mod is a transport
+over the client session (``secagg.client_session``), which makes every decision, exactly as it
+does for ``secagg join``: the round configuration against the deployment (the ``Params``, the
+allow-list of node ids, the identities in active mode), the round id and the task against the
+node's journal (a round is taken once, a task's update enters one sum, the DP budget), the task
+against the hash the session is bound to, every protocol message against the round's one
+transcript. The mod only moves bytes between Flower's records and the session, runs the app's
+training (once, on the round's first message, on exactly the task the session is bound to;
+the update is the difference between what it returns and the global model), and keeps time.
 
-1. the round configuration against the deployment (``ClientPolicy``: server model,
-   protocol, dimension, quantiser, ring, minimum cohort, graph), for a round id after every
-   round this node took part in, and the node table (``secagg.flower.wire``): canonical,
-   holding this node, and every node on the allow-list;
-2. the task: the model and training config it was sent must be the ones the round's task
-   hash names (so the ones its session is bound to), the model one ``ArrayRecord`` of
-   finite values of the deployment's dimension;
-3. the update: the app's reply must hold arrays of the model's layout with finite values and
-   an integer weight (``weight_key``, FedAvg's ``num-examples``) in ``[0, max_weight]``.
+**Nothing of a round is kept in Flower's ``Context``.** Flower's simulation engine writes a
+node's ``Context`` back after each message with nothing serialising one node's messages, and in
+simulation it lives beside the ServerApp: a stale copy written back after later messages would
+roll the node's protocol state back. The round's state lives in the node's journal (a SQLite
+file under the folder the app names in ``journal``, one per node: ``node-<id>.journal``):
+each message is decided under the journal's lock (across threads and processes), appended,
+and made durable before the answer leaves. Since Flower may run each message in another
+process, the journal keeps the round's 32-byte seed and update until the round closes, and the
+round's client is rebuilt by replaying its transcript with the same deterministic randomness.
 
-Only then does the app train (``call_next``), once, on the first message of the round; the
-update is the difference between the arrays it returns and the global model, so what is
-clipped and quantised is the small update, not the weights. Every later message of the round
-is answered by the sans-I/O ``Client`` alone; the app is never called again for it. The only
-vector that leaves the node is the masked input. A ``TRAIN`` message that does not carry the
-protocol is refused with an error reply: this deployment has no plaintext path.
+**An allow-list is required.** ``allowed_nodes`` names the node ids this node takes part with
+(in active mode the ``pki`` keys are the allow-list); a mod without one is a configuration
+error unless the app opts out by name with ``allow_any_node=True`` (for a simulation where
+every node is the app's own; logged as a warning).
 
-Between messages Flower may run the mod in another process (a simulation actor, or a fresh
-``flwr-clientapp`` process per message in deployment), so the round's state lives in the
-node's ``Context`` (``ctxt.state``, which stays on the node) as a 32-byte seed, the
-round's configuration and update, and the server messages answered so far. The ``Client``
-is rebuilt for each message by replaying them with ``DeterministicRandomness(seed)``; the
-seed is fresh from the operating system for every round, so replay reproduces the same keys
-and shares, and nothing else does. The cost is that each message repeats the work of the
-earlier ones (the masking once more at the unmask stage).
+**Deadlines.** The session abandons a round ``stage_timeout`` seconds after the node's last
+answer: a later message is refused, and a timer erases the round's secrets when the time
+passes even if no message comes.
 
-Any refusal is a typed ``ClientAbort``: the mod logs it, forgets the round, and answers the
-server with the reason (``wire.ABORT``) so the server drops this node at once instead of
-waiting for a timeout.
+Any refusal is a typed ``ClientAbort``: the mod logs it and answers the server with the reason
+(``wire.ABORT``) so the server drops this node at once instead of waiting for a timeout. A
+``TRAIN`` message that does not carry the protocol is refused with an error reply: this
+deployment has no plaintext path.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
+import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import TypeAlias, TypeVar
+from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.errors import AbortReason, ClientAbort, ConfigurationError, DecodeError, InputError
+from secagg.client_session import Accepted, ClientSession, Offer
+from secagg.dp.budget import ClientBudget
+from secagg.errors import (
+    AbortReason,
+    ClientAbort,
+    ConfigurationError,
+    DecodeError,
+    JournalError,
+)
 from secagg.flower import wire
 from secagg.hazmat.keys import Ed25519SigningKey
-from secagg.hazmat.randomness import DeterministicRandomness, SystemRandomness
+from secagg.journal import Journal
 from secagg.params import Params
-from secagg.policy import ClientPolicy
-from secagg.protocol.client import Client
-from secagg.protocol.messages import Message as ProtocolMessage
-from secagg.protocol.messages import RoundConfig, UnmaskResponse
+from secagg.protocol.messages import decode
+from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
 
 try:
@@ -64,19 +71,15 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("secagg.flower needs Flower: pip install 'secagg[flower]'") from exc
 
-__all__ = ["REFUSED_PLAINTEXT", "STATE_KEY", "SecAggMod"]
+__all__ = ["DEFAULT_STAGE_TIMEOUT", "REFUSED_PLAINTEXT", "SecAggMod"]
 
 # The ClientApp callable a mod wraps: (message, context) -> reply.
 ClientAppCallable: TypeAlias = Callable[[Message, Context], Message]
-_T = TypeVar("_T")
 
 log = logging.getLogger("secagg.flower.client")
 
-STATE_KEY = "secagg.state"  # the ConfigRecord in ctxt.state holding this node's round state
-_LAST_ROUND = "last-round"
-_ROUND_FIELDS = ("config", "nodes", "client-id", "seed", "update", "weight", "transcript")
-_SEED_BYTES = 32
 _DETAIL_CHARS = 200
+DEFAULT_STAGE_TIMEOUT = 120.0
 # Error code of the reply to a TRAIN message without the protocol (Flower's own codes are
 # small integers; this one is ours and says "refused by secagg").
 REFUSED_PLAINTEXT = 5301
@@ -84,39 +87,61 @@ REFUSED_PLAINTEXT = 5301
 _LEGACY_WEIGHT = ("fitres.num_examples", "num_examples")
 
 
-@dataclass(frozen=True)
-class _RoundState:
-    """What this node keeps between the messages of one round (in its own Context)."""
+class FlowerTask:
+    """A round's task as Flower sends it (``secagg.client_session.TaskCodec``): the records
+    the strategy sent, bound with the round id and node table into the session's task hash;
+    the model one ``ArrayRecord`` of finite values."""
 
-    config: bytes
-    nodes: bytes  # the node table: the cohort's Flower node ids, client id i at index i
-    client_id: int
-    seed: bytes  # the round's secret: with the transcript it reproduces every key and share
-    update: bytes  # float32, little-endian
-    weight: int
-    transcript: tuple[bytes, ...]  # the server messages answered after the commitment
+    def __init__(self, content: RecordDict, round_id: int, table: bytes) -> None:
+        self.content = content
+        self._round_id = round_id
+        self._table = table
+        self.layout: wire.ArrayLayout | None = None
+
+    def fingerprint(self) -> bytes:
+        return wire.content_digest(self.content)
+
+    def binding(self) -> bytes:
+        return wire.task_digest(self._round_id, self._table, self.fingerprint())
+
+    def model(self, dim: int) -> NDArray[np.float32]:
+        record = wire.single_array_record(self.content, "the train message")
+        layout = wire.ArrayLayout.of(record)
+        vector = layout.flatten(record)
+        if layout.size != dim:
+            raise ConfigurationError(
+                f"the model has {layout.size} values; the deployment's dim is {dim}"
+            )
+        self.layout = layout
+        return vector
 
 
 class SecAggMod:
     """A Flower ``Mod`` running secagg's secure aggregation for every ``TRAIN`` message.
 
-    ``params`` is this client's deployment (the same ``Params`` the server uses).
-    ``allowed_nodes`` is the allow-list of Flower node ids (``None``: any node, for a
-    simulation where every node is ours); in active mode (``params.server_model`` is
-    semi-malicious) ``identity`` is this node's long-term Ed25519 key and ``pki`` maps
-    node ids to their identity public keys (and defaults the allow-list to its keys).
-    ``weight_key`` names the entry of the app's ``MetricRecord`` that weights its update
-    (FedAvg's ``num-examples``; a legacy ``NumPyClient``'s example count is found too).
+    ``params`` is this client's deployment (the same ``Params`` the server uses). ``journal``
+    is the folder holding each node's journal (``node-<id>.journal``): node-local, durable,
+    protected like the identity key. ``allowed_nodes`` is the allow-list of Flower node ids;
+    ``allow_any_node=True`` opts out of it by name (a simulation where every node is the
+    app's own). In active mode (``params.server_model`` is semi-malicious) ``identity`` is this
+    node's long-term Ed25519 key and ``pki`` maps node ids to their identity public keys (and
+    is the allow-list unless ``allowed_nodes`` narrows it). ``weight_key`` names the entry of
+    the app's ``MetricRecord`` that weights its update (FedAvg's ``num-examples``; a legacy
+    ``NumPyClient``'s example count is found too). ``stage_timeout`` is how long the node waits
+    for the server's next message of a round before it forgets the round.
     """
 
     def __init__(
         self,
         params: Params,
         *,
+        journal: str | os.PathLike[str],
         allowed_nodes: Iterable[int] | None = None,
+        allow_any_node: bool = False,
         weight_key: str = "num-examples",
         identity: Ed25519SigningKey | None = None,
         pki: Mapping[int, bytes] | None = None,
+        stage_timeout: float = DEFAULT_STAGE_TIMEOUT,
     ) -> None:
         if not isinstance(params, Params):
             raise ConfigurationError(f"params must be a secagg Params, got {type(params)}")
@@ -124,13 +149,48 @@ class SecAggMod:
             raise ConfigurationError(
                 "a semi-malicious server model needs this node's identity and the nodes' pki"
             )
-        self.params = params
         if allowed_nodes is None and pki is not None:
             allowed_nodes = pki.keys()
+        if allowed_nodes is None and not allow_any_node:
+            raise ConfigurationError(
+                "SecAggMod needs the allow-list of node ids (allowed_nodes=...); a simulation "
+                "whose nodes are all its own may opt out with allow_any_node=True"
+            )
+        if allowed_nodes is not None and allow_any_node:
+            raise ConfigurationError("give allowed_nodes or allow_any_node=True, not both")
+        if allow_any_node:
+            log.warning(
+                "SecAggMod without an allow-list (allow_any_node=True): any node id the server "
+                "names is accepted as a peer; use this only where every node is the app's own"
+            )
+        if not (isinstance(stage_timeout, int | float) and 0 < stage_timeout < float("inf")):
+            raise ConfigurationError(f"stage_timeout must be positive, got {stage_timeout!r}")
+        self.params = params
         self.allowed_nodes = None if allowed_nodes is None else frozenset(allowed_nodes)
         self.weight_key = weight_key
+        self.journal_folder = Path(journal)
+        self.stage_timeout = float(stage_timeout)
         self._identity = identity
         self._pki = dict(pki or {})
+        self._budget = None if params.dp_plan is None else ClientBudget(params.dp_plan)
+        self._sessions: dict[int, ClientSession] = {}
+        self._timers: dict[int, threading.Timer] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, object]:
+        # Flower ships the ClientApp to other processes (a simulation's Ray actors): the
+        # deployment travels, the open journals, timers and lock do not. Each process opens
+        # the same journal files, whose lock is SQLite's, across processes.
+        state = dict(self.__dict__)
+        for name in ("_sessions", "_timers", "_lock"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._sessions = {}
+        self._timers = {}
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         allowed = "any" if self.allowed_nodes is None else str(len(self.allowed_nodes))
@@ -151,112 +211,121 @@ class SecAggMod:
                 ),
                 reply_to=msg,
             )
+        session = self.session(ctxt.node_id)
         try:
+            session.expire(time.time())
             if wire.NODES in record:
-                answer = self._begin(msg, ctxt, record, call_next)
+                answer = self._begin(session, msg, ctxt, record, call_next)
             else:
-                answer = self._continue(ctxt, record)
+                data = record.get(wire.MESSAGE)
+                if not isinstance(data, bytes):
+                    raise ClientAbort(
+                        AbortReason.MALFORMED_MESSAGE, "the protocol message is not bytes"
+                    )
+                answer = session.receive(data, time.time())
         except ClientAbort as exc:
-            self._forget_round(ctxt)
             log.warning("node %d leaves the round: %s", ctxt.node_id, _one_line(str(exc)))
             refusal = ConfigRecord()
             refusal[wire.ABORT] = exc.reason.value
             refusal[wire.DETAIL] = _one_line(exc.detail)
             return Message(RecordDict({wire.RECORD_KEY: refusal}), reply_to=msg)
+        self._arm_timer(ctxt.node_id, session)
         return Message(
-            RecordDict({wire.RECORD_KEY: ConfigRecord({wire.MESSAGE: answer.encode()})}),
+            RecordDict({wire.RECORD_KEY: ConfigRecord({wire.MESSAGE: answer})}),
             reply_to=msg,
         )
 
+    def session(self, node_id: int) -> ClientSession:
+        """This node's client session, over its journal in the app's folder."""
+        with self._lock:
+            session = self._sessions.get(node_id)
+            if session is None:
+                path = self.journal_folder / f"node-{node_id}.journal"
+                try:
+                    journal = Journal.open(path)
+                except JournalError as exc:
+                    raise ConfigurationError(str(exc)) from None
+                session = ClientSession(
+                    self._scheme_for,
+                    journal,
+                    self_id=node_id,
+                    allowed=self.allowed_nodes,
+                    stage_timeout=self.stage_timeout,
+                    keep_secrets=True,
+                    budget=self._budget,
+                )
+                self._sessions[node_id] = session
+            return session
+
+    def _arm_timer(self, node_id: int, session: ClientSession) -> None:
+        """Forget the round's secrets when its deadline passes, even if no message comes."""
+        deadline = session.deadline()
+        with self._lock:
+            old = self._timers.pop(node_id, None)
+            if old is not None:
+                old.cancel()
+            if deadline is None:
+                return
+            timer = threading.Timer(
+                max(0.0, deadline - time.time()) + 0.01, lambda: session.expire(time.time())
+            )
+            timer.daemon = True
+            self._timers[node_id] = timer
+            timer.start()
+
+    def _scheme_for(self, client_id: int, members: tuple[int, ...] | None) -> Scheme:
+        """Masking under the deployment, signing as this node in active mode, with the
+        cohort's identity keys by client id (from the pki by node id)."""
+        if not self.params.active:
+            return MaskingScheme(self.params)
+        assert members is not None and self._identity is not None
+        missing = [node for node in members if node not in self._pki]
+        if missing:
+            raise ClientAbort(
+                AbortReason.COHORT_NOT_ALLOWED, f"{len(missing)} node(s) without an identity key"
+            )
+        pki = {i: self._pki[node] for i, node in enumerate(members)}
+        return MaskingScheme(self.params, identities={client_id: self._identity}, pki=pki)
+
     # ----------------------------------------------------------------- a round's first message
     def _begin(
-        self, msg: Message, ctxt: Context, record: ConfigRecord, call_next: ClientAppCallable
-    ) -> ProtocolMessage:
-        # A new round ends whatever this node was doing in an earlier one.
-        self._forget_round(ctxt)
-        config = _decode_config(record.get(wire.MESSAGE))
+        self,
+        session: ClientSession,
+        msg: Message,
+        ctxt: Context,
+        record: ConfigRecord,
+        call_next: ClientAppCallable,
+    ) -> bytes:
+        config_bytes = record.get(wire.MESSAGE)
+        if not isinstance(config_bytes, bytes):
+            raise ClientAbort(AbortReason.INVALID_CONFIG, "the round configuration is not bytes")
         table_bytes = record.get(wire.NODES)
-        if not isinstance(table_bytes, bytes):
-            raise ClientAbort(AbortReason.INVALID_CONFIG, "the node table is not bytes")
         try:
             table = wire.decode_nodes(table_bytes)
         except DecodeError as exc:
             raise ClientAbort(AbortReason.INVALID_CONFIG, str(exc)) from None
-        last_text = self._state(ctxt).get(_LAST_ROUND)
-        last = int(last_text) if isinstance(last_text, str) and last_text.isdigit() else None
-        if last is not None and config.round_id <= last:
-            raise ClientAbort(
-                AbortReason.REPLAYED_ROUND, f"round {config.round_id} is not after round {last}"
-            )
-        client_id = self._check_cohort(config, table, ctxt.node_id)
-        task = wire.without_record(msg.content, wire.RECORD_KEY)
-        expected = wire.task_digest(config.round_id, table_bytes, wire.content_digest(task))
-        if expected != config.task_hash:
-            # The session is bound to another model (or config, or cohort): never train this.
-            raise ClientAbort(AbortReason.MODEL_MISMATCH, "the task is not the session's")
+        assert isinstance(table_bytes, bytes)
         try:
-            model = wire.single_array_record(task, "the train message")
-            layout = wire.ArrayLayout.of(model)
-            global_vector = layout.flatten(model)
-        except ConfigurationError as exc:
-            raise ClientAbort(AbortReason.INVALID_MODEL, str(exc)) from None
-        if layout.size != config.dim:
-            raise ClientAbort(
-                AbortReason.INVALID_MODEL,
-                f"the model has {layout.size} values; the deployment's dim is {config.dim}",
-            )
-        # This round id is spent from here on, whatever happens next.
-        self._state(ctxt)[_LAST_ROUND] = str(config.round_id)  # a u64: beyond a ConfigRecord int
-        update, weight = self._train(msg, ctxt, task, layout, global_vector, call_next)
-        seed = SystemRandomness().bytes(_SEED_BYTES)
-        state = _RoundState(
-            config=config.encode(),
-            nodes=table_bytes,
-            client_id=client_id,
-            seed=seed,
-            update=np.ascontiguousarray(update, dtype="<f4").tobytes(),
-            weight=weight,
-            transcript=(),
-        )
-        client = self._client(config, state)
-        try:
-            client.set_input(update, weight)
-        except InputError as exc:
-            raise ClientAbort(AbortReason.INVALID_UPDATE, str(exc)) from None
-        commitment = client.start()
-        self._save_round(ctxt, state)
+            config_round = _round_id_of(config_bytes)
+            content = wire.without_record(msg.content, wire.RECORD_KEY)
+        except (DecodeError, ConfigurationError) as exc:
+            raise ClientAbort(AbortReason.INVALID_CONFIG, str(exc)) from None
+        task = FlowerTask(content, config_round, table_bytes)
+        accepted = session.offer(Offer(config_bytes, task, members=table), time.time())
+        assert task.layout is not None
         log.info(
-            "node %d: round %d, server model %s, %s k=%d t=%d, cohort %d, min cohort %d: "
-            "accepted as client %d",
+            "node %d: round %d, cohort %d: accepted as client %d",
             ctxt.node_id,
-            config.round_id,
-            config.server_model,
-            config.protocol,
-            config.degree,
-            config.threshold,
-            len(config.client_ids),
-            config.min_cohort,
-            client_id,
+            accepted.round_id,
+            len(table),
+            accepted.client_id,
         )
-        return commitment
-
-    def _check_cohort(self, config: RoundConfig, table: tuple[int, ...], node_id: int) -> int:
-        """This node's client id in the round, after checking the cohort against the
-        deployment (the policy sees the allow-list translated into client ids)."""
-        if config.client_ids != tuple(range(len(table))):
-            raise ClientAbort(
-                AbortReason.INVALID_CONFIG, "the cohort is not the node table's 0..n-1"
-            )
-        if node_id not in table:
-            raise ClientAbort(AbortReason.UNKNOWN_ID, "this node is not in the cohort")
-        client_id = table.index(node_id)
-        allowed = (
-            None
-            if self.allowed_nodes is None
-            else frozenset(i for i, node in enumerate(table) if node in self.allowed_nodes)
-        )
-        ClientPolicy(self.params, allowed).check(config, client_id)
-        return client_id
+        try:
+            update, weight = self._train(msg, ctxt, content, task.layout, accepted, call_next)
+        except ClientAbort as exc:
+            session.leave(accepted.round_id, exc.reason, exc.detail, time.time())
+            raise
+        return session.begin(accepted, update, weight, time.time())
 
     def _train(
         self,
@@ -264,7 +333,7 @@ class SecAggMod:
         ctxt: Context,
         task: RecordDict,
         layout: wire.ArrayLayout,
-        global_vector: NDArray[np.float32],
+        accepted: Accepted,
         call_next: ClientAppCallable,
     ) -> tuple[NDArray[np.float32], int]:
         """Run the app on exactly the task the session is bound to; its update and weight."""
@@ -281,7 +350,7 @@ class SecAggMod:
             trained = layout.flatten(wire.single_array_record(reply.content, "the app's reply"))
         except ConfigurationError as exc:
             raise ClientAbort(AbortReason.INVALID_UPDATE, str(exc)) from None
-        update = (trained.astype(np.float64) - global_vector.astype(np.float64)).astype(np.float32)
+        update = (trained.astype(np.float64) - accepted.model.astype(np.float64)).astype(np.float32)
         return update, self._weight(reply.content)
 
     def _weight(self, content: RecordDict) -> int:
@@ -309,136 +378,14 @@ class SecAggMod:
             )
         return int(value)
 
-    # ----------------------------------------------------------------- later messages
-    def _continue(self, ctxt: Context, record: ConfigRecord) -> ProtocolMessage:
-        state = self._load_round(ctxt)
-        if state is None:
-            raise ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "no round is in progress here")
-        data = record.get(wire.MESSAGE)
-        if not isinstance(data, bytes):
-            raise ClientAbort(AbortReason.MALFORMED_MESSAGE, "the protocol message is not bytes")
-        try:
-            config = RoundConfig.decode(state.config)
-            client = self._client(config, state)
-            client.set_input(np.frombuffer(state.update, dtype="<f4"), state.weight)
-            client.start()
-            for earlier in state.transcript:  # replays what this node already answered
-                client.receive(earlier)
-            answer = client.receive(data)
-        except ClientAbort:
-            raise
-        except Exception as exc:  # a bug on our side must not crash the node either
-            raise ClientAbort(AbortReason.MALFORMED_MESSAGE, type(exc).__name__) from None
-        if isinstance(answer, UnmaskResponse):
-            self._forget_round(ctxt)  # the node's part is done: drop every secret
-            log.info("node %d: round %d answered to the end", ctxt.node_id, config.round_id)
-        else:
-            self._save_round(
-                ctxt,
-                _RoundState(
-                    state.config,
-                    state.nodes,
-                    state.client_id,
-                    state.seed,
-                    state.update,
-                    state.weight,
-                    (*state.transcript, data),
-                ),
-            )
-        return answer
 
-    def _client(self, config: RoundConfig, state: _RoundState) -> Client:
-        pki = None
-        if config.active:
-            table = wire.decode_nodes(state.nodes)
-            pki = {i: self._pki[node] for i, node in enumerate(table) if node in self._pki}
-            missing = len(table) - len(pki)
-            if missing:
-                raise ClientAbort(
-                    AbortReason.COHORT_NOT_ALLOWED, f"{missing} node(s) without an identity key"
-                )
-        # Masking as a scheme: the client gets the deployment's encoding (quantised, or
-        # distributed DP when Params.dp says so) exactly as ``secagg join`` does.
-        identities = {state.client_id: self._identity} if config.active and self._identity else {}
-        scheme = MaskingScheme(self.params, identities=identities, pki=pki)
-        return scheme.client(config, state.client_id, DeterministicRandomness(state.seed))
-
-    # ----------------------------------------------------------------- the node's state
-    @staticmethod
-    def _state(ctxt: Context) -> ConfigRecord:
-        records = ctxt.state.config_records
-        if STATE_KEY not in records:
-            records[STATE_KEY] = ConfigRecord()
-        record = records[STATE_KEY]
-        assert isinstance(record, ConfigRecord)
-        return record
-
-    def _save_round(self, ctxt: Context, state: _RoundState) -> None:
-        record = self._state(ctxt)
-        record["config"] = state.config
-        record["nodes"] = state.nodes
-        record["client-id"] = state.client_id
-        record["seed"] = state.seed
-        record["update"] = state.update
-        record["weight"] = state.weight
-        record["transcript"] = _join(state.transcript)
-
-    def _load_round(self, ctxt: Context) -> _RoundState | None:
-        record = self._state(ctxt)
-        if any(name not in record for name in _ROUND_FIELDS):
-            return None
-        try:
-            return _RoundState(
-                config=_typed(record["config"], bytes),
-                nodes=_typed(record["nodes"], bytes),
-                client_id=_typed(record["client-id"], int),
-                seed=_typed(record["seed"], bytes),
-                update=_typed(record["update"], bytes),
-                weight=_typed(record["weight"], int),
-                transcript=_split(_typed(record["transcript"], bytes)),
-            )
-        except DecodeError:
-            return None
-
-    def _forget_round(self, ctxt: Context) -> None:
-        record = self._state(ctxt)
-        for name in _ROUND_FIELDS:
-            if name in record:
-                del record[name]
-
-
-def _decode_config(data: object) -> RoundConfig:
-    if not isinstance(data, bytes):
-        raise ClientAbort(AbortReason.INVALID_CONFIG, "the round configuration is not bytes")
-    try:
-        return RoundConfig.decode(data)
-    except DecodeError as exc:
-        raise ClientAbort(AbortReason.INVALID_CONFIG, str(exc)) from None
-
-
-def _typed(value: object, kind: type[_T]) -> _T:
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise DecodeError(f"state field is {type(value).__name__}, not {kind.__name__}")
-    return value
-
-
-def _join(parts: tuple[bytes, ...]) -> bytes:
-    return b"".join(struct.pack(">I", len(p)) + p for p in parts)
-
-
-def _split(data: bytes) -> tuple[bytes, ...]:
-    parts: list[bytes] = []
-    offset = 0
-    while offset < len(data):
-        if offset + 4 > len(data):
-            raise DecodeError("truncated transcript")
-        (length,) = struct.unpack_from(">I", data, offset)
-        offset += 4
-        if offset + length > len(data):
-            raise DecodeError("truncated transcript")
-        parts.append(data[offset : offset + length])
-        offset += length
-    return tuple(parts)
+def _round_id_of(config: bytes) -> int:
+    """The round id a configuration names (the session checks the rest)."""
+    message = decode(config)
+    round_id = getattr(message, "round_id", None)
+    if not isinstance(round_id, int):
+        raise DecodeError(f"a {type(message).__name__} is no round configuration")
+    return round_id
 
 
 def _one_line(text: str) -> str:
