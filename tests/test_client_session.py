@@ -94,9 +94,9 @@ def stages(
             try:
                 if isinstance(outgoing[cid], RoundConfig):
                     accepted = node.offer(config, step)
-                    reply = node.session.begin(accepted, updates()[cid], 1, 0.0)
+                    reply = node.session.begin(accepted, updates()[cid], 1, 0.0).data
                 else:
-                    reply = node.session.receive(data, 0.0)
+                    reply = node.session.receive(data, 0.0).data
             except ClientAbort:
                 continue
             server.receive(cid, reply)
@@ -114,7 +114,7 @@ def test_an_honest_round_sums_and_every_journal_says_included(nodes: list[Node])
     np.testing.assert_allclose(result.mean, np.mean(list(updates().values()), axis=0), atol=1e-3)
     for node in nodes:
         assert node.session.included(1)
-        assert node.session.audit(1).startswith("round 1: included; answered the unmask")
+        assert "cohort 5, min cohort 3: included; answered the unmask" in node.session.audit(1)
         (entry,) = node.session.journal.rounds()
         assert entry.outcome == "answered to the end" and entry.attempts == 1
 
@@ -128,8 +128,8 @@ def test_a_retransmitted_request_gets_the_same_answer_and_a_second_request_nothi
         if stage is Stage.UNMASK:
             request = decode(outgoing[0])
             assert isinstance(request, UnmaskRequest)
-            first = victim.session.receive(outgoing[0], 0.0)
-            assert victim.session.receive(outgoing[0], 0.0) == first
+            first = victim.session.receive(outgoing[0], 0.0).data
+            assert victim.session.receive(outgoing[0], 0.0).data == first
             # The same node asked again with peer 1 listed as dropped: its key share.
             other = UnmaskRequest(
                 request.session_id,
@@ -161,9 +161,9 @@ def test_a_restarted_process_rebuilds_the_round_from_the_journal_and_refuses_a_r
                 node.restart()  # every node's next message meets a fresh process
         if stage is Stage.UNMASK:
             victim = nodes[0]
-            answer = victim.session.receive(outgoing[0], 0.0)
+            answer = victim.session.receive(outgoing[0], 0.0).data
             victim.restart()
-            assert victim.session.receive(outgoing[0], 0.0) == answer  # the same bytes again
+            assert victim.session.receive(outgoing[0], 0.0).data == answer  # the same bytes again
             request = decode(outgoing[0])
             assert isinstance(request, UnmaskRequest)
             flipped = UnmaskRequest(
@@ -185,7 +185,7 @@ def answer_at_once(twins: list[Node], requests: list[bytes]) -> list[object]:
     def answer(k: int) -> None:
         barrier.wait()
         try:
-            results[k] = twins[k].session.receive(requests[k], 0.0)
+            results[k] = twins[k].session.receive(requests[k], 0.0).data
         except ClientAbort as exc:
             results[k] = exc
 
@@ -273,11 +273,13 @@ def test_the_deadline_is_data_and_expiry_erases_the_round_secrets(nodes: list[No
     first = node.session.begin(accepted, updates()[0], 1, 100.0)
     assert first
     assert node.session.deadline() == 160.0
-    assert node.session.expire(159.0) == []
-    assert node.session.expire(160.0) == [1]
+    assert node.session.expire(159.0) == {}
+    assert node.session.expire(160.0) == {1: "no word from the server for 60 s"}
     with node.session.journal.transaction() as txn:
         assert txn.secrets(1) is None
-    assert node.session.audit(1).startswith("round 1: no word from the server for 60 s")
+    assert ": no word from the server for 60 s after attempt 1; no key advertised" in (
+        node.session.audit(1)
+    )
 
 
 def test_a_late_message_is_refused_when_no_one_called_expire(nodes: list[Node]) -> None:
@@ -297,8 +299,8 @@ def test_the_audit_believes_the_client_not_the_coordinator(nodes: list[Node]) ->
             break
     line = nodes[0].session.server_ended(1, True, True, 5.0)
     assert line == (
-        "round 1: ended by the coordinator after attempt 1; no key advertised "
-        "(the coordinator says: completed, included)"
+        "round 1: server model semi-honest, secagg k=4 t=3, cohort 5, min cohort 3: ended by the "
+        "coordinator after attempt 1; no key advertised (the coordinator says: completed, included)"
     )
     assert not nodes[0].session.included(1)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -54,6 +55,7 @@ from secagg.protocol.messages import (
     Commitment,
     ConsistencySignature,
     Message,
+    RoundConfig,
     SurvivorList,
     UnmaskResponse,
     decode,
@@ -62,7 +64,7 @@ from secagg.protocol.runner import RoundClient
 from secagg.protocol.stages import CLIENT_MESSAGE, Stage
 from secagg.schemes.base import Scheme
 
-__all__ = ["Accepted", "ClientSession", "Offer", "SchemeFor", "TaskCodec"]
+__all__ = ["Accepted", "Answer", "ClientSession", "Offer", "SchemeFor", "TaskCodec"]
 
 log = logging.getLogger("secagg.client_session")
 
@@ -114,6 +116,14 @@ class Accepted:
     round_config: bytes = field(repr=False)
     members: tuple[int, ...] | None = field(repr=False)
     model: NDArray[np.float32] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the client sends back, encoded, and the stage it answers (for progress)."""
+
+    data: bytes = field(repr=False)
+    stage: Stage
 
 
 # The event a client message records, by the stage it answers.
@@ -185,7 +195,7 @@ class ClientSession:
     # ----------------------------------------------------------------- a round's task
     def offer(self, offer: Offer, now: float) -> Accepted:
         """Check a round's task; the round is then this client's live round."""
-        config = _decode(offer.round_config, AbortReason.INVALID_CONFIG)
+        config = _decode_config(offer.round_config)
         round_id = getattr(config, "round_id", None)
         if not isinstance(round_id, int):
             raise ClientAbort(
@@ -233,13 +243,13 @@ class ClientSession:
                 self._close(txn, live.round_id, now, Event.LEFT, "a new round began")
             txn.compact()
             txn.add_round(round_id, fingerprint, client_id, now, offer.members)
-            txn.note(round_id, now, Event.ACCEPTED, f"client {client_id} of {_cohort(config)}")
+            txn.note(round_id, now, Event.ACCEPTED, _agreement(config))
         return Accepted(round_id, client_id, config, offer.round_config, offer.members, model)
 
     def begin(
         self, accepted: Accepted, values: NDArray[np.floating], weight: int, now: float
-    ) -> bytes:
-        """The trained update of an accepted round: the round's first message (encoded)."""
+    ) -> Answer:
+        """The trained update of an accepted round: the round's first message."""
         round_id = accepted.round_id
         with self.journal.transaction(_KEEP) as txn:
             entry = self._live(txn, round_id)
@@ -263,7 +273,7 @@ class ClientSession:
             return self._answer(txn, entry, client, 0, accepted.round_config, now)
 
     # ----------------------------------------------------------------- later messages
-    def receive(self, data: bytes, now: float) -> bytes:
+    def receive(self, data: bytes, now: float) -> Answer:
         """Answer one server message of the live round (its bytes), or refuse it."""
         with self.journal.transaction(_KEEP) as txn:
             # A request answered before (in the live round, or in the last one, which keeps its
@@ -273,7 +283,8 @@ class ClientSession:
             for round_id, exchange in txn.exchanges_with(request_digest):
                 if exchange.request == data:
                     txn.note(round_id, now, Event.RETRANSMITTED)
-                    return exchange.answer
+                    answered = self._answers(_decode(exchange.answer, AbortReason.INVALID_CONFIG))
+                    return Answer(exchange.answer, answered)
             live = [r for r in txn.live_rounds() if txn.exchanges(r.round_id)]
             if not live:
                 raise ClientAbort(AbortReason.ROUND_CLOSED, "this client is in no round")
@@ -294,7 +305,7 @@ class ClientSession:
         position: int,
         data: bytes,
         now: float,
-    ) -> bytes:
+    ) -> Answer:
         """Run the client on ``data``, journal what it decided, and give its answer."""
         round_id = entry.round_id
         try:
@@ -320,7 +331,7 @@ class ClientSession:
         else:
             self._wait[round_id] = _Wait(now)
             txn.set_deadline(round_id, now + self.stage_timeout)
-        return answer
+        return Answer(answer, self._answers(reply))
 
     def _record(
         self,
@@ -343,6 +354,7 @@ class ClientSession:
         elif event is Event.SHARED:
             detail = f"{len(getattr(reply, 'ciphertexts', ()))} neighbour(s)"
         elif event is Event.CONTRIBUTED:
+            detail = "encrypted" if stage is Stage.UPLOAD else "masked"
             txn.add_contribution(entry.task, round_id)
             if self.budget is not None:
                 txn.add_dp_charge(self.budget.fingerprint, round_id, self.budget.charge)
@@ -402,20 +414,23 @@ class ClientSession:
                 wait.bound = wait.began + (math.ceil(cohort / window) + 3) * self.stage_timeout
             txn.set_deadline(round_id, min(now + self.stage_timeout, wait.bound))
 
-    def expire(self, now: float) -> list[int]:
-        """Close every live round whose deadline has passed (its secrets erased)."""
-        closed: list[int] = []
+    def expire(self, now: float) -> dict[int, str]:
+        """Close every live round whose deadline has passed (its secrets erased): their ids
+        and why."""
+        closed: dict[int, str] = {}
         with self.journal.transaction(_KEEP) as txn:
             for entry in txn.live_rounds():
                 if entry.deadline is not None and now >= entry.deadline:
                     wait = self._wait.get(entry.round_id)
-                    why = (
-                        "queued past the bound of this cohort's windows"
-                        if wait is not None and wait.bound is not None and now >= wait.bound
-                        else f"no word from the server for {self.stage_timeout:g} s"
-                    )
+                    why = f"no word from the server for {self.stage_timeout:g} s"
+                    if wait is not None and wait.bound is not None and now >= wait.bound:
+                        why = (
+                            f"queued for {now - wait.began:.0f} s, longer than the "
+                            f"coordinator's windows of this cohort can take "
+                            f"({wait.bound - wait.began:g} s)"
+                        )
                     self._close(txn, entry.round_id, now, Event.EXPIRED, why)
-                    closed.append(entry.round_id)
+                    closed[entry.round_id] = why
         return closed
 
     # ----------------------------------------------------------------- the round's end
@@ -435,7 +450,15 @@ class ClientSession:
             outcome = "completed" if completed else "aborted"
             claim = f"{outcome}, {'' if included else 'not '}included"
             txn.note(round_id, now, Event.CLAIMED, claim)
-            if entry.live:
+            events = txn.events(round_id)
+            encrypted = any(k is Event.CONTRIBUTED and d == "encrypted" for _, k, d in events)
+            if entry.live and encrypted and completed and included:
+                # An encrypted upload is all such a client does: the sum is decrypted by key
+                # holders, and no answer of its own can tell it more than the server's word.
+                self._clients.pop(round_id, None)
+                self._wait.pop(round_id, None)
+                txn.close_round(round_id, "contributed its encrypted update", included=True)
+            elif entry.live:
                 self._close(txn, round_id, now, Event.LEFT, "ended by the coordinator")
             return audit_line(txn.round(round_id) or entry, txn.events(round_id))
 
@@ -498,6 +521,22 @@ def _masking_answer(message: Message) -> Stage:
     return Stage.ABORTED
 
 
+# The decoded round configurations this process holds, by their bytes. Sessions of one process
+# that are sent the same configuration share its decoded form, which is frozen (each session
+# still checks it): a process may run thousands of clients of one round (a simulator, the load
+# benchmark), and the cohort in a configuration (about 0.9 MB at 10,000 clients) would
+# otherwise be copied per client.
+_CONFIGS: weakref.WeakValueDictionary[bytes, Message] = weakref.WeakValueDictionary()
+
+
+def _decode_config(data: bytes) -> Message:
+    config = _CONFIGS.get(data)
+    if config is None:
+        config = _decode(data, AbortReason.INVALID_CONFIG)
+        _CONFIGS[data] = config
+    return config
+
+
 def _decode(data: bytes, reason: AbortReason) -> Message:
     if not isinstance(data, bytes):
         raise ClientAbort(reason, "not bytes")
@@ -507,8 +546,23 @@ def _decode(data: bytes, reason: AbortReason) -> Message:
         raise ClientAbort(reason, str(exc)) from None
 
 
-def _cohort(config: Message) -> str:
-    return f"{len(getattr(config, 'client_ids', ()))}"
+def _agreement(config: Message) -> str:
+    """What the client agreed to, in the audit's words."""
+    cohort = len(getattr(config, "client_ids", ()))
+    if isinstance(config, RoundConfig):
+        agreed = (
+            f"server model {config.server_model}, {config.protocol} "
+            f"k={config.degree} t={config.threshold}"
+        )
+    else:
+        degree = getattr(config, "poly_modulus_degree", "?")
+        moduli = list(getattr(config, "coeff_mod_bit_sizes", ()))
+        holders = len(getattr(config, "key_holders", ()))
+        agreed = (
+            f"ckks N={degree} moduli {moduli} scale 2^{getattr(config, 'scale_bits', '?')}, "
+            f"{holders} key holder(s)"
+        )
+    return f"{agreed}, cohort {cohort}, min cohort {getattr(config, 'min_cohort', '?')}"
 
 
 def _ids(ids: object) -> str:
@@ -522,16 +576,25 @@ def _ids(ids: object) -> str:
 def audit_line(entry: JournalRound, events: list[tuple[float, Event, str]]) -> str:
     """What a client did in one round, from its own journal; the server's word beside it."""
     kinds = [kind for _, kind, _ in events]
+    details = {kind: detail for _, kind, detail in events}
+    head = (
+        f"round {entry.round_id}: {details[Event.ACCEPTED]}"
+        if Event.ACCEPTED in details
+        else (f"round {entry.round_id}")
+    )
     attempts = entry.attempts
     claims = [detail for _, kind, detail in events if kind is Event.CLAIMED]
     claim = f" (the coordinator says: {claims[-1]})" if claims else ""
     if Event.REVEALED in kinds:
-        revealed = next(d for _, k, d in events if k is Event.REVEALED)
-        return f"round {entry.round_id}: included; answered the unmask request ({revealed}){claim}"
+        revealed = details[Event.REVEALED]
+        return f"{head}: included; answered the unmask request ({revealed}){claim}"
     if Event.DECRYPTED in kinds:
-        return f"round {entry.round_id}: contributed and decrypted the sum{claim}"
+        return f"{head}: contributed its encrypted update; decrypted the sum{claim}"
+    if details.get(Event.CONTRIBUTED) == "encrypted":
+        return f"{head}: contributed its encrypted update{claim}"
     done = (
-        "sent its masked input, answered no unmask request"
+        "sent its masked input (possibly in the sum: its peers hold its shares), "
+        "answered no unmask request"
         if Event.CONTRIBUTED in kinds
         else "shared keys, sent no masked input"
         if Event.SHARED in kinds
@@ -544,5 +607,5 @@ def audit_line(entry: JournalRound, events: list[tuple[float, Event, str]]) -> s
     )
     attempt = f" after attempt {attempts}" if attempts else ""
     if ending == "ended by the coordinator":
-        return f"round {entry.round_id}: ended by the coordinator{attempt}; {done}{claim}"
-    return f"round {entry.round_id}: {ending}{attempt}; {done}{claim}"
+        return f"{head}: ended by the coordinator{attempt}; {done}{claim}"
+    return f"{head}: {ending}{attempt}; {done}{claim}"

@@ -575,7 +575,7 @@ def test_after_every_attack_every_client_is_alive_and_completes_an_honest_round(
     # Every client's audit line for the round: what it agreed to and how the round ended.
     audit = (
         f"round {r.config.round_id}: server model {fleet.mode.value}, secagg "
-        f"k=7 t={r.config.threshold}, cohort 8, min cohort 4: completed, included"
+        f"k=7 t={r.config.threshold}, cohort 8, min cohort 4: included; answered the unmask request"
     )
     assert logs.count(audit) == CLIENTS
     for c in range(CLIENTS):

@@ -2,7 +2,10 @@
 
 The server says how many inputs a revealed sum held; a client cannot check it. So every
 masked input a client sends under distributed DP is charged at the deployment's minimum cohort
-(the most one revealed sum can cost it: more inputs carry more noise), and the client refuses
+(the most one revealed sum can cost it: more inputs carry more noise), and without sampling
+amplification (the server picks every cohort: a client cannot check that it was sampled at
+random, and a server that puts it in every round would otherwise spend several times the
+budget), and the client refuses
 a round whose charge would take the composition of its charges past the deployment's target
 epsilon (or, where the deployment gives a noise multiplier, past the epsilon it was calibrated
 to spend over its rounds). The charges outlive the process: they are rows of its journal,
@@ -44,8 +47,12 @@ class ClientBudget:
         object.__setattr__(self, "charge", config.min_clients)
 
     def spent(self, charges: list[int]) -> float:
-        """Epsilon of the rounds charged so far (composed by the project's accountant)."""
-        return epsilon_spent(self.plan, charges)
+        """Epsilon of the rounds charged so far (composed by the project's accountant, each
+        round counted as if this client were in it for certain)."""
+        unsampled = dataclasses.replace(
+            self.plan, config=dataclasses.replace(self.plan.config, sampling_rate=1.0)
+        )
+        return epsilon_spent(unsampled, charges)
 
     def allows(self, charges: list[int]) -> bool:
         """Whether one more round fits in the budget."""

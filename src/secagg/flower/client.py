@@ -99,6 +99,8 @@ class FlowerTask:
         self.layout: wire.ArrayLayout | None = None
 
     def fingerprint(self) -> bytes:
+        # The model and the training config the strategy sent (its round number included),
+        # as ``secagg join``'s (model, step).
         return wire.content_digest(self.content)
 
     def binding(self) -> bytes:
@@ -222,7 +224,7 @@ class SecAggMod:
                     raise ClientAbort(
                         AbortReason.MALFORMED_MESSAGE, "the protocol message is not bytes"
                     )
-                answer = session.receive(data, time.time())
+                answer = session.receive(data, time.time()).data
         except ClientAbort as exc:
             log.warning("node %d leaves the round: %s", ctxt.node_id, _one_line(str(exc)))
             refusal = ConfigRecord()
@@ -325,7 +327,7 @@ class SecAggMod:
         except ClientAbort as exc:
             session.leave(accepted.round_id, exc.reason, exc.detail, time.time())
             raise
-        return session.begin(accepted, update, weight, time.time())
+        return session.begin(accepted, update, weight, time.time()).data
 
     def _train(
         self,

@@ -382,7 +382,8 @@ class Client:
             # Only cohort members commit: a larger count is a digest of something else.
             self._abort(
                 AbortReason.INVALID_CONFIG,
-                f"{message.count} commitments claimed for a cohort of {len(self.config.client_ids)}",
+                f"{message.count} commitments claimed for a cohort of "
+                f"{len(self.config.client_ids)}",
             )
         self._state = AwaitingContributions(
             state.attempt, state.contribution, message.digest, message.count

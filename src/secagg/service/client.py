@@ -29,9 +29,15 @@ three more (``_Patience``), which covers the longest an honest coordinator takes
 that keeps a client queued for longer is left, like a silent one: the client waits longer
 for a larger cohort, never for ever.
 
-The client never listens and never writes a secret to disk: each round's keys, seeds and
-shares live in the scheme's sans-I/O client of that round only, and a new round (including
-after a reconnection) starts with fresh ones. There is no plaintext path: the only vector
+Every decision is the client session's (``secagg.client_session``): this class moves frames,
+runs the update callback and keeps time. What the client promised (the rounds and tasks it took
+part in, each attempt, the survivor set it signed, the shares it revealed, the privacy it
+spent) is written to its journal, beside its identity file, before the answer leaves; the
+audit line of a round comes from the journal, never from the coordinator's ``RoundEnd``
+(recorded as the coordinator's word beside it). The client never listens and never writes a
+round secret to disk: each round's keys, seeds and shares live in the session's client of that
+round only, and a new round (including after a reconnection or a restart) starts with fresh
+ones. There is no plaintext path: the only vector
 that leaves the client is its masked input, or under CKKS its encrypted update (and, for a
 key holder, the decrypted mean of the round's sum).
 """
@@ -42,36 +48,35 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
-import weakref
+import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.client_session import ClientSession, Offer
+from secagg.dp.budget import ClientBudget
 from secagg.errors import (
     AbortReason,
     ClientAbort,
-    DecodeError,
-    InputError,
     Rejected,
     Unreachable,
 )
-from secagg.hazmat.randomness import SystemRandomness
-from secagg.protocol.messages import Message, RoundConfig, decode
-from secagg.protocol.runner import RoundClient
+from secagg.journal import Journal
+from secagg.protocol.messages import Message
 from secagg.protocol.stages import Stage, stage_answered_by
 from secagg.schemes import plaintext as _plaintext  # noqa: F401  (registers its messages)
 from secagg.schemes.base import Scheme
-from secagg.schemes.ckks import CkksConfig, CkksResult, CkksUpload
+from secagg.schemes.ckks import CkksResult, CkksUpload
 from secagg.schemes.masking import MaskingScheme
-from secagg.schemes.upload import CohortConfig
 from secagg.service.credentials import ClientIdentity, sign_challenge
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
-from secagg.service.wire import channel_options, decode_model, task_digest
+from secagg.service.wire import ModelTask, channel_options
 
 __all__ = ["ClientSettings", "ClientStats", "Rejected", "SecAggClient", "Unreachable", "UpdateFn"]
 
@@ -121,6 +126,12 @@ class ClientSettings:
     retry_initial: float = 0.2
     retry_max: float = 5.0
     max_attempts: int | None = None  # connection attempts in a row before giving up
+    # The client's journal (``secagg.journal``): what it promised, kept before it answers.
+    # ``secagg join`` keeps it beside the identity file; None: a journal in a private
+    # temporary folder, for in-process clients whose promises last as long as the process.
+    journal: Path | None = None
+    # Under distributed DP, the privacy budget the client holds itself to.
+    budget: ClientBudget | None = None
 
 
 @dataclass
@@ -134,51 +145,14 @@ class ClientStats:
 
 
 @dataclass
-class _Patience:
-    """How long a client in a round still waits for the coordinator (see the module docstring).
-
-    ``began`` is when the wait began (the client had done what the round last asked), ``alive``
-    the last sign of life, ``bound`` the end of the whole wait once the coordinator said it
-    queues this client: ``(ceil(cohort / window) + 3)`` stage deadlines after ``began``.
-    """
-
-    began: float
-    alive: float
-    bound: float | None = None
-
-    @classmethod
-    def starting(cls, now: float) -> _Patience:
-        return cls(now, now)
-
-    def deadline(self, stage_timeout: float) -> float:
-        end = self.alive + stage_timeout
-        return end if self.bound is None else min(end, self.bound)
-
-    def queued(self, now: float, cohort: int, window: int, stage_timeout: float) -> None:
-        """A ``Queued`` frame of this round: a sign of life, within the bound it sets."""
-        if self.bound is None:
-            self.bound = self.began + (math.ceil(cohort / window) + 3) * stage_timeout
-        self.alive = now
-
-    def why(self, now: float, stage_timeout: float) -> str:
-        if self.bound is not None and now >= self.bound:
-            return (
-                f"queued for {now - self.began:.0f} s, longer than the coordinator's windows "
-                f"of this cohort can take ({self.bound - self.began:g} s)"
-            )
-        return f"no word from the coordinator for {stage_timeout:g} s"
-
-
-@dataclass
 class _RoundState:
     """The round this client is in, as far as it has got."""
 
     round_id: int
-    config: RoundConfig | CkksConfig | None = None
-    client: RoundClient | None = None  # None once this client has left the round
+    config: Message | None = None
+    active: bool = False  # False once this client has left the round (or before it began)
+    queued: bool = False  # the coordinator said it keeps this client waiting its turn
     aborted: ClientAbort | None = None
-    audited: bool = False
-    patience: _Patience | None = None  # the wait for the coordinator's next word
 
 
 class SecAggClient:
@@ -197,12 +171,24 @@ class SecAggClient:
         on_stage: Callable[[int, str], None] | None = None,
     ) -> None:
         self.settings = settings
-        self._scheme = _signing_as(settings)
+        scheme = _signing_as(settings)
         self._update = update
         self._rounds = rounds
         self._on_stage = on_stage
-        self._last_round: int | None = None  # the newest round id this client took part in
         self.stats = ClientStats()
+        path = settings.journal
+        if path is None:
+            path = Path(tempfile.mkdtemp(prefix="secagg-client-")) / "client.journal"
+        # Every decision of a round is the session's; this class moves frames and keeps time.
+        self.session = ClientSession(
+            lambda client_id, members: scheme,
+            Journal.open(path),
+            self_id=settings.identity.client_id,
+            allowed=frozenset(settings.pki),
+            stage_timeout=settings.stage_timeout,
+            budget=settings.budget,
+            answers=_answered,
+        )
 
     @property
     def client_id(self) -> int:
@@ -341,22 +327,19 @@ class SecAggClient:
         self, call: grpc.aio.StreamStreamCall, inbox: asyncio.Queue[pb.ServerFrame | Exception]
     ) -> None:
         current: _RoundState | None = None
-        clock = asyncio.get_running_loop().time
-        timeout = self.settings.stage_timeout
         while not self._done():
             # Between rounds the coordinator may be idle as long as it likes; inside one, it
-            # must say something within the client's own deadline.
-            wait: float | None = None
-            if current is not None and current.client is not None:
-                if current.patience is None:
-                    current.patience = _Patience.starting(clock())
-                wait = max(0.0, current.patience.deadline(timeout) - clock())
+            # must say something by the session's deadline.
+            deadline = self.session.deadline() if current is not None and current.active else None
+            wait = None if deadline is None else max(0.0, deadline - time.time())
             try:
                 item = await asyncio.wait_for(inbox.get(), wait)
             except TimeoutError:
-                assert current is not None and current.patience is not None
-                why = current.patience.why(clock(), timeout)
-                await self._leave(call, current, ClientAbort(AbortReason.STAGE_TIMEOUT, why))
+                assert current is not None
+                expired = self.session.expire(time.time())
+                if current.round_id in expired:
+                    why = expired[current.round_id]
+                    await self._leave(call, current, ClientAbort(AbortReason.STAGE_TIMEOUT, why))
                 continue
             if isinstance(item, Exception):
                 raise item
@@ -364,22 +347,13 @@ class SecAggClient:
             del item
             kind = frame.WhichOneof("body")
             if kind == "task":
-                if current is not None and current.client is not None:
-                    # A new round while this one is unfinished: the old one is over for us.
-                    await self._leave(
-                        call,
-                        current,
-                        ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "a new round began"),
-                    )
                 current = await self._start(call, frame.task)
-                current.patience = _Patience.starting(clock())
             elif kind == "protocol":
-                if current is not None and current.client is not None:
+                if current is not None and current.active:
                     await self._answer(call, current, frame.protocol)
-                    current.patience = _Patience.starting(clock())
             elif kind == "queued":
-                if current is not None and current.client is not None:
-                    self._queued(current, frame.queued, clock())
+                if current is not None and current.active:
+                    self._queued(current, frame.queued)
             elif kind == "round_end":
                 if current is not None and frame.round_end.round_id == current.round_id:
                     self._finish(current, frame.round_end)
@@ -393,21 +367,20 @@ class SecAggClient:
             # next one is awaited.
             del frame
 
-    def _queued(self, state: _RoundState, queued: pb.Queued, now: float) -> None:
-        """The coordinator keeps this client waiting its turn: a sign of life, if it is about
-        this round and names a window (it is the coordinator's word: only its bound counts)."""
+    def _queued(self, state: _RoundState, queued: pb.Queued) -> None:
+        """The coordinator keeps this client waiting its turn: a sign of life, within the
+        bound the session sets from the cohort and the window (the coordinator's word: only
+        its bound counts)."""
         config = state.config
         if queued.round_id != state.round_id or queued.window < 1 or config is None:
             return
-        if state.patience is None:
-            state.patience = _Patience.starting(now)
-        if state.patience.bound is None:
+        if not state.queued:
+            state.queued = True
             self.stats.events.append(
                 f"round {state.round_id}: queued behind {queued.position} client(s)"
             )
-        state.patience.queued(
-            now, len(config.client_ids), queued.window, self.settings.stage_timeout
-        )
+        cohort = len(getattr(config, "client_ids", ()))
+        self.session.queued(state.round_id, cohort, queued.window, time.time())
         log.debug(
             "client %d: round %d, queued behind %d client(s)",
             self.client_id,
@@ -418,64 +391,29 @@ class SecAggClient:
     # ----------------------------------------------------------------- a round
     async def _start(self, call: grpc.aio.StreamStreamCall, task: pb.Task) -> _RoundState:
         state = _RoundState(task.round_id)
+        offer = Offer(task.round_config, ModelTask(task.model, task.step), round_id=task.round_id)
         try:
-            config = self._check_task(task)
-            state.config = config
-            model = self._check_model(task, config)
-            self._last_round = config.round_id
+            accepted = self.session.offer(offer, time.time())
+            state.config = accepted.config
             self._stage(task.round_id, "train")
-            values, weight = await self._train(model, task.step)
-            client = self._scheme.client(config, self.client_id, SystemRandomness())
-            try:
-                client.set_input(values, weight)
-            except InputError as exc:
-                raise ClientAbort(AbortReason.INVALID_UPDATE, str(exc)) from None
+            values, weight = await self._train(accepted.model, task.step)
+            first = self.session.begin(accepted, values, weight, time.time())
         except ClientAbort as exc:
             await self._leave(call, state, exc)
             return state
-        state.client = client
-        # The configuration this client was made from opens the round: its first message.
-        await self._answer(call, state, config)
+        state.active = True
+        self._stage(state.round_id, first.stage.value)
+        await call.write(pb.ClientFrame(protocol=first.data))
         return state
-
-    def _check_task(self, task: pb.Task) -> RoundConfig | CkksConfig:
-        try:
-            config = _decode_config(task.round_config)
-        except DecodeError as exc:
-            raise ClientAbort(AbortReason.INVALID_CONFIG, str(exc)) from None
-        if not isinstance(config, RoundConfig | CohortConfig):
-            raise ClientAbort(
-                AbortReason.INVALID_CONFIG, f"a {type(config).__name__} is no round configuration"
-            )
-        if config.round_id != task.round_id:
-            raise ClientAbort(AbortReason.INVALID_CONFIG, "the task and its config disagree")
-        if self._last_round is not None and config.round_id <= self._last_round:
-            raise ClientAbort(
-                AbortReason.REPLAYED_ROUND,
-                f"round {config.round_id} is not after round {self._last_round}",
-            )
-        self._scheme.check(config, self.client_id)
-        if not isinstance(config, RoundConfig | CkksConfig):
-            # Only a scheme the service does not run would accept it: never run it.
-            raise ClientAbort(
-                AbortReason.PARAMETER_MISMATCH, f"the service runs no {type(config).__name__}"
-            )
-        return config
-
-    def _check_model(self, task: pb.Task, config: RoundConfig | CkksConfig) -> NDArray[np.float32]:
-        if task_digest(task.model, task.step) != config.task_hash:
-            # The session is bound to another model: training this one would be unsafe.
-            raise ClientAbort(AbortReason.MODEL_MISMATCH, "the model is not the session's")
-        try:
-            return decode_model(task.model, config.dim)
-        except DecodeError as exc:
-            raise ClientAbort(AbortReason.INVALID_MODEL, str(exc)) from None
 
     async def _train(
         self, model: NDArray[np.float32], step: int
     ) -> tuple[NDArray[np.floating], int]:
+        # A daemon thread: a process told to stop never waits for the user's training.
+        from secagg.service.threads import in_daemon_thread
+
         try:
-            result = await asyncio.to_thread(self._update, model, step)
+            result = await in_daemon_thread(self._update, model, step)
         except Exception as exc:  # the user's callback: its failure ends the round, not us
             raise ClientAbort(
                 AbortReason.UPDATE_FAILED, f"the update callback raised {type(exc).__name__}"
@@ -496,47 +434,30 @@ class SecAggClient:
         return array, weight
 
     async def _answer(
-        self, call: grpc.aio.StreamStreamCall, state: _RoundState, data: Message | bytes
+        self, call: grpc.aio.StreamStreamCall, state: _RoundState, data: bytes
     ) -> None:
-        client = state.client
-        assert client is not None
         try:
-            reply = client.receive(data)
+            answer = self.session.receive(data, time.time())
         except ClientAbort as exc:
             await self._leave(call, state, exc)
             return
-        except Exception as exc:  # a bug on our side must not end the client either
-            log.error(
-                "client %d: round %d failed inside the protocol: %s",
-                self.client_id,
-                state.round_id,
-                type(exc).__name__,
-            )
-            await self._leave(
-                call, state, ClientAbort(AbortReason.MALFORMED_MESSAGE, type(exc).__name__)
-            )
-            return
-        if reply is None:
-            return  # nothing to say at this stage
-        self._stage(state.round_id, _answered(reply).value)
-        await self._send(call, reply)
-
-    async def _send(self, call: grpc.aio.StreamStreamCall, message: Message) -> None:
-        await call.write(pb.ClientFrame(protocol=message.encode()))
+        self._stage(state.round_id, answer.stage.value)
+        await call.write(pb.ClientFrame(protocol=answer.data))
 
     async def _leave(
         self, call: grpc.aio.StreamStreamCall, state: _RoundState, abort: ClientAbort
     ) -> None:
         """Leave the round: tell the coordinator why, log it, and reveal nothing more."""
-        state.client = None
+        state.active = False
         state.aborted = abort
+        self.session.leave(state.round_id, abort.reason, _one_line(abort.detail), time.time())
         self.stats.aborted += 1
         self.stats.abort_reasons.append(abort.reason)
         self.stats.events.append(f"aborted round {state.round_id}: {abort.reason.value}")
         log.warning(
             "client %d leaves round %d: %s", self.client_id, state.round_id, _one_line(str(abort))
         )
-        self._audit(state, f"left by this client ({abort.reason.value})")
+        log.info("%s", self.session.audit(state.round_id))
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await call.write(
                 pb.ClientFrame(
@@ -549,63 +470,23 @@ class SecAggClient:
             )
 
     def _finish(self, state: _RoundState, end: pb.RoundEnd) -> None:
+        """The coordinator says the round ended: recorded as its word; the audit line says
+        what this client itself did ("included" only if it answered the unmask request)."""
+        state.active = False
+        line = self.session.server_ended(end.round_id, end.completed, end.included, time.time())
         self.stats.rounds += 1
-        if end.included:
+        included = self.session.included(end.round_id)
+        if included:
             self.stats.included += 1
         outcome = "completed" if end.completed else "aborted"
         self.stats.events.append(
-            f"round {end.round_id}: {outcome}{', included' if end.included else ''}"
+            f"round {end.round_id}: {outcome}{', included' if included else ''}"
         )
-        self._audit(state, f"{outcome}, {'included' if end.included else 'not included'}")
-
-    def _audit(self, state: _RoundState, outcome: str) -> None:
-        """One line per round: what this client agreed to, and how the round ended for it."""
-        if state.audited:
-            return
-        state.audited = True
-        config = state.config
-        if config is None:
-            log.info("round %d: refused before it began: %s", state.round_id, outcome)
-            return
-        if isinstance(config, RoundConfig):
-            agreed = (
-                f"server model {config.server_model}, {config.protocol} "
-                f"k={config.degree} t={config.threshold}"
-            )
-        else:
-            agreed = (
-                f"ckks N={config.poly_modulus_degree} moduli "
-                f"{list(config.coeff_mod_bit_sizes)} scale 2^{config.scale_bits}, "
-                f"{len(config.key_holders)} key holder(s)"
-            )
-        log.info(
-            "round %d: %s, cohort %d, min cohort %d: %s",
-            state.round_id,
-            agreed,
-            len(config.client_ids),
-            config.min_cohort,
-            outcome,
-        )
+        log.info("%s", line)
 
     def _stage(self, round_id: int, stage: str) -> None:
         if self._on_stage is not None:
             self._on_stage(round_id, stage)
-
-
-# The decoded round configurations this process holds, by their bytes. Clients of one process
-# that are sent the same configuration share its decoded form, which is frozen (each client
-# still checks it against its own policy): a process may run thousands of clients of one round
-# (a simulator, the load benchmark), and the cohort in the configuration (a tuple and a set of
-# every member's id, about 0.9 MB at 10,000 clients) would otherwise be copied per client.
-_CONFIGS: weakref.WeakValueDictionary[bytes, Message] = weakref.WeakValueDictionary()
-
-
-def _decode_config(data: bytes) -> Message:
-    config = _CONFIGS.get(data)
-    if config is None:
-        config = decode(data)
-        _CONFIGS[data] = config
-    return config
 
 
 def _signing_as(settings: ClientSettings) -> Scheme:

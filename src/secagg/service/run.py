@@ -12,16 +12,23 @@ signals to clean stops, and failures to the three ways a run can end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
 
 import grpc
 import numpy as np
 
+from secagg.dp.budget import ClientBudget
 from secagg.errors import ConfigurationError, LedgerError, SecAggError
 from secagg.params import Params
 from secagg.protocol.stages import Stage
@@ -44,6 +51,7 @@ from secagg.service.tls import load_ca, load_tls_server_credentials
 
 __all__ = [
     "STOP_GRACE_SECONDS",
+    "STOP_SECONDS",
     "RunFailed",
     "Stopped",
     "client_policy",
@@ -57,9 +65,18 @@ __all__ = [
 ]
 
 log = logging.getLogger("secagg.serve")
+join_log = logging.getLogger("secagg.join")
 
 STOP_GRACE_SECONDS = 0.3
 """How long a stopping coordinator lets streams flush what is queued (a round's end)."""
+
+STOP_SECONDS = 1.0
+"""The longest a ``secagg join`` process lives on after SIGINT or SIGTERM, whatever it does."""
+
+_INSIST_SECONDS = 0.05
+"""How often a stopping ``join`` cancels its task again, until the task has ended."""
+
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 class RunFailed(SecAggError):
@@ -81,38 +98,66 @@ class Stopped(SecAggError):
 
 class _StopOnSignal:
     """SIGINT and SIGTERM cancel the task that entered this context (once: a second signal
-    while it stops changes nothing)."""
+    while it stops changes nothing), and ``on_signal(signum)`` is called, in the loop.
 
-    def __init__(self) -> None:
+    With ``insist``, the task is cancelled again every ``_INSIST_SECONDS`` until it ends: code
+    that swallows one cancellation cannot keep it running (Python 3.11's ``asyncio.wait_for``
+    returns its future's result when both come at once; grpc-aio's tasks that a call awaits
+    catch their own cancellation, and so return to the caller as if nothing happened)."""
+
+    def __init__(
+        self, *, insist: bool = False, on_signal: Callable[[int], None] | None = None
+    ) -> None:
         self.received: int | None = None
-        self._installed: list[signal.Signals] = []
+        self._insist = insist
+        self._on_signal = on_signal
+        self._installed: dict[signal.Signals, _Handler] = {}  # each signal's previous handler
+        self._again: asyncio.TimerHandle | None = None
 
     def __enter__(self) -> _StopOnSignal:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
         for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(sig)
             try:
                 loop.add_signal_handler(sig, self._stop, sig, task)
             except (RuntimeError, ValueError):  # not the main thread: leave signals alone
                 continue
-            self._installed.append(sig)
+            self._installed[sig] = previous
         return self
 
     def _stop(self, sig: signal.Signals, task: asyncio.Task[object]) -> None:
         if self.received is None:
             self.received = int(sig)
-            task.cancel()
+            if self._on_signal is not None:
+                self._on_signal(int(sig))
+            self._cancel(task)
+
+    def _cancel(self, task: asyncio.Task[object]) -> None:
+        if task.done():
+            return
+        if self._again is not None:  # DEBUGTMP
+            open("/tmp/sigm/recancel.log", "a").write(
+                f"{os.getpid()} recancel {task.get_stack(limit=3)}\n"
+            )  # DEBUGTMP
+        task.cancel()
+        if self._insist:
+            self._again = asyncio.get_running_loop().call_later(_INSIST_SECONDS, self._cancel, task)
 
     def __exit__(self, *exc: object) -> None:
+        if self._again is not None:
+            self._again.cancel()
         loop = asyncio.get_running_loop()
-        for sig in self._installed:
+        for sig, previous in self._installed.items():
             loop.remove_signal_handler(sig)
+            if previous is not None:  # (None: not set from Python; leave the default)
+                signal.signal(sig, previous)
 
     def stopped(self) -> Stopped:
         assert self.received is not None
         task = asyncio.current_task()
-        if task is not None:
+        while task is not None and task.cancelling():
             task.uncancel()
         return Stopped(self.received)
 
@@ -225,15 +270,91 @@ def join(
     """Connect to the coordinator and answer rounds until ``rounds`` have ended.
 
     ``max_attempts`` connection attempts in a row (None: forever) before ``RunFailed``.
+
+    This is a process's whole life (``secagg join``): SIGINT or SIGTERM, whenever it comes,
+    ends it with ``Stopped`` and one log line, and within ``STOP_SECONDS`` even if something
+    holds it up (the update callback is abandoned where it is: it runs in a daemon thread).
     """
     for name, value in (("--rounds", rounds), ("--max-attempts", max_attempts)):
         if value is not None and (isinstance(value, bool) or value < 1):
             raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
-    settings = client_settings(
-        config, identity_path, target=target, insecure=insecure, max_attempts=max_attempts
-    )
-    client = SecAggClient(settings, update(settings.identity.client_id), rounds=rounds)
-    return asyncio.run(_join(client, settings.target))
+    with _ProcessStop() as stop:
+        settings = client_settings(
+            config, identity_path, target=target, insecure=insecure, max_attempts=max_attempts
+        )
+        stop.client_id = settings.identity.client_id
+        client = SecAggClient(settings, update(settings.identity.client_id), rounds=rounds)
+        return asyncio.run(_join(client, settings.target, stop.received))
+
+
+class _ProcessStop:
+    """How a ``secagg join`` process ends on SIGINT or SIGTERM: soon, whatever it is doing,
+    saying so in one line (the caller turns ``Stopped`` into the exit code).
+
+    While the event loop runs, ``_StopOnSignal`` cancels the client's task; before and after,
+    the first signal raises ``Stopped`` wherever the process is. From that first signal the
+    process has ``STOP_SECONDS``; a daemon thread then ends it (with the same line and exit
+    code) if anything still holds it up: a thread not ours the interpreter would wait for, a
+    hang in a library's exit. Later signals change nothing.
+    """
+
+    def __init__(self) -> None:
+        self.client_id: int | None = None
+        self._signum: int | None = None
+        self._previous: dict[signal.Signals, _Handler] = {}
+        self._deadline: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._said = False
+
+    def __enter__(self) -> _ProcessStop:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._raise)
+            except ValueError:  # not the main thread: leave signals alone
+                continue
+        return self
+
+    def _raise(self, signum: int, frame: FrameType | None) -> None:
+        # A signal handler: it may run between any two bytecodes, so it takes no lock.
+        if self._signum is None:
+            self._signum = signum
+            raise Stopped(signum)
+
+    def received(self, signum: int) -> None:
+        """The first signal has come: from now on the process has ``STOP_SECONDS``."""
+        if self._signum is None:
+            self._signum = signum
+        if self._deadline is None:
+            self._deadline = threading.Thread(target=self._end, name="secagg-stop", daemon=True)
+            self._deadline.start()
+
+    def _end(self) -> None:
+        time.sleep(STOP_SECONDS)
+        self._say()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        assert self._signum is not None
+        os._exit(128 + self._signum)
+
+    def _say(self) -> None:
+        with self._lock:
+            if self._said:
+                return
+            self._said = True
+        assert self._signum is not None
+        who = "" if self.client_id is None else f"client {self.client_id} "
+        join_log.warning("%s%s", who, Stopped(self._signum))
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, Stopped):
+            self.received(exc.signum)
+            self._say()
+        for sig, previous in self._previous.items():
+            # Once stopped, the process is ending: nothing more may change how.
+            signal.signal(sig, signal.SIG_IGN if self._signum is not None else previous)
 
 
 def client_settings(
@@ -243,10 +364,13 @@ def client_settings(
     target: str | None = None,
     insecure: bool = False,
     max_attempts: int | None = None,
+    journal: Path | None = None,
 ) -> ClientSettings:
     """Everything a ``SecAggClient`` needs, from the deployment file and the client's
     identity file: the coordinator's address (``target`` overrides the file's), the CA to
-    trust, the message size cap, the client's policy and PKI, its own stage deadline."""
+    trust, the message size cap, the client's policy and PKI, its own stage deadline, its
+    journal (by default beside the identity file: ``<identity>.journal``) and, under DP, its
+    privacy budget."""
     identity = ClientIdentity.load(identity_path)
     if config.tls is None and not insecure:
         raise ConfigurationError("the deployment has no [tls] section; TLS is required")
@@ -261,25 +385,35 @@ def client_settings(
         pki=pki,
         stage_timeout=config.client_stage_timeout,
         max_attempts=max_attempts,
+        journal=journal_path(identity_path) if journal is None else journal,
+        budget=None if config.dp_plan is None else ClientBudget(config.dp_plan),
     )
 
 
-async def _join(client: SecAggClient, target: str) -> ClientStats:
-    with _StopOnSignal() as stop:
+def journal_path(identity_path: Path) -> Path:
+    """Where ``secagg join`` keeps a client's journal: beside its identity file."""
+    return identity_path.with_name(identity_path.name + ".journal")
+
+
+async def _join(client: SecAggClient, target: str, on_signal: Callable[[int], None]) -> ClientStats:
+    with _StopOnSignal(insist=True, on_signal=on_signal) as stop:
         try:
-            return await client.run()
-        except asyncio.CancelledError:
-            if stop.received is None:
-                raise
-            raise stop.stopped() from None
-        except grpc.aio.AioRpcError as exc:
-            raise RunFailed(
-                f"cannot reach the coordinator at {target}: {_rpc_reason(exc)}"
-            ) from None
-        except (ConnectionError, OSError, EOFError) as exc:
-            raise RunFailed(
-                f"lost the coordinator at {target}: {_one_line(str(exc)) or type(exc).__name__}"
-            ) from None
+            stats = await client.run()
+        except (asyncio.CancelledError, Exception) as exc:
+            if stop.received is not None:  # whatever the stop cut short, the run was stopped
+                raise stop.stopped() from None
+            if isinstance(exc, grpc.aio.AioRpcError):
+                raise RunFailed(
+                    f"cannot reach the coordinator at {target}: {_rpc_reason(exc)}"
+                ) from None
+            if isinstance(exc, ConnectionError | OSError | EOFError):
+                raise RunFailed(
+                    f"lost the coordinator at {target}: {_one_line(str(exc)) or type(exc).__name__}"
+                ) from None
+            raise
+        if stop.received is not None:  # the signal came as the run ended
+            raise stop.stopped()
+        return stats
 
 
 def _rpc_reason(exc: grpc.aio.AioRpcError) -> str:

@@ -158,8 +158,11 @@ def task_digest(model: bytes, step: int) -> bytes:
 @dataclass(frozen=True)
 class ModelTask:
     """A gRPC ``Task``'s model and step, as a client session reads them
-    (``secagg.client_session.TaskCodec``): the session binds the digest of both, one update
-    per (model, step), and the model decoded to the deployment's dimension."""
+    (``secagg.client_session.TaskCodec``): the session is bound to the digest of both, one
+    update per (model, step), and the model decoded to the deployment's dimension. A
+    coordinator that sends the same model under a new step gets a new update from a trainer
+    that draws its batches by step; only DP bounds what a deterministic trainer's repeats
+    reveal (docs/CLIENT_SESSION.md, R5)."""
 
     model_bytes: bytes = field(repr=False)
     step: int
