@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from secagg.client_session import Accepted, ClientSession, Offer
+from secagg.dp.budget import ClientBudget
+from secagg.dp.calibrate import DpConfig
 from secagg.errors import AbortReason, ClientAbort, JournalError
 from secagg.journal import Event, Journal
 from secagg.params import Params, Protocol
@@ -320,3 +322,70 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path: object) -> None:
     path.write_bytes(b"hello")
     with pytest.raises(JournalError):
         Journal.open(path)
+
+
+def test_a_round_beyond_the_dp_budget_is_refused_also_after_a_restart(tmp_path: object) -> None:
+    """A deployment calibrated for 2 rounds at epsilon 4: the client's own accountant, over the
+    charges in its journal, refuses the third round before it trains."""
+    dp = DpConfig(
+        dim=DIM,
+        l2_clip=1.0,
+        bits=20,
+        min_clients=3,
+        max_clients=N,
+        delta=1e-5,
+        target_epsilon=4.0,
+        rounds=2,
+    )
+    params = Params(dim=DIM, max_clients=N, protocol=Protocol.SECAGG, min_cohort=3, dp=dp)
+    assert params.dp_plan is not None
+    budget = ClientBudget(params.dp_plan)
+    path = tmp_path / "dp.journal"  # type: ignore[operator]
+
+    def session() -> ClientSession:
+        return ClientSession(
+            lambda cid, members: MaskingScheme(params),
+            Journal.open(path),
+            self_id=0,
+            allowed=None,
+            stage_timeout=60.0,
+            budget=budget,
+        )
+
+    def config(round_id: int) -> RoundConfig:
+        return MaskingScheme(params).round_config(
+            range(N),
+            nonce=bytes(16),
+            round_id=round_id,
+            task_hash=ModelTask(MODEL, round_id).binding(),
+        )
+
+    client = session()
+    for round_id in (1, 2):
+        offer = Offer(config(round_id).encode(), ModelTask(MODEL, round_id), round_id=round_id)
+        client.offer(offer, 0.0)
+        # The charge is made when the noised input leaves: record it as the session does.
+        with client.journal.transaction() as txn:
+            txn.add_dp_charge(budget.fingerprint, round_id, budget.charge)
+    client = session()  # a restarted process
+    with pytest.raises(ClientAbort) as refused:
+        client.offer(Offer(config(3).encode(), ModelTask(MODEL, 3), round_id=3), 0.0)
+    assert refused.value.reason is AbortReason.BUDGET_EXHAUSTED
+    with client.journal.transaction() as txn:
+        assert budget.spent(txn.dp_charges(budget.fingerprint)) <= 4.0 * (1 + 1e-9)
+
+
+def test_history_prints_what_the_client_did_from_its_journal(nodes: list[Node]) -> None:
+    from typer.testing import CliRunner
+
+    from secagg.cli import app
+
+    run_round(nodes, round_config(round_id=1, step=0))
+    nodes[0].session.server_ended(1, True, True, 9.0)
+    result = CliRunner().invoke(app, ["history", "--journal", str(nodes[0].path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("round 1: server model semi-honest, secagg k=4 t=3, cohort 5")
+    assert "included; answered the unmask request (self-mask shares of [1,2,3,4] (4); " in lines[0]
+    assert lines[0].endswith("(the coordinator says: completed, included)")
+    assert lines[1].startswith("1 round(s) in ")

@@ -1130,6 +1130,53 @@ def rounds(
 
 
 @app.command()
+def history(
+    identity: Annotated[
+        Path | None, typer.Option(help="A client's identity file (its journal is beside it).")
+    ] = None,
+    journal: Annotated[Path | None, typer.Option(help="A journal file, named directly.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="deployment.toml, to show epsilon against its budget.")
+    ] = None,
+) -> None:
+    """Print a client's history from its own journal: each round, each attempt, what it
+    revealed to whom, and the privacy it spent."""
+    from secagg.client_session import audit_line
+    from secagg.dp.budget import ClientBudget
+    from secagg.journal import Journal
+    from secagg.service.run import journal_path
+
+    if (identity is None) == (journal is None):
+        _fail("name the client with --identity FILE or its journal with --journal FILE")
+    path = journal if journal is not None else journal_path(identity)  # type: ignore[arg-type]
+    if not path.is_file():
+        _fail(f"no journal at {path}")
+    try:
+        book = Journal.open(path)
+        entries = book.rounds()
+        lines = [audit_line(entry, book.events(entry.round_id)) for entry in entries]
+        budget_line = None
+        if config is not None:
+            plan = _load_config(config).dp_plan
+            if plan is not None:
+                budget = ClientBudget(plan)
+                with book.transaction() as txn:
+                    charges = txn.dp_charges(budget.fingerprint)
+                budget_line = (
+                    f"privacy: {len(charges)} round(s) charged, epsilon {budget.spent(charges):.3g}"
+                    f" spent of the deployment's {budget.limit:g}"
+                )
+        book.close()
+    except SecAggError as exc:
+        _fail(str(exc))
+    for line in lines:
+        _say(line)
+    _say(f"{len(entries)} round(s) in {path}")
+    if budget_line is not None:
+        _say(budget_line)
+
+
+@app.command()
 def demo(
     clients: Annotated[int, typer.Option(help="Client processes.")] = 10,
     rounds: Annotated[int, typer.Option(help="Training rounds.")] = 10,
