@@ -137,10 +137,6 @@ class _StopOnSignal:
     def _cancel(self, task: asyncio.Task[object]) -> None:
         if task.done():
             return
-        if self._again is not None:  # DEBUGTMP
-            open("/tmp/sigm/recancel.log", "a").write(
-                f"{os.getpid()} recancel {task.get_stack(limit=3)}\n"
-            )  # DEBUGTMP
         task.cancel()
         if self._insist:
             self._again = asyncio.get_running_loop().call_later(_INSIST_SECONDS, self._cancel, task)
