@@ -389,3 +389,30 @@ def test_history_prints_what_the_client_did_from_its_journal(nodes: list[Node]) 
     assert "included; answered the unmask request (self-mask shares of [1,2,3,4] (4); " in lines[0]
     assert lines[0].endswith("(the coordinator says: completed, included)")
     assert lines[1].startswith("1 round(s) in ")
+
+
+def test_a_journal_held_exclusively_refuses_a_second_process(tmp_path: object) -> None:
+    """`secagg join` holds its journal for its life: a second client process with the same
+    identity is told so, instead of closing the first one's live round as 'restarted'."""
+    path = tmp_path / "one.journal"  # type: ignore[operator]
+    first = Journal.open(path, exclusive=True)
+    with pytest.raises(JournalError, match="another client process holds the journal"):
+        Journal.open(path, exclusive=True)
+    first.close()
+    Journal.open(path, exclusive=True).close()
+
+
+def test_the_nodes_own_configuration_is_pinned_at_first_use(nodes: list[Node]) -> None:
+    node = nodes[0]
+
+    def offer(round_id: int, persona: bytes) -> None:
+        config = round_config(round_id=round_id, step=round_id)
+        task = ModelTask(MODEL, round_id)
+        node.session.offer(Offer(config.encode(), task, round_id=round_id, persona=persona), 0.0)
+
+    offer(1, b"partition 3")
+    offer(2, b"partition 3")
+    node.restart()
+    with pytest.raises(ClientAbort) as changed:
+        offer(3, b"partition 0")  # the victim's data, handed to this node by its Context
+    assert changed.value.reason is AbortReason.INVALID_CONFIG

@@ -47,7 +47,6 @@ from secagg.errors import (
     ConfigurationError,
     DecodeError,
     InputError,
-    SecAggError,
 )
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
 from secagg.journal import Event, Journal, JournalRound, JournalTransaction, RoundSecrets, digest
@@ -104,6 +103,9 @@ class Offer:
     task: TaskCodec = field(repr=False)
     round_id: int | None = None  # the envelope's round id, where the transport has one
     members: tuple[int, ...] | None = field(default=None, repr=False)
+    # The digest of what the transport hands the training besides the task (Flower's
+    # ``node_config``): pinned in the journal at first use, so it never changes under it.
+    persona: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,13 @@ class ClientSession:
                 raise ClientAbort(
                     AbortReason.REPLAYED_ROUND, f"round {round_id} is in this client's journal"
                 )
+            if offer.persona is not None:
+                pinned = txn.pin("persona", offer.persona.hex())
+                if pinned is not None and pinned != offer.persona.hex():
+                    raise ClientAbort(
+                        AbortReason.INVALID_CONFIG,
+                        "the node's own configuration is not the one its journal began with",
+                    )
             scheme = self._scheme_for(client_id, offer.members)
             scheme.check(config, client_id)
             self._check_allowed(config, offer.members)
@@ -314,7 +323,7 @@ class ClientSession:
             self._clients.pop(round_id, None)
             self._close(txn, round_id, now, Event.LEFT, exc.reason.value)
             raise
-        except SecAggError as exc:  # a bug on our side must not answer anything either
+        except Exception as exc:  # a bug on our side must not answer anything either
             self._clients.pop(round_id, None)
             self._close(txn, round_id, now, Event.LEFT, type(exc).__name__)
             raise ClientAbort(AbortReason.MALFORMED_MESSAGE, type(exc).__name__) from None
@@ -390,7 +399,13 @@ class ClientSession:
         client = scheme.client(config, entry.client_id, DeterministicRandomness(secrets.seed))
         client.set_input(np.frombuffer(secrets.update, dtype="<f4"), secrets.weight)
         for exchange in transcript:  # what this client already answered, answered again
-            client.receive(exchange.request)
+            replayed = client.receive(exchange.request)
+            if replayed is None or replayed.encode() != exchange.answer:
+                # Not the client that gave those answers: never answer from it.
+                self._close(txn, entry.round_id, entry.accepted_at, Event.LEFT, "replay differs")
+                raise ClientAbort(
+                    AbortReason.ROUND_CLOSED, "the round's client cannot be rebuilt exactly"
+                )
         return client
 
     # ----------------------------------------------------------------- time

@@ -35,6 +35,7 @@ file is created with mode 0600: it is as sensitive as the identity key beside it
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import sqlite3
@@ -149,6 +150,10 @@ CREATE TABLE secrets (
     update_bytes BLOB NOT NULL,
     weight INTEGER NOT NULL
 );
+CREATE TRIGGER meta_kept BEFORE DELETE ON meta
+    BEGIN SELECT RAISE(ABORT, 'journal metadata is never deleted'); END;
+CREATE TRIGGER meta_frozen BEFORE UPDATE ON meta
+    BEGIN SELECT RAISE(ABORT, 'journal metadata is never changed'); END;
 CREATE TRIGGER rounds_kept BEFORE DELETE ON rounds
     BEGIN SELECT RAISE(ABORT, 'a journal round is never deleted'); END;
 CREATE TRIGGER rounds_frozen BEFORE UPDATE ON rounds WHEN OLD.outcome IS NOT NULL
@@ -181,30 +186,48 @@ class Journal:
     """One client's journal file (see the module docstring). Use ``transaction()`` for every
     read and write; one ``Journal`` may be shared by threads."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, holder: int | None = None) -> None:
         self.path = path
         self._conn = conn
         self._lock = threading.RLock()
+        self._holder = holder  # the fd whose flock keeps other processes out (exclusive)
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Journal:
-        """Open the journal at ``path``, creating it (mode 0600) if it does not exist."""
+    def open(cls, path: str | os.PathLike[str], *, exclusive: bool = False) -> Journal:
+        """Open the journal at ``path``, creating it (mode 0600) if it does not exist.
+
+        ``exclusive``: this process is the journal's only user for as long as it holds it
+        (``secagg join``: a second client process with the same identity would otherwise
+        close the first one's live round as restarted); another holder is a JournalError.
+        """
         target = Path(path)
         if target.is_dir():
             raise JournalError(f"{target} is a folder, not a journal file")
+        holder = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
+            if exclusive:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise JournalError(
+                        f"another client process holds the journal {target} (one process "
+                        "per identity)"
+                    ) from None
+                holder = fd
+            else:
+                os.close(fd)
             conn = sqlite3.connect(
                 target, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000
             )
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open the journal {target}: {_one_line(exc)}") from None
-        journal = cls(target, conn)
+        journal = cls(target, conn, holder)
         try:
             journal._prepare()
         except sqlite3.DatabaseError as exc:
@@ -241,6 +264,9 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._holder is not None:
+                os.close(self._holder)  # releases the flock
+                self._holder = None
 
     @contextlib.contextmanager
     def _write(self, keep_on: tuple[type[BaseException], ...] = ()) -> Iterator[sqlite3.Cursor]:
@@ -373,6 +399,14 @@ class JournalTransaction:
             "DELETE FROM secrets WHERE round NOT IN (SELECT round FROM rounds "
             "WHERE outcome IS NULL)"
         )
+
+    def pin(self, key: str, value: str) -> str | None:
+        """Record ``value`` under ``key`` the first time; later, the value recorded then."""
+        row = self._cur.execute("SELECT value FROM meta WHERE key = ?", (f"pin:{key}",)).fetchone()
+        if row is None:
+            self._cur.execute("INSERT INTO meta VALUES (?, ?)", (f"pin:{key}", value))
+            return None
+        return str(row[0])
 
     # ----------------------------------------------------------------- the audit
     def note(self, round_id: int, now: float, kind: Event, detail: str = "") -> None:

@@ -163,19 +163,22 @@ class ProvisionedSecAgg:
     folder: Path
 
     def __call__(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-        plan = json.loads(provision_path(self.folder, ctxt.node_id).read_text())
-        group = plan["group"]
-        journal = journal_folder(self.folder, group)
-        if plan["identity"] is None:
-            mod = SecAggMod(GROUPS[group], journal=journal, allowed_nodes=plan["allowed"])
-        else:
-            mod = SecAggMod(
-                GROUPS[group],
-                journal=journal,
-                identity=Ed25519SigningKey.from_private_bytes(bytes.fromhex(plan["identity"])),
-                pki={int(n): bytes.fromhex(k) for n, k in plan["pki"].items()},
-            )
-        return mod(msg, ctxt, call_next)
+        return provisioned_mod(self.folder, ctxt.node_id)(msg, ctxt, call_next)
+
+
+def provisioned_mod(folder: Path, node: int) -> SecAggMod:
+    """A node's ``SecAggMod`` as its operator provisioned it."""
+    plan = json.loads(provision_path(folder, node).read_text())
+    group = plan["group"]
+    journal = journal_folder(folder, group)
+    if plan["identity"] is None:
+        return SecAggMod(GROUPS[group], journal=journal, allowed_nodes=plan["allowed"])
+    return SecAggMod(
+        GROUPS[group],
+        journal=journal,
+        identity=Ed25519SigningKey.from_private_bytes(bytes.fromhex(plan["identity"])),
+        pki={int(n): bytes.fromhex(k) for n, k in plan["pki"].items()},
+    )
 
 
 def client_app(folder: Path) -> ClientApp:
@@ -717,7 +720,7 @@ def run() -> Iterator[Record]:
 
 def events(record: Record, group: str, node: int, round_id: int) -> list[Event]:
     """What a node's own journal says it did in a round."""
-    journal = Journal.open(journal_folder(record.folder, group) / f"node-{node}.journal")
+    journal = Journal.open(provisioned_mod(record.folder, node).journal_path(node))
     try:
         return [kind for _, kind, _ in journal.events(round_id)]
     finally:

@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from secagg import Params
 from secagg.errors import AbortReason, ConfigurationError
 from secagg.flower import REFUSED_PLAINTEXT, SecAggMod, wire
+from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.protocol.messages import Commitment, RoundConfig
 from tests.flower.helpers import (
@@ -227,3 +228,28 @@ def test_the_round_config_the_node_accepted_is_the_one_it_was_sent() -> None:
     with mod.session(ME).journal.transaction() as txn:
         (opening, _) = txn.exchanges(sent.round_id)[0], None
     assert RoundConfig.decode(opening.request) == sent
+
+
+def test_a_node_whose_configuration_changes_under_it_is_refused_before_training() -> None:
+    """The ServerApp side writes Contexts in simulation: handing a node another partition
+    (say the victim's, to every node) after its first round is refused."""
+    trained: list[int] = []
+    mod = secagg_mod(PARAMS)
+    answer(mod, first_message(round_id=1), context(), trained)
+    swapped = context()
+    swapped.node_config["partition-id"] = 0 if NODES[ME] != 0 else 1
+    reply = answer(mod, first_message(round_id=2, sent=task(server_round=2)), swapped, trained)
+    assert refusal(reply) == AbortReason.INVALID_CONFIG.value
+    assert len(trained) == 1
+
+
+def test_an_active_node_refuses_an_id_the_pki_does_not_give_its_identity() -> None:
+    """A server that calls a node by another id would otherwise reach a fresh journal."""
+    active = Params(dim=6, max_clients=8, clip=1.0, max_weight=100, server_model="semi-malicious")
+    keys = {n: Ed25519SigningKey.generate(DeterministicRandomness(n.to_bytes(32))) for n in NODES}
+    pki = {n: key.public for n, key in keys.items()}
+    mod = secagg_mod(active, identity=keys[STRANGER], pki=pki)
+    trained: list[int] = []
+    reply = answer(mod, first_message(params=active), context(ME), trained)
+    assert refusal(reply) == AbortReason.UNKNOWN_ID.value
+    assert trained == []

@@ -38,6 +38,7 @@ deployment has no plaintext path.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -242,7 +243,7 @@ class SecAggMod:
         with self._lock:
             session = self._sessions.get(node_id)
             if session is None:
-                path = self.journal_folder / f"node-{node_id}.journal"
+                path = self.journal_path(node_id)
                 try:
                     journal = Journal.open(path)
                 except JournalError as exc:
@@ -258,6 +259,15 @@ class SecAggMod:
                 )
                 self._sessions[node_id] = session
             return session
+
+    def journal_path(self, node_id: int) -> Path:
+        """The file of a node's journal: ``node-<id>.journal`` in the app's folder, or, where
+        the node has an identity, its identity's (a server that calls the node by another id
+        finds the same promises, and no pki entry for the new id)."""
+        if self._identity is None:
+            return self.journal_folder / f"node-{node_id}.journal"
+        name = hashlib.sha256(b"secagg/v1/journal\x00" + self._identity.public).hexdigest()
+        return self.journal_folder / f"identity-{name[:32]}.journal"
 
     def _arm_timer(self, node_id: int, session: ClientSession) -> None:
         """Forget the round's secrets when its deadline passes, even if no message comes."""
@@ -312,8 +322,13 @@ class SecAggMod:
             content = wire.without_record(msg.content, wire.RECORD_KEY)
         except (DecodeError, ConfigurationError) as exc:
             raise ClientAbort(AbortReason.INVALID_CONFIG, str(exc)) from None
+        if self._identity is not None and self._pki.get(ctxt.node_id) != (self._identity.public):
+            raise ClientAbort(
+                AbortReason.UNKNOWN_ID, "the pki does not give this node id this node's identity"
+            )
         task = FlowerTask(content, config_round, table_bytes)
-        accepted = session.offer(Offer(config_bytes, task, members=table), time.time())
+        offer = Offer(config_bytes, task, members=table, persona=_persona(ctxt))
+        accepted = session.offer(offer, time.time())
         assert task.layout is not None
         log.info(
             "node %d: round %d, cohort %d: accepted as client %d",
@@ -379,6 +394,13 @@ class SecAggMod:
                 "(Params.max_weight)",
             )
         return int(value)
+
+
+def _persona(ctxt: Context) -> bytes:
+    """The digest of the node's own configuration (the data it trains on, say), which its
+    journal pins at first use: a server side that writes Contexts cannot change it later."""
+    items = sorted((str(k), repr(v)) for k, v in ctxt.node_config.items())
+    return hashlib.sha256(repr(items).encode()).digest()
 
 
 def _round_id_of(config: bytes) -> int:

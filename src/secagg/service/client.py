@@ -182,7 +182,7 @@ class SecAggClient:
         # Every decision of a round is the session's; this class moves frames and keeps time.
         self.session = ClientSession(
             lambda client_id, members: scheme,
-            Journal.open(path),
+            Journal.open(path, exclusive=True),
             self_id=settings.identity.client_id,
             allowed=frozenset(settings.pki),
             stage_timeout=settings.stage_timeout,
