@@ -464,6 +464,10 @@ class ClientSession:
                 return f"round {round_id}: not in this client's journal"
             outcome = "completed" if completed else "aborted"
             claim = f"{outcome}, {'' if included else 'not '}included"
+            events = txn.events(round_id)
+            if any(kind is Event.CLAIMED for _, kind, _ in events):
+                # The coordinator's word on a round is taken once; a later claim changes nothing.
+                return audit_line(entry, events)
             txn.note(round_id, now, Event.CLAIMED, claim)
             events = txn.events(round_id)
             encrypted = any(k is Event.CONTRIBUTED and d == "encrypted" for _, k, d in events)

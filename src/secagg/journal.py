@@ -58,7 +58,6 @@ class Event(StrEnum):
     """What a journal's audit rows record."""
 
     ACCEPTED = "accepted"  # the round's task passed every check: the client trains it
-    REFUSED = "refused"  # the round's task was refused before training (detail: reason)
     COMMITTED = "committed"  # a commitment for an attempt (detail: the attempt)
     ADVERTISED = "advertised"  # fresh public keys for the session
     SHARED = "shared"  # sealed shares sent to neighbours (detail: how many)
@@ -361,15 +360,6 @@ class JournalTransaction:
             "VALUES (?, ?, ?, ?, ?)",
             (_key(round_id), task, client_id, now, packed),
         )
-
-    def refuse_round(self, round_id: int, task: bytes, now: float, reason: str) -> None:
-        """A round refused before training: its id is spent too (it is never trained)."""
-        self._cur.execute(
-            "INSERT INTO rounds (round, task, client_id, accepted_at, outcome) "
-            "VALUES (?, ?, 0, ?, ?)",
-            (_key(round_id), task, now, f"refused ({reason})"),
-        )
-        self.note(round_id, now, Event.REFUSED, reason)
 
     def set_deadline(self, round_id: int, deadline: float | None) -> None:
         self._cur.execute(

@@ -410,15 +410,6 @@ def test_a_round_id_in_the_journal_is_refused_also_after_a_restart(fleet: Fleet)
 
 
 @semi_honest
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="SecAggClient._finish (service/client.py) acts on a RoundEnd for the round id of a "
-    "task it refused as replayed-round: it counts the round as included because the journal's "
-    "earlier round of that id was, so the coordinator raises the client's count of included "
-    "rounds by one per replay, and each refusal and each such RoundEnd logs the earlier "
-    "round's 'included' audit line again",
-)
 def test_a_replayed_round_that_the_coordinator_ends_as_included_adds_nothing_to_the_count(
     fleet: Fleet,
 ) -> None:

@@ -151,6 +151,7 @@ class _RoundState:
     round_id: int
     config: Message | None = None
     active: bool = False  # False once this client has left the round (or before it began)
+    accepted: bool = False  # this process took the round's task (its journal holds the round)
     queued: bool = False  # the coordinator said it keeps this client waiting its turn
     aborted: ClientAbort | None = None
 
@@ -394,6 +395,7 @@ class SecAggClient:
         offer = Offer(task.round_config, ModelTask(task.model, task.step), round_id=task.round_id)
         try:
             accepted = self.session.offer(offer, time.time())
+            state.accepted = True
             state.config = accepted.config
             self._stage(task.round_id, "train")
             values, weight = await self._train(accepted.model, task.step)
@@ -450,14 +452,18 @@ class SecAggClient:
         """Leave the round: tell the coordinator why, log it, and reveal nothing more."""
         state.active = False
         state.aborted = abort
-        self.session.leave(state.round_id, abort.reason, _one_line(abort.detail), time.time())
+        if state.accepted:
+            self.session.leave(state.round_id, abort.reason, _one_line(abort.detail), time.time())
         self.stats.aborted += 1
         self.stats.abort_reasons.append(abort.reason)
         self.stats.events.append(f"aborted round {state.round_id}: {abort.reason.value}")
         log.warning(
             "client %d leaves round %d: %s", self.client_id, state.round_id, _one_line(str(abort))
         )
-        log.info("%s", self.session.audit(state.round_id))
+        if state.accepted:
+            log.info("%s", self.session.audit(state.round_id))
+        else:
+            log.info("round %d: refused before it began (%s)", state.round_id, abort.reason.value)
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await call.write(
                 pb.ClientFrame(
@@ -473,8 +479,19 @@ class SecAggClient:
         """The coordinator says the round ended: recorded as its word; the audit line says
         what this client itself did ("included" only if it answered the unmask request)."""
         state.active = False
-        line = self.session.server_ended(end.round_id, end.completed, end.included, time.time())
         self.stats.rounds += 1
+        claim = f"{'completed' if end.completed else 'aborted'}, {'' if end.included else 'not '}"
+        if not state.accepted:
+            # A round this client refused (a replayed id, say): the journal's round of that id,
+            # if any, is an earlier one, and nothing the coordinator says changes it.
+            self.stats.events.append(f"round {end.round_id}: refused")
+            log.info(
+                "round %d: refused before it began (the coordinator says: %sincluded)",
+                end.round_id,
+                claim,
+            )
+            return
+        line = self.session.server_ended(end.round_id, end.completed, end.included, time.time())
         included = self.session.included(end.round_id)
         if included:
             self.stats.included += 1
