@@ -1050,7 +1050,7 @@ def join(
     """Join a coordinator as a client and answer its rounds.
 
     Logs one line per round (what this client agreed to and how the round ended for it),
-    and a summary when it leaves.
+    and a summary when it leaves. Ctrl-C or SIGTERM stops it at once, even mid-training.
     """
     from secagg.service.client import Rejected, UpdateFn
     from secagg.service.run import RunFailed, Stopped

@@ -6,7 +6,9 @@ signals to clean stops, and failures to the three ways a run can end.
 - It started and could not go on (no cohort formed in time, the ledger failed under a
   round, the coordinator refused this client or could not be reached): ``RunFailed``.
 - It was stopped by SIGINT or SIGTERM: ``Stopped``, once a running round has been recorded
-  as aborted and every stream closed (within a second).
+  as aborted and every stream closed (within a second). A client stops whatever it is doing
+  (waiting to retry, connecting, in a round, in the user's training callback), and its
+  process ends within ``STOP_SECONDS`` even if something would hold it up.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ STOP_SECONDS = 1.0
 
 _INSIST_SECONDS = 0.05
 """How often a stopping ``join`` cancels its task again, until the task has ended."""
+
+_SAY_SECONDS = 0.1
+"""How long a ``join`` past ``STOP_SECONDS`` waits for its stop line to be written."""
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -280,6 +285,7 @@ def join(
         )
         stop.client_id = settings.identity.client_id
         client = SecAggClient(settings, update(settings.identity.client_id), rounds=rounds)
+        stop.check()
         return asyncio.run(_join(client, settings.target, stop.received))
 
 
@@ -326,12 +332,19 @@ class _ProcessStop:
 
     def _end(self) -> None:
         time.sleep(STOP_SECONDS)
+        assert self._signum is not None
+        # The last words are written from a thread of their own: a stderr nobody reads (a
+        # full pipe) must not keep the process alive.
+        saying = threading.Thread(target=self._last_words, daemon=True)
+        saying.start()
+        saying.join(_SAY_SECONDS)
+        os._exit(128 + self._signum)
+
+    def _last_words(self) -> None:
         self._say()
-        for stream in (sys.stdout, sys.stderr):
+        for stream in (sys.stdout, sys.stderr):  # os._exit skips the interpreter's flush
             with contextlib.suppress(Exception):
                 stream.flush()
-        assert self._signum is not None
-        os._exit(128 + self._signum)
 
     def _say(self) -> None:
         with self._lock:
@@ -342,15 +355,24 @@ class _ProcessStop:
         who = "" if self.client_id is None else f"client {self.client_id} "
         join_log.warning("%s%s", who, Stopped(self._signum))
 
+    def check(self) -> None:
+        """``Stopped`` if a signal has come (though some code caught what it raised)."""
+        if self._signum is not None:
+            raise Stopped(self._signum)
+
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if isinstance(exc, Stopped):
-            self.received(exc.signum)
-            self._say()
+        signum = exc.signum if isinstance(exc, Stopped) else self._signum
         for sig, previous in self._previous.items():
             # Once stopped, the process is ending: nothing more may change how.
-            signal.signal(sig, signal.SIG_IGN if self._signum is not None else previous)
+            signal.signal(sig, previous if signum is None else signal.SIG_IGN)
+        if signum is None:
+            return
+        self.received(signum)
+        self._say()
+        if not isinstance(exc, Stopped):  # whatever the signal cut short, it was a stop
+            raise Stopped(signum) from None
 
 
 def client_settings(
