@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from secagg.errors import one_line
 from secagg.service.files import check_writable, write_array
 from secagg.service.ledger import Ledger, RoundOutcome, RoundPrivacy, RoundRecord
 
@@ -37,11 +38,6 @@ __all__ = [
     "round_json",
     "round_line",
 ]
-
-
-def one_line(text: str) -> str:
-    """``text`` as one printable line: newlines and control characters become spaces."""
-    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 
 
 def print_error(message: str, *, stream: TextIO | None = None) -> None:

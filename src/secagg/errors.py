@@ -58,7 +58,17 @@ __all__ = [
     "ServiceError",
     "Unreachable",
     "UsageError",
+    "one_line",
 ]
+
+
+def one_line(text: str, limit: int | None = None) -> str:
+    """What a peer (or an exception) said, as one printable line: newlines and control
+    characters become spaces, runs of space one, and at most ``limit`` characters. The one
+    sanitiser every log line, refusal detail and error line uses (a peer's words are never
+    markup, never two lines)."""
+    line = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return line if limit is None else line[:limit]
 
 
 class SecAggError(Exception):

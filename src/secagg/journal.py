@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from secagg.errors import JournalError
+from secagg.errors import JournalError, one_line
 
 __all__ = ["SCHEMA_VERSION", "Event", "Journal", "JournalRound", "JournalTransaction"]
 
@@ -225,13 +225,13 @@ class Journal:
                 target, isolation_level=None, check_same_thread=False, timeout=_BUSY_MS / 1000
             )
         except (OSError, sqlite3.Error) as exc:
-            raise JournalError(f"cannot open the journal {target}: {_one_line(exc)}") from None
+            raise JournalError(f"cannot open the journal {target}: {_reason(exc)}") from None
         journal = cls(target, conn, holder)
         try:
             journal._prepare()
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise JournalError(f"{target} is not a usable journal: {_one_line(exc)}") from None
+            raise JournalError(f"{target} is not a usable journal: {_reason(exc)}") from None
         return journal
 
     def _prepare(self) -> None:
@@ -274,9 +274,7 @@ class Journal:
             try:
                 cur.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise JournalError(
-                    f"cannot lock the journal {self.path}: {_one_line(exc)}"
-                ) from None
+                raise JournalError(f"cannot lock the journal {self.path}: {_reason(exc)}") from None
             try:
                 yield cur
             except keep_on:
@@ -294,7 +292,7 @@ class Journal:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 cur.execute("ROLLBACK")
-            raise JournalError(f"cannot write the journal {self.path}: {_one_line(exc)}") from None
+            raise JournalError(f"cannot write the journal {self.path}: {_reason(exc)}") from None
 
     @contextlib.contextmanager
     def transaction(
@@ -308,7 +306,7 @@ class Journal:
                 yield JournalTransaction(cur)
             except sqlite3.Error as exc:
                 raise JournalError(
-                    f"cannot write the journal {self.path}: {_one_line(exc)}"
+                    f"cannot write the journal {self.path}: {_reason(exc)}"
                 ) from None
 
     def rounds(self) -> list[JournalRound]:
@@ -516,5 +514,5 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+def _reason(exc: BaseException) -> str:
+    return one_line(str(exc)) or type(exc).__name__

@@ -58,6 +58,7 @@ from secagg.errors import (
     ConfigurationError,
     DecodeError,
     JournalError,
+    one_line,
 )
 from secagg.flower import wire
 from secagg.hazmat.keys import Ed25519SigningKey
@@ -227,10 +228,12 @@ class SecAggMod:
                     )
                 answer = session.receive(data, time.time()).data
         except ClientAbort as exc:
-            log.warning("node %d leaves the round: %s", ctxt.node_id, _one_line(str(exc)))
+            log.warning(
+                "node %d leaves the round: %s", ctxt.node_id, one_line(str(exc), _DETAIL_CHARS)
+            )
             refusal = ConfigRecord()
             refusal[wire.ABORT] = exc.reason.value
-            refusal[wire.DETAIL] = _one_line(exc.detail)
+            refusal[wire.DETAIL] = one_line(exc.detail, _DETAIL_CHARS)
             return Message(RecordDict({wire.RECORD_KEY: refusal}), reply_to=msg)
         self._arm_timer(ctxt.node_id, session)
         return Message(
@@ -410,7 +413,3 @@ def _round_id_of(config: bytes) -> int:
     if not isinstance(round_id, int):
         raise DecodeError(f"a {type(message).__name__} is no round configuration")
     return round_id
-
-
-def _one_line(text: str) -> str:
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:_DETAIL_CHARS]

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from secagg.errors import ConfigurationError, DropReason, RoundAborted, UsageError
+from secagg.errors import ConfigurationError, DropReason, RoundAborted, UsageError, one_line
 from secagg.flower import wire
 from secagg.hazmat.randomness import Randomness, SystemRandomness
 from secagg.params import Params
@@ -267,7 +267,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
                     continue
                 cid = client_of[node]
                 if answer.has_error():
-                    reason = _one_line(str(answer.error.reason or answer.error.code))
+                    reason = one_line(str(answer.error.reason or answer.error.code), _REASON_CHARS)
                     server.drop(cid, DropReason.DISCONNECTED, reason)
                     continue
                 record = (
@@ -278,7 +278,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
                 if record is None:
                     server.drop(cid, DropReason.MALFORMED, "no secagg record in the reply")
                 elif wire.ABORT in record:
-                    reason = _one_line(str(record.get(wire.ABORT)))
+                    reason = one_line(str(record.get(wire.ABORT)), _REASON_CHARS)
                     aborts[node] = reason
                     server.drop(cid, DropReason.CLIENT_ABORTED, reason)
                 else:
@@ -356,7 +356,3 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
 
 def _is_train(message: Message) -> bool:
     return bool(str(message.metadata.message_type).split(".", 1)[0] == MessageType.TRAIN)
-
-
-def _one_line(text: str) -> str:
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:_REASON_CHARS]

@@ -65,6 +65,7 @@ from secagg.errors import (
     ClientAbort,
     Rejected,
     Unreachable,
+    one_line,
 )
 from secagg.journal import Journal
 from secagg.protocol.messages import Message
@@ -221,7 +222,7 @@ class SecAggClient:
                 self._failed(failures, _rpc_reason(exc), delay)
             except (ConnectionError, OSError, EOFError) as exc:
                 failures += 1
-                self._failed(failures, _one_line(str(exc)) or type(exc).__name__, delay)
+                self._failed(failures, one_line(str(exc)) or type(exc).__name__, delay)
             if self._done():
                 break
             self.stats.reconnects += 1
@@ -312,8 +313,8 @@ class SecAggClient:
             raise ConnectionError("the coordinator closed the stream after the hello")
         if answer.HasField("reject"):
             if answer.reject.retryable:
-                raise _Retry(_one_line(answer.reject.reason))
-            raise Rejected(_one_line(answer.reject.reason))
+                raise _Retry(one_line(answer.reject.reason))
+            raise Rejected(one_line(answer.reject.reason))
         self.stats.events.append("welcomed")
         inbox: asyncio.Queue[pb.ServerFrame | Exception] = asyncio.Queue()
         pump = asyncio.create_task(self._pump(call, inbox))
@@ -361,8 +362,8 @@ class SecAggClient:
                     current = None
             elif kind == "reject":
                 if frame.reject.retryable:
-                    raise _Retry(_one_line(frame.reject.reason))
-                raise Rejected(_one_line(frame.reject.reason))
+                    raise _Retry(one_line(frame.reject.reason))
+                raise Rejected(one_line(frame.reject.reason))
             # Anything else (a second welcome, a challenge, an empty frame) carries nothing
             # this client acts on. The frame (it may hold the model) is not kept while the
             # next one is awaited.
@@ -453,12 +454,12 @@ class SecAggClient:
         state.active = False
         state.aborted = abort
         if state.accepted:
-            self.session.leave(state.round_id, abort.reason, _one_line(abort.detail), time.time())
+            self.session.leave(state.round_id, abort.reason, one_line(abort.detail), time.time())
         self.stats.aborted += 1
         self.stats.abort_reasons.append(abort.reason)
         self.stats.events.append(f"aborted round {state.round_id}: {abort.reason.value}")
         log.warning(
-            "client %d leaves round %d: %s", self.client_id, state.round_id, _one_line(str(abort))
+            "client %d leaves round %d: %s", self.client_id, state.round_id, one_line(str(abort))
         )
         if state.accepted:
             log.info("%s", self.session.audit(state.round_id))
@@ -470,7 +471,7 @@ class SecAggClient:
                     abort=pb.ClientAbort(
                         round_id=state.round_id,
                         reason=abort.reason.value,
-                        detail=_one_line(abort.detail)[:_DETAIL_CHARS],
+                        detail=one_line(abort.detail)[:_DETAIL_CHARS],
                     )
                 )
             )
@@ -531,10 +532,5 @@ def _certificate_failure(exc: grpc.aio.AioRpcError) -> bool:
 
 
 def _rpc_reason(exc: grpc.aio.AioRpcError) -> str:
-    details = _one_line(exc.details() or "")
+    details = one_line(exc.details() or "")
     return f"{exc.code().name.lower()}: {details[:160]}" if details else exc.code().name.lower()
-
-
-def _one_line(text: str) -> str:
-    """What the peer said, as one printable line (its words, never trusted as markup)."""
-    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
