@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 
 from secagg.dp.budget import ClientBudget
-from secagg.errors import ConfigurationError, LedgerError, SecAggError
+from secagg.errors import ConfigurationError, LedgerError, SecAggError, one_line
 from secagg.params import Params
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
@@ -426,7 +426,7 @@ async def _join(client: SecAggClient, target: str, on_signal: Callable[[int], No
                 ) from None
             if isinstance(exc, ConnectionError | OSError | EOFError):
                 raise RunFailed(
-                    f"lost the coordinator at {target}: {_one_line(str(exc)) or type(exc).__name__}"
+                    f"lost the coordinator at {target}: {one_line(str(exc)) or type(exc).__name__}"
                 ) from None
             raise
         if stop.received is not None:  # the signal came as the run ended
@@ -437,12 +437,8 @@ async def _join(client: SecAggClient, target: str, on_signal: Callable[[int], No
 def _rpc_reason(exc: grpc.aio.AioRpcError) -> str:
     code = exc.code()
     name = code.name.lower().replace("_", " ") if code is not None else "error"
-    details = _one_line(exc.details() or "")
+    details = one_line(exc.details() or "")
     return f"{name} ({details})" if details else name
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def client_policy(
