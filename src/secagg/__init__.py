@@ -11,23 +11,54 @@ Layers, each depending only on those before it: ``hazmat`` (primitives) <- ``pro
 
 from __future__ import annotations
 
-import numpy as np
-from numpy.typing import NDArray
+import importlib
+from typing import TYPE_CHECKING
 
-from secagg.errors import (
-    AbortReason,
-    ClientAbort,
-    ConfigurationError,
-    DecodeError,
-    DropReason,
-    RoundAborted,
-    SecAggError,
-)
-from secagg.params import Params, Protocol, ServerModel
-from secagg.protocol.client import Client
-from secagg.protocol.messages import RoundConfig
-from secagg.protocol.server import RoundResult, Server
-from secagg.simulate import DropSchedule, RoundReport, SimulationResult, simulate_round
+if TYPE_CHECKING:
+    from secagg.errors import (
+        AbortReason,
+        ClientAbort,
+        ConfigurationError,
+        DecodeError,
+        DropReason,
+        RoundAborted,
+        SecAggError,
+    )
+    from secagg.params import Params, Protocol, ServerModel
+    from secagg.protocol.client import Client
+    from secagg.protocol.messages import RoundConfig
+    from secagg.protocol.server import RoundResult, Server
+    from secagg.simulate import (
+        DropSchedule,
+        RoundReport,
+        SimulationResult,
+        secure_mean,
+        simulate_round,
+    )
+
+# The public API, imported when first used: ``import secagg`` (and so the ``secagg`` command's
+# start-up, which must install its signal handlers before anything heavy) costs nothing.
+_WHERE = {
+    "AbortReason": "secagg.errors",
+    "ClientAbort": "secagg.errors",
+    "ConfigurationError": "secagg.errors",
+    "DecodeError": "secagg.errors",
+    "DropReason": "secagg.errors",
+    "RoundAborted": "secagg.errors",
+    "SecAggError": "secagg.errors",
+    "Params": "secagg.params",
+    "Protocol": "secagg.params",
+    "ServerModel": "secagg.params",
+    "Client": "secagg.protocol.client",
+    "RoundConfig": "secagg.protocol.messages",
+    "RoundResult": "secagg.protocol.server",
+    "Server": "secagg.protocol.server",
+    "DropSchedule": "secagg.simulate",
+    "RoundReport": "secagg.simulate",
+    "SimulationResult": "secagg.simulate",
+    "secure_mean": "secagg.simulate",
+    "simulate_round": "secagg.simulate",
+}
 
 __all__ = [
     "AbortReason",
@@ -54,26 +85,14 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def secure_mean(
-    updates: NDArray[np.floating],
-    weights: NDArray[np.floating] | None = None,
-    *,
-    params: Params | None = None,
-    drops: DropSchedule | None = None,
-    seed: int | None = None,
-) -> SimulationResult:
-    """Securely aggregate the rows of ``updates`` (clients x dim) in one simulated round.
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'secagg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-    Returns the round's result: ``.aggregate`` is the weighted mean of the rows whose inputs
-    were included (all of them unless ``drops`` says otherwise), ``.report`` what it cost.
-    """
-    array = np.asarray(updates)
-    if array.ndim != 2:
-        raise ConfigurationError(f"updates must be a 2-D array, got shape {array.shape}")
-    n, dim = array.shape
-    if params is None:
-        from secagg.simulate import integer_weights
 
-        _, max_weight = integer_weights(weights, n)
-        params = Params(dim=dim, max_clients=n, max_weight=max_weight)
-    return simulate_round(params, n, lambda i: array[i], weights=weights, drops=drops, seed=seed)
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -1,3 +1,3 @@
-from secagg.cli import main
+from secagg.launch import main
 
 main()

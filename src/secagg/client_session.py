@@ -126,6 +126,9 @@ class Answer:
 
     data: bytes = field(repr=False)
     stage: Stage
+    # When the session gives up on the round if the server says nothing more (None: the
+    # client's part of the round is done).
+    deadline: float | None = None
 
 
 # The event a client message records, by the stage it answers.
@@ -293,7 +296,9 @@ class ClientSession:
                 if exchange.request == data:
                     txn.note(round_id, now, Event.RETRANSMITTED)
                     answered = self._answers(_decode(exchange.answer, AbortReason.INVALID_CONFIG))
-                    return Answer(exchange.answer, answered)
+                    entry = txn.round(round_id)
+                    deadline = None if entry is None else entry.deadline
+                    return Answer(exchange.answer, answered, deadline)
             live = [r for r in txn.live_rounds() if txn.exchanges(r.round_id)]
             if not live:
                 raise ClientAbort(AbortReason.ROUND_CLOSED, "this client is in no round")
@@ -333,14 +338,16 @@ class ClientSession:
         self._record(txn, entry, reply, data, now)
         txn.add_exchange(round_id, data, answer)
         self._clients[round_id] = (position + 1, client)
+        deadline = None
         if self._final(reply):
             self._clients.pop(round_id, None)
             txn.close_round(round_id, "answered to the end", included=True)
             self._wait.pop(round_id, None)
         else:
             self._wait[round_id] = _Wait(now)
-            txn.set_deadline(round_id, now + self.stage_timeout)
-        return Answer(answer, self._answers(reply))
+            deadline = now + self.stage_timeout
+            txn.set_deadline(round_id, deadline)
+        return Answer(answer, self._answers(reply), deadline)
 
     def _record(
         self,

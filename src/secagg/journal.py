@@ -25,7 +25,8 @@ freeze a round once it is closed):
   bytes) with the answer sent, for retransmissions and, where the transport cannot keep the
   round's client in memory, to rebuild it;
 - ``secrets``: the live round's 32-byte seed and update, only where the transport asks for them
-  to be kept (Flower runs messages in other processes); erased when the round closes.
+  to be kept (Flower runs messages in other processes); erased when the round closes, and the
+  write-ahead log that held their pages is then checkpointed and truncated.
 
 Bounded: when a round is accepted, the exchanges of every closed round are deleted (the
 summary stays in ``rounds``/``events``). ``secure_delete`` overwrites what is deleted. The
@@ -238,9 +239,10 @@ class Journal:
         conn = self._conn
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
         conn.execute("PRAGMA secure_delete = ON")
-        # A rollback journal (not WAL): an erased secret is overwritten in the file itself
-        # (secure_delete) and no write-ahead log keeps the page it was on.
-        conn.execute("PRAGMA journal_mode = DELETE")
+        # A write-ahead log: one sync per decision (a rollback journal takes three). The log
+        # holds the pages a round's secrets were on until it is checkpointed; closing a round
+        # that kept secrets checkpoints and truncates it (``forget``).
+        conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         with self._write() as cur:
             (app,) = cur.execute("PRAGMA application_id").fetchone()
@@ -301,9 +303,25 @@ class Journal:
         """The node's exclusive lock, across threads and processes: everything done inside is
         one durable commit at the end, or nothing if an exception leaves it, except one of
         ``keep_on`` (a refusal is a decision too: what was written before it is kept)."""
-        with self._write(keep_on) as cur:
+        txn = None
+        try:
+            with self._write(keep_on) as cur:
+                txn = JournalTransaction(cur)
+                try:
+                    yield txn
+                except sqlite3.Error as exc:
+                    raise JournalError(
+                        f"cannot write the journal {self.path}: {_reason(exc)}"
+                    ) from None
+        finally:
+            if txn is not None and txn.erased:
+                self.forget()
+
+    def forget(self) -> None:
+        """Move the log into the database (where erased rows are overwritten) and empty it."""
+        with self._lock:
             try:
-                yield JournalTransaction(cur)
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
                 raise JournalError(
                     f"cannot write the journal {self.path}: {_reason(exc)}"
@@ -324,6 +342,7 @@ class JournalTransaction:
 
     def __init__(self, cur: sqlite3.Cursor) -> None:
         self._cur = cur
+        self.erased = False  # a round's secrets were deleted: the log is emptied after commit
 
     # ----------------------------------------------------------------- rounds
     def round(self, round_id: int) -> JournalRound | None:
@@ -375,7 +394,8 @@ class JournalTransaction:
             "UPDATE rounds SET outcome = ?, included = ?, deadline = NULL WHERE round = ?",
             (outcome, int(included), _key(round_id)),
         )
-        self._cur.execute("DELETE FROM secrets WHERE round = ?", (_key(round_id),))
+        deleted = self._cur.execute("DELETE FROM secrets WHERE round = ?", (_key(round_id),))
+        self.erased = self.erased or deleted.rowcount > 0
 
     def compact(self) -> None:
         """Forget the transcripts of closed rounds (their summary stays)."""
@@ -383,10 +403,11 @@ class JournalTransaction:
             "DELETE FROM exchanges WHERE round IN (SELECT round FROM rounds "
             "WHERE outcome IS NOT NULL)"
         )
-        self._cur.execute(
+        deleted = self._cur.execute(
             "DELETE FROM secrets WHERE round NOT IN (SELECT round FROM rounds "
             "WHERE outcome IS NULL)"
         )
+        self.erased = self.erased or deleted.rowcount > 0
 
     def pin(self, key: str, value: str) -> str | None:
         """Record ``value`` under ``key`` the first time; later, the value recorded then."""

@@ -47,6 +47,7 @@ __all__ = [
     "masking_scheme",
     "random_inputs",
     "root_randomness",
+    "secure_mean",
     "simulate_round",
 ]
 
@@ -608,3 +609,26 @@ def _exact_mean(
     for i in included:
         total += exact_weights[i] * reference(np.asarray(inputs(i), dtype=np.float64))
     return total / float(sum(exact_weights[i] for i in included))
+
+
+def secure_mean(
+    updates: NDArray[np.floating],
+    weights: NDArray[np.floating] | None = None,
+    *,
+    params: Params | None = None,
+    drops: DropSchedule | None = None,
+    seed: int | None = None,
+) -> SimulationResult:
+    """Securely aggregate the rows of ``updates`` (clients x dim) in one simulated round.
+
+    Returns the round's result: ``.aggregate`` is the weighted mean of the rows whose inputs
+    were included (all of them unless ``drops`` says otherwise), ``.report`` what it cost.
+    """
+    array = np.asarray(updates)
+    if array.ndim != 2:
+        raise ConfigurationError(f"updates must be a 2-D array, got shape {array.shape}")
+    n, dim = array.shape
+    if params is None:
+        _, max_weight = integer_weights(weights, n)
+        params = Params(dim=dim, max_clients=n, max_weight=max_weight)
+    return simulate_round(params, n, lambda i: array[i], weights=weights, drops=drops, seed=seed)

@@ -318,9 +318,38 @@ class _SwallowsOneCancellation:
 def test_a_stop_outlasts_code_that_swallows_a_cancellation() -> None:
     client = _SwallowsOneCancellation()
     told: list[int] = []
+    before = signal.getsignal(signal.SIGTERM)  # another test's library (Ray) may hold it
     with pytest.raises(Stopped) as stopped:
         asyncio.run(_join(client, "nowhere", told.append))  # type: ignore[arg-type]
     assert stopped.value.exit_code == 143
     assert told == [signal.SIGTERM]
     assert client.swallowed == 1
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_a_signal_while_the_command_is_still_starting_is_one_line(sig: signal.Signals) -> None:
+    """Before `join` has installed its own handlers (the command line is still importing), a
+    signal is still one line and the usual exit code. ``-X importtime`` shows when the
+    command line's imports have begun (the first import after ``secagg.launch``, whose
+    ``main`` installs the start-up handlers first): the signal then lands inside them."""
+    process = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "secagg", "join", "--config", "x.toml"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stderr is not None
+    seen: list[str] = []
+    launched = False
+    for line in process.stderr:
+        seen.append(line)
+        if launched and "import time:" in line:
+            process.send_signal(sig)
+            break
+        launched = launched or line.rstrip().endswith("| secagg.launch")
+    rest = process.stderr.read()
+    assert process.wait(timeout=30) == EXIT_CODES[sig]
+    said = [line for line in [*seen, *rest.splitlines()] if "import time:" not in line]
+    assert "Traceback" not in "".join(said)
+    assert any(f"stopped by {sig.name}" in line for line in said), said

@@ -50,7 +50,7 @@ from typing import TypeAlias
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.client_session import Accepted, ClientSession, Offer
+from secagg.client_session import Accepted, Answer, ClientSession, Offer
 from secagg.dp.budget import ClientBudget
 from secagg.errors import (
     AbortReason,
@@ -87,6 +87,13 @@ DEFAULT_STAGE_TIMEOUT = 120.0
 REFUSED_PLAINTEXT = 5301
 # Flower's legacy (NumPyClient) replies keep the example count here.
 _LEGACY_WEIGHT = ("fitres.num_examples", "num_examples")
+
+
+# The sessions and deadline timers this process holds, by journal file and mod configuration.
+_SessionKey: TypeAlias = tuple[Path, bytes]
+_SESSIONS: dict[_SessionKey, ClientSession] = {}
+_TIMERS: dict[_SessionKey, threading.Timer] = {}
+_PROCESS_LOCK = threading.Lock()
 
 
 class FlowerTask:
@@ -177,24 +184,20 @@ class SecAggMod:
         self._identity = identity
         self._pki = dict(pki or {})
         self._budget = None if params.dp_plan is None else ClientBudget(params.dp_plan)
-        self._sessions: dict[int, ClientSession] = {}
-        self._timers: dict[int, threading.Timer] = {}
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, object]:
-        # Flower ships the ClientApp to other processes (a simulation's Ray actors): the
-        # deployment travels, the open journals, timers and lock do not. Each process opens
-        # the same journal files, whose lock is SQLite's, across processes.
-        state = dict(self.__dict__)
-        for name in ("_sessions", "_timers", "_lock"):
-            del state[name]
-        return state
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-        self._sessions = {}
-        self._timers = {}
-        self._lock = threading.Lock()
+        # What makes two mods (a copy Flower unpickled for one message, say) the same node
+        # client: they share the process's open session of a journal only if it is equal.
+        self._fingerprint = hashlib.sha256(
+            repr(
+                (
+                    params,
+                    sorted(self.allowed_nodes or ()),
+                    allow_any_node,
+                    self.stage_timeout,
+                    None if identity is None else identity.public,
+                    sorted(self._pki.items()),
+                )
+            ).encode()
+        ).digest()
 
     def __repr__(self) -> str:
         allowed = "any" if self.allowed_nodes is None else str(len(self.allowed_nodes))
@@ -217,7 +220,8 @@ class SecAggMod:
             )
         session = self.session(ctxt.node_id)
         try:
-            session.expire(time.time())
+            # A round past its deadline is refused by the session itself (and its secrets
+            # erased then, or by the timer armed after the last answer).
             if wire.NODES in record:
                 answer = self._begin(session, msg, ctxt, record, call_next)
             else:
@@ -226,7 +230,7 @@ class SecAggMod:
                     raise ClientAbort(
                         AbortReason.MALFORMED_MESSAGE, "the protocol message is not bytes"
                     )
-                answer = session.receive(data, time.time()).data
+                answer = session.receive(data, time.time())
         except ClientAbort as exc:
             log.warning(
                 "node %d leaves the round: %s", ctxt.node_id, one_line(str(exc), _DETAIL_CHARS)
@@ -235,16 +239,19 @@ class SecAggMod:
             refusal[wire.ABORT] = exc.reason.value
             refusal[wire.DETAIL] = one_line(exc.detail, _DETAIL_CHARS)
             return Message(RecordDict({wire.RECORD_KEY: refusal}), reply_to=msg)
-        self._arm_timer(ctxt.node_id, session)
+        self._arm_timer(ctxt.node_id, session, answer.deadline)
         return Message(
-            RecordDict({wire.RECORD_KEY: ConfigRecord({wire.MESSAGE: answer})}),
+            RecordDict({wire.RECORD_KEY: ConfigRecord({wire.MESSAGE: answer.data})}),
             reply_to=msg,
         )
 
     def session(self, node_id: int) -> ClientSession:
-        """This node's client session, over its journal in the app's folder."""
-        with self._lock:
-            session = self._sessions.get(node_id)
+        """This node's client session, over its journal in the app's folder: one per journal
+        and process (Flower's simulation ships the ClientApp with every message, so each
+        message may meet a fresh copy of this mod; its sessions are the process's)."""
+        key = (self.journal_path(node_id), self._fingerprint)
+        with _PROCESS_LOCK:
+            session = _SESSIONS.get(key)
             if session is None:
                 path = self.journal_path(node_id)
                 try:
@@ -260,7 +267,7 @@ class SecAggMod:
                     keep_secrets=True,
                     budget=self._budget,
                 )
-                self._sessions[node_id] = session
+                _SESSIONS[key] = session
             return session
 
     def journal_path(self, node_id: int) -> Path:
@@ -272,11 +279,11 @@ class SecAggMod:
         name = hashlib.sha256(b"secagg/v1/journal\x00" + self._identity.public).hexdigest()
         return self.journal_folder / f"identity-{name[:32]}.journal"
 
-    def _arm_timer(self, node_id: int, session: ClientSession) -> None:
+    def _arm_timer(self, node_id: int, session: ClientSession, deadline: float | None) -> None:
         """Forget the round's secrets when its deadline passes, even if no message comes."""
-        deadline = session.deadline()
-        with self._lock:
-            old = self._timers.pop(node_id, None)
+        key = (self.journal_path(node_id), self._fingerprint)
+        with _PROCESS_LOCK:
+            old = _TIMERS.pop(key, None)
             if old is not None:
                 old.cancel()
             if deadline is None:
@@ -285,7 +292,7 @@ class SecAggMod:
                 max(0.0, deadline - time.time()) + 0.01, lambda: session.expire(time.time())
             )
             timer.daemon = True
-            self._timers[node_id] = timer
+            _TIMERS[key] = timer
             timer.start()
 
     def _scheme_for(self, client_id: int, members: tuple[int, ...] | None) -> Scheme:
@@ -310,7 +317,7 @@ class SecAggMod:
         ctxt: Context,
         record: ConfigRecord,
         call_next: ClientAppCallable,
-    ) -> bytes:
+    ) -> Answer:
         config_bytes = record.get(wire.MESSAGE)
         if not isinstance(config_bytes, bytes):
             raise ClientAbort(AbortReason.INVALID_CONFIG, "the round configuration is not bytes")
@@ -345,7 +352,7 @@ class SecAggMod:
         except ClientAbort as exc:
             session.leave(accepted.round_id, exc.reason, exc.detail, time.time())
             raise
-        return session.begin(accepted, update, weight, time.time()).data
+        return session.begin(accepted, update, weight, time.time())
 
     def _train(
         self,

@@ -75,6 +75,7 @@ from secagg.schemes.base import Scheme
 from secagg.schemes.ckks import CkksResult, CkksUpload
 from secagg.schemes.masking import MaskingScheme
 from secagg.service.credentials import ClientIdentity, sign_challenge
+from secagg.service.threads import in_daemon_thread
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
 from secagg.service.wire import ModelTask, channel_options
@@ -413,8 +414,6 @@ class SecAggClient:
         self, model: NDArray[np.float32], step: int
     ) -> tuple[NDArray[np.floating], int]:
         # A daemon thread: a process told to stop never waits for the user's training.
-        from secagg.service.threads import in_daemon_thread
-
         try:
             result = await in_daemon_thread(self._update, model, step)
         except Exception as exc:  # the user's callback: its failure ends the round, not us
