@@ -109,6 +109,17 @@ def run_round(nodes: list[Node], config: RoundConfig, step: int = 0) -> Server:
     return servers[-1]
 
 
+def first_survivor_listed_as_dropped(request: UnmaskRequest) -> UnmaskRequest:
+    """The same unmask request, but asking for the key share of its first survivor."""
+    return UnmaskRequest(
+        request.session_id,
+        request.recipient,
+        request.survivors[1:],
+        (*request.dropped, request.survivors[0]),
+        request.signatures,
+    )
+
+
 def test_an_honest_round_sums_and_every_journal_says_included(nodes: list[Node]) -> None:
     server = run_round(nodes, round_config())
     result = server.aggregate()
@@ -168,13 +179,7 @@ def test_a_restarted_process_rebuilds_the_round_from_the_journal_and_refuses_a_r
             assert victim.session.receive(outgoing[0], 0.0).data == answer  # the same bytes again
             request = decode(outgoing[0])
             assert isinstance(request, UnmaskRequest)
-            flipped = UnmaskRequest(
-                request.session_id,
-                request.recipient,
-                request.survivors[1:],
-                (*request.dropped, request.survivors[0]),
-                request.signatures,
-            )
+            flipped = first_survivor_listed_as_dropped(request)
             with pytest.raises(ClientAbort):
                 victim.session.receive(flipped.encode(), 0.0)
 
@@ -209,13 +214,7 @@ def test_two_messages_for_one_node_at_once_are_answered_one_after_the_other(
         if stage is Stage.UNMASK:
             request = decode(outgoing[0])
             assert isinstance(request, UnmaskRequest)
-            flipped = UnmaskRequest(
-                request.session_id,
-                request.recipient,
-                request.survivors[1:],
-                (*request.dropped, request.survivors[0]),
-                request.signatures,
-            )
+            flipped = first_survivor_listed_as_dropped(request)
             twins = [Node(nodes[0].path, 0) for _ in range(2)]
             results = answer_at_once(twins, [outgoing[0], flipped.encode()])
             assert sum(isinstance(r, bytes) for r in results) == 1

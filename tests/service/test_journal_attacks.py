@@ -467,11 +467,7 @@ def dp_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         start(dp_fleet, clients=range(DP_CLIENTS))
         yield dp_fleet
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-        adversary.stop()
+        wire.stop(processes, adversary)
 
 
 def test_under_dp_the_round_past_the_clients_own_budget_is_refused_also_after_a_restart(

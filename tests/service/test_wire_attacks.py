@@ -164,11 +164,16 @@ def fleet(
         adversary.wait_for(range(CLIENTS), 60)
         yield fleet
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-        adversary.stop()
+        stop(processes, adversary)
+
+
+def stop(processes: dict[int, subprocess.Popen[bytes]], adversary: Adversary) -> None:
+    """Kill every client process still running, then the adversary."""
+    for process in processes.values():
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    adversary.stop()
 
 
 # ---------------------------------------------------------------------------- the attacker's tools
