@@ -8,6 +8,7 @@ and answer with the refusal rather than raise.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -253,3 +254,25 @@ def test_an_active_node_refuses_an_id_the_pki_does_not_give_its_identity() -> No
     reply = answer(mod, first_message(params=active), context(ME), trained)
     assert refusal(reply) == AbortReason.UNKNOWN_ID.value
     assert trained == []
+
+
+def test_a_silent_server_loses_the_round_and_its_secrets_at_the_deadline() -> None:
+    """The mod's deadline timer erases the round's seed and update even if no message comes;
+    the server's next message is then refused."""
+    mod, ctxt = secagg_mod(PARAMS, stage_timeout=0.05), context()
+    first = answer(mod, first_message(), ctxt, [])
+    assert wire.MESSAGE in secagg_record(first)
+    journal = mod.session(ME).journal
+    for _ in range(600):  # the timer's thread, however busy the machine: at most a minute
+        with journal.transaction() as txn:
+            if txn.secrets(1) is None:
+                break
+        time.sleep(0.1)
+    (entry,) = journal.rounds()
+    assert not entry.live and entry.outcome is not None and entry.outcome.startswith("expired")
+    late = Message(
+        RecordDict({wire.RECORD_KEY: ConfigRecord({wire.MESSAGE: b"\x00" * 40})}),
+        dst_node_id=ME,
+        message_type=MessageType.TRAIN,
+    )
+    assert refusal(answer(mod, late, ctxt, [])) == AbortReason.ROUND_CLOSED.value
