@@ -160,6 +160,7 @@ class AbortReason(StrEnum):
     BAD_PEER_KEY = "bad-peer-key"
     BAD_SIGNATURE = "bad-signature"
     INCONSISTENT_SURVIVORS = "inconsistent-survivors"
+    SURVIVORS_CUT = "survivors-cut"  # a survivor set that would split the graph's honest part
     COHORT_TOO_SMALL = "cohort-too-small"
     # What the client's journal holds it to (``secagg.client_session``):
     REPLAYED_TASK = "replayed-task"  # a task whose update already entered a sum

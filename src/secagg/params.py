@@ -21,8 +21,10 @@ from secagg.hazmat.ring import Ring
 from secagg.protocol.graph import (
     GraphParameters,
     ServerModel,
+    SurvivorRule,
     find_secagg_plus_parameters,
     full_graph_threshold,
+    survivor_rule,
 )
 from secagg.protocol.messages import RoundConfig
 
@@ -193,6 +195,11 @@ class Params:
                     f"t > (n + adversarial*n)/2, i.e. t >= {need}; got {threshold}"
                 )
         return GraphParameters(n=n, degree=degree, threshold=threshold, complete=complete)
+
+    def survivor_rule(self, n: int, degree: int) -> SurvivorRule:
+        """What this deployment's clients require of an active round's survivor set, for a
+        cohort of ``n`` on a graph of ``degree`` (docs/SURVIVOR_CERTIFICATE.md)."""
+        return survivor_rule(n, degree, self.adversarial_rate, self.sigma)
 
     def round_config(
         self,

@@ -340,6 +340,9 @@ class LieRound:
             task_hash=wire.task_digest(round_id, self.table, wire.content_digest(content)),
         )
         self.pki = None if pki is None else {i: pki[n] for i, n in enumerate(self.nodes)}
+        self.survivor_rule = (
+            params.survivor_rule(len(self.nodes), self.config.degree) if params.active else None
+        )
         self._server: Server | None = None
         self.sent: list[tuple[int, pm.Message]] = []
         self.received: list[tuple[int, pm.Message]] = []
@@ -347,7 +350,7 @@ class LieRound:
     @property
     def server(self) -> Server:
         if self._server is None:
-            self._server = Server(self.config, pki=self.pki)
+            self._server = Server(self.config, pki=self.pki, survivor_rule=self.survivor_rule)
         return self._server
 
     def opening(self) -> RecordDict:

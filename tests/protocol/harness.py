@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.protocol.client import Client
+from secagg.protocol.graph import survivor_rule
 from secagg.protocol.messages import (
     AdvertiseKeys,
     Contributions,
@@ -64,6 +65,7 @@ class Harness:
         min_cohort: int = 1,
         task_hash: bytes = bytes(32),
         agree: bool = True,
+        adversarial_rate: float = 0.05,
     ) -> None:
         self.rng = DeterministicRandomness(hashlib.sha256(f"harness/{seed}".encode()).digest())
         levels = 2**value_bits - 1
@@ -90,7 +92,13 @@ class Harness:
             i: Ed25519SigningKey.generate(self.rng.fork(f"identity/{i}")) for i in client_ids
         }
         self.pki = {i: key.public for i, key in self.identities.items()}
-        self.server = Server(self.config, pki=self.pki)
+        # What each client's own deployment requires of an active round's survivor set.
+        self.survivor_rule = (
+            survivor_rule(len(client_ids), self.config.degree, adversarial_rate, 40)
+            if active
+            else None
+        )
+        self.server = Server(self.config, pki=self.pki, survivor_rule=self.survivor_rule)
         self.clients = {
             i: Client(
                 self.config,
@@ -98,6 +106,7 @@ class Harness:
                 self.rng.fork(f"client/{i}"),
                 identity=self.identities[i],
                 pki=self.pki,
+                survivor_rule=self.survivor_rule,
             )
             for i in client_ids
         }

@@ -218,7 +218,16 @@ class Round:
     aborts: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.server = Server(self.config, pki=self.fleet.pki if self.fleet.active else None)
+        active = self.fleet.active
+        self.server = Server(
+            self.config,
+            pki=self.fleet.pki if active else None,
+            survivor_rule=(
+                self.fleet.params.survivor_rule(len(self.config.client_ids), self.config.degree)
+                if active
+                else None
+            ),
+        )
         self.outgoing = self.server.start()
 
     @property

@@ -66,6 +66,7 @@ from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, split
 from secagg.protocol import derive
 from secagg.protocol.encoding import InputEncoding, QuantizedEncoding
+from secagg.protocol.graph import SurvivorRule, thin_window
 from secagg.protocol.messages import (
     CONTRIBUTION_BYTES,
     MAX_ATTEMPTS,
@@ -219,19 +220,25 @@ class Client:
         identity: Ed25519SigningKey | None = None,
         pki: Mapping[int, bytes] | None = None,
         encoding: InputEncoding | None = None,
+        survivor_rule: SurvivorRule | None = None,
     ) -> None:
-        """``identity`` (this client's long-term signing key) and ``pki`` (every cohort
-        member's identity public key) are required in active mode. ``encoding`` turns the
-        update into the ring vector (default: the quantiser of the config; a distributed-DP
-        round needs its ``secagg.dp.encoding.DpEncoding``)."""
+        """``identity`` (this client's long-term signing key), ``pki`` (every cohort
+        member's identity public key) and ``survivor_rule`` (from the client's own
+        deployment, never from the server: ``Params.survivor_rule``) are required in active
+        mode. ``encoding`` turns the update into the ring vector (default: the quantiser of
+        the config; a distributed-DP round needs its ``secagg.dp.encoding.DpEncoding``)."""
         if client_id not in config.cohort:
             raise UsageError(f"client {client_id} is not in the round's cohort")
         if encoding is None:
             if config.dp is not None:
                 raise UsageError("a distributed-DP round needs its DP encoding")
             encoding = QuantizedEncoding(Quantizer(clip=config.clip, bits=config.value_bits))
-        if config.active and (identity is None or pki is None):
-            raise UsageError("active mode needs the client's identity and the peers' public keys")
+        if config.active and (identity is None or pki is None or survivor_rule is None):
+            raise UsageError(
+                "active mode needs the client's identity, the peers' public keys and the "
+                "survivor rule"
+            )
+        self._survivor_rule = survivor_rule
         self._identity = identity
         self._pki = dict(pki or {})
         self._config = config
@@ -561,6 +568,7 @@ class Client:
         self._check_enough(
             sum(1 for u in survivors if u in state.masked_with), "neighbours survived"
         )
+        self._check_uncut(survivors)
         assert self._identity is not None
         signature = self._identity.sign(derive.consistency_signed_bytes(self._sid, survivors))
         self._state = AwaitingUnmaskRequest(
@@ -675,6 +683,52 @@ class Client:
         except AuthenticationError:
             self._abort(AbortReason.BAD_SIGNATURE, f"client {signer}'s signature does not verify")
 
+    def _check_uncut(self, survivors: tuple[int, ...]) -> None:
+        """The survivor set must leave the graph's honest survivors connected: every window of
+        k/2 consecutive ring slots holds more of it than corrupt clients can fill, so no sum
+        over a part of it can be unmasked (docs/SURVIVOR_CERTIFICATE.md, C1')."""
+        rule = self._survivor_rule
+        assert rule is not None
+        if rule.quorum > len(survivors):
+            self._abort(
+                AbortReason.COHORT_TOO_SMALL,
+                f"{len(survivors)} survivors cannot be certified by {rule.quorum} signers",
+            )
+        ids = self.config.client_ids
+        position = {client: p for p, client in enumerate(ids)}
+        members = frozenset(position[u] for u in survivors)
+        slot = thin_window(len(ids), self.session.graph_seed, members, rule)
+        if slot is not None:
+            self._abort(
+                AbortReason.SURVIVORS_CUT,
+                f"ring slots {slot}..{slot + rule.window - 1} hold fewer than "
+                f"{rule.least_in_window} survivors: the set would cut the graph",
+            )
+
+    def _check_certified(self, survivors: tuple[int, ...], message: UnmaskRequest) -> None:
+        """At least Q distinct cohort members in S signed the very same S, each signature
+        verified: two sets so certified share an honest signer, who signs once a round."""
+        rule = self._survivor_rule
+        assert rule is not None
+        if len(message.signatures) > len(self.config.client_ids):
+            self._abort(AbortReason.DUPLICATE_ID, "more signatures than cohort members")
+        payload = derive.consistency_signed_bytes(self._sid, survivors)
+        members = frozenset(survivors)
+        signers: set[int] = set()
+        for signer, signature in message.signatures:
+            if len(signers) >= rule.quorum:
+                break
+            if signer in signers or signer not in members:
+                continue  # counted once, and only from the set it certifies
+            self._check_signature(signer, payload, signature)
+            signers.add(signer)
+        if len(signers) < rule.quorum:
+            self._abort(
+                AbortReason.BELOW_THRESHOLD,
+                f"only {len(signers)} cohort members certified the survivor set; "
+                f"{rule.quorum} are needed",
+            )
+
     def _check_consistent(self, state: AwaitingUnmaskRequest, message: UnmaskRequest) -> None:
         """The request must follow from the signed survivor set, which t neighbours signed."""
         assert state.survivors is not None
@@ -692,14 +746,16 @@ class Client:
         for signer, _ in message.signatures:
             if signer in signers:
                 self._abort(AbortReason.DUPLICATE_ID, f"two signatures from client {signer}")
-            if signer not in signed or signer not in self._neighbours:
+            if signer not in signed:
                 self._abort(AbortReason.UNKNOWN_ID, f"signature from non-survivor {signer}")
             signers.add(signer)
-        # t valid signatures from distinct surviving neighbours are what is needed; checking
-        # more would only cost time (each Ed25519 verification is ~50 us).
-        self._check_enough(len(signers), "neighbours signed the same survivor set")
-        for signer, signature in message.signatures[: self.config.threshold]:
+        # t valid signatures from distinct surviving neighbours, and a quorum of the cohort on
+        # the same set; checking more would only cost time (an Ed25519 verification is ~50 us).
+        neighbours = [(u, sig) for u, sig in message.signatures if u in self._neighbours]
+        self._check_enough(len(neighbours), "neighbours signed the same survivor set")
+        for signer, signature in neighbours[: self.config.threshold]:
             self._check_signature(signer, payload, signature)
+        self._check_certified(state.survivors, message)
 
     def _check_enough(self, count: int, what: str) -> None:
         if count < self.config.threshold:

@@ -69,10 +69,13 @@ __all__ = [
     "GRAPH_SEED_BYTES",
     "GraphParameters",
     "ServerModel",
+    "SurvivorRule",
     "find_secagg_plus_parameters",
     "full_graph_threshold",
     "harary_neighbours",
     "neighbours_of",
+    "survivor_rule",
+    "thin_window",
 ]
 
 GRAPH_SEED_BYTES: Final = 32
@@ -578,3 +581,67 @@ def neighbours_of(n: int, degree: int, seed: bytes, position: int) -> tuple[int,
     ring, slot = _ring(n, seed)
     neighbours: list[int] = np.sort(ring[(slot[position] + _offsets(degree)) % n]).tolist()
     return tuple(neighbours)
+
+
+# --------------------------------------------------------------------------------------------
+# The survivor set in active mode (docs/SURVIVOR_CERTIFICATE.md)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SurvivorRule:
+    """What an active-mode client requires of the survivor set S before it signs S and before
+    it unmasks against it.
+
+    ``quorum``: the distinct cohort members that must have signed the very same S (Q =
+    floor((n + A) / 2) + 1, so that two certified sets share an honest signer). ``window``:
+    ``k / 2`` consecutive ring slots (0 on the complete graph, where no window rule is
+    needed); ``least_in_window``: the members of S every such window must hold, one more than
+    the most corrupt clients any window holds except with probability 2**-(sigma+1), so that
+    the honest members of S stay connected in the graph and no sum over a part of them can be
+    unmasked.
+    """
+
+    quorum: int
+    window: int
+    least_in_window: int
+
+    def __post_init__(self) -> None:
+        if self.quorum < 1 or self.window < 0 or not 0 <= self.least_in_window <= self.window:
+            raise ConfigurationError(f"an impossible survivor rule: {self}")
+
+
+def survivor_rule(n: int, degree: int, adversarial_rate: float, sigma: int) -> SurvivorRule:
+    """The rule for a cohort of ``n`` on a graph of ``degree`` (A corrupt clients counted as
+    the parameter finder counts them)."""
+    _check_int("n", n, 2, _MAX_NODES)
+    corrupt, _ = _counts(n, _check_rate("adversarial_rate", adversarial_rate), 0.0)
+    quorum = (n + corrupt) // 2 + 1
+    if degree >= n - 1:
+        return SurvivorRule(quorum, 0, 0)
+    half = degree // 2
+    # Slots of a window are a uniform half-subset of the ring, independent of which clients
+    # are corrupt (the graph comes from every client's contribution): at most ``most`` corrupt
+    # in every window, union-bounded over the n windows.
+    inverse = n << (sigma + 1)
+    in_window = _Hypergeometric(n, corrupt, half)
+    most = _first_true(
+        lambda m: in_window.upper_tail_below(m + 1, -math.log(inverse), inverse),
+        0,
+        in_window.high,
+    )
+    return SurvivorRule(quorum, half, min(most + 1, half))
+
+
+def thin_window(n: int, seed: bytes, members: frozenset[int], rule: SurvivorRule) -> int | None:
+    """The first ring slot of a window of ``rule.window`` consecutive slots holding fewer than
+    ``rule.least_in_window`` of ``members`` (positions 0..n-1), or None if there is none."""
+    if rule.window == 0:
+        return None
+    ring, _ = _ring(n, seed)
+    held = np.fromiter((p in members for p in ring.tolist()), dtype=np.int64, count=n)
+    # Counts of every cyclic window at once: prefix sums over the ring read twice.
+    prefix = np.concatenate(([0], np.cumsum(np.concatenate((held, held[: rule.window])))))
+    counts = prefix[rule.window : rule.window + n] - prefix[:n]
+    thin = np.flatnonzero(counts < rule.least_in_window)
+    return int(thin[0]) if len(thin) else None

@@ -76,6 +76,7 @@ from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, combine
 from secagg.protocol import derive
 from secagg.protocol.encoding import InputEncoding, QuantizedEncoding
+from secagg.protocol.graph import SurvivorRule, thin_window
 from secagg.protocol.messages import (
     MAX_ATTEMPTS,
     AdvertiseKeys,
@@ -324,8 +325,10 @@ class Server:
             prg.apply_masks
         ),
         encoding: InputEncoding | None = None,
+        survivor_rule: SurvivorRule | None = None,
     ) -> None:
-        """``pki`` (each client's identity public key) is required in active mode.
+        """``pki`` (each client's identity public key) and ``survivor_rule`` (what the
+        deployment's clients require of the survivor set) are required in active mode.
         ``apply_masks`` regenerates the masks to remove; a driver may pass one that uses
         every core (``secagg.parallel.MaskApplier``). ``encoding`` reads the unmasked sum
         (default: the quantiser of the config; distributed DP needs its DP encoding)."""
@@ -335,8 +338,11 @@ class Server:
             encoding = QuantizedEncoding(Quantizer(clip=config.clip, bits=config.value_bits))
         self._encoding = encoding
         self._apply_masks = apply_masks
-        if config.active and pki is None:
-            raise UsageError("active mode needs the clients' identity public keys")
+        if config.active and (pki is None or survivor_rule is None):
+            raise UsageError(
+                "active mode needs the clients' identity public keys and the survivor rule"
+            )
+        self._survivor_rule = survivor_rule
         self._pki = dict(pki or {})
         self.config = config
         self._ring = Ring(config.ring_bits)
@@ -927,6 +933,7 @@ class Server:
                 f"{len(live)} inputs; no sum of fewer than {self.config.min_cohort} is revealed",
             )
         if self.config.active:
+            self._check_certifiable(masked.included, state.agreed.session.graph_seed)
             sid = state.agreed.session.session_id
             outgoing: dict[int, Message] = {
                 v: SurvivorList(sid, v, masked.included) for v in sorted(askable)
@@ -934,6 +941,26 @@ class Server:
             self._advance(Confirming(state.agreed, state.advertised, state.routed, masked), askable)
             return outgoing
         return self._request_unmasking(state, masked, askable, {})
+
+    def _check_certifiable(self, included: tuple[int, ...], graph_seed: bytes) -> None:
+        """The clients refuse to sign a survivor set that a quorum cannot certify or that
+        would cut the graph (docs/SURVIVOR_CERTIFICATE.md): such a round ends here."""
+        rule = self._survivor_rule
+        assert rule is not None
+        if len(included) < rule.quorum:
+            raise RoundAborted(
+                Stage.MASKED_INPUT,
+                f"{len(included)} inputs; a survivor set needs a quorum of {rule.quorum}",
+            )
+        ids = self.config.client_ids
+        position = {client: p for p, client in enumerate(ids)}
+        slot = thin_window(len(ids), graph_seed, frozenset(position[u] for u in included), rule)
+        if slot is not None:
+            raise RoundAborted(
+                Stage.MASKED_INPUT,
+                f"ring slots {slot}..{slot + rule.window - 1} hold fewer than "
+                f"{rule.least_in_window} survivors: the survivor set would cut the graph",
+            )
 
     def _close_consistency(self, live: set[int]) -> dict[int, Message]:
         state = self._current(Confirming)
@@ -943,6 +970,15 @@ class Server:
         # A client unmasks only with t signatures from its neighbours: those short of them
         # will not be asked, and the rest must still be able to remove every mask.
         neighbours = state.agreed.neighbours
+        rule = self._survivor_rule
+        assert rule is not None
+        if len(signatures) < rule.quorum:
+            # Every client would refuse to unmask: nothing is asked, nothing revealed.
+            raise RoundAborted(
+                Stage.CONSISTENCY,
+                f"{len(signatures)} clients signed the survivor set; a certificate needs "
+                f"{rule.quorum}",
+            )
         self._prune(live, lambda v: [u for u in neighbours[v] if u in signatures])
         self._check_removable(Stage.CONSISTENCY, state.routed, state.masked, live)
         return self._request_unmasking(state, state.masked, live, signatures)
@@ -964,11 +1000,7 @@ class Server:
                 v,
                 tuple(u for u in view if u in included),
                 tuple(u for u in view if u not in included),
-                tuple(
-                    (u, signatures[u])
-                    for u in state.agreed.neighbours[v]
-                    if u in signatures and u in askable
-                ),
+                _certificate(state.agreed.neighbours[v], signatures, askable),
             )
         self._advance(
             Unmasking(state.agreed, state.advertised, state.routed, masked, requests), askable
@@ -1077,3 +1109,15 @@ class Server:
                         f"sent a bad share of client {owner}'s {what}",
                     )
                 )
+
+
+def _certificate(
+    neighbours: tuple[int, ...], signatures: Mapping[int, bytes], askable: set[int]
+) -> tuple[tuple[int, bytes], ...]:
+    """The consistency signatures an unmask request carries: the client's neighbours' first
+    (it needs t of them), then every other signer's (it needs a quorum of the cohort on the
+    same survivor set: docs/SURVIVOR_CERTIFICATE.md)."""
+    near = [u for u in neighbours if u in signatures and u in askable]
+    seen = set(near)
+    rest = sorted(u for u in signatures if u not in seen)
+    return tuple((u, signatures[u]) for u in (*near, *rest))

@@ -19,6 +19,7 @@ from secagg.params import Params, check_round_config
 from secagg.policy import ClientPolicy
 from secagg.protocol.client import Client
 from secagg.protocol.encoding import InputEncoding, QuantizedEncoding
+from secagg.protocol.graph import SurvivorRule
 from secagg.protocol.messages import Message, RoundConfig
 from secagg.protocol.server import Server
 from secagg.protocol.stages import Stage
@@ -97,6 +98,7 @@ class MaskingScheme:
             pki=self.pki if config.active else None,
             apply_masks=self.apply_masks,
             encoding=self.encoding,
+            survivor_rule=self._survivor_rule(config),
         )
 
     def check(self, config: Message, client_id: int) -> None:
@@ -117,7 +119,15 @@ class MaskingScheme:
             identity=self.identities.get(client_id),
             pki=self.pki if config.active else None,
             encoding=self.encoding,
+            survivor_rule=self._survivor_rule(config),
         )
+
+    def _survivor_rule(self, config: RoundConfig) -> SurvivorRule | None:
+        """What an active round's survivor set must satisfy, from this deployment's own
+        parameters (never from the configuration the server sends)."""
+        if not config.active:
+            return None
+        return self.params.survivor_rule(len(config.client_ids), config.degree)
 
     def error_bound(self, clients: int) -> float:
         return self.encoding.error_bound(clients)
