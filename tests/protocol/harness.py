@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.protocol.client import Client
-from secagg.protocol.graph import survivor_rule
+from secagg.protocol.graph import SurvivorRule, survivor_rule
 from secagg.protocol.messages import (
     AdvertiseKeys,
     Contributions,
@@ -66,6 +66,7 @@ class Harness:
         task_hash: bytes = bytes(32),
         agree: bool = True,
         adversarial_rate: float = 0.05,
+        rule: SurvivorRule | None = None,
     ) -> None:
         self.rng = DeterministicRandomness(hashlib.sha256(f"harness/{seed}".encode()).digest())
         levels = 2**value_bits - 1
@@ -93,7 +94,7 @@ class Harness:
         }
         self.pki = {i: key.public for i, key in self.identities.items()}
         # What each client's own deployment requires of an active round's survivor set.
-        self.survivor_rule = (
+        self.survivor_rule = rule or (
             survivor_rule(len(client_ids), self.config.degree, adversarial_rate, 40)
             if active
             else None

@@ -144,3 +144,64 @@ class Loot:
                 )
                 prg.add_mask(total, key, subtract=not derive.subtracts_pair_mask(v, d))
         return ring.reduce(total)
+
+    # ------------------------------------------------------------------ sums over parts
+    def recoverable_sums(
+        self, known_keys: dict[int, bytes] | None = None
+    ) -> dict[frozenset[int], NDArray[np.unsignedinteger]]:
+        """Every smallest set of inputs whose sum the loot unmasks, with the sum.
+
+        A pairwise mask between u and v is removable when the mask key of either is known
+        (rebuilt from shares, or a corrupt client's, ``known_keys``); otherwise it stays in
+        both masked inputs and only cancels when both are in the sum. So the smallest sums are
+        the connected components of the graph of unremovable masks, and one is unmasked when
+        each of its members sent a masked input whose self-mask seed the loot rebuilds.
+        """
+        keys = dict(known_keys or {})
+        for owner in self.adverts:
+            private = self.mask_key(owner)
+            if private is not None:
+                keys[owner] = private
+        parent: dict[int, int] = {}
+
+        def root(u: int) -> int:
+            while parent.setdefault(u, u) != u:
+                parent[u] = parent[parent[u]]
+                u = parent[u]
+            return u
+
+        for u, peers in self.masked_with.items():
+            root(u)
+            for v in peers:
+                if u not in keys and v not in keys:
+                    parent[root(u)] = root(v)
+        components: dict[int, set[int]] = {}
+        for u in parent:
+            components.setdefault(root(u), set()).add(u)
+        sums: dict[frozenset[int], NDArray[np.unsignedinteger]] = {}
+        for members in components.values():
+            if all(u in self.masked and self.self_mask_seed(u) is not None for u in members):
+                sums[frozenset(members)] = self._component_sum(members, keys)
+        return sums
+
+    def _component_sum(
+        self, members: set[int], keys: dict[int, bytes]
+    ) -> NDArray[np.unsignedinteger]:
+        sid = self.session_id
+        ring = Ring(self.config.ring_bits)
+        total = ring.zeros(self.config.vector_length)
+        for u in members:
+            seed = self.self_mask_seed(u)
+            assert seed is not None
+            ring.add_into(total, self.masked[u])
+            prg.add_mask(total, derive.self_mask_key(seed, sid, u), subtract=True)
+            for v in self.masked_with[u] - members:  # each such mask has a known key
+                owner, other = (u, v) if u in keys else (v, u)
+                pair = X25519KeyPair.from_private_bytes(keys[owner])
+                public = self.adverts[other].mask_public
+                key = derive.pair_mask_key(
+                    pair.exchange(public), sid, owner, pair.public, other, public
+                )
+                # Added by u as u's mask against v: remove it the way u added it.
+                prg.add_mask(total, key, subtract=not derive.subtracts_pair_mask(u, v))
+        return ring.reduce(total)
