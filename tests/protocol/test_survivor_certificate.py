@@ -13,9 +13,14 @@ loot unmasks nothing (docs/SURVIVOR_CERTIFICATE.md).
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import numpy as np
+import pytest
 
 from secagg.errors import AbortReason, ClientAbort
+from secagg.params import Params
 from secagg.protocol.graph import SurvivorRule, _ring
 from secagg.protocol.messages import (
     ConsistencySignature,
@@ -26,14 +31,12 @@ from secagg.protocol.messages import (
 from tests.protocol.harness import Harness
 from tests.protocol.loot import Loot
 
-N, K, T, MIN_COHORT = 60, 12, 8, 40
-HALF = K // 2
 # What clients checked before the certificate: nothing across the cohort.
 PERMISSIVE = SurvivorRule(quorum=1, window=0, least_in_window=0)
 
 
 def ring_order(h: Harness) -> list[int]:
-    ring, _ = _ring(N, h.server.session.graph_seed)
+    ring, _ = _ring(len(h.config.client_ids), h.server.session.graph_seed)
     ids = h.config.client_ids
     return [ids[p] for p in ring.tolist()]
 
@@ -62,29 +65,43 @@ def play_until_masked(
     return loot, keys
 
 
-def cut_attack(
-    rule: SurvivorRule | None,
-) -> tuple[Harness, Loot, dict[int, bytes], list[int], list[int], dict[int, object]]:
+@dataclass(frozen=True)
+class Cut:
+    """What the cutting server ends up with."""
+
+    harness: Harness
+    loot: Loot
+    corrupt_keys: dict[int, bytes]
+    arcs: tuple[list[int], list[int]]
+    answers: dict[int, object]
+    min_cohort: int
+
+
+def cut_attack(n: int, dropout: float, rule: SurvivorRule | None) -> Cut:
+    """The finder's own parameters for n and the dropout rate; t - k/2 corrupt clients in each
+    of two windows of k/2 ring slots half a ring apart (no more than chance allows a window:
+    at most the rule's m), whose honest clients the server declares dropped at the advertise
+    stage; a minimum cohort the whole survivor set meets and neither arc does."""
+    params = Params(dim=2, max_clients=n, server_model="semi-malicious", dropout_rate=dropout)
+    graph = params.graph(n)
+    k, t, half = graph.degree, graph.threshold, graph.degree // 2
+    min_cohort = n - k
     h = Harness(
-        N,
-        degree=K,
-        threshold=T,
-        active=True,
-        min_cohort=MIN_COHORT,
-        seed=7,
-        adversarial_rate=0.1,
-        rule=rule,
+        n, degree=k, threshold=t, dim=2, active=True, min_cohort=min_cohort, seed=n, rule=rule
     )
     order = ring_order(h)
-    first, second = order[0:HALF], order[N // 2 : N // 2 + HALF]
-    corrupt = {first[1], first[4], second[1], second[4]}
+    first, second = order[0:half], order[n // 2 : n // 2 + half]
+    per_window = t - half  # what the clients next to the cut need to find t signatures
+    spread = [i * half // per_window for i in range(per_window)]
+    corrupt = {first[i] for i in spread} | {second[i] for i in spread}
     gap = [c for c in first + second if c not in corrupt]
     arcs = (
-        [c for c in order[HALF : N // 2] if c not in corrupt],
-        [c for c in order[N // 2 + HALF :] if c not in corrupt],
+        [c for c in order[half : n // 2] if c not in corrupt],
+        [c for c in order[n // 2 + half :] if c not in corrupt],
     )
     loot, keys = play_until_masked(h, gap, corrupt)
     survivors = tuple(sorted(loot.masked))
+    assert len(survivors) >= min_cohort
     sid = h.session_id
     # One survivor set, shown to every client that sent a masked input.
     answers: dict[int, object] = {}
@@ -99,55 +116,78 @@ def cut_attack(
         signatures[client] = reply.signature
         answers[client] = reply
     neighbours = h.server.session.neighbours
-    for client in survivors:
-        if client not in signatures:
-            continue
-        view = [u for u in loot.masked_with[client]]
+    for client in signatures:
+        view = list(loot.masked_with[client])
+        certificate = sorted(
+            signatures.items(), key=lambda e: (e[0] not in neighbours(client), e[0])
+        )
         request = UnmaskRequest(
             sid,
             client,
             tuple(u for u in view if u in survivors),
             tuple(u for u in view if u not in survivors),
-            tuple(
-                (u, s)
-                for u, s in sorted(
-                    signatures.items(), key=lambda e: (e[0] not in neighbours(client), e[0])
-                )
-            ),
+            tuple(certificate),
         )
         try:
             loot.take(client, h.clients[client].receive(request.encode()))
         except ClientAbort as exc:
             answers[client] = exc.reason
-    return h, loot, keys, arcs[0], arcs[1], answers
+    return Cut(h, loot, keys, arcs, answers, min_cohort)
 
 
-def test_a_cut_survivor_set_lets_a_permissive_client_reveal_two_arcs_below_the_minimum() -> None:
-    h, loot, keys, first, second, _ = cut_attack(PERMISSIVE)
-    sums = loot.recoverable_sums(keys)
-    for arc in (first, second):
+# The finder's parameters at a few sizes and dropout rates. (At 33% dropout the finder's
+# graph is so dense that the two cut windows hold a third of the cohort: the clients next to
+# them no longer find t neighbours, and the cut cannot be made; split views remain, below.)
+SIZES = [(60, 0.1), (300, 0.05), (400, 0.1)]
+# A thousand clients takes half a minute per attack; SECAGG_LARGE_ATTACKS=1 adds it.
+LARGE = [(1000, 0.1)] if os.environ.get("SECAGG_LARGE_ATTACKS") else []
+
+
+@pytest.mark.parametrize(("n", "dropout"), [*SIZES, *LARGE])
+def test_a_cut_survivor_set_lets_a_permissive_client_reveal_arcs_below_the_minimum(
+    n: int, dropout: float
+) -> None:
+    cut = cut_attack(n, dropout, PERMISSIVE)
+    sums = cut.loot.recoverable_sums(cut.corrupt_keys)
+    for arc in cut.arcs:
         honest = frozenset(arc)
         # The attacker's component is the arc plus the corrupt clients' inputs it knows.
         (members,) = [members for members in sums if honest <= members]
-        assert np.array_equal(sums[members], h.expected_total(members))  # exactly
-        assert len(honest) < MIN_COHORT
+        assert np.array_equal(sums[members], cut.harness.expected_total(members))  # exactly
+        assert len(honest) < cut.min_cohort
 
 
-def test_the_deployments_rule_refuses_to_sign_a_set_that_cuts_the_graph() -> None:
-    _, loot, keys, first, second, answers = cut_attack(None)
-    honest = set(first) | set(second)
-    assert {answers[c] for c in honest} == {AbortReason.SURVIVORS_CUT}
-    assert loot.recoverable_sums(keys) == {}
+@pytest.mark.parametrize(("n", "dropout"), [*SIZES, *LARGE])
+def test_the_deployments_rule_refuses_to_sign_a_set_that_cuts_the_graph(
+    n: int, dropout: float
+) -> None:
+    cut = cut_attack(n, dropout, None)
+    honest = set(cut.arcs[0]) | set(cut.arcs[1])
+    assert {cut.answers[c] for c in honest} == {AbortReason.SURVIVORS_CUT}
+    assert cut.loot.recoverable_sums(cut.corrupt_keys) == {}
 
 
-def split_view_attack(rule: SurvivorRule | None) -> tuple[Harness, dict[int, object], Loot]:
+def split_view_attack(
+    n: int, dropout: float, rule: SurvivorRule | None
+) -> tuple[Harness, dict[int, object], Loot]:
     """Two halves of the ring are shown two survivor sets, each leaving out one honest client
     of the other half; each set passes every local check."""
-    h = Harness(N, degree=K, threshold=T, active=True, min_cohort=MIN_COHORT, seed=11, rule=rule)
+    params = Params(dim=2, max_clients=n, server_model="semi-malicious", dropout_rate=dropout)
+    graph = params.graph(n)
+    h = Harness(
+        n,
+        degree=graph.degree,
+        threshold=graph.threshold,
+        dim=2,
+        active=True,
+        min_cohort=n - graph.degree,
+        seed=n + 1,
+        rule=rule,
+    )
     order = ring_order(h)
     loot, _ = play_until_masked(h, [], set())
     survivors = sorted(loot.masked)
-    left, right = order[: N // 2], order[N // 2 :]
+    left, right = order[: n // 2], order[n // 2 :]
     views = {
         **{c: tuple(u for u in survivors if u != right[10]) for c in left},
         **{c: tuple(u for u in survivors if u != left[10]) for c in right},
@@ -187,17 +227,24 @@ def split_view_attack(rule: SurvivorRule | None) -> tuple[Harness, dict[int, obj
     return h, answers, loot
 
 
-def test_split_views_get_a_permissive_cohort_to_act_on_two_survivor_sets() -> None:
-    _, answers, _ = split_view_attack(SurvivorRule(quorum=1, window=0, least_in_window=0))
+SPLIT_SIZES = [(60, 0.1), (120, 0.33), (300, 0.05)]
+
+
+@pytest.mark.parametrize(("n", "dropout"), SPLIT_SIZES)
+def test_split_views_get_a_permissive_cohort_to_act_on_two_survivor_sets(
+    n: int, dropout: float
+) -> None:
+    _, answers, _ = split_view_attack(n, dropout, PERMISSIVE)
     acted_on = {a for a in answers.values() if isinstance(a, tuple)}
     assert len(acted_on) == 2  # the survivor set is not unique across the cohort
 
 
-def test_under_the_deployments_rule_no_client_unmasks_against_a_set_half_the_cohort_signed() -> (
-    None
-):
-    h, answers, loot = split_view_attack(None)
-    assert h.survivor_rule is not None and h.survivor_rule.quorum > N // 2
+@pytest.mark.parametrize(("n", "dropout"), SPLIT_SIZES)
+def test_under_the_deployments_rule_no_client_unmasks_against_a_set_half_the_cohort_signed(
+    n: int, dropout: float
+) -> None:
+    h, answers, loot = split_view_attack(n, dropout, None)
+    assert h.survivor_rule is not None and h.survivor_rule.quorum > n // 2
     assert not any(isinstance(a, tuple) for a in answers.values())
     assert set(answers.values()) == {AbortReason.BELOW_THRESHOLD}
     assert loot.self_mask_shares == {} and loot.key_shares == {}
