@@ -65,6 +65,45 @@ def play_until_masked(
     return loot, keys
 
 
+def show_and_unmask(h: Harness, loot: Loot, views: dict[int, tuple[int, ...]]) -> dict[int, object]:
+    """Show each client its survivor set, then ask each signer to unmask against it with
+    every signature gathered on that same set (its neighbours' first). What each client did:
+    the set it unmasked against, or why it refused."""
+    sid = h.session_id
+    signed: dict[tuple[int, ...], dict[int, bytes]] = {}
+    answers: dict[int, object] = {}
+    for client, shown in views.items():
+        if client not in shown:
+            continue
+        try:
+            reply = h.clients[client].receive(SurvivorList(sid, client, shown).encode())
+        except ClientAbort as exc:
+            answers[client] = exc.reason
+            continue
+        assert isinstance(reply, ConsistencySignature)
+        signed.setdefault(shown, {})[client] = reply.signature
+    neighbours = h.server.session.neighbours
+    for shown, signatures in signed.items():
+        for client in signatures:
+            view = list(loot.masked_with[client])
+            certificate = sorted(
+                signatures.items(), key=lambda e: (e[0] not in neighbours(client), e[0])
+            )
+            request = UnmaskRequest(
+                sid,
+                client,
+                tuple(u for u in view if u in shown),
+                tuple(u for u in view if u not in shown),
+                tuple(certificate),
+            )
+            try:
+                loot.take(client, h.clients[client].receive(request.encode()))
+                answers[client] = shown
+            except ClientAbort as exc:
+                answers[client] = exc.reason
+    return answers
+
+
 @dataclass(frozen=True)
 class Cut:
     """What the cutting server ends up with."""
@@ -102,36 +141,8 @@ def cut_attack(n: int, dropout: float, rule: SurvivorRule | None) -> Cut:
     loot, keys = play_until_masked(h, gap, corrupt)
     survivors = tuple(sorted(loot.masked))
     assert len(survivors) >= min_cohort
-    sid = h.session_id
     # One survivor set, shown to every client that sent a masked input.
-    answers: dict[int, object] = {}
-    signatures: dict[int, bytes] = {}
-    for client in survivors:
-        try:
-            reply = h.clients[client].receive(SurvivorList(sid, client, survivors).encode())
-        except ClientAbort as exc:
-            answers[client] = exc.reason
-            continue
-        assert isinstance(reply, ConsistencySignature)
-        signatures[client] = reply.signature
-        answers[client] = reply
-    neighbours = h.server.session.neighbours
-    for client in signatures:
-        view = list(loot.masked_with[client])
-        certificate = sorted(
-            signatures.items(), key=lambda e: (e[0] not in neighbours(client), e[0])
-        )
-        request = UnmaskRequest(
-            sid,
-            client,
-            tuple(u for u in view if u in survivors),
-            tuple(u for u in view if u not in survivors),
-            tuple(certificate),
-        )
-        try:
-            loot.take(client, h.clients[client].receive(request.encode()))
-        except ClientAbort as exc:
-            answers[client] = exc.reason
+    answers = show_and_unmask(h, loot, dict.fromkeys(survivors, survivors))
     return Cut(h, loot, keys, arcs, answers, min_cohort)
 
 
@@ -192,38 +203,7 @@ def split_view_attack(
         **{c: tuple(u for u in survivors if u != right[10]) for c in left},
         **{c: tuple(u for u in survivors if u != left[10]) for c in right},
     }
-    sid = h.session_id
-    signed: dict[tuple[int, ...], dict[int, bytes]] = {}
-    answers: dict[int, object] = {}
-    for client, shown in views.items():
-        if client not in shown:
-            continue
-        try:
-            reply = h.clients[client].receive(SurvivorList(sid, client, shown).encode())
-        except ClientAbort as exc:
-            answers[client] = exc.reason
-            continue
-        assert isinstance(reply, ConsistencySignature)
-        signed.setdefault(shown, {})[client] = reply.signature
-    neighbours = h.server.session.neighbours
-    for shown, signatures in signed.items():
-        for client in signatures:
-            view = list(loot.masked_with[client])
-            certificate = sorted(
-                signatures.items(), key=lambda e: (e[0] not in neighbours(client), e[0])
-            )
-            request = UnmaskRequest(
-                sid,
-                client,
-                tuple(u for u in view if u in shown),
-                tuple(u for u in view if u not in shown),
-                tuple(certificate),
-            )
-            try:
-                loot.take(client, h.clients[client].receive(request.encode()))
-                answers[client] = shown
-            except ClientAbort as exc:
-                answers[client] = exc.reason
+    answers = show_and_unmask(h, loot, views)
     return h, answers, loot
 
 
