@@ -144,3 +144,23 @@ def test_the_same_seed_gives_the_same_grouped_round() -> None:
     json = a.report.to_json()
     assert json["groups"] == 2 and len(json["per_group"]) == 2
     assert json["parallel_seconds"] <= json["seconds"]
+
+
+def test_without_a_seed_a_clients_input_reads_the_same_every_time() -> None:
+    """The grouped round and the check of its aggregate read each input separately: without
+    a seed they must still read the same values (they once read two different draws)."""
+    source = random_inputs(50, None)
+    assert all(np.array_equal(source(i), source(i)) for i in range(5))
+    assert not np.array_equal(random_inputs(50, None)(0), source(0))  # fresh for each run
+
+
+def test_simulate_with_groups_and_no_seed_checks_the_aggregate_it_computed() -> None:
+    from typer.testing import CliRunner
+
+    from secagg.cli import app
+
+    result = CliRunner().invoke(
+        app, ["simulate", "--clients", "120", "--dim", "50", "--dropout", "0.05", "--groups", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "4 groups of 30 clients (120 in all)" in " ".join(result.output.split())

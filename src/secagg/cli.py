@@ -521,7 +521,12 @@ def _finish_grouped(
 
 def _print_grouped(report: GroupedReport) -> None:
     console = Console()
-    title = f"{len(report.groups)} groups of {report.clients} clients: {report.outcome}"
+    sizes = sorted(len(g.members) for g in report.groups)
+    size = f"{sizes[0]:,}" if sizes[0] == sizes[-1] else f"{sizes[0]:,} to {sizes[-1]:,}"
+    title = (
+        f"{len(report.groups)} groups of {size} clients ({report.clients:,} in all): "
+        f"{report.outcome}"
+    )
     table = Table(title=Text(title), title_justify="left")
     for column in ("group", "clients", "outcome", "inputs in sum", "seconds", "upload/client"):
         table.add_column(column)

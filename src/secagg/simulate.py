@@ -138,12 +138,17 @@ def _shuffled(n: int, rng: Randomness) -> NDArray[np.int64]:
 
 
 def random_inputs(dim: int, seed: int | None) -> InputSource:
-    """Client i's input: ``dim`` values uniform in (-1, 1), reproducible from (seed, i)."""
+    """Client i's input: ``dim`` values uniform in (-1, 1), reproducible from (seed, i).
+
+    Without a seed the inputs are fresh for each run but still a function of the client id
+    within it: whoever reads client i's input again (a check of the aggregate, a group's
+    round and the cohort's exact mean) reads the same values."""
     root = root_randomness(seed, "inputs")
+    if not isinstance(root, DeterministicRandomness):
+        root = DeterministicRandomness(root.bytes(32))
 
     def source(client_id: int) -> NDArray[np.floating]:
-        rng = root.fork(f"input/{client_id}") if isinstance(root, DeterministicRandomness) else root
-        words = rng.words(dim)
+        words = root.fork(f"input/{client_id}").words(dim)
         return (words.astype(np.float64) * (2.0 / 2**32) - 1.0).astype(np.float32)
 
     return source
