@@ -38,7 +38,14 @@ class Local:
     def config(self) -> DeploymentConfig:
         return DeploymentConfig.load(self.config_path)
 
-    def start_client(self, client_id: int, target: str, *, rounds: int | None = None) -> None:
+    def start_client(
+        self,
+        client_id: int,
+        target: str,
+        *,
+        rounds: int | None = None,
+        train_seconds: float | None = None,
+    ) -> None:
         self.processes[client_id] = start_client_process(
             self.config_path,
             self.deployment.identities[client_id],
@@ -47,6 +54,7 @@ class Local:
             task="random",
             task_seed=TASK_SEED,
             rounds=rounds,
+            train_seconds=train_seconds,
         )
 
     def kill(self, client_id: int, sig: int = signal.SIGKILL) -> None:

@@ -186,6 +186,40 @@ def test_coordinator_killed_mid_round_restarts_with_the_round_aborted_and_client
     assert "Traceback" not in logs
 
 
+def test_a_coordinator_killed_while_its_clients_train_loses_none_of_them(local: Local) -> None:
+    """Killed while every client is inside its training, the coordinator's streams are gone
+    when the clients want to answer: they reconnect to the restarted coordinator (no
+    traceback, no exit) and take part in its round."""
+    port = _free_port()
+    ledger_path = local.config.ledger
+    coordinator = _serve(local, port, rounds=1)
+    for c in range(CLIENTS):
+        local.start_client(c, f"127.0.0.1:{port}", train_seconds=4.0)
+
+    def running() -> bool:
+        with Ledger.open_readonly(ledger_path) as ledger:
+            return any(r.outcome is RoundOutcome.RUNNING for r in ledger.rounds())
+
+    _wait_for(lambda: ledger_path.exists(), 60, "the coordinator")
+    _wait_for(running, 60, "a running round (its clients training)")
+    coordinator.send_signal(signal.SIGKILL)
+    coordinator.wait()
+    restarted = _serve(local, port, rounds=1)
+    try:
+        assert restarted.wait(timeout=180) == 0, (local.root / "coordinator.log").read_text()
+    finally:
+        if restarted.poll() is None:
+            restarted.kill()
+    assert all(p.poll() is None for p in local.processes.values())  # every client still there
+    with Ledger.open_readonly(ledger_path) as ledger:
+        first, second = ledger.rounds()
+    assert first.outcome is RoundOutcome.ABORTED
+    assert second.outcome is RoundOutcome.COMPLETED
+    assert set(second.included) == set(range(CLIENTS))
+    logs = local.client_logs()
+    assert "Traceback" not in logs and "InvalidStateError" not in logs
+
+
 # ----------------------------------------------------------------- long stages, frozen clients
 
 

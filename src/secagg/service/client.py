@@ -221,7 +221,9 @@ class SecAggClient:
                     ) from None
                 failures += 1
                 self._failed(failures, _rpc_reason(exc), delay)
-            except (ConnectionError, OSError, EOFError) as exc:
+            except (ConnectionError, OSError, EOFError, asyncio.InvalidStateError) as exc:
+                # A stream the coordinator closed while this client trained (it stopped or
+                # restarted) refuses the next write: the connection is lost, not the client.
                 failures += 1
                 self._failed(failures, one_line(str(exc)) or type(exc).__name__, delay)
             if self._done():
