@@ -65,6 +65,7 @@ from secagg.protocol.client import (
     AwaitingUnmaskRequest,
     Completed,
 )
+from secagg.protocol.graph import thin_window
 from secagg.protocol.messages import (
     CIPHERTEXT_BYTES,
     SIGNATURE_BYTES,
@@ -831,6 +832,17 @@ class RoundMachine(RuleBasedStateMachine):
         assert isinstance(reply, MaskedInput)
         assert cts[i][0] in reply.missing_shares
 
+    def _signable(self, survivors: tuple[int, ...]) -> bool:
+        """Whether a client's own survivor rule lets it sign this set (a quorum can certify
+        it, and it leaves no window of the ring too thin)."""
+        assert self.h is not None
+        rule = self.h.survivor_rule
+        assert rule is not None
+        ids = self.h.config.client_ids
+        members = frozenset(ids.index(u) for u in survivors)
+        seed = self.h.server.session.graph_seed
+        return len(survivors) >= rule.quorum and thin_window(len(ids), seed, members, rule) is None
+
     @rule(data=st.data())
     def server_shows_a_split_view(self, data: st.DataObject) -> None:
         """Active mode: one client is shown a smaller survivor set. It signs it, the server's
@@ -849,6 +861,7 @@ class RoundMachine(RuleBasedStateMachine):
                     u != c
                     and len(smaller) >= self.h.config.min_cohort
                     and len(masked_with & set(smaller)) >= self.t
+                    and self._signable(smaller)
                 ):
                     options.append((c, smaller))
         if not options:

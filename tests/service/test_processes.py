@@ -105,6 +105,9 @@ def _serve(local: Local, port: int, rounds: int) -> subprocess.Popen[bytes]:
             str(rounds),
             "--min-clients",
             str(CLIENTS),
+            # However busy the machine, every client gets its connection in.
+            "--cohort-wait",
+            "180",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -158,7 +161,7 @@ def test_coordinator_killed_mid_round_restarts_with_the_round_aborted_and_client
             return any(r.outcome is RoundOutcome.RUNNING for r in ledger.rounds())
 
     try:
-        _wait_for(running, 60, "a running round")
+        _wait_for(running, 180, "a running round")
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait()
     finally:
@@ -201,7 +204,7 @@ def test_a_coordinator_killed_while_its_clients_train_loses_none_of_them(local: 
             return any(r.outcome is RoundOutcome.RUNNING for r in ledger.rounds())
 
     _wait_for(lambda: ledger_path.exists(), 60, "the coordinator")
-    _wait_for(running, 60, "a running round (its clients training)")
+    _wait_for(running, 180, "a running round (its clients training)")
     coordinator.send_signal(signal.SIGKILL)
     coordinator.wait()
     restarted = _serve(local, port, rounds=1)
