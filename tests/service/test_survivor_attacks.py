@@ -45,6 +45,7 @@ from secagg.service.run import start_client_process
 from secagg.service.tasks import random_update, random_weight
 from secagg.service.wire import encode_model, task_digest
 from tests.protocol.loot import Loot
+from tests.service import test_wire_attacks as wire
 from tests.service.adversary import Adversary, Reply
 
 pytestmark = pytest.mark.timeout(300)
@@ -363,12 +364,7 @@ def test_after_the_attacks_every_process_is_alive_and_completes_an_honest_active
     while not r.server.done:
         r.stage()
     result = r.server.result
-    assert result.included == tuple(range(CLIENTS))
-    weights = np.array([random_weight(c) for c in range(CLIENTS)], dtype=np.float64)
-    updates = np.stack([random_update(c, DIM, r.step, TASK_SEED) for c in range(CLIENTS)])
-    exact = weights @ updates.astype(np.float64) / weights.sum()
-    quantizer = fleet.params.quantizer
-    assert np.max(np.abs(result.weighted_mean(quantizer) - exact)) <= quantizer.error_bound()
+    wire.assert_exact_mean(result, fleet.params, CLIENTS, DIM, r.step)
     r.end(included=result.included)
     assert all(p.poll() is None for p in fleet.processes.values())
     logs = fleet.logs()

@@ -44,7 +44,7 @@ from secagg.protocol.messages import (
     SurvivorList,
     UnmaskRequest,
 )
-from secagg.protocol.server import Server
+from secagg.protocol.server import RoundResult, Server
 from secagg.protocol.stages import Stage
 from secagg.service.config import DeploymentConfig
 from secagg.service.credentials import AllowList, create_deployment, load_tls_server_credentials
@@ -179,6 +179,19 @@ def stop(processes: dict[int, subprocess.Popen[bytes]], adversary: Adversary) ->
 # ---------------------------------------------------------------------------- the attacker's tools
 def _update(client: int, step: int) -> np.ndarray:
     return random_update(client, DIM, step, TASK_SEED)
+
+
+def assert_exact_mean(
+    result: RoundResult, params: Params, clients: int, dim: int, step: int
+) -> None:
+    """An honest round over every client: the mean of their random updates, within the
+    quantisation bound."""
+    assert result.included == tuple(range(clients))
+    weights = np.array([random_weight(c) for c in range(clients)], dtype=np.float64)
+    updates = np.stack([random_update(c, dim, step, TASK_SEED) for c in range(clients)])
+    exact = weights @ updates.astype(np.float64) / weights.sum()
+    mean = result.weighted_mean(params.quantizer)
+    assert np.max(np.abs(mean - exact)) <= params.quantizer.error_bound()
 
 
 def _recovered(loot: Loot, client: int, step: int, params: Params) -> bool:
@@ -577,11 +590,7 @@ def test_after_every_attack_every_client_is_alive_and_completes_an_honest_round(
     while not r.server.done:
         r.stage()
     result = r.server.result
-    assert result.included == tuple(range(CLIENTS))
-    weights = np.array([random_weight(c) for c in range(CLIENTS)], dtype=np.float64)
-    exact = weights @ np.stack([_update(c, r.step) for c in range(CLIENTS)]) / weights.sum()
-    mean = result.weighted_mean(fleet.params.quantizer)
-    assert np.max(np.abs(mean - exact)) <= fleet.params.quantizer.error_bound()
+    assert_exact_mean(result, fleet.params, CLIENTS, DIM, r.step)
     r.end(included=result.included)
     assert all(p.poll() is None for p in fleet.processes.values())
     logs = fleet.logs()
