@@ -242,10 +242,9 @@ class ClientSession:
                 model = offer.task.model(scheme.dim)
             except (DecodeError, ConfigurationError) as exc:
                 raise ClientAbort(AbortReason.INVALID_MODEL, str(exc)) from None
-            if self.budget is not None and not self.budget.allows(
-                txn.dp_charges(self.budget.fingerprint)
-            ):
-                spent = self.budget.spent(txn.dp_charges(self.budget.fingerprint))
+            charges = [] if self.budget is None else txn.dp_charges(self.budget.fingerprint)
+            if self.budget is not None and not self.budget.allows(charges):
+                spent = self.budget.spent(charges)
                 raise ClientAbort(
                     AbortReason.BUDGET_EXHAUSTED,
                     f"epsilon {spent:.3g} spent of {self.budget.limit:g}; one more round "
