@@ -20,7 +20,7 @@ from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from examples.flower import task
+from examples.flower.secagg_digits import task
 from secagg.flower import SecAggMod, SecureGrid, SecureRoundReport
 
 

@@ -43,7 +43,8 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from flwr.simulation import run_simulation  # noqa: E402
 
-from examples.flower import apps, secaggplus, task  # noqa: E402
+from examples.flower import apps, secaggplus  # noqa: E402
+from examples.flower.secagg_digits import task  # noqa: E402
 from secagg.flower import wire  # noqa: E402
 from secagg.hazmat.randomness import SystemRandomness  # noqa: E402
 from secagg.protocol.messages import RoundConfig, decode  # noqa: E402

@@ -20,8 +20,8 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-from examples.flower import task
 from examples.flower.apps import RunLog
+from examples.flower.secagg_digits import task
 
 
 def secaggplus_client_app(num_nodes: int) -> ClientApp:

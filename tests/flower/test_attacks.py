@@ -513,8 +513,11 @@ class Script:
         self.record.groups = {"active": active, "semi-honest": semi_honest}
         self.record.partitions = {n: p for n, (p, _) in self.liar.ask(nodes).items()}
         self.secure = {
-            "active": SecureGrid(self.grid, ACTIVE, pki=self.pki, stage_timeout=WAIT),
-            "semi-honest": SecureGrid(self.grid, SEMI_HONEST, stage_timeout=WAIT),
+            # Round ids from 1: the liar's own rounds are numbered between the honest ones.
+            "active": SecureGrid(
+                self.grid, ACTIVE, pki=self.pki, stage_timeout=WAIT, first_round=1
+            ),
+            "semi-honest": SecureGrid(self.grid, SEMI_HONEST, stage_timeout=WAIT, first_round=1),
         }
         # Active mode: a stale Context written back, twice, between honest rounds.
         self.honest("active", 1)

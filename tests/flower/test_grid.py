@@ -137,7 +137,7 @@ def test_the_next_round_runs_with_a_new_round_id_and_the_nodes_keep_no_secret() 
     nodes = node_ids(5)
     mod = secagg_mod(PARAMS)
     loopback = LoopbackGrid(client_app([mod], []), nodes)
-    grid = SecureGrid(loopback, PARAMS)
+    grid = SecureGrid(loopback, PARAMS, first_round=1)
     grid.send_and_receive(train_messages(nodes))
     grid.send_and_receive(train_messages(nodes, task(server_round=2)))
     assert [r.round_id for r in grid.reports] == [1, 2]
@@ -148,6 +148,28 @@ def test_the_next_round_runs_with_a_new_round_id_and_the_nodes_keep_no_secret() 
         assert [(r.round_id, r.included) for r in journal.rounds()] == [(1, True), (2, True)]
         with journal.transaction() as txn:
             assert txn.secrets(1) is None and txn.secrets(2) is None
+
+
+def test_a_new_server_app_numbers_its_rounds_after_every_earlier_run_by_default() -> None:
+    """Each ``flwr run`` starts a new ServerApp before the same nodes and journals: its round
+    ids come from the clock, so the nodes take its rounds instead of refusing a replay."""
+    nodes = node_ids(5)
+    mod = secagg_mod(PARAMS)
+    loopback = LoopbackGrid(client_app([mod], []), nodes)
+    first = SecureGrid(loopback, PARAMS)
+    first.send_and_receive(train_messages(nodes))
+    second = SecureGrid(loopback, PARAMS)  # the next run, on the same nodes (a new task:
+    # the same model and config again would be refused as a replayed task)
+    second.send_and_receive(train_messages(nodes, task(server_round=2)))
+    assert [r.outcome for r in first.reports + second.reports] == ["completed", "completed"]
+    assert second.reports[0].round_id > first.reports[0].round_id
+    # A run that counts its rounds over ids the nodes took part in (as counting from 1 on
+    # every run would) is refused: every node's journal calls it a replay.
+    again = SecureGrid(loopback, PARAMS, first_round=second.reports[0].round_id)
+    assert list(again.send_and_receive(train_messages(nodes, task(server_round=3)))) == []
+    assert {reason for _, reason in again.reports[0].dropped.values()} == {
+        "client-aborted: replayed-round"
+    }
 
 
 def test_other_message_types_pass_through_untouched() -> None:
@@ -177,6 +199,8 @@ def test_misuse_is_refused_up_front() -> None:
         SecureGrid(grid, Params(dim=7, max_clients=8)).send_and_receive(train_messages(nodes))
     with pytest.raises(ConfigurationError, match="stage_timeout"):
         SecureGrid(grid, PARAMS, stage_timeout=0)
+    with pytest.raises(ConfigurationError, match="first_round"):
+        SecureGrid(grid, PARAMS, first_round=0)
 
 
 def test_a_semi_malicious_deployment_runs_with_signed_keys_and_a_consistency_check() -> None:

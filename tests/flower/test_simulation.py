@@ -29,7 +29,8 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.simulation import run_simulation
 
-from examples.flower import apps, task
+from examples.flower import apps
+from examples.flower.secagg_digits import task
 from secagg.flower import wire
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.protocol.messages import RoundConfig, decode

@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
@@ -67,6 +67,9 @@ from secagg.params import Params
 from secagg.protocol.messages import decode
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
+
+if TYPE_CHECKING:
+    from secagg.flower.configured import NodeConfiguredMod
 
 try:
     from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
@@ -198,6 +201,17 @@ class SecAggMod:
                 )
             ).encode()
         ).digest()
+
+    @staticmethod
+    def from_node_config(
+        *, weight_key: str = "num-examples", stage_timeout: float | None = None
+    ) -> NodeConfiguredMod:
+        """The mod for Flower's deployment engine: each node's ``Params``, allow-list,
+        journal and identity come from its SuperNode's own ``--node-config``
+        (``secagg.flower.configured``), never from the run config the server side sets."""
+        from secagg.flower.configured import NodeConfiguredMod
+
+        return NodeConfiguredMod(weight_key=weight_key, stage_timeout=stage_timeout)
 
     def __repr__(self) -> str:
         allowed = "any" if self.allowed_nodes is None else str(len(self.allowed_nodes))

@@ -112,7 +112,16 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
     ``params`` is the deployment, the same the clients' ``SecAggMod`` holds;
     ``stage_timeout`` the seconds each stage waits for the nodes' answers; ``pki`` (active
     mode only) each node's Ed25519 identity public key; ``rng`` the source of round nonces
-    (default: the operating system).
+    (default: the operating system); ``allowed_nodes``, if given, the deployment's node
+    ids: the strategy sees only those (``get_node_ids``), so a node outside the nodes'
+    allow-lists is never sampled into a cohort that every node would refuse.
+
+    Round ids count up from ``first_round``. A node's journal refuses a round id at or below
+    one it already took part in (a replay), and a node outlives any one ServerApp (each
+    ``flwr run`` starts a new one), so by default the first round id is the server's clock in
+    microseconds: a later run's ids are above every earlier run's without the server keeping
+    a file. A clock set back refuses rounds (``replayed-round``) until it passes the ids
+    the nodes saw; pass ``first_round`` from a counter of your own to avoid depending on it.
     """
 
     def __init__(
@@ -124,7 +133,13 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
         weight_key: str = "num-examples",
         pki: Mapping[int, bytes] | None = None,
         rng: Randomness | None = None,
+        first_round: int | None = None,
+        allowed_nodes: Iterable[int] | None = None,
     ) -> None:
+        if first_round is None:
+            first_round = time.time_ns() // 1000
+        if isinstance(first_round, bool) or not isinstance(first_round, int) or first_round < 1:
+            raise ConfigurationError(f"first_round must be a positive integer, got {first_round!r}")
         if not isinstance(params, Params):
             raise ConfigurationError(f"params must be a secagg Params, got {type(params)}")
         if not stage_timeout > 0:
@@ -137,7 +152,8 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
         self.weight_key = weight_key
         self._pki = dict(pki or {})
         self._rng: Randomness = rng if rng is not None else SystemRandomness()
-        self._round_id = 0
+        self._round_id = first_round - 1
+        self._allowed = None if allowed_nodes is None else frozenset(allowed_nodes)
         self.reports: list[SecureRoundReport] = []
 
     # ----------------------------------------------------------------- delegated
@@ -160,11 +176,15 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
 
     def get_node_ids(self) -> Iterable[int]:
         delegated: Iterable[int] = self._grid.get_node_ids()
-        return delegated
+        if self._allowed is None:
+            return delegated
+        return [node for node in delegated if node in self._allowed]
 
     def get_nodes(self) -> Iterable[Any]:
         delegated: Iterable[Any] = self._grid.get_nodes()
-        return delegated
+        if self._allowed is None:
+            return delegated
+        return [node for node in delegated if getattr(node, "node_id", None) in self._allowed]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         # Pushing bypasses the protocol: a train message pushed here would ask for a

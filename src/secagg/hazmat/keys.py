@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -31,6 +32,8 @@ __all__ = [
 X25519_KEY_BYTES = 32
 ED25519_PUBLIC_BYTES = 32
 ED25519_SIGNATURE_BYTES = 64
+_PEM_BEGIN = "-----BEGIN PRIVATE KEY-----"
+_PEM_END = "-----END PRIVATE KEY-----"
 
 
 def _fingerprint(public: bytes) -> str:
@@ -130,6 +133,33 @@ class Ed25519SigningKey:
     def sign(self, message: bytes) -> bytes:
         """The 64-byte Ed25519 signature of ``message``."""
         return self._key.sign(message)
+
+    def to_pkcs8_pem(self) -> bytes:
+        """The private key as an unencrypted PKCS#8 PEM block: the one way it leaves memory,
+        for a key file written mode 0600 (``secagg.service.files.create_file``)."""
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    @classmethod
+    def from_pkcs8_pem(cls, pem: str) -> Ed25519SigningKey:
+        """Read one unencrypted PKCS#8 PEM block of an Ed25519 key; ``DecodeError`` naming
+        what is wrong (never the key) on anything else."""
+        body = pem.strip()
+        if (
+            not (body.startswith(_PEM_BEGIN) and body.endswith(_PEM_END))
+            or body.count("-----BEGIN") != 1
+        ):
+            raise DecodeError("expected one unencrypted PKCS#8 PEM block")
+        try:
+            key = serialization.load_pem_private_key(body.encode("ascii"), password=None)
+        except (TypeError, ValueError, UnsupportedAlgorithm, UnicodeEncodeError):
+            raise DecodeError("the private key does not parse") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise DecodeError("the private key is not an Ed25519 key")
+        return cls.from_private_bytes(key.private_bytes_raw())
 
     def __repr__(self) -> str:
         return f"Ed25519SigningKey(public={_fingerprint(self.public)}…)"

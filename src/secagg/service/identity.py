@@ -32,11 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from secagg.errors import AuthenticationError, ConfigurationError, UsageError
+from secagg.errors import AuthenticationError, ConfigurationError, DecodeError, UsageError
 from secagg.hazmat.kdf import encode_fields
 from secagg.hazmat.keys import ED25519_PUBLIC_BYTES, Ed25519SigningKey, ed25519_verify
 from secagg.hazmat.randomness import SystemRandomness
@@ -73,8 +69,6 @@ _ID_LINE_PREFIX = "secagg-client-id: "
 _ID_LINE = re.compile(r"secagg-client-id: (0|[1-9][0-9]{0,19})")
 _DECIMAL_ID = re.compile(r"0|[1-9][0-9]{0,19}")
 _HEX = re.compile(r"[0-9a-fA-F]*")
-_PEM_BEGIN = "-----BEGIN PRIVATE KEY-----"
-_PEM_END = "-----END PRIVATE KEY-----"
 
 
 def check_client_id(client_id: object) -> int:
@@ -116,13 +110,7 @@ class ClientIdentity:
 
     def save(self, path: Path) -> None:
         """Write the identity file, mode 0600; ConfigurationError if ``path`` already exists."""
-        # Ed25519SigningKey has no public accessor for its private key yet (X25519KeyPair has
-        # ``private_bytes``); this is the one place that serialises it.
-        pem = self.signing_key._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        pem = self.signing_key.to_pkcs8_pem()
         header = f"{_ID_LINE_PREFIX}{self.client_id}\n".encode("ascii")
         create_file(Path(path), header + pem, private=True)
 
@@ -145,21 +133,11 @@ class ClientIdentity:
         client_id = int(match[1])
         if client_id > MAX_ID:
             raise ConfigurationError(f"{what}: the client id is not in {_ID_RANGE}")
-        body = rest.strip()
-        if (
-            not (body.startswith(_PEM_BEGIN) and body.endswith(_PEM_END))
-            or body.count("-----BEGIN") != 1
-        ):
-            raise ConfigurationError(
-                f"{what}: expected one unencrypted PKCS#8 PEM block after the id line"
-            )
         try:
-            key = serialization.load_pem_private_key(body.encode("ascii"), password=None)
-        except (TypeError, ValueError, UnsupportedAlgorithm):
-            raise ConfigurationError(f"{what}: the private key does not parse") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigurationError(f"{what}: the private key is not an Ed25519 key")
-        return cls(client_id, Ed25519SigningKey.from_private_bytes(key.private_bytes_raw()))
+            key = Ed25519SigningKey.from_pkcs8_pem(rest)
+        except DecodeError as exc:
+            raise ConfigurationError(f"{what}: {exc} after the id line") from None
+        return cls(client_id, key)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ClientIdentity):

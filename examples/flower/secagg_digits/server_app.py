@@ -1,0 +1,85 @@
+"""The ServerApp: FedAvg over the deployment's nodes, each round a secure aggregation round.
+
+Its run config (``pyproject.toml``'s ``[tool.flwr.app.config]``, overridden with ``flwr run
+--run-config``) names the deployment files of the server's side: ``secagg-deployment``, the
+``deployment.toml`` whose ``[round]`` the nodes hold too, and ``secagg-nodes``, the
+``nodes.toml`` of the node ids (and identities in active mode). ``report``, if set, is a
+file the app writes each round's outcome to (JSON), for the operator and for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from secagg.flower import FlowerNodes, SecureGrid, load_params
+
+app = ServerApp()
+log = logging.getLogger("secagg_digits.server_app")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from . import task  # torch, once the run starts
+
+    config = context.run_config
+    params = load_params(str(config["secagg-deployment"]))  # secagg: the deployment
+    nodes = FlowerNodes.load(Path(str(config["secagg-nodes"])))  # secagg: its nodes
+    num_partitions = int(config["num-partitions"])
+    wait_for_nodes(grid, nodes, float(config["node-wait"]))
+    secure = SecureGrid(  # secagg: every training round is a secure round
+        grid,
+        params,
+        pki=nodes.pki,
+        allowed_nodes=nodes.node_ids,
+        stage_timeout=float(config["stage-timeout"]),
+    )
+    strategy = FedAvg(
+        fraction_evaluate=0.0,
+        min_train_nodes=len(nodes.node_ids),
+        min_available_nodes=len(nodes.node_ids),
+    )
+    accuracy: list[float] = []
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model = task.new_model(num_partitions)
+        model.load_state_dict(arrays.to_torch_state_dict())
+        accuracy.append(task.accuracy(model, num_partitions))
+        if str(config["report"]):
+            write_report(Path(str(config["report"])), secure, accuracy)
+        return MetricRecord({"accuracy": accuracy[-1]})
+
+    strategy.start(
+        grid=secure,
+        initial_arrays=ArrayRecord(task.new_model(num_partitions).state_dict()),
+        num_rounds=int(config["num-server-rounds"]),
+        evaluate_fn=evaluate,
+    )
+
+
+def wait_for_nodes(grid: Grid, nodes: FlowerNodes, seconds: float) -> None:
+    """Wait until every node of the deployment is connected (a round samples all of them)."""
+    deadline = time.monotonic() + seconds
+    while not nodes.node_ids <= set(grid.get_node_ids()):
+        if time.monotonic() > deadline:
+            missing = sorted(nodes.node_ids - set(grid.get_node_ids()))
+            raise RuntimeError(f"{len(missing)} node(s) of nodes.toml never connected: {missing}")
+        time.sleep(1.0)
+
+
+def write_report(path: Path, secure: SecureGrid, accuracy: list[float]) -> None:
+    """The rounds so far, as JSON: each secure round's report and the accuracy after it."""
+    document: dict[str, Any] = {
+        "accuracy": accuracy,
+        "rounds": [report.to_json() for report in secure.reports],
+    }
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(document, indent=1))
+    temporary.replace(path)

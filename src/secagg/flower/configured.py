@@ -1,0 +1,173 @@
+"""A ``SecAggMod`` configured by each SuperNode's own ``--node-config``, for deployment.
+
+In Flower's deployment engine the ClientApp's code arrives from the SuperLink in the app's
+bundle, but a node's expectations must not: whoever runs ``flwr run`` chooses the run config,
+so a mod built from it would let the server choose what the node checks (its minimum cohort,
+its allow-list). ``SecAggMod.from_node_config()`` builds the mod instead from what the node's
+operator set when starting the SuperNode::
+
+    flower-supernode ... --node-config 'secagg-deployment="/etc/secagg/deployment.toml"
+        secagg-nodes="/etc/secagg/nodes.toml" secagg-journal="/var/lib/secagg"
+        secagg-identity="/etc/secagg/node-<id>.key"'
+
+- ``secagg-deployment``: the deployment's ``deployment.toml`` (its ``[round]`` and ``[dp]``
+  sections: the ``Params`` the server's side loads from the same file);
+- ``secagg-nodes``: ``nodes.toml`` (``secagg.flower.nodes``): the allow-list of node ids and,
+  in active mode, the pki;
+- ``secagg-journal``: the node-local folder of its journal;
+- ``secagg-identity`` (active mode only): this node's ``node-<id>.key``, whose id must be the
+  node id the SuperLink gives this SuperNode.
+
+A node missing any of them, or whose files do not load, answers every ``TRAIN`` message with
+an error reply naming what is wrong (one line, also logged) and trains nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from secagg.errors import ConfigurationError, one_line
+from secagg.flower.client import (
+    DEFAULT_STAGE_TIMEOUT,
+    REFUSED_PLAINTEXT,
+    ClientAppCallable,
+    SecAggMod,
+)
+from secagg.flower.nodes import FlowerNodes, NodeIdentity
+from secagg.params import Params
+from secagg.service.config import DeploymentConfig
+
+try:
+    from flwr.app import Context, Error, Message, MessageType
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("secagg.flower needs Flower: pip install 'secagg[flower]'") from exc
+
+__all__ = [
+    "DEPLOYMENT_KEY",
+    "IDENTITY_KEY",
+    "JOURNAL_KEY",
+    "MISCONFIGURED",
+    "NODES_KEY",
+    "NodeConfiguredMod",
+    "load_params",
+]
+
+DEPLOYMENT_KEY = "secagg-deployment"
+NODES_KEY = "secagg-nodes"
+JOURNAL_KEY = "secagg-journal"
+IDENTITY_KEY = "secagg-identity"
+# Error code of the reply of a node whose own secagg configuration does not load (beside
+# REFUSED_PLAINTEXT: both say "refused by secagg", this one "fix the node").
+MISCONFIGURED = REFUSED_PLAINTEXT + 1
+
+log = logging.getLogger("secagg.flower.client")
+
+_Settings = tuple[str, str, str, str | None]
+
+
+def load_params(path: str | Path) -> Params:
+    """The ``Params`` of a deployment file's ``[round]`` (and ``[dp]``) sections: what both
+    the ServerApp and every node load, each from its own copy."""
+    params = DeploymentConfig.load(Path(path)).params
+    if not isinstance(params, Params):
+        raise ConfigurationError(
+            f'{path}: the Flower integration runs round.scheme = "masking", not CKKS'
+        )
+    return params
+
+
+class NodeConfiguredMod:
+    """A Flower ``Mod`` that builds this node's ``SecAggMod`` from its ``node_config``."""
+
+    def __init__(self, *, weight_key: str = "num-examples", stage_timeout: float | None = None):
+        self.weight_key = weight_key
+        self.stage_timeout = stage_timeout
+        self._mods: dict[_Settings, SecAggMod] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "SecAggMod.from_node_config()"
+
+    def __call__(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        if str(msg.metadata.message_type).split(".", 1)[0] != MessageType.TRAIN:
+            return call_next(msg, ctxt)
+        try:
+            mod = self.mod_for(ctxt.node_id, ctxt.node_config)
+        except ConfigurationError as exc:
+            detail = one_line(str(exc), 300)
+            log.error("node %d: secagg is not configured: %s", ctxt.node_id, detail)
+            return Message(Error(MISCONFIGURED, f"secagg: {detail}"), reply_to=msg)
+        return mod(msg, ctxt, call_next)
+
+    def mod_for(self, node_id: int, node_config: Mapping[str, object]) -> SecAggMod:
+        """The node's mod, built once per process from the files its config names."""
+        settings = _settings(node_config)
+        with self._lock:
+            mod = self._mods.get(settings)
+            if mod is None:
+                mod = self._build(node_id, settings)
+                self._mods[settings] = mod
+            return mod
+
+    def _build(self, node_id: int, settings: _Settings) -> SecAggMod:
+        deployment, nodes_file, journal, identity_file = settings
+        params = load_params(deployment)
+        nodes = FlowerNodes.load(Path(nodes_file))
+        timeout = DEFAULT_STAGE_TIMEOUT if self.stage_timeout is None else self.stage_timeout
+        if not params.active:
+            if identity_file is not None:
+                log.warning(
+                    "node %d: %s is unused: the deployment is semi-honest", node_id, IDENTITY_KEY
+                )
+            return SecAggMod(
+                params,
+                journal=journal,
+                allowed_nodes=nodes.node_ids,
+                weight_key=self.weight_key,
+                stage_timeout=timeout,
+            )
+        if identity_file is None:
+            raise ConfigurationError(
+                f"an active deployment needs the node's identity: set {IDENTITY_KEY} in "
+                "--node-config"
+            )
+        if nodes.pki is None:
+            raise ConfigurationError(f"{nodes_file} has no [identities]: active mode needs them")
+        identity = NodeIdentity.load(Path(identity_file))
+        if identity.node_id != node_id:
+            raise ConfigurationError(
+                f"{identity_file} is node {identity.node_id}'s identity; this SuperNode is "
+                f"node {node_id}"
+            )
+        return SecAggMod(
+            params,
+            journal=journal,
+            allowed_nodes=nodes.node_ids,
+            identity=identity.signing_key,
+            pki=nodes.pki,
+            weight_key=self.weight_key,
+            stage_timeout=timeout,
+        )
+
+
+def _settings(node_config: Mapping[str, object]) -> _Settings:
+    def text(key: str, required: bool) -> str | None:
+        value = node_config.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(
+                f'set {key}="<path>" in the SuperNode\'s --node-config'
+                if value is None
+                else f"{key} in --node-config must be a path in quotes"
+            )
+        return value
+
+    deployment = text(DEPLOYMENT_KEY, True)
+    nodes = text(NODES_KEY, True)
+    journal = text(JOURNAL_KEY, True)
+    assert deployment is not None and nodes is not None and journal is not None
+    return deployment, nodes, journal, text(IDENTITY_KEY, False)

@@ -1,0 +1,347 @@
+"""The example in Flower's deployment engine: ``flwr run`` against a real ``flower-superlink``
+and real ``flower-supernode`` processes, on loopback, offline.
+
+As an operator deploys it (examples/flower/README.md): the SuperLink authenticates its
+SuperNodes (``--enable-supernode-auth``), each node's key is registered with ``flwr
+supernode register``, which gives the node its id; ``secagg flower-nodes`` writes the
+allow-list of those ids and each node's identity for active mode; every SuperNode gets its
+own deployment through ``--node-config``; the ServerApp gets the server side's through the
+run config. One node fails after it shared its keys in round 1 (its mask is recovered from
+the others' shares), and the next round completes with all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+
+from secagg import Params, ServerModel  # noqa: E402
+from secagg.flower.nodes import FlowerNodes, NodeIdentity  # noqa: E402
+from secagg.journal import Journal  # noqa: E402
+from secagg.service.config import DeploymentConfig  # noqa: E402
+from secagg.service.tls import TlsFiles, generate_tls  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "examples" / "flower"
+BIN = Path(sys.executable).parent
+# Active mode tolerates one dropout from five nodes (2t > n and t <= n - 1 - D).
+NODES = 5
+ROUNDS = 2
+FAILING = 2  # the partition that fails in round 1
+FAIL_STAGE = "masked-input"  # after it shared its keys: its mask must be recovered
+# Waits only (never asserted): a busy machine makes each of Flower's stages slow.
+RUN_TIMEOUT = 900
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], bool],
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout: float = 120,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{what} exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Deployment:
+    folder: Path
+    env: dict[str, str]
+    link: str
+    tls: TlsFiles
+    processes: list[subprocess.Popen[bytes]]
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(
+            [str(BIN / args[0]), *args[1:]],
+            cwd=self.folder,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "flwr"), *args],
+            cwd=APP,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    folder = tmp_path_factory.mktemp("deployment")
+    port = free_port()
+    home = folder / "flwr-home"
+    home.mkdir()
+    # SuperNode authentication needs TLS: a local CA and the SuperLink's certificate.
+    tls = generate_tls(folder / "tls")
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
+        f'address = "127.0.0.1:{port}"\nroot-certificates = "{tls.ca_cert}"\n'
+    )
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": "",
+    }
+    d = Deployment(folder, env, f"127.0.0.1:{port}", tls, [])
+    try:
+        yield d
+    finally:
+        for process in d.processes:  # the SuperLink and SuperNodes, and what they started
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in d.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        if os.environ.get("SECAGG_KEEP_DEPLOYMENT"):
+            shutil.copytree(folder, os.environ["SECAGG_KEEP_DEPLOYMENT"], dirs_exist_ok=True)
+
+
+def auth_key(folder: Path, name: str) -> tuple[Path, Path]:
+    """A SuperNode's authentication key pair (``ssh-keygen -t ecdsa -b 384`` would do)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = folder / name, folder / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    )
+    return private, public
+
+
+def registered_id(result: subprocess.CompletedProcess[str]) -> int:
+    assert result.returncode == 0, result.stdout + result.stderr
+    start = result.stdout.index("{")
+    return int(json.loads(result.stdout[start:])["node-id"])
+
+
+@pytest.fixture(scope="module")
+def run(deployment: Deployment) -> dict[str, object]:
+    d = deployment
+    superlink = d.start(
+        "superlink",
+        "flower-superlink",
+        "--ssl-certfile",
+        str(d.tls.server_cert),
+        "--ssl-keyfile",
+        str(d.tls.server_key),
+        "--ssl-ca-certfile",
+        str(d.tls.ca_cert),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+        "--database",
+        str(d.folder / "superlink.db"),
+        "--port",
+        d.link.rsplit(":", 1)[1],
+    )
+    wait_for(lambda: listening(int(d.link.rsplit(":", 1)[1])), "the SuperLink", superlink)
+
+    # The operator registers each SuperNode's key; the SuperLink answers with its node id.
+    keys = [auth_key(d.folder, f"supernode-{p}") for p in range(NODES)]
+    node_ids = [
+        registered_id(d.flwr("supernode", "register", str(public), "--format", "json"))
+        for _, public in keys
+    ]
+    # ... and writes the allow-list and the identities for exactly those ids.
+    secagg = subprocess.run(
+        [str(BIN / "secagg"), "flower-nodes", "--out", "secagg", "--identities"]
+        + [str(n) for n in node_ids],
+        cwd=d.folder,
+        env=d.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert secagg.returncode == 0, secagg.stderr
+    sys.path.insert(0, str(ROOT))
+    from examples.flower.secagg_digits import task
+
+    base = task.deployment(NODES)
+    params = Params(
+        dim=base.dim,
+        max_clients=NODES,
+        clip=base.clip,
+        value_bits=base.value_bits,
+        max_weight=base.max_weight,
+        server_model=ServerModel.SEMI_MALICIOUS,
+        dropout_rate=0.2,
+    )
+    (d.folder / "deployment.toml").write_text(
+        DeploymentConfig.render(
+            params=params,
+            port=0,
+            min_clients=NODES - 1,
+            stage_timeout=30.0,
+            cohort_wait=60.0,
+            ledger="unused.sqlite",
+            tls=None,
+            allow_list=None,
+        )
+    )
+    secagg_dir = d.folder / "secagg"
+    for partition, ((private, _), node_id) in enumerate(zip(keys, node_ids, strict=True)):
+        node_config = [
+            f"partition-id={partition}",
+            f"num-partitions={NODES}",
+            f'secagg-deployment="{d.folder / "deployment.toml"}"',
+            f'secagg-nodes="{secagg_dir / "nodes.toml"}"',
+            f'secagg-journal="{d.folder / f"journal-{partition}"}"',
+            f'secagg-identity="{secagg_dir / f"node-{node_id}.key"}"',
+        ]
+        if partition == FAILING:
+            node_config += ["example-fail-round=1", f'example-fail-stage="{FAIL_STAGE}"']
+        d.start(
+            f"supernode-{partition}",
+            "flower-supernode",
+            "--root-certificates",
+            str(d.tls.ca_cert),
+            "--superlink",
+            d.link,
+            "--auth-supernode-private-key",
+            str(private),
+            "--port",
+            str(free_port()),
+            "--node-config",
+            " ".join(node_config),
+        )
+
+    report = d.folder / "report.json"
+    overrides = " ".join(
+        [
+            f"num-server-rounds={ROUNDS}",
+            f"num-partitions={NODES}",
+            f'secagg-deployment="{d.folder / "deployment.toml"}"',
+            f'secagg-nodes="{secagg_dir / "nodes.toml"}"',
+            f'report="{report}"',
+        ]
+    )
+    submitted = d.flwr("run", ".", "--run-config", overrides, "--stream", timeout=RUN_TIMEOUT)
+    (d.folder / "flwr-run.log").write_text(submitted.stdout + submitted.stderr)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    wait_for(report.exists, "the ServerApp's report")
+    return {
+        "node_ids": node_ids,
+        "report": json.loads(report.read_text()),
+        "run_log": submitted.stdout + submitted.stderr,
+        "secagg": secagg.stdout,
+    }
+
+
+def test_the_operator_gets_an_allow_list_and_one_identity_per_registered_node(
+    deployment: Deployment, run: dict[str, object]
+) -> None:
+    node_ids = run["node_ids"]
+    assert isinstance(node_ids, list)
+    nodes = FlowerNodes.load(deployment.folder / "secagg" / "nodes.toml")
+    assert nodes.node_ids == set(node_ids)
+    for node_id in node_ids:
+        key_file = deployment.folder / "secagg" / f"node-{node_id}.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        identity = NodeIdentity.load(key_file)
+        assert identity.node_id == node_id
+        assert nodes.identities[node_id] == identity.signing_key.public
+
+
+def test_each_round_is_a_secure_round_and_a_failed_node_is_dropped_where_it_failed(
+    run: dict[str, object],
+) -> None:
+    node_ids = run["node_ids"]
+    report = run["report"]
+    assert isinstance(node_ids, list) and isinstance(report, dict)
+    rounds = report["rounds"]
+    assert [r["outcome"] for r in rounds] == ["completed"] * ROUNDS
+    first, second = rounds
+    failed = str(node_ids[FAILING])
+    assert set(first["nodes"]) == set(node_ids)
+    assert set(first["included"]) == set(node_ids) - {node_ids[FAILING]}
+    assert list(first["dropped"]) == [failed]
+    assert first["dropped"][failed][0] == FAIL_STAGE
+    assert set(second["included"]) == set(node_ids)
+    assert second["round_id"] > first["round_id"]
+    # The model learns: the accuracy before training, then after each round.
+    accuracy = report["accuracy"]
+    assert len(accuracy) == ROUNDS + 1
+    assert accuracy[-1] > accuracy[0] + 0.2
+
+
+def test_every_node_kept_its_own_record_of_what_it_revealed(
+    deployment: Deployment, run: dict[str, object]
+) -> None:
+    node_ids = run["node_ids"]
+    assert isinstance(node_ids, list)
+    report = run["report"]
+    assert isinstance(report, dict)
+    ids = [r["round_id"] for r in report["rounds"]]
+    for partition in range(NODES):
+        journals = list((deployment.folder / f"journal-{partition}").glob("*.journal"))
+        assert len(journals) == 1  # named by the node's identity
+        journal = Journal.open(journals[0])
+        try:
+            entries = {e.round_id: e for e in journal.rounds()}
+        finally:
+            journal.close()
+        assert set(entries) == set(ids)
+        assert entries[ids[0]].included is (partition != FAILING)
+        assert entries[ids[1]].included is True
+
+
+def test_the_nodes_logs_have_no_traceback(deployment: Deployment, run: dict[str, object]) -> None:
+    for partition in range(NODES):
+        assert "Traceback" not in deployment.log(f"supernode-{partition}")
+    assert "Traceback" not in str(run["run_log"])
