@@ -28,14 +28,14 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from secagg import Params, ServerModel  # noqa: E402
-from secagg.flower.nodes import FlowerNodes, NodeIdentity  # noqa: E402
-from secagg.journal import Journal  # noqa: E402
-from secagg.service.config import DeploymentConfig  # noqa: E402
-from secagg.service.tls import TlsFiles, generate_tls  # noqa: E402
+from secagg import Params, ServerModel
+from secagg.flower.nodes import FlowerNodes, NodeIdentity
+from secagg.journal import Journal
+from secagg.service.config import DeploymentConfig
+from secagg.service.tls import TlsFiles, generate_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "flower"
