@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from examples.flower.secagg_digits import task
+from examples.flower.secagg_digits.client_app import train_reply
 from secagg.flower import SecAggMod, SecureGrid, SecureRoundReport
 
 
@@ -58,19 +59,7 @@ def secure_client_app(
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        partition = int(context.node_config["partition-id"])
-        model = task.new_model(num_nodes)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        examples = task.train(
-            model, partition, num_nodes, int(msg.content["config"]["server-round"])
-        )
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord(model.state_dict()),
-                "metrics": MetricRecord({"num-examples": examples}),
-            }
-        )
-        return Message(content, reply_to=msg)
+        return train_reply(msg, context)
 
     @app.query()
     def partition(msg: Message, context: Context) -> Message:
@@ -88,8 +77,10 @@ def secure_server_app(
     *,
     stage_timeout: float = 30.0,
     grid_hook: Callable[[Grid], Grid] | None = None,
+    first_round: int | None = None,
 ) -> ServerApp:
-    """The ServerApp: FedAvg over every node, each round a secure aggregation round."""
+    """The ServerApp: FedAvg over every node, each round a secure aggregation round
+    (round ids from ``first_round``; by default from the clock, as ``SecureGrid``'s)."""
     app = ServerApp()
 
     @app.main()
@@ -97,7 +88,9 @@ def secure_server_app(
         if grid_hook is not None:
             grid = grid_hook(grid)
         log.partitions.update(_partitions(grid, num_nodes))
-        secure = SecureGrid(grid, task.deployment(num_nodes), stage_timeout=stage_timeout)  # secagg
+        secure = SecureGrid(  # secagg
+            grid, task.deployment(num_nodes), stage_timeout=stage_timeout, first_round=first_round
+        )
         strategy = FedAvg(
             fraction_evaluate=0.0, min_train_nodes=num_nodes, min_available_nodes=num_nodes
         )

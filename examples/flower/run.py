@@ -36,18 +36,17 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord  # noqa: E402
-from flwr.clientapp.typing import ClientAppCallable, Mod  # noqa: E402
+from flwr.app import ArrayRecord, Context, Message, MetricRecord  # noqa: E402
+from flwr.clientapp.typing import Mod  # noqa: E402
 from flwr.common.serde import message_to_proto  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from flwr.simulation import run_simulation  # noqa: E402
 
 from examples.flower import apps, secaggplus  # noqa: E402
-from examples.flower.secagg_digits import task  # noqa: E402
-from secagg.flower import wire  # noqa: E402
+from examples.flower.secagg_digits import failures, task  # noqa: E402
+from examples.flower.secagg_digits.client_app import train_reply  # noqa: E402
 from secagg.hazmat.randomness import SystemRandomness  # noqa: E402
-from secagg.protocol.messages import RoundConfig, decode  # noqa: E402
 from secagg.simulate import SEMI_HONEST_STAGES, DropSchedule  # noqa: E402
 
 
@@ -108,23 +107,13 @@ class MeteredGrid(Grid):  # type: ignore[misc]
 
 
 def failing_mod(schedule: dict[int, DropSchedule]) -> Mod:
-    """Makes node (partition) i fail at the stage ``schedule[round]`` names for it."""
+    """Makes node (partition) i fail at the stage ``schedule[server_round]`` names for it."""
 
-    def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-        record = msg.content.config_records.get(wire.RECORD_KEY) if msg.has_content() else None
-        if record is not None:
-            data = record[wire.MESSAGE]
-            message = decode(data)
-            if isinstance(message, RoundConfig):
-                ctxt.state.config_records["example.round"] = ConfigRecord({"id": message.round_id})
-            round_id = ctxt.state.config_records["example.round"]["id"]
-            drops = schedule.get(round_id)
-            stage = drops.stage_of(int(ctxt.node_config["partition-id"])) if drops else None
-            if stage == wire.requested_stage(data).value:
-                raise RuntimeError(f"simulated failure at {stage}")
-        return call_next(msg, ctxt)
+    def stage_of(server_round: int, ctxt: Context) -> str | None:
+        drops = schedule.get(server_round)
+        return drops.stage_of(int(ctxt.node_config["partition-id"])) if drops else None
 
-    return mod
+    return failures.failing_mod(stage_of)
 
 
 def plain_server_app(num_nodes: int, num_rounds: int, log: apps.RunLog, hook: Any) -> ServerApp:
@@ -226,26 +215,13 @@ def run(mode: str, nodes: int, rounds: int, dropout: float) -> dict[str, Any]:
 
 def _plain_client_app(num_nodes: int) -> Any:
     """The example's ClientApp without secagg's mod: plaintext FedAvg, for reference."""
-    from flwr.app import RecordDict
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        partition = int(context.node_config["partition-id"])
-        model = task.new_model(num_nodes)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        examples = task.train(
-            model, partition, num_nodes, int(msg.content["config"]["server-round"])
-        )
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord(model.state_dict()),
-                "metrics": MetricRecord({"num-examples": examples}),
-            }
-        )
-        return Message(content, reply_to=msg)
+        return train_reply(msg, context)
 
     return app
 

@@ -119,6 +119,12 @@ def test_a_node_that_refuses_is_dropped_with_its_typed_reason() -> None:
     report = grid.reports[-1]
     assert report.dropped == {by_partition[4]: ("commit", "client-aborted: cohort-not-allowed")}
     assert len(report.included) == 4
+    # The operator's line (in Flower's log, beside FedAvg's "Received 1 results").
+    assert report.summary() == (
+        f"secure round {report.round_id}: 4 of 5 nodes' updates in the aggregate (the "
+        f"strategy receives it as 1 result); dropped 1: node {by_partition[4]} at commit: "
+        f"client-aborted: cohort-not-allowed; {report.seconds:.2f} s"
+    )
 
 
 def test_a_round_that_cannot_finish_returns_no_reply_so_the_strategy_keeps_its_model() -> None:

@@ -96,7 +96,8 @@ def run() -> Run:
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
     )
     run_simulation(
-        server_app=apps.secure_server_app(NODES, ROUNDS, log, stage_timeout=60.0),
+        # Round ids from 1, as the drop schedule and the checks below number them.
+        server_app=apps.secure_server_app(NODES, ROUNDS, log, stage_timeout=60.0, first_round=1),
         client_app=apps.secure_client_app(NODES, outer_mods=[failing_mod(schedule)]),
         num_supernodes=NODES,
         backend_config={

@@ -9,17 +9,29 @@ of node ids, its journal, its identity in active mode) comes from its SuperNode'
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from secagg import Params
 from secagg.flower import SecAggMod
 
 from .failures import failing_mod, from_node_config
 
+
+def simulation_params(node_config: Mapping[str, object]) -> Params:
+    """A simulated node's deployment (``SECAGG_FLOWER_SIMULATION=1`` only): the task's."""
+    from . import task
+
+    return task.deployment(int(str(node_config["num-partitions"])))
+
+
 app = ClientApp(
     mods=[
         failing_mod(from_node_config),  # the example's dropouts on demand (off by default)
-        SecAggMod.from_node_config(),  # secagg: the node's own deployment, from its config
+        # secagg: the node's own deployment, from its config
+        SecAggMod.from_node_config(simulation_params=simulation_params),
     ]
 )
 

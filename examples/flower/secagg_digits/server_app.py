@@ -30,21 +30,25 @@ def main(grid: Grid, context: Context) -> None:
     from . import task  # torch, once the run starts
 
     config = context.run_config
-    params = load_params(str(config["secagg-deployment"]))  # secagg: the deployment
-    nodes = FlowerNodes.load(Path(str(config["secagg-nodes"])))  # secagg: its nodes
     num_partitions = int(config["num-partitions"])
-    wait_for_nodes(grid, nodes, float(config["node-wait"]))
+    if str(config["secagg-deployment"]):
+        params = load_params(str(config["secagg-deployment"]))  # secagg: the deployment
+        nodes = FlowerNodes.load(Path(str(config["secagg-nodes"])))  # secagg: its nodes
+        wait_for_nodes(grid, nodes, float(config["node-wait"]))
+        pki, allowed = nodes.pki, nodes.node_ids
+    else:  # a simulation: every node is the app's own (the nodes opt in likewise)
+        params, pki, allowed = task.deployment(num_partitions), None, None
     secure = SecureGrid(  # secagg: every training round is a secure round
         grid,
         params,
-        pki=nodes.pki,
-        allowed_nodes=nodes.node_ids,
+        pki=pki,
+        allowed_nodes=allowed,
         stage_timeout=float(config["stage-timeout"]),
     )
     strategy = FedAvg(
         fraction_evaluate=0.0,
-        min_train_nodes=len(nodes.node_ids),
-        min_available_nodes=len(nodes.node_ids),
+        min_train_nodes=num_partitions,
+        min_available_nodes=num_partitions,
     )
     accuracy: list[float] = []
 

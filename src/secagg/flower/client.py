@@ -204,14 +204,21 @@ class SecAggMod:
 
     @staticmethod
     def from_node_config(
-        *, weight_key: str = "num-examples", stage_timeout: float | None = None
+        *,
+        weight_key: str = "num-examples",
+        stage_timeout: float | None = None,
+        simulation_params: Callable[[Mapping[str, object]], Params] | None = None,
     ) -> NodeConfiguredMod:
         """The mod for Flower's deployment engine: each node's ``Params``, allow-list,
         journal and identity come from its SuperNode's own ``--node-config``
-        (``secagg.flower.configured``), never from the run config the server side sets."""
+        (``secagg.flower.configured``), never from the run config the server side sets.
+        ``simulation_params`` gives a simulated node its ``Params`` where the node's
+        environment opts in (``SECAGG_FLOWER_SIMULATION=1``)."""
         from secagg.flower.configured import NodeConfiguredMod
 
-        return NodeConfiguredMod(weight_key=weight_key, stage_timeout=stage_timeout)
+        return NodeConfiguredMod(
+            weight_key=weight_key, stage_timeout=stage_timeout, simulation_params=simulation_params
+        )
 
     def __repr__(self) -> str:
         allowed = "any" if self.allowed_nodes is None else str(len(self.allowed_nodes))

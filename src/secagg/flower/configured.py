@@ -20,13 +20,23 @@ operator set when starting the SuperNode::
 
 A node missing any of them, or whose files do not load, answers every ``TRAIN`` message with
 an error reply naming what is wrong (one line, also logged) and trains nothing.
+
+**Simulation.** In Flower's simulation engine (``flwr run`` against a local simulation
+SuperLink) nodes have no ``--node-config`` of their own, and every node is the app's: there,
+and only where the environment of the processes running the ClientApps says so by name
+(``SECAGG_FLOWER_SIMULATION=1``, which ``flwr run`` passes down to the simulation it starts;
+a server cannot set a node's environment), a node without ``secagg-deployment`` runs with
+``simulation_params(node_config)``, any node id as a peer, and its journal in the system's
+temporary folder. Without the variable such a node is misconfigured, as above.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from secagg.errors import ConfigurationError, one_line
@@ -51,6 +61,7 @@ __all__ = [
     "JOURNAL_KEY",
     "MISCONFIGURED",
     "NODES_KEY",
+    "SIMULATION_ENV",
     "NodeConfiguredMod",
     "load_params",
 ]
@@ -59,6 +70,7 @@ DEPLOYMENT_KEY = "secagg-deployment"
 NODES_KEY = "secagg-nodes"
 JOURNAL_KEY = "secagg-journal"
 IDENTITY_KEY = "secagg-identity"
+SIMULATION_ENV = "SECAGG_FLOWER_SIMULATION"
 # Error code of the reply of a node whose own secagg configuration does not load (beside
 # REFUSED_PLAINTEXT: both say "refused by secagg", this one "fix the node").
 MISCONFIGURED = REFUSED_PLAINTEXT + 1
@@ -66,6 +78,10 @@ MISCONFIGURED = REFUSED_PLAINTEXT + 1
 log = logging.getLogger("secagg.flower.client")
 
 _Settings = tuple[str, str, str, str | None]
+# The mods this process built, by what they were built from: module state, because Flower's
+# simulation pickles the ClientApp (and so this mod) with every message it ships.
+_MODS: dict[tuple[object, ...], SecAggMod] = {}
+_LOCK = threading.Lock()
 
 
 def load_params(path: str | Path) -> Params:
@@ -82,11 +98,16 @@ def load_params(path: str | Path) -> Params:
 class NodeConfiguredMod:
     """A Flower ``Mod`` that builds this node's ``SecAggMod`` from its ``node_config``."""
 
-    def __init__(self, *, weight_key: str = "num-examples", stage_timeout: float | None = None):
+    def __init__(
+        self,
+        *,
+        weight_key: str = "num-examples",
+        stage_timeout: float | None = None,
+        simulation_params: Callable[[Mapping[str, object]], Params] | None = None,
+    ):
         self.weight_key = weight_key
         self.stage_timeout = stage_timeout
-        self._mods: dict[_Settings, SecAggMod] = {}
-        self._lock = threading.Lock()
+        self.simulation_params = simulation_params
 
     def __repr__(self) -> str:
         return "SecAggMod.from_node_config()"
@@ -104,12 +125,39 @@ class NodeConfiguredMod:
 
     def mod_for(self, node_id: int, node_config: Mapping[str, object]) -> SecAggMod:
         """The node's mod, built once per process from the files its config names."""
+        if DEPLOYMENT_KEY not in node_config and self._simulating():
+            return self._simulation_mod(node_config)
         settings = _settings(node_config)
-        with self._lock:
-            mod = self._mods.get(settings)
+        key = (node_id, settings, self.weight_key, self.stage_timeout)
+        with _LOCK:
+            mod = _MODS.get(key)
             if mod is None:
                 mod = self._build(node_id, settings)
-                self._mods[settings] = mod
+                _MODS[key] = mod
+            return mod
+
+    def _simulating(self) -> bool:
+        return self.simulation_params is not None and os.environ.get(SIMULATION_ENV) == "1"
+
+    def _simulation_mod(self, node_config: Mapping[str, object]) -> SecAggMod:
+        assert self.simulation_params is not None
+        params = self.simulation_params(node_config)
+        key = ("simulation", params, self.weight_key, self.stage_timeout)
+        with _LOCK:
+            mod = _MODS.get(key)
+            if mod is None:
+                folder = Path(tempfile.gettempdir()) / "secagg-flower-simulation"
+                timeout = (
+                    DEFAULT_STAGE_TIMEOUT if self.stage_timeout is None else self.stage_timeout
+                )
+                mod = SecAggMod(
+                    params,
+                    journal=folder,
+                    allow_any_node=True,
+                    weight_key=self.weight_key,
+                    stage_timeout=timeout,
+                )
+                _MODS[key] = mod
             return mod
 
     def _build(self, node_id: int, settings: _Settings) -> SecAggMod:

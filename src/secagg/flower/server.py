@@ -53,6 +53,7 @@ try:
         MetricRecord,
         RecordDict,
     )
+    from flwr.common.logger import log as flwr_log
     from flwr.serverapp import Grid
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("secagg.flower needs Flower: pip install 'secagg[flower]'") from exc
@@ -89,6 +90,25 @@ class SecureRoundReport:
     stage_seconds: Mapping[str, float]
     upload_bytes: Mapping[int, int] = field(repr=False)
     download_bytes: Mapping[int, int] = field(repr=False)
+
+    def summary(self) -> str:
+        """One line for the operator: the outcome, whose updates the aggregate holds, and
+        who was dropped where and why."""
+        head = f"secure round {self.round_id}: "
+        if self.outcome == "completed":
+            head += (
+                f"{len(self.included)} of {len(self.nodes)} nodes' updates in the aggregate "
+                "(the strategy receives it as 1 result)"
+            )
+        else:
+            head += f"aborted ({self.abort_reason}), nothing revealed"
+        if self.dropped:
+            drops = "; ".join(
+                f"node {node} at {stage}: {reason}"
+                for node, (stage, reason) in sorted(self.dropped.items())
+            )
+            head += f"; dropped {len(self.dropped)}: {drops}"
+        return f"{head}; {self.seconds:.2f} s"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -348,15 +368,9 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
             download_bytes=down,
         )
         self.reports.append(report)
-        log.info(
-            "secure round %d: %s, %d of %d nodes included, %d dropped, %.2f s",
-            round_id,
-            report.outcome if abort is None else f"aborted ({abort})",
-            len(included),
-            len(nodes),
-            len(dropped),
-            report.seconds,
-        )
+        # In Flower's own log, where a Flower user reads it: the strategy's next line says it
+        # "received 1 result" (the one secure aggregate), so this one says whose it holds.
+        flwr_log(logging.INFO, "%s", report.summary())
         return reply
 
     def _reply(self, task: RecordDict, aggregate: ArrayRecord, weight: int) -> RecordDict:

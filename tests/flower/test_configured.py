@@ -1,0 +1,171 @@
+"""SecAggMod.from_node_config(): in deployment a node's expectations come from its own
+SuperNode's --node-config, never from anything the server sends or sets.
+
+Each test hands the mod a real first message of a round (as SecureGrid builds it) inside a
+real ClientApp, with the node's config as its operator wrote it, right or wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from flwr.app import Context, Message, RecordDict
+
+from secagg import Params, ServerModel
+from secagg.flower import SecAggMod, wire
+from secagg.flower.configured import MISCONFIGURED, SIMULATION_ENV
+from secagg.flower.nodes import NODES_FILE, FlowerNodes, node_key_file, provision_nodes
+from secagg.protocol.messages import Commitment
+from secagg.service.config import DeploymentConfig
+from tests.flower.helpers import PARAMS, client_app, node_ids, secagg_record
+from tests.flower.test_mod import ME, NODES, STRANGER, first_message
+
+ACTIVE = Params(
+    dim=PARAMS.dim,
+    max_clients=PARAMS.max_clients,
+    clip=PARAMS.clip,
+    value_bits=PARAMS.value_bits,
+    max_weight=PARAMS.max_weight,
+    server_model=ServerModel.SEMI_MALICIOUS,
+)
+
+
+def write_deployment(folder: Path, params: Params) -> Path:
+    path = folder / "deployment.toml"
+    path.write_text(
+        DeploymentConfig.render(
+            params=params,
+            port=0,
+            min_clients=3,
+            stage_timeout=30.0,
+            cohort_wait=60.0,
+            ledger="unused.sqlite",
+            tls=None,
+            allow_list=None,
+        )
+    )
+    return path
+
+
+def node_config(folder: Path, *, identity: Path | None = None, **extra: str) -> dict[str, object]:
+    config: dict[str, object] = {
+        "partition-id": NODES[ME],
+        "num-partitions": len(NODES),
+        "secagg-deployment": str(folder / "deployment.toml"),
+        "secagg-nodes": str(folder / "secagg" / NODES_FILE),
+        "secagg-journal": str(folder / "journal"),
+    }
+    if identity is not None:
+        config["secagg-identity"] = str(identity)
+    config.update(extra)
+    return config
+
+
+def send(config: dict[str, object], message: Message, trained: list[int]) -> Message:
+    ctxt = Context(run_id=1, node_id=ME, node_config=config, state=RecordDict(), run_config={})
+    return client_app([SecAggMod.from_node_config()], trained)(message, ctxt)
+
+
+def test_a_node_configured_by_its_operator_takes_the_round(tmp_path: Path) -> None:
+    write_deployment(tmp_path, PARAMS)
+    provision_nodes(tmp_path / "secagg", NODES, identities=False)
+    trained: list[int] = []
+    reply = send(node_config(tmp_path), first_message(), trained)
+    assert Commitment.decode(secagg_record(reply)[wire.MESSAGE]).client_id == sorted(NODES).index(
+        ME
+    )
+    assert trained == [NODES[ME]]
+    assert [p.name for p in (tmp_path / "journal").iterdir() if p.suffix == ".journal"] == [
+        f"node-{ME}.journal"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("missing", "says"),
+    [
+        ("secagg-deployment", 'set secagg-deployment="<path>"'),
+        ("secagg-nodes", 'set secagg-nodes="<path>"'),
+        ("secagg-journal", 'set secagg-journal="<path>"'),
+    ],
+)
+def test_a_node_missing_its_own_config_trains_nothing_and_says_what_to_set(
+    tmp_path: Path, missing: str, says: str
+) -> None:
+    write_deployment(tmp_path, PARAMS)
+    provision_nodes(tmp_path / "secagg", NODES, identities=False)
+    config = node_config(tmp_path)
+    del config[missing]
+    trained: list[int] = []
+    reply = send(config, first_message(), trained)
+    assert reply.has_error() and reply.error.code == MISCONFIGURED
+    assert says in reply.error.reason and "\n" not in reply.error.reason
+    assert trained == []
+
+
+def test_the_node_s_own_allow_list_refuses_a_cohort_with_a_stranger(tmp_path: Path) -> None:
+    write_deployment(tmp_path, PARAMS)
+    provision_nodes(tmp_path / "secagg", [n for n in NODES if n != STRANGER], identities=False)
+    trained: list[int] = []
+    reply = send(node_config(tmp_path), first_message(), trained)
+    assert secagg_record(reply)[wire.ABORT] == "cohort-not-allowed"
+    assert trained == []
+
+
+def test_an_active_node_signs_with_the_identity_written_for_its_node_id(tmp_path: Path) -> None:
+    write_deployment(tmp_path, ACTIVE)
+    nodes = provision_nodes(tmp_path / "secagg", NODES, identities=True)
+    assert set(nodes.identities) == set(NODES)
+    trained: list[int] = []
+    config = node_config(tmp_path, identity=node_key_file(tmp_path / "secagg", ME))
+    reply = send(config, first_message(params=ACTIVE), trained)
+    assert Commitment.decode(secagg_record(reply)[wire.MESSAGE]).client_id == sorted(NODES).index(
+        ME
+    )
+
+
+def test_an_active_node_given_another_node_s_identity_refuses_to_start(tmp_path: Path) -> None:
+    write_deployment(tmp_path, ACTIVE)
+    provision_nodes(tmp_path / "secagg", NODES, identities=True)
+    other = max(n for n in NODES if n != ME)
+    config = node_config(tmp_path, identity=node_key_file(tmp_path / "secagg", other))
+    trained: list[int] = []
+    reply = send(config, first_message(params=ACTIVE), trained)
+    assert reply.has_error() and reply.error.code == MISCONFIGURED
+    assert f"node {other}'s identity; this SuperNode is node {ME}" in reply.error.reason
+    assert trained == []
+
+
+def test_an_active_deployment_without_the_node_s_identity_is_misconfigured(
+    tmp_path: Path,
+) -> None:
+    write_deployment(tmp_path, ACTIVE)
+    provision_nodes(tmp_path / "secagg", NODES, identities=True)
+    reply = send(node_config(tmp_path), first_message(params=ACTIVE), [])
+    assert reply.has_error() and "secagg-identity" in reply.error.reason
+
+
+def test_a_simulated_node_runs_without_config_only_where_its_environment_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = SecAggMod.from_node_config(simulation_params=lambda config: PARAMS)
+    config: dict[str, object] = {"partition-id": NODES[ME], "num-partitions": len(NODES)}
+    ctxt = Context(run_id=1, node_id=ME, node_config=config, state=RecordDict(), run_config={})
+    monkeypatch.delenv(SIMULATION_ENV, raising=False)
+    refused = client_app([mod], [])(first_message(), ctxt)
+    assert refused.has_error() and refused.error.code == MISCONFIGURED
+    monkeypatch.setenv(SIMULATION_ENV, "1")
+    trained: list[int] = []
+    reply = client_app([mod], trained)(first_message(), ctxt)
+    assert Commitment.decode(secagg_record(reply)[wire.MESSAGE]) is not None
+    assert trained == [NODES[ME]]
+
+
+def test_the_nodes_file_round_trips_and_the_server_samples_only_its_nodes(tmp_path: Path) -> None:
+    ids = node_ids(3)
+    written = provision_nodes(tmp_path, ids, identities=True)
+    assert FlowerNodes.load(tmp_path / NODES_FILE) == written
+    assert written.pki is not None and set(written.pki) == set(ids)
