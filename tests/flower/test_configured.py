@@ -7,6 +7,7 @@ real ClientApp, with the node's config as its operator wrote it, right or wrong.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,7 @@ def test_an_active_deployment_without_the_node_s_identity_is_misconfigured(
 def test_a_simulated_node_runs_without_config_only_where_its_environment_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where its journal goes
     mod = SecAggMod.from_node_config(simulation_params=lambda config: PARAMS)
     config: dict[str, object] = {"partition-id": NODES[ME], "num-partitions": len(NODES)}
     ctxt = Context(run_id=1, node_id=ME, node_config=config, state=RecordDict(), run_config={})
@@ -162,6 +164,7 @@ def test_a_simulated_node_runs_without_config_only_where_its_environment_says_so
     reply = client_app([mod], trained)(first_message(), ctxt)
     assert Commitment.decode(secagg_record(reply)[wire.MESSAGE]) is not None
     assert trained == [NODES[ME]]
+    assert (tmp_path / "secagg-flower-simulation" / "1" / f"node-{ME}.journal").is_file()
 
 
 def test_the_nodes_file_round_trips_and_the_server_samples_only_its_nodes(tmp_path: Path) -> None:

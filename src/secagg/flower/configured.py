@@ -27,7 +27,7 @@ and only where the environment of the processes running the ClientApps says so b
 (``SECAGG_FLOWER_SIMULATION=1``, which ``flwr run`` passes down to the simulation it starts;
 a server cannot set a node's environment), a node without ``secagg-deployment`` runs with
 ``simulation_params(node_config)``, any node id as a peer, and its journal in the system's
-temporary folder. Without the variable such a node is misconfigured, as above.
+temporary folder (one folder per run). Without the variable such a node is misconfigured, as above.
 """
 
 from __future__ import annotations
@@ -116,17 +116,17 @@ class NodeConfiguredMod:
         if str(msg.metadata.message_type).split(".", 1)[0] != MessageType.TRAIN:
             return call_next(msg, ctxt)
         try:
-            mod = self.mod_for(ctxt.node_id, ctxt.node_config)
+            mod = self.mod_for(ctxt.node_id, ctxt.node_config, ctxt.run_id)
         except ConfigurationError as exc:
             detail = one_line(str(exc), 300)
             log.error("node %d: secagg is not configured: %s", ctxt.node_id, detail)
             return Message(Error(MISCONFIGURED, f"secagg: {detail}"), reply_to=msg)
         return mod(msg, ctxt, call_next)
 
-    def mod_for(self, node_id: int, node_config: Mapping[str, object]) -> SecAggMod:
+    def mod_for(self, node_id: int, node_config: Mapping[str, object], run_id: int) -> SecAggMod:
         """The node's mod, built once per process from the files its config names."""
         if DEPLOYMENT_KEY not in node_config and self._simulating():
-            return self._simulation_mod(node_config)
+            return self._simulation_mod(node_config, run_id)
         settings = _settings(node_config)
         key = (node_id, settings, self.weight_key, self.stage_timeout)
         with _LOCK:
@@ -139,14 +139,15 @@ class NodeConfiguredMod:
     def _simulating(self) -> bool:
         return self.simulation_params is not None and os.environ.get(SIMULATION_ENV) == "1"
 
-    def _simulation_mod(self, node_config: Mapping[str, object]) -> SecAggMod:
+    def _simulation_mod(self, node_config: Mapping[str, object], run_id: int) -> SecAggMod:
         assert self.simulation_params is not None
         params = self.simulation_params(node_config)
-        key = ("simulation", params, self.weight_key, self.stage_timeout)
+        key = ("simulation", run_id, params, self.weight_key, self.stage_timeout)
         with _LOCK:
             mod = _MODS.get(key)
             if mod is None:
-                folder = Path(tempfile.gettempdir()) / "secagg-flower-simulation"
+                # One folder per run, shared by the processes that run its messages.
+                folder = Path(tempfile.gettempdir()) / "secagg-flower-simulation" / str(run_id)
                 timeout = (
                     DEFAULT_STAGE_TIMEOUT if self.stage_timeout is None else self.stage_timeout
                 )
