@@ -4,6 +4,8 @@ Every error is one line on stderr (``error: ...``), never a traceback. Exit code
 the command did what it was asked; 2 for bad input (arguments, files, a deployment that
 cannot start: a port in use, a ledger another coordinator holds); 1 for a run that started
 and failed (a round that aborted, no cohort in time, a refused or unreachable client);
+an optional extra that the command (or one of its options) needs and that is not installed
+is 2 too, its one line naming the extra to install (``secagg.extras``);
 130 or 143 when SIGINT or SIGTERM stopped ``serve`` or ``join`` (a running round is then
 recorded as aborted first).
 """
@@ -50,9 +52,11 @@ from secagg.errors import (
     DecodeError,
     InputError,
     LedgerError,
+    MissingExtra,
     SecAggError,
     UsageError,
 )
+from secagg.extras import missing_extra, require
 from secagg.grouping import GroupedReport, simulate_grouped
 from secagg.params import Params, Protocol, ServerModel
 from secagg.schemes.base import Scheme
@@ -815,7 +819,6 @@ def certs(
         CkksSettings,
         client_context_path,
         provision_ckks_keys,
-        require_tenseal,
     )
     from secagg.service.credentials import create_deployment, deployment_files
 
@@ -856,7 +859,7 @@ def certs(
             )
         params: Params | CkksSettings
         if ckks:
-            require_tenseal()
+            require("he", "CKKS")
             params = CkksSettings(
                 dim=needs.dim or (1000 if dim is None else dim),
                 max_clients=clients,
@@ -988,6 +991,8 @@ def serve(
     from secagg.service.run import RunFailed, Stopped, serve_failed
     from secagg.service.run import serve as run_serve
 
+    if metrics_port is not None:
+        require("metrics", "--metrics-port")  # before the coordinator takes its port
     try:
         deployment = _load_config(config).with_overrides(
             port=port,
@@ -1100,6 +1105,8 @@ def join(
         _fail(f"the coordinator refused this client: {exc}", FAILED_EXIT)
     except Stopped as exc:
         raise typer.Exit(exc.exit_code) from None
+    except MissingExtra:
+        raise  # run() says it, naming the command
     except (RunFailed, SecAggError) as exc:
         _fail(str(exc), FAILED_EXIT)
     _say(
@@ -1172,6 +1179,8 @@ def history(
                     f" spent of the deployment's {budget.limit:g}"
                 )
         book.close()
+    except MissingExtra:
+        raise  # run() says it, naming the command
     except SecAggError as exc:
         _fail(str(exc))
     for line in lines:
@@ -1265,6 +1274,8 @@ def demo(
             report = run_demo(options, progress=lambda text: status.update(Text(text)))
         except (ConfigurationError, LedgerError) as exc:
             _fail(_error_text(exc, dp_flags))
+        except MissingExtra:
+            raise  # run() says it, naming the command
         except SecAggError as exc:
             _fail(str(exc), FAILED_EXIT)
     print_report(report, console)
@@ -1298,19 +1309,24 @@ def compare(
         bool, typer.Option("--demo-updates", help="The demo's first-round digits updates.")
     ] = False,
     schemes: Annotated[
-        str,
+        str | None,
         typer.Option(
             help=f"Comma-separated subset of {', '.join(ALL_SCHEMES)} (the last needs "
-            "--dp-epsilon or --dp-noise-multiplier, and is added when they are given)."
+            "--dp-epsilon or --dp-noise-multiplier, and is added when they are given). "
+            "Default: all but the last, leaving out ckks where the he extra is missing.",
+            show_default=False,
         ),
-    ] = ",".join(SCHEMES),
+    ] = None,
     sweep_clients: Annotated[
         str | None, typer.Option(help="Also compare at these client counts, e.g. 10,20,50.")
     ] = None,
     sweep_dim: Annotated[
         str | None, typer.Option(help="Also compare at these dimensions, e.g. 1000,100000.")
     ] = None,
-    plots: Annotated[Path | None, typer.Option(help="Write PNG plots into this folder.")] = None,
+    plots: Annotated[
+        Path | None,
+        typer.Option(help="Write PNG plots into this folder (needs the bench extra)."),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the raw figures as JSON on stdout.")
     ] = False,
@@ -1339,15 +1355,24 @@ def compare(
         dp_rounds,
         dp_sampling_rate,
     )
+    if plots is not None:
+        require("bench", "--plots")  # before the comparison, not after its minutes
     try:
         options = CompareOptions(
             clients=clients,
             dim=dim,
             dropout=dropout,
             seed=seed,
-            schemes=tuple(s.strip() for s in schemes.split(",") if s.strip()),
+            # Rows named with --schemes must all run (a missing extra is the error); of the
+            # default rows, one whose extra is missing is left out, and a note says so.
+            schemes=SCHEMES
+            if schemes is None
+            else tuple(s.strip() for s in schemes.split(",") if s.strip()),
             dp=_dp_settings(*dp_flags),
+            leave_out_missing=schemes is None,
         )
+        for name, reason in options.left_out:
+            _say(f"note: the {name} row is left out because {reason}", stderr=True)
         array = None
         source = "random"
         if inputs is not None and demo_updates:
@@ -1471,7 +1496,24 @@ def run(args: Sequence[str] | None = None) -> int:
         return USAGE_EXIT
     except (KeyboardInterrupt, typer.Abort):
         return 130
+    except Exception as exc:
+        # The one place a missing extra becomes its line, whichever command, option or
+        # import found it (a MissingExtra, or a bare ModuleNotFoundError of an extra's
+        # module); anything else is a bug, and its traceback is the report.
+        missing = missing_extra(exc)
+        if missing is None:
+            raise
+        print_error(missing.for_command(_command_path(command, args)))
+        return USAGE_EXIT
     return result if isinstance(result, int) else OK_EXIT
+
+
+def _command_path(group: object, args: Sequence[str] | None) -> str:
+    """``secagg demo``: the command ``args`` ran (``secagg`` if it names none)."""
+    commands = getattr(group, "commands", {})
+    given = list(sys.argv[1:] if args is None else args)
+    name = next((a for a in given if not a.startswith("-")), None)
+    return f"secagg {name}" if name in commands else "secagg"
 
 
 def main() -> None:

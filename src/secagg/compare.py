@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.errors import ConfigurationError
+from secagg.errors import ConfigurationError, MissingExtra
+from secagg.extras import require
 from secagg.params import Params, Protocol, ServerModel
 from secagg.schemes.base import Scheme
 from secagg.schemes.plaintext import PlaintextScheme
@@ -66,6 +67,8 @@ DP_SCHEME = "secagg+-dp"
 ALL_SCHEMES = (*SCHEMES, DP_SCHEME)
 # The L2 clip of the DP row when the settings name none.
 DEFAULT_DP_CLIP = 1.0
+# Rows that need an optional extra: (the extra, what needs it).
+ROW_EXTRAS = {"ckks": ("he", "CKKS")}
 
 
 COLOURS = {
@@ -91,6 +94,11 @@ class CompareOptions:
     workers: int | None = 1  # one process: the client and server times are comparable
     # Distributed DP for the secagg+-dp row (added to the schemes when given).
     dp: DpSettings | None = None
+    # True: a row whose optional extra is not installed is left out (named in left_out with
+    # the reason), as the command does with its default rows; False: it is refused
+    # (MissingExtra).
+    leave_out_missing: bool = False
+    left_out: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not 3 <= self.clients <= 10_000:
@@ -111,6 +119,20 @@ class CompareOptions:
             )
         if self.dp is not None and DP_SCHEME not in self.schemes:
             object.__setattr__(self, "schemes", (*self.schemes, DP_SCHEME))
+        # Every row's extra before the first row runs: a run of minutes must not end on it.
+        missing: dict[str, str] = {}
+        for name in self.schemes:
+            if name in ROW_EXTRAS:
+                try:
+                    require(*ROW_EXTRAS[name])
+                except MissingExtra as exc:
+                    if not self.leave_out_missing:
+                        raise
+                    missing[name] = str(exc)
+        if missing:
+            kept = tuple(s for s in self.schemes if s not in missing)
+            object.__setattr__(self, "schemes", kept)
+            object.__setattr__(self, "left_out", (*self.left_out, *missing.items()))
 
 
 @dataclass
@@ -188,6 +210,8 @@ class CompareReport:
             },
             "source": self.source,
             "rows": [row.to_json() for row in self.rows],
+            # Rows left out because their extra is missing, and why.
+            "left_out": dict(o.left_out),
             "sweeps": self.sweeps,
         }
 
@@ -339,7 +363,9 @@ def run_compare(
 
 
 def write_plots(report: CompareReport, directory: Path) -> list[Path]:
-    """PNG plots of the comparison (and its sweeps) into ``directory``."""
+    """PNG plots of the comparison (and its sweeps) into ``directory`` (the ``bench`` extra:
+    matplotlib)."""
+    require("bench", "the plots")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -49,6 +49,7 @@ from rich.table import Table
 
 from secagg.dp.calibrate import DpPlan
 from secagg.errors import ConfigurationError
+from secagg.extras import require
 from secagg.fl.data import load_digits_split
 from secagg.fl.fedavg import apply_update
 from secagg.fl.tasks import DEMO_CLIP, demo_model, digits_median_update_norm
@@ -56,7 +57,7 @@ from secagg.params import Params
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme, SchemeKind
 from secagg.schemes.masking import MaskingScheme
-from secagg.service.ckks_deployment import CkksSettings, provision_ckks_keys, require_tenseal
+from secagg.service.ckks_deployment import CkksSettings, provision_ckks_keys
 from secagg.service.client import UpdateFn
 from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import RoundSummary
@@ -109,13 +110,12 @@ class DemoOptions:
             )
         if self.framework not in ("numpy", "torch"):
             raise ConfigurationError("--framework must be numpy or torch")
+        # The extras the run needs, before it starts anything (MissingExtra names each).
+        require("fl", "the digits data")
         if self.framework == "torch":
-            import importlib.util
-
-            if importlib.util.find_spec("torch") is None:
-                raise ConfigurationError(
-                    "--framework torch needs PyTorch: pip install 'secagg[torch]'"
-                )
+            require("torch", "--framework torch")
+        if self.scheme == SchemeKind.CKKS.value:
+            require("he", "CKKS")
         if not 3 <= self.clients <= 200:
             raise ConfigurationError("--clients must be between 3 and 200")
         if not 1 <= self.rounds <= 1000:
@@ -314,7 +314,6 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
     scheme: Scheme
     clip_source = ""  # distributed DP: where the L2 clip came from
     if kind is SchemeKind.CKKS:
-        require_tenseal()
         params = CkksSettings(
             dim=spec.dim,
             max_clients=options.clients,

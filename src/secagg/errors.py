@@ -23,6 +23,8 @@
     ├── JournalError            a client's journal cannot be opened, locked or written (a
     │                           foreign file, a newer schema, a full disk): the client answers
     │                           nothing it could not record
+    ├── MissingExtra            an optional extra that this use needs is not installed (also
+    │                           ImportError); carries the extra's name (``secagg.extras``)
     ├── ClientAbort             the peer (server) misbehaved: the client stops and reveals nothing
     │                           more; carries an ``AbortReason``
     └── RoundAborted            the server cannot finish the round (fewer than t clients remain,
@@ -52,6 +54,7 @@ __all__ = [
     "InputError",
     "JournalError",
     "LedgerError",
+    "MissingExtra",
     "Rejected",
     "RoundAborted",
     "SecAggError",
@@ -125,6 +128,37 @@ class JournalError(SecAggError):
     """A client's journal cannot be used: not a journal, a schema this secagg does not read,
     locked for too long, or the disk under it is full. Nothing was answered that it does not
     hold."""
+
+
+class MissingExtra(SecAggError, ImportError):
+    """An optional extra of ``pyproject.toml`` is not installed, and ``purpose`` needs it.
+
+    Raised only through ``secagg.extras`` (which knows each extra's modules); the command
+    line turns it into its one line, naming the command: ``secagg demo needs the fl extra
+    (for the digits data): pip install 'secagg[fl]'``. Also an ``ImportError``, so code that
+    guards an optional import with ``except ImportError`` still sees it for what it is.
+    """
+
+    def __init__(self, extra: str, purpose: str, module: str | None = None) -> None:
+        self.extra = extra
+        self.purpose = purpose
+        super().__init__(f"{purpose} needs {self.install}", name=module)
+
+    @property
+    def install(self) -> str:
+        """``the fl extra: pip install 'secagg[fl]'``: what to do, in words."""
+        return f"the {self.extra} extra: pip install 'secagg[{self.extra}]'"
+
+    def for_command(self, command: str) -> str:
+        """The operator's line: ``secagg demo needs the fl extra (for ...): pip install ...``."""
+        return (
+            f"{command} needs the {self.extra} extra (for {self.purpose}): "
+            f"pip install 'secagg[{self.extra}]'"
+        )
+
+    def __reduce__(self) -> tuple[type[MissingExtra], tuple[str, str, str | None]]:
+        # Rebuilt from its parts, not its message: it crosses process pools and Ray.
+        return (type(self), (self.extra, self.purpose, self.name))
 
 
 class AbortReason(StrEnum):

@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import secagg.dp
     from secagg.dp import DpConfig, DpPlan, calibrate, decode, encode
-    from secagg.errors import ConfigurationError
+    from secagg.errors import MissingExtra
     from secagg.hazmat.randomness import DeterministicRandomness
 
     config = DpConfig(
@@ -24,8 +24,8 @@ SCRIPT = textwrap.dedent(
     )
     try:
         calibrate(config)
-    except ConfigurationError as exc:
-        print("REFUSED:", exc)
+    except MissingExtra as exc:
+        print("REFUSED:", exc.extra, exc)
     # A plan (as a client would rebuild it from agreed parameters) encodes and decodes.
     plan = DpPlan(
         config=config, scale=1000.0, local_noise=4.0e5, padded_dim=128, ring_bits=20,
@@ -48,5 +48,7 @@ def test_encoding_works_without_dp_accounting_and_calibrate_says_what_to_install
     )
     assert result.returncode == 0, result.stderr
     assert "REFUSED:" in result.stdout
-    assert "install secagg[dp]" in result.stdout
+    assert "REFUSED: dp distributed DP accounting needs the dp extra: pip install 'secagg[dp]'" in (
+        result.stdout
+    )
     assert "ENCODED (128,) (100,) False" in result.stdout

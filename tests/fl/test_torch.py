@@ -553,7 +553,7 @@ def test_without_torch_the_module_imports_and_every_adapter_says_which_extra_to_
         import sys
         sys.modules["torch"] = None  # as if torch were not installed: import torch fails
         import numpy as np
-        from secagg.errors import ConfigurationError
+        from secagg.errors import MissingExtra
         import secagg.fl.torch as adapters
 
         # A spec holds no tensors: it is built and compared without torch.
@@ -571,13 +571,13 @@ def test_without_torch_the_module_imports_and_every_adapter_says_which_extra_to_
         for name, attempt in attempts.items():
             try:
                 attempt()
-            except ConfigurationError as exc:
-                assert {INSTALL_HINT!r} in str(exc), (name, str(exc))
+            except MissingExtra as exc:
+                assert exc.extra == "torch" and {INSTALL_HINT!r} in str(exc), (name, str(exc))
             else:
                 raise AssertionError(name + " worked without torch")
         try:
             from secagg.fl.torch import DigitsNet
-        except ConfigurationError as exc:
+        except MissingExtra as exc:
             assert {INSTALL_HINT!r} in str(exc)
         else:
             raise AssertionError("DigitsNet imported without torch")

@@ -12,7 +12,6 @@ Ray is imported only when it is chosen, so nothing here costs anything to a user
 
 from __future__ import annotations
 
-import contextlib
 import enum
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -23,6 +22,7 @@ from numpy.typing import NDArray
 
 from secagg.cohort import ClientGroup, Cohort, Reply, Tally
 from secagg.errors import ConfigurationError
+from secagg.extras import require
 from secagg.hazmat import prg
 from secagg.parallel import MaskApplier
 
@@ -76,8 +76,9 @@ def open_cohort(
     """The round's clients on ``backend``: ``workers`` processes (process) or batches (Ray;
     default one per CPU of the cluster). Use it as a context manager."""
     if backend is Backend.RAY:
-        with _needs_ray():
-            from secagg.backends.ray_backend import RayCohort
+        require("ray", "the ray backend")
+        from secagg.backends.ray_backend import RayCohort
+
         return RayCohort(group_of, ids, workers)
     return Cohort(group_of, ids, 1 if workers is None else workers)
 
@@ -88,20 +89,8 @@ MaskApplierFunction = Callable[[NDArray[np.unsignedinteger[Any]], Sequence[prg.M
 def mask_applier(backend: Backend, workers: int | None) -> MaskApplierFunction:
     """How the server regenerates masks on ``backend`` (by vector ranges, in parallel)."""
     if backend is Backend.RAY:
-        with _needs_ray():
-            from secagg.backends.ray_backend import RayMaskApplier
+        require("ray", "the ray backend")
+        from secagg.backends.ray_backend import RayMaskApplier
+
         return RayMaskApplier()
     return MaskApplier(workers)
-
-
-@contextlib.contextmanager
-def _needs_ray() -> Iterator[None]:
-    """Imports of the Ray backend: without Ray installed, one line that says what to do."""
-    try:
-        yield
-    except ImportError as exc:
-        if exc.name is None or exc.name.split(".")[0] != "ray":
-            raise
-        raise ConfigurationError(
-            "the ray backend needs Ray: pip install 'secagg[ray]' (or use backend 'process')"
-        ) from None

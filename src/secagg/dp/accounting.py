@@ -48,7 +48,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.dp.noise import Mechanism
-from secagg.errors import ConfigurationError, UsageError
+from secagg.errors import UsageError
+from secagg.extras import require
 
 __all__ = [
     "ORDERS",
@@ -71,14 +72,10 @@ _TAU_EXACT_TERMS = 1 << 20
 
 
 def require_dp_accounting() -> ModuleType:
-    """The ``dp_accounting`` package, or a ConfigurationError saying how to get it."""
-    try:
-        import dp_accounting  # type: ignore[import-untyped, import-not-found, unused-ignore]
-    except ImportError as exc:
-        raise ConfigurationError(
-            "distributed DP accounting needs Google's dp-accounting package: "
-            "install secagg[dp] (pip install 'secagg[dp]')"
-        ) from exc
+    """The ``dp_accounting`` package, or ``MissingExtra`` naming the ``dp`` extra."""
+    require("dp", "distributed DP accounting")
+    import dp_accounting  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
     module: ModuleType = dp_accounting
     return module
 

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError
+from secagg.extras import require
 
 __all__ = ["Dataset", "FederatedSplit", "load_digits_split"]
 
@@ -97,12 +98,9 @@ class FederatedSplit:
 
 @functools.cache
 def _digits() -> Dataset:
-    try:
-        from sklearn.datasets import load_digits  # type: ignore[import-untyped]
-    except ImportError as exc:  # the optional extra is missing: say which one
-        raise ImportError(
-            "secagg.fl needs scikit-learn for the digits data: pip install 'secagg[fl]'"
-        ) from exc
+    require("fl", "the digits data")
+    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+
     bunch = load_digits()
     # Pixel intensities are 0..16; [0, 1] keeps the first layer's inputs well scaled.
     x = np.asarray(bunch.data, dtype=np.float64) / 16.0

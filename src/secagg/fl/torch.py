@@ -21,7 +21,7 @@ int64 ``num_batches_tracked``, say) are kept out of the vector: they are never s
 
 Everything runs on the tensors' own devices; vectors are always float32 numpy arrays on the
 host. This module imports without torch installed (``import secagg.fl`` never imports it);
-using any adapter then raises ``ConfigurationError`` saying which extra to install. The
+using any adapter then raises ``MissingExtra`` saying which extra to install. The
 module is named after the framework it adapts (as ``safetensors.torch`` is); inside it,
 ``import torch`` is an absolute import and finds PyTorch, not this file. Import names from it
 (``from secagg.fl.torch import flatten``) rather than the module itself, whose name would
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.errors import ConfigurationError
+from secagg.errors import ConfigurationError, MissingExtra
 from secagg.fl.data import Dataset, FederatedSplit, load_digits_split
 from secagg.fl.fedavg import TrainingConfig
 from secagg.fl.model import ModelSpec
@@ -73,8 +73,6 @@ __all__ = [
     "unflatten",
 ]
 
-_INSTALL_HINT = "the PyTorch adapters need torch: pip install 'secagg[torch]'"
-
 # Params.max_weight's own bound: no deployment accepts a larger weight.
 MAX_WEIGHT = 2**31 - 1
 
@@ -86,7 +84,7 @@ TrainStep: TypeAlias = "Callable[[nn.Module, int], int]"
 
 def _require_torch() -> None:
     if _TORCH_MISSING is not None:
-        raise ConfigurationError(_INSTALL_HINT) from _TORCH_MISSING
+        raise MissingExtra("torch", "the PyTorch adapters", "torch") from _TORCH_MISSING
 
 
 if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name imported

@@ -65,7 +65,13 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.errors import ConfigurationError, CryptoError, DecodeError, UsageError
+from secagg.errors import (
+    ConfigurationError,
+    CryptoError,
+    DecodeError,
+    MissingExtra,
+    UsageError,
+)
 from secagg.hazmat.quantize import MAX_WEIGHT
 
 __all__ = [
@@ -115,17 +121,20 @@ _SEAL_MEMBER_BYTES = 32 + 1 + 8 + 8 + 8 + 8 + 8 + _SEAL_HEADER.size + 8
 
 
 def _tenseal() -> Any:
-    """TenSEAL, imported on first use: it is an optional dependency (the ``he`` extra)."""
+    """TenSEAL, imported on first use: it is an optional dependency (the ``he`` extra).
+
+    Its absence is ``MissingExtra``, as ``secagg.extras.require`` would raise it (hazmat
+    imports nothing of secagg but the errors, so it says so itself)."""
     try:
         import tenseal  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
         # Registers SEAL's Modulus with pybind11, which EncryptionParameters.coeff_modulus()
         # returns (without it the call fails to convert its result).
         import tenseal.sealapi  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    except ImportError as exc:  # pragma: no cover - only without the extra
-        raise ConfigurationError(
-            "CKKS aggregation needs the optional tenseal package: pip install 'secagg[he]'"
-        ) from exc
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] != "tenseal":
+            raise  # tenseal is there but broken: its own error says more
+        raise MissingExtra("he", "CKKS", "tenseal") from exc
     return tenseal
 
 
