@@ -155,3 +155,17 @@ def test_the_command_adds_the_dp_row_to_the_table_json_and_plots(tmp_path: Path)
     assert "privacy" in table.stdout and "secagg+-dp" in table.stdout
     bad = CliRunner().invoke(app, [*command[3:-2], "--dp-bits", "4"])
     assert bad.exit_code == 2 and "raise --dp-bits" in bad.output
+
+
+# ----------------------------------------------------------------- what it shows
+
+
+def test_the_table_never_cuts_a_scheme_s_name() -> None:
+    # Twelve columns in the 150 the table gets off a terminal: the scheme's column was cut
+    # to "secagg-ac…"; the other columns wrap instead.
+    table = CliRunner().invoke(app, ["compare", "--clients", "6", "--dim", "20"])
+    assert table.exit_code == 0, table.output
+    names = [
+        line.split("│")[1].strip() for line in table.stdout.splitlines() if line.startswith("│ ")
+    ]
+    assert [name for name in names if name] == list(SCHEMES)

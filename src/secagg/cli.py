@@ -1419,26 +1419,24 @@ def _print_compare(report: CompareReport) -> None:
         ),
         title_justify="left",
     )
-    for column in (
-        "scheme",
-        "included",
-        "client s",
-        "server s",
-        "up B/client",
-        "x float32",
-        "down B/client",
-        "max error (bound)",
-        "tolerates",
-        "server learns",
-        "to see one update",
-        "privacy",
-    ):
-        table.add_column(column, justify="left" if column[0] in "stmp" else "right")
-    for row in report.rows:
+    names = [
+        row.scheme if row.report.outcome == "completed" else f"{row.scheme} (aborted)"
+        for row in report.rows
+    ]
+    # The scheme's name is never cut, however narrow the terminal: the other columns wrap
+    # (and the table overflows the screen before a name loses a character).
+    table.add_column("scheme", no_wrap=True, min_width=max(map(len, names), default=6))
+    for column in ("included", "client s", "server s", "up B/client", "x float32"):
+        table.add_column(column, justify="right")
+    table.add_column("down B/client", justify="right")
+    table.add_column("max error (bound)", justify="right")
+    for column in ("tolerates", "server learns", "to see one update", "privacy"):
+        table.add_column(column)
+    for row, name in zip(report.rows, names, strict=True):
         r = row.report
         error = "-" if r.max_abs_error is None else f"{r.max_abs_error:.1e} ({r.error_bound:.0e})"
         table.add_row(
-            row.scheme if r.outcome == "completed" else f"{row.scheme} (aborted)",
+            name,
             f"{len(r.included)}/{r.clients}",
             f"{r.client_seconds:.4f}",
             f"{r.server_seconds:.4f}",
