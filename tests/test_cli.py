@@ -332,6 +332,30 @@ def test_simulate_prints_the_dp_guarantee_the_noise_the_clipping_and_the_wrap_bo
     assert "for this sum of 12 inputs" in out
 
 
+def test_when_most_clients_are_clipped_the_dp_report_suggests_a_clip_near_the_median_norm() -> None:
+    pytest.importorskip("dp_accounting")
+    common = ["simulate", "--clients", "15", "--dim", "300", "--dp-epsilon", "8", "--seed", "2"]
+    # Inputs uniform in (-1, 1)^300 have norms near sqrt(300 / 3) = 10: the default clip of 1
+    # shrinks every update tenfold.
+    figures = _dp_json(common[1:])
+    assert figures["clip_rate"] == 1.0
+    hint = figures["dp_clip_hint"]
+    assert hint == pytest.approx(10.0, rel=0.1)
+    assert hint == float(f"{hint:.2g}")  # two figures: a hint, not any one client's norm
+    table = runner.invoke(app, common)
+    assert table.exit_code == 0, table.output
+    out = " ".join(table.stdout.replace("│", " ").split())  # the cell wraps over table lines
+    assert (
+        "clip hint most updates were longer than the L2 clip 1, so the mean is shrunk toward 0; "
+        f"their median norm is about {hint:g}: try --dp-clip {hint:g}"
+    ) in out
+    # At that clip about half are clipped: no hint.
+    figures = _dp_json([*common[1:], "--dp-clip", f"{hint:g}"])
+    assert figures["clip_rate"] <= 0.5 and figures["dp_clip_hint"] is None
+    table = runner.invoke(app, [*common, "--dp-clip", f"{hint:g}"])
+    assert "clip hint" not in table.stdout
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -675,8 +675,10 @@ def _print_report(report: RoundReport, plan: DpPlan | None = None) -> None:
     if report.abort_reason:
         rows.append(("abort reason", report.abort_reason))
     clipped = "clipped clients" if plan is not None else "clipped values"
+    rows.append((clipped, f"{report.clipped_values} ({report.clip_rate:.2%})"))
+    if plan is not None and report.dp_clip_hint is not None:
+        rows.append(("clip hint", _clip_hint(report.dp_clip_hint, plan.config.l2_clip)))
     rows += [
-        (clipped, f"{report.clipped_values} ({report.clip_rate:.2%})"),
         ("seconds", f"{report.seconds:.3f}"),
         *[(f"  {s}", f"{t:.3f}") for s, t in report.stage_seconds.items()],
         ("upload per client", f"{report.upload_bytes_per_client:,.0f} B ({ratio:.2f}x float32)"),
@@ -693,6 +695,14 @@ def _print_report(report: RoundReport, plan: DpPlan | None = None) -> None:
     for key, value in rows:
         table.add_row(Text(key), Text(value))
     console.print(table)
+
+
+def _clip_hint(hint: float, clip: float) -> str:
+    """What to do when most updates were clipped (``RoundReport.dp_clip_hint``)."""
+    return (
+        f"most updates were longer than the L2 clip {clip:g}, so the mean is shrunk toward 0; "
+        f"their median norm is about {hint:g}: try --dp-clip {hint:g}"
+    )
 
 
 def _dp_rows(report: RoundReport, plan: DpPlan) -> list[tuple[str, str]]:
@@ -1450,6 +1460,10 @@ def _print_compare(report: CompareReport) -> None:
             row.privacy,
         )
     _wide_console().print(table)
+    for row in report.rows:
+        hint, clip = row.report.dp_clip_hint, row.report.details.get("dp_l2_clip")
+        if hint is not None and isinstance(clip, float | int):
+            _say(f"note: {row.scheme}: {_clip_hint(hint, float(clip))}")
 
 
 def _wide_console() -> Console:

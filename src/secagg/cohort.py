@@ -49,6 +49,9 @@ class Tally:
     contributed: set[int] = field(default_factory=set)
     clipped: int = 0
     client_seconds: float = 0.0  # time spent inside the clients' code, summed over clients
+    # The L2 norm of each input put in: the simulator's own knowledge (it made the inputs),
+    # from which a report draws only a rounded median, to suggest a DP clip.
+    norms: list[float] = field(default_factory=list, repr=False)
 
     def merge(self, other: Tally) -> None:
         self.weighted_sum += other.weighted_sum
@@ -56,6 +59,7 @@ class Tally:
         self.contributed |= other.contributed
         self.clipped += other.clipped
         self.client_seconds += other.client_seconds
+        self.norms += other.norms
 
 
 class ClientGroup:
@@ -118,6 +122,8 @@ class ClientGroup:
         self._tally.weighted_sum += w * self._reference(values)
         self._tally.weight_sum += w
         self._tally.contributed.add(i)
+        with np.errstate(over="ignore"):  # a norm beyond float64 is inf: clipped all the same
+            self._tally.norms.append(float(np.linalg.norm(values.astype(np.float64))))
 
     def tally(self) -> Tally:
         return self._tally

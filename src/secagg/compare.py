@@ -177,6 +177,7 @@ class Row:
             # The (epsilon, delta) guarantee of the revealed sum; None: no DP (an exact sum).
             "epsilon": r.epsilon,
             "privacy": self.privacy,
+            "dp_clip_hint": r.dp_clip_hint,
             "details": dict(r.details),
         }
 

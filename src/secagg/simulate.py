@@ -210,6 +210,10 @@ class RoundReport:
     max_abs_error: float | None  # against the weighted mean of the included inputs, clipped
     error_bound: float  # a hard bound; with distributed DP, one exceeded w.p. below 1e-9
     epsilon: float | None = None  # distributed DP: the guarantee of the sum actually revealed
+    # Distributed DP, when most clients' updates were clipped: an L2 clip near the median norm
+    # of the updates (two significant figures: a hint, not any one client's norm). None
+    # otherwise.
+    dp_clip_hint: float | None = None
 
     @property
     def protocol(self) -> str:
@@ -263,6 +267,7 @@ class RoundReport:
             "max_abs_error": self.max_abs_error,
             "error_bound": self.error_bound,
             "epsilon": self.epsilon,
+            "dp_clip_hint": self.dp_clip_hint,
         }
 
 
@@ -427,6 +432,7 @@ class _Outcome:
     server: _TimedServer
     meter: _Meter
     tally_clipped: int
+    tally_norms: list[float]
     client_seconds: float
     contributed: set[int]
     weighted_sum: NDArray[np.float64]
@@ -481,6 +487,7 @@ def _run(
         server,
         meter,
         tally.clipped,
+        tally.norms,
         tally.client_seconds,
         tally.contributed,
         tally.weighted_sum,
@@ -532,6 +539,12 @@ def _report(
     # DP clips each update's L2 norm (counted per client); the others clip values.
     per_client = "dp_mechanism" in details
     clip_units = len(outcome.contributed) * (1 if per_client else scheme.dim)
+    clip_hint = None
+    if per_client and 2 * outcome.tally_clipped > len(outcome.contributed):
+        # Most updates were scaled down to the clip: the mean shrinks toward 0 by their
+        # norm / clip. The median norm clips about half (the usual choice, Andrew et al.,
+        # "Differentially Private Learning with Adaptive Clipping", 2021).
+        clip_hint = float(f"{np.median(outcome.tally_norms):.2g}")
     inner = server.inner
     if isinstance(inner, Server):
         margin = inner.unmask_answers - inner.config.threshold if outcome.aggregate else None
@@ -562,6 +575,7 @@ def _report(
         max_abs_error=max_abs_error,
         error_bound=bound,
         epsilon=epsilon,
+        dp_clip_hint=clip_hint,
     )
 
 
