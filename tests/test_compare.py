@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from secagg.cli import app
-from secagg.compare import DP_SCHEME, SCHEMES, CompareOptions, run_compare
+from secagg.compare import DP_SCHEME, SCHEMES, CompareOptions, run_compare, write_plots
 from secagg.errors import ConfigurationError
 from secagg.service.settings import DpSettings
 from secagg.simulate import DropSchedule, root_randomness
@@ -169,3 +170,42 @@ def test_the_table_never_cuts_a_scheme_s_name() -> None:
         line.split("│")[1].strip() for line in table.stdout.splitlines() if line.startswith("│ ")
     ]
     assert [name for name in names if name] == list(SCHEMES)
+
+
+def test_the_plots_show_what_each_scheme_protects_and_the_sweeps_their_fixed_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+    from matplotlib.table import Table
+    from matplotlib.text import Text
+
+    texts: dict[str, list[str]] = {}
+    save = Figure.savefig
+
+    def read_then_save(figure: Figure, path: Path, **options: Any) -> None:
+        shown = [text.get_text() for text in figure.findobj(Text)]
+        for table in figure.findobj(Table):  # its cells' texts are not among its children
+            shown += [cell.get_text().get_text() for cell in table.get_celld().values()]
+        texts[Path(path).name] = shown
+        save(figure, path, **options)
+
+    monkeypatch.setattr(Figure, "savefig", read_then_save)
+    options = CompareOptions(
+        clients=4, dim=50, dropout=0.25, schemes=("plaintext", "secagg+", "ckks")
+    )
+    report = run_compare(options, sweep_clients=(4, 5), sweep_dim=(20, 50))
+    write_plots(report, tmp_path)
+    shown = texts["compare.png"]
+    assert "who must collude to see one update" in shown
+    for row in report.rows:
+        for cell in (row.tolerates, row.server_learns, row.to_see_one_update, row.privacy):
+            assert cell in shown, (row.scheme, cell)
+    assert (
+        "Over the number of clients, at 50 values, dropout 0.25 (random updates)"
+        in (texts["compare_clients.png"])
+    )
+    assert (
+        "Over the dimension, at 4 clients, dropout 0.25 (random updates)"
+        in (texts["compare_dim.png"])
+    )

@@ -365,7 +365,9 @@ def run_compare(
 
 def write_plots(report: CompareReport, directory: Path) -> list[Path]:
     """PNG plots of the comparison (and its sweeps) into ``directory`` (the ``bench`` extra:
-    matplotlib)."""
+    matplotlib). The comparison's costs sit above what each scheme protects (the table's
+    columns: the dropout it tolerates, what the server learns, who must collude to see one
+    update, the privacy of the sum), so a cheap bar is never read without its guarantee."""
     require("bench", "the plots")
     import matplotlib
 
@@ -381,7 +383,11 @@ def write_plots(report: CompareReport, directory: Path) -> list[Path]:
         for row in report.rows
     ]
     colours = [COLOURS.get(row.scheme, "#444444") for row in report.rows]
-    figure, axes = plt.subplots(1, 4, figsize=(18, 4.5))
+    # Costs on top; below them, one table row per scheme, as tall as the rows need.
+    table_height = 0.3 * (len(report.rows) + 1)
+    figure = plt.figure(figsize=(18, 5.2 + table_height))
+    grid = figure.add_gridspec(2, 4, height_ratios=(4.5, table_height))
+    axes = [figure.add_subplot(grid[0, i]) for i in range(4)]
     panels = (
         ("upload per client (x float32)", [r.to_json()["upload_vs_float32"] for r in report.rows]),
         ("client seconds", [r.report.client_seconds for r in report.rows]),
@@ -393,6 +399,7 @@ def write_plots(report: CompareReport, directory: Path) -> list[Path]:
         ax.set_title(title)
         ax.set_yscale("log")
         ax.tick_params(axis="x", rotation=45)
+    _protection_table(figure.add_subplot(grid[1, :]), report.rows, colours)
     o = report.options
     figure.suptitle(
         f"{o.clients} clients x {o.dim:,} values, dropout {o.dropout:g} ({report.source})"
@@ -403,25 +410,66 @@ def write_plots(report: CompareReport, directory: Path) -> list[Path]:
     plt.close(figure)
     written.append(path)
     for axis, points in report.sweeps.items():
-        figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        figure, sweep_axes = plt.subplots(1, 3, figsize=(15, 4.8))
         for name in (row.scheme for row in report.rows):
             mine = [p for p in points if p["scheme"] == name]
             xs = [p[axis] for p in mine]
             for ax, key in zip(
-                axes, ("client_seconds", "server_seconds", "upload_bytes_per_client"), strict=True
+                sweep_axes,
+                ("client_seconds", "server_seconds", "upload_bytes_per_client"),
+                strict=True,
             ):
                 ax.plot(xs, [p[key] for p in mine], marker="o", label=name, color=COLOURS.get(name))
                 ax.set_xscale("log")
                 ax.set_yscale("log")
                 ax.set_xlabel(axis)
                 ax.set_title(key.replace("_", " "))
-        axes[0].legend()
+        sweep_axes[0].legend()
+        # What stays fixed while the axis moves: without it the curves have no scale.
+        fixed = f"{o.dim:,} values" if axis == "clients" else f"{o.clients} clients"
+        figure.suptitle(
+            f"Over {'the number of clients' if axis == 'clients' else 'the dimension'}, at "
+            f"{fixed}, dropout {o.dropout:g} (random updates)"
+        )
         figure.tight_layout()
         path = directory / f"compare_{axis}.png"
         figure.savefig(path, dpi=110)
         plt.close(figure)
         written.append(path)
     return written
+
+
+def _protection_table(ax: Any, rows: Sequence[Row], colours: Sequence[str]) -> None:
+    """What each scheme protects, as a table under the cost panels (the same words as the
+    command's table)."""
+    ax.axis("off")
+    columns = (
+        "scheme",
+        "dropout tolerated",
+        "what the server learns",
+        "who must collude to see one update",
+        "privacy of the sum",
+    )
+    cells = [
+        [row.scheme, row.tolerates, row.server_learns, row.to_see_one_update, row.privacy]
+        for row in rows
+    ]
+    table = ax.table(
+        cellText=cells,
+        colLabels=columns,
+        colWidths=(0.09, 0.17, 0.31, 0.31, 0.12),
+        cellLoc="left",
+        bbox=(0.0, 0.0, 1.0, 1.0),  # the whole panel: one line of text per row
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    for (line, column), cell in table.get_celld().items():
+        cell.PAD = 0.02  # of the cell's width: matplotlib's 0.1 pushes long words out
+        if line == 0:
+            cell.set_text_props(weight="bold")
+        elif column == 0:
+            cell.set_text_props(color=colours[line - 1], weight="bold")
+    ax.set_title("what each scheme protects", loc="left")
 
 
 def demo_updates(clients: int, seed: int) -> NDArray[np.float32]:
