@@ -50,10 +50,18 @@ class Reply:
         return self.frame.abort.reason if self.frame.HasField("abort") else None
 
 
+@dataclass(frozen=True)
+class _EndStream:
+    """Ends the stream with this status, as a proxy, a load balancer or a dying server may."""
+
+    code: grpc.StatusCode
+    details: str
+
+
 class _Connection:
     def __init__(self) -> None:
         self.inbox: asyncio.Queue[pb.ClientFrame] = asyncio.Queue()
-        self.outbox: asyncio.Queue[pb.ServerFrame | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[pb.ServerFrame | _EndStream | None] = asyncio.Queue()
 
 
 class _Servicer(pb_grpc.CoordinatorServicer):
@@ -106,6 +114,8 @@ class _Servicer(pb_grpc.CoordinatorServicer):
                 outgoing = await conn.outbox.get()
                 if outgoing is None or reader.done():
                     break
+                if isinstance(outgoing, _EndStream):
+                    await context.abort(outgoing.code, outgoing.details)
                 await context.write(outgoing)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
@@ -181,6 +191,14 @@ class Adversary:
             self.connections[client].outbox.put_nowait(frame)
 
         self._run(send())
+
+    def end_stream(self, client: int, code: grpc.StatusCode, details: str = "") -> None:
+        """End the client's stream with status ``code`` (it is then no longer connected)."""
+
+        async def end() -> None:
+            self.connections[client].outbox.put_nowait(_EndStream(code, details))
+
+        self._run(end())
 
     def send_task(
         self, client: int, config: RoundConfig, model: bytes, step: int, round_id: int | None = None

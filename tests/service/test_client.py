@@ -5,11 +5,14 @@ is in test_wire_attacks.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from numpy.typing import NDArray
@@ -116,6 +119,110 @@ def test_a_temporary_refusal_is_retried_and_a_final_one_is_not(local: Local) -> 
         assert client.stats.reconnects == 2
     finally:
         adversary.stop()
+
+
+def _adversary(local: Local) -> Adversary:
+    config = local.config
+    assert config.tls is not None and config.allow_list is not None
+    return Adversary(
+        AllowList.load(config.allow_list),
+        load_tls_server_credentials(config.tls),
+        config.coordinator.max_message_bytes,
+    )
+
+
+def test_a_stream_ended_with_any_status_is_a_reconnection_within_the_retry_budget(
+    local: Local,
+) -> None:
+    """Every way a stream can end mid-session (a coordinator stopped or restarted, a proxy or
+    the network resetting it: any gRPC status) is one lost connection: the client connects
+    again, and the retry budget counts failures in a row, so no number of them uses it up."""
+    adversary = _adversary(local)
+    port = adversary.start()
+    codes = [code for code in grpc.StatusCode if code is not grpc.StatusCode.OK]
+    client = SecAggClient(
+        _settings(local, 0, f"127.0.0.1:{port}", max_attempts=2), random_task(0, DIM, 0)
+    )
+
+    def welcomed_again(previous: object, run: asyncio.Task[object]) -> object:
+        deadline = time.monotonic() + 60
+        while (conn := adversary.connections.get(0)) is None or conn is previous:
+            assert not run.done(), client.stats.events  # it gave up
+            assert time.monotonic() < deadline, client.stats.events
+            time.sleep(0.01)
+        return conn
+
+    async def scenario() -> None:
+        run: asyncio.Task[object] = asyncio.create_task(client.run())
+        conn: object = None
+        try:
+            for code in codes:
+                conn = await asyncio.to_thread(welcomed_again, conn, run)
+                await asyncio.to_thread(adversary.end_stream, 0, code, f"ended: {code.name}")
+            await asyncio.to_thread(welcomed_again, conn, run)
+            assert not run.done()  # (a client that gave up would have ended its run)
+        finally:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        adversary.stop()
+    lost = [e for e in client.stats.events if e.startswith("connection lost")]
+    assert len(lost) == len(codes)
+    assert all(f"ended: {code.name}" in e for code, e in zip(codes, lost, strict=True))
+
+
+def test_a_call_grpc_cancels_by_itself_is_a_lost_connection_and_a_stop_is_a_stop(
+    local: Local, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpc-aio raises CancelledError from a call it cancelled itself: the stream is gone,
+    the client is not stopped. Only a cancellation of the client's own task stops it."""
+    adversary = _adversary(local)
+    port = adversary.start()
+    client = SecAggClient(
+        _settings(local, 0, f"127.0.0.1:{port}", max_attempts=5), random_task(0, DIM, 0)
+    )
+    converse = client._converse
+    spurious = 3
+
+    async def cancelled_by_grpc(call: grpc.aio.StreamStreamCall) -> None:
+        if len(client.stats.events) < spurious:
+            raise asyncio.CancelledError  # (the client's task is not being cancelled)
+        await converse(call)
+
+    monkeypatch.setattr(client, "_converse", cancelled_by_grpc)
+
+    class Cancelled:
+        async def read(self) -> object:
+            raise asyncio.CancelledError
+
+    async def scenario() -> object:
+        # A read cancelled under the pump is said to the session, never left unsaid (the
+        # client would wait for ever between rounds on a stream that brings nothing).
+        inbox: asyncio.Queue[pb.ServerFrame | Exception] = asyncio.Queue()
+        await client._pump(Cancelled(), inbox)  # type: ignore[arg-type]
+        said = inbox.get_nowait()
+        run = asyncio.create_task(client.run())
+        await asyncio.to_thread(adversary.wait_for, [0])
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        return said
+
+    try:
+        said = asyncio.run(scenario())
+    finally:
+        adversary.stop()
+    assert isinstance(said, ConnectionError)
+    assert client.stats.events == [
+        "connection lost: the stream was cancelled",
+        "connection lost: the stream was cancelled",
+        "connection lost: the stream was cancelled",
+        "welcomed",
+    ]
 
 
 # ----------------------------------------------------------------- the update callback

@@ -29,6 +29,13 @@ three more (``_Patience``), which covers the longest an honest coordinator takes
 that keeps a client queued for longer is left, like a silent one: the client waits longer
 for a larger cohort, never for ever.
 
+However a stream or its channel ends (the coordinator stopped, killed or restarted, a proxy
+or the network resetting it, at any stage or while the client trains: any gRPC status, a
+write to a finished call, a call gRPC cancelled itself), the client has lost a connection,
+not its life: it connects again with backoff and takes part in the coordinator's next round
+with fresh keys. ``max_attempts`` counts failures in a row; a coordinator's welcome starts
+the count again, so no number of coordinator restarts uses the budget up.
+
 Every decision is the client session's (``secagg.client_session``): this class moves frames,
 runs the update callback and keeps time. What the client promised (the rounds and tasks it took
 part in, each attempt, the survivor set it signed, the shares it revealed, the privacy it
@@ -179,6 +186,10 @@ class SecAggClient:
         self._rounds = rounds
         self._on_stage = on_stage
         self.stats = ClientStats()
+        # The retry budget (``max_attempts`` failures in a row) and the backoff.
+        self._failures = 0
+        self._delay = settings.retry_initial
+        self._welcomed = False  # the session being tried got as far as the coordinator's welcome
         path = settings.journal
         if path is None:
             path = Path(tempfile.mkdtemp(prefix="secagg-client-")) / "client.journal"
@@ -204,46 +215,68 @@ class SecAggClient:
         certificate that does not verify (``Unreachable``) end the run at once: retrying would
         not help. Otherwise ``max_attempts`` failures in a row end it (``Unreachable``).
         """
-        delay = self.settings.retry_initial
-        failures = 0
+        self._delay = self.settings.retry_initial
+        self._failures = 0
         while not self._done():
+            self._welcomed = False
             try:
                 await self._session()
-                delay, failures = self.settings.retry_initial, 0
             except _Retry as exc:
-                failures += 1
-                self._failed(failures, f"refused for now: {exc}", delay)
+                self._failed(f"refused for now: {exc}")
             except grpc.aio.AioRpcError as exc:
                 if _certificate_failure(exc):
                     raise Unreachable(
                         f"the coordinator at {self.settings.target} presented a certificate "
                         "that does not verify against the deployment's CA"
                     ) from None
-                failures += 1
-                self._failed(failures, _rpc_reason(exc), delay)
+                # Any status: the coordinator stopped, restarted or vanished, a proxy or the
+                # network reset the stream. None of them is the client's end.
+                self._failed(_rpc_reason(exc))
             except (ConnectionError, OSError, EOFError, asyncio.InvalidStateError) as exc:
                 # A stream the coordinator closed while this client trained (it stopped or
                 # restarted) refuses the next write: the connection is lost, not the client.
-                failures += 1
-                self._failed(failures, one_line(str(exc)) or type(exc).__name__, delay)
+                self._failed(one_line(str(exc)) or type(exc).__name__)
+            except asyncio.CancelledError:
+                # grpc-aio raises CancelledError from a call it cancelled itself (a stream the
+                # channel gave up on); only a cancellation of this task is a stop.
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                self._failed("the stream was cancelled")
             if self._done():
                 break
             self.stats.reconnects += 1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.settings.retry_max)
+            await asyncio.sleep(self._delay)
+            self._delay = min(self._delay * 2, self.settings.retry_max)
         return self.stats
 
-    def _failed(self, failures: int, reason: str, delay: float) -> None:
+    def _welcome(self) -> None:
+        """The coordinator took this client: the retry budget counts failures in a row, so a
+        coordinator that restarts any number of times never uses it up."""
+        self._welcomed = True
+        self._delay, self._failures = self.settings.retry_initial, 0
+
+    def _failed(self, reason: str) -> None:
+        self._failures += 1
+        failures, delay = self._failures, self._delay
         self.stats.events.append(f"connection lost: {reason}")
         limit = self.settings.max_attempts
-        log.warning(
-            "client %d: no session with the coordinator at %s (attempt %d%s): %s",
-            self.client_id,
-            self.settings.target,
-            failures,
-            "" if limit is None else f" of {limit}",
-            reason,
-        )
+        if self._welcomed:  # (its first failure in a row: the welcome reset the count)
+            log.warning(
+                "client %d: lost the coordinator at %s: %s",
+                self.client_id,
+                self.settings.target,
+                reason,
+            )
+        else:
+            log.warning(
+                "client %d: no session with the coordinator at %s (attempt %d%s): %s",
+                self.client_id,
+                self.settings.target,
+                failures,
+                "" if limit is None else f" of {limit}",
+                reason,
+            )
         if limit is not None and failures >= limit:
             raise Unreachable(
                 f"gave up on the coordinator at {self.settings.target} after {failures} "
@@ -294,6 +327,13 @@ class SecAggClient:
                     return
                 inbox.put_nowait(frame)
                 del frame  # the inbox has it; not kept while the next one is awaited
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the session is over: nobody reads the inbox any more
+            # A read grpc-aio cancelled itself: the stream is gone. Said, or the client would
+            # wait for ever between rounds on a stream that will bring nothing.
+            inbox.put_nowait(ConnectionError("the stream was cancelled"))
         except Exception as exc:
             inbox.put_nowait(exc)
 
@@ -319,6 +359,7 @@ class SecAggClient:
                 raise _Retry(one_line(answer.reject.reason))
             raise Rejected(one_line(answer.reject.reason))
         self.stats.events.append("welcomed")
+        self._welcome()
         inbox: asyncio.Queue[pb.ServerFrame | Exception] = asyncio.Queue()
         pump = asyncio.create_task(self._pump(call, inbox))
         try:
