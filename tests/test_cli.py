@@ -410,3 +410,23 @@ def test_beyond_its_bound_a_dp_mean_is_reported_not_a_bug_while_quantisation_is_
     assert "high-probability bound" in message and "raise --dp-bits" in message
     message, bug = error_verdict(wrapped, None)
     assert bug and message is not None and "this is a bug" in message
+
+
+def test_flower_nodes_writes_the_allow_list_and_one_identity_per_node(tmp_path: Path) -> None:
+    from secagg.flower.nodes import FlowerNodes, NodeIdentity
+
+    ids = ["7", str(2**64 - 1)]
+    result = CliRunner().invoke(
+        app, ["flower-nodes", "--out", str(tmp_path / "n"), "--identities", *ids]
+    )
+    assert result.exit_code == 0, result.output
+    nodes = FlowerNodes.load(tmp_path / "n" / "nodes.toml")
+    assert nodes.node_ids == {7, 2**64 - 1}
+    for node_id in nodes.node_ids:
+        identity = NodeIdentity.load(tmp_path / "n" / f"node-{node_id}.key")
+        assert nodes.identities[node_id] == identity.signing_key.public
+    again = CliRunner().invoke(app, ["flower-nodes", "--out", str(tmp_path / "n"), "7"])
+    assert again.exit_code == 2
+    assert again.output.strip().splitlines() == [
+        f"error: {tmp_path / 'n' / 'nodes.toml'} already exists; refusing to overwrite it"
+    ]

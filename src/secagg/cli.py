@@ -1200,6 +1200,35 @@ def history(
         _say(budget_line)
 
 
+@app.command("flower-nodes")
+def flower_nodes(
+    node_ids: Annotated[
+        list[int],
+        typer.Argument(
+            help="The SuperNodes' ids, as `flwr supernode register` printed them.",
+            metavar="NODE_ID...",
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="The folder to write nodes.toml and the keys in.")],
+    identities: Annotated[
+        bool,
+        typer.Option(help="Also write each node's identity key (node-<id>.key): active mode."),
+    ] = False,
+) -> None:
+    """Write a Flower deployment's nodes.toml: the allow-list of its SuperNodes' ids and,
+    with --identities, each node's Ed25519 identity (its key, for that node only, and the
+    public keys every node and the ServerApp check signatures against)."""
+    from secagg.flower.nodes import NODES_FILE, node_key_file, provision_nodes
+
+    try:
+        nodes = provision_nodes(out, node_ids, identities=identities)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    _say(f"wrote {out / NODES_FILE}: {len(nodes.node_ids)} node(s)")
+    for node_id in sorted(nodes.identities):
+        _say(f"wrote {node_key_file(out, node_id)} (give it to node {node_id} only)")
+
+
 @app.command()
 def demo(
     clients: Annotated[int, typer.Option(help="Client processes.")] = 10,
