@@ -86,8 +86,21 @@ def test_a_client_refuses_a_coordinator_whose_deployment_asks_less_noise(tmp_pat
         ("max_weight = 1", "max_weight = 3", "max_weight must be 1"),
         ("sampling_rate = 1.0", "sampling_rate = 2.0", "dp.sampling_rate must be in (0, 1]"),
         ("rounds = 3", "rounds = 3\nbeta = 0.5", "unknown key dp.beta"),
+        ("bits = 20", 'bits = "20"', "dp.bits must be an integer"),
+        ("epsilon = 8.0", 'epsilon = "8"', "dp.epsilon must be a number"),
     ],
-    ids=["bits", "epsilon", "both", "mechanism", "no-clip", "weights", "sampling", "unknown"],
+    ids=[
+        "bits",
+        "epsilon",
+        "both",
+        "mechanism",
+        "no-clip",
+        "weights",
+        "sampling",
+        "unknown",
+        "int-type",
+        "float-type",
+    ],
 )
 def test_a_mistake_in_the_dp_section_is_one_line_naming_the_key(
     tmp_path: Path, line: str, replacement: str, message: str

@@ -567,6 +567,16 @@ def _check_client_timeout(client_timeout: float, coordinator_timeout: float, pat
         )
 
 
+# How an error names the type a key needs (never "a int").
+_KIND_NAMES: dict[type, str] = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list",
+}
+
+
 def _section(data: dict[str, Any], name: str, keys: dict[str, type], path: Path) -> dict[str, Any]:
     section = data.get(name, {})
     if not isinstance(section, dict):
@@ -579,6 +589,6 @@ def _section(data: dict[str, Any], name: str, keys: dict[str, type], path: Path)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigurationError(f"{path}: {name}.{key} must be a {kind.__name__}")
+            raise ConfigurationError(f"{path}: {name}.{key} must be {_KIND_NAMES[kind]}")
         out[key] = value
     return out
