@@ -77,6 +77,7 @@ from secagg.schemes.upload import CohortConfig
 from secagg.service.ledger import Ledger, RoundOutcome, RoundPrivacy, account_round
 from secagg.service.metrics import Metrics, NullMetrics
 from secagg.service.settings import CoordinatorSettings
+from secagg.service.testhooks import hold, hold_points
 from secagg.service.transport import Connection, Transport
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.wire import encode_model, task_digest
@@ -178,6 +179,9 @@ class _Delivery:
         self.limit = started + timeout * (self.windows + 1)
         self.next_refresh = started + timeout / 2
         self._late: list[tuple[float, int]] = []  # (when, client): a heap
+        # Deadlines started (messages written, or none to send); the test hook's "training"
+        # point (``secagg.service.testhooks``) waits for every task to be written.
+        self.written_count = 0
         self._wake = wake
 
     def late_from(self, client_id: int, when: float) -> None:
@@ -185,6 +189,7 @@ class _Delivery:
         if not self._late:
             self._wake()  # the stage's loop may be asleep until a later moment
         heapq.heappush(self._late, (when + self.timeout, client_id))
+        self.written_count += 1
 
     def written(self, client_id: int) -> Callable[[], None]:
         return lambda: self.late_from(client_id, time.perf_counter())
@@ -255,6 +260,8 @@ class RoundRunner:
         self._metrics: Metrics = NullMetrics() if metrics is None else metrics
         self._on_stage = on_stage
         self._round: _Round | None = None
+        # Test-only (``secagg.service.testhooks``): empty unless SECAGG_TEST_HOLD is set.
+        self._hold = hold_points()
         transport.listener = self
 
     # ----------------------------------------------------------------- what clients send
@@ -401,8 +408,15 @@ class RoundRunner:
             await self._stage_started(active.round_id, stage)
             expected = server.waiting_for()
             active.peak = _resident_bytes()
+            first = closing is None
+            if first and "task" in self._hold:
+                await hold(active.round_id, "task")
             self._deliver(active, outgoing)
+            if first and "training" in self._hold:
+                await self._hold_once_written(active, expected)
             await self._await_stage(active)
+            if stage.value in self._hold:
+                await hold(active.round_id, stage.value)
             active.delivery = None
             answered = len(expected - server.waiting_for() - server.drops.keys())
             closing = _Closing(
@@ -417,6 +431,15 @@ class RoundRunner:
             self._stage_closed(active, closing)
         for name, seconds in active.run.stage_seconds.items():
             self.ledger.record_stage(active.round_id, name, seconds)
+
+    async def _hold_once_written(self, active: _Round, sent: frozenset[int]) -> None:
+        """Test-only: hold the round once the task of every client still in it is written
+        (a written message starts its client's deadline)."""
+        delivery = active.delivery
+        assert delivery is not None
+        while delivery.written_count < len(sent - active.server.drops.keys()):
+            await asyncio.sleep(0.01)
+        await hold(active.round_id, "training")
 
     def _stage_closed(self, active: _Round, closing: _Closing) -> None:
         """Metrics, log and ledger for a stage the engine has just closed."""

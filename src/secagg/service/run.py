@@ -29,9 +29,10 @@ from typing import Any
 
 import grpc
 import numpy as np
+from numpy.typing import NDArray
 
 from secagg.dp.budget import ClientBudget
-from secagg.errors import ConfigurationError, LedgerError, SecAggError, one_line
+from secagg.errors import ConfigurationError, DecodeError, LedgerError, SecAggError, one_line
 from secagg.params import Params
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
@@ -207,7 +208,10 @@ async def serve(
     model_out: Path | None = None,
     metrics: Metrics | None = None,
 ) -> list[RoundSummary]:
-    """Run ``rounds`` rounds of federated averaging, from the task's initial model.
+    """Run ``rounds`` rounds of federated averaging, from the task's initial model moved by
+    every completed round of the ledger: a restarted coordinator carries on where the last
+    one stopped. A round's training step is its place in the ledger (its id minus one), so no
+    two rounds of a ledger send the same (model, step), which clients would refuse.
 
     After each completed round the model moves by the revealed mean update, and with
     ``model_out`` it is written there (atomically), so the file always holds the newest
@@ -217,15 +221,19 @@ async def serve(
         raise ConfigurationError(f"--rounds must be a positive integer, got {rounds!r}")
     if model_out is not None:
         check_writable(model_out, "the model")
-    model = initial_model(config.task, config.params.dim)
     summaries: list[RoundSummary] = []
     with Ledger(config.ledger) as ledger:
         coordinator = make_coordinator(config, ledger=ledger, metrics=metrics)
+        model = _resumed_model(ledger, initial_model(config.task, config.params.dim))
         with _StopOnSignal() as stop:
             try:
                 await coordinator.start()
                 try:
-                    for step in range(rounds):
+                    for _ in range(rounds):
+                        # The training step is the round's place in the ledger, so that a
+                        # restarted coordinator never sends a (model, step) its clients have
+                        # already put into a sum: they would refuse it (replayed-task).
+                        step = ledger.next_round_id() - 1
                         summary = await coordinator.run_round(model, step=step)
                         summaries.append(summary)
                         if summary.aggregate is not None:
@@ -244,6 +252,26 @@ async def serve(
                 log.warning("%s", Stopped(stop.received))
                 raise stop.stopped() from None
     return summaries
+
+
+def _resumed_model(ledger: Ledger, model: NDArray[np.float32]) -> NDArray[np.float32]:
+    """The model after the ledger's completed rounds (what ``--model-out`` was last given):
+    a restarted coordinator carries on training where its predecessor stopped."""
+    completed = [
+        r.round_id
+        for r in ledger.rounds()
+        if r.outcome is RoundOutcome.COMPLETED and r.dim == model.size
+    ]
+    try:
+        for round_id in completed:
+            model = (model + ledger.aggregate(round_id)).astype(np.float32)
+    except DecodeError as exc:
+        raise LedgerError(f"cannot resume from the ledger {ledger.path}: {exc}") from None
+    if completed:
+        log.info(
+            "resuming from the ledger: the model after its %d completed round(s)", len(completed)
+        )
+    return model
 
 
 def serve_failed(summaries: list[RoundSummary]) -> str | None:

@@ -1,0 +1,59 @@
+"""Test-only: a coordinator that holds its round at a chosen point, so that a test can stop or
+kill a real ``secagg serve`` process exactly there.
+
+Inert in production: nothing happens unless the environment variable ``SECAGG_TEST_HOLD``
+is set when the coordinator starts, and no operator should ever set it (a held round never
+ends by itself). Its value is a comma-separated list of points:
+
+- ``task``: the round is in the ledger and its cohort chosen; no task has been sent yet;
+- ``training``: every task of the round's first stage has been written to its client (the
+  clients are training);
+- a stage's name (``commit``, ``reveal``, ``advertise``, ``share``, ``masked-input``,
+  ``consistency``, ``unmask``, ``upload``, ``decrypt``): every client still in the round has
+  answered that stage, and the coordinator has not closed it yet.
+
+At the first of these points a round reaches, the coordinator logs one line (``HELD_LINE``,
+which a test waits for in its log) and waits for ever: the test then sends the signal it is
+testing (SIGINT, SIGTERM, SIGKILL), which ends the wait as it would end any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+__all__ = ["HELD_LINE", "HOLD_ENV", "HOLD_POINTS", "hold", "hold_points"]
+
+log = logging.getLogger("secagg.coordinator")
+
+HOLD_ENV = "SECAGG_TEST_HOLD"
+HELD_LINE = "held by SECAGG_TEST_HOLD"
+HOLD_POINTS = frozenset(
+    {
+        "task",
+        "training",
+        "commit",
+        "reveal",
+        "advertise",
+        "share",
+        "masked-input",
+        "consistency",
+        "unmask",
+        "upload",
+        "decrypt",
+    }
+)
+
+
+def hold_points() -> frozenset[str]:
+    """The points named by ``SECAGG_TEST_HOLD`` (empty, as in production, when it is unset);
+    an unknown name is ignored, so a typo holds nothing (the test waiting for it fails)."""
+    value = os.environ.get(HOLD_ENV, "")
+    return frozenset(p.strip() for p in value.split(",") if p.strip() in HOLD_POINTS)
+
+
+async def hold(round_id: int, point: str) -> None:
+    """Log that round ``round_id`` is held at ``point`` and wait until cancelled."""
+    log.warning("round %d: %s at %s", round_id, HELD_LINE, point)
+    await asyncio.Event().wait()
