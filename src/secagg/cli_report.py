@@ -23,7 +23,13 @@ from rich.text import Text
 
 from secagg.errors import one_line
 from secagg.service.files import check_writable, write_array
-from secagg.service.ledger import Ledger, RoundOutcome, RoundPrivacy, RoundRecord
+from secagg.service.ledger import (
+    Ledger,
+    RoundOutcome,
+    RoundPrivacy,
+    RoundRecord,
+    describe_drops,
+)
 
 if TYPE_CHECKING:  # the coordinator (and gRPC) only where one runs
     from secagg.service.rounds import RoundSummary
@@ -115,8 +121,10 @@ def format_rounds_table(records: Sequence[RoundRecord]) -> Table:
                     f"{p.epsilon_spent:.3g} ({p.epsilon_target:.3g} over {p.target_rounds})",
                 ]
             )
-        # The reason is text from the ledger: never markup.
-        table.add_row(*cells, Text(r.abort_reason or ""))
+        # The reason is text from the ledger: never markup. A completed round's reason is
+        # who dropped, where and why.
+        reason = r.abort_reason if r.outcome is RoundOutcome.ABORTED else describe_drops(r.drops)
+        table.add_row(*cells, Text(reason or ""))
     if dp:
         table.caption = (
             "epsilon: the (epsilon, delta) guarantee of the sum the round revealed; spent: "
@@ -146,6 +154,8 @@ def round_line(summary: RoundSummary) -> Text:
     )
     if summary.abort_reason:
         text += f" ({summary.abort_reason})"
+    elif summary.drops:  # a completed round: who dropped, where and why
+        text += f"; {summary.drops}"
     if summary.privacy is not None:
         text += f"; {privacy_text(summary.privacy)}"
     return Text(text)

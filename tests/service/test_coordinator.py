@@ -18,7 +18,9 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 
+from secagg.cli_report import format_rounds_table, round_line
 from secagg.errors import DropReason
 from secagg.service.client import ClientSettings, Rejected, SecAggClient
 from secagg.service.coordinator import Coordinator, RoundSummary
@@ -28,7 +30,7 @@ from secagg.service.credentials import (
     load_ca,
     sign_challenge,
 )
-from secagg.service.ledger import Ledger, RoundOutcome
+from secagg.service.ledger import DropRecord, Ledger, RoundOutcome
 from secagg.service.metrics import CoordinatorMetrics, MetricsEndpoint, serve_metrics
 from secagg.service.run import client_policy, make_coordinator
 from secagg.service.tasks import random_task
@@ -228,6 +230,9 @@ def test_a_client_superseded_mid_round_is_dropped_as_disconnected_at_once(local:
     assert summary.outcome == "completed", summary.abort_reason
     assert summary.included == (0, 1, 2, 3)
     assert summary.dropped[4] == ("commit", "disconnected")
+    assert summary.drops == (
+        "dropped: client 4 at commit (disconnected: connected again: its previous stream is closed)"
+    )
     # Not at the 10 s stage deadline, as a stale stream that nobody replaced would be.
     assert seconds < local.config.coordinator.stage_timeout / 2
 
@@ -340,6 +345,79 @@ def test_a_misbehaving_client_is_dropped_while_the_round_goes_on(
     assert second.aggregate is not None
     bound = local.config.params.quantizer.error_bound()
     assert np.max(np.abs(second.aggregate - expected_mean((0, 1, 2, 3), step=1))) <= bound
+
+
+TEN = 10
+
+
+async def _round_with_drops(local: Local) -> tuple[RoundSummary, Ledger]:
+    """Ten clients (each with 6 neighbours: three drops never leave one below t = 2): 3 loses
+    its connection at unmask (its input is in the sum, the others reveal its self mask); 4's
+    update callback raises (it leaves the round with its typed reason); 5 is a stream that
+    never answers; the others are honest."""
+    config = local.config
+    ledger = Ledger(config.ledger)
+    running: dict[int, asyncio.Task[object]] = {}
+
+    def on_stage(round_id: int, stage: str) -> None:
+        if stage == "unmask":
+            running[3].cancel()  # its channel closes with it
+
+    def raises(model: object, step: int) -> tuple[np.ndarray, int]:
+        raise RuntimeError("out of memory on the device")
+
+    coordinator = make_coordinator(config, ledger=ledger, on_stage=on_stage)
+    port = await coordinator.start()
+    for c in (c for c in range(TEN) if c != 5):
+        client = _client(local, c, port, rounds=1)
+        if c == 4:
+            client._update = raises
+        running[c] = asyncio.create_task(client.run())
+    silent = RawClient(local, 5, port)
+    await silent.hello()
+    assert await coordinator.wait_for_clients(TEN, 30)
+    summary = await coordinator.run_round(np.zeros(DIM, dtype=np.float32))
+    for task in running.values():
+        task.cancel()
+    await asyncio.gather(*running.values(), return_exceptions=True)
+    await silent.channel.close()
+    await coordinator.stop()
+    return summary, ledger
+
+
+def test_a_completed_round_names_each_dropped_client_where_and_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The round's line (serve's report), its log line, its ledger rows and `secagg rounds`
+    all say who dropped, at which stage, and why: a lost connection, a deadline, a client's
+    own typed reason for leaving."""
+    caplog.set_level(logging.INFO, logger="secagg.coordinator")
+    deployment = create_deployment(tmp_path, TEN)
+    config = write_config(tmp_path, deployment, stage_timeout=3.0, clients=TEN)
+    summary, ledger = asyncio.run(_round_with_drops(Local(tmp_path, deployment, config)))
+    assert summary.outcome == "completed", summary.abort_reason
+    assert summary.included == (0, 1, 2, 3, 6, 7, 8, 9)
+    dropped = (
+        "dropped: "
+        "client 4 at commit (client-aborted: update-failed: the update callback raised "
+        "RuntimeError), "
+        "client 5 at commit (missed-commit: no answer within 3 s of its message), "
+        "client 3 at unmask (disconnected: connection lost)"
+    )
+    assert round_line(summary).plain == (
+        f"round 1: completed, 8 of 10 included, {summary.seconds:.2f} s; {dropped}"
+    )
+    assert f"round 1 completed: 8 included; {dropped}" in caplog.messages
+    record = ledger.round(1)
+    assert record.drops == (
+        DropRecord(4, "commit", "client-aborted", "update-failed: the update callback raised "
+                   "RuntimeError"),
+        DropRecord(5, "commit", "missed-commit", "no answer within 3 s of its message"),
+        DropRecord(3, "unmask", "disconnected", "connection lost"),
+    )  # fmt: skip
+    console = Console(width=1000, record=True)
+    console.print(format_rounds_table(ledger.rounds()))
+    assert dropped in console.export_text()
 
 
 # ----------------------------------------------------------------- operator metrics

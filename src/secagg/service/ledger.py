@@ -80,6 +80,7 @@ __all__ = [
     "RoundPrivacy",
     "RoundRecord",
     "account_round",
+    "describe_drops",
     "dp_series",
 ]
 
@@ -117,6 +118,30 @@ class DropRecord:
     stage: str
     reason: str
     detail: str
+
+
+# Dropped clients named in one line (a round's line, its log line, ``secagg rounds``); the
+# ledger itself keeps every drop.
+_NAMED_DROPS = 10
+
+
+def describe_drops(drops: Sequence[DropRecord]) -> str:
+    """Each dropped client, its stage, its typed reason and the detail, e.g. "dropped: client 3
+    at advertise (disconnected: connection lost), client 5 at commit (client-aborted:
+    update-failed: the update callback raised ValueError)": the first ten clients, then how
+    many more. Empty when nobody dropped. (The round's line, its log line and ``secagg
+    rounds`` all say it so.)"""
+    if not drops:
+        return ""
+    named = [
+        f"client {d.client_id} at {d.stage} ({d.reason}: {d.detail})"
+        if d.detail
+        else f"client {d.client_id} at {d.stage} ({d.reason})"
+        for d in drops[:_NAMED_DROPS]
+    ]
+    if len(drops) > _NAMED_DROPS:
+        named.append(f"and {len(drops) - _NAMED_DROPS} more (the ledger lists them)")
+    return "dropped: " + ", ".join(named)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ more. It keeps no list of stages and dispatches no message itself. There is no p
 path: clients only ever send protocol messages. A client that misses a deadline, disconnects
 or misbehaves is dropped with a reason and the round goes on while enough remain; when it
 cannot, the abort reason says what happened to whom (how many clients dropped where, and
-why) before the scheme's own reason.
+why) before the scheme's own reason. A completed round's log line, summary and ledger name
+each client that dropped, its stage, its typed reason and the detail, which is never empty
+(``connection lost``, the deadline it missed, the reason a client gave for leaving).
 
 Flow control keeps the coordinator's memory independent of how many clients upload: it is
 O(dim x W + clients x degree) for an upload window of W clients (``upload_window``). Every
@@ -65,6 +67,7 @@ from secagg.errors import (
     RoundAborted,
     SecAggError,
     UsageError,
+    one_line,
 )
 from secagg.hazmat import prg
 from secagg.protocol.messages import Message, RoundConfig
@@ -74,7 +77,14 @@ from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.upload import CohortConfig
-from secagg.service.ledger import Ledger, RoundOutcome, RoundPrivacy, account_round
+from secagg.service.ledger import (
+    DropRecord,
+    Ledger,
+    RoundOutcome,
+    RoundPrivacy,
+    account_round,
+    describe_drops,
+)
 from secagg.service.metrics import Metrics, NullMetrics
 from secagg.service.settings import CoordinatorSettings
 from secagg.service.testhooks import hold, hold_points
@@ -82,7 +92,14 @@ from secagg.service.transport import Connection, Transport
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.wire import encode_model, task_digest
 
-__all__ = ["NoCohort", "RoundRunner", "RoundSummary", "describe_abort"]
+__all__ = [
+    "NoCohort",
+    "RoundRunner",
+    "RoundSummary",
+    "describe_abort",
+    "drop_detail",
+    "drop_records",
+]
 
 log = logging.getLogger("secagg.coordinator")
 
@@ -115,6 +132,8 @@ class RoundSummary:
     error_bound: float | None = None
     # Distributed DP (completed rounds): the revealed sum's epsilon and the epsilon spent.
     privacy: RoundPrivacy | None = None
+    # Who dropped, where and why, as words (``describe_drops``; empty when nobody dropped).
+    drops: str = ""
 
 
 class _TimedMasks:
@@ -279,8 +298,10 @@ class RoundRunner:
             server.receive(conn.client_id, frame.protocol)
         elif kind == "abort":
             if frame.abort.round_id == active.round_id:
+                # The client's typed reason, and its own words (one line: they are its text).
                 reason = _abort_reason(frame.abort.reason)
-                detail = f"{reason}: {frame.abort.detail}"[:200]
+                words = one_line(frame.abort.detail)
+                detail = (f"{reason}: {words}" if words else reason)[:200]
                 log.warning("client %d left round %d: %s", conn.client_id, active.round_id, detail)
                 server.drop(conn.client_id, DropReason.CLIENT_ABORTED, detail)
         else:
@@ -290,7 +311,11 @@ class RoundRunner:
     def on_disconnect(self, conn: Connection) -> None:
         active = self._round
         if active is not None and conn.client_id in active.cohort:
-            active.server.drop(conn.client_id, DropReason.DISCONNECTED)
+            active.server.drop(
+                conn.client_id,
+                DropReason.DISCONNECTED,
+                _RECONNECTED if conn.superseded else _CONNECTION_LOST,
+            )
             self._check_progress(active)
 
     def _check_progress(self, active: _Round) -> None:
@@ -465,7 +490,11 @@ class RoundRunner:
         for drop in active.run.new_drops():
             self._metrics.client_dropped(drop.stage, drop.reason)
             self.ledger.record_drop(
-                active.round_id, drop.client_id, drop.stage.value, drop.reason.value, drop.detail
+                active.round_id,
+                drop.client_id,
+                drop.stage.value,
+                drop.reason.value,
+                drop_detail(drop),
             )
 
     async def _stage_started(self, round_id: int, stage: Stage) -> None:
@@ -554,7 +583,7 @@ class RoundRunner:
         travels in a Task, with the model; its deadline starts once it is written."""
         conn = self._transport.connection(c)
         if conn is None:
-            active.server.drop(c, DropReason.DISCONNECTED)
+            active.server.drop(c, DropReason.DISCONNECTED, _CONNECTION_LOST)
             return
         delivery = active.delivery
         written = None if delivery is None else delivery.written(c)
@@ -678,7 +707,13 @@ class RoundRunner:
         )
         self._metrics.round_finished(RoundOutcome.COMPLETED)
         self._tell(active, True, result.included, "")
-        log.info("round %d completed: %d included", active.round_id, len(result.included))
+        drops = describe_drops(drop_records(server.drops))
+        log.info(
+            "round %d completed: %d included%s",
+            active.round_id,
+            len(result.included),
+            f"; {drops}" if drops else "",
+        )
         return RoundSummary(
             active.round_id,
             RoundOutcome.COMPLETED,
@@ -695,6 +730,7 @@ class RoundRunner:
             scheme=self.scheme.kind.value,
             error_bound=result.error_bound,
             privacy=privacy,
+            drops=drops,
         )
 
     def _interrupted(self, active: _Round, why: str) -> None:
@@ -733,6 +769,29 @@ _DROP_WORDS = {
     DropReason.BAD_REVEAL: "revealed what they had not committed",
 }
 _STAGE_ORDER = {stage: index for index, stage in enumerate(Stage)}
+
+
+# What a drop's detail says when the scheme gave none: every drop in the ledger has words.
+_CONNECTION_LOST = "connection lost"
+_RECONNECTED = "connected again: its previous stream is closed"
+
+
+def drop_detail(drop: Drop) -> str:
+    """A drop's detail: the scheme's words or, where it gave none (a deadline missed when the
+    stage closed, a lost connection), the reason's."""
+    if drop.detail:
+        return drop.detail
+    if drop.reason is DropReason.DISCONNECTED:
+        return _CONNECTION_LOST
+    if drop.reason.value.startswith("missed-"):
+        return "no answer before the stage closed"
+    return ""
+
+
+def drop_records(drops: Mapping[int, Drop]) -> list[DropRecord]:
+    """The drops as the ledger records them, in the order of the stages, then of the ids."""
+    ordered = sorted(drops.values(), key=lambda d: (_STAGE_ORDER[d.stage], d.client_id))
+    return [DropRecord(d.client_id, d.stage.value, d.reason.value, drop_detail(d)) for d in ordered]
 
 
 def describe_abort(abort: RoundAborted, drops: Mapping[int, Drop]) -> str:
