@@ -381,7 +381,35 @@ def test_serve_without_a_cohort_in_time_fails_in_one_line_and_starts_no_round(lo
     assert code == 1
     line = _last_line(stderr, stdout)
     assert "only 0 of the 3 clients a round needs (min_clients) connected" in line
+    assert line.endswith("; not connected: clients 0, 1, 2, 3, 4, 5")
+    assert "every client this deployment has" not in stderr  # 3 of 6 leaves room: no warning
     assert _rounds(local.config.ledger) == []
+
+
+def test_serve_warns_when_min_clients_leaves_no_room_and_a_stall_says_who_it_waits_for(
+    local: Local,
+) -> None:
+    everyone = str(CLIENTS)
+    code, stdout, stderr = _run(
+        "serve", "--config", str(local.config_path), "--min-clients", everyone,
+        "--cohort-wait", "0.5",
+    )  # fmt: skip
+    assert code == 1
+    missing = "clients 0, 1, 2, 3, 4, 5"
+    warning, waiting = (
+        "min_clients is 6, every client this deployment has (6): a client lost for good stops "
+        "the next round (serve waits cohort_wait, 0.5 s, for it, then exits); --min-clients 5 "
+        "would carry on without it",
+        f"waiting up to 0.5 s (cohort_wait) for 6 clients (min_clients): 0 connected; not "
+        f"connected: {missing}",
+    )
+    lines = [line.split(" WARNING ", 1)[-1].split(" INFO ", 1)[-1] for line in stderr.splitlines()]
+    assert warning in lines and waiting in lines, stderr
+    assert lines.index(warning) < lines.index(waiting)  # said at start, before any wait
+    assert _last_line(stderr, stdout) == (
+        "error: only 0 of the 6 clients a round needs (min_clients) connected within 0.5 s "
+        f"(cohort_wait); not connected: {missing}"
+    )
 
 
 def test_serve_whose_round_aborts_says_why_and_exits_1(local: Local, servers: list[Serve]) -> None:

@@ -327,15 +327,31 @@ class RoundRunner:
 
     # ----------------------------------------------------------------- a round
     async def cohort(self) -> tuple[int, ...]:
-        """Every connected client (up to max_clients), once min_clients are connected."""
+        """Every connected client (up to max_clients), once min_clients are connected. A wait
+        says what it waits for: how many, and which allow-listed clients are missing."""
         settings = self.settings
+        if len(self._transport.connected) < settings.min_clients:
+            log.info(
+                "waiting up to %g s (cohort_wait) for %d clients (min_clients): %d connected; "
+                "not connected: %s",
+                settings.cohort_wait,
+                settings.min_clients,
+                len(self._transport.connected),
+                self._missing(),
+            )
         if not await self._transport.wait_for_clients(settings.min_clients, settings.cohort_wait):
             raise NoCohort(
                 f"only {len(self._transport.connected)} of the {settings.min_clients} clients "
                 f"a round needs (min_clients) connected within {settings.cohort_wait:g} s "
-                "(cohort_wait)"
+                f"(cohort_wait); not connected: {self._missing()}"
             )
         return tuple(sorted(self._transport.connected)[: settings.params.max_clients])
+
+    def _missing(self) -> str:
+        """The allow-listed clients not connected now, as words (the first few ids)."""
+        connected = self._transport.connected
+        missing = [c for c in self._transport.allow_list.keys if c not in connected]
+        return _some_ids(missing, "client")
 
     async def run(
         self,
@@ -774,6 +790,8 @@ _STAGE_ORDER = {stage: index for index, stage in enumerate(Stage)}
 # What a drop's detail says when the scheme gave none: every drop in the ledger has words.
 _CONNECTION_LOST = "connection lost"
 _RECONNECTED = "connected again: its previous stream is closed"
+# Ids named in one line (the clients a cohort still waits for), then how many more.
+_NAMED = 10
 
 
 def drop_detail(drop: Drop) -> str:
@@ -792,6 +810,15 @@ def drop_records(drops: Mapping[int, Drop]) -> list[DropRecord]:
     """The drops as the ledger records them, in the order of the stages, then of the ids."""
     ordered = sorted(drops.values(), key=lambda d: (_STAGE_ORDER[d.stage], d.client_id))
     return [DropRecord(d.client_id, d.stage.value, d.reason.value, drop_detail(d)) for d in ordered]
+
+
+def _some_ids(ids: Sequence[int], noun: str) -> str:
+    """``client 3`` / ``clients 0, 1, 2`` / the first ten and how many more / ``none``."""
+    if not ids:
+        return "none"
+    shown = ", ".join(str(i) for i in ids[:_NAMED])
+    more = f" and {len(ids) - _NAMED} more" if len(ids) > _NAMED else ""
+    return f"{noun}{'s' if len(ids) > 1 else ''} {shown}{more}"
 
 
 def describe_abort(abort: RoundAborted, drops: Mapping[int, Drop]) -> str:

@@ -224,6 +224,7 @@ async def serve(
     summaries: list[RoundSummary] = []
     with Ledger(config.ledger) as ledger:
         coordinator = make_coordinator(config, ledger=ledger, metrics=metrics)
+        _warn_no_room(config, coordinator)
         model = _resumed_model(ledger, initial_model(config.task, config.params.dim))
         with _StopOnSignal() as stop:
             try:
@@ -252,6 +253,30 @@ async def serve(
                 log.warning("%s", Stopped(stop.received))
                 raise stop.stopped() from None
     return summaries
+
+
+def _warn_no_room(config: DeploymentConfig, coordinator: Coordinator) -> None:
+    """One line when ``min_clients`` leaves no room for a single lost client: a round then
+    needs every client there is, and one lost for good stops every later round."""
+    settings = config.coordinator
+    clients = min(len(coordinator.allow_list.keys), settings.params.max_clients)
+    if settings.min_clients < clients:
+        return
+    # The smallest min_clients the settings accept: a round needs 3, and min_cohort.
+    floor = max(3, settings.params.min_cohort)
+    remedy = (
+        f"--min-clients {clients - 1} would carry on without it"
+        if clients - 1 >= floor
+        else f"no round may be smaller (at least {floor}): more clients would leave room"
+    )
+    log.warning(
+        "min_clients is %d, every client this deployment has (%d): a client lost for good "
+        "stops the next round (serve waits cohort_wait, %g s, for it, then exits); %s",
+        settings.min_clients,
+        clients,
+        settings.cohort_wait,
+        remedy,
+    )
 
 
 def _resumed_model(ledger: Ledger, model: NDArray[np.float32]) -> NDArray[np.float32]:
