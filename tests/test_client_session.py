@@ -323,6 +323,22 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path: object) -> None:
         Journal.open(path)
 
 
+def test_a_journal_others_may_read_is_refused_not_used(tmp_path: object) -> None:
+    """A journal holds a live round's seed and update: a file made readable to others (or
+    created so before the client ran) is refused with what is wrong, and left as it was."""
+    import os
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "exposed.journal"
+    Journal.open(path).close()
+    os.chmod(path, 0o644)
+    with pytest.raises(JournalError, match="its mode is 644: others may read or change it"):
+        Journal.open(path)
+    assert path.stat().st_mode & 0o777 == 0o644
+    os.chmod(path, 0o600)
+    Journal.open(path).close()
+
+
 def test_a_round_beyond_the_dp_budget_is_refused_also_after_a_restart(tmp_path: object) -> None:
     """A deployment calibrated for 2 rounds at epsilon 4: the client's own accountant, over the
     charges in its journal, refuses the third round before it trains."""

@@ -209,7 +209,11 @@ class Journal:
         holder = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(target, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            problem = _exposure(os.fstat(fd))
+            if problem is not None:
+                os.close(fd)
+                raise JournalError(f"refusing the journal {target}: {problem}")
             if exclusive:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -537,3 +541,18 @@ def _statements(script: str) -> list[str]:
 
 def _reason(exc: BaseException) -> str:
     return one_line(str(exc)) or type(exc).__name__
+
+
+def _exposure(status: os.stat_result) -> str | None:
+    """Why a journal file is not private to this user, or None. It holds a live round's seed
+    and update, and SQLite gives its write-ahead log the file's own mode: a journal someone
+    else owns, or others may read or write, is refused rather than used (or chmod-ed
+    behind the operator's back)."""
+    if status.st_uid != os.geteuid():
+        return f"it belongs to user {status.st_uid}, not to this user ({os.geteuid()})"
+    if status.st_mode & 0o077:
+        return (
+            f"its mode is {status.st_mode & 0o777:o}: others may read or change it "
+            "(chmod 600 it if it is yours)"
+        )
+    return None
