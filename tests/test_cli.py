@@ -412,21 +412,43 @@ def test_beyond_its_bound_a_dp_mean_is_reported_not_a_bug_while_quantisation_is_
     assert bug and message is not None and "this is a bug" in message
 
 
-def test_flower_nodes_writes_the_allow_list_and_one_identity_per_node(tmp_path: Path) -> None:
+def test_flower_nodes_are_made_on_each_node_and_listed_from_their_public_keys(
+    tmp_path: Path,
+) -> None:
     from secagg.flower.nodes import FlowerNodes, NodeIdentity
 
-    ids = ["7", str(2**64 - 1)]
-    result = CliRunner().invoke(
-        app, ["flower-nodes", "--out", str(tmp_path / "n"), "--identities", *ids]
-    )
-    assert result.exit_code == 0, result.output
+    runner = CliRunner()
+    handed_out = []
+    for node_id in ["7", str(2**64 - 1)]:  # on each SuperNode
+        made = runner.invoke(
+            app, ["flower-node-key", node_id, "--out", str(tmp_path / f"{node_id}.key")]
+        )
+        assert made.exit_code == 0, made.output
+        handed_out.append(made.output.strip().splitlines()[-1])
+    listed = runner.invoke(app, ["flower-nodes", "--out", str(tmp_path / "n"), *handed_out])
+    assert listed.exit_code == 0, listed.output
     nodes = FlowerNodes.load(tmp_path / "n" / "nodes.toml")
     assert nodes.node_ids == {7, 2**64 - 1}
     for node_id in nodes.node_ids:
-        identity = NodeIdentity.load(tmp_path / "n" / f"node-{node_id}.key")
+        identity = NodeIdentity.load(tmp_path / f"{node_id}.key")
         assert nodes.identities[node_id] == identity.signing_key.public
-    again = CliRunner().invoke(app, ["flower-nodes", "--out", str(tmp_path / "n"), "7"])
-    assert again.exit_code == 2
-    assert again.output.strip().splitlines() == [
-        f"error: {tmp_path / 'n' / 'nodes.toml'} already exists; refusing to overwrite it"
-    ]
+    assert sorted(p.name for p in (tmp_path / "n").iterdir()) == ["nodes.toml"]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["7=" + "ab" * 32, "8"], "give every node its public key (ID=PUBLIC_KEY), or none"),
+        (["7=zz"], "node 7's public key is not hex"),
+        (["seven"], "'seven' is not a node id"),
+        (["7=" + "ab" * 31], "an identity key is 32 bytes"),
+    ],
+)
+def test_flower_nodes_refuses_a_bad_entry_in_one_line(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    result = CliRunner().invoke(app, ["flower-nodes", "--out", str(tmp_path / "n"), *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0]
+    assert not (tmp_path / "n").exists()

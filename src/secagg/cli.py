@@ -1200,33 +1200,67 @@ def history(
         _say(budget_line)
 
 
-@app.command("flower-nodes")
-def flower_nodes(
-    node_ids: Annotated[
-        list[int],
-        typer.Argument(
-            help="The SuperNodes' ids, as `flwr supernode register` printed them.",
-            metavar="NODE_ID...",
-        ),
+@app.command("flower-node-key")
+def flower_node_key(
+    node_id: Annotated[
+        int, typer.Argument(help="This SuperNode's id, as `flwr supernode register` printed it.")
     ],
-    out: Annotated[Path, typer.Option(help="The folder to write nodes.toml and the keys in.")],
-    identities: Annotated[
-        bool,
-        typer.Option(help="Also write each node's identity key (node-<id>.key): active mode."),
-    ] = False,
+    out: Annotated[Path, typer.Option(help="The identity file to write (mode 0600).")],
 ) -> None:
-    """Write a Flower deployment's nodes.toml: the allow-list of its SuperNodes' ids and,
-    with --identities, each node's Ed25519 identity (its key, for that node only, and the
-    public keys every node and the ServerApp check signatures against)."""
-    from secagg.flower.nodes import NODES_FILE, node_key_file, provision_nodes
+    """On a SuperNode: make its Ed25519 identity for active mode. Prints NODE_ID=PUBLIC_KEY,
+    the one line to hand to whoever writes nodes.toml (the key itself never leaves)."""
+    from secagg.flower.nodes import write_node_identity
 
     try:
-        nodes = provision_nodes(out, node_ids, identities=identities)
+        identity = write_node_identity(out, node_id)
     except ConfigurationError as exc:
         _fail(str(exc))
-    _say(f"wrote {out / NODES_FILE}: {len(nodes.node_ids)} node(s)")
-    for node_id in sorted(nodes.identities):
-        _say(f"wrote {node_key_file(out, node_id)} (give it to node {node_id} only)")
+    _say(f"wrote {out}; keep it on node {node_id} only. Its public key, for nodes.toml:")
+    _say(f"{node_id}={identity.signing_key.public.hex()}")
+
+
+@app.command("flower-nodes")
+def flower_nodes(
+    nodes: Annotated[
+        list[str],
+        typer.Argument(
+            help="Each SuperNode's id as `flwr supernode register` printed it; in active mode "
+            "ID=PUBLIC_KEY as `secagg flower-node-key` printed it on that node.",
+            metavar="NODE_ID[=PUBLIC_KEY]...",
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="The folder to write nodes.toml in.")],
+) -> None:
+    """Write a Flower deployment's nodes.toml: the allow-list of its SuperNodes' ids and, in
+    active mode, each node's identity public key (every node and the ServerApp load it)."""
+    from secagg.flower.nodes import NODES_FILE, provision_nodes
+
+    ids, keys = _node_entries(nodes)
+    try:
+        written = provision_nodes(out, ids, public_keys=keys)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    mode = "with their identity keys" if written.identities else "(semi-honest: no identities)"
+    _say(f"wrote {out / NODES_FILE}: {len(written.node_ids)} node(s) {mode}")
+
+
+def _node_entries(entries: Sequence[str]) -> tuple[list[int], dict[int, bytes]]:
+    """``ID`` or ``ID=HEX`` arguments: the ids, and the keys (all of them or none)."""
+    ids: list[int] = []
+    keys: dict[int, bytes] = {}
+    for entry in entries:
+        node, has_key, key = entry.partition("=")
+        if not node.isdigit():
+            _fail(f"{entry[:40]!r} is not a node id (a decimal number, optionally =PUBLIC_KEY)")
+        ids.append(int(node))
+        if has_key:
+            try:
+                keys[int(node)] = bytes.fromhex(key)
+            except ValueError:
+                _fail(f"node {node}'s public key is not hex")
+    if keys and len(keys) != len(ids):
+        _fail("give every node its public key (ID=PUBLIC_KEY), or none (semi-honest)")
+    return ids, keys
 
 
 @app.command()

@@ -3,8 +3,9 @@ and real ``flower-supernode`` processes, on loopback, offline.
 
 As an operator deploys it (examples/flower/README.md): the SuperLink authenticates its
 SuperNodes (``--enable-supernode-auth``), each node's key is registered with ``flwr
-supernode register``, which gives the node its id; ``secagg flower-nodes`` writes the
-allow-list of those ids and each node's identity for active mode; every SuperNode gets its
+supernode register``, which gives the node its id; each node makes its own identity
+(``secagg flower-node-key``) and hands out its public key, from which ``secagg flower-nodes``
+writes the allow-list and the pki; every SuperNode gets its
 own deployment through ``--node-config``; the ServerApp gets the server side's through the
 run config. One node fails after it shared its keys in round 1 (its mask is recovered from
 the others' shares), and the next round completes with all of them.
@@ -198,17 +199,13 @@ def run(deployment: Deployment) -> dict[str, object]:
         registered_id(d.flwr("supernode", "register", str(public), "--format", "json"))
         for _, public in keys
     ]
-    # ... and writes the allow-list and the identities for exactly those ids.
-    secagg = subprocess.run(
-        [str(BIN / "secagg"), "flower-nodes", "--out", "secagg", "--identities"]
-        + [str(n) for n in node_ids],
-        cwd=d.folder,
-        env=d.env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert secagg.returncode == 0, secagg.stderr
+    # Each node makes its own identity and hands out its public key; the allow-list and
+    # the pki are written from those, for exactly the registered ids.
+    handed_out = [
+        secagg(d, "flower-node-key", str(node_id), "--out", f"node-{p}/identity.key")[-1]
+        for p, node_id in enumerate(node_ids)
+    ]
+    secagg(d, "flower-nodes", "--out", "secagg", *handed_out)
     sys.path.insert(0, str(ROOT))
     from examples.flower.secagg_digits import task
 
@@ -221,6 +218,7 @@ def run(deployment: Deployment) -> dict[str, object]:
         max_weight=base.max_weight,
         server_model=ServerModel.SEMI_MALICIOUS,
         dropout_rate=0.2,
+        min_cohort=NODES - 1,
     )
     (d.folder / "deployment.toml").write_text(
         DeploymentConfig.render(
@@ -235,14 +233,14 @@ def run(deployment: Deployment) -> dict[str, object]:
         )
     )
     secagg_dir = d.folder / "secagg"
-    for partition, ((private, _), node_id) in enumerate(zip(keys, node_ids, strict=True)):
+    for partition, (private, _) in enumerate(keys):
         node_config = [
             f"partition-id={partition}",
             f"num-partitions={NODES}",
             f'secagg-deployment="{d.folder / "deployment.toml"}"',
             f'secagg-nodes="{secagg_dir / "nodes.toml"}"',
             f'secagg-journal="{d.folder / f"journal-{partition}"}"',
-            f'secagg-identity="{secagg_dir / f"node-{node_id}.key"}"',
+            f'secagg-identity="{d.folder / f"node-{partition}" / "identity.key"}"',
         ]
         if partition == FAILING:
             node_config += ["example-fail-round=1", f'example-fail-stage="{FAIL_STAGE}"']
@@ -279,19 +277,33 @@ def run(deployment: Deployment) -> dict[str, object]:
         "node_ids": node_ids,
         "report": json.loads(report.read_text()),
         "run_log": submitted.stdout + submitted.stderr,
-        "secagg": secagg.stdout,
     }
 
 
-def test_the_operator_gets_an_allow_list_and_one_identity_per_registered_node(
+def secagg(d: Deployment, *args: str) -> list[str]:
+    """Run the ``secagg`` command as an operator would; its output lines."""
+    result = subprocess.run(
+        [str(BIN / "secagg"), *args],
+        cwd=d.folder,
+        env=d.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()
+
+
+def test_the_operator_gets_an_allow_list_and_each_node_its_own_identity(
     deployment: Deployment, run: dict[str, object]
 ) -> None:
     node_ids = run["node_ids"]
     assert isinstance(node_ids, list)
     nodes = FlowerNodes.load(deployment.folder / "secagg" / "nodes.toml")
     assert nodes.node_ids == set(node_ids)
-    for node_id in node_ids:
-        key_file = deployment.folder / "secagg" / f"node-{node_id}.key"
+    assert sorted(p.name for p in (deployment.folder / "secagg").iterdir()) == ["nodes.toml"]
+    for partition, node_id in enumerate(node_ids):
+        key_file = deployment.folder / f"node-{partition}" / "identity.key"
         assert key_file.stat().st_mode & 0o777 == 0o600
         identity = NodeIdentity.load(key_file)
         assert identity.node_id == node_id

@@ -276,3 +276,34 @@ def test_a_silent_server_loses_the_round_and_its_secrets_at_the_deadline() -> No
         message_type=MessageType.TRAIN,
     )
     assert refusal(answer(mod, late, ctxt, [])) == AbortReason.ROUND_CLOSED.value
+
+
+def test_a_process_that_outlived_its_timer_erases_an_expired_round_at_the_next_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Flower's deployment engine runs each message in a process that exits after it, taking
+    the deadline timer along: the next message of any kind, in whatever process, erases the
+    secrets of a round whose deadline passed."""
+    from secagg.flower import client as flower_client
+
+    mod, ctxt = secagg_mod(PARAMS, stage_timeout=30.0), context()
+    answer(mod, first_message(), ctxt, [])
+    for timer in flower_client._TIMERS.values():  # the process that armed it is gone
+        timer.cancel()
+    journal = mod.session(ME).journal
+    with journal.transaction() as txn:
+        assert txn.secrets(1) is not None
+    later = time.time() + 31.0
+    monkeypatch.setattr(time, "time", lambda: later)
+    query = Message(RecordDict(), dst_node_id=ME, message_type=MessageType.QUERY)
+    app = client_app([mod], [])
+
+    @app.query()
+    def reply(msg: Message, context: Context) -> Message:
+        return Message(RecordDict(), reply_to=msg)
+
+    app(query, ctxt)
+    with journal.transaction() as txn:
+        assert txn.secrets(1) is None
+    (entry,) = journal.rounds()
+    assert entry.outcome is not None and entry.outcome.startswith("expired")

@@ -13,18 +13,25 @@ from secagg.flower.nodes import (
     NODES_FILE,
     FlowerNodes,
     NodeIdentity,
-    node_key_file,
     provision_nodes,
+    write_node_identity,
 )
 
 IDS = [7, 2**63 + 5, MAX_NODE_ID]
 
 
-def test_provisioning_writes_an_allow_list_and_one_private_key_per_node(tmp_path: Path) -> None:
-    nodes = provision_nodes(tmp_path, IDS, identities=True)
-    assert FlowerNodes.load(tmp_path / NODES_FILE) == nodes
+def test_each_node_makes_its_own_key_and_the_allow_list_holds_only_public_keys(
+    tmp_path: Path,
+) -> None:
+    """The attack this stops: whoever makes every node's key can sign substituted keys for
+    all of them. Each node writes its own; nodes.toml is built from what they hand out."""
+    identities = {n: write_node_identity(tmp_path / f"node-{n}" / "id.key", n) for n in IDS}
+    public = {n: identity.signing_key.public for n, identity in identities.items()}
+    nodes = provision_nodes(tmp_path / "link", IDS, public_keys=public)
+    assert FlowerNodes.load(tmp_path / "link" / NODES_FILE) == nodes
+    assert sorted(p.name for p in (tmp_path / "link").iterdir()) == [NODES_FILE]
     for node_id in IDS:
-        path = node_key_file(tmp_path, node_id)
+        path = tmp_path / f"node-{node_id}" / "id.key"
         assert path.stat().st_mode & 0o777 == 0o600
         identity = NodeIdentity.load(path)
         assert identity.node_id == node_id
@@ -33,17 +40,22 @@ def test_provisioning_writes_an_allow_list_and_one_private_key_per_node(tmp_path
 
 
 def test_a_semi_honest_deployment_has_ids_and_no_keys(tmp_path: Path) -> None:
-    nodes = provision_nodes(tmp_path, IDS, identities=False)
+    nodes = provision_nodes(tmp_path, IDS)
     assert nodes.pki is None and nodes.node_ids == set(IDS)
     assert list(tmp_path.iterdir()) == [tmp_path / NODES_FILE]
 
 
-def test_provisioning_never_overwrites(tmp_path: Path) -> None:
-    provision_nodes(tmp_path, IDS, identities=True)
+def test_nothing_is_ever_overwritten(tmp_path: Path) -> None:
+    provision_nodes(tmp_path, IDS)
     before = (tmp_path / NODES_FILE).read_bytes()
     with pytest.raises(ConfigurationError, match="already exists"):
-        provision_nodes(tmp_path, IDS, identities=True)
+        provision_nodes(tmp_path, IDS)
     assert (tmp_path / NODES_FILE).read_bytes() == before
+    write_node_identity(tmp_path / "id.key", 7)
+    key = (tmp_path / "id.key").read_bytes()
+    with pytest.raises(ConfigurationError, match="already exists"):
+        write_node_identity(tmp_path / "id.key", 7)
+    assert (tmp_path / "id.key").read_bytes() == key
 
 
 @pytest.mark.parametrize(

@@ -228,6 +228,13 @@ class SecAggMod:
     def __call__(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         kind = str(msg.metadata.message_type).split(".", 1)[0]
         if kind != MessageType.TRAIN:
+            # Flower's deployment engine runs each message in a process of its own, which
+            # takes its deadline timer with it: any message the node gets erases the secrets
+            # of a round whose deadline has passed.
+            try:
+                self.session(ctxt.node_id).expire(time.time())
+            except (ConfigurationError, JournalError) as exc:
+                log.error("node %d: %s", ctxt.node_id, one_line(str(exc), _DETAIL_CHARS))
             return call_next(msg, ctxt)
         record = msg.content.config_records.get(wire.RECORD_KEY) if msg.has_content() else None
         if record is None:
@@ -288,6 +295,9 @@ class SecAggMod:
                     keep_secrets=True,
                     budget=self._budget,
                 )
+                # A fresh process (one per message in the deployment engine) first erases
+                # what an earlier one left past its deadline.
+                session.expire(time.time())
                 _SESSIONS[key] = session
             return session
 
@@ -429,8 +439,12 @@ class SecAggMod:
 
 def _persona(ctxt: Context) -> bytes:
     """The digest of the node's own configuration (the data it trains on, say), which its
-    journal pins at first use: a server side that writes Contexts cannot change it later."""
-    items = sorted((str(k), repr(v)) for k, v in ctxt.node_config.items())
+    journal pins at first use: a server side that writes Contexts cannot change it later.
+    The ``secagg-*`` keys are left out: they say where the node's own files are, which its
+    operator may move (what the files hold is checked every round)."""
+    items = sorted(
+        (str(k), repr(v)) for k, v in ctxt.node_config.items() if not str(k).startswith("secagg-")
+    )
     return hashlib.sha256(repr(items).encode()).digest()
 
 

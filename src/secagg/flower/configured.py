@@ -25,7 +25,8 @@ an error reply naming what is wrong (one line, also logged) and trains nothing.
 SuperLink) nodes have no ``--node-config`` of their own, and every node is the app's: there,
 and only where the environment of the processes running the ClientApps says so by name
 (``SECAGG_FLOWER_SIMULATION=1``, which ``flwr run`` passes down to the simulation it starts;
-a server cannot set a node's environment), a node without ``secagg-deployment`` runs with
+a server cannot set a node's environment), a node whose config is exactly what the
+simulation engine sets (``partition-id`` and ``num-partitions``, no secagg key) runs with
 ``simulation_params(node_config)``, any node id as a peer, and its journal in the system's
 temporary folder (one folder per run). Without the variable such a node is misconfigured, as above.
 """
@@ -78,6 +79,10 @@ MISCONFIGURED = REFUSED_PLAINTEXT + 1
 log = logging.getLogger("secagg.flower.client")
 
 _Settings = tuple[str, str, str, str | None]
+# What Flower's simulation engine puts in a simulated node's config, and nothing else: a
+# node whose config says more (a secagg key with a typo, say) is a deployment node, so it is
+# refused until its config is complete rather than quietly simulated.
+_SIMULATION_KEYS = frozenset({"partition-id", "num-partitions"})
 # The mods this process built, by what they were built from: module state, because Flower's
 # simulation pickles the ClientApp (and so this mod) with every message it ships.
 _MODS: dict[tuple[object, ...], SecAggMod] = {}
@@ -114,7 +119,11 @@ class NodeConfiguredMod:
 
     def __call__(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         if str(msg.metadata.message_type).split(".", 1)[0] != MessageType.TRAIN:
-            return call_next(msg, ctxt)
+            try:  # a configured node's mod erases an expired round's secrets, then passes it
+                mod = self.mod_for(ctxt.node_id, ctxt.node_config, ctxt.run_id)
+            except ConfigurationError:
+                return call_next(msg, ctxt)
+            return mod(msg, ctxt, call_next)
         try:
             mod = self.mod_for(ctxt.node_id, ctxt.node_config, ctxt.run_id)
         except ConfigurationError as exc:
@@ -125,7 +134,7 @@ class NodeConfiguredMod:
 
     def mod_for(self, node_id: int, node_config: Mapping[str, object], run_id: int) -> SecAggMod:
         """The node's mod, built once per process from the files its config names."""
-        if DEPLOYMENT_KEY not in node_config and self._simulating():
+        if self._simulating() and set(node_config) == _SIMULATION_KEYS:
             return self._simulation_mod(node_config, run_id)
         settings = _settings(node_config)
         key = (node_id, settings, self.weight_key, self.stage_timeout)
@@ -164,6 +173,14 @@ class NodeConfiguredMod:
     def _build(self, node_id: int, settings: _Settings) -> SecAggMod:
         deployment, nodes_file, journal, identity_file = settings
         params = load_params(deployment)
+        if params.dp is None:
+            log.warning(
+                "node %d: %s has no [dp]: a server that sends the same model to two cohorts "
+                "that differ by this node learns its update from the two sums (the threat "
+                "model's differencing); distributed DP bounds what that reveals",
+                node_id,
+                deployment,
+            )
         nodes = FlowerNodes.load(Path(nodes_file))
         timeout = DEFAULT_STAGE_TIMEOUT if self.stage_timeout is None else self.stage_timeout
         if not params.active:

@@ -17,12 +17,18 @@ keeps them, and each node's secagg identity, in files both sides read:
       "8301244412341266003" = "<64 hex digits>"
 
 - ``node-<id>.key`` (active mode): a first line ``secagg-flower-node-id: <id>``, then the
-  node's PKCS#8 PEM Ed25519 private key, mode 0600, never overwritten. It goes to that node
-  only; the server never holds it.
+  node's PKCS#8 PEM Ed25519 private key, mode 0600, never overwritten. **Each node makes its
+  own** (``secagg flower-node-key``, on the node) and hands out only its public key: a key
+  made anywhere else is known to whoever made it, and whoever holds every node's key can
+  sign substituted keys for all of them, the very attack active mode exists to stop.
 
 Flower's node ids are 64-bit (secagg's own client ids are 32-bit: a round numbers its
-cohort). ``provision_nodes`` writes both files for a list of registered ids; ``secagg
-flower-nodes`` is its command. Nothing here imports Flower.
+cohort). ``write_node_identity`` is ``secagg flower-node-key``; ``provision_nodes`` (``secagg
+flower-nodes``) writes ``nodes.toml`` from the registered ids and, in active mode, the public
+keys the nodes handed out. Every node checks that ``nodes.toml`` gives its own id its own key
+before it takes part, and its operator should compare the file's keys with the other nodes'
+out of band (``secagg flower-node-key`` prints the public key for that). Nothing here
+imports Flower.
 """
 
 from __future__ import annotations
@@ -44,8 +50,8 @@ __all__ = [
     "NODES_FILE",
     "FlowerNodes",
     "NodeIdentity",
-    "node_key_file",
     "provision_nodes",
+    "write_node_identity",
 ]
 
 NODES_FILE = "nodes.toml"
@@ -64,10 +70,6 @@ def check_node_id(node_id: object) -> int:
     if not 0 <= node_id <= MAX_NODE_ID:
         raise ConfigurationError(f"a node id must be in [0, 2**64 - 1], got {node_id}")
     return node_id
-
-
-def node_key_file(folder: Path, node_id: int) -> Path:
-    return Path(folder) / f"node-{node_id}.key"
 
 
 @dataclass(frozen=True)
@@ -189,25 +191,23 @@ class NodeIdentity:
         return f"NodeIdentity(node_id={self.node_id}, public={self.signing_key.public[:6].hex()}…)"
 
 
-def provision_nodes(folder: Path, node_ids: Iterable[int], *, identities: bool) -> FlowerNodes:
-    """Write ``folder/nodes.toml`` for the registered ``node_ids`` and, with ``identities``,
-    a fresh ``node-<id>.key`` for each (keys from the system CSPRNG). Refuses to overwrite
-    anything, so a deployment's keys are never replaced by accident."""
+def write_node_identity(path: Path, node_id: int) -> NodeIdentity:
+    """Make a node's identity on the node itself: a fresh key from the system CSPRNG, written
+    to ``path`` (mode 0600, never overwriting). Hand out only its public key."""
+    identity = NodeIdentity(check_node_id(node_id), Ed25519SigningKey.generate(SystemRandomness()))
+    make_directory(Path(path).parent)
+    identity.save(Path(path))
+    return identity
+
+
+def provision_nodes(
+    folder: Path, node_ids: Iterable[int], *, public_keys: Mapping[int, bytes] | None = None
+) -> FlowerNodes:
+    """Write ``folder/nodes.toml`` for the registered ``node_ids`` and, in active mode, the
+    identity ``public_keys`` the nodes handed out (one per id). Never overwrites."""
     folder = Path(folder)
-    ids = sorted({check_node_id(n) for n in node_ids})
-    targets = [folder / NODES_FILE] + (
-        [node_key_file(folder, n) for n in ids] if identities else []
-    )
-    for path in targets:
-        refuse_existing(path)
+    nodes = FlowerNodes(frozenset(node_ids), dict(public_keys or {}))
+    refuse_existing(folder / NODES_FILE)
     make_directory(folder)
-    keys: dict[int, bytes] = {}
-    if identities:
-        rng = SystemRandomness()
-        for node_id in ids:
-            identity = NodeIdentity(node_id, Ed25519SigningKey.generate(rng))
-            identity.save(node_key_file(folder, node_id))
-            keys[node_id] = identity.signing_key.public
-    nodes = FlowerNodes(frozenset(ids), keys)
     nodes.save(folder / NODES_FILE)
     return nodes

@@ -136,12 +136,12 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
     ids: the strategy sees only those (``get_node_ids``), so a node outside the nodes'
     allow-lists is never sampled into a cohort that every node would refuse.
 
-    Round ids count up from ``first_round``. A node's journal refuses a round id at or below
-    one it already took part in (a replay), and a node outlives any one ServerApp (each
-    ``flwr run`` starts a new one), so by default the first round id is the server's clock in
-    microseconds: a later run's ids are above every earlier run's without the server keeping
-    a file. A clock set back refuses rounds (``replayed-round``) until it passes the ids
-    the nodes saw; pass ``first_round`` from a counter of your own to avoid depending on it.
+    Round ids count up from ``first_round``. A node's journal refuses a round id it already
+    took part in (a replay; the ids need not rise), and a node outlives any one ServerApp
+    (each ``flwr run`` starts a new one), so by default the first round id is the server's
+    clock in microseconds: a later run's ids differ from every earlier run's without the
+    server keeping a file. Pass ``first_round`` from a counter of your own to avoid
+    depending on the clock.
     """
 
     def __init__(
