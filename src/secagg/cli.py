@@ -1042,7 +1042,7 @@ def serve(
     finally:
         if endpoint is not None:
             endpoint.close()
-    failed = serve_failed(summaries)
+    failed = serve_failed(summaries, deployment.ledger)
     if failed is not None:
         _fail(failed, FAILED_EXIT)
 

@@ -7,8 +7,8 @@ supernode register``, which gives the node its id; each node makes its own ident
 (``secagg flower-node-key``) and hands out its public key, from which ``secagg flower-nodes``
 writes the allow-list and the pki; every SuperNode gets its
 own deployment through ``--node-config``; the ServerApp gets the server side's through the
-run config. One node fails after it shared its keys in round 1 (its mask is recovered from
-the others' shares), and the next round completes with all of them.
+run config. One node fails after it shared its keys (its mask is recovered from the others'
+shares), and the round completes with the other four.
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ APP = ROOT / "examples" / "flower"
 BIN = Path(sys.executable).parent
 # Active mode tolerates one dropout from five nodes (2t > n and t <= n - 1 - D).
 NODES = 5
-ROUNDS = 2
+# One round: each of Flower's stages costs seconds of polling whatever its work (a round of
+# seven, about a minute here), and the suite has fifteen minutes. The simulation tests run
+# rounds after a failure; this one runs the deployment's path once, failure included.
+ROUNDS = 1
 FAILING = 2  # the partition that fails in round 1
 FAIL_STAGE = "masked-input"  # after it shared its keys: its mask must be recovered
 # Waits only (never asserted): a busy machine makes each of Flower's stages slow.
@@ -318,15 +321,13 @@ def test_each_round_is_a_secure_round_and_a_failed_node_is_dropped_where_it_fail
     assert isinstance(node_ids, list) and isinstance(report, dict)
     rounds = report["rounds"]
     assert [r["outcome"] for r in rounds] == ["completed"] * ROUNDS
-    first, second = rounds
+    (first,) = rounds
     failed = str(node_ids[FAILING])
     assert set(first["nodes"]) == set(node_ids)
     assert set(first["included"]) == set(node_ids) - {node_ids[FAILING]}
     assert list(first["dropped"]) == [failed]
     assert first["dropped"][failed][0] == FAIL_STAGE
-    assert set(second["included"]) == set(node_ids)
-    assert second["round_id"] > first["round_id"]
-    # The model learns: the accuracy before training, then after each round.
+    # The model learns: the accuracy before training, then after the round.
     accuracy = report["accuracy"]
     assert len(accuracy) == ROUNDS + 1
     assert accuracy[-1] > accuracy[0] + 0.2
@@ -350,7 +351,9 @@ def test_every_node_kept_its_own_record_of_what_it_revealed(
             journal.close()
         assert set(entries) == set(ids)
         assert entries[ids[0]].included is (partition != FAILING)
-        assert entries[ids[1]].included is True
+        # A node that took part to the end closed the round (its secrets erased); the one that
+        # crashed mid-round left it open, to be erased at its deadline by its next message.
+        assert entries[ids[0]].live is (partition == FAILING)
 
 
 def test_the_nodes_logs_have_no_traceback(deployment: Deployment, run: dict[str, object]) -> None:

@@ -424,8 +424,9 @@ def test_serve_whose_round_aborts_says_why_and_exits_1(local: Local, servers: li
     assert code == 1
     assert "round 1: aborted, 0 of 3 included" in stdout
     assert "3 clients missed the deadline at commit" in stdout
+    ledger = DeploymentConfig.load(local.config_path).ledger
     assert _last_line(serve.text()) == (
-        "error: 1 of 1 rounds aborted (round 1); `secagg rounds --ledger LEDGER` says why"
+        f"error: 1 of 1 rounds aborted (round 1); `secagg rounds --ledger {ledger}` says why"
     )
 
 

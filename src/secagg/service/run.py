@@ -299,15 +299,16 @@ def _resumed_model(ledger: Ledger, model: NDArray[np.float32]) -> NDArray[np.flo
     return model
 
 
-def serve_failed(summaries: list[RoundSummary]) -> str | None:
-    """Why a finished ``serve`` counts as a failed run (a round aborted), or None."""
+def serve_failed(summaries: list[RoundSummary], ledger: Path) -> str | None:
+    """Why a finished ``serve`` counts as a failed run (a round aborted), or None; it names
+    the command that says why, with the deployment's own ledger path."""
     aborted = [s.round_id for s in summaries if s.outcome is RoundOutcome.ABORTED]
     if not aborted:
         return None
     ids = ", ".join(str(i) for i in aborted)
     return (
         f"{len(aborted)} of {len(summaries)} rounds aborted (round {ids}); "
-        "`secagg rounds --ledger LEDGER` says why"
+        f"`secagg rounds --ledger {ledger}` says why"
     )
 
 
