@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from secagg.fl.data import FederatedSplit, load_digits_split
 from secagg.fl.fedavg import TrainingConfig, local_update
 from secagg.fl.model import ModelSpec
-from secagg.service.client import UpdateFn
+from secagg.updates import UpdateFn
 
 __all__ = [
     "DEMO_CLIP",

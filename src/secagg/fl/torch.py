@@ -55,7 +55,7 @@ else:
     _TORCH_MISSING = None
 
 if TYPE_CHECKING:
-    from secagg.service.client import UpdateFn
+    from secagg.updates import UpdateFn
 
 __all__ = [
     "MAX_WEIGHT",

@@ -77,37 +77,21 @@ from secagg.errors import (
 from secagg.journal import Journal
 from secagg.protocol.messages import Message
 from secagg.protocol.stages import Stage, stage_answered_by
-from secagg.schemes import plaintext as _plaintext  # noqa: F401  (registers its messages)
 from secagg.schemes.base import Scheme
-from secagg.schemes.ckks import CkksResult, CkksUpload
 from secagg.schemes.masking import MaskingScheme
 from secagg.service.credentials import ClientIdentity, sign_challenge
 from secagg.service.threads import in_daemon_thread
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
 from secagg.service.wire import ModelTask, channel_options
+from secagg.updates import UpdateFn  # re-exported: where users first found it
 
 __all__ = ["ClientSettings", "ClientStats", "Rejected", "SecAggClient", "Unreachable", "UpdateFn"]
 
 log = logging.getLogger("secagg.client")
 
-UpdateFn = Callable[[NDArray[np.float32], int], tuple[NDArray[np.floating], int]]
-"""The update callback: ``update(model, step) -> (values, weight)``.
-
-``model`` is the global model the round trains (a flat float32 vector of the deployment's
-``dim``, already checked against the round's session); ``step`` is the training round. Return
-the update to aggregate (``dim`` finite values; they are clipped to the deployment's
-``[-clip, clip]``) and an integer weight in ``[0, max_weight]`` (at least 1 under CKKS, which
-divides by the decrypted total weight; e.g. the number of local examples: the coordinator
-learns the weighted mean). The callback runs in a worker thread and may take as long as local
-training takes; if it raises, this client sits the round out.
-"""
-
 # Longest detail sent in a ClientAbort frame: one line for the operator, never a dump.
 _DETAIL_CHARS = 200
-
-# The stage each CKKS answer belongs to (masking's are in ``secagg.protocol.stages``).
-_CKKS_ANSWERS: dict[type[Message], Stage] = {CkksUpload: Stage.UPLOAD, CkksResult: Stage.DECRYPT}
 
 
 class _Retry(Exception):
@@ -562,9 +546,8 @@ def _signing_as(settings: ClientSettings) -> Scheme:
 
 
 def _answered(message: Message) -> Stage:
-    """The stage a client's message answers (for progress displays)."""
-    stage = _CKKS_ANSWERS.get(type(message))
-    return stage if stage is not None else stage_answered_by(message)
+    """The stage a client's message answers (for progress displays), as it declares it."""
+    return stage_answered_by(message)
 
 
 def _certificate_failure(exc: grpc.aio.AioRpcError) -> bool:

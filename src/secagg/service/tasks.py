@@ -23,16 +23,13 @@ import math
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError
 from secagg.hazmat.randomness import DeterministicRandomness
-
-if TYPE_CHECKING:  # the client (and gRPC) only where a client runs
-    from secagg.service.client import UpdateFn
+from secagg.updates import UpdateFn
 
 __all__ = [
     "RANDOM_CLIP",
