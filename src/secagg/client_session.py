@@ -51,6 +51,7 @@ from secagg.errors import (
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
 from secagg.journal import Event, Journal, JournalRound, JournalTransaction, RoundSecrets, digest
 from secagg.protocol.messages import (
+    CLIENT_MESSAGE,
     Commitment,
     ConsistencySignature,
     Message,
@@ -60,7 +61,7 @@ from secagg.protocol.messages import (
     decode,
 )
 from secagg.protocol.runner import RoundClient
-from secagg.protocol.stages import CLIENT_MESSAGE, Stage
+from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
 
 __all__ = ["Accepted", "Answer", "ClientSession", "Offer", "SchemeFor", "TaskCodec"]

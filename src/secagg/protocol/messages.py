@@ -1,10 +1,10 @@
-"""One typed message per round and direction, with canonical bytes.
+"""Masking's messages: one typed message per round and direction, with canonical bytes.
 
-Every message encodes to ``MAGIC || VERSION || tag || body``; integers are big-endian, ids
-are ``u32``, variable-length parts carry a ``u32`` length or count. ``decode`` rejects a wrong
-header, a truncated body, a count or length that exceeds what is left (checked before any
-allocation) and trailing bytes, always with a ``DecodeError``. The decoders check structure
-only; what a message *claims* (which ids, how many) is judged by the state machines.
+Their encoding, the header and the tag table are the codec's (``secagg.protocol.codec``,
+whose ``Writer``, ``Reader``, ``Message`` and ``decode`` are imported here for the modules
+that read masking's messages). The decoders check structure only; what a message *claims*
+(which ids, how many) is judged by the state machines. Each message declares its direction
+and the stage it answers (client) or requests (server), as the table below shows.
 
 Rounds, after Bonawitz et al. (2017), preceded by the agreement on a fresh session:
 
@@ -40,20 +40,35 @@ import functools
 import hashlib
 import itertools
 import math
-import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 from secagg.errors import DecodeError, UsageError
 from secagg.hazmat import aead
 from secagg.hazmat.shamir import SHARE_VALUE_BYTES
+from secagg.protocol.codec import (
+    MAGIC,
+    MAX_ID,
+    VERSION,
+    Direction,
+    Message,
+    Reader,
+    Writer,
+    decode,
+    defined_in,
+)
+from secagg.protocol.stages import Stage
 
 __all__ = [
     "CIPHERTEXT_BYTES",
+    "CLIENT_MESSAGE",
     "KEY_BYTES",
+    "MAGIC",
+    "MAX_ID",
     "SHARE_PLAINTEXT_BYTES",
     "SIGNATURE_BYTES",
+    "VERSION",
     "AdvertiseKeys",
     "CommitRequest",
     "Commitment",
@@ -77,8 +92,6 @@ __all__ = [
     "decode",
 ]
 
-MAGIC = b"SA"
-VERSION = 1
 KEY_BYTES = 32
 SESSION_ID_BYTES = 32
 NONCE_BYTES = 16
@@ -86,171 +99,12 @@ DIGEST_BYTES = 32
 # A share ciphertext carries (from id, to id, self-mask share, key share).
 SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * SHARE_VALUE_BYTES
 CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + aead.OVERHEAD
-MAX_ID = 2**32 - 1
 SIGNATURE_BYTES = 64  # Ed25519
 CONTRIBUTION_BYTES = 32  # each client's share of the session's randomness
 MAX_ATTEMPTS = 3  # commit-reveal attempts per round: each retry is a graph the server may pick
 
 PROTOCOL_CODES = {"secagg": 0, "secagg+": 1}
 SERVER_MODEL_CODES = {"semi-honest": 0, "semi-malicious": 1}
-
-
-class Writer:
-    """Canonical encoding of fields, for every message (schemes define theirs with it too)."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def u8(self, value: int) -> None:
-        self._parts.append(struct.pack(">B", value))
-
-    def u32(self, value: int) -> None:
-        if not 0 <= value <= MAX_ID:
-            raise UsageError(f"value {value} does not fit in u32")
-        self._parts.append(struct.pack(">I", value))
-
-    def u64(self, value: int) -> None:
-        if not 0 <= value < 2**64:
-            raise UsageError(f"value {value} does not fit in u64")
-        self._parts.append(struct.pack(">Q", value))
-
-    def f64(self, value: float) -> None:
-        self._parts.append(struct.pack(">d", value))
-
-    def fixed(self, data: bytes, size: int) -> None:
-        if len(data) != size:
-            raise UsageError(f"expected {size} bytes, got {len(data)}")
-        self._parts.append(bytes(data))
-
-    def blob(self, data: bytes) -> None:
-        self.u32(len(data))
-        self._parts.append(bytes(data))
-
-    def ids(self, ids: Sequence[int]) -> None:
-        self.u32(len(ids))
-        for i in ids:
-            self.u32(i)
-
-    def getvalue(self) -> bytes:
-        return b"".join(self._parts)
-
-
-class Reader:
-    """Strict decoding: every read is bounds-checked; counts before any allocation."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = memoryview(data)
-        self._pos = 0
-
-    def _take(self, size: int) -> memoryview:
-        end = self._pos + size
-        if end > len(self._data):
-            raise DecodeError(f"truncated: needed {size} more bytes at offset {self._pos}")
-        chunk = self._data[self._pos : end]
-        self._pos = end
-        return chunk
-
-    def remaining(self) -> int:
-        return len(self._data) - self._pos
-
-    def u8(self) -> int:
-        return int(self._take(1)[0])
-
-    def u32(self) -> int:
-        return int(struct.unpack(">I", self._take(4))[0])
-
-    def u64(self) -> int:
-        return int(struct.unpack(">Q", self._take(8))[0])
-
-    def f64(self) -> float:
-        return float(struct.unpack(">d", self._take(8))[0])
-
-    def fixed(self, size: int) -> bytes:
-        return bytes(self._take(size))
-
-    def blob(self) -> bytes:
-        size = self.u32()
-        if size > self.remaining():
-            raise DecodeError(f"length {size} exceeds the {self.remaining()} bytes left")
-        return bytes(self._take(size))
-
-    def count(self, item_size: int) -> int:
-        """A list length, refused before allocation if the items cannot all be there."""
-        n = self.u32()
-        if n * item_size > self.remaining():
-            raise DecodeError(f"count {n} exceeds what the {self.remaining()} bytes left can hold")
-        return n
-
-    def ids(self) -> tuple[int, ...]:
-        n = self.count(4)
-        return tuple(self.u32() for _ in range(n))
-
-    def finish(self) -> None:
-        if self.remaining():
-            raise DecodeError(f"{self.remaining()} trailing bytes")
-
-
-M = TypeVar("M", bound="Message")
-
-
-class Message:
-    """Base of every wire message: ``encode`` and a class-level ``decode``."""
-
-    TAG: ClassVar[int]
-    _registry: ClassVar[dict[int, type[Message]]] = {}
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.TAG in Message._registry:
-            raise UsageError(f"duplicate message tag {cls.TAG}")
-        Message._registry[cls.TAG] = cls
-
-    def encode(self) -> bytes:
-        w = Writer()
-        w.fixed(MAGIC, len(MAGIC))
-        w.u8(VERSION)
-        w.u8(self.TAG)
-        self._write(w)
-        return w.getvalue()
-
-    def _write(self, w: Writer) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def _read(cls: type[M], r: Reader) -> M:
-        raise NotImplementedError
-
-    @classmethod
-    def decode(cls: type[M], data: bytes) -> M:
-        """Decode bytes that must hold exactly one message of this type."""
-        message = decode(data)
-        if not isinstance(message, cls):
-            raise DecodeError(f"expected {cls.__name__}, got {type(message).__name__}")
-        return message
-
-
-def decode(data: bytes) -> Message:
-    """Decode bytes holding exactly one message of any type."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError(f"expected bytes, got {type(data).__name__}")
-    r = Reader(bytes(data))
-    if r.fixed(len(MAGIC)) != MAGIC:
-        raise DecodeError("not a secagg message (bad magic)")
-    version = r.u8()
-    if version != VERSION:
-        raise DecodeError(f"unsupported wire version {version}")
-    tag = r.u8()
-    cls = Message._registry.get(tag)
-    if cls is None:
-        raise DecodeError(f"unknown message tag {tag}")
-    try:
-        message = cls._read(r)
-    except (ValueError, UsageError) as exc:  # a field that fails its own validation
-        if isinstance(exc, DecodeError):
-            raise
-        raise DecodeError(f"invalid {cls.__name__}: {exc}") from None
-    r.finish()
-    return message
 
 
 def _check_id(value: int, what: str) -> None:
@@ -278,6 +132,8 @@ class RoundConfig(Message):
     """
 
     TAG: ClassVar[int] = 1
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    STAGE: ClassVar[Stage] = Stage.COMMIT
 
     round_id: int
     nonce: bytes
@@ -458,6 +314,8 @@ class CommitRequest(Message):
     not reveal. Attempt 1 needs no request: the ``RoundConfig`` itself asks for it."""
 
     TAG: ClassVar[int] = 11
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    STAGE: ClassVar[Stage] = Stage.COMMIT
 
     config_id: bytes = field(repr=False)
     recipient: int
@@ -478,6 +336,8 @@ class Commitment(Message):
     """Client -> server: a hash binding the client to a fresh random contribution."""
 
     TAG: ClassVar[int] = 12
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    STAGE: ClassVar[Stage] = Stage.COMMIT
 
     config_id: bytes = field(repr=False)
     client_id: int
@@ -500,6 +360,8 @@ class CommitmentDigest(Message):
     """Server -> client: the digest of every commitment it took, fixed before any reveal."""
 
     TAG: ClassVar[int] = 13
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    STAGE: ClassVar[Stage] = Stage.REVEAL
 
     config_id: bytes = field(repr=False)
     recipient: int
@@ -524,6 +386,8 @@ class Reveal(Message):
     """Client -> server: the contribution it committed to."""
 
     TAG: ClassVar[int] = 14
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    STAGE: ClassVar[Stage] = Stage.REVEAL
 
     config_id: bytes = field(repr=False)
     client_id: int
@@ -547,6 +411,8 @@ class Contributions(Message):
     them against the digest it was sent and finds its own among them."""
 
     TAG: ClassVar[int] = 15
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    STAGE: ClassVar[Stage] = Stage.ADVERTISE
 
     config_id: bytes = field(repr=False)
     recipient: int
@@ -577,6 +443,8 @@ class AdvertiseKeys(Message):
     """Round 0, client -> server: the client's two fresh X25519 public keys."""
 
     TAG: ClassVar[int] = 2
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    STAGE: ClassVar[Stage] = Stage.ADVERTISE
 
     session_id: bytes = field(repr=False)
     client_id: int
@@ -630,6 +498,8 @@ class PeerKeys(Message):
     """Round 0, server -> client: the public keys of the neighbours that advertised."""
 
     TAG: ClassVar[int] = 3
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    STAGE: ClassVar[Stage] = Stage.SHARE
 
     session_id: bytes = field(repr=False)
     recipient: int
@@ -663,6 +533,8 @@ class EncryptedShares(Message):
     the self-mask seed so that the server can check the seed it reconstructs."""
 
     TAG: ClassVar[int] = 4
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    STAGE: ClassVar[Stage] = Stage.SHARE
 
     session_id: bytes = field(repr=False)
     client_id: int
@@ -685,6 +557,8 @@ class PeerShares(Message):
     """Round 1, server -> client: the sealed shares its neighbours addressed to it."""
 
     TAG: ClassVar[int] = 5
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    STAGE: ClassVar[Stage] = Stage.MASKED_INPUT
 
     session_id: bytes = field(repr=False)
     recipient: int
@@ -721,6 +595,8 @@ class MaskedInput(Message):
     """
 
     TAG: ClassVar[int] = 6
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    STAGE: ClassVar[Stage] = Stage.MASKED_INPUT
 
     session_id: bytes = field(repr=False)
     client_id: int
@@ -743,6 +619,8 @@ class UnmaskRequest(Message):
     """Round 3, server -> client: which of its neighbours survived and which dropped."""
 
     TAG: ClassVar[int] = 7
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    STAGE: ClassVar[Stage] = Stage.UNMASK
 
     session_id: bytes = field(repr=False)
     recipient: int
@@ -780,6 +658,8 @@ class SurvivorList(Message):
     """Active mode, server -> client: every client whose masked input is in the sum."""
 
     TAG: ClassVar[int] = 9
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    STAGE: ClassVar[Stage] = Stage.CONSISTENCY
 
     session_id: bytes = field(repr=False)
     recipient: int
@@ -800,6 +680,8 @@ class ConsistencySignature(Message):
     """Active mode, client -> server: the client's signature over the survivor set."""
 
     TAG: ClassVar[int] = 10
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    STAGE: ClassVar[Stage] = Stage.CONSISTENCY
 
     session_id: bytes = field(repr=False)
     client_id: int
@@ -823,6 +705,8 @@ class UnmaskResponse(Message):
     """
 
     TAG: ClassVar[int] = 8
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    STAGE: ClassVar[Stage] = Stage.UNMASK
 
     session_id: bytes = field(repr=False)
     client_id: int
@@ -848,3 +732,13 @@ class UnmaskResponse(Message):
         self_mask = _read_entries(r, 4 + SHARE_VALUE_BYTES, entry)
         keys = _read_entries(r, 4 + SHARE_VALUE_BYTES, entry)
         return cls(session_id, client_id, self_mask, keys)
+
+
+# What a client sends in each stage of a masking round, in the order of the stages: derived
+# from the declarations above.
+CLIENT_MESSAGE: Mapping[Stage, type[Message]] = {
+    cls.STAGE: cls
+    for stage in Stage
+    for cls in defined_in(__name__)
+    if cls.STAGE is stage and cls.DIRECTION is Direction.UP
+}

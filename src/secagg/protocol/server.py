@@ -78,6 +78,7 @@ from secagg.protocol import derive
 from secagg.protocol.encoding import InputEncoding, QuantizedEncoding
 from secagg.protocol.graph import SurvivorRule, thin_window
 from secagg.protocol.messages import (
+    CLIENT_MESSAGE,
     MAX_ATTEMPTS,
     AdvertiseKeys,
     Commitment,
@@ -99,7 +100,7 @@ from secagg.protocol.messages import (
     decode,
 )
 from secagg.protocol.runner import Aggregate
-from secagg.protocol.stages import CLIENT_MESSAGE, SESSION_AGREEMENT, Drop, Stage
+from secagg.protocol.stages import SESSION_AGREEMENT, Drop, Stage, missed
 
 __all__ = ["Drop", "PeerStatus", "RoundResult", "Server", "Stage"]
 
@@ -110,17 +111,6 @@ _RECONSTRUCTION_TRIES = 2000
 
 def _digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-_MISSED: dict[Stage, DropReason] = {
-    Stage.COMMIT: DropReason.MISSED_COMMIT,
-    Stage.REVEAL: DropReason.MISSED_REVEAL,
-    Stage.ADVERTISE: DropReason.MISSED_ADVERTISE,
-    Stage.SHARE: DropReason.MISSED_SHARE,
-    Stage.MASKED_INPUT: DropReason.MISSED_MASKED_INPUT,
-    Stage.CONSISTENCY: DropReason.MISSED_CONSISTENCY,
-    Stage.UNMASK: DropReason.MISSED_UNMASK,
-}
 
 
 @dataclass(frozen=True)
@@ -720,7 +710,7 @@ class Server:
         if self.done:
             raise UsageError(f"the round has already ended ({stage.value})")
         for u in self._expected():
-            self.drop(u, _MISSED[stage])
+            self.drop(u, missed(stage))
         if stage in (Stage.REVEAL, Stage.MASKED_INPUT):
             # A client dropped after its message arrived (say, it disconnected) goes no
             # further elsewhere; but at the masked-input stage its input is in the sum all

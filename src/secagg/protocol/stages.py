@@ -1,6 +1,7 @@
 """The stages of a round: one enum, used by every scheme's server, every driver, drop
-schedules, the ledger, reports and tests; which masking message answers each stage; and the
-record of a client the server stopped waiting for."""
+schedules, the ledger, reports and tests; the stage a client message answers (its own
+declaration); why a client that misses a stage is dropped; and the record of a client the
+server stopped waiting for."""
 
 from __future__ import annotations
 
@@ -8,18 +9,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from secagg.errors import DropReason, UsageError
-from secagg.protocol.messages import (
-    AdvertiseKeys,
-    Commitment,
-    ConsistencySignature,
-    EncryptedShares,
-    MaskedInput,
-    Message,
-    Reveal,
-    UnmaskResponse,
-)
+from secagg.protocol.codec import Direction, Message
 
-__all__ = ["CLIENT_MESSAGE", "SESSION_AGREEMENT", "Drop", "Stage", "stage_answered_by"]
+__all__ = ["SESSION_AGREEMENT", "Drop", "Stage", "missed", "stage_answered_by"]
 
 
 class Stage(StrEnum):
@@ -43,24 +35,25 @@ class Stage(StrEnum):
 # The stages before the session is agreed: their messages carry the config id.
 SESSION_AGREEMENT = frozenset({Stage.COMMIT, Stage.REVEAL})
 
-# What a client sends in each stage.
-CLIENT_MESSAGE: dict[Stage, type[Message]] = {
-    Stage.COMMIT: Commitment,
-    Stage.REVEAL: Reveal,
-    Stage.ADVERTISE: AdvertiseKeys,
-    Stage.SHARE: EncryptedShares,
-    Stage.MASKED_INPUT: MaskedInput,
-    Stage.CONSISTENCY: ConsistencySignature,
-    Stage.UNMASK: UnmaskResponse,
+# Why a client that misses a stage's deadline is dropped: ``missed-<stage>`` for every stage a
+# round passes through, looked up once here, so a stage without its reason fails on import.
+_MISSED: dict[Stage, DropReason] = {
+    stage: DropReason(f"missed-{stage.value}")
+    for stage in Stage
+    if stage not in (Stage.COMPLETED, Stage.ABORTED)
 }
 
 
+def missed(stage: Stage) -> DropReason:
+    """The reason a server gives a client that sent nothing before ``stage`` closed."""
+    return _MISSED[stage]
+
+
 def stage_answered_by(message: Message) -> Stage:
-    """The stage a client message belongs to."""
-    for stage, kind in CLIENT_MESSAGE.items():
-        if isinstance(message, kind):
-            return stage
-    raise UsageError(f"{type(message).__name__} is not a client message")
+    """The stage a client message belongs to (its own declaration)."""
+    if message.DIRECTION is not Direction.UP:
+        raise UsageError(f"{type(message).__name__} is not a client message")
+    return message.STAGE
 
 
 @dataclass(frozen=True)

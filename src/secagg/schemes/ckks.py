@@ -39,7 +39,7 @@ from secagg.errors import (
 )
 from secagg.hazmat import ckks
 from secagg.hazmat.randomness import Randomness
-from secagg.protocol.messages import MAX_ID, Message, Reader, Writer, decode
+from secagg.protocol.codec import MAX_ID, Direction, Message, Reader, Writer, decode
 from secagg.protocol.runner import Aggregate
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Disclosure, SchemeKind
@@ -55,6 +55,8 @@ class CkksConfig(Message, CohortConfig):
     """A CKKS round: the cohort, the clip, the CKKS parameters and who decrypts."""
 
     TAG: ClassVar[int] = 20
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    STAGE: ClassVar[Stage] = Stage.UPLOAD
     SCHEME_LABEL: ClassVar[bytes] = b"ckks"
 
     clip: float
@@ -115,6 +117,8 @@ class CkksUpload(Message):
     """A client's encrypted update (``secagg.hazmat.ckks.EncryptedUpdate`` bytes)."""
 
     TAG: ClassVar[int] = 21
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    STAGE: ClassVar[Stage] = Stage.UPLOAD
 
     config_id: bytes = field(repr=False)
     client_id: int
@@ -135,6 +139,8 @@ class CkksSumRequest(Message):
     """The encrypted sum of the ``included`` clients' updates, for a key holder to decrypt."""
 
     TAG: ClassVar[int] = 22
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    STAGE: ClassVar[Stage] = Stage.DECRYPT
 
     config_id: bytes = field(repr=False)
     recipient: int
@@ -157,6 +163,8 @@ class CkksResult(Message):
     """A key holder's decryption: the weighted mean (float64) and the total weight."""
 
     TAG: ClassVar[int] = 23
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    STAGE: ClassVar[Stage] = Stage.DECRYPT
 
     config_id: bytes = field(repr=False)
     client_id: int

@@ -22,7 +22,7 @@ from secagg.errors import (
     UsageError,
 )
 from secagg.hazmat.randomness import Randomness
-from secagg.protocol.messages import Message, Reader, Writer
+from secagg.protocol.codec import Direction, Message, Reader, Writer
 from secagg.protocol.runner import Aggregate
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Disclosure, SchemeKind
@@ -36,6 +36,8 @@ class PlainConfig(Message, CohortConfig):
     """A plaintext round: the cohort and the dimension."""
 
     TAG: ClassVar[int] = 24
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    STAGE: ClassVar[Stage] = Stage.UPLOAD
     SCHEME_LABEL: ClassVar[bytes] = b"plaintext"
 
     def _write(self, w: Writer) -> None:
@@ -51,6 +53,8 @@ class PlainUpdate(Message):
     """A client's update as it is: float32 values and the weight."""
 
     TAG: ClassVar[int] = 25
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    STAGE: ClassVar[Stage] = Stage.UPLOAD
 
     config_id: bytes = field(repr=False)
     client_id: int

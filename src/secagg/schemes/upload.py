@@ -17,26 +17,18 @@ from dataclasses import dataclass, field
 from typing import ClassVar, cast
 
 from secagg.errors import DecodeError, DropReason, RoundAborted, UsageError
-from secagg.protocol.messages import (
-    DIGEST_BYTES,
-    MAX_ID,
-    NONCE_BYTES,
-    Message,
-    Reader,
-    Writer,
-    decode,
-)
-from secagg.protocol.stages import Drop, Stage
+from secagg.protocol.codec import MAX_ID, Message, Reader, Writer, decode
+from secagg.protocol.messages import DIGEST_BYTES, NONCE_BYTES
+from secagg.protocol.stages import Drop, Stage, missed
 
 __all__ = ["CohortConfig", "UploadServer"]
-
-_MISSED = {Stage.UPLOAD: DropReason.MISSED_UPLOAD, Stage.DECRYPT: DropReason.MISSED_DECRYPT}
 
 
 @dataclass(frozen=True)
 class CohortConfig:
     """The fields every upload-scheme configuration starts with. A concrete configuration is
-    ``class XConfig(Message, CohortConfig)`` with its own ``TAG`` and ``_write``."""
+    ``class XConfig(Message, CohortConfig)`` with its own ``TAG`` (listed in the codec's
+    ``TAGS``), ``DIRECTION``, ``STAGE`` and ``_write``."""
 
     SCHEME_LABEL: ClassVar[bytes] = b""
 
@@ -171,7 +163,7 @@ class UploadServer:
         if self.done:
             raise UsageError(f"the round has already ended ({self._stage.value})")
         for u in self.waiting_for():
-            self.drop(u, _MISSED[self._stage])
+            self.drop(u, missed(self._stage))
         # A client dropped after its upload arrived (say, it disconnected) is in the sum.
         live = set(self._received)
         try:

@@ -1,0 +1,289 @@
+"""The wire codec every message shares: ``Writer``, ``Reader``, ``Message`` and the one table
+of message tags.
+
+Every message encodes to ``MAGIC || VERSION || tag || body``; integers are big-endian, ids
+are ``u32``, variable-length parts carry a ``u32`` length or count. ``decode`` rejects a wrong
+header, a truncated body, a count or length that exceeds what is left (checked before any
+allocation) and trailing bytes, always with a ``DecodeError``.
+
+``TAGS`` lists every tag there is, with the class that owns it, in one place. Decoding needs
+no earlier import of the module that defines a message: the table names it, and ``decode``
+imports it on first use (that import is lazy because those modules import this one). A
+message class checks on definition that the table lists it under its tag, and declares its
+``DIRECTION`` and ``STAGE``; the tables that ask which stage a message answers or requests,
+or which way it travels, are derived from those declarations here and nowhere listed again.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import struct
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+from secagg.errors import DecodeError, UsageError
+
+if TYPE_CHECKING:
+    from secagg.protocol.stages import Stage
+
+__all__ = [
+    "MAGIC",
+    "MAX_ID",
+    "TAGS",
+    "VERSION",
+    "Direction",
+    "Message",
+    "Reader",
+    "Writer",
+    "client_messages",
+    "decode",
+    "defined_in",
+    "message_class",
+    "server_messages",
+    "travelling",
+]
+
+MAGIC = b"SA"
+VERSION = 1
+MAX_ID = 2**32 - 1  # the largest u32: every id on the wire is one
+
+# Every message tag, and the class ("module:Class") that owns it. A new message is one line
+# here; a tag is never reused, so a retired message keeps its number out of use.
+TAGS: Mapping[int, str] = {
+    # masking: session agreement and the rounds of Bonawitz et al. (secagg.protocol.messages)
+    1: "secagg.protocol.messages:RoundConfig",
+    2: "secagg.protocol.messages:AdvertiseKeys",
+    3: "secagg.protocol.messages:PeerKeys",
+    4: "secagg.protocol.messages:EncryptedShares",
+    5: "secagg.protocol.messages:PeerShares",
+    6: "secagg.protocol.messages:MaskedInput",
+    7: "secagg.protocol.messages:UnmaskRequest",
+    8: "secagg.protocol.messages:UnmaskResponse",
+    9: "secagg.protocol.messages:SurvivorList",
+    10: "secagg.protocol.messages:ConsistencySignature",
+    11: "secagg.protocol.messages:CommitRequest",
+    12: "secagg.protocol.messages:Commitment",
+    13: "secagg.protocol.messages:CommitmentDigest",
+    14: "secagg.protocol.messages:Reveal",
+    15: "secagg.protocol.messages:Contributions",
+    # CKKS homomorphic encryption
+    20: "secagg.schemes.ckks:CkksConfig",
+    21: "secagg.schemes.ckks:CkksUpload",
+    22: "secagg.schemes.ckks:CkksSumRequest",
+    23: "secagg.schemes.ckks:CkksResult",
+    # plaintext FedAvg (in process only: the service's wire schema has no frame for it)
+    24: "secagg.schemes.plaintext:PlainConfig",
+    25: "secagg.schemes.plaintext:PlainUpdate",
+}
+
+
+class Direction(StrEnum):
+    """Which way a message travels: up from a client, down to a client."""
+
+    UP = "up"  # client to server
+    DOWN = "down"  # server to client
+
+
+@functools.cache
+def message_class(tag: int) -> type[Message]:
+    """The class that owns ``tag``, importing its module if nothing has yet."""
+    module, _, name = TAGS[tag].partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, Message) and tag == cls.TAG):
+        raise UsageError(f"TAGS lists {TAGS[tag]} under tag {tag}, which it is not")
+    return cls
+
+
+def travelling(direction: Direction) -> tuple[type[Message], ...]:
+    """Every message that travels ``direction``, in tag order."""
+    return tuple(
+        cls for cls in (message_class(tag) for tag in sorted(TAGS)) if cls.DIRECTION is direction
+    )
+
+
+def defined_in(module: str) -> tuple[type[Message], ...]:
+    """The messages ``module`` defines, in tag order (a scheme's own, for its tables)."""
+    return tuple(message_class(tag) for tag in sorted(TAGS) if TAGS[tag].startswith(module + ":"))
+
+
+def client_messages() -> tuple[type[Message], ...]:
+    """Every message a client sends, in tag order."""
+    return travelling(Direction.UP)
+
+
+def server_messages() -> tuple[type[Message], ...]:
+    """Every message a server sends, in tag order."""
+    return travelling(Direction.DOWN)
+
+
+class Writer:
+    """Canonical encoding of fields, for every message."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def u8(self, value: int) -> None:
+        self._parts.append(struct.pack(">B", value))
+
+    def u32(self, value: int) -> None:
+        if not 0 <= value <= MAX_ID:
+            raise UsageError(f"value {value} does not fit in u32")
+        self._parts.append(struct.pack(">I", value))
+
+    def u64(self, value: int) -> None:
+        if not 0 <= value < 2**64:
+            raise UsageError(f"value {value} does not fit in u64")
+        self._parts.append(struct.pack(">Q", value))
+
+    def f64(self, value: float) -> None:
+        self._parts.append(struct.pack(">d", value))
+
+    def fixed(self, data: bytes, size: int) -> None:
+        if len(data) != size:
+            raise UsageError(f"expected {size} bytes, got {len(data)}")
+        self._parts.append(bytes(data))
+
+    def blob(self, data: bytes) -> None:
+        self.u32(len(data))
+        self._parts.append(bytes(data))
+
+    def ids(self, ids: Sequence[int]) -> None:
+        self.u32(len(ids))
+        for i in ids:
+            self.u32(i)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)
+
+
+class Reader:
+    """Strict decoding: every read is bounds-checked; counts before any allocation."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+
+    def _take(self, size: int) -> memoryview:
+        end = self._pos + size
+        if end > len(self._data):
+            raise DecodeError(f"truncated: needed {size} more bytes at offset {self._pos}")
+        chunk = self._data[self._pos : end]
+        self._pos = end
+        return chunk
+
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+    def u8(self) -> int:
+        return int(self._take(1)[0])
+
+    def u32(self) -> int:
+        return int(struct.unpack(">I", self._take(4))[0])
+
+    def u64(self) -> int:
+        return int(struct.unpack(">Q", self._take(8))[0])
+
+    def f64(self) -> float:
+        return float(struct.unpack(">d", self._take(8))[0])
+
+    def fixed(self, size: int) -> bytes:
+        return bytes(self._take(size))
+
+    def blob(self) -> bytes:
+        size = self.u32()
+        if size > self.remaining():
+            raise DecodeError(f"length {size} exceeds the {self.remaining()} bytes left")
+        return bytes(self._take(size))
+
+    def count(self, item_size: int) -> int:
+        """A list length, refused before allocation if the items cannot all be there."""
+        n = self.u32()
+        if n * item_size > self.remaining():
+            raise DecodeError(f"count {n} exceeds what the {self.remaining()} bytes left can hold")
+        return n
+
+    def ids(self) -> tuple[int, ...]:
+        n = self.count(4)
+        return tuple(self.u32() for _ in range(n))
+
+    def finish(self) -> None:
+        if self.remaining():
+            raise DecodeError(f"{self.remaining()} trailing bytes")
+
+
+M = TypeVar("M", bound="Message")
+
+
+class Message:
+    """Base of every wire message: ``encode`` and a class-level ``decode``.
+
+    A message class declares its ``TAG`` (the one it has in ``TAGS``), its ``DIRECTION`` and
+    its ``STAGE``: the stage a client message answers, or the stage whose answer a server
+    message requests. Every table that asks "which stage?" or "which way?" of a message is
+    derived from these declarations (``client_messages``, ``server_messages``).
+    """
+
+    TAG: ClassVar[int]
+    DIRECTION: ClassVar[Direction]
+    STAGE: ClassVar[Stage]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # Nothing is registered here: a class only checks that the table names it under its
+        # tag, so a message missing from TAGS (or listed under another tag) fails on import.
+        listed = TAGS.get(cls.TAG)
+        if listed != f"{cls.__module__}:{cls.__qualname__}":
+            raise UsageError(f"{cls.__qualname__} is not listed in TAGS under tag {cls.TAG}")
+        if not isinstance(cls.__dict__.get("DIRECTION"), Direction):
+            raise UsageError(f"{cls.__qualname__} declares no DIRECTION")
+        if "STAGE" not in cls.__dict__:
+            raise UsageError(f"{cls.__qualname__} declares no STAGE")
+
+    def encode(self) -> bytes:
+        w = Writer()
+        w.fixed(MAGIC, len(MAGIC))
+        w.u8(VERSION)
+        w.u8(self.TAG)
+        self._write(w)
+        return w.getvalue()
+
+    def _write(self, w: Writer) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _read(cls: type[M], r: Reader) -> M:
+        raise NotImplementedError
+
+    @classmethod
+    def decode(cls: type[M], data: bytes) -> M:
+        """Decode bytes that must hold exactly one message of this type."""
+        message = decode(data)
+        if not isinstance(message, cls):
+            raise DecodeError(f"expected {cls.__name__}, got {type(message).__name__}")
+        return message
+
+
+def decode(data: bytes) -> Message:
+    """Decode bytes holding exactly one message of any type."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    r = Reader(bytes(data))
+    if r.fixed(len(MAGIC)) != MAGIC:
+        raise DecodeError("not a secagg message (bad magic)")
+    version = r.u8()
+    if version != VERSION:
+        raise DecodeError(f"unsupported wire version {version}")
+    tag = r.u8()
+    if tag not in TAGS:
+        raise DecodeError(f"unknown message tag {tag}")
+    cls = message_class(tag)
+    try:
+        message = cls._read(r)
+    except (ValueError, UsageError) as exc:  # a field that fails its own validation
+        if isinstance(exc, DecodeError):
+            raise
+        raise DecodeError(f"invalid {cls.__name__}: {exc}") from None
+    r.finish()
+    return message
