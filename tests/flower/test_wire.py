@@ -134,6 +134,23 @@ def test_each_server_message_names_the_stage_its_answer_belongs_to() -> None:
         wire.requested_stage(b"junk")
 
 
+def test_the_stage_each_server_message_requests_is_its_own_declaration() -> None:
+    """Derived from masking's messages, it is the table that was listed by hand before."""
+    from secagg.protocol import messages as pm
+
+    before = {
+        pm.RoundConfig: Stage.COMMIT,
+        pm.CommitRequest: Stage.COMMIT,
+        pm.CommitmentDigest: Stage.REVEAL,
+        pm.Contributions: Stage.ADVERTISE,
+        pm.PeerKeys: Stage.SHARE,
+        pm.PeerShares: Stage.MASKED_INPUT,
+        pm.SurvivorList: Stage.CONSISTENCY,
+        pm.UnmaskRequest: Stage.UNMASK,
+    }
+    assert before == wire._ANSWERED_IN
+
+
 # ----------------------------------------------------------------------------- junk arrays
 # What the server sends as the model is read by ArrayLayout.of and .flatten (and hashed by
 # content_digest): whatever junk an Array holds, the answer is ConfigurationError, which the

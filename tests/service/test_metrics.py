@@ -689,3 +689,73 @@ def test_without_the_extra_the_module_imports_and_only_the_exporter_refuses() ->
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == NEEDS_EXTRA
     assert NEEDS_EXTRA == "metrics need the [metrics] extra: pip install 'secagg[metrics]'"
+
+
+# ------------------------------------------------------------------ derived message types
+
+
+def test_the_protocol_types_by_tag_and_direction_are_derived_as_they_were_listed() -> None:
+    """The codec's table and each message's declared direction give what was listed by hand:
+    every message that travels the stream under its class's name, the configurations (inside
+    a Task) and the plaintext scheme (no frame) under none."""
+    from secagg.protocol import messages as pm
+    from secagg.schemes.ckks import CkksResult, CkksSumRequest, CkksUpload
+    from secagg.service import metrics
+
+    assert metrics._PROTOCOL_TYPES == {
+        Direction.UP: {
+            pm.Commitment.TAG: MessageType.COMMITMENT,
+            pm.Reveal.TAG: MessageType.REVEAL,
+            pm.AdvertiseKeys.TAG: MessageType.ADVERTISE_KEYS,
+            pm.EncryptedShares.TAG: MessageType.ENCRYPTED_SHARES,
+            pm.MaskedInput.TAG: MessageType.MASKED_INPUT,
+            pm.ConsistencySignature.TAG: MessageType.CONSISTENCY_SIGNATURE,
+            pm.UnmaskResponse.TAG: MessageType.UNMASK_RESPONSE,
+            CkksUpload.TAG: MessageType.CKKS_UPLOAD,
+            CkksResult.TAG: MessageType.CKKS_RESULT,
+        },
+        Direction.DOWN: {
+            pm.CommitRequest.TAG: MessageType.COMMIT_REQUEST,
+            pm.CommitmentDigest.TAG: MessageType.COMMITMENT_DIGEST,
+            pm.Contributions.TAG: MessageType.CONTRIBUTIONS,
+            pm.PeerKeys.TAG: MessageType.PEER_KEYS,
+            pm.PeerShares.TAG: MessageType.PEER_SHARES,
+            pm.SurvivorList.TAG: MessageType.SURVIVOR_LIST,
+            pm.UnmaskRequest.TAG: MessageType.UNMASK_REQUEST,
+            CkksSumRequest.TAG: MessageType.CKKS_SUM_REQUEST,
+        },
+    }
+
+
+def test_which_types_travel_down_is_derived_as_it_was_listed() -> None:
+    down = {
+        MessageType.CHALLENGE,
+        MessageType.WELCOME,
+        MessageType.TASK,
+        MessageType.COMMIT_REQUEST,
+        MessageType.COMMITMENT_DIGEST,
+        MessageType.CONTRIBUTIONS,
+        MessageType.PEER_KEYS,
+        MessageType.PEER_SHARES,
+        MessageType.SURVIVOR_LIST,
+        MessageType.UNMASK_REQUEST,
+        MessageType.CKKS_SUM_REQUEST,
+        MessageType.ROUND_END,
+        MessageType.REJECT,
+    }
+    for kind in MessageType:
+        assert kind.direction is (Direction.DOWN if kind in down else Direction.UP), kind
+
+
+def test_a_protocol_type_travels_the_way_its_message_declares() -> None:
+    from secagg.protocol import codec
+
+    for cls in codec.client_messages() + codec.server_messages():
+        data = codec.MAGIC + bytes([codec.VERSION, cls.TAG])
+        try:
+            kind = protocol_message_type(data, cls.DIRECTION)
+        except UsageError:  # a configuration: only ever inside a Task
+            assert cls.DIRECTION is Direction.DOWN and cls.__name__.endswith("Config")
+            continue
+        if kind is not MessageType.MALFORMED:
+            assert kind.direction is cls.DIRECTION

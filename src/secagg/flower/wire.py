@@ -50,6 +50,7 @@ from numpy.typing import NDArray
 from secagg.errors import ConfigurationError, DecodeError
 from secagg.hazmat.kdf import encode_fields
 from secagg.protocol import messages as pm
+from secagg.protocol.codec import Direction, defined_in
 from secagg.protocol.stages import Stage
 
 try:
@@ -137,16 +138,10 @@ def decode_nodes(data: object) -> tuple[int, ...]:
     return nodes
 
 
-# What each server message asks a client to answer: the stage its answer belongs to.
+# What each server message of masking (the scheme Flower runs) asks a client to answer: the
+# stage its answer belongs to, as the message declares it.
 _ANSWERED_IN: dict[type[pm.Message], Stage] = {
-    pm.RoundConfig: Stage.COMMIT,
-    pm.CommitRequest: Stage.COMMIT,
-    pm.CommitmentDigest: Stage.REVEAL,
-    pm.Contributions: Stage.ADVERTISE,
-    pm.PeerKeys: Stage.SHARE,
-    pm.PeerShares: Stage.MASKED_INPUT,
-    pm.SurvivorList: Stage.CONSISTENCY,
-    pm.UnmaskRequest: Stage.UNMASK,
+    cls: cls.STAGE for cls in defined_in(pm.__name__) if cls.DIRECTION is Direction.DOWN
 }
 
 

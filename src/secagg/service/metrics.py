@@ -45,6 +45,7 @@ from __future__ import annotations
 import errno
 import math
 import platform
+import re
 import socket
 import threading
 from collections.abc import Mapping
@@ -53,9 +54,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from secagg import __version__
 from secagg.errors import ConfigurationError, DropReason, UsageError
-from secagg.protocol import messages
+from secagg.protocol import codec
+from secagg.protocol.codec import Direction
 from secagg.protocol.server import Stage
-from secagg.schemes.ckks import CkksResult, CkksSumRequest, CkksUpload
 from secagg.service.ledger import RoundOutcome
 from secagg.service.v1 import coordinator_pb2 as pb
 
@@ -99,13 +100,6 @@ DURATION_BUCKETS = (
 MESSAGE_SIZE_BUCKETS = tuple(float(4**k) for k in range(3, 16))
 
 
-class Direction(StrEnum):
-    """Which way a message travelled: up from a client, down to a client."""
-
-    UP = "up"
-    DOWN = "down"
-
-
 class ClientStatus(StrEnum):
     """The ``status`` label of ``secagg_stage_clients``."""
 
@@ -116,9 +110,11 @@ class ClientStatus(StrEnum):
 class MessageType(StrEnum):
     """Every kind of frame on the coordinator's stream: the closed ``type`` label set.
 
-    Protocol messages are named after their ``secagg.protocol.messages`` class; the others
-    after the gRPC frame that carries them. ``malformed`` counts what a client sent that is not
-    one of its messages (junk bytes, an empty frame, a server message sent back up).
+    Protocol messages are named after their class, of any scheme (``AdvertiseKeys``:
+    ``advertise-keys``): their tag and direction come from the codec (``_PROTOCOL_TYPES``),
+    so a new message that travels the stream is one member here. The others are named after
+    the gRPC frame that carries them. ``malformed`` counts what a client sent that is not one
+    of its messages (junk bytes, an empty frame, a server message sent back up).
     """
 
     # client -> coordinator
@@ -154,51 +150,6 @@ class MessageType(StrEnum):
         return Direction.DOWN if self in _DOWN else Direction.UP
 
 
-_DOWN = frozenset(
-    {
-        MessageType.CHALLENGE,
-        MessageType.WELCOME,
-        MessageType.TASK,
-        MessageType.COMMIT_REQUEST,
-        MessageType.COMMITMENT_DIGEST,
-        MessageType.CONTRIBUTIONS,
-        MessageType.PEER_KEYS,
-        MessageType.PEER_SHARES,
-        MessageType.SURVIVOR_LIST,
-        MessageType.UNMASK_REQUEST,
-        MessageType.CKKS_SUM_REQUEST,
-        MessageType.ROUND_END,
-        MessageType.REJECT,
-    }
-)
-
-# Protocol messages by their wire tag, per direction. RoundConfig never travels alone (it is
-# inside a Task), so a bare one is not a message of either side.
-_PROTOCOL_TYPES: Mapping[Direction, Mapping[int, MessageType]] = {
-    Direction.UP: {
-        messages.Commitment.TAG: MessageType.COMMITMENT,
-        messages.Reveal.TAG: MessageType.REVEAL,
-        messages.AdvertiseKeys.TAG: MessageType.ADVERTISE_KEYS,
-        messages.EncryptedShares.TAG: MessageType.ENCRYPTED_SHARES,
-        messages.MaskedInput.TAG: MessageType.MASKED_INPUT,
-        messages.ConsistencySignature.TAG: MessageType.CONSISTENCY_SIGNATURE,
-        messages.UnmaskResponse.TAG: MessageType.UNMASK_RESPONSE,
-        CkksUpload.TAG: MessageType.CKKS_UPLOAD,
-        CkksResult.TAG: MessageType.CKKS_RESULT,
-    },
-    Direction.DOWN: {
-        messages.CommitRequest.TAG: MessageType.COMMIT_REQUEST,
-        messages.CommitmentDigest.TAG: MessageType.COMMITMENT_DIGEST,
-        messages.Contributions.TAG: MessageType.CONTRIBUTIONS,
-        messages.PeerKeys.TAG: MessageType.PEER_KEYS,
-        messages.PeerShares.TAG: MessageType.PEER_SHARES,
-        messages.SurvivorList.TAG: MessageType.SURVIVOR_LIST,
-        messages.UnmaskRequest.TAG: MessageType.UNMASK_REQUEST,
-        CkksSumRequest.TAG: MessageType.CKKS_SUM_REQUEST,
-    },
-}
-_HEADER = len(messages.MAGIC) + 2  # MAGIC || VERSION || tag
-
 _CLIENT_FRAMES = {
     "hello": MessageType.HELLO,
     "abort": MessageType.CLIENT_ABORT,
@@ -212,6 +163,29 @@ _SERVER_FRAMES = {
 }
 
 
+def _protocol_types(direction: Direction) -> dict[int, MessageType]:
+    """The protocol messages that travel ``direction`` by their wire tag, each under the type
+    named after its class (``AdvertiseKeys``: ``advertise-keys``), as the codec's table and
+    the messages' own declarations say. A message with no type of its name is not one of the
+    stream's: a ``RoundConfig`` (or a CKKS configuration) never travels alone, it is inside
+    a Task, and the plaintext scheme has no frame."""
+    types: dict[int, MessageType] = {}
+    for cls in codec.travelling(direction):
+        label = re.sub(r"(?<!^)(?=[A-Z])", "-", cls.__name__).lower()
+        if label in _TYPE_NAMES:
+            types[cls.TAG] = MessageType(label)
+    return types
+
+
+_TYPE_NAMES = frozenset(kind.value for kind in MessageType)
+_PROTOCOL_TYPES: Mapping[Direction, Mapping[int, MessageType]] = {
+    direction: _protocol_types(direction) for direction in Direction
+}
+# What travels down: the coordinator's own frames and the protocol's server messages.
+_DOWN = frozenset(_SERVER_FRAMES.values()) | frozenset(_PROTOCOL_TYPES[Direction.DOWN].values())
+_HEADER = len(codec.MAGIC) + 2  # MAGIC || VERSION || tag
+
+
 def protocol_message_type(data: bytes, direction: Direction) -> MessageType:
     """The type of canonical protocol bytes, read from their header (nothing is decoded).
 
@@ -219,8 +193,8 @@ def protocol_message_type(data: bytes, direction: Direction) -> MessageType:
     to send that are not a server message are our bug (``UsageError``).
     """
     direction = _direction(direction)
-    known = len(data) >= _HEADER and data[: len(messages.MAGIC)] == messages.MAGIC
-    known = known and data[len(messages.MAGIC)] == messages.VERSION
+    known = len(data) >= _HEADER and data[: len(codec.MAGIC)] == codec.MAGIC
+    known = known and data[len(codec.MAGIC)] == codec.VERSION
     kind = _PROTOCOL_TYPES[direction].get(data[_HEADER - 1]) if known else None
     if kind is not None:
         return kind
