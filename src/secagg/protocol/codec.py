@@ -8,10 +8,12 @@ allocation) and trailing bytes, always with a ``DecodeError``.
 
 ``TAGS`` lists every tag there is, with the class that owns it, in one place. Decoding needs
 no earlier import of the module that defines a message: the table names it, and ``decode``
-imports it on first use (that import is lazy because those modules import this one). A
-message class checks on definition that the table lists it under its tag, and declares its
-``DIRECTION`` and ``STAGE``; the tables that ask which stage a message answers or requests,
-or which way it travels, are derived from those declarations here and nowhere listed again.
+imports it on first use (lazily, because those modules import this one; the schemes' among
+them sit above this layer). Defining a class registers nothing: it only checks that the
+table lists it under its tag. Each class declares its ``DIRECTION`` and its ``STAGE``, and
+every table that asks which stage a message answers or requests, or which way it travels
+(masking's ``CLIENT_MESSAGE``, ``stages.stage_answered_by``, the metrics' message types,
+Flower's requested stages), is derived from those declarations, never listed again.
 """
 
 from __future__ import annotations
