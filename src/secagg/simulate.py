@@ -3,8 +3,9 @@ scripted dropouts.
 
 This is the executable specification of a round: the round engine
 (``secagg.protocol.runner.RoundRun``) drives the scheme's server; every message really is
-encoded, counted and decoded on the other side, exactly as it would travel on the wire; and
-the result is checked against the exact weighted mean of the (clipped) inputs of the clients
+encoded, counted into the engine's byte meter and decoded on the other side, exactly as it
+would travel on the wire; the report is a view of the engine's ``RoundRecord``; and the
+result is checked against the exact weighted mean of the (clipped) inputs of the clients
 that were included. Inputs are produced one client at a time, when that client uses its
 input, so that a cohort of thousands never holds all its vectors at once.
 """
@@ -29,7 +30,14 @@ from secagg.hazmat.randomness import DeterministicRandomness, Randomness, System
 from secagg.parallel import MaskApplier
 from secagg.params import Params
 from secagg.protocol.messages import Message
-from secagg.protocol.runner import RoundClient, RoundRun, RoundServer
+from secagg.protocol.runner import (
+    ByteMeter,
+    RoundClient,
+    RoundOutcome,
+    RoundRecord,
+    RoundRun,
+    RoundServer,
+)
 from secagg.protocol.server import Server
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
@@ -186,7 +194,7 @@ class RoundReport:
     """
 
     scheme: str
-    outcome: str  # "completed" or "aborted"
+    outcome: RoundOutcome
     abort_reason: str | None
     clients: int
     dim: int
@@ -290,33 +298,18 @@ def _fork(root: Randomness, label: str) -> Randomness:
     return root.fork(label) if isinstance(root, DeterministicRandomness) else root
 
 
-class _Meter:
-    """Bytes each client sent and received, counted on the encoded messages."""
-
-    def __init__(self) -> None:
-        self.up: dict[int, int] = {}
-        self.down: dict[int, int] = {}
-
-    def delivered(self, client_id: int, message: Message) -> bytes:
-        data = message.encode()
-        self.down[client_id] = self.down.get(client_id, 0) + len(data)
-        return data
-
-    def sent(self, client_id: int, data: bytes) -> bytes:
-        self.up[client_id] = self.up.get(client_id, 0) + len(data)
-        return data
-
-
 class _Deliveries(Mapping[int, bytes]):
     """A stage's deliveries, each encoded (and metered) when the cohort reads it: a stage
     that broadcasts O(n) bytes to each of n clients never holds all of them at once."""
 
-    def __init__(self, outgoing: Mapping[int, Message], meter: _Meter) -> None:
+    def __init__(self, outgoing: Mapping[int, Message], meter: ByteMeter) -> None:
         self._outgoing = outgoing
         self._meter = meter
 
     def __getitem__(self, client_id: int) -> bytes:
-        return self._meter.delivered(client_id, self._outgoing[client_id])
+        data = self._outgoing[client_id].encode()
+        self._meter.sent(client_id, len(data))
+        return data
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._outgoing)
@@ -418,7 +411,7 @@ def simulate_round(
     exact_weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     outcome = _run(scheme, n, inputs, int_weights, exact_weights, drops, root, workers, backend)
     report = _report(scheme, n, inputs, outcome, weights, exact_weights, drops)
-    if baseline and outcome.aggregate is not None:
+    if baseline and outcome.record.completed:
         report = _with_baseline(
             report, n, inputs, int_weights, exact_weights, max_weight, dim, backend
         )
@@ -428,9 +421,8 @@ def simulate_round(
 @dataclass
 class _Outcome:
     config: Message
-    run: RoundRun
+    record: RoundRecord
     server: _TimedServer
-    meter: _Meter
     tally_clipped: int
     tally_norms: list[float]
     client_seconds: float
@@ -438,7 +430,6 @@ class _Outcome:
     weighted_sum: NDArray[np.float64]
     weight_sum: float
     client_aborts: dict[int, str]
-    aggregate: Any = None
     mean: NDArray[np.float64] | None = None
     ring_total: NDArray[np.unsignedinteger] | None = None
 
@@ -467,7 +458,7 @@ def _run(
 
     server = _TimedServer(scheme.server(config))
     run = RoundRun(server)
-    meter = _Meter()
+    meter = run.meter
     client_aborts: dict[int, str] = {}
     with open_cohort(backend, group_of, tuple(range(n)), workers) as cohort:
         for stage, outgoing in run.stages():
@@ -479,13 +470,14 @@ def _run(
                     client_aborts[i] = aborted
                 else:
                     assert data is not None
-                    server.receive(i, meter.sent(i, data))
+                    meter.received(i, len(data))
+                    server.receive(i, data)
         tally = cohort.tally()
+    record = run.record
     outcome = _Outcome(
         config,
-        run,
+        record,
         server,
-        meter,
         tally.clipped,
         tally.norms,
         tally.client_seconds,
@@ -494,10 +486,8 @@ def _run(
         tally.weight_sum,
         client_aborts,
     )
-    if run.completed:
-        aggregate = server.inner.aggregate()
-        outcome.aggregate = aggregate
-        outcome.mean = aggregate.mean
+    if record.aggregate is not None:
+        outcome.mean = record.aggregate.mean
         if isinstance(server.inner, Server):
             outcome.ring_total = server.inner.result.total
     return outcome
@@ -512,10 +502,10 @@ def _report(
     exact_weights: NDArray[np.float64],
     drops: DropSchedule,
 ) -> RoundReport:
-    server, run = outcome.server, outcome.run
+    server, record = outcome.server, outcome.record
     dropped: dict[str, list[int]] = {s.value: [] for s in scheme.stages}
     reasons: dict[int, str] = {}
-    for d in server.inner.drops.values():
+    for d in record.drops.values():
         dropped.setdefault(d.stage.value, []).append(d.client_id)
         reasons[d.client_id] = d.reason.value
     details = scheme.describe(n)
@@ -524,15 +514,16 @@ def _report(
     max_abs_error: float | None = None
     margin: int | None = None
     epsilon: float | None = None
-    if outcome.aggregate is not None:
-        included = outcome.aggregate.included
-        bound = outcome.aggregate.error_bound  # for the number of inputs actually included
+    aggregate = record.aggregate
+    if aggregate is not None:
+        included = aggregate.included
+        bound = aggregate.error_bound  # for the number of inputs actually included
         epsilon = scheme.epsilon(len(included))
         if set(included) == outcome.contributed:
             exact = outcome.weighted_sum / outcome.weight_sum
         else:  # a client used its input but was not included: recompute over exactly those
             exact = _exact_mean(inputs, included, exact_weights, scheme.dim, scheme.reference)
-        max_abs_error = float(np.max(np.abs(outcome.aggregate.mean - exact)))
+        max_abs_error = float(np.max(np.abs(aggregate.mean - exact)))
     if weights is not None and not np.all(exact_weights == np.round(exact_weights)):
         clip = float(details.get("clip") or 0.0)  # type: ignore[arg-type]
         bound += 2 * clip / WEIGHT_LEVELS  # rounding the weights moves the mean too
@@ -547,12 +538,13 @@ def _report(
         clip_hint = float(f"{np.median(outcome.tally_norms):.2g}")
     inner = server.inner
     if isinstance(inner, Server):
-        margin = inner.unmask_answers - inner.config.threshold if outcome.aggregate else None
+        margin = inner.unmask_answers - inner.config.threshold if aggregate else None
     full = [i for i in range(n) if i in included and drops.stage_of(i) is None]
+    up, down = record.bytes_per_client(full)
     return RoundReport(
         scheme=scheme.kind.value,
-        outcome="completed" if outcome.aggregate is not None else "aborted",
-        abort_reason=None if run.abort is None else str(run.abort),
+        outcome=record.outcome,
+        abort_reason=None if record.abort is None else str(record.abort),
         clients=n,
         dim=scheme.dim,
         included=included,
@@ -560,16 +552,16 @@ def _report(
         drop_reasons=reasons,
         client_aborts=outcome.client_aborts,
         details=details,
-        session_attempts=inner.attempt if isinstance(inner, Server) else None,
+        session_attempts=record.attempts,
         threshold_margin=margin,
         clipped_values=outcome.tally_clipped,
         clip_rate=outcome.tally_clipped / max(1, clip_units),
-        seconds=run.seconds,
-        stage_seconds=run.stage_seconds,
+        seconds=record.seconds,
+        stage_seconds={s.value: t for s, t in record.stage_seconds.items()},
         client_seconds=outcome.client_seconds / max(1, len(outcome.contributed)),
         server_seconds=server.seconds,
-        upload_bytes_per_client=_mean(outcome.meter.up, full),
-        download_bytes_per_client=_mean(outcome.meter.down, full),
+        upload_bytes_per_client=up,
+        download_bytes_per_client=down,
         plaintext_bytes_per_client=4 * scheme.dim,
         plaintext_seconds=None,
         max_abs_error=max_abs_error,
@@ -607,13 +599,7 @@ def _with_baseline(
         1 if backend is Backend.PROCESS else None,
         backend,
     )
-    return dataclasses.replace(report, plaintext_seconds=outcome.run.seconds)
-
-
-def _mean(counts: Mapping[int, int], ids: Sequence[int]) -> float:
-    if not ids:
-        return 0.0
-    return float(sum(counts.get(i, 0) for i in ids)) / len(ids)
+    return dataclasses.replace(report, plaintext_seconds=outcome.record.seconds)
 
 
 def _exact_mean(

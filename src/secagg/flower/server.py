@@ -19,7 +19,8 @@ error, with a typed refusal (``wire.ABORT``) or not at all by then is dropped an
 goes on without it, as secagg's ``Server`` decides (it recovers dropouts at every stage and
 aborts, revealing nothing, only when fewer than the threshold remain). An aborted round
 returns no reply, so the strategy keeps its current model. What each round did is in
-``SecureGrid.reports``.
+``SecureGrid.reports``: each a view, in node ids, of the round engine's ``RoundRecord``
+(the bytes are counted into the engine's meter as messages go out and replies come in).
 
 Node ids: the cohort is the strategy's sampled nodes; client id ``i`` is the ``i``-th
 smallest node id (``secagg.flower.wire``), and the node table travels with the round's first
@@ -36,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from secagg.errors import ConfigurationError, DropReason, RoundAborted, UsageError, one_line
+from secagg.errors import ConfigurationError, DropReason, UsageError, one_line
 from secagg.flower import wire
 from secagg.hazmat.randomness import Randomness, SystemRandomness
 from secagg.params import Params
-from secagg.protocol.runner import RoundRun
+from secagg.protocol.runner import RoundOutcome, RoundRun
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import MaskingScheme
 
@@ -78,7 +79,7 @@ class SecureRoundReport:
     """
 
     round_id: int
-    outcome: str  # "completed" or "aborted"
+    outcome: RoundOutcome
     abort_reason: str | None
     nodes: tuple[int, ...]
     included: tuple[int, ...]
@@ -95,7 +96,7 @@ class SecureRoundReport:
         """One line for the operator: the outcome, whose updates the aggregate holds, and
         who was dropped where and why."""
         head = f"secure round {self.round_id}: "
-        if self.outcome == "completed":
+        if self.outcome is RoundOutcome.COMPLETED:
             head += (
                 f"{len(self.included)} of {len(self.nodes)} nodes' updates in the aggregate "
                 "(the strategy receives it as 1 result)"
@@ -234,8 +235,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
         return [] if reply is None else [reply]
 
     def _secure_round(self, train: list[Message], timeout: float | None) -> Message | None:
-        started = time.perf_counter()
-        deadline = None if timeout is None else started + timeout
+        deadline = None if timeout is None else time.perf_counter() + timeout
         nodes = sorted(m.metadata.dst_node_id for m in train)
         table = wire.encode_nodes(nodes)  # refuses a node sampled twice
         task = train[0].content
@@ -268,10 +268,9 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
         # by the one round engine: this transport only delivers and collects.
         server = MaskingScheme(self.params, pki=pki).server(config)
         run = RoundRun(server)
+        meter = run.meter
         node_of = dict(enumerate(nodes))
         client_of = {n: i for i, n in node_of.items()}
-        up = dict.fromkeys(nodes, 0)
-        down = dict.fromkeys(nodes, 0)
         aborts: dict[int, str] = {}
         group_id = train[0].metadata.group_id
         model_bytes = sum(len(a.data) for a in model.values())
@@ -282,7 +281,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
             for cid, message in outgoing.items():
                 data = message.encode()
                 node = node_of[cid]
-                down[node] += len(data) + (model_bytes if first else 0)
+                meter.sent(cid, len(data) + (model_bytes if first else 0))
                 if first:
                     opening = ConfigRecord({wire.MESSAGE: data, wire.NODES: table})
                     content = RecordDict({**dict(task.items()), wire.RECORD_KEY: opening})
@@ -324,11 +323,11 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
                 else:
                     payload = record.get(wire.MESSAGE)
                     if isinstance(payload, bytes):
-                        up[node] += len(payload)
+                        meter.received(cid, len(payload))
                         server.receive(cid, payload)
                     else:
                         server.drop(cid, DropReason.MALFORMED, "the protocol message is not bytes")
-        abort = run.abort
+        ended = run.record  # the round engine's record: the report is a view of it
 
         dropped = {
             node_of[d.client_id]: (
@@ -337,35 +336,30 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
                 if node_of[d.client_id] in aborts
                 else d.reason.value,
             )
-            for d in server.drops.values()
+            for d in ended.drops.values()
         }
         reply: Message | None = None
-        included: tuple[int, ...] = ()
         total_weight = 0
-        if abort is None:
-            result = server.result
-            included = tuple(node_of[c] for c in result.included)
-            total_weight = result.total_weight
-            if total_weight > 0:
-                mean = server.aggregate().mean
-                aggregate = layout.unflatten(global_vector + mean, like=model)
-                reply = Message(self._reply(task, aggregate, total_weight), reply_to=train[0])
-            else:
-                abort = RoundAborted(Stage.COMPLETED.value, "every included weight was zero")
+        # A round whose included weights are all zero has no mean: the engine ends it as an
+        # abort, and the strategy gets no reply.
+        if ended.aggregate is not None:
+            total_weight = round(ended.aggregate.total_weight)
+            aggregate = layout.unflatten(global_vector + ended.aggregate.mean, like=model)
+            reply = Message(self._reply(task, aggregate, total_weight), reply_to=train[0])
         report = SecureRoundReport(
             round_id=round_id,
-            outcome="completed" if reply is not None else "aborted",
-            abort_reason=None if abort is None else str(abort),
+            outcome=ended.outcome,
+            abort_reason=None if ended.abort is None else str(ended.abort),
             nodes=tuple(nodes),
-            included=included,
+            included=tuple(node_of[c] for c in ended.included),
             dropped=dropped,
             total_weight=total_weight,
             degree=config.degree,
             threshold=config.threshold,
-            seconds=time.perf_counter() - started,
-            stage_seconds=dict(run.stage_seconds),
-            upload_bytes=up,
-            download_bytes=down,
+            seconds=ended.seconds,
+            stage_seconds={s.value: t for s, t in ended.stage_seconds.items()},
+            upload_bytes={n: ended.bytes_up.get(c, 0) for c, n in node_of.items()},
+            download_bytes={n: ended.bytes_down.get(c, 0) for c, n in node_of.items()},
         )
         self.reports.append(report)
         # In Flower's own log, where a Flower user reads it: the strategy's next line says it

@@ -58,7 +58,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import Enum
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, BinaryIO, SupportsIndex
@@ -69,6 +69,9 @@ from numpy.typing import NDArray
 from secagg.dp.calibrate import DpPlan, achieved_epsilon, epsilon_spent
 from secagg.errors import ConfigurationError, DecodeError, LedgerError, UsageError
 from secagg.hazmat.kdf import encode_fields
+
+# The round engine's outcome: the ledger stores its values (``running`` until a round ends).
+from secagg.protocol.runner import RoundOutcome
 
 __all__ = [
     "LOCK_SUFFIX",
@@ -100,14 +103,6 @@ _SINCE: dict[int, frozenset[str]] = {2: frozenset({_DP_TABLE, _DP_FREEZE_TRIGGER
 # How SQLite says that a read-only connection cannot set up its shared memory beside a WAL
 # database, because the directory is read-only: the cue to read the file as immutable.
 _NO_SHARED_MEMORY = frozenset({"SQLITE_READONLY_DIRECTORY", "SQLITE_READONLY_CANTINIT"})
-
-
-class RoundOutcome(StrEnum):
-    """Where a round stands: running until it completes or aborts; then final."""
-
-    RUNNING = "running"
-    COMPLETED = "completed"
-    ABORTED = "aborted"
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,17 @@ in the round configuration, hence in the session id) and hands the deployment's 
 (masking or CKKS, ``secagg.schemes``) to the one round engine, ``RoundRun``: for each stage
 the engine names, this module delivers what the scheme's server sends, feeds back what
 arrives, and resumes the engine when the stage's deadline passes or nobody is awaited any
-more. It keeps no list of stages and dispatches no message itself. There is no plaintext
-path: clients only ever send protocol messages. A client that misses a deadline, disconnects
-or misbehaves is dropped with a reason and the round goes on while enough remain; when it
-cannot, the abort reason says what happened to whom (how many clients dropped where, and
-why) before the scheme's own reason. A completed round's log line, summary and ledger name
-each client that dropped, its stage, its typed reason and the detail, which is never empty
-(``connection lost``, the deadline it missed, the reason a client gave for leaving).
+more. It keeps no list of stages and dispatches no message itself. It listens to the engine
+(a stage closed, a drop: the log, the metrics and the ledger as the round goes), and the
+round's summary, its ledger row and its outcome metric are views of the engine's
+``RoundRecord``; the transport counts each frame's bytes into the engine's meter. There is
+no plaintext path: clients only ever send protocol messages. A client that misses a
+deadline, disconnects or misbehaves is dropped with a reason and the round goes on while
+enough remain; when it cannot, the abort reason says what happened to whom (how many
+clients dropped where, and why) before the scheme's own reason. A completed round's log
+line, summary and ledger name each client that dropped, its stage, its typed reason and the
+detail, which is never empty (``connection lost``, the deadline it missed, the reason a
+client gave for leaving).
 
 Flow control keeps the coordinator's memory independent of how many clients upload: it is
 O(dim x W + clients x degree) for an upload window of W clients (``upload_window``). Every
@@ -71,8 +75,15 @@ from secagg.errors import (
 )
 from secagg.hazmat import prg
 from secagg.protocol.messages import Message, RoundConfig
-from secagg.protocol.runner import UPLOAD_STAGES, RoundRun, RoundServer
-from secagg.protocol.server import Drop, Server
+from secagg.protocol.runner import (
+    UPLOAD_STAGES,
+    RoundListener,
+    RoundOutcome,
+    RoundRecord,
+    RoundRun,
+    RoundServer,
+)
+from secagg.protocol.server import Drop
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
@@ -80,7 +91,6 @@ from secagg.schemes.upload import CohortConfig
 from secagg.service.ledger import (
     DropRecord,
     Ledger,
-    RoundOutcome,
     RoundPrivacy,
     account_round,
     describe_drops,
@@ -152,15 +162,12 @@ class _TimedMasks:
             self.seconds += time.perf_counter() - started
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Closing:
     """A stage whose deadline has passed, while the engine closes it."""
 
-    stage: Stage
-    started: float
     expected: int
     answered: int
-    closing: float  # when the engine was resumed to close it
     unmasked_before: float  # the mask applier's seconds then
 
 
@@ -235,13 +242,15 @@ class _Round:
         config: Message,
         server: RoundServer,
         task: pb.Task,
+        listener: RoundListener,
     ) -> None:
         self.round_id = round_id
         self.cohort = cohort
         self.config = config
         self.server = server
         self.task = task
-        self.run = RoundRun(server)
+        self.run = RoundRun(server, listener=listener)
+        self.closing: _Closing | None = None  # the stage the engine is closing
         self.progress = asyncio.Event()
         self.stage_started = time.perf_counter()
         self.stage = server.stage  # the stage running (or the last one run)
@@ -249,10 +258,10 @@ class _Round:
         self.peak = 0  # the largest resident memory sampled since the stage began
 
 
-class RoundRunner:
+class RoundRunner(RoundListener):
     """Runs rounds of ``scheme`` over ``transport``; it is the transport's listener while it
-    lives. ``scheme`` holds the coordinator's side of the deployment: masking's PKI and mask
-    applier, or CKKS's evaluation context."""
+    lives, and the round engine's. ``scheme`` holds the coordinator's side of the
+    deployment: masking's PKI and mask applier, or CKKS's evaluation context."""
 
     def __init__(
         self,
@@ -403,13 +412,9 @@ class RoundRunner:
         )
         self._metrics.round_started()
         task = pb.Task(round_id=round_id, round_config=config.encode(), model=model, step=step)
-        active = _Round(round_id, cohort, config, server, task)
+        active = _Round(round_id, cohort, config, server, task, self)
         self._round = active
-        for c in cohort:
-            conn = self._transport.connection(c)
-            if conn is not None:
-                conn.reset_bytes()
-        started = time.perf_counter()
+        self._transport.meter = active.run.meter  # this round's bytes, from now on
         log.info(
             "round %d: %s, cohort of %d, %s (resident memory %d MiB)",
             round_id,
@@ -420,11 +425,10 @@ class RoundRunner:
         )
         sampler = asyncio.create_task(_sample_resident(active))
         try:
-            await self._stages(active)
-            seconds = time.perf_counter() - started
-            if active.run.abort is not None:
-                return self._aborted(active, active.run.abort, seconds)
-            return self._completed(active, seconds)
+            record = await self._stages(active)
+            if record.abort is not None:
+                return self._aborted(active, record, record.abort)
+            return self._completed(active, record)
         except asyncio.CancelledError:
             self._interrupted(active, "the coordinator was stopped")
             raise
@@ -437,19 +441,16 @@ class RoundRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
 
-    async def _stages(self, active: _Round) -> None:
+    async def _stages(self, active: _Round) -> RoundRecord:
         """The engine's stages, one by one: deliver, wait, resume (which closes the stage)."""
         server = active.server
-        closing: _Closing | None = None
         for stage, outgoing in active.run.stages():
-            if closing is not None:
-                self._stage_closed(active, closing)
             active.stage = stage
-            started = active.stage_started = time.perf_counter()
+            active.stage_started = time.perf_counter()  # clients' response times count from here
             await self._stage_started(active.round_id, stage)
             expected = server.waiting_for()
             active.peak = _resident_bytes()
-            first = closing is None
+            first = active.closing is None
             if first and "task" in self._hold:
                 await hold(active.round_id, "task")
             self._deliver(active, outgoing)
@@ -460,18 +461,15 @@ class RoundRunner:
                 await hold(active.round_id, stage.value)
             active.delivery = None
             answered = len(expected - server.waiting_for() - server.drops.keys())
-            closing = _Closing(
-                stage,
-                started,
+            active.closing = _Closing(
                 len(expected),
                 answered,
-                time.perf_counter(),
                 0.0 if self._masks is None else self._masks.seconds,
             )
-        if closing is not None:
-            self._stage_closed(active, closing)
-        for name, seconds in active.run.stage_seconds.items():
-            self.ledger.record_stage(active.round_id, name, seconds)
+        record = active.run.record
+        for stage, seconds in record.stage_seconds.items():
+            self.ledger.record_stage(active.round_id, stage.value, seconds)
+        return record
 
     async def _hold_once_written(self, active: _Round, sent: frozenset[int]) -> None:
         """Test-only: hold the round once the task of every client still in it is written
@@ -482,16 +480,20 @@ class RoundRunner:
             await asyncio.sleep(0.01)
         await hold(active.round_id, "training")
 
-    def _stage_closed(self, active: _Round, closing: _Closing) -> None:
-        """Metrics, log and ledger for a stage the engine has just closed."""
-        closed = time.perf_counter()
-        stage = closing.stage
-        seconds = closed - closing.started
-        self._metrics.stage_finished(stage, seconds, closing.expected, closing.answered)
+    # ----------------------------------------------------------------- the engine's listener
+    def stage_closed(self, stage: Stage, seconds: float, closing: float) -> None:
+        """Metrics and log for a stage the engine has just closed (its drops follow, one
+        ``dropped`` each)."""
+        active = self._round
+        assert active is not None and active.closing is not None
+        counts = active.closing
+        self._metrics.stage_finished(stage, seconds, counts.expected, counts.answered)
         if stage is Stage.UNMASK and active.run.abort is None and self._masks is not None:
-            unmasking = self._masks.seconds - closing.unmasked_before
+            # The close of the unmask stage is unmasking (the mask applier's time) and Shamir
+            # reconstruction (the rest).
+            unmasking = self._masks.seconds - counts.unmasked_before
             self._metrics.unmasking_seconds(unmasking)
-            self._metrics.reconstruction_seconds(max(0.0, closed - closing.closing - unmasking))
+            self._metrics.reconstruction_seconds(max(0.0, closing - unmasking))
         log.info(
             "round %d: %s took %.2f s (resident memory %d MiB, peak %d MiB)",
             active.round_id,
@@ -500,18 +502,19 @@ class RoundRunner:
             _resident_bytes() >> 20,
             max(active.peak, _resident_bytes()) >> 20,
         )
-        self._record_drops(active)
 
-    def _record_drops(self, active: _Round) -> None:
-        for drop in active.run.new_drops():
-            self._metrics.client_dropped(drop.stage, drop.reason)
-            self.ledger.record_drop(
-                active.round_id,
-                drop.client_id,
-                drop.stage.value,
-                drop.reason.value,
-                drop_detail(drop),
-            )
+    def dropped(self, drop: Drop) -> None:
+        """A drop, into the metrics and the ledger as it is known."""
+        active = self._round
+        assert active is not None
+        self._metrics.client_dropped(drop.stage, drop.reason)
+        self.ledger.record_drop(
+            active.round_id,
+            drop.client_id,
+            drop.stage.value,
+            drop.reason.value,
+            drop_detail(drop),
+        )
 
     async def _stage_started(self, round_id: int, stage: Stage) -> None:
         if self._on_stage is not None:
@@ -643,17 +646,9 @@ class RoundRunner:
             )
 
     # ----------------------------------------------------------------- how it ends
-    def _bytes(self, ids: Sequence[int]) -> tuple[float, float]:
-        conns = [c for c in map(self._transport.connection, ids) if c is not None]
-        if not conns:
-            return 0.0, 0.0
-        return (
-            sum(c.up for c in conns) / len(conns),
-            sum(c.down for c in conns) / len(conns),
-        )
-
-    def _dropped(self, server: RoundServer) -> dict[int, tuple[Stage, DropReason]]:
-        return {c: (d.stage, d.reason) for c, d in server.drops.items()}
+    def _bytes(self, record: RoundRecord, ids: Sequence[int]) -> tuple[float, float]:
+        """The mean bytes up and down of those of ``ids`` still connected."""
+        return record.bytes_per_client(c for c in ids if self._transport.connection(c))
 
     def _tell(
         self, active: _Round, completed: bool, included: tuple[int, ...], reason: str
@@ -672,43 +667,53 @@ class RoundRunner:
                     )
                 )
 
-    @staticmethod
-    def _attempts(server: RoundServer) -> int:
-        """Masking's commit-reveal attempts; the other schemes have one."""
-        return server.attempt if isinstance(server, Server) else 1
-
-    def _stage_seconds(self, active: _Round) -> dict[Stage, float]:
-        return {Stage(name): seconds for name, seconds in active.run.stage_seconds.items()}
-
-    def _aborted(self, active: _Round, abort: RoundAborted, seconds: float) -> RoundSummary:
-        server = active.server
-        reason = describe_abort(abort, server.drops)
-        self.ledger.abort_round(active.round_id, reason)
-        self._metrics.round_finished(RoundOutcome.ABORTED)
-        log.warning("round %d %s", active.round_id, reason)
-        up, down = self._bytes(active.cohort)
-        self._tell(active, False, (), reason)
+    def _summary(
+        self,
+        active: _Round,
+        record: RoundRecord,
+        *,
+        up: float,
+        down: float,
+        abort_reason: str | None = None,
+        privacy: RoundPrivacy | None = None,
+        drops: str = "",
+    ) -> RoundSummary:
+        """The round's summary: a view of its record, in the coordinator's terms."""
+        aggregate = record.aggregate
         return RoundSummary(
             active.round_id,
-            RoundOutcome.ABORTED,
+            record.outcome,
             active.cohort,
-            (),
-            self._dropped(server),
-            self._stage_seconds(active),
-            seconds,
+            record.included,
+            {c: (d.stage, d.reason) for c, d in record.drops.items()},
+            dict(record.stage_seconds),
+            record.seconds,
             up,
             down,
-            reason,
-            session_attempts=self._attempts(server),
+            abort_reason,
+            None if aggregate is None else aggregate.mean,
+            # Masking's commit-reveal attempts; the other schemes have one.
+            session_attempts=1 if record.attempts is None else record.attempts,
             scheme=self.scheme.kind.value,
+            error_bound=None if aggregate is None else aggregate.error_bound,
+            privacy=privacy,
+            drops=drops,
         )
 
-    def _completed(self, active: _Round, seconds: float) -> RoundSummary:
-        server = active.server
-        result = server.aggregate()
-        dropped = self._dropped(server)
-        finishers = tuple(c for c in result.included if c not in dropped)
-        up, down = self._bytes(finishers)
+    def _aborted(self, active: _Round, record: RoundRecord, abort: RoundAborted) -> RoundSummary:
+        reason = describe_abort(abort, record.drops)
+        self.ledger.abort_round(active.round_id, reason)
+        self._metrics.round_finished(record.outcome)
+        log.warning("round %d %s", active.round_id, reason)
+        up, down = self._bytes(record, active.cohort)
+        self._tell(active, False, (), reason)
+        return self._summary(active, record, up=up, down=down, abort_reason=reason)
+
+    def _completed(self, active: _Round, record: RoundRecord) -> RoundSummary:
+        result = record.aggregate
+        assert result is not None  # a completed record has its aggregate
+        finishers = tuple(c for c in result.included if c not in record.drops)
+        up, down = self._bytes(record, finishers)
         plan = self.scheme.params.dp_plan if isinstance(self.scheme, MaskingScheme) else None
         privacy = None if plan is None else account_round(self.ledger, plan, len(result.included))
         # Durable before anyone hears the round completed.
@@ -721,40 +726,23 @@ class RoundRunner:
             download_bytes_per_client=down,
             privacy=privacy,
         )
-        self._metrics.round_finished(RoundOutcome.COMPLETED)
+        self._metrics.round_finished(record.outcome)
         self._tell(active, True, result.included, "")
-        drops = describe_drops(drop_records(server.drops))
+        drops = describe_drops(drop_records(record.drops))
         log.info(
             "round %d completed: %d included%s",
             active.round_id,
             len(result.included),
             f"; {drops}" if drops else "",
         )
-        return RoundSummary(
-            active.round_id,
-            RoundOutcome.COMPLETED,
-            active.cohort,
-            result.included,
-            dropped,
-            self._stage_seconds(active),
-            seconds,
-            up,
-            down,
-            None,
-            result.mean,
-            session_attempts=self._attempts(server),
-            scheme=self.scheme.kind.value,
-            error_bound=result.error_bound,
-            privacy=privacy,
-            drops=drops,
-        )
+        return self._summary(active, record, up=up, down=down, privacy=privacy, drops=drops)
 
     def _interrupted(self, active: _Round, why: str) -> None:
         """The round cannot go on: record it as aborted where the ledger still can be
         written (else the next start recovers it), and tell its clients."""
         reason = f"aborted at {active.stage}: {why}"
         with contextlib.suppress(LedgerError):
-            self._record_drops(active)
+            active.run.report_drops()
         with contextlib.suppress(LedgerError):
             self.ledger.abort_round(active.round_id, reason)
         self._metrics.round_finished(RoundOutcome.ABORTED)

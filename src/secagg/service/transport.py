@@ -3,9 +3,11 @@
 Each client keeps one bidirectional stream open. On connection the coordinator sends a fresh
 challenge; the client answers with its id and an Ed25519 signature over it, checked against
 the allow-list. An authenticated stream becomes a ``Connection``: an outbox that one writer
-drains, and counters of the bytes that went up and down (every frame is also counted in the
-operator metrics, by direction and message type). What the client sends after its hello is
-handed to the ``Listener`` (the round driver); nothing here knows about rounds.
+drains. The bytes of every frame, up and down, go into the ``meter`` (a byte meter the round
+driver hands in for each round: its counts are what the round's record says a client sent
+and was sent) and into the operator metrics, by direction and message type. What the client
+sends after its hello is handed to the ``Listener`` (the round driver); nothing here knows
+about rounds.
 
 A frame that may be as large as the model (the Task, any protocol message: the round driver
 sends them all this way) is queued as a function that builds it, called only when its turn to
@@ -39,6 +41,7 @@ from typing import Protocol
 import grpc
 
 from secagg.errors import AuthenticationError, ConfigurationError
+from secagg.protocol.runner import ByteMeter
 from secagg.service.identity import AllowList, new_challenge
 from secagg.service.metrics import Direction, Metrics, NullMetrics, frame_message_type
 from secagg.service.settings import CoordinatorSettings
@@ -74,13 +77,11 @@ Written = Callable[[], None]
 
 
 class Connection:
-    """One authenticated client stream: its outbox and its byte counts."""
+    """One authenticated client stream: its outbox."""
 
     def __init__(self, client_id: int) -> None:
         self.client_id = client_id
         self.outbox: asyncio.Queue[tuple[Frame, Written | None] | None] = asyncio.Queue()
-        self.up = 0
-        self.down = 0
         self.superseded = False
 
     def send(self, frame: Frame, *, written: Written | None = None) -> None:
@@ -91,9 +92,6 @@ class Connection:
     def close(self) -> None:
         """End the stream once what is queued has been written."""
         self.outbox.put_nowait(None)
-
-    def reset_bytes(self) -> None:
-        self.up = self.down = 0
 
 
 class Listener(Protocol):
@@ -125,6 +123,9 @@ class Transport(pb_grpc.CoordinatorServicer):
         self.settings = settings
         self.allow_list = allow_list
         self.listener: Listener = _Nobody()
+        # Where the bytes of each frame are counted: the round driver gives each round a
+        # fresh meter (its record's), so a round counts from the moment it begins.
+        self.meter = ByteMeter()
         self._tls = tls
         self._metrics: Metrics = NullMetrics() if metrics is None else metrics
         self._connections: dict[int, Connection] = {}
@@ -240,7 +241,7 @@ class Transport(pb_grpc.CoordinatorServicer):
             await self._reject(context, "authentication failed", detail=str(exc))
             return
         conn = Connection(hello.client_id)
-        conn.up += hello_size
+        self.meter.received(conn.client_id, hello_size)
         self._register(conn)
         async with self._connected:
             self._connected.notify_all()
@@ -270,9 +271,9 @@ class Transport(pb_grpc.CoordinatorServicer):
             if outgoing is None:
                 return
             frame, written = outgoing
-            # The size is added once the write is done, never as ``down += await ...``: that
-            # reads ``down`` before the await, and a large frame still being written when the
-            # next round resets the counts (reset_bytes) would restore the old total.
+            # The size is counted once the write is done, into the meter of the round running
+            # then: a large frame still being written when the next round begins counts in
+            # that round, as the bytes arrive then.
             if callable(frame):
                 async with self._large_writes:
                     try:
@@ -289,7 +290,7 @@ class Transport(pb_grpc.CoordinatorServicer):
                         return
             else:
                 size = await self._write(context, frame)
-            conn.down += size
+            self.meter.sent(conn.client_id, size)
             if written is not None:
                 written()
             if reader.done():
@@ -309,7 +310,7 @@ class Transport(pb_grpc.CoordinatorServicer):
                 frame = await context.read()
                 if frame is grpc.aio.EOF:
                     break
-                conn.up += self._count_up(frame)
+                self.meter.received(conn.client_id, self._count_up(frame))
                 if not conn.superseded:
                     self.listener.on_frame(conn, frame)
                 # Not kept while waiting for the next one: a client's last frame is often its
