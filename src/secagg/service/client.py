@@ -77,9 +77,7 @@ from secagg.errors import (
 from secagg.journal import Journal
 from secagg.protocol.messages import Message
 from secagg.protocol.stages import Stage, stage_answered_by
-from secagg.schemes import plaintext as _plaintext  # noqa: F401  (registers its messages)
 from secagg.schemes.base import Scheme
-from secagg.schemes.ckks import CkksResult, CkksUpload
 from secagg.schemes.masking import MaskingScheme
 from secagg.service.credentials import ClientIdentity, sign_challenge
 from secagg.service.threads import in_daemon_thread
@@ -94,9 +92,6 @@ log = logging.getLogger("secagg.client")
 
 # Longest detail sent in a ClientAbort frame: one line for the operator, never a dump.
 _DETAIL_CHARS = 200
-
-# The stage each CKKS answer belongs to (masking's are in ``secagg.protocol.stages``).
-_CKKS_ANSWERS: dict[type[Message], Stage] = {CkksUpload: Stage.UPLOAD, CkksResult: Stage.DECRYPT}
 
 
 class _Retry(Exception):
@@ -551,9 +546,8 @@ def _signing_as(settings: ClientSettings) -> Scheme:
 
 
 def _answered(message: Message) -> Stage:
-    """The stage a client's message answers (for progress displays)."""
-    stage = _CKKS_ANSWERS.get(type(message))
-    return stage if stage is not None else stage_answered_by(message)
+    """The stage a client's message answers (for progress displays), as it declares it."""
+    return stage_answered_by(message)
 
 
 def _certificate_failure(exc: grpc.aio.AioRpcError) -> bool:
