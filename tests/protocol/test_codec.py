@@ -16,6 +16,8 @@ import sys
 from typing import ClassVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from secagg.errors import DecodeError, DropReason, UsageError
 from secagg.protocol import codec
@@ -35,6 +37,7 @@ from secagg.protocol.stages import Stage, missed, stage_answered_by
 from secagg.schemes.ckks import CkksResult, CkksScheme, CkksSumRequest, CkksUpload
 from secagg.schemes.plaintext import PlaintextScheme, PlainUpdate
 
+from .test_fuzz_handlers import bounded
 from .test_messages import SID, sample_messages
 
 
@@ -185,3 +188,19 @@ def test_a_client_that_misses_any_stage_a_message_answers_has_its_reason() -> No
     assert {stage: missed(stage) for stage in before} == before
     for cls in codec.client_messages():
         assert missed(cls.STAGE).value == f"missed-{cls.STAGE.value}"
+
+
+@bounded(400)
+@given(st.sampled_from(sorted(TAGS)), st.binary(max_size=300))
+def test_any_body_behind_any_tag_of_the_table_is_a_message_or_a_decode_error(
+    tag: int, body: bytes
+) -> None:
+    """One decoder for every scheme's messages: junk behind any tag is a ``DecodeError``, and
+    what decodes is canonical (it encodes to the very bytes it came from)."""
+    data = codec.MAGIC + bytes([codec.VERSION, tag]) + body
+    try:
+        message = codec.decode(data)
+    except DecodeError:
+        return
+    assert message.encode() == data
+    assert type(message) is message_class(tag)
