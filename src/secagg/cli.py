@@ -59,6 +59,7 @@ from secagg.errors import (
 from secagg.extras import missing_extra, require
 from secagg.grouping import GroupedReport, simulate_grouped
 from secagg.params import Params, Protocol, ServerModel
+from secagg.protocol.runner import RoundOutcome
 from secagg.schemes.base import Scheme
 from secagg.service.config import CONFIG_FILE, DeploymentConfig
 from secagg.service.files import check_writable, refuse_existing, write_array
@@ -475,7 +476,7 @@ def simulate(
         sys.stdout.write(json.dumps(figures) + "\n")
     else:
         _print_report(report, plan)
-    if report.outcome != "completed":
+    if report.outcome is not RoundOutcome.COMPLETED:
         raise typer.Exit(FAILED_EXIT)
     if beyond is not None:
         if is_bug:
@@ -1493,7 +1494,7 @@ def _print_compare(report: CompareReport) -> None:
         title_justify="left",
     )
     names = [
-        row.scheme if row.report.outcome == "completed" else f"{row.scheme} (aborted)"
+        row.scheme if row.report.outcome is RoundOutcome.COMPLETED else f"{row.scheme} (aborted)"
         for row in report.rows
     ]
     # The scheme's name is never cut, however narrow the terminal: the other columns wrap

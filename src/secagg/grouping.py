@@ -34,6 +34,7 @@ from secagg.backends import Backend
 from secagg.errors import ConfigurationError
 from secagg.hazmat.randomness import Randomness
 from secagg.params import Params
+from secagg.protocol.runner import RoundOutcome
 from secagg.schemes.base import Scheme
 from secagg.simulate import (
     WEIGHT_LEVELS,
@@ -63,7 +64,7 @@ class GroupReport:
 
     @property
     def completed(self) -> bool:
-        return self.round.outcome == "completed"
+        return self.round.outcome is RoundOutcome.COMPLETED
 
     def to_json(self) -> dict[str, Any]:
         r = self.round
