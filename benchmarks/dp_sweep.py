@@ -24,8 +24,8 @@ import sections
 
 from secagg.dp.calibrate import DpConfig, epsilon_spent
 from secagg.fl.data import load_digits_split
+from secagg.fl.digits import demo_model, digits_median_update_norm, digits_task
 from secagg.fl.fedavg import apply_update
-from secagg.fl.tasks import demo_model, digits_median_update_norm, digits_task
 from secagg.params import Params
 from secagg.simulate import DropSchedule, root_randomness, simulate_round
 

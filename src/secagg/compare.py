@@ -476,7 +476,7 @@ def demo_updates(clients: int, seed: int) -> NDArray[np.float32]:
     """The demo's first-round updates: each client's local training step on the digits from
     the same initial model (needs the ``[fl]`` extra)."""
     from secagg.fl.data import load_digits_split
-    from secagg.fl.tasks import demo_model, digits_task
+    from secagg.fl.digits import demo_model, digits_task
 
     split = load_digits_split(clients, seed=seed)
     model = demo_model(split).init(seed)

@@ -51,8 +51,8 @@ from secagg.dp.calibrate import DpPlan
 from secagg.errors import ConfigurationError
 from secagg.extras import require
 from secagg.fl.data import load_digits_split
+from secagg.fl.digits import DEMO_CLIP, demo_model, digits_median_update_norm
 from secagg.fl.fedavg import apply_update
-from secagg.fl.tasks import DEMO_CLIP, demo_model, digits_median_update_norm
 from secagg.params import Params
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme, SchemeKind

@@ -20,9 +20,9 @@ from torch import nn  # noqa: E402  (after the skip: torch is an optional extra)
 from secagg import Params, secure_mean  # noqa: E402
 from secagg.errors import ConfigurationError  # noqa: E402
 from secagg.fl.data import load_digits_split  # noqa: E402
+from secagg.fl.digits import DEMO_CLIP, demo_model, digits_task  # noqa: E402
 from secagg.fl.fedavg import TrainingConfig, apply_update, weighted_mean  # noqa: E402
 from secagg.fl.model import ModelSpec  # noqa: E402
-from secagg.fl.tasks import DEMO_CLIP, demo_model, digits_task  # noqa: E402
 from secagg.fl.torch import (  # noqa: E402
     DigitsNet,
     FlatEntry,
@@ -539,7 +539,7 @@ def test_importing_secagg_fl_does_not_import_torch() -> None:
         """
         import sys
         import secagg.fl
-        import secagg.fl.tasks
+        import secagg.fl.digits
         print("torch" in sys.modules)
         """
     )

@@ -41,9 +41,9 @@ from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError, MissingExtra
 from secagg.fl.data import Dataset, FederatedSplit, load_digits_split
+from secagg.fl.digits import DEMO_TRAINING, demo_model
 from secagg.fl.fedavg import TrainingConfig
 from secagg.fl.model import ModelSpec
-from secagg.fl.tasks import DEMO_TRAINING, demo_model
 
 _TORCH_MISSING: ImportError | None
 try:
@@ -476,7 +476,7 @@ def _split(clients: int, seed: int) -> FederatedSplit:
 
 
 def digits_torch_task(client_id: int, clients: int, seed: int) -> UpdateFn:
-    """``secagg.fl.tasks.digits_task`` in PyTorch: same split, model layout and training.
+    """``secagg.fl.digits.digits_task`` in PyTorch: same split, model layout and training.
 
     Client ``client_id`` of ``clients`` trains a ``DigitsNet`` on its share of the non-IID
     digits split ``load_digits_split(clients, seed=seed)`` with the demo's ``TrainingConfig``

@@ -4,7 +4,7 @@
   reproducible from (seed, i, s), so a test or a load benchmark can compute the exact mean
   the coordinator should reveal. Weights are 1..3.
 - ``digits``: a small network on scikit-learn's handwritten digits, each client training on
-  its own non-IID share (``secagg.fl.tasks``; needs the ``[fl]`` extra).
+  its own non-IID share (``secagg.fl.digits``; needs the ``[fl]`` extra).
 - ``digits-torch``: the same network, split and training written in PyTorch
   (``secagg.fl.torch.digits_torch_task``; needs the ``[torch]`` extra). Its parameters flatten
   to the same vector as ``digits``, so the coordinator cannot tell them apart.
@@ -99,7 +99,7 @@ class TaskRequirements:
 def task_requirements(spec: TaskSpec) -> TaskRequirements:
     if spec.task.digits:
         try:
-            from secagg.fl.tasks import digits_requirements
+            from secagg.fl.digits import digits_requirements
         except ImportError:
             raise ConfigurationError(_NEEDS_FL) from None
         needs = digits_requirements(spec.clients, spec.seed)
@@ -127,7 +127,7 @@ def initial_model(spec: TaskSpec, dim: int) -> NDArray[np.float32]:
     """The model the coordinator's first round sends."""
     check_fits(spec, dim)
     if spec.task.digits:
-        from secagg.fl.tasks import digits_initial_model
+        from secagg.fl.digits import digits_initial_model
 
         return digits_initial_model(spec.clients, spec.seed)
     return np.zeros(dim, dtype=np.float32)
@@ -138,11 +138,11 @@ def default_l2_clip(spec: TaskSpec, dim: int) -> float:
     typical norm of its updates. ``random``: sqrt(dim / 12), the root mean square norm of an
     update uniform in (-0.5, 0.5)^dim (from the task's definition, not from any data);
     ``digits``: the median norm of the clients' first-round updates
-    (``secagg.fl.tasks.digits_median_update_norm``)."""
+    (``secagg.fl.digits.digits_median_update_norm``)."""
     check_fits(spec, dim)
     if spec.task.digits:
         try:
-            from secagg.fl.tasks import digits_median_update_norm
+            from secagg.fl.digits import digits_median_update_norm
         except ImportError:
             raise ConfigurationError(_NEEDS_FL) from None
         return digits_median_update_norm(spec.clients, spec.seed)
@@ -162,7 +162,7 @@ def update_function(
     check_fits(spec, dim, client_id)
     update: UpdateFn
     if spec.task is Task.DIGITS:
-        from secagg.fl.tasks import digits_task
+        from secagg.fl.digits import digits_task
 
         update = digits_task(client_id, spec.clients, spec.seed)
     elif spec.task is Task.DIGITS_TORCH:

@@ -1,4 +1,7 @@
-"""The training task of ``secagg demo``: what the coordinator sends and each client runs.
+"""The digits task (``secagg demo``, and ``--task digits`` of a deployment): the model the
+coordinator starts from and what each client trains.
+
+``secagg.service.tasks`` names the tasks a deployment may run; this module is the digits one.
 
 A client process rebuilds the same non-IID split of the digits from (clients, seed) and
 trains on its own share only; nothing but the (masked) update leaves it.
