@@ -5,8 +5,13 @@ when clients drop out mid-round. The protocol core is sans-I/O (``Client`` and `
 take messages and return messages); ``simulate_round`` drives a whole round in process and
 ``secure_mean`` is the one-call helper.
 
-Layers, each depending only on those before it: ``hazmat`` (primitives) <- ``protocol``
-(state machines) <- ``simulate`` <- ``cli``.
+Layers, each importing only from those before it (``tests/test_layers.py`` reads every
+import; docs/ARCHITECTURE.md draws all of them): ``errors`` <- ``hazmat`` (primitives) <-
+``protocol`` (the codec, the stages, the round runner and, for now, the masking state
+machines) <- ``dp`` <- ``params`` <- ``policy`` <- ``schemes`` <- ``simulate`` and
+``client_session`` <- this package's API <- ``service`` <- ``flower``, ``demo``,
+``compare`` <- ``cli``. ``fl`` (numpy training, nothing secure in it) sits beside
+``protocol``: the service's tasks run it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Nothing is re-exported here, so that importing one primitive stays cheap; import
   forkable AES-CTR DRBG for reproducible runs.
 - :mod:`~secagg.hazmat.ring` -- Z_{2^b} vector arithmetic in place, and bit packing at b bits
   per value.
-- :mod:`~secagg.hazmat.keystream` -- a seekable AES-CTR keystream, produced chunk by chunk.
+- :mod:`~secagg.hazmat.keystream` -- the one AES-CTR keystream: seekable, written into
+  buffers the caller owns (masks, the DRBG and the graph shuffle all read it).
 - :mod:`~secagg.hazmat.prg` -- mask expansion: a 16-byte key to its keystream, added into a
   vector chunk by chunk.
 - :mod:`~secagg.hazmat.kdf` -- HKDF-SHA256 with domain separation and an injective field
@@ -16,4 +17,6 @@ Nothing is re-exported here, so that importing one primitive stays cheap; import
 - :mod:`~secagg.hazmat.shamir` -- Shamir sharing of 32-byte secrets over GF(2^256 + 297).
 - :mod:`~secagg.hazmat.quantize` -- clip, scale, stochastically round and weight real vectors
   into the ring, and decode the weighted mean.
+- :mod:`~secagg.hazmat.ckks` -- CKKS homomorphic encryption of updates (TenSEAL, the ``he``
+  extra, imported only when used): the comparison backend's keys, encryption and sum.
 """
