@@ -233,19 +233,21 @@ async def _round_with_processes(
 
 
 @pytest.mark.timeout(200)
-def test_a_client_that_trains_for_90_seconds_completes_its_round_under_a_120_second_timeout(
+def test_a_client_that_trains_longer_than_grpc_allows_an_idle_stream_completes_its_round(
     local: Local,
 ) -> None:
-    # Every stream is idle for 90 s: the slow client's while it trains, the others' while
-    # they wait for the commit stage to close. The coordinator must permit the clients'
-    # keepalive pings all that time (by default gRPC cuts such a stream after about 40 s).
-    local.config_path = write_config(local.root, local.deployment, stage_timeout=120.0, clients=4)
-    summary, seconds = asyncio.run(_round_with_processes(local, slow={2: 90.0}))
+    # Every stream is idle for 50 s: the slow client's while it trains, the others' while
+    # they wait for the commit stage to close. A client pings every 10 s, and by default a
+    # gRPC server counts a ping without data within five minutes as a strike and cuts the
+    # stream after two (by about 30 s): the coordinator must permit the pings all that time.
+    local.config_path = write_config(local.root, local.deployment, stage_timeout=70.0, clients=4)
+    summary, _ = asyncio.run(_round_with_processes(local, slow={2: 50.0}))
     logs = local.client_logs()
     assert summary.outcome == "completed", (summary.abort_reason, logs)
     assert summary.included == (0, 1, 2, 3) and not summary.dropped
-    assert 90.0 <= summary.stage_seconds["commit"] < 120.0
-    assert seconds < 120.0
+    # The stage really was that long (what makes this test mean something); it completed
+    # within the stage's deadline since no one was dropped.
+    assert summary.stage_seconds["commit"] >= 50.0
     assert "too_many_pings" not in logs and "GOAWAY" not in logs
     for process in local.processes.values():
         assert process.wait(timeout=30) == 0, logs
