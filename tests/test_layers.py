@@ -4,7 +4,8 @@ Every module's imports are read from its source with ``ast`` (not by importing i
 imports inside functions and ``TYPE_CHECKING`` imports count too: a type is a dependency),
 and each must point to a lower layer than the module's own, or stay inside its own unit
 (a package such as ``protocol``, or a top-level module such as ``simulate``). Units drawn in
-the same layer are siblings and do not import each other.
+the same layer are siblings and do not import each other. docs/ARCHITECTURE.md draws the
+same layers (the last test keeps the two alike).
 """
 
 from __future__ import annotations
@@ -135,3 +136,11 @@ def test_the_reader_sees_lazy_and_type_only_imports() -> None:
     assert "secagg.fl.digits" in tasks
     torch = {name for _line, name in _imports("secagg.fl.torch", _MODULES["secagg.fl.torch"])}
     assert "secagg.updates" in torch
+
+
+def test_the_architecture_document_draws_these_layers() -> None:
+    document = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    drawing = "\n".join(
+        f"{index:>2}  {', '.join(layer)}" for index, layer in reversed(list(enumerate(LAYERS)))
+    )
+    assert drawing in document
