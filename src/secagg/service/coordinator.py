@@ -28,7 +28,7 @@ from secagg.schemes.masking import MaskingScheme
 from secagg.service.identity import AllowList
 from secagg.service.ledger import Ledger
 from secagg.service.metrics import Metrics, NullMetrics
-from secagg.service.rounds import NoCohort, RoundRunner, RoundSummary
+from secagg.service.rounds import NoCohort, RoundDriver, RoundSummary
 from secagg.service.settings import CoordinatorSettings
 from secagg.service.transport import Transport
 
@@ -67,7 +67,7 @@ class Coordinator:
                 raise UsageError("a CKKS coordinator needs its scheme: see make_coordinator")
             scheme = masking_scheme(settings.params, allow_list)
         self._transport = Transport(settings, allow_list=allow_list, tls=tls, metrics=self.metrics)
-        self._rounds = RoundRunner(
+        self._rounds = RoundDriver(
             settings,
             self._transport,
             ledger=ledger,
@@ -114,7 +114,7 @@ class Coordinator:
         step: int = 0,
         cohort: tuple[int, ...] | None = None,
     ) -> RoundSummary:
-        """One round (see ``RoundRunner.run``): ``NoCohort`` if too few clients connect."""
+        """One round (see ``RoundDriver.run``): ``NoCohort`` if too few clients connect."""
         return await self._rounds.run(model, step=step, cohort=cohort)
 
 

@@ -104,7 +104,7 @@ from secagg.service.wire import encode_model, task_digest
 
 __all__ = [
     "NoCohort",
-    "RoundRunner",
+    "RoundDriver",
     "RoundSummary",
     "describe_abort",
     "drop_detail",
@@ -258,9 +258,10 @@ class _Round:
         self.peak = 0  # the largest resident memory sampled since the stage began
 
 
-class RoundRunner(RoundListener):
-    """Runs rounds of ``scheme`` over ``transport``; it is the transport's listener while it
-    lives, and the round engine's. ``scheme`` holds the coordinator's side of the
+class RoundDriver(RoundListener):
+    """Drives rounds of ``scheme`` over ``transport`` through the round engine (``RoundRun``:
+    the engine runs a round, this drives it over gRPC); it is the transport's listener while
+    it lives, and the engine's. ``scheme`` holds the coordinator's side of the
     deployment: masking's PKI and mask applier, or CKKS's evaluation context."""
 
     def __init__(
