@@ -15,10 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import Protocol
 
 from secagg.cohort import ClientGroup, Cohort, Reply, Tally
 from secagg.errors import ConfigurationError
@@ -83,10 +80,7 @@ def open_cohort(
     return Cohort(group_of, ids, 1 if workers is None else workers)
 
 
-MaskApplierFunction = Callable[[NDArray[np.unsignedinteger[Any]], Sequence[prg.Mask]], None]
-
-
-def mask_applier(backend: Backend, workers: int | None) -> MaskApplierFunction:
+def mask_applier(backend: Backend, workers: int | None) -> prg.ApplyMasks:
     """How the server regenerates masks on ``backend`` (by vector ranges, in parallel)."""
     if backend is Backend.RAY:
         require("ray", "the ray backend")

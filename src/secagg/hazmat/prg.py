@@ -13,14 +13,22 @@ still in cache.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from secagg.errors import UsageError
 from secagg.hazmat.keystream import CHUNK_BYTES, Keystream, WordArray
 
-__all__ = ["CHUNK_BYTES", "MASK_KEY_BYTES", "Mask", "add_mask", "apply_masks", "expand_into"]
+__all__ = [
+    "CHUNK_BYTES",
+    "MASK_KEY_BYTES",
+    "ApplyMasks",
+    "Mask",
+    "add_mask",
+    "apply_masks",
+    "expand_into",
+]
 
 MASK_KEY_BYTES = 16
 
@@ -68,3 +76,10 @@ def apply_masks(acc: WordArray, masks: Sequence[Mask], *, start: int = 0) -> Non
     scratch = np.empty(max(1, min(len(acc), CHUNK_BYTES // acc.itemsize)), dtype=acc.dtype)
     for key, subtract in masks:
         add_mask(acc, key, start=start, subtract=subtract, scratch=scratch)
+
+
+# What the server regenerates the masks to remove with: ``apply_masks`` itself, or a driver's
+# function of the same shape that spreads the work (``secagg.parallel.MaskApplier`` over
+# processes, the Ray backend's ``RayMaskApplier``). One name for the shape, so the server, the
+# masking scheme and the backends agree on what they pass along.
+ApplyMasks = Callable[[WordArray, Sequence[Mask]], None]

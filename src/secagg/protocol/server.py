@@ -311,9 +311,7 @@ class Server:
         config: RoundConfig,
         *,
         pki: Mapping[int, bytes] | None = None,
-        apply_masks: Callable[[NDArray[np.unsignedinteger], Sequence[prg.Mask]], None] = (
-            prg.apply_masks
-        ),
+        apply_masks: prg.ApplyMasks = prg.apply_masks,
         encoding: InputEncoding | None = None,
         survivor_rule: SurvivorRule | None = None,
     ) -> None:

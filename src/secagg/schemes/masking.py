@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,8 +27,6 @@ from secagg.schemes.base import Disclosure, SchemeKind
 
 __all__ = ["MaskingScheme"]
 
-MaskApplier = Callable[[NDArray[np.unsignedinteger], Sequence[prg.Mask]], None]
-
 
 @dataclass(frozen=True)
 class MaskingScheme:
@@ -45,7 +43,7 @@ class MaskingScheme:
     identities: Mapping[int, Ed25519SigningKey] = field(default_factory=dict, repr=False)
     pki: Mapping[int, bytes] | None = field(default=None, repr=False)
     allowed: frozenset[int] | None = None
-    apply_masks: MaskApplier = field(default=prg.apply_masks, repr=False, compare=False)
+    apply_masks: prg.ApplyMasks = field(default=prg.apply_masks, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.params.active and self.pki is None:
