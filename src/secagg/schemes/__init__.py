@@ -10,7 +10,9 @@ policy (what configuration it accepts). Three implementations:
 - ``ckks``: CKKS homomorphic encryption (TenSEAL, the ``[he]`` extra): clients encrypt, the
   server adds ciphertexts, a key holder decrypts the sum.
 
-Layers: ``hazmat`` <- ``protocol`` <- ``schemes`` <- ``simulate`` / ``service`` <- ``cli``.
+Layers (``tests/test_layers.py``, docs/ARCHITECTURE.md): ``hazmat`` <- ``protocol`` <-
+``dp`` <- ``params`` <- ``policy`` <- ``schemes`` <- ``simulate`` / ``client_session`` <-
+``service`` <- ``cli``.
 """
 
 from __future__ import annotations
