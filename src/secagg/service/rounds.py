@@ -114,7 +114,6 @@ __all__ = [
 log = logging.getLogger("secagg.coordinator")
 
 StageHook = Callable[[int, Stage], Awaitable[None] | None]
-MaskApplier = Callable[[NDArray[np.unsignedinteger], Sequence[prg.Mask]], None]
 
 
 class NoCohort(SecAggError):
@@ -150,7 +149,7 @@ class _TimedMasks:
     """Masking's mask applier, timed: unmasking is told apart from Shamir reconstruction,
     which is the rest of the unmask stage's close."""
 
-    def __init__(self, apply: MaskApplier) -> None:
+    def __init__(self, apply: prg.ApplyMasks) -> None:
         self._apply = apply
         self.seconds = 0.0
 
