@@ -11,7 +11,7 @@ from enum import StrEnum
 from secagg.errors import DropReason, UsageError
 from secagg.protocol.codec import Direction, Message
 
-__all__ = ["SESSION_AGREEMENT", "Drop", "Stage", "missed", "stage_answered_by"]
+__all__ = ["MISSED_REASONS", "SESSION_AGREEMENT", "Drop", "Stage", "missed", "stage_answered_by"]
 
 
 class Stage(StrEnum):
@@ -42,6 +42,10 @@ _MISSED: dict[Stage, DropReason] = {
     for stage in Stage
     if stage not in (Stage.COMPLETED, Stage.ABORTED)
 }
+
+
+# Every reason a missed deadline gives, one per stage that runs.
+MISSED_REASONS: frozenset[DropReason] = frozenset(_MISSED.values())
 
 
 def missed(stage: Stage) -> DropReason:

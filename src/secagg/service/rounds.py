@@ -84,7 +84,7 @@ from secagg.protocol.runner import (
     RoundServer,
 )
 from secagg.protocol.server import Drop
-from secagg.protocol.stages import Stage
+from secagg.protocol.stages import MISSED_REASONS, Stage, missed
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.upload import CohortConfig
@@ -530,7 +530,7 @@ class RoundDriver(RoundListener):
         delivery = active.delivery
         assert delivery is not None
         timeout = self.settings.stage_timeout
-        missed = _missed(delivery.stage)
+        missed_it = missed(delivery.stage)
         while waiting := server.waiting_for():
             now = time.perf_counter()
             if now >= delivery.limit:
@@ -538,7 +538,7 @@ class RoundDriver(RoundListener):
             late = [c for c in delivery.due(now) if c in waiting]
             if late:
                 for c in late:
-                    server.drop(c, missed, f"no answer within {timeout:g} s of its message")
+                    server.drop(c, missed_it, f"no answer within {timeout:g} s of its message")
                 self._check_progress(active)
                 continue
             if now >= delivery.next_refresh:
@@ -761,16 +761,8 @@ _DROP_WORDS = {
     DropReason.DISCONNECTED: "disconnected",
     DropReason.CLIENT_ABORTED: "left the round (their own abort)",
     DropReason.TOO_FEW_NEIGHBOURS: "had too few live neighbours",
-    DropReason.MISSED_COMMIT: "missed the deadline",
-    DropReason.MISSED_REVEAL: "missed the deadline",
-    DropReason.MISSED_ADVERTISE: "missed the deadline",
-    DropReason.MISSED_SHARE: "missed the deadline",
-    DropReason.MISSED_MASKED_INPUT: "missed the deadline",
-    DropReason.MISSED_CONSISTENCY: "missed the deadline",
-    DropReason.MISSED_UNMASK: "missed the deadline",
-    DropReason.MISSED_UPLOAD: "missed the deadline",
-    DropReason.MISSED_DECRYPT: "missed the deadline",
     DropReason.BAD_REVEAL: "revealed what they had not committed",
+    **dict.fromkeys(MISSED_REASONS, "missed the deadline"),
 }
 _STAGE_ORDER = {stage: index for index, stage in enumerate(Stage)}
 
@@ -789,7 +781,7 @@ def drop_detail(drop: Drop) -> str:
         return drop.detail
     if drop.reason is DropReason.DISCONNECTED:
         return _CONNECTION_LOST
-    if drop.reason.value.startswith("missed-"):
+    if drop.reason in MISSED_REASONS:
         return "no answer before the stage closed"
     return ""
 
@@ -823,12 +815,6 @@ def describe_abort(abort: RoundAborted, drops: Mapping[int, Drop]) -> str:
         )
     ]
     return f"aborted at {abort.stage}: " + "; ".join([*causes, abort.detail])
-
-
-def _missed(stage: Stage) -> DropReason:
-    """Why a client that misses ``stage``'s deadline is dropped: the reason every scheme's
-    server gives it when the stage closes (``missed-<stage>``)."""
-    return DropReason(f"missed-{stage.value}")
 
 
 async def _sample_resident(active: _Round, every: float = 0.2) -> None:
