@@ -43,6 +43,7 @@ __all__ = [
     "Contender",
     "Misbehaviour",
     "Round",
+    "another_round",
     "honest_rounds",
     "run_round",
 ]
@@ -178,13 +179,12 @@ CONTENDERS: tuple[Contender, ...] = (
 @dataclass(frozen=True)
 class Misbehaviour:
     """What one client sends once, at the first time ``stage`` runs, instead of its answer;
-    it is silent afterwards. ``make`` gets the client's own answer (encoded), every other
-    answer of the stage by sender, and the honest round's answers of the client's at every
-    stage; it returns the bytes sent."""
+    it is silent afterwards. ``make`` gets the client's id, its own answer (encoded) and
+    every other answer of the stage by sender; it returns the bytes sent."""
 
     stage: Stage
     pick: Pick
-    make: Callable[[bytes, Mapping[int, bytes], Mapping[Stage, bytes]], bytes]
+    make: Callable[[int, bytes, Mapping[int, bytes]], bytes]
 
 
 @dataclass
@@ -242,18 +242,18 @@ def run_round(
     *,
     silent: Mapping[Stage, Pick] | None = None,
     misbehaviour: Misbehaviour | None = None,
-    honest: Round | None = None,
+    label: str = "",
 ) -> Round:
     """One round of ``contender``'s scheme through the engine.
 
     ``silent[stage]`` picks clients, among those the stage's messages first go to, that
     answer nothing from that stage on (a stage that runs again, such as a second commit,
-    finds them still silent). ``misbehaviour`` needs the ``honest`` round of the same
-    contender, for the answers of other stages."""
+    finds them still silent). ``label`` names another round of the same cohort (another
+    nonce, so another configuration and session)."""
     scheme = contender.scheme
     silent = dict(silent or {})
     root = DeterministicRandomness(
-        hashlib.sha256(SEED + b"/round/" + contender.name.encode()).digest()
+        hashlib.sha256(f"{SEED.decode()}/round/{contender.name}/{label}".encode()).digest()
     )
     config = scheme.round_config(range(contender.n), nonce=root.bytes(16))
     inputs, weights = _inputs(contender.n)
@@ -301,10 +301,9 @@ def run_round(
             if reply is not None:
                 answers[i] = reply.encode()
         if bad is not None and bad in answers:
-            assert misbehaviour is not None and honest is not None
-            own = {s: m.encode() for s, i, m in honest.up if i == bad}
+            assert misbehaviour is not None
             others = {i: a for i, a in answers.items() if i != bad}
-            answers[bad] = misbehaviour.make(answers[bad], others, own)
+            answers[bad] = misbehaviour.make(bad, answers[bad], others)
             result.misbehaved = bad
         for i, answer in sorted(answers.items()):
             run.meter.received(i, len(answer))
@@ -326,3 +325,11 @@ def honest_rounds(name: str) -> tuple[Round, ...]:
     for stage in contender.scheme.stages:
         rounds.append(run_round(contender, silent={stage: highest}))
     return tuple(rounds)
+
+
+@functools.cache
+def another_round(name: str) -> Round:
+    """The contender's honest round of the same cohort under another nonce: its messages
+    belong to another configuration and session."""
+    (contender,) = (c for c in CONTENDERS if c.name == name)
+    return run_round(contender, label="another")

@@ -3,8 +3,24 @@
 
 A new scheme gets these tests by adding its line to ``CONTENDERS``. Each clause reads as a
 sentence of the specification; where one does not apply to a scheme, the test is skipped and
-says why. Rounds run through the round engine as ``secagg.simulate`` drives it, with every
-message encoded and decoded, small cohorts, ``dim`` 16 and deterministic randomness.
+says why, and a case a scheme fails for a reason of its own is a strict xfail in
+``KNOWN_GAPS`` that says what is wrong. Rounds run through the round engine as
+``secagg.simulate`` drives it, with every message encoded and decoded, cohorts of 5 to 8,
+``dim`` 16 and deterministic randomness. The clauses:
+
+- an honest round gives the weighted mean of every input, within the error the scheme states;
+- at every stage, a client that sends junk, a truncated answer, an answer with a trailing
+  byte, another client's answer, a message of another stage or its answer of another round is
+  dropped with its typed reason (the server never raises), and the round completes over the
+  rest; one flipped bit never makes the server raise nor reveal a wrong sum;
+- one client silent from any stage on leaves a round over exactly the survivors (a client
+  whose input had already reached the server is one of them); a silence the scheme cannot
+  survive (masking: all but t - 1; CKKS: every key holder; plaintext: all but
+  ``min_cohort`` - 1) aborts the round and reveals nothing;
+- every decoder of the scheme's messages rejects trailing bytes and truncation with a
+  ``DecodeError``, and every tag of the codec's table is sent by some scheme of the harness;
+- the round record accounts for every client, every drop (typed, at a stage the scheme runs)
+  and every stage that ran (a time for each).
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ from tests.schemes.contract import (
     Contender,
     Misbehaviour,
     Round,
+    another_round,
     highest,
     honest_rounds,
     run_round,
@@ -45,14 +62,35 @@ def _schemes() -> list[object]:
     return [pytest.param(c, id=c.name, marks=_skip_unless_available(c)) for c in CONTENDERS]
 
 
-def _stages() -> list[object]:
-    """(scheme, stage) for every stage each scheme runs (learnt from the scheme itself)."""
+# Cases that break a clause, by (scheme, stage, variant): each a gap in the scheme, not in the
+# test. Strict xfails: fixing one turns the suite red until its mark goes.
+KNOWN_GAPS: dict[tuple[str, Stage, str | None], str] = {
+    ("ckks", Stage.UPLOAD, "middle-byte"): (
+        "CKKS: the server cannot check a ciphertext, so one client's well-framed but corrupt "
+        "upload goes into the sum, every key holder then fails to decrypt it (a "
+        "malformed-message abort) and the round aborts at decrypt: any one client can deny "
+        "every CKKS round (DESIGN 3: abort only when too few remain; THREAT_MODEL's CKKS "
+        "section does not say so)"
+    ),
+}
+
+
+def _stages(*variants: str) -> list[object]:
+    """(scheme, stage), or (scheme, stage, variant) for each of ``variants``, for every stage
+    each scheme runs (learnt from the scheme itself); a case of KNOWN_GAPS is a strict xfail."""
     params: list[object] = []
     for c in CONTENDERS:
         if not _available(c):
-            params.append(pytest.param(c, None, id=c.name, marks=_skip_unless_available(c)))
+            values = (c, None, *variants[:1])
+            params.append(pytest.param(*values, id=c.name, marks=_skip_unless_available(c)))
             continue
-        params += [pytest.param(c, s, id=f"{c.name}-{s.value}") for s in c.scheme.stages]
+        for stage in c.scheme.stages:
+            for variant in variants or (None,):
+                values = (c, stage) if variant is None else (c, stage, variant)
+                case = "-".join(str(v) for v in (c.name, stage.value, variant) if v)
+                gap = KNOWN_GAPS.get((c.name, stage, variant))
+                marks = [pytest.mark.xfail(reason=gap, strict=True)] if gap else []
+                params.append(pytest.param(*values, id=case, marks=marks))
     return params
 
 
@@ -75,7 +113,9 @@ def _assert_aggregate_is_the_mean_of_exactly_the_included(
     assert aggregate.total_weight == pytest.approx(sum(result.weights[i] for i in record.included))
 
 
-def _survivors(contender: Contender, result: Round, silent: set[int], stage: Stage) -> tuple:
+def _survivors(
+    contender: Contender, result: Round, silent: set[int], stage: Stage
+) -> tuple[int, ...]:
     """Who a round with ``silent`` gone from ``stage`` must include: everyone else, and the
     silent too when their input had reached the server before they went."""
     assert result.input_stage is not None
@@ -100,34 +140,33 @@ def test_an_honest_round_gives_the_weighted_mean_of_every_input_within_the_state
     assert record.aggregate is not None
     stated = contender.scheme.error_bound(contender.n)
     assert record.aggregate.error_bound <= stated + 1e-12
+    _assert_record_is_consistent(contender, result)
 
 
 # ------------------------------------------------------ the server never raises because of a client
 
 
-def _junk(own: bytes, others: Mapping[int, bytes], honest: Mapping[Stage, bytes]) -> bytes:
-    del own, others, honest
+def _junk(bad: int, own: bytes, others: Mapping[int, bytes]) -> bytes:
+    del bad, own, others
     return hashlib.sha256(b"junk").digest() * 3
 
 
-def _truncated(own: bytes, others: Mapping[int, bytes], honest: Mapping[Stage, bytes]) -> bytes:
-    del others, honest
+def _truncated(bad: int, own: bytes, others: Mapping[int, bytes]) -> bytes:
+    del bad, others
     return own[:-1]
 
 
-def _trailing(own: bytes, others: Mapping[int, bytes], honest: Mapping[Stage, bytes]) -> bytes:
-    del others, honest
+def _trailing(bad: int, own: bytes, others: Mapping[int, bytes]) -> bytes:
+    del bad, others
     return own + b"\x00"
 
 
-def _another_clients(
-    own: bytes, others: Mapping[int, bytes], honest: Mapping[Stage, bytes]
-) -> bytes:
-    del own, honest
+def _another_clients(bad: int, own: bytes, others: Mapping[int, bytes]) -> bytes:
+    del bad, own
     return others[min(others)]
 
 
-Make = Callable[[bytes, Mapping[int, bytes], Mapping[Stage, bytes]], bytes]
+Make = Callable[[int, bytes, Mapping[int, bytes]], bytes]
 
 # What a misbehaving client sends, and the reason the server must drop it for.
 CORRUPT: dict[str, tuple[Make, frozenset[DropReason]]] = {
@@ -161,11 +200,10 @@ def test_a_client_that_sends_bytes_that_are_not_its_answer_is_dropped_with_a_typ
     contender: Contender, stage: Stage, kind: str
 ) -> None:
     make, reasons = CORRUPT[kind]
-    honest = honest_rounds(contender.name)[0]
-    result = run_round(
-        contender, misbehaviour=Misbehaviour(stage, highest, make), honest=honest
-    )  # a server that raised here would fail the test
+    # A server that raised here would fail the test.
+    result = run_round(contender, misbehaviour=Misbehaviour(stage, highest, make))
     _check_dropped_and_completed(contender, stage, result, reasons)
+    _assert_record_is_consistent(contender, result)
 
 
 def _other_stage_answer(contender: Contender, stage: Stage, honest: Round) -> Message | None:
@@ -189,11 +227,64 @@ def test_a_client_that_sends_a_message_of_another_stage_is_dropped_as_wrong_stag
         pytest.skip(f"{contender.name} runs one stage: no client message of another stage exists")
     data = other.encode()
     result = run_round(
-        contender,
-        misbehaviour=Misbehaviour(stage, highest, lambda own, others, mine: data),
-        honest=honest,
+        contender, misbehaviour=Misbehaviour(stage, highest, lambda bad, own, others: data)
     )
     _check_dropped_and_completed(contender, stage, result, frozenset({DropReason.WRONG_STAGE}))
+    _assert_record_is_consistent(contender, result)
+
+
+@pytest.mark.parametrize(("contender", "stage"), _stages())
+def test_a_client_that_replays_its_answer_of_another_round_is_dropped_as_wrong_session(
+    contender: Contender, stage: Stage
+) -> None:
+    other = another_round(contender.name)
+
+    def replay(bad: int, own: bytes, others: Mapping[int, bytes]) -> bytes:
+        del own, others
+        (message,) = [m for at, i, m in other.up if at is stage and i == bad][:1]
+        return message.encode()
+
+    result = run_round(contender, misbehaviour=Misbehaviour(stage, highest, replay))
+    _check_dropped_and_completed(contender, stage, result, frozenset({DropReason.WRONG_SESSION}))
+    _assert_record_is_consistent(contender, result)
+
+
+# Where a client flips one bit of its answer: the tag, the first byte after the header, the
+# middle and the last byte.
+FLIPS: dict[str, Callable[[int], int]] = {
+    "tag-byte": lambda size: 3,
+    "first-body-byte": lambda size: 4,
+    "middle-byte": lambda size: size // 2,
+    "last-byte": lambda size: size - 1,
+}
+
+
+@pytest.mark.parametrize(("contender", "stage", "flip"), _stages(*FLIPS))
+def test_a_client_that_flips_a_bit_of_its_answer_never_costs_the_others_a_correct_round(
+    contender: Contender, stage: Stage, flip: str
+) -> None:
+    """Whatever one flipped bit does (a drop, an accepted change of the client's own input, a
+    broken share or signature), the server never raises and never reveals a wrong sum. Up to
+    the stage that carries the input, the others still get their round; after it, an abort
+    is allowed (CKKS's two key holders disagreeing: the server cannot tell who lied)."""
+
+    def make(bad: int, own: bytes, others: Mapping[int, bytes]) -> bytes:
+        del bad, others
+        flipped = bytearray(own)
+        flipped[FLIPS[flip](len(own))] ^= 0x01
+        return bytes(flipped)
+
+    result = run_round(contender, misbehaviour=Misbehaviour(stage, highest, make))
+    record = result.record
+    bad = result.misbehaved
+    assert bad is not None and result.input_stage is not None
+    _assert_record_is_consistent(contender, result)
+    after_input = _position(contender, stage) > _position(contender, result.input_stage)
+    if not after_input:
+        assert record.outcome is RoundOutcome.COMPLETED, record.abort
+    if record.completed and (after_input or bad not in record.included):
+        # A sum the flipped bit could not have entered as the client's own input is exact.
+        _assert_aggregate_is_the_mean_of_exactly_the_included(contender, result)
 
 
 # -------------------------------------------------------------------------- dropout at every stage
@@ -214,6 +305,7 @@ def test_a_client_silent_from_any_stage_on_leaves_a_round_over_exactly_the_survi
     assert record.drops[gone].stage is stage and record.drops[gone].reason is missed(stage)
     assert record.included == _survivors(contender, result, {gone}, stage)
     _assert_aggregate_is_the_mean_of_exactly_the_included(contender, result)
+    _assert_record_is_consistent(contender, result)
 
 
 @pytest.mark.parametrize(("contender", "stage"), _stages())
@@ -232,6 +324,7 @@ def test_a_silence_the_scheme_cannot_survive_aborts_the_round_and_reveals_nothin
     assert isinstance(record.abort, RoundAborted)
     assert record.aggregate is None and record.included == ()
     assert {d.reason for i, d in record.drops.items() if i in result.gone} == {missed(stage)}
+    _assert_record_is_consistent(contender, result)
 
 
 # --------------------------------------------------------------------------------- decoders
@@ -298,50 +391,62 @@ def _record_rounds(contender: Contender) -> list[Round]:
     return rounds
 
 
+def _assert_record_is_consistent(contender: Contender, result: Round) -> None:
+    """Included and dropped cover the cohort, every drop is typed and at a stage the scheme
+    runs, every stage that ran has a time."""
+    scheme = contender.scheme
+    cohort = set(range(contender.n))
+    record = result.record
+    included, dropped = set(record.included), set(record.drops)
+    # Included and dropped cover the cohort; they overlap only in clients dropped after their
+    # input reached the server (still in the sum).
+    if record.completed:
+        assert included | dropped == cohort
+        assert result.input_stage is not None
+        late = {
+            i
+            for i, d in record.drops.items()
+            if _position(contender, d.stage) > _position(contender, result.input_stage)
+        }
+        assert included & dropped == late
+    else:
+        assert record.included == () and record.aggregate is None
+        assert isinstance(record.abort, RoundAborted)
+        assert Stage(record.abort.stage) in scheme.stages
+        assert dropped <= cohort
+    # Every drop: a cohort member, a typed reason, a stage the scheme runs; a silent client is
+    # dropped for missing exactly the stage it went silent in (a misbehaving one, silent after
+    # its one bad answer, no earlier than that stage).
+    for client_id, drop in record.drops.items():
+        assert drop.client_id == client_id and client_id in cohort
+        assert isinstance(drop.reason, DropReason)
+        assert drop.stage in scheme.stages
+        if client_id == result.misbehaved:
+            position = _position(contender, drop.stage)
+            assert position >= _position(contender, result.gone[client_id])
+        elif client_id in result.gone and drop.reason in MISSED_REASONS:
+            assert drop.reason is missed(result.gone[client_id])
+    # The listener heard each drop once.
+    assert sorted(result.heard, key=lambda d: d.client_id) == sorted(
+        record.drops.values(), key=lambda d: d.client_id
+    )
+    # A time for each stage that ran (a stage run twice adds up), none for any other; the
+    # stages first ran in the scheme's order, all of them in a completed round.
+    assert set(record.stage_seconds) == set(result.opened) <= set(scheme.stages)
+    assert all(seconds > 0 for seconds in record.stage_seconds.values())
+    assert record.seconds >= sum(record.stage_seconds.values())
+    first_runs = list(dict.fromkeys(result.opened))
+    assert first_runs == list(scheme.stages[: len(first_runs)])
+    if record.completed:
+        assert first_runs == list(scheme.stages)
+    # Bytes: everyone was sent the opening message; only the cohort sent anything.
+    assert set(record.bytes_down) == cohort
+    assert set(record.bytes_up) <= cohort
+
+
 @pytest.mark.parametrize("contender", _schemes())
 def test_the_round_record_accounts_for_every_client_every_drop_and_every_stage(
     contender: Contender,
 ) -> None:
-    scheme = contender.scheme
-    cohort = set(range(contender.n))
     for result in _record_rounds(contender):
-        record = result.record
-        included, dropped = set(record.included), set(record.drops)
-        # Included and dropped cover the cohort; they overlap only in clients dropped after
-        # their input reached the server (still in the sum).
-        if record.completed:
-            assert included | dropped == cohort
-            assert result.input_stage is not None
-            late = {
-                i
-                for i, d in record.drops.items()
-                if _position(contender, d.stage) > _position(contender, result.input_stage)
-            }
-            assert included & dropped == late
-        else:
-            assert record.included == () and record.aggregate is None
-            assert isinstance(record.abort, RoundAborted)
-            assert Stage(record.abort.stage) in scheme.stages
-            assert dropped <= cohort
-        # Every drop: a cohort member, a typed reason, a stage the scheme runs; a silent
-        # client is dropped for missing exactly the stage it went silent in.
-        for client_id, drop in record.drops.items():
-            assert drop.client_id == client_id and client_id in cohort
-            assert isinstance(drop.reason, DropReason)
-            assert drop.stage in scheme.stages
-            if client_id in result.gone and drop.reason in MISSED_REASONS:
-                assert drop.reason is missed(result.gone[client_id])
-        assert sorted(result.heard, key=lambda d: d.client_id) == sorted(
-            record.drops.values(), key=lambda d: d.client_id
-        )
-        # A time for each stage that ran (a stage run twice adds up), none for any other.
-        assert set(record.stage_seconds) == set(result.opened) <= set(scheme.stages)
-        assert all(seconds > 0 for seconds in record.stage_seconds.values())
-        assert record.seconds >= sum(record.stage_seconds.values())
-        first_runs = list(dict.fromkeys(result.opened))
-        assert first_runs == list(scheme.stages[: len(first_runs)])
-        if record.completed:
-            assert first_runs == list(scheme.stages)
-        # Bytes: everyone was sent the opening message; only the cohort sent anything.
-        assert set(record.bytes_down) == cohort
-        assert set(record.bytes_up) <= cohort
+        _assert_record_is_consistent(contender, result)
