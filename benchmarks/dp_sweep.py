@@ -26,7 +26,7 @@ from secagg.dp.calibrate import DpConfig, epsilon_spent
 from secagg.fl.data import load_digits_split
 from secagg.fl.digits import demo_model, digits_median_update_norm, digits_task
 from secagg.fl.fedavg import apply_update
-from secagg.params import Params
+from secagg.schemes.masking.parameters import Params
 from secagg.simulate import DropSchedule, root_randomness, simulate_round
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ from secagg.hazmat.keys import X25519KeyPair
 from secagg.hazmat.randomness import DeterministicRandomness, SystemRandomness
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import combine, split
-from secagg.params import Params
+from secagg.schemes.masking.parameters import Params
 from secagg.simulate import DropSchedule, random_inputs, root_randomness, simulate_round
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -35,12 +35,12 @@ import sections
 
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.parallel import MaskApplier, usable_cores
-from secagg.params import Params, ServerModel
-from secagg.protocol.client import Client
-from secagg.protocol.messages import Message, PeerShares
 from secagg.protocol.runner import RoundRun
-from secagg.protocol.server import Server
 from secagg.protocol.stages import Stage
+from secagg.schemes.masking.client import Client
+from secagg.schemes.masking.messages import Message, PeerShares
+from secagg.schemes.masking.parameters import Params, ServerModel
+from secagg.schemes.masking.server import Server
 from secagg.simulate import (
     DROP_STAGES,
     SEMI_HONEST_STAGES,

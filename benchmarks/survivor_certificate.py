@@ -25,8 +25,8 @@ import sections
 
 from secagg.hazmat.keys import Ed25519SigningKey, ed25519_verify
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.params import Params
-from secagg.protocol.graph import thin_window
+from secagg.schemes.masking.graph import thin_window
+from secagg.schemes.masking.parameters import Params
 
 MARKER = "## Active mode: the survivor certificate's cost per client"
 DIM = 100_000

@@ -392,7 +392,7 @@ def test_beyond_its_bound_a_dp_mean_is_reported_not_a_bug_while_quantisation_is_
     pytest.importorskip("dp_accounting")
     from secagg.cli import error_verdict
     from secagg.dp.calibrate import DpConfig
-    from secagg.params import Params
+    from secagg.schemes.masking.parameters import Params
     from secagg.simulate import random_inputs, simulate_round
 
     dp = DpConfig(

@@ -20,18 +20,18 @@ from secagg.dp.budget import ClientBudget
 from secagg.dp.calibrate import DpConfig
 from secagg.errors import AbortReason, ClientAbort, JournalError
 from secagg.journal import Event, Journal
-from secagg.params import Params, Protocol
-from secagg.protocol.messages import (
+from secagg.protocol.runner import RoundRun
+from secagg.protocol.stages import Stage
+from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.messages import (
     CommitmentDigest,
     RoundConfig,
     UnmaskRequest,
     UnmaskResponse,
     decode,
 )
-from secagg.protocol.runner import RoundRun
-from secagg.protocol.server import Server
-from secagg.protocol.stages import Stage
-from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.parameters import Params, Protocol
+from secagg.schemes.masking.server import Server
 from secagg.service.wire import ModelTask
 
 N = 5

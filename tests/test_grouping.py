@@ -8,7 +8,7 @@ import pytest
 from secagg.errors import ConfigurationError
 from secagg.grouping import assign_groups, simulate_grouped
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.params import Params
+from secagg.schemes.masking.parameters import Params
 from secagg.schemes.plaintext import PlaintextScheme
 from secagg.simulate import DropSchedule, random_inputs, root_randomness
 

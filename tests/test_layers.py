@@ -19,15 +19,14 @@ PACKAGE = SRC / "secagg"
 
 # Lowest first. The layers as the imports draw them, not as we might wish them: ``fl`` (numpy
 # training, no secure aggregation in it) sits low, because the service's tasks run it, and
-# ``dp`` sits under ``params`` because the parameters hold the DP plan. ``secagg`` is the
-# package's own ``__init__``, the public API that re-exports the simulator's.
+# ``dp`` sits under ``schemes`` because masking's parameters hold the DP plan. ``secagg`` is
+# the package's own ``__init__``, the public API that re-exports the simulator's.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "updates"),
     ("extras", "hazmat", "journal"),
     ("fl", "parallel", "protocol"),
     ("cohort", "dp"),
-    ("backends", "params"),
-    ("policy",),
+    ("backends",),
     ("schemes",),
     ("client_session", "simulate"),
     ("grouping", "secagg"),
@@ -56,7 +55,7 @@ _MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
 
 
 def _unit(module: str) -> str:
-    """``secagg.protocol.server`` -> ``protocol``; ``secagg`` (the package itself) -> ``secagg``."""
+    """``secagg.protocol.runner`` -> ``protocol``; ``secagg`` (the package itself) -> ``secagg``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else parts[0]
 
@@ -76,7 +75,7 @@ def _imports(module: str, path: Path) -> list[tuple[int, str]]:
                 package = package[: len(package) - node.level + 1]
                 base = ".".join([*package, base] if base else package)
             for alias in node.names:
-                # ``from secagg.protocol import server`` imports the module server
+                # ``from secagg.protocol import runner`` imports the module runner
                 name = f"{base}.{alias.name}"
                 found.append((node.lineno, name if name in _MODULES else base))
     return [(line, name) for line, name in found if name.split(".")[0] == "secagg"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from secagg.errors import ConfigurationError
-from secagg.params import Params, Protocol, ServerModel
+from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
 
 
 def test_ring_is_just_wide_enough_for_the_largest_possible_sum() -> None:

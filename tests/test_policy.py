@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 
 from secagg.errors import AbortReason, ClientAbort
-from secagg.params import Params, Protocol, ServerModel
-from secagg.policy import ClientPolicy
-from secagg.protocol.messages import RoundConfig
+from secagg.schemes.masking.messages import RoundConfig
+from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
+from secagg.schemes.masking.policy import ClientPolicy
 
 ALLOWED = frozenset(range(20))
 ME = 3

@@ -8,7 +8,7 @@ import pytest
 from secagg import secure_mean
 from secagg.errors import ConfigurationError
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.params import Params, Protocol
+from secagg.schemes.masking.parameters import Params, Protocol
 from secagg.simulate import (
     SEMI_HONEST_STAGES,
     DropSchedule,

@@ -7,8 +7,8 @@ take messages and return messages); ``simulate_round`` drives a whole round in p
 
 Layers, each importing only from those before it (``tests/test_layers.py`` reads every
 import; docs/ARCHITECTURE.md draws all of them): ``errors`` <- ``hazmat`` (primitives) <-
-``protocol`` (the codec, the stages, the round runner and, for now, the masking state
-machines) <- ``dp`` <- ``params`` <- ``policy`` <- ``schemes`` <- ``simulate`` and
+``protocol`` (scheme-neutral: the codec, the stages, the round runner) <- ``dp`` <-
+``schemes`` (masking's state machines, parameters and policy among them) <- ``simulate`` and
 ``client_session`` <- this package's API <- ``service`` <- ``flower``, ``demo``,
 ``compare`` <- ``cli``. ``fl`` (numpy training, nothing secure in it) sits beside
 ``protocol``: the service's tasks run it.
@@ -29,10 +29,10 @@ if TYPE_CHECKING:
         RoundAborted,
         SecAggError,
     )
-    from secagg.params import Params, Protocol, ServerModel
-    from secagg.protocol.client import Client
-    from secagg.protocol.messages import RoundConfig
-    from secagg.protocol.server import RoundResult, Server
+    from secagg.schemes.masking.client import Client
+    from secagg.schemes.masking.messages import RoundConfig
+    from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
+    from secagg.schemes.masking.server import RoundResult, Server
     from secagg.simulate import (
         DropSchedule,
         RoundReport,
@@ -51,13 +51,13 @@ _WHERE = {
     "DropReason": "secagg.errors",
     "RoundAborted": "secagg.errors",
     "SecAggError": "secagg.errors",
-    "Params": "secagg.params",
-    "Protocol": "secagg.params",
-    "ServerModel": "secagg.params",
-    "Client": "secagg.protocol.client",
-    "RoundConfig": "secagg.protocol.messages",
-    "RoundResult": "secagg.protocol.server",
-    "Server": "secagg.protocol.server",
+    "Params": "secagg.schemes.masking.parameters",
+    "Protocol": "secagg.schemes.masking.parameters",
+    "ServerModel": "secagg.schemes.masking.parameters",
+    "Client": "secagg.schemes.masking.client",
+    "RoundConfig": "secagg.schemes.masking.messages",
+    "RoundResult": "secagg.schemes.masking.server",
+    "Server": "secagg.schemes.masking.server",
     "DropSchedule": "secagg.simulate",
     "RoundReport": "secagg.simulate",
     "SimulationResult": "secagg.simulate",

@@ -58,9 +58,9 @@ from secagg.errors import (
 )
 from secagg.extras import missing_extra, require
 from secagg.grouping import GroupedReport, simulate_grouped
-from secagg.params import Params, Protocol, ServerModel
 from secagg.protocol.runner import RoundOutcome
 from secagg.schemes.base import Scheme
+from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
 from secagg.service.config import CONFIG_FILE, DeploymentConfig
 from secagg.service.files import check_writable, refuse_existing, write_array
 from secagg.service.settings import (

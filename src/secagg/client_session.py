@@ -50,7 +50,10 @@ from secagg.errors import (
 )
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
 from secagg.journal import Event, Journal, JournalRound, JournalTransaction, RoundSecrets, digest
-from secagg.protocol.messages import (
+from secagg.protocol.runner import RoundClient
+from secagg.protocol.stages import Stage
+from secagg.schemes.base import Scheme
+from secagg.schemes.masking.messages import (
     CLIENT_MESSAGE,
     Commitment,
     ConsistencySignature,
@@ -60,9 +63,6 @@ from secagg.protocol.messages import (
     UnmaskResponse,
     decode,
 )
-from secagg.protocol.runner import RoundClient
-from secagg.protocol.stages import Stage
-from secagg.schemes.base import Scheme
 
 __all__ = ["Accepted", "Answer", "ClientSession", "Offer", "SchemeFor", "TaskCodec"]
 

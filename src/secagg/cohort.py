@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from secagg.errors import ClientAbort, ConfigurationError, SecAggError
 from secagg.parallel import usable_cores
-from secagg.protocol.messages import Message, decode
+from secagg.protocol.codec import Message, decode
 from secagg.protocol.runner import RoundClient
 
 __all__ = ["DELIVERY_CHUNK_BYTES", "Cohort", "Reply", "Tally", "take_chunk"]

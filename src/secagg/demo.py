@@ -53,10 +53,10 @@ from secagg.extras import require
 from secagg.fl.data import load_digits_split
 from secagg.fl.digits import DEMO_CLIP, demo_model, digits_median_update_norm
 from secagg.fl.fedavg import apply_update
-from secagg.params import Params
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme, SchemeKind
 from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.parameters import Params
 from secagg.service.ckks_deployment import CkksSettings, provision_ckks_keys
 from secagg.service.client import UpdateFn
 from secagg.service.config import DeploymentConfig

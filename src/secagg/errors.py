@@ -32,7 +32,7 @@
                                 human-readable reason
 
 A misbehaving *client* is never an exception on the server: the server records a
-``DropReason`` for it and the round goes on (see ``secagg.protocol.server``).
+``DropReason`` for it and the round goes on (see ``secagg.schemes.masking.server``).
 
 Messages never contain secret material: keys, seeds, shares and vectors stay out of every
 ``str()`` and ``repr()`` of these exceptions.

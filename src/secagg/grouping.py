@@ -33,9 +33,9 @@ from numpy.typing import NDArray
 from secagg.backends import Backend
 from secagg.errors import ConfigurationError
 from secagg.hazmat.randomness import Randomness
-from secagg.params import Params
 from secagg.protocol.runner import RoundOutcome
 from secagg.schemes.base import Scheme
+from secagg.schemes.masking.parameters import Params
 from secagg.simulate import (
     WEIGHT_LEVELS,
     DropSchedule,

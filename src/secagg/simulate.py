@@ -28,8 +28,7 @@ from secagg.errors import ConfigurationError
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
 from secagg.parallel import MaskApplier
-from secagg.params import Params
-from secagg.protocol.messages import Message
+from secagg.protocol.codec import Message
 from secagg.protocol.runner import (
     ByteMeter,
     RoundClient,
@@ -38,10 +37,11 @@ from secagg.protocol.runner import (
     RoundRun,
     RoundServer,
 )
-from secagg.protocol.server import Server
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.parameters import Params
+from secagg.schemes.masking.server import Server
 from secagg.schemes.plaintext import PlaintextScheme
 
 __all__ = [

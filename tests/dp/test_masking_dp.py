@@ -13,8 +13,8 @@ pytest.importorskip("dp_accounting")
 
 from secagg.dp.calibrate import DpConfig
 from secagg.errors import AbortReason, ClientAbort, ConfigurationError
-from secagg.params import Params, Protocol, ServerModel
-from secagg.policy import ClientPolicy
+from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
+from secagg.schemes.masking.policy import ClientPolicy
 from secagg.simulate import DropSchedule, random_inputs, simulate_round
 
 N, DIM, MIN = 30, 200, 20

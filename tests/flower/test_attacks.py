@@ -60,9 +60,9 @@ from secagg.flower import SecAggMod, SecureGrid, SecureRoundReport, wire
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import SystemRandomness
 from secagg.journal import Event, Journal
-from secagg.protocol import messages as pm
-from secagg.protocol.server import Server
 from secagg.protocol.stages import Stage
+from secagg.schemes.masking import messages as pm
+from secagg.schemes.masking.server import Server
 from tests.flower.helpers import DIM, PARAMS, delta, flat, model, task, weight
 from tests.protocol.loot import Loot
 

@@ -20,7 +20,7 @@ from secagg import Params, ServerModel
 from secagg.flower import SecAggMod, wire
 from secagg.flower.configured import MISCONFIGURED, SIMULATION_ENV
 from secagg.flower.nodes import NODES_FILE, FlowerNodes, provision_nodes, write_node_identity
-from secagg.protocol.messages import Commitment
+from secagg.schemes.masking.messages import Commitment
 from secagg.service.config import DeploymentConfig
 from tests.flower.helpers import PARAMS, client_app, node_ids, secagg_record, task
 from tests.flower.test_mod import ME, NODES, STRANGER, first_message

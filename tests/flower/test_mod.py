@@ -22,7 +22,7 @@ from secagg.errors import AbortReason, ConfigurationError
 from secagg.flower import REFUSED_PLAINTEXT, SecAggMod, wire
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.protocol.messages import Commitment, RoundConfig
+from secagg.schemes.masking.messages import Commitment, RoundConfig
 from tests.flower.helpers import (
     PARAMS,
     client_app,

@@ -33,8 +33,8 @@ from examples.flower import apps
 from examples.flower.secagg_digits import task
 from secagg.flower import wire
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.protocol.messages import RoundConfig, decode
 from secagg.protocol.stages import Stage
+from secagg.schemes.masking.messages import RoundConfig, decode
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = 20

@@ -20,9 +20,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from secagg.errors import ConfigurationError, DecodeError
 from secagg.flower import wire
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.params import Params
-from secagg.protocol.messages import CommitRequest
 from secagg.protocol.stages import Stage
+from secagg.schemes.masking.messages import CommitRequest
+from secagg.schemes.masking.parameters import Params
 from tests.flower.helpers import model, task
 
 
@@ -136,7 +136,7 @@ def test_each_server_message_names_the_stage_its_answer_belongs_to() -> None:
 
 def test_the_stage_each_server_message_requests_is_its_own_declaration() -> None:
     """Derived from masking's messages, it is the table that was listed by hand before."""
-    from secagg.protocol import messages as pm
+    from secagg.schemes.masking import messages as pm
 
     before = {
         pm.RoundConfig: Stage.COMMIT,

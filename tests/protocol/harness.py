@@ -22,9 +22,9 @@ from numpy.typing import NDArray
 
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.protocol.client import Client
-from secagg.protocol.graph import SurvivorRule, survivor_rule
-from secagg.protocol.messages import (
+from secagg.schemes.masking.client import Client
+from secagg.schemes.masking.graph import SurvivorRule, survivor_rule
+from secagg.schemes.masking.messages import (
     AdvertiseKeys,
     Contributions,
     Message,
@@ -34,7 +34,7 @@ from secagg.protocol.messages import (
     SurvivorList,
     UnmaskRequest,
 )
-from secagg.protocol.server import Server, Stage
+from secagg.schemes.masking.server import Server, Stage
 
 # The harness's stage names and the server's.
 SERVER_STAGE = {

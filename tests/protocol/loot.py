@@ -18,8 +18,8 @@ from secagg.hazmat import prg
 from secagg.hazmat.keys import X25519KeyPair, x25519_public_from_private
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, combine
-from secagg.protocol import derive
-from secagg.protocol.messages import (
+from secagg.schemes.masking import derivations as derive
+from secagg.schemes.masking.messages import (
     AdvertiseKeys,
     EncryptedShares,
     MaskedInput,

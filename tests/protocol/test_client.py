@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from secagg.errors import AbortReason, ClientAbort, InputError, UsageError
-from secagg.protocol import messages
-from secagg.protocol.client import (
+from secagg.schemes.masking import messages
+from secagg.schemes.masking.client import (
     Aborted,
     AwaitingContributions,
     AwaitingDigest,
@@ -26,7 +26,7 @@ from secagg.protocol.client import (
     Completed,
     Initial,
 )
-from secagg.protocol.messages import (
+from secagg.schemes.masking.messages import (
     AdvertiseKeys,
     Commitment,
     CommitmentDigest,

@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 from secagg.errors import DecodeError, DropReason, UsageError
 from secagg.protocol import codec
 from secagg.protocol.codec import TAGS, Direction, Message, message_class
-from secagg.protocol.messages import (
+from secagg.protocol.stages import Stage, missed, stage_answered_by
+from secagg.schemes.ckks import CkksResult, CkksScheme, CkksSumRequest, CkksUpload
+from secagg.schemes.masking.messages import (
     CLIENT_MESSAGE,
     AdvertiseKeys,
     Commitment,
@@ -33,8 +35,6 @@ from secagg.protocol.messages import (
     SurvivorList,
     UnmaskResponse,
 )
-from secagg.protocol.stages import Stage, missed, stage_answered_by
-from secagg.schemes.ckks import CkksResult, CkksScheme, CkksSumRequest, CkksUpload
 from secagg.schemes.plaintext import PlaintextScheme, PlainUpdate
 
 from .test_fuzz_handlers import bounded

@@ -50,15 +50,15 @@ from secagg.errors import (
 )
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import SHARE_VALUE_BYTES
-from secagg.protocol import derive
-from secagg.protocol.client import (
+from secagg.schemes.masking import derivations as derive
+from secagg.schemes.masking.client import (
     Aborted,
     AwaitingSurvivorList,
     AwaitingUnmaskRequest,
     Client,
     Completed,
 )
-from secagg.protocol.messages import (
+from secagg.schemes.masking.messages import (
     CIPHERTEXT_BYTES,
     KEY_BYTES,
     MAX_ID,
@@ -77,7 +77,7 @@ from secagg.protocol.messages import (
     UnmaskResponse,
     decode,
 )
-from secagg.protocol.server import Stage
+from secagg.schemes.masking.server import Stage
 from tests.protocol.harness import SERVER_STAGE, Harness
 
 MESSAGE_TYPES: list[type[Message]] = [

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from secagg.errors import ConfigurationError
-from secagg.protocol import graph
-from secagg.protocol.graph import (
+from secagg.schemes.masking import graph
+from secagg.schemes.masking.graph import (
     GraphParameters,
     ServerModel,
     find_secagg_plus_parameters,

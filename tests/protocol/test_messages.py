@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import ConfigurationError, DecodeError, UsageError
-from secagg.params import check_round_config
-from secagg.protocol.messages import (
+from secagg.schemes.masking.messages import (
     CIPHERTEXT_BYTES,
     AdvertiseKeys,
     Commitment,
@@ -29,6 +28,7 @@ from secagg.protocol.messages import (
     UnmaskResponse,
     decode,
 )
+from secagg.schemes.masking.parameters import check_round_config
 
 SID = bytes(range(32))
 

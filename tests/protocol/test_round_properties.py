@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import DropReason, RoundAborted, UsageError
-from secagg.protocol.client import Completed
-from secagg.protocol.server import Stage
+from secagg.schemes.masking.client import Completed
+from secagg.schemes.masking.server import Stage
 from tests.protocol.harness import Harness
 
 STAGES = ("advertise", "share", "mask", "consistency", "unmask")

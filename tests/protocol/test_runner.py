@@ -12,7 +12,6 @@ import pytest
 
 from secagg.errors import DropReason, UsageError
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.params import Params
 from secagg.protocol.runner import (
     ByteMeter,
     Drop,
@@ -24,6 +23,7 @@ from secagg.protocol.runner import (
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.parameters import Params
 from secagg.schemes.plaintext import PlaintextScheme
 
 DIM = 4

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from secagg.errors import DropReason, RoundAborted, UsageError
-from secagg.protocol.messages import (
+from secagg.schemes.masking.messages import (
     AdvertiseKeys,
     MaskedInput,
     PeerShares,
     UnmaskRequest,
     UnmaskResponse,
 )
-from secagg.protocol.server import PeerStatus, Server, Stage
+from secagg.schemes.masking.server import PeerStatus, Server, Stage
 from tests.protocol.harness import Harness
 
 

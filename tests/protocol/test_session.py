@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from secagg.errors import AbortReason, ClientAbort, DropReason, RoundAborted
-from secagg.protocol import derive
-from secagg.protocol.client import Aborted, AwaitingContributions, AwaitingDigest
-from secagg.protocol.messages import (
+from secagg.protocol.stages import Stage
+from secagg.schemes.masking import derivations as derive
+from secagg.schemes.masking.client import Aborted, AwaitingContributions, AwaitingDigest
+from secagg.schemes.masking.messages import (
     MAX_ATTEMPTS,
     Commitment,
     CommitmentDigest,
@@ -26,7 +27,6 @@ from secagg.protocol.messages import (
     PeerKeys,
     Reveal,
 )
-from secagg.protocol.stages import Stage
 from tests.protocol.harness import Harness
 
 VICTIM = 2

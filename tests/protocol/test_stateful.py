@@ -57,7 +57,7 @@ from secagg.errors import (
 )
 from secagg.hazmat.keys import X25519KeyPair
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.protocol.client import (
+from secagg.schemes.masking.client import (
     Aborted,
     AwaitingPeerKeys,
     AwaitingPeerShares,
@@ -65,8 +65,8 @@ from secagg.protocol.client import (
     AwaitingUnmaskRequest,
     Completed,
 )
-from secagg.protocol.graph import thin_window
-from secagg.protocol.messages import (
+from secagg.schemes.masking.graph import thin_window
+from secagg.schemes.masking.messages import (
     CIPHERTEXT_BYTES,
     SIGNATURE_BYTES,
     AdvertiseKeys,
@@ -82,7 +82,7 @@ from secagg.protocol.messages import (
     UnmaskResponse,
     decode,
 )
-from secagg.protocol.server import Stage
+from secagg.schemes.masking.server import Stage
 from tests.protocol.harness import SERVER_STAGE, Harness
 
 STRANGER = 1_000_000  # an id outside every cohort

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 
 from secagg.errors import AbortReason, ClientAbort
-from secagg.params import Params
-from secagg.protocol.graph import SurvivorRule, _ring
-from secagg.protocol.messages import (
+from secagg.schemes.masking.graph import SurvivorRule, _ring
+from secagg.schemes.masking.messages import (
     ConsistencySignature,
     PeerShares,
     SurvivorList,
     UnmaskRequest,
 )
+from secagg.schemes.masking.parameters import Params
 from tests.protocol.harness import Harness
 from tests.protocol.loot import Loot
 

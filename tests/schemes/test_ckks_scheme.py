@@ -14,7 +14,7 @@ pytest.importorskip("tenseal")
 from secagg.errors import AbortReason, ClientAbort, DropReason, RoundAborted
 from secagg.hazmat import ckks
 from secagg.hazmat.randomness import SystemRandomness
-from secagg.protocol.messages import decode
+from secagg.protocol.codec import decode
 from secagg.protocol.stages import Stage
 from secagg.schemes.ckks import (
     CkksConfig,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from secagg.params import Params, ServerModel
+from secagg.schemes.masking.parameters import Params, ServerModel
 from secagg.service.config import DeploymentConfig
 from secagg.service.credentials import Deployment, create_deployment
 from secagg.service.run import start_client_process

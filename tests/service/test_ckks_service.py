@@ -18,7 +18,7 @@ import pytest
 
 from secagg.errors import AbortReason, ConfigurationError
 from secagg.hazmat.ckks import CkksParameters
-from secagg.params import Params
+from secagg.schemes.masking.parameters import Params
 from secagg.service.ckks_deployment import (
     SERVER_CONTEXT_FILE,
     CkksSettings,

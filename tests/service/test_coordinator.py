@@ -286,8 +286,8 @@ async def _misbehaving(local: Local, behaviour: str) -> tuple[RoundSummary, Roun
 
     async def drive() -> None:
         from secagg.hazmat.randomness import SystemRandomness
-        from secagg.protocol.client import Client
-        from secagg.protocol.messages import RoundConfig
+        from secagg.schemes.masking.client import Client
+        from secagg.schemes.masking.messages import RoundConfig
 
         rounds = 0
         client: Client | None = None

@@ -21,8 +21,8 @@ pytest.importorskip("dp_accounting")
 
 from secagg.cli import app
 from secagg.dp.calibrate import achieved_epsilon, epsilon_spent
-from secagg.params import Params
 from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.parameters import Params
 from secagg.service.config import DeploymentConfig
 from secagg.service.ledger import Ledger
 from secagg.service.run import make_coordinator, start_client_process

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from secagg.errors import AbortReason, DropReason
-from secagg.params import Params
-from secagg.protocol.messages import Message, PeerShares, decode
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.messages import Message, PeerShares, decode
+from secagg.schemes.masking.parameters import Params
 from secagg.service.client import ClientSettings, SecAggClient
 from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import Coordinator, RoundSummary

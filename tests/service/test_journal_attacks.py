@@ -41,9 +41,10 @@ import pytest
 
 from secagg.dp.budget import ClientBudget
 from secagg.errors import AbortReason
-from secagg.params import Params, Protocol, ServerModel
-from secagg.protocol import derive
-from secagg.protocol.messages import (
+from secagg.protocol.stages import Stage
+from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking import derivations as derive
+from secagg.schemes.masking.messages import (
     Commitment,
     CommitmentDigest,
     CommitRequest,
@@ -51,8 +52,7 @@ from secagg.protocol.messages import (
     Reveal,
     RoundConfig,
 )
-from secagg.protocol.stages import Stage
-from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
 from secagg.service.config import DeploymentConfig
 from secagg.service.credentials import AllowList, create_deployment, load_tls_server_credentials
 from secagg.service.run import start_client_process

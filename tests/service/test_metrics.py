@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from secagg import __version__
 from secagg.errors import ConfigurationError, DropReason, RoundAborted, UsageError
 from secagg.hazmat import prg
-from secagg.protocol.messages import AdvertiseKeys, Message, PeerKeys, RoundConfig
-from secagg.protocol.server import Server, Stage
+from secagg.schemes.masking.messages import AdvertiseKeys, Message, PeerKeys, RoundConfig
+from secagg.schemes.masking.server import Server, Stage
 from secagg.service.ledger import RoundOutcome
 from secagg.service.metrics import (
     DURATION_BUCKETS,
@@ -698,8 +698,8 @@ def test_the_protocol_types_by_tag_and_direction_are_derived_as_they_were_listed
     """The codec's table and each message's declared direction give what was listed by hand:
     every message that travels the stream under its class's name, the configurations (inside
     a Task) and the plaintext scheme (no frame) under none."""
-    from secagg.protocol import messages as pm
     from secagg.schemes.ckks import CkksResult, CkksSumRequest, CkksUpload
+    from secagg.schemes.masking import messages as pm
     from secagg.service import metrics
 
     assert metrics._PROTOCOL_TYPES == {

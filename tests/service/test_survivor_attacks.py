@@ -25,19 +25,19 @@ import pytest
 
 from secagg.errors import AbortReason, ClientAbort, RoundAborted
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.params import Params, Protocol, ServerModel
-from secagg.protocol.client import Client
-from secagg.protocol.encoding import QuantizedEncoding
-from secagg.protocol.graph import SurvivorRule, _ring
-from secagg.protocol.messages import (
+from secagg.protocol.stages import Stage
+from secagg.schemes.masking.client import Client
+from secagg.schemes.masking.encoding import QuantizedEncoding
+from secagg.schemes.masking.graph import SurvivorRule, _ring
+from secagg.schemes.masking.messages import (
     ConsistencySignature,
     Message,
     RoundConfig,
     SurvivorList,
     UnmaskRequest,
 )
-from secagg.protocol.server import Server
-from secagg.protocol.stages import Stage
+from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
+from secagg.schemes.masking.server import Server
 from secagg.service.config import DeploymentConfig
 from secagg.service.credentials import AllowList, create_deployment, load_tls_server_credentials
 from secagg.service.identity import ClientIdentity

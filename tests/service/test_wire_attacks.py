@@ -32,9 +32,9 @@ from secagg.hazmat.keys import X25519KeyPair
 from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.hazmat.shamir import Share
-from secagg.params import Params, Protocol, ServerModel
-from secagg.protocol import derive
-from secagg.protocol.messages import (
+from secagg.protocol.stages import Stage
+from secagg.schemes.masking import derivations as derive
+from secagg.schemes.masking.messages import (
     ConsistencySignature,
     Contributions,
     Message,
@@ -44,8 +44,8 @@ from secagg.protocol.messages import (
     SurvivorList,
     UnmaskRequest,
 )
-from secagg.protocol.server import RoundResult, Server
-from secagg.protocol.stages import Stage
+from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
+from secagg.schemes.masking.server import RoundResult, Server
 from secagg.service.config import DeploymentConfig
 from secagg.service.credentials import AllowList, create_deployment, load_tls_server_credentials
 from secagg.service.run import start_client_process

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from secagg.errors import ClientAbort, DecodeError, RoundAborted
-from secagg.protocol.messages import Message, UnmaskRequest, decode
+from secagg.schemes.masking.messages import Message, UnmaskRequest, decode
 from tests.protocol.harness import Harness
 
 DIRECTORY = Path(__file__).parent / "protocol"

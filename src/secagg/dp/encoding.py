@@ -1,4 +1,4 @@
-"""Distributed DP as masking's input encoding (``secagg.protocol.encoding.InputEncoding``).
+"""Distributed DP as masking's input encoding (``secagg.schemes.masking.encoding.InputEncoding``).
 
 Each client turns its update into a noisy ring vector with ``secagg.dp.pipeline.encode``
 (rotation, L2 clip, scale, randomised rounding, its own discrete noise, modulo 2^bits) and a
@@ -17,13 +17,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.dp.calibrate import DpPlan
+from secagg.dp.message import DpRound
 from secagg.dp.pipeline import decode, encode
 from secagg.errors import UsageError
 from secagg.hazmat.kdf import encode_fields
 from secagg.hazmat.quantize import EncodedInput
 from secagg.hazmat.randomness import Randomness
 from secagg.hazmat.ring import Ring, RingArray
-from secagg.protocol.messages import DpRound
 
 __all__ = ["DpEncoding", "dp_round", "rotation_seed"]
 

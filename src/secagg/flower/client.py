@@ -63,10 +63,10 @@ from secagg.errors import (
 from secagg.flower import wire
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.journal import Journal
-from secagg.params import Params
-from secagg.protocol.messages import decode
+from secagg.protocol.codec import decode
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.parameters import Params
 
 if TYPE_CHECKING:
     from secagg.flower.configured import NodeConfiguredMod

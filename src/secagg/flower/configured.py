@@ -48,7 +48,7 @@ from secagg.flower.client import (
     SecAggMod,
 )
 from secagg.flower.nodes import FlowerNodes, NodeIdentity
-from secagg.params import Params
+from secagg.schemes.masking.parameters import Params
 from secagg.service.config import DeploymentConfig
 
 try:

@@ -40,10 +40,10 @@ import numpy as np
 from secagg.errors import ConfigurationError, DropReason, UsageError, one_line
 from secagg.flower import wire
 from secagg.hazmat.randomness import Randomness, SystemRandomness
-from secagg.params import Params
 from secagg.protocol.runner import RoundOutcome, RoundRun
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.parameters import Params
 
 try:
     from flwr.app import (

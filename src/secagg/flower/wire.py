@@ -49,9 +49,9 @@ from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError, DecodeError
 from secagg.hazmat.kdf import encode_fields
-from secagg.protocol import messages as pm
 from secagg.protocol.codec import Direction, defined_in
 from secagg.protocol.stages import Stage
+from secagg.schemes.masking import messages as pm
 
 try:
     from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict

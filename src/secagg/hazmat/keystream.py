@@ -2,7 +2,7 @@
 
 Masks (:mod:`~secagg.hazmat.prg`), the seeded DRBG and the system randomness
 (:mod:`~secagg.hazmat.randomness`, and through it stochastic rounding and DP noise) and the
-SecAgg+ graph shuffle (:mod:`secagg.protocol.graph`) all read this stream, so its definition
+SecAgg+ graph shuffle (:mod:`secagg.schemes.masking.graph`) all read this stream, so its definition
 lives in one place:
 
 - the stream under a 16-byte (AES-128) or 32-byte (AES-256) key is the CTR-mode encryption of

@@ -54,22 +54,22 @@ MAX_ID = 2**32 - 1  # the largest u32: every id on the wire is one
 # Every message tag, and the class ("module:Class") that owns it. A new message is one line
 # here; a tag is never reused, so a retired message keeps its number out of use.
 TAGS: Mapping[int, str] = {
-    # masking: session agreement and the rounds of Bonawitz et al. (secagg.protocol.messages)
-    1: "secagg.protocol.messages:RoundConfig",
-    2: "secagg.protocol.messages:AdvertiseKeys",
-    3: "secagg.protocol.messages:PeerKeys",
-    4: "secagg.protocol.messages:EncryptedShares",
-    5: "secagg.protocol.messages:PeerShares",
-    6: "secagg.protocol.messages:MaskedInput",
-    7: "secagg.protocol.messages:UnmaskRequest",
-    8: "secagg.protocol.messages:UnmaskResponse",
-    9: "secagg.protocol.messages:SurvivorList",
-    10: "secagg.protocol.messages:ConsistencySignature",
-    11: "secagg.protocol.messages:CommitRequest",
-    12: "secagg.protocol.messages:Commitment",
-    13: "secagg.protocol.messages:CommitmentDigest",
-    14: "secagg.protocol.messages:Reveal",
-    15: "secagg.protocol.messages:Contributions",
+    # masking: session agreement, then the rounds of Bonawitz et al. (schemes.masking.messages)
+    1: "secagg.schemes.masking.messages:RoundConfig",
+    2: "secagg.schemes.masking.messages:AdvertiseKeys",
+    3: "secagg.schemes.masking.messages:PeerKeys",
+    4: "secagg.schemes.masking.messages:EncryptedShares",
+    5: "secagg.schemes.masking.messages:PeerShares",
+    6: "secagg.schemes.masking.messages:MaskedInput",
+    7: "secagg.schemes.masking.messages:UnmaskRequest",
+    8: "secagg.schemes.masking.messages:UnmaskResponse",
+    9: "secagg.schemes.masking.messages:SurvivorList",
+    10: "secagg.schemes.masking.messages:ConsistencySignature",
+    11: "secagg.schemes.masking.messages:CommitRequest",
+    12: "secagg.schemes.masking.messages:Commitment",
+    13: "secagg.schemes.masking.messages:CommitmentDigest",
+    14: "secagg.schemes.masking.messages:Reveal",
+    15: "secagg.schemes.masking.messages:Contributions",
     # CKKS homomorphic encryption
     20: "secagg.schemes.ckks:CkksConfig",
     21: "secagg.schemes.ckks:CkksUpload",

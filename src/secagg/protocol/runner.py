@@ -1,6 +1,6 @@
 """One round, driven to its end: the loop every transport shares, and the one record of it.
 
-A scheme's server (masking's :class:`~secagg.protocol.server.Server`, or the plaintext and
+A scheme's server (masking's :class:`~secagg.schemes.masking.server.Server`, or the plaintext and
 CKKS servers of :mod:`secagg.schemes`) owns its stage sequence. A transport (the in-process
 simulator, the gRPC coordinator, a Ray or Flower backend) only delivers what it is given and
 hands back what arrives; it never decides what comes next and never dispatches protocol
@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError, DropReason, RoundAborted, UsageError
-from secagg.protocol.messages import Message
+from secagg.protocol.codec import Message
 from secagg.protocol.stages import Drop, Stage
 
 __all__ = [

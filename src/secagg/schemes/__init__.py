@@ -6,13 +6,13 @@ policy (what configuration it accepts). Three implementations:
 
 - ``plaintext``: every client sends its update as float32; the baseline, in process only
   (the service has no plaintext path);
-- ``masking``: SecAgg and SecAgg+ (``secagg.protocol``), semi-honest or active;
+- ``masking``: SecAgg and SecAgg+, semi-honest or active, a package of its own (its messages,
+  client and server state machines, derivations, graph, encoding, parameters and policy);
 - ``ckks``: CKKS homomorphic encryption (TenSEAL, the ``[he]`` extra): clients encrypt, the
   server adds ciphertexts, a key holder decrypts the sum.
 
 Layers (``tests/test_layers.py``, docs/ARCHITECTURE.md): ``hazmat`` <- ``protocol`` <-
-``dp`` <- ``params`` <- ``policy`` <- ``schemes`` <- ``simulate`` / ``client_session`` <-
-``service`` <- ``cli``.
+``dp`` <- ``schemes`` <- ``simulate`` / ``client_session`` <- ``service`` <- ``cli``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.hazmat.randomness import Randomness
-from secagg.protocol.messages import Message
+from secagg.protocol.codec import Message
 from secagg.protocol.runner import RoundClient, RoundServer
 from secagg.protocol.stages import Stage
 

@@ -18,8 +18,8 @@ from typing import ClassVar, cast
 
 from secagg.errors import DecodeError, DropReason, RoundAborted, UsageError
 from secagg.protocol.codec import MAX_ID, Message, Reader, Writer, decode
-from secagg.protocol.messages import DIGEST_BYTES, NONCE_BYTES
 from secagg.protocol.stages import Drop, Stage, missed
+from secagg.schemes.masking.messages import DIGEST_BYTES, NONCE_BYTES
 
 __all__ = ["CohortConfig", "UploadServer"]
 

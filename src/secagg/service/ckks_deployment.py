@@ -50,11 +50,11 @@ class CkksSettings:
     """The round parameters of a CKKS deployment: what ``[round]`` and ``[ckks]`` fix.
 
     ``dim``, ``max_clients``, ``clip``, ``max_weight`` and ``min_cohort`` mean what they mean
-    for masking (``secagg.params.Params``); ``params`` are the CKKS parameters (NVFlare's by
-    default) and ``key_holders`` how many clients of each cohort are asked to decrypt the sum
-    (any one suffices). Refused on construction (``ConfigurationError`` naming the knob): a
-    cohort of ``max_clients`` whose weighted sum would overflow the parameters' headroom or
-    whose total weight would not decrypt exactly.
+    for masking (``secagg.schemes.masking.parameters.Params``); ``params`` are the CKKS
+    parameters (NVFlare's by default) and ``key_holders`` how many clients of each cohort are
+    asked to decrypt the sum (any one suffices). Refused on construction (``ConfigurationError``
+    naming the knob): a cohort of ``max_clients`` whose weighted sum would overflow the
+    parameters' headroom or whose total weight would not decrypt exactly.
     """
 
     dim: int

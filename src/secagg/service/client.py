@@ -5,8 +5,8 @@ CKKS, whose ``check`` is the client's policy: parameters, threat model, allow-li
 cohort) is the source of truth, and every round is checked against it before the client
 trains, generates a key or reveals anything:
 
-1. the round configuration must be one the policy accepts (``secagg.policy`` for masking,
-   ``CkksScheme.check`` for CKKS; a configuration of another scheme is a
+1. the round configuration must be one the policy accepts (``secagg.schemes.masking.policy``
+   for masking, ``CkksScheme.check`` for CKKS; a configuration of another scheme is a
    ``parameter-mismatch``), for a round id this client has not taken part in before;
 2. the model must be the one the configuration is bound to (its digest is in the config, so
    in the session id), finite and of the deployment's dimension;
@@ -75,7 +75,7 @@ from secagg.errors import (
     one_line,
 )
 from secagg.journal import Journal
-from secagg.protocol.messages import Message
+from secagg.protocol.codec import Message
 from secagg.protocol.stages import Stage, stage_answered_by
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme

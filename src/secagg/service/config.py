@@ -86,8 +86,8 @@ Both ends calibrate the same plan from it; a client refuses any round whose nois
 from its own deployment's (less noise, or none, is a ``downgrade``).
 
 The client reads the same ``[round]`` section as its policy: it refuses any round whose
-configuration differs from it (``secagg.policy``, ``CkksScheme.check``). Every value is
-checked when the file is loaded; a mistake is one ``ConfigurationError`` line naming the
+configuration differs from it (``secagg.schemes.masking.policy``, ``CkksScheme.check``). Every
+value is checked when the file is loaded; a mistake is one ``ConfigurationError`` line naming the
 file, the key and what it must be (an unknown protocol, a port outside 0..65535, a timeout
 that is not positive, a ``dim`` too large for gRPC's messages, ``min_clients`` above
 ``max_clients``...).
@@ -105,8 +105,8 @@ from secagg.dp.calibrate import DpConfig, DpPlan
 from secagg.dp.noise import Mechanism
 from secagg.errors import ConfigurationError
 from secagg.hazmat.ckks import CkksParameters
-from secagg.params import Params, Protocol, ServerModel
 from secagg.schemes.base import SchemeKind
+from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
 from secagg.service.ckks_deployment import SERVER_CONTEXT_FILE, CkksSettings
 from secagg.service.credentials import Deployment, TlsFiles
 from secagg.service.files import create_file, refuse_existing

@@ -21,10 +21,10 @@ from numpy.typing import NDArray
 
 from secagg.errors import UsageError
 from secagg.parallel import MaskApplier
-from secagg.params import Params
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.parameters import Params
 from secagg.service.identity import AllowList
 from secagg.service.ledger import Ledger
 from secagg.service.metrics import Metrics, NullMetrics

@@ -6,7 +6,7 @@ challenge (:func:`sign_challenge`) and the coordinator checks the signature agai
 allow-list (:meth:`AllowList.verify`). In active mode the allow-list is also the PKI that
 signed keys and survivor sets are checked against.
 
-Client ids are the protocol's ids: unsigned 32-bit integers (``secagg.protocol.messages.
+Client ids are the protocol's ids: unsigned 32-bit integers (``secagg.schemes.masking.messages.
 MAX_ID``), the one bound shared by identity files, the allow-list, the wire messages and the
 Shamir evaluation points (id + 1). An id the wire cannot carry is refused here, when the
 file is read, not in the middle of a round.
@@ -36,7 +36,7 @@ from secagg.errors import AuthenticationError, ConfigurationError, DecodeError, 
 from secagg.hazmat.kdf import encode_fields
 from secagg.hazmat.keys import ED25519_PUBLIC_BYTES, Ed25519SigningKey, ed25519_verify
 from secagg.hazmat.randomness import SystemRandomness
-from secagg.protocol.messages import MAX_ID
+from secagg.protocol.codec import MAX_ID
 from secagg.service.files import create_file, read_file, replace_file
 
 if TYPE_CHECKING:

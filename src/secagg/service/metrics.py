@@ -56,7 +56,7 @@ from secagg import __version__
 from secagg.errors import ConfigurationError, DropReason, UsageError
 from secagg.protocol import codec
 from secagg.protocol.codec import Direction
-from secagg.protocol.server import Stage
+from secagg.protocol.stages import Stage
 from secagg.service.ledger import RoundOutcome
 from secagg.service.v1 import coordinator_pb2 as pb
 

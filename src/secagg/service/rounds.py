@@ -74,7 +74,7 @@ from secagg.errors import (
     one_line,
 )
 from secagg.hazmat import prg
-from secagg.protocol.messages import Message, RoundConfig
+from secagg.protocol.codec import Message
 from secagg.protocol.runner import (
     UPLOAD_STAGES,
     RoundListener,
@@ -83,10 +83,10 @@ from secagg.protocol.runner import (
     RoundRun,
     RoundServer,
 )
-from secagg.protocol.server import Drop
-from secagg.protocol.stages import MISSED_REASONS, Stage, missed
+from secagg.protocol.stages import MISSED_REASONS, Drop, Stage, missed
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.messages import RoundConfig
 from secagg.schemes.upload import CohortConfig
 from secagg.service.ledger import (
     DropRecord,

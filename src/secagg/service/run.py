@@ -33,10 +33,10 @@ from numpy.typing import NDArray
 
 from secagg.dp.budget import ClientBudget
 from secagg.errors import ConfigurationError, DecodeError, LedgerError, SecAggError, one_line
-from secagg.params import Params
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.parameters import Params
 from secagg.service.ckks_deployment import (
     client_context_path,
     load_client_context,

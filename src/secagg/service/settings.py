@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from secagg.dp.calibrate import DpConfig
 from secagg.dp.noise import Mechanism
 from secagg.errors import ConfigurationError, UsageError
-from secagg.params import Params
+from secagg.schemes.masking.parameters import Params
 from secagg.service.ckks_deployment import CkksSettings
 from secagg.service.wire import ckks_message_size_limit, message_size_limit
 

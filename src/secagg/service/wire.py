@@ -23,7 +23,7 @@ from secagg.errors import ConfigurationError, DecodeError
 from secagg.hazmat.ckks import CkksParameters
 from secagg.hazmat.kdf import encode_fields
 from secagg.hazmat.ring import Ring
-from secagg.protocol.messages import CIPHERTEXT_BYTES, KEY_BYTES
+from secagg.schemes.masking.messages import CIPHERTEXT_BYTES, KEY_BYTES
 
 __all__ = [
     "CLIENT_PING_SECONDS",

@@ -1,11 +1,11 @@
 """The client's side of one round, as a sans-I/O state machine.
 
 A ``Client`` is created from the round's ``RoundConfig`` (which its owner has checked against
-its own policy, ``secagg.policy``), given its update with ``set_input``, and then driven by
-one entry point: ``start()`` (or ``receive`` of the very ``RoundConfig`` it was made from)
-gives its first message and ``receive(message)`` answers each server message, dispatching on
-its type; no driver calls a stage of the protocol by name. Its states, one per message it
-waits for::
+its own policy, ``secagg.schemes.masking.policy``), given its update with ``set_input``, and
+then driven by one entry point: ``start()`` (or ``receive`` of the very ``RoundConfig`` it was
+made from) gives its first message and ``receive(message)`` answers each server message,
+dispatching on its type; no driver calls a stage of the protocol by name. Its states, one per
+message it waits for::
 
     Initial --start()--> AwaitingDigest --CommitmentDigest--> AwaitingContributions
       --Contributions--> AwaitingPeerKeys
@@ -64,10 +64,10 @@ from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.randomness import Randomness
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, split
-from secagg.protocol import derive
-from secagg.protocol.encoding import InputEncoding, QuantizedEncoding
-from secagg.protocol.graph import SurvivorRule, thin_window
-from secagg.protocol.messages import (
+from secagg.schemes.masking import derivations
+from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
+from secagg.schemes.masking.graph import SurvivorRule, thin_window
+from secagg.schemes.masking.messages import (
     CONTRIBUTION_BYTES,
     MAX_ATTEMPTS,
     AdvertiseKeys,
@@ -247,7 +247,7 @@ class Client:
         self._ring = Ring(config.ring_bits)
         self._encoding = encoding
         self._cohort = config.cohort
-        self._session: derive.Session | None = None
+        self._session: derivations.Session | None = None
         self._neighbours: frozenset[int] = frozenset()
         self._input: tuple[NDArray[np.floating], int] | None = None
         self._clipped = 0
@@ -270,7 +270,7 @@ class Client:
         return self._state
 
     @property
-    def session(self) -> derive.Session:
+    def session(self) -> derivations.Session:
         if self._session is None:
             raise UsageError("the session is not agreed yet")
         return self._session
@@ -362,7 +362,7 @@ class Client:
             config_id,
             self.client_id,
             attempt,
-            derive.contribution_commitment(config_id, attempt, self.client_id, contribution),
+            derivations.contribution_commitment(config_id, attempt, self.client_id, contribution),
         )
 
     def _recommit(self, message: CommitRequest) -> Commitment:
@@ -404,7 +404,7 @@ class Client:
         if message.attempt != state.attempt:
             self._abort(AbortReason.BAD_CONTRIBUTIONS, "contributions of another attempt")
         ids = [c for c, _ in message.entries]
-        if not derive.sorted_unique(ids):
+        if not derivations.sorted_unique(ids):
             self._abort(AbortReason.BAD_CONTRIBUTIONS, "contributions not sorted by client id")
         for c in ids:
             if c not in self._cohort:
@@ -412,8 +412,10 @@ class Client:
         if (self.client_id, state.contribution) not in message.entries:
             self._abort(AbortReason.BAD_CONTRIBUTIONS, "this client's contribution is missing")
         config_id = self.config.config_id
-        commitments = derive.contribution_commitments(config_id, state.attempt, message.entries)
-        recomputed = derive.commitment_digest(config_id, state.attempt, commitments)
+        commitments = derivations.contribution_commitments(
+            config_id, state.attempt, message.entries
+        )
+        recomputed = derivations.commitment_digest(config_id, state.attempt, commitments)
         # Every committed contribution, and nothing else: the server fixed this set before it
         # saw any contribution, so it could not have chosen one to steer the session.
         if len(message.entries) != state.count or recomputed != state.digest:
@@ -421,7 +423,9 @@ class Client:
                 AbortReason.BAD_CONTRIBUTIONS,
                 "the contributions are not the ones the server committed to",
             )
-        session = derive.Session.agree(self.config, state.attempt, message.entries, commitments)
+        session = derivations.Session.agree(
+            self.config, state.attempt, message.entries, commitments
+        )
         self._session = session
         self._neighbours = frozenset(session.neighbours(self.client_id))
         self._state = Agreed()
@@ -437,7 +441,7 @@ class Client:
         if self.config.active:
             assert self._identity is not None
             signature = self._identity.sign(
-                derive.advertise_signed_bytes(
+                derivations.advertise_signed_bytes(
                     sid, self.client_id, cipher_keys.public, mask_keys.public
                 )
             )
@@ -458,7 +462,7 @@ class Client:
             for p in message.peers:
                 self._check_signature(
                     p.client_id,
-                    derive.advertise_signed_bytes(
+                    derivations.advertise_signed_bytes(
                         message.session_id, p.client_id, p.cipher_public, p.mask_public
                     ),
                     p.signature,
@@ -472,7 +476,7 @@ class Client:
                 seen.add(key)
         peers = {p.client_id: p for p in message.peers}
         seed = self._rng.bytes(SEED_BYTES)
-        xs = [derive.share_x(v) for v in ids]
+        xs = [derivations.share_x(v) for v in ids]
         t = self.config.threshold
         seed_shares = split(seed, xs, t, self._rng)
         key_shares = split(state.mask_keys.private_bytes(), xs, t, self._rng)
@@ -481,18 +485,18 @@ class Client:
         share_keys: dict[int, bytes] = {}
         for v, seed_share, key_share in zip(ids, seed_shares, key_shares, strict=True):
             key = share_keys[v] = self._share_key(state.cipher_keys, peers[v])
-            plaintext = derive.encode_share_plaintext(
+            plaintext = derivations.encode_share_plaintext(
                 self.client_id, v, seed_share.value_bytes(), key_share.value_bytes()
             )
             sealed = aead.seal(
-                key, plaintext, derive.share_associated_data(sid, self.client_id, v), self._rng
+                key, plaintext, derivations.share_associated_data(sid, self.client_id, v), self._rng
             )
             ciphertexts.append((v, sealed))
         self._state = AwaitingPeerShares(state.mask_keys, peers, share_keys, seed)
         return EncryptedShares(
             sid,
             self.client_id,
-            derive.self_mask_commitment(seed, sid, self.client_id),
+            derivations.self_mask_commitment(seed, sid, self.client_id),
             tuple(ciphertexts),
         )
 
@@ -523,7 +527,7 @@ class Client:
         scratch = np.empty(min(len(vector), 1 << 16), dtype=vector.dtype)
         prg.add_mask(
             vector,
-            derive.self_mask_key(state.self_mask_seed, sid, self.client_id),
+            derivations.self_mask_key(state.self_mask_seed, sid, self.client_id),
             scratch=scratch,
         )
         for sender in senders:
@@ -532,13 +536,13 @@ class Client:
                 shared = state.mask_keys.exchange(peer.mask_public)
             except CryptoError:
                 self._abort(AbortReason.BAD_PEER_KEY, f"peer {sender}'s mask key is invalid")
-            key = derive.pair_mask_key(
+            key = derivations.pair_mask_key(
                 shared, sid, self.client_id, state.mask_keys.public, sender, peer.mask_public
             )
             prg.add_mask(
                 vector,
                 key,
-                subtract=derive.subtracts_pair_mask(self.client_id, sender),
+                subtract=derivations.subtracts_pair_mask(self.client_id, sender),
                 scratch=scratch,
             )
         self._ring.reduce(vector)
@@ -570,7 +574,7 @@ class Client:
         )
         self._check_uncut(survivors)
         assert self._identity is not None
-        signature = self._identity.sign(derive.consistency_signed_bytes(self._sid, survivors))
+        signature = self._identity.sign(derivations.consistency_signed_bytes(self._sid, survivors))
         self._state = AwaitingUnmaskRequest(
             state.masked_with, state.held_shares, state.clipped, survivors
         )
@@ -712,7 +716,7 @@ class Client:
         assert rule is not None
         if len(message.signatures) > len(self.config.client_ids):
             self._abort(AbortReason.DUPLICATE_ID, "more signatures than cohort members")
-        payload = derive.consistency_signed_bytes(self._sid, survivors)
+        payload = derivations.consistency_signed_bytes(self._sid, survivors)
         members = frozenset(survivors)
         # Counted once, and only from the set they certify; too few is refused before any
         # signature is verified (each costs ~50 us, and a quorum is hundreds).
@@ -738,7 +742,7 @@ class Client:
                 AbortReason.INCONSISTENT_SURVIVORS,
                 "the request does not match the survivor set this client signed",
             )
-        payload = derive.consistency_signed_bytes(self._sid, state.survivors)
+        payload = derivations.consistency_signed_bytes(self._sid, state.survivors)
         signers: set[int] = set()
         for signer, _ in message.signatures:
             if signer in signers:
@@ -766,7 +770,7 @@ class Client:
             shared = cipher_keys.exchange(peer.cipher_public)
         except CryptoError:
             self._abort(AbortReason.BAD_PEER_KEY, f"peer {peer.client_id}'s cipher key is invalid")
-        return derive.share_encryption_key(
+        return derivations.share_encryption_key(
             shared,
             self._sid,
             self.client_id,
@@ -780,13 +784,13 @@ class Client:
     ) -> tuple[Share, Share] | None:
         """The sender's shares for this client, or None if they do not open or do not fit."""
         key = state.share_keys[sender]
-        associated = derive.share_associated_data(self._sid, sender, self.client_id)
+        associated = derivations.share_associated_data(self._sid, sender, self.client_id)
         try:
             plaintext = aead.open_sealed(key, sealed, associated)
-            origin, recipient, seed_share, key_share = derive.decode_share_plaintext(plaintext)
+            origin, recipient, seed_share, key_share = derivations.decode_share_plaintext(plaintext)
             if (origin, recipient) != (sender, self.client_id):
                 return None
-            x = derive.share_x(self.client_id)
+            x = derivations.share_x(self.client_id)
             return Share.from_value_bytes(x, seed_share), Share.from_value_bytes(x, key_share)
         except (AuthenticationError, DecodeError):
             return None

@@ -74,10 +74,12 @@ from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.randomness import SystemRandomness
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, combine
-from secagg.protocol import derive
-from secagg.protocol.encoding import InputEncoding, QuantizedEncoding
-from secagg.protocol.graph import SurvivorRule, thin_window
-from secagg.protocol.messages import (
+from secagg.protocol.runner import Aggregate
+from secagg.protocol.stages import SESSION_AGREEMENT, Drop, Stage, missed
+from secagg.schemes.masking import derivations
+from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
+from secagg.schemes.masking.graph import SurvivorRule, thin_window
+from secagg.schemes.masking.messages import (
     CLIENT_MESSAGE,
     MAX_ATTEMPTS,
     AdvertiseKeys,
@@ -99,8 +101,6 @@ from secagg.protocol.messages import (
     UnmaskResponse,
     decode,
 )
-from secagg.protocol.runner import Aggregate
-from secagg.protocol.stages import SESSION_AGREEMENT, Drop, Stage, missed
 
 __all__ = ["Drop", "PeerStatus", "RoundResult", "Server", "Stage"]
 
@@ -142,7 +142,7 @@ class SessionAgreed:
     """The reveal stage, once every committed contribution is in: the session (its id and
     its SecAgg+ graph) and each cohort member's neighbours in it."""
 
-    session: derive.Session
+    session: derivations.Session
     neighbours: Mapping[int, tuple[int, ...]] = field(repr=False)
 
     def __post_init__(self) -> None:
@@ -189,7 +189,7 @@ class InputsMasked:
     missing: Mapping[int, frozenset[int]] = field(repr=False)
 
     def __post_init__(self) -> None:
-        if not self.included or not derive.sorted_unique(self.included):
+        if not self.included or not derivations.sorted_unique(self.included):
             raise UsageError("the included clients must be a non-empty increasing sequence")
         if not all(u in self.missing for u in self.included):
             raise UsageError("every included client's missing shares must be known")
@@ -400,7 +400,7 @@ class Server:
         return isinstance(self._state, Completed | Aborted)
 
     @property
-    def session(self) -> derive.Session:
+    def session(self) -> derivations.Session:
         state = self._last_waiting()
         if isinstance(state, Committing | Revealing):
             raise UsageError("the session is not agreed yet")
@@ -591,7 +591,7 @@ class Server:
     def _take_reveal(self, sender: int, message: Message) -> Message | None:
         assert isinstance(message, Reveal)
         state = self._current(Revealing)
-        committed = derive.contribution_commitment(
+        committed = derivations.contribution_commitment(
             self.config.config_id, state.attempt, sender, message.contribution
         )
         if message.attempt != state.attempt or committed != state.commitments[sender]:
@@ -604,7 +604,7 @@ class Server:
         session_id = self._current(Advertising).agreed.session.session_id
         if self.config.active and not self._verified(
             sender,
-            derive.advertise_signed_bytes(
+            derivations.advertise_signed_bytes(
                 session_id, sender, message.cipher_public, message.mask_public
             ),
             message.signature,
@@ -668,7 +668,7 @@ class Server:
     def _take_consistency(self, sender: int, message: Message) -> Message | None:
         assert isinstance(message, ConsistencySignature)
         state = self._current(Confirming)
-        signed = derive.consistency_signed_bytes(
+        signed = derivations.consistency_signed_bytes(
             state.agreed.session.session_id, state.masked.included
         )
         if not self._verified(sender, signed, message.signature):
@@ -680,7 +680,7 @@ class Server:
         state = self._current(Unmasking)
         request = state.requests[sender]
         missing = state.masked.missing[sender]
-        x = derive.share_x(sender)
+        x = derivations.share_x(sender)
         parsed: list[tuple[dict[int, list[Share]], int, Share]] = []
         for pool, entries, wanted in (
             (self._seed_shares, message.self_mask_shares, request.survivors),
@@ -783,7 +783,7 @@ class Server:
             if u in live and isinstance(m, Commitment)
         }
         config_id = self.config.config_id
-        digest = derive.commitment_digest(config_id, attempt, sorted(commitments.items()))
+        digest = derivations.commitment_digest(config_id, attempt, sorted(commitments.items()))
         outgoing: dict[int, Message] = {
             u: CommitmentDigest(config_id, u, attempt, digest, len(commitments))
             for u in sorted(live)
@@ -802,7 +802,7 @@ class Server:
                 for u, m in sorted(self._answers.items())
                 if isinstance(m, Reveal)
             )
-            session = derive.Session.agree(self.config, state.attempt, contributions)
+            session = derivations.Session.agree(self.config, state.attempt, contributions)
             agreed = SessionAgreed(
                 session, {u: session.neighbours(u) for u in self.config.client_ids}
             )
@@ -1011,12 +1011,12 @@ class Server:
             def matches_commitment(
                 seed: bytes, owner: int = u, expected: bytes = commitment
             ) -> bool:
-                return derive.self_mask_commitment(seed, sid, owner) == expected
+                return derivations.self_mask_commitment(seed, sid, owner) == expected
 
             seed = self._reconstruct(
                 u, self._seed_shares.get(u, []), matches_commitment, "self-mask seed"
             )
-            masks.append((derive.self_mask_key(seed, sid, u), True))
+            masks.append((derivations.self_mask_key(seed, sid, u), True))
         for u in sorted(view):
             if u in included:
                 continue
@@ -1034,11 +1034,11 @@ class Server:
             key_pair = X25519KeyPair.from_private_bytes(private)
             for v in masked_by:
                 v_public = keys[v].mask_public
-                key = derive.pair_mask_key(
+                key = derivations.pair_mask_key(
                     key_pair.exchange(v_public), sid, u, advertised, v, v_public
                 )
                 # v added this mask with v's sign: take it out with the opposite one.
-                masks.append((key, not derive.subtracts_pair_mask(v, u)))
+                masks.append((key, not derivations.subtracts_pair_mask(v, u)))
         self._apply_masks(total, masks)
         self._ring.reduce(total)
         self._state = Completed(state, RoundResult(state.masked.included, total))

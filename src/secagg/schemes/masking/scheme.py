@@ -1,4 +1,4 @@
-"""Masking: SecAgg and SecAgg+ (``secagg.protocol``) as a scheme, semi-honest or active."""
+"""Masking (SecAgg and SecAgg+) as a scheme, semi-honest or active."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from secagg.errors import AbortReason, ClientAbort, UsageError
 from secagg.hazmat import prg
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import Randomness
-from secagg.params import Params, check_round_config
-from secagg.policy import ClientPolicy
-from secagg.protocol.client import Client
-from secagg.protocol.encoding import InputEncoding, QuantizedEncoding
-from secagg.protocol.graph import SurvivorRule
-from secagg.protocol.messages import Message, RoundConfig
-from secagg.protocol.server import Server
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Disclosure, SchemeKind
+from secagg.schemes.masking.client import Client
+from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
+from secagg.schemes.masking.graph import SurvivorRule
+from secagg.schemes.masking.messages import Message, RoundConfig
+from secagg.schemes.masking.parameters import Params, check_round_config
+from secagg.schemes.masking.policy import ClientPolicy
+from secagg.schemes.masking.server import Server
 
 __all__ = ["MaskingScheme"]
 

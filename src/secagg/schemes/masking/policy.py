@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 from secagg.dp.encoding import dp_round
 from secagg.errors import AbortReason, ClientAbort, ConfigurationError
-from secagg.params import Params, check_round_config
-from secagg.protocol.graph import ServerModel
-from secagg.protocol.messages import RoundConfig
+from secagg.schemes.masking.graph import ServerModel
+from secagg.schemes.masking.messages import RoundConfig
+from secagg.schemes.masking.parameters import Params, check_round_config
 
 __all__ = ["ClientPolicy"]
 

@@ -25,8 +25,8 @@ from secagg.errors import DecodeError
 from secagg.hazmat.kdf import derive_key, encode_fields
 from secagg.hazmat.prg import MASK_KEY_BYTES
 from secagg.hazmat.shamir import SHARE_VALUE_BYTES
-from secagg.protocol.graph import neighbours_of
-from secagg.protocol.messages import CONTRIBUTION_BYTES, SHARE_PLAINTEXT_BYTES, RoundConfig
+from secagg.schemes.masking.graph import neighbours_of
+from secagg.schemes.masking.messages import CONTRIBUTION_BYTES, SHARE_PLAINTEXT_BYTES, RoundConfig
 
 __all__ = [
     "Session",

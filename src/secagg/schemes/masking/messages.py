@@ -25,9 +25,10 @@ unmask      ``UnmaskResponse``
 The commit and reveal stages make the session fresh from the clients' side: each client
 commits to 32 random bytes, the server fixes the list of commitments (its digest) before
 anyone reveals, and the session id and the SecAgg+ graph are derived from the configuration
-and every revealed contribution (``secagg.protocol.derive.Session``). The server can neither
-replay a session nor grind the graph. Messages of those two stages carry the ``config_id``
-(the hash of the ``RoundConfig``); every later message carries the ``session_id``.
+and every revealed contribution (``secagg.schemes.masking.derivations.Session``). The server
+can neither replay a session nor grind the graph. Messages of those two stages carry the
+``config_id`` (the hash of the ``RoundConfig``); every later message carries the
+``session_id``.
 
 In active mode (a ``semi-malicious`` server model) advertised keys are signed with the
 client's long-term Ed25519 identity, and the consistency round makes every client sign the
@@ -44,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from secagg.dp.message import DpRound
 from secagg.errors import DecodeError, UsageError
 from secagg.hazmat import aead
 from secagg.hazmat.shamir import SHARE_VALUE_BYTES
@@ -75,7 +77,6 @@ __all__ = [
     "CommitmentDigest",
     "ConsistencySignature",
     "Contributions",
-    "DpRound",
     "EncryptedShares",
     "MaskedInput",
     "Message",
@@ -169,8 +170,8 @@ class RoundConfig(Message):
         if len(self.nonce) != NONCE_BYTES or len(self.task_hash) != DIGEST_BYTES:
             raise UsageError("nonce must be 16 bytes and task_hash 32 bytes")
         # Wire ranges only: whether the graph, the threshold and the ring make a sound round
-        # is a parameter rule (secagg.params.check_round_config), checked by the client and
-        # the server before they act on a configuration.
+        # is a parameter rule (secagg.schemes.masking.parameters.check_round_config), checked
+        # by the client and the server before they act on a configuration.
         if not (0 <= self.degree <= MAX_ID and 0 <= self.threshold <= MAX_ID):
             raise UsageError("degree and threshold must be u32")
         if not (2 <= self.ring_bits <= 62 and 1 <= self.value_bits <= 31):
@@ -250,54 +251,6 @@ def _flag(r: Reader) -> bool:
     if value not in (0, 1):
         raise DecodeError(f"a flag is 0 or 1, not {value}")
     return value == 1
-
-
-MECHANISM_CODES = {"skellam": 0, "discrete-gaussian": 1}
-
-
-@dataclass(frozen=True)
-class DpRound:
-    """The distributed-DP part of a round configuration: what every client's encoding uses
-    (``secagg.dp``). A client runs only the noise its own deployment calibrated: its policy
-    compares this block with its own, field for field."""
-
-    mechanism: str
-    padded_dim: int  # the rotated length (a power of two at least dim)
-    l2_clip: float
-    scale: float
-    local_noise: float  # Skellam mu or discrete Gaussian sigma per client, in scaled units
-    beta: float  # conditional rounding (0: plain randomised rounding)
-
-    def __post_init__(self) -> None:
-        if self.mechanism not in MECHANISM_CODES:
-            raise UsageError(f"unknown DP mechanism {self.mechanism!r}")
-        if not 1 <= self.padded_dim <= MAX_ID - 1 or self.padded_dim & (self.padded_dim - 1):
-            raise UsageError("padded_dim must be a power of two in u32")
-        for name in ("l2_clip", "scale", "local_noise"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise UsageError(f"{name} must be finite and positive")
-        if not (math.isfinite(self.beta) and 0.0 <= self.beta < 1.0):
-            raise UsageError("beta must be in [0, 1)")
-
-    def write(self, w: Writer) -> None:
-        w.u8(MECHANISM_CODES[self.mechanism])
-        w.u32(self.padded_dim)
-        w.f64(self.l2_clip)
-        w.f64(self.scale)
-        w.f64(self.local_noise)
-        w.f64(self.beta)
-
-    @classmethod
-    def read(cls, r: Reader) -> DpRound:
-        return cls(
-            _lookup(MECHANISM_CODES, r.u8(), "DP mechanism"),
-            r.u32(),
-            r.f64(),
-            r.f64(),
-            r.f64(),
-            r.f64(),
-        )
 
 
 def _lookup(codes: dict[str, int], code: int, what: str) -> str:

@@ -18,7 +18,7 @@ from secagg.dp.encoding import dp_round
 from secagg.errors import ConfigurationError
 from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.ring import Ring
-from secagg.protocol.graph import (
+from secagg.schemes.masking.graph import (
     GraphParameters,
     ServerModel,
     SurvivorRule,
@@ -26,7 +26,7 @@ from secagg.protocol.graph import (
     full_graph_threshold,
     survivor_rule,
 )
-from secagg.protocol.messages import RoundConfig
+from secagg.schemes.masking.messages import RoundConfig
 
 __all__ = ["MAX_RING_BITS", "Params", "Protocol", "ServerModel", "check_round_config"]
 
@@ -260,7 +260,7 @@ def check_round_config(config: RoundConfig) -> None:
     even degree of at least 2), a threshold of at least 2 (t = 1 would hand every neighbour
     the secrets themselves) and at most the degree, and a ring wide enough that no sum of the
     cohort can wrap. (A client also holds the configuration to its own deployment's
-    ``Params``: ``secagg.policy``.)"""
+    ``Params``: ``secagg.schemes.masking.policy``.)"""
     n = len(config.client_ids)
     _require(n >= 3, f"a cohort needs at least 3 clients, got {n}")
     complete = config.degree == n - 1
