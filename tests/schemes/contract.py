@@ -179,12 +179,14 @@ CONTENDERS: tuple[Contender, ...] = (
 @dataclass(frozen=True)
 class Misbehaviour:
     """What one client sends once, at the first time ``stage`` runs, instead of its answer;
-    it is silent afterwards. ``make`` gets the client's id, its own answer (encoded) and
-    every other answer of the stage by sender; it returns the bytes sent."""
+    it is silent afterwards (unless told otherwise). ``make`` gets the client's id, its own
+    answer (encoded) and every other answer of the stage by sender; it returns the bytes
+    sent (or several messages, sent in order)."""
 
     stage: Stage
     pick: Pick
-    make: Callable[[int, bytes, Mapping[int, bytes]], bytes]
+    make: Callable[[int, bytes, Mapping[int, bytes]], bytes | Sequence[bytes]]
+    silent_after: bool = True  # False: the client goes on answering as if nothing happened
 
 
 @dataclass
@@ -281,6 +283,7 @@ def run_round(
         if first and misbehaviour is not None and misbehaviour.stage is stage:
             (bad,) = misbehaviour.pick(config, [i for i in live if i not in result.gone])
         answers: dict[int, bytes] = {}
+        sent: dict[int, tuple[bytes, ...]] = {}  # what a misbehaving client sends instead
         for i, message in outgoing.items():
             data = message.encode()
             run.meter.sent(i, len(data))
@@ -303,14 +306,16 @@ def run_round(
         if bad is not None and bad in answers:
             assert misbehaviour is not None
             others = {i: a for i, a in answers.items() if i != bad}
-            answers[bad] = misbehaviour.make(bad, answers[bad], others)
+            made = misbehaviour.make(bad, answers[bad], others)
+            sent[bad] = (made,) if isinstance(made, bytes) else tuple(made)
             result.misbehaved = bad
         for i, answer in sorted(answers.items()):
-            run.meter.received(i, len(answer))
             if i != bad:
                 result.up.append((stage, i, decode(answer)))
-            run.server.receive(i, answer)  # never raises because of a client
-        if bad is not None:
+            for part in sent.get(i, (answer,)):
+                run.meter.received(i, len(part))
+                run.server.receive(i, part)  # never raises because of a client
+        if bad is not None and misbehaviour is not None and misbehaviour.silent_after:
             result.gone[bad] = stage
     result.record = run.record
     return result

@@ -12,7 +12,9 @@ says why, and a case a scheme fails for a reason of its own is a strict xfail in
 - at every stage, a client that sends junk, a truncated answer, an answer with a trailing
   byte, another client's answer, a message of another stage or its answer of another round is
   dropped with its typed reason (the server never raises), and the round completes over the
-  rest; one flipped bit never makes the server raise nor reveal a wrong sum;
+  rest; one flipped bit never makes the server raise nor reveal a wrong sum; a retransmitted
+  answer changes nothing, and what a client sends besides its answer never changes the sum
+  (the client is in it exactly when its input arrived);
 - one client silent from any stage on leaves a round over exactly the survivors (a client
   whose input had already reached the server is one of them); a silence the scheme cannot
   survive (masking: all but t - 1; CKKS: every key holder; plaintext: all but
@@ -249,6 +251,69 @@ def test_a_client_that_replays_its_answer_of_another_round_is_dropped_as_wrong_s
     _assert_record_is_consistent(contender, result)
 
 
+def _again(bad: int, own: bytes, others: Mapping[int, bytes]) -> list[bytes]:
+    del bad, others
+    return [own, own]
+
+
+def _then_junk(bad: int, own: bytes, others: Mapping[int, bytes]) -> list[bytes]:
+    return [own, _junk(bad, own, others)]
+
+
+def _then_another_clients(bad: int, own: bytes, others: Mapping[int, bytes]) -> list[bytes]:
+    return [own, _another_clients(bad, own, others)]
+
+
+def _then_trailing(bad: int, own: bytes, others: Mapping[int, bytes]) -> list[bytes]:
+    return [own, _trailing(bad, own, others)]
+
+
+def _junk_then_answer(bad: int, own: bytes, others: Mapping[int, bytes]) -> list[bytes]:
+    return [_junk(bad, own, others), own]
+
+
+# A client that sends its answer and something more: whether its input is in the sum
+# (given the position of the stage against the stage that carries the input: -1 before it,
+# 0 that stage, 1 after it).
+MORE: dict[str, tuple[Make, Callable[[int], bool]]] = {
+    "answer-then-junk": (_then_junk, lambda at: at >= 0),
+    "answer-then-another-clients": (_then_another_clients, lambda at: at >= 0),
+    "answer-then-trailing-byte": (_then_trailing, lambda at: at >= 0),
+    "junk-then-answer": (_junk_then_answer, lambda at: at > 0),
+}
+
+
+@pytest.mark.parametrize(("contender", "stage"), _stages())
+def test_a_retransmitted_answer_changes_nothing(contender: Contender, stage: Stage) -> None:
+    result = run_round(
+        contender, misbehaviour=Misbehaviour(stage, highest, _again, silent_after=False)
+    )
+    record = result.record
+    assert record.outcome is RoundOutcome.COMPLETED, record.abort
+    assert not record.drops
+    assert record.included == tuple(range(contender.n))
+    _assert_aggregate_is_the_mean_of_exactly_the_included(contender, result)
+    _assert_record_is_consistent(contender, result)
+
+
+@pytest.mark.parametrize(("contender", "stage", "kind"), _stages(*MORE))
+def test_what_a_client_sends_besides_its_answer_never_changes_the_sum_of_the_others(
+    contender: Contender, stage: Stage, kind: str
+) -> None:
+    """The first well-formed answer counts or the client is dropped; either way the sum is
+    the exact mean of the included, and the client is in it exactly when its input arrived."""
+    make, in_sum = MORE[kind]
+    result = run_round(contender, misbehaviour=Misbehaviour(stage, highest, make))
+    record = result.record
+    bad = result.misbehaved
+    assert bad is not None and result.input_stage is not None
+    assert record.outcome is RoundOutcome.COMPLETED, record.abort
+    at = _position(contender, stage) - _position(contender, result.input_stage)
+    assert (bad in record.included) == in_sum((at > 0) - (at < 0))
+    _assert_aggregate_is_the_mean_of_exactly_the_included(contender, result)
+    _assert_record_is_consistent(contender, result)
+
+
 # Where a client flips one bit of its answer: the tag, the first byte after the header, the
 # middle and the last byte.
 FLIPS: dict[str, Callable[[int], int]] = {
@@ -403,12 +468,12 @@ def _assert_record_is_consistent(contender: Contender, result: Round) -> None:
     if record.completed:
         assert included | dropped == cohort
         assert result.input_stage is not None
-        late = {
-            i
-            for i, d in record.drops.items()
-            if _position(contender, d.stage) > _position(contender, result.input_stage)
-        }
-        assert included & dropped == late
+        # A client dropped before the stage that carries the input is not in the sum, one
+        # dropped after it is; one dropped in that stage is, if its input arrived first.
+        position = {i: _position(contender, d.stage) for i, d in record.drops.items()}
+        input_position = _position(contender, result.input_stage)
+        assert not {i for i in included if position.get(i, input_position) < input_position}
+        assert {i for i in dropped if position[i] > input_position} <= included
     else:
         assert record.included == () and record.aggregate is None
         assert isinstance(record.abort, RoundAborted)
