@@ -77,6 +77,7 @@ class Contender:
     fatal: Callable[[Message, Stage, Sequence[int]], Collection[int]]
     tolerates: str
     needs: str | None = None  # a module the scheme needs; without it the scheme is skipped
+    max_weight: int = MAX_WEIGHT  # the clients' weights are 1 .. max_weight
 
     @functools.cached_property
     def scheme(self) -> Scheme:
@@ -85,7 +86,20 @@ class Contender:
 
 def _masking(**overrides: object) -> Callable[[], Scheme]:
     def build() -> Scheme:
-        params = Params(dim=DIM, max_clients=8, max_weight=MAX_WEIGHT, **overrides)  # type: ignore[arg-type]
+        if overrides.get("dp") == "dp":
+            from secagg.dp.calibrate import DpConfig
+
+            overrides["dp"] = DpConfig(
+                dim=DIM,
+                l2_clip=1.0,
+                bits=20,
+                min_clients=3,
+                max_clients=8,
+                delta=1e-5,
+                target_epsilon=10.0,
+            )
+        overrides.setdefault("max_weight", MAX_WEIGHT)
+        params = Params(dim=DIM, max_clients=8, **overrides)  # type: ignore[arg-type]
         if not params.active:
             return MaskingScheme(params)
         root = DeterministicRandomness(hashlib.sha256(SEED + b"/identities").digest())
@@ -159,6 +173,14 @@ CONTENDERS: tuple[Contender, ...] = (
         "any dropout that leaves t = 4 of 6 at every stage, consistency included",
     ),
     Contender(
+        "secagg-dp",
+        _masking(protocol="secagg", max_weight=1, min_cohort=3, dp="dp"),
+        6,
+        _masking_fatal,
+        "as SecAgg: any dropout that leaves t = 4 of 6 (distributed DP noise, unweighted)",
+        max_weight=1,
+    ),
+    Contender(
         "ckks",
         _ckks,
         5,
@@ -227,15 +249,15 @@ class _Listener(RoundListener):
         self._heard.append(drop)
 
 
-def _inputs(n: int) -> tuple[dict[int, NDArray[np.float64]], dict[int, int]]:
-    """Client i's update: DIM float32 values in (-1, 1), weight 1..MAX_WEIGHT, from the seed."""
+def _inputs(n: int, max_weight: int) -> tuple[dict[int, NDArray[np.float64]], dict[int, int]]:
+    """Client i's update: DIM float32 values in (-1, 1), weight 1..max_weight, from the seed."""
     root = DeterministicRandomness(hashlib.sha256(SEED + b"/inputs").digest())
     inputs, weights = {}, {}
     for i in range(n):
         words = root.fork(f"input/{i}").words(DIM + 1)
         values = words[:DIM].astype(np.float64) * (2.0 / 2**32) - 1.0
         inputs[i] = values.astype(np.float32).astype(np.float64)
-        weights[i] = 1 + int(words[DIM]) % MAX_WEIGHT
+        weights[i] = 1 + int(words[DIM]) % max_weight
     return inputs, weights
 
 
@@ -258,7 +280,7 @@ def run_round(
         hashlib.sha256(f"{SEED.decode()}/round/{contender.name}/{label}".encode()).digest()
     )
     config = scheme.round_config(range(contender.n), nonce=root.bytes(16))
-    inputs, weights = _inputs(contender.n)
+    inputs, weights = _inputs(contender.n, contender.max_weight)
     clients = {}
     for i in range(contender.n):
         scheme.check(config, i)
