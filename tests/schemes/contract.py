@@ -267,13 +267,15 @@ def run_round(
     silent: Mapping[Stage, Pick] | None = None,
     misbehaviour: Misbehaviour | None = None,
     label: str = "",
+    stranger: int | None = None,
 ) -> Round:
     """One round of ``contender``'s scheme through the engine.
 
     ``silent[stage]`` picks clients, among those the stage's messages first go to, that
     answer nothing from that stage on (a stage that runs again, such as a second commit,
     finds them still silent). ``label`` names another round of the same cohort (another
-    nonce, so another configuration and session)."""
+    nonce, so another configuration and session). ``stranger``, an id outside the cohort,
+    sends junk and a copy of every answer, before the cohort answers, at every stage."""
     scheme = contender.scheme
     silent = dict(silent or {})
     root = DeterministicRandomness(
@@ -331,6 +333,9 @@ def run_round(
             made = misbehaviour.make(bad, answers[bad], others)
             sent[bad] = (made,) if isinstance(made, bytes) else tuple(made)
             result.misbehaved = bad
+        if stranger is not None:
+            for data in (b"junk", *answers.values()):
+                run.server.receive(stranger, data)
         for i, answer in sorted(answers.items()):
             if i != bad:
                 result.up.append((stage, i, decode(answer)))
