@@ -11,7 +11,7 @@ metered and decoded on the other side; a client is given its input up front; ran
 deterministic (every client's forks from one seed, as ``tests/protocol`` seeds its
 harness); the engine's clock ticks once per read, so stage times are counts, never wall time.
 A client can be made silent from a stage on, or made to send something else than its answer
-once (junk, a mangled answer, a message of another stage, another client's answer).
+once, or more besides it (``Misbehaviour``); an id outside the cohort can send at every stage.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The contract every scheme keeps, one test per clause, run over every scheme of the harness
-(``tests/schemes/contract.py``: SecAgg, SecAgg+, SecAgg in active mode, CKKS, plaintext).
+(``tests/schemes/contract.py``: SecAgg, SecAgg+, SecAgg in active mode, SecAgg with
+distributed DP, CKKS, plaintext).
 
 A new scheme gets these tests by adding its line to ``CONTENDERS``. Each clause reads as a
 sentence of the specification; where one does not apply to a scheme, the test is skipped and
