@@ -69,27 +69,7 @@ def _schemes() -> list[object]:
 
 # Cases that break a clause, by (scheme, stage, variant): each a gap in the scheme, not in the
 # test. Strict xfails: fixing one turns the suite red until its mark goes.
-_WEIGHT_COLUMN = (
-    "masking: the server does not check the unmasked weight column against what the "
-    "included clients could have given (at most max_weight each): one client's flipped bit "
-    "in the last ring element of its masked input (its weight) reveals, in SecAgg, a total "
-    "weight of 65546 for 6 clients of weight <= 3 and a mean off by 1.39 at clip 1, as if "
-    "valid (THREAT_MODEL says a client contributes 'weight up to max_weight'; a masked "
-    "client can send any ring element)"
-)
-
 KNOWN_GAPS: dict[tuple[str, Stage, str | None], str] = {
-    ("secagg", Stage.MASKED_INPUT, "last-byte"): _WEIGHT_COLUMN,
-    ("secagg+", Stage.MASKED_INPUT, "last-byte"): _WEIGHT_COLUMN,
-    ("secagg-active", Stage.MASKED_INPUT, "last-byte"): _WEIGHT_COLUMN,
-    ("secagg-dp", Stage.MASKED_INPUT, "last-byte"): (
-        "masking with distributed DP: a client whose masked input carries a count other than "
-        "1 (its last ring element) makes the unmasked sum count other than the included "
-        "clients, and DpEncoding.decode raises UsageError ('the sum counts 983046 inputs, "
-        "not 6') out of Server.aggregate and out of RoundRun.stages (whose _end catches only "
-        "ConfigurationError): one client crashes the transport's round loop instead of an "
-        "abort with a typed reason and no aggregate"
-    ),
     ("ckks", Stage.UPLOAD, "middle-byte"): (
         "CKKS: the server cannot check a ciphertext, so one client's well-framed but corrupt "
         "upload goes into the sum, every key holder then fails to decrypt it (a "
@@ -380,9 +360,11 @@ def test_a_client_that_flips_a_bit_of_its_answer_never_costs_the_others_a_correc
 ) -> None:
     """Whatever one flipped bit does (a drop, an accepted change of the client's own input, a
     broken share or signature), the server never raises, never reveals a wrong sum of the
-    others and never a total weight the included clients could not have given. Up to
-    the stage that carries the input, the others still get their round; after it, an abort
-    is allowed (CKKS's two key holders disagreeing: the server cannot tell who lied)."""
+    others and never a total weight the included clients could not have given. Before the
+    stage that carries the input, the others still get their round; at it, a flipped weight
+    inside a masked input aborts the round by name (no one can tell whose it was); after it,
+    an abort is allowed (CKKS's two key holders disagreeing: the server cannot tell who
+    lied)."""
 
     def make(bad: int, own: bytes, others: Mapping[int, bytes]) -> bytes:
         del bad, others
@@ -397,7 +379,16 @@ def test_a_client_that_flips_a_bit_of_its_answer_never_costs_the_others_a_correc
     _assert_record_is_consistent(contender, result)
     after_input = _position(contender, stage) > _position(contender, result.input_stage)
     if not after_input:
-        assert record.outcome is RoundOutcome.COMPLETED, record.abort
+        if stage is result.input_stage and record.outcome is RoundOutcome.ABORTED:
+            # A bit flipped inside a masked input is that client's own input as far as anyone
+            # can tell, unless it makes the sum impossible (a weight or count no included
+            # client could give): then the round aborts and says so, revealing nothing.
+            assert record.aggregate is None
+            assert "malformed weight" in str(record.abort) or "inputs, not" in str(record.abort), (
+                record.abort
+            )
+        else:
+            assert record.outcome is RoundOutcome.COMPLETED, record.abort
     if record.completed and (after_input or bad not in record.included):
         # A sum the flipped bit could not have entered as the client's own input is exact.
         _assert_aggregate_is_the_mean_of_exactly_the_included(contender, result)

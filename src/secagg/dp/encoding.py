@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from secagg.dp.calibrate import DpPlan
 from secagg.dp.message import DpRound
 from secagg.dp.pipeline import decode, encode
-from secagg.errors import UsageError
+from secagg.errors import RoundAborted, UsageError
 from secagg.hazmat.kdf import encode_fields
 from secagg.hazmat.quantize import EncodedInput
 from secagg.hazmat.randomness import Randomness
@@ -81,7 +81,9 @@ class DpEncoding:
 
     def decode(self, total: RingArray, included: int, session_id: bytes) -> NDArray[np.float64]:
         if int(total[-1]) != included:
-            raise UsageError(f"the sum counts {int(total[-1])} inputs, not {included}")
+            # A client's count other than 1: the sum cannot be trusted, so nothing of it is
+            # revealed (a typed abort, never an exception out of the round).
+            raise RoundAborted("unmask", f"the sum counts {int(total[-1])} inputs, not {included}")
         return decode(self.plan, np.asarray(total[:-1]), included, rotation_seed(session_id))
 
     def reference(self, values: NDArray[np.floating[Any]]) -> NDArray[np.float64]:

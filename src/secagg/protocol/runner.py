@@ -295,6 +295,9 @@ class RoundRun:
                 # The encoding has no mean of a total weight of zero (every included client
                 # gave weight 0): the round reveals nothing, as any other abort.
                 self._abort = RoundAborted(Stage.COMPLETED.value, "every included weight was zero")
+            except RoundAborted as exc:
+                # A sum no honest cohort could have made (a malformed weight or count).
+                self._abort = exc
         # Masking's commit-reveal attempts; the other schemes' servers have no such count.
         attempts = getattr(self.server, "attempt", None)
         return RoundRecord(

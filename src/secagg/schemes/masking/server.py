@@ -460,6 +460,16 @@ class Server:
         result = self.result
         session_id = self.session.session_id
         included = len(result.included)
+        # The last element sums the clients' weights (quantised) or counts (distributed DP):
+        # more than the included clients may carry means one of them sent a malformed weight,
+        # and every value of the sum is then suspect. The round reveals nothing.
+        limit = included * self.config.max_weight
+        if int(result.total_weight) > limit:
+            raise RoundAborted(
+                Stage.UNMASK.value,
+                f"the revealed sum weighs {int(result.total_weight)}, more than its {included} "
+                f"clients may ({limit}): a client sent a malformed weight",
+            )
         return Aggregate(
             result.included,
             float(result.total_weight),
