@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import secrets
 import signal
@@ -32,6 +31,7 @@ from secagg.service.ledger import (
     account_round,
     dp_series,
 )
+from tests.launcher import without_file_capabilities
 
 SESSION = bytes(range(32))
 TASK = bytes(range(100, 132))
@@ -150,16 +150,6 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
                 pipe.close()
 
 
-def _drop_file_capabilities() -> None:
-    # Root reads and writes whatever the permission bits say through two capabilities;
-    # removing them from the bounding set before exec leaves a root without them.
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
-    for capability in (cap_dac_override, cap_dac_read_search):
-        if libc.prctl(pr_capbset_drop, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 _ATTEMPT = textwrap.dedent(
     """
     import sys
@@ -184,12 +174,13 @@ def _unprivileged(script: str, *args: Path) -> subprocess.Popen[str]:
     ``attempt(label, action)`` prints one tab-separated line: label, outcome (``ok`` or the
     exception's class) and the result or message; a message of two lines would not parse.
     """
-    preexec = _drop_file_capabilities if os.geteuid() == 0 else None
+    command = [sys.executable, "-c", _ATTEMPT + textwrap.dedent(script), *map(str, args)]
+    if os.geteuid() == 0:
+        command = without_file_capabilities(command)
     try:
         return subprocess.Popen(
-            [sys.executable, "-c", _ATTEMPT + textwrap.dedent(script), *map(str, args)],
+            command,
             env={"PYTHONPATH": str(SRC)},
-            preexec_fn=preexec,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

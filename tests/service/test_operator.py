@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import signal
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from secagg.service.identity import ClientIdentity
 from secagg.service.ledger import Ledger, RoundOutcome
 from secagg.service.run import start_client_process
 from secagg.service.testhooks import HELD_LINE, HOLD_ENV
+from tests.launcher import with_file_size_limit
 from tests.service.conftest import CLIENTS, Local
 
 pytestmark = pytest.mark.timeout(120)
@@ -472,11 +472,14 @@ def test_a_full_disk_under_the_ledger_fails_the_run_in_one_line_and_loses_no_rou
     port = _free_port()
     limit = 100_000
 
-    def small_disk() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    serve = _start(
-        "serve", "--config", str(local.config_path), "--port", str(port), preexec_fn=small_disk
+    serve = subprocess.Popen(
+        with_file_size_limit(
+            [*SECAGG, "serve", "--config", str(local.config_path), "--port", str(port)], limit
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
     )
     _clients(local, port, range(3))
     code, stdout, stderr = _finish(serve)
