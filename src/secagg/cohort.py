@@ -13,6 +13,7 @@ the simulator checks the unmasked result against.
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import time
 from collections import deque
@@ -122,8 +123,13 @@ class ClientGroup:
         self._tally.weighted_sum += w * self._reference(values)
         self._tally.weight_sum += w
         self._tally.contributed.add(i)
+        # Squares summed by numpy itself, not np.linalg.norm: that one calls BLAS, whose
+        # threads, started in every worker, spin between calls and took the cores the
+        # clients' masks need (the masked-input stage of 100 clients x 100,000 went from
+        # 0.35 s to 0.85 s).
         with np.errstate(over="ignore"):  # a norm beyond float64 is inf: clipped all the same
-            self._tally.norms.append(float(np.linalg.norm(values.astype(np.float64))))
+            wide = values.astype(np.float64)
+            self._tally.norms.append(math.sqrt(float(np.sum(wide * wide))))
 
     def tally(self) -> Tally:
         return self._tally
