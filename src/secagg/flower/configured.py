@@ -48,6 +48,7 @@ from secagg.flower.client import (
     SecAggMod,
 )
 from secagg.flower.nodes import FlowerNodes, NodeIdentity
+from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.schemes.masking.parameters import Params
 from secagg.service.config import DeploymentConfig
 
@@ -134,41 +135,40 @@ class NodeConfiguredMod:
 
     def mod_for(self, node_id: int, node_config: Mapping[str, object], run_id: int) -> SecAggMod:
         """The node's mod, built once per process from the files its config names."""
-        if self._simulating() and set(node_config) == _SIMULATION_KEYS:
-            return self._simulation_mod(node_config, run_id)
+        simulated = self._simulated_params()
+        if simulated is not None and set(node_config) == _SIMULATION_KEYS:
+            params = simulated(node_config)
+            key: tuple[object, ...] = ("simulation", run_id, params)
+            return self._cached(key, lambda: self._simulation_mod(params, run_id))
         settings = _settings(node_config)
-        key = (node_id, settings, self.weight_key, self.stage_timeout)
+        return self._cached((node_id, settings), lambda: self._build(node_id, settings))
+
+    def _cached(self, key: tuple[object, ...], build: Callable[[], SecAggMod]) -> SecAggMod:
+        key = (*key, self.weight_key, self.stage_timeout)
         with _LOCK:
             mod = _MODS.get(key)
             if mod is None:
-                mod = self._build(node_id, settings)
-                _MODS[key] = mod
+                mod = _MODS[key] = build()
             return mod
 
-    def _simulating(self) -> bool:
-        return self.simulation_params is not None and os.environ.get(SIMULATION_ENV) == "1"
+    @property
+    def _stage_timeout(self) -> float:
+        return DEFAULT_STAGE_TIMEOUT if self.stage_timeout is None else self.stage_timeout
 
-    def _simulation_mod(self, node_config: Mapping[str, object], run_id: int) -> SecAggMod:
-        assert self.simulation_params is not None
-        params = self.simulation_params(node_config)
-        key = ("simulation", run_id, params, self.weight_key, self.stage_timeout)
-        with _LOCK:
-            mod = _MODS.get(key)
-            if mod is None:
-                # One folder per run, shared by the processes that run its messages.
-                folder = Path(tempfile.gettempdir()) / "secagg-flower-simulation" / str(run_id)
-                timeout = (
-                    DEFAULT_STAGE_TIMEOUT if self.stage_timeout is None else self.stage_timeout
-                )
-                mod = SecAggMod(
-                    params,
-                    journal=folder,
-                    allow_any_node=True,
-                    weight_key=self.weight_key,
-                    stage_timeout=timeout,
-                )
-                _MODS[key] = mod
-            return mod
+    def _simulated_params(self) -> Callable[[Mapping[str, object]], Params] | None:
+        """The simulation's params, where this process's environment opts in (else None)."""
+        return self.simulation_params if os.environ.get(SIMULATION_ENV) == "1" else None
+
+    def _simulation_mod(self, params: Params, run_id: int) -> SecAggMod:
+        # One folder per run, shared by the processes that run its messages.
+        folder = Path(tempfile.gettempdir()) / "secagg-flower-simulation" / str(run_id)
+        return SecAggMod(
+            params,
+            journal=folder,
+            allow_any_node=True,
+            weight_key=self.weight_key,
+            stage_timeout=self._stage_timeout,
+        )
 
     def _build(self, node_id: int, settings: _Settings) -> SecAggMod:
         deployment, nodes_file, journal, identity_file = settings
@@ -182,41 +182,41 @@ class NodeConfiguredMod:
                 deployment,
             )
         nodes = FlowerNodes.load(Path(nodes_file))
-        timeout = DEFAULT_STAGE_TIMEOUT if self.stage_timeout is None else self.stage_timeout
-        if not params.active:
-            if identity_file is not None:
-                log.warning(
-                    "node %d: %s is unused: the deployment is semi-honest", node_id, IDENTITY_KEY
-                )
-            return SecAggMod(
-                params,
-                journal=journal,
-                allowed_nodes=nodes.node_ids,
-                weight_key=self.weight_key,
-                stage_timeout=timeout,
-            )
-        if identity_file is None:
-            raise ConfigurationError(
-                f"an active deployment needs the node's identity: set {IDENTITY_KEY} in "
-                "--node-config"
-            )
-        if nodes.pki is None:
-            raise ConfigurationError(f"{nodes_file} has no [identities]: active mode needs them")
-        identity = NodeIdentity.load(Path(identity_file))
-        if identity.node_id != node_id:
-            raise ConfigurationError(
-                f"{identity_file} is node {identity.node_id}'s identity; this SuperNode is "
-                f"node {node_id}"
+        signing_key, pki = None, None
+        if params.active:
+            signing_key, pki = _active_identity(node_id, identity_file, nodes, nodes_file)
+        elif identity_file is not None:
+            log.warning(
+                "node %d: %s is unused: the deployment is semi-honest", node_id, IDENTITY_KEY
             )
         return SecAggMod(
             params,
             journal=journal,
             allowed_nodes=nodes.node_ids,
-            identity=identity.signing_key,
-            pki=nodes.pki,
+            identity=signing_key,
+            pki=pki,
             weight_key=self.weight_key,
-            stage_timeout=timeout,
+            stage_timeout=self._stage_timeout,
         )
+
+
+def _active_identity(
+    node_id: int, identity_file: str | None, nodes: FlowerNodes, nodes_file: str
+) -> tuple[Ed25519SigningKey, Mapping[int, bytes]]:
+    """An active node's signing key and the pki, checked against the node's own id."""
+    if identity_file is None:
+        raise ConfigurationError(
+            f"an active deployment needs the node's identity: set {IDENTITY_KEY} in --node-config"
+        )
+    if nodes.pki is None:
+        raise ConfigurationError(f"{nodes_file} has no [identities]: active mode needs them")
+    identity = NodeIdentity.load(Path(identity_file))
+    if identity.node_id != node_id:
+        raise ConfigurationError(
+            f"{identity_file} is node {identity.node_id}'s identity; this SuperNode is "
+            f"node {node_id}"
+        )
+    return identity.signing_key, nodes.pki
 
 
 def _settings(node_config: Mapping[str, object]) -> _Settings:
