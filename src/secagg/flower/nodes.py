@@ -40,10 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from secagg.errors import ConfigurationError, DecodeError
+from secagg.errors import ConfigurationError
 from secagg.hazmat.keys import ED25519_PUBLIC_BYTES, Ed25519SigningKey
 from secagg.hazmat.randomness import SystemRandomness
 from secagg.service.files import create_file, make_directory, read_file, refuse_existing
+from secagg.service.identity import read_identity_file, write_identity_file
 
 __all__ = [
     "MAX_NODE_ID",
@@ -57,7 +58,6 @@ __all__ = [
 NODES_FILE = "nodes.toml"
 MAX_NODE_ID = 2**64 - 1
 _ID_LINE_PREFIX = "secagg-flower-node-id: "
-_ID_LINE = re.compile(r"secagg-flower-node-id: (0|[1-9][0-9]{0,20})")
 _DECIMAL_ID = re.compile(r"0|[1-9][0-9]{0,20}")
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")
 _MAX_FILE_BYTES = 1 << 20
@@ -166,26 +166,11 @@ class NodeIdentity:
         check_node_id(self.node_id)
 
     def save(self, path: Path) -> None:
-        header = f"{_ID_LINE_PREFIX}{self.node_id}\n".encode("ascii")
-        create_file(Path(path), header + self.signing_key.to_pkcs8_pem(), private=True)
+        write_identity_file(path, _ID_LINE_PREFIX, self.node_id, self.signing_key)
 
     @classmethod
     def load(cls, path: Path) -> NodeIdentity:
-        path = Path(path)
-        what = f"{path} is not a secagg Flower node identity file"
-        try:
-            text = read_file(path, "node identity", limit=_MAX_FILE_BYTES).decode("ascii")
-        except UnicodeDecodeError:
-            raise ConfigurationError(f"{what}: it is not ASCII text") from None
-        first, newline, rest = text.partition("\n")
-        match = _ID_LINE.fullmatch(first.removesuffix("\r"))
-        if not newline or match is None or int(match[1]) > MAX_NODE_ID:
-            raise ConfigurationError(f"{what}: the first line must be '{_ID_LINE_PREFIX}<id>'")
-        try:
-            key = Ed25519SigningKey.from_pkcs8_pem(rest)
-        except DecodeError as exc:
-            raise ConfigurationError(f"{what}: {exc} after the id line") from None
-        return cls(int(match[1]), key)
+        return cls(*read_identity_file(path, "Flower node", _ID_LINE_PREFIX, MAX_NODE_ID))
 
     def __repr__(self) -> str:
         return f"NodeIdentity(node_id={self.node_id}, public={self.signing_key.public[:6].hex()}…)"

@@ -52,7 +52,9 @@ __all__ = [
     "auth_message",
     "check_client_id",
     "new_challenge",
+    "read_identity_file",
     "sign_challenge",
+    "write_identity_file",
 ]
 
 ALLOW_LIST_FILE = "allowlist.toml"
@@ -65,8 +67,6 @@ MIN_CHALLENGE_BYTES = 16
 _ID_RANGE = f"[0, {MAX_ID}]"
 _MAX_IDENTITY_FILE_BYTES = 1 << 20
 _ID_LINE_PREFIX = "secagg-client-id: "
-# Up to 20 digits are read, so that an id just too large is named as such, not as junk.
-_ID_LINE = re.compile(r"secagg-client-id: (0|[1-9][0-9]{0,19})")
 _DECIMAL_ID = re.compile(r"0|[1-9][0-9]{0,19}")
 _HEX = re.compile(r"[0-9a-fA-F]*")
 
@@ -78,6 +78,42 @@ def check_client_id(client_id: object) -> int:
     if not 0 <= client_id <= MAX_ID:
         raise ConfigurationError(f"a client id must be in {_ID_RANGE}, got {client_id}")
     return client_id
+
+
+def write_identity_file(
+    path: Path, id_prefix: str, identity_id: int, key: Ed25519SigningKey
+) -> None:
+    """An identity file: ``<id_prefix><decimal id>``, then the PKCS#8 PEM private key; mode
+    0600, never overwriting. Both secagg's clients and Flower nodes keep theirs this way."""
+    header = f"{id_prefix}{identity_id}\n".encode("ascii")
+    create_file(Path(path), header + key.to_pkcs8_pem(), private=True)
+
+
+def read_identity_file(
+    path: Path, kind: str, id_prefix: str, max_id: int
+) -> tuple[int, Ed25519SigningKey]:
+    """The id and key of a file :func:`write_identity_file` wrote; ConfigurationError naming
+    what is wrong (never the key) on anything else."""
+    path = Path(path)
+    data = read_file(path, f"{kind} identity", limit=_MAX_IDENTITY_FILE_BYTES)
+    what = f"{path} is not a secagg {kind} identity file"
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{what}: it is not ASCII text") from None
+    first, newline, rest = text.partition("\n")
+    # Up to 21 digits are read, so that an id just too large is named as such, not as junk.
+    match = re.fullmatch(re.escape(id_prefix) + "(0|[1-9][0-9]{0,20})", first.removesuffix("\r"))
+    if not newline or match is None:
+        raise ConfigurationError(f"{what}: the first line must be '{id_prefix}<decimal id>'")
+    identity_id = int(match[1])
+    if identity_id > max_id:
+        raise ConfigurationError(f"{what}: the {kind} id is not in [0, {max_id}]")
+    try:
+        key = Ed25519SigningKey.from_pkcs8_pem(rest)
+    except DecodeError as exc:
+        raise ConfigurationError(f"{what}: {exc} after the id line") from None
+    return identity_id, key
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,34 +146,12 @@ class ClientIdentity:
 
     def save(self, path: Path) -> None:
         """Write the identity file, mode 0600; ConfigurationError if ``path`` already exists."""
-        pem = self.signing_key.to_pkcs8_pem()
-        header = f"{_ID_LINE_PREFIX}{self.client_id}\n".encode("ascii")
-        create_file(Path(path), header + pem, private=True)
+        write_identity_file(path, _ID_LINE_PREFIX, self.client_id, self.signing_key)
 
     @classmethod
     def load(cls, path: Path) -> ClientIdentity:
         """Read an identity file written by :meth:`save`; ConfigurationError on anything else."""
-        path = Path(path)
-        data = read_file(path, "client identity", limit=_MAX_IDENTITY_FILE_BYTES)
-        what = f"{path} is not a secagg client identity file"
-        try:
-            text = data.decode("ascii")
-        except UnicodeDecodeError:
-            raise ConfigurationError(f"{what}: it is not ASCII text") from None
-        first, newline, rest = text.partition("\n")
-        match = _ID_LINE.fullmatch(first.removesuffix("\r"))
-        if not newline or match is None:
-            raise ConfigurationError(
-                f"{what}: the first line must be '{_ID_LINE_PREFIX}<decimal id>'"
-            )
-        client_id = int(match[1])
-        if client_id > MAX_ID:
-            raise ConfigurationError(f"{what}: the client id is not in {_ID_RANGE}")
-        try:
-            key = Ed25519SigningKey.from_pkcs8_pem(rest)
-        except DecodeError as exc:
-            raise ConfigurationError(f"{what}: {exc} after the id line") from None
-        return cls(client_id, key)
+        return cls(*read_identity_file(path, "client", _ID_LINE_PREFIX, MAX_ID))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ClientIdentity):
