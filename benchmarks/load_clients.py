@@ -21,11 +21,11 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from secagg.schemes.base import SchemeKind  # noqa: E402
+from secagg.schemes.registry import SchemeKind  # noqa: E402
 from secagg.service.client import ClientSettings, SecAggClient, UpdateFn  # noqa: E402
 from secagg.service.config import DeploymentConfig  # noqa: E402
 from secagg.service.credentials import ClientIdentity, load_ca  # noqa: E402
-from secagg.service.run import client_policy  # noqa: E402
+from secagg.service.scheme_sides import client_policy  # noqa: E402
 from secagg.service.tasks import random_task  # noqa: E402
 
 

@@ -659,7 +659,7 @@ def _print_report(report: RoundReport, plan: DpPlan | None = None) -> None:
     rows = [("clients x dim", f"{report.clients} x {report.dim}")]
     rows += [
         (key.replace("_", " "), str(value))
-        for key, value in report.details.items()
+        for key, value in report.facts.as_dict().items()
         # DP's facts have rows of their own, below; the quantiser is not used under DP.
         if not key.startswith("dp_") and (plan is None or key not in ("value_bits", "clip"))
     ]
@@ -825,13 +825,10 @@ def certs(
         dp_rounds,
         dp_sampling_rate,
     )
-    from secagg.service.ckks_deployment import (
-        SERVER_CONTEXT_FILE,
-        CkksSettings,
-        client_context_path,
-        provision_ckks_keys,
-    )
+    from secagg.schemes.ckks import CkksSettings
+    from secagg.service.ckks_deployment import SERVER_CONTEXT_FILE, client_context_path
     from secagg.service.credentials import create_deployment, deployment_files
+    from secagg.service.scheme_sides import provision_keys
 
     try:
         if scheme is SchemeChoice.plaintext:
@@ -923,8 +920,7 @@ def certs(
         ):
             refuse_existing(path)
         deployment = create_deployment(directory, clients)
-        if isinstance(params, CkksSettings):
-            provision_ckks_keys(directory, deployment.identities, params.params)
+        provision_keys(directory, deployment.identities, params)
         config = DeploymentConfig.write(
             directory,
             deployment,
@@ -949,7 +945,7 @@ def certs(
         f"{params.dim}, max_weight {params.max_weight}; a round starts once {min_clients} "
         "clients are connected)"
     )
-    plan = params.dp_plan if isinstance(params, Params) else None
+    plan = params.dp_plan
     if plan is not None:
         _say(_dp_summary(plan))
 
@@ -1525,9 +1521,9 @@ def _print_compare(report: CompareReport) -> None:
         )
     _wide_console().print(table)
     for row in report.rows:
-        hint, clip = row.report.dp_clip_hint, row.report.details.get("dp_l2_clip")
-        if hint is not None and isinstance(clip, float | int):
-            _say(f"note: {row.scheme}: {_clip_hint(hint, float(clip))}")
+        hint, dp = row.report.dp_clip_hint, row.report.facts.dp
+        if hint is not None and dp is not None:
+            _say(f"note: {row.scheme}: {_clip_hint(hint, dp.l2_clip)}")
 
 
 def _wide_console() -> Console:

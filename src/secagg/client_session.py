@@ -35,7 +35,7 @@ import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,19 +50,10 @@ from secagg.errors import (
 )
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
 from secagg.journal import Event, Journal, JournalRound, JournalTransaction, RoundSecrets, digest
+from secagg.protocol.codec import Direction, Message, decode
 from secagg.protocol.runner import RoundClient
 from secagg.protocol.stages import Stage
-from secagg.schemes.base import Scheme
-from secagg.schemes.masking.messages import (
-    CLIENT_MESSAGE,
-    Commitment,
-    ConsistencySignature,
-    Message,
-    RoundConfig,
-    SurvivorList,
-    UnmaskResponse,
-    decode,
-)
+from secagg.schemes.base import RoundOpening, Scheme
 
 __all__ = ["Accepted", "Answer", "ClientSession", "Offer", "SchemeFor", "TaskCodec"]
 
@@ -115,7 +106,7 @@ class Accepted:
 
     round_id: int
     client_id: int
-    config: Message = field(repr=False)
+    config: RoundOpening = field(repr=False)
     round_config: bytes = field(repr=False)
     members: tuple[int, ...] | None = field(repr=False)
     model: NDArray[np.float32] = field(repr=False)
@@ -167,12 +158,10 @@ class ClientSession:
         stage_timeout: float,
         keep_secrets: bool = False,
         budget: ClientBudget | None = None,
-        answers: Callable[[Message], Stage] | None = None,
         rng: Randomness | None = None,
     ) -> None:
         """``self_id`` is this client in the transport's ids (a client id, a Flower node id);
-        ``allowed`` the allow-list in those ids (None: any, for a simulation that opted out);
-        ``answers`` maps a client message to the stage it answers (default: masking's)."""
+        ``allowed`` the allow-list in those ids (None: any, for a simulation that opted out)."""
         if not (stage_timeout > 0 and math.isfinite(stage_timeout)):
             raise ConfigurationError(f"the stage timeout must be positive, got {stage_timeout!r}")
         self._scheme_for = scheme_for
@@ -182,7 +171,6 @@ class ClientSession:
         self.stage_timeout = float(stage_timeout)
         self.keep_secrets = keep_secrets
         self.budget = budget
-        self._answers = answers or _masking_answer
         self._rng = rng or SystemRandomness()
         # round id -> (transcript length, client): valid while the journal's transcript is as
         # long; otherwise rebuilt (keep_secrets) or lost (a restarted process).
@@ -202,11 +190,7 @@ class ClientSession:
     def offer(self, offer: Offer, now: float) -> Accepted:
         """Check a round's task; the round is then this client's live round."""
         config = _decode_config(offer.round_config)
-        round_id = getattr(config, "round_id", None)
-        if not isinstance(round_id, int):
-            raise ClientAbort(
-                AbortReason.INVALID_CONFIG, f"a {type(config).__name__} is no round configuration"
-            )
+        round_id = config.round_id
         if offer.round_id is not None and offer.round_id != round_id:
             raise ClientAbort(AbortReason.INVALID_CONFIG, "the task and its config disagree")
         client_id = self._client_id(config, offer.members)
@@ -230,7 +214,7 @@ class ClientSession:
                 fingerprint = offer.task.fingerprint()
             except (DecodeError, ConfigurationError) as exc:
                 raise ClientAbort(AbortReason.INVALID_MODEL, str(exc)) from None
-            if binding != getattr(config, "task_hash", None):
+            if binding != config.task_hash:
                 # The session is bound to another model: training this one would be unsafe.
                 raise ClientAbort(AbortReason.MODEL_MISMATCH, "the task is not the session's")
             earlier = txn.contributed_in(fingerprint)
@@ -255,7 +239,7 @@ class ClientSession:
                 self._close(txn, live.round_id, now, Event.LEFT, "a new round began")
             txn.compact()
             txn.add_round(round_id, fingerprint, client_id, now, offer.members)
-            txn.note(round_id, now, Event.ACCEPTED, _agreement(config))
+            txn.note(round_id, now, Event.ACCEPTED, config.terms())
         return Accepted(round_id, client_id, config, offer.round_config, offer.members, model)
 
     def begin(
@@ -295,7 +279,7 @@ class ClientSession:
             for round_id, exchange in txn.exchanges_with(request_digest):
                 if exchange.request == data:
                     txn.note(round_id, now, Event.RETRANSMITTED)
-                    answered = self._answers(_decode(exchange.answer, AbortReason.INVALID_CONFIG))
+                    answered = _answered(_decode(exchange.answer, AbortReason.INVALID_CONFIG))
                     entry = txn.round(round_id)
                     deadline = None if entry is None else entry.deadline
                     return Answer(exchange.answer, answered, deadline)
@@ -347,7 +331,7 @@ class ClientSession:
             self._wait[round_id] = _Wait(now)
             deadline = now + self.stage_timeout
             txn.set_deadline(round_id, deadline)
-        return Answer(answer, self._answers(reply), deadline)
+        return Answer(answer, _answered(reply), deadline)
 
     def _record(
         self,
@@ -359,35 +343,22 @@ class ClientSession:
     ) -> None:
         """The journal rows of one answer, before it leaves."""
         round_id = entry.round_id
-        stage = self._answers(reply)
+        stage = _answered(reply)
         event = _ANSWER_EVENTS.get(stage)
         if event is None:
             return
-        detail = ""
-        if isinstance(reply, Commitment):
-            txn.set_attempts(round_id, reply.attempt)
-            detail = f"attempt {reply.attempt}"
-        elif event is Event.SHARED:
-            detail = f"{len(getattr(reply, 'ciphertexts', ()))} neighbour(s)"
-        elif event is Event.CONTRIBUTED:
-            detail = "encrypted" if stage is Stage.UPLOAD else "masked"
+        attempt = reply.opens_attempt
+        if attempt is not None:
+            txn.set_attempts(round_id, attempt)
+        if event is Event.CONTRIBUTED:
             txn.add_contribution(entry.task, round_id)
             if self.budget is not None:
                 txn.add_dp_charge(self.budget.fingerprint, round_id, self.budget.charge)
-        elif isinstance(reply, ConsistencySignature):
-            shown = _decode(request, AbortReason.MALFORMED_MESSAGE)
-            if isinstance(shown, SurvivorList):
-                survivors = shown.survivors
-                detail = f"{len(survivors)} survivors, {_ids(survivors)}"
-        elif isinstance(reply, UnmaskResponse):
-            detail = (
-                f"self-mask shares of {_ids(u for u, _ in reply.self_mask_shares)}; "
-                f"key shares of {_ids(u for u, _ in reply.key_shares)}"
-            )
+        detail = reply.audit_note(request)
         txn.note(round_id, now, event, detail)
 
     def _final(self, reply: Message) -> bool:
-        return self._answers(reply) in (Stage.UNMASK, Stage.DECRYPT)
+        return _answered(reply) in (Stage.UNMASK, Stage.DECRYPT)
 
     def _client(self, txn: JournalTransaction, entry: JournalRound, length: int) -> RoundClient:
         """The live round's client, as far as its transcript goes."""
@@ -401,7 +372,7 @@ class ClientSession:
                 AbortReason.ROUND_CLOSED, "this client no longer holds the round's keys"
             )
         transcript = txn.exchanges(entry.round_id)
-        config = _decode(transcript[0].request, AbortReason.INVALID_CONFIG)
+        config = _decode_config(transcript[0].request)
         scheme = self._scheme_for(entry.client_id, entry.members)
         client = scheme.client(config, entry.client_id, DeterministicRandomness(secrets.seed))
         client.set_input(np.frombuffer(secrets.update, dtype="<f4"), secrets.weight)
@@ -501,8 +472,8 @@ class ClientSession:
             return entry is not None and entry.included
 
     # ----------------------------------------------------------------- checks and helpers
-    def _client_id(self, config: Message, members: tuple[int, ...] | None) -> int:
-        client_ids = tuple(getattr(config, "client_ids", ()))
+    def _client_id(self, config: RoundOpening, members: tuple[int, ...] | None) -> int:
+        client_ids = config.client_ids
         if members is None:
             if self.self_id not in client_ids:
                 raise ClientAbort(AbortReason.UNKNOWN_ID, "this client is not in the cohort")
@@ -513,10 +484,10 @@ class ClientSession:
             raise ClientAbort(AbortReason.UNKNOWN_ID, "this client is not in the cohort")
         return members.index(self.self_id)
 
-    def _check_allowed(self, config: Message, members: tuple[int, ...] | None) -> None:
+    def _check_allowed(self, config: RoundOpening, members: tuple[int, ...] | None) -> None:
         if self.allowed is None:
             return
-        ids = tuple(getattr(config, "client_ids", ()))
+        ids = config.client_ids
         named = ids if members is None else members
         strangers = [i for i in named if i not in self.allowed]
         if strangers:
@@ -540,11 +511,9 @@ class ClientSession:
         txn.close_round(round_id, f"{event.value} ({detail[:_DETAIL_CHARS]})")
 
 
-def _masking_answer(message: Message) -> Stage:
-    for stage, kind in CLIENT_MESSAGE.items():
-        if isinstance(message, kind):
-            return stage
-    return Stage.ABORTED
+def _answered(message: Message) -> Stage:
+    """The stage a client's message answers, as its class declares (ABORTED: no answer)."""
+    return message.STAGE if message.DIRECTION is Direction.UP else Stage.ABORTED
 
 
 # The decoded round configurations this process holds, by their bytes. Sessions of one process
@@ -555,12 +524,16 @@ def _masking_answer(message: Message) -> Stage:
 _CONFIGS: weakref.WeakValueDictionary[bytes, Message] = weakref.WeakValueDictionary()
 
 
-def _decode_config(data: bytes) -> Message:
-    config = _CONFIGS.get(data)
-    if config is None:
-        config = _decode(data, AbortReason.INVALID_CONFIG)
-        _CONFIGS[data] = config
-    return config
+def _decode_config(data: bytes) -> RoundOpening:
+    message = _CONFIGS.get(data)
+    if message is None:
+        message = _decode(data, AbortReason.INVALID_CONFIG)
+        if not message.OPENS_ROUND:
+            raise ClientAbort(
+                AbortReason.INVALID_CONFIG, f"a {type(message).__name__} is no round configuration"
+            )
+        _CONFIGS[data] = message
+    return cast(RoundOpening, message)
 
 
 def _decode(data: bytes, reason: AbortReason) -> Message:
@@ -570,33 +543,6 @@ def _decode(data: bytes, reason: AbortReason) -> Message:
         return decode(data)
     except DecodeError as exc:
         raise ClientAbort(reason, str(exc)) from None
-
-
-def _agreement(config: Message) -> str:
-    """What the client agreed to, in the audit's words."""
-    cohort = len(getattr(config, "client_ids", ()))
-    if isinstance(config, RoundConfig):
-        agreed = (
-            f"server model {config.server_model}, {config.protocol} "
-            f"k={config.degree} t={config.threshold}"
-        )
-    else:
-        degree = getattr(config, "poly_modulus_degree", "?")
-        moduli = list(getattr(config, "coeff_mod_bit_sizes", ()))
-        holders = len(getattr(config, "key_holders", ()))
-        agreed = (
-            f"ckks N={degree} moduli {moduli} scale 2^{getattr(config, 'scale_bits', '?')}, "
-            f"{holders} key holder(s)"
-        )
-    return f"{agreed}, cohort {cohort}, min cohort {getattr(config, 'min_cohort', '?')}"
-
-
-def _ids(ids: object) -> str:
-    listed = sorted(int(i) for i in ids)  # type: ignore[attr-defined]
-    if not listed:
-        return "none"
-    shown = ",".join(str(i) for i in listed[:16])
-    return f"[{shown}{',...' if len(listed) > 16 else ''}] ({len(listed)})"
 
 
 def audit_line(entry: JournalRound, events: list[tuple[float, Event, str]]) -> str:

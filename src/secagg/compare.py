@@ -37,7 +37,6 @@ from secagg.simulate import (
     InputSource,
     RoundReport,
     integer_weights,
-    masking_scheme,
     random_inputs,
     root_randomness,
     simulate_round,
@@ -151,7 +150,8 @@ class Row:
         epsilon = self.report.epsilon
         if epsilon is None:
             return "none"
-        return f"epsilon {epsilon:.3g} (delta {self.report.details.get('dp_delta')})"
+        dp = self.report.facts.dp
+        return f"epsilon {epsilon:.3g} (delta {None if dp is None else dp.delta})"
 
     def to_json(self) -> dict[str, Any]:
         r = self.report
@@ -178,7 +178,7 @@ class Row:
             "epsilon": r.epsilon,
             "privacy": self.privacy,
             "dp_clip_hint": r.dp_clip_hint,
-            "details": dict(r.details),
+            "details": r.facts.as_dict(),
         }
 
 
@@ -266,7 +266,7 @@ def build_scheme(name: str, n: int, dim: int, max_weight: int, options: CompareO
         min_cohort=min_cohort,
         dp=dp,
     )
-    return masking_scheme(params, range(n), root_randomness(options.seed, f"scheme/{name}"))
+    return params.simulated(range(n), root_randomness(options.seed, f"scheme/{name}"))
 
 
 def _drops(scheme: Scheme, n: int, options: CompareOptions) -> DropSchedule:

@@ -54,16 +54,18 @@ from secagg.fl.data import load_digits_split
 from secagg.fl.digits import DEMO_CLIP, demo_model, digits_median_update_norm
 from secagg.fl.fedavg import apply_update
 from secagg.protocol.stages import Stage
-from secagg.schemes.base import Scheme, SchemeKind
+from secagg.schemes.base import Scheme, SchemeFacts, SchemeSettings
+from secagg.schemes.ckks import CkksSettings
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.parameters import Params
-from secagg.service.ckks_deployment import CkksSettings, provision_ckks_keys
+from secagg.schemes.registry import SchemeKind, scheme_entry, served_schemes
 from secagg.service.client import UpdateFn
 from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import RoundSummary
 from secagg.service.credentials import create_deployment
 from secagg.service.ledger import Ledger
 from secagg.service.run import RunFailed, make_coordinator, start_client_process
+from secagg.service.scheme_sides import provision_keys
 from secagg.service.settings import DpSettings, default_dp_min_cohort
 from secagg.service.tasks import Task, TaskSpec, update_function
 
@@ -98,12 +100,14 @@ class DemoOptions:
     framework: str = "numpy"  # what the clients train with: numpy or torch (same model)
 
     def __post_init__(self) -> None:
-        if self.scheme not in KILL_STAGES:
+        entry = scheme_entry(self.scheme)
+        if not entry.served:
+            served = " or ".join(e.kind.value for e in served_schemes())
             raise ConfigurationError(
-                "--scheme must be masking or ckks: the service has no plaintext path (the "
+                f"--scheme must be {served}: the service has no {self.scheme} path (the "
                 "demo computes the plaintext baseline itself)"
             )
-        if self.dp is not None and self.scheme != SchemeKind.MASKING.value:
+        if self.dp is not None and not entry.dp:
             raise ConfigurationError(
                 "distributed DP adds each client's noise before masking: drop --scheme "
                 f"{self.scheme} (or the --dp-* options)"
@@ -114,8 +118,8 @@ class DemoOptions:
         require("fl", "the digits data")
         if self.framework == "torch":
             require("torch", "--framework torch")
-        if self.scheme == SchemeKind.CKKS.value:
-            require("he", "CKKS")
+        if entry.extra is not None:
+            require(entry.extra, entry.title)
         if not 3 <= self.clients <= 200:
             raise ConfigurationError("--clients must be between 3 and 200")
         if not 1 <= self.rounds <= 1000:
@@ -169,9 +173,9 @@ class RoundRow:
 class DemoReport:
     options: DemoOptions
     dim: int
-    # What the scheme that ran fixes (scheme.describe: masking's protocol, k, t and ring
-    # width; CKKS's parameters and key holders), and the error it may add to the mean.
-    details: dict[str, object]
+    # What the scheme that ran fixes (masking's protocol, k, t and ring width; CKKS's
+    # parameters and key holders), and the error it may add to the mean.
+    facts: SchemeFacts
     error_bound: float
     secure: list[RoundRow] = field(default_factory=list)
     plaintext: list[RoundRow] = field(default_factory=list)
@@ -198,7 +202,7 @@ class DemoReport:
                 "framework": o.framework,
                 "dim": self.dim,
                 "min_cohort": o.cohort_minimum,
-                **self.details,
+                **self.facts.as_dict(),
                 "error_bound": self.error_bound,
                 **self._dp_json(),
             },
@@ -310,7 +314,7 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
     spec = demo_model(split)
     kind = SchemeKind(options.scheme)
     max_weight = max(len(c.y) for c in split.clients)
-    params: Params | CkksSettings
+    params: SchemeSettings
     scheme: Scheme
     clip_source = ""  # distributed DP: where the L2 clip came from
     if kind is SchemeKind.CKKS:
@@ -349,18 +353,18 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
     report = DemoReport(
         options,
         spec.dim,
-        scheme.describe(options.clients),
+        scheme.facts(options.clients),
         scheme.error_bound(options.clients),
         workdir=str(workdir),
     )
-    if isinstance(params, Params) and params.dp_plan is not None:
+    if params.dp_plan is not None:
         report.dp_plan = params.dp_plan
         report.dp_clip_source = clip_source
     say(f"setting up TLS and {options.clients} client identities in {workdir}")
     deployment = create_deployment(workdir, options.clients)
-    if isinstance(params, CkksSettings):
-        say("provisioning the CKKS keys (the clients' secret key, the coordinator's context)")
-        provision_ckks_keys(workdir, deployment.identities, params.params)
+    keys = provision_keys(workdir, deployment.identities, params)
+    if keys:
+        say(f"provisioned the {kind.value} keys ({len(keys)} files beside the identities)")
     kill_stages = KILL_STAGES[kind]
     config_path = DeploymentConfig.write(
         workdir,
@@ -600,16 +604,7 @@ def _dp_lines(report: DemoReport, plan: DpPlan) -> list[str]:
 def _scheme_title(report: DemoReport) -> str:
     """Which scheme ran, with what it fixes: ``secagg+ k=4 t=3, 24-bit ring`` or ``CKKS
     N=8192, moduli [60, 40, 40], scale 2^40, 2 key holders``."""
-    d = report.details
-    if report.options.scheme == SchemeKind.CKKS.value:
-        return (
-            f"CKKS N={d.get('poly_modulus_degree')}, moduli {d.get('coeff_mod_bit_sizes')}, "
-            f"scale 2^{d.get('scale_bits')}, {d.get('key_holders')} key holders"
-        )
-    title = (
-        f"{d.get('protocol')} k={d.get('degree')} t={d.get('threshold')}, "
-        f"{d.get('ring_bits')}-bit ring"
-    )
+    title = report.facts.title
     if report.dp_plan is not None:
         title += f", distributed DP ({report.dp_plan.mechanism.value})"
     return title

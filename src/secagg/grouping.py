@@ -34,7 +34,7 @@ from secagg.backends import Backend
 from secagg.errors import ConfigurationError
 from secagg.hazmat.randomness import Randomness
 from secagg.protocol.runner import RoundOutcome
-from secagg.schemes.base import Scheme
+from secagg.schemes.base import Scheme, SchemeSettings
 from secagg.schemes.masking.parameters import Params
 from secagg.simulate import (
     WEIGHT_LEVELS,
@@ -42,7 +42,6 @@ from secagg.simulate import (
     InputSource,
     RoundReport,
     integer_weights,
-    masking_scheme,
     root_randomness,
     simulate_round,
 )
@@ -216,7 +215,7 @@ def simulate_grouped(
     members = assign_groups(n, groups, root_randomness(seed, "groups"))
     int_weights, max_weight = integer_weights(weights, n)
     schemes = [_group_scheme(scheme, len(ids), max_weight) for ids in members]
-    min_cohort, dim = _min_cohort(schemes[0]), schemes[0].dim
+    min_cohort, dim = schemes[0].min_cohort, schemes[0].dim
     reference = _reference(schemes[0])
     smallest = min(len(ids) for ids in members)
     if smallest < max(3, min_cohort):
@@ -316,7 +315,7 @@ def _run_group(
 
 def _group_scheme(scheme: SchemeFactory | Params, size: int, max_weight: int) -> Scheme | Params:
     """A group's scheme: the factory's, or the params sized for a cohort of ``size``."""
-    if not isinstance(scheme, Params):
+    if callable(scheme):
         return scheme(size)
     if max_weight > scheme.max_weight:
         raise ConfigurationError(
@@ -333,20 +332,11 @@ def _group_seed(seed: int | None, index: int) -> int | None:
     return int.from_bytes(digest[:8], "big")
 
 
-def _min_cohort(scheme: Scheme | Params) -> int:
-    if isinstance(scheme, Params):
-        return scheme.min_cohort
-    value: Any = getattr(scheme, "min_cohort", None)
-    if value is None:  # masking carries it in its params
-        value = getattr(getattr(scheme, "params", None), "min_cohort", 1)
-    return int(value)
-
-
 def _reference(scheme: Scheme | Params) -> Callable[[NDArray[np.floating]], NDArray[np.float64]]:
     """An update as the groups' scheme clips it: the aggregate is the mean of these."""
-    if isinstance(scheme, Params):
-        # The scheme simulate_round builds from these params (no clients: only its encoding).
-        return masking_scheme(scheme, (), root_randomness(None, "reference")).reference
+    if isinstance(scheme, SchemeSettings):
+        # The scheme simulate_round builds from these settings (no clients: its encoding).
+        return scheme.simulated((), root_randomness(None, "reference")).reference
     return scheme.reference
 
 

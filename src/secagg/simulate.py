@@ -25,7 +25,6 @@ from numpy.typing import NDArray
 from secagg.backends import Backend, mask_applier, open_cohort
 from secagg.cohort import ClientGroup, default_workers
 from secagg.errors import ConfigurationError
-from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
 from secagg.parallel import MaskApplier
 from secagg.protocol.codec import Message
@@ -38,10 +37,8 @@ from secagg.protocol.runner import (
     RoundServer,
 )
 from secagg.protocol.stages import Stage
-from secagg.schemes.base import Scheme
-from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.base import RoundOpening, Scheme, SchemeFacts, SchemeSettings
 from secagg.schemes.masking.parameters import Params
-from secagg.schemes.masking.server import Server
 from secagg.schemes.plaintext import PlaintextScheme
 
 __all__ = [
@@ -52,7 +49,6 @@ __all__ = [
     "RoundReport",
     "SimulationResult",
     "integer_weights",
-    "masking_scheme",
     "random_inputs",
     "root_randomness",
     "secure_mean",
@@ -202,7 +198,7 @@ class RoundReport:
     dropped: Mapping[str, tuple[int, ...]]
     drop_reasons: Mapping[int, str]
     client_aborts: Mapping[int, str]
-    details: Mapping[str, object]  # scheme-specific: degree, threshold, ring bits, CKKS params
+    facts: SchemeFacts  # what the scheme fixed: protocol, degree, threshold, ring, DP
     session_attempts: int | None  # masking: commit-reveal attempts before the session was agreed
     threshold_margin: int | None  # masking: clients that answered the unmask stage, minus t
     clipped_values: int
@@ -225,22 +221,19 @@ class RoundReport:
 
     @property
     def protocol(self) -> str:
-        return str(self.details.get("protocol", self.scheme))
+        return self.facts.protocol
 
     @property
     def threshold(self) -> int | None:
-        value = self.details.get("threshold")
-        return value if isinstance(value, int) else None
+        return self.facts.threshold
 
     @property
     def degree(self) -> int | None:
-        value = self.details.get("degree")
-        return value if isinstance(value, int) else None
+        return self.facts.degree
 
     @property
     def ring_bits(self) -> int | None:
-        value = self.details.get("ring_bits")
-        return value if isinstance(value, int) else None
+        return self.facts.ring_bits
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -255,7 +248,7 @@ class RoundReport:
             "dropped": {s: list(ids) for s, ids in self.dropped.items()},
             "drop_reasons": {str(i): r for i, r in sorted(self.drop_reasons.items())},
             "client_aborts": {str(i): r for i, r in sorted(self.client_aborts.items())},
-            **dict(self.details),
+            **self.facts.as_dict(),
             "session_attempts": self.session_attempts,
             "threshold_margin": self.threshold_margin,
             "clipped_values": self.clipped_values,
@@ -345,26 +338,8 @@ class _TimedServer:
         return self._timed(self.inner.close_stage)  # type: ignore[no-any-return]
 
 
-def masking_scheme(
-    params: Params, ids: Sequence[int], root: Randomness, *, workers: int = 1
-) -> MaskingScheme:
-    """Masking for an in-process run: in active mode every client's identity, and the PKI."""
-    identities = (
-        {i: Ed25519SigningKey.generate(_fork(root, f"identity/{i}")) for i in ids}
-        if params.active
-        else {}
-    )
-    return MaskingScheme(
-        params,
-        identities=identities,
-        pki={i: key.public for i, key in identities.items()} if params.active else None,
-        allowed=frozenset(ids),
-        apply_masks=MaskApplier(workers),
-    )
-
-
 def simulate_round(
-    scheme: Scheme | Params,
+    scheme: Scheme | SchemeSettings,
     n: int,
     inputs: InputSource,
     *,
@@ -394,14 +369,17 @@ def simulate_round(
     dim = scheme.dim
     if backend is Backend.PROCESS and workers is None:
         workers = default_workers(n, dim)
-    if isinstance(scheme, Params):
+    if isinstance(scheme, SchemeSettings):
         if max_weight > scheme.max_weight:
             raise ConfigurationError(
                 f"weights need max_weight >= {max_weight}; params allow {scheme.max_weight}"
             )
-        scheme = masking_scheme(scheme, range(n), root, workers=workers or 1)
-        if backend is not Backend.PROCESS:
-            scheme = dataclasses.replace(scheme, apply_masks=mask_applier(backend, workers))
+        applier = (
+            MaskApplier(workers or 1)
+            if backend is Backend.PROCESS
+            else mask_applier(backend, workers)
+        )
+        scheme = scheme.simulated(range(n), root, apply_masks=applier)
     unknown = set(drops.at) - {s.value for s in scheme.stages}
     if unknown:
         raise ConfigurationError(
@@ -420,7 +398,7 @@ def simulate_round(
 
 @dataclass
 class _Outcome:
-    config: Message
+    config: RoundOpening
     record: RoundRecord
     server: _TimedServer
     tally_clipped: int
@@ -488,8 +466,7 @@ def _run(
     )
     if record.aggregate is not None:
         outcome.mean = record.aggregate.mean
-        if isinstance(server.inner, Server):
-            outcome.ring_total = server.inner.result.total
+        outcome.ring_total = record.aggregate.ring_total
     return outcome
 
 
@@ -508,7 +485,7 @@ def _report(
     for d in record.drops.values():
         dropped.setdefault(d.stage.value, []).append(d.client_id)
         reasons[d.client_id] = d.reason.value
-    details = scheme.describe(n)
+    facts = scheme.facts(n)
     bound = scheme.error_bound(n)
     included: tuple[int, ...] = ()
     max_abs_error: float | None = None
@@ -525,10 +502,10 @@ def _report(
             exact = _exact_mean(inputs, included, exact_weights, scheme.dim, scheme.reference)
         max_abs_error = float(np.max(np.abs(aggregate.mean - exact)))
     if weights is not None and not np.all(exact_weights == np.round(exact_weights)):
-        clip = float(details.get("clip") or 0.0)  # type: ignore[arg-type]
-        bound += 2 * clip / WEIGHT_LEVELS  # rounding the weights moves the mean too
+        # Rounding the weights moves the mean too.
+        bound += 2 * (facts.clip or 0.0) / WEIGHT_LEVELS
     # DP clips each update's L2 norm (counted per client); the others clip values.
-    per_client = "dp_mechanism" in details
+    per_client = facts.dp is not None
     clip_units = len(outcome.contributed) * (1 if per_client else scheme.dim)
     clip_hint = None
     if per_client and 2 * outcome.tally_clipped > len(outcome.contributed):
@@ -536,9 +513,7 @@ def _report(
         # norm / clip. The median norm clips about half (the usual choice, Andrew et al.,
         # "Differentially Private Learning with Adaptive Clipping", 2021).
         clip_hint = float(f"{np.median(outcome.tally_norms):.2g}")
-    inner = server.inner
-    if isinstance(inner, Server):
-        margin = inner.unmask_answers - inner.config.threshold if aggregate else None
+    margin = server.inner.threshold_margin if aggregate else None
     full = [i for i in range(n) if i in included and drops.stage_of(i) is None]
     up, down = record.bytes_per_client(full)
     return RoundReport(
@@ -551,7 +526,7 @@ def _report(
         dropped={s: tuple(sorted(ids)) for s, ids in dropped.items()},
         drop_reasons=reasons,
         client_aborts=outcome.client_aborts,
-        details=details,
+        facts=facts,
         session_attempts=record.attempts,
         threshold_margin=margin,
         clipped_values=outcome.tally_clipped,

@@ -5,7 +5,6 @@ Ray starts once for this module (a local cluster of two CPUs, as on CI) and stop
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,7 +31,6 @@ from secagg.schemes.plaintext import PlaintextScheme  # noqa: E402
 from secagg.simulate import (  # noqa: E402
     DropSchedule,
     SimulationResult,
-    masking_scheme,
     random_inputs,
     root_randomness,
     simulate_round,
@@ -61,8 +59,11 @@ def drops_at(stages: tuple[str, ...], per_stage: int = 2) -> DropSchedule:
 
 def on_ray(params: Params, drops: DropSchedule, *, batches: int = 3) -> SimulationResult:
     """The round on Ray, with the unmasking always split into Ray tasks (however small)."""
-    scheme = masking_scheme(params, range(CLIENTS), root_randomness(SEED, "round"))
-    scheme = dataclasses.replace(scheme, apply_masks=RayMaskApplier(ranges=3, min_work=0))
+    scheme = params.simulated(
+        range(CLIENTS),
+        root_randomness(SEED, "round"),
+        apply_masks=RayMaskApplier(ranges=3, min_work=0),
+    )
     return simulate_round(
         scheme,
         CLIENTS,

@@ -47,7 +47,7 @@ def test_a_dp_round_reveals_the_noisy_mean_of_the_clipped_updates_within_its_bou
     # Every third update has norm 2 and is clipped to 1: counted per client.
     assert report.clipped_values == len([i for i in range(N) if i % 3 == 0])
     assert report.epsilon is not None and report.epsilon <= 4.0
-    assert report.details["dp_mechanism"] == "skellam"
+    assert report.facts.dp is not None and report.facts.dp.mechanism == "skellam"
 
 
 def test_the_noise_of_the_revealed_mean_has_the_planned_variance() -> None:
@@ -101,7 +101,7 @@ def test_active_mode_and_the_discrete_gaussian_work_the_same_way() -> None:
     report = simulate_round(params, N, _inputs, seed=5).report
     assert report.outcome == "completed", report.abort_reason
     assert report.max_abs_error is not None and report.max_abs_error <= report.error_bound
-    assert report.details["dp_mechanism"] == "discrete-gaussian"
+    assert report.facts.dp is not None and report.facts.dp.mechanism == "discrete-gaussian"
 
 
 def test_a_client_refuses_less_noise_than_its_deployment_or_no_noise_at_all() -> None:

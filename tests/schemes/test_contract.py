@@ -75,7 +75,7 @@ KNOWN_GAPS: dict[tuple[str, Stage, str | None], str] = {
         "upload goes into the sum, every key holder then fails to decrypt it (a "
         "malformed-message abort) and the round aborts at decrypt: any one client can deny "
         "every CKKS round (DESIGN 3: abort only when too few remain; THREAT_MODEL's CKKS "
-        "section does not say so)"
+        "section states it as a limit of the scheme)"
     ),
 }
 

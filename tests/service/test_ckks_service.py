@@ -18,10 +18,10 @@ import pytest
 
 from secagg.errors import AbortReason, ConfigurationError
 from secagg.hazmat.ckks import CkksParameters
+from secagg.schemes.ckks import CkksSettings
 from secagg.schemes.masking.parameters import Params
 from secagg.service.ckks_deployment import (
     SERVER_CONTEXT_FILE,
-    CkksSettings,
     client_context_path,
     provision_ckks_keys,
 )

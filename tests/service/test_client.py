@@ -27,7 +27,8 @@ from secagg.service.credentials import (
     load_tls_server_credentials,
 )
 from secagg.service.ledger import Ledger
-from secagg.service.run import client_policy, make_coordinator
+from secagg.service.run import make_coordinator
+from secagg.service.scheme_sides import client_policy
 from secagg.service.tasks import random_task
 from secagg.service.v1 import coordinator_pb2 as pb
 from tests.service.adversary import Adversary

@@ -32,7 +32,8 @@ from secagg.service.credentials import (
 )
 from secagg.service.ledger import DropRecord, Ledger, RoundOutcome
 from secagg.service.metrics import CoordinatorMetrics, MetricsEndpoint, serve_metrics
-from secagg.service.run import client_policy, make_coordinator
+from secagg.service.run import make_coordinator
+from secagg.service.scheme_sides import client_policy
 from secagg.service.tasks import random_task
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc

@@ -165,7 +165,8 @@ def test_under_ckks_the_task_is_what_the_window_paces_and_the_mean_is_exact(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("tenseal")
-    from secagg.service.ckks_deployment import CkksSettings, provision_ckks_keys
+    from secagg.schemes.ckks import CkksSettings
+    from secagg.service.ckks_deployment import provision_ckks_keys
 
     clients = 4
     root = tmp_path / "deploy"

@@ -157,8 +157,7 @@ class SecAggMod:
         pki: Mapping[int, bytes] | None = None,
         stage_timeout: float = DEFAULT_STAGE_TIMEOUT,
     ) -> None:
-        if not isinstance(params, Params):
-            raise ConfigurationError(f"params must be a secagg Params, got {type(params)}")
+        params = Params.of(params, "SecAggMod")
         if params.active and (identity is None or pki is None):
             raise ConfigurationError(
                 "a semi-malicious server model needs this node's identity and the nodes' pki"

@@ -93,12 +93,7 @@ _LOCK = threading.Lock()
 def load_params(path: str | Path) -> Params:
     """The ``Params`` of a deployment file's ``[round]`` (and ``[dp]``) sections: what both
     the ServerApp and every node load, each from its own copy."""
-    params = DeploymentConfig.load(Path(path)).params
-    if not isinstance(params, Params):
-        raise ConfigurationError(
-            f'{path}: the Flower integration runs round.scheme = "masking", not CKKS'
-        )
-    return params
+    return Params.of(DeploymentConfig.load(Path(path)).params, f"{path}: the Flower integration")
 
 
 class NodeConfiguredMod:

@@ -161,8 +161,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
             first_round = time.time_ns() // 1000
         if isinstance(first_round, bool) or not isinstance(first_round, int) or first_round < 1:
             raise ConfigurationError(f"first_round must be a positive integer, got {first_round!r}")
-        if not isinstance(params, Params):
-            raise ConfigurationError(f"params must be a secagg Params, got {type(params)}")
+        params = Params.of(params, "SecureGrid")
         if not stage_timeout > 0:
             raise ConfigurationError("stage_timeout must be a positive number of seconds")
         if params.active and pki is None:

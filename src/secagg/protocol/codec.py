@@ -31,8 +31,10 @@ if TYPE_CHECKING:
     from secagg.protocol.stages import Stage
 
 __all__ = [
+    "DIGEST_BYTES",
     "MAGIC",
     "MAX_ID",
+    "NONCE_BYTES",
     "TAGS",
     "VERSION",
     "Direction",
@@ -50,6 +52,8 @@ __all__ = [
 MAGIC = b"SA"
 VERSION = 1
 MAX_ID = 2**32 - 1  # the largest u32: every id on the wire is one
+NONCE_BYTES = 16  # a round configuration's nonce
+DIGEST_BYTES = 32  # SHA-256: config ids, task hashes
 
 # Every message tag, and the class ("module:Class") that owns it. A new message is one line
 # here; a tag is never reused, so a retired message keeps its number out of use.
@@ -71,10 +75,10 @@ TAGS: Mapping[int, str] = {
     14: "secagg.schemes.masking.messages:Reveal",
     15: "secagg.schemes.masking.messages:Contributions",
     # CKKS homomorphic encryption
-    20: "secagg.schemes.ckks:CkksConfig",
-    21: "secagg.schemes.ckks:CkksUpload",
-    22: "secagg.schemes.ckks:CkksSumRequest",
-    23: "secagg.schemes.ckks:CkksResult",
+    20: "secagg.schemes.ckks.messages:CkksConfig",
+    21: "secagg.schemes.ckks.messages:CkksUpload",
+    22: "secagg.schemes.ckks.messages:CkksSumRequest",
+    23: "secagg.schemes.ckks.messages:CkksResult",
     # plaintext FedAvg (in process only: the service's wire schema has no frame for it)
     24: "secagg.schemes.plaintext:PlainConfig",
     25: "secagg.schemes.plaintext:PlainUpdate",
@@ -225,11 +229,14 @@ class Message:
     its ``STAGE``: the stage a client message answers, or the stage whose answer a server
     message requests. Every table that asks "which stage?" or "which way?" of a message is
     derived from these declarations (``client_messages``, ``server_messages``).
+    ``OPENS_ROUND`` marks a scheme's round configuration, the message that opens a round (a
+    transport may carry it apart, as the service carries it inside the task).
     """
 
     TAG: ClassVar[int]
     DIRECTION: ClassVar[Direction]
     STAGE: ClassVar[Stage]
+    OPENS_ROUND: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -242,6 +249,18 @@ class Message:
             raise UsageError(f"{cls.__qualname__} declares no DIRECTION")
         if "STAGE" not in cls.__dict__:
             raise UsageError(f"{cls.__qualname__} declares no STAGE")
+
+    def audit_note(self, request: bytes) -> str:
+        """What a client's audit records of this answer (to the server's ``request``, as
+        it arrived) beyond its stage: counts and ids, never a secret. Empty: nothing more."""
+        del request
+        return ""
+
+    @property
+    def opens_attempt(self) -> int | None:
+        """The attempt at agreeing on a round's session this answer opens (masking's
+        commitment), which a client's journal keeps; None for any other message."""
+        return None
 
     def encode(self) -> bytes:
         w = Writer()

@@ -72,6 +72,8 @@ class Aggregate:
     mean: NDArray[np.float64] = field(repr=False)
     # The largest absolute error the scheme's encoding may add to each coordinate.
     error_bound: float = 0.0
+    # The revealed sum in the scheme's ring, before decoding (None: the scheme has no ring).
+    ring_total: NDArray[np.unsignedinteger] | None = field(default=None, repr=False)
 
 
 class RoundServer(Protocol):
@@ -97,6 +99,17 @@ class RoundServer(Protocol):
     def close_stage(self) -> dict[int, Message]: ...
 
     def aggregate(self) -> Aggregate: ...
+
+    @property
+    def attempt(self) -> int | None:
+        """The attempt at agreeing on the round's session (masking's commit-reveal; None: the
+        scheme agrees on nothing)."""
+        ...
+
+    @property
+    def threshold_margin(self) -> int | None:
+        """Clients that answered the unmask stage, minus the threshold (None: no threshold)."""
+        ...
 
 
 class RoundClient(Protocol):
@@ -298,8 +311,6 @@ class RoundRun:
             except RoundAborted as exc:
                 # A sum no honest cohort could have made (a malformed weight or count).
                 self._abort = exc
-        # Masking's commit-reveal attempts; the other schemes' servers have no such count.
-        attempts = getattr(self.server, "attempt", None)
         return RoundRecord(
             outcome=RoundOutcome.ABORTED if aggregate is None else RoundOutcome.COMPLETED,
             abort=self._abort,
@@ -307,7 +318,7 @@ class RoundRun:
             drops=MappingProxyType(dict(self.server.drops)),
             stage_seconds=MappingProxyType(dict(self._stage_seconds)),
             seconds=seconds,
-            attempts=attempts if isinstance(attempts, int) else None,
+            attempts=self.server.attempt,
             aggregate=aggregate,
             bytes_up=MappingProxyType(dict(self.meter.up)),
             bytes_down=MappingProxyType(dict(self.meter.down)),

@@ -17,6 +17,7 @@ Layers (``tests/test_layers.py``, docs/ARCHITECTURE.md): ``hazmat`` <- ``protoco
 
 from __future__ import annotations
 
-from secagg.schemes.base import Scheme, SchemeKind
+from secagg.schemes.base import Scheme
+from secagg.schemes.registry import SchemeKind
 
 __all__ = ["Scheme", "SchemeKind"]

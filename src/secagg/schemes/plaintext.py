@@ -6,9 +6,9 @@ wire schema has no frame for it and its client never runs it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,8 +25,14 @@ from secagg.hazmat.randomness import Randomness
 from secagg.protocol.codec import Direction, Message, Reader, Writer
 from secagg.protocol.runner import Aggregate
 from secagg.protocol.stages import Stage
-from secagg.schemes.base import Disclosure, SchemeKind
+from secagg.schemes.base import Disclosure, RoundOpening, Scheme, SchemeFacts
+from secagg.schemes.registry import SchemeKind
 from secagg.schemes.upload import CohortConfig, UploadServer
+
+if TYPE_CHECKING:
+    from secagg.dp.calibrate import DpPlan
+    from secagg.hazmat.keys import Ed25519SigningKey
+    from secagg.hazmat.prg import ApplyMasks
 
 __all__ = ["PlainConfig", "PlainUpdate", "PlaintextScheme"]
 
@@ -38,6 +44,7 @@ class PlainConfig(Message, CohortConfig):
     TAG: ClassVar[int] = 24
     DIRECTION: ClassVar[Direction] = Direction.DOWN
     STAGE: ClassVar[Stage] = Stage.UPLOAD
+    OPENS_ROUND: ClassVar[bool] = True
     SCHEME_LABEL: ClassVar[bytes] = b"plaintext"
 
     def _write(self, w: Writer) -> None:
@@ -191,17 +198,17 @@ class PlaintextScheme:
             task_hash=task_hash,
         )
 
-    def server(self, config: Message) -> PlaintextServer:
+    def server(self, config: RoundOpening) -> PlaintextServer:
         assert isinstance(config, PlainConfig)
         return PlaintextServer(config)
 
-    def check(self, config: Message, client_id: int) -> None:
+    def check(self, config: RoundOpening, client_id: int) -> None:
         if not isinstance(config, PlainConfig) or config.dim != self.dim:
             raise ClientAbort(AbortReason.PARAMETER_MISMATCH, "not this deployment's round")
         if client_id not in config.cohort:
             raise ClientAbort(AbortReason.UNKNOWN_ID, "this client is not in the cohort")
 
-    def client(self, config: Message, client_id: int, rng: Randomness) -> PlaintextClient:
+    def client(self, config: RoundOpening, client_id: int, rng: Randomness) -> PlaintextClient:
         del rng  # nothing is random about sending one's update
         assert isinstance(config, PlainConfig)
         return PlaintextClient(config, client_id)
@@ -216,6 +223,25 @@ class PlaintextScheme:
         del clients
         return Disclosure("everything", "the server alone", "any dropout")
 
-    def describe(self, clients: int) -> dict[str, object]:
+    @property
+    def dp_plan(self) -> DpPlan | None:
+        return None  # no noise: the baseline sends the update as it is
+
+    def facts(self, clients: int) -> SchemeFacts:
         del clients
-        return {}
+        return SchemeFacts(
+            protocol=SchemeKind.PLAINTEXT.value,
+            title="plaintext FedAvg",
+            clip=None,
+            min_cohort=self.min_cohort,
+        )
+
+    def signing_as(
+        self, client_id: int, signing_key: Ed25519SigningKey, pki: Mapping[int, bytes]
+    ) -> Scheme:
+        del client_id, signing_key, pki  # nothing of this scheme is signed
+        return self
+
+    def wrapping_masks(self, wrap: Callable[[ApplyMasks], ApplyMasks]) -> Scheme:
+        del wrap  # no masks
+        return self

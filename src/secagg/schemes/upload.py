@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, cast
 
 from secagg.errors import DecodeError, DropReason, RoundAborted, UsageError
-from secagg.protocol.codec import MAX_ID, Message, Reader, Writer, decode
+from secagg.protocol.codec import DIGEST_BYTES, MAX_ID, NONCE_BYTES, Message, Reader, Writer, decode
 from secagg.protocol.stages import Drop, Stage, missed
-from secagg.schemes.masking.messages import DIGEST_BYTES, NONCE_BYTES
 
 __all__ = ["CohortConfig", "UploadServer"]
 
@@ -31,6 +30,17 @@ class CohortConfig:
     ``TAGS``), ``DIRECTION``, ``STAGE`` and ``_write``."""
 
     SCHEME_LABEL: ClassVar[bytes] = b""
+    # A concrete configuration declares OPENS_ROUND = True itself: Message comes first in its
+    # bases, so a value here would be hidden by Message's.
+
+    def terms(self) -> str:
+        """What a client agrees to by running this round, in the words of its audit."""
+        return (
+            f"{self._scheme_terms()}, cohort {len(self.client_ids)}, min cohort {self.min_cohort}"
+        )
+
+    def _scheme_terms(self) -> str:
+        return self.SCHEME_LABEL.decode()
 
     round_id: int
     nonce: bytes
@@ -158,6 +168,14 @@ class UploadServer:
         kept = self._take(sender, message)
         if kept is not None:
             self._received[sender] = kept
+
+    @property
+    def attempt(self) -> int | None:
+        return None  # one upload: nothing to agree on first
+
+    @property
+    def threshold_margin(self) -> int | None:
+        return None  # no secret is shared: no threshold
 
     def close_stage(self) -> dict[int, Message]:
         if self.done:

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import tempfile
 import time
@@ -75,10 +74,7 @@ from secagg.errors import (
     one_line,
 )
 from secagg.journal import Journal
-from secagg.protocol.codec import Message
-from secagg.protocol.stages import Stage, stage_answered_by
-from secagg.schemes.base import Scheme
-from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.base import RoundOpening, Scheme
 from secagg.service.credentials import ClientIdentity, sign_challenge
 from secagg.service.threads import in_daemon_thread
 from secagg.service.v1 import coordinator_pb2 as pb
@@ -142,7 +138,7 @@ class _RoundState:
     """The round this client is in, as far as it has got."""
 
     round_id: int
-    config: Message | None = None
+    config: RoundOpening | None = None
     active: bool = False  # False once this client has left the round (or before it began)
     accepted: bool = False  # this process took the round's task (its journal holds the round)
     queued: bool = False  # the coordinator said it keeps this client waiting its turn
@@ -185,7 +181,6 @@ class SecAggClient:
             allowed=frozenset(settings.pki),
             stage_timeout=settings.stage_timeout,
             budget=settings.budget,
-            answers=_answered,
         )
 
     @property
@@ -534,20 +529,10 @@ class SecAggClient:
 
 
 def _signing_as(settings: ClientSettings) -> Scheme:
-    """The deployment's scheme, able to sign as this client where masking's active mode
-    needs it (its long-term identity signs its keys and the survivor set)."""
-    scheme = settings.policy
-    if isinstance(scheme, MaskingScheme):
-        identity = settings.identity
-        return dataclasses.replace(
-            scheme, identities={identity.client_id: identity.signing_key}, pki=settings.pki
-        )
-    return scheme
-
-
-def _answered(message: Message) -> Stage:
-    """The stage a client's message answers (for progress displays), as it declares it."""
-    return stage_answered_by(message)
+    """The deployment's scheme, able to sign as this client where the scheme signs (masking's
+    active mode: its long-term identity signs its keys and the survivor set)."""
+    identity = settings.identity
+    return settings.policy.signing_as(identity.client_id, identity.signing_key, settings.pki)
 
 
 def _certificate_failure(exc: grpc.aio.AioRpcError) -> bool:

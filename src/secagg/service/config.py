@@ -105,9 +105,11 @@ from secagg.dp.calibrate import DpConfig, DpPlan
 from secagg.dp.noise import Mechanism
 from secagg.errors import ConfigurationError
 from secagg.hazmat.ckks import CkksParameters
-from secagg.schemes.base import SchemeKind
+from secagg.schemes.base import SchemeSettings
+from secagg.schemes.ckks import CkksSettings
 from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
-from secagg.service.ckks_deployment import SERVER_CONTEXT_FILE, CkksSettings
+from secagg.schemes.registry import SchemeKind, scheme_entry, served_schemes
+from secagg.service.ckks_deployment import SERVER_CONTEXT_FILE
 from secagg.service.credentials import Deployment, TlsFiles
 from secagg.service.files import create_file, refuse_existing
 from secagg.service.settings import CoordinatorSettings, DpSettings, name_knobs
@@ -200,7 +202,7 @@ class DeploymentConfig:
     ``server_context``).
     """
 
-    params: Params | CkksSettings
+    params: SchemeSettings
     coordinator: CoordinatorSettings
     tls: TlsFiles | None
     allow_list: Path | None
@@ -211,12 +213,12 @@ class DeploymentConfig:
 
     @property
     def scheme(self) -> SchemeKind:
-        return SchemeKind.CKKS if isinstance(self.params, CkksSettings) else SchemeKind.MASKING
+        return self.params.kind
 
     @property
     def dp_plan(self) -> DpPlan | None:
         """The calibrated distributed-DP plan of a masking deployment with a ``[dp]`` section."""
-        return self.params.dp_plan if isinstance(self.params, Params) else None
+        return self.params.dp_plan
 
     @classmethod
     def load(cls, path: Path) -> DeploymentConfig:
@@ -237,7 +239,7 @@ class DeploymentConfig:
         if "dim" not in round_ or "max_clients" not in round_:
             raise ConfigurationError(f"{path}: [round] needs dim and max_clients")
         scheme = _scheme(round_.pop("scheme", SchemeKind.MASKING.value), path)
-        params: Params | CkksSettings
+        params: SchemeSettings
         server_context: Path | None = None
         if scheme is SchemeKind.CKKS:
             if "dp" in data:
@@ -304,7 +306,7 @@ class DeploymentConfig:
         cls,
         root: Path,
         deployment: Deployment,
-        params: Params | CkksSettings,
+        params: SchemeSettings,
         *,
         port: int = 0,
         min_clients: int = 3,
@@ -339,7 +341,7 @@ class DeploymentConfig:
     @staticmethod
     def render(
         *,
-        params: Params | CkksSettings,
+        params: SchemeSettings,
         port: int,
         min_clients: int,
         stage_timeout: float,
@@ -350,10 +352,8 @@ class DeploymentConfig:
         task: TaskSpec | None = None,
     ) -> str:
         """The TOML text of a deployment (relative paths are relative to where it is saved)."""
-        lines = ["[round]", *_round_lines(params)]
-        if isinstance(params, Params) and params.dp is not None:
-            lines += _dp_lines(params.dp)
-        lines += ["", "[coordinator]"]
+        round_lines, scheme_sections = _SCHEME_LINES[params.kind](params)
+        lines = ["[round]", *round_lines, *scheme_sections, "", "[coordinator]"]
         lines += [
             'host = "127.0.0.1"',
             f"port = {port}",
@@ -362,17 +362,6 @@ class DeploymentConfig:
             f"stage_timeout = {float(stage_timeout)!r}",
             f'ledger = "{ledger}"',
         ]
-        if isinstance(params, CkksSettings):
-            ckks = params.params
-            lines += [
-                "",
-                "[ckks]",
-                f"poly_modulus_degree = {ckks.poly_modulus_degree}",
-                f"coeff_mod_bit_sizes = {list(ckks.coeff_mod_bit_sizes)}",
-                f"scale_bits = {ckks.scale_bits}",
-                f"key_holders = {params.key_holders}",
-                f'server_context = "{SERVER_CONTEXT_FILE}"',
-            ]
         if tls is not None:
             ca, cert, key = tls
             lines += ["", "[tls]", f'ca = "{ca}"', f'cert = "{cert}"', f'key = "{key}"']
@@ -450,17 +439,10 @@ def _masking_round(data: dict[str, Any], round_: dict[str, Any], path: Path) -> 
     return params
 
 
-def _round_lines(params: Params | CkksSettings) -> list[str]:
-    if isinstance(params, CkksSettings):
-        return [
-            f'scheme = "{SchemeKind.CKKS.value}"',
-            f"dim = {params.dim}",
-            f"max_clients = {params.max_clients}",
-            f"clip = {float(params.clip)!r}",
-            f"max_weight = {params.max_weight}",
-            f"min_cohort = {params.min_cohort}",
-        ]
-    return [
+def _masking_lines(settings: SchemeSettings) -> tuple[list[str], list[str]]:
+    """A masking deployment's ``[round]`` lines, and its ``[dp]`` section if it has one."""
+    params = Params.of(settings, "a masking deployment file")
+    round_lines = [
         f'scheme = "{SchemeKind.MASKING.value}"',
         f"dim = {params.dim}",
         f"max_clients = {params.max_clients}",
@@ -473,17 +455,47 @@ def _round_lines(params: Params | CkksSettings) -> list[str]:
         f"dropout_rate = {params.dropout_rate!r}",
         f"min_cohort = {params.min_cohort}",
     ]
+    return round_lines, [] if params.dp is None else _dp_lines(params.dp)
+
+
+def _ckks_lines(settings: SchemeSettings) -> tuple[list[str], list[str]]:
+    """A CKKS deployment's ``[round]`` lines and its ``[ckks]`` section."""
+    params = CkksSettings.of(settings, "a CKKS deployment file")
+    round_lines = [
+        f'scheme = "{SchemeKind.CKKS.value}"',
+        f"dim = {params.dim}",
+        f"max_clients = {params.max_clients}",
+        f"clip = {float(params.clip)!r}",
+        f"max_weight = {params.max_weight}",
+        f"min_cohort = {params.min_cohort}",
+    ]
+    ckks = params.params
+    section = [
+        "",
+        "[ckks]",
+        f"poly_modulus_degree = {ckks.poly_modulus_degree}",
+        f"coeff_mod_bit_sizes = {list(ckks.coeff_mod_bit_sizes)}",
+        f"scale_bits = {ckks.scale_bits}",
+        f"key_holders = {params.key_holders}",
+        f'server_context = "{SERVER_CONTEXT_FILE}"',
+    ]
+    return round_lines, section
+
+
+# Each served scheme's lines in a deployment file (the registry lists which are served).
+_SCHEME_LINES = {SchemeKind.MASKING: _masking_lines, SchemeKind.CKKS: _ckks_lines}
 
 
 def _scheme(value: str, path: Path) -> SchemeKind:
-    kind = _member(SchemeKind, value, f"{path}: round.scheme")
-    if kind is SchemeKind.PLAINTEXT:
+    kind = SchemeKind(_member(SchemeKind, value, f"{path}: round.scheme"))
+    if not scheme_entry(kind.value).served:
+        served = " or ".join(f'"{e.kind.value}"' for e in served_schemes())
         raise ConfigurationError(
-            f'{path}: round.scheme = "plaintext" cannot be served: the service has no '
-            "plaintext path (plaintext runs in process only, as `secagg simulate --scheme "
-            'plaintext`); use "masking" or "ckks"'
+            f'{path}: round.scheme = "{kind.value}" cannot be served: the service has no '
+            f"{kind.value} path ({kind.value} runs in process only, as `secagg simulate "
+            f"--scheme {kind.value}`); use {served}"
         )
-    return SchemeKind(kind)
+    return kind
 
 
 def _ckks_round(

@@ -19,20 +19,18 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.errors import UsageError
-from secagg.parallel import MaskApplier
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
-from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.parameters import Params
 from secagg.service.identity import AllowList
 from secagg.service.ledger import Ledger
 from secagg.service.metrics import Metrics, NullMetrics
 from secagg.service.rounds import NoCohort, RoundDriver, RoundSummary
+from secagg.service.scheme_sides import masking_coordinator
 from secagg.service.settings import CoordinatorSettings
 from secagg.service.transport import Transport
 
-__all__ = ["Coordinator", "CoordinatorSettings", "NoCohort", "RoundSummary", "masking_scheme"]
+__all__ = ["Coordinator", "CoordinatorSettings", "NoCohort", "RoundSummary"]
 
 log = logging.getLogger("secagg.coordinator")
 
@@ -62,10 +60,10 @@ class Coordinator:
         self.ledger = ledger
         self.allow_list = allow_list
         self.metrics: Metrics = NullMetrics() if metrics is None else metrics
-        if scheme is None:
-            if not isinstance(settings.params, Params):
-                raise UsageError("a CKKS coordinator needs its scheme: see make_coordinator")
-            scheme = masking_scheme(settings.params, allow_list)
+        if scheme is None:  # masking's, the one scheme that needs no key files
+            scheme = masking_coordinator(
+                Params.of(settings.params, "a coordinator built without its scheme"), allow_list
+            )
         self._transport = Transport(settings, allow_list=allow_list, tls=tls, metrics=self.metrics)
         self._rounds = RoundDriver(
             settings,
@@ -116,12 +114,3 @@ class Coordinator:
     ) -> RoundSummary:
         """One round (see ``RoundDriver.run``): ``NoCohort`` if too few clients connect."""
         return await self._rounds.run(model, step=step, cohort=cohort)
-
-
-def masking_scheme(params: Params, allow_list: AllowList) -> MaskingScheme:
-    """The coordinator's side of masking: the allow-list is the PKI that active mode checks
-    signed keys and survivor sets against, and unmasking runs on every core, through a fork
-    server (this process runs gRPC)."""
-    return MaskingScheme(
-        params, pki=allow_list.keys, apply_masks=MaskApplier(start_method="forkserver")
-    )

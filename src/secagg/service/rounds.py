@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import heapq
 import logging
 import math
@@ -84,10 +83,7 @@ from secagg.protocol.runner import (
     RoundServer,
 )
 from secagg.protocol.stages import MISSED_REASONS, Drop, Stage, missed
-from secagg.schemes.base import Scheme
-from secagg.schemes.masking import MaskingScheme
-from secagg.schemes.masking.messages import RoundConfig
-from secagg.schemes.upload import CohortConfig
+from secagg.schemes.base import RoundOpening, Scheme
 from secagg.service.ledger import (
     DropRecord,
     Ledger,
@@ -238,7 +234,7 @@ class _Round:
         self,
         round_id: int,
         cohort: tuple[int, ...],
-        config: Message,
+        config: RoundOpening,
         server: RoundServer,
         task: pb.Task,
         listener: RoundListener,
@@ -281,10 +277,12 @@ class RoundDriver(RoundListener):
         self.ledger = ledger
         self._transport = transport
         self._masks: _TimedMasks | None = None
-        if isinstance(scheme, MaskingScheme):
-            self._masks = _TimedMasks(scheme.apply_masks)
-            scheme = dataclasses.replace(scheme, apply_masks=self._masks)
-        self.scheme = scheme
+
+        def timed(apply: prg.ApplyMasks) -> prg.ApplyMasks:
+            self._masks = _TimedMasks(apply)
+            return self._masks
+
+        self.scheme = scheme.wrapping_masks(timed)  # a scheme without masks never calls it
         self._metrics: Metrics = NullMetrics() if metrics is None else metrics
         self._on_stage = on_stage
         self._round: _Round | None = None
@@ -394,20 +392,16 @@ class RoundDriver(RoundListener):
         config = scheme.round_config(
             cohort, nonce=os.urandom(16), round_id=round_id, task_hash=task_digest(model, step)
         )
-        if not isinstance(config, RoundConfig | CohortConfig):  # pragma: no cover
-            raise UsageError(
-                f"a {type(config).__name__} is no round configuration the service runs"
-            )
-        details = scheme.describe(len(cohort))
+        facts = scheme.facts(len(cohort))
         server = scheme.server(config)
         self.ledger.start_round(
             round_id=round_id,
             session_id=config.config_id,
             task_hash=config.task_hash,
-            protocol=str(details.get("protocol", scheme.kind.value)),
+            protocol=facts.protocol,
             cohort=cohort,
-            degree=_int_detail(details, "degree", 0),
-            threshold=_int_detail(details, "threshold", config.min_cohort),
+            degree=0 if facts.degree is None else facts.degree,
+            threshold=config.min_cohort if facts.threshold is None else facts.threshold,
             dim=config.dim,
         )
         self._metrics.round_started()
@@ -420,7 +414,7 @@ class RoundDriver(RoundListener):
             round_id,
             scheme.kind.value,
             len(cohort),
-            ", ".join(f"{key}={value}" for key, value in details.items()),
+            ", ".join(f"{key}={value}" for key, value in facts.as_dict().items()),
             _resident_bytes() >> 20,
         )
         sampler = asyncio.create_task(_sample_resident(active))
@@ -606,7 +600,7 @@ class RoundDriver(RoundListener):
             return
         delivery = active.delivery
         written = None if delivery is None else delivery.written(c)
-        if isinstance(message, RoundConfig | CohortConfig):
+        if message.OPENS_ROUND:
             task = active.task
             conn.send(lambda: pb.ServerFrame(task=task), written=written)
         else:
@@ -714,7 +708,7 @@ class RoundDriver(RoundListener):
         assert result is not None  # a completed record has its aggregate
         finishers = tuple(c for c in result.included if c not in record.drops)
         up, down = self._bytes(record, finishers)
-        plan = self.scheme.params.dp_plan if isinstance(self.scheme, MaskingScheme) else None
+        plan = self.scheme.dp_plan
         privacy = None if plan is None else account_round(self.ledger, plan, len(result.included))
         # Durable before anyone hears the round completed.
         self.ledger.complete_round(
@@ -748,11 +742,6 @@ class RoundDriver(RoundListener):
         self._metrics.round_finished(RoundOutcome.ABORTED)
         log.warning("round %d %s", active.round_id, reason)
         self._tell(active, False, (), reason)
-
-
-def _int_detail(details: Mapping[str, object], key: str, default: int) -> int:
-    value = details.get(key, default)
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 # Why a client was dropped, as words for an abort reason ("3 clients disconnected at

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -34,21 +34,14 @@ from numpy.typing import NDArray
 from secagg.dp.budget import ClientBudget
 from secagg.errors import ConfigurationError, DecodeError, LedgerError, SecAggError, one_line
 from secagg.protocol.stages import Stage
-from secagg.schemes.base import Scheme
-from secagg.schemes.masking import MaskingScheme
-from secagg.schemes.masking.parameters import Params
-from secagg.service.ckks_deployment import (
-    client_context_path,
-    load_client_context,
-    load_server_context,
-)
 from secagg.service.client import ClientSettings, ClientStats, SecAggClient, UpdateFn
 from secagg.service.config import DeploymentConfig
-from secagg.service.coordinator import Coordinator, NoCohort, RoundSummary, masking_scheme
+from secagg.service.coordinator import Coordinator, NoCohort, RoundSummary
 from secagg.service.files import check_writable, write_array
 from secagg.service.identity import AllowList, ClientIdentity
 from secagg.service.ledger import Ledger, RoundOutcome
 from secagg.service.metrics import Metrics
+from secagg.service.scheme_sides import client_policy, coordinator_scheme
 from secagg.service.tasks import initial_model
 from secagg.service.tls import load_ca, load_tls_server_credentials
 
@@ -57,9 +50,7 @@ __all__ = [
     "STOP_SECONDS",
     "RunFailed",
     "Stopped",
-    "client_policy",
     "client_settings",
-    "coordinator_scheme",
     "join",
     "make_coordinator",
     "serve",
@@ -187,17 +178,6 @@ def make_coordinator(
         on_stage=on_stage,
         metrics=metrics,
     )
-
-
-def coordinator_scheme(config: DeploymentConfig, allow_list: AllowList) -> Scheme:
-    """The coordinator's side of the deployment's scheme: masking with the allow-list as
-    PKI, or CKKS with the evaluation context (checked to hold no secret key)."""
-    if isinstance(config.params, Params):
-        return masking_scheme(config.params, allow_list)
-    if config.server_context is None:
-        raise ConfigurationError("a CKKS deployment needs [ckks] server_context")
-    context = load_server_context(config.server_context, config.params.params)
-    return config.params.scheme(server_context=context)
 
 
 async def serve(
@@ -493,27 +473,6 @@ def _rpc_reason(exc: grpc.aio.AioRpcError) -> str:
     name = code.name.lower().replace("_", " ") if code is not None else "error"
     details = one_line(exc.details() or "")
     return f"{name} ({details})" if details else name
-
-
-def client_policy(
-    config: DeploymentConfig, identity_path: Path | None = None
-) -> tuple[Scheme, Mapping[int, bytes]]:
-    """The client's side of the deployment's scheme (its ``check`` is the client's policy)
-    and the PKI. The allow-list is required, since the cohort of every round must lie within
-    it. A CKKS client's context, with the secret key, is the one beside its identity file
-    (checked against the deployment's parameters)."""
-    if config.allow_list is None:
-        raise ConfigurationError("the deployment names no allow-list ([clients] allow_list)")
-    keys = AllowList.load(config.allow_list).keys
-    allowed = frozenset(keys)
-    if isinstance(config.params, Params):
-        return MaskingScheme(config.params, pki=keys, allowed=allowed), keys
-    if identity_path is None:
-        raise ConfigurationError(
-            "a CKKS client needs its identity file: its CKKS context sits beside it"
-        )
-    context = load_client_context(client_context_path(identity_path), config.params.params)
-    return config.params.scheme(client_context=context, allowed=allowed), keys
 
 
 def start_client_process(

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from secagg.dp.calibrate import DpConfig
 from secagg.dp.noise import Mechanism
 from secagg.errors import ConfigurationError, UsageError
-from secagg.schemes.masking.parameters import Params
-from secagg.service.ckks_deployment import CkksSettings
-from secagg.service.wire import ckks_message_size_limit, message_size_limit
+from secagg.schemes.base import SchemeSettings
+from secagg.service.wire import message_size_limit
 
 __all__ = [
     "DEFAULT_DP_BITS",
@@ -150,8 +149,8 @@ def name_knobs(message: str, names: Mapping[str, str]) -> str:
 class CoordinatorSettings:
     """How the coordinator listens, forms cohorts and paces stages.
 
-    ``params`` are the round parameters of the deployment's scheme: ``Params`` for masking,
-    ``CkksSettings`` for CKKS. A round starts once ``min_clients`` clients are connected
+    ``params`` are the settings of the deployment's scheme (``SchemeSettings``: masking's
+    ``Params``, ``CkksSettings``). A round starts once ``min_clients`` clients are connected
     (waiting at most ``cohort_wait`` seconds) and takes every connected client, up to
     ``params.max_clients``. Each stage waits at most ``stage_timeout`` seconds for the
     clients it expects; a client that misses it is dropped. Every value is checked here, so
@@ -159,7 +158,7 @@ class CoordinatorSettings:
     silently wrapped port) later.
     """
 
-    params: Params | CkksSettings
+    params: SchemeSettings
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port (see Coordinator.port)
     min_clients: int = 3
@@ -172,8 +171,8 @@ class CoordinatorSettings:
     max_message_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.params, Params | CkksSettings):
-            raise ConfigurationError("the coordinator needs validated Params or CkksSettings")
+        if not isinstance(self.params, SchemeSettings):
+            raise ConfigurationError("the coordinator needs a scheme's validated settings")
         if not isinstance(self.host, str) or not self.host or self.host != self.host.strip():
             raise ConfigurationError(f"host must be a non-empty name or address, got {self.host!r}")
         if not _is_int(self.port) or not 0 <= self.port <= MAX_PORT:
@@ -198,18 +197,8 @@ class CoordinatorSettings:
             )
         for name in ("cohort_wait", "stage_timeout", "auth_timeout"):
             _check_seconds(name, getattr(self, name))
-        p = self.params
-        if isinstance(p, Params):
-            # The graph and threshold of the smallest cohort must exist (overrides are checked).
-            p.graph(self.min_clients)
-            limit = message_size_limit(p.dim, p.max_clients, p.ring_bits)
-            if p.vector_length - 1 > p.dim:
-                # Distributed DP sends the rotated update, padded to a power of two: the
-                # masked input may outgrow the model that the dimension sizes.
-                padded = message_size_limit(p.vector_length - 1, p.max_clients, p.ring_bits)
-                limit = max(limit, padded)
-        else:
-            limit = ckks_message_size_limit(p.dim, p.max_clients, p.params)
+        self.params.check_min_clients(self.min_clients)
+        limit = message_size_limit(self.params)
         object.__setattr__(self, "max_message_bytes", limit)
 
 

@@ -20,10 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError, DecodeError
-from secagg.hazmat.ckks import CkksParameters
 from secagg.hazmat.kdf import encode_fields
-from secagg.hazmat.ring import Ring
-from secagg.schemes.masking.messages import CIPHERTEXT_BYTES, KEY_BYTES
+from secagg.schemes.base import SchemeSettings
 
 __all__ = [
     "CLIENT_PING_SECONDS",
@@ -33,7 +31,6 @@ __all__ = [
     "SERVER_PING_TIMEOUT_SECONDS",
     "ModelTask",
     "channel_options",
-    "ckks_message_size_limit",
     "decode_model",
     "encode_model",
     "message_size_limit",
@@ -54,38 +51,21 @@ SERVER_PING_SECONDS = 2.0
 SERVER_PING_TIMEOUT_SECONDS = 3.0
 
 
-def message_size_limit(dim: int, max_clients: int, ring_bits: int) -> int:
-    """The largest message either side may legitimately send, plus headroom.
+def message_size_limit(settings: SchemeSettings) -> int:
+    """The largest message either side may legitimately send, plus headroom: the scheme's
+    largest, or the task (the model as float32, with the round's opening message).
 
     Set identically on both ends, so that gRPC refuses anything larger from its length
     prefix, before the message is allocated. A deployment whose messages could not fit gRPC's
     limit is refused (``ConfigurationError`` naming ``dim``).
     """
-    ids = 4 * max_clients
-    masked_input = Ring(ring_bits).packed_size(dim + 1) + ids
-    task = 4 * dim + ids  # the model and the config's cohort
-    peer_messages = max_clients * (4 + max(2 * KEY_BYTES, CIPHERTEXT_BYTES))
-    limit = max(masked_input, task, peer_messages) + _SLACK
+    task = 4 * settings.dim + settings.opening_message_bytes()
+    limit = max(settings.largest_message_bytes(), task) + _SLACK
     if limit > MAX_MESSAGE_BYTES:
         raise ConfigurationError(
-            f"dim = {dim} needs gRPC messages of {limit:,} bytes (the model travels as "
-            f"float32); gRPC carries at most {MAX_MESSAGE_BYTES:,}: lower round.dim"
-        )
-    return limit
-
-
-def ckks_message_size_limit(dim: int, max_clients: int, params: CkksParameters) -> int:
-    """``message_size_limit`` for a CKKS deployment: an upload (or the encrypted sum sent to a
-    key holder, with the ids it includes) is one ciphertext per ``slots`` values, each at
-    most ``max_ciphertext_bytes``; a key holder's answer is the mean as float64."""
-    ids = 4 * max_clients
-    ciphertexts = params.ciphertexts_for(dim) * (4 + params.max_ciphertext_bytes) + 64
-    task = 4 * dim + 2 * ids  # the model and the config's cohort and key holders
-    limit = max(ciphertexts + ids, task, 8 * dim) + _SLACK
-    if limit > MAX_MESSAGE_BYTES:
-        raise ConfigurationError(
-            f"dim = {dim} needs gRPC messages of {limit:,} bytes under CKKS (about 57 bytes "
-            f"per value); gRPC carries at most {MAX_MESSAGE_BYTES:,}: lower round.dim"
+            f"dim = {settings.dim} needs gRPC messages of {limit:,} bytes under "
+            f"{settings.kind.value} ({limit / settings.dim:.0f} bytes per value); gRPC carries "
+            f"at most {MAX_MESSAGE_BYTES:,}: lower round.dim"
         )
     return limit
 

@@ -49,9 +49,12 @@ from secagg.dp.message import DpRound
 from secagg.errors import DecodeError, UsageError
 from secagg.hazmat import aead
 from secagg.hazmat.shamir import SHARE_VALUE_BYTES
+from secagg.protocol.audit import listed_ids
 from secagg.protocol.codec import (
+    DIGEST_BYTES,
     MAGIC,
     MAX_ID,
+    NONCE_BYTES,
     VERSION,
     Direction,
     Message,
@@ -95,8 +98,6 @@ __all__ = [
 
 KEY_BYTES = 32
 SESSION_ID_BYTES = 32
-NONCE_BYTES = 16
-DIGEST_BYTES = 32
 # A share ciphertext carries (from id, to id, self-mask share, key share).
 SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * SHARE_VALUE_BYTES
 CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + aead.OVERHEAD
@@ -135,6 +136,7 @@ class RoundConfig(Message):
     TAG: ClassVar[int] = 1
     DIRECTION: ClassVar[Direction] = Direction.DOWN
     STAGE: ClassVar[Stage] = Stage.COMMIT
+    OPENS_ROUND: ClassVar[bool] = True
 
     round_id: int
     nonce: bytes
@@ -184,6 +186,13 @@ class RoundConfig(Message):
             raise UsageError(f"min_cohort must be in 1..{n}")
         object.__setattr__(
             self, "config_id", hashlib.sha256(b"secagg/v1/config\x00" + self.encode()).digest()
+        )
+
+    def terms(self) -> str:
+        """What a client agrees to by running this round, in the words of its audit."""
+        return (
+            f"server model {self.server_model}, {self.protocol} k={self.degree} "
+            f"t={self.threshold}, cohort {len(self.client_ids)}, min cohort {self.min_cohort}"
         )
 
     @property
@@ -306,6 +315,14 @@ class Commitment(Message):
     @classmethod
     def _read(cls, r: Reader) -> Commitment:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8(), r.fixed(DIGEST_BYTES))
+
+    def audit_note(self, request: bytes) -> str:
+        del request
+        return f"attempt {self.attempt}"
+
+    @property
+    def opens_attempt(self) -> int | None:
+        return self.attempt
 
 
 @dataclass(frozen=True)
@@ -494,6 +511,10 @@ class EncryptedShares(Message):
     self_mask_commitment: bytes = field(repr=False)
     ciphertexts: tuple[tuple[int, bytes], ...] = field(repr=False)  # (recipient, sealed)
 
+    def audit_note(self, request: bytes) -> str:
+        del request
+        return f"{len(self.ciphertexts)} neighbour(s)"
+
     def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
@@ -555,6 +576,10 @@ class MaskedInput(Message):
     client_id: int
     missing_shares: tuple[int, ...]
     packed_vector: bytes = field(repr=False)
+
+    def audit_note(self, request: bytes) -> str:
+        del request
+        return "masked"
 
     def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
@@ -649,6 +674,16 @@ class ConsistencySignature(Message):
     def _read(cls, r: Reader) -> ConsistencySignature:
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(SIGNATURE_BYTES))
 
+    def audit_note(self, request: bytes) -> str:
+        """The survivor set this client signed (the request it answered)."""
+        try:
+            shown = decode(request)
+        except DecodeError:
+            return ""
+        if not isinstance(shown, SurvivorList):
+            return ""
+        return f"{len(shown.survivors)} survivors, {listed_ids(shown.survivors)}"
+
 
 @dataclass(frozen=True)
 class UnmaskResponse(Message):
@@ -665,6 +700,13 @@ class UnmaskResponse(Message):
     client_id: int
     self_mask_shares: tuple[tuple[int, bytes], ...] = field(repr=False)  # (owner, share)
     key_shares: tuple[tuple[int, bytes], ...] = field(repr=False)  # (owner, share)
+
+    def audit_note(self, request: bytes) -> str:
+        del request
+        return (
+            f"self-mask shares of {listed_ids(u for u, _ in self.self_mask_shares)}; "
+            f"key shares of {listed_ids(u for u, _ in self.key_shares)}"
+        )
 
     def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)

@@ -8,15 +8,19 @@ could go wrong with a configuration is refused here, up front, with a ``Configur
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from secagg.dp.calibrate import DpConfig, DpPlan, calibrate
 from secagg.dp.encoding import dp_round
 from secagg.errors import ConfigurationError
+from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.quantize import Quantizer
+from secagg.hazmat.randomness import DeterministicRandomness, Randomness
 from secagg.hazmat.ring import Ring
 from secagg.schemes.masking.graph import (
     GraphParameters,
@@ -26,7 +30,12 @@ from secagg.schemes.masking.graph import (
     full_graph_threshold,
     survivor_rule,
 )
-from secagg.schemes.masking.messages import RoundConfig
+from secagg.schemes.masking.messages import CIPHERTEXT_BYTES, KEY_BYTES, RoundConfig
+from secagg.schemes.registry import SchemeKind
+
+if TYPE_CHECKING:
+    from secagg.hazmat.prg import ApplyMasks
+    from secagg.schemes.masking.scheme import MaskingScheme
 
 __all__ = ["MAX_RING_BITS", "Params", "Protocol", "ServerModel", "check_round_config"]
 
@@ -138,6 +147,53 @@ class Params:
         )
         object.__setattr__(self, "dp_plan", plan)
         object.__setattr__(self, "ring_bits", plan.ring_bits)
+
+    @classmethod
+    def of(cls, settings: object, what: str) -> Params:
+        """``settings`` as this scheme's, for code that runs this scheme only (``what``
+        names it): a ``ConfigurationError`` for another scheme's settings."""
+        if not isinstance(settings, cls):
+            kind = getattr(settings, "kind", type(settings).__name__)
+            raise ConfigurationError(f"{what} runs {SchemeKind.MASKING.value}, not {kind}")
+        return settings
+
+    @property
+    def kind(self) -> SchemeKind:
+        return SchemeKind.MASKING
+
+    def largest_message_bytes(self) -> int:
+        ids = 4 * self.max_clients
+        masked_input = self.ring.packed_size(self.vector_length) + ids
+        peer_messages = self.max_clients * (4 + max(2 * KEY_BYTES, CIPHERTEXT_BYTES))
+        return max(masked_input, peer_messages, self.opening_message_bytes())
+
+    def opening_message_bytes(self) -> int:
+        return 4 * self.max_clients  # the cohort's ids; the rest is a few fixed fields
+
+    def check_min_clients(self, clients: int) -> None:
+        self.graph(clients)  # the graph and threshold of the smallest cohort must exist
+
+    def simulated(
+        self, client_ids: Sequence[int], rng: Randomness, *, apply_masks: ApplyMasks | None = None
+    ) -> MaskingScheme:
+        """Masking for an in-process run: in active mode every client's identity (each from
+        its own fork of ``rng``) and the PKI."""
+        from secagg.schemes.masking.scheme import MaskingScheme  # the scheme builds on Params
+
+        identities = (
+            {i: Ed25519SigningKey.generate(_fork(rng, f"identity/{i}")) for i in client_ids}
+            if self.active
+            else {}
+        )
+        scheme = MaskingScheme(
+            self,
+            identities=identities,
+            pki={i: key.public for i, key in identities.items()} if self.active else None,
+            allowed=frozenset(client_ids),
+        )
+        if apply_masks is None:
+            return scheme
+        return dataclasses.replace(scheme, apply_masks=apply_masks)
 
     @property
     def active(self) -> bool:
@@ -283,3 +339,8 @@ def check_round_config(config: RoundConfig) -> None:
         # only the count of inputs in the last element must never wrap.
         _require(config.max_weight == 1, "with distributed DP every client weighs 1")
         _require(n < 2**config.ring_bits, f"a {config.ring_bits}-bit ring cannot count {n}")
+
+
+def _fork(root: Randomness, label: str) -> Randomness:
+    """A seeded run's own stream for ``label``; the operating system's is one stream."""
+    return root.fork(label) if isinstance(root, DeterministicRandomness) else root

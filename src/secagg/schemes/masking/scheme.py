@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.dp.calibrate import achieved_epsilon
+from secagg.dp.calibrate import DpPlan, achieved_epsilon
 from secagg.dp.encoding import DpEncoding
 from secagg.errors import AbortReason, ClientAbort, UsageError
 from secagg.hazmat import prg
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import Randomness
 from secagg.protocol.stages import Stage
-from secagg.schemes.base import Disclosure, SchemeKind
+from secagg.schemes.base import Disclosure, DpFacts, RoundOpening, SchemeFacts
 from secagg.schemes.masking.client import Client
 from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
 from secagg.schemes.masking.graph import SurvivorRule
-from secagg.schemes.masking.messages import Message, RoundConfig
+from secagg.schemes.masking.messages import RoundConfig
 from secagg.schemes.masking.parameters import Params, check_round_config
 from secagg.schemes.masking.policy import ClientPolicy
 from secagg.schemes.masking.server import Server
+from secagg.schemes.registry import SchemeKind
 
 __all__ = ["MaskingScheme"]
 
@@ -63,6 +65,14 @@ class MaskingScheme:
         plan = self.params.dp_plan
         return QuantizedEncoding(self.params.quantizer) if plan is None else DpEncoding(plan)
 
+    @property
+    def dp_plan(self) -> DpPlan | None:
+        return self.params.dp_plan
+
+    @property
+    def min_cohort(self) -> int:
+        return self.params.min_cohort
+
     def reference(self, values: NDArray[np.floating]) -> NDArray[np.float64]:
         return self.encoding.reference(values)
 
@@ -88,7 +98,7 @@ class MaskingScheme:
     ) -> RoundConfig:
         return self.params.round_config(cohort, nonce=nonce, round_id=round_id, task_hash=task_hash)
 
-    def server(self, config: Message) -> Server:
+    def server(self, config: RoundOpening) -> Server:
         assert isinstance(config, RoundConfig)
         check_round_config(config)
         return Server(
@@ -99,7 +109,7 @@ class MaskingScheme:
             survivor_rule=self._survivor_rule(config),
         )
 
-    def check(self, config: Message, client_id: int) -> None:
+    def check(self, config: RoundOpening, client_id: int) -> None:
         if not isinstance(config, RoundConfig):
             raise ClientAbort(
                 AbortReason.PARAMETER_MISMATCH,
@@ -107,7 +117,7 @@ class MaskingScheme:
             )
         ClientPolicy(self.params, self.allowed).check(config, client_id)
 
-    def client(self, config: Message, client_id: int, rng: Randomness) -> Client:
+    def client(self, config: RoundOpening, client_id: int, rng: Randomness) -> Client:
         assert isinstance(config, RoundConfig)
         check_round_config(config)
         return Client(
@@ -148,25 +158,44 @@ class MaskingScheme:
             f"eta={self.params.eta})",
         )
 
-    def describe(self, clients: int) -> dict[str, object]:
+    def facts(self, clients: int) -> SchemeFacts:
         graph = self.params.graph(clients)
         plan = self.params.dp_plan
-        dp: dict[str, object] = {}
+        dp = None
         if plan is not None:
-            dp = {
-                "dp_mechanism": plan.mechanism.value,
-                "dp_epsilon_target": plan.epsilon_per_round,
-                "dp_delta": plan.config.delta,
-                "dp_l2_clip": plan.config.l2_clip,
-                "dp_noise_multiplier": plan.noise_multiplier,
-                "dp_wrap_probability_bound": plan.wrap_probability_bound,
-            }
-        return dp | {
-            "protocol": self.params.protocol.value,
-            "server_model": self.params.server_model.value,
-            "degree": graph.degree,
-            "threshold": graph.threshold,
-            "ring_bits": self.params.ring_bits,
-            "value_bits": self.params.value_bits,
-            "clip": self.params.clip,
-        }
+            dp = DpFacts(
+                mechanism=plan.mechanism.value,
+                epsilon_target=plan.epsilon_per_round,
+                delta=plan.config.delta,
+                l2_clip=plan.config.l2_clip,
+                noise_multiplier=plan.noise_multiplier,
+                wrap_probability_bound=plan.wrap_probability_bound,
+            )
+        return SchemeFacts(
+            protocol=self.params.protocol.value,
+            title=f"{self.params.protocol.value} k={graph.degree} t={graph.threshold}, "
+            f"{self.params.ring_bits}-bit ring",
+            clip=self.params.clip,
+            min_cohort=self.params.min_cohort,
+            degree=graph.degree,
+            threshold=graph.threshold,
+            ring_bits=self.params.ring_bits,
+            dp=dp,
+            parameters={
+                "protocol": self.params.protocol.value,
+                "server_model": self.params.server_model.value,
+                "degree": graph.degree,
+                "threshold": graph.threshold,
+                "ring_bits": self.params.ring_bits,
+                "value_bits": self.params.value_bits,
+                "clip": self.params.clip,
+            },
+        )
+
+    def signing_as(
+        self, client_id: int, signing_key: Ed25519SigningKey, pki: Mapping[int, bytes]
+    ) -> MaskingScheme:
+        return dataclasses.replace(self, identities={client_id: signing_key}, pki=pki)
+
+    def wrapping_masks(self, wrap: Callable[[prg.ApplyMasks], prg.ApplyMasks]) -> MaskingScheme:
+        return dataclasses.replace(self, apply_masks=wrap(self.apply_masks))

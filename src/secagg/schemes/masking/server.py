@@ -446,6 +446,10 @@ class Server:
         return state.reason if isinstance(state, Aborted) else None
 
     @property
+    def threshold_margin(self) -> int | None:
+        return self.unmask_answers - self.config.threshold
+
+    @property
     def unmask_answers(self) -> int:
         """How many clients answered the unmask stage (the threshold margin is this minus t)."""
         # Counted once the unmask stage has closed (completed, or aborted while unmasking):
@@ -475,6 +479,7 @@ class Server:
             float(result.total_weight),
             self._encoding.decode(result.total, included, session_id),
             self._encoding.error_bound(included),
+            ring_total=result.total,
         )
 
     def waiting_for(self) -> frozenset[int]:
