@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from secagg.cli import app
 from secagg.compare import DP_SCHEME, SCHEMES, CompareOptions, run_compare, write_plots
+from secagg.dp.settings import DpSettings
 from secagg.errors import ConfigurationError
-from secagg.service.settings import DpSettings
 from secagg.simulate import DropSchedule, root_randomness
 
 pytest.importorskip("tenseal")

@@ -23,7 +23,7 @@ PACKAGE = SRC / "secagg"
 # the package's own ``__init__``, the public API that re-exports the simulator's.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "updates"),
-    ("extras", "hazmat", "journal"),
+    ("extras", "hazmat", "journal", "knobs"),
     ("fl", "parallel", "protocol"),
     ("cohort", "dp"),
     ("backends",),

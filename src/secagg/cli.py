@@ -47,6 +47,13 @@ from secagg.compare import (
 from secagg.compare import demo_updates as demo_updates_of
 from secagg.dp.calibrate import DpPlan
 from secagg.dp.noise import Mechanism
+from secagg.dp.settings import (
+    DEFAULT_DP_BITS,
+    DEFAULT_DP_DELTA,
+    DpSettings,
+    default_dp_min_cohort,
+    name_knobs,
+)
 from secagg.errors import (
     ConfigurationError,
     DecodeError,
@@ -63,14 +70,7 @@ from secagg.schemes.base import Scheme
 from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
 from secagg.service.config import CONFIG_FILE, DeploymentConfig
 from secagg.service.files import check_writable, refuse_existing, write_array
-from secagg.service.settings import (
-    DEFAULT_DP_BITS,
-    DEFAULT_DP_DELTA,
-    CoordinatorSettings,
-    DpSettings,
-    default_dp_min_cohort,
-    name_knobs,
-)
+from secagg.service.settings import CoordinatorSettings
 from secagg.service.tasks import Task, TaskSpec, default_l2_clip, task_requirements
 from secagg.simulate import (
     DROP_STAGES,

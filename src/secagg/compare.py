@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.dp.settings import DpSettings, default_dp_min_cohort
 from secagg.errors import ConfigurationError, MissingExtra
 from secagg.extras import require
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
 from secagg.schemes.plaintext import PlaintextScheme
-from secagg.service.settings import DpSettings, default_dp_min_cohort
 from secagg.simulate import (
     DropSchedule,
     InputSource,

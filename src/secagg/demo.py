@@ -48,6 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from secagg.dp.calibrate import DpPlan
+from secagg.dp.settings import DpSettings, default_dp_min_cohort
 from secagg.errors import ConfigurationError
 from secagg.extras import require
 from secagg.fl.data import load_digits_split
@@ -66,7 +67,6 @@ from secagg.service.credentials import create_deployment
 from secagg.service.ledger import Ledger
 from secagg.service.run import RunFailed, make_coordinator, start_client_process
 from secagg.service.scheme_sides import provision_keys
-from secagg.service.settings import DpSettings, default_dp_min_cohort
 from secagg.service.tasks import Task, TaskSpec, update_function
 
 __all__ = ["DemoOptions", "run_demo"]

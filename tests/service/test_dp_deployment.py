@@ -15,12 +15,12 @@ pytest.importorskip("dp_accounting")
 
 from secagg.cli import app
 from secagg.dp.calibrate import DpConfig
+from secagg.dp.settings import DpSettings, default_dp_min_cohort, name_knobs
 from secagg.errors import AbortReason, ClientAbort, ConfigurationError
 from secagg.schemes.masking.parameters import Params
 from secagg.schemes.masking.policy import ClientPolicy
 from secagg.service.config import DeploymentConfig
 from secagg.service.credentials import create_deployment
-from secagg.service.settings import DpSettings, default_dp_min_cohort, name_knobs
 from secagg.service.tasks import Task, TaskSpec, default_l2_clip, update_function
 
 runner = CliRunner()

@@ -40,6 +40,7 @@ from pathlib import Path
 import pytest
 
 from secagg.dp.budget import ClientBudget
+from secagg.dp.settings import DpSettings
 from secagg.errors import AbortReason
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import MaskingScheme
@@ -56,7 +57,6 @@ from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
 from secagg.service.config import DeploymentConfig
 from secagg.service.credentials import AllowList, create_deployment, load_tls_server_credentials
 from secagg.service.run import start_client_process
-from secagg.service.settings import DpSettings
 from tests.protocol.loot import Loot
 from tests.service import test_wire_attacks as wire
 from tests.service.adversary import Adversary, Reply

@@ -102,9 +102,10 @@ from pathlib import Path
 from typing import Any
 
 from secagg.dp.calibrate import DpConfig, DpPlan
-from secagg.dp.noise import Mechanism
+from secagg.dp.settings import DpSettings, dp_file_names, name_knobs
 from secagg.errors import ConfigurationError
 from secagg.hazmat.ckks import CkksParameters
+from secagg.knobs import read_section, section_lines, settings_of
 from secagg.schemes.base import SchemeSettings
 from secagg.schemes.ckks import CkksSettings
 from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
@@ -112,7 +113,7 @@ from secagg.schemes.registry import SchemeKind, scheme_entry, served_schemes
 from secagg.service.ckks_deployment import SERVER_CONTEXT_FILE
 from secagg.service.credentials import Deployment, TlsFiles
 from secagg.service.files import create_file, refuse_existing
-from secagg.service.settings import CoordinatorSettings, DpSettings, name_knobs
+from secagg.service.settings import CoordinatorSettings
 from secagg.service.tasks import Task, TaskSpec
 
 __all__ = ["CONFIG_FILE", "DeploymentConfig", "default_client_stage_timeout"]
@@ -141,15 +142,6 @@ _CKKS_KEYS = {
     "key_holders": int,
     "server_context": str,
 }
-_COORDINATOR_KEYS = {
-    "host": str,
-    "port": int,
-    "min_clients": int,
-    "cohort_wait": float,
-    "stage_timeout": float,
-    "ledger": str,
-    "upload_window": int,
-}
 _CLIENTS_KEYS = {
     "allow_list": str,
     "stage_timeout": float,
@@ -159,31 +151,9 @@ _TASK_KEYS = {
     "clients": int,
     "seed": int,
 }
-_DP_KEYS = {
-    "epsilon": float,
-    "noise_multiplier": float,
-    "delta": float,
-    "l2_clip": float,
-    "bits": int,
-    "mechanism": str,
-    "rounds": int,
-    "sampling_rate": float,
-}
-# DpConfig's names for what the file calls otherwise, so an error names the key to change.
-_DP_FILE_NAMES = {
-    "target_epsilon": "dp.epsilon",
-    "noise_multiplier": "dp.noise_multiplier",
-    "delta": "dp.delta",
-    "l2_clip": "dp.l2_clip",
-    "bits": "dp.bits",
-    "mechanism": "dp.mechanism",
-    "rounds": "dp.rounds",
-    "sampling_rate": "dp.sampling_rate",
-    "min_clients": "round.min_cohort",
-    "min_cohort": "round.min_cohort",
-    "max_clients": "round.max_clients",
-}
-_DP_PASSED_AS_IS = frozenset({"delta", "bits", "rounds", "sampling_rate"})
+# The knobs declared on their settings classes (secagg.knobs): read and written from them.
+_COORDINATOR = settings_of(CoordinatorSettings)
+_DP = settings_of(DpSettings)
 _SECTIONS = frozenset({"round", "coordinator", "tls", "clients", "task", "ckks", "dp"})
 _ENUM_KEYS: dict[str, type[StrEnum]] = {"protocol": Protocol, "server_model": ServerModel}
 
@@ -235,7 +205,7 @@ class DeploymentConfig:
         if unknown:
             raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
         round_ = _section(data, "round", _ROUND_KEYS, path)
-        coord = _section(data, "coordinator", _COORDINATOR_KEYS, path)
+        coord = _coordinator_section(data, path)
         if "dim" not in round_ or "max_clients" not in round_:
             raise ConfigurationError(f"{path}: [round] needs dim and max_clients")
         scheme = _scheme(round_.pop("scheme", SchemeKind.MASKING.value), path)
@@ -258,7 +228,7 @@ class DeploymentConfig:
                 if key in round_:
                     round_[key] = _member(enum, round_[key], f"{path}: round.{key}")
             params = _masking_round(data, round_, path)
-        ledger = base / str(coord.pop("ledger", "ledger.sqlite"))
+        ledger = base / str(coord.pop("ledger"))
         settings = _checked(
             lambda: CoordinatorSettings(params=params, **coord), f"{path}: [coordinator]"
         )
@@ -385,23 +355,20 @@ class DeploymentConfig:
 
 def _dp_lines(config: DpConfig) -> list[str]:
     """The ``[dp]`` section of a deployment (the sizes are the ``[round]``'s)."""
-    dp = DpSettings.of(config)
-    goal = (
-        f"epsilon = {float(dp.target_epsilon)!r}"
-        if dp.target_epsilon is not None
-        else f"noise_multiplier = {float(dp.noise_multiplier or 0.0)!r}"
-    )
-    return [
-        "",
-        "[dp]",
-        goal,
-        f"delta = {float(dp.delta)!r}",
-        f"l2_clip = {float(config.l2_clip)!r}",
-        f"bits = {dp.bits}",
-        f'mechanism = "{dp.mechanism.value}"',
-        f"rounds = {dp.rounds}",
-        f"sampling_rate = {float(dp.sampling_rate)!r}",
-    ]
+    return ["", "[dp]", *section_lines(DpSettings.of(config), "dp")]
+
+
+def _coordinator_section(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``[coordinator]``: the coordinator's knobs, and the ledger's file (the deployment's)."""
+    table = data.get("coordinator", {})
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{path}: [coordinator] must be a table")
+    rest = dict(table)
+    ledger = rest.pop("ledger", "ledger.sqlite")
+    if not isinstance(ledger, str):
+        raise ConfigurationError(f"{path}: coordinator.ledger must be a string")
+    knobs = read_section({"coordinator": rest}, "coordinator", _COORDINATOR, str(path))
+    return knobs | {"ledger": ledger}
 
 
 def _masking_round(data: dict[str, Any], round_: dict[str, Any], path: Path) -> Params:
@@ -409,23 +376,10 @@ def _masking_round(data: dict[str, Any], round_: dict[str, Any], path: Path) -> 
     if "dp" not in data:
         params: Params = _checked(lambda: Params(**round_), f"{path}: [round]")
         return params
-    section = _section(data, "dp", _DP_KEYS, path)
+    section = read_section(data, "dp", _DP, str(path))
     if "l2_clip" not in section:
         raise ConfigurationError(f"{path}: [dp] needs l2_clip (each update's L2 norm bound)")
-    mechanism = _member(
-        Mechanism, section.pop("mechanism", Mechanism.SKELLAM.value), f"{path}: dp.mechanism"
-    )
-
-    def settings() -> DpSettings:
-        return DpSettings(
-            l2_clip=section["l2_clip"],
-            target_epsilon=section.get("epsilon"),
-            noise_multiplier=section.get("noise_multiplier"),
-            mechanism=Mechanism(mechanism),
-            **{k: v for k, v in section.items() if k in _DP_PASSED_AS_IS},
-        )
-
-    dp = _checked(settings, f"{path}: [dp]", _DP_FILE_NAMES)
+    dp = _checked(lambda: DpSettings(**section), f"{path}: [dp]", dp_file_names())
     sizes = {
         "dim": round_["dim"],
         "min_clients": round_.get("min_cohort", 1),
@@ -434,7 +388,7 @@ def _masking_round(data: dict[str, Any], round_: dict[str, Any], path: Path) -> 
     params = _checked(
         lambda: Params(**round_, dp=dp.config(**sizes)),
         f"{path}: [round] with [dp]",
-        _DP_FILE_NAMES,
+        dp_file_names(),
     )
     return params
 
