@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.dp.settings import DpSettings, default_dp_min_cohort
+from secagg.dp.settings import DpSettings, cohort_dp
 from secagg.errors import ConfigurationError, MissingExtra
 from secagg.extras import require
 from secagg.schemes.base import Scheme
@@ -248,11 +248,14 @@ def build_scheme(name: str, n: int, dim: int, max_weight: int, options: CompareO
         if options.dp is None:
             raise ConfigurationError(f"the {DP_SCHEME} row needs distributed DP settings")
         # Calibrated for the smallest sum the round is designed to survive; unweighted.
-        min_cohort = default_dp_min_cohort(n, dropout_rate)
-        settings = options.dp
-        if settings.l2_clip is None:
-            settings = settings.with_clip(DEFAULT_DP_CLIP)
-        dp = settings.config(dim=dim, min_clients=min_cohort, max_clients=n)
+        chosen = cohort_dp(
+            options.dp,
+            dim=dim,
+            clients=n,
+            dropout_rate=dropout_rate,
+            default_clip=lambda: DEFAULT_DP_CLIP,
+        )
+        min_cohort, dp = chosen.min_cohort, chosen.config
         max_weight = 1
     params = Params(
         dim=dim,

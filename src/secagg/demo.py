@@ -48,7 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from secagg.dp.calibrate import DpPlan
-from secagg.dp.settings import DpSettings, default_dp_min_cohort
+from secagg.dp.settings import DpSettings, cohort_dp, minimum_cohort
 from secagg.errors import ConfigurationError
 from secagg.extras import require
 from secagg.fl.data import load_digits_split
@@ -72,6 +72,8 @@ from secagg.service.tasks import Task, TaskSpec, update_function
 __all__ = ["DemoOptions", "run_demo"]
 
 # Where --drop-rate kills a client process, per scheme.
+# The dropout the demo's deployments tolerate: a third of the clients (Params' default).
+DEMO_DROPOUT_RATE = 0.33
 KILL_STAGES = {
     SchemeKind.MASKING: tuple(
         s.value
@@ -132,10 +134,12 @@ class DemoOptions:
     @property
     def cohort_minimum(self) -> int:
         """The minimum cohort the deployment fixes (see ``min_cohort``)."""
-        if self.min_cohort is not None:
-            return self.min_cohort
-        # The deployment's graph tolerates a third of the clients dropping (Params' default).
-        return 1 if self.dp is None else default_dp_min_cohort(self.clients, 0.33)
+        return minimum_cohort(
+            self.dp is not None,
+            clients=self.clients,
+            dropout_rate=DEMO_DROPOUT_RATE,
+            given=self.min_cohort,
+        )
 
 
 @dataclass
@@ -327,18 +331,27 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
         )
         scheme = params.scheme()  # no keys: only to describe the round
     else:
-        min_cohort = options.cohort_minimum
-        dp_config = None
+        dp = None
         if options.dp is not None:
             dp = replace(options.dp, rounds=options.rounds)  # the target covers the whole run
-            if dp.l2_clip is None:
-                say("choosing the L2 clip: the median norm of the clients' first-round updates")
-                dp = dp.with_clip(digits_median_update_norm(options.clients, options.seed))
-                clip_source = "the median norm of the clients' first-round updates"
-            else:
-                clip_source = "--dp-clip"
-            dp_config = dp.config(dim=spec.dim, min_clients=min_cohort, max_clients=options.clients)
             max_weight = 1  # an unweighted mean
+            clip_source = "--dp-clip"
+
+        def median_norm() -> float:
+            nonlocal clip_source
+            say("choosing the L2 clip: the median norm of the clients' first-round updates")
+            clip_source = "the median norm of the clients' first-round updates"
+            return digits_median_update_norm(options.clients, options.seed)
+
+        chosen = cohort_dp(
+            dp,
+            dim=spec.dim,
+            clients=options.clients,
+            dropout_rate=DEMO_DROPOUT_RATE,
+            min_cohort=options.cohort_minimum,
+            default_clip=median_norm,
+        )
+        min_cohort, dp_config = chosen.min_cohort, chosen.config
         params = Params(
             dim=spec.dim,
             max_clients=options.clients,

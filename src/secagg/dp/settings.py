@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
@@ -25,10 +25,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_DP_BITS",
     "DEFAULT_DP_DELTA",
+    "CohortDp",
     "DpSettings",
+    "cohort_dp",
     "default_dp_min_cohort",
     "dp_file_names",
     "dp_flag_names",
+    "minimum_cohort",
     "name_knobs",
 ]
 
@@ -152,6 +155,48 @@ class DpSettings:
                     f"({field.default!r})"
                 )
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class CohortDp:
+    """What a cohort's deployment fixes for DP: the minimum cohort every revealed sum holds,
+    and the DP configuration (None: no DP)."""
+
+    min_cohort: int
+    config: DpConfig | None
+
+
+def cohort_dp(
+    settings: DpSettings | None,
+    *,
+    dim: int,
+    clients: int,
+    dropout_rate: float,
+    min_cohort: int | None = None,
+    default_clip: Callable[[], float],
+) -> CohortDp:
+    """The one place the defaults a cohort implies are chosen, for every command that runs
+    rounds: the minimum cohort is the user's, else (under DP) all but the ``dropout_rate``
+    the graph tolerates, else 1; the L2 clip is the user's, else ``default_clip()`` (each
+    caller knows its task's typical update norm; called only when needed)."""
+    min_cohort = minimum_cohort(
+        settings is not None, clients=clients, dropout_rate=dropout_rate, given=min_cohort
+    )
+    if settings is None:
+        return CohortDp(min_cohort, None)
+    if settings.l2_clip is None:
+        settings = settings.with_clip(default_clip())
+    return CohortDp(
+        min_cohort, settings.config(dim=dim, min_clients=min_cohort, max_clients=clients)
+    )
+
+
+def minimum_cohort(dp: bool, *, clients: int, dropout_rate: float, given: int | None) -> int:
+    """The minimum cohort of a deployment of ``clients``: ``given``, else under DP all but
+    the ``dropout_rate`` its graph tolerates (``default_dp_min_cohort``), else 1."""
+    if given is not None:
+        return given
+    return default_dp_min_cohort(clients, dropout_rate) if dp else 1
 
 
 def default_dp_min_cohort(clients: int, dropout_rate: float) -> int:

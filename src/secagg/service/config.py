@@ -108,7 +108,7 @@ from secagg.hazmat.ckks import CkksParameters
 from secagg.knobs import read_section, section_lines, settings_of
 from secagg.schemes.base import SchemeSettings
 from secagg.schemes.ckks import CkksSettings
-from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
+from secagg.schemes.masking.parameters import Params
 from secagg.schemes.registry import SchemeKind, scheme_entry, served_schemes
 from secagg.service.ckks_deployment import SERVER_CONTEXT_FILE
 from secagg.service.credentials import Deployment, TlsFiles
@@ -120,28 +120,23 @@ __all__ = ["CONFIG_FILE", "DeploymentConfig", "default_client_stage_timeout"]
 
 CONFIG_FILE = "deployment.toml"
 
-_ROUND_KEYS = {
-    "scheme": str,
-    "dim": int,
-    "max_clients": int,
-    "clip": float,
-    "value_bits": int,
-    "max_weight": int,
-    "protocol": str,
-    "server_model": str,
-    "adversarial_rate": float,
-    "dropout_rate": float,
-    "min_cohort": int,
+# The knobs declared on their settings classes (secagg.knobs): read and written from them.
+_MASKING = settings_of(Params)
+_CKKS = settings_of(CkksSettings)
+_COORDINATOR = settings_of(CoordinatorSettings)
+_DP = settings_of(DpSettings)
+_ROUND_KEYS: dict[str, type] = {"scheme": str} | {
+    s.key: s.kind for s in (*_MASKING, *_CKKS) if s.knob.section == "round"
 }
 # What a CKKS round shares with masking; the other [round] keys are masking's alone.
-_COMMON_ROUND_KEYS = frozenset({"dim", "max_clients", "clip", "max_weight", "min_cohort"})
-_CKKS_KEYS = {
+_COMMON_ROUND_KEYS = frozenset(s.key for s in _CKKS if s.knob.section == "round")
+# [ckks]: the CKKS parameters (secagg.hazmat.ckks, below the knobs) and the deployment's files.
+_CKKS_KEYS: dict[str, type] = {
     "poly_modulus_degree": int,
     "coeff_mod_bit_sizes": list,
     "scale_bits": int,
-    "key_holders": int,
     "server_context": str,
-}
+} | {s.key: s.kind for s in _CKKS if s.knob.section == "ckks"}
 _CLIENTS_KEYS = {
     "allow_list": str,
     "stage_timeout": float,
@@ -151,11 +146,10 @@ _TASK_KEYS = {
     "clients": int,
     "seed": int,
 }
-# The knobs declared on their settings classes (secagg.knobs): read and written from them.
-_COORDINATOR = settings_of(CoordinatorSettings)
-_DP = settings_of(DpSettings)
 _SECTIONS = frozenset({"round", "coordinator", "tls", "clients", "task", "ckks", "dp"})
-_ENUM_KEYS: dict[str, type[StrEnum]] = {"protocol": Protocol, "server_model": ServerModel}
+_ENUM_KEYS: dict[str, type[StrEnum]] = {
+    s.key: s.enum for s in _MASKING if s.enum is not None and issubclass(s.enum, StrEnum)
+}
 
 
 def default_client_stage_timeout(coordinator_stage_timeout: float) -> float:
@@ -396,33 +390,14 @@ def _masking_round(data: dict[str, Any], round_: dict[str, Any], path: Path) -> 
 def _masking_lines(settings: SchemeSettings) -> tuple[list[str], list[str]]:
     """A masking deployment's ``[round]`` lines, and its ``[dp]`` section if it has one."""
     params = Params.of(settings, "a masking deployment file")
-    round_lines = [
-        f'scheme = "{SchemeKind.MASKING.value}"',
-        f"dim = {params.dim}",
-        f"max_clients = {params.max_clients}",
-        f"clip = {params.clip!r}",
-        f"value_bits = {params.value_bits}",
-        f"max_weight = {params.max_weight}",
-        f'protocol = "{params.protocol.value}"',
-        f'server_model = "{params.server_model.value}"',
-        f"adversarial_rate = {params.adversarial_rate!r}",
-        f"dropout_rate = {params.dropout_rate!r}",
-        f"min_cohort = {params.min_cohort}",
-    ]
+    round_lines = [f'scheme = "{SchemeKind.MASKING.value}"', *section_lines(params, "round")]
     return round_lines, [] if params.dp is None else _dp_lines(params.dp)
 
 
 def _ckks_lines(settings: SchemeSettings) -> tuple[list[str], list[str]]:
     """A CKKS deployment's ``[round]`` lines and its ``[ckks]`` section."""
     params = CkksSettings.of(settings, "a CKKS deployment file")
-    round_lines = [
-        f'scheme = "{SchemeKind.CKKS.value}"',
-        f"dim = {params.dim}",
-        f"max_clients = {params.max_clients}",
-        f"clip = {float(params.clip)!r}",
-        f"max_weight = {params.max_weight}",
-        f"min_cohort = {params.min_cohort}",
-    ]
+    round_lines = [f'scheme = "{SchemeKind.CKKS.value}"', *section_lines(params, "round")]
     ckks = params.params
     section = [
         "",
@@ -430,7 +405,7 @@ def _ckks_lines(settings: SchemeSettings) -> tuple[list[str], list[str]]:
         f"poly_modulus_degree = {ckks.poly_modulus_degree}",
         f"coeff_mod_bit_sizes = {list(ckks.coeff_mod_bit_sizes)}",
         f"scale_bits = {ckks.scale_bits}",
-        f"key_holders = {params.key_holders}",
+        *section_lines(params, "ckks"),
         f'server_context = "{SERVER_CONTEXT_FILE}"',
     ]
     return round_lines, section

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from secagg.dp.settings import DpSettings
 from secagg.knobs import reference
+from secagg.schemes.ckks import CkksSettings
+from secagg.schemes.masking.parameters import Params
 from secagg.service.settings import CoordinatorSettings
 
 __all__ = ["settings_reference"]
@@ -20,6 +22,8 @@ def settings_reference() -> str:
     """The reference, section by section, as a deployment file orders them."""
     return reference(
         {
+            '[round] with scheme = "masking" (the default): SecAgg and SecAgg+': Params,
+            '[round] and [ckks] with scheme = "ckks"': CkksSettings,
             "[coordinator]: how the coordinator listens and paces rounds": CoordinatorSettings,
             "[dp]: distributed differential privacy (masking only)": DpSettings,
         }

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from secagg.errors import ConfigurationError
 from secagg.hazmat import ckks
 from secagg.hazmat.randomness import Randomness
+from secagg.knobs import knob
 from secagg.schemes.ckks.scheme import CkksScheme, simulated_keys
 from secagg.schemes.registry import SchemeKind
 
@@ -32,13 +33,29 @@ class CkksSettings:
     parameters' headroom or whose total weight would not decrypt exactly.
     """
 
-    dim: int
-    max_clients: int
-    clip: float = 1.0
-    max_weight: int = 1
-    min_cohort: int = 1
+    dim: int = knob(section="round", flag="--dim", help="The length of a model update.")
+    max_clients: int = knob(
+        section="round", flag="--clients", help="The largest cohort (it sizes the headroom)."
+    )
+    clip: float = knob(
+        section="round", flag="--clip", help="Each value is clipped to [-clip, clip].", default=1.0
+    )
+    max_weight: int = knob(
+        section="round",
+        flag="--max-weight",
+        help="The largest integer weight a client may give its update (1: a plain mean).",
+        default=1,
+    )
+    min_cohort: int = knob(
+        section="round",
+        flag="--min-cohort",
+        help="The fewest inputs a key holder accepts in a sum.",
+        default=1,
+    )
     params: ckks.CkksParameters = field(default_factory=ckks.CkksParameters)
-    key_holders: int = 2
+    key_holders: int = knob(
+        section="ckks", help="Clients asked to decrypt each sum (any one suffices).", default=2
+    )
     error_bound: float = field(init=False)
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness
 from secagg.hazmat.ring import Ring
+from secagg.knobs import knob
 from secagg.schemes.masking.graph import (
     GraphParameters,
     ServerModel,
@@ -71,20 +72,57 @@ class Params:
     deployment's ``dim``, ``min_cohort`` and ``max_clients``.
     """
 
-    dim: int
-    max_clients: int
-    protocol: Protocol = Protocol.SECAGG_PLUS
-    clip: float = 1.0
-    value_bits: int = 16
-    max_weight: int = 1
-    adversarial_rate: float = 0.05
-    dropout_rate: float = 0.33
-    server_model: ServerModel = ServerModel.SEMI_HONEST
+    dim: int = knob(section="round", flag="--dim", help="The length of a model update.")
+    max_clients: int = knob(
+        section="round", flag="--clients", help="The largest cohort (it sizes the ring)."
+    )
+    protocol: Protocol = knob(
+        section="round",
+        flag="--protocol",
+        help="The neighbour graph: secagg (complete) or secagg+ (logarithmic degree).",
+        default=Protocol.SECAGG_PLUS,
+    )
+    clip: float = knob(
+        section="round", flag="--clip", help="Each value is clipped to [-clip, clip].", default=1.0
+    )
+    value_bits: int = knob(
+        section="round",
+        flag="--value-bits",
+        help="Each clipped value is rounded to one of 2**value_bits levels.",
+        default=16,
+    )
+    max_weight: int = knob(
+        section="round",
+        flag="--max-weight",
+        help="The largest integer weight a client may give its update (1: a plain mean).",
+        default=1,
+    )
+    adversarial_rate: float = knob(
+        section="round",
+        flag="--adversarial-rate",
+        help="The fraction of the cohort that may be corrupt.",
+        default=0.05,
+    )
+    dropout_rate: float = knob(
+        section="round", help="The fraction of the cohort that may drop out.", default=0.33
+    )
+    server_model: ServerModel = knob(
+        section="round",
+        flag="--server-model",
+        help="semi-honest, or semi-malicious (active mode: signed keys, a consistency round).",
+        default=ServerModel.SEMI_HONEST,
+    )
     sigma: int = 40
     eta: int = 20
     degree: int | None = None
     threshold: int | None = None
-    min_cohort: int = 1
+    min_cohort: int = knob(
+        section="round",
+        flag="--min-cohort",
+        help="The fewest inputs any revealed sum may contain.",
+        default=1,
+        aliases=("min_clients",),
+    )
     dp: DpConfig | None = None
     ring_bits: int = field(init=False)
     dp_plan: DpPlan | None = field(init=False, repr=False, compare=False)
