@@ -141,11 +141,7 @@ _CLIENTS_KEYS = {
     "allow_list": str,
     "stage_timeout": float,
 }
-_TASK_KEYS = {
-    "name": str,
-    "clients": int,
-    "seed": int,
-}
+_TASK_KEYS: dict[str, type] = {s.key: s.kind for s in settings_of(TaskSpec)}
 _SECTIONS = frozenset({"round", "coordinator", "tls", "clients", "task", "ckks", "dp"})
 _ENUM_KEYS: dict[str, type[StrEnum]] = {
     s.key: s.enum for s in _MASKING if s.enum is not None and issubclass(s.enum, StrEnum)
@@ -340,9 +336,7 @@ class DeploymentConfig:
             lines += [
                 "",
                 "[task]",
-                f'name = "{task.task.value}"',
-                f"clients = {task.clients}",
-                f"seed = {task.seed}",
+                *section_lines(task, "task"),
             ]
         return "\n".join(lines) + "\n"
 

@@ -14,6 +14,7 @@ from secagg.knobs import reference
 from secagg.schemes.ckks import CkksSettings
 from secagg.schemes.masking.parameters import Params
 from secagg.service.settings import CoordinatorSettings
+from secagg.service.tasks import TaskSpec
 
 __all__ = ["settings_reference"]
 
@@ -26,6 +27,7 @@ def settings_reference() -> str:
             '[round] and [ckks] with scheme = "ckks"': CkksSettings,
             "[coordinator]: how the coordinator listens and paces rounds": CoordinatorSettings,
             "[dp]: distributed differential privacy (masking only)": DpSettings,
+            "[task]: what `secagg join` trains by default": TaskSpec,
         }
     )
 

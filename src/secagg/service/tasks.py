@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError
 from secagg.hazmat.randomness import DeterministicRandomness
+from secagg.knobs import knob
 from secagg.updates import UpdateFn
 
 __all__ = [
@@ -69,9 +70,21 @@ class Task(StrEnum):
 class TaskSpec:
     """A deployment's task: which one, over how many clients' shares, from which seed."""
 
-    task: Task = Task.RANDOM
-    clients: int = 10  # digits: the data is split into this many shares
-    seed: int = 0
+    task: Task = knob(
+        section="task",
+        key="name",
+        flag="--task",
+        help="What `secagg join` trains by default: random or digits.",
+        default=Task.RANDOM,
+    )
+    clients: int = knob(
+        section="task",
+        help="digits: the data is split into this many shares (default: round.max_clients).",
+        default=10,
+    )
+    seed: int = knob(
+        section="task", help="The seed of the data split and the initial model.", default=0
+    )
 
     def __post_init__(self) -> None:
         try:
