@@ -22,7 +22,7 @@ PACKAGE = SRC / "secagg"
 # ``dp`` sits under ``schemes`` because masking's parameters hold the DP plan. ``secagg`` is
 # the package's own ``__init__``, the public API that re-exports the simulator's.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "updates"),
+    ("checks", "errors", "updates"),
     ("extras", "hazmat", "journal", "knobs"),
     ("fl", "parallel", "protocol"),
     ("cohort", "dp"),

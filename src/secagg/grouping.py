@@ -41,6 +41,7 @@ from secagg.simulate import (
     DropSchedule,
     InputSource,
     RoundReport,
+    exact_mean,
     integer_weights,
     root_randomness,
     simulate_round,
@@ -250,7 +251,7 @@ def simulate_grouped(
     error: float | None = None
     if aggregate is not None:
         included = [i for r in done for i in r.included]
-        exact, largest_input = _exact_mean(inputs, included, exact_weights, dim, reference)
+        exact, largest_input = exact_mean(inputs, included, exact_weights, dim, reference)
         error = float(np.max(np.abs(aggregate - exact)))
         if fractional:
             # The rounding of the weights (once, cohort-wide) moves the mean too: as in
@@ -338,21 +339,3 @@ def _reference(scheme: Scheme | Params) -> Callable[[NDArray[np.floating]], NDAr
         # The scheme simulate_round builds from these settings (no clients: its encoding).
         return scheme.simulated((), root_randomness(None, "reference")).reference
     return scheme.reference
-
-
-def _exact_mean(
-    inputs: InputSource,
-    included: Sequence[int],
-    exact_weights: NDArray[np.float64],
-    dim: int,
-    reference: Callable[[NDArray[np.floating]], NDArray[np.float64]],
-) -> tuple[NDArray[np.float64], float]:
-    """The weighted mean of exactly the included clients' inputs as the scheme clips them,
-    and the largest absolute value among those."""
-    total = np.zeros(dim, dtype=np.float64)
-    largest = 0.0
-    for i in included:
-        values = reference(np.asarray(inputs(i), dtype=np.float64))
-        largest = max(largest, float(np.max(np.abs(values), initial=0.0)))
-        total += exact_weights[i] * values
-    return total / float(sum(exact_weights[i] for i in included)), largest

@@ -48,6 +48,7 @@ __all__ = [
     "InputSource",
     "RoundReport",
     "SimulationResult",
+    "exact_mean",
     "integer_weights",
     "random_inputs",
     "root_randomness",
@@ -499,7 +500,7 @@ def _report(
         if set(included) == outcome.contributed:
             exact = outcome.weighted_sum / outcome.weight_sum
         else:  # a client used its input but was not included: recompute over exactly those
-            exact = _exact_mean(inputs, included, exact_weights, scheme.dim, scheme.reference)
+            exact, _ = exact_mean(inputs, included, exact_weights, scheme.dim, scheme.reference)
         max_abs_error = float(np.max(np.abs(aggregate.mean - exact)))
     if weights is not None and not np.all(exact_weights == np.round(exact_weights)):
         # Rounding the weights moves the mean too.
@@ -577,18 +578,23 @@ def _with_baseline(
     return dataclasses.replace(report, plaintext_seconds=outcome.record.seconds)
 
 
-def _exact_mean(
+def exact_mean(
     inputs: InputSource,
     included: Sequence[int],
     exact_weights: NDArray[np.float64],
     dim: int,
     reference: Callable[[NDArray[np.floating]], NDArray[np.float64]],
-) -> NDArray[np.float64]:
-    """The weighted mean of exactly the included clients' inputs, as the scheme clips them."""
+) -> tuple[NDArray[np.float64], float]:
+    """The weighted mean of exactly the included clients' inputs as the scheme clips them
+    (what a round's aggregate is checked against), and the largest absolute value among
+    those inputs."""
     total = np.zeros(dim, dtype=np.float64)
+    largest = 0.0
     for i in included:
-        total += exact_weights[i] * reference(np.asarray(inputs(i), dtype=np.float64))
-    return total / float(sum(exact_weights[i] for i in included))
+        values = reference(np.asarray(inputs(i), dtype=np.float64))
+        largest = max(largest, float(np.max(np.abs(values), initial=0.0)))
+        total += exact_weights[i] * values
+    return total / float(sum(exact_weights[i] for i in included)), largest
 
 
 def secure_mean(

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from secagg.checks import is_int, is_number
 from secagg.dp import accounting
 from secagg.dp.noise import MAX_LOCAL_VARIANCE, Mechanism
 from secagg.dp.rotation import padded_dimension
@@ -78,14 +79,6 @@ _SCALE_TOLERANCE = 1e-3
 _SEARCH_NOISE_TOLERANCE = 1e-4
 _NOISE_TOLERANCE = 1e-6
 _MAX_EXPANSIONS = 200
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -128,43 +121,43 @@ class DpConfig:
     max_rounding_inflation: float = 2.0
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.dim) and self.dim >= 1, "dim must be a positive integer")
+        _require(is_int(self.dim) and self.dim >= 1, "dim must be a positive integer")
         _require(
-            _is_number(self.l2_clip) and math.isfinite(self.l2_clip) and self.l2_clip > 0,
+            is_number(self.l2_clip) and math.isfinite(self.l2_clip) and self.l2_clip > 0,
             "l2_clip must be finite and positive",
         )
         _require(
-            _is_int(self.bits) and MIN_DP_BITS <= self.bits <= MAX_DP_BITS,
+            is_int(self.bits) and MIN_DP_BITS <= self.bits <= MAX_DP_BITS,
             f"bits must be an integer in [{MIN_DP_BITS}, {MAX_DP_BITS}]",
         )
         _require(
-            _is_int(self.min_clients) and self.min_clients >= 1,
+            is_int(self.min_clients) and self.min_clients >= 1,
             "min_clients must be a positive integer",
         )
         _require(
-            _is_int(self.max_clients) and self.min_clients <= self.max_clients < 2**32,
+            is_int(self.max_clients) and self.min_clients <= self.max_clients < 2**32,
             "max_clients must be an integer in [min_clients, 2**32)",
         )
-        _require(_is_number(self.delta) and 0.0 < self.delta < 1.0, "delta must be in (0, 1)")
+        _require(is_number(self.delta) and 0.0 < self.delta < 1.0, "delta must be in (0, 1)")
         if (self.target_epsilon is None) == (self.noise_multiplier is None):
             raise ConfigurationError("give exactly one of target_epsilon and noise_multiplier")
         if self.target_epsilon is not None:
             _require(
-                _is_number(self.target_epsilon)
+                is_number(self.target_epsilon)
                 and math.isfinite(self.target_epsilon)
                 and self.target_epsilon > 0,
                 "target_epsilon must be finite and positive",
             )
         if self.noise_multiplier is not None:
             _require(
-                _is_number(self.noise_multiplier)
+                is_number(self.noise_multiplier)
                 and math.isfinite(self.noise_multiplier)
                 and self.noise_multiplier > 0,
                 "noise_multiplier must be finite and positive",
             )
-        _require(_is_int(self.rounds) and self.rounds >= 1, "rounds must be a positive integer")
+        _require(is_int(self.rounds) and self.rounds >= 1, "rounds must be a positive integer")
         _require(
-            _is_number(self.sampling_rate) and 0.0 < self.sampling_rate <= 1.0,
+            is_number(self.sampling_rate) and 0.0 < self.sampling_rate <= 1.0,
             "sampling_rate must be in (0, 1]",
         )
         try:
@@ -174,19 +167,19 @@ class DpConfig:
             raise ConfigurationError(
                 f"mechanism must be one of {names}, got {self.mechanism!r}"
             ) from None
-        _require(_is_number(self.beta) and 0.0 <= self.beta < 1.0, "beta must be in [0, 1)")
+        _require(is_number(self.beta) and 0.0 <= self.beta < 1.0, "beta must be in [0, 1)")
         _require(
-            _is_number(self.max_wrap_probability) and 0.0 < self.max_wrap_probability < 1.0,
+            is_number(self.max_wrap_probability) and 0.0 < self.max_wrap_probability < 1.0,
             "max_wrap_probability must be in (0, 1)",
         )
         _require(
-            _is_number(self.max_rounding_bias)
+            is_number(self.max_rounding_bias)
             and math.isfinite(self.max_rounding_bias)
             and self.max_rounding_bias >= 0,
             "max_rounding_bias must be finite and non-negative",
         )
         _require(
-            _is_number(self.max_rounding_inflation)
+            is_number(self.max_rounding_inflation)
             and math.isfinite(self.max_rounding_inflation)
             and self.max_rounding_inflation > 1.0,
             "max_rounding_inflation must be finite and above 1",
@@ -228,14 +221,14 @@ class DpPlan:
             raise UsageError("a DpPlan needs a DpConfig")
         for name in ("scale", "central_noise_std", "noise_multiplier", "rounding_inflation"):
             value = getattr(self, name)
-            if not (_is_number(value) and math.isfinite(value) and value > 0):
+            if not (is_number(value) and math.isfinite(value) and value > 0):
                 raise UsageError(f"{name} must be finite and positive, got {value!r}")
         variance = (
             self.local_noise**2
             if self.mechanism is Mechanism.DISCRETE_GAUSSIAN
             else (self.local_noise)
         )
-        if not (_is_number(self.local_noise) and 0 < variance <= MAX_LOCAL_VARIANCE):
+        if not (is_number(self.local_noise) and 0 < variance <= MAX_LOCAL_VARIANCE):
             raise UsageError(f"local noise out of range: {self.local_noise!r}")
         if self.padded_dim != padded_dimension(self.config.dim):
             raise UsageError("padded_dim does not match the configuration's dim")

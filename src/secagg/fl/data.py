@@ -23,14 +23,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.checks import is_any_int
 from secagg.errors import ConfigurationError
 from secagg.extras import require
 
 __all__ = ["Dataset", "FederatedSplit", "load_digits_split"]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -122,11 +119,11 @@ def load_digits_split(
     clients get label-sorted shards (see the module docstring); otherwise a uniform random
     partition into near-equal parts. ``labels_per_client`` only matters for ``non_iid``.
     """
-    if not _is_int(clients) or clients < 1:
+    if not is_any_int(clients) or clients < 1:
         raise ConfigurationError(f"clients must be an int >= 1, got {clients!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_any_int(seed) or seed < 0:
         raise ConfigurationError(f"seed must be a non-negative int, got {seed!r}")
-    if not _is_int(labels_per_client) or labels_per_client < 1:
+    if not is_any_int(labels_per_client) or labels_per_client < 1:
         raise ConfigurationError(
             f"labels_per_client must be an int >= 1, got {labels_per_client!r}"
         )

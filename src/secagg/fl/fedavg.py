@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.checks import is_any_int
 from secagg.errors import ConfigurationError
 from secagg.fl.data import Dataset, FederatedSplit
 from secagg.fl.model import ModelSpec
@@ -35,10 +36,6 @@ __all__ = [
     "plaintext_fedavg",
     "weighted_mean",
 ]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -58,16 +55,16 @@ class TrainingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not _is_int(self.local_epochs) or self.local_epochs < 1:
+        if not is_any_int(self.local_epochs) or self.local_epochs < 1:
             raise ConfigurationError(f"local_epochs must be an int >= 1, got {self.local_epochs!r}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
+        if not is_any_int(self.batch_size) or self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
         lr = self.learning_rate
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr):
             raise ConfigurationError(f"learning_rate must be a finite number, got {lr!r}")
         if lr <= 0:
             raise ConfigurationError(f"learning_rate must be positive, got {lr!r}")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_any_int(self.seed) or self.seed < 0:
             raise ConfigurationError(f"seed must be a non-negative int, got {self.seed!r}")
 
 
@@ -86,7 +83,7 @@ def local_update(
     client without data returns a zero update of weight 0.
     """
     for name, value in (("round_index", round_index), ("client_index", client_index)):
-        if not _is_int(value) or value < 0:
+        if not is_any_int(value) or value < 0:
             raise ConfigurationError(f"{name} must be a non-negative int, got {value!r}")
     start = spec._check_params(global_params)
     if data.features != spec.features:
@@ -117,7 +114,7 @@ def weighted_mean(
     """The exact weighted mean in float64: what secure aggregation reveals, in the clear."""
     if len(updates) != len(weights) or not updates:
         raise ConfigurationError("need as many weights as updates, and at least one of each")
-    if any(not _is_int(w) or w < 0 for w in weights):
+    if any(not is_any_int(w) or w < 0 for w in weights):
         raise ConfigurationError("weights must be non-negative ints")
     total = sum(int(w) for w in weights)
     if total == 0:
@@ -172,7 +169,7 @@ def plaintext_fedavg(
     updates (weights = example counts). A round that includes no client leaves the model as
     it is. Accuracy is measured on ``split.test`` after every round.
     """
-    if not _is_int(rounds) or rounds < 0:
+    if not is_any_int(rounds) or rounds < 0:
         raise ConfigurationError(f"rounds must be a non-negative int, got {rounds!r}")
     if (spec.features, spec.classes) != (split.features, split.classes):
         raise ConfigurationError(

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.checks import is_any_int
 from secagg.errors import ConfigurationError
 from secagg.fl.data import Dataset
 from secagg.hazmat.kdf import encode_fields
@@ -29,10 +30,6 @@ __all__ = ["ModelSpec", "model_hash"]
 
 _F64 = NDArray[np.float64]
 _MODEL_HASH_LABEL = "secagg/v1/model"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -49,11 +46,11 @@ class ModelSpec:
     hidden: int = 64
 
     def __post_init__(self) -> None:
-        if not _is_int(self.features) or self.features < 1:
+        if not is_any_int(self.features) or self.features < 1:
             raise ConfigurationError(f"features must be an int >= 1, got {self.features!r}")
-        if not _is_int(self.classes) or self.classes < 2:
+        if not is_any_int(self.classes) or self.classes < 2:
             raise ConfigurationError(f"classes must be an int >= 2, got {self.classes!r}")
-        if not _is_int(self.hidden) or self.hidden < 0:
+        if not is_any_int(self.hidden) or self.hidden < 0:
             raise ConfigurationError(f"hidden must be an int >= 0, got {self.hidden!r}")
 
     @property
@@ -74,7 +71,7 @@ class ModelSpec:
 
     def init(self, seed: int) -> NDArray[np.float32]:
         """He-scaled normal weights (ReLU layers), Glorot for the output layer, zero biases."""
-        if not _is_int(seed) or seed < 0:
+        if not is_any_int(seed) or seed < 0:
             raise ConfigurationError(f"seed must be a non-negative int, got {seed!r}")
         rng = np.random.default_rng(seed)
         parts: list[_F64] = []

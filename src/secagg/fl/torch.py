@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.checks import is_any_int
 from secagg.errors import ConfigurationError, MissingExtra
 from secagg.fl.data import Dataset, FederatedSplit, load_digits_split
 from secagg.fl.digits import DEMO_TRAINING, demo_model
@@ -96,10 +97,6 @@ if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
 class FloatDType(StrEnum):
     """The floating-point dtypes a ``FlatSpec`` entry may have.
 
@@ -147,7 +144,7 @@ class FlatEntry:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigurationError(f"an entry name must be a non-empty str, got {self.name!r}")
         shape = self.shape
-        if not isinstance(shape, tuple) or not all(_is_int(d) and d >= 0 for d in shape):
+        if not isinstance(shape, tuple) or not all(is_any_int(d) and d >= 0 for d in shape):
             raise ConfigurationError(
                 f"entry {self.name!r}: shape must be a tuple of non-negative ints, got {shape!r}"
             )
@@ -353,26 +350,26 @@ def torch_update_fn(
         spec = actual
     elif spec != actual:
         raise ConfigurationError("spec does not describe the module: use FlatSpec.of(module)")
-    if not _is_int(max_weight) or not 1 <= max_weight <= MAX_WEIGHT:
+    if not is_any_int(max_weight) or not 1 <= max_weight <= MAX_WEIGHT:
         raise ConfigurationError(
             f"max_weight must be an int in [1, {MAX_WEIGHT}], got {max_weight!r}"
         )
     layout = spec
 
     def update(global_model: NDArray[np.float32], step: int) -> tuple[NDArray[np.floating], int]:
-        if not _is_int(step) or step < 0:
+        if not is_any_int(step) or step < 0:
             raise ConfigurationError(f"step must be a non-negative int, got {step!r}")
         load_flat(module, global_model, layout)
         loaded = {
             name: t.detach().clone() for name, t in _matching(module, layout, "module").items()
         }
         examples = train_step(module, int(step))
-        if not _is_int(examples) or examples < 0:
+        if not is_any_int(examples) or examples < 0:
             raise ConfigurationError(
                 f"train_step must return its number of examples (an int >= 0), got {examples!r}"
             )
         weight = int(examples) if weight_fn is None else weight_fn(int(examples))
-        if not _is_int(weight) or not 0 <= weight <= max_weight:
+        if not is_any_int(weight) or not 0 <= weight <= max_weight:
             raise ConfigurationError(
                 f"the weight must be an int in [0, {max_weight}], got {weight!r}: raise "
                 "max_weight (and the deployment's Params.max_weight) or cap it in weight_fn"
@@ -394,7 +391,7 @@ def sgd_train_step(data: Dataset, config: TrainingConfig, *, client_index: int) 
     training mode.
     """
     _require_torch()
-    if not _is_int(client_index) or client_index < 0:
+    if not is_any_int(client_index) or client_index < 0:
         raise ConfigurationError(f"client_index must be a non-negative int, got {client_index!r}")
     x = torch.from_numpy(np.array(data.x))  # a writable copy: Dataset's arrays are read-only
     y = torch.from_numpy(np.array(data.y))
@@ -487,9 +484,9 @@ def digits_torch_task(client_id: int, clients: int, seed: int) -> UpdateFn:
     """
     _require_torch()
     for name, value in (("clients", clients), ("seed", seed)):
-        if not _is_int(value) or value < 0:
+        if not is_any_int(value) or value < 0:
             raise ConfigurationError(f"{name} must be a non-negative int, got {value!r}")
-    if not _is_int(client_id) or not 0 <= client_id < clients:
+    if not is_any_int(client_id) or not 0 <= client_id < clients:
         raise ConfigurationError(f"client_id must be an int in [0, {clients}), got {client_id!r}")
     split = _split(int(clients), int(seed))
     config = TrainingConfig(

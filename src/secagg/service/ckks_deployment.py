@@ -49,10 +49,6 @@ def require_tenseal() -> None:
         )
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def client_context_path(identity: Path) -> Path:
     """Where a client's CKKS context sits: beside its identity, ``client-3.key`` ->
     ``client-3.ckks``."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from secagg.checks import is_int
 from secagg.errors import ConfigurationError
 from secagg.knobs import knob
 from secagg.schemes.base import SchemeSettings
@@ -75,12 +76,12 @@ class CoordinatorSettings:
             raise ConfigurationError("the coordinator needs a scheme's validated settings")
         if not isinstance(self.host, str) or not self.host or self.host != self.host.strip():
             raise ConfigurationError(f"host must be a non-empty name or address, got {self.host!r}")
-        if not _is_int(self.port) or not 0 <= self.port <= MAX_PORT:
+        if not is_int(self.port) or not 0 <= self.port <= MAX_PORT:
             raise ConfigurationError(
                 f"port must be an integer in [0, {MAX_PORT}] (0: any free port), got {self.port!r}"
             )
         max_clients = self.params.max_clients
-        if not _is_int(self.min_clients) or not 3 <= self.min_clients <= max_clients:
+        if not is_int(self.min_clients) or not 3 <= self.min_clients <= max_clients:
             raise ConfigurationError(
                 f"min_clients must be an integer in [3, max_clients = {max_clients}], "
                 f"got {self.min_clients!r}"
@@ -90,7 +91,7 @@ class CoordinatorSettings:
                 f"min_clients ({self.min_clients}) must be at least min_cohort "
                 f"({self.params.min_cohort}): a smaller cohort could never reveal its sum"
             )
-        if not _is_int(self.upload_window) or self.upload_window < 1:
+        if not is_int(self.upload_window) or self.upload_window < 1:
             raise ConfigurationError(
                 f"upload_window must be a positive integer (clients served at once), "
                 f"got {self.upload_window!r}"
@@ -100,10 +101,6 @@ class CoordinatorSettings:
         self.params.check_min_clients(self.min_clients)
         limit = message_size_limit(self.params)
         object.__setattr__(self, "max_message_bytes", limit)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_seconds(name: str, value: object) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from secagg.checks import is_int
 from secagg.errors import ConfigurationError
 from secagg.hazmat import ckks
 from secagg.hazmat.randomness import Randomness
@@ -59,11 +60,11 @@ class CkksSettings:
     error_bound: float = field(init=False)
 
     def __post_init__(self) -> None:
-        if not _is_int(self.dim) or not 1 <= self.dim < 2**32 - 1:
+        if not is_int(self.dim) or not 1 <= self.dim < 2**32 - 1:
             raise ConfigurationError("dim must be a positive integer")
-        if not _is_int(self.max_clients) or not 3 <= self.max_clients < 2**32:
+        if not is_int(self.max_clients) or not 3 <= self.max_clients < 2**32:
             raise ConfigurationError("max_clients must be an integer in [3, 2**32)")
-        if not _is_int(self.max_weight) or not 1 <= self.max_weight < 2**31:
+        if not is_int(self.max_weight) or not 1 <= self.max_weight < 2**31:
             raise ConfigurationError("max_weight must be an integer in [1, 2**31)")
         if (
             isinstance(self.clip, bool)
@@ -72,11 +73,11 @@ class CkksSettings:
             or self.clip <= 0
         ):
             raise ConfigurationError(f"clip must be finite and positive, got {self.clip!r}")
-        if not _is_int(self.min_cohort) or not 1 <= self.min_cohort <= self.max_clients:
+        if not is_int(self.min_cohort) or not 1 <= self.min_cohort <= self.max_clients:
             raise ConfigurationError(
                 f"min_cohort must be an integer in [1, max_clients = {self.max_clients}]"
             )
-        if not _is_int(self.key_holders) or not 1 <= self.key_holders <= self.max_clients:
+        if not is_int(self.key_holders) or not 1 <= self.key_holders <= self.max_clients:
             raise ConfigurationError(
                 f"key_holders must be an integer in [1, max_clients = {self.max_clients}]"
             )
@@ -146,7 +147,3 @@ class CkksSettings:
             allowed=allowed,
             key_holders=self.key_holders,
         )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
