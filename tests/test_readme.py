@@ -21,6 +21,7 @@ import pytest
 
 from secagg.service.config import DeploymentConfig
 from secagg.service.ledger import Ledger, RoundOutcome
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -70,12 +71,6 @@ def test_the_snippets_that_the_issue_names_are_there_and_complete() -> None:
     assert "weighted_mean(" in core
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.timeout(240)
 def test_the_deployment_section_runs_five_clients_for_three_rounds_and_exports_both(
     tmp_path: Path,
@@ -84,7 +79,7 @@ def test_the_deployment_section_runs_five_clients_for_three_rounds_and_exports_b
     assert "--clients 5" in script and "--rounds 3" in script
     # The one change: a free port instead of the default, so that parallel runs of the
     # test suite (or anything else on this machine) cannot collide.
-    port = _free_port()
+    port = free_port()
     script = script.replace("secagg certs deploy", f"secagg certs deploy --port {port}", 1)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     bash = shutil.which("bash")

@@ -65,6 +65,7 @@ from secagg.schemes.masking import messages as pm
 from secagg.schemes.masking.server import Server
 from tests.flower.helpers import DIM, PARAMS, delta, flat, model, task, weight
 from tests.protocol.loot import Loot
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP = 5  # nodes of each deployment
@@ -93,11 +94,7 @@ FLOAT32 = 1e-6  # the aggregate is written back as float32 (|values| < 2)
 # ============================================================================ shared helpers
 def wait_for(condition: Callable[[], bool], what: str) -> None:
     """Wait until ``condition`` holds (a hang becomes an error after ``WAIT`` seconds)."""
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {WAIT:g} s for {what}")
-        time.sleep(0.005)
+    wait_until(condition, what, timeout=WAIT, interval=0.005)
 
 
 def describe(msg: Message) -> str:

@@ -37,6 +37,8 @@ from secagg.flower.nodes import FlowerNodes, NodeIdentity
 from secagg.journal import Journal
 from secagg.service.config import DeploymentConfig
 from secagg.service.tls import TlsFiles, generate_tls
+from tests.ports import free_port
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "flower"
@@ -53,25 +55,18 @@ FAIL_STAGE = "masked-input"  # after it shared its keys: its mask must be recove
 RUN_TIMEOUT = 900
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for(
     condition: Callable[[], bool],
     what: str,
     process: subprocess.Popen[bytes] | None = None,
     timeout: float = 120,
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
+    def ready() -> bool:
         if process is not None and process.poll() is not None:
             raise AssertionError(f"{what} exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
+        return condition()
+
+    wait_until(ready, what, timeout=timeout, interval=0.25)
 
 
 def listening(port: int) -> bool:

@@ -32,6 +32,7 @@ from tests.flower.helpers import (
     secagg_record,
     task,
 )
+from tests.waiting import wait_until
 
 NODES = node_ids(5)
 ME = next(iter(NODES))  # the node under test
@@ -263,11 +264,13 @@ def test_a_silent_server_loses_the_round_and_its_secrets_at_the_deadline() -> No
     first = answer(mod, first_message(), ctxt, [])
     assert wire.MESSAGE in secagg_record(first)
     journal = mod.session(ME).journal
-    for _ in range(600):  # the timer's thread, however busy the machine: at most a minute
+
+    def erased() -> bool:
         with journal.transaction() as txn:
-            if txn.secrets(1) is None:
-                break
-        time.sleep(0.1)
+            return txn.secrets(1) is None
+
+    # The timer's thread, however busy the machine.
+    wait_until(erased, "the deadline timer to erase the round's secrets", interval=0.1)
     (entry,) = journal.rounds()
     assert not entry.live and entry.outcome is not None and entry.outcome.startswith("expired")
     late = Message(
@@ -293,7 +296,9 @@ def test_a_process_that_outlived_its_timer_erases_an_expired_round_at_the_next_m
     journal = mod.session(ME).journal
     with journal.transaction() as txn:
         assert txn.secrets(1) is not None
-    later = time.time() + 31.0
+    (entry,) = journal.rounds()
+    assert entry.deadline is not None
+    later = entry.deadline + 1.0  # a second past the round's deadline, read from its journal
     monkeypatch.setattr(time, "time", lambda: later)
     query = Message(RecordDict(), dst_node_id=ME, message_type=MessageType.QUERY)
     app = client_app([mod], [])

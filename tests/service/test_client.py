@@ -33,6 +33,7 @@ from secagg.service.tasks import random_task
 from secagg.service.v1 import coordinator_pb2 as pb
 from tests.service.adversary import Adversary
 from tests.service.conftest import DIM, TASK_SEED, Local
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -146,12 +147,15 @@ def test_a_stream_ended_with_any_status_is_a_reconnection_within_the_retry_budge
     )
 
     def welcomed_again(previous: object, run: asyncio.Task[object]) -> object:
-        deadline = time.monotonic() + 60
-        while (conn := adversary.connections.get(0)) is None or conn is previous:
+        seen: list[object] = []
+
+        def welcomed() -> bool:
             assert not run.done(), client.stats.events  # it gave up
-            assert time.monotonic() < deadline, client.stats.events
-            time.sleep(0.01)
-        return conn
+            seen.append(adversary.connections.get(0))
+            return seen[-1] is not None and seen[-1] is not previous
+
+        wait_until(welcomed, "the client's next connection", interval=0.01)
+        return seen[-1]
 
     async def scenario() -> None:
         run: asyncio.Task[object] = asyncio.create_task(client.run())

@@ -27,17 +27,12 @@ from secagg.service.config import DeploymentConfig
 from secagg.service.ledger import Ledger
 from secagg.service.run import make_coordinator, start_client_process
 from secagg.service.tasks import random_update
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
 CLIENTS = 4
 DIM = 48
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _certs(root: Path, *flags: str) -> Path:
@@ -70,7 +65,7 @@ def test_serve_and_join_run_dp_rounds_reporting_each_epsilon_and_the_epsilon_spe
     config = DeploymentConfig.load(config_path)
     plan = config.dp_plan
     assert plan is not None
-    port = _free_port()
+    port = free_port()
     serve = subprocess.Popen(
         [sys.executable, "-m", "secagg", "serve", "--config", str(config_path),
          "--port", str(port), "--rounds", "2", "--json"],

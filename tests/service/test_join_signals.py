@@ -18,7 +18,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +28,9 @@ import pytest
 
 from secagg.service.ledger import Ledger, RoundOutcome
 from secagg.service.run import Stopped, _join, start_client_process
+from tests.ports import free_port
 from tests.service.conftest import CLIENTS, Local, write_config
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,20 +40,6 @@ EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
 # ----------------------------------------------------------------- helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Join:
@@ -93,11 +80,12 @@ class Join:
     def wait_until_running(self) -> None:
         """Until the client has logged a line of its own (a round, a failed attempt): past
         the interpreter's start-up, when no handler of ours is in place yet."""
-        deadline = time.monotonic() + 60
-        while " secagg.client " not in self.text():
+
+        def running() -> bool:
             assert self.process.poll() is None, f"the join ended by itself:\n{self.text()}"
-            assert time.monotonic() < deadline, f"no line from the join in 60 s: {self.log}"
-            time.sleep(0.05)
+            return " secagg.client " in self.text()
+
+        wait_until(running, f"a line from the join in {self.log}")
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -189,10 +177,13 @@ def start(local: Local) -> Iterator[Callable[..., Join]]:
 
 
 def _stop_at(moments: list[tuple[float, Join, signal.Signals, str]]) -> None:
-    """Signal each join at its moment (seconds from now), in order of the moments."""
-    start = time.monotonic()
+    """Signal each join at its moment (seconds from now), in order of the moments. The sleeps
+    are the gaps between moments: what matters is that they fall anywhere in the join's
+    life, not to the millisecond, and a test never reads a clock (tests/test_no_clocks.py)."""
+    now = 0.0
     for at, join, sig, why in sorted(moments, key=lambda m: m[0]):
-        time.sleep(max(0.0, start + at - time.monotonic()))
+        time.sleep(at - now)
+        now = at
         join.stop(sig, f"{why}, {at:.2f} s in")
 
 
@@ -204,7 +195,7 @@ def test_a_join_retrying_an_absent_coordinator_stops_on_either_signal(
 ) -> None:
     # Between attempts it sleeps (0.2 s, then 0.4, 0.8, 1.6 ...); each attempt sets up a
     # channel. The moments fall anywhere in the first two seconds after the first failure.
-    port = _free_port()  # nobody listens here
+    port = free_port()  # nobody listens here
     joins = [start(c, port, f"retrying-{c}") for c in range(CLIENTS)]
     for join in joins:
         join.wait_until_running()  # its first attempt has failed
@@ -224,11 +215,11 @@ def test_a_join_inside_a_long_training_callback_stops_on_either_signal(
 ) -> None:
     # The round's clients train for five minutes each: a stop must not wait for that.
     local.config_path = write_config(local.root, local.deployment, stage_timeout=600.0)
-    port = _free_port()
+    port = free_port()
     serve = Serve(local, port, rounds=1, min_clients=3)
     serves.append(serve)
     joins = [start(c, port, f"training-{c}", train_seconds=300.0) for c in range(3)]
-    _wait_until(lambda: RoundOutcome.RUNNING in serve.rounds(), "a round in its training")
+    wait_until(lambda: RoundOutcome.RUNNING in serve.rounds(), "a round in its training")
     _stop_at(
         [
             (rng.uniform(0.2, 1.5), join, sig, "training")
@@ -243,11 +234,11 @@ def test_a_join_in_the_middle_of_rounds_stops_on_either_signal(
     # Rounds run back to back (each takes a few tens of milliseconds): a signal finds a join
     # mid-stage, between two stages or between two rounds. Each stopped join is replaced by a
     # new process of the same client, so that the rounds go on.
-    port = _free_port()
+    port = free_port()
     serve = Serve(local, port, rounds=100_000, min_clients=3)
     serves.append(serve)
     joins = {c: start(c, port, f"rounds-{c}-0") for c in range(4)}
-    _wait_until(lambda: len(serve.rounds()) >= 3, "rounds under way")
+    wait_until(lambda: len(serve.rounds()) >= 3, "rounds under way")
     for join in joins.values():
         join.wait_until_running()
     for n in range(1, 9):
@@ -286,7 +277,7 @@ def test_a_stopped_join_ends_even_when_a_thread_would_hold_its_exit(
     start: Callable[..., Join], rng: random.Random
 ) -> None:
     for c, sig in enumerate(SIGNALS):
-        join = start(c, _free_port(), f"held-up-{c}", HELD_UP)
+        join = start(c, free_port(), f"held-up-{c}", HELD_UP)
         join.wait_until_running()
         time.sleep(rng.uniform(0.0, 1.0))
         join.stop(sig, "held up by a thread the interpreter waits for")

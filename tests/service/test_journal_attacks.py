@@ -60,6 +60,7 @@ from secagg.service.run import start_client_process
 from tests.protocol.loot import Loot
 from tests.service import test_wire_attacks as wire
 from tests.service.adversary import Adversary, Reply
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -109,10 +110,10 @@ def start(fleet: Fleet, *, rounds: int | None = None, clients: range | None = No
             task_seed=wire.TASK_SEED,
             rounds=rounds,
         )
-    deadline = time.monotonic() + 60
-    while any(adversary.connections.get(c) in (None, before[c]) for c in ids):
-        assert time.monotonic() < deadline, "the restarted clients did not reconnect"
-        time.sleep(0.05)
+    wait_until(
+        lambda: all(adversary.connections.get(c) not in (None, before[c]) for c in ids),
+        "the restarted clients to reconnect",
+    )
 
 
 def running(fleet: Fleet) -> Fleet:

@@ -34,6 +34,8 @@ from secagg.service.run import start_client_process
 from secagg.service.testhooks import HELD_LINE, HOLD_ENV
 from tests.launcher import with_file_size_limit
 from tests.service.conftest import CLIENTS, Local
+from tests.waiting import wait_until
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,12 +43,6 @@ SECAGG = [sys.executable, "-m", "secagg"]
 
 
 # ----------------------------------------------------------------- helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(*args: str, cwd: Path | None = None, **popen: Any) -> subprocess.Popen[str]:
@@ -130,13 +126,12 @@ class Serve:
         return self.log.read_text()
 
     def wait_for(self, pattern: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, self.text()):
+        def said() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"serve exited before {pattern!r}: {self.text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {pattern!r} in {timeout} s: {self.text()}")
-            time.sleep(0.05)
+            return re.search(pattern, self.text()) is not None
+
+        wait_until(said, f"{pattern!r} from serve (its log: {self.log})", timeout=timeout)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -169,14 +164,6 @@ def _clients(
 def _rounds(ledger: Path) -> list[Any]:
     with Ledger.open_readonly(ledger) as book:
         return book.rounds()
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _running(ledger: Path) -> bool:
@@ -414,7 +401,7 @@ def test_serve_warns_when_min_clients_leaves_no_room_and_a_stall_says_who_it_wai
 
 
 def test_serve_whose_round_aborts_says_why_and_exits_1(local: Local, servers: list[Serve]) -> None:
-    port = _free_port()
+    port = free_port()
     serve = Serve(
         local, "--config", str(local.config_path), "--port", str(port), "--stage-timeout", "1"
     )
@@ -434,7 +421,7 @@ def test_serve_whose_round_aborts_says_why_and_exits_1(local: Local, servers: li
 def test_a_refused_or_stranded_client_says_so_in_one_line(
     local: Local, servers: list[Serve]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     serve = Serve(local, "--config", str(local.config_path), "--port", str(port))
     servers.append(serve)
     serve.wait_for("listening")
@@ -447,7 +434,7 @@ def test_a_refused_or_stranded_client_says_so_in_one_line(
     stranded = _start(
         "join", "--config", str(local.config_path),
         "--identity", str(local.deployment.identities[1]),
-        "--target", f"127.0.0.1:{_free_port()}", "--max-attempts", "2",
+        "--target", f"127.0.0.1:{free_port()}", "--max-attempts", "2",
     )  # fmt: skip
     code, stdout, stderr = _finish(refused)
     assert code == 1
@@ -469,7 +456,7 @@ def test_a_full_disk_under_the_ledger_fails_the_run_in_one_line_and_loses_no_rou
     data = tomllib.loads(local.config_path.read_text())
     data["round"]["dim"] = dim
     local.config_path.write_text(_toml(data))
-    port = _free_port()
+    port = free_port()
     limit = 100_000
 
     serve = subprocess.Popen(
@@ -504,7 +491,7 @@ def test_a_full_disk_under_the_ledger_fails_the_run_in_one_line_and_loses_no_rou
 def test_a_second_coordinator_on_the_same_deployment_is_refused_and_the_first_carries_on(
     local: Local, servers: list[Serve]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     # The first coordinator holds its round while its clients train (the test-only hold), so
     # it is certainly still running when the second starts, however slow the machine.
     held = {**os.environ, HOLD_ENV: "training"}
@@ -537,34 +524,42 @@ def test_a_second_coordinator_on_the_same_deployment_is_refused_and_the_first_ca
 # ----------------------------------------------------------------- stopping
 
 
-def test_ctrl_c_stops_serve_waiting_for_a_cohort_within_a_second(
+def test_ctrl_c_stops_serve_waiting_for_a_cohort_without_waiting_it_out(
     local: Local, servers: list[Serve]
 ) -> None:
-    serve = Serve(local, "--config", str(local.config_path), "--port", str(_free_port()))
+    # An hour's cohort wait: a serve that finished its wait before it stopped would outlast
+    # the generous wait below (and end with "no cohort", not 130).
+    local.config_path = _edited(local, "patient.toml", coordinator={"cohort_wait": 3600.0})
+    serve = Serve(local, "--config", str(local.config_path), "--port", str(free_port()))
     servers.append(serve)
     serve.wait_for("listening")
-    started = time.monotonic()
     serve.process.send_signal(signal.SIGINT)
-    code = serve.process.wait(timeout=10)
-    assert time.monotonic() - started < 1.0
+    code = serve.process.wait(timeout=60)  # only so that a hang fails instead of hanging
     assert code == 130
     assert "Traceback" not in serve.text() and "stopped by SIGINT" in serve.text()
     assert _rounds(local.config.ledger) == []
 
 
-def test_sigterm_stops_serve_mid_round_within_a_second_and_the_round_is_recorded_aborted(
+def test_sigterm_stops_serve_mid_round_without_waiting_for_the_stage_and_records_it_aborted(
     local: Local, servers: list[Serve]
 ) -> None:
-    port = _free_port()
+    # The clients train for an hour and the commit stage would wait ten minutes for them: a
+    # serve that waited for either would outlast the generous wait below, and its round
+    # would not end as "the coordinator was stopped" at commit.
+    local.config_path = _edited(
+        local,
+        "patient.toml",
+        coordinator={"stage_timeout": 600.0},
+        clients={"stage_timeout": 1300.0},
+    )
+    port = free_port()
     serve = Serve(local, "--config", str(local.config_path), "--port", str(port))
     servers.append(serve)
     serve.wait_for("listening")
-    _clients(local, port, range(3), train_seconds=30.0)  # the round sits in its commit stage
-    _wait_until(lambda: _running(local.config.ledger), 60, "a running round")
-    started = time.monotonic()
+    _clients(local, port, range(3), train_seconds=3600.0)  # the round sits in its commit stage
+    wait_until(lambda: _running(local.config.ledger), "a running round")
     serve.process.send_signal(signal.SIGTERM)
-    code = serve.process.wait(timeout=10)
-    assert time.monotonic() - started < 1.0
+    code = serve.process.wait(timeout=60)  # only so that a hang fails instead of hanging
     assert code == 143
     assert "Traceback" not in serve.text()
     (record,) = _rounds(local.config.ledger)
@@ -576,7 +571,7 @@ def test_ctrl_c_stops_a_client_cleanly(local: Local) -> None:
     join = _start(
         "join", "--config", str(local.config_path),
         "--identity", str(local.deployment.identities[0]),
-        "--target", f"127.0.0.1:{_free_port()}",
+        "--target", f"127.0.0.1:{free_port()}",
     )  # fmt: skip
     time.sleep(1.5)  # retrying a coordinator that is not there
     join.send_signal(signal.SIGINT)
@@ -594,7 +589,7 @@ def test_serve_exposes_metrics_during_a_round_and_no_client_id(
     pytest.importorskip("prometheus_client")
     from prometheus_client.parser import text_string_to_metric_families
 
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     serve = Serve(
         local,
         "--config", str(local.config_path), "--port", str(port),
@@ -603,7 +598,7 @@ def test_serve_exposes_metrics_during_a_round_and_no_client_id(
     servers.append(serve)
     serve.wait_for("listening")
     _clients(local, port, range(3), train_seconds=2.0)
-    _wait_until(lambda: _running(local.config.ledger), 60, "a running round")
+    wait_until(lambda: _running(local.config.ledger), "a running round")
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as page:
         text = page.read().decode()
     samples = {

@@ -24,6 +24,8 @@ from secagg.service.ledger import Ledger, RoundOutcome
 from secagg.service.run import make_coordinator, start_client_process
 from secagg.service.testhooks import HOLD_ENV
 from tests.service.conftest import CLIENTS, DIM, Local, expected_mean, write_config
+from tests.waiting import wait_until
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -86,12 +88,6 @@ def test_too_many_killed_clients_abort_the_round_with_no_aggregate_and_a_reason(
     assert summary.abort_reason == record.abort_reason
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(
     local: Local, port: int, rounds: int, *, hold: str | None = None
 ) -> subprocess.Popen[bytes]:
@@ -128,15 +124,6 @@ def _serve(
     return process
 
 
-def _wait_for(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _silent_client(local: Local, client_id: int, port: int, stop: threading.Event) -> None:
     """Authenticates as ``client_id`` and then never answers: the round stalls on it."""
 
@@ -156,14 +143,14 @@ def _silent_client(local: Local, client_id: int, port: int, stop: threading.Even
 def test_coordinator_killed_mid_round_restarts_with_the_round_aborted_and_clients_rejoining(
     local: Local,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     ledger_path = local.config.ledger
     coordinator = _serve(local, port, rounds=1)
     for c in range(CLIENTS - 1):
         local.start_client(c, f"127.0.0.1:{port}")
     silent = CLIENTS - 1
     stop = threading.Event()
-    _wait_for(lambda: ledger_path.exists(), 60, "the coordinator")
+    wait_until(lambda: ledger_path.exists(), "the coordinator")
     thread = threading.Thread(target=_silent_client, args=(local, silent, port, stop))
     thread.start()
 
@@ -172,7 +159,7 @@ def test_coordinator_killed_mid_round_restarts_with_the_round_aborted_and_client
             return any(r.outcome is RoundOutcome.RUNNING for r in ledger.rounds())
 
     try:
-        _wait_for(running, 180, "a running round")
+        wait_until(running, "a running round", timeout=180, interval=0.1)
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait()
     finally:
@@ -209,7 +196,7 @@ async def _round_with_processes(
     *,
     slow: dict[int, float] | None = None,
     on_stage: Callable[[int, str], None] | None = None,
-) -> tuple[RoundSummary, float]:
+) -> RoundSummary:
     """One round with every client a `secagg join` process; ``slow`` maps a client to the
     seconds its update callback trains."""
     coordinator = make_coordinator(local.config, ledger=Ledger(":memory:"), on_stage=on_stage)
@@ -225,11 +212,9 @@ async def _round_with_processes(
             train_seconds=(slow or {}).get(c),
         )
     assert await coordinator.wait_for_clients(clients, 60), local.client_logs()
-    started = time.monotonic()
     summary = await coordinator.run_round(np.zeros(DIM, dtype=np.float32))
-    seconds = time.monotonic() - started
     await coordinator.stop()
-    return summary, seconds
+    return summary
 
 
 @pytest.mark.timeout(200)
@@ -241,7 +226,7 @@ def test_a_client_that_trains_longer_than_grpc_allows_an_idle_stream_completes_i
     # gRPC server counts a ping without data within five minutes as a strike and cuts the
     # stream after two (by about 30 s): the coordinator must permit the pings all that time.
     local.config_path = write_config(local.root, local.deployment, stage_timeout=70.0, clients=4)
-    summary, _ = asyncio.run(_round_with_processes(local, slow={2: 50.0}))
+    summary = asyncio.run(_round_with_processes(local, slow={2: 50.0}))
     logs = local.client_logs()
     assert summary.outcome == "completed", (summary.abort_reason, logs)
     assert summary.included == (0, 1, 2, 3) and not summary.dropped
@@ -253,7 +238,9 @@ def test_a_client_that_trains_longer_than_grpc_allows_an_idle_stream_completes_i
         assert process.wait(timeout=30) == 0, logs
 
 
-def test_a_frozen_client_is_dropped_as_disconnected_within_seconds(local: Local) -> None:
+def test_a_frozen_client_is_dropped_as_disconnected_not_at_the_stage_deadline(
+    local: Local,
+) -> None:
     frozen = 3
 
     def on_stage(round_id: int, stage: str) -> None:
@@ -262,12 +249,12 @@ def test_a_frozen_client_is_dropped_as_disconnected_within_seconds(local: Local)
 
     local.config_path = write_config(local.root, local.deployment, stage_timeout=60.0)
     try:
-        summary, _ = asyncio.run(_round_with_processes(local, on_stage=on_stage))
+        summary = asyncio.run(_round_with_processes(local, on_stage=on_stage))
     finally:
         local.kill(frozen, signal.SIGCONT)
     assert summary.outcome == "completed", summary.abort_reason
     assert summary.dropped[frozen] == ("advertise", "disconnected")
-    # Found by the coordinator's keepalive pings (every 2 s, 3 s to answer), long before the
-    # 60 s stage deadline (or the ~68 s TCP keepalive of the old defaults).
-    assert summary.stage_seconds["advertise"] < 10.0
+    # Found by the coordinator's keepalive pings (every 2 s, 3 s to answer): "disconnected",
+    # where the 60 s stage deadline (or the ~68 s TCP keepalive of the old defaults) would
+    # have dropped it as having missed the stage.
     assert summary.included == tuple(c for c in range(CLIENTS) if c != frozen)
