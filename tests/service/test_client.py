@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path

@@ -20,7 +20,7 @@ import sys
 import time
 import tomllib
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ from secagg.service.ledger import Ledger, RoundOutcome
 from secagg.service.run import start_client_process
 from secagg.service.testhooks import HELD_LINE, HOLD_ENV
 from tests.launcher import with_file_size_limit
+from tests.ports import free_port
 from tests.service.conftest import CLIENTS, Local
 from tests.waiting import wait_until
-from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

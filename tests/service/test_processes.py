@@ -9,11 +9,9 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -23,9 +21,9 @@ from secagg.service.coordinator import RoundSummary
 from secagg.service.ledger import Ledger, RoundOutcome
 from secagg.service.run import make_coordinator, start_client_process
 from secagg.service.testhooks import HOLD_ENV
+from tests.ports import free_port
 from tests.service.conftest import CLIENTS, DIM, Local, expected_mean, write_config
 from tests.waiting import wait_until
-from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
