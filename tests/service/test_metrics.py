@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -88,6 +87,17 @@ class Seen:
     aborted: bool = False
 
 
+class _Ticks:
+    """A clock that advances 0.125 s per reading."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.125
+        return self.now
+
+
 def run_metered_round(
     harness: Harness,
     metrics: Metrics,
@@ -96,17 +106,21 @@ def run_metered_round(
     junk: Mapping[Stage, Sequence[int]] = {},
     after_stage: Callable[[Stage], None] = lambda stage: None,
 ) -> Seen:
-    """Drive one round stage by stage, recording into ``metrics`` what the coordinator would."""
+    """Drive one round stage by stage, recording into ``metrics`` what the coordinator would.
+
+    Durations come from a clock that ticks an eighth of a second per reading, never from wall
+    time: each is then an exact count of readings, and a sum of them is exact in binary."""
     seen = Seen()
+    clock = _Ticks()
     mask_seconds: list[float] = []
 
-    # The server regenerates masks through the callable it is given: timing it separates
+    # The server regenerates masks through the callable it is given: clocking it separates
     # unmasking from the rest of the unmask stage's close_stage(), which is the Shamir
     # reconstruction of the dropped clients' keys and survivors' seeds (and its share checks).
     def timed_apply_masks(total: NDArray[np.unsignedinteger], masks: Sequence[prg.Mask]) -> None:
-        t0 = time.perf_counter()
+        t0 = clock()
         prg.apply_masks(total, masks)
-        mask_seconds.append(time.perf_counter() - t0)
+        mask_seconds.append(clock() - t0)
 
     server = harness.server = Server(harness.config, apply_masks=timed_apply_masks)
     metrics.round_started()
@@ -114,7 +128,7 @@ def run_metered_round(
     recorded: set[int] = set()
     while not server.done:
         stage = server.stage
-        started = time.perf_counter()
+        started = clock()
         expected = server.waiting_for()
         for client_id, message in outgoing.items():
             if not isinstance(message, RoundConfig):  # the config travels inside a Task
@@ -134,18 +148,18 @@ def run_metered_round(
             metrics.message_bytes(
                 Direction.UP, protocol_message_type(data, Direction.UP), len(data)
             )
-            metrics.client_responded(stage, time.perf_counter() - started)
+            metrics.client_responded(stage, clock() - started)
             seen.bytes[kind] += len(data)
             seen.messages[kind] += 1
             seen.responses[stage.value] += 1
             server.receive(client_id, data)
         answered = len(expected - server.waiting_for() - server.drops.keys())
-        closing = time.perf_counter()
+        closing = clock()
         try:
             outgoing = server.close_stage()
         except RoundAborted:
             seen.aborted = True
-        closed = time.perf_counter()
+        closed = clock()
         seen.stage_seconds[stage.value] = closed - started
         metrics.stage_finished(stage, closed - started, len(expected), answered)
         for drop in server.drops.values():
