@@ -45,9 +45,12 @@ test-flower: $(STAMP) $(FLOWER_STAMP)
 	$(FLOWER_MYPY)
 	$(FLOWER_VENV)/bin/python -m pytest -q tests/flower
 
+# tests/test_no_clocks.py is lint in all but name (it parses the tests, runs none): no test
+# reads a clock but tests/waiting.py. `make test` runs it with the rest of the suite.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m pytest -q tests/test_no_clocks.py
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run.py --write --big
