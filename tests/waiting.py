@@ -20,16 +20,19 @@ __all__ = ["wait_until"]
 
 def wait_until(
     predicate: Callable[[], object],
-    what: str,
+    what: str | Callable[[], str],
     *,
     timeout: float = 60.0,
     interval: float = 0.05,
 ) -> None:
-    """Return once ``predicate()`` is true; raise AssertionError naming ``what`` if it is
-    still false after ``timeout`` seconds. The predicate may itself raise (a process that
-    exited while we waited for its line) to fail at once."""
+    """Return once ``predicate()`` is true; raise AssertionError naming ``what`` (a callable
+    is asked then, so the message can show a log as it stands) if it is still false after
+    ``timeout`` seconds. The predicate may itself raise (a process that exited while we
+    waited for its line) to fail at once."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:g} s for {what}")
+            raise AssertionError(
+                f"waited {timeout:g} s for {what if isinstance(what, str) else what()}"
+            )
         time.sleep(interval)

@@ -153,7 +153,9 @@ def test_a_stream_ended_with_any_status_is_a_reconnection_within_the_retry_budge
             seen.append(adversary.connections.get(0))
             return seen[-1] is not None and seen[-1] is not previous
 
-        wait_until(welcomed, "the client's next connection", interval=0.01)
+        wait_until(
+            welcomed, lambda: f"the client's next connection: {client.stats.events}", interval=0.01
+        )
         return seen[-1]
 
     async def scenario() -> None:

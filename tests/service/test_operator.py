@@ -131,7 +131,7 @@ class Serve:
                 raise AssertionError(f"serve exited before {pattern!r}: {self.text()}")
             return re.search(pattern, self.text()) is not None
 
-        wait_until(said, f"{pattern!r} from serve (its log: {self.log})", timeout=timeout)
+        wait_until(said, lambda: f"{pattern!r} from serve: {self.text()}", timeout=timeout)
 
     def stop(self) -> None:
         if self.process.poll() is None:
