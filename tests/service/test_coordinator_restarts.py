@@ -28,8 +28,10 @@ import pytest
 from secagg.service.ledger import RECOVERED_REASON, Ledger, RoundOutcome, RoundRecord
 from secagg.service.run import make_coordinator
 from secagg.service.testhooks import HELD_LINE
+from tests.ports import free_port
 from tests.service.conftest import CLIENTS, DIM, Local, expected_mean, write_config
-from tests.service.test_processes import _free_port, _serve, _wait_for
+from tests.service.test_processes import _serve
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -71,8 +73,11 @@ def _stop_at_every_point(local: Local, port: int, signals: Callable[[int], signa
     for i, point in enumerate(HOLDS):
         coordinator = _serve(local, port, rounds=1, hold=point)
         try:
-            _wait_for(
-                lambda n=i: _coordinator_log(local).count(HELD_LINE) > n, 180, f"held at {point}"
+            wait_until(
+                lambda n=i: _coordinator_log(local).count(HELD_LINE) > n,
+                f"held at {point}",
+                timeout=180,
+                interval=0.1,
             )
             sig = signals(i)
             coordinator.send_signal(sig)
@@ -112,7 +117,7 @@ def _finish(local: Local, port: int, rounds: int = 2) -> list[RoundRecord]:
 def test_clients_survive_a_coordinator_stopped_at_every_stage_and_rejoin_its_successor(
     local: Local,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     _start_clients(local, port)
     # Ctrl-C and SIGTERM in turn: both are a clean stop of serve (exit 130, 143).
     _stop_at_every_point(local, port, lambda i: (signal.SIGINT, signal.SIGTERM)[i % 2])
@@ -126,7 +131,7 @@ def test_clients_survive_a_coordinator_stopped_at_every_stage_and_rejoin_its_suc
 def test_clients_survive_a_coordinator_killed_at_every_stage_and_rejoin_its_successor(
     local: Local,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     _start_clients(local, port)
     _stop_at_every_point(local, port, lambda i: signal.SIGKILL)
     records = _finish(local, port)
