@@ -38,10 +38,10 @@ from memory import meminfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from secagg.ledger import Ledger  # noqa: E402
 from secagg.schemes.masking.parameters import Params  # noqa: E402
 from secagg.service.config import DeploymentConfig  # noqa: E402
 from secagg.service.credentials import create_deployment  # noqa: E402
-from secagg.service.ledger import Ledger  # noqa: E402
 from secagg.service.tasks import random_update, random_weight  # noqa: E402
 
 MARKER = "## Load: one coordinator, many clients"

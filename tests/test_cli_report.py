@@ -13,8 +13,8 @@ from rich.console import Console
 
 from secagg.cli_report import export_aggregate, format_rounds_table, one_line, print_error
 from secagg.errors import ConfigurationError, UsageError
-from secagg.service.ledger import Ledger
-from tests.service.test_ledger import _as_unprivileged
+from secagg.ledger import Ledger
+from tests.ledger.helpers import _as_unprivileged
 
 DIM = 6
 

@@ -19,14 +19,15 @@ PACKAGE = SRC / "secagg"
 
 # Lowest first. The layers as the imports draw them, not as we might wish them: ``fl`` (numpy
 # training, no secure aggregation in it) sits low, because the service's tasks run it, and
-# ``dp`` sits under ``schemes`` because masking's parameters hold the DP plan. ``secagg`` is
+# ``dp`` sits under ``schemes`` because masking's parameters hold the DP plan; ``ledger`` needs
+# only the round engine's outcome and ``dp``, and the service writes it. ``secagg`` is
 # the package's own ``__init__``, the public API that re-exports the simulator's.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("checks", "errors", "updates"),
     ("extras", "hazmat", "journal", "knobs"),
     ("fl", "parallel", "protocol"),
     ("cohort", "dp"),
-    ("backends",),
+    ("backends", "ledger"),
     ("schemes",),
     ("client_session", "simulate"),
     ("grouping", "secagg"),

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from secagg.ledger import Ledger
+from secagg.protocol.runner import RoundOutcome
 from secagg.service.config import DeploymentConfig
-from secagg.service.ledger import Ledger, RoundOutcome
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1129,7 +1129,7 @@ def rounds(
     out: Annotated[Path | None, typer.Option(help="Where to write it (.npy).")] = None,
 ) -> None:
     """List the rounds in a ledger, or export one round's aggregate."""
-    from secagg.service.ledger import Ledger
+    from secagg.ledger import Ledger
 
     if export is not None:
         if not 1 <= export <= _MAX_ROUND_ID:

@@ -21,15 +21,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from secagg.dp.round_privacy import RoundPrivacy
 from secagg.errors import one_line
+from secagg.ledger import Ledger, RoundRecord, describe_drops
+from secagg.protocol.runner import RoundOutcome
 from secagg.service.files import check_writable, write_array
-from secagg.service.ledger import (
-    Ledger,
-    RoundOutcome,
-    RoundPrivacy,
-    RoundRecord,
-    describe_drops,
-)
 
 if TYPE_CHECKING:  # the coordinator (and gRPC) only where one runs
     from secagg.service.rounds import RoundSummary

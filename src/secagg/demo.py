@@ -54,6 +54,7 @@ from secagg.extras import require
 from secagg.fl.data import load_digits_split
 from secagg.fl.digits import DEMO_CLIP, demo_model, digits_median_update_norm
 from secagg.fl.fedavg import apply_update
+from secagg.ledger import Ledger
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme, SchemeFacts, SchemeSettings
 from secagg.schemes.ckks import CkksSettings
@@ -64,7 +65,6 @@ from secagg.service.client import UpdateFn
 from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import RoundSummary
 from secagg.service.credentials import create_deployment
-from secagg.service.ledger import Ledger
 from secagg.service.run import RunFailed, make_coordinator, start_client_process
 from secagg.service.scheme_sides import provision_keys
 from secagg.service.tasks import Task, TaskSpec, update_function

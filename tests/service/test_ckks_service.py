@@ -18,6 +18,8 @@ import pytest
 
 from secagg.errors import AbortReason, ConfigurationError
 from secagg.hazmat.ckks import CkksParameters
+from secagg.ledger import Ledger
+from secagg.protocol.runner import RoundOutcome
 from secagg.schemes.ckks import CkksSettings
 from secagg.schemes.masking.parameters import Params
 from secagg.service.ckks_deployment import (
@@ -29,7 +31,6 @@ from secagg.service.client import SecAggClient
 from secagg.service.config import CONFIG_FILE, DeploymentConfig
 from secagg.service.coordinator import RoundSummary
 from secagg.service.credentials import Deployment, create_deployment
-from secagg.service.ledger import Ledger, RoundOutcome
 from secagg.service.run import client_settings, make_coordinator, start_client_process
 from secagg.service.tasks import random_task
 from tests.service.conftest import DIM, TASK_SEED, expected_mean

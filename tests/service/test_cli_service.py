@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from secagg.cli import app
 from secagg.dp.calibrate import DpConfig, calibrate
+from secagg.ledger import Ledger, account_round
 from secagg.service.config import DeploymentConfig
-from secagg.service.ledger import Ledger, account_round
 
 runner = CliRunner()
 
@@ -109,7 +109,8 @@ def test_rounds_shows_each_dp_rounds_epsilon_and_the_epsilon_spent(tmp_path: Pat
 
 def test_serve_reports_a_dp_rounds_epsilon_and_the_epsilon_spent_in_its_line_and_json() -> None:
     from secagg.cli_report import round_json, round_line
-    from secagg.service.ledger import RoundOutcome, RoundPrivacy
+    from secagg.dp.round_privacy import RoundPrivacy
+    from secagg.protocol.runner import RoundOutcome
     from secagg.service.rounds import RoundSummary
 
     privacy = RoundPrivacy(bytes(32), "skellam", 1e-5, 0.84, 2.1, 8.0, 10)

@@ -17,6 +17,7 @@ import pytest
 from numpy.typing import NDArray
 
 from secagg.errors import DropReason, Rejected, Unreachable
+from secagg.ledger import Ledger
 from secagg.service.client import ClientSettings, SecAggClient, UpdateFn
 from secagg.service.credentials import (
     AllowList,
@@ -25,7 +26,6 @@ from secagg.service.credentials import (
     load_ca,
     load_tls_server_credentials,
 )
-from secagg.service.ledger import Ledger
 from secagg.service.run import make_coordinator
 from secagg.service.scheme_sides import client_policy
 from secagg.service.tasks import random_task

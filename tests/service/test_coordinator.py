@@ -21,6 +21,8 @@ from rich.console import Console
 
 from secagg.cli_report import format_rounds_table, round_line
 from secagg.errors import DropReason
+from secagg.ledger import DropRecord, Ledger
+from secagg.protocol.runner import RoundOutcome
 from secagg.service.client import ClientSettings, Rejected, SecAggClient
 from secagg.service.coordinator import Coordinator, RoundSummary
 from secagg.service.credentials import (
@@ -29,7 +31,6 @@ from secagg.service.credentials import (
     load_ca,
     sign_challenge,
 )
-from secagg.service.ledger import DropRecord, Ledger, RoundOutcome
 from secagg.service.metrics import CoordinatorMetrics, MetricsEndpoint, serve_metrics
 from secagg.service.run import make_coordinator
 from secagg.service.scheme_sides import client_policy

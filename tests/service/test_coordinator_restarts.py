@@ -25,7 +25,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from secagg.service.ledger import RECOVERED_REASON, Ledger, RoundOutcome, RoundRecord
+from secagg.ledger import RECOVERED_REASON, Ledger, RoundRecord
+from secagg.protocol.runner import RoundOutcome
 from secagg.service.run import make_coordinator
 from secagg.service.testhooks import HELD_LINE
 from tests.ports import free_port

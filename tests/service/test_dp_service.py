@@ -20,10 +20,10 @@ pytest.importorskip("dp_accounting")
 
 from secagg.cli import app
 from secagg.dp.calibrate import achieved_epsilon, epsilon_spent
+from secagg.ledger import Ledger
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.parameters import Params
 from secagg.service.config import DeploymentConfig
-from secagg.service.ledger import Ledger
 from secagg.service.run import make_coordinator, start_client_process
 from secagg.service.tasks import random_update
 from tests.ports import free_port

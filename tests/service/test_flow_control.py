@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from secagg.errors import AbortReason, DropReason
+from secagg.ledger import Ledger
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.messages import Message, PeerShares, decode
@@ -26,7 +27,6 @@ from secagg.service.client import ClientSettings, SecAggClient
 from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import Coordinator, RoundSummary
 from secagg.service.credentials import AllowList, create_deployment
-from secagg.service.ledger import Ledger
 from secagg.service.run import client_settings, make_coordinator
 from secagg.service.tasks import random_task
 from secagg.service.tls import load_tls_server_credentials

@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from secagg.service.ledger import Ledger, RoundOutcome
+from secagg.ledger import Ledger
+from secagg.protocol.runner import RoundOutcome
 from secagg.service.run import Stopped, _join, start_client_process
 from tests.ports import free_port
 from tests.service.conftest import CLIENTS, Local, write_config

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from secagg.ledger import Ledger
+from secagg.protocol.runner import RoundOutcome
 from secagg.service.config import DeploymentConfig
 from secagg.service.identity import ClientIdentity
-from secagg.service.ledger import Ledger, RoundOutcome
 from secagg.service.run import start_client_process
 from secagg.service.testhooks import HELD_LINE, HOLD_ENV
 from tests.launcher import with_file_size_limit

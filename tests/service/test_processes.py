@@ -17,8 +17,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from secagg.ledger import Ledger
+from secagg.protocol.runner import RoundOutcome
 from secagg.service.coordinator import RoundSummary
-from secagg.service.ledger import Ledger, RoundOutcome
 from secagg.service.run import make_coordinator, start_client_process
 from secagg.service.testhooks import HOLD_ENV
 from tests.ports import free_port

@@ -1,1 +1,2 @@
-"""The network service: a gRPC coordinator and clients, TLS, identities, the round ledger."""
+"""The network service: a gRPC coordinator and clients, TLS and identities (the round ledger it
+writes is ``secagg.ledger``)."""

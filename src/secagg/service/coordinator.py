@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.ledger import Ledger
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking.parameters import Params
 from secagg.service.identity import AllowList
-from secagg.service.ledger import Ledger
 from secagg.service.metrics import Metrics, NullMetrics
 from secagg.service.rounds import NoCohort, RoundDriver, RoundSummary
 from secagg.service.scheme_sides import masking_coordinator

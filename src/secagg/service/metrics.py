@@ -56,8 +56,8 @@ from secagg import __version__
 from secagg.errors import ConfigurationError, DropReason, UsageError
 from secagg.protocol import codec
 from secagg.protocol.codec import Direction
+from secagg.protocol.runner import RoundOutcome
 from secagg.protocol.stages import Stage
-from secagg.service.ledger import RoundOutcome
 from secagg.service.v1 import coordinator_pb2 as pb
 
 if TYPE_CHECKING:

@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.dp.round_privacy import RoundPrivacy
 from secagg.errors import (
     AbortReason,
     DropReason,
@@ -73,6 +74,7 @@ from secagg.errors import (
     one_line,
 )
 from secagg.hazmat import prg
+from secagg.ledger import DropRecord, Ledger, account_round, describe_drops
 from secagg.protocol.codec import Message
 from secagg.protocol.runner import (
     UPLOAD_STAGES,
@@ -84,13 +86,6 @@ from secagg.protocol.runner import (
 )
 from secagg.protocol.stages import MISSED_REASONS, Drop, Stage, missed
 from secagg.schemes.base import RoundOpening, Scheme
-from secagg.service.ledger import (
-    DropRecord,
-    Ledger,
-    RoundPrivacy,
-    account_round,
-    describe_drops,
-)
 from secagg.service.metrics import Metrics, NullMetrics
 from secagg.service.settings import CoordinatorSettings
 from secagg.service.testhooks import hold, hold_points

@@ -33,13 +33,14 @@ from numpy.typing import NDArray
 
 from secagg.dp.budget import ClientBudget
 from secagg.errors import ConfigurationError, DecodeError, LedgerError, SecAggError, one_line
+from secagg.ledger import Ledger
+from secagg.protocol.runner import RoundOutcome
 from secagg.protocol.stages import Stage
 from secagg.service.client import ClientSettings, ClientStats, SecAggClient, UpdateFn
 from secagg.service.config import DeploymentConfig
 from secagg.service.coordinator import Coordinator, NoCohort, RoundSummary
 from secagg.service.files import check_writable, write_array
 from secagg.service.identity import AllowList, ClientIdentity
-from secagg.service.ledger import Ledger, RoundOutcome
 from secagg.service.metrics import Metrics
 from secagg.service.scheme_sides import client_policy, coordinator_scheme
 from secagg.service.tasks import initial_model
