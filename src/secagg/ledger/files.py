@@ -69,11 +69,13 @@ class _Found(Enum):
 
 
 def resolve(path: str | Path) -> Path:
+    """The ledger's file, as the lock and the openings find it."""
     # Symlinks resolved: two names for one ledger must find the same lock file.
     return Path(path).resolve()
 
 
 def file_state(file: Path) -> FileState | None:
+    """What ``file`` looks like now, or None where there is none."""
     try:
         st = os.stat(file)
     except OSError:
@@ -156,6 +158,7 @@ def _refuse_stale_log(file: Path, shown: str) -> None:
 
 
 def connect(target: str, shown: str, *, uri: bool = False) -> sqlite3.Connection:
+    """An SQLite connection to ``target`` (a path, or a URI), in autocommit."""
     try:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is
         # exactly one method call and nothing is left open between calls.
@@ -165,6 +168,8 @@ def connect(target: str, shown: str, *, uri: bool = False) -> sqlite3.Connection
 
 
 def configure_writer(conn: sqlite3.Connection, shown: str, max_pages: int | None) -> None:
+    """Set up the writer's connection: foreign keys, write-ahead logging, fsync at every
+    commit, and the size cap if there is one."""
     conn.execute("PRAGMA foreign_keys = ON")
     # WAL lets `secagg rounds` read while the coordinator writes; synchronous=FULL fsyncs
     # the log at every commit, so a committed round survives a power cut.
@@ -231,6 +236,9 @@ def _create(file: Path, shown: str) -> None:
 def open_writer(
     file: Path, shown: str, *, initialise: bool, max_pages: int | None
 ) -> sqlite3.Connection:
+    """The writer's connection to the ledger at ``file`` (its lock already held): created
+    whole where nothing is, an empty file only if asked to ``initialise`` it, an older
+    schema upgraded; ``shown`` is how messages name it."""
     found = _identify(file, shown)
     if found is _Found.FOREIGN:
         raise LedgerError(f"{shown} is not an SQLite database, so not a round ledger")
@@ -277,6 +285,9 @@ def open_writer(
 
 
 def open_reader(file: Path, shown: str) -> tuple[sqlite3.Connection, FileState | None, int]:
+    """A reader's connection to the ledger at ``file``, what the file looked like if it had
+    to be opened as immutable (a read-only directory, no log: compare after every read), and
+    its schema version."""
     found = _identify(file, shown)
     if found is _Found.NOTHING:
         raise LedgerError(f"no round ledger at {shown}: the file does not exist")

@@ -1,5 +1,5 @@
 """The ledger's rows as Python values: a round (``RoundRecord``), a dropped client
-(``DropRecord``), and how a stored row becomes one.
+(``DropRecord``, said in one line by ``describe_drops``), and how a stored row becomes one.
 
 CHECK constraints guard every write, but SQLite does not checksum its pages: a stored row
 that is not what was written (a damaged page, a hand edit) is a ``DecodeError`` naming the

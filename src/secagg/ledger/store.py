@@ -61,15 +61,12 @@ __all__ = ["RECOVERED_REASON", "Ledger", "account_round"]
 RECOVERED_REASON = "coordinator restarted mid-round"
 _MAX_SQLITE_INT = 2**63 - 1
 
-_FROM = """
-    FROM rounds AS r LEFT JOIN aggregates AS a ON a.round_id = r.round_id
-"""
+_ROUNDS_JOINED = "FROM rounds AS r LEFT JOIN aggregates AS a ON a.round_id = r.round_id"
 # The rounds query of each schema version: one before privacy records has none to join.
 _ROUNDS_FROM: dict[bool, str] = {
-    True: f"SELECT {', '.join(ROUND_COLUMNS + PRIVACY_COLUMNS)}"
-    + _FROM
-    + "    LEFT JOIN dp_rounds AS d ON d.round_id = r.round_id\n",
-    False: f"SELECT {', '.join(ROUND_COLUMNS + ('NULL',) * len(PRIVACY_COLUMNS))}" + _FROM,
+    True: f"SELECT {', '.join(ROUND_COLUMNS + PRIVACY_COLUMNS)} {_ROUNDS_JOINED}"
+    " LEFT JOIN dp_rounds AS d ON d.round_id = r.round_id",
+    False: f"SELECT {', '.join(ROUND_COLUMNS + ('NULL',) * len(PRIVACY_COLUMNS))} {_ROUNDS_JOINED}",
 }
 # Two fixed variants of each query (every round, or one round); the id is always a parameter.
 _QUERIES: dict[bool, tuple[str, str, str, str]] = {
