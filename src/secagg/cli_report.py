@@ -23,7 +23,7 @@ from rich.text import Text
 
 from secagg.dp.round_privacy import RoundPrivacy
 from secagg.errors import one_line
-from secagg.ledger import Ledger, RoundRecord, describe_drops
+from secagg.ledger import Ledger, LedgerRound, describe_drops
 from secagg.protocol.runner import RoundOutcome
 from secagg.service.files import check_writable, write_array
 
@@ -77,7 +77,7 @@ def privacy_json(privacy: RoundPrivacy | None) -> dict[str, Any]:
     }
 
 
-def format_rounds_table(records: Sequence[RoundRecord]) -> Table:
+def format_rounds_table(records: Sequence[LedgerRound]) -> Table:
     """The ledger as a table for ``secagg rounds``: one row per round. A ledger with
     distributed-DP rounds has two more columns: each round's epsilon (of the sum it revealed)
     and the epsilon spent so far, against the deployment's target."""

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from secagg.ledger import RECOVERED_REASON, Ledger, RoundRecord
+from secagg.ledger import RECOVERED_REASON, Ledger, LedgerRound
 from secagg.protocol.runner import RoundOutcome
 from secagg.service.run import make_coordinator
 from secagg.service.testhooks import HELD_LINE
@@ -90,7 +90,7 @@ def _stop_at_every_point(local: Local, port: int, signals: Callable[[int], signa
         _assert_clients_alive(local)
 
 
-def _finish(local: Local, port: int, rounds: int = 2) -> list[RoundRecord]:
+def _finish(local: Local, port: int, rounds: int = 2) -> list[LedgerRound]:
     """A coordinator left alone: its rounds complete; the ledger's rounds."""
     coordinator = _serve(local, port, rounds=rounds)
     try:
@@ -198,7 +198,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
-async def _resets_at_every_stage(local: Local) -> tuple[list[RoundRecord], int]:
+async def _resets_at_every_stage(local: Local) -> tuple[list[LedgerRound], int]:
     ledger = Ledger(local.config.ledger)
     stages = ["commit", "reveal", "advertise", "share", "masked-input", "unmask"]
     proxy: _ResettingProxy | None = None

@@ -26,7 +26,7 @@ and ``store`` (``Ledger``: writing and reading rounds).
 """
 
 from secagg.ledger.files import LOCK_SUFFIX
-from secagg.ledger.rows import DropRecord, RoundRecord, describe_drops
+from secagg.ledger.rows import DropRecord, LedgerRound, describe_drops
 from secagg.ledger.schema import SCHEMA_VERSION
 from secagg.ledger.store import RECOVERED_REASON, Ledger, account_round
 
@@ -36,7 +36,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "DropRecord",
     "Ledger",
-    "RoundRecord",
+    "LedgerRound",
     "account_round",
     "describe_drops",
 ]

@@ -1,4 +1,4 @@
-"""The ledger's rows as Python values: a round (``RoundRecord``), a dropped client
+"""The ledger's rows as Python values: a round (``LedgerRound``), a dropped client
 (``DropRecord``, said in one line by ``describe_drops``), and how a stored row becomes one.
 
 CHECK constraints guard every write, but SQLite does not checksum its pages: a stored row
@@ -26,7 +26,7 @@ __all__ = [
     "PRIVACY_COLUMNS",
     "ROUND_COLUMNS",
     "DropRecord",
-    "RoundRecord",
+    "LedgerRound",
     "decode_aggregate",
     "decode_round",
     "describe_drops",
@@ -70,7 +70,7 @@ def describe_drops(drops: Sequence[DropRecord]) -> str:
 
 
 @dataclass(frozen=True)
-class RoundRecord:
+class LedgerRound:
     """One round as the ledger holds it. ``cohort`` and ``included`` are in ascending order."""
 
     round_id: int
@@ -118,7 +118,7 @@ def decode_round(
     included: Mapping[int, list[int]],
     stages: Mapping[int, dict[str, float]],
     drops: Mapping[int, list[DropRecord]],
-) -> RoundRecord:
+) -> LedgerRound:
     """The round of one row (``ROUND_COLUMNS`` then ``PRIVACY_COLUMNS``), with its cohort,
     included clients, stage timings and drops, each by round id; ``DecodeError`` naming the
     round if what is stored is not a round."""
@@ -134,7 +134,7 @@ def _round(
     included: Mapping[int, list[int]],
     stages: Mapping[int, dict[str, float]],
     drops: Mapping[int, list[DropRecord]],
-) -> RoundRecord:
+) -> LedgerRound:
     (
         rid,
         session_id,
@@ -153,7 +153,7 @@ def _round(
         total_weight,
         *privacy,
     ) = row
-    return RoundRecord(
+    return LedgerRound(
         round_id=rid,
         session_id=_stored_hash(session_id, "session id"),
         task_hash=_stored_hash(task_hash, "task hash"),

@@ -1,5 +1,5 @@
 """The round ledger's storage API: ``Ledger``, every round the coordinator ran, written as it
-happens and read back as ``RoundRecord``s.
+happens and read back as ``LedgerRound``s.
 
 A round is written when it starts, so that a coordinator killed mid-round leaves a
 ``running`` row behind; ``recover()`` turns such rows into aborted rounds at the next start. A
@@ -49,7 +49,7 @@ from secagg.ledger.rows import (
     PRIVACY_COLUMNS,
     ROUND_COLUMNS,
     DropRecord,
-    RoundRecord,
+    LedgerRound,
     decode_aggregate,
     decode_round,
 )
@@ -491,12 +491,12 @@ class Ledger:
             )
 
     # ----------------------------------------------------------------- reading
-    def rounds(self) -> list[RoundRecord]:
+    def rounds(self) -> list[LedgerRound]:
         """Every round, ordered by round id."""
         with self._read() as conn:
             return _load(conn, None, self._version)
 
-    def round(self, round_id: int) -> RoundRecord:
+    def round(self, round_id: int) -> LedgerRound:
         """One round; ``UsageError`` if the ledger has no such round."""
         round_id = _round_id(round_id)
         with self._read() as conn:
@@ -520,7 +520,7 @@ class Ledger:
             ).fetchall()
         return [int(n) for (n,) in rows]
 
-    def latest_completed(self) -> RoundRecord | None:
+    def latest_completed(self) -> LedgerRound | None:
         """The completed round with the largest id, if any."""
         with self._read() as conn:
             (latest,) = conn.execute(
@@ -563,7 +563,7 @@ def _require_running(conn: sqlite3.Connection, round_id: int) -> None:
         raise UsageError(f"round {round_id} has already ended ({row[0]})")
 
 
-def _load(conn: sqlite3.Connection, round_id: int | None, version: int) -> list[RoundRecord]:
+def _load(conn: sqlite3.Connection, round_id: int | None, version: int) -> list[LedgerRound]:
     # Four queries in all, however many rounds, rather than four per round.
     one = round_id is not None
     params: tuple[int, ...] = (round_id,) if round_id is not None else ()
