@@ -123,19 +123,31 @@ def _serve(
     return process
 
 
-def _silent_client(local: Local, client_id: int, port: int, stop: threading.Event) -> None:
-    """Authenticates as ``client_id`` and then never answers: the round stalls on it."""
+def _silent_client(
+    local: Local, client_id: int, port: int, stop: threading.Event, failures: list[str]
+) -> None:
+    """Authenticates as ``client_id`` and then never answers: the round stalls on it. The
+    coordinator may not listen yet when it starts (its ledger is created first): it tries
+    again until it is in; what kept it out is left in ``failures`` for the test's message."""
 
     async def session() -> None:
         from tests.service.test_coordinator import RawClient
 
-        raw = RawClient(local, client_id, port)
-        await raw.hello()
         while not stop.is_set():
-            await asyncio.sleep(0.05)
-        await raw.channel.close()
+            raw = RawClient(local, client_id, port)
+            try:
+                await raw.hello()
+            except Exception as exc:  # refused, reset: the coordinator is not there yet
+                failures.append(f"{type(exc).__name__}: {exc}")
+                await raw.channel.close()
+                await asyncio.sleep(0.2)
+                continue
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await raw.channel.close()
+            return
 
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):  # the coordinator is killed under it, by design
         asyncio.run(session())
 
 
@@ -150,7 +162,8 @@ def test_coordinator_killed_mid_round_restarts_with_the_round_aborted_and_client
     silent = CLIENTS - 1
     stop = threading.Event()
     wait_until(lambda: ledger_path.exists(), "the coordinator")
-    thread = threading.Thread(target=_silent_client, args=(local, silent, port, stop))
+    failures: list[str] = []
+    thread = threading.Thread(target=_silent_client, args=(local, silent, port, stop, failures))
     thread.start()
 
     def running() -> bool:
@@ -158,7 +171,12 @@ def test_coordinator_killed_mid_round_restarts_with_the_round_aborted_and_client
             return any(r.outcome is RoundOutcome.RUNNING for r in ledger.rounds())
 
     try:
-        wait_until(running, "a running round", timeout=180, interval=0.1)
+        wait_until(
+            running,
+            lambda: f"a running round (the silent client's failed tries: {failures[-3:]})",
+            timeout=180,
+            interval=0.1,
+        )
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait()
     finally:
