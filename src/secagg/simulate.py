@@ -36,13 +36,12 @@ from secagg.protocol.runner import (
     RoundRun,
     RoundServer,
 )
-from secagg.protocol.stages import Stage
+from secagg.protocol.stages import DROP_STAGES, Stage
 from secagg.schemes.base import RoundOpening, Scheme, SchemeFacts, SchemeSettings
 from secagg.schemes.masking.parameters import Params
 from secagg.schemes.plaintext import PlaintextScheme
 
 __all__ = [
-    "DROP_STAGES",
     "SEMI_HONEST_STAGES",
     "DropSchedule",
     "InputSource",
@@ -56,9 +55,7 @@ __all__ = [
     "simulate_round",
 ]
 
-# Where a client can fail to answer, in order; the names are ``Stage`` values. Each scheme
-# runs some of them (``Scheme.stages``).
-DROP_STAGES = tuple(s.value for s in Stage if s not in (Stage.COMPLETED, Stage.ABORTED))
+# The stages a semi-honest masking round runs, in order (``DROP_STAGES`` has every stage).
 SEMI_HONEST_STAGES = tuple(
     s.value
     for s in (

@@ -11,7 +11,15 @@ from enum import StrEnum
 from secagg.errors import DropReason, UsageError
 from secagg.protocol.codec import Direction, Message
 
-__all__ = ["MISSED_REASONS", "SESSION_AGREEMENT", "Drop", "Stage", "missed", "stage_answered_by"]
+__all__ = [
+    "DROP_STAGES",
+    "MISSED_REASONS",
+    "SESSION_AGREEMENT",
+    "Drop",
+    "Stage",
+    "missed",
+    "stage_answered_by",
+]
 
 
 class Stage(StrEnum):
@@ -31,6 +39,11 @@ class Stage(StrEnum):
     COMPLETED = "completed"
     ABORTED = "aborted"
 
+
+# Where a client can fail to answer, in order; the names are ``Stage`` values. Each scheme
+# runs some of them (``Scheme.stages``). Here, not in the simulator, so that the command
+# line's help can name them without importing a round.
+DROP_STAGES = tuple(s.value for s in Stage if s not in (Stage.COMPLETED, Stage.ABORTED))
 
 # The stages before the session is agreed: their messages carry the config id.
 SESSION_AGREEMENT = frozenset({Stage.COMMIT, Stage.REVEAL})

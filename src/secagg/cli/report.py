@@ -1,7 +1,6 @@
-"""What the ``secagg`` command shows and writes: presentation, kept out of the service.
+"""What the ledger's and the coordinator's commands show and write: presentation, kept out
+of the service (``secagg.cli.output`` says errors and lines).
 
-- ``print_error``: the one way an error reaches the user: one line on stderr, never
-  wrapped, never read as markup (a message may quote ``[tls]`` or a path with brackets);
 - ``format_rounds_table`` and ``export_aggregate`` for ``secagg rounds``;
 - ``round_line`` and ``round_json`` for ``secagg serve``'s report of each round;
 - ``privacy_text``: a round's distributed-DP guarantee and the epsilon spent, in words.
@@ -10,19 +9,16 @@
 from __future__ import annotations
 
 import resource
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from secagg.dp.round_privacy import RoundPrivacy
-from secagg.errors import one_line
 from secagg.ledger import Ledger, LedgerRound, describe_drops
 from secagg.protocol.runner import RoundOutcome
 from secagg.service.files import check_writable, write_array
@@ -33,21 +29,11 @@ if TYPE_CHECKING:  # the coordinator (and gRPC) only where one runs
 __all__ = [
     "export_aggregate",
     "format_rounds_table",
-    "one_line",
-    "print_error",
     "privacy_json",
     "privacy_text",
     "round_json",
     "round_line",
 ]
-
-
-def print_error(message: str, *, stream: TextIO | None = None) -> None:
-    """``error: <message>`` as exactly one line on stderr (red on a terminal)."""
-    out = sys.stderr if stream is None else stream
-    # soft_wrap: a long line stays one line, on a terminal or not; Text: never markup.
-    console = Console(file=out, soft_wrap=True, highlight=False)
-    console.print(Text.assemble(("error: ", "bold red"), one_line(message)))
 
 
 _OUTCOME_STYLE = {

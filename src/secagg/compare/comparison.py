@@ -1,18 +1,5 @@
-"""``secagg compare``: the same updates through every scheme, side by side.
-
-Plaintext FedAvg, masking (SecAgg and SecAgg+, each against a semi-honest and a
-semi-malicious server) and CKKS homomorphic encryption aggregate the same clients' updates,
-with the same clients dropping out (each at a random stage of each scheme's round), in one
-run. For each: what a client and the server spend, the bytes a client sends and receives,
-the error against the exact mean, the dropout the round survives, what the server learns,
-who must collude to see one client's update, and the privacy of the sum it reveals: the
-(epsilon, delta) guarantee under distributed DP, "none" otherwise (an exact sum).
-With DP settings (``CompareOptions.dp``; ``--dp-epsilon`` on the command line) one more row,
-``secagg+-dp``, runs SecAgg+ with every client adding its noise before masking: an
-unweighted mean of the updates clipped to the L2 clip, calibrated for the smallest sum the
-round is designed to survive. ``--sweep-clients`` and ``--sweep-dim`` repeat the comparison
-over sizes for the plots.
-"""
+"""The comparison itself: its options, each row's round, the report and its plots (the
+package's docstring says what ``secagg compare`` compares)."""
 
 from __future__ import annotations
 
@@ -26,6 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.compare import ALL_SCHEMES, DP_SCHEME, SCHEMES
 from secagg.dp.settings import DpSettings, cohort_dp
 from secagg.errors import ConfigurationError, MissingExtra
 from secagg.extras import require
@@ -43,27 +31,12 @@ from secagg.simulate import (
 )
 
 __all__ = [
-    "ALL_SCHEMES",
-    "DP_SCHEME",
-    "SCHEMES",
     "CompareOptions",
     "CompareReport",
     "run_compare",
     "write_plots",
 ]
 
-# The rows of the comparison, in the order a reader meets them.
-SCHEMES = (
-    "plaintext",
-    "secagg",
-    "secagg-active",
-    "secagg+",
-    "secagg+-active",
-    "ckks",
-)
-# SecAgg+ with distributed DP: a row only when DP settings are given.
-DP_SCHEME = "secagg+-dp"
-ALL_SCHEMES = (*SCHEMES, DP_SCHEME)
 # The L2 clip of the DP row when the settings name none.
 DEFAULT_DP_CLIP = 1.0
 # Rows that need an optional extra: (the extra, what needs it).

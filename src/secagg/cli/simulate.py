@@ -1,0 +1,261 @@
+"""``secagg simulate``: one round in process, and what it cost.
+
+The options are declared here with nothing heavier than typer; the round (numpy, the
+schemes, the simulator) is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from secagg.cli.options import (
+    NO_DP,
+    BackendChoice,
+    DpFlags,
+    Dropout,
+    ProtocolChoice,
+    SchemeChoice,
+    ServerModelChoice,
+    dp_options,
+)
+from secagg.cli.output import fail
+from secagg.protocol.stages import DROP_STAGES
+
+if TYPE_CHECKING:
+    from secagg.dp.settings import DpSettings
+    from secagg.schemes.base import Scheme
+    from secagg.schemes.masking.parameters import Params
+    from secagg.simulate import DropSchedule
+
+__all__ = ["simulate"]
+
+
+@dp_options()
+def simulate(
+    clients: Annotated[
+        int | None, typer.Option("--clients", "-n", help="Cohort size (random inputs).")
+    ] = None,
+    dim: Annotated[int | None, typer.Option(help="Values per update (random inputs).")] = None,
+    inputs: Annotated[
+        Path | None, typer.Option(help="float32 array N x D: client i's update is row i.")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Vector of N non-negative weights (weighted mean).")
+    ] = None,
+    protocol: Annotated[ProtocolChoice, typer.Option(help="Neighbour graph.")] = (
+        ProtocolChoice.secagg_plus
+    ),
+    dropout: Dropout = 0.0,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option(help=f"STAGE=ID,ID,... (repeatable); stages: {', '.join(DROP_STAGES)}."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Make every random choice reproducible.")] = (
+        None
+    ),
+    clip: Annotated[float, typer.Option(help="Clip each value to [-clip, clip].")] = 1.0,
+    value_bits: Annotated[int, typer.Option(help="Quantisation bits per value.")] = 16,
+    adversarial_rate: Annotated[
+        float, typer.Option(help="Fraction of corrupt clients to tolerate.")
+    ] = 0.05,
+    max_dropout: Annotated[
+        float | None,
+        typer.Option(help="Dropout rate the graph must tolerate (default: max(0.33, dropout))."),
+    ] = None,
+    server_model: Annotated[
+        ServerModelChoice,
+        typer.Option(help="semi-malicious: active mode (signed keys and a consistency round)."),
+    ] = ServerModelChoice.semi_honest,
+    threat_model: Annotated[str | None, typer.Option(hidden=True)] = None,
+    min_cohort: Annotated[
+        int | None,
+        typer.Option(
+            help="Fewest inputs a revealed sum may contain (default 1; with DP, the guarantee "
+            "holds from here up: default clients x (1 - max dropout))."
+        ),
+    ] = None,
+    threshold: Annotated[int | None, typer.Option(help="Override the threshold t.")] = None,
+    degree: Annotated[int | None, typer.Option(help="Override the SecAgg+ degree k.")] = None,
+    save_aggregate: Annotated[
+        Path | None, typer.Option(help="Write the weighted mean (float32) to this .npy file.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the round report as JSON on stdout.")
+    ] = False,
+    scheme: Annotated[
+        SchemeChoice,
+        typer.Option(help="masking (SecAgg/SecAgg+), ckks (homomorphic) or plaintext."),
+    ] = SchemeChoice.masking,
+    dp: DpFlags = NO_DP,
+    backend: Annotated[
+        BackendChoice,
+        typer.Option(
+            help="Where the clients and the unmasking run: process (this machine) or ray "
+            "(the Ray cluster at RAY_ADDRESS, else a local one; needs secagg[ray])."
+        ),
+    ] = BackendChoice.process,
+    groups: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Split the cohort into this many random groups, each its own secure round; "
+            "only the groups' sums are combined.",
+        ),
+    ] = 1,
+) -> None:
+    """Run one secure-aggregation round in simulation and report what it cost.
+
+    With --dp-epsilon or --dp-noise-multiplier every client adds discrete noise before
+    masking (distributed DP; the mean is unweighted, each update clipped to L2 norm
+    --dp-clip, default 1) and the report gives the epsilon of the sum revealed.
+    """
+    from secagg.backends import Backend
+    from secagg.cli.arrays import check_target, load_inputs, load_weights
+    from secagg.cli.simulate_report import finish_grouped, finish_round
+    from secagg.errors import ConfigurationError, InputError
+    from secagg.grouping import simulate_grouped
+    from secagg.simulate import SEMI_HONEST_STAGES, integer_weights, simulate_round
+
+    if threat_model is not None:
+        fail(_renamed_threat_model(threat_model))
+    if save_aggregate is not None:
+        check_target(save_aggregate)
+    source, n, d = load_inputs(clients, dim, inputs, seed)
+    weight_vector = load_weights(weights, n)
+    if drop and dropout:
+        fail("use either --dropout or --drop, not both")
+    try:
+        settings = _dp_for(dp, scheme, weighted=weight_vector is not None)
+        _, max_weight = integer_weights(weight_vector, n)
+        tolerated = max(0.33, dropout) if max_dropout is None else max_dropout
+        params = _masking_params(
+            n, d, settings, protocol, server_model, tolerated, min_cohort, max_weight,
+            clip=clip, value_bits=value_bits, adversarial_rate=adversarial_rate,
+            degree=degree, threshold=threshold,
+        )  # fmt: skip
+        build = _scheme_factory(scheme, d, clip, value_bits, max_weight)
+        chosen: Scheme | Params = params
+        stages = DROP_STAGES if params.active else SEMI_HONEST_STAGES
+        if scheme is not SchemeChoice.masking:
+            chosen = build(n)
+            stages = tuple(s.value for s in chosen.stages)
+        schedule = _drop_schedule(drop, dropout, seed, n, stages)
+        where = Backend(backend.value)
+        if groups > 1:
+            grouped = simulate_grouped(
+                params if scheme is SchemeChoice.masking else build,
+                n, source, groups=groups, weights=weight_vector, drops=schedule, seed=seed,
+                backend=where,
+            )  # fmt: skip
+        else:
+            result = simulate_round(
+                chosen, n, source, weights=weight_vector, drops=schedule, seed=seed, backend=where
+            )
+    except (ConfigurationError, InputError) as exc:
+        fail(dp.error_text(exc))
+    if groups > 1:
+        finish_grouped(grouped, save_aggregate, json_output)
+    else:
+        finish_round(result, params.dp_plan, save_aggregate, json_output)
+
+
+def _dp_for(dp: DpFlags, scheme: SchemeChoice, *, weighted: bool) -> DpSettings | None:
+    """The DP the options ask, refused where the round cannot add it."""
+    from secagg.errors import ConfigurationError
+
+    settings = dp.settings()
+    if settings is not None and scheme is not SchemeChoice.masking:
+        raise ConfigurationError(
+            f"distributed DP adds noise before masking: drop --scheme {scheme.value}"
+        )
+    if settings is not None and weighted:
+        raise ConfigurationError(
+            "with distributed DP every client weighs 1 (an unweighted mean): drop --weights"
+        )
+    return settings
+
+
+def _masking_params(
+    n: int,
+    d: int,
+    dp: DpSettings | None,
+    protocol: ProtocolChoice,
+    server_model: ServerModelChoice,
+    tolerated: float,
+    min_cohort: int | None,
+    max_weight: int,
+    *,
+    clip: float,
+    value_bits: int,
+    adversarial_rate: float,
+    degree: int | None,
+    threshold: int | None,
+) -> Params:
+    """Masking's parameters for the round (its stages and its DP plan, whatever the scheme)."""
+    from secagg.dp.settings import default_dp_min_cohort
+    from secagg.errors import ConfigurationError
+    from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
+
+    if min_cohort is None:
+        min_cohort = 1 if dp is None else default_dp_min_cohort(n, tolerated)
+    elif not 1 <= min_cohort <= n:
+        raise ConfigurationError(f"--min-cohort must be in [1, {n}] (the clients)")
+    return Params(
+        dim=d,
+        max_clients=n,
+        protocol=Protocol(protocol.value),
+        clip=clip,
+        value_bits=value_bits,
+        max_weight=max_weight,
+        adversarial_rate=adversarial_rate,
+        dropout_rate=tolerated,
+        server_model=ServerModel(server_model.value),
+        min_cohort=min_cohort,
+        degree=degree,
+        threshold=threshold,
+        dp=None
+        if dp is None
+        else dp.with_clip(1.0 if dp.l2_clip is None else dp.l2_clip).config(
+            dim=d, min_clients=min_cohort, max_clients=n
+        ),
+    )
+
+
+def _scheme_factory(
+    scheme: SchemeChoice, dim: int, clip: float, value_bits: int, max_weight: int
+) -> Callable[[int], Scheme]:
+    """The scheme for a cohort of ``size`` clients when it is not masking (for a grouped
+    round, each group's own: its own keys, sized for the group)."""
+    from secagg.compare.comparison import CompareOptions, build_scheme
+
+    def build(size: int) -> Scheme:
+        options = CompareOptions(clients=size, dim=dim, clip=clip, value_bits=value_bits)
+        return build_scheme(scheme.value, size, dim, max_weight, options)
+
+    return build
+
+
+def _drop_schedule(
+    drop: list[str] | None, dropout: float, seed: int | None, n: int, stages: tuple[str, ...]
+) -> DropSchedule:
+    """``--drop``'s schedule, else ``--dropout``'s random one over the stages the round runs."""
+    from secagg.simulate import DropSchedule, root_randomness
+
+    if drop:
+        schedule = DropSchedule.parse(drop)
+    else:
+        schedule = DropSchedule.random(n, dropout, root_randomness(seed, "dropout"), stages=stages)
+    schedule.check_ids(n)
+    return schedule
+
+
+def _renamed_threat_model(value: str) -> str:
+    new = "semi-malicious" if value == "malicious" else "semi-honest"
+    return (
+        f"--threat-model is now --server-model (the name deployment.toml and the API use): "
+        f"use --server-model {new}"
+    )
