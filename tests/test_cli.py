@@ -228,12 +228,12 @@ def test_under_heavy_clipping_the_error_is_against_the_clipped_mean_and_clipping
 def test_save_aggregate_into_a_missing_directory_is_refused_before_the_round_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import secagg.cli
+    import secagg.simulate
 
     ran: list[int] = []
-    real = secagg.cli.simulate_round
+    real = secagg.simulate.simulate_round
     monkeypatch.setattr(
-        secagg.cli, "simulate_round", lambda *a, **k: ran.append(1) or real(*a, **k)
+        secagg.simulate, "simulate_round", lambda *a, **k: ran.append(1) or real(*a, **k)
     )
     target = tmp_path / "missing" / "mean.npy"
     result = runner.invoke(
@@ -390,7 +390,7 @@ def test_dp_refuses_weights_its_mean_is_unweighted(tmp_path: Path) -> None:
 
 def test_beyond_its_bound_a_dp_mean_is_reported_not_a_bug_while_quantisation_is_a_bug() -> None:
     pytest.importorskip("dp_accounting")
-    from secagg.cli import error_verdict
+    from secagg.cli.simulate_report import error_verdict
     from secagg.dp.calibrate import DpConfig
     from secagg.schemes.masking.parameters import Params
     from secagg.simulate import random_inputs, simulate_round

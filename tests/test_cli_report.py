@@ -11,8 +11,9 @@ import pytest
 from numpy.typing import NDArray
 from rich.console import Console
 
-from secagg.cli_report import export_aggregate, format_rounds_table, one_line, print_error
-from secagg.errors import ConfigurationError, UsageError
+from secagg.cli.output import print_error
+from secagg.cli.report import export_aggregate, format_rounds_table
+from secagg.errors import ConfigurationError, UsageError, one_line
 from secagg.ledger import Ledger
 from tests.ledger.helpers import _as_unprivileged
 
@@ -163,7 +164,7 @@ def test_export_into_an_unwritable_directory_is_one_line_and_leaves_nothing(
     try:
         results = _as_unprivileged(
             """
-            from secagg.cli_report import export_aggregate
+            from secagg.cli.report import export_aggregate
             ledger, shelf = map(Path, sys.argv[1:])
             with Ledger.open_readonly(ledger) as reader:
                 attempt("export", lambda: export_aggregate(reader, 1, shelf / "mean.npy"))

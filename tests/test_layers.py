@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("client_session", "simulate"),
     ("grouping", "secagg"),
     ("service",),
-    ("cli_report", "compare", "demo", "flower"),
+    ("compare", "demo", "flower"),
     ("cli",),
     ("launch",),
     ("__main__",),

@@ -108,7 +108,7 @@ def test_rounds_shows_each_dp_rounds_epsilon_and_the_epsilon_spent(tmp_path: Pat
 
 
 def test_serve_reports_a_dp_rounds_epsilon_and_the_epsilon_spent_in_its_line_and_json() -> None:
-    from secagg.cli_report import round_json, round_line
+    from secagg.cli.report import round_json, round_line
     from secagg.dp.round_privacy import RoundPrivacy
     from secagg.protocol.runner import RoundOutcome
     from secagg.service.rounds import RoundSummary

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from secagg.cli_report import format_rounds_table, round_line
+from secagg.cli.report import format_rounds_table, round_line
 from secagg.errors import DropReason
 from secagg.ledger import DropRecord, Ledger
 from secagg.protocol.runner import RoundOutcome

@@ -99,13 +99,25 @@ def certs(
         params = _round_params(
             spec, needs, scheme, dim, max_weight, server_model, min_clients, min_cohort, settings
         )
-        timing = {"stage_timeout": stage_timeout, "cohort_wait": cohort_wait}
-        CoordinatorSettings(params, port=port, min_clients=min_clients, **timing)
+        CoordinatorSettings(
+            params,
+            port=port,
+            min_clients=min_clients,
+            stage_timeout=stage_timeout,
+            cohort_wait=cohort_wait,
+        )
         _refuse_existing(directory, clients, ckks=scheme is SchemeChoice.ckks)
         deployment = create_deployment(directory, clients)
         provision_keys(directory, deployment.identities, params)
         config = DeploymentConfig.write(
-            directory, deployment, params, port=port, min_clients=min_clients, task=spec, **timing
+            directory,
+            deployment,
+            params,
+            port=port,
+            min_clients=min_clients,
+            stage_timeout=stage_timeout,
+            cohort_wait=cohort_wait,
+            task=spec,
         )
     except ConfigurationError as exc:
         fail(dp.error_text(exc))
