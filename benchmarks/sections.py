@@ -22,6 +22,7 @@ OWNED = (
     "## Ray backend",
     "## Active mode: the survivor certificate's cost per client",
     "## Primitives: the speeds the tests count instead of timing",
+    "## Command-line start-up: `--help` beside `python -c pass`",
     # Measured by hand (two checkouts side by side), kept as written.
     "## The client journal's cost in Flower (side by side)",
 )
