@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import typer
 
 from secagg.cli import compare, demo, deploy, flower, ledger, service, simulate
-from secagg.cli.output import OK_EXIT, USAGE_EXIT, print_error
+from secagg.cli.output import OK_EXIT, USAGE_EXIT, print_error, when_started
 from secagg.errors import one_line
 from secagg.extras import missing_extra
 
@@ -107,7 +107,10 @@ def _command_path(group: object, args: Sequence[str] | None) -> str:
     return f"secagg {name}" if name in commands else "secagg"
 
 
-def main() -> None:
+def main(started: Callable[[], None] | None = None) -> None:
+    """The console script: ``started`` puts back the signal handlers the entry point replaced
+    while the command starts (``secagg.launch``), once the command has its imports."""
+    when_started(started)
     # gRPC's C core writes its own log lines to stderr (a failed bind, a peer's GOAWAY):
     # errors reach the operator as our one line instead. GRPC_VERBOSITY=ERROR brings them
     # back; it is read once, when grpc is first imported (by the commands that use it).

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from secagg.cli.options import NO_DP, DpFlags, Dropout, dp_options
-from secagg.cli.output import fail, say, wide_console
+from secagg.cli.output import fail, say, started, wide_console
 from secagg.compare import ALL_SCHEMES
 
 if TYPE_CHECKING:
@@ -69,6 +69,8 @@ def compare(
     from secagg.compare.comparison import CompareOptions, run_compare, write_plots
     from secagg.errors import ConfigurationError
     from secagg.extras import require
+
+    started()  # its imports are done: Ctrl-C and SIGTERM are its own from here
 
     if plots is not None:
         require("bench", "--plots")  # before the comparison, not after its minutes

@@ -17,7 +17,7 @@ from secagg.cli.options import (
     SchemeChoice,
     dp_options,
 )
-from secagg.cli.output import FAILED_EXIT, fail, say, wide_console
+from secagg.cli.output import FAILED_EXIT, fail, say, started, wide_console
 
 __all__ = ["demo"]
 
@@ -83,6 +83,8 @@ def demo(
     from secagg.demo import DemoOptions, print_report, run_demo, write_json
     from secagg.errors import ConfigurationError, LedgerError, MissingExtra, SecAggError
     from secagg.service.files import check_writable
+
+    started()  # its imports are done: Ctrl-C and SIGTERM are its own from here
 
     try:
         if scheme is SchemeChoice.plaintext:

@@ -18,7 +18,7 @@ from secagg.cli.options import (
     TaskChoice,
     dp_options,
 )
-from secagg.cli.output import fail, say
+from secagg.cli.output import fail, say, started
 
 if TYPE_CHECKING:
     from secagg.dp.calibrate import DpPlan
@@ -91,6 +91,8 @@ def certs(
     from secagg.service.scheme_sides import provision_keys
     from secagg.service.settings import CoordinatorSettings
     from secagg.service.tasks import Task, TaskSpec
+
+    started()  # its imports are done: Ctrl-C and SIGTERM are its own from here
 
     try:
         settings = _dp_for(dp, scheme, max_weight, server_model, clients)

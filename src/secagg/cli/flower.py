@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from secagg.cli.output import fail, say
+from secagg.cli.output import fail, say, started
 
 __all__ = ["flower_node_key", "flower_nodes"]
 
@@ -24,6 +24,8 @@ def flower_node_key(
     the one line to hand to whoever writes nodes.toml (the key itself never leaves)."""
     from secagg.errors import ConfigurationError
     from secagg.flower.nodes import write_node_identity
+
+    started()  # its imports are done: Ctrl-C and SIGTERM are its own from here
 
     try:
         identity = write_node_identity(out, node_id)
@@ -48,6 +50,8 @@ def flower_nodes(
     active mode, each node's identity public key (every node and the ServerApp load it)."""
     from secagg.errors import ConfigurationError
     from secagg.flower.nodes import NODES_FILE, provision_nodes
+
+    started()  # its imports are done: Ctrl-C and SIGTERM are its own from here
 
     ids, keys = _node_entries(nodes)
     try:

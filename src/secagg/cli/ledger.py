@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from secagg.cli.output import fail, say, wide_console
+from secagg.cli.output import fail, say, started, wide_console
 
 if TYPE_CHECKING:
     from secagg.journal import Journal
@@ -27,6 +27,8 @@ def rounds(
     from secagg.cli.report import export_aggregate, format_rounds_table
     from secagg.errors import ConfigurationError, DecodeError, LedgerError, UsageError
     from secagg.ledger import Ledger
+
+    started()  # its imports are done: Ctrl-C and SIGTERM are its own from here
 
     if export is not None:
         if not 1 <= export <= _MAX_ROUND_ID:
@@ -60,6 +62,8 @@ def history(
     from secagg.errors import MissingExtra, SecAggError
     from secagg.journal import Journal
     from secagg.service.run import journal_path
+
+    started()  # its imports are done: Ctrl-C and SIGTERM are its own from here
 
     if (identity is None) == (journal is None):
         fail("name the client with --identity FILE or its journal with --journal FILE")

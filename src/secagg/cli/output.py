@@ -5,6 +5,7 @@ not need this module to bring it in."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import typer
@@ -22,12 +23,33 @@ __all__ = [
     "print_error",
     "say",
     "setup_logging",
+    "started",
+    "when_started",
     "wide_console",
 ]
 
 OK_EXIT = 0
 USAGE_EXIT = 2
 FAILED_EXIT = 1
+
+# What ``started`` calls once: set by the entry point, which stops the command with one line
+# while it is still importing (``secagg.launch``). None when run() is called directly.
+_on_started: Callable[[], None] | None = None
+
+
+def when_started(action: Callable[[], None] | None) -> None:
+    global _on_started
+    _on_started = action
+
+
+def started() -> None:
+    """Every command calls this once its imports are done: from here SIGINT and SIGTERM are
+    its own (Python's, or the handlers ``serve`` and ``join`` install), no longer the entry
+    point's line for a command stopped while it starts."""
+    global _on_started
+    action, _on_started = _on_started, None
+    if action is not None:
+        action()
 
 
 def print_error(message: str, *, stream: TextIO | None = None) -> None:

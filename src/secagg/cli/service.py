@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from secagg.cli.options import DeploymentFile, TaskChoice
-from secagg.cli.output import FAILED_EXIT, fail, say, setup_logging
+from secagg.cli.output import FAILED_EXIT, fail, say, setup_logging, started
 
 if TYPE_CHECKING:
     from secagg.service.client import UpdateFn
@@ -70,6 +70,8 @@ def serve(
     from secagg.service.metrics import CoordinatorMetrics, MetricsEndpoint, serve_metrics
     from secagg.service.run import RunFailed, Stopped, serve_failed
     from secagg.service.run import serve as run_serve
+
+    started()  # its imports are done: Ctrl-C and SIGTERM are its own from here
 
     if metrics_port is not None:
         require("metrics", "--metrics-port")  # before the coordinator takes its port
@@ -157,6 +159,8 @@ def join(
     from secagg.service.client import Rejected
     from secagg.service.run import RunFailed, Stopped
     from secagg.service.run import join as run_join
+
+    started()  # its imports are done: Ctrl-C and SIGTERM are its own from here
 
     deployment = load_config(config)
     try:

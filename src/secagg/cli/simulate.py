@@ -22,7 +22,7 @@ from secagg.cli.options import (
     ServerModelChoice,
     dp_options,
 )
-from secagg.cli.output import fail
+from secagg.cli.output import fail, started
 from secagg.protocol.stages import DROP_STAGES
 
 if TYPE_CHECKING:
@@ -119,6 +119,8 @@ def simulate(
     from secagg.errors import ConfigurationError, InputError
     from secagg.grouping import simulate_grouped
     from secagg.simulate import SEMI_HONEST_STAGES, integer_weights, simulate_round
+
+    started()  # its imports are done: Ctrl-C and SIGTERM are its own from here
 
     if threat_model is not None:
         fail(_renamed_threat_model(threat_model))
