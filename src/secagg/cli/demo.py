@@ -40,7 +40,7 @@ _DemoDpClip = Annotated[
 
 
 @dp_options(
-    leave_out=("rounds", "sampling_rate"), helps={"epsilon": _DemoDpEpsilon, "clip": _DemoDpClip}
+    leave_out=("rounds", "sampling_rate"), own={"epsilon": _DemoDpEpsilon, "clip": _DemoDpClip}
 )
 def demo(
     clients: Annotated[int, typer.Option(help="Client processes.")] = 10,

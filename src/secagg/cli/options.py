@@ -199,9 +199,10 @@ class DpFlags:
         from secagg.errors import ConfigurationError
 
         if self.epsilon is None and self.noise_multiplier is None:
+            # The first of the other options given, in the order the help lists them.
             given = [
                 f"--dp-{f.name.replace('_', '-')}"
-                for f in fields(self)[2:]
+                for f in fields(self)
                 if getattr(self, f.name) is not None
             ]
             if given:
@@ -242,15 +243,15 @@ Command = Callable[..., None]
 
 
 def dp_options(
-    *, leave_out: Collection[str] = (), helps: Mapping[str, object] | None = None
+    *, leave_out: Collection[str] = (), own: Mapping[str, object] | None = None
 ) -> Callable[[Command], Command]:
     """The command's ``dp`` parameter as the ``--dp-*`` options, in its place.
 
     ``leave_out`` names DpFlags fields the command has no option for (they stay None);
-    ``helps`` gives a field an option of the command's own (the same flag, its own help).
+    ``own`` gives a field an option of the command's own (the same flag, its own help).
     """
     options = {name: kind for name, kind in _DP_OPTION_TYPES.items() if name not in leave_out}
-    options |= helps or {}
+    options |= own or {}
 
     def decorate(command: Command) -> Command:
         signature = inspect.signature(command, eval_str=True)
