@@ -21,7 +21,6 @@ import typer
 from secagg.cli import app
 from secagg.cli.options import (
     BackendChoice,
-    MechanismChoice,
     ProtocolChoice,
     ServerModelChoice,
     TaskChoice,
@@ -34,18 +33,21 @@ COMMANDS = list(typer.main.get_command(app).commands)  # type: ignore[attr-defin
 HEAVY = ("numpy", "grpc", "torch", "tenseal", "ray", "flwr", "cryptography", "dp_accounting")
 
 # The secagg modules the help may load: the command line itself and what its options quote
-# (the stages --drop names, the DP defaults, the rows of compare) and their few imports.
+# (the stages --drop names, the DP knobs and their defaults, the rows of compare) and their few
+# imports.
 LIGHT = {
     "secagg",
     "secagg.compare",
+    "secagg.dp",
+    "secagg.dp.mechanism",
+    "secagg.dp.settings",
     "secagg.errors",
     "secagg.extras",
+    "secagg.knobs",
     "secagg.launch",
     "secagg.protocol",
     "secagg.protocol.codec",
     "secagg.protocol.stages",
-    "secagg.service",
-    "secagg.service.defaults",
 }
 
 _HELP_AND_MODULES = """
@@ -104,12 +106,10 @@ def _values(kind: type[StrEnum]) -> list[str]:
 
 def test_each_choice_offers_exactly_the_library_values() -> None:
     from secagg.backends import Backend
-    from secagg.dp.noise import Mechanism
     from secagg.schemes.masking.parameters import Protocol, ServerModel
     from secagg.service.tasks import Task
 
     assert _values(BackendChoice) == _values(Backend)
-    assert _values(MechanismChoice) == _values(Mechanism)
     assert _values(ProtocolChoice) == _values(Protocol)
     assert _values(ServerModelChoice) == _values(ServerModel)
     assert _values(TaskChoice) == _values(Task)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from secagg.dp.noise import Mechanism
+from secagg.dp.mechanism import Mechanism
 from secagg.dp.settings import DpSettings, dp_file_names, dp_flag_names, name_knobs
 from secagg.errors import ConfigurationError
 from secagg.knobs import file_names, knob, read_section, section_lines, settings_of

@@ -17,7 +17,7 @@ from secagg.dp.accounting import (
     round_rdp,
     skellam_rdp,
 )
-from secagg.dp.noise import Mechanism
+from secagg.dp.mechanism import Mechanism
 from secagg.errors import UsageError
 
 dp_accounting = pytest.importorskip("dp_accounting")

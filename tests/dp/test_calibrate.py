@@ -16,7 +16,7 @@ from secagg.dp.calibrate import (
     epsilon_spent,
     wrap_probability_bound,
 )
-from secagg.dp.noise import Mechanism
+from secagg.dp.mechanism import Mechanism
 from secagg.errors import ConfigurationError, UsageError
 from tests.dp._stats import skellam_pmf
 

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from secagg.dp.mechanism import Mechanism
 from secagg.dp.noise import (
     MAX_LOCAL_VARIANCE,
-    Mechanism,
     _log_poisson_pmf,
     discrete_gaussian,
     poisson,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from secagg.dp.calibrate import DpConfig, DpPlan, calibrate
-from secagg.dp.noise import Mechanism
+from secagg.dp.mechanism import Mechanism
 from secagg.dp.pipeline import decode, encode
 from secagg.errors import ConfigurationError, UsageError
 from tests.dp._counting import CountingRandomness

@@ -21,26 +21,15 @@ from secagg.cli.output import FAILED_EXIT, fail, say, started, wide_console
 
 __all__ = ["demo"]
 
-# The demo's own words for two of the DP options: its target covers the whole run (it has
-# no --dp-rounds), and its clip defaults to the first round's updates.
-_DemoDpEpsilon = Annotated[
-    float | None,
-    typer.Option(
-        "--dp-epsilon",
-        help="Train with distributed DP: the target epsilon over all --rounds rounds.",
-    ),
-]
-_DemoDpClip = Annotated[
-    float | None,
-    typer.Option(
-        "--dp-clip",
-        help="DP: the L2 clip (default: the median norm of the first-round updates).",
-    ),
-]
 
-
+# The demo's target covers its whole run (it has no --dp-rounds, nor sampling), and its clip
+# defaults to the first round's updates: two of the options in its own words.
 @dp_options(
-    leave_out=("rounds", "sampling_rate"), own={"epsilon": _DemoDpEpsilon, "clip": _DemoDpClip}
+    leave_out=("rounds", "sampling_rate"),
+    helps={
+        "target_epsilon": "Train with distributed DP: the target epsilon over all --rounds rounds.",
+        "l2_clip": "DP: the L2 clip (default: the median norm of the first-round updates).",
+    },
 )
 def demo(
     clients: Annotated[int, typer.Option(help="Client processes.")] = 10,

@@ -12,17 +12,15 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Optional, cast
 
 import typer
 
-from secagg.dp.settings import DEFAULT_DP_BITS, DEFAULT_DP_DELTA
-
-if TYPE_CHECKING:
-    from secagg.dp.settings import DpSettings
+from secagg.dp.settings import DpSettings, dp_flag_names, name_knobs
+from secagg.knobs import Setting, settings_of
 
 __all__ = [
     "NO_DP",
@@ -32,7 +30,6 @@ __all__ = [
     "DpFlags",
     "Dropout",
     "FrameworkChoice",
-    "MechanismChoice",
     "ProtocolChoice",
     "SchemeChoice",
     "ServerModelChoice",
@@ -76,13 +73,6 @@ class FrameworkChoice(StrEnum):
     torch = "torch"
 
 
-class MechanismChoice(StrEnum):
-    """``Mechanism``'s values: the distribution of each client's DP noise."""
-
-    skellam = "skellam"
-    discrete_gaussian = "discrete-gaussian"
-
-
 class BackendChoice(StrEnum):
     """``Backend``'s values: where a simulation's clients run."""
 
@@ -100,141 +90,56 @@ Dropout = Annotated[
 ]
 DeploymentFile = Annotated[Path, typer.Option(help="deployment.toml")]
 
-# Distributed DP: the same options wherever a user runs rounds (simulate, compare, certs, demo).
-DpEpsilon = Annotated[
-    float | None,
-    typer.Option(
-        "--dp-epsilon",
-        help="Distributed DP (every client adds noise before masking): the target epsilon "
-        "over --dp-rounds rounds.",
-    ),
-]
-DpNoiseMultiplier = Annotated[
-    float | None,
-    typer.Option(
-        "--dp-noise-multiplier",
-        help="Distributed DP with this noise multiplier (central noise std at the minimum "
-        "cohort / the L2 clip) instead of a target epsilon.",
-    ),
-]
-DpDelta = Annotated[
-    float | None, typer.Option("--dp-delta", help=f"DP delta (default {DEFAULT_DP_DELTA:g}).")
-]
-DpClip = Annotated[
-    float | None,
-    typer.Option("--dp-clip", help="DP: each update is scaled down to this L2 norm."),
-]
-DpBits = Annotated[
-    int | None,
-    typer.Option(
-        "--dp-bits",
-        help=f"DP: bits per coordinate of the noisy sum (default {DEFAULT_DP_BITS}).",
-    ),
-]
-DpMechanism = Annotated[
-    MechanismChoice | None,
-    typer.Option("--dp-mechanism", help="DP noise: skellam (default) or discrete-gaussian."),
-]
-DpRounds = Annotated[
-    int | None,
-    typer.Option("--dp-rounds", help="DP: rounds the target epsilon covers (default 1)."),
-]
-DpSamplingRate = Annotated[
-    float | None,
-    typer.Option(
-        "--dp-sampling-rate",
-        help="DP: the chance each client takes part in a round, if you sample clients "
-        "(Poisson; default 1).",
-    ),
-]
-# Each DpFlags field's option, in the order the help lists them.
-_DP_OPTION_TYPES: dict[str, object] = {
-    "epsilon": DpEpsilon,
-    "noise_multiplier": DpNoiseMultiplier,
-    "delta": DpDelta,
-    "clip": DpClip,
-    "bits": DpBits,
-    "mechanism": DpMechanism,
-    "rounds": DpRounds,
-    "sampling_rate": DpSamplingRate,
-}
-# What DpConfig, calibrate and Params call the knobs, as the options that set them.
-DP_OPTIONS = {
-    "target_epsilon": "--dp-epsilon",
-    "noise_multiplier": "--dp-noise-multiplier",
-    "delta": "--dp-delta",
-    "l2_clip": "--dp-clip",
-    "bits": "--dp-bits",
-    "mechanism": "--dp-mechanism",
-    "rounds": "--dp-rounds",
-    "sampling_rate": "--dp-sampling-rate",
-    "min_clients": "--min-cohort",
-    "min_cohort": "--min-cohort",
-    "max_clients": "--clients",
-}
+# The DP option group: DpSettings' knobs (flag, help), in the order DpSettings declares them.
+_DP_SETTINGS = {s.name: s for s in settings_of(DpSettings) if s.knob.flag is not None}
+_DP_FLAG = {name: str(s.knob.flag) for name, s in _DP_SETTINGS.items()}
+
+
+def _dp_option(setting: Setting, help: str | None) -> object:
+    """``Annotated[T | None, typer.Option(flag, help=...)]`` for one knob (None: not given)."""
+    kind = setting.enum or setting.kind
+    option = typer.Option(setting.knob.flag, help=setting.knob.help if help is None else help)
+    return cast(Any, Annotated)[Optional[kind], option]  # noqa: UP045 (a runtime type)
 
 
 @dataclass(frozen=True)
 class DpFlags:
-    """The ``--dp-*`` options as given (None: not given)."""
+    """The ``--dp-*`` options as given: each DpSettings field's value, None when not given."""
 
-    epsilon: float | None = None
-    noise_multiplier: float | None = None
-    delta: float | None = None
-    clip: float | None = None
-    bits: int | None = None
-    mechanism: MechanismChoice | None = None
-    rounds: int | None = None
-    sampling_rate: float | None = None
+    values: Mapping[str, object] = field(default_factory=dict)
 
     @property
-    def given(self) -> bool:
-        return any(getattr(self, f.name) is not None for f in fields(self))
+    def given(self) -> dict[str, object]:
+        return {name: value for name, value in self.values.items() if value is not None}
 
     def settings(self) -> DpSettings | None:
         """What the options ask (None: no DP). The clip stays None when not given: each
         command has its own default. ConfigurationError names the option to change."""
-        from secagg.dp.noise import Mechanism
-        from secagg.dp.settings import DpSettings, name_knobs
         from secagg.errors import ConfigurationError
 
-        if self.epsilon is None and self.noise_multiplier is None:
-            # The first of the other options given, in the order the help lists them.
-            given = [
-                f"--dp-{f.name.replace('_', '-')}"
-                for f in fields(self)
-                if getattr(self, f.name) is not None
-            ]
-            if given:
-                raise ConfigurationError(
-                    f"{given[0]} needs distributed DP turned on: add --dp-epsilon or "
-                    "--dp-noise-multiplier"
-                )
-            return None
-        if self.epsilon is not None and self.noise_multiplier is not None:
-            raise ConfigurationError("give --dp-epsilon or --dp-noise-multiplier, not both")
-        try:
-            return DpSettings(
-                l2_clip=self.clip,
-                target_epsilon=self.epsilon,
-                noise_multiplier=self.noise_multiplier,
-                delta=DEFAULT_DP_DELTA if self.delta is None else self.delta,
-                bits=DEFAULT_DP_BITS if self.bits is None else self.bits,
-                mechanism=Mechanism((self.mechanism or MechanismChoice.skellam).value),
-                rounds=1 if self.rounds is None else self.rounds,
-                sampling_rate=1.0 if self.sampling_rate is None else self.sampling_rate,
+        given = self.given
+        goals = [name for name in ("target_epsilon", "noise_multiplier") if name in given]
+        if not goals and given:
+            # The first option given, in the order the help lists them.
+            raise ConfigurationError(
+                f"{_DP_FLAG[next(iter(given))]} needs distributed DP turned on: add "
+                f"{_DP_FLAG['target_epsilon']} or {_DP_FLAG['noise_multiplier']}"
             )
+        if not goals:
+            return None
+        if len(goals) == 2:
+            raise ConfigurationError(
+                f"give {_DP_FLAG['target_epsilon']} or {_DP_FLAG['noise_multiplier']}, not both"
+            )
+        try:
+            return DpSettings(**given)  # type: ignore[arg-type]
         except ConfigurationError as exc:
-            raise ConfigurationError(name_knobs(str(exc), DP_OPTIONS)) from None
+            raise ConfigurationError(name_knobs(str(exc), dp_flag_names())) from None
 
     def error_text(self, exc: Exception) -> str:
         """``exc`` as the user's one line: when any --dp-* option was given, the DP knobs the
         message names are spelled as those options."""
-        if self.given:
-            from secagg.dp.settings import name_knobs
-
-            return name_knobs(str(exc), DP_OPTIONS)
-        return str(exc)
+        return name_knobs(str(exc), dp_flag_names()) if self.given else str(exc)
 
 
 NO_DP = DpFlags()
@@ -243,15 +148,18 @@ Command = Callable[..., None]
 
 
 def dp_options(
-    *, leave_out: Collection[str] = (), own: Mapping[str, object] | None = None
+    *, leave_out: Collection[str] = (), helps: Mapping[str, str] | None = None
 ) -> Callable[[Command], Command]:
     """The command's ``dp`` parameter as the ``--dp-*`` options, in its place.
 
-    ``leave_out`` names DpFlags fields the command has no option for (they stay None);
-    ``own`` gives a field an option of the command's own (the same flag, its own help).
+    ``leave_out`` names DpSettings fields the command has no option for (they stay unset);
+    ``helps`` gives a field's option the command's own help (the flag stays the knob's).
     """
-    options = {name: kind for name, kind in _DP_OPTION_TYPES.items() if name not in leave_out}
-    options |= own or {}
+    options = {
+        f"dp_{name}": _dp_option(setting, (helps or {}).get(name))
+        for name, setting in _DP_SETTINGS.items()
+        if name not in leave_out
+    }
 
     def decorate(command: Command) -> Command:
         signature = inspect.signature(command, eval_str=True)
@@ -264,15 +172,15 @@ def dp_options(
                 continue
             parameters += [
                 inspect.Parameter(
-                    f"dp_{name}", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=kind
+                    name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=option
                 )
-                for name, kind in options.items()
+                for name, option in options.items()
             ]
 
         @functools.wraps(command)
         def with_dp(**given: Any) -> None:
-            flags = DpFlags(**{name: given.pop(f"dp_{name}") for name in options})
-            command(**given, dp=flags)
+            values = {name.removeprefix("dp_"): given.pop(name) for name in options}
+            command(**given, dp=DpFlags(values))
 
         with_dp.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         with_dp.__annotations__ = {p.name: p.annotation for p in parameters}

@@ -5,6 +5,7 @@ already carries enough noise for an (epsilon, delta) guarantee, and no party eve
 noiseless sum. Modules:
 
 - ``rotation``: the randomised Hadamard rotation shared by a round's clients;
+- ``mechanism``: the name of each noise distribution;
 - ``noise``: Skellam and discrete Gaussian samplers over cryptographic randomness;
 - ``accounting``: sensitivities, RDP curves, sampling, composition, conversion (dp-accounting);
 - ``calibrate``: ``DpConfig`` (what the user asks) -> ``DpPlan`` (scale, noise, bounds);
@@ -13,19 +14,46 @@ noiseless sum. Modules:
 Only converting RDP to epsilon needs Google's ``dp-accounting`` (the ``secagg[dp]`` extra):
 ``calibrate``, ``achieved_epsilon`` and ``epsilon_spent`` raise a ConfigurationError saying so
 when it is missing; everything else imports and runs without it.
+
+The names below are imported when first used: ``secagg.dp.settings`` and
+``secagg.dp.mechanism`` (what a command's ``--dp-*`` options need) load without numpy.
 """
 
-from secagg.dp.calibrate import (
-    DpConfig,
-    DpPlan,
-    achieved_epsilon,
-    calibrate,
-    epsilon_spent,
-    wrap_probability_bound,
-)
-from secagg.dp.noise import Mechanism, discrete_gaussian, skellam
-from secagg.dp.pipeline import decode, encode
-from secagg.dp.rotation import padded_dimension, rotate, unrotate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from secagg.dp.calibrate import (
+        DpConfig,
+        DpPlan,
+        achieved_epsilon,
+        calibrate,
+        epsilon_spent,
+        wrap_probability_bound,
+    )
+    from secagg.dp.mechanism import Mechanism
+    from secagg.dp.noise import discrete_gaussian, skellam
+    from secagg.dp.pipeline import decode, encode
+    from secagg.dp.rotation import padded_dimension, rotate, unrotate
+
+_WHERE = {
+    "DpConfig": "secagg.dp.calibrate",
+    "DpPlan": "secagg.dp.calibrate",
+    "achieved_epsilon": "secagg.dp.calibrate",
+    "calibrate": "secagg.dp.calibrate",
+    "epsilon_spent": "secagg.dp.calibrate",
+    "wrap_probability_bound": "secagg.dp.calibrate",
+    "Mechanism": "secagg.dp.mechanism",
+    "discrete_gaussian": "secagg.dp.noise",
+    "skellam": "secagg.dp.noise",
+    "decode": "secagg.dp.pipeline",
+    "encode": "secagg.dp.pipeline",
+    "padded_dimension": "secagg.dp.rotation",
+    "rotate": "secagg.dp.rotation",
+    "unrotate": "secagg.dp.rotation",
+}
 
 __all__ = [
     "DpConfig",
@@ -43,3 +71,16 @@ __all__ = [
     "unrotate",
     "wrap_probability_bound",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'secagg.dp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

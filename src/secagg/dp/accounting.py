@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.dp.noise import Mechanism
+from secagg.dp.mechanism import Mechanism
 from secagg.errors import UsageError
 from secagg.extras import require
 

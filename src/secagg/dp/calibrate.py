@@ -52,7 +52,8 @@ import numpy as np
 
 from secagg.checks import is_int, is_number
 from secagg.dp import accounting
-from secagg.dp.noise import MAX_LOCAL_VARIANCE, Mechanism
+from secagg.dp.mechanism import Mechanism
+from secagg.dp.noise import MAX_LOCAL_VARIANCE
 from secagg.dp.rotation import padded_dimension
 from secagg.errors import ConfigurationError, UsageError
 

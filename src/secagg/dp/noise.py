@@ -1,6 +1,6 @@
 """Discrete noise for distributed DP, drawn only from a :class:`Randomness`'s uint32 words.
 
-Two mechanisms (``Mechanism``):
+Two mechanisms (``secagg.dp.mechanism.Mechanism``):
 
 - **Skellam** ``Sk(mu)``: the difference of two independent Poisson(mu/2), so mean 0 and
   variance ``mu``. Sums of independent Skellams are Skellam with the summed parameter, which is
@@ -25,17 +25,16 @@ Laplace/Gaussian (Mironov 2012) do not apply.
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.dp.mechanism import Mechanism
 from secagg.errors import ConfigurationError, UsageError
 from secagg.hazmat.randomness import Randomness
 
 __all__ = [
     "MAX_LOCAL_VARIANCE",
-    "Mechanism",
     "discrete_gaussian",
     "poisson",
     "sample",
@@ -55,13 +54,6 @@ _PTRS_MIN_MEAN = 10.0
 _TABLE_LENGTH = 61
 
 _LOG_FACTORIALS = np.array([math.lgamma(k + 1.0) for k in range(_TABLE_LENGTH)])
-
-
-class Mechanism(StrEnum):
-    """The distribution each client's noise is drawn from."""
-
-    SKELLAM = "skellam"
-    DISCRETE_GAUSSIAN = "discrete-gaussian"
 
 
 def _check_count(n: int) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
-from secagg.dp.noise import Mechanism
+from secagg.dp.mechanism import Mechanism
 from secagg.errors import ConfigurationError, UsageError
 from secagg.knobs import file_names, flag_names, knob
 
