@@ -1,8 +1,9 @@
-"""What the commands' options offer, declared once: the choices (each mirrors a library
-enum by value, so that ``--help`` need not import the library to list them), the options
-several commands share, and the distributed-DP option group.
+"""What the commands' options offer: the choices (each mirrors a library enum by value, so
+that ``--help`` need not import the schemes or the service to list them; a test holds each to
+its enum), the options several commands share, and the distributed-DP option group.
 
-The DP group: a command takes ``dp: DpFlags = NO_DP`` where its ``--dp-*`` options go in its
+The DP group is read from ``DpSettings``' knobs (``secagg.knobs``: flag, help, default, in
+their order). A command takes ``dp: DpFlags = NO_DP`` where its ``--dp-*`` options go in its
 help, and ``@dp_options()`` turns that one parameter into the options (typer reads the
 signature it writes) and hands the command the values as one ``DpFlags``.
 """

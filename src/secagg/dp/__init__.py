@@ -22,6 +22,8 @@ The names below are imported when first used: ``secagg.dp.settings`` and
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -84,3 +86,19 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_WHERE])
+
+
+class _Package(types.ModuleType):
+    """``calibrate`` names both a submodule and the function this package exports. Loading a
+    submodule sets the package's attribute of its name to it, which would hide the function
+    once anything imported ``secagg.dp.calibrate``; so the function keeps the name (as it did
+    when this package imported its names at once), loaded by ``__getattr__`` when first asked
+    for."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "calibrate" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
