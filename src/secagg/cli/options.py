@@ -21,6 +21,7 @@ from typing import Annotated, Any, Optional, cast
 import typer
 
 from secagg.dp.settings import DpSettings, dp_flag_names, name_knobs
+from secagg.errors import ConfigurationError
 from secagg.knobs import Setting, settings_of
 
 __all__ = [
@@ -116,8 +117,6 @@ class DpFlags:
     def settings(self) -> DpSettings | None:
         """What the options ask (None: no DP). The clip stays None when not given: each
         command has its own default. ConfigurationError names the option to change."""
-        from secagg.errors import ConfigurationError
-
         given = self.given
         goals = [name for name in ("target_epsilon", "noise_multiplier") if name in given]
         if not goals and given:
