@@ -35,10 +35,11 @@ import sections
 
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.parallel import MaskApplier, usable_cores
+from secagg.protocol.codec import Message
 from secagg.protocol.runner import RoundRun
 from secagg.protocol.stages import DROP_STAGES, Stage
 from secagg.schemes.masking.client import Client
-from secagg.schemes.masking.messages import Message, PeerShares
+from secagg.schemes.masking.messages import PeerShares
 from secagg.schemes.masking.parameters import Params, ServerModel
 from secagg.schemes.masking.server import Server
 from secagg.simulate import (

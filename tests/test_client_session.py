@@ -20,6 +20,7 @@ from secagg.dp.budget import ClientBudget
 from secagg.dp.calibrate import DpConfig
 from secagg.errors import AbortReason, ClientAbort, JournalError
 from secagg.journal import Event, Journal
+from secagg.protocol.codec import decode
 from secagg.protocol.runner import RoundRun
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import MaskingScheme
@@ -28,7 +29,6 @@ from secagg.schemes.masking.messages import (
     RoundConfig,
     UnmaskRequest,
     UnmaskResponse,
-    decode,
 )
 from secagg.schemes.masking.parameters import Params, Protocol
 from secagg.schemes.masking.server import Server

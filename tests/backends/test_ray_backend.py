@@ -25,7 +25,7 @@ from secagg.cohort import ClientGroup  # noqa: E402
 from secagg.errors import ConfigurationError  # noqa: E402
 from secagg.hazmat import prg  # noqa: E402
 from secagg.hazmat.randomness import DeterministicRandomness  # noqa: E402
-from secagg.schemes.masking.messages import Message  # noqa: E402
+from secagg.protocol.codec import Message  # noqa: E402
 from secagg.schemes.masking.parameters import Params, ServerModel  # noqa: E402
 from secagg.schemes.plaintext import PlaintextScheme  # noqa: E402
 from secagg.simulate import (  # noqa: E402

@@ -59,6 +59,7 @@ from secagg.flower import SecAggMod, SecureGrid, SecureRoundReport, wire
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import SystemRandomness
 from secagg.journal import Event, Journal
+from secagg.protocol import codec
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import messages as pm
 from secagg.schemes.masking.server import Server
@@ -219,7 +220,7 @@ class Answer:
     """What a node sent back: a protocol message, or a typed refusal (``wire.ABORT``)."""
 
     node: int
-    message: pm.Message | None = None
+    message: codec.Message | None = None
     refusal: str | None = None
     data: bytes | None = field(default=None, repr=False)
 
@@ -233,7 +234,7 @@ def read_answer(reply: Message) -> Answer:
         return Answer(node, refusal=str(record[wire.ABORT]))
     data = record[wire.MESSAGE]
     assert isinstance(data, bytes)
-    return Answer(node, message=pm.decode(data), data=data)
+    return Answer(node, message=codec.decode(data), data=data)
 
 
 class Liar:
@@ -340,8 +341,8 @@ class LieRound:
             params.survivor_rule(len(self.nodes), self.config.degree) if params.active else None
         )
         self._server: Server | None = None
-        self.sent: list[tuple[int, pm.Message]] = []
-        self.received: list[tuple[int, pm.Message]] = []
+        self.sent: list[tuple[int, codec.Message]] = []
+        self.received: list[tuple[int, codec.Message]] = []
 
     @property
     def server(self) -> Server:
@@ -360,7 +361,7 @@ class LieRound:
         return {a.node: a for a in self.liar.exchange([(n, self.opening()) for n in to])}
 
     def send(
-        self, pairs: Sequence[tuple[int, pm.Message]], *, opening: bool = False
+        self, pairs: Sequence[tuple[int, codec.Message]], *, opening: bool = False
     ) -> list[Answer]:
         """Send each (client id, message) in one push; their answers, in order."""
         sends = []
@@ -379,7 +380,7 @@ class LieRound:
                 self.received.append((cid, answer.message))
         return answers
 
-    def feed(self, pairs: Sequence[tuple[int, pm.Message]], answers: Sequence[Answer]) -> None:
+    def feed(self, pairs: Sequence[tuple[int, codec.Message]], answers: Sequence[Answer]) -> None:
         """Hand the answers to the attacker's own ``Server``."""
         for (cid, _), answer in zip(pairs, answers, strict=True):
             if answer.data is not None:
@@ -387,7 +388,7 @@ class LieRound:
             else:
                 self.server.drop(cid, DropReason.CLIENT_ABORTED, str(answer.refusal))
 
-    def play_honestly_until(self, stop: Stage) -> dict[int, pm.Message]:
+    def play_honestly_until(self, stop: Stage) -> dict[int, codec.Message]:
         """Run the round as secagg's ``Server`` would until it asks for ``stop``: what it
         would send then, by client id."""
         outgoing = self.server.start()

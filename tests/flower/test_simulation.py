@@ -33,8 +33,9 @@ from examples.flower import apps
 from examples.flower.secagg_digits import task
 from secagg.flower import wire
 from secagg.hazmat.randomness import DeterministicRandomness
+from secagg.protocol.codec import decode
 from secagg.protocol.stages import Stage
-from secagg.schemes.masking.messages import RoundConfig, decode
+from secagg.schemes.masking.messages import RoundConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = 20

@@ -22,12 +22,12 @@ from numpy.typing import NDArray
 
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
+from secagg.protocol.codec import Message
 from secagg.schemes.masking.client import Client
 from secagg.schemes.masking.graph import SurvivorRule, survivor_rule
 from secagg.schemes.masking.messages import (
     AdvertiseKeys,
     Contributions,
-    Message,
     PeerKeys,
     PeerShares,
     RoundConfig,

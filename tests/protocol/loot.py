@@ -18,12 +18,12 @@ from secagg.hazmat import prg
 from secagg.hazmat.keys import X25519KeyPair, x25519_public_from_private
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, combine
+from secagg.protocol.codec import Message
 from secagg.schemes.masking import derivations as derive
 from secagg.schemes.masking.messages import (
     AdvertiseKeys,
     EncryptedShares,
     MaskedInput,
-    Message,
     PeerShares,
     RoundConfig,
     UnmaskResponse,

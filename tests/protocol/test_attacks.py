@@ -23,12 +23,12 @@ from secagg.hazmat import aead
 from secagg.hazmat.keys import X25519KeyPair
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.hazmat.shamir import Share
+from secagg.protocol.codec import Message
 from secagg.schemes.masking import derivations as derive
 from secagg.schemes.masking.messages import (
     ConsistencySignature,
     EncryptedShares,
     MaskedInput,
-    Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from secagg.errors import AbortReason, ClientAbort, InputError, UsageError
+from secagg.protocol.codec import Message, decode
 from secagg.schemes.masking import messages
 from secagg.schemes.masking.client import (
     Aborted,
@@ -35,7 +36,6 @@ from secagg.schemes.masking.messages import (
     Contributions,
     EncryptedShares,
     MaskedInput,
-    Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
@@ -44,7 +44,6 @@ from secagg.schemes.masking.messages import (
     SurvivorList,
     UnmaskRequest,
     UnmaskResponse,
-    decode,
 )
 from tests.protocol.harness import Harness
 

@@ -50,6 +50,7 @@ from secagg.errors import (
 )
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import SHARE_VALUE_BYTES
+from secagg.protocol.codec import MAX_ID, Message, decode
 from secagg.schemes.masking import derivations as derive
 from secagg.schemes.masking.client import (
     Aborted,
@@ -61,13 +62,11 @@ from secagg.schemes.masking.client import (
 from secagg.schemes.masking.messages import (
     CIPHERTEXT_BYTES,
     KEY_BYTES,
-    MAX_ID,
     SIGNATURE_BYTES,
     AdvertiseKeys,
     ConsistencySignature,
     EncryptedShares,
     MaskedInput,
-    Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
@@ -75,7 +74,6 @@ from secagg.schemes.masking.messages import (
     SurvivorList,
     UnmaskRequest,
     UnmaskResponse,
-    decode,
 )
 from secagg.schemes.masking.server import Stage
 from tests.protocol.harness import SERVER_STAGE, Harness

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import ConfigurationError, DecodeError, UsageError
+from secagg.protocol.codec import Message, decode
 from secagg.schemes.masking.messages import (
     CIPHERTEXT_BYTES,
     AdvertiseKeys,
@@ -18,7 +19,6 @@ from secagg.schemes.masking.messages import (
     Contributions,
     EncryptedShares,
     MaskedInput,
-    Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
@@ -26,7 +26,6 @@ from secagg.schemes.masking.messages import (
     RoundConfig,
     UnmaskRequest,
     UnmaskResponse,
-    decode,
 )
 from secagg.schemes.masking.parameters import check_round_config
 

@@ -57,6 +57,7 @@ from secagg.errors import (
 )
 from secagg.hazmat.keys import X25519KeyPair
 from secagg.hazmat.randomness import DeterministicRandomness
+from secagg.protocol.codec import Message, decode
 from secagg.schemes.masking.client import (
     Aborted,
     AwaitingPeerKeys,
@@ -73,14 +74,12 @@ from secagg.schemes.masking.messages import (
     ConsistencySignature,
     EncryptedShares,
     MaskedInput,
-    Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
     SurvivorList,
     UnmaskRequest,
     UnmaskResponse,
-    decode,
 )
 from secagg.schemes.masking.server import Stage
 from tests.protocol.harness import SERVER_STAGE, Harness

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from secagg.errors import DecodeError
-from secagg.schemes.masking.messages import decode
+from secagg.protocol.codec import decode
 from tests.vectors.protocol_vectors import DIRECTORY, SPECS, record
 
 ROUND_FILES = sorted(p for p in DIRECTORY.glob("*.json") if p.stem != "fails-decoder-rejections")

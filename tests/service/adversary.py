@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import grpc
 
 from secagg.errors import AuthenticationError, DecodeError
-from secagg.schemes.masking.messages import Message, RoundConfig, decode
+from secagg.protocol.codec import Message, decode
+from secagg.schemes.masking.messages import RoundConfig
 from secagg.service.credentials import AllowList, new_challenge
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc

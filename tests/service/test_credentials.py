@@ -24,7 +24,7 @@ from secagg.errors import AuthenticationError, ConfigurationError, UsageError
 from secagg.hazmat.kdf import encode_fields
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.schemes.masking.messages import MAX_ID
+from secagg.protocol.codec import MAX_ID
 from secagg.service.credentials import (
     AUTH_LABEL,
     CHALLENGE_BYTES,

@@ -19,9 +19,10 @@ import pytest
 
 from secagg.errors import AbortReason, DropReason
 from secagg.ledger import Ledger
+from secagg.protocol.codec import Message, decode
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import MaskingScheme
-from secagg.schemes.masking.messages import Message, PeerShares, decode
+from secagg.schemes.masking.messages import PeerShares
 from secagg.schemes.masking.parameters import Params
 from secagg.service.client import ClientSettings, SecAggClient
 from secagg.service.config import DeploymentConfig

@@ -41,6 +41,7 @@ import pytest
 from secagg.dp.budget import ClientBudget
 from secagg.dp.settings import DpSettings
 from secagg.errors import AbortReason
+from secagg.protocol.codec import Message
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking import derivations as derive
@@ -48,7 +49,6 @@ from secagg.schemes.masking.messages import (
     Commitment,
     CommitmentDigest,
     CommitRequest,
-    Message,
     Reveal,
     RoundConfig,
 )

@@ -24,8 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from secagg import __version__
 from secagg.errors import ConfigurationError, DropReason, RoundAborted, UsageError
 from secagg.hazmat import prg
+from secagg.protocol.codec import Message
 from secagg.protocol.runner import RoundOutcome
-from secagg.schemes.masking.messages import AdvertiseKeys, Message, PeerKeys, RoundConfig
+from secagg.schemes.masking.messages import AdvertiseKeys, PeerKeys, RoundConfig
 from secagg.schemes.masking.server import Server, Stage
 from secagg.service.metrics import (
     DURATION_BUCKETS,

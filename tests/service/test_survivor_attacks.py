@@ -25,13 +25,13 @@ import pytest
 
 from secagg.errors import AbortReason, ClientAbort, RoundAborted
 from secagg.hazmat.randomness import DeterministicRandomness
+from secagg.protocol.codec import Message
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking.client import Client
 from secagg.schemes.masking.encoding import QuantizedEncoding
 from secagg.schemes.masking.graph import SurvivorRule, _ring
 from secagg.schemes.masking.messages import (
     ConsistencySignature,
-    Message,
     RoundConfig,
     SurvivorList,
     UnmaskRequest,

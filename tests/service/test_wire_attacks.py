@@ -32,12 +32,12 @@ from secagg.hazmat.keys import X25519KeyPair
 from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.hazmat.shamir import Share
+from secagg.protocol.codec import Message
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import derivations as derive
 from secagg.schemes.masking.messages import (
     ConsistencySignature,
     Contributions,
-    Message,
     PeerKeyEntry,
     PeerKeys,
     RoundConfig,

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from secagg.errors import ClientAbort, DecodeError, RoundAborted
-from secagg.schemes.masking.messages import Message, UnmaskRequest, decode
+from secagg.protocol.codec import Message, decode
+from secagg.schemes.masking.messages import UnmaskRequest
 from tests.protocol.harness import Harness
 
 DIRECTORY = Path(__file__).parent / "protocol"

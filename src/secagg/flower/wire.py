@@ -49,7 +49,7 @@ from numpy.typing import NDArray
 
 from secagg.errors import ConfigurationError, DecodeError
 from secagg.hazmat.kdf import encode_fields
-from secagg.protocol.codec import Direction, defined_in
+from secagg.protocol.codec import Direction, Message, decode, defined_in
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import messages as pm
 
@@ -140,7 +140,7 @@ def decode_nodes(data: object) -> tuple[int, ...]:
 
 # What each server message of masking (the scheme Flower runs) asks a client to answer: the
 # stage its answer belongs to, as the message declares it.
-_ANSWERED_IN: dict[type[pm.Message], Stage] = {
+_ANSWERED_IN: dict[type[Message], Stage] = {
     cls: cls.STAGE for cls in defined_in(pm.__name__) if cls.DIRECTION is Direction.DOWN
 }
 
@@ -148,7 +148,7 @@ _ANSWERED_IN: dict[type[pm.Message], Stage] = {
 def requested_stage(data: bytes) -> Stage:
     """The stage a server message (its bytes, as they ride in ``MESSAGE``) asks a node to
     answer; for logs and for fault injection in tests. ``DecodeError`` for anything else."""
-    message = pm.decode(data)
+    message = decode(data)
     stage = _ANSWERED_IN.get(type(message))
     if stage is None:
         raise DecodeError(f"{type(message).__name__} is not sent to clients")

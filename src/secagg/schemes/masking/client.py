@@ -64,6 +64,7 @@ from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.randomness import Randomness
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, split
+from secagg.protocol.codec import Message, decode
 from secagg.schemes.masking import derivations
 from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
 from secagg.schemes.masking.graph import SurvivorRule, thin_window
@@ -78,7 +79,6 @@ from secagg.schemes.masking.messages import (
     Contributions,
     EncryptedShares,
     MaskedInput,
-    Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
@@ -87,7 +87,6 @@ from secagg.schemes.masking.messages import (
     SurvivorList,
     UnmaskRequest,
     UnmaskResponse,
-    decode,
 )
 
 __all__ = [

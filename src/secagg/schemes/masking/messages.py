@@ -52,10 +52,8 @@ from secagg.hazmat.shamir import SHARE_VALUE_BYTES
 from secagg.protocol.audit import listed_ids
 from secagg.protocol.codec import (
     DIGEST_BYTES,
-    MAGIC,
     MAX_ID,
     NONCE_BYTES,
-    VERSION,
     Direction,
     Message,
     Reader,
@@ -69,11 +67,8 @@ __all__ = [
     "CIPHERTEXT_BYTES",
     "CLIENT_MESSAGE",
     "KEY_BYTES",
-    "MAGIC",
-    "MAX_ID",
     "SHARE_PLAINTEXT_BYTES",
     "SIGNATURE_BYTES",
-    "VERSION",
     "AdvertiseKeys",
     "CommitRequest",
     "Commitment",
@@ -82,18 +77,14 @@ __all__ = [
     "Contributions",
     "EncryptedShares",
     "MaskedInput",
-    "Message",
     "PeerKeyEntry",
     "PeerKeys",
     "PeerShares",
-    "Reader",
     "Reveal",
     "RoundConfig",
     "SurvivorList",
     "UnmaskRequest",
     "UnmaskResponse",
-    "Writer",
-    "decode",
 ]
 
 KEY_BYTES = 32

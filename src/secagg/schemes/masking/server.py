@@ -74,6 +74,7 @@ from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.randomness import SystemRandomness
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, combine
+from secagg.protocol.codec import Message, decode
 from secagg.protocol.runner import Aggregate
 from secagg.protocol.stages import SESSION_AGREEMENT, Drop, Stage, missed
 from secagg.schemes.masking import derivations
@@ -90,7 +91,6 @@ from secagg.schemes.masking.messages import (
     Contributions,
     EncryptedShares,
     MaskedInput,
-    Message,
     PeerKeyEntry,
     PeerKeys,
     PeerShares,
@@ -99,7 +99,6 @@ from secagg.schemes.masking.messages import (
     SurvivorList,
     UnmaskRequest,
     UnmaskResponse,
-    decode,
 )
 
 __all__ = ["Drop", "PeerStatus", "RoundResult", "Server", "Stage"]
