@@ -195,6 +195,7 @@ def _round_params(
     dp: DpSettings | None,
 ) -> Params | CkksSettings:
     """The deployment's round parameters: CKKS's settings, or masking's (with its DP plan)."""
+    from secagg.dp.settings import cohort_dp
     from secagg.errors import ConfigurationError
     from secagg.extras import require
     from secagg.schemes.ckks import CkksSettings
@@ -211,12 +212,19 @@ def _round_params(
             clip=needs.clip,
             max_weight=needs.max_weight if max_weight is None else max_weight,
         )
-    if min_cohort is None:
-        min_cohort = 1 if dp is None else min_clients
-    elif not 1 <= min_cohort <= clients:
+    if min_cohort is not None and not 1 <= min_cohort <= clients:
         raise ConfigurationError(f"--min-cohort must be in [1, {clients}] (--clients)")
-    if dp is not None and dp.l2_clip is None:
-        dp = dp.with_clip(default_l2_clip(spec, size))
+    if min_cohort is None and dp is not None:
+        # A deployment's rounds start at min_clients: its DP holds for a sum of that many.
+        min_cohort = min_clients
+    chosen = cohort_dp(
+        dp,
+        dim=size,
+        clients=clients,
+        dropout_rate=0.0,  # unused: the minimum cohort is chosen above
+        min_cohort=min_cohort,
+        default_clip=lambda: default_l2_clip(spec, size),
+    )
     return Params(
         dim=size,
         max_clients=clients,
@@ -225,8 +233,8 @@ def _round_params(
         if dp is not None
         else (needs.max_weight if max_weight is None else max_weight),
         server_model=ServerModel((server_model or ServerModelChoice.semi_honest).value),
-        min_cohort=min_cohort,
-        dp=None if dp is None else dp.config(dim=size, min_clients=min_cohort, max_clients=clients),
+        min_cohort=chosen.min_cohort,
+        dp=chosen.config,
     )
 
 

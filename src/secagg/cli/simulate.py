@@ -198,14 +198,21 @@ def _masking_params(
     threshold: int | None,
 ) -> Params:
     """Masking's parameters for the round (its stages and its DP plan, whatever the scheme)."""
-    from secagg.dp.settings import default_dp_min_cohort
+    from secagg.dp.settings import cohort_dp
     from secagg.errors import ConfigurationError
     from secagg.schemes.masking.parameters import Params, Protocol, ServerModel
 
-    if min_cohort is None:
-        min_cohort = 1 if dp is None else default_dp_min_cohort(n, tolerated)
-    elif not 1 <= min_cohort <= n:
+    if min_cohort is not None and not 1 <= min_cohort <= n:
         raise ConfigurationError(f"--min-cohort must be in [1, {n}] (the clients)")
+    # Under DP: the smallest sum the round is designed to survive, and an L2 clip of 1.
+    chosen = cohort_dp(
+        dp,
+        dim=d,
+        clients=n,
+        dropout_rate=tolerated,
+        min_cohort=min_cohort,
+        default_clip=lambda: 1.0,
+    )
     return Params(
         dim=d,
         max_clients=n,
@@ -216,14 +223,10 @@ def _masking_params(
         adversarial_rate=adversarial_rate,
         dropout_rate=tolerated,
         server_model=ServerModel(server_model.value),
-        min_cohort=min_cohort,
+        min_cohort=chosen.min_cohort,
         degree=degree,
         threshold=threshold,
-        dp=None
-        if dp is None
-        else dp.with_clip(1.0 if dp.l2_clip is None else dp.l2_clip).config(
-            dim=d, min_clients=min_cohort, max_clients=n
-        ),
+        dp=chosen.config,
     )
 
 
