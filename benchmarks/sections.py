@@ -25,6 +25,7 @@ OWNED = (
     "## Command-line start-up: `--help` beside `python -c pass`",
     # Measured by hand (two checkouts side by side), kept as written.
     "## The client journal's cost in Flower (side by side)",
+    "## Refactors: the same round before and after (same run, alternating)",
 )
 
 
