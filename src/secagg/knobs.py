@@ -35,6 +35,7 @@ __all__ = [
     "flag_names",
     "knob",
     "read_section",
+    "read_table",
     "reference",
     "section_lines",
     "settings_of",
@@ -56,14 +57,12 @@ _KIND_NAMES: dict[type, str] = {
 class Knob:
     """Where a setting lives: ``[section] key`` in a deployment file (``key`` None: the
     field's name), ``flag`` on the command line (None: the file only), and what it is.
-    ``aliases`` are other names the library's own messages give it (``DpConfig`` says
-    ``min_clients`` for the round's ``min_cohort``)."""
+    """
 
     section: str
     help: str
     key: str | None = None
     flag: str | None = None
-    aliases: tuple[str, ...] = ()
 
 
 def knob(
@@ -73,10 +72,9 @@ def knob(
     default: Any = dataclasses.MISSING,
     key: str | None = None,
     flag: str | None = None,
-    aliases: tuple[str, ...] = (),
 ) -> Any:
     """A dataclass field carrying its ``Knob`` (typed ``Any`` as ``dataclasses.field`` is)."""
-    declared = Knob(section, help, key, flag, aliases)
+    declared = Knob(section, help, key, flag)
     return dataclasses.field(default=default, metadata={_KNOB: declared})
 
 
@@ -141,34 +139,43 @@ def read_section(
     """``[section]`` of a parsed deployment file, as field name -> value: each key must be
     declared, each value of its declared type (an enum's, one of its values). ``where`` is
     the file, for the one-line error. A key left out is left out (the class's default)."""
+    by_key = {s.key: s for s in settings if s.knob.section == section}
+    table = read_table(data, section, {key: s.kind for key, s in by_key.items()}, where)
+    return {by_key[key].name: _member(by_key[key], value, where) for key, value in table.items()}
+
+
+def read_table(
+    data: Mapping[str, Any], section: str, kinds: Mapping[str, type], where: str
+) -> dict[str, Any]:
+    """``[section]`` as key -> value, for a section (or the part of one) no class declares:
+    each key one of ``kinds``, each value of its TOML type (an integer is a number too)."""
     table = data.get(section, {})
     if not isinstance(table, dict):
         raise ConfigurationError(f"{where}: [{section}] must be a table")
-    by_key = {s.key: s for s in settings if s.knob.section == section}
     out: dict[str, Any] = {}
     for key, value in table.items():
-        setting = by_key.get(key)
-        if setting is None:
+        kind = kinds.get(key)
+        if kind is None:
             raise ConfigurationError(f"{where}: unknown key {section}.{key}")
-        out[setting.name] = _typed(setting, value, where)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise ConfigurationError(f"{where}: {section}.{key} must be {_KIND_NAMES[kind]}")
+        out[key] = value
     return out
 
 
-def _typed(setting: Setting, value: Any, where: str) -> Any:
-    kind = setting.kind
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ConfigurationError(f"{where}: {setting.where} must be {_KIND_NAMES[kind]}")
-    if setting.enum is not None:
-        try:
-            return setting.enum(value)
-        except ValueError:
-            choices = ", ".join(f'"{m.value}"' for m in setting.enum)
-            raise ConfigurationError(
-                f"{where}: {setting.where} must be one of {choices}; got {value!r}"
-            ) from None
-    return value
+def _member(setting: Setting, value: Any, where: str) -> Any:
+    """An enum knob's member for its value in the file (any other knob's value as it is)."""
+    if setting.enum is None:
+        return value
+    try:
+        return setting.enum(value)
+    except ValueError:
+        choices = ", ".join(f'"{m.value}"' for m in setting.enum)
+        raise ConfigurationError(
+            f"{where}: {setting.where} must be one of {choices}; got {value!r}"
+        ) from None
 
 
 def section_lines(obj: object, section: str) -> list[str]:
@@ -200,13 +207,13 @@ def _toml(value: object) -> str:
 
 
 def file_names(*classes: type) -> dict[str, str]:
-    """Field name (and each alias) -> how a deployment file names it (``dp.epsilon``), to
-    rewrite a library message into the file's words."""
+    """Field name -> how a deployment file names it (``dp.epsilon``), to rewrite a library
+    message into the file's words."""
     return _names(classes, lambda s: s.where)
 
 
 def flag_names(*classes: type) -> dict[str, str]:
-    """Field name (and each alias) -> the flag that sets it (``--dp-epsilon``)."""
+    """Field name -> the flag that sets it (``--dp-epsilon``)."""
     return _names(classes, lambda s: s.knob.flag)
 
 
@@ -217,10 +224,8 @@ def _names(
     for cls in classes:
         for setting in settings_of(cls):
             shown = name(setting)
-            if shown is None:
-                continue
-            for label in (setting.name, *setting.knob.aliases):
-                out.setdefault(label, shown)
+            if shown is not None:
+                out.setdefault(setting.name, shown)
     return out
 
 

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from secagg.backends import Backend, mask_applier, open_cohort
 from secagg.cohort import ClientGroup, default_workers
 from secagg.errors import ConfigurationError
-from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
+from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness, forked
 from secagg.parallel import MaskApplier
 from secagg.protocol.codec import Message
 from secagg.protocol.runner import (
@@ -285,10 +285,6 @@ def root_randomness(seed: int | None, purpose: str) -> Randomness:
     )
 
 
-def _fork(root: Randomness, label: str) -> Randomness:
-    return root.fork(label) if isinstance(root, DeterministicRandomness) else root
-
-
 class _Deliveries(Mapping[int, bytes]):
     """A stage's deliveries, each encoded (and metered) when the cohort reads it: a stage
     that broadcasts O(n) bytes to each of n clients never holds all of them at once."""
@@ -427,7 +423,7 @@ def _run(
         clients: dict[int, RoundClient] = {}
         for i in ids:
             scheme.check(config, i)  # each client runs only what its deployment allows
-            clients[i] = scheme.client(config, i, _fork(root, f"client/{i}"))
+            clients[i] = scheme.client(config, i, forked(root, f"client/{i}"))
         return ClientGroup(
             clients, inputs, int_weights, exact_weights, scheme.dim, scheme.reference
         )

@@ -20,7 +20,7 @@ from secagg.errors import ConfigurationError, UsageError
 from secagg.hazmat.kdf import encode_fields, hkdf
 from secagg.hazmat.keystream import Keystream
 
-__all__ = ["DeterministicRandomness", "Randomness", "SystemRandomness"]
+__all__ = ["DeterministicRandomness", "Randomness", "SystemRandomness", "forked"]
 
 # Inside the classes below a method is called ``bytes``, which shadows the builtin for the type
 # checker; annotations there use this alias instead.
@@ -105,3 +105,9 @@ class DeterministicRandomness:
 
     def __repr__(self) -> str:
         return "DeterministicRandomness(seed=<redacted>)"
+
+
+def forked(root: Randomness, label: str) -> Randomness:
+    """A seeded run's own stream for ``label`` (``DeterministicRandomness.fork``); the
+    operating system's randomness is one stream for every label."""
+    return root.fork(label) if isinstance(root, DeterministicRandomness) else root

@@ -105,7 +105,7 @@ from secagg.dp.calibrate import DpConfig, DpPlan
 from secagg.dp.settings import DpSettings, dp_file_names, name_knobs
 from secagg.errors import ConfigurationError
 from secagg.hazmat.ckks import CkksParameters
-from secagg.knobs import read_section, section_lines, settings_of
+from secagg.knobs import read_section, read_table, section_lines, settings_of
 from secagg.schemes.base import SchemeSettings
 from secagg.schemes.ckks import CkksSettings
 from secagg.schemes.masking.parameters import Params
@@ -194,7 +194,7 @@ class DeploymentConfig:
         unknown = set(data) - _SECTIONS
         if unknown:
             raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
-        round_ = _section(data, "round", _ROUND_KEYS, path)
+        round_ = read_table(data, "round", _ROUND_KEYS, str(path))
         coord = _coordinator_section(data, path)
         if "dim" not in round_ or "max_clients" not in round_:
             raise ConfigurationError(f"{path}: [round] needs dim and max_clients")
@@ -223,13 +223,13 @@ class DeploymentConfig:
             lambda: CoordinatorSettings(params=params, **coord), f"{path}: [coordinator]"
         )
         tls = _tls_section(data, path)
-        clients = _section(data, "clients", _CLIENTS_KEYS, path)
+        clients = read_table(data, "clients", _CLIENTS_KEYS, str(path))
         allow = clients.get("allow_list")
         client_timeout = clients.get(
             "stage_timeout", default_client_stage_timeout(settings.stage_timeout)
         )
         _check_client_timeout(client_timeout, settings.stage_timeout, path)
-        task_section = _section(data, "task", _TASK_KEYS, path)
+        task_section = read_table(data, "task", _TASK_KEYS, str(path))
         task = _checked(
             lambda: TaskSpec(
                 task=task_section.get("name", Task.RANDOM),
@@ -431,7 +431,7 @@ def _ckks_round(
             f"{path}: round.{masking_only[0]} is a masking parameter; this deployment's "
             'round.scheme is "ckks" (its parameters are in [ckks])'
         )
-    section = _section(data, "ckks", _CKKS_KEYS, path)
+    section = read_table(data, "ckks", _CKKS_KEYS, str(path))
     sizes = section.pop("coeff_mod_bit_sizes", None)
     if sizes is not None and not all(isinstance(b, int) and not isinstance(b, bool) for b in sizes):
         raise ConfigurationError(f"{path}: ckks.coeff_mod_bit_sizes must be a list of integers")
@@ -500,30 +500,3 @@ def _check_client_timeout(client_timeout: float, coordinator_timeout: float, pat
             f"coordinator.stage_timeout ({coordinator_timeout:g} s): a client waits for "
             "the slowest client of each stage"
         )
-
-
-# How an error names the type a key needs (never "a int").
-_KIND_NAMES: dict[type, str] = {
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    bool: "true or false",
-    list: "a list",
-}
-
-
-def _section(data: dict[str, Any], name: str, keys: dict[str, type], path: Path) -> dict[str, Any]:
-    section = data.get(name, {})
-    if not isinstance(section, dict):
-        raise ConfigurationError(f"{path}: [{name}] must be a table")
-    out: dict[str, Any] = {}
-    for key, value in section.items():
-        kind = keys.get(key)
-        if kind is None:
-            raise ConfigurationError(f"{path}: unknown key {name}.{key}")
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigurationError(f"{path}: {name}.{key} must be {_KIND_NAMES[kind]}")
-        out[key] = value
-    return out

@@ -20,7 +20,7 @@ from secagg.dp.encoding import dp_round
 from secagg.errors import ConfigurationError
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.quantize import Quantizer
-from secagg.hazmat.randomness import DeterministicRandomness, Randomness
+from secagg.hazmat.randomness import Randomness, forked
 from secagg.hazmat.ring import Ring
 from secagg.knobs import knob
 from secagg.schemes.masking.graph import (
@@ -121,7 +121,6 @@ class Params:
         flag="--min-cohort",
         help="The fewest inputs any revealed sum may contain.",
         default=1,
-        aliases=("min_clients",),
     )
     dp: DpConfig | None = None
     ring_bits: int = field(init=False)
@@ -219,7 +218,7 @@ class Params:
         from secagg.schemes.masking.scheme import MaskingScheme  # the scheme builds on Params
 
         identities = (
-            {i: Ed25519SigningKey.generate(_fork(rng, f"identity/{i}")) for i in client_ids}
+            {i: Ed25519SigningKey.generate(forked(rng, f"identity/{i}")) for i in client_ids}
             if self.active
             else {}
         )
@@ -377,8 +376,3 @@ def check_round_config(config: RoundConfig) -> None:
         # only the count of inputs in the last element must never wrap.
         _require(config.max_weight == 1, "with distributed DP every client weighs 1")
         _require(n < 2**config.ring_bits, f"a {config.ring_bits}-bit ring cannot count {n}")
-
-
-def _fork(root: Randomness, label: str) -> Randomness:
-    """A seeded run's own stream for ``label``; the operating system's is one stream."""
-    return root.fork(label) if isinstance(root, DeterministicRandomness) else root
