@@ -201,6 +201,10 @@ class AbortReason(StrEnum):
     BUDGET_EXHAUSTED = "budget-exhausted"  # the round would spend more than the DP budget
     CONFLICTING_REQUEST = "conflicting-request"  # not the request answered before at this step
     ROUND_CLOSED = "round-closed"  # a message of a round this client is no longer in
+    # Sessions that span rounds (``secagg.schemes.masking.session``):
+    ROUND_OUT_OF_ORDER = "round-out-of-order"  # a round number that is not the next one
+    SESSION_EXPIRED = "session-expired"  # past the session's rounds or seconds
+    TOO_FEW_LIVE_NEIGHBOURS = "too-few-live-neighbours"  # fewer than k_min left to mask with
 
 
 class DropReason(StrEnum):

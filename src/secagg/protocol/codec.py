@@ -74,6 +74,16 @@ TAGS: Mapping[int, str] = {
     13: "secagg.schemes.masking.messages:CommitmentDigest",
     14: "secagg.schemes.masking.messages:Reveal",
     15: "secagg.schemes.masking.messages:Contributions",
+    # masking: sessions that span rounds (schemes.masking.session.messages)
+    30: "secagg.schemes.masking.session.messages:SessionConfig",
+    31: "secagg.schemes.masking.session.messages:SetupShares",
+    32: "secagg.schemes.masking.session.messages:PeerSetupShares",
+    33: "secagg.schemes.masking.session.messages:RoundTask",
+    34: "secagg.schemes.masking.session.messages:RoundMessage",
+    35: "secagg.schemes.masking.session.messages:SessionSurvivorList",
+    36: "secagg.schemes.masking.session.messages:SessionSignature",
+    37: "secagg.schemes.masking.session.messages:SessionUnmaskRequest",
+    38: "secagg.schemes.masking.session.messages:SessionUnmaskResponse",
     # CKKS homomorphic encryption
     20: "secagg.schemes.ckks.messages:CkksConfig",
     21: "secagg.schemes.ckks.messages:CkksUpload",

@@ -406,6 +406,15 @@ class Server:
         return state.agreed.session
 
     @property
+    def advertised(self) -> KeysAdvertised:
+        """The keys each client advertised and the peers it shares with, once the advertise
+        stage has closed (what a protocol built on this agreement shares over)."""
+        state = self._last_waiting()
+        if isinstance(state, Committing | Revealing | Advertising):
+            raise UsageError("the keys are not advertised yet")
+        return state.advertised
+
+    @property
     def attempt(self) -> int:
         """The commit-reveal attempt this round is on (or agreed in)."""
         state = self._last_waiting()
