@@ -36,6 +36,7 @@ from secagg.schemes.masking.messages import (
     UnmaskResponse,
 )
 from secagg.schemes.plaintext import PlaintextScheme, PlainUpdate
+from tests.sessions.test_messages import session_samples
 
 from .test_fuzz_handlers import bounded
 from .test_messages import SID, sample_messages
@@ -46,6 +47,7 @@ def one_message_per_tag() -> dict[int, Message]:
     samples: dict[int, Message] = {m.TAG: m for m in sample_messages()}
     samples[SurvivorList.TAG] = SurvivorList(SID, 3, (1, 2))
     samples[ConsistencySignature.TAG] = ConsistencySignature(SID, 3, b"s" * 64)
+    samples.update({m.TAG: m for m in session_samples()})
     ckks = CkksScheme(dim=4, max_weight=2).round_config(range(3), nonce=bytes(16))
     plain = PlaintextScheme(dim=2).round_config(range(3), nonce=bytes(16))
     for message in (

@@ -715,6 +715,7 @@ def test_the_protocol_types_by_tag_and_direction_are_derived_as_they_were_listed
     a Task) and the plaintext scheme (no frame) under none."""
     from secagg.schemes.ckks import CkksResult, CkksSumRequest, CkksUpload
     from secagg.schemes.masking import messages as pm
+    from secagg.schemes.masking.session import messages as sm
     from secagg.service import metrics
 
     assert metrics._PROTOCOL_TYPES == {
@@ -728,6 +729,10 @@ def test_the_protocol_types_by_tag_and_direction_are_derived_as_they_were_listed
             pm.UnmaskResponse.TAG: MessageType.UNMASK_RESPONSE,
             CkksUpload.TAG: MessageType.CKKS_UPLOAD,
             CkksResult.TAG: MessageType.CKKS_RESULT,
+            sm.SetupShares.TAG: MessageType.SETUP_SHARES,
+            sm.RoundMessage.TAG: MessageType.ROUND_MESSAGE,
+            sm.SessionSignature.TAG: MessageType.SESSION_SIGNATURE,
+            sm.SessionUnmaskResponse.TAG: MessageType.SESSION_UNMASK_RESPONSE,
         },
         Direction.DOWN: {
             pm.CommitRequest.TAG: MessageType.COMMIT_REQUEST,
@@ -738,6 +743,10 @@ def test_the_protocol_types_by_tag_and_direction_are_derived_as_they_were_listed
             pm.SurvivorList.TAG: MessageType.SURVIVOR_LIST,
             pm.UnmaskRequest.TAG: MessageType.UNMASK_REQUEST,
             CkksSumRequest.TAG: MessageType.CKKS_SUM_REQUEST,
+            sm.PeerSetupShares.TAG: MessageType.PEER_SETUP_SHARES,
+            sm.RoundTask.TAG: MessageType.ROUND_TASK,
+            sm.SessionSurvivorList.TAG: MessageType.SESSION_SURVIVOR_LIST,
+            sm.SessionUnmaskRequest.TAG: MessageType.SESSION_UNMASK_REQUEST,
         },
     }
 
@@ -755,6 +764,10 @@ def test_which_types_travel_down_is_derived_as_it_was_listed() -> None:
         MessageType.SURVIVOR_LIST,
         MessageType.UNMASK_REQUEST,
         MessageType.CKKS_SUM_REQUEST,
+        MessageType.PEER_SETUP_SHARES,
+        MessageType.ROUND_TASK,
+        MessageType.SESSION_SURVIVOR_LIST,
+        MessageType.SESSION_UNMASK_REQUEST,
         MessageType.ROUND_END,
         MessageType.REJECT,
     }

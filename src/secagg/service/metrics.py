@@ -128,6 +128,10 @@ class MessageType(StrEnum):
     UNMASK_RESPONSE = "unmask-response"
     CKKS_UPLOAD = "ckks-upload"
     CKKS_RESULT = "ckks-result"
+    SETUP_SHARES = "setup-shares"  # sessions that span rounds
+    ROUND_MESSAGE = "round-message"
+    SESSION_SIGNATURE = "session-signature"
+    SESSION_UNMASK_RESPONSE = "session-unmask-response"
     CLIENT_ABORT = "client-abort"
     MALFORMED = "malformed"
     # coordinator -> client
@@ -142,6 +146,10 @@ class MessageType(StrEnum):
     SURVIVOR_LIST = "survivor-list"
     UNMASK_REQUEST = "unmask-request"
     CKKS_SUM_REQUEST = "ckks-sum-request"
+    PEER_SETUP_SHARES = "peer-setup-shares"  # sessions that span rounds
+    ROUND_TASK = "round-task"
+    SESSION_SURVIVOR_LIST = "session-survivor-list"
+    SESSION_UNMASK_REQUEST = "session-unmask-request"
     ROUND_END = "round-end"
     REJECT = "reject"
 
