@@ -19,9 +19,9 @@ from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.schemes.masking.graph import SurvivorRule, survivor_rule
 from secagg.schemes.masking.messages import RoundConfig
 from secagg.schemes.masking.session.client import SessionClient
-from secagg.schemes.masking.session.local import LocalSession
 from secagg.schemes.masking.session.server import SessionServer
 from secagg.schemes.masking.session.terms import SessionTerms
+from tests.sessions.adversary import LyingSession
 
 
 def task_of(round_number: int, salt: str = "") -> bytes:
@@ -82,7 +82,7 @@ class Cohort:
         self.rule = rule or (survivor_rule(n, config.degree, 0.0, 40) if active else None)
         self.clock = clock if clock is not None else [0.0]
         self.server = SessionServer(self.terms, pki=self.pki, survivor_rule=self.rule)
-        self.local = LocalSession(self.server, self._client)
+        self.local = LyingSession(self.server, self._client)
         self.clients = self.local.clients
         self._round_rng = np.random.default_rng(seed)
 
