@@ -10,6 +10,7 @@ a server that only combines what it was sent: any input it can open is in ``reco
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,9 +43,8 @@ def pooled_shares(
     return seeds, keys
 
 
-def rebuild(shares: list[Share], threshold: int, check: object) -> bytes | None:
-    """A secret from any t of ``shares`` that passes ``check`` (a callable), else None."""
-    assert callable(check)
+def rebuild(shares: list[Share], threshold: int, check: Callable[[bytes], bool]) -> bytes | None:
+    """A secret from any t of ``shares`` that passes ``check``, else None."""
     for window in itertools.combinations(shares, threshold):
         try:
             secret = combine(list(window), threshold)
@@ -73,17 +73,9 @@ def recovered(
         ctx = transcript.contexts[r]
         seeds, keys = pooled_shares(transcript, r)
         member = members[u]
-        seed = rebuild(
-            seeds.get(u, []),
-            t,
-            lambda s, u=u, c=message.self_mask_commitment: (
-                derivations.self_mask_commitment(s, ctx, u) == c
-            ),
-        )
+        seed = rebuild(seeds.get(u, []), t, _opens_commitment(ctx, u, message.self_mask_commitment))
         private = (mask_keys or {}).get((u, r)) or rebuild(
-            keys.get(u, []),
-            t,
-            lambda k, pk=member.mask_public: x25519_public_from_private(k) == pk,
+            keys.get(u, []), t, _opens_public_key(member.mask_public)
         )
         if seed is None or private is None:
             continue
@@ -99,6 +91,14 @@ def recovered(
         ring.reduce(vector)
         out[(u, r)] = vector
     return out
+
+
+def _opens_commitment(ctx: bytes, owner: int, commitment: bytes) -> Callable[[bytes], bool]:
+    return lambda seed: derivations.self_mask_commitment(seed, ctx, owner) == commitment
+
+
+def _opens_public_key(public: bytes) -> Callable[[bytes], bool]:
+    return lambda private: x25519_public_from_private(private) == public
 
 
 def encoded(values: NDArray[np.floating], weight: int, config: RoundConfig) -> list[int]:

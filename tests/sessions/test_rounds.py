@@ -17,8 +17,8 @@ import pytest
 
 from secagg.errors import AbortReason, ClientAbort, RoundAborted
 from secagg.protocol.codec import Message
-from secagg.schemes.masking.session.messages import RoundTask
 from secagg.protocol.stages import Stage
+from secagg.schemes.masking.session.messages import RoundTask
 from tests.sessions.cohort import Cohort, task_of
 
 
