@@ -17,7 +17,9 @@ from secagg.protocol.stages import Stage
 from secagg.schemes.masking.session.client import Left, SessionClient
 from secagg.schemes.masking.session.local import LocalSession
 from secagg.schemes.masking.session.messages import (
+    ForwardedShare,
     RoundMessage,
+    SessionUnmaskRequest,
     SessionUnmaskResponse,
 )
 from secagg.schemes.masking.session.server import Member, SessionServer
@@ -114,3 +116,82 @@ class LyingSession(LocalSession):
                     return
         finally:
             self.lie = None
+
+    def masked(
+        self,
+        task: bytes,
+        updates: Mapping[int, tuple[object, int]],
+        *,
+        withhold: frozenset[int] = frozenset(),
+        tasks: Mapping[int, bytes] | None = None,
+    ) -> None:
+        """Open a round and collect its round messages; the server is not told of those
+        from ``withhold`` (it treats them as dropped; the attacker keeps their bytes). The
+        test then plays the rest of the round by hand (``request``)."""
+        outgoing = self.open_round(task)
+        for u, message in sorted(outgoing.items()):
+            client = self.clients[u]
+            if isinstance(client.state, Left) or u not in updates:
+                continue
+            values, weight = updates[u]
+            client.set_input(values, weight, (tasks or {}).get(u, task))  # type: ignore[arg-type]
+            try:
+                answer = client.receive(message.encode())
+            except ClientAbort as exc:
+                self.refusals[u] = exc.reason
+                continue
+            assert answer is not None
+            self.record(u, answer)
+            if u not in withhold:
+                self.server.receive(u, answer.encode())
+
+    def request(
+        self,
+        recipient: int,
+        survivors: frozenset[int],
+        *,
+        signatures: Mapping[int, bytes] | None = None,
+        round_number: int | None = None,
+    ) -> SessionUnmaskRequest:
+        """The unmask request an (honest-looking) server would send ``recipient`` if the
+        round's survivor set were ``survivors``: its live neighbours split by it, the
+        survivors' ciphertexts to it and next keys, and ``signatures`` as the certificate."""
+        r = self.server.round_number if round_number is None else round_number
+        member = self.transcript.members[r][recipient]
+        live = sorted(member.live)
+        alive = tuple(w for w in live if w in survivors)
+        forwarded = []
+        for w in alive:
+            sent = self.transcript.round_messages[(r, w)]
+            forwarded.append(
+                ForwardedShare(
+                    w,
+                    dict(sent.ciphertexts)[recipient],
+                    sent.next_mask_public,
+                    sent.next_cipher_public,
+                    sent.next_signature,
+                )
+            )
+        return SessionUnmaskRequest(
+            self.server.session.session_id,
+            recipient,
+            r,
+            alive,
+            tuple(w for w in live if w not in survivors),
+            tuple(forwarded),
+            tuple(sorted((signatures or {}).items())),
+        )
+
+    def ask(self, recipient: int, message: Message) -> Message | None:
+        """Send one hand-made message; the answer is recorded (a refusal too)."""
+        client = self.clients[recipient]
+        try:
+            answer = client.receive(message.encode())
+        except ClientAbort as exc:
+            self.refusals[recipient] = exc.reason
+            return None
+        if isinstance(client.state, Left):
+            self.refusals.setdefault(recipient, client.state.reason)
+        if answer is not None:
+            self.record(recipient, answer)
+        return answer
