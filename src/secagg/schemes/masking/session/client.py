@@ -162,6 +162,10 @@ class Masked:
     previous_survivors: tuple[int, ...] = field(repr=False)
     previous_chain: bytes = field(repr=False)
     clipped: int
+    # KA(next cipher key, each neighbour's current cipher key): what sealed this client's
+    # shares, and half of what advances the chain at the round's close. No more secret than
+    # the next cipher key itself, which this state holds anyway.
+    sealed_with: Mapping[int, bytes] = field(repr=False, default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -532,9 +536,10 @@ class SessionClient:
         seed_shares = split(seed, xs, t, rng)
         key_shares = split(next_mask_keys.private_bytes(), xs, t, rng)
         ciphertexts = []
+        sealed_with: dict[int, bytes] = {}
         for v, seed_share, key_share in zip(ids, seed_shares, key_shares, strict=True):
             peer = state.live[v]
-            fresh = self._exchange(next_cipher_keys, peer.cipher_public, v)
+            fresh = sealed_with[v] = self._exchange(next_cipher_keys, peer.cipher_public, v)
             share_key = derivations.round_share_key(
                 peer.chain_key, fresh, ctx, u, v, next_cipher_keys.public, peer.cipher_public
             )
@@ -564,6 +569,7 @@ class SessionClient:
             state.survivors,
             state.chain,
             encoded.clipped,
+            sealed_with,
         )
         return RoundMessage(
             sid,
@@ -754,10 +760,7 @@ class SessionClient:
             return _Refusal(
                 AbortReason.BAD_PEER_KEY, f"peer {sender}'s next mask key is not the one it sealed"
             )
-        try:
-            outgoing = state.next_cipher_keys.exchange(peer.cipher_public)
-        except CryptoError:
-            return _Refusal(AbortReason.BAD_PEER_KEY, f"peer {sender}'s cipher key is invalid")
+        outgoing = state.sealed_with[sender]
         low_to_high, high_to_low = (outgoing, fresh) if u < sender else (fresh, outgoing)
         chain = derivations.advance_chain(
             peer.chain_key, low_to_high, high_to_low, sid, r + 1, u, sender
