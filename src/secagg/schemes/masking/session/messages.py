@@ -95,29 +95,37 @@ class SessionConfig(Message):
     max_rounds: int
     max_seconds: int
     min_live_neighbours: int
+    binding: bytes = bytes(DIGEST_BYTES)
 
     @property
     def terms(self) -> SessionTerms:
         return SessionTerms(
-            self.config, self.max_rounds, self.max_seconds, self.min_live_neighbours
+            self.config, self.max_rounds, self.max_seconds, self.min_live_neighbours, self.binding
         )
 
     @classmethod
     def of(cls, terms: SessionTerms) -> SessionConfig:
-        return cls(terms.config, terms.max_rounds, terms.max_seconds, terms.min_live_neighbours)
+        return cls(
+            terms.config,
+            terms.max_rounds,
+            terms.max_seconds,
+            terms.min_live_neighbours,
+            terms.binding,
+        )
 
     def _write(self, w: Writer) -> None:
         w.blob(self.config.encode())
         w.u32(self.max_rounds)
         w.u32(self.max_seconds)
         w.u32(self.min_live_neighbours)
+        w.fixed(self.binding, DIGEST_BYTES)
 
     @classmethod
     def _read(cls, r: Reader) -> SessionConfig:
         config = decode(r.blob())
         if not isinstance(config, RoundConfig):
             raise DecodeError("a session configuration holds a round configuration")
-        message = cls(config, r.u32(), r.u32(), r.u32())
+        message = cls(config, r.u32(), r.u32(), r.u32(), r.fixed(DIGEST_BYTES))
         message.terms  # noqa: B018 - the terms' own checks, so junk is a DecodeError
         return message
 
