@@ -109,3 +109,52 @@ def test_junk_behind_a_session_tag_is_a_message_or_a_decode_error(
     except DecodeError:
         return
     assert message.encode() == data
+
+
+def _sent_in_an_honest_session(active: bool) -> dict[type[Message], bytes]:
+    """One encoding of every message an honest session sends, either way, by class."""
+    cohort = Cohort(6, threshold=4 if active else 3, active=active)
+    found: dict[type[Message], bytes] = {}
+
+    def note(u: int, message: Message) -> Message:
+        found.setdefault(type(message), message.encode())
+        return message
+
+    local = cohort.local
+    local.lie = note
+    outgoing = cohort.server.start()
+    while not cohort.server.between_rounds:
+        for answer in local.send(outgoing).values():
+            note(0, answer)
+        outgoing = cohort.server.close_stage()
+    local.send(outgoing)
+    for r in (1, 2):
+        outgoing = local.open_round(task_of(r))
+        for u, (values, weight) in cohort.updates().items():
+            cohort.clients[u].set_input(values, weight, task_of(r))
+        while not cohort.server.between_rounds:
+            for answer in local.send(outgoing).values():
+                note(0, answer)
+            outgoing = cohort.server.close_stage()
+    return found
+
+
+@pytest.mark.parametrize("active", [False, True], ids=["semi-honest", "active"])
+def test_every_message_of_an_honest_session_rejects_trailing_bytes_and_truncation(
+    active: bool,
+) -> None:
+    """The decoder clause of the scheme contract suite, for the messages a session sends."""
+    found = _sent_in_an_honest_session(active)
+    session_classes = {type(m) for m in session_samples()} - {SessionConfig}
+    if not active:
+        session_classes -= {SessionSurvivorList, SessionSignature}
+    assert session_classes <= set(found)
+    for cls, data in found.items():
+        assert decode(data).encode() == data, cls
+        for extra in (b"\x00", b"\x01" * 7):
+            with pytest.raises(DecodeError):
+                decode(data + extra)
+        step = max(1, (len(data) - 80) // 40)
+        for cut in sorted({*range(min(len(data), 80)), *range(80, len(data), step)}):
+            with pytest.raises(DecodeError):
+                cls.decode(data[:cut])
