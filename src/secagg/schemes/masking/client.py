@@ -352,12 +352,6 @@ class Client:
             AbortReason.UNEXPECTED_MESSAGE, f"{type(message).__name__} is never sent to a client"
         )
 
-    def agree_session(self, message: Contributions) -> derivations.Session:
-        """Check the contributions and fix the session, advertising nothing: for a protocol
-        that builds its own keys on this agreement (``secagg.schemes.masking.session``)."""
-        self._agree(message)
-        return self.session
-
     # ----------------------------------------------------------------- the session
     def _commit(self, attempt: int) -> Commitment:
         contribution = self._rng.bytes(CONTRIBUTION_BYTES)

@@ -56,6 +56,7 @@ from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, split
 from secagg.protocol.codec import DIGEST_BYTES, Message, decode
 from secagg.schemes.masking import derivations as one_shot
+from secagg.schemes.masking.client import AwaitingPeerKeys
 from secagg.schemes.masking.client import Client as AgreementClient
 from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
 from secagg.schemes.masking.graph import SurvivorRule, thin_window
@@ -356,25 +357,16 @@ class SessionClient:
             self._leave(exc.reason, exc.detail)
 
     def _advertise(self, message: Contributions) -> AdvertiseKeys:
-        try:
-            session = self._agreement.agree_session(message)
-        except ClientAbort as exc:
-            self._leave(exc.reason, exc.detail)
+        """The one-shot client checks the contributions, fixes the session and advertises
+        two fresh keys (signed in active mode): round 1's cipher and mask keys."""
+        advertised = self._through_agreement(message)
+        agreed = self._agreement.state
+        assert isinstance(advertised, AdvertiseKeys) and isinstance(agreed, AwaitingPeerKeys)
+        session = self._agreement.session
         self._session = session
         self._neighbours = frozenset(session.neighbours(self._client_id))
-        cipher_keys = X25519KeyPair.generate(self._rng)
-        mask_keys = X25519KeyPair.generate(self._rng)
-        sid = session.session_id
-        signature = b""
-        if self._config.active:
-            assert self._identity is not None
-            signature = self._identity.sign(
-                one_shot.advertise_signed_bytes(
-                    sid, self._client_id, cipher_keys.public, mask_keys.public
-                )
-            )
-        self._state = AwaitingSetupKeys(cipher_keys, mask_keys)
-        return AdvertiseKeys(sid, self._client_id, cipher_keys.public, mask_keys.public, signature)
+        self._state = AwaitingSetupKeys(agreed.cipher_keys, agreed.mask_keys)
+        return advertised
 
     def _setup_shares(self, message: PeerKeys) -> SetupShares:
         state = self._expect(AwaitingSetupKeys, message)
