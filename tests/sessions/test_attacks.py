@@ -36,6 +36,7 @@ from secagg.schemes.masking.session.messages import (
     SessionSurvivorList,
     SessionUnmaskRequest,
 )
+from secagg.schemes.masking.session.server import Member
 from tests.sessions.cohort import Cohort, task_of
 from tests.sessions.loot import encoded, pooled_shares, rebuild, recovered
 
@@ -573,3 +574,67 @@ def test_a_set_with_too_few_honest_members_is_not_signed() -> None:
     nine = tuple(u for u in range(10) if u != 9)
     assert cohort.local.ask(0, SessionSurvivorList(sid, 0, 1, nine)) is None
     assert cohort.local.refusals[0] is AbortReason.COHORT_TOO_SMALL
+
+
+# ------------------------------------------------------------------ F3: a victim split again
+
+
+def _hand_round(cohort: Cohort, r: int, told: Mapping[int, frozenset[int]]) -> Updates:
+    """Round r played by a server that keeps no books but the clients' own views: every
+    client still in the session gets the task, and then the request for the survivor set
+    ``told[v]`` (default: every live neighbour of v that sent a message to v)."""
+    local = cohort.local
+    transcript = local.transcript
+    sid = cohort.server.session.session_id
+    members = {}
+    for u, client in cohort.clients.items():
+        if isinstance(client.state, Left):
+            continue
+        if r == 1:  # round 1's keys are the set-up's
+            mask_public = cohort.server.members[u].mask_public
+            cipher_public = cohort.server.members[u].cipher_public
+        else:
+            sent = transcript.round_messages[(r - 1, u)]
+            mask_public, cipher_public = sent.next_mask_public, sent.next_cipher_public
+        members[u] = Member(frozenset(client.live), mask_public, cipher_public)
+    transcript.members[r] = members
+    transcript.contexts[r] = derivations.round_context(sid, r, cohort.config.config_id, task_of(r))
+    updates = cohort.updates()
+    for u in members:
+        values, weight = updates[u]
+        cohort.clients[u].set_input(values, weight, task_of(r))
+        local.ask(u, RoundTask(sid, u, r, task_of(r)))
+    for v in sorted(members):
+        if isinstance(cohort.clients[v].state, Left):
+            continue
+        sent_to_v = {
+            w
+            for (rr, w), m in transcript.round_messages.items()
+            if rr == r and v in dict(m.ciphertexts)
+        }
+        survivors = told.get(v, frozenset(sent_to_v))
+        local.ask(v, local.request(v, survivors & (sent_to_v | {v}), round_number=r))
+    return updates
+
+
+def test_a_victim_split_round_after_round_yields_the_bounded_number_of_rounds() -> None:
+    """F3 (semi-honest, conceded): on the complete graph of 10 with t = 3 and no corrupt
+    client (k = 9, X = 0, k_min = 3), the server tells fresh groups of t neighbours each round
+    that client 0 dropped and the rest that it survived, and tells 0 that everyone survived.
+    The split-off holders hold 0 dead and stop sealing to it, so each split uses up t honest
+    holders: the loot gets exactly min(floor((k - X)/(t - X)) - 1, floor((k - k_min)/(t - X))
+    + 2) = 2 rounds of 0, and 0's live degree falls by t one round after each split."""
+    cohort = _set_up(10, threshold=3)
+    everyone = frozenset(range(10))
+    played: dict[int, Updates] = {}
+    degrees = [len(cohort.clients[0].live)]
+    splits = [frozenset({1, 2, 3}), frozenset({4, 5, 6}), frozenset({7, 8, 9})]
+    for r, split in enumerate(splits, start=1):
+        told = {v: everyone - {0} for v in split}
+        played[r] = _hand_round(cohort, r, told)
+        degrees.append(len(cohort.clients[0].live))
+    loot = _loot(cohort)
+    assert set(loot) == {(0, 1), (0, 2)}
+    for (u, r), vector in loot.items():
+        assert vector == _input(cohort, played[r], u)
+    assert degrees == [9, 9, 6, 3]
