@@ -299,7 +299,10 @@ class SessionClient:
         return 0
 
     def needs_input(self, message: Message) -> bool:
-        return isinstance(message, RoundTask)
+        """Answering ``message`` uses the round's update (a driver may produce it then)."""
+        return isinstance(message, RoundTask) or (
+            isinstance(message, PeerSetupShares) and bool(message.first_task)
+        )
 
     def set_input(self, values: NDArray[np.floating], weight: int, task: bytes) -> None:
         """The update of the next round and the digest of the model it was trained on,
@@ -338,7 +341,11 @@ class SessionClient:
             return self._setup_shares(message)
         if isinstance(message, PeerSetupShares):
             self._take_setup_shares(message)
-            return None
+            if not message.first_task:
+                return None
+            return self._round_message(
+                RoundTask(message.session_id, message.recipient, 1, message.first_task)
+            )
         if isinstance(message, RoundTask):
             return self._round_message(message)
         if isinstance(message, SessionSurvivorList):

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from secagg.errors import DecodeError
+from secagg.errors import DecodeError, UsageError
 from secagg.hazmat import aead
 from secagg.hazmat.shamir import SHARE_VALUE_BYTES
 from secagg.protocol.audit import listed_ids
@@ -156,8 +156,9 @@ class SetupShares(Message):
 @dataclass(frozen=True)
 class PeerSetupShares(Message):
     """Set-up, server -> client: the set-up ciphertexts addressed to it. Their senders are
-    its live neighbours of round 1 (``L_u1``); nothing is answered: the next message is
-    round 1's task."""
+    its live neighbours of round 1 (``L_u1``). With ``first_task`` (the digest of round 1's
+    model) it also opens round 1, and is answered with round 1's ``RoundMessage``; without
+    it, nothing is answered and round 1's ``RoundTask`` follows."""
 
     TAG: ClassVar[int] = 32
     DIRECTION: ClassVar[Direction] = Direction.DOWN
@@ -166,15 +167,22 @@ class PeerSetupShares(Message):
     session_id: bytes = field(repr=False)
     recipient: int
     ciphertexts: tuple[tuple[int, bytes], ...] = field(repr=False)  # (sender, sealed)
+    first_task: bytes = b""
+
+    def __post_init__(self) -> None:
+        if len(self.first_task) not in (0, DIGEST_BYTES):
+            raise UsageError(f"a first task is empty or {DIGEST_BYTES} bytes")
 
     def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         _write_sealed(w, self.ciphertexts, SETUP_CIPHERTEXT_BYTES)
+        w.blob(self.first_task)
 
     @classmethod
     def _read(cls, r: Reader) -> PeerSetupShares:
-        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), _read_sealed(r, SETUP_CIPHERTEXT_BYTES))
+        head = (r.fixed(SESSION_ID_BYTES), r.u32(), _read_sealed(r, SETUP_CIPHERTEXT_BYTES))
+        return cls(*head, r.blob())
 
 
 # --------------------------------------------------------------------------- a round

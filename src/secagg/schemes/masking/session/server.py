@@ -315,6 +315,14 @@ class SessionServer:
         if take(sender, message):
             self._answers[sender] = message
 
+    def drop(self, client_id: int, reason: DropReason, detail: str = "") -> None:
+        """The transport stopped hearing from ``client_id`` (disconnected, refused)."""
+        if self._stage in (Stage.COMMIT, Stage.REVEAL, Stage.ADVERTISE):
+            self._agreement.drop(client_id, reason, detail)
+            return
+        if client_id in self.config.cohort:
+            self._drop(client_id, reason, detail)
+
     def _drop(self, client_id: int, reason: DropReason, detail: str = "") -> None:
         self._drops.setdefault(client_id, Drop(client_id, self._stage, reason, detail))
         self._answers.pop(client_id, None)
