@@ -40,10 +40,14 @@ import numpy as np
 from secagg.errors import ConfigurationError, DropReason, UsageError, one_line
 from secagg.flower import wire
 from secagg.hazmat.randomness import Randomness, SystemRandomness
-from secagg.protocol.runner import RoundOutcome, RoundRun
-from secagg.protocol.stages import Stage
+from secagg.protocol.runner import RoundOutcome, RoundRun, RoundServer
 from secagg.schemes.masking import MaskingScheme
+from secagg.schemes.masking.messages import RoundConfig
 from secagg.schemes.masking.parameters import Params
+from secagg.schemes.masking.session.messages import PeerSetupShares, RoundTask
+from secagg.schemes.masking.session.round import SessionRound
+from secagg.schemes.masking.session.server import SessionServer
+from secagg.schemes.masking.session.terms import SessionTerms
 
 try:
     from flwr.app import (
@@ -62,6 +66,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = ["SecureGrid", "SecureRoundReport"]
 
 log = logging.getLogger("secagg.flower.server")
+
+ONE_SHOT = "one-shot"
+SESSION_SETUP = "session set-up and round"
+SESSION_ROUND = "session round"
 
 _LEGACY_PARAMETERS = "fitins.parameters"  # the model of a legacy (DefaultWorkflow) fit message
 _REASON_CHARS = 200
@@ -91,11 +99,15 @@ class SecureRoundReport:
     stage_seconds: Mapping[str, float]
     upload_bytes: Mapping[int, int] = field(repr=False)
     download_bytes: Mapping[int, int] = field(repr=False)
+    # "one-shot", "session set-up and round" (a session's first round, which runs its
+    # set-up) or "session round".
+    kind: str = ONE_SHOT
 
     def summary(self) -> str:
         """One line for the operator: the outcome, whose updates the aggregate holds, and
         who was dropped where and why."""
-        head = f"secure round {self.round_id}: "
+        kind = "" if self.kind == ONE_SHOT else f" ({self.kind})"
+        head = f"secure round {self.round_id}{kind}: "
         if self.outcome is RoundOutcome.COMPLETED:
             head += (
                 f"{len(self.included)} of {len(self.nodes)} nodes' updates in the aggregate "
@@ -124,6 +136,7 @@ class SecureRoundReport:
             "threshold": self.threshold,
             "seconds": self.seconds,
             "stage_seconds": dict(self.stage_seconds),
+            "kind": self.kind,
         }
 
 
@@ -156,6 +169,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
         rng: Randomness | None = None,
         first_round: int | None = None,
         allowed_nodes: Iterable[int] | None = None,
+        session_rounds: int = 0,
     ) -> None:
         if first_round is None:
             first_round = time.time_ns() // 1000
@@ -166,6 +180,13 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
             raise ConfigurationError("stage_timeout must be a positive number of seconds")
         if params.active and pki is None:
             raise ConfigurationError("a semi-malicious server model needs the nodes' pki")
+        if isinstance(session_rounds, bool) or not isinstance(session_rounds, int):
+            raise ConfigurationError(f"session_rounds must be an int, got {session_rounds!r}")
+        if session_rounds < 0:
+            raise ConfigurationError(f"session_rounds must be 0 or more, got {session_rounds}")
+        self.session_rounds = session_rounds
+        self._session: SessionServer | None = None
+        self._session_nodes: tuple[int, ...] = ()
         self._grid = grid
         self.params = params
         self.stage_timeout = float(stage_timeout)
@@ -251,21 +272,30 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
         global_vector = layout.flatten(model).astype(np.float64)
         self._round_id += 1
         round_id = self._round_id
-        config = self.params.round_config(
-            range(len(nodes)),
-            nonce=self._rng.bytes(16),
-            round_id=round_id,
-            task_hash=wire.task_digest(round_id, table, task_digest),
-        )
         pki = None
-        if config.active:
+        if self.params.active:
             strangers = [n for n in nodes if n not in self._pki]
             if strangers:
                 raise ConfigurationError(f"node(s) {strangers[:3]} have no identity key (pki)")
             pki = {i: self._pki[n] for i, n in enumerate(nodes)}
-        # Masking as a scheme (quantised, or with distributed DP when Params.dp says so), driven
-        # by the one round engine: this transport only delivers and collects.
-        server = MaskingScheme(self.params, pki=pki).server(config)
+        # Masking as a scheme (quantised, or with distributed DP when Params.dp says so), or a
+        # round of a session over the same cohort, driven by the one round engine: this
+        # transport only delivers and collects.
+        server: RoundServer
+        if self.session_rounds:
+            session = self._session_for(tuple(nodes), table, round_id, pki)
+            server = SessionRound(session, task_digest)
+            kind = SESSION_SETUP if server.setup else SESSION_ROUND
+            config = session.config
+        else:
+            kind = ONE_SHOT
+            config = self.params.round_config(
+                range(len(nodes)),
+                nonce=self._rng.bytes(16),
+                round_id=round_id,
+                task_hash=wire.task_digest(round_id, table, task_digest),
+            )
+            server = MaskingScheme(self.params, pki=pki).server(config)
         run = RoundRun(server)
         meter = run.meter
         node_of = dict(enumerate(nodes))
@@ -274,18 +304,20 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
         group_id = train[0].metadata.group_id
         model_bytes = sum(len(a.data) for a in model.values())
 
-        for stage, outgoing in run.stages():
-            first = stage is Stage.COMMIT and server.attempt == 1
+        for _, outgoing in run.stages():
             out: list[Message] = []
             for cid, message in outgoing.items():
                 data = message.encode()
                 node = node_of[cid]
-                meter.sent(cid, len(data) + (model_bytes if first else 0))
-                if first:
-                    opening = ConfigRecord({wire.MESSAGE: data, wire.NODES: table})
+                carries_model = _opens_training(message, server)
+                meter.sent(cid, len(data) + (model_bytes if carries_model else 0))
+                opening = ConfigRecord({wire.MESSAGE: data})
+                if message.OPENS_ROUND:  # the configuration: with the cohort's node table
+                    opening[wire.NODES] = table
+                if carries_model:
                     content = RecordDict({**dict(task.items()), wire.RECORD_KEY: opening})
                 else:
-                    content = RecordDict({wire.RECORD_KEY: ConfigRecord({wire.MESSAGE: data})})
+                    content = RecordDict({wire.RECORD_KEY: opening})
                 out.append(
                     Message(
                         content,
@@ -359,12 +391,42 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
             stage_seconds={s.value: t for s, t in ended.stage_seconds.items()},
             upload_bytes={n: ended.bytes_up.get(c, 0) for c, n in node_of.items()},
             download_bytes={n: ended.bytes_down.get(c, 0) for c, n in node_of.items()},
+            kind=kind,
         )
         self.reports.append(report)
         # In Flower's own log, where a Flower user reads it: the strategy's next line says it
         # "received 1 result" (the one secure aggregate), so this one says whose it holds.
         flwr_log(logging.INFO, "%s", report.summary())
         return reply
+
+    def _session_for(
+        self,
+        nodes: tuple[int, ...],
+        table: bytes,
+        round_id: int,
+        pki: Mapping[int, bytes] | None,
+    ) -> SessionServer:
+        """The live session if it can run this cohort's next round, else a new one."""
+        session = self._session
+        if (
+            session is not None
+            and self._session_nodes == nodes
+            and session.ended is None
+            and session.needs_setup() is None
+        ):
+            return session
+        if session is not None:
+            why = session.ended or session.needs_setup() or "the sampled cohort changed"
+            log.info("a new session is set up: %s", why)
+        config = self.params.round_config(
+            range(len(nodes)), nonce=self._rng.bytes(16), round_id=round_id
+        )
+        terms = SessionTerms.carrying(
+            config, max_rounds=self.session_rounds, binding=wire.session_binding(table)
+        )
+        session = MaskingScheme(self.params, pki=pki).session_server(terms)
+        self._session, self._session_nodes = session, nodes
+        return session
 
     def _reply(self, task: RecordDict, aggregate: ArrayRecord, weight: int) -> RecordDict:
         """The one reply the strategy aggregates, in the shape its own clients' take."""
@@ -379,6 +441,16 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
                 }
             )
         return RecordDict({"arrays": aggregate, "metrics": MetricRecord({self.weight_key: weight})})
+
+
+def _opens_training(message: object, server: object) -> bool:
+    """Whether ``message`` is the one that carries the model: a one-shot round's
+    configuration (its first attempt), or the message that opens a session's round."""
+    if isinstance(message, RoundTask):
+        return True
+    if isinstance(message, PeerSetupShares):
+        return bool(message.first_task)
+    return isinstance(message, RoundConfig) and getattr(server, "attempt", None) == 1
 
 
 def _is_train(message: Message) -> bool:

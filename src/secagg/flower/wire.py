@@ -19,6 +19,10 @@ Grid wrapper) use only what is here to agree on the bytes:
   for byte, and its config). It is the ``task_hash`` of the ``RoundConfig`` and therefore
   part of the session id: a client trains only the model, with the config, that its
   session is bound to.
+- **Sessions that span rounds** (``secagg.schemes.masking.session``): the ``SessionConfig``
+  carries ``NODES`` and binds the table (``session_binding``); the message that opens a round
+  (a ``RoundTask``, or round 1's ``PeerSetupShares``) carries the strategy's records, and the
+  round's task is their ``content_digest``.
 - **The layout.** ``ArrayLayout`` maps an ``ArrayRecord`` to the one flat float32 vector that
   is aggregated: its floating-point arrays, in the record's order, each flattened row-major.
   Arrays of an integer or boolean dtype (a BatchNorm's ``num_batches_tracked``) are not sent;
@@ -52,6 +56,7 @@ from secagg.hazmat.kdf import encode_fields
 from secagg.protocol.codec import Direction, Message, decode, defined_in
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import messages as pm
+from secagg.schemes.masking.session import messages as sm
 
 try:
     from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -86,6 +91,7 @@ DETAIL = "detail"
 _NODE_BYTES = 8
 _TASK_LABEL = "secagg/flower/v1/task"
 _CONTENT_LABEL = "secagg/flower/v1/content"
+_SESSION_LABEL = "secagg/flower/v1/session"
 # The dtypes that are aggregated; each travels as float32 (float64 rounds to float32).
 _FLOAT_KINDS = frozenset({"float16", "float32", "float64"})
 # The dtypes an array may have: aggregated floats and carried-over integers and booleans.
@@ -141,7 +147,10 @@ def decode_nodes(data: object) -> tuple[int, ...]:
 # What each server message of masking (the scheme Flower runs) asks a client to answer: the
 # stage its answer belongs to, as the message declares it.
 _ANSWERED_IN: dict[type[Message], Stage] = {
-    cls: cls.STAGE for cls in defined_in(pm.__name__) if cls.DIRECTION is Direction.DOWN
+    cls: cls.STAGE
+    for module in (pm.__name__, sm.__name__)
+    for cls in defined_in(module)
+    if cls.DIRECTION is Direction.DOWN
 }
 
 
@@ -192,6 +201,13 @@ def content_digest(content: RecordDict) -> bytes:
 def task_digest(round_id: int, node_table: bytes, content: bytes) -> bytes:
     """The ``task_hash`` a round is bound to: round id, node table, content digest."""
     return hashlib.sha256(encode_fields(_TASK_LABEL, round_id, node_table, content)).digest()
+
+
+def session_binding(node_table: bytes) -> bytes:
+    """What a session that spans rounds binds (``SessionTerms.binding``): its node table.
+    Each round's task is then the content digest alone (``RoundTask.task``), computed by the
+    node from what it was sent; the round number is in every key of the round."""
+    return hashlib.sha256(encode_fields(_SESSION_LABEL, node_table)).digest()
 
 
 def _encode_value(value: object, *, in_list: bool = False) -> bytes:

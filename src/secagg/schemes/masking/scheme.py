@@ -25,6 +25,9 @@ from secagg.schemes.masking.messages import RoundConfig
 from secagg.schemes.masking.parameters import Params, check_round_config
 from secagg.schemes.masking.policy import ClientPolicy
 from secagg.schemes.masking.server import Server
+from secagg.schemes.masking.session.client import SessionClient
+from secagg.schemes.masking.session.server import SessionServer
+from secagg.schemes.masking.session.terms import SessionTerms
 from secagg.schemes.registry import SchemeKind
 
 __all__ = ["MaskingScheme"]
@@ -128,6 +131,34 @@ class MaskingScheme:
             pki=self.pki if config.active else None,
             encoding=self.encoding,
             survivor_rule=self._survivor_rule(config),
+        )
+
+    def session_server(self, terms: SessionTerms) -> SessionServer:
+        """The server of a session that spans rounds (docs/SESSIONS.md) under this
+        deployment: its encoding, its identity keys and survivor rule in active mode."""
+        check_round_config(terms.config)
+        return SessionServer(
+            terms,
+            pki=self.pki if terms.config.active else None,
+            apply_masks=self.apply_masks,
+            encoding=self.encoding,
+            survivor_rule=self._survivor_rule(terms.config),
+        )
+
+    def session_client(
+        self, terms: SessionTerms, client_id: int, rng: Randomness | None = None
+    ) -> SessionClient:
+        """A client's side of a session under this deployment (``rng`` None: the operating
+        system's, as a deployment must use; a seeded one only to reproduce a simulation)."""
+        check_round_config(terms.config)
+        return SessionClient(
+            terms,
+            client_id,
+            rng,
+            identity=self.identities.get(client_id),
+            pki=self.pki if terms.config.active else None,
+            encoding=self.encoding,
+            survivor_rule=self._survivor_rule(terms.config),
         )
 
     def _survivor_rule(self, config: RoundConfig) -> SurvivorRule | None:
