@@ -304,6 +304,58 @@ class SessionClient:
             isinstance(message, PeerSetupShares) and bool(message.first_task)
         )
 
+    # ----------------------------------------------------------------- its journal
+    def snapshot(self) -> bytes:
+        """What this client holds, as ``restore`` takes it back (``session.state``): never an
+        update, a seed or a key its state has dropped (docs/SESSIONS.md 1.4, attack A1)."""
+        from secagg.schemes.masking.session import state
+
+        return state.encode(
+            self._terms,
+            self._client_id,
+            self._started,
+            self._session,
+            self._dead,
+            self._state,
+            self._agreement.state,
+        )
+
+    @classmethod
+    def restore(
+        cls,
+        blob: bytes,
+        rng: Randomness | None = None,
+        *,
+        identity: Ed25519SigningKey | None = None,
+        pki: Mapping[int, bytes] | None = None,
+        encoding: InputEncoding | None = None,
+        survivor_rule: SurvivorRule | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> SessionClient:
+        """The client whose ``snapshot`` is ``blob`` (``DecodeError`` if it is none), with
+        its deployment's keys and rules as the constructor takes them."""
+        from secagg.schemes.masking.session import state
+
+        held = state.decode(blob)
+        client = cls(
+            held.terms,
+            held.client_id,
+            rng,
+            identity=identity,
+            pki=pki,
+            encoding=encoding,
+            survivor_rule=survivor_rule,
+            clock=clock,
+        )
+        client._started = held.started
+        client._session = held.session
+        if held.session is not None:
+            client._neighbours = frozenset(held.session.neighbours(held.client_id))
+        client._dead = set(held.dead)
+        client._state = held.state
+        client._agreement._state = held.agreement  # the commit-reveal step, while agreeing
+        return client
+
     def set_input(self, values: NDArray[np.floating], weight: int, task: bytes) -> None:
         """The update of the next round and the digest of the model it was trained on,
         computed by the caller from the bytes it trained on (never the server's word)."""
