@@ -26,6 +26,29 @@ Where the transport cannot keep the round's client in memory between messages (`
 Flower may run each message in another process), the journal keeps the round's seed and
 update until the round closes and the client is rebuilt by replaying the transcript with the
 same deterministic randomness.
+
+Sessions that span rounds (docs/SESSIONS.md) go through the same doors, with their own for what
+a one-shot round does not have:
+
+- ``offer_session(config, now)``: a ``SessionConfig``, checked against the deployment as a
+  round's configuration is (its scheme's ``check``, the allow-list), its caps (R_max, T_max)
+  against the deployment's; accepted, it is the client's one live session (a live session or
+  one-shot round is left: rule S12) and the answer is the set-up's commitment;
+- ``receive(data, now)``: every later set-up message, the survivor list and the unmask
+  request (``PeerSetupShares`` is taken with an empty answer: nothing to send);
+- ``offer_round(task_bytes, task, now)``: round r's ``RoundTask`` with its model: only round
+  ``last + 1`` of the live session, within R_max and T_max (S3, S12), the model's digest the
+  client computes itself equal to the task's (it goes into ``ctx_r``: S8), a task whose update
+  entered no sum, and one more DP charge within budget (S14); returns the model to train;
+- ``begin_round(accepted, values, weight, now)``: the round's message, computed with fresh
+  randomness inside the transaction that journals it with the DP charge (S2);
+- ``leave_session``, ``session_audit``, and ``deadline``/``expire`` for both kinds.
+
+A session is never rebuilt by replay (attack A1): under ``keep_secrets`` the journal holds its
+client's *state* (keys and held shares, ``secagg.schemes.masking.session.state``), replaced in
+every transaction that changes it, never a seed or an update; without it (``secagg join``) the
+client lives in memory only, and a restarted process leaves its session. Any refusal in a
+session is a departure: the client journals why and erases the session's secrets (S4).
 """
 
 from __future__ import annotations
@@ -49,11 +72,27 @@ from secagg.errors import (
     InputError,
 )
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness
-from secagg.journal import Event, Journal, JournalRound, JournalTransaction, RoundSecrets, digest
+from secagg.journal import (
+    Event,
+    InSession,
+    Journal,
+    JournalRound,
+    JournalSession,
+    JournalSessionRound,
+    JournalTransaction,
+    RoundSecrets,
+    Where,
+    digest,
+)
 from secagg.protocol.codec import Direction, Message, decode
 from secagg.protocol.runner import RoundClient
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import RoundOpening, Scheme
+from secagg.schemes.masking.session import derivations as session_derivations
+from secagg.schemes.masking.session.client import SessionClient
+from secagg.schemes.masking.session.messages import RoundTask, SessionConfig
+from secagg.schemes.masking.session.state import Phase, SessionDeployment, progress
+from secagg.schemes.masking.session.terms import DEFAULT_MAX_ROUNDS, DEFAULT_MAX_SECONDS
 
 __all__ = ["Accepted", "Answer", "ClientSession", "Offer", "SchemeFor", "TaskCodec"]
 
@@ -64,6 +103,8 @@ SEED_BYTES = 32
 # erased) is committed before the refusal reaches the transport.
 _KEEP = (ClientAbort,)
 _DETAIL_CHARS = 200
+# Where a session client holds an agreed session.
+_AGREED = (Phase.SETTING_UP, Phase.BETWEEN, Phase.IN_ROUND)
 
 
 class TaskCodec(Protocol):
@@ -102,7 +143,11 @@ class Offer:
 
 @dataclass(frozen=True)
 class Accepted:
-    """A round the client takes part in: train ``model``."""
+    """A round the client takes part in: train ``model``.
+
+    For a round of a session, ``round_id`` is the round's number in the session, ``config``
+    the session's configuration, ``round_config`` the ``RoundTask`` and ``session_id`` the
+    session's id."""
 
     round_id: int
     client_id: int
@@ -110,11 +155,13 @@ class Accepted:
     round_config: bytes = field(repr=False)
     members: tuple[int, ...] | None = field(repr=False)
     model: NDArray[np.float32] = field(repr=False)
+    session_id: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class Answer:
-    """What the client sends back, encoded, and the stage it answers (for progress)."""
+    """What the client sends back, encoded, and the stage it answers (for progress). Empty
+    ``data``: nothing to send (a session's ``PeerSetupShares`` is taken without an answer)."""
 
     data: bytes = field(repr=False)
     stage: Stage
@@ -159,11 +206,18 @@ class ClientSession:
         keep_secrets: bool = False,
         budget: ClientBudget | None = None,
         rng: Randomness | None = None,
+        max_session_rounds: int = DEFAULT_MAX_ROUNDS,
+        max_session_seconds: int = DEFAULT_MAX_SECONDS,
     ) -> None:
         """``self_id`` is this client in the transport's ids (a client id, a Flower node id);
-        ``allowed`` the allow-list in those ids (None: any, for a simulation that opted out)."""
+        ``allowed`` the allow-list in those ids (None: any, for a simulation that opted out);
+        ``max_session_rounds`` and ``max_session_seconds`` the deployment's caps on a session
+        (a server's may only be lower: rule S12)."""
         if not (stage_timeout > 0 and math.isfinite(stage_timeout)):
             raise ConfigurationError(f"the stage timeout must be positive, got {stage_timeout!r}")
+        for name, cap in (("rounds", max_session_rounds), ("seconds", max_session_seconds)):
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+                raise ConfigurationError(f"a session's most {name} must be a positive int")
         self._scheme_for = scheme_for
         self.journal = journal
         self.self_id = self_id
@@ -176,12 +230,23 @@ class ClientSession:
         # long; otherwise rebuilt (keep_secrets) or lost (a restarted process).
         self._clients: dict[int, tuple[int, RoundClient]] = {}
         self._wait: dict[int, _Wait] = {}
+        self.max_session_rounds = max_session_rounds
+        self.max_session_seconds = max_session_seconds
+        # The live session's client, by (session, step): valid while the journal's session is
+        # at that step; otherwise restored from its state (keep_secrets) or lost.
+        self._held: tuple[int, int, SessionClient] | None = None
+        self._now = 0.0  # the time of the decision in progress: the session clients' clock
         if not keep_secrets:
             # A round left live by an earlier process cannot go on: its keys died with it.
             with journal.transaction() as txn:
                 for entry in txn.live_rounds():
                     txn.note(entry.round_id, entry.accepted_at, Event.LEFT, "client restarted")
                     txn.close_round(entry.round_id, "left (the client restarted)")
+                session = txn.live_session()
+                if session is not None:
+                    self._leave_session(
+                        txn, session, session.set_up_at, Event.LEFT, "the client restarted"
+                    )
 
     def __repr__(self) -> str:
         return f"ClientSession(self_id={self.self_id}, journal={self.journal!r})"
@@ -199,44 +264,22 @@ class ClientSession:
                 raise ClientAbort(
                     AbortReason.REPLAYED_ROUND, f"round {round_id} is in this client's journal"
                 )
-            if offer.persona is not None:
-                pinned = txn.pin("persona", offer.persona.hex())
-                if pinned is not None and pinned != offer.persona.hex():
-                    raise ClientAbort(
-                        AbortReason.INVALID_CONFIG,
-                        "the node's own configuration is not the one its journal began with",
-                    )
+            self._check_persona(txn, offer.persona)
             scheme = self._scheme_for(client_id, offer.members)
             scheme.check(config, client_id)
             self._check_allowed(config, offer.members)
-            try:
-                binding = offer.task.binding()
-                fingerprint = offer.task.fingerprint()
-            except (DecodeError, ConfigurationError) as exc:
-                raise ClientAbort(AbortReason.INVALID_MODEL, str(exc)) from None
+            binding, fingerprint = _task_digests(offer.task)
             if binding != config.task_hash:
                 # The session is bound to another model: training this one would be unsafe.
                 raise ClientAbort(AbortReason.MODEL_MISMATCH, "the task is not the session's")
-            earlier = txn.contributed_in(fingerprint)
-            if earlier is not None:
-                raise ClientAbort(
-                    AbortReason.REPLAYED_TASK,
-                    f"this task's update already entered round {earlier}'s sum",
-                )
-            try:
-                model = offer.task.model(scheme.dim)
-            except (DecodeError, ConfigurationError) as exc:
-                raise ClientAbort(AbortReason.INVALID_MODEL, str(exc)) from None
-            charges = [] if self.budget is None else txn.dp_charges(self.budget.fingerprint)
-            if self.budget is not None and not self.budget.allows(charges):
-                spent = self.budget.spent(charges)
-                raise ClientAbort(
-                    AbortReason.BUDGET_EXHAUSTED,
-                    f"epsilon {spent:.3g} spent of {self.budget.limit:g}; one more round "
-                    "would exceed the deployment's budget",
-                )
+            self._check_fresh_task(txn, fingerprint)
+            model = _model(offer.task, scheme.dim)
+            self._check_budget(txn)
             for live in txn.live_rounds():
                 self._close(txn, live.round_id, now, Event.LEFT, "a new round began")
+            session = txn.live_session()
+            if session is not None:  # one live session or round (S12)
+                self._leave_session(txn, session, now, Event.LEFT, "a one-shot round began")
             txn.compact()
             txn.add_round(round_id, fingerprint, client_id, now, offer.members)
             txn.note(round_id, now, Event.ACCEPTED, config.terms())
@@ -272,17 +315,13 @@ class ClientSession:
     def receive(self, data: bytes, now: float) -> Answer:
         """Answer one server message of the live round (its bytes), or refuse it."""
         with self.journal.transaction(_KEEP) as txn:
-            # A request answered before (in the live round, or in the last one, which keeps its
-            # transcript until the next round is accepted) gets the recorded answer again:
-            # the same bytes were already sent, so nothing new is revealed.
-            request_digest = digest(data)
-            for round_id, exchange in txn.exchanges_with(request_digest):
-                if exchange.request == data:
-                    txn.note(round_id, now, Event.RETRANSMITTED)
-                    answered = _answered(_decode(exchange.answer, AbortReason.INVALID_CONFIG))
-                    entry = txn.round(round_id)
-                    deadline = None if entry is None else entry.deadline
-                    return Answer(exchange.answer, answered, deadline)
+            self._now = now
+            recorded = self._recorded(txn, data, now)
+            if recorded is not None:
+                return recorded
+            session = txn.live_session()
+            if session is not None:
+                return self._receive_in_session(txn, session, data, now)
             live = [r for r in txn.live_rounds() if txn.exchanges(r.round_id)]
             if not live:
                 raise ClientAbort(AbortReason.ROUND_CLOSED, "this client is in no round")
@@ -319,7 +358,7 @@ class ClientSession:
         if reply is None:
             raise ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "nothing to answer")
         answer = reply.encode()
-        self._record(txn, entry, reply, data, now)
+        self._record(txn, round_id, entry.task, reply, data, now)
         txn.add_exchange(round_id, data, answer)
         self._clients[round_id] = (position + 1, client)
         deadline = None
@@ -336,26 +375,47 @@ class ClientSession:
     def _record(
         self,
         txn: JournalTransaction,
-        entry: JournalRound,
+        where: Where,
+        task: bytes,
         reply: Message,
         request: bytes,
         now: float,
     ) -> None:
-        """The journal rows of one answer, before it leaves."""
-        round_id = entry.round_id
+        """The journal rows of one answer, before it leaves (``task``: the fingerprint of the
+        round's task, whose update a masked input carries)."""
         stage = _answered(reply)
         event = _ANSWER_EVENTS.get(stage)
         if event is None:
             return
         attempt = reply.opens_attempt
         if attempt is not None:
-            txn.set_attempts(round_id, attempt)
+            txn.set_attempts(where, attempt)
         if event is Event.CONTRIBUTED:
-            txn.add_contribution(entry.task, round_id)
+            txn.add_contribution(task, where)
             if self.budget is not None:
-                txn.add_dp_charge(self.budget.fingerprint, round_id, self.budget.charge)
+                txn.add_dp_charge(self.budget.fingerprint, where, self.budget.charge)
         detail = reply.audit_note(request)
-        txn.note(round_id, now, event, detail)
+        txn.note(where, now, event, detail)
+
+    def _recorded(self, txn: JournalTransaction, data: bytes, now: float) -> Answer | None:
+        """A request answered before (in the live round, or in the last one, which keeps its
+        transcript until the next round is accepted) gets the recorded answer again: the same
+        bytes were already sent, so nothing new is revealed."""
+        for where, exchange in txn.exchanges_with(digest(data)):
+            if exchange.request == data:
+                txn.note(where, now, Event.RETRANSMITTED)
+                if exchange.answer:
+                    answered = _answered(_decode(exchange.answer, AbortReason.INVALID_CONFIG))
+                else:
+                    answered = _decode(exchange.request, AbortReason.INVALID_CONFIG).STAGE
+                if isinstance(where, InSession):
+                    session = txn.session(where.session)
+                    deadline = None if session is None else session.deadline
+                else:
+                    entry = txn.round(where)
+                    deadline = None if entry is None else entry.deadline
+                return Answer(exchange.answer, answered, deadline)
+        return None
 
     def _final(self, reply: Message) -> bool:
         return _answered(reply) in (Stage.UNMASK, Stage.DECRYPT)
@@ -391,6 +451,9 @@ class ClientSession:
         """When the session gives up on its live round (None: no round waits on the server)."""
         with self.journal.transaction(_KEEP) as txn:
             deadlines = [r.deadline for r in txn.live_rounds() if r.deadline is not None]
+            session = txn.live_session()
+            if session is not None and session.deadline is not None:
+                deadlines.append(session.deadline)
         return min(deadlines) if deadlines else None
 
     def queued(self, round_id: int, cohort: int, window: int, now: float) -> None:
@@ -409,9 +472,16 @@ class ClientSession:
 
     def expire(self, now: float) -> dict[int, str]:
         """Close every live round whose deadline has passed (its secrets erased): their ids
-        and why."""
+        and why. A live session past its deadline is left too (``live_session`` says so)."""
         closed: dict[int, str] = {}
         with self.journal.transaction(_KEEP) as txn:
+            session = txn.live_session()
+            if session is not None and session.deadline is not None and now >= session.deadline:
+                terms = _decode_session_config(session.config).terms
+                why = f"no word from the server for {self.stage_timeout:g} s"
+                if session.deadline >= session.set_up_at + terms.max_seconds:
+                    why = f"the session is older than its {terms.max_seconds} s"
+                self._leave_session(txn, session, now, Event.EXPIRED, why)
             for entry in txn.live_rounds():
                 if entry.deadline is not None and now >= entry.deadline:
                     wait = self._wait.get(entry.round_id)
@@ -425,6 +495,342 @@ class ClientSession:
                     self._close(txn, entry.round_id, now, Event.EXPIRED, why)
                     closed[entry.round_id] = why
         return closed
+
+    # ----------------------------------------------------------------- sessions
+    def offer_session(
+        self,
+        session_config: bytes,
+        now: float,
+        *,
+        members: tuple[int, ...] | None = None,
+        persona: bytes | None = None,
+    ) -> Answer:
+        """A session's configuration (a ``SessionConfig``'s bytes), checked against the
+        deployment as a round's configuration is and its caps against the deployment's;
+        accepted, it is this client's one live session (S12: a live session or one-shot round
+        is left) and the answer is its commitment. ``members`` and ``persona`` as ``Offer``'s."""
+        config_message = _decode_session_config(session_config)
+        terms = config_message.terms
+        config = terms.config
+        client_id = self._client_id(config, members)
+        with self.journal.transaction(_KEEP) as txn:
+            self._now = now
+            recorded = self._recorded(txn, session_config, now)
+            if recorded is not None:
+                return recorded
+            if txn.session_configured(config.config_id) is not None:
+                raise ClientAbort(
+                    AbortReason.REPLAYED_ROUND, "this session configuration is in the journal"
+                )
+            self._check_persona(txn, persona)
+            scheme = self._scheme_for(client_id, members)
+            scheme.check(config, client_id)
+            self._check_allowed(config, members)
+            if (
+                terms.max_rounds > self.max_session_rounds
+                or terms.max_seconds > self.max_session_seconds
+            ):
+                raise ClientAbort(
+                    AbortReason.DOWNGRADE,
+                    f"a session of up to {terms.max_rounds} rounds in {terms.max_seconds} s; "
+                    f"the deployment allows {self.max_session_rounds} in "
+                    f"{self.max_session_seconds} s",
+                )
+            deployment = SessionDeployment.of(scheme, config, client_id)
+            for live in txn.live_rounds():
+                self._close(txn, live.round_id, now, Event.LEFT, "a session began")
+            earlier = txn.live_session()
+            if earlier is not None:
+                self._leave_session(txn, earlier, now, Event.LEFT, "a new set-up began")
+            txn.compact()
+            session = txn.add_session(config.config_id, session_config, client_id, now, members)
+            txn.note(
+                InSession(session.seq, 0),
+                now,
+                Event.ACCEPTED,
+                f"{config.terms()}; a session of up to {terms.max_rounds} rounds in "
+                f"{terms.max_seconds} s",
+            )
+            client = deployment.client(terms, client_id, self._rng, self._clock)
+            return self._session_answer(txn, session, client, session_config, now)
+
+    def offer_round(
+        self, round_task: bytes, task: TaskCodec, now: float, *, persona: bytes | None = None
+    ) -> Accepted:
+        """Round r's task of the live session (a ``RoundTask``'s bytes) with the model it names;
+        accepted, train ``model``. The same bytes again before the round's message left give
+        the same round again (nothing was sent); after, ``receive`` gives the recorded answer.
+        Any other refusal leaves the session."""
+        message = _decode_round_task(round_task)
+        with self.journal.transaction(_KEEP) as txn:
+            self._now = now
+            session = txn.live_session()
+            if session is None or session.session_id is None:
+                raise ClientAbort(AbortReason.ROUND_CLOSED, "this client is in no session")
+            where = InSession(session.seq, message.round_number)
+            if any(e.request == round_task for _, e in txn.exchanges_with(digest(round_task))):
+                raise ClientAbort(
+                    AbortReason.REPLAYED_ROUND, "this task was answered: its answer is recorded"
+                )
+            pending = txn.session_round(session.seq, message.round_number)
+            again = (
+                pending is not None
+                and pending.live
+                and pending.request_digest == digest(round_task)
+                and not txn.exchanges(where)
+            )
+            try:
+                return self._accept_round(
+                    txn, session, message, round_task, task, now, persona, again
+                )
+            except ClientAbort as exc:
+                self._leave_session(txn, session, now, Event.LEFT, _why(exc))
+                raise
+
+    def _accept_round(
+        self,
+        txn: JournalTransaction,
+        session: JournalSession,
+        message: RoundTask,
+        round_task: bytes,
+        task: TaskCodec,
+        now: float,
+        persona: bytes | None,
+        again: bool,
+    ) -> Accepted:
+        sid = session.session_id
+        assert sid is not None
+        client = self._session_client(txn, session, now)
+        r = message.round_number
+        if message.session_id != sid or message.recipient != session.client_id:
+            raise ClientAbort(AbortReason.WRONG_SESSION, "a task of another session or client")
+        at = progress(client)
+        if at.phase is not Phase.BETWEEN:  # S4: round r - 1 closes before round r begins
+            raise ClientAbort(
+                AbortReason.ROUND_OUT_OF_ORDER,
+                f"a task for round {r} while the client is {at.phase.value}",
+            )
+        if r <= at.closed or (not again and txn.session_round(session.seq, r) is not None):
+            raise ClientAbort(AbortReason.REPLAYED_ROUND, f"round {r} of the session was offered")
+        if r != at.closed + 1:  # S3: no gap
+            raise ClientAbort(
+                AbortReason.ROUND_OUT_OF_ORDER, f"a task for round {r} after round {at.closed}"
+            )
+        terms = client.terms
+        if r > terms.max_rounds or now - session.set_up_at > terms.max_seconds:  # S12
+            raise ClientAbort(
+                AbortReason.SESSION_EXPIRED,
+                f"round {r} is past the session's {terms.max_rounds} rounds or "
+                f"{terms.max_seconds} s",
+            )
+        self._check_persona(txn, persona)
+        binding, fingerprint = _task_digests(task)
+        if binding != message.task:
+            # S8: the client masks under the digest of what it trains on, computed here.
+            raise ClientAbort(AbortReason.MODEL_MISMATCH, "the model is not the task's")
+        self._check_fresh_task(txn, fingerprint)
+        model = _model(task, terms.config.dim)
+        self._check_budget(txn)
+        if not again:
+            context = session_derivations.round_context(sid, r, terms.config_id, binding)
+            txn.compact_session(session.seq, keep_from=r - 1)
+            txn.add_session_round(
+                JournalSessionRound(
+                    session.seq,
+                    r,
+                    fingerprint,
+                    binding,
+                    context,
+                    digest(round_task),
+                    now,
+                    None,
+                    False,
+                )
+            )
+            txn.note(InSession(session.seq, r), now, Event.ACCEPTED, f"round {r}")
+        return Accepted(r, session.client_id, terms.config, round_task, session.members, model, sid)
+
+    def begin_round(
+        self, accepted: Accepted, values: NDArray[np.floating], weight: int, now: float
+    ) -> Answer:
+        """The trained update of an accepted round of the live session: its message, computed
+        with fresh randomness and journalled with the DP charge before it is returned (S2)."""
+        with self.journal.transaction(_KEEP) as txn:
+            self._now = now
+            session = txn.live_session()
+            if session is None or session.session_id != accepted.session_id:
+                raise ClientAbort(AbortReason.ROUND_CLOSED, "this round's session is not live")
+            where = InSession(session.seq, accepted.round_id)
+            entry = txn.session_round(session.seq, accepted.round_id)
+            if (
+                entry is None
+                or not entry.live
+                or entry.request_digest != digest(accepted.round_config)
+                or txn.exchanges(where)
+            ):
+                raise ClientAbort(AbortReason.ROUND_CLOSED, "this round is not waiting for input")
+            client = self._session_client(txn, session, now)
+            try:
+                client.set_input(values, weight, entry.digest)
+            except InputError as exc:
+                self._leave_session(txn, session, now, Event.LEFT, f"invalid update: {exc}")
+                raise ClientAbort(AbortReason.INVALID_UPDATE, str(exc)) from None
+            return self._session_answer(
+                txn, session, client, accepted.round_config, now, task=entry.task
+            )
+
+    def _receive_in_session(
+        self, txn: JournalTransaction, session: JournalSession, data: bytes, now: float
+    ) -> Answer:
+        if session.deadline is not None and now > session.deadline:
+            self._leave_session(txn, session, now, Event.EXPIRED, "the deadline passed")
+            raise ClientAbort(AbortReason.STAGE_TIMEOUT, "the session's deadline passed")
+        client = self._session_client(txn, session, now)
+        try:
+            message = _decode(data, AbortReason.MALFORMED_MESSAGE)
+            if client.needs_input(message):
+                raise ClientAbort(
+                    AbortReason.UNEXPECTED_MESSAGE, "a round's task comes with its model"
+                )
+        except ClientAbort as exc:
+            self._leave_session(txn, session, now, Event.LEFT, _why(exc))
+            raise
+        return self._session_answer(txn, session, client, data, now)
+
+    def _session_answer(
+        self,
+        txn: JournalTransaction,
+        session: JournalSession,
+        client: SessionClient,
+        data: bytes,
+        now: float,
+        *,
+        task: bytes = b"",
+    ) -> Answer:
+        """Run the session's client on ``data`` and journal what it decided: the exchange,
+        the audit, the contribution and DP charge of a masked input, the client's new state
+        (replacing the old one: its erasures), the round's close; then give its answer."""
+        self._held = None
+        where = self._current(txn, session)
+        try:
+            reply = client.receive(data)
+        except ClientAbort as exc:
+            self._leave_session(txn, session, now, Event.LEFT, _why(exc))
+            raise
+        except Exception as exc:  # a bug on our side must not answer anything either
+            self._leave_session(txn, session, now, Event.LEFT, type(exc).__name__)
+            raise ClientAbort(AbortReason.MALFORMED_MESSAGE, type(exc).__name__) from None
+        if reply is None:
+            answer, stage = b"", _decode(data, AbortReason.MALFORMED_MESSAGE).STAGE
+        else:
+            answer, stage = reply.encode(), _answered(reply)
+            self._record(txn, where, task, reply, data, now)
+        txn.add_exchange(where, data, answer)
+        at = progress(client)
+        if session.session_id is None and at.phase in _AGREED:
+            txn.session_agreed(session.seq, client.session.session_id)
+        if stage is Stage.UNMASK:
+            txn.close_session_round(session.seq, where.round_number, "answered to the end")
+        terms = client.terms
+        if at.phase is Phase.LEFT:
+            # S6: the round's own checks passed, a neighbour's next keys did not: answered,
+            # then left.
+            self._leave_session(txn, session, now, Event.LEFT, f"{at.reason}: {at.detail}")
+            return Answer(answer, stage, None)
+        if at.phase is Phase.BETWEEN and at.closed >= terms.max_rounds:
+            self._leave_session(
+                txn, session, now, Event.LEFT, f"the session ran its {terms.max_rounds} rounds"
+            )
+            return Answer(answer, stage, None)
+        deadline = now + self.stage_timeout
+        if at.phase is Phase.BETWEEN:
+            # Between rounds the server may train as long as the session may last (T_max).
+            deadline = session.set_up_at + terms.max_seconds
+        if self.keep_secrets:
+            txn.keep_session_state(session.seq, client.snapshot())
+        self._held = (session.seq, txn.session_stepped(session.seq, deadline), client)
+        return Answer(answer, stage, deadline)
+
+    def _session_client(
+        self, txn: JournalTransaction, session: JournalSession, now: float
+    ) -> SessionClient:
+        """The live session's client at the journal's step: held in memory, or restored from
+        its journalled state (never replayed); a client that has neither leaves."""
+        held = self._held
+        if held is not None and held[:2] == (session.seq, session.step):
+            return held[2]
+        self._held = None
+        state = txn.session_state(session.seq) if self.keep_secrets else None
+        if state is None:
+            self._leave_session(txn, session, now, Event.LEFT, "keys lost")
+            raise ClientAbort(
+                AbortReason.ROUND_CLOSED, "this client no longer holds the session's keys"
+            )
+        terms = _decode_session_config(session.config).terms
+        scheme = self._scheme_for(session.client_id, session.members)
+        deployment = SessionDeployment.of(scheme, terms.config, session.client_id)
+        try:
+            client = deployment.restore(state, self._rng, self._clock)
+        except DecodeError:
+            client = None
+        if client is None or client.terms != terms or client.client_id != session.client_id:
+            self._leave_session(txn, session, now, Event.LEFT, "its state does not restore")
+            raise ClientAbort(
+                AbortReason.ROUND_CLOSED, "the session's client cannot be rebuilt exactly"
+            )
+        return client
+
+    def _clock(self) -> float:
+        return self._now
+
+    def _current(self, txn: JournalTransaction, session: JournalSession) -> InSession:
+        """Where the session is: its latest round accepted, or its set-up (0)."""
+        rounds = txn.session_rounds(session.seq)
+        return InSession(session.seq, rounds[-1].round_number if rounds else 0)
+
+    def _leave_session(
+        self,
+        txn: JournalTransaction,
+        session: JournalSession,
+        now: float,
+        event: Event,
+        detail: str,
+    ) -> None:
+        """Leave: journal why, erase every secret of the session, answer nothing more of it."""
+        self._held = None
+        current = txn.session(session.seq)
+        if current is None or not current.live:
+            return
+        where = self._current(txn, session)
+        detail = detail[:_DETAIL_CHARS]
+        txn.note(where, now, event, detail)
+        txn.close_session(session.seq, f"{event.value} at round {where.round_number} ({detail})")
+
+    def leave_session(self, reason: AbortReason, detail: str, now: float) -> None:
+        """The transport's side of leaving the live session (the update callback failed)."""
+        with self.journal.transaction(_KEEP) as txn:
+            session = txn.live_session()
+            if session is not None:
+                self._leave_session(txn, session, now, Event.LEFT, f"{reason.value}: {detail}")
+
+    def live_session(self) -> JournalSession | None:
+        """The live session as the journal holds it (None: the client is in none)."""
+        with self.journal.transaction(_KEEP) as txn:
+            return txn.live_session()
+
+    def session_audit(self, round_number: int, session: int | None = None) -> str:
+        """What the client did in one round of a session (0: its set-up), from its own
+        journal; ``session`` is the journal's number for it (None: the latest)."""
+        with self.journal.transaction(_KEEP) as txn:
+            sessions = txn.all_sessions()
+            chosen = [s for s in sessions if session is None or s.seq == session][-1:]
+            if not chosen:
+                return f"session {session}: not in this client's journal"
+            entry = chosen[0]
+            sid = "?" if entry.session_id is None else entry.session_id[:4].hex()
+            head = f"session {sid}, " + ("set-up" if round_number == 0 else f"round {round_number}")
+            attempts = entry.attempts if round_number == 0 else 0
+            return _audit(head, attempts, txn.events(InSession(entry.seq, round_number)))
 
     # ----------------------------------------------------------------- the round's end
     def leave(self, round_id: int, reason: AbortReason, detail: str, now: float) -> None:
@@ -496,6 +902,36 @@ class ClientSession:
                 f"{len(strangers)} cohort member(s) not on the allow-list",
             )
 
+    def _check_persona(self, txn: JournalTransaction, persona: bytes | None) -> None:
+        if persona is None:
+            return
+        pinned = txn.pin("persona", persona.hex())
+        if pinned is not None and pinned != persona.hex():
+            raise ClientAbort(
+                AbortReason.INVALID_CONFIG,
+                "the node's own configuration is not the one its journal began with",
+            )
+
+    def _check_fresh_task(self, txn: JournalTransaction, fingerprint: bytes) -> None:
+        earlier = txn.contributed_in(fingerprint)
+        if earlier is not None:
+            raise ClientAbort(
+                AbortReason.REPLAYED_TASK,
+                f"this task's update already entered round {earlier}'s sum",
+            )
+
+    def _check_budget(self, txn: JournalTransaction) -> None:
+        if self.budget is None:
+            return
+        charges = txn.dp_charges(self.budget.fingerprint)
+        if not self.budget.allows(charges):
+            spent = self.budget.spent(charges)
+            raise ClientAbort(
+                AbortReason.BUDGET_EXHAUSTED,
+                f"epsilon {spent:.3g} spent of {self.budget.limit:g}; one more round "
+                "would exceed the deployment's budget",
+            )
+
     def _live(self, txn: JournalTransaction, round_id: int) -> JournalRound:
         entry = txn.round(round_id)
         if entry is None or not entry.live:
@@ -525,7 +961,23 @@ _CONFIGS: weakref.WeakValueDictionary[bytes, Message] = weakref.WeakValueDiction
 
 
 def _decode_config(data: bytes) -> RoundOpening:
-    message = _CONFIGS.get(data)
+    message = _decode_opening(data)
+    if message.TAG == SessionConfig.TAG:
+        raise ClientAbort(
+            AbortReason.INVALID_CONFIG, "a session's configuration opens a session, not a round"
+        )
+    return cast(RoundOpening, message)
+
+
+def _decode_session_config(data: bytes) -> SessionConfig:
+    message = _decode_opening(data)
+    if message.TAG != SessionConfig.TAG:
+        raise ClientAbort(AbortReason.INVALID_CONFIG, "not a session's configuration")
+    return cast(SessionConfig, message)
+
+
+def _decode_opening(data: bytes) -> Message:
+    message = _CONFIGS.get(data) if isinstance(data, bytes) else None
     if message is None:
         message = _decode(data, AbortReason.INVALID_CONFIG)
         if not message.OPENS_ROUND:
@@ -533,7 +985,35 @@ def _decode_config(data: bytes) -> RoundOpening:
                 AbortReason.INVALID_CONFIG, f"a {type(message).__name__} is no round configuration"
             )
         _CONFIGS[data] = message
-    return cast(RoundOpening, message)
+    return message
+
+
+def _decode_round_task(data: bytes) -> RoundTask:
+    if not isinstance(data, bytes):
+        raise ClientAbort(AbortReason.MALFORMED_MESSAGE, "not bytes")
+    try:
+        return RoundTask.decode(data)
+    except DecodeError as exc:
+        raise ClientAbort(AbortReason.MALFORMED_MESSAGE, str(exc)) from None
+
+
+def _task_digests(task: TaskCodec) -> tuple[bytes, bytes]:
+    """What the task binds (``task_hash``, a session round's ``task_r``) and its fingerprint."""
+    try:
+        return task.binding(), task.fingerprint()
+    except (DecodeError, ConfigurationError) as exc:
+        raise ClientAbort(AbortReason.INVALID_MODEL, str(exc)) from None
+
+
+def _model(task: TaskCodec, dim: int) -> NDArray[np.float32]:
+    try:
+        return task.model(dim)
+    except (DecodeError, ConfigurationError) as exc:
+        raise ClientAbort(AbortReason.INVALID_MODEL, str(exc)) from None
+
+
+def _why(exc: ClientAbort) -> str:
+    return f"{exc.reason.value}: {exc.detail}"
 
 
 def _decode(data: bytes, reason: AbortReason) -> Message:
@@ -547,14 +1027,13 @@ def _decode(data: bytes, reason: AbortReason) -> Message:
 
 def audit_line(entry: JournalRound, events: list[tuple[float, Event, str]]) -> str:
     """What a client did in one round, from its own journal; the server's word beside it."""
+    return _audit(f"round {entry.round_id}", entry.attempts, events)
+
+
+def _audit(name: str, attempts: int, events: list[tuple[float, Event, str]]) -> str:
     kinds = [kind for _, kind, _ in events]
     details = {kind: detail for _, kind, detail in events}
-    head = (
-        f"round {entry.round_id}: {details[Event.ACCEPTED]}"
-        if Event.ACCEPTED in details
-        else (f"round {entry.round_id}")
-    )
-    attempts = entry.attempts
+    head = f"{name}: {details[Event.ACCEPTED]}" if Event.ACCEPTED in details else name
     claims = [detail for _, kind, detail in events if kind is Event.CLAIMED]
     claim = f" (the coordinator says: {claims[-1]})" if claims else ""
     if Event.REVEALED in kinds:

@@ -28,9 +28,28 @@ freeze a round once it is closed):
   to be kept (Flower runs messages in other processes); erased when the round closes, and the
   write-ahead log that held their pages is then checkpointed and truncated.
 
+Sessions that span rounds (docs/SESSIONS.md) have tables of their own, and file their audit,
+contributions and DP charges in the tables above under ``InSession(session, round)`` (round 0:
+the set-up), so one budget and one "one update, one sum" rule hold across both kinds:
+
+- ``sessions``: every session this client accepted (its ``SessionConfig``, taken once by its
+  configuration id), its client id, when the set-up began by the client's clock, the session
+  id once agreed, how many decisions it has made (``step``), its deadline and how it ended; at
+  most one is live (rule S12);
+- ``session_rounds``: each round of a session the client accepted: the task's fingerprint, the
+  digest the client computed from what it trains on (``task_r``), ``ctx_r``, the digest of the
+  ``RoundTask`` it came in, and how the round closed;
+- ``session_exchanges``: the transcript of the live session per (session, round): each server
+  message answered (digest, bytes) and the answer sent (empty for ``PeerSetupShares``), so a
+  byte-identical retransmission gets the recorded answer;
+- ``session_state``: the live session's client state (``secagg.schemes.masking.session.state``),
+  only where the transport asks for secrets to be kept: keys and held shares, never a seed or an
+  update (attack A1). Every change replaces it and checkpoints the log, like an erasure.
+
 Bounded: when a round is accepted, the exchanges of every closed round are deleted (the
-summary stays in ``rounds``/``events``). ``secure_delete`` overwrites what is deleted. The
-file is created with mode 0600: it is as sensitive as the identity key beside it.
+summary stays in ``rounds``/``events``); a session keeps the transcripts of its live round and
+the one before. ``secure_delete`` overwrites what is deleted. The file is created with mode
+0600: it is as sensitive as the identity key beside it.
 """
 
 from __future__ import annotations
@@ -48,9 +67,19 @@ from pathlib import Path
 
 from secagg.errors import JournalError, one_line
 
-__all__ = ["SCHEMA_VERSION", "Event", "Journal", "JournalRound", "JournalTransaction"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Event",
+    "InSession",
+    "Journal",
+    "JournalRound",
+    "JournalSession",
+    "JournalSessionRound",
+    "JournalTransaction",
+    "Where",
+]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sessions that span rounds (a journal of schema 1 is brought up to it)
 _APPLICATION_ID = 0x5A6A4E4C  # "secagg journal": tells a journal from any other SQLite file
 _BUSY_MS = 120_000  # a message waits this long for another one of the same node
 
@@ -85,6 +114,62 @@ class JournalRound:
     outcome: str | None  # None while the round is live
     included: bool
     members: tuple[int, ...] | None = field(default=None, repr=False)  # the transport's ids
+
+    @property
+    def live(self) -> bool:
+        return self.outcome is None
+
+
+@dataclass(frozen=True)
+class InSession:
+    """Round ``round_number`` of the journal's session ``session`` (0: its set-up): where a
+    session files its audit, its contributions and its DP charges."""
+
+    session: int
+    round_number: int
+
+    def __str__(self) -> str:
+        return f"session {self.session}, round {self.round_number}"
+
+
+# A one-shot round (its round id) or a round of a session.
+Where = int | InSession
+
+
+@dataclass(frozen=True)
+class JournalSession:
+    """One session as the journal holds it (``seq`` is the journal's own number for it)."""
+
+    seq: int
+    config_id: bytes = field(repr=False)
+    config: bytes = field(repr=False)  # the SessionConfig, as it arrived
+    client_id: int
+    members: tuple[int, ...] | None = field(repr=False)
+    set_up_at: float
+    session_id: bytes | None = field(repr=False)
+    attempts: int
+    step: int  # decisions its client has made: a client held in memory at another step is stale
+    deadline: float | None
+    outcome: str | None  # None while the session is live
+
+    @property
+    def live(self) -> bool:
+        return self.outcome is None
+
+
+@dataclass(frozen=True)
+class JournalSessionRound:
+    """A round of a session the client accepted."""
+
+    session: int
+    round_number: int
+    task: bytes = field(repr=False)  # the task's fingerprint: one update per task
+    digest: bytes = field(repr=False)  # task_r, as the client computed it from what it trains
+    context: bytes = field(repr=False)  # ctx_r
+    request_digest: bytes = field(repr=False)  # the RoundTask it came in
+    accepted_at: float
+    outcome: str | None
+    included: bool
 
     @property
     def live(self) -> bool:
@@ -152,8 +237,6 @@ CREATE TABLE secrets (
 );
 CREATE TRIGGER meta_kept BEFORE DELETE ON meta
     BEGIN SELECT RAISE(ABORT, 'journal metadata is never deleted'); END;
-CREATE TRIGGER meta_frozen BEFORE UPDATE ON meta
-    BEGIN SELECT RAISE(ABORT, 'journal metadata is never changed'); END;
 CREATE TRIGGER rounds_kept BEFORE DELETE ON rounds
     BEGIN SELECT RAISE(ABORT, 'a journal round is never deleted'); END;
 CREATE TRIGGER rounds_frozen BEFORE UPDATE ON rounds WHEN OLD.outcome IS NOT NULL
@@ -175,6 +258,72 @@ CREATE TRIGGER dp_frozen BEFORE UPDATE ON dp_charges
     BEGIN SELECT RAISE(ABORT, 'a privacy charge is never forgotten'); END;
 CREATE TRIGGER exchanges_frozen BEFORE UPDATE ON exchanges
     BEGIN SELECT RAISE(ABORT, 'an answer once sent is never changed'); END;
+"""
+
+# Schema 2: sessions that span rounds.
+_SESSIONS_SCHEMA = """
+CREATE TABLE sessions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    config_id BLOB NOT NULL UNIQUE,
+    config BLOB NOT NULL,
+    client_id INTEGER NOT NULL CHECK (client_id >= 0),
+    members BLOB,
+    set_up_at REAL NOT NULL,
+    session_id BLOB,
+    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    step INTEGER NOT NULL DEFAULT 0 CHECK (step >= 0),
+    deadline REAL,
+    outcome TEXT
+);
+CREATE UNIQUE INDEX sessions_one_live ON sessions ((outcome IS NULL)) WHERE outcome IS NULL;
+CREATE TABLE session_rounds (
+    session INTEGER NOT NULL,
+    round INTEGER NOT NULL CHECK (round >= 1),
+    task BLOB NOT NULL,
+    digest BLOB NOT NULL,
+    context BLOB NOT NULL,
+    request_digest BLOB NOT NULL,
+    accepted_at REAL NOT NULL,
+    outcome TEXT,
+    included INTEGER NOT NULL DEFAULT 0 CHECK (included IN (0, 1)),
+    PRIMARY KEY (session, round)
+);
+CREATE TABLE session_exchanges (
+    session INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    request_digest BLOB NOT NULL,
+    request BLOB NOT NULL,
+    answer BLOB NOT NULL,
+    PRIMARY KEY (session, round, seq)
+);
+CREATE INDEX session_exchanges_by_request ON session_exchanges (request_digest);
+CREATE TABLE session_state (session INTEGER PRIMARY KEY, state BLOB NOT NULL);
+CREATE TRIGGER sessions_kept BEFORE DELETE ON sessions
+    BEGIN SELECT RAISE(ABORT, 'a journal session is never deleted'); END;
+CREATE TRIGGER sessions_frozen BEFORE UPDATE ON sessions WHEN OLD.outcome IS NOT NULL
+    BEGIN SELECT RAISE(ABORT, 'a closed journal session is frozen'); END;
+CREATE TRIGGER sessions_identity BEFORE UPDATE OF seq, config_id, config, client_id, members,
+    set_up_at ON sessions
+    BEGIN SELECT RAISE(ABORT, 'a journal session keeps its identity'); END;
+CREATE TRIGGER sessions_agreed_once BEFORE UPDATE OF session_id ON sessions
+    WHEN OLD.session_id IS NOT NULL
+    BEGIN SELECT RAISE(ABORT, 'a session is agreed once'); END;
+CREATE TRIGGER session_rounds_kept BEFORE DELETE ON session_rounds
+    BEGIN SELECT RAISE(ABORT, 'a session round is never deleted'); END;
+CREATE TRIGGER session_rounds_frozen BEFORE UPDATE ON session_rounds
+    WHEN OLD.outcome IS NOT NULL
+    BEGIN SELECT RAISE(ABORT, 'a closed session round is frozen'); END;
+CREATE TRIGGER session_rounds_identity BEFORE UPDATE OF session, round, task, digest, context,
+    request_digest, accepted_at ON session_rounds
+    BEGIN SELECT RAISE(ABORT, 'a session round keeps its identity'); END;
+CREATE TRIGGER session_exchanges_frozen BEFORE UPDATE ON session_exchanges
+    BEGIN SELECT RAISE(ABORT, 'an answer once sent is never changed'); END;
+"""
+
+_META_FROZEN = """
+CREATE TRIGGER meta_frozen BEFORE UPDATE ON meta
+    BEGIN SELECT RAISE(ABORT, 'journal metadata is never changed'); END;
 """
 
 
@@ -252,7 +401,7 @@ class Journal:
             (app,) = cur.execute("PRAGMA application_id").fetchone()
             tables = cur.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if app == 0 and tables == 0:
-                for statement in _statements(_SCHEMA):
+                for statement in _statements(_SCHEMA + _META_FROZEN + _SESSIONS_SCHEMA):
                     cur.execute(statement)
                 cur.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 cur.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
@@ -260,6 +409,16 @@ class Journal:
                 raise JournalError(f"{self.path} is not a secagg journal")
             else:
                 row = cur.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                if row is not None and row[0] == "1":
+                    # Schema 1 had no sessions: add their tables, the rest is unchanged.
+                    for statement in _statements(_SESSIONS_SCHEMA):
+                        cur.execute(statement)
+                    cur.execute("DROP TRIGGER meta_frozen")
+                    cur.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
+                    )
+                    cur.execute(_META_FROZEN)
+                    row = (str(SCHEMA_VERSION),)
                 if row is None or row[0] != str(SCHEMA_VERSION):
                     raise JournalError(
                         f"{self.path} is a journal of schema {row[0] if row else '?'}; "
@@ -336,9 +495,14 @@ class Journal:
         with self.transaction() as txn:
             return txn.all_rounds()
 
-    def events(self, round_id: int) -> list[tuple[float, Event, str]]:
+    def sessions(self) -> list[JournalSession]:
+        """Every session, oldest first (for the history)."""
         with self.transaction() as txn:
-            return txn.events(round_id)
+            return txn.all_sessions()
+
+    def events(self, where: Where) -> list[tuple[float, Event, str]]:
+        with self.transaction() as txn:
+            return txn.events(where)
 
 
 class JournalTransaction:
@@ -375,11 +539,10 @@ class JournalTransaction:
         now: float,
         members: tuple[int, ...] | None = None,
     ) -> None:
-        packed = None if members is None else b"".join(m.to_bytes(8, "big") for m in members)
         self._cur.execute(
             "INSERT INTO rounds (round, task, client_id, accepted_at, members) "
             "VALUES (?, ?, ?, ?, ?)",
-            (_key(round_id), task, client_id, now, packed),
+            (_key(round_id), task, client_id, now, _pack(members)),
         )
 
     def set_deadline(self, round_id: int, deadline: float | None) -> None:
@@ -387,10 +550,13 @@ class JournalTransaction:
             "UPDATE rounds SET deadline = ? WHERE round = ?", (deadline, _key(round_id))
         )
 
-    def set_attempts(self, round_id: int, attempts: int) -> None:
-        self._cur.execute(
-            "UPDATE rounds SET attempts = ? WHERE round = ?", (attempts, _key(round_id))
-        )
+    def set_attempts(self, where: Where, attempts: int) -> None:
+        if isinstance(where, InSession):
+            self._cur.execute(
+                "UPDATE sessions SET attempts = ? WHERE seq = ?", (attempts, where.session)
+            )
+            return
+        self._cur.execute("UPDATE rounds SET attempts = ? WHERE round = ?", (attempts, _key(where)))
 
     def close_round(self, round_id: int, outcome: str, *, included: bool = False) -> None:
         """Close a live round for good and erase its secrets."""
@@ -402,11 +568,20 @@ class JournalTransaction:
         self.erased = self.erased or deleted.rowcount > 0
 
     def compact(self) -> None:
-        """Forget the transcripts of closed rounds (their summary stays)."""
+        """Forget the transcripts of closed rounds and sessions (their summary stays)."""
         self._cur.execute(
             "DELETE FROM exchanges WHERE round IN (SELECT round FROM rounds "
             "WHERE outcome IS NOT NULL)"
         )
+        self._cur.execute(
+            "DELETE FROM session_exchanges WHERE session IN (SELECT seq FROM sessions "
+            "WHERE outcome IS NOT NULL)"
+        )
+        deleted = self._cur.execute(
+            "DELETE FROM session_state WHERE session NOT IN (SELECT seq FROM sessions "
+            "WHERE outcome IS NULL)"
+        )
+        self.erased = self.erased or deleted.rowcount > 0
         deleted = self._cur.execute(
             "DELETE FROM secrets WHERE round NOT IN (SELECT round FROM rounds "
             "WHERE outcome IS NULL)"
@@ -421,27 +596,147 @@ class JournalTransaction:
             return None
         return str(row[0])
 
-    # ----------------------------------------------------------------- the audit
-    def note(self, round_id: int, now: float, kind: Event, detail: str = "") -> None:
+    # ----------------------------------------------------------------- sessions
+    def live_session(self) -> JournalSession | None:
+        """The one live session (rule S12), if any."""
+        row = self._cur.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE outcome IS NULL"
+        ).fetchone()
+        return None if row is None else _session(row)
+
+    def session(self, seq: int) -> JournalSession | None:
+        row = self._cur.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE seq = ?", (seq,)
+        ).fetchone()
+        return None if row is None else _session(row)
+
+    def session_configured(self, config_id: bytes) -> JournalSession | None:
+        """The session set up under this configuration id (each is taken once)."""
+        row = self._cur.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE config_id = ?", (config_id,)
+        ).fetchone()
+        return None if row is None else _session(row)
+
+    def all_sessions(self) -> list[JournalSession]:
+        rows = self._cur.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions ORDER BY seq").fetchall()
+        return [_session(row) for row in rows]
+
+    def add_session(
+        self,
+        config_id: bytes,
+        config: bytes,
+        client_id: int,
+        now: float,
+        members: tuple[int, ...] | None = None,
+    ) -> JournalSession:
+        cur = self._cur.execute(
+            "INSERT INTO sessions (config_id, config, client_id, members, set_up_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (config_id, config, client_id, _pack(members), now),
+        )
+        added = self.session(int(cur.lastrowid or 0))
+        assert added is not None
+        return added
+
+    def session_agreed(self, seq: int, session_id: bytes) -> None:
+        self._cur.execute("UPDATE sessions SET session_id = ? WHERE seq = ?", (session_id, seq))
+
+    def session_stepped(self, seq: int, deadline: float | None) -> int:
+        """One more decision of the session's client, and its new deadline: its new step."""
         self._cur.execute(
-            "INSERT INTO events (round, at, kind, detail) VALUES (?, ?, ?, ?)",
-            (_key(round_id), now, kind.value, detail),
+            "UPDATE sessions SET step = step + 1, deadline = ? WHERE seq = ?", (deadline, seq)
+        )
+        row = self._cur.execute("SELECT step FROM sessions WHERE seq = ?", (seq,)).fetchone()
+        return int(row[0])
+
+    def close_session(self, seq: int, outcome: str) -> None:
+        """End a live session for good: its open round closes with it, its state is erased."""
+        self._cur.execute(
+            "UPDATE session_rounds SET outcome = ? WHERE session = ? AND outcome IS NULL",
+            (outcome, seq),
+        )
+        self._cur.execute(
+            "UPDATE sessions SET outcome = ?, deadline = NULL WHERE seq = ?", (outcome, seq)
+        )
+        deleted = self._cur.execute("DELETE FROM session_state WHERE session = ?", (seq,))
+        self.erased = self.erased or deleted.rowcount > 0
+
+    def session_state(self, seq: int) -> bytes | None:
+        row = self._cur.execute(
+            "SELECT state FROM session_state WHERE session = ?", (seq,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def keep_session_state(self, seq: int, state: bytes) -> None:
+        """Replace the session's client state: the old one is deleted (overwritten on disk,
+        ``secure_delete``) and the log emptied after the commit, as for an erasure."""
+        deleted = self._cur.execute("DELETE FROM session_state WHERE session = ?", (seq,))
+        self.erased = self.erased or deleted.rowcount > 0
+        self._cur.execute("INSERT INTO session_state VALUES (?, ?)", (seq, state))
+
+    def session_round(self, seq: int, round_number: int) -> JournalSessionRound | None:
+        row = self._cur.execute(
+            f"SELECT {_SESSION_ROUND_COLUMNS} FROM session_rounds WHERE session = ? AND round = ?",
+            (seq, round_number),
+        ).fetchone()
+        return None if row is None else _session_round(row)
+
+    def session_rounds(self, seq: int) -> list[JournalSessionRound]:
+        rows = self._cur.execute(
+            f"SELECT {_SESSION_ROUND_COLUMNS} FROM session_rounds WHERE session = ? ORDER BY round",
+            (seq,),
+        ).fetchall()
+        return [_session_round(row) for row in rows]
+
+    def add_session_round(self, accepted: JournalSessionRound) -> None:
+        self._cur.execute(
+            "INSERT INTO session_rounds (session, round, task, digest, context, request_digest, "
+            "accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                accepted.session,
+                accepted.round_number,
+                accepted.task,
+                accepted.digest,
+                accepted.context,
+                accepted.request_digest,
+                accepted.accepted_at,
+            ),
         )
 
-    def events(self, round_id: int) -> list[tuple[float, Event, str]]:
+    def close_session_round(self, seq: int, round_number: int, outcome: str) -> None:
+        """Round ``round_number`` closed at this client: its unmask answer is journalled."""
+        self._cur.execute(
+            "UPDATE session_rounds SET outcome = ?, included = 1 WHERE session = ? AND round = ?",
+            (outcome, seq, round_number),
+        )
+
+    def compact_session(self, seq: int, keep_from: int) -> None:
+        """Forget the session's transcripts of the rounds before ``keep_from``."""
+        self._cur.execute(
+            "DELETE FROM session_exchanges WHERE session = ? AND round < ?", (seq, keep_from)
+        )
+
+    # ----------------------------------------------------------------- the audit
+    def note(self, where: Where, now: float, kind: Event, detail: str = "") -> None:
+        self._cur.execute(
+            "INSERT INTO events (round, at, kind, detail) VALUES (?, ?, ?, ?)",
+            (_key(where), now, kind.value, detail),
+        )
+
+    def events(self, where: Where) -> list[tuple[float, Event, str]]:
         rows = self._cur.execute(
             "SELECT at, kind, detail FROM events WHERE round = ? ORDER BY seq",
-            (_key(round_id),),
+            (_key(where),),
         ).fetchall()
         return [(float(at), Event(kind), str(detail)) for at, kind, detail in rows]
 
     # ----------------------------------------------------------------- promises
-    def contributed_in(self, task: bytes) -> int | None:
+    def contributed_in(self, task: bytes) -> Where | None:
         row = self._cur.execute("SELECT round FROM contributed WHERE task = ?", (task,)).fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None else _where(str(row[0]))
 
-    def add_contribution(self, task: bytes, round_id: int) -> None:
-        self._cur.execute("INSERT INTO contributed VALUES (?, ?)", (task, _key(round_id)))
+    def add_contribution(self, task: bytes, where: Where) -> None:
+        self._cur.execute("INSERT INTO contributed VALUES (?, ?)", (task, _key(where)))
 
     def dp_charges(self, fingerprint: bytes) -> list[int]:
         rows = self._cur.execute(
@@ -449,36 +744,46 @@ class JournalTransaction:
         ).fetchall()
         return [int(count) for (count,) in rows]
 
-    def add_dp_charge(self, fingerprint: bytes, round_id: int, charged_at: int) -> None:
+    def add_dp_charge(self, fingerprint: bytes, where: Where, charged_at: int) -> None:
         self._cur.execute(
             "INSERT INTO dp_charges (fingerprint, round, charged_at) VALUES (?, ?, ?)",
-            (fingerprint, _key(round_id), charged_at),
+            (fingerprint, _key(where), charged_at),
         )
 
-    # ----------------------------------------------------------------- the live transcript
-    def exchanges(self, round_id: int) -> list[Exchange]:
+    # ----------------------------------------------------------------- the live transcripts
+    def exchanges(self, where: Where) -> list[Exchange]:
+        table, match, key = _transcript(where)
         rows = self._cur.execute(
-            "SELECT request_digest, request, answer FROM exchanges WHERE round = ? ORDER BY seq",
-            (_key(round_id),),
+            f"SELECT request_digest, request, answer FROM {table} WHERE {match} ORDER BY seq", key
         ).fetchall()
         return [Exchange(bytes(d), bytes(r), bytes(a)) for d, r, a in rows]
 
-    def exchanges_with(self, request_digest: bytes) -> list[tuple[int, Exchange]]:
+    def exchanges_with(self, request_digest: bytes) -> list[tuple[Where, Exchange]]:
         """Every kept exchange whose request has this digest, with its round."""
+        found: list[tuple[Where, Exchange]] = []
         rows = self._cur.execute(
             "SELECT round, request_digest, request, answer FROM exchanges "
             "WHERE request_digest = ? ORDER BY round, seq",
             (request_digest,),
         ).fetchall()
-        return [(int(k), Exchange(bytes(d), bytes(r), bytes(a))) for k, d, r, a in rows]
+        found += [(int(k), Exchange(bytes(d), bytes(r), bytes(a))) for k, d, r, a in rows]
+        rows = self._cur.execute(
+            "SELECT session, round, request_digest, request, answer FROM session_exchanges "
+            "WHERE request_digest = ? ORDER BY session, round, seq",
+            (request_digest,),
+        ).fetchall()
+        found += [
+            (InSession(int(s), int(k)), Exchange(bytes(d), bytes(r), bytes(a)))
+            for s, k, d, r, a in rows
+        ]
+        return found
 
-    def add_exchange(self, round_id: int, request: bytes, answer: bytes) -> None:
-        (count,) = self._cur.execute(
-            "SELECT count(*) FROM exchanges WHERE round = ?", (_key(round_id),)
-        ).fetchone()
+    def add_exchange(self, where: Where, request: bytes, answer: bytes) -> None:
+        table, match, key = _transcript(where)
+        (count,) = self._cur.execute(f"SELECT count(*) FROM {table} WHERE {match}", key).fetchone()
         self._cur.execute(
-            "INSERT INTO exchanges VALUES (?, ?, ?, ?, ?)",
-            (_key(round_id), count, digest(request), request, answer),
+            f"INSERT INTO {table} VALUES ({', '.join('?' * (len(key) + 4))})",
+            (*key, count, digest(request), request, answer),
         )
 
     def secrets(self, round_id: int) -> RoundSecrets | None:
@@ -499,12 +804,76 @@ _ROUND_COLUMNS = (
 )
 
 
+_SESSION_COLUMNS = (
+    "seq, config_id, config, client_id, members, set_up_at, session_id, attempts, step, "
+    "deadline, outcome"
+)
+_SESSION_ROUND_COLUMNS = (
+    "session, round, task, digest, context, request_digest, accepted_at, outcome, included"
+)
+
+
+def _pack(members: tuple[int, ...] | None) -> bytes | None:
+    return None if members is None else b"".join(m.to_bytes(8, "big") for m in members)
+
+
+def _unpack(members: object) -> tuple[int, ...] | None:
+    if not isinstance(members, bytes):
+        return None
+    return tuple(int.from_bytes(members[i : i + 8], "big") for i in range(0, len(members), 8))
+
+
+def _session(row: tuple[object, ...]) -> JournalSession:
+    (
+        seq,
+        config_id,
+        config,
+        client_id,
+        members,
+        set_up_at,
+        sid,
+        attempts,
+        step,
+        deadline,
+        outcome,
+    ) = row
+    assert isinstance(config_id, bytes) and isinstance(config, bytes)
+    return JournalSession(
+        seq=int(seq),  # type: ignore[call-overload]
+        config_id=config_id,
+        config=config,
+        client_id=int(client_id),  # type: ignore[call-overload]
+        members=_unpack(members),
+        set_up_at=float(set_up_at),  # type: ignore[arg-type]
+        session_id=None if sid is None else bytes(sid),  # type: ignore[call-overload]
+        attempts=int(attempts),  # type: ignore[call-overload]
+        step=int(step),  # type: ignore[call-overload]
+        deadline=None if deadline is None else float(deadline),  # type: ignore[arg-type]
+        outcome=None if outcome is None else str(outcome),
+    )
+
+
+def _session_round(row: tuple[object, ...]) -> JournalSessionRound:
+    seq, number, task, task_digest, context, request, accepted_at, outcome, included = row
+    assert isinstance(task, bytes) and isinstance(task_digest, bytes)
+    assert isinstance(context, bytes) and isinstance(request, bytes)
+    return JournalSessionRound(
+        session=int(seq),  # type: ignore[call-overload]
+        round_number=int(number),  # type: ignore[call-overload]
+        task=task,
+        digest=task_digest,
+        context=context,
+        request_digest=request,
+        accepted_at=float(accepted_at),  # type: ignore[arg-type]
+        outcome=None if outcome is None else str(outcome),
+        included=bool(included),
+    )
+
+
 def _round(row: tuple[object, ...]) -> JournalRound:
     key, task, client_id, accepted_at, deadline, attempts, outcome, included, members = row
     assert isinstance(key, str) and isinstance(task, bytes)
-    table = None
-    if isinstance(members, bytes):
-        table = tuple(int.from_bytes(members[i : i + 8], "big") for i in range(0, len(members), 8))
+    table = _unpack(members)
     return JournalRound(
         round_id=int(key),
         task=task,
@@ -518,11 +887,28 @@ def _round(row: tuple[object, ...]) -> JournalRound:
     )
 
 
-def _key(round_id: int) -> str:
-    # Round ids are u64; SQLite's integers stop at 2^63 - 1.
-    if isinstance(round_id, bool) or not 0 <= round_id < 1 << 64:
-        raise JournalError(f"a round id is a u64, not {round_id!r}")
-    return str(int(round_id))
+def _key(where: Where) -> str:
+    """The text a round is filed under: a one-shot round's id (a u64; SQLite's integers stop
+    at 2^63 - 1), or ``s<session>/<round>`` for a round of a session."""
+    if isinstance(where, InSession):
+        return f"s{where.session}/{where.round_number}"
+    if isinstance(where, bool) or not 0 <= where < 1 << 64:
+        raise JournalError(f"a round id is a u64, not {where!r}")
+    return str(int(where))
+
+
+def _where(key: str) -> Where:
+    if key.startswith("s"):
+        session, _, number = key[1:].partition("/")
+        return InSession(int(session), int(number))
+    return int(key)
+
+
+def _transcript(where: Where) -> tuple[str, str, tuple[object, ...]]:
+    """The table that holds a round's exchanges, the condition that picks them, its values."""
+    if isinstance(where, InSession):
+        return "session_exchanges", "session = ? AND round = ?", (where.session, where.round_number)
+    return "exchanges", "round = ?", (_key(where),)
 
 
 def _statements(script: str) -> list[str]:
