@@ -431,3 +431,15 @@ def test_the_nodes_own_configuration_is_pinned_at_first_use(nodes: list[Node]) -
     with pytest.raises(ClientAbort) as changed:
         offer(3, b"partition 0")  # the victim's data, handed to this node by its Context
     assert changed.value.reason is AbortReason.INVALID_CONFIG
+
+
+def test_a_session_configuration_offered_as_a_round_is_refused(nodes: list[Node]) -> None:
+    """A ``SessionConfig`` opens a session (``offer_session``), never a one-shot round."""
+    from secagg.schemes.masking.session.messages import SessionConfig
+    from secagg.schemes.masking.session.terms import SessionTerms
+
+    terms = SessionTerms.carrying(round_config())
+    with pytest.raises(ClientAbort) as refused:
+        nodes[0].session.offer(Offer(SessionConfig.of(terms).encode(), ModelTask(MODEL, 0)), 0.0)
+    assert refused.value.reason is AbortReason.INVALID_CONFIG
+    assert nodes[0].session.journal.rounds() == []

@@ -720,8 +720,9 @@ class ClientSession:
         except Exception as exc:  # a bug on our side must not answer anything either
             self._leave_session(txn, session, now, Event.LEFT, type(exc).__name__)
             raise ClientAbort(AbortReason.MALFORMED_MESSAGE, type(exc).__name__) from None
-        if reply is None:
+        if reply is None:  # the set-up's shares, taken: the session is set up
             answer, stage = b"", _decode(data, AbortReason.MALFORMED_MESSAGE).STAGE
+            txn.note(where, now, Event.SET_UP, f"{len(client.live)} live neighbours")
         else:
             answer, stage = reply.encode(), _answered(reply)
             self._record(txn, where, task, reply, data, now)
@@ -915,9 +916,9 @@ class ClientSession:
     def _check_fresh_task(self, txn: JournalTransaction, fingerprint: bytes) -> None:
         earlier = txn.contributed_in(fingerprint)
         if earlier is not None:
+            where = earlier if isinstance(earlier, InSession) else f"round {earlier}"
             raise ClientAbort(
-                AbortReason.REPLAYED_TASK,
-                f"this task's update already entered round {earlier}'s sum",
+                AbortReason.REPLAYED_TASK, f"this task's update already entered {where}'s sum"
             )
 
     def _check_budget(self, txn: JournalTransaction) -> None:
@@ -1039,6 +1040,9 @@ def _audit(name: str, attempts: int, events: list[tuple[float, Event, str]]) -> 
     if Event.REVEALED in kinds:
         revealed = details[Event.REVEALED]
         return f"{head}: included; answered the unmask request ({revealed}){claim}"
+    if Event.SET_UP in kinds:
+        attempt = f" after attempt {attempts}" if attempts else ""
+        return f"{head}: set up{attempt} ({details[Event.SET_UP]})"
     if Event.DECRYPTED in kinds:
         return f"{head}: contributed its encrypted update; decrypted the sum{claim}"
     if details.get(Event.CONTRIBUTED) == "encrypted":

@@ -99,6 +99,7 @@ class Event(StrEnum):
     LEFT = "left"  # the client left the round (detail: reason)
     EXPIRED = "expired"  # the deadline passed; the round's secrets are erased
     CLAIMED = "claimed"  # what the server said of the round's end (its word only)
+    SET_UP = "set-up"  # a session's set-up shares taken (detail: how many live neighbours)
 
 
 @dataclass(frozen=True)
