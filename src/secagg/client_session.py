@@ -90,8 +90,9 @@ from secagg.protocol.stages import Stage
 from secagg.schemes.base import RoundOpening, Scheme
 from secagg.schemes.masking.session import derivations as session_derivations
 from secagg.schemes.masking.session.client import SessionClient
-from secagg.schemes.masking.session.messages import RoundTask, SessionConfig
-from secagg.schemes.masking.session.state import Phase, SessionDeployment, progress
+from secagg.schemes.masking.session.messages import SessionConfig
+from secagg.schemes.masking.session.state import Opening, Phase, SessionDeployment, progress
+from secagg.schemes.masking.session.state import opening as session_opening
 from secagg.schemes.masking.session.terms import DEFAULT_MAX_ROUNDS, DEFAULT_MAX_SECONDS
 
 __all__ = ["Accepted", "Answer", "ClientSession", "Offer", "SchemeFor", "TaskCodec"]
@@ -555,34 +556,36 @@ class ClientSession:
             return self._session_answer(txn, session, client, session_config, now)
 
     def offer_round(
-        self, round_task: bytes, task: TaskCodec, now: float, *, persona: bytes | None = None
+        self, opening: bytes, task: TaskCodec, now: float, *, persona: bytes | None = None
     ) -> Accepted:
-        """Round r's task of the live session (a ``RoundTask``'s bytes) with the model it names;
+        """The message that opens round r of the live session (a ``RoundTask``, or for round
+        1 the set-up's ``PeerSetupShares`` carrying its task) with the model it names;
         accepted, train ``model``. The same bytes again before the round's message left give
-        the same round again (nothing was sent); after, ``receive`` gives the recorded answer.
-        Any other refusal leaves the session."""
-        message = _decode_round_task(round_task)
+        the same round again (nothing was sent); after, they are a retransmission, refused
+        here (``replayed-round``) and answered by ``receive`` with the recorded bytes. Any
+        other refusal leaves the session."""
+        message = _decode(opening, AbortReason.MALFORMED_MESSAGE)
+        opened = session_opening(message)
+        if opened is None:
+            raise ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "no message that opens a round")
         with self.journal.transaction(_KEEP) as txn:
             self._now = now
             session = txn.live_session()
             if session is None or session.session_id is None:
                 raise ClientAbort(AbortReason.ROUND_CLOSED, "this client is in no session")
-            where = InSession(session.seq, message.round_number)
-            if any(e.request == round_task for _, e in txn.exchanges_with(digest(round_task))):
+            if any(e.request == opening for _, e in txn.exchanges_with(digest(opening))):
                 raise ClientAbort(
                     AbortReason.REPLAYED_ROUND, "this task was answered: its answer is recorded"
                 )
-            pending = txn.session_round(session.seq, message.round_number)
+            pending = txn.session_round(session.seq, opened.round_number)
             again = (
                 pending is not None
                 and pending.live
-                and pending.request_digest == digest(round_task)
-                and not txn.exchanges(where)
+                and pending.request_digest == digest(opening)
+                and not txn.exchanges(InSession(session.seq, opened.round_number))
             )
             try:
-                return self._accept_round(
-                    txn, session, message, round_task, task, now, persona, again
-                )
+                return self._accept_round(txn, session, opened, opening, task, now, persona, again)
             except ClientAbort as exc:
                 self._leave_session(txn, session, now, Event.LEFT, _why(exc))
                 raise
@@ -591,8 +594,8 @@ class ClientSession:
         self,
         txn: JournalTransaction,
         session: JournalSession,
-        message: RoundTask,
-        round_task: bytes,
+        opened: Opening,
+        opening: bytes,
         task: TaskCodec,
         now: float,
         persona: bytes | None,
@@ -601,11 +604,14 @@ class ClientSession:
         sid = session.session_id
         assert sid is not None
         client = self._session_client(txn, session, now)
-        r = message.round_number
-        if message.session_id != sid or message.recipient != session.client_id:
+        r = opened.round_number
+        if opened.session_id != sid or opened.recipient != session.client_id:
             raise ClientAbort(AbortReason.WRONG_SESSION, "a task of another session or client")
         at = progress(client)
-        if at.phase is not Phase.BETWEEN:  # S4: round r - 1 closes before round r begins
+        # S4: round r - 1 closes before round r begins (round 1's task may come with the
+        # set-up's shares, which close the set-up).
+        expected = Phase.SETTING_UP if opened.with_setup else Phase.BETWEEN
+        if at.phase is not expected:
             raise ClientAbort(
                 AbortReason.ROUND_OUT_OF_ORDER,
                 f"a task for round {r} while the client is {at.phase.value}",
@@ -625,7 +631,7 @@ class ClientSession:
             )
         self._check_persona(txn, persona)
         binding, fingerprint = _task_digests(task)
-        if binding != message.task:
+        if binding != opened.task:
             # S8: the client masks under the digest of what it trains on, computed here.
             raise ClientAbort(AbortReason.MODEL_MISMATCH, "the model is not the task's")
         self._check_fresh_task(txn, fingerprint)
@@ -641,14 +647,14 @@ class ClientSession:
                     fingerprint,
                     binding,
                     context,
-                    digest(round_task),
+                    digest(opening),
                     now,
                     None,
                     False,
                 )
             )
             txn.note(InSession(session.seq, r), now, Event.ACCEPTED, f"round {r}")
-        return Accepted(r, session.client_id, terms.config, round_task, session.members, model, sid)
+        return Accepted(r, session.client_id, terms.config, opening, session.members, model, sid)
 
     def begin_round(
         self, accepted: Accepted, values: NDArray[np.floating], weight: int, now: float
@@ -712,6 +718,7 @@ class ClientSession:
         (replacing the old one: its erasures), the round's close; then give its answer."""
         self._held = None
         where = self._current(txn, session)
+        before = progress(client).phase
         try:
             reply = client.receive(data)
         except ClientAbort as exc:
@@ -720,14 +727,16 @@ class ClientSession:
         except Exception as exc:  # a bug on our side must not answer anything either
             self._leave_session(txn, session, now, Event.LEFT, type(exc).__name__)
             raise ClientAbort(AbortReason.MALFORMED_MESSAGE, type(exc).__name__) from None
-        if reply is None:  # the set-up's shares, taken: the session is set up
+        at = progress(client)
+        if before is Phase.SETTING_UP and at.phase in (Phase.BETWEEN, Phase.IN_ROUND):
+            live = f"{len(client.live)} live neighbours"  # the set-up's shares were taken
+            txn.note(InSession(session.seq, 0), now, Event.SET_UP, live)
+        if reply is None:  # the set-up's shares without a task: nothing to send
             answer, stage = b"", _decode(data, AbortReason.MALFORMED_MESSAGE).STAGE
-            txn.note(where, now, Event.SET_UP, f"{len(client.live)} live neighbours")
         else:
             answer, stage = reply.encode(), _answered(reply)
             self._record(txn, where, task, reply, data, now)
         txn.add_exchange(where, data, answer)
-        at = progress(client)
         if session.session_id is None and at.phase in _AGREED:
             txn.session_agreed(session.seq, client.session.session_id)
         if stage is Stage.UNMASK:
@@ -987,15 +996,6 @@ def _decode_opening(data: bytes) -> Message:
             )
         _CONFIGS[data] = message
     return message
-
-
-def _decode_round_task(data: bytes) -> RoundTask:
-    if not isinstance(data, bytes):
-        raise ClientAbort(AbortReason.MALFORMED_MESSAGE, "not bytes")
-    try:
-        return RoundTask.decode(data)
-    except DecodeError as exc:
-        raise ClientAbort(AbortReason.MALFORMED_MESSAGE, str(exc)) from None
 
 
 def _task_digests(task: TaskCodec) -> tuple[bytes, bytes]:

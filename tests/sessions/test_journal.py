@@ -21,6 +21,7 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,6 +39,7 @@ from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, combine
 from secagg.journal import SCHEMA_VERSION, Event, InSession, Journal
 from secagg.protocol.codec import Message, decode
+from secagg.protocol.runner import RoundRun
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking import derivations as one_shot
@@ -56,6 +58,7 @@ from secagg.schemes.masking.session.client import (
 from secagg.schemes.masking.session.local import LocalSession
 from secagg.schemes.masking.session.messages import (
     ForwardedShare,
+    PeerSetupShares,
     RoundMessage,
     RoundTask,
     SessionConfig,
@@ -63,6 +66,8 @@ from secagg.schemes.masking.session.messages import (
     SessionUnmaskRequest,
     SessionUnmaskResponse,
 )
+from secagg.schemes.masking.session.round import SessionRound
+from secagg.schemes.masking.session.server import SessionServer
 from secagg.service.wire import ModelTask
 from tests.sessions.cohort import Cohort
 from tests.sessions.test_state import Recorded
@@ -81,7 +86,12 @@ def task(r: int, model: bytes = MODEL) -> bytes:
 
 class World:
     """A session of ``N`` clients and a real server; the clients in ``journalled`` run behind
-    their ``ClientSession`` over a journal file in ``folder``, the others in memory."""
+    their ``ClientSession`` over a journal file in ``folder``, the others in memory.
+
+    ``driver``: ``engine`` runs each round with the one round engine, as a transport does
+    (``RoundRun`` over ``SessionRound``: round 1 runs the set-up, whose last message carries
+    round 1's task); ``local`` sets up first (``LocalSession``), and every round's task then
+    comes in a ``RoundTask`` of its own."""
 
     def __init__(
         self,
@@ -95,8 +105,10 @@ class World:
         budget: ClientBudget | None = None,
         node_class: type[Node] | None = None,
         seed: int = 1,
+        driver: str = "engine",
     ) -> None:
         self.active = active
+        self.driver = driver
         self.cohort = Cohort(
             N,
             threshold=5 if active else 3,
@@ -121,10 +133,16 @@ class World:
         self.budget = budget
         make = node_class or Node
         self.nodes = {u: make(self, u, keep_secrets) for u in journalled}
-        self.local = LocalSession(self.cohort.server, self._client)
+        self.clients: dict[int, SessionClient | Node] = {
+            u: self.nodes[u] if u in self.nodes else self.cohort._client(u) for u in range(N)
+        }
+        self.local = LocalSession(self.cohort.server, self.clients.__getitem__)  # type: ignore[arg-type]
+        self.left: dict[int, AbortReason] = self.local.left
+        self._silent: set[int] = set()
 
-    def _client(self, u: int) -> SessionClient:
-        return self.nodes[u] if u in self.nodes else self.cohort._client(u)  # type: ignore[return-value]
+    @property
+    def server(self) -> SessionServer:
+        return self.cohort.server
 
     def scheme(self, u: int) -> MaskingScheme:
         return MaskingScheme(
@@ -137,17 +155,53 @@ class World:
     def updates(self) -> dict[int, Update]:
         return self.cohort.updates()  # type: ignore[return-value]
 
-    def run_rounds(self, first: int, last: int) -> dict[int, dict[int, Update]]:
-        """Rounds ``first`` to ``last``, each summing exactly its survivors' inputs."""
+    def set_up(self) -> None:
+        """The set-up alone (the ``local`` driver)."""
+        assert self.driver == "local"
+        self.local.set_up()
+        assert self.left == {}
+
+    def run_rounds(
+        self, first: int, last: int, silent: dict[int, dict[int, Stage]] | None = None
+    ) -> dict[int, dict[int, Update]]:
+        """Rounds ``first`` to ``last`` (``silent[r]``: who falls silent at which stage of
+        round r), each summing exactly its survivors' inputs."""
         inputs = {}
         for r in range(first, last + 1):
             updates = inputs[r] = self.updates()
-            result = self.local.run_round(task(r), updates)
-            assert list(result.aggregate.ring_total) == self.cohort.expected_ring_sum(
+            if self.driver == "local":
+                if not self.server.between_rounds:
+                    self.set_up()
+                result = self.local.run_round(task(r), updates, (silent or {}).get(r))
+                aggregate = result.aggregate
+            else:
+                aggregate = self._engine_round(r, updates, (silent or {}).get(r, {}))
+            assert aggregate.ring_total is not None
+            assert list(aggregate.ring_total) == self.cohort.expected_ring_sum(
                 updates,  # type: ignore[arg-type]
-                result.included,
+                aggregate.included,
             )
         return inputs
+
+    def _engine_round(self, r: int, updates: dict[int, Update], silent: dict[int, Stage]) -> Any:
+        run = RoundRun(SessionRound(self.server, task(r)))
+        for stage, outgoing in run.stages():
+            for u, message in sorted(outgoing.items()):
+                client = self.clients[u]
+                if u in self._silent or u in self.left or silent.get(u) is stage:
+                    self._silent.add(u)
+                    continue
+                if client.needs_input(message):
+                    client.set_input(*updates[u], task(r))
+                try:
+                    answer = client.receive(message.encode())
+                except ClientAbort as exc:
+                    self.left[u] = exc.reason
+                    continue
+                if answer is not None:
+                    run.server.receive(u, answer.encode())
+        assert run.record.aggregate is not None, run.record
+        return run.record.aggregate
 
 
 class Node:
@@ -193,17 +247,19 @@ class Node:
     def set_input(self, values: NDArray[np.floating], weight: int, task: bytes) -> None:
         self.update = (values, weight)
 
+    def needs_input(self, message: Message) -> bool:
+        return opens_round(message)
+
     def answer(self, data: bytes, session: ClientSession | None = None) -> Answer:
         """What the transport does with one server message."""
         session = session or self.session
         message = decode(data)
         if isinstance(message, SessionConfig):
             return session.offer_session(data, self.now)
-        if isinstance(message, RoundTask):
+        if opens_round(message):
+            number = message.round_number if isinstance(message, RoundTask) else 1
             try:
-                accepted = session.offer_round(
-                    data, ModelTask(self.model, message.round_number), self.now
-                )
+                accepted = session.offer_round(data, ModelTask(self.model, number), self.now)
             except ClientAbort as exc:
                 if exc.reason is not AbortReason.REPLAYED_ROUND or not session.live_session():
                     raise
@@ -283,25 +339,29 @@ def copy_journal(source: Path, target: Path) -> None:
         src.backup(dst)
 
 
+def opens_round(message: Message) -> bool:
+    """A round's task comes in a ``RoundTask``, or round 1's in the set-up's last message."""
+    return isinstance(message, RoundTask) or (
+        isinstance(message, PeerSetupShares) and bool(message.first_task)
+    )
+
+
 def events(node: Node, where: InSession) -> list[Event]:
     return [kind for _, kind, _ in node.session.journal.events(where)]
-
-
-def set_up(world: World) -> None:
-    world.local.set_up()
-    assert world.local.left == {}
 
 
 # ----------------------------------------------------------------------------- honest sessions
 @pytest.mark.parametrize("keep_secrets", [True, False], ids=["keep-secrets", "in-memory"])
 @pytest.mark.parametrize("active", [False, True], ids=["semi-honest", "active"])
+@pytest.mark.parametrize("driver", ["engine", "local"])
 def test_an_honest_session_over_journals_sums_every_round_and_each_audit_says_included(
-    tmp_path: Path, active: bool, keep_secrets: bool
+    tmp_path: Path, driver: str, active: bool, keep_secrets: bool
 ) -> None:
-    world = World(tmp_path, active=active, journalled=(0, 3), keep_secrets=keep_secrets)
-    set_up(world)
+    world = World(
+        tmp_path, active=active, journalled=(0, 3), keep_secrets=keep_secrets, driver=driver
+    )
     world.run_rounds(1, 3)
-    assert world.local.left == {}
+    assert world.left == {}
     for node in world.nodes.values():
         live = node.session.live_session()
         assert live is not None and live.session_id == world.cohort.server.session.session_id
@@ -342,18 +402,21 @@ class Echoed(Node):
 
 
 @pytest.mark.parametrize("active", [False, True], ids=["semi-honest", "active"])
+@pytest.mark.parametrize("driver", ["engine", "local"])
 def test_a_retransmitted_request_gets_the_recorded_bytes_and_nothing_new(
-    tmp_path: Path, active: bool
+    tmp_path: Path, driver: str, active: bool
 ) -> None:
-    world = World(tmp_path, active=active, journalled=(0, 5), node_class=Echoed)
-    set_up(world)
+    """Every message of a set-up and two rounds delivered twice (the round's task too, which
+    a transport offers first: refused as answered, then answered from the journal)."""
+    world = World(tmp_path, active=active, journalled=(0, 5), node_class=Echoed, driver=driver)
     world.run_rounds(1, 2)
-    assert world.local.left == {}
+    assert world.left == {}
     kinds = {type(m).__name__ for m, _ in world.nodes[0].received}
     expected = {"SessionConfig", "CommitmentDigest", "Contributions", "PeerKeys"}
     expected |= {"PeerSetupShares", "RoundTask", "SessionUnmaskRequest"}
     assert kinds == expected | ({"SessionSurvivorList"} if active else set())
-    assert b"" in world.nodes[0].sent  # PeerSetupShares: taken with nothing to send
+    # The set-up's shares: taken with nothing to send, or answered with round 1's message.
+    assert (b"" in world.nodes[0].sent) is (driver == "local")
 
 
 def first_survivor_dropped(request: SessionUnmaskRequest) -> SessionUnmaskRequest:
@@ -381,7 +444,6 @@ def test_a_different_request_for_a_closed_step_is_refused_and_the_client_leaves(
     tmp_path: Path, active: bool, kind: str
 ) -> None:
     world = World(tmp_path, active=active)
-    set_up(world)
     world.run_rounds(1, 1)
     node = world.nodes[0]
     message, data = next(
@@ -427,7 +489,6 @@ def test_round_numbers_replayed_rolled_back_or_skipped_are_refused_and_the_clien
     before, offered, named, model, clock, name = CASES[case]
     reason = AbortReason[name]
     world = World(tmp_path)
-    set_up(world)
     node = world.nodes[0]
     server = world.cohort.server
     if before >= 0:
@@ -451,7 +512,6 @@ def test_a_session_that_ran_its_rounds_is_left_at_once(tmp_path: Path) -> None:
     """S12: after round R_max closes the client leaves: nothing of the session stays at
     rest, and a task for round R_max + 1 finds no session."""
     world = World(tmp_path, max_rounds=2)
-    set_up(world)
     world.run_rounds(1, 2)
     node = world.nodes[0]
     assert_left(node, "the session ran its 2 rounds")
@@ -495,18 +555,20 @@ class Rebuilt(Node):
 
 
 @pytest.mark.parametrize("active", [False, True], ids=["semi-honest", "active"])
+@pytest.mark.parametrize("driver", ["engine", "local"])
 def test_a_node_rebuilt_from_its_journal_answers_byte_for_byte(
-    tmp_path: Path, active: bool
+    tmp_path: Path, driver: str, active: bool
 ) -> None:
     """Under ``keep_secrets`` (Flower may run every message in another process): at every
     step of the set-up (mid-agreement included) and of three rounds, a node rebuilt from its
     journalled state answers what the node itself answers."""
     Rebuilt.copies = 0
-    world = World(tmp_path, active=active, journalled=(0, 6), node_class=Rebuilt)
-    set_up(world)
+    world = World(tmp_path, active=active, journalled=(0, 6), node_class=Rebuilt, driver=driver)
     world.run_rounds(1, 3)
-    assert world.local.left == {}
-    assert Rebuilt.copies == 2 * (5 + 3 * (3 if active else 2))
+    assert world.left == {}
+    per_round = 3 if active else 2
+    setup = 5 if driver == "local" else 4  # the engine's set-up shares open round 1
+    assert Rebuilt.copies == 2 * (setup + 3 * per_round)
 
 
 def test_a_node_restarted_at_every_message_goes_on(tmp_path: Path) -> None:
@@ -520,9 +582,8 @@ def test_a_node_restarted_at_every_message_goes_on(tmp_path: Path) -> None:
             return super().answer(data, session)
 
     world = World(tmp_path, active=True, journalled=(0, 2, 4), node_class=Hopping)
-    set_up(world)
     world.run_rounds(1, 3)
-    assert world.local.left == {}
+    assert world.left == {}
 
 
 def test_a_restarted_join_leaves_its_session_and_never_journals_a_secret(
@@ -536,18 +597,18 @@ def test_a_restarted_join_leaves_its_session_and_never_journals_a_secret(
             assert self.state_blob() is None
 
     world = World(tmp_path, keep_secrets=False, node_class=Join)
-    set_up(world)
     world.run_rounds(1, 1)
     node = world.nodes[0]
     node.restart()
     assert_left(node, "the client restarted")
     world.run_rounds(2, 2)  # the others go on without it
-    assert world.local.left == {0: AbortReason.ROUND_CLOSED}
+    assert world.left == {0: AbortReason.ROUND_CLOSED}
 
 
 # ----------------------------------------------------------------------------- attack A1
 def secrets_of(held: session_state.Durable | None) -> dict[bytes, str]:
-    """Every secret a state holds: private keys, chain keys, held shares."""
+    """Every secret a state holds: private keys, chain keys, held shares, and the exchanges
+    that sealed a round's shares (kept for the chain's step)."""
     if held is None:
         return {}
     state = held.state
@@ -562,6 +623,8 @@ def secrets_of(held: session_state.Durable | None) -> dict[bytes, str]:
     for v, neighbour in getattr(masked, "live", {}).items():
         found[neighbour.chain_key] = f"chain key with {v}"
         found[neighbour.key_share.value_bytes()] = f"share of {v}'s mask key"
+    for v, shared in getattr(masked, "sealed_with", {}).items():
+        found[shared] = f"the exchange that sealed to {v}"
     return found
 
 
@@ -667,29 +730,25 @@ class Audited(Node):
 
 
 @pytest.mark.parametrize("active", [False, True], ids=["semi-honest", "active"])
-def test_journal_holds_no_seed(tmp_path: Path, active: bool) -> None:
+@pytest.mark.parametrize("driver", ["engine", "local"])
+def test_journal_holds_no_seed(tmp_path: Path, driver: str, active: bool) -> None:
     """Attack A1: after every journal transaction of a set-up and four rounds (a neighbour
     dropped in round 2, so key shares are revealed too), no value stored anywhere in the
     journal, nor any byte of its files, recomputes a secret 1.3 says is erased: no self-mask
-    seed, no update, no Shamir coefficient, no private key, chain key or held share of a
-    closed round; and each state holds exactly the keys 1.3 lets its step hold. The held
+    seed, no update, no Shamir coefficient, no private key, chain key, exchange or held share
+    of a closed round; and each state holds exactly the keys 1.3 lets its step hold. The held
     shares and chain keys it holds are the ones its neighbours hold (checked after each
     round)."""
-    world = World(tmp_path, active=active, journalled=(0, 1), node_class=Audited)
-    set_up(world)
+    world = World(tmp_path, active=active, journalled=(0, 1), node_class=Audited, driver=driver)
     for r in range(1, 5):
-        silent = {7: Stage.MASKED_INPUT} if r == 2 else {}
-        updates = world.updates()
-        result = world.local.run_round(task(r), updates, silent)
-        assert list(result.aggregate.ring_total) == world.cohort.expected_ring_sum(
-            updates,  # type: ignore[arg-type]
-            result.included,
-        )
+        world.run_rounds(r, r, {2: {7: Stage.MASKED_INPUT}})
         assert_neighbours_agree(world)
+    per_round = 3 if active else 2
+    setup = 5 if driver == "local" else 4
     for node in world.nodes.values():
         assert isinstance(node, Audited)
-        assert node.seeds == 4 and node.transactions == 5 + 4 * (3 if active else 2)
-        assert any(v for v in node.revealed)  # key shares of the dropped client were revealed
+        assert node.seeds == 4 and node.transactions == setup + 4 * per_round
+        assert node.revealed  # key shares of the dropped client were revealed
 
 
 def assert_neighbours_agree(world: World) -> None:
@@ -697,8 +756,8 @@ def assert_neighbours_agree(world: World) -> None:
     chain key, a share of its next mask key) is what that neighbour holds, and t holders'
     shares rebuild the neighbour's mask private key."""
     states: dict[int, Between] = {}
-    for u, client in world.local.clients.items():
-        if u in world.local.left:
+    for u, client in world.clients.items():
+        if u in world.left:
             continue
         if isinstance(client, Node):
             held = client.durable()
@@ -772,7 +831,6 @@ def test_rolled_back_journal_resends_round(tmp_path: Path, active: bool) -> None
     nothing of the other is learnt. The victim signed two next-round keys for round 3, the
     rollback's trace."""
     world = World(tmp_path, active=active)
-    set_up(world)
     world.run_rounds(1, 1)
     victim = world.nodes[0]
     server = world.cohort.server
@@ -783,7 +841,7 @@ def test_rolled_back_journal_resends_round(tmp_path: Path, active: bool) -> None
     inputs = world.updates()
     x_a = inputs[0]
     x_b = (np.clip(np.asarray(x_a[0]) + 1.0, -7.5, 7.5), x_a[1])  # retrained: another update
-    for u, client in world.local.clients.items():
+    for u, client in world.clients.items():
         client.set_input(*inputs[u], task(2))
         answer = client.receive(outgoing[u].encode())
         assert answer is not None
@@ -811,7 +869,7 @@ def test_rolled_back_journal_resends_round(tmp_path: Path, active: bool) -> None
 
     outgoing = server.close_stage()
     if active:  # every member signs the one S_2 (it does not depend on A or B)
-        for u, client in world.local.clients.items():
+        for u, client in world.clients.items():
             answer = client.receive(outgoing[u].encode())
             assert answer is not None
             server.receive(u, answer.encode())
@@ -840,7 +898,7 @@ def test_rolled_back_journal_resends_round(tmp_path: Path, active: bool) -> None
                 for f in request.forwarded
             )
             request = dataclasses.replace(request, forwarded=forwarded)
-        answer = world.local.clients[v].receive(request.encode())
+        answer = world.clients[v].receive(request.encode())
         assert isinstance(answer, SessionUnmaskResponse)  # no honest holder can tell
         shares["A" if v in side_a else "B"][v] = dict(answer.self_mask_shares)[0]
         server.receive(v, answer.encode())
@@ -900,14 +958,13 @@ def one_shot_offer(world: World, step: int, model: bytes = MODEL) -> Offer:
 
 def test_a_one_shot_round_leaves_the_live_session(tmp_path: Path) -> None:
     world = World(tmp_path)
-    set_up(world)
     world.run_rounds(1, 1)
     node = world.nodes[0]
     node.session.offer(one_shot_offer(world, 7), 5.0)
     assert_left(node, "a one-shot round began")
     # The others go on; the node answers nothing of the session any more.
     world.run_rounds(2, 2)
-    assert world.local.left == {0: AbortReason.ROUND_CLOSED}
+    assert world.left == {0: AbortReason.ROUND_CLOSED}
 
 
 def test_a_session_leaves_the_live_one_shot_round_and_a_new_set_up_the_live_session(
@@ -917,10 +974,9 @@ def test_a_session_leaves_the_live_one_shot_round_and_a_new_set_up_the_live_sess
     node = world.nodes[0]
     accepted = node.session.offer(one_shot_offer(world, 7), 0.0)
     node.session.begin(accepted, np.zeros(DIM), 1, 0.0)
-    set_up(world)
+    world.run_rounds(1, 1)
     (entry,) = node.session.journal.rounds()
     assert entry.outcome == "left (a session began)"
-    world.run_rounds(1, 1)
     # Another set-up (a new configuration) takes its place.
     other = Cohort(N, threshold=3, seed=2).terms
     node.session.offer_session(SessionConfig.of(other).encode(), 1.0)
@@ -936,7 +992,6 @@ def test_one_update_one_sum_across_sessions_and_one_shot_rounds(tmp_path: Path) 
     """R5 over both kinds: a task whose update entered a session round's sum is refused by a
     one-shot round, and one that entered a one-shot round's sum by a session (which leaves)."""
     world = World(tmp_path)
-    set_up(world)
     world.run_rounds(1, 1)
     node = world.nodes[0]
     with pytest.raises(ClientAbort) as refused:
@@ -1004,7 +1059,6 @@ def test_every_round_is_charged_before_its_message_leaves_and_one_past_the_budge
     assert plan is not None
     budget = ClientBudget(plan)
     world = World(tmp_path, budget=budget)
-    set_up(world)
     node = world.nodes[0]
     for r in (1, 2):
         world.run_rounds(r, r)
@@ -1018,10 +1072,10 @@ def test_every_round_is_charged_before_its_message_leaves_and_one_past_the_budge
 
 
 def test_deadlines_are_data_and_expiry_leaves_the_session(tmp_path: Path) -> None:
-    world = World(tmp_path, max_seconds=3600)
+    world = World(tmp_path, max_seconds=3600, driver="local")
     node = world.nodes[0]
     world.cohort.clock[0] = 10.0
-    set_up(world)
+    world.set_up()
     # Between rounds the client waits as long as the session may last (T_max from set-up).
     assert node.session.deadline() == 10.0 + 3600
     world.cohort.clock[0] = 20.0
@@ -1036,11 +1090,11 @@ def test_deadlines_are_data_and_expiry_leaves_the_session(tmp_path: Path) -> Non
 
 
 def test_a_late_message_is_refused_when_no_one_called_expire(tmp_path: Path) -> None:
-    world = World(tmp_path)
-    set_up(world)
+    world = World(tmp_path, driver="local")
+    world.set_up()
     node = world.nodes[0]
     outgoing = world.cohort.server.open_round(task(1))
-    for u, client in world.local.clients.items():
+    for u, client in world.clients.items():
         client.set_input(*world.updates()[u], task(1))
         answer = client.receive(outgoing[u].encode())
         assert answer is not None

@@ -31,7 +31,7 @@ from secagg.errors import AbortReason, ClientAbort, DecodeError, UsageError
 from secagg.hazmat.keys import Ed25519SigningKey, X25519KeyPair
 from secagg.hazmat.randomness import Randomness
 from secagg.hazmat.shamir import SHARE_VALUE_BYTES, Share
-from secagg.protocol.codec import DIGEST_BYTES, Reader, Writer
+from secagg.protocol.codec import DIGEST_BYTES, Message, Reader, Writer
 from secagg.schemes.masking import derivations as one_shot
 from secagg.schemes.masking.client import (
     AwaitingContributions,
@@ -62,10 +62,25 @@ from secagg.schemes.masking.session.client import (
     SessionClient,
     Signed,
 )
-from secagg.schemes.masking.session.messages import SESSION_ID_BYTES, SessionConfig
+from secagg.schemes.masking.session.messages import (
+    SESSION_ID_BYTES,
+    PeerSetupShares,
+    RoundTask,
+    SessionConfig,
+)
 from secagg.schemes.masking.session.terms import SessionTerms
 
-__all__ = ["Durable", "Phase", "Progress", "SessionDeployment", "decode", "encode", "progress"]
+__all__ = [
+    "Durable",
+    "Opening",
+    "Phase",
+    "Progress",
+    "SessionDeployment",
+    "decode",
+    "encode",
+    "opening",
+    "progress",
+]
 
 _MAGIC = b"SAss"  # "secagg session state"
 _VERSION = 1
@@ -160,6 +175,10 @@ def encode(
         _write_key(w, masked.next_mask_keys)
         _write_key(w, masked.next_cipher_keys)
         _write_live(w, masked.live)
+        if set(masked.sealed_with) != set(masked.live):
+            raise UsageError("the exchange that sealed the shares to every live neighbour")
+        for v in sorted(masked.live):
+            w.fixed(masked.sealed_with[v], DIGEST_BYTES)
         w.ids(masked.previous_survivors)
         w.fixed(masked.previous_chain, DIGEST_BYTES)
         w.u32(masked.clipped)
@@ -256,10 +275,10 @@ def decode(blob: bytes) -> Durable:
         context = r.fixed(DIGEST_BYTES)
         keys = (_read_key(r), _read_key(r), _read_key(r))
         live = _read_live(r, neighbours - dead, client_id)
+        sealed_with = {v: r.fixed(DIGEST_BYTES) for v in sorted(live)}
         previous = _read_ids(r, "survivors", within=participants)
-        masked = Masked(
-            round_number, context, *keys, live, previous, r.fixed(DIGEST_BYTES), r.u32()
-        )
+        chain, clipped = r.fixed(DIGEST_BYTES), r.u32()
+        masked = Masked(round_number, context, *keys, live, previous, chain, clipped, sealed_with)
         state = masked
         if tag == _SIGNED:
             survivors = _read_ids(r, "survivors", within=frozenset(previous))
@@ -398,6 +417,29 @@ def progress(client: SessionClient) -> Progress:
     if isinstance(state, Masked | Signed):
         return Progress(Phase.IN_ROUND, closed)
     return Progress(Phase.LEFT, closed, state.reason, state.detail)
+
+
+@dataclass(frozen=True)
+class Opening:
+    """What a message that opens a round names: a ``RoundTask``, or the set-up's shares
+    carrying round 1's task (``with_setup``)."""
+
+    session_id: bytes = field(repr=False)
+    recipient: int
+    round_number: int
+    task: bytes = field(repr=False)
+    with_setup: bool
+
+
+def opening(message: Message) -> Opening | None:
+    """The round ``message`` opens, if it opens one."""
+    if isinstance(message, RoundTask):
+        return Opening(
+            message.session_id, message.recipient, message.round_number, message.task, False
+        )
+    if isinstance(message, PeerSetupShares) and message.first_task:
+        return Opening(message.session_id, message.recipient, 1, message.first_task, True)
+    return None
 
 
 # ----------------------------------------------------------------------------- the deployment
