@@ -339,20 +339,25 @@ def test_a_journal_others_may_read_is_refused_not_used(tmp_path: object) -> None
     Journal.open(path).close()
 
 
-def test_a_round_beyond_the_dp_budget_is_refused_also_after_a_restart(tmp_path: object) -> None:
-    """A deployment calibrated for 2 rounds at epsilon 4: the client's own accountant, over the
-    charges in its journal, refuses the third round before it trains."""
+def two_rounds_at_epsilon_4(dim: int = DIM, clients: int = N) -> Params:
+    """A deployment whose distributed DP is calibrated for 2 rounds at epsilon 4."""
     dp = DpConfig(
-        dim=DIM,
+        dim=dim,
         l2_clip=1.0,
         bits=20,
         min_clients=3,
-        max_clients=N,
+        max_clients=clients,
         delta=1e-5,
         target_epsilon=4.0,
         rounds=2,
     )
-    params = Params(dim=DIM, max_clients=N, protocol=Protocol.SECAGG, min_cohort=3, dp=dp)
+    return Params(dim=dim, max_clients=clients, protocol=Protocol.SECAGG, min_cohort=3, dp=dp)
+
+
+def test_a_round_beyond_the_dp_budget_is_refused_also_after_a_restart(tmp_path: object) -> None:
+    """A deployment calibrated for 2 rounds at epsilon 4: the client's own accountant, over the
+    charges in its journal, refuses the third round before it trains."""
+    params = two_rounds_at_epsilon_4()
     assert params.dp_plan is not None
     budget = ClientBudget(params.dp_plan)
     path = tmp_path / "dp.journal"  # type: ignore[operator]

@@ -29,7 +29,6 @@ from numpy.typing import NDArray
 
 from secagg.client_session import Answer, ClientSession, Offer
 from secagg.dp.budget import ClientBudget
-from secagg.dp.calibrate import DpConfig
 from secagg.errors import AbortReason, ClientAbort, InconsistentSharesError, JournalError
 from secagg.hazmat import prg
 from secagg.hazmat.aead import NONCE_BYTES
@@ -71,6 +70,7 @@ from secagg.schemes.masking.session.server import SessionServer
 from secagg.service.wire import ModelTask
 from tests.sessions.cohort import Cohort
 from tests.sessions.test_state import Recorded
+from tests.test_client_session import two_rounds_at_epsilon_4
 
 N = 8
 DIM = 5
@@ -1045,17 +1045,7 @@ def test_every_round_is_charged_before_its_message_leaves_and_one_past_the_budge
     """S14: each round's masked input is charged, at the minimum cohort, in the transaction
     that journals it; a round whose charge would pass the deployment's epsilon is refused
     before training and the client leaves (a deployment calibrated for two rounds)."""
-    dp = DpConfig(
-        dim=DIM,
-        l2_clip=1.0,
-        bits=20,
-        min_clients=3,
-        max_clients=N,
-        delta=1e-5,
-        target_epsilon=4.0,
-        rounds=2,
-    )
-    plan = Params(dim=DIM, max_clients=N, protocol=Protocol.SECAGG, min_cohort=3, dp=dp).dp_plan
+    plan = two_rounds_at_epsilon_4(DIM, N).dp_plan
     assert plan is not None
     budget = ClientBudget(plan)
     world = World(tmp_path, budget=budget)

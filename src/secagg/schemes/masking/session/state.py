@@ -23,7 +23,7 @@ blob. ``Durable`` keeps every secret out of its repr.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -333,16 +333,22 @@ def _read_key(r: Reader) -> X25519KeyPair:
     return X25519KeyPair.from_private_bytes(r.fixed(KEY_BYTES))
 
 
-def _read_live(r: Reader, allowed: frozenset[int], client_id: int) -> dict[int, LiveNeighbour]:
-    n = r.count(_LIVE_ENTRY_BYTES)
-    x = one_shot.share_x(client_id)
-    live: dict[int, LiveNeighbour] = {}
+def _each_id(r: Reader, entry_bytes: int, allowed: frozenset[int], what: str) -> Iterator[int]:
+    """The id of each entry of a map, read as the entry's first field (the caller reads the
+    rest): increasing, each one allowed; ``entry_bytes`` is an entry's size, for the count."""
     previous = -1
-    for _ in range(n):
+    for _ in range(r.count(entry_bytes)):
         v = r.u32()
         if v <= previous or v not in allowed:
-            raise DecodeError("a session state's live neighbours are not live neighbours in order")
+            raise DecodeError(f"a session state's {what} are not its neighbours in order")
         previous = v
+        yield v
+
+
+def _read_live(r: Reader, allowed: frozenset[int], client_id: int) -> dict[int, LiveNeighbour]:
+    x = one_shot.share_x(client_id)
+    live: dict[int, LiveNeighbour] = {}
+    for v in _each_id(r, _LIVE_ENTRY_BYTES, allowed, "live neighbours"):
         mask_public, cipher_public = r.fixed(KEY_BYTES), r.fixed(KEY_BYTES)
         chain = r.fixed(DIGEST_BYTES)
         share = Share.from_value_bytes(x, r.fixed(SHARE_VALUE_BYTES))
@@ -352,15 +358,9 @@ def _read_live(r: Reader, allowed: frozenset[int], client_id: int) -> dict[int, 
 
 def _read_setup_shares(r: Reader, neighbours: frozenset[int]) -> AwaitingSetupShares:
     cipher_keys, mask_keys = _read_key(r), _read_key(r)
-    n = r.count(_PEER_ENTRY_BYTES)
     peers: dict[int, PeerKeyEntry] = {}
     chain_keys: dict[int, bytes] = {}
-    previous = -1
-    for _ in range(n):
-        v = r.u32()
-        if v <= previous or v not in neighbours:
-            raise DecodeError("a session state's set-up peers are not neighbours in order")
-        previous = v
+    for v in _each_id(r, _PEER_ENTRY_BYTES, neighbours, "set-up peers"):
         cipher_public, mask_public, signature = r.fixed(KEY_BYTES), r.fixed(KEY_BYTES), r.blob()
         if len(signature) not in (0, SIGNATURE_BYTES):
             raise DecodeError("a session state's peer signature is empty or 64 bytes")
