@@ -35,8 +35,9 @@ a one-shot round does not have:
   against the deployment's; accepted, it is the client's one live session (a live session or
   one-shot round is left: rule S12) and the answer is the set-up's commitment;
 - ``receive(data, now)``: every later set-up message, the survivor list and the unmask
-  request (``PeerSetupShares`` is taken with an empty answer: nothing to send);
-- ``offer_round(task_bytes, task, now)``: round r's ``RoundTask`` with its model: only round
+  request (``PeerSetupShares`` without a task is taken with an empty answer: nothing to send);
+- ``offer_round(opening, task, now)``: the message that opens round r (a ``RoundTask``, or
+  the set-up's ``PeerSetupShares`` carrying round 1's task) with its model: only round
   ``last + 1`` of the live session, within R_max and T_max (S3, S12), the model's digest the
   client computes itself equal to the task's (it goes into ``ctx_r``: S8), a task whose update
   entered no sum, and one more DP charge within budget (S14); returns the model to train;
@@ -91,7 +92,7 @@ from secagg.schemes.base import RoundOpening, Scheme
 from secagg.schemes.masking.session import derivations as session_derivations
 from secagg.schemes.masking.session.client import SessionClient
 from secagg.schemes.masking.session.messages import SessionConfig
-from secagg.schemes.masking.session.state import Opening, Phase, SessionDeployment, progress
+from secagg.schemes.masking.session.state import Phase, SessionDeployment, progress
 from secagg.schemes.masking.session.state import opening as session_opening
 from secagg.schemes.masking.session.terms import DEFAULT_MAX_ROUNDS, DEFAULT_MAX_SECONDS
 
@@ -564,10 +565,6 @@ class ClientSession:
         the same round again (nothing was sent); after, they are a retransmission, refused
         here (``replayed-round``) and answered by ``receive`` with the recorded bytes. Any
         other refusal leaves the session."""
-        message = _decode(opening, AbortReason.MALFORMED_MESSAGE)
-        opened = session_opening(message)
-        if opened is None:
-            raise ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "no message that opens a round")
         with self.journal.transaction(_KEEP) as txn:
             self._now = now
             session = txn.live_session()
@@ -577,15 +574,8 @@ class ClientSession:
                 raise ClientAbort(
                     AbortReason.REPLAYED_ROUND, "this task was answered: its answer is recorded"
                 )
-            pending = txn.session_round(session.seq, opened.round_number)
-            again = (
-                pending is not None
-                and pending.live
-                and pending.request_digest == digest(opening)
-                and not txn.exchanges(InSession(session.seq, opened.round_number))
-            )
             try:
-                return self._accept_round(txn, session, opened, opening, task, now, persona, again)
+                return self._accept_round(txn, session, opening, task, now, persona)
             except ClientAbort as exc:
                 self._leave_session(txn, session, now, Event.LEFT, _why(exc))
                 raise
@@ -594,17 +584,27 @@ class ClientSession:
         self,
         txn: JournalTransaction,
         session: JournalSession,
-        opened: Opening,
         opening: bytes,
         task: TaskCodec,
         now: float,
         persona: bytes | None,
-        again: bool,
     ) -> Accepted:
         sid = session.session_id
         assert sid is not None
-        client = self._session_client(txn, session, now)
+        opened = session_opening(_decode(opening, AbortReason.MALFORMED_MESSAGE))
+        if opened is None:
+            raise ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "no message that opens a round")
         r = opened.round_number
+        pending = txn.session_round(session.seq, r)
+        # The same task again before its message left (a retry, another process): nothing
+        # was sent, so it is the same round again.
+        again = (
+            pending is not None
+            and pending.live
+            and pending.request_digest == digest(opening)
+            and not txn.exchanges(InSession(session.seq, r))
+        )
+        client = self._session_client(txn, session, now)
         if opened.session_id != sid or opened.recipient != session.client_id:
             raise ClientAbort(AbortReason.WRONG_SESSION, "a task of another session or client")
         at = progress(client)

@@ -468,6 +468,20 @@ def test_a_different_request_for_a_closed_step_is_refused_and_the_client_leaves(
     assert refused.value.reason is AbortReason.ROUND_CLOSED
 
 
+@pytest.mark.parametrize("door", ["receive", "offer_round"])
+def test_junk_in_a_session_is_a_departure(tmp_path: Path, door: str) -> None:
+    world = World(tmp_path)
+    world.run_rounds(1, 1)
+    node = world.nodes[0]
+    with pytest.raises(ClientAbort) as refused:
+        if door == "receive":
+            node.session.receive(b"junk", 0.0)
+        else:
+            node.session.offer_round(b"junk", ModelTask(MODEL, 2), 0.0)
+    assert refused.value.reason is AbortReason.MALFORMED_MESSAGE
+    assert_left(node, "malformed-message")
+
+
 CASES = {
     # name: (rounds run before, round offered, model it names, model sent, clock, reason)
     "replayed with another model": (2, 2, OTHER_MODEL, OTHER_MODEL, 0.0, "REPLAYED_ROUND"),
