@@ -7,8 +7,8 @@ graph seed), the neighbours it holds dead, and its current state with the keys a
 shares that state holds, nothing more. ``SessionClient.restore(blob, ...)`` rebuilds exactly
 that client. It is the client's *state*, never a seed it was drawn from nor a transcript to
 replay: no update, no self-mask seed, no round's DP noise, no Shamir coefficient, no private
-key or chain key the state has already dropped is in it (attack A1), because none of them is
-in the state.
+key, chain key, exchange or held share the state has already dropped is in it (attack A1),
+because none of them is in the state.
 
 Before the session is agreed the client holds only its commit-reveal step (the attempt and its
 32-byte contribution, which it reveals anyway); that is written too, so a client whose set-up
@@ -92,7 +92,6 @@ _INITIAL, _DIGEST, _CONTRIBUTIONS = range(3)
 
 _LIVE_ENTRY_BYTES = 4 + KEY_BYTES + KEY_BYTES + DIGEST_BYTES + SHARE_VALUE_BYTES
 _PEER_ENTRY_BYTES = 4 + KEY_BYTES + KEY_BYTES + 4 + DIGEST_BYTES
-_MAX_DETAIL_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -189,7 +188,7 @@ def encode(
         w.u8(_LEFT)
         w.u32(state.round_number)
         w.blob(state.reason.value.encode())
-        w.blob(state.detail.encode()[:_MAX_DETAIL_BYTES])
+        w.blob(state.detail.encode())
     return w.getvalue()
 
 
