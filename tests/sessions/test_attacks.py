@@ -515,6 +515,70 @@ def test_a_rounds_mask_key_is_gone_from_the_state_once_its_message_is_sent() -> 
             assert isinstance(client.state, Signed)
 
 
+def _held_by(client: object) -> set[bytes]:
+    """Every byte string and private key reachable from a client object in memory."""
+    found: set[bytes] = set()
+    seen: set[int] = set()
+
+    def walk(value: object) -> None:
+        if id(value) in seen:
+            return
+        seen.add(id(value))
+        _secrets_in(value, found)
+        if hasattr(value, "__dict__") and not dataclasses.is_dataclass(value):
+            for item in vars(value).values():
+                walk(item)
+        if isinstance(value, np.ndarray):
+            found.add(value.tobytes())
+        elif isinstance(value, tuple | list):
+            for item in value:
+                walk(item)
+
+    walk(client)
+    return found
+
+
+def test_a_clients_memory_holds_no_earlier_rounds_key_nor_its_update() -> None:
+    """S11 for the object itself, not only its state: once round 1's message is sent, no
+    attribute of the client (the one-shot client that agreed the session included) holds
+    round 1's mask private key, and the update is gone."""
+    cohort = _set_up()
+    client = cohort.clients[4]
+    before = client.state
+    assert isinstance(before, Between)
+    round_key = before.mask_keys.private_bytes()
+    updates = cohort.updates()
+    cohort.local.round(task_of(1), updates)
+    held = _held_by(client)
+    assert round_key not in held
+    values, _ = updates[4]
+    assert np.asarray(values).tobytes() not in held
+
+
+def test_a_client_that_left_keeps_its_reason_whatever_comes_after() -> None:
+    cohort = _set_up(6)
+    sid = cohort.server.session.session_id
+    values, weight = cohort.updates()[0]
+    cohort.clients[0].set_input(values, weight, task_of(2))
+    cohort.local.ask(0, RoundTask(sid, 0, 2, task_of(2)))
+    left = cohort.clients[0].state
+    assert isinstance(left, Left) and left.reason is AbortReason.ROUND_OUT_OF_ORDER
+    cohort.local.ask(0, RoundTask(sid, 0, 1, task_of(1)))
+    with contextlib.suppress(Exception):
+        cohort.clients[0].receive(b"junk")
+    assert cohort.clients[0].state == left
+
+
+def test_a_second_session_configuration_while_agreeing_is_a_departure() -> None:
+    from secagg.schemes.masking.session.messages import SessionConfig
+
+    cohort = Cohort(6)
+    config = SessionConfig.of(cohort.terms)
+    assert cohort.local.ask(0, config) is not None
+    assert cohort.local.ask(0, config) is None
+    assert isinstance(cohort.clients[0].state, Left)
+
+
 def test_one_read_of_a_clients_state_opens_one_round() -> None:
     """F1: the state of client 0 is copied once, between rounds 2 and 3, and six more rounds
     run honestly. The copy holds round 3's mask key, so with the self-mask shares its

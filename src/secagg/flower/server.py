@@ -42,9 +42,7 @@ from secagg.flower import wire
 from secagg.hazmat.randomness import Randomness, SystemRandomness
 from secagg.protocol.runner import RoundOutcome, RoundRun, RoundServer
 from secagg.schemes.masking import MaskingScheme
-from secagg.schemes.masking.messages import RoundConfig
 from secagg.schemes.masking.parameters import Params
-from secagg.schemes.masking.session.messages import PeerSetupShares, RoundTask
 from secagg.schemes.masking.session.round import SessionRound
 from secagg.schemes.masking.session.server import SessionServer
 from secagg.schemes.masking.session.terms import SessionTerms
@@ -309,7 +307,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
             for cid, message in outgoing.items():
                 data = message.encode()
                 node = node_of[cid]
-                carries_model = _opens_training(message, server)
+                carries_model = message.opens_training
                 meter.sent(cid, len(data) + (model_bytes if carries_model else 0))
                 opening = ConfigRecord({wire.MESSAGE: data})
                 if message.OPENS_ROUND:  # the configuration: with the cohort's node table
@@ -441,16 +439,6 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
                 }
             )
         return RecordDict({"arrays": aggregate, "metrics": MetricRecord({self.weight_key: weight})})
-
-
-def _opens_training(message: object, server: object) -> bool:
-    """Whether ``message`` is the one that carries the model: a one-shot round's
-    configuration (its first attempt), or the message that opens a session's round."""
-    if isinstance(message, RoundTask):
-        return True
-    if isinstance(message, PeerSetupShares):
-        return bool(message.first_task)
-    return isinstance(message, RoundConfig) and getattr(server, "attempt", None) == 1
 
 
 def _is_train(message: Message) -> bool:

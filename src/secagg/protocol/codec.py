@@ -267,6 +267,13 @@ class Message:
         return ""
 
     @property
+    def opens_training(self) -> bool:
+        """Whether a client trains on receiving this message, so a transport sends the model
+        with it: a round's configuration (by default, ``OPENS_ROUND``), or the message that
+        opens a round of a session that spans rounds."""
+        return self.OPENS_ROUND
+
+    @property
     def opens_attempt(self) -> int | None:
         """The attempt at agreeing on a round's session this answer opens (masking's
         commitment), which a client's journal keeps; None for any other message."""

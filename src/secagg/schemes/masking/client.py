@@ -109,6 +109,28 @@ SEED_BYTES = 32
 S = TypeVar("S")
 
 
+def checked_update(
+    config: RoundConfig, values: NDArray[np.floating], weight: object
+) -> tuple[NDArray[np.floating], int]:
+    """An update a round can mask: ``dim`` finite values and an integer weight in
+    ``[0, max_weight]`` (1 under distributed DP); ``InputError`` for anything else."""
+    array = np.asarray(values)
+    if array.shape != (config.dim,):
+        raise InputError(f"the update has shape {array.shape}; the round expects ({config.dim},)")
+    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"the update must hold numbers, not {array.dtype}")
+    if not np.all(np.isfinite(array)):
+        raise InputError("the update contains NaN or infinity")
+    if isinstance(weight, bool) or not isinstance(weight, int | np.integer):
+        raise InputError(f"the weight must be an int, not {type(weight).__name__}")
+    if not 0 <= weight <= config.max_weight:
+        raise InputError(f"the weight {weight} is outside [0, {config.max_weight}]")
+    if config.dp is not None and weight != 1:
+        # The DP mean is unweighted: the guarantee counts each client's input once.
+        raise InputError(f"with distributed DP every client weighs 1, not {weight}")
+    return array, int(weight)
+
+
 @dataclass(frozen=True)
 class Initial:
     """Created, nothing sent yet."""
@@ -292,25 +314,7 @@ class Client:
     def set_input(self, values: NDArray[np.floating], weight: int = 1) -> None:
         """The update this client contributes: ``dim`` finite values and an integer weight in
         ``[0, max_weight]``. Checked here, so a bad update is refused before it is masked."""
-        array = np.asarray(values)
-        if array.shape != (self.config.dim,):
-            raise InputError(
-                f"the update has shape {array.shape}; the round expects ({self.config.dim},)"
-            )
-        if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(
-            array.dtype, np.integer
-        ):
-            raise InputError(f"the update must hold numbers, not {array.dtype}")
-        if not np.all(np.isfinite(array)):
-            raise InputError("the update contains NaN or infinity")
-        if isinstance(weight, bool) or not isinstance(weight, int | np.integer):
-            raise InputError(f"the weight must be an int, not {type(weight).__name__}")
-        if not 0 <= weight <= self.config.max_weight:
-            raise InputError(f"the weight {weight} is outside [0, {self.config.max_weight}]")
-        if self.config.dp is not None and weight != 1:
-            # The DP mean is unweighted: the guarantee counts each client's input once.
-            raise InputError(f"with distributed DP every client weighs 1, not {weight}")
-        self._input = (array, int(weight))
+        self._input = checked_update(self.config, values, weight)
 
     def start(self) -> Commitment:
         """The first message: a commitment to a fresh contribution to the session."""

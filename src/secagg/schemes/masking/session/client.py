@@ -56,7 +56,7 @@ from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, split
 from secagg.protocol.codec import DIGEST_BYTES, Message, decode
 from secagg.schemes.masking import derivations as one_shot
-from secagg.schemes.masking.client import AwaitingPeerKeys
+from secagg.schemes.masking.client import AwaitingPeerKeys, Initial, checked_update
 from secagg.schemes.masking.client import Client as AgreementClient
 from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
 from secagg.schemes.masking.graph import SurvivorRule, thin_window
@@ -162,7 +162,6 @@ class Masked:
     live: Mapping[int, LiveNeighbour] = field(repr=False)
     previous_survivors: tuple[int, ...] = field(repr=False)
     previous_chain: bytes = field(repr=False)
-    clipped: int
     # KA(next cipher key, each neighbour's current cipher key): what sealed this client's
     # shares, and half of what advances the chain at the round's close. No more secret than
     # the next cipher key itself, which this state holds anyway.
@@ -227,7 +226,9 @@ class SessionClient:
                 raise UsageError("a distributed-DP session needs its DP encoding")
             encoding = QuantizedEncoding(Quantizer(clip=config.clip, bits=config.value_bits))
         self._encoding = encoding
-        self._agreement = AgreementClient(
+        # The one-shot client agrees the session and draws round 1's keys; it is dropped as
+        # soon as the keys are advertised, since it would hold them for the whole session.
+        self._agreement: AgreementClient | None = AgreementClient(
             config,
             client_id,
             self._rng,
@@ -246,6 +247,7 @@ class SessionClient:
         self._neighbours: frozenset[int] = frozenset()
         self._dead: set[int] = set()
         self._input: tuple[NDArray[np.floating], int, bytes] | None = None
+        self._clipped = 0  # of the last round's update: for its owner's report, never stored
         self._state: ClientState = Agreeing()
 
     def __repr__(self) -> str:
@@ -300,9 +302,7 @@ class SessionClient:
 
     def needs_input(self, message: Message) -> bool:
         """Answering ``message`` uses the round's update (a driver may produce it then)."""
-        return isinstance(message, RoundTask) or (
-            isinstance(message, PeerSetupShares) and bool(message.first_task)
-        )
+        return message.opens_training
 
     # ----------------------------------------------------------------- its journal
     def snapshot(self) -> bytes:
@@ -317,7 +317,7 @@ class SessionClient:
             self._session,
             self._dead,
             self._state,
-            self._agreement.state,
+            Initial() if self._agreement is None else self._agreement.state,
         )
 
     @classmethod
@@ -353,32 +353,47 @@ class SessionClient:
             client._neighbours = frozenset(held.session.neighbours(held.client_id))
         client._dead = set(held.dead)
         client._state = held.state
-        client._agreement._state = held.agreement  # the commit-reveal step, while agreeing
+        if isinstance(held.state, Agreeing):
+            assert client._agreement is not None
+            # The commit-reveal step it was at: the one-shot client's own state, set back.
+            client._agreement._state = held.agreement
+        else:
+            client._agreement = None
         return client
 
     def set_input(self, values: NDArray[np.floating], weight: int, task: bytes) -> None:
         """The update of the next round and the digest of the model it was trained on,
         computed by the caller from the bytes it trained on (never the server's word)."""
-        self._agreement.set_input(values, weight)  # the one-shot client's checks
+        array, weight = checked_update(self._config, values, weight)
         if not isinstance(task, bytes) or len(task) != DIGEST_BYTES:
             raise UsageError(f"a task digest is {DIGEST_BYTES} bytes")
-        self._input = (np.asarray(values), int(weight), task)
+        self._input = (array, weight, task)
+
+    @property
+    def clipped(self) -> int:
+        """How many values of the last round's update were clipped (kept in memory only)."""
+        return self._clipped
 
     # ----------------------------------------------------------------- the entry points
     def start(self) -> Message:
         """The first message: the set-up's commitment."""
         self._expect(Agreeing)
-        return self._agreement.start()
+        agreement = self._agreement
+        assert agreement is not None  # held exactly while agreeing
+        try:
+            return agreement.start()
+        except ClientAbort as exc:
+            self._leave(exc.reason, exc.detail)
 
     def receive(self, message: Message | bytes) -> Message | None:
         """Answer one server message; ``PeerSetupShares`` is taken without an answer."""
+        if isinstance(self._state, Left):
+            raise ClientAbort(AbortReason.ROUND_CLOSED, "this client has left the session")
         if not isinstance(message, Message):
             try:
                 message = decode(message)
             except DecodeError as exc:
                 self._leave(AbortReason.MALFORMED_MESSAGE, str(exc))
-        if isinstance(self._state, Left):
-            raise ClientAbort(AbortReason.ROUND_CLOSED, "this client has left the session")
         if isinstance(message, SessionConfig):
             if message.terms != self._terms:
                 self._leave(AbortReason.INVALID_CONFIG, "not the session this client was made for")
@@ -410,8 +425,10 @@ class SessionClient:
 
     # ----------------------------------------------------------------- set-up
     def _through_agreement(self, message: Message) -> Message:
+        agreement = self._agreement
+        assert agreement is not None  # held exactly while agreeing
         try:
-            return self._agreement.receive(message)
+            return agreement.receive(message)
         except ClientAbort as exc:
             self._leave(exc.reason, exc.detail)
 
@@ -419,9 +436,12 @@ class SessionClient:
         """The one-shot client checks the contributions, fixes the session and advertises
         two fresh keys (signed in active mode): round 1's cipher and mask keys."""
         advertised = self._through_agreement(message)
-        agreed = self._agreement.state
+        agreement = self._agreement
+        assert agreement is not None
+        agreed = agreement.state
         assert isinstance(advertised, AdvertiseKeys) and isinstance(agreed, AwaitingPeerKeys)
-        session = self._agreement.session
+        session = agreement.session
+        self._agreement = None  # it holds round 1's private keys: this client's state does
         self._session = session
         self._neighbours = frozenset(session.neighbours(self._client_id))
         self._state = AwaitingSetupKeys(agreed.cipher_keys, agreed.mask_keys)
@@ -619,9 +639,9 @@ class SessionClient:
             state.live,
             state.survivors,
             state.chain,
-            encoded.clipped,
             sealed_with,
         )
+        self._clipped = encoded.clipped
         return RoundMessage(
             sid,
             u,

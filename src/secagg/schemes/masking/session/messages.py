@@ -98,6 +98,10 @@ class SessionConfig(Message):
     binding: bytes = bytes(DIGEST_BYTES)
 
     @property
+    def opens_training(self) -> bool:
+        return False  # the set-up trains nothing: the model rides on each round's opening
+
+    @property
     def terms(self) -> SessionTerms:
         return SessionTerms(
             self.config, self.max_rounds, self.max_seconds, self.min_live_neighbours, self.binding
@@ -173,6 +177,10 @@ class PeerSetupShares(Message):
         if len(self.first_task) not in (0, DIGEST_BYTES):
             raise UsageError(f"a first task is empty or {DIGEST_BYTES} bytes")
 
+    @property
+    def opens_training(self) -> bool:
+        return bool(self.first_task)
+
     def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
@@ -198,6 +206,10 @@ class RoundTask(Message):
     recipient: int
     round_number: int
     task: bytes
+
+    @property
+    def opens_training(self) -> bool:
+        return True
 
     def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)

@@ -180,7 +180,6 @@ def encode(
             w.fixed(masked.sealed_with[v], DIGEST_BYTES)
         w.ids(masked.previous_survivors)
         w.fixed(masked.previous_chain, DIGEST_BYTES)
-        w.u32(masked.clipped)
         if isinstance(state, Signed):
             w.ids(state.survivors)
             w.fixed(state.chain, DIGEST_BYTES)
@@ -276,8 +275,8 @@ def decode(blob: bytes) -> Durable:
         live = _read_live(r, neighbours - dead, client_id)
         sealed_with = {v: r.fixed(DIGEST_BYTES) for v in sorted(live)}
         previous = _read_ids(r, "survivors", within=participants)
-        chain, clipped = r.fixed(DIGEST_BYTES), r.u32()
-        masked = Masked(round_number, context, *keys, live, previous, chain, clipped, sealed_with)
+        chain = r.fixed(DIGEST_BYTES)
+        masked = Masked(round_number, context, *keys, live, previous, chain, sealed_with)
         state = masked
         if tag == _SIGNED:
             survivors = _read_ids(r, "survivors", within=frozenset(previous))
