@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.backends import Backend, mask_applier, open_cohort
+from secagg.backends import Backend, ClientCohort, mask_applier, open_cohort
 from secagg.cohort import ClientGroup, default_workers
 from secagg.errors import ConfigurationError
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness, forked
@@ -332,6 +332,53 @@ class _TimedServer:
         return self._timed(self.inner.close_stage)  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True)
+class Driven:
+    """What ``drive`` saw: the engine's record, why each client that aborted did, and how
+    many messages each client was sent and sent."""
+
+    record: RoundRecord
+    client_aborts: dict[int, str]
+    messages_down: dict[int, int] = field(repr=False)
+    messages_up: dict[int, int] = field(repr=False)
+
+    def messages_per_client(self, ids: Iterable[int]) -> tuple[float, float]:
+        """The mean messages up and down of ``ids``."""
+        ids = list(ids)
+        if not ids:
+            return 0.0, 0.0
+        up, down = self.messages_up, self.messages_down
+        return (
+            sum(up.get(i, 0) for i in ids) / len(ids),
+            sum(down.get(i, 0) for i in ids) / len(ids),
+        )
+
+
+def drive(server: RoundServer, cohort: ClientCohort, drops: DropSchedule) -> Driven:
+    """Run ``server``'s stages (a round, or a session's set-up) with ``cohort``'s clients
+    through the round engine: each delivery encoded and metered as it is read, each reply
+    metered and fed back, no message of a stage to the clients ``drops`` has fail at it."""
+    run = RoundRun(server)
+    meter = run.meter
+    client_aborts: dict[int, str] = {}
+    down: dict[int, int] = {}
+    up: dict[int, int] = {}
+    for stage, outgoing in run.stages():
+        deliveries = _Deliveries(
+            {i: m for i, m in outgoing.items() if drops.stage_of(i) != stage.value}, meter
+        )
+        for i in deliveries:
+            down[i] = down.get(i, 0) + 1
+        for i, data, aborted in cohort.answer(deliveries):
+            if aborted is not None:
+                client_aborts[i] = aborted
+            elif data is not None:  # a message taken without an answer has none
+                up[i] = up.get(i, 0) + 1
+                meter.received(i, len(data))
+                server.receive(i, data)
+    return Driven(run.record, client_aborts, down, up)
+
+
 def simulate_round(
     scheme: Scheme | SchemeSettings,
     n: int,
@@ -429,23 +476,10 @@ def _run(
         )
 
     server = _TimedServer(scheme.server(config))
-    run = RoundRun(server)
-    meter = run.meter
-    client_aborts: dict[int, str] = {}
     with open_cohort(backend, group_of, tuple(range(n)), workers) as cohort:
-        for stage, outgoing in run.stages():
-            deliveries = _Deliveries(
-                {i: m for i, m in outgoing.items() if drops.stage_of(i) != stage.value}, meter
-            )
-            for i, data, aborted in cohort.answer(deliveries):
-                if aborted is not None:
-                    client_aborts[i] = aborted
-                else:
-                    assert data is not None
-                    meter.received(i, len(data))
-                    server.receive(i, data)
+        driven = drive(server, cohort, drops)
         tally = cohort.tally()
-    record = run.record
+    record, client_aborts = driven.record, driven.client_aborts
     outcome = _Outcome(
         config,
         record,
@@ -472,9 +506,13 @@ def _report(
     weights: NDArray[np.floating] | None,
     exact_weights: NDArray[np.float64],
     drops: DropSchedule,
+    stages: Sequence[Stage] | None = None,
 ) -> RoundReport:
+    """The round's report from its outcome; ``stages`` are the ones it ran (default: the
+    scheme's one-shot round's)."""
     server, record = outcome.server, outcome.record
-    dropped: dict[str, list[int]] = {s.value: [] for s in scheme.stages}
+    ran = scheme.stages if stages is None else stages
+    dropped: dict[str, list[int]] = {s.value: [] for s in ran}
     reasons: dict[int, str] = {}
     for d in record.drops.values():
         dropped.setdefault(d.stage.value, []).append(d.client_id)
@@ -508,7 +546,8 @@ def _report(
         # "Differentially Private Learning with Adaptive Clipping", 2021).
         clip_hint = float(f"{np.median(outcome.tally_norms):.2g}")
     margin = server.inner.threshold_margin if aggregate else None
-    full = [i for i in range(n) if i in included and drops.stage_of(i) is None]
+    members = set(included)
+    full = [i for i in range(n) if i in members and drops.stage_of(i) is None]
     up, down = record.bytes_per_client(full)
     return RoundReport(
         scheme=scheme.kind.value,
