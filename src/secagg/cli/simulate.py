@@ -1,4 +1,5 @@
-"""``secagg simulate``: one round in process, and what it cost.
+"""``secagg simulate``: one round in process, or ``--rounds R`` over one cohort (a session
+that spans rounds, or one-shot rounds), and what it cost.
 
 The options are declared here with nothing heavier than typer; the round (numpy, the
 schemes, the simulator) is imported when the command runs.
@@ -26,10 +27,15 @@ from secagg.cli.output import fail, started
 from secagg.protocol.stages import DROP_STAGES
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from secagg.backends import Backend
     from secagg.dp.settings import DpSettings
     from secagg.schemes.base import Scheme
     from secagg.schemes.masking.parameters import Params
-    from secagg.simulate import DropSchedule
+    from secagg.simulate import DropSchedule, InputSource
+    from secagg.simulate_rounds import RunResult
 
 __all__ = ["simulate"]
 
@@ -52,7 +58,10 @@ def simulate(
     dropout: Dropout = 0.0,
     drop: Annotated[
         list[str] | None,
-        typer.Option(help=f"STAGE=ID,ID,... (repeatable); stages: {', '.join(DROP_STAGES)}."),
+        typer.Option(
+            help=f"[ROUND:]STAGE=ID,ID,... (repeatable; with --rounds, without ROUND: every "
+            f"round); stages: {', '.join(DROP_STAGES)}."
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Make every random choice reproducible.")] = (
         None
@@ -106,24 +115,53 @@ def simulate(
             "only the groups' sums are combined.",
         ),
     ] = 1,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Run this many rounds over the cohort, fresh inputs each: as a session (set up "
+            "once, then two messages a round, three with semi-malicious; a new set-up when the "
+            "session cannot go on) unless --one-shot. Exits 1 if any round aborted.",
+        ),
+    ] = None,
+    one_shot: Annotated[
+        bool, typer.Option("--one-shot", help="With --rounds: separate one-shot rounds.")
+    ] = False,
+    session_rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="With --rounds: the most rounds a session runs (default: all of them)."
+        ),
+    ] = None,
 ) -> None:
     """Run one secure-aggregation round in simulation and report what it cost.
 
     With --dp-epsilon or --dp-noise-multiplier every client adds discrete noise before
     masking (distributed DP; the mean is unweighted, each update clipped to L2 norm
     --dp-clip, default 1) and the report gives the epsilon of the sum revealed.
+
+    With --rounds R the report has a row per round (its kind: set-up+round, session or
+    one-shot) and per set-up, each round checked against the exact mean of exactly the
+    clients it included; --inputs then gives every round the same rows.
     """
     from secagg.backends import Backend
     from secagg.cli.arrays import check_target, load_inputs, load_weights
-    from secagg.cli.simulate_report import finish_grouped, finish_round
+    from secagg.cli.simulate_report import finish_grouped, finish_round, finish_rounds
     from secagg.errors import ConfigurationError, InputError
     from secagg.grouping import simulate_grouped
-    from secagg.simulate import SEMI_HONEST_STAGES, integer_weights, simulate_round
+    from secagg.simulate import integer_weights, simulate_round
+    from secagg.simulate_rounds import SETUP_STAGES, round_stages
 
     started()  # its imports are done: Ctrl-C and SIGTERM are its own from here
 
     if threat_model is not None:
         fail(_renamed_threat_model(threat_model))
+    if rounds is None and (one_shot or session_rounds is not None):
+        fail("--one-shot and --session-rounds need --rounds")
+    if rounds is not None and groups > 1:
+        fail("--groups runs one round: drop --rounds, or --groups")
+    if one_shot and session_rounds is not None:
+        fail("--session-rounds is for sessions: drop it, or --one-shot")
     if save_aggregate is not None:
         check_target(save_aggregate)
     source, n, d = load_inputs(clients, dim, inputs, seed)
@@ -141,25 +179,37 @@ def simulate(
         )  # fmt: skip
         build = _scheme_factory(scheme, d, clip, value_bits, max_weight)
         chosen: Scheme | Params = params
-        stages = DROP_STAGES if params.active else SEMI_HONEST_STAGES
+        stages = tuple(s.value for s in (*SETUP_STAGES, *round_stages(params.active)))
         if scheme is not SchemeChoice.masking:
             chosen = build(n)
             stages = tuple(s.value for s in chosen.stages)
-        schedule = _drop_schedule(drop, dropout, seed, n, stages)
         where = Backend(backend.value)
-        if groups > 1:
+        if rounds is not None:
+            if scheme is not SchemeChoice.masking and not one_shot:
+                raise ConfigurationError(
+                    f"sessions that span rounds are masking's: add --one-shot for {scheme.value}"
+                )
+            run = _run_rounds(
+                chosen, n, d, rounds, inputs is None, source, weight_vector, drop, dropout,
+                seed=seed, backend=where, one_shot=one_shot, session_rounds=session_rounds,
+            )  # fmt: skip
+        elif groups > 1:
+            schedule = _drop_schedule(drop, dropout, seed, n, stages)
             grouped = simulate_grouped(
                 params if scheme is SchemeChoice.masking else build,
                 n, source, groups=groups, weights=weight_vector, drops=schedule, seed=seed,
                 backend=where,
             )  # fmt: skip
         else:
+            schedule = _drop_schedule(drop, dropout, seed, n, stages)
             result = simulate_round(
                 chosen, n, source, weights=weight_vector, drops=schedule, seed=seed, backend=where
             )
     except (ConfigurationError, InputError) as exc:
         fail(dp.error_text(exc))
-    if groups > 1:
+    if rounds is not None:
+        finish_rounds(run, params.dp_plan, save_aggregate, json_output)
+    elif groups > 1:
         finish_grouped(grouped, save_aggregate, json_output)
     else:
         finish_round(result, params.dp_plan, save_aggregate, json_output)
@@ -256,6 +306,47 @@ def _drop_schedule(
         schedule = DropSchedule.random(n, dropout, root_randomness(seed, "dropout"), stages=stages)
     schedule.check_ids(n)
     return schedule
+
+
+def _run_rounds(
+    chosen: Scheme | Params,
+    n: int,
+    d: int,
+    rounds: int,
+    random: bool,
+    source: InputSource,
+    weights: NDArray[np.float64] | None,
+    drop: list[str] | None,
+    dropout: float,
+    *,
+    seed: int | None,
+    backend: Backend,
+    one_shot: bool,
+    session_rounds: int | None,
+) -> RunResult:
+    """``--rounds``: the run, its inputs fresh each round (random) or the file's every round."""
+    from secagg.simulate_rounds import DropPlan, random_round_inputs, simulate_rounds
+
+    if random:
+        inputs = random_round_inputs(d, seed)
+    else:
+
+        def inputs(round_index: int, client_id: int) -> NDArray[np.floating]:
+            return source(client_id)
+
+    plan = DropPlan.parse(drop) if drop else DropPlan(rate=dropout, seed=seed)
+    return simulate_rounds(
+        chosen,
+        n,
+        inputs,
+        rounds,
+        session=not one_shot,
+        session_rounds=session_rounds,
+        weights=weights,
+        drops=plan,
+        seed=seed,
+        backend=backend,
+    )
 
 
 def _renamed_threat_model(value: str) -> str:

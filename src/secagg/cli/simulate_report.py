@@ -1,10 +1,12 @@
-"""What ``secagg simulate`` shows and writes once its round has run: the report (a table, or
-JSON), the aggregate, whether the error is within the bound the round states, and the exit."""
+"""What ``secagg simulate`` shows and writes once its round (or its rounds) has run: the
+report (a table, or JSON), the aggregate, whether the error is within the bound the round
+states, and the exit."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
@@ -13,13 +15,14 @@ from rich.table import Table
 from rich.text import Text
 
 from secagg.cli.arrays import save_aggregate
-from secagg.cli.output import FAILED_EXIT, fail, say
+from secagg.cli.output import FAILED_EXIT, fail, say, wide_console
 from secagg.dp.calibrate import DpPlan
 from secagg.grouping import GroupedReport, GroupedResult
 from secagg.protocol.runner import RoundOutcome
 from secagg.simulate import RoundReport, SimulationResult
+from secagg.simulate_rounds import RoundKind, RunReport, RunResult, SetupReport
 
-__all__ = ["clip_hint", "error_verdict", "finish_grouped", "finish_round"]
+__all__ = ["clip_hint", "error_verdict", "finish_grouped", "finish_round", "finish_rounds"]
 
 
 def finish_round(
@@ -63,6 +66,125 @@ def finish_grouped(result: GroupedResult, aggregate_to: Path | None, json_output
             f"{report.error_bound:.3g}",
             FAILED_EXIT,
         )
+
+
+def finish_rounds(
+    result: RunResult, plan: DpPlan | None, aggregate_to: Path | None, json_output: bool
+) -> None:
+    """A run of rounds' output and exit: 1 when any round aborted, or (a bug) erred beyond
+    its hard bound; the aggregate saved is the last completed round's."""
+    report = result.report
+    verdicts = [(r.number, *error_verdict(r.report, plan)) for r in report.rounds]
+    last = next((a for a in reversed(result.aggregates) if a is not None), None)
+    save_aggregate(aggregate_to, last)
+    if json_output:
+        figures = report.to_json()
+        if plan is not None:
+            figures |= _dp_figures(plan, within_bound=all(v[1] is None for v in verdicts))
+        sys.stdout.write(json.dumps(figures) + "\n")
+    else:
+        _print_rounds(report, plan)
+    for number, beyond, is_bug in verdicts:
+        if beyond is not None and is_bug:
+            fail(f"round {number}: {beyond}", FAILED_EXIT)
+    for number, beyond, _ in verdicts:
+        if beyond is not None:
+            say(f"note: round {number}: {beyond}", stderr=True)
+    if report.completed < len(report.rounds):
+        raise typer.Exit(FAILED_EXIT)
+
+
+def _print_rounds(report: RunReport, plan: DpPlan | None) -> None:
+    console = wide_console()
+    title = (
+        f"{report.facts.title}, {report.clients} clients x {report.dim}: {len(report.rounds)} "
+        f"rounds ({report.mode}), {report.completed} completed"
+    )
+    if plan is not None:
+        title += f", with distributed DP ({plan.mechanism.value})"
+    table = Table(title=Text(title), title_justify="left")
+    for column in ("round", "kind", "outcome", "in sum", "dropped", "up/client",
+                   "down/client", "msgs up/down", "seconds", "max abs error"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("kind", "dropped") else "right")
+    setups = iter(report.setups)
+    notes: list[str] = []
+    for r in report.rounds:
+        if r.setup is not None:
+            setup = next(setups)
+            table.add_row(*_setup_cells(setup, report.clients))
+            notes.append(f"set-up {setup.session} before round {r.number}: {setup.reason}")
+            if setup.abort_reason:
+                notes.append(f"set-up {setup.session} aborted: {setup.abort_reason}")
+        rep = r.report
+        if rep.abort_reason:
+            notes.append(f"round {r.number} aborted: {rep.abort_reason}")
+        where = "" if r.session is None else f" ({r.session}.{r.session_round or '-'})"
+        table.add_row(
+            str(r.number),
+            r.kind.value + where,
+            rep.outcome.value,
+            str(len(rep.included)),
+            _dropped(rep.dropped, rep.client_aborts),
+            f"{rep.upload_bytes_per_client:,.0f} B",
+            f"{rep.download_bytes_per_client:,.0f} B",
+            f"{r.messages_up_per_client:.0f}/{r.messages_down_per_client:.0f}",
+            f"{rep.seconds:.3f}",
+            "-" if rep.max_abs_error is None else f"{rep.max_abs_error:.2g}",
+        )
+    console.print(table)
+    for line in [*notes, *_rounds_summary(report)]:
+        console.print(Text(line))
+
+
+def _setup_cells(setup: SetupReport, clients: int) -> list[str]:
+    return [
+        "",
+        f"set-up {setup.session}",
+        setup.outcome.value,
+        f"{len(setup.members)}/{clients}",
+        _dropped(setup.dropped, setup.client_aborts),
+        f"{setup.upload_bytes_per_client:,.0f} B",
+        f"{setup.download_bytes_per_client:,.0f} B",
+        f"{setup.messages_up_per_client:.0f}/{setup.messages_down_per_client:.0f}",
+        f"{setup.seconds:.3f}",
+        "",
+    ]
+
+
+def _dropped(dropped: Mapping[str, tuple[int, ...]], aborts: Mapping[int, str]) -> str:
+    parts = [f"{len(ids)} {stage}" for stage, ids in dropped.items() if ids]
+    if aborts:
+        parts.append(f"{len(aborts)} left")
+    return ", ".join(parts) or "-"
+
+
+def _rounds_summary(report: RunReport) -> list[str]:
+    """Medians by kind, the set-ups' cost and the plaintext round beside them."""
+    lines = []
+    setup = report.setup_summary()
+    plain = report.plaintext_seconds
+    if setup is not None and setup["seconds"] is not None:
+        lines.append(
+            f"set-up: {setup['setups']} ({setup['completed']} completed), "
+            f"{setup['total_seconds']:.3f} s in all; "
+            f"median {setup['seconds']:.3f} s, {setup['upload_bytes_per_client']:,.0f} B up and "
+            f"{setup['download_bytes_per_client']:,.0f} B down per member"
+        )
+    for kind in RoundKind:
+        figures = report.kind_summary(kind)
+        if figures is None:
+            continue
+        versus = "" if not plain else f" ({figures['seconds'] / plain:.1f}x plaintext)"
+        lines.append(
+            f"{kind.value} rounds: {figures['rounds']}, median {figures['seconds']:.3f} s{versus}, "
+            f"{figures['upload_bytes_per_client']:,.0f} B up "
+            f"({figures['upload_vs_plaintext']:.2f}x float32) and "
+            f"{figures['download_bytes_per_client']:,.0f} B down per client, "
+            f"{figures['stages']:.0f} stages"
+        )
+    if plain is not None:
+        lines.append(f"plaintext round of the last completed round's clients: {plain:.3f} s")
+    return lines
 
 
 def _print_grouped(report: GroupedReport) -> None:
