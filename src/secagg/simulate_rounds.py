@@ -634,6 +634,7 @@ def simulate_rounds(
     *,
     session: bool = True,
     session_rounds: int | None = None,
+    min_live_neighbours: int | None = None,
     weights: NDArray[np.floating] | None = None,
     drops: DropPlan | None = None,
     seed: int | None = None,
@@ -646,10 +647,12 @@ def simulate_rounds(
     ``inputs(r, i)`` is client i's update in round r (from 0). With ``session`` (masking
     ``Params`` only) the rounds run as sessions: at most ``session_rounds`` rounds each
     (default: all of them), a new set-up whenever the server says the next round cannot run
-    in the session or a round aborted; without it, each round is a one-shot round of
-    ``simulate_round``. ``weights``, ``seed``, ``workers`` and ``backend`` are
-    ``simulate_round``'s; ``drops`` says who falls silent where in each round.
-    ``baseline`` times a plaintext round over the last completed round's included clients.
+    in the session or a round aborted; ``min_live_neighbours`` is the sessions' k_min (the
+    fewest live neighbours a member masks with; default the threshold). Without ``session``
+    each round is a one-shot round of ``simulate_round``. ``weights``, ``seed``,
+    ``workers`` and ``backend`` are ``simulate_round``'s; ``drops`` says who falls silent
+    where in each round. ``baseline`` times a plaintext round over the last completed
+    round's included clients.
     """
     if rounds < 1:
         raise ConfigurationError("a run has at least one round")
@@ -681,6 +684,7 @@ def simulate_rounds(
             workers,
             backend,
             min(rounds, _MAX_SESSION_ROUNDS) if session_rounds is None else session_rounds,
+            min_live_neighbours,
         )
         played, setups, scheme = runner.run(rounds)
     else:
@@ -812,6 +816,7 @@ class _SessionRun:
         workers: int | None,
         backend: Backend,
         session_rounds: int,
+        min_live_neighbours: int | None,
     ) -> None:
         self.params = params
         self.n = n
@@ -822,6 +827,7 @@ class _SessionRun:
         self.plan = plan
         self.backend = backend
         self.session_rounds = session_rounds
+        self.min_live_neighbours = min_live_neighbours
         self.root = root_randomness(seed, "session-run")
         if backend is Backend.PROCESS and workers is None:
             workers = default_workers(n, params.dim)
@@ -840,7 +846,9 @@ class _SessionRun:
     def _terms(self, session: int) -> SessionTerms:
         nonce = forked(self.root, f"session/{session}").bytes(16)
         config = self.scheme.round_config(range(self.n), nonce=nonce, round_id=session)
-        return SessionTerms.carrying(config, max_rounds=self.session_rounds)
+        return SessionTerms.carrying(
+            config, max_rounds=self.session_rounds, min_live_neighbours=self.min_live_neighbours
+        )
 
     def _server(self, terms: SessionTerms) -> SessionServer:
         config = terms.config

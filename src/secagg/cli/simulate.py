@@ -133,6 +133,14 @@ def simulate(
             min=1, help="With --rounds: the most rounds a session runs (default: all of them)."
         ),
     ] = None,
+    min_live_neighbours: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --rounds: a session's k_min, the fewest live neighbours a member masks "
+            "with; fewer and the next round needs a new set-up (default: the threshold t).",
+        ),
+    ] = None,
 ) -> None:
     """Run one secure-aggregation round in simulation and report what it cost.
 
@@ -156,12 +164,14 @@ def simulate(
 
     if threat_model is not None:
         fail(_renamed_threat_model(threat_model))
-    if rounds is None and (one_shot or session_rounds is not None):
-        fail("--one-shot and --session-rounds need --rounds")
+    if rounds is None and (
+        one_shot or session_rounds is not None or min_live_neighbours is not None
+    ):
+        fail("--one-shot, --session-rounds and --min-live-neighbours need --rounds")
     if rounds is not None and groups > 1:
         fail("--groups runs one round: drop --rounds, or --groups")
-    if one_shot and session_rounds is not None:
-        fail("--session-rounds is for sessions: drop it, or --one-shot")
+    if one_shot and (session_rounds is not None or min_live_neighbours is not None):
+        fail("--session-rounds and --min-live-neighbours are for sessions: drop --one-shot")
     if save_aggregate is not None:
         check_target(save_aggregate)
     source, n, d = load_inputs(clients, dim, inputs, seed)
@@ -192,6 +202,7 @@ def simulate(
             run = _run_rounds(
                 chosen, n, d, rounds, inputs is None, source, weight_vector, drop, dropout,
                 seed=seed, backend=where, one_shot=one_shot, session_rounds=session_rounds,
+                min_live_neighbours=min_live_neighbours,
             )  # fmt: skip
         elif groups > 1:
             schedule = _drop_schedule(drop, dropout, seed, n, stages)
@@ -323,6 +334,7 @@ def _run_rounds(
     backend: Backend,
     one_shot: bool,
     session_rounds: int | None,
+    min_live_neighbours: int | None,
 ) -> RunResult:
     """``--rounds``: the run, its inputs fresh each round (random) or the file's every round."""
     from secagg.simulate_rounds import DropPlan, random_round_inputs, simulate_rounds
@@ -342,6 +354,7 @@ def _run_rounds(
         rounds,
         session=not one_shot,
         session_rounds=session_rounds,
+        min_live_neighbours=min_live_neighbours,
         weights=weights,
         drops=plan,
         seed=seed,
