@@ -35,6 +35,12 @@ from secagg.simulate import (  # noqa: E402
     root_randomness,
     simulate_round,
 )
+from secagg.simulate_rounds import (  # noqa: E402
+    DropPlan,
+    RoundKind,
+    random_round_inputs,
+    simulate_rounds,
+)
 
 CLIENTS = 30
 DIM = 1_000
@@ -240,3 +246,77 @@ def test_clients_that_cannot_be_shipped_to_ray_are_refused_in_one_line() -> None
     with pytest.raises(ConfigurationError, match="lock has no pickled form") as caught:
         simulate_round(PlaintextScheme(dim=DIM), 4, locked_inputs, backend="ray", baseline=False)
     assert "\n" not in str(caught.value)
+
+
+# ----------------------------------------------------------------- sessions
+def test_a_session_on_ray_keeps_its_clients_in_the_same_actors_across_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run of rounds as sessions (two set-ups, random dropouts at every stage): one
+    ``RayCohort`` for the whole run, so every session client lives in its batch's actor from
+    its set-up to its last round; every round's sum is the in-process run's, bit for bit."""
+    built: list[int] = []
+    original = RayCohort.__init__
+
+    def counting(self: RayCohort, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        built.append(self.batches)
+
+    monkeypatch.setattr(RayCohort, "__init__", counting)
+    n, dim, rounds = 16, 300, 4
+    params = Params(dim=dim, max_clients=n)
+    options = {
+        "session_rounds": 2,
+        "drops": DropPlan(rate=0.1, seed=SEED),
+        "seed": SEED,
+        "baseline": False,
+    }
+    on_ray_run = simulate_rounds(
+        params, n, random_round_inputs(dim, SEED), rounds, backend="ray", workers=3, **options
+    )
+    here = simulate_rounds(params, n, random_round_inputs(dim, SEED), rounds, workers=1, **options)
+    assert built == [3]  # one cohort of three actors, for four rounds and two set-ups
+    report = on_ray_run.report
+    assert [r.kind for r in report.rounds] == [
+        RoundKind.SETUP_AND_ROUND,
+        RoundKind.SESSION,
+        RoundKind.SETUP_AND_ROUND,
+        RoundKind.SESSION,
+    ]
+    assert report.completed == rounds
+    for a, b, r in zip(on_ray_run.ring_totals, here.ring_totals, report.rounds, strict=True):
+        assert a is not None and b is not None
+        np.testing.assert_array_equal(a, b)
+        assert r.report.max_abs_error is not None
+        assert r.report.max_abs_error <= r.report.error_bound
+    assert [r.report.included for r in report.rounds] == [
+        r.report.included for r in here.report.rounds
+    ]
+
+
+def test_an_active_session_on_ray_equals_the_in_process_session() -> None:
+    n, dim = 10, 50
+    params = Params(dim=dim, max_clients=n, server_model=ServerModel.SEMI_MALICIOUS)
+    drops = DropPlan(rounds={2: DropSchedule({"consistency": frozenset({4})})})
+    runs = [
+        simulate_rounds(
+            params,
+            n,
+            random_round_inputs(dim, SEED),
+            3,
+            drops=drops,
+            seed=SEED,
+            baseline=False,
+            backend=backend,
+            workers=2,
+        )
+        for backend in (Backend.RAY, Backend.PROCESS)
+    ]
+    for a, b in zip(runs[0].ring_totals, runs[1].ring_totals, strict=True):
+        assert a is not None and b is not None
+        np.testing.assert_array_equal(a, b)
+    # Silent after its masked input: in round 2's sum, then gone from the session.
+    assert 4 in runs[0].report.rounds[1].report.included
+    assert 4 not in runs[0].report.rounds[2].report.included
+    for r in runs[0].report.rounds:
+        assert (r.messages_up_per_client, r.messages_down_per_client) == (3.0, 3.0)

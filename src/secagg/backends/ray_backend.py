@@ -1,6 +1,7 @@
 """Rounds on Ray: simulated clients in batches, and the server's unmasking by vector ranges.
 
-Choose it with ``simulate_round(..., backend="ray")`` (or ``secagg simulate --backend ray``);
+Choose it with ``simulate_round(..., backend="ray")`` or ``simulate_rounds(..., backend="ray")``
+(or ``secagg simulate --backend ray``, with or without ``--rounds``);
 it needs the ``[ray]`` extra (``pip install 'secagg[ray]'``). The round is the one the
 in-process backend runs -- the same server driven by the same round engine, every message
 encoded and decoded -- and so is its result: the same seed gives the same ring total and the
@@ -30,6 +31,14 @@ the object store seven times a round, whereas an actor keeps it where it is. An 
 is its clients' protocol state -- O(batch x degree) keys and shares, plus what the messages
 of the protocol make each client keep -- and never more than one input vector at a time: a
 client's input is produced when it masks it, and its masked input leaves at once.
+
+Sessions that span rounds (``secagg.simulate_rounds``, ``secagg simulate --rounds``) keep the
+same actors for the whole run: the cohort is opened once, and each actor's
+:class:`secagg.simulate_rounds.SessionGroup` holds its clients' session state (the keys of the
+next round, the shares they hold, their chain keys) from the set-up to the session's last
+round, and builds them afresh at the next set-up. Nothing of a session travels between rounds
+but the rounds' own messages: this is where keeping state in actors, rather than returning it
+from stateless tasks, pays most.
 
 Each stage's deliveries go to the actors in chunks of at most ``DELIVERY_CHUNK_BYTES``, two in
 flight per actor; each actor answers as a streaming generator of reply chunks of at most
@@ -189,7 +198,8 @@ def _fetch(ref: Any) -> Any:
 
 # ----------------------------------------------------------------- clients
 class _ClientBatch:
-    """One batch of simulated clients, alive for the whole round."""
+    """One batch of simulated clients, alive for the whole round (for a session's clients,
+    the whole run)."""
 
     def __init__(self) -> None:
         self._group: ClientGroup | None = None
