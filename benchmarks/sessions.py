@@ -5,7 +5,7 @@
 
 Each repeat runs, one after the other and in a rotating order: a session of ``--rounds``
 rounds (set-up once, then two messages a round), ``--rounds`` one-shot rounds, and
-``--rounds`` plaintext FedAvg rounds, every one through ``secagg.simulate_rounds`` (the same
+``--rounds`` plaintext FedAvg rounds, every one through ``secagg.simulate.rounds`` (the same
 in-process simulator, every message encoded and metered), over the same cohort and the same
 inputs, which change every round. Clients drop at ``--dropout`` a round, each at a random
 stage of the round it is in (set-up stages for the first round of a session and for every
@@ -38,7 +38,7 @@ import sections
 
 from secagg.schemes.masking.parameters import Params, ServerModel
 from secagg.schemes.plaintext import PlaintextScheme
-from secagg.simulate_rounds import (
+from secagg.simulate.rounds import (
     DropPlan,
     RoundKind,
     RunResult,

@@ -22,7 +22,7 @@ from secagg.errors import ConfigurationError
 from secagg.protocol.runner import RoundOutcome
 from secagg.schemes.masking.parameters import Params
 from secagg.simulate import DropSchedule
-from secagg.simulate_rounds import (
+from secagg.simulate.rounds import (
     SETUP_STAGES,
     DropPlan,
     RoundKind,

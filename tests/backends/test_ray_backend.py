@@ -35,7 +35,7 @@ from secagg.simulate import (  # noqa: E402
     root_randomness,
     simulate_round,
 )
-from secagg.simulate_rounds import (  # noqa: E402
+from secagg.simulate.rounds import (  # noqa: E402
     DropPlan,
     RoundKind,
     random_round_inputs,

@@ -32,9 +32,9 @@ is its clients' protocol state -- O(batch x degree) keys and shares, plus what t
 of the protocol make each client keep -- and never more than one input vector at a time: a
 client's input is produced when it masks it, and its masked input leaves at once.
 
-Sessions that span rounds (``secagg.simulate_rounds``, ``secagg simulate --rounds``) keep the
+Sessions that span rounds (``secagg.simulate.rounds``, ``secagg simulate --rounds``) keep the
 same actors for the whole run: the cohort is opened once, and each actor's
-:class:`secagg.simulate_rounds.SessionGroup` holds its clients' session state (the keys of the
+:class:`secagg.simulate.rounds.SessionGroup` holds its clients' session state (the keys of the
 next round, the shares they hold, their chain keys) from the set-up to the session's last
 round, and builds them afresh at the next set-up. Nothing of a session travels between rounds
 but the rounds' own messages: this is where keeping state in actors, rather than returning it

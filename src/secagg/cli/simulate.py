@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from secagg.schemes.base import Scheme
     from secagg.schemes.masking.parameters import Params
     from secagg.simulate import DropSchedule, InputSource
-    from secagg.simulate_rounds import RunResult
+    from secagg.simulate.rounds import RunResult
 
 __all__ = ["simulate"]
 
@@ -158,7 +158,7 @@ def simulate(
     from secagg.errors import ConfigurationError, InputError
     from secagg.grouping import simulate_grouped
     from secagg.simulate import integer_weights, simulate_round
-    from secagg.simulate_rounds import SETUP_STAGES, round_stages
+    from secagg.simulate.rounds import SETUP_STAGES, round_stages
 
     started()  # its imports are done: Ctrl-C and SIGTERM are its own from here
 
@@ -337,7 +337,7 @@ def _run_rounds(
     min_live_neighbours: int | None,
 ) -> RunResult:
     """``--rounds``: the run, its inputs fresh each round (random) or the file's every round."""
-    from secagg.simulate_rounds import DropPlan, random_round_inputs, simulate_rounds
+    from secagg.simulate.rounds import DropPlan, random_round_inputs, simulate_rounds
 
     if random:
         inputs = random_round_inputs(d, seed)

@@ -20,7 +20,7 @@ from secagg.dp.calibrate import DpPlan
 from secagg.grouping import GroupedReport, GroupedResult
 from secagg.protocol.runner import RoundOutcome
 from secagg.simulate import RoundReport, SimulationResult
-from secagg.simulate_rounds import RoundKind, RunReport, RunResult, SetupReport
+from secagg.simulate.rounds import RoundKind, RunReport, RunResult, SetupReport
 
 __all__ = ["clip_hint", "error_verdict", "finish_grouped", "finish_round", "finish_rounds"]
 

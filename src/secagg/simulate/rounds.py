@@ -82,6 +82,7 @@ __all__ = [
     "SETUP_STAGES",
     "ClientRecipe",
     "DropPlan",
+    "RoundHook",
     "RoundInputs",
     "RoundKind",
     "RunReport",
@@ -641,6 +642,7 @@ def simulate_rounds(
     workers: int | None = None,
     baseline: bool = True,
     backend: Backend | str = Backend.PROCESS,
+    on_round: RoundHook | None = None,
 ) -> RunResult:
     """Run ``rounds`` rounds over clients 0..n-1 and report each.
 
@@ -652,7 +654,9 @@ def simulate_rounds(
     each round is a one-shot round of ``simulate_round``. ``weights``, ``seed``,
     ``workers`` and ``backend`` are ``simulate_round``'s; ``drops`` says who falls silent
     where in each round. ``baseline`` times a plaintext round over the last completed
-    round's included clients.
+    round's included clients. ``on_round(round, aggregate)`` is called as each round ends,
+    before the next begins: a training loop moves its model there (clients in this process
+    read it when they compute their next update: ``workers=1`` on the process backend).
     """
     if rounds < 1:
         raise ConfigurationError("a run has at least one round")
@@ -686,10 +690,10 @@ def simulate_rounds(
             min(rounds, _MAX_SESSION_ROUNDS) if session_rounds is None else session_rounds,
             min_live_neighbours,
         )
-        played, setups, scheme = runner.run(rounds)
+        played, setups, scheme = runner.run(rounds, on_round)
     else:
         played, scheme = _one_shot_rounds(
-            settings, n, inputs, rounds, weights, plan, seed, workers, backend
+            settings, n, inputs, rounds, weights, plan, seed, workers, backend, on_round
         )
         setups = []
     plaintext = None
@@ -727,6 +731,8 @@ def simulate_rounds(
 
 
 _Played = tuple[RunRound, NDArray[np.float64] | None, NDArray[np.unsignedinteger] | None]
+# Called as each round ends: the round's report, and the mean it revealed (None: aborted).
+RoundHook = Callable[[RunRound, NDArray[np.float64] | None], None]
 
 
 def _round_seed(seed: int | None, number: int) -> int | None:
@@ -746,6 +752,7 @@ def _one_shot_rounds(
     seed: int | None,
     workers: int | None,
     backend: Backend,
+    on_round: RoundHook | None = None,
 ) -> tuple[list[_Played], Scheme]:
     if isinstance(settings, Params):
         stages = (*SETUP_STAGES, *round_stages(settings.active))
@@ -783,6 +790,8 @@ def _one_shot_rounds(
                 result.ring_total,
             )
         )
+        if on_round is not None:
+            on_round(played[-1][0], result.aggregate)
     return played, scheme
 
 
@@ -865,7 +874,9 @@ class _SessionRun:
             survivor_rule=rule,
         )
 
-    def run(self, rounds: int) -> tuple[list[_Played], list[SetupReport], Scheme]:
+    def run(
+        self, rounds: int, on_round: RoundHook | None = None
+    ) -> tuple[list[_Played], list[SetupReport], Scheme]:
         run_id = forked(self.root, "run").bytes(16)
         tasks = [_task_digest(run_id, index) for index in range(rounds)]
         round_of = {task: index for index, task in enumerate(tasks)}
@@ -904,6 +915,8 @@ class _SessionRun:
                         why = "the last set-up aborted"
                         unrun = self._unrun(number, count, setup, timed_setup, driven, schedule)
                         played.append((unrun, None, None))
+                        if on_round is not None:
+                            on_round(unrun, None)
                         continue
                 assert server is not None
                 kind = RoundKind.SESSION if setup is None else RoundKind.SETUP_AND_ROUND
@@ -924,6 +937,8 @@ class _SessionRun:
                     )
                 )
                 why = None if driven.record.completed else "the last round aborted"
+                if on_round is not None:
+                    on_round(played[-1][0], played[-1][1])
         return played, setups, scheme
 
     def _setup_report(self, session: int, why: str, driven: Driven) -> SetupReport:
