@@ -48,6 +48,57 @@ def test_demo_trains_with_secure_aggregation_as_well_as_plaintext_fedavg(tmp_pat
         for drop in r["dropped"].values():
             # Killed, or left without enough live neighbours by those who were.
             assert drop["reason"] in ("disconnected", "too-few-neighbours")
+    # The coordinator runs one-shot rounds: the report says so, and what their set-up took.
+    assert report["config"]["transport"] == "deployment"
+    assert report["config"]["rounds_kind"] == "one-shot"
+    assert {r["kind"] for r in secure["rounds"]} == {"one-shot"}
+    assert "rounds: one-shot over the service" in " ".join(out.split())
+
+
+@pytest.mark.timeout(300)
+def test_demo_in_process_trains_the_fixed_cohort_as_one_session(tmp_path: Path) -> None:
+    out, report = run_demo(
+        tmp_path, "--in-process", "--clients", "6", "--rounds", "4", "--seed", "2"
+    )
+    config, secure, plain = report["config"], report["secure"], report["plaintext"]
+    assert config["transport"] == "in-process" and config["rounds_kind"] == "session"
+    assert [r["kind"] for r in secure["rounds"]] == [
+        "set-up+round",
+        "session",
+        "session",
+        "session",
+    ]
+    setup = secure["rounds"][0]["setup"]
+    assert setup["outcome"] == "completed" and setup["members"] == 6
+    assert setup["messages_up_per_client"] == 4
+    assert all(r["setup"] is None for r in secure["rounds"][1:])
+    for s, p in zip(secure["rounds"], plain["rounds"], strict=True):
+        assert s["included"] == p["included"] == list(range(6))
+        assert set(s["stage_seconds"]) == {"masked-input", "unmask"}
+    assert abs(secure["final_accuracy"] - plain["final_accuracy"]) <= 0.01
+    text = " ".join(out.split())
+    assert "rounds: a session over the fixed cohort (in process), set up once" in text
+    assert "in this process (simulator)" in text
+
+
+@pytest.mark.timeout(300)
+def test_demo_in_process_with_drops_and_dp(tmp_path: Path) -> None:
+    pytest.importorskip("dp_accounting")
+    _, report = run_demo(
+        tmp_path,
+        "--in-process", "--clients", "8", "--rounds", "3", "--drop-rate", "0.2",
+        "--dp-epsilon", "50", "--seed", "4",
+    )  # fmt: skip
+    secure, plain = report["secure"]["rounds"], report["plaintext"]["rounds"]
+    assert report["config"]["dp"] is True
+    dropped = [c for r in secure for c in r["dropped"]]
+    assert dropped, "seed 4 silences some clients"
+    spent = 0.0
+    for s, p in zip(secure, plain, strict=True):
+        assert s["included"] == p["included"]
+        if s["outcome"] == "completed":
+            assert s["epsilon"] > 0 and s["epsilon_spent"] >= spent
+            spent = s["epsilon_spent"]
 
 
 @pytest.mark.timeout(300)

@@ -11,7 +11,16 @@ so the report shows what secure aggregation changes in accuracy (only quantisati
 CKKS's approximation) and in bytes. The baseline never travels through the service: the
 production client and wire schema have no plaintext path. ``--drop-rate`` SIGKILLs random
 client processes at random stages of the secure rounds; killed clients restart and rejoin
-with fresh keys (a CKKS client keeps its provisioned context, as a device would).
+with fresh keys (a CKKS client keeps its provisioned context, as a device would). The
+coordinator runs one-shot rounds, each with its own set-up (commit to share): the report
+says so, and what that set-up took of each round.
+
+``--in-process`` (``DemoOptions.in_process``, masking) trains the same clients in this
+process over the simulator instead (``secagg.simulate.training``): the cohort is the same
+every round, so the rounds run as one session that spans them, set up once and then two
+messages a round per client; ``--drop-rate`` then silences that fraction of the clients each
+round at random stages (a silenced client is out of the session until its next set-up), and
+the report gives each round's kind and the set-up's cost.
 
 With distributed differential privacy (``DemoOptions.dp``, ``secagg demo --dp-epsilon E``)
 the deployment gets a ``[dp]`` section: every client process adds discrete noise to its
@@ -40,7 +49,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,12 +57,14 @@ from rich.console import Console
 from rich.table import Table
 
 from secagg.dp.calibrate import DpPlan
+from secagg.dp.round_privacy import round_privacy
 from secagg.dp.settings import DpSettings, cohort_dp, minimum_cohort
 from secagg.errors import ConfigurationError
 from secagg.extras import require
-from secagg.fl.data import load_digits_split
+from secagg.fl.data import FederatedSplit, load_digits_split
 from secagg.fl.digits import DEMO_CLIP, demo_model, digits_median_update_norm
 from secagg.fl.fedavg import apply_update
+from secagg.fl.model import ModelSpec
 from secagg.ledger import Ledger
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme, SchemeFacts, SchemeSettings
@@ -68,6 +79,10 @@ from secagg.service.credentials import create_deployment
 from secagg.service.run import RunFailed, make_coordinator, start_client_process
 from secagg.service.scheme_sides import provision_keys
 from secagg.service.tasks import Task, TaskSpec, update_function
+
+if TYPE_CHECKING:
+    from secagg.simulate.rounds import RunRound
+    from secagg.simulate.training import SecureRound
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -100,6 +115,9 @@ class DemoOptions:
     # None: 1 without DP, with DP all but the third of the clients the graph tolerates.
     min_cohort: int | None = None
     framework: str = "numpy"  # what the clients train with: numpy or torch (same model)
+    # Train in this process over the simulator (no deployment): the fixed cohort runs as one
+    # session, set up once (masking only).
+    in_process: bool = False
 
     def __post_init__(self) -> None:
         entry = scheme_entry(self.scheme)
@@ -113,6 +131,11 @@ class DemoOptions:
             raise ConfigurationError(
                 "distributed DP adds each client's noise before masking: drop --scheme "
                 f"{self.scheme} (or the --dp-* options)"
+            )
+        if self.in_process and entry.kind is not SchemeKind.MASKING:
+            raise ConfigurationError(
+                "--in-process runs masking's sessions that span rounds: drop --scheme "
+                f"{self.scheme}"
             )
         if self.framework not in ("numpy", "torch"):
             raise ConfigurationError("--framework must be numpy or torch")
@@ -156,10 +179,15 @@ class RoundRow:
     # Distributed DP: the revealed sum's epsilon and the epsilon spent so far (the ledger's).
     epsilon: float | None = None
     epsilon_spent: float | None = None
+    # What kind of round ran (one-shot, set-up+round or session) and, for a session's first
+    # round, its set-up's cost (seconds, bytes and messages per member).
+    kind: str = "one-shot"
+    setup: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "round": self.round,
+            "kind": self.kind,
             "accuracy": self.accuracy,
             "outcome": self.outcome,
             "included": self.included,
@@ -170,6 +198,7 @@ class RoundRow:
             "download_bytes_per_client": self.download_bytes_per_client,
             "epsilon": self.epsilon,
             "epsilon_spent": self.epsilon_spent,
+            "setup": self.setup,
         }
 
 
@@ -190,6 +219,12 @@ class DemoReport:
     dp_plan: DpPlan | None = field(default=None, repr=False)
     dp_clip_source: str = ""
 
+    @property
+    def rounds_kind(self) -> str:
+        """ "session" when the secure rounds ran as sessions that span rounds, else
+        "one-shot" (every round its own set-up)."""
+        return "one-shot" if all(r.kind == "one-shot" for r in self.secure) else "session"
+
     def final(self, rows: list[RoundRow]) -> float | None:
         accuracies = [r.accuracy for r in rows if r.accuracy is not None]
         return accuracies[-1] if accuracies else None
@@ -204,6 +239,8 @@ class DemoReport:
                 "drop_rate": o.drop_rate,
                 "scheme": o.scheme,
                 "framework": o.framework,
+                "transport": "in-process" if o.in_process else "deployment",
+                "rounds_kind": self.rounds_kind,
                 "dim": self.dim,
                 "min_cohort": o.cohort_minimum,
                 **self.facts.as_dict(),
@@ -373,6 +410,14 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
     if params.dp_plan is not None:
         report.dp_plan = params.dp_plan
         report.dp_clip_source = clip_source
+    if options.in_process:
+        assert isinstance(params, Params)
+        _train_in_process(options, params, split, spec, report, say)
+        report.seconds = time.perf_counter() - started
+        if owned:
+            shutil.rmtree(workdir, ignore_errors=True)
+        report.workdir = ""
+        return report
     say(f"setting up TLS and {options.clients} client identities in {workdir}")
     deployment = create_deployment(workdir, options.clients)
     keys = provision_keys(workdir, deployment.identities, params)
@@ -506,6 +551,144 @@ def _plaintext_round(
     return apply_update(model, mean), row
 
 
+def _train_in_process(
+    options: DemoOptions,
+    params: Params,
+    split: FederatedSplit,
+    spec: ModelSpec,
+    report: DemoReport,
+    say: Callable[[str], None],
+) -> None:
+    """The same training in this process over the simulator: every client trains as its
+    process would, the fixed cohort's rounds run as one session (set up once, then two
+    messages a round; set up again when it cannot go on), and ``--drop-rate`` silences that
+    fraction of the clients each round, each at a random stage."""
+    # Here, not at the top: the deployment's path never loads the simulator.
+    from secagg.simulate.rounds import DropPlan
+    from secagg.simulate.training import secure_fedavg
+
+    task = TaskSpec(
+        Task.DIGITS_TORCH if options.framework == "torch" else Task.DIGITS,
+        clients=options.clients,
+        seed=options.seed,
+    )
+    plan = report.dp_plan
+    unweighted = plan is not None
+    updates = {
+        c: update_function(task, c, spec.dim, unweighted=unweighted) for c in range(options.clients)
+    }
+    weights = {c: 1 if unweighted else len(split.clients[c].y) for c in range(options.clients)}
+    drops = None if not options.drop_rate else DropPlan(rate=options.drop_rate, seed=options.seed)
+    plain_model = spec.init(options.seed)
+    revealed: list[int] = []  # the inputs of every sum revealed so far (DP accounting)
+
+    def on_round(secure: SecureRound) -> None:
+        nonlocal plain_model
+        r = secure.round
+        rep = r.report
+        step = r.number - 1
+        privacy = None
+        if plan is not None and r.completed:
+            privacy = round_privacy(plan, len(rep.included), earlier=revealed)
+            revealed.append(len(rep.included))
+        accuracy = spec.accuracy(secure.model, split.test)
+        report.secure.append(
+            RoundRow(
+                round=r.number,
+                accuracy=accuracy,
+                outcome=rep.outcome.value,
+                included=list(rep.included),
+                dropped=_dropped(r),
+                seconds=rep.seconds,
+                stage_seconds=dict(rep.stage_seconds),
+                upload_bytes_per_client=rep.upload_bytes_per_client,
+                download_bytes_per_client=rep.download_bytes_per_client,
+                epsilon=None if privacy is None else privacy.epsilon,
+                epsilon_spent=None if privacy is None else privacy.epsilon_spent,
+                kind=r.kind.value,
+                setup=None if r.setup is None else r.setup.to_json(),
+            )
+        )
+        plain_model, plain_row = _plaintext_round(
+            step, plain_model, rep.included, updates, spec.dim
+        )
+        plain_row.accuracy = spec.accuracy(plain_model, split.test)
+        report.plaintext.append(plain_row)
+        say(
+            f"round {r.number}/{options.rounds} ({r.kind.value}): secure accuracy "
+            f"{_pct(accuracy)}, plaintext {_pct(plain_row.accuracy)}"
+        )
+
+    say(f"training {options.clients} clients in this process, the cohort as one session")
+    secure_fedavg(
+        updates,
+        weights,
+        spec.init(options.seed),
+        params,
+        rounds=options.rounds,
+        drops=drops,
+        seed=options.seed,
+        on_round=on_round,
+    )
+
+
+def _dropped(r: RunRound) -> dict[int, dict[str, str]]:
+    """Who a round (and the set-up before it) dropped: stage and reason."""
+    out: dict[int, dict[str, str]] = {}
+    sources = [(r.report.dropped, r.report.drop_reasons)]
+    if r.setup is not None:
+        sources.insert(0, (r.setup.dropped, r.setup.drop_reasons))
+    for dropped, reasons in sources:
+        for stage, ids in dropped.items():
+            for c in ids:
+                out[c] = {"stage": stage, "reason": reasons.get(c, "")}
+    return out
+
+
+def _setup_lines(report: DemoReport) -> list[str]:
+    """Which kind of round ran, and what setting the cohort up cost."""
+    rows = [r for r in report.secure if r.outcome == "completed"]
+    if report.rounds_kind == "session":
+        setups = [r.setup for r in report.secure if r.setup is not None]
+        done = [s for s in setups if s["outcome"] == "completed"]
+        later = [r.seconds for r in rows if r.kind == "session"]
+        line = "rounds: a session over the fixed cohort (in process), set up " + (
+            "once" if len(setups) == 1 else f"{len(setups)} times"
+        )
+        if done:
+            line += (
+                f"; a set-up cost {float(np.median([s['seconds'] for s in done])):.2f} s, "
+                f"{float(np.median([s['upload_bytes_per_client'] for s in done])):,.0f} B up and "
+                f"{float(np.median([s['download_bytes_per_client'] for s in done])):,.0f} B down "
+                "per member"
+            )
+        if later:
+            line += (
+                f"; then two messages a round per client, median {float(np.median(later)):.2f} s "
+                "a round"
+            )
+        return [line]
+    setup = [sum(t for s, t in r.stage_seconds.items() if s in _SETUP_STAGES) for r in rows]
+    where = (
+        "over the service (its coordinator runs one-shot rounds)"
+        if not report.options.in_process
+        else "(the cohort changed between rounds)"
+    )
+    line = f"rounds: one-shot {where}, each with its own set-up"
+    if setup:
+        line += (
+            f": commit to share took a median {float(np.median(setup)):.2f} s of the "
+            f"{float(np.median([r.seconds for r in rows])):.2f} s a round took"
+        )
+    return [line]
+
+
+# The stages a one-shot masking round spends setting its cohort up.
+_SETUP_STAGES = frozenset(
+    s.value for s in (Stage.COMMIT, Stage.REVEAL, Stage.ADVERTISE, Stage.SHARE)
+)
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -520,13 +703,15 @@ def print_report(report: DemoReport, console: Console) -> None:
     table = Table(
         title=(
             f"FedAvg on digits ({o.framework}): {o.clients} clients (non-IID), "
-            f"{report.dim} parameters, {_scheme_title(report)}, TLS on loopback"
+            f"{report.dim} parameters, {_scheme_title(report)}, "
+            + ("in this process (simulator)" if o.in_process else "TLS on loopback")
         ),
         title_justify="left",
     )
     plan = report.dp_plan
     columns = [
         "round",
+        "kind",
         "acc secure",
         "acc plain",
         "included",
@@ -538,13 +723,15 @@ def print_report(report: DemoReport, console: Console) -> None:
     if plan is not None:
         columns += ["epsilon", "spent"]
     for column in columns:
-        table.add_column(column, justify="left" if column.startswith("dropped") else "right")
+        left = column.startswith("dropped") or column == "kind"
+        table.add_column(column, justify="left" if left else "right")
     for s, p in zip(report.secure, report.plaintext, strict=True):
         dropped = ", ".join(
             f"{c} {d['stage']} ({d['reason']})" for c, d in sorted(s.dropped.items())
         )
         cells = [
             str(s.round),
+            s.kind,
             _pct(s.accuracy),
             _pct(p.accuracy),
             f"{len(s.included)}/{o.clients}",
@@ -586,6 +773,8 @@ def print_report(report: DemoReport, console: Console) -> None:
         f"the unweighted mean of the updates clipped to L2 norm {plan.config.l2_clip:.3g} "
         f"({report.dp_clip_source})",
     ]
+    if report.options.scheme == SchemeKind.MASKING.value:
+        lines += _setup_lines(report)
     if plan is not None:
         lines += _dp_lines(report, plan)
     if report.kills:

@@ -60,10 +60,20 @@ def demo(
         FrameworkChoice,
         typer.Option(help="What the clients train with: numpy, or PyTorch (the [torch] extra)."),
     ] = FrameworkChoice.numpy,
+    in_process: Annotated[
+        bool,
+        typer.Option(
+            "--in-process",
+            help="Train in this process over the simulator, no deployment: the fixed cohort "
+            "runs as one session (set up once, then two messages a round; masking).",
+        ),
+    ] = False,
 ) -> None:
     """Federated training on digits with secure aggregation, beside plaintext FedAvg.
 
-    A TLS coordinator and client processes on loopback; the same split and rounds twice.
+    A TLS coordinator and client processes on loopback (one-shot rounds, each with its own
+    set-up), or with --in-process the simulator's clients in this process (a session over the
+    fixed cohort, set up once); the same split and rounds twice.
     With --dp-epsilon every client process adds discrete noise before masking (distributed
     DP over the whole run; an unweighted mean, in the baseline too).
     """
@@ -91,6 +101,7 @@ def demo(
             dp=dp.settings(),
             min_cohort=min_cohort,
             framework=framework.value,
+            in_process=in_process,
         )
         if json_path is not None:
             check_writable(json_path, "the report")
