@@ -74,6 +74,10 @@ def test_demo_in_process_trains_the_fixed_cohort_as_one_session(tmp_path: Path) 
     assert all(r["setup"] is None for r in secure["rounds"][1:])
     for s, p in zip(secure["rounds"], plain["rounds"], strict=True):
         assert s["included"] == p["included"] == list(range(6))
+    assert set(secure["rounds"][0]["stage_seconds"]) == {
+        *("commit", "reveal", "advertise", "share", "masked-input", "unmask")
+    }
+    for s in secure["rounds"][1:]:
         assert set(s["stage_seconds"]) == {"masked-input", "unmask"}
     assert abs(secure["final_accuracy"] - plain["final_accuracy"]) <= 0.01
     text = " ".join(out.split())

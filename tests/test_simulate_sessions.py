@@ -183,14 +183,24 @@ def test_a_session_sets_up_once_then_runs_rounds_of_two_messages() -> None:
     ]
     assert [r.session_round for r in report.rounds] == [1, 2, 3, 4]
     assert len(report.setups) == 1 and report.setups[0].reason == "the run's first round"
-    # The set-up: config, commit digest, contributions, peer keys down and the set-up
-    # shares; commitment, reveal, keys and shares up.
+    # The set-up: config, commit digest, contributions and peer keys down; commitment,
+    # reveal, keys and set-up shares up. Its last message (the set-up shares each member
+    # receives) carries round 1's task and is answered with round 1's masked input.
     setup = report.setups[0]
-    assert (setup.messages_up_per_client, setup.messages_down_per_client) == (4.0, 5.0)
+    assert (setup.messages_up_per_client, setup.messages_down_per_client) == (4.0, 4.0)
     assert list(setup.stage_seconds) == [s.value for s in SETUP_STAGES]
-    for r in report.rounds:
+    assert setup.members == tuple(range(n))
+    first, *later = report.rounds
+    assert (first.messages_up_per_client, first.messages_down_per_client) == (6.0, 6.0)
+    assert list(first.report.stage_seconds) == [
+        *(s.value for s in SETUP_STAGES),
+        "masked-input",
+        "unmask",
+    ]
+    for r in later:
         assert (r.messages_up_per_client, r.messages_down_per_client) == (2.0, 2.0)
         assert list(r.report.stage_seconds) == ["masked-input", "unmask"]
+    for r in report.rounds:
         assert r.report.included == tuple(range(n))
     # Inputs differ per round, and so do the sums.
     totals = {tuple(int(v) for v in t) for t in result.ring_totals if t is not None}
@@ -203,9 +213,10 @@ def test_active_mode_rounds_cost_three_messages() -> None:
     inputs = grid_inputs(p.dim, 2)
     result = simulate_rounds(p, n, inputs, 2, seed=2, baseline=False)  # type: ignore[arg-type]
     check_exact(p, result, inputs, np.ones(n, dtype=np.int64))
-    for r in result.report.rounds:
-        assert (r.messages_up_per_client, r.messages_down_per_client) == (3.0, 3.0)
-        assert list(r.report.stage_seconds) == ["masked-input", "consistency", "unmask"]
+    first, second = result.report.rounds
+    assert (first.messages_up_per_client, first.messages_down_per_client) == (7.0, 7.0)
+    assert (second.messages_up_per_client, second.messages_down_per_client) == (3.0, 3.0)
+    assert list(second.report.stage_seconds) == ["masked-input", "consistency", "unmask"]
 
 
 def test_one_shot_mode_runs_separate_rounds_over_the_same_inputs() -> None:

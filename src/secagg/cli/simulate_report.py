@@ -132,6 +132,12 @@ def _print_rounds(report: RunReport, plan: DpPlan | None) -> None:
             "-" if rep.max_abs_error is None else f"{rep.max_abs_error:.2g}",
         )
     console.print(table)
+    if report.setups:
+        notes.insert(
+            0,
+            "a set-up+round row counts its set-up too (its last message opens round 1); the "
+            "set-up row above it is that part alone",
+        )
     for line in [*notes, *_rounds_summary(report)]:
         console.print(Text(line))
 

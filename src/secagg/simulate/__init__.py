@@ -43,10 +43,13 @@ from secagg.schemes.plaintext import PlaintextScheme
 
 __all__ = [
     "SEMI_HONEST_STAGES",
+    "Driven",
     "DropSchedule",
     "InputSource",
     "RoundReport",
     "SimulationResult",
+    "StageTraffic",
+    "drive",
     "exact_mean",
     "integer_weights",
     "random_inputs",
@@ -289,13 +292,14 @@ class _Deliveries(Mapping[int, bytes]):
     """A stage's deliveries, each encoded (and metered) when the cohort reads it: a stage
     that broadcasts O(n) bytes to each of n clients never holds all of them at once."""
 
-    def __init__(self, outgoing: Mapping[int, Message], meter: ByteMeter) -> None:
+    def __init__(self, outgoing: Mapping[int, Message], meter: ByteMeter, *also: ByteMeter) -> None:
         self._outgoing = outgoing
-        self._meter = meter
+        self._meters = (meter, *also)
 
     def __getitem__(self, client_id: int) -> bytes:
         data = self._outgoing[client_id].encode()
-        self._meter.sent(client_id, len(data))
+        for meter in self._meters:
+            meter.sent(client_id, len(data))
         return data
 
     def __iter__(self) -> Iterator[int]:
@@ -332,51 +336,75 @@ class _TimedServer:
         return self._timed(self.inner.close_stage)  # type: ignore[no-any-return]
 
 
+@dataclass
+class StageTraffic:
+    """One stage's traffic as ``drive`` counted it, per client: bytes (``meter``) and
+    messages each way, and whom the server addressed (before any scripted drop)."""
+
+    meter: ByteMeter = field(default_factory=ByteMeter)
+    down: dict[int, int] = field(default_factory=dict)
+    up: dict[int, int] = field(default_factory=dict)
+    addressed: set[int] = field(default_factory=set)
+
+
 @dataclass(frozen=True)
 class Driven:
-    """What ``drive`` saw: the engine's record, why each client that aborted did, and how
-    many messages each client was sent and sent."""
+    """What ``drive`` saw: the engine's record, why each client that aborted did, and each
+    stage's traffic (a stage that ran twice, such as a second commit attempt, once)."""
 
     record: RoundRecord
     client_aborts: dict[int, str]
-    messages_down: dict[int, int] = field(repr=False)
-    messages_up: dict[int, int] = field(repr=False)
+    traffic: Mapping[Stage, StageTraffic] = field(repr=False)
+    abort_stages: Mapping[int, Stage] = field(default_factory=dict, repr=False)  # as delivered
 
-    def messages_per_client(self, ids: Iterable[int]) -> tuple[float, float]:
-        """The mean messages up and down of ``ids``."""
+    def per_client(
+        self, ids: Iterable[int], stages: Iterable[Stage] | None = None
+    ) -> tuple[float, float, float, float]:
+        """The mean bytes up and down, and messages up and down, of ``ids`` over ``stages``
+        (default: every stage)."""
         ids = list(ids)
+        chosen = [self.traffic[s] for s in (self.traffic if stages is None else stages)
+                  if s in self.traffic]  # fmt: skip
         if not ids:
-            return 0.0, 0.0
-        up, down = self.messages_up, self.messages_down
-        return (
-            sum(up.get(i, 0) for i in ids) / len(ids),
-            sum(down.get(i, 0) for i in ids) / len(ids),
-        )
+            return 0.0, 0.0, 0.0, 0.0
+        totals = [0, 0, 0, 0]
+        for t in chosen:
+            for k, counts in enumerate((t.meter.up, t.meter.down, t.up, t.down)):
+                totals[k] += sum(counts.get(i, 0) for i in ids)
+        up, down, messages_up, messages_down = (x / len(ids) for x in totals)
+        return up, down, messages_up, messages_down
 
 
 def drive(server: RoundServer, cohort: ClientCohort, drops: DropSchedule) -> Driven:
-    """Run ``server``'s stages (a round, or a session's set-up) with ``cohort``'s clients
-    through the round engine: each delivery encoded and metered as it is read, each reply
-    metered and fed back, no message of a stage to the clients ``drops`` has fail at it."""
+    """Run ``server``'s stages (a round, or a session's round with its set-up) with
+    ``cohort``'s clients through the round engine: each delivery encoded and metered as it
+    is read, each reply metered and fed back, no message of a stage to the clients ``drops``
+    has fail at it."""
     run = RoundRun(server)
     meter = run.meter
     client_aborts: dict[int, str] = {}
-    down: dict[int, int] = {}
-    up: dict[int, int] = {}
+    abort_stages: dict[int, Stage] = {}
+    traffic: dict[Stage, StageTraffic] = {}
     for stage, outgoing in run.stages():
+        seen = traffic.setdefault(stage, StageTraffic())
+        seen.addressed.update(outgoing)
         deliveries = _Deliveries(
-            {i: m for i, m in outgoing.items() if drops.stage_of(i) != stage.value}, meter
+            {i: m for i, m in outgoing.items() if drops.stage_of(i) != stage.value},
+            meter,
+            seen.meter,
         )
         for i in deliveries:
-            down[i] = down.get(i, 0) + 1
+            seen.down[i] = seen.down.get(i, 0) + 1
         for i, data, aborted in cohort.answer(deliveries):
             if aborted is not None:
                 client_aborts[i] = aborted
+                abort_stages[i] = stage
             elif data is not None:  # a message taken without an answer has none
-                up[i] = up.get(i, 0) + 1
+                seen.up[i] = seen.up.get(i, 0) + 1
                 meter.received(i, len(data))
+                seen.meter.received(i, len(data))
                 server.receive(i, data)
-    return Driven(run.record, client_aborts, down, up)
+    return Driven(run.record, client_aborts, traffic, abort_stages)
 
 
 def simulate_round(

@@ -54,13 +54,14 @@ from secagg.hazmat.kdf import encode_fields
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, forked
 from secagg.parallel import MaskApplier
 from secagg.protocol.codec import Message, decode
-from secagg.protocol.runner import Aggregate, RoundOutcome
-from secagg.protocol.stages import Drop, Stage
+from secagg.protocol.runner import RoundOutcome
+from secagg.protocol.stages import Stage
 from secagg.schemes.base import RoundOpening, Scheme, SchemeFacts, SchemeSettings
 from secagg.schemes.masking.parameters import Params
 from secagg.schemes.masking.scheme import MaskingScheme
 from secagg.schemes.masking.session.client import Left, Masked, SessionClient
-from secagg.schemes.masking.session.messages import RoundTask, SessionConfig
+from secagg.schemes.masking.session.messages import PeerSetupShares, RoundTask, SessionConfig
+from secagg.schemes.masking.session.round import SessionRound
 from secagg.schemes.masking.session.server import SessionServer
 from secagg.schemes.masking.session.terms import DEFAULT_MAX_SECONDS, SessionTerms
 from secagg.simulate import (
@@ -240,19 +241,8 @@ class ClientRecipe:
                 f"a session of {terms.max_rounds} rounds and {terms.max_seconds} s; this "
                 f"deployment allows {self.max_rounds} and {self.max_seconds}",
             )
-        params = self.scheme.params
-        rule = (
-            params.survivor_rule(len(config.client_ids), config.degree) if config.active else None
-        )
-        return SessionClient(
-            terms,
-            client_id,
-            forked(self.root, f"session/{config.nonce.hex()}/client/{client_id}"),
-            identity=self.scheme.identities.get(client_id),
-            pki=self.scheme.pki if config.active else None,
-            encoding=self.scheme.encoding,
-            survivor_rule=rule,
-        )
+        rng = forked(self.root, f"session/{config.nonce.hex()}/client/{client_id}")
+        return self.scheme.session_client(terms, client_id, rng)
 
 
 def _no_inputs(client_id: int) -> NDArray[np.floating]:
@@ -315,17 +305,18 @@ class SessionGroup(ClientGroup):
             raise ClientAbort(state.reason, f"left the session: {state.detail}")
         started = time.perf_counter()
         try:
-            if isinstance(message, RoundTask):
-                self._set_round_input(i, client, message)
+            uses_input = client.needs_input(message)
+            if uses_input:
+                self._set_round_input(i, client, _task_of(message))
             reply = client.receive(message)
-            if isinstance(message, RoundTask) and isinstance(client.state, Masked):
+            if uses_input and isinstance(client.state, Masked):
                 self._put_in.clipped += client.state.clipped
             return reply
         finally:
             self._put_in.client_seconds += time.perf_counter() - started
 
-    def _set_round_input(self, i: int, client: SessionClient, task: RoundTask) -> None:
-        index = self._round_of.get(task.task)
+    def _set_round_input(self, i: int, client: SessionClient, task: bytes) -> None:
+        index = self._round_of.get(task)
         if index is None:
             raise ConfigurationError("a round task of no round of this run")
         values = np.asarray(self._round_inputs(index, i))
@@ -333,7 +324,7 @@ class SessionGroup(ClientGroup):
             raise ConfigurationError(
                 f"client {i}'s input has shape {values.shape}; expected ({self._width},)"
             )
-        client.set_input(values, self._int_weights[i], task.task)
+        client.set_input(values, self._int_weights[i], task)
         w = float(self._float_weights[i])
         tally = self._put_in
         tally.weighted_sum += w * self._clip(values)
@@ -350,106 +341,12 @@ class SessionGroup(ClientGroup):
         return taken
 
 
-# ----------------------------------------------------------------- the server's phases
-class _SetUp:
-    """A session's set-up as a server the round engine drives: commit .. share, then the
-    set-up shares each member receives (no answer), delivered as the share stage's last step.
-    Its "aggregate" holds nothing; its included are the members that finished it."""
-
-    def __init__(self, session: SessionServer) -> None:
-        self.session = session
-        self._over = False
-
-    @property
-    def stage(self) -> Stage:
-        return self.session.stage
-
-    @property
-    def done(self) -> bool:
-        return self.session.ended is not None or self._over
-
-    @property
-    def drops(self) -> Mapping[int, Drop]:
-        return self.session.drops
-
-    @property
-    def attempt(self) -> int | None:
-        try:
-            return self.session.session.attempt
-        except UsageError:  # not agreed
-            return None
-
-    @property
-    def threshold_margin(self) -> int | None:
-        return None
-
-    def start(self) -> dict[int, Message]:
-        return self.session.start()
-
-    def receive(self, sender: int, data: Message | bytes) -> None:
-        self.session.receive(sender, data)
-
-    def waiting_for(self) -> frozenset[int]:
-        return self.session.waiting_for()
-
-    def drop(self, client_id: int, reason: Any, detail: str = "") -> None:
-        raise UsageError("a session's server drops only the clients that miss a stage")
-
-    def close_stage(self) -> dict[int, Message]:
-        if self.session.between_rounds:  # the set-up shares have been delivered
-            self._over = True
-            return {}
-        return self.session.close_stage()
-
-    def aggregate(self) -> Aggregate:
-        members = tuple(sorted(self.session.members))
-        return Aggregate(members, 0.0, np.zeros(0, dtype=np.float64))
-
-
-class _SessionRound:
-    """Round r of a session as a server the round engine drives."""
-
-    def __init__(self, session: SessionServer, task: bytes) -> None:
-        self.session = session
-        self._task = task
-
-    @property
-    def stage(self) -> Stage:
-        return self.session.stage
-
-    @property
-    def done(self) -> bool:
-        return self.session.between_rounds or self.session.ended is not None
-
-    @property
-    def drops(self) -> Mapping[int, Drop]:
-        return self.session.drops
-
-    @property
-    def attempt(self) -> int | None:
-        return None
-
-    @property
-    def threshold_margin(self) -> int | None:
-        return None
-
-    def start(self) -> dict[int, Message]:
-        return self.session.open_round(self._task)
-
-    def receive(self, sender: int, data: Message | bytes) -> None:
-        self.session.receive(sender, data)
-
-    def waiting_for(self) -> frozenset[int]:
-        return self.session.waiting_for()
-
-    def drop(self, client_id: int, reason: Any, detail: str = "") -> None:
-        raise UsageError("a session's server drops only the clients that miss a stage")
-
-    def close_stage(self) -> dict[int, Message]:
-        return self.session.close_stage()
-
-    def aggregate(self) -> Aggregate:
-        return self.session.aggregate()
+def _task_of(message: Message) -> bytes:
+    """The digest of the model a message that opens a round names."""
+    if isinstance(message, RoundTask):
+        return message.task
+    assert isinstance(message, PeerSetupShares)  # the set-up's last message opens round 1
+    return message.first_task
 
 
 # ----------------------------------------------------------------- reports
@@ -846,8 +743,10 @@ class _SessionRun:
             if backend is Backend.PROCESS
             else mask_applier(backend, workers)
         )
-        # The deployment every client runs (identities and PKI in active mode).
+        # The deployment every client runs (identities and PKI in active mode), and the
+        # server's, which regenerates masks through the backend.
         self.scheme = params.simulated(range(n), forked(self.root, "deployment"))
+        self.server_scheme = dataclasses.replace(self.scheme, apply_masks=self.applier)
         self.round_stages = round_stages(params.active)
         _check_stages(plan, (*SETUP_STAGES, *self.round_stages))
         self._config: RoundOpening | None = None  # the current session's configuration
@@ -857,21 +756,6 @@ class _SessionRun:
         config = self.scheme.round_config(range(self.n), nonce=nonce, round_id=session)
         return SessionTerms.carrying(
             config, max_rounds=self.session_rounds, min_live_neighbours=self.min_live_neighbours
-        )
-
-    def _server(self, terms: SessionTerms) -> SessionServer:
-        config = terms.config
-        rule = (
-            self.params.survivor_rule(len(config.client_ids), config.degree)
-            if config.active
-            else None
-        )
-        return SessionServer(
-            terms,
-            pki=self.scheme.pki if config.active else None,
-            apply_masks=self.applier,
-            encoding=self.scheme.encoding,
-            survivor_rule=rule,
         )
 
     def run(
@@ -896,80 +780,94 @@ class _SessionRun:
         count = 0
         with open_clients(self.backend, group_of, tuple(range(self.n)), self.workers) as cohort:
             for index in range(rounds):
-                number = index + 1
                 if server is not None and why is None:
                     why = server.needs_setup()
-                setup: SetupReport | None = None
-                stages = self.round_stages if why is None else (*SETUP_STAGES, *self.round_stages)
-                schedule = self.plan.schedule(number, stages, self.n)
-                if why is not None:
+                stages = self.round_stages
+                if why is not None:  # this round starts with a set-up
+                    stages = (*SETUP_STAGES, *self.round_stages)
                     count += 1
                     terms = self._terms(count)
                     self._config = terms.config
-                    server = self._server(terms)
-                    timed_setup = _TimedServer(_SetUp(server))
-                    driven = drive(timed_setup, cohort, schedule)
-                    setup = self._setup_report(count, why, driven)
-                    setups.append(setup)
-                    if not driven.record.completed:
-                        why = "the last set-up aborted"
-                        unrun = self._unrun(number, count, setup, timed_setup, driven, schedule)
-                        played.append((unrun, None, None))
-                        if on_round is not None:
-                            on_round(unrun, None)
-                        continue
+                    server = self.server_scheme.session_server(terms)
                 assert server is not None
-                kind = RoundKind.SESSION if setup is None else RoundKind.SETUP_AND_ROUND
-                timed = _TimedServer(_SessionRound(server, tasks[index]))
+                schedule = self.plan.schedule(index + 1, stages, self.n)
+                timed = _TimedServer(SessionRound(server, tasks[index]))
                 driven = drive(timed, cohort, schedule)
                 tally = cohort.tally()
+                setup = None
+                if why is not None:
+                    setup = self._setup_report(count, why, server, driven)
+                    setups.append(setup)
                 played.append(
-                    self._round(
-                        number,
-                        kind,
-                        (count, server.round_number),
-                        index,
-                        timed,
-                        driven,
-                        tally,
-                        schedule,
-                        setup,
-                    )
+                    self._round(index, count, server, timed, driven, tally, schedule, stages, setup)
                 )
-                why = None if driven.record.completed else "the last round aborted"
+                if driven.record.completed:
+                    why = None
+                elif setup is not None and setup.outcome is not RoundOutcome.COMPLETED:
+                    why = "the last set-up aborted"
+                else:
+                    why = "the last round aborted"
                 if on_round is not None:
                     on_round(played[-1][0], played[-1][1])
         return played, setups, scheme
 
-    def _setup_report(self, session: int, why: str, driven: Driven) -> SetupReport:
+    def _setup_report(
+        self, session: int, why: str, server: SessionServer, driven: Driven
+    ) -> SetupReport:
+        """The set-up's part of a session's first round: its stages, drops and traffic, per
+        member (the clients its last message, which opens round 1, went to)."""
         record = driven.record
+        finished = server.round_number >= 1  # round 1 opened: the set-up closed
         dropped: dict[str, list[int]] = {s.value: [] for s in SETUP_STAGES}
         reasons: dict[int, str] = {}
         for d in record.drops.values():
-            dropped.setdefault(d.stage.value, []).append(d.client_id)
-            reasons[d.client_id] = d.reason.value
-        members = record.included
-        up, down = record.bytes_per_client(members)
-        messages_up, messages_down = driven.messages_per_client(members)
+            if d.stage in SETUP_STAGES:
+                dropped[d.stage.value].append(d.client_id)
+                reasons[d.client_id] = d.reason.value
+        members: tuple[int, ...] = ()
+        if finished and Stage.MASKED_INPUT in driven.traffic:
+            members = tuple(sorted(driven.traffic[Stage.MASKED_INPUT].addressed))
+        up, down, messages_up, messages_down = driven.per_client(members, SETUP_STAGES)
+        try:
+            attempts: int | None = server.session.attempt
+        except UsageError:  # never agreed
+            attempts = None
         return SetupReport(
             session=session,
             reason=why,
-            outcome=record.outcome,
-            abort_reason=None if record.abort is None else str(record.abort),
+            outcome=RoundOutcome.COMPLETED if finished else RoundOutcome.ABORTED,
+            abort_reason=None if finished else str(record.abort),
             members=members,
             dropped={s: tuple(sorted(ids)) for s, ids in dropped.items()},
             drop_reasons=reasons,
-            client_aborts=dict(driven.client_aborts),
-            attempts=record.attempts,
-            seconds=record.seconds,
-            stage_seconds={s.value: t for s, t in record.stage_seconds.items()},
+            client_aborts={
+                i: reason
+                for i, reason in driven.client_aborts.items()
+                if driven.abort_stages.get(i) in SETUP_STAGES
+            },
+            attempts=attempts,
+            seconds=sum(record.stage_seconds.get(s, 0.0) for s in SETUP_STAGES),
+            stage_seconds={
+                s.value: t for s, t in record.stage_seconds.items() if s in SETUP_STAGES
+            },
             upload_bytes_per_client=up,
             download_bytes_per_client=down,
             messages_up_per_client=messages_up,
             messages_down_per_client=messages_down,
         )
 
-    def _outcome(self, timed: _TimedServer, driven: Driven, tally: Tally) -> _Outcome:
+    def _round(
+        self,
+        index: int,
+        session: int,
+        server: SessionServer,
+        timed: _TimedServer,
+        driven: Driven,
+        tally: Tally,
+        schedule: DropSchedule,
+        stages: Sequence[Stage],
+        setup: SetupReport | None,
+    ) -> _Played:
         config = self._config
         assert config is not None
         record = driven.record
@@ -988,21 +886,6 @@ class _SessionRun:
         if record.aggregate is not None:
             outcome.mean = record.aggregate.mean
             outcome.ring_total = record.aggregate.ring_total
-        return outcome
-
-    def _round(
-        self,
-        number: int,
-        kind: RoundKind,
-        where: tuple[int, int],
-        index: int,
-        timed: _TimedServer,
-        driven: Driven,
-        tally: Tally,
-        schedule: DropSchedule,
-        setup: SetupReport | None,
-    ) -> _Played:
-        outcome = self._outcome(timed, driven, tally)
         report = _report(
             self.scheme,
             self.n,
@@ -1011,45 +894,19 @@ class _SessionRun:
             self.weights,
             self.exact_weights,
             schedule,
-            stages=self.round_stages,
+            stages=stages,
         )
+        if setup is not None and setup.outcome is not RoundOutcome.COMPLETED:
+            report = dataclasses.replace(
+                report, abort_reason=f"the set-up aborted: {setup.abort_reason}"
+            )
         full = set(report.included)
         took_part = [i for i in range(self.n) if i in full and schedule.stage_of(i) is None]
-        up, down = driven.messages_per_client(took_part)
+        _, _, up, down = driven.per_client(took_part)
+        kind = RoundKind.SESSION if setup is None else RoundKind.SETUP_AND_ROUND
+        number = server.round_number if server.round_number >= 1 else None
         return (
-            RunRound(number, kind, *where, report, up, down, setup),
+            RunRound(index + 1, kind, session, number, report, up, down, setup),
             outcome.mean,
             outcome.ring_total,
         )
-
-    def _unrun(
-        self,
-        number: int,
-        session: int,
-        setup: SetupReport,
-        timed: _TimedServer,
-        driven: Driven,
-        schedule: DropSchedule,
-    ) -> RunRound:
-        """A round whose set-up aborted: nothing was masked, nothing revealed."""
-        tally = Tally(np.zeros(self.params.dim, dtype=np.float64))
-        outcome = self._outcome(timed, driven, tally)
-        report = _report(
-            self.scheme,
-            self.n,
-            of_round(self.inputs, number - 1),
-            outcome,
-            self.weights,
-            self.exact_weights,
-            schedule,
-            stages=SETUP_STAGES,
-        )
-        report = dataclasses.replace(
-            report,
-            abort_reason=f"the set-up aborted: {setup.abort_reason}",
-            upload_bytes_per_client=0.0,
-            download_bytes_per_client=0.0,
-            seconds=0.0,
-            stage_seconds={},
-        )
-        return RunRound(number, RoundKind.SETUP_AND_ROUND, session, None, report, 0.0, 0.0, setup)
