@@ -200,7 +200,9 @@ def markdown(runs: list[dict[str, Any]], command: str) -> str:
         "its kind in all repeats, one after the other in one run, over the same cohort and the "
         "same inputs (fresh every round); clients drop at the stated rate each round, at random "
         "stages. A session's departed members stay out of it, so its later rounds sum fewer "
-        "clients ('in sum').",
+        "clients ('in sum'). A session's first round runs its set-up (commit, reveal, "
+        "advertise, share), whose last message opens the round; the set-up's row is those "
+        "stages alone.",
         "",
     ]
     for run in runs:
@@ -220,7 +222,7 @@ def markdown(runs: list[dict[str, Any]], command: str) -> str:
         p = run["plaintext_round"]["seconds"]
         names = (
             ("session round (2..R)", "session_round"),
-            ("session round 1 (after its set-up)", "setup_and_round"),
+            ("session round 1, its set-up included", "setup_and_round"),
             ("one-shot round", "one_shot_round"),
             ("plaintext FedAvg round", "plaintext_round"),
         )
@@ -236,7 +238,8 @@ def markdown(runs: list[dict[str, Any]], command: str) -> str:
             )
         setup = run["setup"]
         lines.append(
-            f"| the set-up alone | {setup['setups']} | {setup['members']:.0f} members | "
+            f"| round 1's set-up stages alone | {setup['setups']} | "
+            f"{setup['members']:.0f} members | "
             f"{_s(setup['seconds'])} | {setup['seconds'] / p:.1f}x | 4 | "
             f"{setup['messages_up_per_client']:.0f} / {setup['messages_down_per_client']:.0f} | "
             f"{setup['upload_bytes_per_client']:,.0f} | - | "
