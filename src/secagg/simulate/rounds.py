@@ -11,13 +11,15 @@ A new set-up runs when the server says the next round cannot run in the session
 neighbours than k_min, fewer members than the minimum cohort), or when a round or a set-up
 aborted. In one-shot mode every round is ``simulate_round``'s own, set-up included.
 
-What is measured: the set-up and each round are driven through the round engine
-(``secagg.protocol.runner.RoundRun``, via ``secagg.simulate.drive``) exactly as a one-shot
-round is: every message encoded, counted into the engine's byte meter and decoded on the
-other side, every stage timed. The engine's record fits as it is (a session round is a round:
-stages, drops, an aggregate), so the reports are views of it, as the one-shot report is; the
-set-up is a phase of its own with its own record, whose last message (the set-up shares each
-member receives, taken without an answer) is delivered as the end of its share stage.
+What is measured: each round is a ``SessionRound`` (a session's round as a ``RoundServer``)
+driven through the round engine (``secagg.protocol.runner.RoundRun``, via
+``secagg.simulate.drive``) exactly as a one-shot round is: every message encoded, counted
+into the engine's byte meter and decoded on the other side, every stage timed. The engine's
+record fits as it is (a session's round is a round: stages, drops, an aggregate), so each
+round's report is a view of it, as the one-shot report is. A session's first round runs the
+set-up's stages first, and the set-up's last message (the set-up shares each member
+receives) carries the round's task and is answered with the masked input; ``drive`` counts
+traffic per stage, so the set-up's own cost (``SetupReport``) is its four stages' part.
 
 Clients live in the backend for the whole run: one ``SessionGroup`` per worker process or Ray
 actor, kept across rounds and set-ups. A client is built when its session's configuration
