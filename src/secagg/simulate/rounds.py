@@ -311,8 +311,8 @@ class SessionGroup(ClientGroup):
             if uses_input:
                 self._set_round_input(i, client, _task_of(message))
             reply = client.receive(message)
-            if uses_input and isinstance(client.state, Masked):
-                self._put_in.clipped += client.state.clipped
+            if uses_input and isinstance(client.state, Masked):  # it masked this round's
+                self._put_in.clipped += client.clipped
             return reply
         finally:
             self._put_in.client_seconds += time.perf_counter() - started
