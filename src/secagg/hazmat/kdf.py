@@ -28,6 +28,7 @@ _TAG_INT = b"I"
 _TAG_STR = b"S"
 _LENGTH_BYTES = 8
 _INT_BYTES = 8
+_INT_LIMIT = 1 << (8 * _INT_BYTES)
 
 
 def hkdf(ikm: bytes, *, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
@@ -48,12 +49,21 @@ def encode_fields(*fields: bytes | int | str) -> bytes:
     """
     parts: list[bytes] = []
     for value in fields:
-        if isinstance(value, bytes | bytearray | memoryview):
+        # Exact types first (every caller's fields are), then what they may subclass: a
+        # key derivation runs this a few hundred times per client and round.
+        payload: bytes
+        if type(value) is bytes:
+            tag, payload = _TAG_BYTES, value
+        elif type(value) is str:
+            tag, payload = _TAG_STR, value.encode("utf-8")
+        elif type(value) is int and 0 <= value < _INT_LIMIT:
+            tag, payload = _TAG_INT, value.to_bytes(_INT_BYTES, "big")
+        elif isinstance(value, bytes | bytearray | memoryview):
             tag, payload = _TAG_BYTES, bytes(value)
         elif isinstance(value, str):
             tag, payload = _TAG_STR, value.encode("utf-8")
         elif isinstance(value, int) and not isinstance(value, bool):
-            if not 0 <= value < 1 << (8 * _INT_BYTES):
+            if not 0 <= value < _INT_LIMIT:
                 raise UsageError("int fields must be in [0, 2**64)")
             tag, payload = _TAG_INT, value.to_bytes(_INT_BYTES, "big")
         else:
