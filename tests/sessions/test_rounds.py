@@ -132,3 +132,22 @@ def test_a_client_that_left_refuses_everything_after() -> None:
     assert cohort.local.refusals[0] is AbortReason.ROUND_OUT_OF_ORDER
     with pytest.raises(ClientAbort, match="has left the session"):
         cohort.clients[0].receive(RoundTask(cohort.server.session.session_id, 0, 2, task_of(2)))
+
+
+def test_departures_past_the_budget_ask_for_a_new_set_up() -> None:
+    """S5's budget: the graph's parameters hold for so many departures, so an honest server
+    sets the cohort up again once more members have left (on a sparse graph, beyond it the
+    honest survivors may no longer stay connected)."""
+    cohort = Cohort(10)
+    cohort.server = server = type(cohort.server)(
+        cohort.terms, pki=cohort.pki, survivor_rule=cohort.rule, max_departures=2
+    )
+    cohort.local = type(cohort.local)(server, cohort.local.clients.__getitem__)
+    cohort.local.set_up()
+    cohort.local.run_round(task_of(1), cohort.updates(), {1: Stage.MASKED_INPUT})
+    assert server.needs_setup() is None
+    cohort.local.run_round(task_of(2), cohort.updates(), {2: Stage.MASKED_INPUT})
+    assert server.needs_setup() is None
+    cohort.local.run_round(task_of(3), cohort.updates(), {3: Stage.MASKED_INPUT})
+    assert server.needs_setup() == "3 members have left; the graph's parameters cover 2"
+    assert server.threshold_margin == 7 - 3  # 7 answered the unmask request, t = 3

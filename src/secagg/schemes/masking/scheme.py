@@ -143,6 +143,7 @@ class MaskingScheme:
             apply_masks=self.apply_masks,
             encoding=self.encoding,
             survivor_rule=self._survivor_rule(terms.config),
+            max_departures=math.floor(self.params.dropout_rate * len(terms.config.client_ids)),
         )
 
     def session_client(

@@ -59,7 +59,7 @@ class SessionRound:
 
     @property
     def threshold_margin(self) -> int | None:
-        return None
+        return self.server.threshold_margin if self.done else None
 
     def start(self) -> dict[int, Message]:
         if self.setup:

@@ -109,7 +109,11 @@ class SessionServer:
         apply_masks: prg.ApplyMasks = prg.apply_masks,
         encoding: InputEncoding | None = None,
         survivor_rule: SurvivorRule | None = None,
+        max_departures: int | None = None,
     ) -> None:
+        """``max_departures``: the most participants that may have left before the session
+        is set up again (S5's budget: the departures the graph's parameters were found for,
+        floor(dropout_rate x n) by the deployment; None: no budget beyond k_min)."""
         config = terms.config
         if encoding is None:
             if config.dp is not None:
@@ -121,6 +125,8 @@ class SessionServer:
         self._apply_masks = apply_masks
         self._pki = dict(pki or {})
         self._survivor_rule = survivor_rule
+        self._max_departures = max_departures
+        self._unmask_answers = 0
         self._agreement = AgreementServer(
             config,
             pki=pki,
@@ -221,11 +227,25 @@ class SessionServer:
         for u, member in sorted(self._members.items()):
             if len(member.live) < k_min:
                 return f"client {u} has {len(member.live)} live neighbours, fewer than {k_min}"
+        if self._max_departures is not None:
+            departed = len(self.session.participants) - len(self._members)
+            if departed > self._max_departures:
+                return (
+                    f"{departed} members have left; the graph's parameters cover "
+                    f"{self._max_departures}"
+                )
         if len(self._members) < self.config.min_cohort:
             return (
                 f"{len(self._members)} members left; the minimum cohort is {self.config.min_cohort}"
             )
         return None
+
+    @property
+    def threshold_margin(self) -> int | None:
+        """The last closed round's unmask answers minus the threshold (None before one)."""
+        if self._result is None:
+            return None
+        return self._unmask_answers - self._t
 
     @property
     def result(self) -> RoundResult:
@@ -654,6 +674,7 @@ class SessionServer:
     def _close_unmask(self) -> dict[int, Message]:
         total = self._total
         assert total is not None
+        self._unmask_answers = len(self._answers)
         seed_shares: dict[int, list[Share]] = {}
         key_shares: dict[int, list[Share]] = {}
         for v, m in sorted(self._answers.items()):
