@@ -227,7 +227,9 @@ class SessionServer:
         for u, member in sorted(self._members.items()):
             if len(member.live) < k_min:
                 return f"client {u} has {len(member.live)} live neighbours, fewer than {k_min}"
-        if self._max_departures is not None:
+        # Round 1 runs whatever the set-up lost, as a one-shot round over the same members
+        # would; the budget gates the rounds after it.
+        if self._max_departures is not None and self._round > 0:
             departed = len(self.session.participants) - len(self._members)
             if departed > self._max_departures:
                 return (
