@@ -38,7 +38,13 @@ class Clock:
         return self.now
 
 
-def _start(ledger: Ledger, round_id: int, *, cohort: tuple[int, ...] = COHORT) -> None:
+def _start(
+    ledger: Ledger,
+    round_id: int,
+    *,
+    cohort: tuple[int, ...] = COHORT,
+    session_round: int | None = None,
+) -> None:
     ledger.start_round(
         round_id=round_id,
         session_id=SESSION,
@@ -48,6 +54,7 @@ def _start(ledger: Ledger, round_id: int, *, cohort: tuple[int, ...] = COHORT) -
         degree=4,
         threshold=3,
         dim=DIM,
+        session_round=session_round,
     )
 
 

@@ -34,7 +34,7 @@ def test_a_new_file_gets_the_schema_its_version_and_write_ahead_logging(tmp_path
         tables = {n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         expected = {
             "schema_version", "rounds", "cohort", "stage_timings", "drops", "aggregates",
-            "dp_rounds",
+            "dp_rounds", "session_rounds",
         }  # fmt: skip
         assert tables == expected
         assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
@@ -68,6 +68,7 @@ def test_the_file_holds_no_secret_and_no_vector_but_the_aggregate(tmp_path: Path
         _complete(ledger, 1, aggregate=mean)
         _start(ledger, 2)
         ledger.abort_round(2, "too few")
+        _start(ledger, 3, session_round=1)
     files = [p for p in tmp_path.iterdir() if p.name.startswith("ledger.db")]
     raw_bytes = b"".join(p.read_bytes() for p in files)
     assert secret not in raw_bytes
@@ -95,6 +96,7 @@ def test_the_file_holds_no_secret_and_no_vector_but_the_aggregate(tmp_path: Path
                 "round_id", "series", "mechanism", "delta", "epsilon", "epsilon_spent",
                 "epsilon_target", "target_rounds",
             ],
+            "session_rounds": ["round_id", "round_number"],
         }  # fmt: skip
         blobs = {
             (t, c, bytes(v))
@@ -119,6 +121,22 @@ def test_a_privacy_record_is_as_final_as_its_round(tmp_path: Path) -> None:
         raw.execute("UPDATE dp_rounds SET epsilon_spent = 0 WHERE round_id = 1")
 
 
+def test_a_session_round_keeps_its_place_and_its_kind(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as ledger:
+        _start(ledger, 1)
+        _start(ledger, 2, session_round=1)
+        _start(ledger, 3, session_round=2)
+        one_shot, first, second = ledger.rounds()
+    assert (one_shot.kind, one_shot.session_round, one_shot.set_up) == ("one-shot", None, True)
+    assert (first.kind, first.session_round, first.set_up) == ("session", 1, True)
+    assert (second.kind, second.session_round, second.set_up) == ("session", 2, False)
+    assert first.describe_kind() == "session round 1 (with its set-up)"
+    assert second.describe_kind() == "session round 2"
+    with _raw(path) as raw, pytest.raises(sqlite3.IntegrityError, match="cannot be changed"):
+        raw.execute("UPDATE session_rounds SET round_number = 5 WHERE round_id = 3")
+
+
 # ----------------------------------------------------------------- earlier versions
 
 
@@ -129,6 +147,8 @@ def _version_1(path: Path) -> None:
         _start(ledger, 1)
         _complete(ledger, 1)
     with _raw(path) as raw:
+        raw.execute("DROP TRIGGER session_rounds_are_final")
+        raw.execute("DROP TABLE session_rounds")
         raw.execute("DROP TRIGGER privacy_records_are_final")
         raw.execute("DROP TABLE dp_rounds")
         raw.execute("UPDATE schema_version SET version = 1")
@@ -155,3 +175,33 @@ def test_a_version_1_ledger_is_read_as_it_is_and_upgraded_whole_by_the_writer(
         assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     with Ledger.open_readonly(path) as reader:
         assert [r.privacy is not None for r in reader.rounds()] == [False, True]
+
+
+def _version_2(path: Path) -> None:
+    """A ledger as secagg wrote it before sessions (schema version 2): one completed round."""
+    with Ledger(path) as ledger:
+        _complete_dp(ledger, 1, _plan(), COHORT)
+    with _raw(path) as raw:
+        raw.execute("DROP TRIGGER session_rounds_are_final")
+        raw.execute("DROP TABLE session_rounds")
+        raw.execute("UPDATE schema_version SET version = 2")
+
+
+def test_a_version_2_ledger_reads_every_round_as_one_shot_and_is_upgraded_whole(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.db"
+    _version_2(path)
+    before = path.read_bytes()
+    with Ledger.open_readonly(path) as reader:
+        assert reader.schema_version == 2
+        (old,) = reader.rounds()
+        assert old.kind == "one-shot" and old.session_round is None and old.privacy is not None
+    assert path.read_bytes() == before
+    with Ledger(path) as writer:
+        assert writer.schema_version == SCHEMA_VERSION
+        assert writer.rounds() == [old]
+        _start(writer, 2, session_round=1)
+        assert writer.round(2).session_round == 1
+    with _raw(path) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]

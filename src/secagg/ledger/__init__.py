@@ -1,7 +1,8 @@
 """The round ledger: every round the coordinator ran, durably, in one SQLite file.
 
 For each round the ledger keeps its public configuration (session id, task hash, protocol,
-cohort, degree, threshold, dimension), when it started and ended, how long each stage took,
+cohort, degree, threshold, dimension), its kind (one-shot, or its number in a session that
+spans rounds: ``LedgerRound.kind``, ``session_round``), when it started and ended, how long each stage took,
 which clients were dropped at which stage and why, its outcome, and, for a completed round
 only, the final aggregate and the total weight behind it and, under distributed differential
 privacy, the guarantee of the sum it revealed and the epsilon spent so far
@@ -26,7 +27,7 @@ and ``store`` (``Ledger``: writing and reading rounds).
 """
 
 from secagg.ledger.files import LOCK_SUFFIX
-from secagg.ledger.rows import DropRecord, LedgerRound, describe_drops
+from secagg.ledger.rows import DropRecord, LedgerRound, RoundKind, describe_drops
 from secagg.ledger.schema import SCHEMA_VERSION
 from secagg.ledger.store import RECOVERED_REASON, Ledger, account_round
 
@@ -37,6 +38,7 @@ __all__ = [
     "DropRecord",
     "Ledger",
     "LedgerRound",
+    "RoundKind",
     "account_round",
     "describe_drops",
 ]

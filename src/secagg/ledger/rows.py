@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -25,8 +26,10 @@ __all__ = [
     "HASH_BYTES",
     "PRIVACY_COLUMNS",
     "ROUND_COLUMNS",
+    "SESSION_COLUMNS",
     "DropRecord",
     "LedgerRound",
+    "RoundKind",
     "decode_aggregate",
     "decode_round",
     "describe_drops",
@@ -69,9 +72,22 @@ def describe_drops(drops: Sequence[DropRecord]) -> str:
     return "dropped: " + ", ".join(named)
 
 
+class RoundKind(StrEnum):
+    """What kind of round a ledger row is: a one-shot round (set up, run and forgotten), or a
+    round of a session that spans rounds (docs/SESSIONS.md), whose cohort was set up once."""
+
+    ONE_SHOT = "one-shot"
+    SESSION = "session"
+
+
 @dataclass(frozen=True)
 class LedgerRound:
-    """One round as the ledger holds it. ``cohort`` and ``included`` are in ascending order."""
+    """One round as the ledger holds it. ``cohort`` and ``included`` are in ascending order.
+
+    ``session_round`` is the round's number in its session (None: a one-shot round); round 1
+    of a session also ran the session's set-up, whose stages are among its ``stage_seconds``.
+    The rounds of one session share their ``session_id``.
+    """
 
     round_id: int
     session_id: bytes
@@ -95,11 +111,30 @@ class LedgerRound:
     has_aggregate: bool
     total_weight: int | None = None  # the weight behind the aggregate (completed rounds only)
     privacy: RoundPrivacy | None = None  # distributed DP (completed rounds of a DP deployment)
+    session_round: int | None = None  # its number in a session; None: a one-shot round
+
+    @property
+    def kind(self) -> RoundKind:
+        return RoundKind.ONE_SHOT if self.session_round is None else RoundKind.SESSION
+
+    @property
+    def set_up(self) -> bool:
+        """The round also ran a set-up: every one-shot round, and a session's first."""
+        return self.session_round is None or self.session_round == 1
+
+    def describe_kind(self) -> str:
+        """``one-shot``, ``session round 1 (with its set-up)``, ``session round 4``."""
+        if self.session_round is None:
+            return RoundKind.ONE_SHOT.value
+        with_set_up = " (with its set-up)" if self.session_round == 1 else ""
+        return f"session round {self.session_round}{with_set_up}"
 
 
 # A round's row, in the order ``decode_round`` reads it: the store's rounds query selects
 # these from ``rounds AS r`` and ``aggregates AS a``, then the privacy record's columns from
-# ``dp_rounds AS d`` (or as many NULLs, from a ledger of a version before privacy records).
+# ``dp_rounds AS d`` (or as many NULLs, from a ledger of a version before privacy records),
+# then the session's from ``session_rounds AS s`` (NULL before version 3: every round of such
+# a ledger was one-shot).
 ROUND_COLUMNS = (
     "r.round_id", "r.session_id", "r.task_hash", "r.protocol", "r.degree", "r.threshold",
     "r.dim", "r.started_at", "r.finished_at", "r.outcome", "r.abort_reason",
@@ -110,6 +145,7 @@ PRIVACY_COLUMNS = (
     "d.series", "d.mechanism", "d.delta", "d.epsilon", "d.epsilon_spent", "d.epsilon_target",
     "d.target_rounds",
 )  # fmt: skip
+SESSION_COLUMNS = ("s.round_number",)
 
 
 def decode_round(
@@ -119,9 +155,9 @@ def decode_round(
     stages: Mapping[int, dict[str, float]],
     drops: Mapping[int, list[DropRecord]],
 ) -> LedgerRound:
-    """The round of one row (``ROUND_COLUMNS`` then ``PRIVACY_COLUMNS``), with its cohort,
-    included clients, stage timings and drops, each by round id; ``DecodeError`` naming the
-    round if what is stored is not a round."""
+    """The round of one row (``ROUND_COLUMNS``, ``PRIVACY_COLUMNS``, ``SESSION_COLUMNS``),
+    with its cohort, included clients, stage timings and drops, each by round id;
+    ``DecodeError`` naming the round if what is stored is not a round."""
     try:
         return _round(row, cohorts, included, stages, drops)
     except (TypeError, ValueError, UsageError) as exc:
@@ -151,8 +187,12 @@ def _round(
         down,
         has_aggregate,
         total_weight,
-        *privacy,
+        *rest,
     ) = row
+    privacy = rest[: len(PRIVACY_COLUMNS)]
+    (session_round,) = rest[len(PRIVACY_COLUMNS) :]
+    if session_round is not None and (type(session_round) is not int or session_round < 1):
+        raise ValueError(f"its session round is {session_round!r}")
     return LedgerRound(
         round_id=rid,
         session_id=_stored_hash(session_id, "session id"),
@@ -174,6 +214,7 @@ def _round(
         has_aggregate=bool(has_aggregate),
         total_weight=total_weight,
         privacy=None if privacy[0] is None else RoundPrivacy(*privacy),
+        session_round=session_round,
     )
 
 

@@ -2,7 +2,9 @@
 recognised as a ledger of a version this secagg knows, and how an older one is upgraded.
 
 Version 1 is the ledger before distributed DP; version 2 adds the ``dp_rounds`` table (one
-privacy record per completed round of a DP deployment) and its trigger. A writer creates the
+privacy record per completed round of a DP deployment) and its trigger; version 3 adds the
+``session_rounds`` table (a round run inside a session that spans rounds, docs/SESSIONS.md:
+its number in the session; a round without a row there is a one-shot round). A writer creates the
 newest version and upgrades an older one it knows in one transaction (its rounds are kept as
 they are, with no privacy record); a reader reads every known version as it is. A newer
 version, or one older than the first, is refused in one line naming the file.
@@ -20,20 +22,27 @@ __all__ = [
     "FIRST_VERSION",
     "PRIVACY_VERSION",
     "SCHEMA_VERSION",
+    "SESSION_VERSION",
     "check_schema",
     "create_schema",
     "upgrade",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FIRST_VERSION = 1  # the oldest schema a writer upgrades and a reader reads
 PRIVACY_VERSION = 2  # the first with privacy records (distributed DP)
+SESSION_VERSION = 3  # the first that tells a session's rounds from one-shot rounds
 _TABLES = frozenset({"schema_version", "rounds", "cohort", "stage_timings", "drops", "aggregates"})
 _FREEZE_TRIGGER = "finished_rounds_are_final"
 _DP_TABLE = "dp_rounds"
 _DP_FREEZE_TRIGGER = "privacy_records_are_final"
+_SESSION_TABLE = "session_rounds"
+_SESSION_FREEZE_TRIGGER = "session_rounds_are_final"
 # What each version must hold, beyond version 1's.
-_SINCE: dict[int, frozenset[str]] = {PRIVACY_VERSION: frozenset({_DP_TABLE, _DP_FREEZE_TRIGGER})}
+_SINCE: dict[int, frozenset[str]] = {
+    PRIVACY_VERSION: frozenset({_DP_TABLE, _DP_FREEZE_TRIGGER}),
+    SESSION_VERSION: frozenset({_SESSION_TABLE, _SESSION_FREEZE_TRIGGER}),
+}
 
 
 # Cohort and included ids live in a child table rather than as JSON text: the primary key
@@ -142,8 +151,30 @@ _SCHEMA_V2 = (
     END
     """,
 )
+# Version 3: sessions that span rounds. A table of its own, as version 2's: one row per round
+# run inside a session, written with the round's row when it starts (a round's kind is known
+# before its first message), so that no existing row changes on upgrade and every round before
+# it reads as what it was, one-shot. The session itself is the round's ``session_id`` (the
+# digest of the session's configuration: the same for every round of one session);
+# ``round_number`` is the round's place in it, 1 for the round whose row also holds the
+# session's set-up stages.
+_SCHEMA_V3 = (
+    f"""
+    CREATE TABLE {_SESSION_TABLE} (
+        round_id INTEGER PRIMARY KEY REFERENCES rounds (round_id),
+        round_number INTEGER NOT NULL CHECK (round_number >= 1)
+    )
+    """,
+    f"""
+    CREATE TRIGGER {_SESSION_FREEZE_TRIGGER} BEFORE UPDATE ON {_SESSION_TABLE}
+    BEGIN
+        SELECT RAISE(ABORT, 'a session round cannot be changed');
+    END
+    """,
+)
 _SCHEMA_UPGRADES: dict[int, tuple[str, ...]] = {
-    PRIVACY_VERSION: _SCHEMA_V2
+    PRIVACY_VERSION: _SCHEMA_V2,
+    SESSION_VERSION: _SCHEMA_V3,
 }  # from the version before
 
 
@@ -164,7 +195,7 @@ def _schema_change(conn: sqlite3.Connection) -> Iterator[None]:
 def create_schema(conn: sqlite3.Connection) -> None:
     """Write the newest schema into an empty database, in one transaction."""
     with _schema_change(conn):
-        for statement in (*_SCHEMA, *_SCHEMA_V2):
+        for statement in (*_SCHEMA, *_SCHEMA_V2, *_SCHEMA_V3):
             conn.execute(statement)
         conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 

@@ -48,12 +48,18 @@ from secagg.ledger.rows import (
     HASH_BYTES,
     PRIVACY_COLUMNS,
     ROUND_COLUMNS,
+    SESSION_COLUMNS,
     DropRecord,
     LedgerRound,
     decode_aggregate,
     decode_round,
 )
-from secagg.ledger.schema import PRIVACY_VERSION, SCHEMA_VERSION, create_schema
+from secagg.ledger.schema import (
+    PRIVACY_VERSION,
+    SCHEMA_VERSION,
+    SESSION_VERSION,
+    create_schema,
+)
 from secagg.protocol.runner import RoundOutcome
 
 __all__ = ["RECOVERED_REASON", "Ledger", "account_round"]
@@ -62,12 +68,25 @@ RECOVERED_REASON = "coordinator restarted mid-round"
 _MAX_SQLITE_INT = 2**63 - 1
 
 _ROUNDS_JOINED = "FROM rounds AS r LEFT JOIN aggregates AS a ON a.round_id = r.round_id"
-# The rounds query of each schema version: one before privacy records has none to join.
-_ROUNDS_FROM: dict[bool, str] = {
-    True: f"SELECT {', '.join(ROUND_COLUMNS + PRIVACY_COLUMNS)} {_ROUNDS_JOINED}"
-    " LEFT JOIN dp_rounds AS d ON d.round_id = r.round_id",
-    False: f"SELECT {', '.join(ROUND_COLUMNS + ('NULL',) * len(PRIVACY_COLUMNS))} {_ROUNDS_JOINED}",
-}
+_PRIVACY_JOINED = " LEFT JOIN dp_rounds AS d ON d.round_id = r.round_id"
+_SESSION_JOINED = " LEFT JOIN session_rounds AS s ON s.round_id = r.round_id"
+
+
+def _rounds_query(version: int) -> str:
+    """The rounds query of a schema version: what it has no table for reads as NULL."""
+    privacy = version >= PRIVACY_VERSION
+    session = version >= SESSION_VERSION
+    columns = (
+        ROUND_COLUMNS
+        + (PRIVACY_COLUMNS if privacy else ("NULL",) * len(PRIVACY_COLUMNS))
+        + (SESSION_COLUMNS if session else ("NULL",) * len(SESSION_COLUMNS))
+    )
+    joins = (_PRIVACY_JOINED if privacy else "") + (_SESSION_JOINED if session else "")
+    return f"SELECT {', '.join(columns)} {_ROUNDS_JOINED}{joins}"
+
+
+# The rounds query of each schema version this secagg reads.
+_ROUNDS_FROM: dict[int, str] = {v: _rounds_query(v) for v in range(1, SCHEMA_VERSION + 1)}
 # Two fixed variants of each query (every round, or one round); the id is always a parameter.
 _QUERIES: dict[bool, tuple[str, str, str, str]] = {
     False: (
@@ -312,8 +331,11 @@ class Ledger:
         degree: int,
         threshold: int,
         dim: int,
+        session_round: int | None = None,
     ) -> None:
-        """Record a new round as running, before its first message goes out."""
+        """Record a new round as running, before its first message goes out; a round of a
+        session that spans rounds gives its ``session_round`` (1: the one that also runs the
+        session's set-up; None: a one-shot round)."""
         round_id = _round_id(round_id)
         session_id = _hash(session_id, "session id")
         task_hash = _hash(task_hash, "task hash")
@@ -328,6 +350,8 @@ class Ledger:
         dim = _int(dim, "dim", minimum=1)
         if threshold > len(members):
             raise UsageError(f"threshold {threshold} exceeds the cohort of {len(members)}")
+        if session_round is not None:
+            session_round = _int(session_round, "session round", minimum=1)
         now = self._clock()
         with self._write(f"start round {round_id}") as conn:
             if conn.execute("SELECT 1 FROM rounds WHERE round_id = ?", (round_id,)).fetchone():
@@ -351,6 +375,11 @@ class Ledger:
                 "INSERT INTO cohort (round_id, client_id) VALUES (?, ?)",
                 [(round_id, c) for c in members],
             )
+            if session_round is not None:
+                conn.execute(
+                    "INSERT INTO session_rounds (round_id, round_number) VALUES (?, ?)",
+                    (round_id, session_round),
+                )
 
     def record_stage(self, round_id: int, stage: str, seconds: float) -> None:
         """Record how long one stage of a running round took (once per stage)."""
@@ -568,7 +597,7 @@ def _load(conn: sqlite3.Connection, round_id: int | None, version: int) -> list[
     one = round_id is not None
     params: tuple[int, ...] = (round_id,) if round_id is not None else ()
     rounds_where, cohort_sql, stages_sql, drops_sql = _QUERIES[one]
-    rows = conn.execute(_ROUNDS_FROM[version >= PRIVACY_VERSION] + rounds_where, params).fetchall()
+    rows = conn.execute(_ROUNDS_FROM[version] + rounds_where, params).fetchall()
     if not rows:
         return []
     cohorts: dict[int, list[int]] = {}
