@@ -82,8 +82,14 @@ def test_every_dp_and_coordinator_knob_has_a_flag_or_says_why_not() -> None:
     dp = {s.name: s.knob.flag for s in settings_of(DpSettings)}
     assert all(flag is not None and flag.startswith("--dp-") for flag in dp.values())
     coordinator = {s.name: s.knob.flag for s in settings_of(CoordinatorSettings)}
-    # The listening address and the flow-control window are the deployment file's alone.
-    assert {n for n, flag in coordinator.items() if flag is None} == {"host", "upload_window"}
+    # The listening address and the flow-control window are the deployment file's alone, and
+    # so are a session's caps: every client reads them from the same file as its own.
+    assert {n for n, flag in coordinator.items() if flag is None} == {
+        "host",
+        "upload_window",
+        "session_rounds",
+        "session_seconds",
+    }
 
 
 def test_a_knob_of_a_type_a_file_cannot_hold_is_refused_when_read() -> None:

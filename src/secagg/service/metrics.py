@@ -166,6 +166,7 @@ _SERVER_FRAMES = {
     "challenge": MessageType.CHALLENGE,
     "welcome": MessageType.WELCOME,
     "task": MessageType.TASK,
+    "session_task": MessageType.ROUND_TASK,  # a session's RoundTask, with the round's model
     "round_end": MessageType.ROUND_END,
     "reject": MessageType.REJECT,
 }

@@ -10,6 +10,8 @@ from secagg.checks import is_int
 from secagg.errors import ConfigurationError
 from secagg.knobs import knob
 from secagg.schemes.base import SchemeSettings
+from secagg.schemes.masking.session.terms import DEFAULT_MAX_SECONDS
+from secagg.schemes.registry import SchemeKind
 from secagg.service.wire import message_size_limit
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
 ]
 
 MAX_PORT = 65535
+# A session's caps travel as u32 (docs/SESSIONS.md 1.1).
+_MAX_SESSION_CAP = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,11 @@ class CoordinatorSettings:
     ``Params``, ``CkksSettings``). A round starts once ``min_clients`` clients are connected
     (waiting at most ``cohort_wait`` seconds) and takes every connected client, up to
     ``params.max_clients``. Each stage waits at most ``stage_timeout`` seconds for the
-    clients it expects; a client that misses it is dropped. Every value is checked here, so
+    clients it expects; a client that misses it is dropped. With ``session_rounds`` > 0
+    (masking only) rounds run in sessions that span rounds (docs/SESSIONS.md): the cohort is
+    set up once and then runs up to that many rounds, within ``session_seconds`` of its
+    set-up; a client reads the same two values from the same file as its own caps, and refuses
+    a session that exceeds them. Every value is checked here, so
     that a typo in the deployment file is one line at start-up rather than a traceback (or a
     silently wrapped port) later.
     """
@@ -69,6 +77,19 @@ class CoordinatorSettings:
         help="Clients sent a model-sized message at once (flow control, docs/SCALING.md).",
         default=64,
     )
+    session_rounds: int = knob(
+        section="coordinator",
+        help="Rounds per session that spans rounds (masking only, docs/SESSIONS.md): the cohort "
+        "is set up once, then a round costs each client two messages, three in active mode; a "
+        "client refuses a session of more. 0: every round is one-shot.",
+        default=0,
+    )
+    session_seconds: int = knob(
+        section="coordinator",
+        help="The longest a session lives from its set-up, in seconds (a client refuses a "
+        "session that may live longer).",
+        default=DEFAULT_MAX_SECONDS,
+    )
     max_message_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,9 +119,26 @@ class CoordinatorSettings:
             )
         for name in ("cohort_wait", "stage_timeout", "auth_timeout"):
             _check_seconds(name, getattr(self, name))
+        for name in ("session_rounds", "session_seconds"):
+            value = getattr(self, name)
+            least = 0 if name == "session_rounds" else 1
+            if not is_int(value) or not least <= value <= _MAX_SESSION_CAP:
+                raise ConfigurationError(
+                    f"{name} must be an integer in [{least}, {_MAX_SESSION_CAP}], got {value!r}"
+                )
+        if self.session_rounds and self.params.kind is not SchemeKind.MASKING:
+            raise ConfigurationError(
+                f"session_rounds needs round.scheme = masking (sessions that span rounds are "
+                f"masking's); this deployment runs {self.params.kind.value}: set it to 0"
+            )
         self.params.check_min_clients(self.min_clients)
-        limit = message_size_limit(self.params)
+        limit = message_size_limit(self.params, sessions=self.sessions)
         object.__setattr__(self, "max_message_bytes", limit)
+
+    @property
+    def sessions(self) -> bool:
+        """Rounds run in sessions that span rounds (``session_rounds`` > 0)."""
+        return self.session_rounds > 0
 
 
 def _check_seconds(name: str, value: object) -> None:

@@ -22,6 +22,8 @@ from numpy.typing import NDArray
 from secagg.errors import ConfigurationError, DecodeError
 from secagg.hazmat.kdf import encode_fields
 from secagg.schemes.base import SchemeSettings
+from secagg.schemes.masking.messages import KEY_BYTES, SIGNATURE_BYTES
+from secagg.schemes.masking.session.messages import ROUND_CIPHERTEXT_BYTES
 
 __all__ = [
     "CLIENT_PING_SECONDS",
@@ -51,16 +53,32 @@ SERVER_PING_SECONDS = 2.0
 SERVER_PING_TIMEOUT_SECONDS = 3.0
 
 
-def message_size_limit(settings: SchemeSettings) -> int:
+# What a session's messages add per cohort member to the scheme's largest one-shot message
+# (docs/SESSIONS.md 1.2): a round message carries the masked input and one sealed share per live
+# neighbour; an unmask request one forwarded share per survivor, with its next-round keys and
+# signature, and the certificate's signatures. Counted generously: ids, counts and lengths too.
+_SESSION_BYTES_PER_MEMBER = (
+    4 + ROUND_CIPHERTEXT_BYTES + 2 * KEY_BYTES + 4 + SIGNATURE_BYTES  # a forwarded share
+    + 4 + SIGNATURE_BYTES  # a certificate's signature
+    + 2 * 4  # the survivor and dropped lists
+)  # fmt: skip
+_SESSION_FIXED_BYTES = 1024
+
+
+def message_size_limit(settings: SchemeSettings, *, sessions: bool = False) -> int:
     """The largest message either side may legitimately send, plus headroom: the scheme's
-    largest, or the task (the model as float32, with the round's opening message).
+    largest, or the task (the model as float32, with the round's opening message), and with
+    ``sessions`` (masking's sessions that span rounds) a session's largest.
 
     Set identically on both ends, so that gRPC refuses anything larger from its length
     prefix, before the message is allocated. A deployment whose messages could not fit gRPC's
     limit is refused (``ConfigurationError`` naming ``dim``).
     """
     task = 4 * settings.dim + settings.opening_message_bytes()
-    limit = max(settings.largest_message_bytes(), task) + _SLACK
+    largest = settings.largest_message_bytes()
+    if sessions:
+        largest += settings.max_clients * _SESSION_BYTES_PER_MEMBER + _SESSION_FIXED_BYTES
+    limit = max(largest, task) + _SLACK
     if limit > MAX_MESSAGE_BYTES:
         raise ConfigurationError(
             f"dim = {settings.dim} needs gRPC messages of {limit:,} bytes under "

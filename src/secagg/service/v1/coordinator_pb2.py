@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#secagg/service/v1/coordinator.proto\x12\x11secagg.service.v1\"\x8b\x01\n\x0b\x43lientFrame\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.secagg.service.v1.HelloH\x00\x12\x12\n\x08protocol\x18\x02 \x01(\x0cH\x00\x12/\n\x05\x61\x62ort\x18\x03 \x01(\x0b\x32\x1e.secagg.service.v1.ClientAbortH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x04\x10\x05\"A\n\x05Hello\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"?\n\x0b\x43lientAbort\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xc0\x02\n\x0bServerFrame\x12\x31\n\tchallenge\x18\x01 \x01(\x0b\x32\x1c.secagg.service.v1.ChallengeH\x00\x12-\n\x07welcome\x18\x02 \x01(\x0b\x32\x1a.secagg.service.v1.WelcomeH\x00\x12\'\n\x04task\x18\x03 \x01(\x0b\x32\x17.secagg.service.v1.TaskH\x00\x12\x12\n\x08protocol\x18\x04 \x01(\x0cH\x00\x12\x30\n\tround_end\x18\x05 \x01(\x0b\x32\x1b.secagg.service.v1.RoundEndH\x00\x12+\n\x06reject\x18\x06 \x01(\x0b\x32\x19.secagg.service.v1.RejectH\x00\x12+\n\x06queued\x18\x07 \x01(\x0b\x32\x19.secagg.service.v1.QueuedH\x00\x42\x06\n\x04\x62ody\"\x1a\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"7\n\x07Welcome\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x04\"Q\n\x04Task\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x14\n\x0cround_config\x18\x03 \x01(\x0c\x12\r\n\x05model\x18\x04 \x01(\x0c\x12\x0c\n\x04step\x18\x05 \x01(\x04J\x04\x08\x02\x10\x03\"<\n\x06Queued\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x0e\n\x06window\x18\x03 \x01(\r\"Q\n\x08RoundEnd\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\tcompleted\x18\x02 \x01(\x08\x12\x10\n\x08included\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"+\n\x06Reject\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x11\n\tretryable\x18\x02 \x01(\x08\x32\\\n\x0b\x43oordinator\x12M\n\x07\x43onnect\x12\x1e.secagg.service.v1.ClientFrame\x1a\x1e.secagg.service.v1.ServerFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#secagg/service/v1/coordinator.proto\x12\x11secagg.service.v1\"\x8b\x01\n\x0b\x43lientFrame\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.secagg.service.v1.HelloH\x00\x12\x12\n\x08protocol\x18\x02 \x01(\x0cH\x00\x12/\n\x05\x61\x62ort\x18\x03 \x01(\x0b\x32\x1e.secagg.service.v1.ClientAbortH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x04\x10\x05\"A\n\x05Hello\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"?\n\x0b\x43lientAbort\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xf8\x02\n\x0bServerFrame\x12\x31\n\tchallenge\x18\x01 \x01(\x0b\x32\x1c.secagg.service.v1.ChallengeH\x00\x12-\n\x07welcome\x18\x02 \x01(\x0b\x32\x1a.secagg.service.v1.WelcomeH\x00\x12\'\n\x04task\x18\x03 \x01(\x0b\x32\x17.secagg.service.v1.TaskH\x00\x12\x12\n\x08protocol\x18\x04 \x01(\x0cH\x00\x12\x30\n\tround_end\x18\x05 \x01(\x0b\x32\x1b.secagg.service.v1.RoundEndH\x00\x12+\n\x06reject\x18\x06 \x01(\x0b\x32\x19.secagg.service.v1.RejectH\x00\x12+\n\x06queued\x18\x07 \x01(\x0b\x32\x19.secagg.service.v1.QueuedH\x00\x12\x36\n\x0csession_task\x18\x08 \x01(\x0b\x32\x1e.secagg.service.v1.SessionTaskH\x00\x42\x06\n\x04\x62ody\"\x1a\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"7\n\x07Welcome\x12\x11\n\tclient_id\x18\x01 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x04\"Q\n\x04Task\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x14\n\x0cround_config\x18\x03 \x01(\x0c\x12\r\n\x05model\x18\x04 \x01(\x0c\x12\x0c\n\x04step\x18\x05 \x01(\x04J\x04\x08\x02\x10\x03\"<\n\x06Queued\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x0e\n\x06window\x18\x03 \x01(\r\"P\n\x0bSessionTask\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x12\n\nround_task\x18\x02 \x01(\x0c\x12\r\n\x05model\x18\x03 \x01(\x0c\x12\x0c\n\x04step\x18\x04 \x01(\x04\"Q\n\x08RoundEnd\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x11\n\tcompleted\x18\x02 \x01(\x08\x12\x10\n\x08included\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"+\n\x06Reject\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x11\n\tretryable\x18\x02 \x01(\x08\x32\\\n\x0b\x43oordinator\x12M\n\x07\x43onnect\x12\x1e.secagg.service.v1.ClientFrame\x1a\x1e.secagg.service.v1.ServerFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,19 +38,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLIENTABORT']._serialized_start=267
   _globals['_CLIENTABORT']._serialized_end=330
   _globals['_SERVERFRAME']._serialized_start=333
-  _globals['_SERVERFRAME']._serialized_end=653
-  _globals['_CHALLENGE']._serialized_start=655
-  _globals['_CHALLENGE']._serialized_end=681
-  _globals['_WELCOME']._serialized_start=683
-  _globals['_WELCOME']._serialized_end=738
-  _globals['_TASK']._serialized_start=740
-  _globals['_TASK']._serialized_end=821
-  _globals['_QUEUED']._serialized_start=823
-  _globals['_QUEUED']._serialized_end=883
-  _globals['_ROUNDEND']._serialized_start=885
-  _globals['_ROUNDEND']._serialized_end=966
-  _globals['_REJECT']._serialized_start=968
-  _globals['_REJECT']._serialized_end=1011
-  _globals['_COORDINATOR']._serialized_start=1013
-  _globals['_COORDINATOR']._serialized_end=1105
+  _globals['_SERVERFRAME']._serialized_end=709
+  _globals['_CHALLENGE']._serialized_start=711
+  _globals['_CHALLENGE']._serialized_end=737
+  _globals['_WELCOME']._serialized_start=739
+  _globals['_WELCOME']._serialized_end=794
+  _globals['_TASK']._serialized_start=796
+  _globals['_TASK']._serialized_end=877
+  _globals['_QUEUED']._serialized_start=879
+  _globals['_QUEUED']._serialized_end=939
+  _globals['_SESSIONTASK']._serialized_start=941
+  _globals['_SESSIONTASK']._serialized_end=1021
+  _globals['_ROUNDEND']._serialized_start=1023
+  _globals['_ROUNDEND']._serialized_end=1104
+  _globals['_REJECT']._serialized_start=1106
+  _globals['_REJECT']._serialized_end=1149
+  _globals['_COORDINATOR']._serialized_start=1151
+  _globals['_COORDINATOR']._serialized_end=1243
 # @@protoc_insertion_point(module_scope)

@@ -35,7 +35,7 @@ class ClientAbort(_message.Message):
     def __init__(self, round_id: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("challenge", "welcome", "task", "protocol", "round_end", "reject", "queued")
+    __slots__ = ("challenge", "welcome", "task", "protocol", "round_end", "reject", "queued", "session_task")
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class ServerFrame(_message.Message):
     ROUND_END_FIELD_NUMBER: _ClassVar[int]
     REJECT_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TASK_FIELD_NUMBER: _ClassVar[int]
     challenge: Challenge
     welcome: Welcome
     task: Task
@@ -50,7 +51,8 @@ class ServerFrame(_message.Message):
     round_end: RoundEnd
     reject: Reject
     queued: Queued
-    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., protocol: _Optional[bytes] = ..., round_end: _Optional[_Union[RoundEnd, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ...) -> None: ...
+    session_task: SessionTask
+    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., protocol: _Optional[bytes] = ..., round_end: _Optional[_Union[RoundEnd, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., session_task: _Optional[_Union[SessionTask, _Mapping]] = ...) -> None: ...
 
 class Challenge(_message.Message):
     __slots__ = ("nonce",)
@@ -87,6 +89,18 @@ class Queued(_message.Message):
     position: int
     window: int
     def __init__(self, round_id: _Optional[int] = ..., position: _Optional[int] = ..., window: _Optional[int] = ...) -> None: ...
+
+class SessionTask(_message.Message):
+    __slots__ = ("round_id", "round_task", "model", "step")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_TASK_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    round_task: bytes
+    model: bytes
+    step: int
+    def __init__(self, round_id: _Optional[int] = ..., round_task: _Optional[bytes] = ..., model: _Optional[bytes] = ..., step: _Optional[int] = ...) -> None: ...
 
 class RoundEnd(_message.Message):
     __slots__ = ("round_id", "completed", "included", "reason")
