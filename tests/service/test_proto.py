@@ -37,7 +37,9 @@ def test_the_frames_before_sessions_keep_their_bytes() -> None:
     frames = [
         pb.ServerFrame(task=pb.Task(round_id=7, round_config=b"cfg", model=b"\0\1\2\3", step=2)),
         pb.ServerFrame(protocol=b"SA\x01\x07xyz"),
-        pb.ServerFrame(round_end=pb.RoundEnd(round_id=7, completed=True, included=True, reason="r")),
+        pb.ServerFrame(
+            round_end=pb.RoundEnd(round_id=7, completed=True, included=True, reason="r")
+        ),
         pb.ServerFrame(queued=pb.Queued(round_id=7, position=3, window=2)),
         pb.ServerFrame(welcome=pb.Welcome(client_id=4, max_message_bytes=99)),
         pb.ClientFrame(abort=pb.ClientAbort(round_id=7, reason="x", detail="y")),

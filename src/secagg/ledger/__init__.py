@@ -2,10 +2,10 @@
 
 For each round the ledger keeps its public configuration (session id, task hash, protocol,
 cohort, degree, threshold, dimension), its kind (one-shot, or its number in a session that
-spans rounds: ``LedgerRound.kind``, ``session_round``), when it started and ended, how long each stage took,
-which clients were dropped at which stage and why, its outcome, and, for a completed round
-only, the final aggregate and the total weight behind it and, under distributed differential
-privacy, the guarantee of the sum it revealed and the epsilon spent so far
+spans rounds: ``LedgerRound.kind``, ``session_round``), when it started and ended, how long
+each stage took, which clients were dropped at which stage and why, its outcome, and, for a
+completed round only, the final aggregate and the total weight behind it and, under
+distributed differential privacy, the guarantee of the sum it revealed and the epsilon spent so far
 (``secagg.dp.round_privacy.RoundPrivacy``, computed by ``account_round``).
 
 The coordinator opens the writer, ``Ledger(path)``, which locks the file for as long as it is

@@ -54,28 +54,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.client_session import ClientSession, Offer
+from secagg.client_session import ClientSession, Offer, audit_line
 from secagg.dp.budget import ClientBudget
 from secagg.errors import (
     AbortReason,
     ClientAbort,
+    ConfigurationError,
+    DecodeError,
     Rejected,
     Unreachable,
+    UsageError,
     one_line,
 )
-from secagg.journal import Journal
+from secagg.journal import Event, Journal
+from secagg.protocol.codec import MAGIC, Message
+from secagg.protocol.stages import Stage
 from secagg.schemes.base import RoundOpening, Scheme
+from secagg.schemes.masking.session.client import SessionClient
+from secagg.schemes.masking.session.messages import RoundTask, SessionConfig
 from secagg.service.credentials import ClientIdentity, sign_challenge
+from secagg.service.sessions import SessionSide
 from secagg.service.threads import in_daemon_thread
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
@@ -121,6 +131,9 @@ class ClientSettings:
     journal: Path | None = None
     # Under distributed DP, the privacy budget the client holds itself to.
     budget: ClientBudget | None = None
+    # The deployment's sessions that span rounds on this client's side (its caps are the
+    # deployment file's); None: it runs one-shot rounds only and refuses any session.
+    sessions: SessionSide | None = None
 
 
 @dataclass
@@ -131,6 +144,8 @@ class ClientStats:
     reconnects: int = 0
     events: list[str] = field(default_factory=list)
     abort_reasons: list[AbortReason] = field(default_factory=list)
+    sessions: int = 0  # session set-ups this client took part in
+    session_rounds: int = 0  # session rounds it answered to the end
 
 
 @dataclass
@@ -182,6 +197,8 @@ class SecAggClient:
             stage_timeout=settings.stage_timeout,
             budget=settings.budget,
         )
+        # Sessions that span rounds: this client's part in them (in memory only).
+        self.sessions = _JoinSessions(settings.sessions, self)
 
     @property
     def client_id(self) -> int:
@@ -284,6 +301,7 @@ class SecAggClient:
                 await self._converse(call)
             finally:
                 call.cancel()
+                self.sessions.lost(time.time())
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> pb.ServerFrame | None:
         frame = await call.read()
@@ -352,19 +370,30 @@ class SecAggClient:
         self, call: grpc.aio.StreamStreamCall, inbox: asyncio.Queue[pb.ServerFrame | Exception]
     ) -> None:
         current: _RoundState | None = None
+        sessions = self.sessions
         while not self._done():
             # Between rounds the coordinator may be idle as long as it likes; inside one, it
-            # must say something by the session's deadline.
-            deadline = self.session.deadline() if current is not None and current.active else None
-            wait = None if deadline is None else max(0.0, deadline - time.time())
+            # must say something by the session's deadline (a one-shot round's, or the
+            # deadline of the session round in progress).
+            deadlines = [d for d in (sessions.deadline,) if d is not None]
+            if current is not None and current.active:
+                one_shot = self.session.deadline()
+                deadlines += [] if one_shot is None else [one_shot]
+            wait = None if not deadlines else max(0.0, min(deadlines) - time.time())
             try:
                 item = await asyncio.wait_for(inbox.get(), wait)
             except TimeoutError:
-                assert current is not None
-                expired = self.session.expire(time.time())
-                if current.round_id in expired:
-                    why = expired[current.round_id]
-                    await self._leave(call, current, ClientAbort(AbortReason.STAGE_TIMEOUT, why))
+                now = time.time()
+                if current is not None and current.active:
+                    expired = self.session.expire(now)
+                    if current.round_id in expired:
+                        why = expired[current.round_id]
+                        abort = ClientAbort(AbortReason.STAGE_TIMEOUT, why)
+                        await self._leave(call, current, abort)
+                round_id = sessions.round_id
+                abort_ = sessions.expire(now)
+                if abort_ is not None and round_id is not None:
+                    await self._refuse_session(call, _Refused(round_id, abort_), said=True)
                 continue
             if isinstance(item, Exception):
                 raise item
@@ -372,17 +401,37 @@ class SecAggClient:
             del item
             kind = frame.WhichOneof("body")
             if kind == "task":
-                current = await self._start(call, frame.task)
+                if _opens_session(frame.task.round_config):
+                    if current is not None and current.active:  # one live round at a time
+                        abort = ClientAbort(AbortReason.ROUND_CLOSED, "a session set-up began")
+                        await self._leave(call, current, abort)
+                    current = None
+                    await self._set_up(call, frame.task)
+                else:
+                    sessions.leave_if_live("a one-shot round began", time.time())
+                    current = await self._start(call, frame.task)
+            elif kind == "session_task":
+                if current is not None and current.active:
+                    abort = ClientAbort(AbortReason.ROUND_CLOSED, "a session round began")
+                    await self._leave(call, current, abort)
+                current = None
+                await self._session_round(call, frame.session_task)
             elif kind == "protocol":
                 if current is not None and current.active:
                     await self._answer(call, current, frame.protocol)
+                elif sessions.live:
+                    await self._session_answer(call, frame.protocol)
             elif kind == "queued":
                 if current is not None and current.active:
                     self._queued(current, frame.queued)
+                else:
+                    sessions.queued(frame.queued, time.time())
             elif kind == "round_end":
                 if current is not None and frame.round_end.round_id == current.round_id:
                     self._finish(current, frame.round_end)
                     current = None
+                else:
+                    sessions.server_ended(frame.round_end, time.time())
             elif kind == "reject":
                 if frame.reject.retryable:
                     raise _Retry(one_line(frame.reject.reason))
@@ -527,12 +576,98 @@ class SecAggClient:
         if self._on_stage is not None:
             self._on_stage(round_id, stage)
 
+    # ----------------------------------------------------------------- sessions
+    async def _set_up(self, call: grpc.aio.StreamStreamCall, task: pb.Task) -> None:
+        """A session's set-up: its configuration checked, the commitment sent."""
+        try:
+            answer = self.sessions.set_up(task, time.time())
+        except _Refused as refused:
+            await self._refuse_session(call, refused)
+            return
+        self._stage(task.round_id, Stage.COMMIT.value)
+        await call.write(pb.ClientFrame(protocol=answer))
+
+    async def _session_round(self, call: grpc.aio.StreamStreamCall, frame: pb.SessionTask) -> None:
+        """A session round: its task checked and journalled, the update trained, the round's
+        message sent."""
+        sessions = self.sessions
+        try:
+            _, codec = sessions.offer(frame, time.time())
+        except _Retransmitted as again:
+            await call.write(pb.ClientFrame(protocol=again.answer))
+            return
+        except _Refused as refused:
+            await self._refuse_session(call, refused)
+            return
+        self._stage(frame.round_id, "train")
+        try:
+            settings_dim = self.settings.sessions.params.dim if self.settings.sessions else 0
+            values, weight = await self._train(codec.model(settings_dim), frame.step)
+            answer = sessions.begin(values, weight, time.time())
+        except ClientAbort as exc:
+            sessions.leave_if_live(f"{exc.reason.value}: {one_line(exc.detail)}", time.time())
+            await self._refuse_session(call, _Refused(frame.round_id, exc), said=True)
+            return
+        except _Refused as refused:
+            await self._refuse_session(call, refused)
+            return
+        await call.write(pb.ClientFrame(protocol=answer))
+
+    async def _session_answer(self, call: grpc.aio.StreamStreamCall, data: bytes) -> None:
+        try:
+            answer = self.sessions.receive(data, time.time())
+        except _Retransmitted as again:
+            await call.write(pb.ClientFrame(protocol=again.answer))
+            return
+        except _Refused as refused:
+            await self._refuse_session(call, refused)
+            return
+        if answer is not None:
+            await call.write(pb.ClientFrame(protocol=answer))
+
+    async def _refuse_session(
+        self, call: grpc.aio.StreamStreamCall, refused: _Refused, *, said: bool = False
+    ) -> None:
+        """Tell the coordinator why this client refused (and, in a session, left it)."""
+        abort = refused.abort
+        self.stats.aborted += 1
+        self.stats.abort_reasons.append(abort.reason)
+        self.stats.events.append(f"refused round {refused.round_id}: {abort.reason.value}")
+        if not (said or refused.said):
+            log.warning(
+                "client %d refuses round %d: %s",
+                self.client_id,
+                refused.round_id,
+                one_line(str(abort)),
+            )
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await call.write(
+                pb.ClientFrame(
+                    abort=pb.ClientAbort(
+                        round_id=refused.round_id,
+                        reason=abort.reason.value,
+                        detail=one_line(abort.detail)[:_DETAIL_CHARS],
+                    )
+                )
+            )
+
 
 def _signing_as(settings: ClientSettings) -> Scheme:
     """The deployment's scheme, able to sign as this client where the scheme signs (masking's
     active mode: its long-term identity signs its keys and the survivor set)."""
     identity = settings.identity
     return settings.policy.signing_as(identity.client_id, identity.signing_key, settings.pki)
+
+
+def _opens_session(round_config: bytes) -> bool:
+    """A ``Task`` whose configuration is a session's (``SessionConfig``), read from its header
+    (the session's checks decode it)."""
+    head = len(MAGIC)
+    return (
+        len(round_config) > head + 1
+        and round_config[:head] == MAGIC
+        and round_config[head + 1] == SessionConfig.TAG
+    )
 
 
 def _certificate_failure(exc: grpc.aio.AioRpcError) -> bool:
@@ -544,3 +679,433 @@ def _certificate_failure(exc: grpc.aio.AioRpcError) -> bool:
 def _rpc_reason(exc: grpc.aio.AioRpcError) -> str:
     details = one_line(exc.details() or "")
     return f"{exc.code().name.lower()}: {details[:160]}" if details else exc.code().name.lower()
+
+
+# --------------------------------------------------------------------------- sessions
+class _Refused(Exception):
+    """A session frame this client refuses: the abort it sends, for the round it names
+    (``said``: the client already logged why, as it left its session)."""
+
+    def __init__(self, round_id: int, abort: ClientAbort, *, said: bool = False) -> None:
+        super().__init__(str(abort))
+        self.round_id = round_id
+        self.abort = abort
+        self.said = said
+
+
+class _JoinSessions:
+    """This client's part in the coordinator's sessions that span rounds (docs/SESSIONS.md):
+    one ``SessionClient`` at a time, in memory only, and the journal's record of each round.
+
+    A thin adapter until the client session (``secagg.client_session``) has sessions of its
+    own: the protocol's rules are the ``SessionClient``'s (round numbers strictly increasing,
+    dead is forever, one answer per round...); here are the service's:
+
+    - secrets live in this process only: a restarted ``join`` has none, refuses anything of its
+      old session and takes part from the next set-up (the client session closes the journal's
+      rounds a dead process left live, as "left (the client restarted)");
+    - a new set-up, or a one-shot round, leaves the live session (S12);
+    - each round is a journal round under the coordinator's round id: refused if that id is
+      in the journal or the task's update already entered a sum (one update per task, whatever
+      the kind of round), charged under distributed DP before its masked input leaves;
+    - a byte-identical retransmission of the last message answered gets the same bytes again;
+      anything else the ``SessionClient`` refuses makes the client leave;
+    - the coordinator's ``RoundEnd`` is its word: recorded, never believed. A round it ends
+      before this client closed it is a round this client leaves;
+    - a lost connection in the middle of a round leaves the session (the coordinator dropped
+      this client from the round); between rounds the session survives it.
+    """
+
+    def __init__(self, side: SessionSide | None, owner: SecAggClient) -> None:
+        self._side = side
+        self._owner = owner
+        self.client: SessionClient | None = None
+        self.sid = b""  # once agreed
+        self.round_id: int | None = None  # the coordinator's id of the round in progress
+        self.number = 0  # the round in progress (0: the set-up), or the last closed
+        self.journalled = False  # the round in progress is a journal round
+        self.deadline: float | None = None  # while the client waits on the coordinator
+        self._last: tuple[bytes, bytes] | None = None  # (request, answer): a retransmission
+        self._bound: float | None = None  # the queued bound of the wait in progress
+        self._waiting_since = 0.0
+        # The accepted task of the round in progress, while the client trains: the frame,
+        # the task, the task's fingerprint and the digest this client computed of it.
+        self._pending: tuple[bytes, RoundTask, bytes, bytes] | None = None
+
+    # ----------------------------------------------------------------- what it shows
+    @property
+    def live(self) -> bool:
+        return self.client is not None
+
+    def awaits(self) -> bool:
+        """In the middle of a set-up or a round (not between rounds)."""
+        return self.live and self.deadline is not None
+
+    def _who(self) -> str:
+        sid = self.sid.hex()[:12] if self.sid else "being agreed"
+        return f"session {sid}"
+
+    # ----------------------------------------------------------------- set-up
+    def set_up(self, task: pb.Task, now: float) -> bytes:
+        """A new session's configuration (a ``Task`` whose configuration is a
+        ``SessionConfig``): checked against the deployment; its first answer."""
+        owner = self._owner
+        self.leave_if_live(
+            "a new session set-up began (the coordinator ended this session, or restarted)", now
+        )
+        self.round_id, self.number, self.journalled = task.round_id, 0, False
+        try:
+            terms = SessionConfig.decode(task.round_config).terms
+        except (DecodeError, ConfigurationError) as exc:
+            raise _Refused(
+                task.round_id, ClientAbort(AbortReason.INVALID_CONFIG, str(exc))
+            ) from None
+        side = self._side
+        if side is None:
+            raise _Refused(
+                task.round_id,
+                ClientAbort(
+                    AbortReason.PARAMETER_MISMATCH,
+                    "a session set-up; this deployment runs one-shot rounds (session_rounds = 0)",
+                ),
+            )
+        if task.round_id != terms.config.round_id or task.model or task.step:
+            raise _Refused(
+                task.round_id,
+                ClientAbort(
+                    AbortReason.INVALID_CONFIG,
+                    "a session set-up carries its configuration's round id and no model",
+                ),
+            )
+        try:
+            side.check(terms, owner.client_id)
+            with owner.session.journal.transaction() as txn:
+                if txn.round(task.round_id) is not None:
+                    raise ClientAbort(
+                        AbortReason.REPLAYED_ROUND,
+                        f"round {task.round_id} is in this client's journal",
+                    )
+            client = side.client(terms, owner.client_id)
+            first = client.start()
+        except ClientAbort as exc:
+            raise _Refused(task.round_id, exc) from None
+        self.client, self.sid = client, b""
+        owner.stats.sessions += 1
+        owner.stats.events.append(f"session set-up in round {task.round_id}")
+        log.info(
+            "client %d: joins a session set-up (round %d): %s; at most %d rounds and %d s",
+            owner.client_id,
+            task.round_id,
+            terms.config.terms(),
+            terms.max_rounds,
+            terms.max_seconds,
+        )
+        return self._answered(task.SerializeToString(), first, now)
+
+    # ----------------------------------------------------------------- a round
+    def offer(self, frame: pb.SessionTask, now: float) -> tuple[RoundTask, ModelTask]:
+        """A session round's task: checked (it is this session's next round, a round id and
+        a task new to the journal, within the DP budget) and journalled before training."""
+        owner = self._owner
+        round_id = frame.round_id
+        client = self.client
+        if client is None:
+            raise _Refused(
+                round_id,
+                ClientAbort(
+                    AbortReason.ROUND_CLOSED,
+                    "this client is in no session (it restarted, or left its session); "
+                    "it takes part from the next set-up",
+                ),
+            )
+        if self._last is not None and self._last[0] == frame.SerializeToString():
+            raise _Retransmitted(self._last[1])
+        try:
+            message = RoundTask.decode(frame.round_task)
+        except DecodeError as exc:
+            self._refuse(round_id, ClientAbort(AbortReason.MALFORMED_MESSAGE, str(exc)), now)
+        if self.awaits() or message.round_number != client.closed_rounds + 1:
+            # S3, S4: only the next round, and only once the last one closed here.
+            self._refuse(
+                round_id,
+                ClientAbort(
+                    AbortReason.ROUND_OUT_OF_ORDER,
+                    f"a task for round {message.round_number} after round "
+                    f"{client.closed_rounds} closed"
+                    + (" (a round is in progress)" if self.awaits() else ""),
+                ),
+                now,
+            )
+        codec = ModelTask(frame.model, frame.step)
+        side = self._side
+        assert side is not None
+        try:
+            model = codec.model(side.params.dim)
+        except (DecodeError, ConfigurationError) as exc:
+            self._refuse(round_id, ClientAbort(AbortReason.INVALID_MODEL, str(exc)), now)
+        if codec.binding() != message.task:
+            # S8: the client masks under the digest of what it trains; another is refused.
+            self._refuse(
+                round_id,
+                ClientAbort(AbortReason.MODEL_MISMATCH, "the task is not the model it was sent"),
+                now,
+            )
+        budget = owner.settings.budget
+        fingerprint = codec.fingerprint()
+        try:
+            with owner.session.journal.transaction((ClientAbort,)) as txn:
+                if txn.round(round_id) is not None:
+                    raise ClientAbort(
+                        AbortReason.REPLAYED_ROUND, f"round {round_id} is in this client's journal"
+                    )
+                earlier = txn.contributed_in(fingerprint)
+                if earlier is not None:
+                    raise ClientAbort(
+                        AbortReason.REPLAYED_TASK,
+                        f"this task's update already entered round {earlier}'s sum",
+                    )
+                if budget is not None and not budget.allows(txn.dp_charges(budget.fingerprint)):
+                    raise ClientAbort(
+                        AbortReason.BUDGET_EXHAUSTED,
+                        f"one more round would exceed the deployment's budget of epsilon "
+                        f"{budget.limit:g}",
+                    )
+                for live in txn.live_rounds():
+                    txn.note(live.round_id, now, Event.LEFT, "a session round began")
+                    txn.close_round(live.round_id, "left (a session round began)")
+                txn.add_round(round_id, fingerprint, owner.client_id, now)
+                txn.note(
+                    round_id,
+                    now,
+                    Event.ACCEPTED,
+                    f"{self._who()} round {message.round_number}: {client.terms.config.terms()}",
+                )
+        except ClientAbort as exc:
+            self._refuse(round_id, exc, now)
+        self.round_id, self.number, self.journalled = round_id, message.round_number, True
+        self._pending = (frame.SerializeToString(), message, fingerprint, codec.binding())
+        del model  # (decoded to check it; the training decodes its own copy)
+        return message, codec
+
+    def begin(self, values: NDArray[np.floating], weight: int, now: float) -> bytes:
+        """The trained update: the round's masked input (journalled, and charged under DP,
+        before it leaves)."""
+        owner = self._owner
+        client = self.client
+        assert client is not None and self.round_id is not None and self._pending is not None
+        request, message, fingerprint, digest = self._pending
+        self._pending = None
+        round_id = self.round_id
+        try:
+            # The digest this client computed of what it trained, never the server's word.
+            client.set_input(values, weight, digest)
+            reply = client.receive(message)
+        except ClientAbort as exc:
+            self._refuse(round_id, exc, now)
+        except (UsageError, ValueError) as exc:
+            self._refuse(round_id, ClientAbort(AbortReason.INVALID_UPDATE, str(exc)), now)
+        assert reply is not None
+        budget = owner.settings.budget
+        with owner.session.journal.transaction() as txn:
+            txn.add_contribution(fingerprint, round_id)
+            if budget is not None:
+                txn.add_dp_charge(budget.fingerprint, round_id, budget.charge)
+        return self._answered(request, reply, now)
+
+    # ----------------------------------------------------------------- later messages
+    def receive(self, data: bytes, now: float) -> bytes | None:
+        """A server message of the session (None: nothing to answer, as the set-up's last)."""
+        client = self.client
+        round_id = self.round_id or 0
+        if client is None:
+            raise _Refused(
+                round_id,
+                ClientAbort(
+                    AbortReason.ROUND_CLOSED,
+                    "this client is in no session (it restarted, or left its session)",
+                ),
+            )
+        if self._last is not None and self._last[0] == data:
+            raise _Retransmitted(self._last[1])
+        try:
+            reply = client.receive(data)
+        except ClientAbort as exc:
+            self._refuse(round_id, exc, now)
+        except Exception as exc:  # a bug on our side must not answer anything either
+            self._refuse(
+                round_id, ClientAbort(AbortReason.MALFORMED_MESSAGE, type(exc).__name__), now
+            )
+        if reply is None:  # the set-up's shares: the session is set up, round 1 comes next
+            self.sid = client.session.session_id
+            self.deadline = None
+            self._last = None
+            log.info(
+                "client %d: %s set up with %d live neighbours",
+                self._owner.client_id,
+                self._who(),
+                len(client.live),
+            )
+            return None
+        if not self.sid:
+            with contextlib.suppress(UsageError):  # (not before the reveal stage)
+                self.sid = client.session.session_id
+        return self._answered(data, reply, now)
+
+    def _answered(self, request: bytes, reply: Message, now: float) -> bytes:
+        """Journal what the answer promised; the bytes to send."""
+        owner = self._owner
+        answer = reply.encode()
+        self._last = (request, answer)
+        stage = reply.STAGE
+        if self.journalled and self.round_id is not None:
+            event = {
+                Stage.MASKED_INPUT: Event.CONTRIBUTED,
+                Stage.CONSISTENCY: Event.SIGNED,
+                Stage.UNMASK: Event.REVEALED,
+            }.get(stage)
+            with owner.session.journal.transaction() as txn:
+                if event is not None:
+                    txn.note(self.round_id, now, event, reply.audit_note(request))
+                if stage is Stage.UNMASK:
+                    txn.close_round(self.round_id, "answered to the end", included=True)
+        if stage is Stage.UNMASK:
+            self.deadline = self._bound = None
+            owner.stats.session_rounds += 1
+            left = _left(self.client)
+            if left is not None:  # S6: it answered round r, then leaves
+                self._drop(f"after answering round {self.number}: {left}", now, journal=False)
+        else:
+            self._waiting_since = now
+            self._bound = None
+            self.deadline = now + owner.settings.stage_timeout
+        owner._stage(self.round_id or 0, stage.value)
+        return answer
+
+    # ----------------------------------------------------------------- time
+    def queued(self, queued: pb.Queued, now: float) -> None:
+        """A sign of life of the round in progress, within the bound the cohort and the
+        window fix (as the client session's for one-shot rounds)."""
+        client = self.client
+        if (
+            client is None
+            or self.deadline is None
+            or queued.round_id != self.round_id
+            or queued.window < 1
+        ):
+            return
+        if self._bound is None:
+            cohort = len(client.terms.config.client_ids)
+            patience = math.ceil(cohort / queued.window) + 3
+            self._bound = self._waiting_since + patience * self._owner.settings.stage_timeout
+        self.deadline = min(now + self._owner.settings.stage_timeout, self._bound)
+
+    def expire(self, now: float) -> ClientAbort | None:
+        """Leave if the coordinator said nothing of the round in progress in time (S4)."""
+        if self.deadline is None or now < self.deadline:
+            return None
+        abort = ClientAbort(
+            AbortReason.STAGE_TIMEOUT,
+            f"no word from the coordinator for {self._owner.settings.stage_timeout:g} s",
+        )
+        self._drop(f"{abort.reason.value}: {abort.detail}", now)
+        return abort
+
+    # ----------------------------------------------------------------- the end
+    def server_ended(self, end: pb.RoundEnd, now: float) -> bool:
+        """The coordinator says a round ended (its word, recorded); True if it was this
+        session's. A round it ends before this client closed it is left."""
+        if end.round_id != self.round_id:
+            return False
+        owner = self._owner
+        owner.stats.rounds += 1
+        claim = (
+            f"{'completed' if end.completed else 'aborted'}, {'' if end.included else 'not '}"
+            "included"
+        )
+        if self.awaits() or (self.client is not None and self.client.closed_rounds < self.number):
+            self._drop(f"the coordinator ended round {end.round_id} ({claim})", now)
+        line = f"round {end.round_id}: {self._who()} (the coordinator says: {claim})"
+        included = False
+        if self.journalled:
+            with owner.session.journal.transaction() as txn:
+                entry = txn.round(end.round_id)
+                if entry is not None:
+                    if not any(k is Event.CLAIMED for _, k, _ in txn.events(end.round_id)):
+                        txn.note(end.round_id, now, Event.CLAIMED, claim)
+                    line = audit_line(entry, txn.events(end.round_id))
+                    included = entry.included
+        if included:
+            owner.stats.included += 1
+        owner.stats.events.append(
+            f"round {end.round_id}: session round {self.number}, "
+            f"{'completed' if end.completed else 'aborted'}{', included' if included else ''}"
+        )
+        log.info("%s", line)
+        return True
+
+    def lost(self, now: float) -> None:
+        """The connection is gone: in the middle of a round, so is this client's part in it."""
+        if self.awaits():
+            self._drop("the connection to the coordinator was lost in the middle of a round", now)
+
+    def leave_if_live(self, why: str, now: float) -> None:
+        client = self.client
+        if client is None:
+            return
+        if not self.awaits() and client.closed_rounds >= client.terms.max_rounds:
+            # Its last round is closed: the session is over, nothing is left behind.
+            log.info(
+                "client %d: %s ran its %d rounds",
+                self._owner.client_id,
+                self._who(),
+                client.terms.max_rounds,
+            )
+            self.client = None
+            self._last = None
+            return
+        self._drop(why, now)
+
+    def _refuse(self, round_id: int, abort: ClientAbort, now: float) -> NoReturn:
+        """Leave the session over ``abort``, which goes to the coordinator."""
+        self._drop(f"{abort.reason.value}: {one_line(abort.detail)}", now)
+        raise _Refused(round_id, abort, said=True)
+
+    def _drop(self, why: str, now: float, *, journal: bool = True) -> None:
+        """Leave the session: every secret of it goes with the ``SessionClient``."""
+        owner = self._owner
+        client, self.client = self.client, None
+        self.deadline = self._bound = None
+        self._last = None
+        if journal and self.journalled and self.round_id is not None:
+            with owner.session.journal.transaction() as txn:
+                entry = txn.round(self.round_id)
+                if entry is not None and entry.live:
+                    txn.note(self.round_id, now, Event.LEFT, why[:_DETAIL_CHARS])
+                    txn.close_round(self.round_id, f"left ({why[:_DETAIL_CHARS]})")
+        if client is not None:
+            owner.stats.events.append(f"left {self._who()}: {why}")
+            log.warning(
+                "client %d leaves %s at round %d: %s",
+                owner.client_id,
+                self._who(),
+                self.number,
+                why,
+            )
+
+
+class _Retransmitted(Exception):
+    """A byte-identical retransmission of the last message answered: its answer again."""
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__("retransmitted")
+        self.answer = answer
+
+
+def _left(client: SessionClient | None) -> str | None:
+    """Why a session client has left its session, if it has (its state then says why)."""
+    if client is None:
+        return "left"
+    reason = getattr(client.state, "reason", None)
+    if reason is None:
+        return None
+    return f"{reason.value}: {getattr(client.state, 'detail', '')}"

@@ -273,10 +273,12 @@ class DeploymentConfig:
         stage_timeout: float = 30.0,
         cohort_wait: float = 60.0,
         task: TaskSpec | None = None,
+        session_rounds: int = 0,
     ) -> Path:
         """Write ``root/deployment.toml`` for a deployment that ``create_deployment`` made
         under ``root`` (paths relative to it, so the folder can move). Never overwrites. A
-        CKKS deployment's keys are ``provision_ckks_keys``'s, under the same ``root``."""
+        CKKS deployment's keys are ``provision_ckks_keys``'s, under the same ``root``.
+        ``session_rounds`` > 0 runs rounds in sessions that span rounds of at most that many."""
         path = root / CONFIG_FILE
         refuse_existing(path)
         tls = deployment.tls
@@ -294,6 +296,7 @@ class DeploymentConfig:
             ),
             allow_list=str(deployment.allow_list.relative_to(root)),
             task=task,
+            session_rounds=session_rounds,
         )
         create_file(path, text.encode(), private=False)
         return path
@@ -310,6 +313,7 @@ class DeploymentConfig:
         tls: tuple[str, str, str] | None,
         allow_list: str | None,
         task: TaskSpec | None = None,
+        session_rounds: int = 0,
     ) -> str:
         """The TOML text of a deployment (relative paths are relative to where it is saved)."""
         round_lines, scheme_sections = _SCHEME_LINES[params.kind](params)
@@ -322,6 +326,8 @@ class DeploymentConfig:
             f"stage_timeout = {float(stage_timeout)!r}",
             f'ledger = "{ledger}"',
         ]
+        if session_rounds:
+            lines.append(f"session_rounds = {session_rounds}")
         if tls is not None:
             ca, cert, key = tls
             lines += ["", "[tls]", f'ca = "{ca}"', f'cert = "{cert}"', f'key = "{key}"']

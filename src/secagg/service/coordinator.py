@@ -26,7 +26,8 @@ from secagg.schemes.masking.parameters import Params
 from secagg.service.identity import AllowList
 from secagg.service.metrics import Metrics, NullMetrics
 from secagg.service.rounds import NoCohort, RoundDriver, RoundSummary
-from secagg.service.scheme_sides import masking_coordinator
+from secagg.service.scheme_sides import coordinator_sessions, masking_coordinator
+from secagg.service.sessions import SessionSide
 from secagg.service.settings import CoordinatorSettings
 from secagg.service.transport import Transport
 
@@ -42,7 +43,9 @@ class Coordinator:
     builds it from deployment.toml); by default, masking under ``settings.params`` with the
     allow-list as PKI. ``on_stage(round_id, stage)`` is called (and awaited, if it returns an
     awaitable) as each stage of a round starts. ``metrics`` records what an operator sees
-    (``secagg.service.metrics``); by default nothing is recorded.
+    (``secagg.service.metrics``); by default nothing is recorded. With ``session_rounds`` set,
+    rounds run in sessions that span rounds (``secagg.service.sessions``), whose side of the
+    deployment ``sessions`` is (by default, masking's under ``settings.params``).
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class Coordinator:
         scheme: Scheme | None = None,
         on_stage: Callable[[int, Stage], Awaitable[None] | None] | None = None,
         metrics: Metrics | None = None,
+        sessions: SessionSide | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -64,6 +68,8 @@ class Coordinator:
             scheme = masking_coordinator(
                 Params.of(settings.params, "a coordinator built without its scheme"), allow_list
             )
+        if sessions is None:
+            sessions = coordinator_sessions(settings, allow_list)
         self._transport = Transport(settings, allow_list=allow_list, tls=tls, metrics=self.metrics)
         self._rounds = RoundDriver(
             settings,
@@ -72,6 +78,7 @@ class Coordinator:
             scheme=scheme,
             metrics=self.metrics,
             on_stage=on_stage,
+            sessions=sessions,
         )
 
     async def start(self) -> int:

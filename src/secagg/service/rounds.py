@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import logging
 import math
@@ -78,6 +79,7 @@ from secagg.ledger import DropRecord, Ledger, account_round, describe_drops
 from secagg.protocol.codec import Message
 from secagg.protocol.runner import (
     UPLOAD_STAGES,
+    ByteMeter,
     RoundListener,
     RoundOutcome,
     RoundRecord,
@@ -86,9 +88,13 @@ from secagg.protocol.runner import (
 )
 from secagg.protocol.stages import MISSED_REASONS, Drop, Stage, missed
 from secagg.schemes.base import RoundOpening, Scheme
+from secagg.schemes.masking.session.messages import SessionConfig
+from secagg.schemes.masking.session.server import SessionServer
+from secagg.schemes.masking.session.terms import SessionTerms
 from secagg.service.metrics import Metrics, NullMetrics
+from secagg.service.sessions import SessionRound, SessionSide, carries_model
 from secagg.service.settings import CoordinatorSettings
-from secagg.service.testhooks import hold, hold_points
+from secagg.service.testhooks import hold, hold_points, holds
 from secagg.service.transport import Connection, Transport
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.wire import encode_model, task_digest
@@ -134,6 +140,18 @@ class RoundSummary:
     privacy: RoundPrivacy | None = None
     # Who dropped, where and why, as words (``describe_drops``; empty when nobody dropped).
     drops: str = ""
+    # The round's number in its session that spans rounds (None: a one-shot round); round 1
+    # of a session also ran the session's set-up.
+    session_round: int | None = None
+    # How many frames each client sent (``frames_up``) and was sent during the round: a
+    # session round costs a client two (three in active mode) after its set-up.
+    frames_up: Mapping[int, int] = field(default_factory=dict, repr=False)
+    frames_down: Mapping[int, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """``one-shot`` or ``session`` (as the ledger's ``RoundKind`` says it)."""
+        return "one-shot" if self.session_round is None else "session"
 
 
 class _TimedMasks:
@@ -150,6 +168,37 @@ class _TimedMasks:
             self._apply(total, masks)
         finally:
             self.seconds += time.perf_counter() - started
+
+
+class _FrameMeter(ByteMeter):
+    """The round's byte meter, counting frames as well: each ``sent`` and ``received`` is
+    one frame on a client's stream."""
+
+    __slots__ = ("frames_down", "frames_up")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames_up: dict[int, int] = {}
+        self.frames_down: dict[int, int] = {}
+
+    def sent(self, client_id: int, size: int) -> None:
+        super().sent(client_id, size)
+        self.frames_down[client_id] = self.frames_down.get(client_id, 0) + 1
+
+    def received(self, client_id: int, size: int) -> None:
+        super().received(client_id, size)
+        self.frames_up[client_id] = self.frames_up.get(client_id, 0) + 1
+
+
+@dataclass
+class _Session:
+    """The session the coordinator runs rounds in: its server, since when (its age against
+    ``session_seconds``) and the digest of its configuration (the ledger's session id of each
+    of its rounds)."""
+
+    server: SessionServer
+    terms: SessionTerms
+    started: float
 
 
 @dataclass(frozen=True)
@@ -233,13 +282,23 @@ class _Round:
         server: RoundServer,
         task: pb.Task,
         listener: RoundListener,
+        *,
+        model: bytes,
+        step: int,
+        masks: _TimedMasks | None,
+        session: SessionRound | None = None,
     ) -> None:
         self.round_id = round_id
         self.cohort = cohort
         self.config = config
         self.server = server
-        self.task = task
-        self.run = RoundRun(server, listener=listener)
+        self.task = task  # what opens the round (a session's: its set-up, if it runs one)
+        self.model = model  # what the clients train, and the step: a session's tasks carry both
+        self.step = step
+        self.masks = masks  # the mask applier of the scheme's server, timed
+        self.session = session  # a session's round (None: a one-shot round)
+        self.meter = _FrameMeter()
+        self.run = RoundRun(server, listener=listener, meter=self.meter)
         self.closing: _Closing | None = None  # the stage the engine is closing
         self.progress = asyncio.Event()
         self.stage_started = time.perf_counter()
@@ -263,6 +322,7 @@ class RoundDriver(RoundListener):
         scheme: Scheme,
         metrics: Metrics | None = None,
         on_stage: StageHook | None = None,
+        sessions: SessionSide | None = None,
     ) -> None:
         if scheme.dim != settings.params.dim:
             raise UsageError(
@@ -278,6 +338,17 @@ class RoundDriver(RoundListener):
             return self._masks
 
         self.scheme = scheme.wrapping_masks(timed)  # a scheme without masks never calls it
+        # Sessions that span rounds (``session_rounds`` > 0): their side of the deployment,
+        # its mask applier timed too, and the session rounds run in (None: none yet, as when
+        # the coordinator starts: its first round sets one up).
+        if settings.sessions and sessions is None:
+            raise UsageError("session_rounds is set but the driver has no session side")
+        self._session_masks: _TimedMasks | None = None
+        self.sessions: SessionSide | None = None
+        if settings.sessions and sessions is not None:
+            self._session_masks = _TimedMasks(sessions.apply_masks)
+            self.sessions = dataclasses.replace(sessions, apply_masks=self._session_masks)
+        self._session: _Session | None = None
         self._metrics: Metrics = NullMetrics() if metrics is None else metrics
         self._on_stage = on_stage
         self._round: _Round | None = None
@@ -364,21 +435,28 @@ class RoundDriver(RoundListener):
     ) -> RoundSummary:
         """One round; ``model`` is what the clients train at training round ``step``.
 
-        The cohort is the clients connected now (or those of ``cohort`` that are). Raises
+        The cohort is the clients connected now (or those of ``cohort`` that are). With
+        sessions (``session_rounds`` > 0), the round runs in the live session, among its
+        members (a member no longer connected is an ordinary dropout); where there is none,
+        or it cannot run one more round, this round sets up a new one over that cohort first
+        (module ``secagg.service.sessions``). Raises
         ``NoCohort`` if too few connect in time, ``LedgerError`` if the ledger fails (the
         round is then recorded as aborted if the ledger still can be written), and lets a
         cancellation through once the running round is recorded as aborted.
         """
         if self._round is not None:
             raise UsageError("a round is already running")
-        if cohort is None:
-            cohort = await self.cohort()
-        else:
+        given = None
+        if cohort is not None:
             connected = self._transport.connected
-            cohort = tuple(sorted(c for c in cohort if c in connected))
+            given = cohort = tuple(sorted(c for c in cohort if c in connected))
         model_bytes = encode_model(model)
         if len(model_bytes) != 4 * self.settings.params.dim:
             raise UsageError(f"the model must have {self.settings.params.dim} parameters")
+        if self.sessions is not None:
+            return await self._run_in_session(given, model_bytes, step)
+        if cohort is None:
+            cohort = await self.cohort()
         return await self._run(cohort, model_bytes, step)
 
     async def _run(self, cohort: tuple[int, ...], model: bytes, step: int) -> RoundSummary:
@@ -399,19 +477,111 @@ class RoundDriver(RoundListener):
             threshold=config.min_cohort if facts.threshold is None else facts.threshold,
             dim=config.dim,
         )
-        self._metrics.round_started()
         task = pb.Task(round_id=round_id, round_config=config.encode(), model=model, step=step)
-        active = _Round(round_id, cohort, config, server, task, self)
+        active = _Round(
+            round_id, cohort, config, server, task, self, model=model, step=step, masks=self._masks
+        )
+        kind = f"{scheme.kind.value}, one-shot"
+        facts_words = ", ".join(f"{key}={value}" for key, value in facts.as_dict().items())
+        return await self._drive(active, f"{kind}, cohort of {len(cohort)}, {facts_words}")
+
+    # ----------------------------------------------------------------- a session's round
+    def _why_set_up(self, now: float) -> str | None:
+        """Why the next round needs a new session set-up (None: it runs in the live one)."""
+        live = self._session
+        sessions = self.sessions
+        assert sessions is not None
+        if live is None:
+            return "no session yet (the coordinator has just started)"
+        server = live.server
+        if server.ended is not None:
+            return f"the session ended: {server.ended}"
+        why = server.needs_setup()
+        if why is not None:
+            return why
+        if now - live.started >= live.terms.max_seconds:
+            return f"the session is older than its {live.terms.max_seconds} s (session_seconds)"
+        return None
+
+    async def _run_in_session(
+        self, given: tuple[int, ...] | None, model: bytes, step: int
+    ) -> RoundSummary:
+        """One round in the live session, or, where it cannot run one more (or there is
+        none), a new session's set-up and its first round, in one ledger round."""
+        sessions = self.sessions
+        assert sessions is not None
+        task = task_digest(model, step)
+        why = self._why_set_up(time.time())
+        if why is not None:
+            if self._session is not None:
+                log.info("the session ends: %s", why)
+                self._session = None
+            cohort = await self.cohort() if given is None else given
+            round_id = self.ledger.next_round_id()
+            terms = sessions.terms(cohort, nonce=os.urandom(16), round_id=round_id)
+            live = _Session(sessions.server(terms), terms, time.time())
+            self._session = live
+            members = cohort
+            log.info(
+                "round %d: a new session set-up over %d clients, for up to %d rounds and %d s (%s)",
+                round_id,
+                len(cohort),
+                terms.max_rounds,
+                terms.max_seconds,
+                why,
+            )
+        else:
+            assert self._session is not None
+            live = self._session
+            round_id = self.ledger.next_round_id()
+            members = tuple(sorted(live.server.members))
+        set_up = why is not None
+        number = live.server.round_number + 1
+        config = live.terms.config
+        self.ledger.start_round(
+            round_id=round_id,
+            session_id=config.config_id,
+            task_hash=task,
+            protocol=config.protocol,
+            cohort=members,
+            degree=config.degree,
+            threshold=config.threshold,
+            dim=config.dim,
+            session_round=number,
+        )
+        opening = pb.Task(
+            round_id=round_id, round_config=SessionConfig.of(live.terms).encode(), step=0
+        )
+        session_round = SessionRound(live.server, task, number=number, set_up=set_up)
+        active = _Round(
+            round_id,
+            members,
+            config,
+            session_round,
+            opening,
+            self,
+            model=model,
+            step=step,
+            masks=self._session_masks,
+            session=session_round,
+        )
+        words = (
+            f"masking, session round {number}{' with its set-up' if set_up else ''}, "
+            f"{len(members)} members, {config.protocol} k={config.degree} t={config.threshold}"
+        )
+        summary = await self._drive(active, words)
+        if live.server.ended is not None and self._session is live:
+            log.info("the session ends with round %d: the next round sets up a new one", round_id)
+            self._session = None
+        return summary
+
+    async def _drive(self, active: _Round, words: str) -> RoundSummary:
+        """Run a round the ledger holds as running, to its end (see ``run``)."""
+        round_id = active.round_id
+        self._metrics.round_started()
         self._round = active
         self._transport.meter = active.run.meter  # this round's bytes, from now on
-        log.info(
-            "round %d: %s, cohort of %d, %s (resident memory %d MiB)",
-            round_id,
-            scheme.kind.value,
-            len(cohort),
-            ", ".join(f"{key}={value}" for key, value in facts.as_dict().items()),
-            _resident_bytes() >> 20,
-        )
+        log.info("round %d: %s (resident memory %d MiB)", round_id, words, _resident_bytes() >> 20)
         sampler = asyncio.create_task(_sample_resident(active))
         try:
             record = await self._stages(active)
@@ -440,20 +610,24 @@ class RoundDriver(RoundListener):
             expected = server.waiting_for()
             active.peak = _resident_bytes()
             first = active.closing is None
-            if first and "task" in self._hold:
+            if first and holds(self._hold, "task", active.round_id):
                 await hold(active.round_id, "task")
+            if active.session is not None:
+                # The set-up's shares, which nothing answers, just before round 1's tasks.
+                for c, message in sorted(active.session.take_preface().items()):
+                    self._send(active, c, message)
             self._deliver(active, outgoing)
-            if first and "training" in self._hold:
+            if first and holds(self._hold, "training", active.round_id):
                 await self._hold_once_written(active, expected)
             await self._await_stage(active)
-            if stage.value in self._hold:
+            if holds(self._hold, stage.value, active.round_id):
                 await hold(active.round_id, stage.value)
             active.delivery = None
             answered = len(expected - server.waiting_for() - server.drops.keys())
             active.closing = _Closing(
                 len(expected),
                 answered,
-                0.0 if self._masks is None else self._masks.seconds,
+                0.0 if active.masks is None else active.masks.seconds,
             )
         record = active.run.record
         for stage, seconds in record.stage_seconds.items():
@@ -477,10 +651,10 @@ class RoundDriver(RoundListener):
         assert active is not None and active.closing is not None
         counts = active.closing
         self._metrics.stage_finished(stage, seconds, counts.expected, counts.answered)
-        if stage is Stage.UNMASK and active.run.abort is None and self._masks is not None:
+        if stage is Stage.UNMASK and active.run.abort is None and active.masks is not None:
             # The close of the unmask stage is unmasking (the mask applier's time) and Shamir
             # reconstruction (the rest).
-            unmasking = self._masks.seconds - counts.unmasked_before
+            unmasking = active.masks.seconds - counts.unmasked_before
             self._metrics.unmasking_seconds(unmasking)
             self._metrics.reconstruction_seconds(max(0.0, closing - unmasking))
         log.info(
@@ -588,7 +762,9 @@ class RoundDriver(RoundListener):
 
     def _send(self, active: _Round, c: int, message: Message) -> None:
         """One client's message, built only when the transport writes it: the configuration
-        travels in a Task, with the model; its deadline starts once it is written."""
+        travels in a Task, with the model (a session's configuration without one: each of its
+        rounds' tasks travels in a SessionTask, with the round's model); its deadline starts
+        once it is written."""
         conn = self._transport.connection(c)
         if conn is None:
             active.server.drop(c, DropReason.DISCONNECTED, _CONNECTION_LOST)
@@ -598,6 +774,17 @@ class RoundDriver(RoundListener):
         if message.OPENS_ROUND:
             task = active.task
             conn.send(lambda: pb.ServerFrame(task=task), written=written)
+        elif carries_model(message):  # a session round's task, with the round's model
+            round_id, model, step = active.round_id, active.model, active.step
+
+            def session_task() -> pb.ServerFrame:
+                return pb.ServerFrame(
+                    session_task=pb.SessionTask(
+                        round_id=round_id, round_task=message.encode(), model=model, step=step
+                    )
+                )
+
+            conn.send(session_task, written=written)
         else:
             conn.send(lambda: pb.ServerFrame(protocol=message.encode()), written=written)
 
@@ -687,6 +874,9 @@ class RoundDriver(RoundListener):
             error_bound=None if aggregate is None else aggregate.error_bound,
             privacy=privacy,
             drops=drops,
+            session_round=None if active.session is None else active.session.number,
+            frames_up=dict(active.meter.frames_up),
+            frames_down=dict(active.meter.frames_down),
         )
 
     def _aborted(self, active: _Round, record: RoundRecord, abort: RoundAborted) -> RoundSummary:

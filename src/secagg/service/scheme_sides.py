@@ -24,9 +24,18 @@ from secagg.service.ckks_deployment import (
     provision_ckks_keys,
 )
 from secagg.service.config import DeploymentConfig
-from secagg.service.identity import AllowList
+from secagg.service.identity import AllowList, ClientIdentity
+from secagg.service.sessions import SessionSide
+from secagg.service.settings import CoordinatorSettings
 
-__all__ = ["client_policy", "coordinator_scheme", "masking_coordinator", "provision_keys"]
+__all__ = [
+    "client_policy",
+    "client_sessions",
+    "coordinator_scheme",
+    "coordinator_sessions",
+    "masking_coordinator",
+    "provision_keys",
+]
 
 
 def coordinator_scheme(config: DeploymentConfig, allow_list: AllowList) -> Scheme:
@@ -52,6 +61,42 @@ def provision_keys(
     """Write the keys a deployment of ``settings`` needs beyond the clients' identities
     (``secagg certs``, the demo); the files written."""
     return _PROVISION[settings.kind](directory, identities, settings)
+
+
+def coordinator_sessions(
+    settings: CoordinatorSettings, allow_list: AllowList
+) -> SessionSide | None:
+    """The coordinator's side of the deployment's sessions that span rounds (None: its
+    rounds are one-shot). Sessions are masking's: ``CoordinatorSettings`` refuses
+    ``session_rounds`` under another scheme."""
+    if not settings.sessions:
+        return None
+    return SessionSide(
+        Params.of(settings.params, "a coordinator of sessions"),
+        max_rounds=settings.session_rounds,
+        max_seconds=settings.session_seconds,
+        pki=allow_list.keys,
+        apply_masks=MaskApplier(start_method="forkserver"),
+    )
+
+
+def client_sessions(
+    config: DeploymentConfig, identity: ClientIdentity, keys: Mapping[int, bytes]
+) -> SessionSide | None:
+    """A client's side of the deployment's sessions: its caps are the deployment file's, as
+    the coordinator's are (None: the deployment runs one-shot rounds only, and the client
+    refuses any session)."""
+    settings = config.coordinator
+    if not settings.sessions:
+        return None
+    return SessionSide(
+        Params.of(config.params, "a client of sessions"),
+        max_rounds=settings.session_rounds,
+        max_seconds=settings.session_seconds,
+        pki=keys,
+        allowed=frozenset(keys),
+        identity=identity.signing_key,
+    )
 
 
 def masking_coordinator(params: Params, allow_list: AllowList) -> MaskingScheme:

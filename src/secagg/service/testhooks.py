@@ -12,6 +12,9 @@ ends by itself). Its value is a comma-separated list of points:
   ``consistency``, ``unmask``, ``upload``, ``decrypt``): every client still in the round has
   answered that stage, and the coordinator has not closed it yet.
 
+A point may name the round it holds: ``masked-input@3`` holds round 3 (its id in the ledger)
+at masked-input and no other round (a session's later round, say).
+
 At the first of these points a round reaches, the coordinator logs one line (``HELD_LINE``,
 which a test waits for in its log) and waits for ever: the test then sends the signal it is
 testing (SIGINT, SIGTERM, SIGKILL), which ends the wait as it would end any other.
@@ -23,7 +26,7 @@ import asyncio
 import logging
 import os
 
-__all__ = ["HELD_LINE", "HOLD_ENV", "HOLD_POINTS", "hold", "hold_points"]
+__all__ = ["HELD_LINE", "HOLD_ENV", "HOLD_POINTS", "hold", "hold_points", "holds"]
 
 log = logging.getLogger("secagg.coordinator")
 
@@ -47,10 +50,17 @@ HOLD_POINTS = frozenset(
 
 
 def hold_points() -> frozenset[str]:
-    """The points named by ``SECAGG_TEST_HOLD`` (empty, as in production, when it is unset);
-    an unknown name is ignored, so a typo holds nothing (the test waiting for it fails)."""
+    """The points named by ``SECAGG_TEST_HOLD`` (empty, as in production, when it is unset),
+    each ``point`` or ``point@round``; an unknown name is ignored, so a typo holds nothing (the
+    test waiting for it fails)."""
     value = os.environ.get(HOLD_ENV, "")
-    return frozenset(p.strip() for p in value.split(",") if p.strip() in HOLD_POINTS)
+    named = (p.strip() for p in value.split(","))
+    return frozenset(p for p in named if p.partition("@")[0] in HOLD_POINTS)
+
+
+def holds(points: frozenset[str], point: str, round_id: int) -> bool:
+    """Whether ``points`` hold round ``round_id`` at ``point``."""
+    return bool(points) and (point in points or f"{point}@{round_id}" in points)
 
 
 async def hold(round_id: int, point: str) -> None:
