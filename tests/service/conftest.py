@@ -85,6 +85,7 @@ def write_config(
     port: int = 0,
     clients: int = CLIENTS,
     active: bool = False,
+    session_rounds: int = 0,
 ) -> Path:
     # A test may rewrite its deployment; DeploymentConfig.write itself never overwrites.
     (root / "deployment.toml").unlink(missing_ok=True)
@@ -101,6 +102,7 @@ def write_config(
         min_clients=min_clients,
         stage_timeout=stage_timeout,
         cohort_wait=30.0,
+        session_rounds=session_rounds,
     )
 
 

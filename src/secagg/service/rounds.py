@@ -523,7 +523,7 @@ class RoundDriver(RoundListener):
             self._session = live
             members = cohort
             log.info(
-                "round %d: a new session set-up over %d clients, for up to %d rounds and %d s (%s)",
+                "round %d: a new session set-up over %d clients, for up to %d rounds and %d s: %s",
                 round_id,
                 len(cohort),
                 terms.max_rounds,
