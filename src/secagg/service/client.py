@@ -79,13 +79,13 @@ from secagg.errors import (
     one_line,
 )
 from secagg.journal import Event, Journal
-from secagg.protocol.codec import MAGIC, Message
+from secagg.protocol.codec import MAGIC, Message, decode
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import RoundOpening, Scheme
 from secagg.schemes.masking.session.client import SessionClient
-from secagg.schemes.masking.session.messages import RoundTask, SessionConfig
+from secagg.schemes.masking.session.messages import SessionConfig
 from secagg.service.credentials import ClientIdentity, sign_challenge
-from secagg.service.sessions import SessionSide
+from secagg.service.sessions import SessionSide, opening
 from secagg.service.threads import in_daemon_thread
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
@@ -592,7 +592,7 @@ class SecAggClient:
         message sent."""
         sessions = self.sessions
         try:
-            _, codec = sessions.offer(frame, time.time())
+            codec = sessions.offer(frame, time.time())
         except _Retransmitted as again:
             await call.write(pb.ClientFrame(protocol=again.answer))
             return
@@ -730,7 +730,7 @@ class _JoinSessions:
         self._waiting_since = 0.0
         # The accepted task of the round in progress, while the client trains: the frame,
         # the task, the task's fingerprint and the digest this client computed of it.
-        self._pending: tuple[bytes, RoundTask, bytes, bytes] | None = None
+        self._pending: tuple[bytes, Message, bytes, bytes] | None = None
 
     # ----------------------------------------------------------------- what it shows
     @property
@@ -803,9 +803,10 @@ class _JoinSessions:
         return self._answered(task.SerializeToString(), first, now)
 
     # ----------------------------------------------------------------- a round
-    def offer(self, frame: pb.SessionTask, now: float) -> tuple[RoundTask, ModelTask]:
-        """A session round's task: checked (it is this session's next round, a round id and
-        a task new to the journal, within the DP budget) and journalled before training."""
+    def offer(self, frame: pb.SessionTask, now: float) -> ModelTask:
+        """What opens a session's round (its ``RoundTask``, or round 1's ``PeerSetupShares``):
+        checked (this session's next round, a round id and a task new to the journal, within
+        the DP budget) and journalled before training; the model and step to train."""
         owner = self._owner
         round_id = frame.round_id
         client = self.client
@@ -821,18 +822,20 @@ class _JoinSessions:
         if self._last is not None and self._last[0] == frame.SerializeToString():
             raise _Retransmitted(self._last[1])
         try:
-            message = RoundTask.decode(frame.round_task)
+            message, number, task = opening(frame.round_task)
         except DecodeError as exc:
             self._refuse(round_id, ClientAbort(AbortReason.MALFORMED_MESSAGE, str(exc)), now)
-        if self.awaits() or message.round_number != client.closed_rounds + 1:
-            # S3, S4: only the next round, and only once the last one closed here.
+        # S3, S4: only the next round, once the last one (or the set-up) closed here; round 1
+        # opens with the set-up's last message.
+        in_set_up = self.number == 0 and self.awaits()
+        expected = 1 if in_set_up else client.closed_rounds + 1
+        if number != expected or (self.awaits() and not in_set_up):
             self._refuse(
                 round_id,
                 ClientAbort(
                     AbortReason.ROUND_OUT_OF_ORDER,
-                    f"a task for round {message.round_number} after round "
-                    f"{client.closed_rounds} closed"
-                    + (" (a round is in progress)" if self.awaits() else ""),
+                    f"a task for round {number} after round {client.closed_rounds} closed"
+                    + (" (a round is in progress)" if self.awaits() and not in_set_up else ""),
                 ),
                 now,
             )
@@ -843,7 +846,7 @@ class _JoinSessions:
             model = codec.model(side.params.dim)
         except (DecodeError, ConfigurationError) as exc:
             self._refuse(round_id, ClientAbort(AbortReason.INVALID_MODEL, str(exc)), now)
-        if codec.binding() != message.task:
+        if codec.binding() != task:
             # S8: the client masks under the digest of what it trains; another is refused.
             self._refuse(
                 round_id,
@@ -878,14 +881,15 @@ class _JoinSessions:
                     round_id,
                     now,
                     Event.ACCEPTED,
-                    f"{self._who()} round {message.round_number}: {client.terms.config.terms()}",
+                    f"{self._who()} round {number}: {client.terms.config.terms()}",
                 )
         except ClientAbort as exc:
             self._refuse(round_id, exc, now)
-        self.round_id, self.number, self.journalled = round_id, message.round_number, True
+        self.round_id, self.number, self.journalled = round_id, number, True
+        self.deadline = None  # the client trains: the coordinator waits on it, not it on them
         self._pending = (frame.SerializeToString(), message, fingerprint, codec.binding())
         del model  # (decoded to check it; the training decodes its own copy)
-        return message, codec
+        return codec
 
     def begin(self, values: NDArray[np.floating], weight: int, now: float) -> bytes:
         """The trained update: the round's masked input (journalled, and charged under DP,
@@ -904,7 +908,10 @@ class _JoinSessions:
             self._refuse(round_id, exc, now)
         except (UsageError, ValueError) as exc:
             self._refuse(round_id, ClientAbort(AbortReason.INVALID_UPDATE, str(exc)), now)
-        assert reply is not None
+        if reply is None:  # (a message that opens a round is answered)
+            self._refuse(round_id, ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "no answer"), now)
+        if not self.sid:  # round 1 opened with the set-up's shares: the session is set up
+            self._set_up_done(client)
         budget = owner.settings.budget
         with owner.session.journal.transaction() as txn:
             txn.add_contribution(fingerprint, round_id)
@@ -928,28 +935,42 @@ class _JoinSessions:
         if self._last is not None and self._last[0] == data:
             raise _Retransmitted(self._last[1])
         try:
-            reply = client.receive(data)
+            message = decode(data)
+        except DecodeError as exc:
+            self._refuse(round_id, ClientAbort(AbortReason.MALFORMED_MESSAGE, str(exc)), now)
+        if client.needs_input(message):
+            # What opens a round comes with its model (a SessionTask), never alone.
+            self._refuse(
+                round_id,
+                ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "a round's task without its model"),
+                now,
+            )
+        try:
+            reply = client.receive(message)
         except ClientAbort as exc:
             self._refuse(round_id, exc, now)
         except Exception as exc:  # a bug on our side must not answer anything either
             self._refuse(
                 round_id, ClientAbort(AbortReason.MALFORMED_MESSAGE, type(exc).__name__), now
             )
-        if reply is None:  # the set-up's shares: the session is set up, round 1 comes next
-            self.sid = client.session.session_id
+        if reply is None:  # the set-up's shares alone: set up, round 1's task comes next
+            self._set_up_done(client)
             self.deadline = None
             self._last = None
-            log.info(
-                "client %d: %s set up with %d live neighbours",
-                self._owner.client_id,
-                self._who(),
-                len(client.live),
-            )
             return None
         if not self.sid:
             with contextlib.suppress(UsageError):  # (not before the reveal stage)
                 self.sid = client.session.session_id
         return self._answered(data, reply, now)
+
+    def _set_up_done(self, client: SessionClient) -> None:
+        self.sid = client.session.session_id
+        log.info(
+            "client %d: %s set up with %d live neighbours",
+            self._owner.client_id,
+            self._who(),
+            len(client.live),
+        )
 
     def _answered(self, request: bytes, reply: Message, now: float) -> bytes:
         """Journal what the answer promised; the bytes to send."""

@@ -166,7 +166,6 @@ _SERVER_FRAMES = {
     "challenge": MessageType.CHALLENGE,
     "welcome": MessageType.WELCOME,
     "task": MessageType.TASK,
-    "session_task": MessageType.ROUND_TASK,  # a session's RoundTask, with the round's model
     "round_end": MessageType.ROUND_END,
     "reject": MessageType.REJECT,
 }
@@ -221,6 +220,8 @@ def frame_message_type(frame: pb.ClientFrame | pb.ServerFrame) -> MessageType:
         return _CLIENT_FRAMES.get(body or "", MessageType.MALFORMED)
     if body == "protocol":
         return protocol_message_type(frame.protocol, Direction.DOWN)
+    if body == "session_task":  # what opens a session's round, with the round's model
+        return protocol_message_type(frame.session_task.round_task, Direction.DOWN)
     kind = _SERVER_FRAMES.get(body or "")
     if kind is None:
         raise UsageError(f"the coordinator is sending a server frame with body {body!r}")

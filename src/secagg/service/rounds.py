@@ -89,10 +89,11 @@ from secagg.protocol.runner import (
 from secagg.protocol.stages import MISSED_REASONS, Drop, Stage, missed
 from secagg.schemes.base import RoundOpening, Scheme
 from secagg.schemes.masking.session.messages import SessionConfig
+from secagg.schemes.masking.session.round import SessionRound
 from secagg.schemes.masking.session.server import SessionServer
 from secagg.schemes.masking.session.terms import SessionTerms
 from secagg.service.metrics import Metrics, NullMetrics
-from secagg.service.sessions import SessionRound, SessionSide, carries_model
+from secagg.service.sessions import SessionSide, opens_training
 from secagg.service.settings import CoordinatorSettings
 from secagg.service.testhooks import hold, hold_points, holds
 from secagg.service.transport import Connection, Transport
@@ -286,7 +287,7 @@ class _Round:
         model: bytes,
         step: int,
         masks: _TimedMasks | None,
-        session: SessionRound | None = None,
+        session_round: int | None = None,
     ) -> None:
         self.round_id = round_id
         self.cohort = cohort
@@ -296,7 +297,7 @@ class _Round:
         self.model = model  # what the clients train, and the step: a session's tasks carry both
         self.step = step
         self.masks = masks  # the mask applier of the scheme's server, timed
-        self.session = session  # a session's round (None: a one-shot round)
+        self.session_round = session_round  # its number in a session (None: one-shot)
         self.meter = _FrameMeter()
         self.run = RoundRun(server, listener=listener, meter=self.meter)
         self.closing: _Closing | None = None  # the stage the engine is closing
@@ -552,18 +553,17 @@ class RoundDriver(RoundListener):
         opening = pb.Task(
             round_id=round_id, round_config=SessionConfig.of(live.terms).encode(), step=0
         )
-        session_round = SessionRound(live.server, task, number=number, set_up=set_up)
         active = _Round(
             round_id,
             members,
             config,
-            session_round,
+            SessionRound(live.server, task),
             opening,
             self,
             model=model,
             step=step,
             masks=self._session_masks,
-            session=session_round,
+            session_round=number,
         )
         words = (
             f"masking, session round {number}{' with its set-up' if set_up else ''}, "
@@ -612,10 +612,6 @@ class RoundDriver(RoundListener):
             first = active.closing is None
             if first and holds(self._hold, "task", active.round_id):
                 await hold(active.round_id, "task")
-            if active.session is not None:
-                # The set-up's shares, which nothing answers, just before round 1's tasks.
-                for c, message in sorted(active.session.take_preface().items()):
-                    self._send(active, c, message)
             self._deliver(active, outgoing)
             if first and holds(self._hold, "training", active.round_id):
                 await self._hold_once_written(active, expected)
@@ -774,7 +770,9 @@ class RoundDriver(RoundListener):
         if message.OPENS_ROUND:
             task = active.task
             conn.send(lambda: pb.ServerFrame(task=task), written=written)
-        elif carries_model(message):  # a session round's task, with the round's model
+        elif active.session_round is not None and opens_training(message):
+            # What opens a session's round (its task, or round 1's set-up shares), with the
+            # round's model.
             round_id, model, step = active.round_id, active.model, active.step
 
             def session_task() -> pb.ServerFrame:
@@ -874,7 +872,7 @@ class RoundDriver(RoundListener):
             error_bound=None if aggregate is None else aggregate.error_bound,
             privacy=privacy,
             drops=drops,
-            session_round=None if active.session is None else active.session.number,
+            session_round=active.session_round,
             frames_up=dict(active.meter.frames_up),
             frames_down=dict(active.meter.frames_down),
         )
