@@ -839,6 +839,15 @@ class _JoinSessions:
                 ),
                 now,
             )
+        if number > client.terms.max_rounds:  # S12, before any training
+            self._refuse(
+                round_id,
+                ClientAbort(
+                    AbortReason.SESSION_EXPIRED,
+                    f"round {number} is past the session's {client.terms.max_rounds} rounds",
+                ),
+                now,
+            )
         codec = ModelTask(frame.model, frame.step)
         side = self._side
         assert side is not None
