@@ -497,6 +497,8 @@ class RoundDriver(RoundListener):
         server = live.server
         if server.ended is not None:
             return f"the session ended: {server.ended}"
+        if not server.between_rounds:  # cut short (the coordinator stopped, the ledger failed)
+            return f"its round {server.round_number} did not finish"
         why = server.needs_setup()
         if why is not None:
             return why
