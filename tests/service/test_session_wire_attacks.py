@@ -477,6 +477,54 @@ def test_session_next_key_substitution(wire: Wire) -> None:
     assert session.loot() == {}
 
 
+def test_session_one_by_one(wire: Wire) -> None:
+    """Each round the attacker excludes one more of the victim's neighbours (its round message
+    held back, so its round key is revealed as a dropout's), hoping to strip the victim's
+    masks one by one. Each exclusion opens one round of the excluded client's pairwise masks
+    and nothing of the victim (S1); nobody's self mask opens. In active mode the exclusion
+    that would leave the victim fewer than t live neighbours in the survivor set is refused by
+    every signer (S10), and the victim is then below ``k_min`` (S5): nothing more is revealed.
+    """
+    since = wire.processes.mark()
+    session = _session(wire)
+    session.round()
+    excluded: list[int] = []
+    least = session.terms.min_live_neighbours
+    for w in _others(session, VICTIM):
+        # While the victim keeps k_min live neighbours and the cohort its minimum.
+        members = len(session.server.members)
+        if members - 2 < least or members - 1 < wire.fleet.params.min_cohort:
+            break
+        session.open(withhold={w})
+        session.finish()
+        session.end()
+        excluded.append(w)
+        assert _left(wire, w, "the coordinator ended round", since)
+    assert len(excluded) >= 2
+    live = session.server.members[VICTIM].live  # for the next round
+    assert not set(excluded) & live and len(live) == CLIENTS - 1 - len(excluded)
+    # Every excluded client's round key opened, never its self mask; nothing of the victim.
+    for r, w in enumerate(excluded, start=2):
+        seeds, keys = pooled_shares(session.transcript, r)
+        assert w in keys and w not in seeds and VICTIM not in keys
+    assert session.loot() == {}
+    if wire.fleet.active:
+        # One more: every signer would hold fewer than t live neighbours in the set.
+        w = next(c for c in _others(session, VICTIM) if c not in excluded)
+        session.open(withhold={w})
+        signers = set(session.server.members) - {w}
+        with pytest.raises(RoundAborted):  # the honest coordinator would not even ask
+            session.close()
+        sid = session.server.session.session_id
+        r = session.server.round_number
+        listed = tuple(sorted(signers))
+        session.deliver({c: SessionSurvivorList(sid, c, r, listed) for c in signers})
+        assert _refusals(session, tuple(sorted(signers))) == dict.fromkeys(
+            sorted(signers), "below-threshold"
+        )
+        assert session.loot() == {}
+
+
 def test_session_caps(wire: Wire) -> None:
     """A session of more rounds, or more seconds, than the client's deployment allows is
     refused before any key (``session-expired``); in a session within the caps, a task past
