@@ -187,7 +187,7 @@ def _refusals(session: WireSession, clients: tuple[int, ...]) -> dict[int, str |
 def _left(wire: Wire, client: int, why: str, since: dict[int, int]) -> bool:
     """The client logs, in this test, that it left a session for this reason (waited for: a
     client that leaves on a frame that needs no answer says so in its own time)."""
-    line = rf"client {client} leaves session [0-9a-f]+ at round \d+: .*{re.escape(why)}"
+    line = rf"client {client} leaves session [0-9a-f]+ .*{re.escape(why)}"
     wait_until(
         lambda: re.search(line, wire.processes.log(client, since)) is not None,
         lambda: f"client {client} to say it left ({why}): {wire.processes.log(client, since)}",
@@ -241,16 +241,20 @@ def test_session_resurrection(wire: Wire) -> None:
 
 
 def test_session_round_replay(wire: Wire) -> None:
-    """After rounds 1 and 2 closed: round 2's task again, byte for byte; round 1's; round 4's
-    (a gap); round 2's unmask request again (byte for byte: the same answer, nothing new) and
-    then another one for round 2; and round 3's task to a client whose `join` restarted. Each
-    is refused (the client leaves); no round message is sent for any of them."""
+    """After rounds 1 and 2 closed: round 2's and round 1's tasks again, byte for byte (a
+    retransmission: the round message they were answered with, the same bytes, nothing new);
+    round 2's task again on another model (``replayed-round``); round 4's (a gap:
+    ``round-out-of-order``); round 2's unmask request again (byte for byte: the same answer)
+    and then another one for round 2 (refused); and round 3's task to a client whose `join`
+    restarted (``round-closed``: it holds nothing of the session). Every refusal is a
+    departure; no new round message or unmask answer leaves for any of them."""
     since = wire.processes.mark()
     session = _session(wire)
     session.round()
     session.round()
     adversary = wire.fleet.adversary
     sid = session.server.session.session_id
+    model = encode_model(np.zeros(DIM, dtype=np.float32))
 
     def answer(client: int, frame: pb.ServerFrame) -> Reply:
         adversary.send_frame(client, frame)
@@ -258,43 +262,45 @@ def test_session_round_replay(wire: Wire) -> None:
         assert reply is not None
         return reply
 
-    # The same round again, an older one, one beyond the next.
-    assert answer(1, session.openings[(1, 2)]).abort == "round-out-of-order"
-    assert answer(2, session.openings[(2, 1)]).abort == "round-out-of-order"
-    model = encode_model(np.zeros(DIM, dtype=np.float32))
-    step = next(wire.fleet.ids)
-    gap = RoundTask(sid, 3, 4, task_digest(model, step))
-    frame = pb.ServerFrame(
-        session_task=pb.SessionTask(round_id=step, round_task=gap.encode(), model=model, step=step)
-    )
-    assert answer(3, frame).abort == "round-out-of-order"
+    def task_frame(client: int, round_number: int, changed: bytes = model) -> pb.ServerFrame:
+        step = next(wire.fleet.ids)
+        task = RoundTask(sid, client, round_number, task_digest(changed, step))
+        return pb.ServerFrame(
+            session_task=pb.SessionTask(
+                round_id=step, round_task=task.encode(), model=changed, step=step
+            )
+        )
+
+    # The same tasks, byte for byte: the same round messages, nothing new.
+    for client, r in ((1, 2), (2, 1)):
+        sent = session.transcript.round_messages[(r, client)].encode()
+        assert answer(client, session.openings[(client, r)]).frame.protocol == sent
+    # Round 2 again on another model; round 4 (a gap).
+    other = encode_model(np.full(DIM, 0.5, dtype=np.float32))
+    assert answer(3, task_frame(3, 2, other)).abort == "replayed-round"
+    assert answer(5, task_frame(5, 4)).abort == "round-out-of-order"
 
     # The last request, byte for byte: its journalled answer again. Another: refused.
     request = session.sent[(4, SessionUnmaskRequest.STAGE)]
     adversary.send(4, request)
     again = adversary.reply(4)
     assert again is not None and again.frame.protocol == session.answers[(4, 2)]
-    other = session.request(4, _others(session, 5), round_number=2)
-    adversary.send(4, other)
+    adversary.send(4, session.request(4, _others(session, 5), round_number=2))
     refused = adversary.reply(4)
-    assert refused is not None and refused.abort is not None
+    assert refused is not None and refused.abort == "unexpected-message"
 
     # A restarted `join` holds nothing of the session: it refuses the next round's task.
     stale = adversary.connections.get(6)
     wire.processes.restart(6)
     wait_until(lambda: adversary.connections.get(6) not in (None, stale), "client 6 again")
-    step = next(wire.fleet.ids)
-    nxt = RoundTask(sid, 6, 3, task_digest(model, step))
-    frame = pb.ServerFrame(
-        session_task=pb.SessionTask(round_id=step, round_task=nxt.encode(), model=model, step=step)
-    )
-    assert answer(6, frame).abort == "round-closed"
-    assert "this client is in no session (it restarted" in wire.processes.log(6, since)
+    assert answer(6, task_frame(6, 3)).abort == "round-closed"
+    assert "round-closed: this client is in no session" in wire.processes.log(6, since)
 
     assert sorted({r for r, _ in session.transcript.round_messages}) == [1, 2]
     assert adversary.drain(ALL) == []
     assert session.loot() == {}
-    assert all(_left(wire, c, "round-out-of-order", since) for c in (1, 2, 3))
+    assert _left(wire, 3, "replayed-round", since)
+    assert _left(wire, 5, "round-out-of-order", since)
     assert _left(wire, 4, "unexpected-message", since)
 
 
@@ -394,7 +400,7 @@ def test_session_model_split(wire: Wire) -> None:
     else:
         with pytest.raises(RoundAborted):
             session.finish()
-        why = "after answering round 2: bad-peer-key"
+        why = "at round 2: bad-peer-key"
         assert all(_left(wire, c, why, since) for c in (*neighbours, VICTIM))
     assert session.loot() == {}
 
@@ -467,8 +473,8 @@ def test_session_next_key_substitution(wire: Wire) -> None:
     session.finish(substitute)
     session.end()
     why = "bad-signature" if wire.fleet.active else "bad-peer-key"
-    assert _left(wire, VICTIM, f"after answering round 2: {why}", since)
-    assert _left(wire, second, f"after answering round 2: {why}", since)
+    assert _left(wire, VICTIM, f"at round 2: {why}", since)
+    assert _left(wire, second, f"at round 2: {why}", since)
     session.open()
     assert session.aborts[VICTIM][-1] == "round-closed"
     assert session.aborts[second][-1] == "round-closed"
@@ -527,8 +533,10 @@ def test_session_one_by_one(wire: Wire) -> None:
 
 def test_session_caps(wire: Wire) -> None:
     """A session of more rounds, or more seconds, than the client's deployment allows is
-    refused before any key (``session-expired``); in a session within the caps, a task past
-    its last round is refused before training."""
+    refused before any key (``downgrade``: weaker caps than the deployment's); in a session
+    within the caps, the client leaves once it has run its last round, so a task past it finds
+    no session (``round-closed``), before any training."""
+    since = wire.processes.mark()
     adversary = wire.fleet.adversary
     for terms in ({"max_rounds": SESSION_ROUNDS + 1}, {"max_seconds": wire.fleet.max_seconds + 1}):
         session = WireSession(wire.fleet, **terms)
@@ -540,7 +548,7 @@ def test_session_caps(wire: Wire) -> None:
             )
         replies = adversary.replies(ALL)
         assert {c: r.abort if r else None for c, r in replies.items()} == dict.fromkeys(
-            ALL, "session-expired"
+            ALL, "downgrade"
         )
     session = _session(wire, max_rounds=2)
     session.round()
@@ -560,8 +568,9 @@ def test_session_caps(wire: Wire) -> None:
         )
     replies = adversary.replies(ALL)
     assert {c: r.abort if r else None for c, r in replies.items()} == dict.fromkeys(
-        ALL, "session-expired"
+        ALL, "round-closed"
     )
+    assert all("ran its 2 rounds" in wire.processes.log(c, since) for c in ALL)
     assert (3, VICTIM) not in session.transcript.round_messages
     assert session.loot() == {}
 

@@ -192,13 +192,13 @@ def test_a_client_killed_mid_session_is_a_dropout_and_comes_back_at_the_next_set
         (
             "masked-input@2",
             2,
-            "the connection to the coordinator was lost in the middle of a round",
+            "round-closed: the connection to the coordinator was lost in the middle of a round",
         ),
         # Round 2 is closed everywhere; round 3 is in the ledger, its tasks not yet sent.
         (
             "task@3",
             2,
-            "a new session set-up began (the coordinator ended this session, or restarted)",
+            "a new set-up began (the coordinator ended this session, or restarted)",
         ),
     ],
     ids=["mid-round", "between-rounds"],

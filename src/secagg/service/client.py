@@ -54,38 +54,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import grpc
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.client_session import ClientSession, Offer, audit_line
+from secagg.client_session import Accepted, Answer, ClientSession, Offer
 from secagg.dp.budget import ClientBudget
 from secagg.errors import (
     AbortReason,
     ClientAbort,
-    ConfigurationError,
     DecodeError,
     Rejected,
     Unreachable,
-    UsageError,
     one_line,
 )
-from secagg.journal import Event, Journal
-from secagg.protocol.codec import MAGIC, Message, decode
+from secagg.journal import Event, InSession, Journal, JournalTransaction
+from secagg.protocol.codec import MAGIC
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import RoundOpening, Scheme
-from secagg.schemes.masking.session.client import SessionClient
 from secagg.schemes.masking.session.messages import SessionConfig
+from secagg.schemes.masking.session.terms import DEFAULT_MAX_SECONDS
 from secagg.service.credentials import ClientIdentity, sign_challenge
-from secagg.service.sessions import SessionSide, opening
 from secagg.service.threads import in_daemon_thread
 from secagg.service.v1 import coordinator_pb2 as pb
 from secagg.service.v1 import coordinator_pb2_grpc as pb_grpc
@@ -131,9 +126,10 @@ class ClientSettings:
     journal: Path | None = None
     # Under distributed DP, the privacy budget the client holds itself to.
     budget: ClientBudget | None = None
-    # The deployment's sessions that span rounds on this client's side (its caps are the
-    # deployment file's); None: it runs one-shot rounds only and refuses any session.
-    sessions: SessionSide | None = None
+    # Sessions that span rounds: the deployment's caps ([coordinator] session_rounds and
+    # session_seconds, which the coordinator reads too); 0 rounds: it refuses any session.
+    session_rounds: int = 0
+    session_seconds: int = DEFAULT_MAX_SECONDS
 
 
 @dataclass
@@ -196,9 +192,12 @@ class SecAggClient:
             allowed=frozenset(settings.pki),
             stage_timeout=settings.stage_timeout,
             budget=settings.budget,
+            max_session_rounds=max(1, settings.session_rounds),
+            max_session_seconds=settings.session_seconds,
         )
         # Sessions that span rounds: this client's part in them (in memory only).
-        self.sessions = _JoinSessions(settings.sessions, self)
+        self.sessions = _JoinSessions(self)
+        self.sessions.sync(time.time())
 
     @property
     def client_id(self) -> int:
@@ -375,25 +374,22 @@ class SecAggClient:
             # Between rounds the coordinator may be idle as long as it likes; inside one, it
             # must say something by the session's deadline (a one-shot round's, or the
             # deadline of the session round in progress).
-            deadlines = [d for d in (sessions.deadline,) if d is not None]
-            if current is not None and current.active:
-                one_shot = self.session.deadline()
-                deadlines += [] if one_shot is None else [one_shot]
-            wait = None if not deadlines else max(0.0, min(deadlines) - time.time())
+            deadline = None
+            if (current is not None and current.active) or sessions.live:
+                deadline = self.session.deadline()
+            wait = None if deadline is None else max(0.0, deadline - time.time())
             try:
                 item = await asyncio.wait_for(inbox.get(), wait)
             except TimeoutError:
                 now = time.time()
-                if current is not None and current.active:
-                    expired = self.session.expire(now)
-                    if current.round_id in expired:
-                        why = expired[current.round_id]
-                        abort = ClientAbort(AbortReason.STAGE_TIMEOUT, why)
-                        await self._leave(call, current, abort)
                 round_id = sessions.round_id
-                abort_ = sessions.expire(now)
-                if abort_ is not None and round_id is not None:
-                    await self._refuse_session(call, _Refused(round_id, abort_), said=True)
+                expired = self.session.expire(now)
+                if current is not None and current.active and current.round_id in expired:
+                    why = expired[current.round_id]
+                    await self._leave(call, current, ClientAbort(AbortReason.STAGE_TIMEOUT, why))
+                if sessions.live and sessions.sync(now) and round_id is not None:
+                    abort = ClientAbort(AbortReason.STAGE_TIMEOUT, "no word from the coordinator")
+                    await self._refuse_session(call, _Refused(round_id, abort, said=True))
                 continue
             if isinstance(item, Exception):
                 raise item
@@ -408,8 +404,8 @@ class SecAggClient:
                     current = None
                     await self._set_up(call, frame.task)
                 else:
-                    sessions.leave_if_live("a one-shot round began", time.time())
                     current = await self._start(call, frame.task)
+                    sessions.sync(time.time())  # (a one-shot round leaves a session: S12)
             elif kind == "session_task":
                 if current is not None and current.active:
                     abort = ClientAbort(AbortReason.ROUND_CLOSED, "a session round began")
@@ -424,8 +420,6 @@ class SecAggClient:
             elif kind == "queued":
                 if current is not None and current.active:
                     self._queued(current, frame.queued)
-                else:
-                    sessions.queued(frame.queued, time.time())
             elif kind == "round_end":
                 if current is not None and frame.round_end.round_id == current.round_id:
                     self._finish(current, frame.round_end)
@@ -592,7 +586,7 @@ class SecAggClient:
         message sent."""
         sessions = self.sessions
         try:
-            codec = sessions.offer(frame, time.time())
+            accepted = sessions.offer(frame, time.time())
         except _Retransmitted as again:
             await call.write(pb.ClientFrame(protocol=again.answer))
             return
@@ -601,12 +595,11 @@ class SecAggClient:
             return
         self._stage(frame.round_id, "train")
         try:
-            settings_dim = self.settings.sessions.params.dim if self.settings.sessions else 0
-            values, weight = await self._train(codec.model(settings_dim), frame.step)
+            values, weight = await self._train(accepted.model, frame.step)
             answer = sessions.begin(values, weight, time.time())
         except ClientAbort as exc:
-            sessions.leave_if_live(f"{exc.reason.value}: {one_line(exc.detail)}", time.time())
-            await self._refuse_session(call, _Refused(frame.round_id, exc), said=True)
+            sessions.leave(exc.reason, one_line(exc.detail), time.time())
+            await self._refuse_session(call, _Refused(frame.round_id, exc, said=True))
             return
         except _Refused as refused:
             await self._refuse_session(call, refused)
@@ -616,9 +609,6 @@ class SecAggClient:
     async def _session_answer(self, call: grpc.aio.StreamStreamCall, data: bytes) -> None:
         try:
             answer = self.sessions.receive(data, time.time())
-        except _Retransmitted as again:
-            await call.write(pb.ClientFrame(protocol=again.answer))
-            return
         except _Refused as refused:
             await self._refuse_session(call, refused)
             return
@@ -659,6 +649,12 @@ def _signing_as(settings: ClientSettings) -> Scheme:
     return settings.policy.signing_as(identity.client_id, identity.signing_key, settings.pki)
 
 
+# What the journal's words for leaving a session mean to the operator of a `join`.
+_GLOSSES = {
+    "a new set-up began": "a new set-up began (the coordinator ended this session, or restarted)",
+}
+
+
 def _opens_session(round_config: bytes) -> bool:
     """A ``Task`` whose configuration is a session's (``SessionConfig``), read from its header
     (the session's checks decode it)."""
@@ -693,75 +689,56 @@ class _Refused(Exception):
         self.said = said
 
 
+class _Retransmitted(Exception):
+    """A message answered before: its recorded answer again (nothing new leaves)."""
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__("retransmitted")
+        self.answer = answer
+
+
 class _JoinSessions:
-    """This client's part in the coordinator's sessions that span rounds (docs/SESSIONS.md):
-    one ``SessionClient`` at a time, in memory only, and the journal's record of each round.
+    """``secagg join``'s part in sessions that span rounds (docs/SESSIONS.md): frames to the
+    client session's session API (``offer_session``, ``receive``, ``offer_round``,
+    ``begin_round``, ``leave_session``) and back. Every decision is the client session's and
+    its journal's; its session client lives in this process's memory only (``keep_secrets``
+    is off), so a restarted ``join`` has left its session (the journal says "the client
+    restarted") and takes part from the next set-up. What is the transport's:
 
-    A thin adapter until the client session (``secagg.client_session``) has sessions of its
-    own: the protocol's rules are the ``SessionClient``'s (round numbers strictly increasing,
-    dead is forever, one answer per round...); here are the service's:
-
-    - secrets live in this process only: a restarted ``join`` has none, refuses anything of its
-      old session and takes part from the next set-up (the client session closes the journal's
-      rounds a dead process left live, as "left (the client restarted)");
-    - a new set-up, or a one-shot round, leaves the live session (S12);
-    - each round is a journal round under the coordinator's round id: refused if that id is
-      in the journal or the task's update already entered a sum (one update per task, whatever
-      the kind of round), charged under distributed DP before its masked input leaves;
-    - a byte-identical retransmission of the last message answered gets the same bytes again;
-      anything else the ``SessionClient`` refuses makes the client leave;
-    - the coordinator's ``RoundEnd`` is its word: recorded, never believed. A round it ends
-      before this client closed it is a round this client leaves;
-    - a lost connection in the middle of a round leaves the session (the coordinator dropped
-      this client from the round); between rounds the session survives it.
+    - which ledger round (the envelope's ``round_id``) a session round is, for the frames that
+      name it (``ClientAbort``, ``Queued``, ``RoundEnd``);
+    - the coordinator's ``RoundEnd`` is its word: a round it ends before this client closed
+      it is a round the client leaves (S4);
+    - a lost connection in the middle of a set-up or a round leaves the session (the
+      coordinator dropped this client from it); between rounds the session survives it;
+    - one log line whenever the client leaves its session, from its journal: when, and why.
     """
 
-    def __init__(self, side: SessionSide | None, owner: SecAggClient) -> None:
-        self._side = side
+    def __init__(self, owner: SecAggClient) -> None:
         self._owner = owner
-        self.client: SessionClient | None = None
-        self.sid = b""  # once agreed
-        self.round_id: int | None = None  # the coordinator's id of the round in progress
-        self.number = 0  # the round in progress (0: the set-up), or the last closed
-        self.journalled = False  # the round in progress is a journal round
-        self.deadline: float | None = None  # while the client waits on the coordinator
-        self._last: tuple[bytes, bytes] | None = None  # (request, answer): a retransmission
-        self._bound: float | None = None  # the queued bound of the wait in progress
-        self._waiting_since = 0.0
-        # The accepted task of the round in progress, while the client trains: the frame,
-        # the task, the task's fingerprint and the digest this client computed of it.
-        self._pending: tuple[bytes, Message, bytes, bytes] | None = None
+        self.seq: int | None = None  # the journal's number of the session this process is in
+        self.sid = ""  # its id, as the log names it (once agreed)
+        self.round_id: int | None = None  # the ledger's id of the round in progress, or last
+        self.number = 0  # the session's round in progress, or last (0: the set-up)
+        self.awaiting = False  # in the middle of the set-up or a round
+        self._rounds: dict[int, int] = {}  # ledger round id -> the session's round number
+        self._accepted: Accepted | None = None
 
-    # ----------------------------------------------------------------- what it shows
     @property
     def live(self) -> bool:
-        return self.client is not None
+        return self.seq is not None
 
-    def awaits(self) -> bool:
-        """In the middle of a set-up or a round (not between rounds)."""
-        return self.live and self.deadline is not None
+    @property
+    def _session(self) -> ClientSession:
+        return self._owner.session
 
-    def _who(self) -> str:
-        sid = self.sid.hex()[:12] if self.sid else "being agreed"
-        return f"session {sid}"
-
-    # ----------------------------------------------------------------- set-up
+    # ----------------------------------------------------------------- the set-up
     def set_up(self, task: pb.Task, now: float) -> bytes:
         """A new session's configuration (a ``Task`` whose configuration is a
-        ``SessionConfig``): checked against the deployment; its first answer."""
+        ``SessionConfig``): its first answer, the commitment."""
         owner = self._owner
-        self.leave_if_live(
-            "a new session set-up began (the coordinator ended this session, or restarted)", now
-        )
-        self.round_id, self.number, self.journalled = task.round_id, 0, False
-        try:
-            terms = SessionConfig.decode(task.round_config).terms
-        except (DecodeError, ConfigurationError) as exc:
-            raise _Refused(
-                task.round_id, ClientAbort(AbortReason.INVALID_CONFIG, str(exc))
-            ) from None
-        side = self._side
-        if side is None:
+        self.round_id, self.number, self.awaiting = task.round_id, 0, False
+        if not owner.settings.session_rounds:
             raise _Refused(
                 task.round_id,
                 ClientAbort(
@@ -769,282 +746,107 @@ class _JoinSessions:
                     "a session set-up; this deployment runs one-shot rounds (session_rounds = 0)",
                 ),
             )
-        if task.round_id != terms.config.round_id or task.model or task.step:
+        try:
+            config = SessionConfig.decode(task.round_config).config
+        except DecodeError as exc:
+            raise _Refused(
+                task.round_id, ClientAbort(AbortReason.INVALID_CONFIG, str(exc))
+            ) from None
+        if task.round_id != config.round_id or task.model or task.step:
             raise _Refused(
                 task.round_id,
                 ClientAbort(
                     AbortReason.INVALID_CONFIG,
-                    "a session set-up carries its configuration's round id and no model",
+                    "a session's set-up carries its configuration's round id and no model",
                 ),
             )
         try:
-            side.check(terms, owner.client_id)
-            with owner.session.journal.transaction() as txn:
-                if txn.round(task.round_id) is not None:
-                    raise ClientAbort(
-                        AbortReason.REPLAYED_ROUND,
-                        f"round {task.round_id} is in this client's journal",
-                    )
-            client = side.client(terms, owner.client_id)
-            first = client.start()
+            answer = self._session.offer_session(task.round_config, now)
         except ClientAbort as exc:
-            raise _Refused(task.round_id, exc) from None
-        self.client, self.sid = client, b""
+            raise _Refused(task.round_id, exc, said=self.sync(now)) from None
+        finally:
+            self.sync(now)
         owner.stats.sessions += 1
         owner.stats.events.append(f"session set-up in round {task.round_id}")
         log.info(
-            "client %d: joins a session set-up (round %d): %s; at most %d rounds and %d s",
+            "client %d: joins a session set-up (round %d): %s",
             owner.client_id,
             task.round_id,
-            terms.config.terms(),
-            terms.max_rounds,
-            terms.max_seconds,
+            config.terms(),
         )
-        return self._answered(task.SerializeToString(), first, now)
+        self.awaiting = True
+        return answer.data
 
     # ----------------------------------------------------------------- a round
-    def offer(self, frame: pb.SessionTask, now: float) -> ModelTask:
-        """What opens a session's round (its ``RoundTask``, or round 1's ``PeerSetupShares``):
-        checked (this session's next round, a round id and a task new to the journal, within
-        the DP budget) and journalled before training; the model and step to train."""
-        owner = self._owner
-        round_id = frame.round_id
-        client = self.client
-        if client is None:
-            raise _Refused(
-                round_id,
-                ClientAbort(
-                    AbortReason.ROUND_CLOSED,
-                    "this client is in no session (it restarted, or left its session); "
-                    "it takes part from the next set-up",
-                ),
-            )
-        if self._last is not None and self._last[0] == frame.SerializeToString():
-            raise _Retransmitted(self._last[1])
+    def offer(self, frame: pb.SessionTask, now: float) -> Accepted:
+        """What opens a session's round (its ``RoundTask``, or round 1's set-up shares) with
+        the round's model: the client session checks and journals it; the model to train. A
+        task answered before: ``_Retransmitted``, with the answer it was given."""
+        self.round_id = frame.round_id
+        task = ModelTask(frame.model, frame.step)
         try:
-            message, number, task = opening(frame.round_task)
-        except DecodeError as exc:
-            self._refuse(round_id, ClientAbort(AbortReason.MALFORMED_MESSAGE, str(exc)), now)
-        # S3, S4: only the next round, once the last one (or the set-up) closed here; round 1
-        # opens with the set-up's last message.
-        in_set_up = self.number == 0 and self.awaits()
-        expected = 1 if in_set_up else client.closed_rounds + 1
-        if number != expected or (self.awaits() and not in_set_up):
-            self._refuse(
-                round_id,
-                ClientAbort(
-                    AbortReason.ROUND_OUT_OF_ORDER,
-                    f"a task for round {number} after round {client.closed_rounds} closed"
-                    + (" (a round is in progress)" if self.awaits() and not in_set_up else ""),
-                ),
-                now,
-            )
-        if number > client.terms.max_rounds:  # S12, before any training
-            self._refuse(
-                round_id,
-                ClientAbort(
-                    AbortReason.SESSION_EXPIRED,
-                    f"round {number} is past the session's {client.terms.max_rounds} rounds",
-                ),
-                now,
-            )
-        codec = ModelTask(frame.model, frame.step)
-        side = self._side
-        assert side is not None
-        try:
-            model = codec.model(side.params.dim)
-        except (DecodeError, ConfigurationError) as exc:
-            self._refuse(round_id, ClientAbort(AbortReason.INVALID_MODEL, str(exc)), now)
-        if codec.binding() != task:
-            # S8: the client masks under the digest of what it trains; another is refused.
-            self._refuse(
-                round_id,
-                ClientAbort(AbortReason.MODEL_MISMATCH, "the task is not the model it was sent"),
-                now,
-            )
-        budget = owner.settings.budget
-        fingerprint = codec.fingerprint()
-        try:
-            with owner.session.journal.transaction((ClientAbort,)) as txn:
-                if txn.round(round_id) is not None:
-                    raise ClientAbort(
-                        AbortReason.REPLAYED_ROUND, f"round {round_id} is in this client's journal"
-                    )
-                earlier = txn.contributed_in(fingerprint)
-                if earlier is not None:
-                    raise ClientAbort(
-                        AbortReason.REPLAYED_TASK,
-                        f"this task's update already entered round {earlier}'s sum",
-                    )
-                if budget is not None and not budget.allows(txn.dp_charges(budget.fingerprint)):
-                    raise ClientAbort(
-                        AbortReason.BUDGET_EXHAUSTED,
-                        f"one more round would exceed the deployment's budget of epsilon "
-                        f"{budget.limit:g}",
-                    )
-                for live in txn.live_rounds():
-                    txn.note(live.round_id, now, Event.LEFT, "a session round began")
-                    txn.close_round(live.round_id, "left (a session round began)")
-                txn.add_round(round_id, fingerprint, owner.client_id, now)
-                txn.note(
-                    round_id,
-                    now,
-                    Event.ACCEPTED,
-                    f"{self._who()} round {number}: {client.terms.config.terms()}",
-                )
+            accepted = self._session.offer_round(frame.round_task, task, now)
         except ClientAbort as exc:
-            self._refuse(round_id, exc, now)
-        self.round_id, self.number, self.journalled = round_id, number, True
-        self.deadline = None  # the client trains: the coordinator waits on it, not it on them
-        self._pending = (frame.SerializeToString(), message, fingerprint, codec.binding())
-        del model  # (decoded to check it; the training decodes its own copy)
-        return codec
+            if exc.reason is AbortReason.REPLAYED_ROUND and self._still_live():
+                # Answered before, and the session goes on: the recorded answer, nothing new.
+                raise _Retransmitted(self._recorded(frame.round_task, now)) from None
+            raise _Refused(frame.round_id, exc, said=self.sync(now)) from None
+        self._accepted = accepted
+        self._rounds[frame.round_id] = self.number = accepted.round_id
+        self.awaiting = False  # it trains: the coordinator waits on it
+        return accepted
 
     def begin(self, values: NDArray[np.floating], weight: int, now: float) -> bytes:
-        """The trained update: the round's masked input (journalled, and charged under DP,
-        before it leaves)."""
-        owner = self._owner
-        client = self.client
-        assert client is not None and self.round_id is not None and self._pending is not None
-        request, message, fingerprint, digest = self._pending
-        self._pending = None
-        round_id = self.round_id
+        """The trained update: the round's message (journalled with its DP charge before it
+        is returned)."""
+        accepted = self._accepted
+        assert accepted is not None and self.round_id is not None
+        self._accepted = None
         try:
-            # The digest this client computed of what it trained, never the server's word.
-            client.set_input(values, weight, digest)
-            reply = client.receive(message)
+            answer = self._session.begin_round(accepted, values, weight, now)
         except ClientAbort as exc:
-            self._refuse(round_id, exc, now)
-        except (UsageError, ValueError) as exc:
-            self._refuse(round_id, ClientAbort(AbortReason.INVALID_UPDATE, str(exc)), now)
-        if reply is None:  # (a message that opens a round is answered)
-            self._refuse(round_id, ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "no answer"), now)
-        if not self.sid:  # round 1 opened with the set-up's shares: the session is set up
-            self._set_up_done(client)
-        budget = owner.settings.budget
-        with owner.session.journal.transaction() as txn:
-            txn.add_contribution(fingerprint, round_id)
-            if budget is not None:
-                txn.add_dp_charge(budget.fingerprint, round_id, budget.charge)
-        return self._answered(request, reply, now)
+            raise _Refused(self.round_id, exc, said=self.sync(now)) from None
+        return self._answered(answer, now)
 
-    # ----------------------------------------------------------------- later messages
     def receive(self, data: bytes, now: float) -> bytes | None:
-        """A server message of the session (None: nothing to answer, as the set-up's last)."""
-        client = self.client
+        """A later message of the session (None: nothing to answer, as the set-up's shares
+        when round 1's task does not come with them)."""
         round_id = self.round_id or 0
-        if client is None:
-            raise _Refused(
-                round_id,
-                ClientAbort(
-                    AbortReason.ROUND_CLOSED,
-                    "this client is in no session (it restarted, or left its session)",
-                ),
-            )
-        if self._last is not None and self._last[0] == data:
-            raise _Retransmitted(self._last[1])
         try:
-            message = decode(data)
-        except DecodeError as exc:
-            self._refuse(round_id, ClientAbort(AbortReason.MALFORMED_MESSAGE, str(exc)), now)
-        if client.needs_input(message):
-            # What opens a round comes with its model (a SessionTask), never alone.
-            self._refuse(
-                round_id,
-                ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "a round's task without its model"),
-                now,
-            )
-        try:
-            reply = client.receive(message)
+            answer = self._session.receive(data, now)
         except ClientAbort as exc:
-            self._refuse(round_id, exc, now)
-        except Exception as exc:  # a bug on our side must not answer anything either
-            self._refuse(
-                round_id, ClientAbort(AbortReason.MALFORMED_MESSAGE, type(exc).__name__), now
-            )
-        if reply is None:  # the set-up's shares alone: set up, round 1's task comes next
-            self._set_up_done(client)
-            self.deadline = None
-            self._last = None
-            return None
-        if not self.sid:
-            with contextlib.suppress(UsageError):  # (not before the reveal stage)
-                self.sid = client.session.session_id
-        return self._answered(data, reply, now)
+            raise _Refused(round_id, exc, said=self.sync(now)) from None
+        return self._answered(answer, now) or None
 
-    def _set_up_done(self, client: SessionClient) -> None:
-        self.sid = client.session.session_id
-        log.info(
-            "client %d: %s set up with %d live neighbours",
-            self._owner.client_id,
-            self._who(),
-            len(client.live),
-        )
-
-    def _answered(self, request: bytes, reply: Message, now: float) -> bytes:
-        """Journal what the answer promised; the bytes to send."""
+    def _answered(self, answer: Answer, now: float) -> bytes:
+        """Where the answer leaves the client: between rounds once the round is closed."""
         owner = self._owner
-        answer = reply.encode()
-        self._last = (request, answer)
-        stage = reply.STAGE
-        if self.journalled and self.round_id is not None:
-            event = {
-                Stage.MASKED_INPUT: Event.CONTRIBUTED,
-                Stage.CONSISTENCY: Event.SIGNED,
-                Stage.UNMASK: Event.REVEALED,
-            }.get(stage)
-            with owner.session.journal.transaction() as txn:
-                if event is not None:
-                    txn.note(self.round_id, now, event, reply.audit_note(request))
-                if stage is Stage.UNMASK:
-                    txn.close_round(self.round_id, "answered to the end", included=True)
-        if stage is Stage.UNMASK:
-            self.deadline = self._bound = None
+        if not answer.data:  # the set-up's shares alone: set up, round 1's task comes next
+            self.awaiting = False
+        elif answer.stage is Stage.UNMASK:
+            self.awaiting = False
             owner.stats.session_rounds += 1
-            left = _left(self.client)
-            if left is not None:  # S6: it answered round r, then leaves
-                self._drop(f"after answering round {self.number}: {left}", now, journal=False)
         else:
-            self._waiting_since = now
-            self._bound = None
-            self.deadline = now + owner.settings.stage_timeout
-        owner._stage(self.round_id or 0, stage.value)
-        return answer
+            self.awaiting = True
+        self.sync(now)
+        owner._stage(self.round_id or 0, answer.stage.value)
+        return answer.data
 
-    # ----------------------------------------------------------------- time
-    def queued(self, queued: pb.Queued, now: float) -> None:
-        """A sign of life of the round in progress, within the bound the cohort and the
-        window fix (as the client session's for one-shot rounds)."""
-        client = self.client
-        if (
-            client is None
-            or self.deadline is None
-            or queued.round_id != self.round_id
-            or queued.window < 1
-        ):
-            return
-        if self._bound is None:
-            cohort = len(client.terms.config.client_ids)
-            patience = math.ceil(cohort / queued.window) + 3
-            self._bound = self._waiting_since + patience * self._owner.settings.stage_timeout
-        self.deadline = min(now + self._owner.settings.stage_timeout, self._bound)
+    def _still_live(self) -> bool:
+        live = self._session.live_session()
+        return live is not None and live.seq == self.seq
 
-    def expire(self, now: float) -> ClientAbort | None:
-        """Leave if the coordinator said nothing of the round in progress in time (S4)."""
-        if self.deadline is None or now < self.deadline:
-            return None
-        abort = ClientAbort(
-            AbortReason.STAGE_TIMEOUT,
-            f"no word from the coordinator for {self._owner.settings.stage_timeout:g} s",
-        )
-        self._drop(f"{abort.reason.value}: {abort.detail}", now)
-        return abort
+    def _recorded(self, data: bytes, now: float) -> bytes:
+        try:
+            return self._session.receive(data, now).data
+        except ClientAbort as exc:
+            raise _Refused(self.round_id or 0, exc, said=self.sync(now)) from None
 
     # ----------------------------------------------------------------- the end
     def server_ended(self, end: pb.RoundEnd, now: float) -> bool:
-        """The coordinator says a round ended (its word, recorded); True if it was this
+        """The coordinator says a round ended (its word, never believed); True if it was this
         session's. A round it ends before this client closed it is left."""
-        if end.round_id != self.round_id:
+        if end.round_id != self.round_id and end.round_id not in self._rounds:
             return False
         owner = self._owner
         owner.stats.rounds += 1
@@ -1052,90 +854,88 @@ class _JoinSessions:
             f"{'completed' if end.completed else 'aborted'}, {'' if end.included else 'not '}"
             "included"
         )
-        if self.awaits() or (self.client is not None and self.client.closed_rounds < self.number):
-            self._drop(f"the coordinator ended round {end.round_id} ({claim})", now)
-        line = f"round {end.round_id}: {self._who()} (the coordinator says: {claim})"
+        if self.live and self.awaiting and end.round_id == self.round_id:
+            self.leave(
+                AbortReason.ROUND_CLOSED,
+                f"the coordinator ended round {end.round_id} ({claim}) before this client "
+                "closed it",
+                now,
+            )
+        number = self._rounds.get(end.round_id)
         included = False
-        if self.journalled:
-            with owner.session.journal.transaction() as txn:
-                entry = txn.round(end.round_id)
-                if entry is not None:
-                    if not any(k is Event.CLAIMED for _, k, _ in txn.events(end.round_id)):
-                        txn.note(end.round_id, now, Event.CLAIMED, claim)
-                    line = audit_line(entry, txn.events(end.round_id))
-                    included = entry.included
+        line = f"round {end.round_id}: refused before it began (the coordinator says: {claim})"
+        if number is not None:
+            with self._session.journal.transaction() as txn:
+                seq = self.seq if self.seq is not None else self._last_seq(txn)
+                entry = None if seq is None else txn.session_round(seq, number)
+                included = entry is not None and entry.included
+            audit = self._session.session_audit(number, seq)
+            line = f"round {end.round_id}: {audit} (the coordinator says: {claim})"
         if included:
             owner.stats.included += 1
         owner.stats.events.append(
-            f"round {end.round_id}: session round {self.number}, "
+            f"round {end.round_id}: session round {number}, "
             f"{'completed' if end.completed else 'aborted'}{', included' if included else ''}"
         )
         log.info("%s", line)
         return True
 
+    @staticmethod
+    def _last_seq(txn: JournalTransaction) -> int | None:
+        sessions = txn.all_sessions()
+        return sessions[-1].seq if sessions else None
+
     def lost(self, now: float) -> None:
-        """The connection is gone: in the middle of a round, so is this client's part in it."""
-        if self.awaits():
-            self._drop("the connection to the coordinator was lost in the middle of a round", now)
-
-    def leave_if_live(self, why: str, now: float) -> None:
-        client = self.client
-        if client is None:
-            return
-        if not self.awaits() and client.closed_rounds >= client.terms.max_rounds:
-            # Its last round is closed: the session is over, nothing is left behind.
-            log.info(
-                "client %d: %s ran its %d rounds",
-                self._owner.client_id,
-                self._who(),
-                client.terms.max_rounds,
+        """The connection is gone: in the middle of a set-up or a round, so is this client's
+        part in it."""
+        if self.live and self.awaiting:
+            self.leave(
+                AbortReason.ROUND_CLOSED,
+                "the connection to the coordinator was lost in the middle of a round",
+                now,
             )
-            self.client = None
-            self._last = None
-            return
-        self._drop(why, now)
 
-    def _refuse(self, round_id: int, abort: ClientAbort, now: float) -> NoReturn:
-        """Leave the session over ``abort``, which goes to the coordinator."""
-        self._drop(f"{abort.reason.value}: {one_line(abort.detail)}", now)
-        raise _Refused(round_id, abort, said=True)
+    def leave(self, reason: AbortReason, detail: str, now: float) -> None:
+        """The transport's side of leaving the session (its update callback failed, ...)."""
+        self._session.leave_session(reason, detail, now)
+        self.sync(now)
 
-    def _drop(self, why: str, now: float, *, journal: bool = True) -> None:
-        """Leave the session: every secret of it goes with the ``SessionClient``."""
+    def sync(self, now: float) -> bool:
+        """Catch up with the journal: log the session this process was in if it has been
+        left (and why: the journal's words), and take up the live one. True if it logged a
+        departure."""
+        del now
         owner = self._owner
-        client, self.client = self.client, None
-        self.deadline = self._bound = None
-        self._last = None
-        if journal and self.journalled and self.round_id is not None:
-            with owner.session.journal.transaction() as txn:
-                entry = txn.round(self.round_id)
-                if entry is not None and entry.live:
-                    txn.note(self.round_id, now, Event.LEFT, why[:_DETAIL_CHARS])
-                    txn.close_round(self.round_id, f"left ({why[:_DETAIL_CHARS]})")
-        if client is not None:
-            owner.stats.events.append(f"left {self._who()}: {why}")
-            log.warning(
-                "client %d leaves %s at round %d: %s",
-                owner.client_id,
-                self._who(),
-                self.number,
-                why,
+        said = False
+        with self._session.journal.transaction() as txn:
+            if self.seq is not None:
+                entry = txn.session(self.seq)
+                if entry is None or not entry.live:
+                    said = self._say_left(txn, self.seq)
+                    self.seq, self.sid, self.awaiting = None, "", False
+            live = txn.live_session()
+            if live is not None:
+                self.seq = live.seq
+                if live.session_id is not None and not self.sid:
+                    self.sid = live.session_id.hex()[:12]
+                    log.info("client %d: session %s agreed", owner.client_id, self.sid)
+        return said
+
+    def _say_left(self, txn: JournalTransaction, seq: int) -> bool:
+        owner = self._owner
+        rounds = txn.session_rounds(seq)
+        number = rounds[-1].round_number if rounds else 0
+        events = txn.events(InSession(seq, number))
+        why = next((d for _, k, d in reversed(events) if k in (Event.LEFT, Event.EXPIRED)), "left")
+        name = self.sid or "being set up"
+        why = _GLOSSES.get(why, why)
+        owner.stats.events.append(f"left session {name}: {why}")
+        if why.startswith("the session ran its"):
+            log.info(
+                "client %d: session %s %s", owner.client_id, name, why.removeprefix("the session ")
             )
-
-
-class _Retransmitted(Exception):
-    """A byte-identical retransmission of the last message answered: its answer again."""
-
-    def __init__(self, answer: bytes) -> None:
-        super().__init__("retransmitted")
-        self.answer = answer
-
-
-def _left(client: SessionClient | None) -> str | None:
-    """Why a session client has left its session, if it has (its state then says why)."""
-    if client is None:
-        return "left"
-    reason = getattr(client.state, "reason", None)
-    if reason is None:
-        return None
-    return f"{reason.value}: {getattr(client.state, 'detail', '')}"
+            return True
+        log.warning(
+            "client %d leaves session %s at round %d: %s", owner.client_id, name, number, why
+        )
+        return True

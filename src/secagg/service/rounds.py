@@ -93,7 +93,7 @@ from secagg.schemes.masking.session.round import SessionRound
 from secagg.schemes.masking.session.server import SessionServer
 from secagg.schemes.masking.session.terms import SessionTerms
 from secagg.service.metrics import Metrics, NullMetrics
-from secagg.service.sessions import SessionSide, opens_training
+from secagg.service.sessions import SessionSide
 from secagg.service.settings import CoordinatorSettings
 from secagg.service.testhooks import hold, hold_points, holds
 from secagg.service.transport import Connection, Transport
@@ -772,7 +772,7 @@ class RoundDriver(RoundListener):
         if message.OPENS_ROUND:
             task = active.task
             conn.send(lambda: pb.ServerFrame(task=task), written=written)
-        elif active.session_round is not None and opens_training(message):
+        elif message.opens_training:
             # What opens a session's round (its task, or round 1's set-up shares), with the
             # round's model.
             round_id, model, step = active.round_id, active.model, active.step

@@ -42,7 +42,7 @@ from secagg.service.coordinator import Coordinator, NoCohort, RoundSummary
 from secagg.service.files import check_writable, write_array
 from secagg.service.identity import AllowList, ClientIdentity
 from secagg.service.metrics import Metrics
-from secagg.service.scheme_sides import client_policy, client_sessions, coordinator_scheme
+from secagg.service.scheme_sides import client_policy, coordinator_scheme
 from secagg.service.tasks import initial_model
 from secagg.service.tls import load_ca, load_tls_server_credentials
 
@@ -440,7 +440,8 @@ def client_settings(
         max_attempts=max_attempts,
         journal=journal_path(identity_path) if journal is None else journal,
         budget=None if config.dp_plan is None else ClientBudget(config.dp_plan),
-        sessions=client_sessions(config, identity, pki),
+        session_rounds=config.coordinator.session_rounds,
+        session_seconds=config.coordinator.session_seconds,
     )
 
 

@@ -24,13 +24,12 @@ from secagg.service.ckks_deployment import (
     provision_ckks_keys,
 )
 from secagg.service.config import DeploymentConfig
-from secagg.service.identity import AllowList, ClientIdentity
+from secagg.service.identity import AllowList
 from secagg.service.sessions import SessionSide
 from secagg.service.settings import CoordinatorSettings
 
 __all__ = [
     "client_policy",
-    "client_sessions",
     "coordinator_scheme",
     "coordinator_sessions",
     "masking_coordinator",
@@ -77,25 +76,6 @@ def coordinator_sessions(
         max_seconds=settings.session_seconds,
         pki=allow_list.keys,
         apply_masks=MaskApplier(start_method="forkserver"),
-    )
-
-
-def client_sessions(
-    config: DeploymentConfig, identity: ClientIdentity, keys: Mapping[int, bytes]
-) -> SessionSide | None:
-    """A client's side of the deployment's sessions: its caps are the deployment file's, as
-    the coordinator's are (None: the deployment runs one-shot rounds only, and the client
-    refuses any session)."""
-    settings = config.coordinator
-    if not settings.sessions:
-        return None
-    return SessionSide(
-        Params.of(config.params, "a client of sessions"),
-        max_rounds=settings.session_rounds,
-        max_seconds=settings.session_seconds,
-        pki=keys,
-        allowed=frozenset(keys),
-        identity=identity.signing_key,
     )
 
 
