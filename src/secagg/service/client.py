@@ -47,6 +47,12 @@ round only, and a new round (including after a reconnection or a restart) starts
 ones. There is no plaintext path: the only vector
 that leaves the client is its masked input, or under CKKS its encrypted update (and, for a
 key holder, the decrypted mean of the round's sum).
+
+Sessions that span rounds (docs/SERVICE_SESSIONS.md): a ``Task`` whose configuration is a
+``SessionConfig`` sets one up, and each round's opening comes in a ``SessionTask`` with its
+model; they go through the client session's session API (``_JoinSessions``). A session's
+secrets live in this process's memory only: a restarted client has left its session and takes
+part from the next set-up. At most one session or one-shot round is live at a time (S12).
 """
 
 from __future__ import annotations
