@@ -203,7 +203,7 @@ class SecAggClient:
         )
         # Sessions that span rounds: this client's part in them (in memory only).
         self.sessions = _JoinSessions(self)
-        self.sessions.sync(time.time())
+        self.sessions.sync()
 
     @property
     def client_id(self) -> int:
@@ -393,7 +393,7 @@ class SecAggClient:
                 if current is not None and current.active and current.round_id in expired:
                     why = expired[current.round_id]
                     await self._leave(call, current, ClientAbort(AbortReason.STAGE_TIMEOUT, why))
-                if sessions.live and sessions.sync(now) and round_id is not None:
+                if sessions.live and sessions.sync() and round_id is not None:
                     abort = ClientAbort(AbortReason.STAGE_TIMEOUT, "no word from the coordinator")
                     await self._refuse_session(call, _Refused(round_id, abort, said=True))
                 continue
@@ -411,7 +411,7 @@ class SecAggClient:
                     await self._set_up(call, frame.task)
                 else:
                     current = await self._start(call, frame.task)
-                    sessions.sync(time.time())  # (a one-shot round leaves a session: S12)
+                    sessions.sync()  # (a one-shot round leaves a session: S12)
             elif kind == "session_task":
                 if current is not None and current.active:
                     abort = ClientAbort(AbortReason.ROUND_CLOSED, "a session round began")
@@ -769,9 +769,9 @@ class _JoinSessions:
         try:
             answer = self._session.offer_session(task.round_config, now)
         except ClientAbort as exc:
-            raise _Refused(task.round_id, exc, said=self.sync(now)) from None
+            raise _Refused(task.round_id, exc, said=self.sync()) from None
         finally:
-            self.sync(now)
+            self.sync()
         owner.stats.sessions += 1
         owner.stats.events.append(f"session set-up in round {task.round_id}")
         log.info(
@@ -796,7 +796,7 @@ class _JoinSessions:
             if exc.reason is AbortReason.REPLAYED_ROUND and self._still_live():
                 # Answered before, and the session goes on: the recorded answer, nothing new.
                 raise _Retransmitted(self._recorded(frame.round_task, now)) from None
-            raise _Refused(frame.round_id, exc, said=self.sync(now)) from None
+            raise _Refused(frame.round_id, exc, said=self.sync()) from None
         self._accepted = accepted
         self._rounds[frame.round_id] = self.number = accepted.round_id
         self.awaiting = False  # it trains: the coordinator waits on it
@@ -811,7 +811,7 @@ class _JoinSessions:
         try:
             answer = self._session.begin_round(accepted, values, weight, now)
         except ClientAbort as exc:
-            raise _Refused(self.round_id, exc, said=self.sync(now)) from None
+            raise _Refused(self.round_id, exc, said=self.sync()) from None
         return self._answered(answer, now)
 
     def receive(self, data: bytes, now: float) -> bytes | None:
@@ -821,7 +821,7 @@ class _JoinSessions:
         try:
             answer = self._session.receive(data, now)
         except ClientAbort as exc:
-            raise _Refused(round_id, exc, said=self.sync(now)) from None
+            raise _Refused(round_id, exc, said=self.sync()) from None
         return self._answered(answer, now) or None
 
     def _answered(self, answer: Answer, now: float) -> bytes:
@@ -834,7 +834,7 @@ class _JoinSessions:
             owner.stats.session_rounds += 1
         else:
             self.awaiting = True
-        self.sync(now)
+        self.sync()
         owner._stage(self.round_id or 0, answer.stage.value)
         return answer.data
 
@@ -846,7 +846,7 @@ class _JoinSessions:
         try:
             return self._session.receive(data, now).data
         except ClientAbort as exc:
-            raise _Refused(self.round_id or 0, exc, said=self.sync(now)) from None
+            raise _Refused(self.round_id or 0, exc, said=self.sync()) from None
 
     # ----------------------------------------------------------------- the end
     def server_ended(self, end: pb.RoundEnd, now: float) -> bool:
@@ -904,13 +904,12 @@ class _JoinSessions:
     def leave(self, reason: AbortReason, detail: str, now: float) -> None:
         """The transport's side of leaving the session (its update callback failed, ...)."""
         self._session.leave_session(reason, detail, now)
-        self.sync(now)
+        self.sync()
 
-    def sync(self, now: float) -> bool:
+    def sync(self) -> bool:
         """Catch up with the journal: log the session this process was in if it has been
         left (and why: the journal's words), and take up the live one. True if it logged a
         departure."""
-        del now
         owner = self._owner
         said = False
         with self._session.journal.transaction() as txn:
