@@ -411,8 +411,9 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
         report.dp_plan = params.dp_plan
         report.dp_clip_source = clip_source
     if options.in_process:
-        assert isinstance(params, Params)
-        _train_in_process(options, params, split, spec, report, say)
+        _train_in_process(
+            options, Params.of(params, "the in-process demo"), split, spec, report, say
+        )
         report.seconds = time.perf_counter() - started
         if owned:
             shutil.rmtree(workdir, ignore_errors=True)

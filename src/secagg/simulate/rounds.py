@@ -61,8 +61,8 @@ from secagg.protocol.stages import Stage
 from secagg.schemes.base import RoundOpening, Scheme, SchemeFacts, SchemeSettings
 from secagg.schemes.masking.parameters import Params
 from secagg.schemes.masking.scheme import MaskingScheme
-from secagg.schemes.masking.session.client import Left, Masked, SessionClient
-from secagg.schemes.masking.session.messages import PeerSetupShares, RoundTask, SessionConfig
+from secagg.schemes.masking.session.client import SessionClient
+from secagg.schemes.masking.session.messages import opened_task, session_terms
 from secagg.schemes.masking.session.round import SessionRound
 from secagg.schemes.masking.session.server import SessionServer
 from secagg.schemes.masking.session.terms import DEFAULT_MAX_SECONDS, SessionTerms
@@ -295,23 +295,24 @@ class SessionGroup(ClientGroup):
     def _answer(self, i: int, message: Message) -> Message | None:
         if i not in self._ids:
             raise UsageError(f"client {i} is not in this group")
-        if isinstance(message, SessionConfig):
+        terms = session_terms(message)
+        if terms is not None:
             # A new session: the last one's client, and every secret it held, are dropped.
             self._sessions.pop(i, None)
-            self._sessions[i] = self._recipe.client(message.terms, i)
+            self._sessions[i] = self._recipe.client(terms, i)
         client = self._sessions.get(i)
         if client is None:
             raise ClientAbort(AbortReason.UNEXPECTED_MESSAGE, "no session to answer in")
-        state = client.state
-        if isinstance(state, Left):
-            raise ClientAbort(state.reason, f"left the session: {state.detail}")
+        left = client.departure
+        if left is not None:
+            raise ClientAbort(left.reason, f"left the session: {left.detail}")
         started = time.perf_counter()
         try:
-            uses_input = client.needs_input(message)
-            if uses_input:
-                self._set_round_input(i, client, _task_of(message))
+            task = opened_task(message)
+            if task is not None:
+                self._set_round_input(i, client, task)
             reply = client.receive(message)
-            if uses_input and isinstance(client.state, Masked):  # it masked this round's
+            if task is not None and reply is not None:  # it masked this round's input
                 self._put_in.clipped += client.clipped
             return reply
         finally:
@@ -341,14 +342,6 @@ class SessionGroup(ClientGroup):
         taken = self._put_in
         self._put_in = Tally(np.zeros(self._width, dtype=np.float64))
         return taken
-
-
-def _task_of(message: Message) -> bytes:
-    """The digest of the model a message that opens a round names."""
-    if isinstance(message, RoundTask):
-        return message.task
-    assert isinstance(message, PeerSetupShares)  # the set-up's last message opens round 1
-    return message.first_task
 
 
 # ----------------------------------------------------------------- reports
@@ -565,10 +558,7 @@ def simulate_rounds(
     int_weights, max_weight = integer_weights(weights, n)
     exact_weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     if session:
-        if not isinstance(settings, Params):
-            raise ConfigurationError(
-                "sessions that span rounds are masking's: run other schemes as one-shot rounds"
-            )
+        settings = Params.of(settings, "a session that spans rounds (run others one-shot)")
         if max_weight > settings.max_weight:
             raise ConfigurationError(
                 f"weights need max_weight >= {max_weight}; params allow {settings.max_weight}"
@@ -653,10 +643,8 @@ def _one_shot_rounds(
     backend: Backend,
     on_round: RoundHook | None = None,
 ) -> tuple[list[_Played], Scheme]:
-    if isinstance(settings, Params):
-        stages = (*SETUP_STAGES, *round_stages(settings.active))
-        scheme: Scheme = MaskingScheme(settings)  # its facts and encoding only
-    elif isinstance(settings, SchemeSettings):
+    scheme: Scheme
+    if isinstance(settings, SchemeSettings):
         scheme = settings.simulated(range(n), root_randomness(seed, "probe"))
         stages = scheme.stages
     else:

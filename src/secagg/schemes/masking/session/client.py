@@ -267,6 +267,11 @@ class SessionClient:
         return self._state
 
     @property
+    def departure(self) -> Left | None:
+        """Why this client left the session (None while it is in it)."""
+        return self._state if isinstance(self._state, Left) else None
+
+    @property
     def session(self) -> one_shot.Session:
         if self._session is None:
             raise UsageError("the session is not agreed yet")

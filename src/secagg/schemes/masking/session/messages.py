@@ -53,6 +53,8 @@ __all__ = [
     "SessionUnmaskRequest",
     "SessionUnmaskResponse",
     "SetupShares",
+    "opened_task",
+    "session_terms",
 ]
 
 SESSION_ID_BYTES = 32
@@ -411,3 +413,19 @@ class SessionUnmaskResponse(Message):
     def _read(cls, r: Reader) -> SessionUnmaskResponse:
         head = (r.fixed(SESSION_ID_BYTES), r.u32(), r.u32())
         return cls(*head, _read_shares(r), _read_shares(r))
+
+
+def session_terms(message: Message) -> SessionTerms | None:
+    """The terms ``message`` opens a session with (a ``SessionConfig``'s), else None: for
+    drivers outside this package, which do not switch on its classes."""
+    return message.terms if isinstance(message, SessionConfig) else None
+
+
+def opened_task(message: Message) -> bytes | None:
+    """The digest of the model of the round ``message`` opens (a ``RoundTask``, or round 1's
+    ``PeerSetupShares``), else None."""
+    if isinstance(message, RoundTask):
+        return message.task
+    if isinstance(message, PeerSetupShares) and message.first_task:
+        return message.first_task
+    return None
