@@ -178,3 +178,28 @@ def test_export_into_an_unwritable_directory_is_one_line_and_leaves_nothing(
     assert outcome == "ConfigurationError"
     assert str(shelf / "mean.npy") in message and "no permission" in message
     assert list(shelf.iterdir()) == []
+
+
+def test_a_ledger_with_sessions_shows_each_rounds_kind(ledger: Ledger) -> None:
+    """Rounds of a session that spans rounds say so (round 1 ran the set-up); a ledger of
+    one-shot rounds only has no kind column at all."""
+    for round_id, session_round in ((1, None), (2, 1), (3, 2)):
+        ledger.start_round(
+            round_id=round_id,
+            session_id=bytes(32),
+            task_hash=bytes(32),
+            protocol="secagg+",
+            cohort=(3, 5, 8, 13, 21),
+            degree=4,
+            threshold=3,
+            dim=DIM,
+            session_round=session_round,
+        )
+        _complete(ledger, round_id)
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(format_rounds_table(ledger.rounds()))
+    text = console.export_text()
+    assert "kind" in next(line for line in text.splitlines() if "outcome" in line)
+    assert "one-shot" in text
+    assert "session round 1 (with its set-up)" in text
+    assert "session round 2" in text

@@ -653,7 +653,7 @@ class ClientSession:
                     False,
                 )
             )
-            txn.note(InSession(session.seq, r), now, Event.ACCEPTED, f"round {r}")
+            txn.note(InSession(session.seq, r), now, Event.ACCEPTED, f"model {binding[:4].hex()}")
         return Accepted(r, session.client_id, terms.config, opening, session.members, model, sid)
 
     def begin_round(

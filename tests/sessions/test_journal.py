@@ -371,7 +371,7 @@ def test_an_honest_session_over_journals_sums_every_round_and_each_audit_says_in
         )
         for r in (1, 2, 3):
             line = node.session.session_audit(r)
-            assert f"round {r}: round {r}: included; answered the unmask request" in line
+            assert f"round {r}: model {task(r)[:4].hex()}: included; answered the unmask" in line
         with node.session.journal.transaction() as txn:
             rounds = txn.session_rounds(live.seq)
             assert [(e.round_number, e.outcome, e.included) for e in rounds] == [
@@ -529,7 +529,7 @@ def test_a_session_that_ran_its_rounds_is_left_at_once(tmp_path: Path) -> None:
     world.run_rounds(1, 2)
     node = world.nodes[0]
     assert_left(node, "the session ran its 2 rounds")
-    assert "round 2: round 2: included" in node.session.session_audit(2)
+    assert f"round 2: model {task(2)[:4].hex()}: included" in node.session.session_audit(2)
     sid = world.cohort.server.session.session_id
     with pytest.raises(ClientAbort) as refused:
         node.session.offer_round(RoundTask(sid, 0, 3, task(3)).encode(), ModelTask(MODEL, 3), 0.0)

@@ -68,8 +68,12 @@ def format_rounds_table(records: Sequence[LedgerRound]) -> Table:
     distributed-DP rounds has two more columns: each round's epsilon (of the sum it revealed)
     and the epsilon spent so far, against the deployment's target."""
     dp = any(r.privacy is not None for r in records)
+    # A ledger with sessions that span rounds says which kind each round was.
+    sessions = any(r.session_round is not None for r in records)
     table = Table(title="secagg rounds")
     table.add_column("round", justify="right")
+    if sessions:
+        table.add_column("kind")
     table.add_column("outcome")
     table.add_column("cohort size", justify="right")
     table.add_column("included", justify="right")
@@ -86,6 +90,7 @@ def format_rounds_table(records: Sequence[LedgerRound]) -> Table:
         dropped = ", ".join(f"{stage} {n}" for stage, n in by_stage.items()) or "-"
         cells: list[str | Text] = [
             str(r.round_id),
+            *([r.describe_kind()] if sessions else []),
             Text(r.outcome.value, style=_OUTCOME_STYLE[r.outcome]),
             str(len(r.cohort)),
             str(len(r.included)) if r.outcome is RoundOutcome.COMPLETED else "-",
@@ -131,7 +136,8 @@ def export_aggregate(ledger: Ledger, round_id: int, path: Path) -> None:
 def round_line(summary: RoundSummary) -> Text:
     """One line per round of ``secagg serve``."""
     text = (
-        f"round {summary.round_id}: {summary.outcome}, {len(summary.included)} of "
+        f"round {summary.round_id}{_session_note(summary)}: {summary.outcome}, "
+        f"{len(summary.included)} of "
         f"{len(summary.cohort)} included, {summary.seconds:.2f} s"
     )
     if summary.abort_reason:
@@ -141,6 +147,14 @@ def round_line(summary: RoundSummary) -> Text:
     if summary.privacy is not None:
         text += f"; {privacy_text(summary.privacy)}"
     return Text(text)
+
+
+def _session_note(summary: RoundSummary) -> str:
+    """`` (session round 3)``, `` (session round 1, with its set-up)``; nothing one-shot."""
+    if summary.session_round is None:
+        return ""
+    with_set_up = ", with its set-up" if summary.session_round == 1 else ""
+    return f" (session round {summary.session_round}{with_set_up})"
 
 
 def round_json(summary: RoundSummary) -> dict[str, Any]:
@@ -157,6 +171,8 @@ def round_json(summary: RoundSummary) -> dict[str, Any]:
         "upload_bytes_per_client": summary.upload_bytes_per_client,
         "download_bytes_per_client": summary.download_bytes_per_client,
         "abort_reason": summary.abort_reason,
+        "kind": summary.kind,
+        "session_round": summary.session_round,
         # The largest error the scheme may add to a coordinate of the mean (completed rounds).
         "error_bound": summary.error_bound,
         # Distributed DP: the revealed sum's epsilon, the epsilon spent so far, the target.

@@ -197,6 +197,8 @@ class SessionServer:
     @property
     def drops(self) -> Mapping[int, Drop]:
         """Who was dropped in the current stage's round (or the set-up), when and why."""
+        if self._stage in (Stage.COMMIT, Stage.REVEAL, Stage.ADVERTISE):
+            return self._agreement.drops
         return dict(self._drops)
 
     @property
