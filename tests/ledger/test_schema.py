@@ -129,7 +129,7 @@ def test_a_session_round_keeps_its_place_and_its_kind(tmp_path: Path) -> None:
         _start(ledger, 3, session_round=2)
         one_shot, first, second = ledger.rounds()
     assert (one_shot.kind, one_shot.session_round, one_shot.set_up) == ("one-shot", None, True)
-    assert (first.kind, first.session_round, first.set_up) == ("session", 1, True)
+    assert (first.kind, first.session_round, first.set_up) == ("set-up+round", 1, True)
     assert (second.kind, second.session_round, second.set_up) == ("session", 2, False)
     assert first.describe_kind() == "session round 1 (with its set-up)"
     assert second.describe_kind() == "session round 2"

@@ -89,7 +89,7 @@ def test_an_honest_session_is_exact_every_round_at_two_messages_a_round(
         _assert_exact(summary, step, local)
         assert summary.included == ALL and not summary.dropped
     assert [s.session_round for s in summaries] == [1, 2, 3, 1]
-    assert [s.kind for s in summaries] == ["session"] * 4
+    assert [s.kind for s in summaries] == ["set-up+round", "session", "session", "set-up+round"]
 
     # The messages each client sent in each round, counted as frames on its stream: the
     # set-up's four (commit, reveal, advertise, share) beside round 1's, then two a round
@@ -116,10 +116,10 @@ def test_an_honest_session_is_exact_every_round_at_two_messages_a_round(
 
     # The ledger says which kind each round was, and which rounds shared a session.
     assert [(r.kind, r.session_round) for r in ledger] == [
-        ("session", 1),
+        ("set-up+round", 1),
         ("session", 2),
         ("session", 3),
-        ("session", 1),
+        ("set-up+round", 1),
     ]
     assert len({r.session_id for r in ledger[:3]}) == 1
     assert ledger[3].session_id != ledger[0].session_id

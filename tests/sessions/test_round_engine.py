@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from secagg.errors import ClientAbort, UsageError
+from secagg.errors import ClientAbort, DropReason, UsageError
 from secagg.protocol.runner import RoundOutcome, RoundRecord, RoundRun
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking.session.round import SessionRound
@@ -94,3 +94,16 @@ def test_a_round_of_an_ended_session_is_refused() -> None:
     assert record.outcome is RoundOutcome.ABORTED
     with pytest.raises(UsageError, match="the session has ended"):
         SessionRound(cohort.server, task_of(2))
+
+
+def test_a_client_the_transport_drops_is_no_longer_waited_for() -> None:
+    """A disconnected client is dropped by its transport: the stage then waits only for the
+    others (a driver closes it as soon as nobody is left to wait for, not at its deadline)."""
+    cohort = Cohort(6)
+    cohort.local.set_up()
+    session_round = SessionRound(cohort.server, task_of(1))
+    session_round.start()
+    assert session_round.stage is Stage.MASKED_INPUT
+    assert session_round.waiting_for() == frozenset(range(6))
+    session_round.drop(2, DropReason.DISCONNECTED, "killed")
+    assert session_round.waiting_for() == frozenset(range(6)) - {2}

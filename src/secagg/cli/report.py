@@ -171,7 +171,7 @@ def round_json(summary: RoundSummary) -> dict[str, Any]:
         "upload_bytes_per_client": summary.upload_bytes_per_client,
         "download_bytes_per_client": summary.download_bytes_per_client,
         "abort_reason": summary.abort_reason,
-        "kind": summary.kind,
+        "kind": summary.kind.value,
         "session_round": summary.session_round,
         # The largest error the scheme may add to a coordinate of the mean (completed rounds).
         "error_bound": summary.error_bound,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -20,7 +19,7 @@ from numpy.typing import NDArray
 
 from secagg.dp.round_privacy import RoundPrivacy
 from secagg.errors import DecodeError, UsageError
-from secagg.protocol.runner import RoundOutcome
+from secagg.protocol.runner import RoundKind, RoundOutcome
 
 __all__ = [
     "HASH_BYTES",
@@ -72,14 +71,6 @@ def describe_drops(drops: Sequence[DropRecord]) -> str:
     return "dropped: " + ", ".join(named)
 
 
-class RoundKind(StrEnum):
-    """What kind of round a ledger row is: a one-shot round (set up, run and forgotten), or a
-    round of a session that spans rounds (docs/SESSIONS.md), whose cohort was set up once."""
-
-    ONE_SHOT = "one-shot"
-    SESSION = "session"
-
-
 @dataclass(frozen=True)
 class LedgerRound:
     """One round as the ledger holds it. ``cohort`` and ``included`` are in ascending order.
@@ -115,7 +106,7 @@ class LedgerRound:
 
     @property
     def kind(self) -> RoundKind:
-        return RoundKind.ONE_SHOT if self.session_round is None else RoundKind.SESSION
+        return RoundKind.of(self.session_round)
 
     @property
     def set_up(self) -> bool:

@@ -46,6 +46,7 @@ __all__ = [
     "ByteMeter",
     "Drop",
     "RoundClient",
+    "RoundKind",
     "RoundListener",
     "RoundOutcome",
     "RoundRecord",
@@ -137,6 +138,24 @@ class RoundOutcome(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     ABORTED = "aborted"
+
+
+class RoundKind(StrEnum):
+    """What kind of round a round was: a whole one-shot round (its own set-up included), or a
+    round of a session that spans rounds (docs/SESSIONS.md): its first, which also ran the
+    session's set-up, or a later one (two messages a client, three in active mode). The one
+    vocabulary of every report, the ledger and the simulator."""
+
+    ONE_SHOT = "one-shot"
+    SETUP_AND_ROUND = "set-up+round"
+    SESSION = "session"
+
+    @classmethod
+    def of(cls, session_round: int | None) -> RoundKind:
+        """The kind of a round that is ``session_round`` of its session (None: one-shot)."""
+        if session_round is None:
+            return cls.ONE_SHOT
+        return cls.SETUP_AND_ROUND if session_round == 1 else cls.SESSION
 
 
 class ByteMeter:

@@ -80,6 +80,7 @@ from secagg.protocol.codec import Message
 from secagg.protocol.runner import (
     UPLOAD_STAGES,
     ByteMeter,
+    RoundKind,
     RoundListener,
     RoundOutcome,
     RoundRecord,
@@ -150,9 +151,9 @@ class RoundSummary:
     frames_down: Mapping[int, int] = field(default_factory=dict, repr=False)
 
     @property
-    def kind(self) -> str:
-        """``one-shot`` or ``session`` (as the ledger's ``RoundKind`` says it)."""
-        return "one-shot" if self.session_round is None else "session"
+    def kind(self) -> RoundKind:
+        """One-shot, a session's first round (with its set-up) or a later one."""
+        return RoundKind.of(self.session_round)
 
 
 class _TimedMasks:

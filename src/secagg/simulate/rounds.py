@@ -41,7 +41,6 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -56,7 +55,7 @@ from secagg.hazmat.kdf import encode_fields
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, forked
 from secagg.parallel import MaskApplier
 from secagg.protocol.codec import Message, decode
-from secagg.protocol.runner import RoundOutcome
+from secagg.protocol.runner import RoundKind, RoundOutcome
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import RoundOpening, Scheme, SchemeFacts, SchemeSettings
 from secagg.schemes.masking.parameters import Params
@@ -113,14 +112,6 @@ def round_stages(active: bool) -> tuple[Stage, ...]:
     if active:
         return (Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK)
     return (Stage.MASKED_INPUT, Stage.UNMASK)
-
-
-class RoundKind(StrEnum):
-    """What one round of a run was."""
-
-    SETUP_AND_ROUND = "set-up+round"  # the first round of a session, after its set-up
-    SESSION = "session"  # a later round of a session: two messages (three in active mode)
-    ONE_SHOT = "one-shot"  # a whole one-shot round, its own set-up included
 
 
 def random_round_inputs(dim: int, seed: int | None) -> RoundInputs:

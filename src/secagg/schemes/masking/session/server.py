@@ -217,7 +217,9 @@ class SessionServer:
     def waiting_for(self) -> frozenset[int]:
         if self._stage in (Stage.COMMIT, Stage.REVEAL, Stage.ADVERTISE):
             return self._agreement.waiting_for()
-        return frozenset(u for u in self._expected if u not in self._answers)
+        return frozenset(
+            u for u in self._expected if u not in self._answers and u not in self._drops
+        )
 
     def needs_setup(self) -> str | None:
         """Why the next round cannot run in this session (rules S5, S12), or None."""
