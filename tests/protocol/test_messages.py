@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import pickle
 import struct
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import ConfigurationError, DecodeError, UsageError
-from secagg.protocol.codec import Message, decode
+from secagg.protocol.codec import MAX_ID, Message, decode
 from secagg.schemes.masking.messages import (
     CIPHERTEXT_BYTES,
     AdvertiseKeys,
     Commitment,
     CommitmentDigest,
     CommitRequest,
+    ContributionList,
     Contributions,
     EncryptedShares,
     MaskedInput,
@@ -147,6 +150,61 @@ def test_config_rejects_unsorted_or_repeated_client_ids() -> None:
         _config(client_ids=(2, 1, 5, 9))
     with pytest.raises(UsageError):
         _config(client_ids=(1, 1, 5, 9))
+
+
+def test_config_ids_are_checked_on_one_array_and_refused_by_the_same_rules() -> None:
+    """Every client decodes the whole cohort: its ids are packed and compared as one array,
+    and anything that fails is named by the rules one id at a time, as before."""
+    assert _config(client_ids=tuple(range(0, 30_000, 3))).id_array.tolist() == list(
+        range(0, 30_000, 3)
+    )
+    assert _config(client_ids=(0, MAX_ID)).id_array.tolist() == [0, MAX_ID]
+    for ids, match in (
+        ((1, 5, 5), "strictly increasing"),
+        ((5, 1), "strictly increasing"),
+        ((-1, 2), "u32"),
+        ((1, MAX_ID + 1), "u32"),
+        ((1, 2.5), "u32"),
+        ((1, np.int64(2)), "u32"),
+    ):
+        with pytest.raises(UsageError, match=match):
+            _config(client_ids=ids)
+
+
+def test_ids_are_packed_in_one_call_exactly_as_one_u32_at_a_time() -> None:
+    ids = (*range(0, 15_000, 3), MAX_ID)
+    message = UnmaskRequest(SID, 3, ids, ())
+    data = message.encode()
+    assert struct.pack(">I", len(ids)) + b"".join(struct.pack(">I", i) for i in ids) in data
+    assert decode(data) == message
+    for bad in ((1, MAX_ID + 1), (-1,)):
+        with pytest.raises(UsageError, match="u32"):
+            UnmaskRequest(SID, 3, bad, ()).encode()
+
+
+def test_a_contribution_list_is_its_entries_held_as_their_wire_bytes() -> None:
+    """What every client of a round decodes and checks: a sequence of (id, contribution)
+    equal to the tuple of its entries, over exactly the bytes the wire carries."""
+    entries = ((1, b"r" * 32), (3, b"q" * 32), (MAX_ID, b"z" * 32))
+    listed = ContributionList.of(entries)
+    assert listed == entries and tuple(listed) == entries and list(listed) == list(entries)
+    assert len(listed) == 3 and hash(listed) == hash(entries)
+    assert listed[1] == entries[1] and listed[-1] == entries[-1]
+    assert listed[1:] == entries[1:] and listed[::2] == entries[::2]
+    assert listed.wire == b"".join(struct.pack(">I", c) + r for c, r in entries)
+    assert listed.ids.tolist() == [1, 3, MAX_ID]
+    assert listed.contribution_of(3) == b"q" * 32 and listed.contribution_of(2) is None
+    assert pickle.loads(pickle.dumps(listed)) == listed
+    message = Contributions(SID, 3, 1, entries)
+    assert isinstance(message.entries, ContributionList)
+    assert message.encode().endswith(struct.pack(">I", 3) + listed.wire)
+    decoded = decode(message.encode())
+    assert isinstance(decoded, Contributions) and decoded.contributions.wire == listed.wire
+    for bad in (((1, b"short"),), ((MAX_ID + 1, b"r" * 32),), ((-1, b"r" * 32),)):
+        with pytest.raises(UsageError):
+            Contributions(SID, 3, 1, bad)
+    with pytest.raises(IndexError):
+        listed[3]
 
 
 def test_a_threshold_of_one_or_an_odd_harary_degree_is_refused_before_use() -> None:

@@ -23,6 +23,7 @@ from secagg.schemes.masking.messages import (
     Commitment,
     CommitmentDigest,
     CommitRequest,
+    ContributionList,
     Contributions,
     PeerKeys,
     Reveal,
@@ -122,6 +123,54 @@ def test_a_contribution_changed_after_the_digest_is_refused() -> None:
     message = _contributions(h)[VICTIM]
     ground = tuple((c, b"\x01" * 32) if c == 4 else (c, r) for c, r in message.entries)
     _refuses(h, dataclasses.replace(message, entries=ground), AbortReason.BAD_CONTRIBUTIONS)
+
+
+def test_grinding_any_contribution_but_the_victims_own_is_refused_wherever_it_sits() -> None:
+    """docs/LINEAR_AGREEMENT.md, candidate 1. A client that checked only its own entry (a
+    Merkle path to its own leaf) would accept a list in which the server, having seen every
+    reveal, replaced any other entry: it could try values until the graph suits it. So the
+    client checks every entry against the committed digest, and a list ground at any one
+    position -- the victim's own entry intact, its neighbours moved -- is refused."""
+    n = 8
+    for position in (p for p in range(n) if p != VICTIM):
+        h = Harness(n, threshold=3, degree=4, agree=False)
+        message = _contributions(h)[VICTIM]
+        honest = derive.Session.agree(h.config, 1, message.entries)
+        for trial in range(256):  # the server's grinding: a value that moves the victim
+            ground = tuple(
+                (c, bytes([trial]) * 32) if c == position else (c, r) for c, r in message.entries
+            )
+            steered = derive.Session.agree(h.config, 1, ground)
+            if steered.neighbours(VICTIM) != honest.neighbours(VICTIM):
+                break
+        else:
+            pytest.fail(f"no value at position {position} moved the victim's neighbours")
+        assert dict(ground)[VICTIM] == dict(message.entries)[VICTIM]
+        _refuses(h, dataclasses.replace(message, entries=ground), AbortReason.BAD_CONTRIBUTIONS)
+
+
+def test_a_list_memoised_for_the_honest_clients_vouches_for_no_other() -> None:
+    """The n commitments are hashed once per process for every client that checks the same
+    list; the memo is keyed on the list's very bytes, so a list forged in one byte, arriving
+    after every other client has checked the honest one, is hashed afresh and refused."""
+    h = Harness(6, threshold=3, agree=False)
+    messages = _contributions(h)
+    message = messages[VICTIM]
+    config_id = h.config.config_id
+    definition = derive.commitment_digest(
+        config_id,
+        1,
+        [(c, derive.contribution_commitment(config_id, 1, c, r)) for c, r in message.entries],
+    )
+    for i, other in messages.items():
+        if i != VICTIM:
+            h.clients[i].receive(other)  # agreed: the honest list is memoised
+    assert derive.contributions_digest(config_id, 1, message.entries) == definition
+    wire = bytearray(message.contributions.wire)
+    wire[-1] ^= 1  # the last contribution (client 5's, not the victim's)
+    forged = dataclasses.replace(message, entries=ContributionList(bytes(wire)))
+    assert derive.contributions_digest(config_id, 1, forged.entries) != definition
+    _refuses(h, forged, AbortReason.BAD_CONTRIBUTIONS)
 
 
 def test_a_session_without_one_of_the_committed_clients_is_refused() -> None:
@@ -283,3 +332,31 @@ def test_the_fast_commitment_list_is_exactly_the_one_commitment_at_a_time() -> N
         assert derive.contribution_commitments(config_id, attempt, entries) == [
             (c, derive.contribution_commitment(config_id, attempt, c, r)) for c, r in entries
         ]
+
+
+def test_the_session_of_a_list_held_as_its_wire_bytes_is_the_session_of_its_entries() -> None:
+    """The client agrees from the list as it arrived (its wire bytes, its ids as an array);
+    that must be the session the definition gives the same entries as tuples, whoever is
+    absent from it."""
+    h = Harness(8, threshold=3, degree=4, agree=False)
+    entries = _contributions(h)[VICTIM].contributions
+    for chosen in (entries, entries[:5], entries[3:], entries[1:7]):
+        listed = derive.Session.agree(h.config, 1, chosen)
+        as_tuples = derive.Session.agree(h.config, 1, tuple(chosen))
+        assert listed == as_tuples
+        assert (listed.session_id, listed.graph_seed) == (
+            as_tuples.session_id,
+            as_tuples.graph_seed,
+        )
+        assert listed.absent == frozenset(range(8)) - {c for c, _ in chosen}
+        digest = derive.contributions_digest(h.config.config_id, 1, chosen)
+        assert derive.Session.agree(h.config, 1, chosen, digest=digest) == listed
+
+
+def test_a_contribution_from_outside_the_cohort_is_named_wherever_it_sits() -> None:
+    h = Harness(6, threshold=3, agree=False)
+    cohort = h.config
+    assert derive.first_stranger(cohort, np.array([0, 2, 5])) is None
+    assert derive.first_stranger(cohort, np.array([0, 3, 7, 9])) == 7
+    assert derive.first_stranger(cohort, np.array([2**32 - 1])) == 2**32 - 1
+    assert derive.first_stranger(cohort, np.array([], dtype=np.int64)) is None

@@ -406,28 +406,29 @@ class Client:
         self._check_config_addressed(message.config_id, message.recipient)
         if message.attempt != state.attempt:
             self._abort(AbortReason.BAD_CONTRIBUTIONS, "contributions of another attempt")
-        ids = [c for c, _ in message.entries]
+        # The whole list, every time: a contribution left unchecked is one the server could
+        # change after the reveals (docs/LINEAR_AGREEMENT.md). Each check is on arrays.
+        entries = message.contributions
+        ids = entries.ids
         if not derivations.sorted_unique(ids):
             self._abort(AbortReason.BAD_CONTRIBUTIONS, "contributions not sorted by client id")
-        for c in ids:
-            if c not in self._cohort:
-                self._abort(AbortReason.UNKNOWN_ID, f"contribution from {c}, not in the cohort")
-        if (self.client_id, state.contribution) not in message.entries:
+        stranger = derivations.first_stranger(self.config, ids)
+        if stranger is not None:
+            self._abort(AbortReason.UNKNOWN_ID, f"contribution from {stranger}, not in the cohort")
+        if entries.contribution_of(self.client_id) != state.contribution:
             self._abort(AbortReason.BAD_CONTRIBUTIONS, "this client's contribution is missing")
-        config_id = self.config.config_id
-        commitments = derivations.contribution_commitments(
-            config_id, state.attempt, message.entries
-        )
-        recomputed = derivations.commitment_digest(config_id, state.attempt, commitments)
         # Every committed contribution, and nothing else: the server fixed this set before it
         # saw any contribution, so it could not have chosen one to steer the session.
-        if len(message.entries) != state.count or recomputed != state.digest:
+        if len(entries) != state.count or (
+            derivations.contributions_digest(self.config.config_id, state.attempt, entries)
+            != state.digest
+        ):
             self._abort(
                 AbortReason.BAD_CONTRIBUTIONS,
                 "the contributions are not the ones the server committed to",
             )
         session = derivations.Session.agree(
-            self.config, state.attempt, message.entries, commitments
+            self.config, state.attempt, entries, digest=state.digest
         )
         self._session = session
         self._neighbours = frozenset(session.neighbours(self.client_id))

@@ -10,29 +10,48 @@ session id and the SecAgg+ graph seed are hashes of the configuration and every 
 contribution. A client's own fresh randomness is therefore in every session it takes part in
 (no replay), and the server, which sees the contributions only after it has fixed the
 commitments, cannot choose the graph (no grinding).
+
+Each client checks every contribution of the cohort against the digest: O(n) per client, by
+necessity (docs/LINEAR_AGREEMENT.md: any contribution a client does not check is one the
+server can change after the reveals). So that check is kept cheap: the list stays its wire
+bytes (``messages.ContributionList``), its ids are checked as arrays, and the n commitments
+are hashed once per process for every client in it that checks the same list
+(:func:`contributions_digest`, memoised on its exact inputs).
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+from numpy.typing import NDArray
+
 from secagg.errors import DecodeError
 from secagg.hazmat.kdf import derive_key, encode_fields
 from secagg.hazmat.prg import MASK_KEY_BYTES
 from secagg.hazmat.shamir import SHARE_VALUE_BYTES
 from secagg.schemes.masking.graph import neighbours_of
-from secagg.schemes.masking.messages import CONTRIBUTION_BYTES, SHARE_PLAINTEXT_BYTES, RoundConfig
+from secagg.schemes.masking.messages import (
+    CONTRIBUTION_BYTES,
+    CONTRIBUTION_ENTRY_BYTES,
+    SHARE_PLAINTEXT_BYTES,
+    ContributionList,
+    RoundConfig,
+)
 
 __all__ = [
     "Session",
     "commitment_digest",
     "contribution_commitment",
     "contribution_commitments",
+    "contributions_digest",
+    "first_stranger",
     "pair_mask_key",
     "self_mask_commitment",
     "self_mask_key",
@@ -154,6 +173,76 @@ def commitment_digest(
     ).digest()
 
 
+def contributions_digest(
+    config_id: bytes, attempt: int, contributions: Sequence[tuple[int, bytes]]
+) -> bytes:
+    """The commitment digest recomputed from revealed contributions: ``commitment_digest``
+    of ``contribution_commitments``, which a client compares with the digest the server
+    fixed before anyone revealed.
+
+    Memoised on its exact inputs (the list's wire bytes themselves, compared byte for byte
+    on a hit, not a hash of them): every client of a round hosted in one process (the
+    simulator, a worker) checks the same list, and hashing its n commitments once serves them
+    all. A memoised value is the function's value for those very bytes, so no client takes
+    anything on trust; a list that differs in one byte is another key, hashed afresh."""
+    return _contributions_digest(config_id, attempt, ContributionList.of(contributions).wire)
+
+
+@functools.lru_cache(maxsize=4)
+def _contributions_digest(config_id: bytes, attempt: int, wire: bytes) -> bytes:
+    n = len(wire) // CONTRIBUTION_ENTRY_BYTES
+    if n == 0:
+        return commitment_digest(config_id, attempt, [])
+    entries = np.frombuffer(wire, dtype=np.uint8).reshape(n, CONTRIBUTION_ENTRY_BYTES)
+    # Every commitment's preimage, encode_fields("secagg/v1/contribution", config_id,
+    # attempt, client, contribution), laid out in one array: the fields all clients share,
+    # then the 8-byte id (4 zero bytes, then the u32 of the wire) and the contribution.
+    prefix = encode_fields("secagg/v1/contribution", config_id, attempt)
+    int_head = encode_fields(0)[:-8]  # tag and length of an int field
+    head = encode_fields(bytes(CONTRIBUTION_BYTES))[:-CONTRIBUTION_BYTES]
+    fixed = np.frombuffer(prefix + int_head, dtype=np.uint8)
+    at = len(fixed)
+    size = at + 8 + len(head) + CONTRIBUTION_BYTES
+    rows = np.zeros((n, size), dtype=np.uint8)
+    rows[:, :at] = fixed
+    rows[:, at + 4 : at + 8] = entries[:, :4]
+    rows[:, at + 8 : at + 8 + len(head)] = np.frombuffer(head, dtype=np.uint8)
+    rows[:, size - CONTRIBUTION_BYTES :] = entries[:, 4:]
+    flat = memoryview(rows.tobytes())
+    sha256 = hashlib.sha256
+    commitments = b"".join(sha256(flat[i : i + size]).digest() for i in range(0, n * size, size))
+    listed = np.empty((n, 4 + 32), dtype=np.uint8)
+    listed[:, :4] = entries[:, :4]
+    listed[:, 4:] = np.frombuffer(commitments, dtype=np.uint8).reshape(n, 32)
+    return _sha256_fields("secagg/v1/commitments", config_id, attempt, tail=listed.tobytes())
+
+
+def _sha256_fields(*fields: bytes | int | str, tail: bytes) -> bytes:
+    """``sha256(encode_fields(*fields, tail))`` without copying ``tail`` (36 bytes a member)."""
+    empty = encode_fields(b"")  # a bytes field's tag, then its 8-byte length (0)
+    digest = hashlib.sha256(encode_fields(*fields))
+    digest.update(empty[:-8])
+    digest.update(len(tail).to_bytes(8, "big"))
+    digest.update(tail)
+    return digest.digest()
+
+
+def first_stranger(config: RoundConfig, ids: NDArray[np.int64]) -> int | None:
+    """The first of ``ids`` that is not in the config's cohort, or None (binary searches in
+    the cohort's sorted ids: no Python step per id)."""
+    cohort = config.id_array
+    found = _found_in(cohort, ids)
+    if bool(found.all()):
+        return None
+    return int(ids[int(np.argmin(found))])
+
+
+def _found_in(cohort: NDArray[np.int64], ids: NDArray[np.int64]) -> NDArray[np.bool_]:
+    where = np.minimum(np.searchsorted(cohort, ids), len(cohort) - 1)
+    found: NDArray[np.bool_] = cohort[where] == ids
+    return found
+
+
 @dataclass(frozen=True)
 class Session:
     """One run of a round configuration, fixed by every participant's contribution.
@@ -181,18 +270,37 @@ class Session:
         attempt: int,
         contributions: Sequence[tuple[int, bytes]],
         commitments: Sequence[tuple[int, bytes]] | None = None,
+        *,
+        digest: bytes | None = None,
     ) -> Session:
         """From every revealed contribution, sorted by client id (checked by the caller);
-        ``commitments``, if the caller has computed them already."""
-        if commitments is None:
-            commitments = contribution_commitments(config.config_id, attempt, contributions)
-        digest = commitment_digest(config.config_id, attempt, commitments)
-        revealed = b"".join(c.to_bytes(4, "big") + r for c, r in contributions)
-        session_id = hashlib.sha256(
-            encode_fields("secagg/v1/session", config.config_id, attempt, digest, revealed)
-        ).digest()
+        ``commitments``, if the caller has computed them already, or their ``digest``, if the
+        caller has checked that the contributions hash to it (``contributions_digest``)."""
+        config_id = config.config_id
+        if digest is None:
+            if commitments is None and isinstance(contributions, ContributionList):
+                digest = contributions_digest(config_id, attempt, contributions)
+            else:
+                if commitments is None:
+                    commitments = contribution_commitments(config_id, attempt, contributions)
+                digest = commitment_digest(config_id, attempt, commitments)
+        if isinstance(contributions, ContributionList):
+            # Its wire bytes are the revealed list, u32 id || contribution each.
+            session_id = _sha256_fields(
+                "secagg/v1/session", config_id, attempt, digest, tail=contributions.wire
+            )
+            cohort = config.id_array
+            missing = np.ones(len(cohort), dtype=np.bool_)
+            ids = contributions.ids
+            missing[np.searchsorted(cohort, ids[_found_in(cohort, ids)])] = False
+            absent = frozenset(cohort[missing].tolist())
+        else:
+            revealed = b"".join(c.to_bytes(4, "big") + r for c, r in contributions)
+            session_id = hashlib.sha256(
+                encode_fields("secagg/v1/session", config_id, attempt, digest, revealed)
+            ).digest()
+            absent = config.cohort.difference(c for c, _ in contributions)
         graph_seed = hashlib.sha256(encode_fields("secagg/v1/graph", session_id)).digest()
-        absent = config.cohort.difference(c for c, _ in contributions)
         return cls(config, attempt, absent, session_id, graph_seed)
 
     def neighbours(self, client_id: int) -> tuple[int, ...]:
@@ -210,7 +318,9 @@ class Session:
         return tuple(ids[p] for p in neighbours_of(n, config.degree, self.graph_seed, position))
 
 
-def sorted_unique(ids: Sequence[int]) -> bool:
+def sorted_unique(ids: Sequence[int] | NDArray[np.integer]) -> bool:
+    if isinstance(ids, np.ndarray):
+        return bool(np.all(ids[1:] > ids[:-1]))
     return all(a < b for a, b in itertools.pairwise(ids))
 
 

@@ -41,9 +41,13 @@ import functools
 import hashlib
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, overload
+
+import numpy as np
+from numpy.typing import NDArray
 
 from secagg.dp.message import DpRound
 from secagg.errors import DecodeError, UsageError
@@ -74,6 +78,7 @@ __all__ = [
     "Commitment",
     "CommitmentDigest",
     "ConsistencySignature",
+    "ContributionList",
     "Contributions",
     "EncryptedShares",
     "MaskedInput",
@@ -103,6 +108,25 @@ SERVER_MODEL_CODES = {"semi-honest": 0, "semi-malicious": 1}
 def _check_id(value: int, what: str) -> None:
     if not isinstance(value, int) or not 0 <= value <= MAX_ID:
         raise UsageError(f"{what} must be a u32, got {value!r}")
+
+
+def _check_client_ids(ids: tuple[int, ...]) -> None:
+    """Strictly increasing u32s. Every client decodes the cohort (thousands of ids), so the
+    usual case is checked on one packed array; any failure is named by the rules one id at
+    a time."""
+    try:
+        packed = struct.pack(f">{len(ids)}I", *ids)
+        exact = set(map(type, ids)) <= {int}
+    except struct.error:
+        exact = False
+    if exact:
+        order = np.frombuffer(packed, dtype=">u4")
+        if bool(np.all(order[1:] > order[:-1])):
+            return
+    if any(b <= a for a, b in itertools.pairwise(ids)):
+        raise UsageError("client ids must be strictly increasing")
+    for i in ids:
+        _check_id(i, "client id")
 
 
 def _read_entries(
@@ -149,10 +173,7 @@ class RoundConfig(Message):
     def __post_init__(self) -> None:
         ids = tuple(self.client_ids)
         object.__setattr__(self, "client_ids", ids)
-        if any(b <= a for a, b in itertools.pairwise(ids)):
-            raise UsageError("client ids must be strictly increasing")
-        for i in ids:
-            _check_id(i, "client id")
+        _check_client_ids(ids)
         n = len(ids)
         if n < 1:
             raise UsageError("a cohort needs a client")
@@ -196,6 +217,14 @@ class RoundConfig(Message):
         """The client ids as a set, built once per config (a process may hold thousands of
         clients of one round: none of them should copy it)."""
         return frozenset(self.client_ids)
+
+    @functools.cached_property
+    def id_array(self) -> NDArray[np.int64]:
+        """The client ids as a sorted, read-only array, built once per config: what a client
+        searches to check a list of the cohort's ids without a Python step per id."""
+        array = np.array(self.client_ids, dtype=np.int64)
+        array.setflags(write=False)
+        return array
 
     @property
     def active(self) -> bool:
@@ -366,10 +395,120 @@ class Reveal(Message):
         return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.u8(), r.fixed(CONTRIBUTION_BYTES))
 
 
+CONTRIBUTION_ENTRY_BYTES = 4 + CONTRIBUTION_BYTES  # a u32 id, then the contribution
+_ENTRY = np.dtype([("id", ">u4"), ("contribution", f"S{CONTRIBUTION_BYTES}")])
+
+
+class ContributionList(Sequence[tuple[int, bytes]]):
+    """``(client, contribution)`` entries kept as their wire bytes: ``u32 id || 32 bytes``
+    each, in the order given (sorting is the reader's check, not this container's).
+
+    Every client of a round decodes and checks the whole list, so it is never turned into a
+    Python object per entry unless someone iterates it: decoding is one slice, encoding one
+    copy, ``ids`` a numpy view and ``wire`` exactly what the session id hashes. It is a
+    sequence of tuples all the same, equal to the tuple of its entries.
+    """
+
+    __slots__ = ("_ids", "_wire")
+
+    def __init__(self, wire: bytes) -> None:
+        if len(wire) % CONTRIBUTION_ENTRY_BYTES:
+            raise UsageError(f"a contribution list is {CONTRIBUTION_ENTRY_BYTES} bytes an entry")
+        self._wire = bytes(wire)
+        self._ids: NDArray[np.int64] | None = None
+
+    @classmethod
+    def of(cls, entries: Iterable[tuple[int, bytes]]) -> ContributionList:
+        """The list of ``entries`` (itself, if it is one already); UsageError if an id is not a
+        u32 or a contribution is not 32 bytes."""
+        if isinstance(entries, ContributionList):
+            return entries
+        parts: list[bytes] = []
+        for client, contribution in entries:
+            _check_id(client, "a contributor's id")
+            if not isinstance(contribution, bytes) or len(contribution) != CONTRIBUTION_BYTES:
+                raise UsageError(f"a contribution is {CONTRIBUTION_BYTES} bytes")
+            parts += (client.to_bytes(4, "big"), contribution)
+        return cls(b"".join(parts))
+
+    @property
+    def wire(self) -> bytes:
+        return self._wire
+
+    @property
+    def ids(self) -> NDArray[np.int64]:
+        """The entries' ids, in their order (read-only; computed once)."""
+        if self._ids is None:
+            ids = np.frombuffer(self._wire, dtype=_ENTRY)["id"].astype(np.int64)
+            ids.setflags(write=False)
+            self._ids = ids
+        return self._ids
+
+    def contribution(self, index: int) -> bytes:
+        """The contribution of the entry at ``index``."""
+        start = index * CONTRIBUTION_ENTRY_BYTES + 4
+        return self._wire[start : start + CONTRIBUTION_BYTES]
+
+    def contribution_of(self, client: int) -> bytes | None:
+        """``client``'s contribution in a list sorted by id (a binary search), or None."""
+        ids = self.ids
+        index = int(np.searchsorted(ids, client))
+        if index == len(ids) or ids[index] != client:
+            return None
+        return self.contribution(index)
+
+    def __len__(self) -> int:
+        return len(self._wire) // CONTRIBUTION_ENTRY_BYTES
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, bytes]: ...
+    @overload
+    def __getitem__(self, index: slice) -> ContributionList: ...
+    def __getitem__(self, index: int | slice) -> tuple[int, bytes] | ContributionList:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                size = CONTRIBUTION_ENTRY_BYTES
+                return ContributionList(self._wire[start * size : max(start, stop) * size])
+            return ContributionList.of([self[i] for i in range(start, stop, step)])
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError("contribution list index out of range")
+        index %= n
+        start = index * CONTRIBUTION_ENTRY_BYTES
+        return int.from_bytes(self._wire[start : start + 4], "big"), self.contribution(index)
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        wire, size = self._wire, CONTRIBUTION_ENTRY_BYTES
+        starts = range(4, len(wire), size)
+        return zip(
+            self.ids.tolist(), (wire[s : s + CONTRIBUTION_BYTES] for s in starts), strict=True
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ContributionList):
+            return self._wire == other._wire
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return len(other) == len(self) and tuple(other) == tuple(self)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))  # as the equal tuple's
+
+    def __repr__(self) -> str:
+        return f"ContributionList({len(self)} entries)"
+
+    def __reduce__(self) -> tuple[type[ContributionList], tuple[bytes]]:
+        return ContributionList, (self._wire,)
+
+
 @dataclass(frozen=True)
 class Contributions(Message):
     """Server -> client: every revealed contribution, sorted by client id. Each client checks
-    them against the digest it was sent and finds its own among them."""
+    them against the digest it was sent and finds its own among them.
+
+    ``entries`` may be given as any sequence of ``(client, contribution)``; it is kept as a
+    ``ContributionList`` (its wire bytes), which the server builds once for everyone."""
 
     TAG: ClassVar[int] = 15
     DIRECTION: ClassVar[Direction] = Direction.DOWN
@@ -378,23 +517,29 @@ class Contributions(Message):
     config_id: bytes = field(repr=False)
     recipient: int
     attempt: int
-    entries: tuple[tuple[int, bytes], ...] = field(repr=False)  # (client, contribution)
+    entries: Sequence[tuple[int, bytes]] = field(repr=False)  # (client, contribution)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entries", ContributionList.of(self.entries))
+
+    @property
+    def contributions(self) -> ContributionList:
+        """``entries``, typed as what they are."""
+        return ContributionList.of(self.entries)
 
     def _write(self, w: Writer) -> None:
         w.fixed(self.config_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
         w.u8(self.attempt)
-        w.u32(len(self.entries))
-        for client, contribution in self.entries:
-            w.u32(client)
-            w.fixed(contribution, CONTRIBUTION_BYTES)
+        entries = self.contributions
+        w.u32(len(entries))
+        w.fixed(entries.wire, len(entries.wire))
 
     @classmethod
     def _read(cls, r: Reader) -> Contributions:
         config_id, recipient, attempt = r.fixed(SESSION_ID_BYTES), r.u32(), r.u8()
-        entries = _read_entries(
-            r, 4 + CONTRIBUTION_BYTES, lambda: (r.u32(), r.fixed(CONTRIBUTION_BYTES))
-        )
+        n = r.count(CONTRIBUTION_ENTRY_BYTES)
+        entries = ContributionList(r.fixed(n * CONTRIBUTION_ENTRY_BYTES))
         return cls(config_id, recipient, attempt, entries)
 
 

@@ -88,6 +88,7 @@ from secagg.schemes.masking.messages import (
     CommitmentDigest,
     CommitRequest,
     ConsistencySignature,
+    ContributionList,
     Contributions,
     EncryptedShares,
     MaskedInput,
@@ -819,8 +820,9 @@ class Server:
         config_id = self.config.config_id
         here = {u for u in live if self._status[u] is not PeerStatus.DROPPED}
         if live == state.commitments.keys():
-            # Every committed contribution is in: the session is fixed, for all of them.
-            contributions = tuple(
+            # Every committed contribution is in: the session is fixed, for all of them. The
+            # list is built once, as its wire bytes, and the same one goes to everyone.
+            contributions = ContributionList.of(
                 (u, m.contribution)
                 for u, m in sorted(self._answers.items())
                 if isinstance(m, Reveal)
