@@ -688,3 +688,26 @@ def test_vectorised_rejection_sampling_matches_the_one_word_at_a_time_definition
     draws, rejections = _reference_swaps(n, seed)
     assert rejections > 0
     assert graph._swap_indices(n, seed) == draws
+
+
+def test_the_thin_window_of_a_survivor_array_is_the_one_of_the_same_set() -> None:
+    """A client finds its survivors' ring positions by binary search and hands them over as
+    an array; the window rule must read them exactly as the set of the same positions."""
+    n, seed = 300, seed_of("windows")
+    rule = graph.SurvivorRule(quorum=1, window=10, least_in_window=4)
+    ring = graph._ring(n, seed)[0].tolist()
+    draws = np.random.default_rng(7)
+    for keep in (1.0, 0.6, 0.45, 0.3):
+        members = frozenset(int(p) for p in np.flatnonzero(draws.random(n) < keep))
+        as_array = np.array(sorted(members), dtype=np.int64)
+        thin = [  # the definition: count each window's members one slot at a time
+            s
+            for s in range(n)
+            if sum(ring[(s + i) % n] in members for i in range(rule.window)) < rule.least_in_window
+        ]
+        expected = thin[0] if thin else None
+        assert graph.thin_window(n, seed, members, rule) == expected
+        assert graph.thin_window(n, seed, as_array, rule) == expected
+        assert graph.thin_window(n, seed, np.append(as_array, [n, -1]), rule) == expected
+    assert graph.thin_window(n, seed, frozenset(range(n)), rule) is None
+    assert graph.thin_window(n, seed, np.arange(0), rule) == 0

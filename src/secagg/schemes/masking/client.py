@@ -702,9 +702,8 @@ class Client:
                 AbortReason.COHORT_TOO_SMALL,
                 f"{len(survivors)} survivors cannot be certified by {rule.quorum} signers",
             )
-        ids = self.config.client_ids
-        position = {client: p for p, client in enumerate(ids)}
-        members = frozenset(position[u] for u in survivors)
+        ids = self.config.id_array  # sorted: a survivor's position is a binary search
+        members = np.searchsorted(ids, np.array(survivors, dtype=np.int64))
         slot = thin_window(len(ids), self.session.graph_seed, members, rule)
         if slot is not None:
             self._abort(

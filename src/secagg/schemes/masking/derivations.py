@@ -114,7 +114,7 @@ def advertise_signed_bytes(
 def consistency_signed_bytes(session_id: bytes, survivors: tuple[int, ...]) -> bytes:
     """What every client signs in the consistency round: the one survivor set it was shown."""
     return encode_fields(
-        "secagg/v1/consistency", session_id, b"".join(u.to_bytes(4, "big") for u in survivors)
+        "secagg/v1/consistency", session_id, struct.pack(f">{len(survivors)}I", *survivors)
     )
 
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -633,13 +633,23 @@ def survivor_rule(n: int, degree: int, adversarial_rate: float, sigma: int) -> S
     return SurvivorRule(quorum, half, min(most + 1, half))
 
 
-def thin_window(n: int, seed: bytes, members: frozenset[int], rule: SurvivorRule) -> int | None:
+def thin_window(
+    n: int, seed: bytes, members: Collection[int] | NDArray[np.integer], rule: SurvivorRule
+) -> int | None:
     """The first ring slot of a window of ``rule.window`` consecutive slots holding fewer than
-    ``rule.least_in_window`` of ``members`` (positions 0..n-1), or None if there is none."""
+    ``rule.least_in_window`` of ``members`` (positions 0..n-1; others are ignored), or None
+    if there is none."""
     if rule.window == 0:
         return None
     ring, _ = _ring(n, seed)
-    held = np.fromiter((p in members for p in ring.tolist()), dtype=np.int64, count=n)
+    positions = (
+        members
+        if isinstance(members, np.ndarray)
+        else np.fromiter(members, dtype=np.int64, count=len(members))
+    )
+    chosen = np.zeros(n, dtype=np.bool_)
+    chosen[positions[(positions >= 0) & (positions < n)]] = True
+    held = chosen[ring].astype(np.int64)  # held[s]: ring slot s holds a member
     # Counts of every cyclic window at once: prefix sums over the ring read twice.
     prefix = np.concatenate(([0], np.cumsum(np.concatenate((held, held[: rule.window])))))
     counts = prefix[rule.window : rule.window + n] - prefix[:n]
