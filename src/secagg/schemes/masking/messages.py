@@ -110,10 +110,10 @@ def _check_id(value: int, what: str) -> None:
         raise UsageError(f"{what} must be a u32, got {value!r}")
 
 
-def _check_client_ids(ids: tuple[int, ...]) -> None:
-    """Strictly increasing u32s. Every client decodes the cohort (thousands of ids), so the
-    usual case is checked on one packed array; any failure is named by the rules one id at
-    a time."""
+def _check_client_ids(ids: tuple[int, ...]) -> bytes:
+    """Strictly increasing u32s, returned packed as the wire has them. Every client decodes
+    the cohort (thousands of ids), so the usual case is checked on that one packed array;
+    any failure is named by the rules one id at a time."""
     try:
         packed = struct.pack(f">{len(ids)}I", *ids)
         exact = set(map(type, ids)) <= {int}
@@ -122,11 +122,12 @@ def _check_client_ids(ids: tuple[int, ...]) -> None:
     if exact:
         order = np.frombuffer(packed, dtype=">u4")
         if bool(np.all(order[1:] > order[:-1])):
-            return
+            return packed
     if any(b <= a for a, b in itertools.pairwise(ids)):
         raise UsageError("client ids must be strictly increasing")
     for i in ids:
         _check_id(i, "client id")
+    return struct.pack(f">{len(ids)}I", *ids)
 
 
 def _read_entries(
@@ -169,11 +170,14 @@ class RoundConfig(Message):
     min_cohort: int = 1  # no revealed sum may contain fewer inputs (checked in active mode)
     dp: DpRound | None = None  # distributed DP: each client's noise, before masking
     config_id: bytes = field(init=False, repr=False, compare=False)
+    # The ids as the wire has them, packed once: encoded for the config id and for every
+    # member of the cohort it is sent to.
+    _packed_ids: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ids = tuple(self.client_ids)
         object.__setattr__(self, "client_ids", ids)
-        _check_client_ids(ids)
+        object.__setattr__(self, "_packed_ids", _check_client_ids(ids))
         n = len(ids)
         if n < 1:
             raise UsageError("a cohort needs a client")
@@ -236,7 +240,8 @@ class RoundConfig(Message):
         w.fixed(self.nonce, NONCE_BYTES)
         w.u8(PROTOCOL_CODES[self.protocol])
         w.u8(SERVER_MODEL_CODES[self.server_model])
-        w.ids(self.client_ids)
+        w.u32(len(self.client_ids))
+        w.fixed(self._packed_ids, 4 * len(self.client_ids))
         w.u32(self.degree)
         w.u32(self.threshold)
         w.u8(self.ring_bits)
