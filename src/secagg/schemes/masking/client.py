@@ -67,7 +67,7 @@ from secagg.hazmat.shamir import Share, split
 from secagg.protocol.codec import Message, decode
 from secagg.schemes.masking import derivations
 from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
-from secagg.schemes.masking.graph import SurvivorRule, thin_window
+from secagg.schemes.masking.graph import SurvivorRule, thin_window_of
 from secagg.schemes.masking.messages import (
     CONTRIBUTION_BYTES,
     MAX_ATTEMPTS,
@@ -702,9 +702,7 @@ class Client:
                 AbortReason.COHORT_TOO_SMALL,
                 f"{len(survivors)} survivors cannot be certified by {rule.quorum} signers",
             )
-        ids = self.config.id_array  # sorted: a survivor's position is a binary search
-        members = np.searchsorted(ids, np.array(survivors, dtype=np.int64))
-        slot = thin_window(len(ids), self.session.graph_seed, members, rule)
+        slot = thin_window_of(self.config.id_array, self.session.graph_seed, survivors, rule)
         if slot is not None:
             self._abort(
                 AbortReason.SURVIVORS_CUT,

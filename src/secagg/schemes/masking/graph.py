@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -76,6 +76,7 @@ __all__ = [
     "neighbours_of",
     "survivor_rule",
     "thin_window",
+    "thin_window_of",
 ]
 
 GRAPH_SEED_BYTES: Final = 32
@@ -655,3 +656,12 @@ def thin_window(
     counts = prefix[rule.window : rule.window + n] - prefix[:n]
     thin = np.flatnonzero(counts < rule.least_in_window)
     return int(thin[0]) if len(thin) else None
+
+
+def thin_window_of(
+    cohort: NDArray[np.int64], seed: bytes, survivors: Sequence[int], rule: SurvivorRule
+) -> int | None:
+    """``thin_window`` for ``survivors`` given by client id, the sorted ``cohort``'s ids
+    (``RoundConfig.id_array``): a survivor's ring position is a binary search."""
+    members = np.searchsorted(cohort, np.array(survivors, dtype=np.int64))
+    return thin_window(len(cohort), seed, members, rule)

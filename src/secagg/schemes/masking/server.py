@@ -79,7 +79,7 @@ from secagg.protocol.runner import Aggregate
 from secagg.protocol.stages import SESSION_AGREEMENT, Drop, Stage, missed
 from secagg.schemes.masking import derivations
 from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
-from secagg.schemes.masking.graph import SurvivorRule, thin_window
+from secagg.schemes.masking.graph import SurvivorRule, thin_window_of
 from secagg.schemes.masking.messages import (
     CLIENT_MESSAGE,
     MAX_ATTEMPTS,
@@ -102,7 +102,7 @@ from secagg.schemes.masking.messages import (
     UnmaskResponse,
 )
 
-__all__ = ["Drop", "PeerStatus", "RoundResult", "Server", "Stage"]
+__all__ = ["Drop", "PeerStatus", "RoundResult", "Server", "Stage", "check_certifiable"]
 
 
 # Subsets of t shares tried before a reconstruction is given up (each try is ~20 us).
@@ -956,24 +956,9 @@ class Server:
         return self._request_unmasking(state, masked, askable, {})
 
     def _check_certifiable(self, included: tuple[int, ...], graph_seed: bytes) -> None:
-        """The clients refuse to sign a survivor set that a quorum cannot certify or that
-        would cut the graph (docs/SURVIVOR_CERTIFICATE.md): such a round ends here."""
         rule = self._survivor_rule
         assert rule is not None
-        if len(included) < rule.quorum:
-            raise RoundAborted(
-                Stage.MASKED_INPUT,
-                f"{len(included)} inputs; a survivor set needs a quorum of {rule.quorum}",
-            )
-        ids = self.config.client_ids
-        position = {client: p for p, client in enumerate(ids)}
-        slot = thin_window(len(ids), graph_seed, frozenset(position[u] for u in included), rule)
-        if slot is not None:
-            raise RoundAborted(
-                Stage.MASKED_INPUT,
-                f"ring slots {slot}..{slot + rule.window - 1} hold fewer than "
-                f"{rule.least_in_window} survivors: the survivor set would cut the graph",
-            )
+        check_certifiable(self.config, graph_seed, included, rule)
 
     def _close_consistency(self, live: set[int]) -> dict[int, Message]:
         state = self._current(Confirming)
@@ -1122,6 +1107,26 @@ class Server:
                         f"sent a bad share of client {owner}'s {what}",
                     )
                 )
+
+
+def check_certifiable(
+    config: RoundConfig, graph_seed: bytes, included: tuple[int, ...], rule: SurvivorRule
+) -> None:
+    """The clients refuse to sign a survivor set that a quorum cannot certify or that would
+    cut the graph (docs/SURVIVOR_CERTIFICATE.md): a round with such a set ends here, before
+    anyone signs or reveals anything."""
+    if len(included) < rule.quorum:
+        raise RoundAborted(
+            Stage.MASKED_INPUT,
+            f"{len(included)} inputs; a survivor set needs a quorum of {rule.quorum}",
+        )
+    slot = thin_window_of(config.id_array, graph_seed, included, rule)
+    if slot is not None:
+        raise RoundAborted(
+            Stage.MASKED_INPUT,
+            f"ring slots {slot}..{slot + rule.window - 1} hold fewer than "
+            f"{rule.least_in_window} survivors: the survivor set would cut the graph",
+        )
 
 
 def _certificate(

@@ -59,7 +59,7 @@ from secagg.schemes.masking import derivations as one_shot
 from secagg.schemes.masking.client import AwaitingPeerKeys, Initial, checked_update
 from secagg.schemes.masking.client import Client as AgreementClient
 from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
-from secagg.schemes.masking.graph import SurvivorRule, thin_window
+from secagg.schemes.masking.graph import SurvivorRule, thin_window_of
 from secagg.schemes.masking.messages import (
     AdvertiseKeys,
     CommitmentDigest,
@@ -920,10 +920,7 @@ class SessionClient:
                 AbortReason.COHORT_TOO_SMALL,
                 f"{len(survivors)} survivors cannot be certified by {rule.quorum} signers",
             )
-        ids = self._config.client_ids
-        position = {client: p for p, client in enumerate(ids)}
-        members = frozenset(position[v] for v in survivors)
-        slot = thin_window(len(ids), self.session.graph_seed, members, rule)
+        slot = thin_window_of(self._config.id_array, self.session.graph_seed, survivors, rule)
         if slot is not None:
             self._leave(
                 AbortReason.SURVIVORS_CUT,

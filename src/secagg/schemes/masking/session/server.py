@@ -52,9 +52,9 @@ from secagg.protocol.runner import Aggregate
 from secagg.protocol.stages import Drop, Stage, missed
 from secagg.schemes.masking import derivations as one_shot
 from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
-from secagg.schemes.masking.graph import SurvivorRule, thin_window
+from secagg.schemes.masking.graph import SurvivorRule
 from secagg.schemes.masking.messages import AdvertiseKeys
-from secagg.schemes.masking.server import RoundResult
+from secagg.schemes.masking.server import RoundResult, check_certifiable
 from secagg.schemes.masking.server import Server as AgreementServer
 from secagg.schemes.masking.session import derivations
 from secagg.schemes.masking.session.messages import (
@@ -598,22 +598,7 @@ class SessionServer:
             return self._request_unmasking(askable, {})
         rule = self._survivor_rule
         assert rule is not None
-        if len(included) < rule.quorum:
-            raise RoundAborted(
-                Stage.MASKED_INPUT,
-                f"{len(included)} inputs; a survivor set needs a quorum of {rule.quorum}",
-            )
-        ids = self.config.client_ids
-        position = {client: p for p, client in enumerate(ids)}
-        slot = thin_window(
-            len(ids), self.session.graph_seed, frozenset(position[u] for u in included), rule
-        )
-        if slot is not None:
-            raise RoundAborted(
-                Stage.MASKED_INPUT,
-                f"ring slots {slot}..{slot + rule.window - 1} hold fewer than "
-                f"{rule.least_in_window} survivors: the survivor set would cut the graph",
-            )
+        check_certifiable(self.config, self.session.graph_seed, included, rule)
         sid = self.session.session_id
         self._round_chain = derivations.chain_digest(
             self._chain, sid, self._round, self._context, included
