@@ -60,13 +60,12 @@ from secagg.errors import (
 )
 from secagg.hazmat import aead, prg
 from secagg.hazmat.keys import Ed25519SigningKey, X25519KeyPair, ed25519_verify
-from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.randomness import Randomness
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, split
 from secagg.protocol.codec import Message, decode
 from secagg.schemes.masking import derivations
-from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
+from secagg.schemes.masking.encoding import InputEncoding, encoding_or_quantizer
 from secagg.schemes.masking.graph import SurvivorRule, thin_window_of
 from secagg.schemes.masking.messages import (
     CONTRIBUTION_BYTES,
@@ -250,10 +249,7 @@ class Client:
         the config; a distributed-DP round needs its ``secagg.dp.encoding.DpEncoding``)."""
         if client_id not in config.cohort:
             raise UsageError(f"client {client_id} is not in the round's cohort")
-        if encoding is None:
-            if config.dp is not None:
-                raise UsageError("a distributed-DP round needs its DP encoding")
-            encoding = QuantizedEncoding(Quantizer(clip=config.clip, bits=config.value_bits))
+        encoding = encoding_or_quantizer(config, encoding)
         if config.active and (identity is None or pki is None or survivor_rule is None):
             raise UsageError(
                 "active mode needs the client's identity, the peers' public keys and the "

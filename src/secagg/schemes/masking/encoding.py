@@ -15,16 +15,20 @@ is derived from the session, which no party chooses alone.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.errors import UsageError
 from secagg.hazmat.quantize import EncodedInput, Quantizer
 from secagg.hazmat.randomness import Randomness
 from secagg.hazmat.ring import Ring, RingArray
 
-__all__ = ["InputEncoding", "QuantizedEncoding"]
+if TYPE_CHECKING:
+    from secagg.schemes.masking.messages import RoundConfig
+
+__all__ = ["InputEncoding", "QuantizedEncoding", "encoding_or_quantizer"]
 
 
 class InputEncoding(Protocol):
@@ -85,3 +89,13 @@ class QuantizedEncoding:
     def error_bound(self, included: int) -> float:
         del included
         return self.quantizer.error_bound()
+
+
+def encoding_or_quantizer(config: RoundConfig, encoding: InputEncoding | None) -> InputEncoding:
+    """``encoding``, or where none is given the quantiser ``config`` fixes; a distributed-DP
+    round has no default (its encoding carries the DP plan)."""
+    if encoding is not None:
+        return encoding
+    if config.dp is not None:
+        raise UsageError("a distributed-DP round needs its DP encoding")
+    return QuantizedEncoding(Quantizer(clip=config.clip, bits=config.value_bits))

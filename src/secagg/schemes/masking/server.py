@@ -78,7 +78,7 @@ from secagg.protocol.codec import Message, decode
 from secagg.protocol.runner import Aggregate
 from secagg.protocol.stages import SESSION_AGREEMENT, Drop, Stage, missed
 from secagg.schemes.masking import derivations
-from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
+from secagg.schemes.masking.encoding import InputEncoding, encoding_or_quantizer
 from secagg.schemes.masking.graph import SurvivorRule, thin_window_of
 from secagg.schemes.masking.messages import (
     CLIENT_MESSAGE,
@@ -102,7 +102,15 @@ from secagg.schemes.masking.messages import (
     UnmaskResponse,
 )
 
-__all__ = ["Drop", "PeerStatus", "RoundResult", "Server", "Stage", "check_certifiable"]
+__all__ = [
+    "Drop",
+    "PeerStatus",
+    "RoundResult",
+    "Server",
+    "Stage",
+    "check_certifiable",
+    "rebuild_verified",
+]
 
 
 # Subsets of t shares tried before a reconstruction is given up (each try is ~20 us).
@@ -320,10 +328,7 @@ class Server:
         ``apply_masks`` regenerates the masks to remove; a driver may pass one that uses
         every core (``secagg.parallel.MaskApplier``). ``encoding`` reads the unmasked sum
         (default: the quantiser of the config; distributed DP needs its DP encoding)."""
-        if encoding is None:
-            if config.dp is not None:
-                raise UsageError("a distributed-DP round needs its DP encoding")
-            encoding = QuantizedEncoding(Quantizer(clip=config.clip, bits=config.value_bits))
+        encoding = encoding_or_quantizer(config, encoding)
         self._encoding = encoding
         self._apply_masks = apply_masks
         if config.active and (pki is None or survivor_rule is None):
@@ -1070,21 +1075,12 @@ class Server:
             raise RoundAborted(
                 Stage.UNMASK, f"only {len(shares)} shares of client {owner}'s {what}; need {t}"
             )
-        # Consecutive windows first (one try when every share is good), then any t of them,
-        # up to a budget: a few bad shares among good ones are out-voted wherever they sit.
-        candidates = itertools.chain(
-            (shares[start : start + t] for start in range(len(shares) - t + 1)),
-            itertools.islice(itertools.combinations(shares, t), _RECONSTRUCTION_TRIES),
-        )
-        for window in candidates:
-            try:
-                secret = combine(list(window), t)
-            except InconsistentSharesError:
-                continue
-            if verify(secret):
-                if list(window) != shares[:t]:
-                    self._note_bad_shares(owner, shares, list(window), what)
-                return secret
+        rebuilt = rebuild_verified(shares, t, verify)
+        if rebuilt is not None:
+            secret, window = rebuilt
+            if window != shares[:t]:
+                self._note_bad_shares(owner, shares, window, what)
+            return secret
         raise RoundAborted(
             Stage.UNMASK, f"the shares of client {owner}'s {what} do not reconstruct it"
         )
@@ -1107,6 +1103,27 @@ class Server:
                         f"sent a bad share of client {owner}'s {what}",
                     )
                 )
+
+
+def rebuild_verified(
+    shares: Sequence[Share], t: int, verify: Callable[[bytes], bool]
+) -> tuple[bytes, list[Share]] | None:
+    """A secret from t of ``shares`` that passes ``verify`` (its public commitment), and the
+    t shares that gave it; None if no subset tried does. Consecutive windows first (one try
+    when every share is good), then any t of them up to a budget: a few bad shares among good
+    ones are out-voted wherever they sit."""
+    candidates = itertools.chain(
+        (list(shares[start : start + t]) for start in range(len(shares) - t + 1)),
+        itertools.islice(itertools.combinations(shares, t), _RECONSTRUCTION_TRIES),
+    )
+    for window in candidates:
+        try:
+            secret = combine(list(window), t)
+        except InconsistentSharesError:
+            continue
+        if verify(secret):
+            return secret, list(window)
+    return None
 
 
 def check_certifiable(

@@ -50,7 +50,6 @@ from secagg.errors import (
 )
 from secagg.hazmat import aead, prg
 from secagg.hazmat.keys import Ed25519SigningKey, X25519KeyPair, ed25519_verify
-from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.randomness import Randomness, SystemRandomness
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, split
@@ -58,7 +57,7 @@ from secagg.protocol.codec import DIGEST_BYTES, Message, decode
 from secagg.schemes.masking import derivations as one_shot
 from secagg.schemes.masking.client import AwaitingPeerKeys, Initial, checked_update
 from secagg.schemes.masking.client import Client as AgreementClient
-from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
+from secagg.schemes.masking.encoding import InputEncoding, encoding_or_quantizer
 from secagg.schemes.masking.graph import SurvivorRule, thin_window_of
 from secagg.schemes.masking.messages import (
     AdvertiseKeys,
@@ -221,10 +220,7 @@ class SessionClient:
         self._config = config
         self._client_id = client_id
         self._rng: Randomness = rng if rng is not None else SystemRandomness()
-        if encoding is None:
-            if config.dp is not None:
-                raise UsageError("a distributed-DP session needs its DP encoding")
-            encoding = QuantizedEncoding(Quantizer(clip=config.clip, bits=config.value_bits))
+        encoding = encoding_or_quantizer(config, encoding)
         self._encoding = encoding
         # The one-shot client agrees the session and draws round 1's keys; it is dropped as
         # soon as the keys are advertised, since it would hold them for the whole session.

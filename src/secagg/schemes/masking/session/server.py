@@ -25,7 +25,6 @@ ordinary dropout of round r + 1: its round r + 1 key is what its neighbours hold
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -37,24 +36,22 @@ from secagg.errors import (
     CryptoError,
     DecodeError,
     DropReason,
-    InconsistentSharesError,
     RoundAborted,
     UsageError,
 )
 from secagg.hazmat import prg
 from secagg.hazmat.keys import X25519KeyPair, ed25519_verify, x25519_public_from_private
-from secagg.hazmat.quantize import Quantizer
 from secagg.hazmat.randomness import SystemRandomness
 from secagg.hazmat.ring import Ring
-from secagg.hazmat.shamir import Share, combine
+from secagg.hazmat.shamir import Share
 from secagg.protocol.codec import DIGEST_BYTES, Message, decode
 from secagg.protocol.runner import Aggregate
 from secagg.protocol.stages import Drop, Stage, missed
 from secagg.schemes.masking import derivations as one_shot
-from secagg.schemes.masking.encoding import InputEncoding, QuantizedEncoding
+from secagg.schemes.masking.encoding import InputEncoding, encoding_or_quantizer
 from secagg.schemes.masking.graph import SurvivorRule
 from secagg.schemes.masking.messages import AdvertiseKeys
-from secagg.schemes.masking.server import RoundResult, check_certifiable
+from secagg.schemes.masking.server import RoundResult, check_certifiable, rebuild_verified
 from secagg.schemes.masking.server import Server as AgreementServer
 from secagg.schemes.masking.session import derivations
 from secagg.schemes.masking.session.messages import (
@@ -72,9 +69,6 @@ from secagg.schemes.masking.session.messages import (
 from secagg.schemes.masking.session.terms import SessionTerms
 
 __all__ = ["Member", "SessionServer"]
-
-# Reconstruction attempts beyond consecutive windows, as the one-shot server.
-_RECONSTRUCTION_TRIES = 64
 
 
 @dataclass(frozen=True)
@@ -115,10 +109,7 @@ class SessionServer:
         is set up again (S5's budget: the departures the graph's parameters were found for,
         floor(dropout_rate x n) by the deployment; None: no budget beyond k_min)."""
         config = terms.config
-        if encoding is None:
-            if config.dp is not None:
-                raise UsageError("a distributed-DP session needs its DP encoding")
-            encoding = QuantizedEncoding(Quantizer(clip=config.clip, bits=config.value_bits))
+        encoding = encoding_or_quantizer(config, encoding)
         self.terms = terms
         self.config = config
         self._encoding = encoding
@@ -735,17 +726,9 @@ class SessionServer:
             raise RoundAborted(
                 Stage.UNMASK, f"only {len(shares)} shares of client {owner}'s {what}; need {t}"
             )
-        candidates = itertools.chain(
-            (list(shares[i : i + t]) for i in range(len(shares) - t + 1)),
-            itertools.islice(itertools.combinations(shares, t), _RECONSTRUCTION_TRIES),
-        )
-        for window in candidates:
-            try:
-                secret = combine(list(window), t)
-            except InconsistentSharesError:
-                continue
-            if verify(secret):
-                return secret
+        rebuilt = rebuild_verified(shares, t, verify)
+        if rebuilt is not None:
+            return rebuilt[0]
         raise RoundAborted(
             Stage.UNMASK, f"the shares of client {owner}'s {what} do not reconstruct it"
         )
