@@ -11,15 +11,31 @@ transcript. The mod only moves bytes between Flower's records and the session, r
 training (once, on the round's first message, on exactly the task the session is bound to;
 the update is the difference between what it returns and the global model), and keeps time.
 
-**Nothing of a round is kept in Flower's ``Context``.** Flower's simulation engine writes a
-node's ``Context`` back after each message with nothing serialising one node's messages, and in
-simulation it lives beside the ServerApp: a stale copy written back after later messages would
-roll the node's protocol state back. The round's state lives in the node's journal (a SQLite
-file under the folder the app names in ``journal``, one per node: ``node-<id>.journal``):
-each message is decided under the journal's lock (across threads and processes), appended,
-and made durable before the answer leaves. Since Flower may run each message in another
-process, the journal keeps the round's 32-byte seed and update until the round closes, and the
-round's client is rebuilt by replaying its transcript with the same deterministic randomness.
+**Two kinds of round.** A message whose secagg record carries the node table (``wire.NODES``)
+opens something: a one-shot round (a ``RoundConfig`` beside the strategy's records: offered,
+trained, begun) or a session that spans rounds (a ``SessionConfig``, docs/SESSIONS.md: its
+binding must be the digest of the node table it came with, ``wire.session_binding``, and it is
+offered with that table, as a round's configuration is: allow-list, pki, the deployment's
+session caps ``max_session_rounds`` and ``max_session_seconds``; the answer is the set-up's
+commitment). A protocol message that opens a session's round (``Message.opens_training``: a
+``RoundTask``, or round 1's ``PeerSetupShares`` with its task) comes beside the strategy's
+records: the round's task is their ``content_digest`` (``SessionTask``), offered with
+``offer_round``, trained exactly as a one-shot round is, and begun. Every other message is the
+session's (``receive``). A session round's opening seen again after its message left is a
+retransmission: the journal's bytes are sent again and the app does not train.
+
+**Nothing of a round or a session is kept in Flower's ``Context``.** Flower's simulation
+engine writes a node's ``Context`` back after each message with nothing serialising one node's
+messages, and in simulation it lives beside the ServerApp: a stale copy written back after
+later messages would roll the node's protocol state back. The state lives in the node's
+journal (a SQLite file under the folder the app names in ``journal``, one per node:
+``node-<id>.journal``): each message is decided under the journal's lock (across threads and
+processes), appended, and made durable before the answer leaves. Since Flower may run each
+message in another process, the journal keeps a one-shot round's 32-byte seed and update until
+the round closes (its client is rebuilt by replaying its transcript with the same
+deterministic randomness), and a session's client *state* (its next round's keys and held
+shares, never a seed or an update) between rounds: that state is as sensitive as the identity
+key, and one read of it yields one round of the node's input (docs/SESSIONS.md 1.4, 2.4).
 
 **An allow-list is required.** ``allowed_nodes`` names the node ids this node takes part with
 (in active mode the ``pki`` keys are the allow-list); a mod without one is a configuration
@@ -28,7 +44,8 @@ every node is the app's own; logged as a warning).
 
 **Deadlines.** The session abandons a round ``stage_timeout`` seconds after the node's last
 answer: a later message is refused, and a timer erases the round's secrets when the time
-passes even if no message comes.
+passes even if no message comes. Between a session's rounds the deadline is the session's end
+(its ``max_seconds`` after the set-up): the server may train as long as that.
 
 Any refusal is a typed ``ClientAbort``: the mod logs it and answers the server with the reason
 (``wire.ABORT``) so the server drops this node at once instead of waiting for a timeout. A
@@ -63,10 +80,13 @@ from secagg.errors import (
 from secagg.flower import wire
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.journal import Journal
+from secagg.protocol.codec import Message as ProtocolMessage
 from secagg.protocol.codec import decode
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.parameters import Params
+from secagg.schemes.masking.session.messages import SessionConfig
+from secagg.schemes.masking.session.terms import DEFAULT_MAX_ROUNDS, DEFAULT_MAX_SECONDS
 
 if TYPE_CHECKING:
     from secagg.flower.configured import NodeConfiguredMod
@@ -130,6 +150,19 @@ class FlowerTask:
         return vector
 
 
+class SessionTask(FlowerTask):
+    """A session round's task as Flower sends it: the strategy's records beside the message
+    that opens the round. The round binds their ``content_digest`` alone (``RoundTask.task``,
+    ``ctx_r``): the session binds the node table once, at set-up (``wire.session_binding``),
+    and the round number is in every key of the round."""
+
+    def __init__(self, content: RecordDict) -> None:
+        super().__init__(content, 0, b"")
+
+    def binding(self) -> bytes:
+        return self.fingerprint()
+
+
 class SecAggMod:
     """A Flower ``Mod`` running secagg's secure aggregation for every ``TRAIN`` message.
 
@@ -143,6 +176,9 @@ class SecAggMod:
     the app's ``MetricRecord`` that weights its update (FedAvg's ``num-examples``; a legacy
     ``NumPyClient``'s example count is found too). ``stage_timeout`` is how long the node waits
     for the server's next message of a round before it forgets the round.
+    ``max_session_rounds`` and ``max_session_seconds`` are the deployment's caps on a session
+    that spans rounds (docs/SESSIONS.md, rule S12): a ``SessionConfig`` allowing more rounds or
+    a longer life is refused.
     """
 
     def __init__(
@@ -156,6 +192,8 @@ class SecAggMod:
         identity: Ed25519SigningKey | None = None,
         pki: Mapping[int, bytes] | None = None,
         stage_timeout: float = DEFAULT_STAGE_TIMEOUT,
+        max_session_rounds: int = DEFAULT_MAX_ROUNDS,
+        max_session_seconds: int = DEFAULT_MAX_SECONDS,
     ) -> None:
         params = Params.of(params, "SecAggMod")
         if params.active and (identity is None or pki is None):
@@ -178,11 +216,19 @@ class SecAggMod:
             )
         if not (isinstance(stage_timeout, int | float) and 0 < stage_timeout < float("inf")):
             raise ConfigurationError(f"stage_timeout must be positive, got {stage_timeout!r}")
+        for name, cap in (
+            ("max_session_rounds", max_session_rounds),
+            ("max_session_seconds", max_session_seconds),
+        ):
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+                raise ConfigurationError(f"{name} must be a positive int, got {cap!r}")
         self.params = params
         self.allowed_nodes = None if allowed_nodes is None else frozenset(allowed_nodes)
         self.weight_key = weight_key
         self.journal_folder = Path(journal)
         self.stage_timeout = float(stage_timeout)
+        self.max_session_rounds = max_session_rounds
+        self.max_session_seconds = max_session_seconds
         self._identity = identity
         self._pki = dict(pki or {})
         self._budget = None if params.dp_plan is None else ClientBudget(params.dp_plan)
@@ -195,6 +241,8 @@ class SecAggMod:
                     sorted(self.allowed_nodes or ()),
                     allow_any_node,
                     self.stage_timeout,
+                    max_session_rounds,
+                    max_session_seconds,
                     None if identity is None else identity.public,
                     sorted(self._pki.items()),
                 )
@@ -249,14 +297,21 @@ class SecAggMod:
         try:
             # A round past its deadline is refused by the session itself (and its secrets
             # erased then, or by the timer armed after the last answer).
+            data = record.get(wire.MESSAGE)
+            message = _peek(data)
             if wire.NODES in record:
-                answer = self._begin(session, msg, ctxt, record, call_next)
+                if isinstance(message, SessionConfig):
+                    answer = self._set_up(session, ctxt, record, message)
+                else:
+                    answer = self._begin(session, msg, ctxt, record, call_next)
+            elif not isinstance(data, bytes):
+                raise ClientAbort(
+                    AbortReason.MALFORMED_MESSAGE, "the protocol message is not bytes"
+                )
+            elif message is not None and message.opens_training and not message.OPENS_ROUND:
+                # A session's round: the model rides beside the message that opens it.
+                answer = self._begin_round(session, msg, ctxt, data, call_next)
             else:
-                data = record.get(wire.MESSAGE)
-                if not isinstance(data, bytes):
-                    raise ClientAbort(
-                        AbortReason.MALFORMED_MESSAGE, "the protocol message is not bytes"
-                    )
                 answer = session.receive(data, time.time())
         except ClientAbort as exc:
             log.warning(
@@ -293,6 +348,8 @@ class SecAggMod:
                     stage_timeout=self.stage_timeout,
                     keep_secrets=True,
                     budget=self._budget,
+                    max_session_rounds=self.max_session_rounds,
+                    max_session_seconds=self.max_session_seconds,
                 )
                 # A fresh process (one per message in the deployment engine) first erases
                 # what an earlier one left past its deadline.
@@ -362,10 +419,7 @@ class SecAggMod:
             content = wire.without_record(msg.content, wire.RECORD_KEY)
         except (DecodeError, ConfigurationError) as exc:
             raise ClientAbort(AbortReason.INVALID_CONFIG, str(exc)) from None
-        if self._identity is not None and self._pki.get(ctxt.node_id) != (self._identity.public):
-            raise ClientAbort(
-                AbortReason.UNKNOWN_ID, "the pki does not give this node id this node's identity"
-            )
+        self._check_identity(ctxt)
         task = FlowerTask(content, config_round, table_bytes)
         offer = Offer(config_bytes, task, members=table, persona=_persona(ctxt))
         accepted = session.offer(offer, time.time())
@@ -383,6 +437,83 @@ class SecAggMod:
             session.leave(accepted.round_id, exc.reason, exc.detail, time.time())
             raise
         return session.begin(accepted, update, weight, time.time())
+
+    def _check_identity(self, ctxt: Context) -> None:
+        if self._identity is not None and self._pki.get(ctxt.node_id) != self._identity.public:
+            raise ClientAbort(
+                AbortReason.UNKNOWN_ID, "the pki does not give this node id this node's identity"
+            )
+
+    # ----------------------------------------------------------------- sessions
+    def _set_up(
+        self, session: ClientSession, ctxt: Context, record: ConfigRecord, config: SessionConfig
+    ) -> Answer:
+        """A session's configuration with its node table: offered as a round's configuration
+        is (the session checks it against the deployment, the allow-list and its caps); the
+        answer is the set-up's commitment."""
+        config_bytes = record.get(wire.MESSAGE)
+        table_bytes = record.get(wire.NODES)
+        assert isinstance(config_bytes, bytes)
+        try:
+            table = wire.decode_nodes(table_bytes)
+        except DecodeError as exc:
+            raise ClientAbort(AbortReason.INVALID_CONFIG, str(exc)) from None
+        assert isinstance(table_bytes, bytes)
+        if config.binding != wire.session_binding(table_bytes):
+            # Client ids are positions in the table: a session bound to another table would
+            # give this node's peers other names than the ones it checked.
+            raise ClientAbort(
+                AbortReason.INVALID_CONFIG, "the session is bound to another node table"
+            )
+        self._check_identity(ctxt)
+        answer = session.offer_session(
+            config_bytes, time.time(), members=table, persona=_persona(ctxt)
+        )
+        log.info(
+            "node %d: a session of up to %d rounds, cohort %d: set-up accepted",
+            ctxt.node_id,
+            config.max_rounds,
+            len(table),
+        )
+        return answer
+
+    def _begin_round(
+        self,
+        session: ClientSession,
+        msg: Message,
+        ctxt: Context,
+        opening: bytes,
+        call_next: ClientAppCallable,
+    ) -> Answer:
+        """The message that opens a session's round, beside the strategy's records: offered
+        with the task they make, trained, begun (the round's message, journalled before it
+        leaves)."""
+        try:
+            content = wire.without_record(msg.content, wire.RECORD_KEY)
+        except ConfigurationError as exc:
+            raise ClientAbort(AbortReason.INVALID_MODEL, str(exc)) from None
+        task = SessionTask(content)
+        try:
+            accepted = session.offer_round(opening, task, time.time(), persona=_persona(ctxt))
+        except ClientAbort as exc:
+            if exc.reason is AbortReason.REPLAYED_ROUND and session.live_session() is not None:
+                # Answered before (and still the live session's): the journal's bytes again,
+                # nothing new leaves and the app does not train again.
+                return session.receive(opening, time.time())
+            raise
+        assert task.layout is not None
+        log.info(
+            "node %d: round %d of the session, as client %d",
+            ctxt.node_id,
+            accepted.round_id,
+            accepted.client_id,
+        )
+        try:
+            update, weight = self._train(msg, ctxt, content, task.layout, accepted, call_next)
+        except ClientAbort as exc:
+            session.leave_session(exc.reason, exc.detail, time.time())
+            raise
+        return session.begin_round(accepted, update, weight, time.time())
 
     def _train(
         self,
@@ -445,6 +576,16 @@ def _persona(ctxt: Context) -> bytes:
         (str(k), repr(v)) for k, v in ctxt.node_config.items() if not str(k).startswith("secagg-")
     )
     return hashlib.sha256(repr(items).encode()).digest()
+
+
+def _peek(data: object) -> ProtocolMessage | None:
+    """The protocol message in a record, to route it (None: not one; the session refuses)."""
+    if not isinstance(data, bytes):
+        return None
+    try:
+        return decode(data)
+    except DecodeError:
+        return None
 
 
 def _round_id_of(config: bytes) -> int:
