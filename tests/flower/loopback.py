@@ -40,6 +40,8 @@ class LoopbackGrid(Grid):
         }
         self.silent: set[int] = set()
         self.sent: list[Message] = []
+        self.replies: list[Message] = []  # every reply, as the server side got it
+        self.exchanges = 0  # send_and_receive calls
         self.bytes_down = 0
         self.bytes_up = 0
         self._run = Run.create_empty(run_id=1)
@@ -68,6 +70,7 @@ class LoopbackGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Sequence[Message]:
+        self.exchanges += 1
         replies = []
         for message in messages:
             self.sent.append(message)
@@ -85,4 +88,5 @@ class LoopbackGrid(Grid):
             back = message_to_proto(reply)
             self.bytes_up += back.ByteSize()
             replies.append(message_from_proto(back))
+        self.replies.extend(replies)
         return replies

@@ -135,10 +135,17 @@ def test_each_server_message_names_the_stage_its_answer_belongs_to() -> None:
 
 
 def test_the_stage_each_server_message_requests_is_its_own_declaration() -> None:
-    """Derived from masking's messages, it is the table that was listed by hand before."""
+    """Derived from masking's messages (one-shot and sessions'), it is the table that was
+    listed by hand before, with the messages sessions send."""
     from secagg.schemes.masking import messages as pm
+    from secagg.schemes.masking.session import messages as sm
 
     before = {
+        sm.SessionConfig: Stage.COMMIT,
+        sm.PeerSetupShares: Stage.MASKED_INPUT,
+        sm.RoundTask: Stage.MASKED_INPUT,
+        sm.SessionSurvivorList: Stage.CONSISTENCY,
+        sm.SessionUnmaskRequest: Stage.UNMASK,
         pm.RoundConfig: Stage.COMMIT,
         pm.CommitRequest: Stage.COMMIT,
         pm.CommitmentDigest: Stage.REVEAL,

@@ -16,7 +16,10 @@ operator set when starting the SuperNode::
   in active mode, the pki;
 - ``secagg-journal``: the node-local folder of its journal;
 - ``secagg-identity`` (active mode only): this node's ``node-<id>.key``, whose id must be the
-  node id the SuperLink gives this SuperNode.
+  node id the SuperLink gives this SuperNode;
+- ``secagg-session-rounds`` and ``secagg-session-seconds`` (optional integers): the node's caps
+  on a session that spans rounds (docs/SESSIONS.md, rule S12): a session the server sets up
+  for more rounds, or to live longer, is refused. By default 100 rounds and 7 days.
 
 A node missing any of them, or whose files do not load, answers every ``TRAIN`` message with
 an error reply naming what is wrong (one line, also logged) and trains nothing.
@@ -50,6 +53,7 @@ from secagg.flower.client import (
 from secagg.flower.nodes import FlowerNodes, NodeIdentity
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.schemes.masking.parameters import Params
+from secagg.schemes.masking.session.terms import DEFAULT_MAX_ROUNDS, DEFAULT_MAX_SECONDS
 from secagg.service.config import DeploymentConfig
 
 try:
@@ -63,6 +67,8 @@ __all__ = [
     "JOURNAL_KEY",
     "MISCONFIGURED",
     "NODES_KEY",
+    "SESSION_ROUNDS_KEY",
+    "SESSION_SECONDS_KEY",
     "SIMULATION_ENV",
     "NodeConfiguredMod",
     "load_params",
@@ -72,6 +78,8 @@ DEPLOYMENT_KEY = "secagg-deployment"
 NODES_KEY = "secagg-nodes"
 JOURNAL_KEY = "secagg-journal"
 IDENTITY_KEY = "secagg-identity"
+SESSION_ROUNDS_KEY = "secagg-session-rounds"
+SESSION_SECONDS_KEY = "secagg-session-seconds"
 SIMULATION_ENV = "SECAGG_FLOWER_SIMULATION"
 # Error code of the reply of a node whose own secagg configuration does not load (beside
 # REFUSED_PLAINTEXT: both say "refused by secagg", this one "fix the node").
@@ -79,7 +87,8 @@ MISCONFIGURED = REFUSED_PLAINTEXT + 1
 
 log = logging.getLogger("secagg.flower.client")
 
-_Settings = tuple[str, str, str, str | None]
+# deployment, nodes, journal, identity, the session caps (rounds, seconds)
+_Settings = tuple[str, str, str, str | None, int, int]
 # What Flower's simulation engine puts in a simulated node's config, and nothing else: a
 # node whose config says more (a secagg key with a typo, say) is a deployment node, so it is
 # refused until its config is complete rather than quietly simulated.
@@ -166,7 +175,7 @@ class NodeConfiguredMod:
         )
 
     def _build(self, node_id: int, settings: _Settings) -> SecAggMod:
-        deployment, nodes_file, journal, identity_file = settings
+        deployment, nodes_file, journal, identity_file, session_rounds, session_seconds = settings
         params = load_params(deployment)
         if params.dp is None:
             log.warning(
@@ -192,6 +201,8 @@ class NodeConfiguredMod:
             pki=pki,
             weight_key=self.weight_key,
             stage_timeout=self._stage_timeout,
+            max_session_rounds=session_rounds,
+            max_session_seconds=session_seconds,
         )
 
 
@@ -227,8 +238,23 @@ def _settings(node_config: Mapping[str, object]) -> _Settings:
             )
         return value
 
+    def cap(key: str, default: int) -> int:
+        value = node_config.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(
+                f"{key} in --node-config must be a positive integer (no quotes), got {value!r}"
+            )
+        return value
+
     deployment = text(DEPLOYMENT_KEY, True)
     nodes = text(NODES_KEY, True)
     journal = text(JOURNAL_KEY, True)
     assert deployment is not None and nodes is not None and journal is not None
-    return deployment, nodes, journal, text(IDENTITY_KEY, False)
+    return (
+        deployment,
+        nodes,
+        journal,
+        text(IDENTITY_KEY, False),
+        cap(SESSION_ROUNDS_KEY, DEFAULT_MAX_ROUNDS),
+        cap(SESSION_SECONDS_KEY, DEFAULT_MAX_SECONDS),
+    )

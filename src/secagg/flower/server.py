@@ -40,7 +40,7 @@ import numpy as np
 from secagg.errors import ConfigurationError, DropReason, UsageError, one_line
 from secagg.flower import wire
 from secagg.hazmat.randomness import Randomness, SystemRandomness
-from secagg.protocol.runner import RoundOutcome, RoundRun, RoundServer
+from secagg.protocol.runner import RoundOutcome, RoundRecord, RoundRun, RoundServer
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.parameters import Params
 from secagg.schemes.masking.session.round import SessionRound
@@ -136,6 +136,22 @@ class SecureRoundReport:
             "stage_seconds": dict(self.stage_seconds),
             "kind": self.kind,
         }
+
+
+@dataclass(frozen=True)
+class _Round:
+    """What one training round asks: its cohort (sorted node ids) and their table, the task
+    the strategy sent and its digest, the model record, the pki by client id (active mode),
+    Flower's group id and the strategy's deadline."""
+
+    nodes: tuple[int, ...]
+    table: bytes
+    task: RecordDict
+    task_digest: bytes
+    model: ArrayRecord
+    pki: Mapping[int, bytes] | None
+    group_id: str
+    deadline: float | None
 
 
 class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any without flwr
@@ -268,21 +284,48 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
                 f"{self.params.dim}"
             )
         global_vector = layout.flatten(model).astype(np.float64)
-        self._round_id += 1
-        round_id = self._round_id
         pki = None
         if self.params.active:
             strangers = [n for n in nodes if n not in self._pki]
             if strangers:
                 raise ConfigurationError(f"node(s) {strangers[:3]} have no identity key (pki)")
             pki = {i: self._pki[n] for i, n in enumerate(nodes)}
+        group_id = train[0].metadata.group_id
+        round_ = _Round(tuple(nodes), table, task, task_digest, model, pki, group_id, deadline)
+        report, ended = self._run(round_)
+        if (
+            report.kind == SESSION_ROUND
+            and ended.aggregate is None
+            and not any(ended.bytes_up.values())
+        ):
+            # Not one live member took the session's round: each refused its opening or said
+            # nothing, so their sessions are not this server's (they left it: a one-shot round
+            # or another server's set-up came between, their journal was lost, the session
+            # outlived its time). Nothing was revealed and no update entered a sum: the cohort
+            # is set up again at once, in this same training round.
+            log.info("no member took the session's round: a new session is set up")
+            self._session = None
+            report, ended = self._run(round_)
+        if ended.aggregate is None:
+            # A round whose included weights are all zero has no mean either: the engine
+            # ends it as an abort, and the strategy gets no reply.
+            return None
+        aggregate = layout.unflatten(global_vector + ended.aggregate.mean, like=model)
+        return Message(self._reply(task, aggregate, report.total_weight), reply_to=train[0])
+
+    def _run(self, round_: _Round) -> tuple[SecureRoundReport, RoundRecord]:
+        """One secure round over ``round_``'s cohort (one-shot, or a round of the live
+        session, setting one up if needed): its report (kept and logged) and record."""
+        nodes, table, task = round_.nodes, round_.table, round_.task
+        self._round_id += 1
+        round_id = self._round_id
         # Masking as a scheme (quantised, or with distributed DP when Params.dp says so), or a
         # round of a session over the same cohort, driven by the one round engine: this
         # transport only delivers and collects.
         server: RoundServer
         if self.session_rounds:
-            session = self._session_for(tuple(nodes), table, round_id, pki)
-            server = SessionRound(session, task_digest)
+            session = self._session_for(nodes, table, round_id, round_.pki)
+            server = SessionRound(session, round_.task_digest)
             kind = SESSION_SETUP if server.setup else SESSION_ROUND
             config = session.config
         else:
@@ -291,16 +334,15 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
                 range(len(nodes)),
                 nonce=self._rng.bytes(16),
                 round_id=round_id,
-                task_hash=wire.task_digest(round_id, table, task_digest),
+                task_hash=wire.task_digest(round_id, table, round_.task_digest),
             )
-            server = MaskingScheme(self.params, pki=pki).server(config)
+            server = MaskingScheme(self.params, pki=round_.pki).server(config)
         run = RoundRun(server)
         meter = run.meter
         node_of = dict(enumerate(nodes))
         client_of = {n: i for i, n in node_of.items()}
         aborts: dict[int, str] = {}
-        group_id = train[0].metadata.group_id
-        model_bytes = sum(len(a.data) for a in model.values())
+        model_bytes = sum(len(a.data) for a in round_.model.values())
 
         for _, outgoing in run.stages():
             out: list[Message] = []
@@ -321,13 +363,13 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
                         content,
                         dst_node_id=node,
                         message_type=MessageType.TRAIN,
-                        group_id=group_id,
+                        group_id=round_.group_id,
                         ttl=self.stage_timeout,
                     )
                 )
             wait = self.stage_timeout
-            if deadline is not None:
-                wait = max(0.0, min(wait, deadline - time.perf_counter()))
+            if round_.deadline is not None:
+                wait = max(0.0, min(wait, round_.deadline - time.perf_counter()))
             replies = self._grid.send_and_receive(out, timeout=wait) if out else []
             for answer in replies:
                 node = answer.metadata.src_node_id
@@ -367,14 +409,9 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
             )
             for d in ended.drops.values()
         }
-        reply: Message | None = None
         total_weight = 0
-        # A round whose included weights are all zero has no mean: the engine ends it as an
-        # abort, and the strategy gets no reply.
         if ended.aggregate is not None:
             total_weight = round(ended.aggregate.total_weight)
-            aggregate = layout.unflatten(global_vector + ended.aggregate.mean, like=model)
-            reply = Message(self._reply(task, aggregate, total_weight), reply_to=train[0])
         report = SecureRoundReport(
             round_id=round_id,
             outcome=ended.outcome,
@@ -395,7 +432,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
         # In Flower's own log, where a Flower user reads it: the strategy's next line says it
         # "received 1 result" (the one secure aggregate), so this one says whose it holds.
         flwr_log(logging.INFO, "%s", report.summary())
-        return reply
+        return report, ended
 
     def _session_for(
         self,
