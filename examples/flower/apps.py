@@ -78,9 +78,11 @@ def secure_server_app(
     stage_timeout: float = 30.0,
     grid_hook: Callable[[Grid], Grid] | None = None,
     first_round: int | None = None,
+    session_rounds: int = 0,
 ) -> ServerApp:
     """The ServerApp: FedAvg over every node, each round a secure aggregation round
-    (round ids from ``first_round``; by default from the clock, as ``SecureGrid``'s)."""
+    (round ids from ``first_round``; by default from the clock, as ``SecureGrid``'s), one-shot
+    or, with ``session_rounds``, in sessions of up to that many rounds (docs/SESSIONS.md)."""
     app = ServerApp()
 
     @app.main()
@@ -89,7 +91,11 @@ def secure_server_app(
             grid = grid_hook(grid)
         log.partitions.update(_partitions(grid, num_nodes))
         secure = SecureGrid(  # secagg
-            grid, task.deployment(num_nodes), stage_timeout=stage_timeout, first_round=first_round
+            grid,
+            task.deployment(num_nodes),
+            stage_timeout=stage_timeout,
+            first_round=first_round,
+            session_rounds=session_rounds,
         )
         strategy = FedAvg(
             fraction_evaluate=0.0, min_train_nodes=num_nodes, min_available_nodes=num_nodes

@@ -2,12 +2,14 @@
 
     python -m examples.flower.run                       # secagg, 20 nodes, 5 rounds
     python -m examples.flower.run --dropout 0.1         # 2 nodes fail each round, at random stages
+    python -m examples.flower.run --mode secagg-session # rounds in one session: set up once
     python -m examples.flower.run --mode secaggplus     # the same task with Flower's SecAgg+
     python -m examples.flower.run --mode plain          # plaintext FedAvg, for reference
     python -m examples.flower.run --mode all --json out.json
 
 Per round: the global model's test accuracy, the nodes whose updates are in the aggregate,
-the wall time of the training round (every protocol stage included) and the bytes each node
+the wall time of the training round (every protocol stage included), its exchanges (the
+``send_and_receive`` calls of train messages: one per protocol stage) and the bytes each node
 sent and received in it (Flower's serialised messages, without gRPC framing).
 """
 
@@ -60,12 +62,20 @@ class MeteredGrid(Grid):  # type: ignore[misc]
 
     def _open(self) -> None:
         self._seconds = 0.0
+        self._exchanges = 0
         self._up: dict[int, int] = {}
         self._down: dict[int, int] = {}
 
     def close_round(self) -> None:
         if self._seconds:
-            self.rounds.append({"seconds": self._seconds, "up": self._up, "down": self._down})
+            self.rounds.append(
+                {
+                    "seconds": self._seconds,
+                    "exchanges": self._exchanges,
+                    "up": self._up,
+                    "down": self._down,
+                }
+            )
         self._open()
 
     def send_and_receive(
@@ -80,6 +90,7 @@ class MeteredGrid(Grid):  # type: ignore[misc]
         started = time.perf_counter()
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         self._seconds += time.perf_counter() - started
+        self._exchanges += 1
         for r in replies:
             if not r.has_error():
                 node = r.metadata.src_node_id
@@ -149,7 +160,11 @@ def run(mode: str, nodes: int, rounds: int, dropout: float) -> dict[str, Any]:
         meters.append(MeteredGrid(grid))
         return meters[-1]
 
-    if mode == "secagg":
+    if mode == "secagg-session":
+        # One session for the whole run: set up in round 1, two exchanges a round after.
+        server = apps.secure_server_app(nodes, rounds, log, grid_hook=hook, session_rounds=rounds)
+        client = apps.secure_client_app(nodes)
+    elif mode == "secagg":
         rng = SystemRandomness()
         schedule = {
             r: DropSchedule.random(nodes, dropout, rng, stages=SEMI_HONEST_STAGES)
@@ -188,13 +203,15 @@ def run(mode: str, nodes: int, rounds: int, dropout: float) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "round": i + 1,
             "seconds": round(m["seconds"], 3),
+            "exchanges": m["exchanges"],
             "accuracy": round(log.accuracy[i + 1], 4) if i + 1 < len(log.accuracy) else None,
             "nodes_answering": len(m["up"]),
             "upload_bytes_per_node": round(sum(m["up"].values()) / max(1, len(m["up"]))),
             "download_bytes_per_node": round(sum(m["down"].values()) / max(1, len(node_ids))),
         }
-        if mode == "secagg" and i < len(log.reports):
+        if mode in ("secagg", "secagg-session") and i < len(log.reports):
             report = log.reports[i]
+            entry["kind"] = report.kind
             entry["stage_seconds"] = {k: round(v, 3) for k, v in report.stage_seconds.items()}
             entry["included"] = len(report.included)
             entry["dropped"] = {
@@ -229,14 +246,18 @@ def _plain_client_app(num_nodes: int) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--mode", choices=["secagg", "secaggplus", "plain", "all"], default="secagg"
+        "--mode",
+        choices=["secagg", "secagg-session", "secaggplus", "plain", "all"],
+        default="secagg",
     )
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dropout", type=float, default=0.0, help="secagg mode only")
     parser.add_argument("--json", help="append one JSON line per mode to this file")
     args = parser.parse_args()
-    modes = ["plain", "secagg", "secaggplus"] if args.mode == "all" else [args.mode]
+    modes = (
+        ["plain", "secagg", "secagg-session", "secaggplus"] if args.mode == "all" else [args.mode]
+    )
     for mode in modes:
         result = run(mode, args.nodes, args.rounds, args.dropout)
         print(f"\n== {mode}: {args.nodes} nodes, model of {result['dim']} values")

@@ -22,9 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
+from numpy.typing import NDArray
 
 from secagg import Params, Protocol, ServerModel
 from secagg.errors import DecodeError
@@ -148,6 +150,26 @@ class Failing:
 
 
 @dataclass(frozen=True)
+class Door:
+    """The test's hold on a node's door: while ``hold-<node>`` names a count, each train
+    message waits inside the node until that many are in (the engine delivering them at once,
+    at the attacker's choice of timing)."""
+
+    folder: Path
+
+    def __call__(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        hold = self.folder / f"hold-{ctxt.node_id}"
+        if str(msg.metadata.message_type).startswith(MessageType.TRAIN) and hold.exists():
+            count = int(hold.read_text())
+            (self.folder / f"inside-{ctxt.node_id}-{os.urandom(8).hex()}").touch()
+            wait_for(
+                lambda: len(list(self.folder.glob(f"inside-{ctxt.node_id}-*"))) >= count,
+                f"{count} messages inside node {ctxt.node_id}",
+            )
+        return call_next(msg, ctxt)
+
+
+@dataclass(frozen=True)
 class ProvisionedSecAgg:
     """Each node's ``SecAggMod``, unmodified, as its operator provisioned it."""
 
@@ -158,20 +180,24 @@ class ProvisionedSecAgg:
 
 
 def client_app(folder: Path) -> ClientApp:
-    """Trains ``delta(partition)`` (recording each step in the node's folder), evaluates
+    """Trains ``update(partition, k)`` for the k-th time it trains a step (recording each
+    step in the node's folder: a node trains each step once unless its journal is rolled
+    back, and a retrained step gives another update, as a fresh draw of data would), evaluates
     slowly if the test asks it to (until it ends the evaluation), and answers queries with
     its partition and its Context's log."""
-    app = ClientApp(mods=[app_log, Failing(folder), ProvisionedSecAgg(folder)])
+    app = ClientApp(mods=[app_log, Failing(folder), Door(folder), ProvisionedSecAgg(folder)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         partition = int(context.node_config["partition-id"])
         step = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
-        with (folder / f"trained-{context.node_id}").open("a") as log:
+        record = folder / f"trained-{context.node_id}"
+        before = record.read_text().split().count(str(step)) if record.exists() else 0
+        with record.open("a") as log:
             log.write(f"{step}\n")
         arrays = msg.content["arrays"]
         layout = wire.ArrayLayout.of(arrays)
-        new = layout.unflatten(layout.flatten(arrays) + delta(partition), like=arrays)
+        new = layout.unflatten(layout.flatten(arrays) + update(partition, before), like=arrays)
         metrics = MetricRecord({"num-examples": weight(partition)})
         return Message(RecordDict({"arrays": new, "metrics": metrics}), reply_to=msg)
 
@@ -192,6 +218,14 @@ def client_app(folder: Path) -> ClientApp:
         return Message(RecordDict({"info": info}), reply_to=msg)
 
     return app
+
+
+RETRAINED = 0.125  # what a step trained again adds to each value of the update
+
+
+def update(partition: int, before: int = 0) -> NDArray[np.float64]:
+    """A node's update for a step it trained ``before`` times already."""
+    return delta(partition) + RETRAINED * before
 
 
 def trained(folder: Path, nodes: Sequence[int]) -> dict[int, list[int]]:
