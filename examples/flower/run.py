@@ -38,7 +38,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord  # noqa: E402
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp.typing import Mod  # noqa: E402
 from flwr.common.serde import message_to_proto  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
@@ -152,6 +152,40 @@ def plain_server_app(num_nodes: int, num_rounds: int, log: apps.RunLog, hook: An
     return app
 
 
+ENGINE_EXCHANGES = 5  # per round of the other modes
+
+
+def engine_server_app(num_nodes: int, num_rounds: int, hook: Any) -> ServerApp:
+    """The engine's own cost: exchanges of empty train messages with every node, whose
+    ClientApp answers at once (each exchange metered as a round of its own)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        metered = hook(grid)
+        nodes = list(metered.get_node_ids())
+        while len(nodes) < num_nodes:
+            nodes = list(metered.get_node_ids())
+        for _ in range(num_rounds * ENGINE_EXCHANGES):
+            out = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in nodes]
+            metered.send_and_receive(out, timeout=60)
+            metered.close_round()
+
+    return app
+
+
+def _engine_client_app() -> Any:
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return Message(RecordDict(), reply_to=msg)
+
+    return app
+
+
 def run(mode: str, nodes: int, rounds: int, dropout: float) -> dict[str, Any]:
     log = apps.RunLog()
     meters: list[MeteredGrid] = []
@@ -160,7 +194,10 @@ def run(mode: str, nodes: int, rounds: int, dropout: float) -> dict[str, Any]:
         meters.append(MeteredGrid(grid))
         return meters[-1]
 
-    if mode == "secagg-session":
+    if mode == "engine":
+        server = engine_server_app(nodes, rounds, hook)
+        client = _engine_client_app()
+    elif mode == "secagg-session":
         # One session for the whole run: set up in round 1, two exchanges a round after.
         server = apps.secure_server_app(nodes, rounds, log, grid_hook=hook, session_rounds=rounds)
         client = apps.secure_client_app(nodes)
@@ -247,7 +284,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--mode",
-        choices=["secagg", "secagg-session", "secaggplus", "plain", "all"],
+        choices=["secagg", "secagg-session", "secaggplus", "plain", "engine", "all"],
         default="secagg",
     )
     parser.add_argument("--nodes", type=int, default=20)
@@ -255,9 +292,8 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.0, help="secagg mode only")
     parser.add_argument("--json", help="append one JSON line per mode to this file")
     args = parser.parse_args()
-    modes = (
-        ["plain", "secagg", "secagg-session", "secaggplus"] if args.mode == "all" else [args.mode]
-    )
+    every = ["engine", "plain", "secagg", "secagg-session", "secaggplus"]
+    modes = every if args.mode == "all" else [args.mode]
     for mode in modes:
         result = run(mode, args.nodes, args.rounds, args.dropout)
         print(f"\n== {mode}: {args.nodes} nodes, model of {result['dim']} values")
