@@ -78,11 +78,12 @@ def secure_server_app(
     stage_timeout: float = 30.0,
     grid_hook: Callable[[Grid], Grid] | None = None,
     first_round: int | None = None,
-    session_rounds: int = 0,
+    session_rounds: int | None = None,
 ) -> ServerApp:
     """The ServerApp: FedAvg over every node, each round a secure aggregation round
-    (round ids from ``first_round``; by default from the clock, as ``SecureGrid``'s), one-shot
-    or, with ``session_rounds``, in sessions of up to that many rounds (docs/SESSIONS.md)."""
+    (round ids from ``first_round``; by default from the clock, as ``SecureGrid``'s), in
+    sessions of up to ``session_rounds`` rounds (docs/SESSIONS.md; by default
+    ``SecureGrid``'s) or, with 0, one-shot."""
     app = ServerApp()
 
     @app.main()
@@ -95,7 +96,7 @@ def secure_server_app(
             task.deployment(num_nodes),
             stage_timeout=stage_timeout,
             first_round=first_round,
-            session_rounds=session_rounds,
+            **({} if session_rounds is None else {"session_rounds": session_rounds}),
         )
         strategy = FedAvg(
             fraction_evaluate=0.0, min_train_nodes=num_nodes, min_available_nodes=num_nodes

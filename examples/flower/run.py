@@ -207,7 +207,7 @@ def run(mode: str, nodes: int, rounds: int, dropout: float) -> dict[str, Any]:
             r: DropSchedule.random(nodes, dropout, rng, stages=SEMI_HONEST_STAGES)
             for r in range(1, rounds + 1)
         }
-        server = apps.secure_server_app(nodes, rounds, log, grid_hook=hook)
+        server = apps.secure_server_app(nodes, rounds, log, grid_hook=hook, session_rounds=0)
         client = apps.secure_client_app(nodes, outer_mods=[failing_mod(schedule)])
     elif mode == "secaggplus":
         server = secaggplus.secaggplus_server_app(nodes, rounds, log, grid_hook=hook)

@@ -511,10 +511,13 @@ class Script:
         self.record.partitions = {n: p for n, (p, _) in self.liar.ask(nodes).items()}
         self.secure = {
             # Round ids from 1: the liar's own rounds are numbered between the honest ones.
+            # One-shot rounds: this module's lies are one-shot rounds between them.
             "active": SecureGrid(
-                self.grid, ACTIVE, pki=self.pki, stage_timeout=WAIT, first_round=1
+                self.grid, ACTIVE, pki=self.pki, stage_timeout=WAIT, first_round=1, session_rounds=0
             ),
-            "semi-honest": SecureGrid(self.grid, SEMI_HONEST, stage_timeout=WAIT, first_round=1),
+            "semi-honest": SecureGrid(
+                self.grid, SEMI_HONEST, stage_timeout=WAIT, first_round=1, session_rounds=0
+            ),
         }
         # Active mode: a stale Context written back, twice, between honest rounds.
         self.honest("active", 1)

@@ -7,8 +7,10 @@ supernode register``, which gives the node its id; each node makes its own ident
 (``secagg flower-node-key``) and hands out its public key, from which ``secagg flower-nodes``
 writes the allow-list and the pki; every SuperNode gets its
 own deployment through ``--node-config``; the ServerApp gets the server side's through the
-run config. One node fails after it shared its keys (its mask is recovered from the others'
-shares), and the round completes with the other four.
+run config. The app's ``SecureGrid`` runs rounds in sessions that span rounds (its default):
+the one round sets the cohort up and takes its task with the set-up's last message. One node
+fails there, after it shared its keys (its mask is recovered from the others' shares), and
+the round completes with the other four.
 """
 
 from __future__ import annotations
@@ -321,6 +323,7 @@ def test_each_round_is_a_secure_round_and_a_failed_node_is_dropped_where_it_fail
     assert set(first["included"]) == set(node_ids) - {node_ids[FAILING]}
     assert list(first["dropped"]) == [failed]
     assert first["dropped"][failed][0] == FAIL_STAGE
+    assert first["kind"] == "session set-up and round"
     # The model learns: the accuracy before training, then after the round.
     accuracy = report["accuracy"]
     assert len(accuracy) == ROUNDS + 1
@@ -334,20 +337,26 @@ def test_every_node_kept_its_own_record_of_what_it_revealed(
     assert isinstance(node_ids, list)
     report = run["report"]
     assert isinstance(report, dict)
-    ids = [r["round_id"] for r in report["rounds"]]
     for partition in range(NODES):
         journals = list((deployment.folder / f"journal-{partition}").glob("*.journal"))
         assert len(journals) == 1  # named by the node's identity
         journal = Journal.open(journals[0])
         try:
-            entries = {e.round_id: e for e in journal.rounds()}
+            one_shot = journal.rounds()
+            sessions = journal.sessions()
+            with journal.transaction() as txn:
+                taken = {s.seq: txn.session_rounds(s.seq) for s in sessions}
         finally:
             journal.close()
-        assert set(entries) == set(ids)
-        assert entries[ids[0]].included is (partition != FAILING)
-        # A node that took part to the end closed the round (its secrets erased); the one that
-        # crashed mid-round left it open, to be erased at its deadline by its next message.
-        assert entries[ids[0]].live is (partition == FAILING)
+        assert one_shot == []  # one session, set up once
+        (session,) = sessions
+        rounds = taken[session.seq]
+        if partition == FAILING:
+            # It crashed as round 1's task came with the set-up's shares: it took no round.
+            assert rounds == []
+        else:
+            # It took round 1 and answered it to the end (the round's secrets erased).
+            assert [(r.round_number, r.live) for r in rounds] == [(1, False)]
 
 
 def test_the_nodes_logs_have_no_traceback(deployment: Deployment, run: dict[str, object]) -> None:

@@ -1,10 +1,15 @@
 """SecureGrid: a strategy's training round becomes one secagg round, in Flower messages.
 
+One-shot rounds here (``session_rounds=0``: every round its own set-up); rounds of a session
+that spans rounds are ``test_session_mod.py``'s.
+
 Real ``SecAggMod`` clients in real ``ClientApp``s, reached through ``LoopbackGrid`` (Flower's
 serialisation both ways, in process); the protocol is secagg's own ``Server`` and ``Client``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
@@ -15,7 +20,8 @@ from flwr.app import Message, MessageType
 
 from secagg import Params, ServerModel
 from secagg.errors import ConfigurationError, UsageError
-from secagg.flower import SecureGrid, wire
+from secagg.flower import SecureGrid as SessionGrid
+from secagg.flower import wire
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import DeterministicRandomness
 from tests.flower.helpers import (
@@ -31,6 +37,7 @@ from tests.flower.helpers import (
 )
 from tests.flower.loopback import LoopbackGrid
 
+SecureGrid = functools.partial(SessionGrid, session_rounds=0)
 STEP = PARAMS.quantizer.error_bound()  # per coordinate, on the mean of the updates
 FLOAT32 = 1e-6  # the aggregate is written back as float32 (|values| < 2)
 

@@ -173,7 +173,7 @@ def test_a_one_shot_round_leaves_the_session_and_the_grid_sets_up_again_in_the_s
     nodes = node_ids(5)
     world = Nodes(nodes, PARAMS)
     sessions = SecureGrid(world.loopback, PARAMS, session_rounds=5, first_round=1)
-    one_shot = SecureGrid(world.loopback, PARAMS, first_round=100)
+    one_shot = SecureGrid(world.loopback, PARAMS, first_round=100, session_rounds=0)
     for step, grid in enumerate([sessions, sessions, one_shot, sessions, sessions], start=1):
         replies = list(grid.send_and_receive(train_messages(nodes, step)))
         got = flat(replies[0].content["arrays"]) - flat(model())
@@ -190,6 +190,22 @@ def test_a_one_shot_round_leaves_the_session_and_the_grid_sets_up_again_in_the_s
     assert {reason for _, reason in refused.dropped.values()} == {"client-aborted: round-closed"}
     assert [r.kind for r in one_shot.reports] == [ONE_SHOT]
     assert sorted(world.trained) == sorted(list(nodes.values()) * 5)
+
+
+def test_sessions_are_the_grids_default_and_one_shot_rounds_are_there_by_name() -> None:
+    """SecureGrid runs sessions of up to 100 rounds (the nodes' own default cap) unless told
+    ``session_rounds=0``."""
+    nodes = node_ids(5)
+    world = Nodes(nodes, PARAMS)
+    default = SecureGrid(world.loopback, PARAMS)
+    assert default.session_rounds == 100 == world.mods[ME].max_session_rounds
+    default.send_and_receive(train_messages(nodes, 1))
+    one_shot = SecureGrid(world.loopback, PARAMS, session_rounds=0)
+    one_shot.send_and_receive(train_messages(nodes, 2))
+    assert [r.kind for r in default.reports + one_shot.reports] == [SESSION_SETUP, ONE_SHOT]
+    for bad in (-1, True, 2.0):
+        with pytest.raises(ConfigurationError, match="session_rounds"):
+            SecureGrid(world.loopback, PARAMS, session_rounds=bad)
 
 
 def test_a_session_bound_to_another_node_table_is_refused_before_anything_is_promised() -> None:

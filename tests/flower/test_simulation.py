@@ -98,7 +98,10 @@ def run() -> Run:
     )
     run_simulation(
         # Round ids from 1, as the drop schedule and the checks below number them.
-        server_app=apps.secure_server_app(NODES, ROUNDS, log, stage_timeout=60.0, first_round=1),
+        # One-shot rounds, every stage of each (sessions: test_sessions.py).
+        server_app=apps.secure_server_app(
+            NODES, ROUNDS, log, stage_timeout=60.0, first_round=1, session_rounds=0
+        ),
         client_app=apps.secure_client_app(NODES, outer_mods=[failing_mod(schedule)]),
         num_supernodes=NODES,
         backend_config={

@@ -33,8 +33,12 @@ def failing_mod(stage_of: Callable[[int, Context], str | None]) -> Mod:
         data = None if record is None else record.get(wire.MESSAGE)
         if not isinstance(data, bytes):
             return call_next(msg, ctxt)
-        if wire.NODES in record:  # a round's first message: the strategy's config rides along
-            server_round = int(msg.content["config"]["server-round"])
+        config = msg.content.config_records.get("config")
+        if config is not None and "server-round" in config:
+            # The message the node trains on (a one-shot round's first, or the one that opens
+            # a session's round): the strategy's config rides along. A session's set-up
+            # messages carry none: they count as the last round the node heard of.
+            server_round = int(config["server-round"])  # type: ignore[arg-type]
             ctxt.state.config_records[_ROUND] = ConfigRecord({"server-round": server_round})
         known = ctxt.state.config_records.get(_ROUND)
         if known is None:

@@ -22,9 +22,21 @@ returns no reply, so the strategy keeps its current model. What each round did i
 ``SecureGrid.reports``: each a view, in node ids, of the round engine's ``RoundRecord``
 (the bytes are counted into the engine's meter as messages go out and replies come in).
 
+**Sessions that span rounds** (docs/SESSIONS.md, docs/FLOWER_SESSIONS.md), the default: a
+cohort that trains round after round is set up once (commit, reveal, advertise, set-up
+shares: the set-up's last message carries round 1's task, so round 1 costs as many stages as
+a one-shot round), then each round is two stages (three in active mode): the task beside the
+strategy's records, answered with the masked input, and the unmask request. A new session
+is set up when the sampled cohort changes, the session has run ``session_rounds`` rounds, a
+member is left with too few live neighbours (k_min) or the cohort below its minimum, a round
+aborted, or no member took a round's task (each refused it or said nothing: their sessions
+were not this server's; the set-up then runs in the same training round, since nothing was
+revealed). ``session_rounds=0`` runs every round one-shot, as a cohort that changes every
+round would anyway. Each report says which kind of round it was (``kind``).
+
 Node ids: the cohort is the strategy's sampled nodes; client id ``i`` is the ``i``-th
-smallest node id (``secagg.flower.wire``), and the node table travels with the round's first
-message, bound into its task hash.
+smallest node id (``secagg.flower.wire``), and the node table travels with the round's (or
+the session's) first message, bound into its task hash (or the session's binding).
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.parameters import Params
 from secagg.schemes.masking.session.round import SessionRound
 from secagg.schemes.masking.session.server import SessionServer
-from secagg.schemes.masking.session.terms import SessionTerms
+from secagg.schemes.masking.session.terms import DEFAULT_MAX_ROUNDS, SessionTerms
 
 try:
     from flwr.app import (
@@ -170,6 +182,11 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
     clock in microseconds: a later run's ids differ from every earlier run's without the
     server keeping a file. Pass ``first_round`` from a counter of your own to avoid
     depending on the clock.
+
+    ``session_rounds`` (default 100) runs training rounds in sessions of at most that many
+    rounds over a stable cohort (see the module); each node refuses a session longer than its
+    own caps (``SecAggMod``'s ``max_session_rounds``, 100 by default, and
+    ``max_session_seconds``, 7 days), so the server's may only be lower. 0: one-shot rounds.
     """
 
     def __init__(
@@ -183,7 +200,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
         rng: Randomness | None = None,
         first_round: int | None = None,
         allowed_nodes: Iterable[int] | None = None,
-        session_rounds: int = 0,
+        session_rounds: int = DEFAULT_MAX_ROUNDS,
     ) -> None:
         if first_round is None:
             first_round = time.time_ns() // 1000
