@@ -74,7 +74,7 @@ def describe(msg: Message) -> str:
         return kind
     data = record.get(wire.MESSAGE)
     try:
-        return f"train:{wire.requested_stage(data).value}"  # type: ignore[arg-type]
+        return f"train:{wire.requested_stage(data).value}"
     except (DecodeError, TypeError):
         return "train:?"
 
@@ -129,7 +129,7 @@ def app_log(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Messag
     """An honest app keeping a log of what it was asked in its ``Context`` (what ``Context``
     is for): the log shows when the engine rolls the node's ``Context`` back."""
     record = ctxt.state.config_records.get("app.log")
-    seen = [*(record["seen"] if record is not None else []), describe(msg)]  # type: ignore[misc]
+    seen = [*(record["seen"] if record is not None else []), describe(msg)]
     ctxt.state.config_records["app.log"] = ConfigRecord({"seen": seen})
     return call_next(msg, ctxt)
 
@@ -190,7 +190,7 @@ def client_app(folder: Path) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         partition = int(context.node_config["partition-id"])
-        step = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+        step = int(msg.content["config"]["server-round"])
         record = folder / f"trained-{context.node_id}"
         before = record.read_text().split().count(str(step)) if record.exists() else 0
         with record.open("a") as log:
@@ -212,7 +212,7 @@ def client_app(folder: Path) -> ClientApp:
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         record = context.state.config_records.get("app.log")
-        seen = list(record["seen"]) if record is not None else []  # type: ignore[arg-type]
+        seen = list(record["seen"]) if record is not None else []
         info = ConfigRecord({"partition-id": int(context.node_config["partition-id"])})
         info["seen"] = seen or [""]
         return Message(RecordDict({"info": info}), reply_to=msg)

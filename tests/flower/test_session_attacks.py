@@ -144,7 +144,7 @@ class Liar:
         answers: dict[int, tuple[int, list[str]]] = {}
         for reply in self.grid.send_and_receive(out, timeout=WAIT):
             info = reply.content["info"]
-            seen = [s for s in info["seen"] if s]  # type: ignore[union-attr]
+            seen = [s for s in info["seen"] if s]
             answers[reply.metadata.src_node_id] = (int(info["partition-id"]), seen)
         assert set(answers) == set(nodes)
         return answers
@@ -229,6 +229,7 @@ class Play:
         self.sums: dict[int, tuple[tuple[int, ...], NDArray[np.float64]]] = {}
         self.aborted: dict[int, RoundAborted] = {}
         self._round: SessionRound | None = None
+        self._pending = RecordDict()  # the task of the round being opened
 
     # ----------------------------------------------------------------- who is who
     @property
@@ -536,7 +537,7 @@ class Script:
         facts["round-2-message"] = p.answers[(2, 0)][0].data
         first, gap = p.contents[1], p.new_content()
         request = p.sent[(2, 3)][-1]
-        honest_request = codec.decode(request[wire.RECORD_KEY][wire.MESSAGE])  # type: ignore[arg-type]
+        honest_request = codec.decode(request[wire.RECORD_KEY][wire.MESSAGE])
         assert isinstance(honest_request, SessionUnmaskRequest)
         moved = honest_request.survivors[0]
         second = dataclasses.replace(
@@ -639,7 +640,7 @@ class Script:
         p = self.play("both-shares", group)
         p.round()
         p.round()
-        honest = codec.decode(p.sent[(2, 1)][-1][wire.RECORD_KEY][wire.MESSAGE])  # type: ignore[arg-type]
+        honest = codec.decode(p.sent[(2, 1)][-1][wire.RECORD_KEY][wire.MESSAGE])
         assert isinstance(honest, SessionUnmaskRequest)
         second = dataclasses.replace(
             honest,
@@ -880,7 +881,7 @@ def test_session_resurrection(run: Record, group: str) -> None:
     neighbour asked refuses (resurrected-id) and reveals nothing of round 2."""
     play = run.plays[f"resurrection/{group}"]
     answers = run.facts[f"resurrection/{group}"]["answers"]
-    assert refusals(answers) == [AbortReason.RESURRECTED_ID.value] * 3  # type: ignore[arg-type]
+    assert refusals(answers) == [AbortReason.RESURRECTED_ID.value] * 3
     included, _ = play.sums[1]
     assert 2 not in included
     assert not [a for a in play.transcript.answers if a.round_number == 2]
@@ -895,20 +896,20 @@ def test_session_round_replay(run: Record) -> None:
     three; and a task past the session's three rounds is refused. No refused node trained."""
     play = run.plays["round-replay/semi-honest"]
     facts = run.facts["round-replay/semi-honest"]
-    retransmitted, rolled, gap, second = facts["answers"]  # type: ignore[misc]
+    retransmitted, rolled, gap, second = facts["answers"]
     assert retransmitted.data == facts["round-2-message"]
     assert rolled.refusal == AbortReason.REPLAYED_ROUND.value
     assert gap.refusal == AbortReason.ROUND_OUT_OF_ORDER.value
     assert second.refusal == AbortReason.UNEXPECTED_MESSAGE.value
-    included, _ = facts["round-3"]  # type: ignore[misc]
+    included, _ = facts["round-3"]
     assert set(included) == {0, 4, 5, 6}
     # Past the session's three rounds: the node left the session as round 3 closed.
-    assert facts["past-cap"].refusal == AbortReason.ROUND_CLOSED.value  # type: ignore[attr-defined]
+    assert facts["past-cap"].refusal == AbortReason.ROUND_CLOSED.value
     before, after = facts["trained-before"], facts["trained-after"]
-    round_3_step = int(play.contents[3]["config"]["server-round"])  # type: ignore[arg-type]
+    round_3_step = int(play.contents[3]["config"]["server-round"])
     for cid, node in enumerate(play.nodes):
         took_round_3 = [round_3_step] if cid in included else []
-        assert after[node] == before[node] + took_round_3  # type: ignore[index]
+        assert after[node] == before[node] + took_round_3
     assert play.loot() == {}
     assert_rounds_exact(run, play)
 
@@ -929,7 +930,7 @@ def test_session_split_view_active(run: Record) -> None:
     play = run.plays["split-view/active"]
     answers = run.facts["split-view/active"]["answers"]
     # Neither set has a quorum of signatures (3): every client refuses to unmask.
-    assert [answers[v].refusal for v in range(5)] == [AbortReason.BELOW_THRESHOLD.value] * 5  # type: ignore[index]
+    assert [answers[v].refusal for v in range(5)] == [AbortReason.BELOW_THRESHOLD.value] * 5
     _, keys = pooled_shares(play.transcript, 2)
     assert 0 not in keys
     assert play.loot() == {}
@@ -948,7 +949,7 @@ def test_session_one_by_one(run: Record) -> None:
         set(range(7)) - {1, 2, 3},
     ]
     round_5 = run.facts["one-by-one/semi-honest"]["round-5"]
-    assert refusals(round_5) == [AbortReason.BELOW_THRESHOLD.value] * 3  # type: ignore[arg-type]
+    assert refusals(round_5) == [AbortReason.BELOW_THRESHOLD.value] * 3
     assert not [a for a in play.transcript.answers if a.round_number == 5]
     assert play.loot() == {}
     assert_rounds_exact(run, play)
@@ -961,9 +962,9 @@ def test_session_late_input(run: Record, group: str) -> None:
     play = run.plays[f"late-input/{group}"]
     victim = run.facts[f"late-input/{group}"]["victim"]
     answers = run.facts[f"late-input/{group}"]["answers"]
-    assert all(isinstance(a.message, SessionUnmaskResponse) for a in answers)  # type: ignore[attr-defined]
+    assert all(isinstance(a.message, SessionUnmaskResponse) for a in answers)
     seeds, keys = pooled_shares(play.transcript, 2)
-    assert len(keys[victim]) >= play.config.threshold  # type: ignore[index]
+    assert len(keys[victim]) >= play.config.threshold
     assert victim not in seeds
     assert (2, victim) in play.transcript.round_messages
     assert play.loot() == {}
@@ -992,7 +993,7 @@ def test_session_both_shares(run: Record, group: str) -> None:
     self-mask share went out in the first as dropped: refused; nothing more leaves."""
     play = run.plays[f"both-shares/{group}"]
     answer = run.facts[f"both-shares/{group}"]["answer"]
-    assert answer.refusal == AbortReason.UNEXPECTED_MESSAGE.value  # type: ignore[attr-defined]
+    assert answer.refusal == AbortReason.UNEXPECTED_MESSAGE.value
     seeds, keys = pooled_shares(play.transcript, 2)
     assert 3 in seeds and 3 not in keys
     assert play.loot() == {}
@@ -1005,16 +1006,16 @@ def test_session_stale_context_between_rounds(run: Record) -> None:
     every time, no training, and round 3 sums exactly. Nothing is read from the Context."""
     play = run.plays["stale-context/active"]
     facts = run.facts["stale-context/active"]
-    for node in facts["before"]:  # type: ignore[attr-defined]
-        before, after = facts["before"][node], facts["after"][node]  # type: ignore[index]
+    for node in facts["before"]:
+        before, after = facts["before"][node], facts["after"][node]
         # The premise: the Context the engine wrote back forgot what the node answered.
         assert before[-3:] == ["train:consistency", "train:unmask", "query"]
         assert after == [*before[:-3], "evaluate", "query"]
-        for first, resent in facts["again"][node]:  # type: ignore[index]
+        for first, resent in facts["again"][node]:
             assert resent.data == first.data and resent.data
-    round_2_step = int(play.contents[2]["config"]["server-round"])  # type: ignore[arg-type]
-    for node in facts["before"]:  # type: ignore[attr-defined]
-        assert facts["trained"][node].count(round_2_step) == 1  # type: ignore[index]
+    round_2_step = int(play.contents[2]["config"]["server-round"])
+    for node in facts["before"]:
+        assert facts["trained"][node].count(round_2_step) == 1
     assert set(play.sums[3][0]) == set(range(5))
     assert play.loot() == {}
     assert_rounds_exact(run, play)
@@ -1027,7 +1028,7 @@ def test_session_two_messages_across_rounds(run: Record) -> None:
     while round 2 is open at the node; round 3 sums exactly."""
     play = run.plays["two-messages/semi-honest"]
     together = run.facts["two-messages/semi-honest"]["together"]
-    for c, (inside, answers) in together.items():  # type: ignore[attr-defined]
+    for c, (inside, answers) in together.items():
         assert inside == 2
         got = dict(answers)
         if isinstance(got["task"].message, RoundMessage):
@@ -1091,16 +1092,16 @@ def test_session_rolled_back_journal(run: Record, group: str) -> None:
     assert isinstance(a, RoundMessage) and isinstance(b, RoundMessage)
     assert b.self_mask_commitment != a.self_mask_commitment
     assert b.next_mask_public != a.next_mask_public
-    step = int(play.contents[2]["config"]["server-round"])  # type: ignore[arg-type]
-    assert facts["trained"].count(step) == 2  # type: ignore[attr-defined]
+    step = int(play.contents[2]["config"]["server-round"])
+    assert facts["trained"].count(step) == 2
     answers = facts["answers"]
-    shares = {"A": {}, "B": {}}  # type: ignore[var-annotated]
-    for v, answer in answers.items():  # type: ignore[attr-defined]
+    shares = {"A": {}, "B": {}}
+    for v, answer in answers.items():
         assert isinstance(answer.message, SessionUnmaskResponse)  # no holder can tell
-        side = "A" if v in facts["side_a"] else "B"  # type: ignore[operator]
+        side = "A" if v in facts["side_a"] else "B"
         shares[side][v] = dict(answer.message.self_mask_shares)[victim]
-    seed_a = rebuilt_seed(play, shares["A"], a.self_mask_commitment, victim)  # type: ignore[arg-type]
-    seed_b = rebuilt_seed(play, shares["B"], b.self_mask_commitment, victim)  # type: ignore[arg-type]
+    seed_a = rebuilt_seed(play, shares["A"], a.self_mask_commitment, victim)
+    seed_b = rebuilt_seed(play, shares["B"], b.self_mask_commitment, victim)
     assert seed_a is not None
     assert play.loot() == {}  # neither input alone: the pairwise masks stay on both
     if group == "active":
@@ -1148,20 +1149,20 @@ def test_session_journal_read_once(run: Record) -> None:
         ).fetchone()
     held = session_state.decode(blob).state
     assert isinstance(held, Between) and held.closed == 2
-    keys = {(victim, 3): held.mask_keys.private_bytes()}  # type: ignore[dict-item]
+    keys = {(victim, 3): held.mask_keys.private_bytes()}
     loot = play.loot(mask_keys=keys)
     assert set(loot) == {(victim, 3)}
-    assert np.max(np.abs(loot[(victim, 3)] - play.real(victim))) <= STEP + FLOAT32  # type: ignore[arg-type]
+    assert np.max(np.abs(loot[(victim, 3)] - play.real(victim))) <= STEP + FLOAT32
     # The key is round 3's alone: it is the one the victim announced for round 3, no other
     # round's, and named for another round it strips nothing (what decodes is noise).
-    private = keys[(victim, 3)]  # type: ignore[index]
-    announced = {r: m[victim].mask_public for r, m in play.transcript.members.items()}  # type: ignore[index]
+    private = keys[(victim, 3)]
+    announced = {r: m[victim].mask_public for r, m in play.transcript.members.items()}
     assert [
         r for r, public in announced.items() if public == x25519_public_from_private(private)
     ] == [3]
     for r in (1, 2, 4, 5):
-        for vector in play.loot(mask_keys={(victim, r): private}).values():  # type: ignore[dict-item]
-            assert np.max(np.abs(vector - play.real(victim))) > 10 * STEP  # type: ignore[arg-type]
+        for vector in play.loot(mask_keys={(victim, r): private}).values():
+            assert np.max(np.abs(vector - play.real(victim))) > 10 * STEP
     assert play.loot() == {}
     assert_rounds_exact(run, play)
 

@@ -124,7 +124,7 @@ class Nodes:
             for n in nodes
         }
 
-        def own_mod(msg, ctxt, call_next):  # type: ignore[no-untyped-def]
+        def own_mod(msg, ctxt, call_next):
             return self.mods[ctxt.node_id](msg, ctxt, call_next)
 
         self.loopback = LoopbackGrid(client_app([own_mod], self.trained), nodes)
@@ -287,7 +287,7 @@ def test_a_retransmitted_opening_gets_the_journalled_bytes_and_the_app_does_not_
     for sent, answered in openings:
         again = resend(world, sent)
         assert secagg_record(again)[wire.MESSAGE] == secagg_record(answered)[wire.MESSAGE]
-    assert isinstance(decode(secagg_record(again)[wire.MESSAGE]), RoundMessage)  # type: ignore[arg-type]
+    assert isinstance(decode(secagg_record(again)[wire.MESSAGE]), RoundMessage)
     assert len(world.trained) == trained
     session = world.mods[ME].session(ME)
     live = session.live_session()

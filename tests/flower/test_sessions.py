@@ -58,7 +58,7 @@ FAILS_IN_ROUND = 2  # the semi-honest node that fails at its round's task, mid-s
 AWAY_IN_ROUND = 5  # from this round on one other semi-honest node is not available
 
 
-class CountingGrid(Grid):  # type: ignore[misc]
+class CountingGrid(Grid):
     """Between ``SecureGrid`` and Flower's grid: counts the exchanges of train messages
     (``send_and_receive`` calls) and offers the strategy only the ``available`` nodes."""
 
