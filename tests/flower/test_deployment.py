@@ -323,7 +323,7 @@ def test_each_round_is_a_secure_round_and_a_failed_node_is_dropped_where_it_fail
     assert set(first["included"]) == set(node_ids) - {node_ids[FAILING]}
     assert list(first["dropped"]) == [failed]
     assert first["dropped"][failed][0] == FAIL_STAGE
-    assert first["kind"] == "session set-up and round"
+    assert first["kind"] == "set-up+round"  # RoundKind.SETUP_AND_ROUND
     # The model learns: the accuracy before training, then after the round.
     accuracy = report["accuracy"]
     assert len(accuracy) == ROUNDS + 1

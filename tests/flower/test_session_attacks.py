@@ -585,18 +585,20 @@ class Script:
 
     # ------------------------------------------------------------------ 4.1.4
     def one_by_one(self, group: str) -> None:
-        """One more neighbour of client 0 silent at each round's task, rounds 2 to 5; in
-        round 5 (where the honest server gives up: too few survivors to unmask anyone) the
-        liar asks the survivors to unmask anyway."""
+        """One more neighbour of client 0 silent at each round's task, rounds 2 and 3 (the
+        departures the graph's parameters cover: the honest server would set up anew after
+        them); in round 4 two more are silent, so that client 0 would keep fewer than t
+        surviving neighbours, and where the honest server would give up the liar asks the
+        survivors to unmask anyway."""
         p = self.play("one-by-one", group)
         p.round()
-        for r, gone in zip(range(2, 5), (1, 2, 3), strict=True):
+        for r, gone in zip((2, 3), (1, 2), strict=True):
             p.round(lambda u, m, gone=gone: None if u == gone and m.opens_training else m)
             assert p.round_now == r
-        p.masked(lambda u, m: None if u == 4 else m)
+        p.masked(lambda u, m: None if u in (3, 4) else m)
         survivors = frozenset({0, 5, 6})
         pairs = [(v, p.request(v, survivors)) for v in sorted(survivors)]
-        self.facts("one-by-one", group)["round-5"] = p.ask(pairs)
+        self.facts("one-by-one", group)["round-4"] = p.ask(pairs)
 
     # ------------------------------------------------------------------ 4.1.5
     def late_input(self, group: str) -> None:
@@ -939,18 +941,17 @@ def test_session_split_view_active(run: Record) -> None:
 def test_session_one_by_one(run: Record) -> None:
     """4.1.4: one more neighbour of client 0 dropped at each round's task: each opens the
     masks of its own round only, and nothing of client 0 (or of anyone) is ever open; once
-    client 0's surviving neighbours would be fewer than t, nobody unmasks (round 5: the honest
+    client 0's surviving neighbours would be fewer than t, nobody unmasks (round 4: the honest
     server would not ask; the liar asks, and each survivor refuses)."""
     play = run.plays["one-by-one/semi-honest"]
-    assert [set(play.sums[r][0]) for r in (1, 2, 3, 4)] == [
+    assert [set(play.sums[r][0]) for r in (1, 2, 3)] == [
         set(range(7)),
         set(range(7)) - {1},
         set(range(7)) - {1, 2},
-        set(range(7)) - {1, 2, 3},
     ]
-    round_5 = run.facts["one-by-one/semi-honest"]["round-5"]
-    assert refusals(round_5) == [AbortReason.BELOW_THRESHOLD.value] * 3
-    assert not [a for a in play.transcript.answers if a.round_number == 5]
+    round_4 = run.facts["one-by-one/semi-honest"]["round-4"]
+    assert refusals(round_4) == [AbortReason.BELOW_THRESHOLD.value] * 3
+    assert not [a for a in play.transcript.answers if a.round_number == 4]
     assert play.loot() == {}
     assert_rounds_exact(run, play)
 

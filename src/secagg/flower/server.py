@@ -52,7 +52,7 @@ import numpy as np
 from secagg.errors import ConfigurationError, DropReason, UsageError, one_line
 from secagg.flower import wire
 from secagg.hazmat.randomness import Randomness, SystemRandomness
-from secagg.protocol.runner import RoundOutcome, RoundRecord, RoundRun, RoundServer
+from secagg.protocol.runner import RoundKind, RoundOutcome, RoundRecord, RoundRun, RoundServer
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.parameters import Params
 from secagg.schemes.masking.session.round import SessionRound
@@ -77,9 +77,12 @@ __all__ = ["SecureGrid", "SecureRoundReport"]
 
 log = logging.getLogger("secagg.flower.server")
 
-ONE_SHOT = "one-shot"
-SESSION_SETUP = "session set-up and round"
-SESSION_ROUND = "session round"
+# The round engine's one vocabulary of round kinds (RoundKind), by the names this module has
+# always given them; the operator's line says them in words.
+ONE_SHOT = RoundKind.ONE_SHOT
+SESSION_SETUP = RoundKind.SETUP_AND_ROUND
+SESSION_ROUND = RoundKind.SESSION
+_KIND_WORDS = {SESSION_SETUP: "session set-up and round", SESSION_ROUND: "session round"}
 
 _LEGACY_PARAMETERS = "fitins.parameters"  # the model of a legacy (DefaultWorkflow) fit message
 _REASON_CHARS = 200
@@ -109,14 +112,13 @@ class SecureRoundReport:
     stage_seconds: Mapping[str, float]
     upload_bytes: Mapping[int, int] = field(repr=False)
     download_bytes: Mapping[int, int] = field(repr=False)
-    # "one-shot", "session set-up and round" (a session's first round, which runs its
-    # set-up) or "session round".
-    kind: str = ONE_SHOT
+    # One-shot, a session's first round (which runs its set-up) or a later round of a session.
+    kind: RoundKind = ONE_SHOT
 
     def summary(self) -> str:
         """One line for the operator: the outcome, whose updates the aggregate holds, and
         who was dropped where and why."""
-        kind = "" if self.kind == ONE_SHOT else f" ({self.kind})"
+        kind = f" ({_KIND_WORDS[self.kind]})" if self.kind in _KIND_WORDS else ""
         head = f"secure round {self.round_id}{kind}: "
         if self.outcome is RoundOutcome.COMPLETED:
             head += (
@@ -146,7 +148,7 @@ class SecureRoundReport:
             "threshold": self.threshold,
             "seconds": self.seconds,
             "stage_seconds": dict(self.stage_seconds),
-            "kind": self.kind,
+            "kind": self.kind.value,
         }
 
 
@@ -340,6 +342,7 @@ class SecureGrid(Grid):  # type: ignore[misc,unused-ignore]  # flwr is Any witho
         # round of a session over the same cohort, driven by the one round engine: this
         # transport only delivers and collects.
         server: RoundServer
+        kind: RoundKind
         if self.session_rounds:
             session = self._session_for(nodes, table, round_id, round_.pki)
             server = SessionRound(session, round_.task_digest)
