@@ -74,9 +74,11 @@ def recovered(
         seeds, keys = pooled_shares(transcript, r)
         member = members[u]
         seed = rebuild(seeds.get(u, []), t, _opens_commitment(ctx, u, message.self_mask_commitment))
-        private = (mask_keys or {}).get((u, r)) or rebuild(
-            keys.get(u, []), t, _opens_public_key(member.mask_public)
-        )
+        private = (mask_keys or {}).get((u, r))
+        if private is not None and not _opens_public_key(member.mask_public)(private):
+            private = None  # a key read elsewhere opens only the round it was announced for
+        if private is None:
+            private = rebuild(keys.get(u, []), t, _opens_public_key(member.mask_public))
         if seed is None or private is None:
             continue
         vector = ring.unpack(message.packed_vector, config.vector_length)
