@@ -85,8 +85,12 @@ from secagg.protocol.codec import decode
 from secagg.schemes.base import Scheme
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.parameters import Params
-from secagg.schemes.masking.session.messages import SessionConfig
-from secagg.schemes.masking.session.terms import DEFAULT_MAX_ROUNDS, DEFAULT_MAX_SECONDS
+from secagg.schemes.masking.session.messages import session_terms
+from secagg.schemes.masking.session.terms import (
+    DEFAULT_MAX_ROUNDS,
+    DEFAULT_MAX_SECONDS,
+    SessionTerms,
+)
 
 if TYPE_CHECKING:
     from secagg.flower.configured import NodeConfiguredMod
@@ -299,9 +303,10 @@ class SecAggMod:
             # erased then, or by the timer armed after the last answer).
             data = record.get(wire.MESSAGE)
             message = _peek(data)
+            terms = None if message is None else session_terms(message)
             if wire.NODES in record:
-                if isinstance(message, SessionConfig):
-                    answer = self._set_up(session, ctxt, record, message)
+                if terms is not None:
+                    answer = self._set_up(session, ctxt, record, terms)
                 else:
                     answer = self._begin(session, msg, ctxt, record, call_next)
             elif not isinstance(data, bytes):
@@ -446,7 +451,7 @@ class SecAggMod:
 
     # ----------------------------------------------------------------- sessions
     def _set_up(
-        self, session: ClientSession, ctxt: Context, record: ConfigRecord, config: SessionConfig
+        self, session: ClientSession, ctxt: Context, record: ConfigRecord, terms: SessionTerms
     ) -> Answer:
         """A session's configuration with its node table: offered as a round's configuration
         is (the session checks it against the deployment, the allow-list and its caps); the
@@ -459,7 +464,7 @@ class SecAggMod:
         except DecodeError as exc:
             raise ClientAbort(AbortReason.INVALID_CONFIG, str(exc)) from None
         assert isinstance(table_bytes, bytes)
-        if config.binding != wire.session_binding(table_bytes):
+        if terms.binding != wire.session_binding(table_bytes):
             # Client ids are positions in the table: a session bound to another table would
             # give this node's peers other names than the ones it checked.
             raise ClientAbort(
@@ -472,7 +477,7 @@ class SecAggMod:
         log.info(
             "node %d: a session of up to %d rounds, cohort %d: set-up accepted",
             ctxt.node_id,
-            config.max_rounds,
+            terms.max_rounds,
             len(table),
         )
         return answer
