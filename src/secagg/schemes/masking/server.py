@@ -135,6 +135,28 @@ class RoundResult:
     def weighted_mean(self, quantizer: Quantizer) -> NDArray[np.float64]:
         return quantizer.decode(self.total)
 
+    def decoded(self, config: RoundConfig, encoding: InputEncoding, binding: bytes) -> Aggregate:
+        """The aggregate, decoded by ``encoding`` under ``binding`` (the session id of a
+        one-shot round, ctx_r of a session's round): the weighted or the noisy mean."""
+        included = len(self.included)
+        # The last element sums the clients' weights (quantised) or counts (distributed DP):
+        # more than the included clients may carry means one of them sent a malformed weight,
+        # and every value of the sum is then suspect. The round reveals nothing.
+        limit = included * config.max_weight
+        if int(self.total_weight) > limit:
+            raise RoundAborted(
+                Stage.UNMASK.value,
+                f"the revealed sum weighs {int(self.total_weight)}, more than its {included} "
+                f"clients may ({limit}): a client sent a malformed weight",
+            )
+        return Aggregate(
+            self.included,
+            float(self.total_weight),
+            encoding.decode(self.total, included, binding),
+            encoding.error_bound(included),
+            ring_total=self.total,
+        )
+
 
 class PeerStatus(StrEnum):
     """Where one cohort member stands in the current stage (each has exactly one)."""
@@ -475,26 +497,7 @@ class Server:
     def aggregate(self) -> Aggregate:
         """The aggregate of the included inputs, decoded from the ring sum by the round's
         encoding: the weighted mean (quantised) or the noisy mean (distributed DP)."""
-        result = self.result
-        session_id = self.session.session_id
-        included = len(result.included)
-        # The last element sums the clients' weights (quantised) or counts (distributed DP):
-        # more than the included clients may carry means one of them sent a malformed weight,
-        # and every value of the sum is then suspect. The round reveals nothing.
-        limit = included * self.config.max_weight
-        if int(result.total_weight) > limit:
-            raise RoundAborted(
-                Stage.UNMASK.value,
-                f"the revealed sum weighs {int(result.total_weight)}, more than its {included} "
-                f"clients may ({limit}): a client sent a malformed weight",
-            )
-        return Aggregate(
-            result.included,
-            float(result.total_weight),
-            self._encoding.decode(result.total, included, session_id),
-            self._encoding.error_bound(included),
-            ring_total=result.total,
-        )
+        return self.result.decoded(self.config, self._encoding, self.session.session_id)
 
     def waiting_for(self) -> frozenset[int]:
         """Clients whose message for the current stage has not arrived yet."""

@@ -252,22 +252,7 @@ class SessionServer:
 
     def aggregate(self) -> Aggregate:
         """The last closed round's aggregate, decoded as the one-shot server decodes it."""
-        result = self.result
-        included = len(result.included)
-        limit = included * self.config.max_weight
-        if int(result.total_weight) > limit:
-            raise RoundAborted(
-                Stage.UNMASK.value,
-                f"the revealed sum weighs {int(result.total_weight)}, more than its {included} "
-                f"clients may ({limit}): a client sent a malformed weight",
-            )
-        return Aggregate(
-            result.included,
-            float(result.total_weight),
-            self._encoding.decode(result.total, included, self._context),
-            self._encoding.error_bound(included),
-            ring_total=result.total,
-        )
+        return self.result.decoded(self.config, self._encoding, self._context)
 
     # ----------------------------------------------------------------- input
     def start(self) -> dict[int, Message]:
