@@ -12,7 +12,14 @@ import pytest
 from typer.testing import CliRunner
 
 from secagg.cli import app
-from secagg.compare import DP_SCHEME, SCHEMES, CompareOptions, run_compare, write_plots
+from secagg.compare import (
+    CENTRAL_DP_SCHEME,
+    DP_SCHEME,
+    SCHEMES,
+    CompareOptions,
+    run_compare,
+    write_plots,
+)
 from secagg.dp.settings import DpSettings
 from secagg.errors import ConfigurationError
 from secagg.simulate import DropSchedule, root_randomness
@@ -108,9 +115,10 @@ def test_with_dp_settings_a_secagg_plus_dp_row_states_its_epsilon_and_the_others
     )
     report = run_compare(options)
     rows = {row.scheme: row for row in report.rows}
-    assert tuple(rows) == ("plaintext", "secagg+", "ckks", DP_SCHEME)
+    assert tuple(rows) == ("plaintext", "secagg+", "ckks", DP_SCHEME, CENTRAL_DP_SCHEME)
     for name in ("plaintext", "secagg+", "ckks"):
         assert rows[name].privacy == "none" and rows[name].to_json()["epsilon"] is None
+        assert rows[name].to_json()["dp_noise_multiplier_carried"] is None
     dp = rows[DP_SCHEME]
     r = dp.report
     assert r.outcome == "completed", r.abort_reason
@@ -125,11 +133,77 @@ def test_with_dp_settings_a_secagg_plus_dp_row_states_its_epsilon_and_the_others
     assert r.max_abs_error > 100 * rows["secagg+"].report.error_bound  # noise, not rounding
     figures = report.to_json()
     assert figures["dp"]["target_epsilon"] == 4.0 and figures["dp"]["l2_clip"] == 1.0
+    # The noise the revealed sum of 8 inputs carried: more than planned for the minimum
+    # cohort of 7 (all but the third of 10 the graph tolerates), by sqrt(8 / 7).
+    assert r.facts.min_cohort == 7
+    assert dp.planned_noise_multiplier == r.facts.dp.noise_multiplier  # type: ignore[union-attr]
+    assert dp.noise_multiplier == pytest.approx(dp.planned_noise_multiplier * (8 / 7) ** 0.5)
+    assert figures["rows"][3]["dp_noise_multiplier_carried"] == dp.noise_multiplier
+
+
+def test_the_central_dp_row_adds_gaussian_noise_to_the_exact_mean_of_the_same_clipped_updates() -> (
+    None
+):
+    pytest.importorskip("dp_accounting")
+    from secagg.dp.central import EPSILON_TOLERANCE
+
+    options = CompareOptions(
+        clients=10,
+        dim=300,
+        dropout=0.2,
+        seed=4,
+        schemes=("plaintext", "secagg+"),
+        dp=DpSettings(target_epsilon=4.0, rounds=5),
+    )
+    rows = {row.scheme: row for row in run_compare(options).rows}
+    assert tuple(rows) == ("plaintext", "secagg+", DP_SCHEME, CENTRAL_DP_SCHEME)
+    distributed, central = rows[DP_SCHEME], rows[CENTRAL_DP_SCHEME]
+    r = central.report
+    # The same clients, the same clip; nothing dropped from the curator's round.
+    assert r.outcome == "completed" and r.included == distributed.report.included
+    assert r.clients == 10 and r.facts.clip == 1.0
+    assert r.clipped_values == distributed.report.clipped_values
+    # The whole run (5 rounds) spends the target exactly; one round, this row's epsilon, less.
+    dp = r.facts.dp
+    assert dp is not None and dp.mechanism == "gaussian (central)" and dp.delta == 1e-5
+    assert 4.0 * (1 - EPSILON_TOLERANCE) <= dp.epsilon_target <= 4.0
+    assert r.epsilon is not None and r.epsilon < dp.epsilon_target
+    assert central.privacy == f"epsilon {r.epsilon:.3g} (delta 1e-05)"
+    # The distributed round, calibrated for its minimum cohort, spends less than the target
+    # per round and carries more noise than the curator's z.
+    assert distributed.report.epsilon is not None and distributed.report.epsilon < r.epsilon
+    assert central.planned_noise_multiplier == dp.noise_multiplier
+    assert central.noise_multiplier is not None and distributed.noise_multiplier is not None
+    assert dp.noise_multiplier < central.noise_multiplier <= dp.noise_multiplier * 1.01
+    assert central.noise_multiplier < distributed.noise_multiplier
+    # Its error is the noise's, against the exact mean of the clipped updates, within the
+    # bound it states (probability 1 - 1e-9).
+    assert r.max_abs_error is not None and 0 < r.max_abs_error <= r.error_bound
+    assert r.max_abs_error > 100 * rows["secagg+"].report.error_bound
+    # The curator sees every update: it costs what a plaintext round costs.
+    assert central.server_learns.startswith("everything")
+    assert r.upload_bytes_per_client == rows["plaintext"].report.upload_bytes_per_client
+    # The noise comes from the seeded run's own stream: the same seed, the same row.
+    again = {row.scheme: row for row in run_compare(options).rows}[CENTRAL_DP_SCHEME]
+    assert again.report.max_abs_error == r.max_abs_error
+
+
+def test_the_central_dp_row_follows_the_distributed_row_wherever_it_is_named() -> None:
+    dp = DpSettings(target_epsilon=4.0)
+    named = CompareOptions(schemes=(CENTRAL_DP_SCHEME, DP_SCHEME, "plaintext"), dp=dp)
+    assert named.schemes == (DP_SCHEME, CENTRAL_DP_SCHEME, "plaintext")
+    assert CompareOptions(schemes=("plaintext",), dp=dp).schemes == (
+        "plaintext",
+        DP_SCHEME,
+        CENTRAL_DP_SCHEME,
+    )
 
 
 def test_the_dp_row_needs_dp_settings() -> None:
     with pytest.raises(ConfigurationError, match="needs distributed DP settings"):
         CompareOptions(schemes=("secagg+", DP_SCHEME))
+    with pytest.raises(ConfigurationError, match="central-dp row needs distributed DP"):
+        CompareOptions(schemes=("secagg+", CENTRAL_DP_SCHEME))
 
 
 def test_the_command_adds_the_dp_row_to_the_table_json_and_plots(tmp_path: Path) -> None:
@@ -147,13 +221,36 @@ def test_the_command_adds_the_dp_row_to_the_table_json_and_plots(tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
-    assert [row["scheme"] for row in figures["rows"]] == ["plaintext", "secagg+", DP_SCHEME]
-    assert [row["epsilon"] is None for row in figures["rows"]] == [True, True, False]
+    assert [row["scheme"] for row in figures["rows"]] == [
+        "plaintext",
+        "secagg+",
+        DP_SCHEME,
+        CENTRAL_DP_SCHEME,
+    ]
+    assert [row["epsilon"] is None for row in figures["rows"]] == [True, True, False, False]
     assert (tmp_path / "compare.png").stat().st_size > 1000
     # The table and a refusal, in this process (the same command, without the imports).
     table = CliRunner().invoke(app, command[3:])
     assert table.exit_code == 0, table.output
     assert "privacy" in table.stdout and "secagg+-dp" in table.stdout
+    assert "central-dp" in table.stdout
+    # Under the table, each DP row's privacy as it was got: the multiplier its sum carried
+    # (six inputs, the minimum cohort five) and the epsilon the round spent.
+    text = " ".join(table.stdout.split())
+    dp_row, central_row = figures["rows"][2], figures["rows"][3]
+    assert (
+        f"note: secagg+-dp: the sum of 6 inputs carried noise multiplier "
+        f"{dp_row['dp_noise_multiplier_carried']:.3g} "
+        f"({dp_row['dp_noise_multiplier_planned']:.3g} planned for the minimum cohort of 5); "
+        f"the round spent epsilon {dp_row['epsilon']:.3g} at delta 1e-05 (the target: 8 over "
+        "1 round)"
+    ) in text
+    assert (
+        f"note: central-dp: a trusted curator's Gaussian noise on the exact mean of the same 6 "
+        f"clipped updates carried noise multiplier "
+        f"{central_row['dp_noise_multiplier_carried']:.3g}"
+    ) in text
+    assert "the round spent epsilon 8 at delta 1e-05 (the target: 8 over 1 round)" in text
     bad = CliRunner().invoke(app, [*command[3:-2], "--dp-bits", "4"])
     assert bad.exit_code == 2 and "raise --dp-bits" in bad.output
 

@@ -18,7 +18,7 @@ from secagg.compare import ALL_SCHEMES
 if TYPE_CHECKING:
     import numpy as np
 
-    from secagg.compare.comparison import CompareReport
+    from secagg.compare.comparison import CompareReport, Row
 
 __all__ = ["compare"]
 
@@ -38,9 +38,9 @@ def compare(
     schemes: Annotated[
         str | None,
         typer.Option(
-            help=f"Comma-separated subset of {', '.join(ALL_SCHEMES)} (the last needs "
-            "--dp-epsilon or --dp-noise-multiplier, and is added when they are given). "
-            "Default: all but the last, leaving out ckks where the he extra is missing.",
+            help=f"Comma-separated subset of {', '.join(ALL_SCHEMES)} (the last two need "
+            "--dp-epsilon or --dp-noise-multiplier, and are added when they are given). "
+            "Default: all but the last two, leaving out ckks where the he extra is missing.",
             show_default=False,
         ),
     ] = None,
@@ -61,9 +61,12 @@ def compare(
 ) -> None:
     """The same updates through plaintext, SecAgg, SecAgg+ (both threat models) and CKKS.
 
-    With --dp-epsilon (or --dp-noise-multiplier) one more row, secagg+-dp: SecAgg+ with
+    With --dp-epsilon (or --dp-noise-multiplier) two more rows: secagg+-dp, SecAgg+ with
     distributed DP (an unweighted mean of the updates clipped to --dp-clip, default 1, with
-    every client's noise). The privacy column gives each row's epsilon, or none.
+    every client's noise), and central-dp, the baseline it is measured against (a trusted
+    curator's Gaussian noise on the exact mean of the same clipped updates, for the same
+    epsilon by the same accountant). The privacy column gives each row's epsilon, or none;
+    a note under the table gives each DP row's noise multiplier as carried and as planned.
     """
     from secagg.compare import SCHEMES
     from secagg.compare.comparison import CompareOptions, run_compare, write_plots
@@ -185,3 +188,33 @@ def _print_compare(report: CompareReport) -> None:
         hint, dp = row.report.dp_clip_hint, row.report.facts.dp
         if hint is not None and dp is not None:
             say(f"note: {row.scheme}: {clip_hint(hint, dp.l2_clip)}")
+    for row in report.rows:
+        line = _noise_note(row, o.dp.rounds if o.dp is not None else 1)
+        if line is not None:
+            say(line)
+
+
+def _noise_note(row: Row, rounds: int) -> str | None:
+    """A DP row's privacy as the user got it: the noise multiplier its revealed sum carried
+    (against the one planned) and the epsilon the round spent (against the target)."""
+    from secagg.compare import CENTRAL_DP_SCHEME
+
+    r, dp = row.report, row.report.facts.dp
+    if dp is None or r.epsilon is None or row.noise_multiplier is None:
+        return None
+    spent = (
+        f"the round spent epsilon {r.epsilon:.3g} at delta {dp.delta:g} (the target: "
+        f"{dp.epsilon_target:.3g} over {rounds} round{'s' if rounds != 1 else ''})"
+    )
+    if row.scheme == CENTRAL_DP_SCHEME:
+        return (
+            f"note: {row.scheme}: a trusted curator's Gaussian noise on the exact mean of the "
+            f"same {len(r.included)} clipped updates carried noise multiplier "
+            f"{row.noise_multiplier:.3g} (z = {row.planned_noise_multiplier:.3g} from the same "
+            f"accountant, widened by its noise grid); {spent}"
+        )
+    return (
+        f"note: {row.scheme}: the sum of {len(r.included)} inputs carried noise multiplier "
+        f"{row.noise_multiplier:.3g} ({row.planned_noise_multiplier:.3g} planned for the minimum "
+        f"cohort of {r.facts.min_cohort}); {spent}"
+    )

@@ -10,8 +10,11 @@ who must collude to see one client's update, and the privacy of the sum it revea
 With DP settings (``CompareOptions.dp``; ``--dp-epsilon`` on the command line) one more row,
 ``secagg+-dp``, runs SecAgg+ with every client adding its noise before masking: an
 unweighted mean of the updates clipped to the L2 clip, calibrated for the smallest sum the
-round is designed to survive. ``--sweep-clients`` and ``--sweep-dim`` repeat the comparison
-over sizes for the plots.
+round is designed to survive; and beside it ``central-dp``, the baseline it is measured
+against: a trusted curator's Gaussian mechanism on the exact mean of the same clipped updates
+of the same clients, its noise multiplier spending the same target epsilon by the same
+accountant (``secagg.compare.central``). ``--sweep-clients`` and ``--sweep-dim`` repeat the
+comparison over sizes for the plots.
 
 The row names are here, importing nothing, so that ``secagg compare --help`` can list them;
 the comparison (numpy, every scheme) is ``secagg.compare.comparison``, loaded when one of its
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_SCHEMES",
+    "CENTRAL_DP_SCHEME",
     "DP_SCHEME",
     "SCHEMES",
     "CompareOptions",
@@ -45,9 +49,11 @@ SCHEMES = (
     "secagg+-active",
     "ckks",
 )
-# SecAgg+ with distributed DP: a row only when DP settings are given.
+# SecAgg+ with distributed DP, and the central-DP baseline beside it: rows only when DP
+# settings are given.
 DP_SCHEME = "secagg+-dp"
-ALL_SCHEMES = (*SCHEMES, DP_SCHEME)
+CENTRAL_DP_SCHEME = "central-dp"
+ALL_SCHEMES = (*SCHEMES, DP_SCHEME, CENTRAL_DP_SCHEME)
 
 _LAZY = frozenset({"CompareOptions", "CompareReport", "run_compare", "write_plots"})
 

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from secagg.compare import ALL_SCHEMES, DP_SCHEME, SCHEMES
+from secagg.compare import ALL_SCHEMES, CENTRAL_DP_SCHEME, DP_SCHEME, SCHEMES
+from secagg.compare.central import CENTRAL_DISCLOSURE, central_round
+from secagg.dp.calibrate import carried_noise_multiplier
 from secagg.dp.settings import DpSettings, cohort_dp
 from secagg.errors import ConfigurationError, MissingExtra
 from secagg.extras import require
@@ -51,6 +53,7 @@ COLOURS = {
     "secagg+-active": "#1b6e1b",
     "ckks": "#d62728",
     DP_SCHEME: "#9467bd",
+    CENTRAL_DP_SCHEME: "#e377c2",
 }
 
 
@@ -64,7 +67,8 @@ class CompareOptions:
     value_bits: int = 16
     schemes: tuple[str, ...] = SCHEMES
     workers: int | None = 1  # one process: the client and server times are comparable
-    # Distributed DP for the secagg+-dp row (added to the schemes when given).
+    # Distributed DP for the secagg+-dp row and its central-dp baseline (both added to the
+    # schemes when given).
     dp: DpSettings | None = None
     # True: a row whose optional extra is not installed is left out (named in left_out with
     # the reason), as the command does with its default rows; False: it is refused
@@ -84,13 +88,19 @@ class CompareOptions:
             raise ConfigurationError(
                 f"unknown scheme(s) {sorted(unknown)}: choose from {', '.join(ALL_SCHEMES)}"
             )
-        if self.dp is None and DP_SCHEME in self.schemes:
-            raise ConfigurationError(
-                f"the {DP_SCHEME} row needs distributed DP settings: add --dp-epsilon or "
-                "--dp-noise-multiplier"
-            )
-        if self.dp is not None and DP_SCHEME not in self.schemes:
-            object.__setattr__(self, "schemes", (*self.schemes, DP_SCHEME))
+        for name in (DP_SCHEME, CENTRAL_DP_SCHEME):
+            if self.dp is None and name in self.schemes:
+                raise ConfigurationError(
+                    f"the {name} row needs distributed DP settings: add --dp-epsilon or "
+                    "--dp-noise-multiplier"
+                )
+        if self.dp is not None:
+            # The central baseline sits right after the distributed row it is measured against.
+            schemes = [s for s in self.schemes if s != CENTRAL_DP_SCHEME]
+            if DP_SCHEME not in schemes:
+                schemes.append(DP_SCHEME)
+            schemes.insert(schemes.index(DP_SCHEME) + 1, CENTRAL_DP_SCHEME)
+            object.__setattr__(self, "schemes", tuple(schemes))
         # Every row's extra before the first row runs: a run of minutes must not end on it.
         missing: dict[str, str] = {}
         for name in self.schemes:
@@ -116,6 +126,11 @@ class Row:
     server_learns: str
     to_see_one_update: str
     tolerates: str
+    # DP rows: the noise multiplier the revealed sum actually carried (its noise std over the
+    # clip, for the inputs it held), and the one planned (distributed: for the minimum
+    # cohort; central: the curator's z before its grid).
+    noise_multiplier: float | None = None
+    planned_noise_multiplier: float | None = None
 
     @property
     def privacy(self) -> str:
@@ -150,6 +165,8 @@ class Row:
             # The (epsilon, delta) guarantee of the revealed sum; None: no DP (an exact sum).
             "epsilon": r.epsilon,
             "privacy": self.privacy,
+            "dp_noise_multiplier_carried": self.noise_multiplier,
+            "dp_noise_multiplier_planned": self.planned_noise_multiplier,
             "dp_clip_hint": r.dp_clip_hint,
             "details": r.facts.as_dict(),
         }
@@ -266,14 +283,17 @@ def compare_once(
     _, max_weight = integer_weights(weights, n)
     rows = []
     for name in options.schemes:
+        if name == CENTRAL_DP_SCHEME:
+            continue  # run right after the distributed row, over the clients it included
         scheme = build_scheme(name, n, dim, max_weight, options)
+        drops = _drops(scheme, n, options)
         result = simulate_round(
             scheme,
             n,
             inputs,
             # Distributed DP's mean is unweighted: every client weighs 1.
             weights=None if name == DP_SCHEME else weights,
-            drops=_drops(scheme, n, options),
+            drops=drops,
             seed=options.seed,
             workers=options.workers,
             baseline=False,
@@ -282,15 +302,37 @@ def compare_once(
         learns = disclosure.server_learns
         if result.report.epsilon is not None:
             learns += ", with every client's DP noise"
-        rows.append(
-            Row(
-                name,
-                result.report,
-                learns,
-                disclosure.to_see_one_update,
-                disclosure.tolerates,
-            )
+        row = Row(
+            name,
+            result.report,
+            learns,
+            disclosure.to_see_one_update,
+            disclosure.tolerates,
         )
+        rows.append(row)
+        plan = scheme.dp_plan
+        if plan is None:
+            continue
+        row.planned_noise_multiplier = plan.noise_multiplier
+        included = result.report.included
+        if included:
+            row.noise_multiplier = carried_noise_multiplier(plan, len(included))
+        else:  # an aborted round: the curator would still have had everyone who stayed
+            leaving = {c for ids in drops.at.values() for c in ids}
+            included = tuple(c for c in range(n) if c not in leaving)
+        if CENTRAL_DP_SCHEME in options.schemes:
+            central = central_round(
+                plan, inputs, n, included, seed=options.seed, workers=options.workers
+            )
+            rows.append(
+                Row(
+                    CENTRAL_DP_SCHEME,
+                    central.report,
+                    *CENTRAL_DISCLOSURE,
+                    noise_multiplier=central.noise_multiplier,
+                    planned_noise_multiplier=central.planned_noise_multiplier,
+                )
+            )
     return rows
 
 

@@ -9,7 +9,10 @@ noiseless sum. Modules:
 - ``noise``: Skellam and discrete Gaussian samplers over cryptographic randomness;
 - ``accounting``: sensitivities, RDP curves, sampling, composition, conversion (dp-accounting);
 - ``calibrate``: ``DpConfig`` (what the user asks) -> ``DpPlan`` (scale, noise, bounds);
-- ``pipeline``: ``encode`` (client) and ``decode`` (server).
+- ``pipeline``: ``encode`` (client) and ``decode`` (server);
+- ``central`` and ``central_noise``: the central-DP baseline distributed DP is measured
+  against (the Gaussian mechanism on the exact mean of the same clipped updates, its noise
+  multiplier from the same accountant, its noise from cryptographic randomness).
 
 Only converting RDP to epsilon needs Google's ``dp-accounting`` (the ``secagg[dp]`` extra):
 ``calibrate``, ``achieved_epsilon`` and ``epsilon_spent`` raise a ConfigurationError saying so
@@ -32,9 +35,11 @@ if TYPE_CHECKING:
         DpPlan,
         achieved_epsilon,
         calibrate,
+        carried_noise_multiplier,
         epsilon_spent,
         wrap_probability_bound,
     )
+    from secagg.dp.central import CentralPlan, central_noise_multiplier, central_plan
     from secagg.dp.mechanism import Mechanism
     from secagg.dp.noise import discrete_gaussian, skellam
     from secagg.dp.pipeline import decode, encode
@@ -45,6 +50,10 @@ _WHERE = {
     "DpPlan": "secagg.dp.calibrate",
     "achieved_epsilon": "secagg.dp.calibrate",
     "calibrate": "secagg.dp.calibrate",
+    "carried_noise_multiplier": "secagg.dp.calibrate",
+    "CentralPlan": "secagg.dp.central",
+    "central_noise_multiplier": "secagg.dp.central",
+    "central_plan": "secagg.dp.central",
     "epsilon_spent": "secagg.dp.calibrate",
     "wrap_probability_bound": "secagg.dp.calibrate",
     "Mechanism": "secagg.dp.mechanism",
@@ -58,11 +67,15 @@ _WHERE = {
 }
 
 __all__ = [
+    "CentralPlan",
     "DpConfig",
     "DpPlan",
     "Mechanism",
     "achieved_epsilon",
     "calibrate",
+    "carried_noise_multiplier",
+    "central_noise_multiplier",
+    "central_plan",
     "decode",
     "discrete_gaussian",
     "encode",

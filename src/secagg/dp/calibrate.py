@@ -64,6 +64,7 @@ __all__ = [
     "DpPlan",
     "achieved_epsilon",
     "calibrate",
+    "carried_noise_multiplier",
     "epsilon_spent",
     "wrap_probability_bound",
 ]
@@ -534,6 +535,16 @@ def achieved_epsilon(plan: DpPlan, included: int) -> float:
     ``min_clients`` is a UsageError: the protocol must never reveal such a sum.
     """
     return accounting.epsilon_from_rdp(_included_rdp(plan, included), plan.config.delta)
+
+
+def carried_noise_multiplier(plan: DpPlan, included: int) -> float:
+    """The noise multiplier a revealed sum of ``included`` inputs actually carries: its noise
+    std over the clip. Every input brings its own noise, so it is the plan's (calibrated for
+    ``min_clients``) times sqrt(included / min_clients): what the user got, not what was
+    planned for the smallest sum."""
+    if isinstance(included, bool) or not isinstance(included, int) or included < 1:
+        raise UsageError(f"included must be a positive int, got {included!r}")
+    return plan.central_noise_std_for(included) / plan.config.l2_clip
 
 
 def epsilon_spent(plan: DpPlan, included_per_round: Sequence[int]) -> float:
