@@ -106,6 +106,27 @@ def test_demo_in_process_with_drops_and_dp(tmp_path: Path) -> None:
         if s["outcome"] == "completed":
             assert s["epsilon"] > 0 and s["epsilon_spent"] >= spent
             spent = s["epsilon_spent"]
+    # The central-DP baseline: the same clients each round, a noise multiplier from the same
+    # accountant spending the whole target over the rounds it released (the distributed run,
+    # calibrated for its minimum cohort, spends less whenever a sum held more inputs).
+    central = report["central"]
+    minimum = report["config"]["dp_min_cohort"]
+    assert [c["included"] for c in central["rounds"]] == [s["included"] for s in secure]
+    assert (
+        central["noise_multiplier"]
+        < central["noise_multiplier_carried"]
+        <= (central["noise_multiplier"] * 1.01)
+    )
+    released = [c for c in central["rounds"] if c["outcome"] == "completed"]
+    assert len(released) == len([s for s in secure if s["outcome"] == "completed"])
+    if len(released) == 3:
+        assert released[-1]["epsilon_spent"] == pytest.approx(50.0, rel=1e-5)
+        assert spent <= released[-1]["epsilon_spent"]
+    # The multiplier a revealed sum carried grows as the square root of the inputs it held:
+    # over the minimum cohort's, the same planned multiplier in every round.
+    completed = [s for s in secure if s["outcome"] == "completed"]
+    planned = [s["noise_multiplier"] / (len(s["included"]) / minimum) ** 0.5 for s in completed]
+    assert completed and planned == pytest.approx([planned[0]] * len(planned))
 
 
 @pytest.mark.timeout(300)
@@ -171,6 +192,29 @@ def test_demo_trains_with_distributed_dp_and_reports_epsilon_per_round_and_spent
     for s, p in zip(secure, plain, strict=True):
         assert s["included"] == p["included"]
         assert p["epsilon"] is None  # the baseline is not private
+    # Five inputs carried sqrt(5/4) times the noise planned for the minimum cohort of four.
+    for s in secure:
+        assert s["noise_multiplier"] == pytest.approx(
+            first["noise_multiplier"] * (len(s["included"]) / len(first["included"])) ** 0.5
+        )
+    assert (
+        f"distributed DP: the sums revealed carried noise multiplier "
+        f"{first['noise_multiplier']:.3g}" in out
+    )
+    # Beside it, the central-DP baseline over the same clients: the whole target spent.
+    central = report["central"]
+    assert [c["included"] for c in central["rounds"]] == [s["included"] for s in secure]
+    assert central["rounds"][-1]["epsilon_spent"] == pytest.approx(50.0, rel=1e-5)
+    assert central["epsilon_target"] == pytest.approx(50.0, rel=1e-5)
+    assert first["noise_multiplier"] > central["noise_multiplier_carried"]
+    assert (
+        f"central DP baseline (a trusted curator's Gaussian noise on the exact mean of the same "
+        f"clients' clipped updates, noise multiplier {central['noise_multiplier']:.3g} for "
+        f"epsilon 50 by the same accountant): final accuracy "
+        f"{100 * central['final_accuracy']:.1f}%, distributed DP "
+        f"{100 * report['secure']['final_accuracy']:.1f}%; epsilon spent: central 50, "
+        f"distributed {second['epsilon_spent']:.3g}"
+    ) in out
 
 
 @pytest.mark.timeout(300)

@@ -31,14 +31,19 @@ clipping and noise), and each update is scaled down to the L2 clip: ``--dp-clip`
 default the median norm of the clients' first-round updates (as
 ``benchmarks/dp_sweep.py`` does: computed from every client's data, which only a demo holds
 in one place). The report gives each round's epsilon (of the sum it revealed) and the epsilon
-spent so far, from the ledger. With the demo's ten clients the noise a guarantee needs is
-large against the mean of so few updates: the report says so, and BENCHMARKS.md's
-privacy-utility sweep shows DP at 100 clients per round.
+spent so far, from the ledger, and the noise multiplier each revealed sum carried (more
+inputs than the minimum cohort carry more noise than planned). Beside it the demo trains a
+central-DP baseline (``secagg.dp.central``): over the same clients each round, a trusted
+curator's Gaussian noise on the exact mean of the same clipped updates, its noise multiplier
+spending the same target epsilon by the same accountant. With the demo's ten clients the noise
+a guarantee needs is large against the mean of so few updates: the report says so, and
+BENCHMARKS.md's privacy-utility sweep shows DP at 100 clients per round.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -56,7 +61,9 @@ from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
 
-from secagg.dp.calibrate import DpPlan
+from secagg.dp.calibrate import DpPlan, carried_noise_multiplier
+from secagg.dp.central import CentralPlan, central_plan
+from secagg.dp.central_noise import central_grid, clip_to_l2, noisy_mean
 from secagg.dp.round_privacy import round_privacy
 from secagg.dp.settings import DpSettings, cohort_dp, minimum_cohort
 from secagg.errors import ConfigurationError
@@ -65,6 +72,7 @@ from secagg.fl.data import FederatedSplit, load_digits_split
 from secagg.fl.digits import DEMO_CLIP, demo_model, digits_median_update_norm
 from secagg.fl.fedavg import apply_update
 from secagg.fl.model import ModelSpec
+from secagg.hazmat.randomness import DeterministicRandomness, Randomness
 from secagg.ledger import Ledger
 from secagg.protocol.stages import Stage
 from secagg.schemes.base import Scheme, SchemeFacts, SchemeSettings
@@ -179,6 +187,9 @@ class RoundRow:
     # Distributed DP: the revealed sum's epsilon and the epsilon spent so far (the ledger's).
     epsilon: float | None = None
     epsilon_spent: float | None = None
+    # DP: the noise multiplier the revealed sum carried (its noise std over the clip, for
+    # the inputs it held).
+    noise_multiplier: float | None = None
     # What kind of round ran (one-shot, set-up+round or session) and, for a session's first
     # round, its set-up's cost (seconds, bytes and messages per member).
     kind: str = "one-shot"
@@ -198,6 +209,7 @@ class RoundRow:
             "download_bytes_per_client": self.download_bytes_per_client,
             "epsilon": self.epsilon,
             "epsilon_spent": self.epsilon_spent,
+            "noise_multiplier": self.noise_multiplier,
             "setup": self.setup,
         }
 
@@ -218,6 +230,9 @@ class DemoReport:
     # Distributed DP: the calibrated plan, and where its L2 clip came from.
     dp_plan: DpPlan | None = field(default=None, repr=False)
     dp_clip_source: str = ""
+    # The central-DP baseline beside distributed DP: its plan and its rounds.
+    central_plan: CentralPlan | None = field(default=None, repr=False)
+    central: list[RoundRow] = field(default_factory=list)
 
     @property
     def rounds_kind(self) -> str:
@@ -255,9 +270,24 @@ class DemoReport:
                 "rounds": [r.to_json() for r in self.plaintext],
                 "final_accuracy": self.final(self.plaintext),
             },
+            **self._central_json(),
             "kills": self.kills,
             "workdir": self.workdir,
             "seconds": self.seconds,
+        }
+
+    def _central_json(self) -> dict[str, Any]:
+        central = self.central_plan
+        if central is None:
+            return {}
+        return {
+            "central": {
+                "noise_multiplier": central.noise_multiplier,
+                "noise_multiplier_carried": central_grid(central, self.dim).noise_multiplier,
+                "epsilon_target": central.epsilon_total,
+                "rounds": [r.to_json() for r in self.central],
+                "final_accuracy": self.final(self.central),
+            }
         }
 
     def _dp_json(self) -> dict[str, Any]:
@@ -274,8 +304,11 @@ class DemoReport:
         }
 
 
-def _row(step: int, summary: RoundSummary, accuracy: float | None) -> RoundRow:
+def _row(step: int, summary: RoundSummary, accuracy: float | None, plan: DpPlan | None) -> RoundRow:
     privacy = summary.privacy
+    carried = None
+    if plan is not None and summary.included:
+        carried = carried_noise_multiplier(plan, len(summary.included))
     return RoundRow(
         round=step + 1,
         accuracy=accuracy,
@@ -288,6 +321,7 @@ def _row(step: int, summary: RoundSummary, accuracy: float | None) -> RoundRow:
         download_bytes_per_client=summary.download_bytes_per_client,
         epsilon=None if privacy is None else privacy.epsilon,
         epsilon_spent=None if privacy is None else privacy.epsilon_spent,
+        noise_multiplier=carried,
         kind=summary.kind.value,
     )
 
@@ -411,6 +445,8 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
     if params.dp_plan is not None:
         report.dp_plan = params.dp_plan
         report.dp_clip_source = clip_source
+        say("finding the central-DP baseline's noise multiplier for the same epsilon")
+        report.central_plan = central_plan(params.dp_plan)
     if options.in_process:
         _train_in_process(
             options, Params.of(params, "the in-process demo"), split, spec, report, say
@@ -481,6 +517,7 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
                 )
             secure_model = spec.init(options.seed)
             plain_model = secure_model.copy()
+            central = _CentralBaseline.of(report, secure_model, options.seed)
             for step in range(options.rounds):
                 planned = {
                     int(c): kill_stages[int(rng.integers(len(kill_stages)))]
@@ -497,7 +534,7 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
                 if secure.aggregate is not None:
                     secure_model = apply_update(secure_model, secure.aggregate)
                 accuracy = spec.accuracy(secure_model, split.test)
-                report.secure.append(_row(step, secure, accuracy))
+                report.secure.append(_row(step, secure, accuracy, report.dp_plan))
                 # The baseline averages exactly the clients the secure round included (none
                 # when it aborted), trained here exactly as those clients train.
                 plain_model, plain_row = _plaintext_round(
@@ -506,6 +543,10 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoReport:
                 plain_row.accuracy = spec.accuracy(plain_model, split.test)
                 plain_accuracy = plain_row.accuracy
                 report.plaintext.append(plain_row)
+                if central is not None:
+                    report.central.append(
+                        central.round(step, secure.included, updates, spec, split)
+                    )
                 spent = report.secure[-1].epsilon_spent
                 say(
                     f"round {step + 1}/{options.rounds}: secure accuracy "
@@ -555,6 +596,67 @@ def _plaintext_round(
     return apply_update(model, mean), row
 
 
+class _CentralBaseline:
+    """The central-DP baseline's training: each round, over the clients the secure round
+    included, a trusted curator clips their updates (computed from its own model, as the
+    plaintext baseline's are) to the distributed plan's clip, releases their noisy mean
+    (``secagg.dp.central_noise``) and steps its model by it."""
+
+    def __init__(self, plan: CentralPlan, model: NDArray[np.float32], rng: Randomness) -> None:
+        self.plan = plan
+        self.model = model.copy()
+        self.rng = rng
+        self.released = 0  # rounds whose noisy mean was released: what the accountant counts
+
+    @classmethod
+    def of(
+        cls, report: DemoReport, model: NDArray[np.float32], seed: int
+    ) -> _CentralBaseline | None:
+        """The baseline of a DP demo (None without DP). Its noise is drawn from a seeded
+        CSPRNG so that a demo's run can be repeated; a real curator's would come from the
+        operating system (``SystemRandomness``), or whoever knows the seed subtracts it."""
+        if report.central_plan is None:
+            return None
+        label = f"secagg/demo/central-dp/{seed}".encode()
+        return cls(
+            report.central_plan, model, DeterministicRandomness(hashlib.sha256(label).digest())
+        )
+
+    def round(
+        self,
+        step: int,
+        included: tuple[int, ...],
+        updates: dict[int, UpdateFn],
+        spec: ModelSpec,
+        split: FederatedSplit,
+    ) -> RoundRow:
+        started = time.perf_counter()
+        if not included:
+            return RoundRow(step + 1, None, "skipped", [], {}, 0.0, {}, 0.0, 0.0)
+        total = np.zeros(spec.dim, dtype=np.float64)
+        for c in included:
+            values, _weight = updates[c](self.model, step)
+            total += clip_to_l2(np.asarray(values), self.plan.l2_clip)
+        self.model = apply_update(self.model, noisy_mean(self.plan, total, len(included), self.rng))
+        self.released += 1
+        return RoundRow(
+            round=step + 1,
+            accuracy=spec.accuracy(self.model, split.test),
+            outcome="completed",
+            included=list(included),
+            dropped={},
+            seconds=time.perf_counter() - started,
+            stage_seconds={},
+            # The curator receives each update as it is (float32).
+            upload_bytes_per_client=float(4 * spec.dim),
+            download_bytes_per_client=float(4 * spec.dim),
+            epsilon=self.plan.epsilon_per_round,
+            epsilon_spent=self.plan.epsilon_spent(self.released),
+            noise_multiplier=central_grid(self.plan, spec.dim).noise_multiplier,
+            kind="curator",
+        )
+
+
 def _train_in_process(
     options: DemoOptions,
     params: Params,
@@ -584,6 +686,7 @@ def _train_in_process(
     weights = {c: 1 if unweighted else len(split.clients[c].y) for c in range(options.clients)}
     drops = None if not options.drop_rate else DropPlan(rate=options.drop_rate, seed=options.seed)
     plain_model = spec.init(options.seed)
+    central = _CentralBaseline.of(report, plain_model, options.seed)
     revealed: list[int] = []  # the inputs of every sum revealed so far (DP accounting)
 
     def on_round(secure: SecureRound) -> None:
@@ -609,6 +712,9 @@ def _train_in_process(
                 download_bytes_per_client=rep.download_bytes_per_client,
                 epsilon=None if privacy is None else privacy.epsilon,
                 epsilon_spent=None if privacy is None else privacy.epsilon_spent,
+                noise_multiplier=None
+                if plan is None or not r.completed
+                else carried_noise_multiplier(plan, len(rep.included)),
                 kind=r.kind.value,
                 setup=None if r.setup is None else r.setup.to_json(),
             )
@@ -618,6 +724,8 @@ def _train_in_process(
         )
         plain_row.accuracy = spec.accuracy(plain_model, split.test)
         report.plaintext.append(plain_row)
+        if central is not None:
+            report.central.append(central.round(step, rep.included, updates, spec, split))
         say(
             f"round {r.number}/{options.rounds} ({r.kind.value}): secure accuracy "
             f"{_pct(accuracy)}, plaintext {_pct(plain_row.accuracy)}"
@@ -806,11 +914,35 @@ def _dp_lines(report: DemoReport, plan: DpPlan) -> list[str]:
     with so few clients."""
     c = plan.config
     spent = [r.epsilon_spent for r in report.secure if r.epsilon_spent is not None]
-    return [
+    carried = [r.noise_multiplier for r in report.secure if r.noise_multiplier is not None]
+    lines = [
         f"distributed DP: epsilon {plan.epsilon_total:.3g} at delta {c.delta:g} over the "
         f"{c.rounds} rounds for every sum of at least {c.min_clients} inputs (noise multiplier "
         f"{plan.noise_multiplier:.3g}); spent by the sums revealed: "
         f"{_figure(spent[-1] if spent else None)}",
+    ]
+    if carried:
+        low, high = min(carried), max(carried)
+        lines.append(
+            "distributed DP: the sums revealed carried noise multiplier "
+            + (f"{low:.3g}" if f"{low:.3g}" == f"{high:.3g}" else f"{low:.3g} to {high:.3g}")
+            + f" (planned {plan.noise_multiplier:.3g} for the minimum cohort of "
+            f"{c.min_clients})"
+        )
+    central = report.central_plan
+    if central is not None:
+        central_spent = [r.epsilon_spent for r in report.central if r.epsilon_spent is not None]
+        lines.append(
+            f"central DP baseline (a trusted curator's Gaussian noise on the exact mean of the "
+            f"same clients' clipped updates, noise multiplier {central.noise_multiplier:.3g} "
+            f"for epsilon {central.epsilon_total:.3g} by the same accountant): final accuracy "
+            f"{_pct(report.final(report.central))}, distributed DP "
+            f"{_pct(report.final(report.secure))}; epsilon spent: central "
+            f"{_figure(central_spent[-1] if central_spent else None)}, distributed "
+            f"{_figure(spent[-1] if spent else None)}"
+        )
+    return [
+        *lines,
         f"note: DP with only {report.options.clients} clients per round costs a lot of "
         "accuracy: the noise the guarantee needs is large against the mean of so few updates "
         "(BENCHMARKS.md's privacy-utility sweep trains with 100 clients per round)",
