@@ -342,7 +342,7 @@ def table(
         "",
         "A target for later, not claimed here: distributed DP within 0.5 point of central DP "
         "at epsilon 2, 4 and 8, over at least 10 seeds (the noise that would close the "
-        "minimum-cohort gap is being designed separately).",
+        "minimum-cohort gap is being designed separately: docs/XNOISE.md).",
         "",
         "![privacy against utility](docs/dp_privacy_utility.png)",
         "",
