@@ -54,6 +54,15 @@ FAILING = 2  # the partition that fails in round 1
 FAIL_STAGE = "masked-input"  # after it shared its keys: its mask must be recovered
 # Waits only (never asserted): a busy machine makes each of Flower's stages slow.
 RUN_TIMEOUT = 900
+# Everything before `flwr run`: the SuperLink, five `flwr supernode register`, six `secagg`
+# commands and five SuperNodes, each a process that first imports flwr or secagg: about 30 s
+# here beside other jobs (load 12), 140-260 s with three busy loops added on the two cores
+# (load 14-38; a register 11-33 s), where the run then took another 120-150 s.
+SETUP_TIMEOUT = 600
+# The module's fixtures (the deployment and its run) are the first test's setup, so that test
+# has their time: the suite's default (pyproject: 300 s) is less than the set-up and the run
+# take together on a busy machine, and cut a slow run off as if it had hung.
+pytestmark = pytest.mark.timeout(SETUP_TIMEOUT + RUN_TIMEOUT)
 
 
 def wait_for(
@@ -83,11 +92,13 @@ class Deployment:
     tls: TlsFiles
     processes: list[subprocess.Popen[bytes]]
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start ``args`` (a command of the venv's bin) with its output in ``name``.log as it
+        runs, so a test that times out still leaves the log of what it waited for."""
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
             [str(BIN / args[0]), *args[1:]],
-            cwd=self.folder,
+            cwd=self.folder if cwd is None else cwd,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -232,6 +243,7 @@ def run(deployment: Deployment) -> dict[str, object]:
         )
     )
     secagg_dir = d.folder / "secagg"
+    supernodes: list[subprocess.Popen[bytes]] = []
     for partition, (private, _) in enumerate(keys):
         node_config = [
             f"partition-id={partition}",
@@ -243,7 +255,7 @@ def run(deployment: Deployment) -> dict[str, object]:
         ]
         if partition == FAILING:
             node_config += ["example-fail-round=1", f'example-fail-stage="{FAIL_STAGE}"']
-        d.start(
+        supernode = d.start(
             f"supernode-{partition}",
             "flower-supernode",
             "--root-certificates",
@@ -257,6 +269,14 @@ def run(deployment: Deployment) -> dict[str, object]:
             "--node-config",
             " ".join(node_config),
         )
+        supernodes.append(supernode)
+    # Each SuperNode connected as its registered node before the run starts: a node that
+    # exited or never connected is named here, not left for the ServerApp to wait for.
+    for partition, (node_id, supernode) in enumerate(zip(node_ids, supernodes, strict=True)):
+        wait_for(
+            connected(d, partition, node_id, supernode),
+            f"supernode-{partition} to connect as node {node_id}",
+        )
 
     report = d.folder / "report.json"
     overrides = " ".join(
@@ -268,15 +288,42 @@ def run(deployment: Deployment) -> dict[str, object]:
             f'report="{report}"',
         ]
     )
-    submitted = d.flwr("run", ".", "--run-config", overrides, "--stream", timeout=RUN_TIMEOUT)
-    (d.folder / "flwr-run.log").write_text(submitted.stdout + submitted.stderr)
-    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    # The ServerApp's log comes back through `flwr run --stream`: written as it comes, so a
+    # run cut short (this timeout, or pytest-timeout's) still shows where it stood.
+    submitted = d.start(
+        "flwr-run", "flwr", "run", ".", "--run-config", overrides, "--stream", cwd=APP
+    )
+    try:
+        returncode = submitted.wait(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"flwr run did not end in {RUN_TIMEOUT} s:\n{d.log('flwr-run')[-3000:]}"
+        ) from None
+    run_log = d.log("flwr-run")
+    assert returncode == 0, run_log[-3000:]
     wait_for(report.exists, "the ServerApp's report")
     return {
         "node_ids": node_ids,
         "report": json.loads(report.read_text()),
-        "run_log": submitted.stdout + submitted.stderr,
+        "run_log": run_log,
     }
+
+
+def connected(
+    d: Deployment, partition: int, node_id: int, supernode: subprocess.Popen[bytes]
+) -> Callable[[], bool]:
+    """Whether partition's SuperNode has connected as ``node_id`` (Flower's SuperNode logs
+    its id once the SuperLink has activated it); an AssertionError if it exited."""
+    name = f"supernode-{partition}"
+
+    def ready() -> bool:
+        if supernode.poll() is not None:
+            raise AssertionError(
+                f"{name} exited with {supernode.returncode}:\n{d.log(name)[-2000:]}"
+            )
+        return f"SuperNode ID: {node_id}" in d.log(name)
+
+    return ready
 
 
 def secagg(d: Deployment, *args: str) -> list[str]:
