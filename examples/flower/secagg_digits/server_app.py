@@ -10,19 +10,19 @@ file the app writes each round's outcome to (JSON), for the operator and for tes
 from __future__ import annotations
 
 import json
-import logging
 import time
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from secagg.flower import FlowerNodes, SecureGrid, load_params
 
 app = ServerApp()
-log = logging.getLogger("secagg_digits.server_app")
 
 
 @app.main()
@@ -68,14 +68,46 @@ def main(grid: Grid, context: Context) -> None:
     )
 
 
-def wait_for_nodes(grid: Grid, nodes: FlowerNodes, seconds: float) -> None:
-    """Wait until every node of the deployment is connected (a round samples all of them)."""
+def wait_for_nodes(
+    grid: Grid,
+    nodes: FlowerNodes,
+    seconds: float,
+    *,
+    interval: float = 1.0,
+    every: float = 15.0,
+) -> None:
+    """Wait until every node of the deployment is connected (a round samples all of them).
+
+    The run's log (``flwr run --stream``, where the operator reads it) says how many are
+    connected when the wait starts, whenever that changes, every ``every`` seconds, and when
+    all are, so a run stuck before its first round shows where; a node still missing after
+    ``seconds`` ends the run with a one-line error naming the missing node ids.
+    ``interval``: seconds between polls."""
+    wanted = nodes.node_ids
     deadline = time.monotonic() + seconds
-    while not nodes.node_ids <= set(grid.get_node_ids()):
-        if time.monotonic() > deadline:
-            missing = sorted(nodes.node_ids - set(grid.get_node_ids()))
-            raise RuntimeError(f"{len(missing)} node(s) of nodes.toml never connected: {missing}")
-        time.sleep(1.0)
+    said: tuple[int, float] | None = None  # (how many were connected, when it was said)
+    while True:
+        connected = wanted & set(grid.get_node_ids())
+        missing = sorted(wanted - connected)
+        if not missing:
+            flwr_log(INFO, "all %d nodes of nodes.toml are connected", len(wanted))
+            return
+        now = time.monotonic()
+        if now >= deadline:
+            raise RuntimeError(
+                f"waited {seconds:g} s for the {len(wanted)} nodes of nodes.toml: "
+                f"{len(connected)} connected, never connected: {missing}"
+            )
+        if said is None or said[0] != len(connected) or now - said[1] >= every:
+            flwr_log(
+                INFO,
+                "waiting for the %d nodes of nodes.toml: %d connected, missing %s",
+                len(wanted),
+                len(connected),
+                missing,
+            )
+            said = (len(connected), now)
+        time.sleep(interval)
 
 
 def write_report(path: Path, secure: SecureGrid, accuracy: list[float]) -> None:
