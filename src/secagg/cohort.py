@@ -27,18 +27,56 @@ from numpy.typing import NDArray
 
 from secagg.errors import ClientAbort, ConfigurationError, SecAggError
 from secagg.parallel import usable_cores
-from secagg.protocol.codec import Message, decode
+from secagg.protocol.codec import SHARED_PART_BYTES, Message, decode
 from secagg.protocol.runner import RoundClient
 
-__all__ = ["DELIVERY_CHUNK_BYTES", "Cohort", "Reply", "Tally", "take_chunk"]
+__all__ = [
+    "DELIVERY_CHUNK_BYTES",
+    "Cohort",
+    "Delivery",
+    "Reply",
+    "Tally",
+    "delivery_bytes",
+    "delivery_size",
+    "joined",
+    "take_chunk",
+]
 
 # The most delivery bytes a worker is sent at once. A stage may broadcast O(n) bytes to each
 # of n clients (the contribution list: 36 bytes per participant, so 720 KB to each of 20,000
-# clients, 14 GB in all); deliveries are encoded only when their chunk is sent.
+# clients, 14 GB in all); deliveries are encoded only when their chunk is sent, and a part
+# that many of a chunk's deliveries share (that list) is counted, and sent, once a chunk.
 DELIVERY_CHUNK_BYTES: Final = 32 << 20
+
+# A worker sends its replies to the parent in batches of at most this many, or of about this
+# many bytes (``_batched``).
+REPLY_BATCH: Final = 64
+REPLY_BATCH_BYTES: Final = 1 << 20
 
 InputSource = Callable[[int], NDArray[np.floating]]
 Reply = tuple[int, bytes | None, str | None]  # (client, reply bytes, abort reason)
+# What a client is delivered: a message's bytes, or the same bytes in consecutive parts
+# (``Message.encode_parts``), whose large parts may be one object shared by many deliveries.
+# Pickled in one chunk, such a part travels once (pickle writes an object it has written
+# before as a reference); the client always receives the parts joined, the message's bytes.
+Delivery = bytes | tuple[bytes, ...]
+
+
+def delivery_bytes(delivery: Delivery) -> bytes:
+    """The message's bytes, exactly as encoded."""
+    return delivery if isinstance(delivery, bytes) else b"".join(delivery)
+
+
+def joined(deliveries: Iterable[tuple[int, Delivery]]) -> Iterator[tuple[int, bytes]]:
+    """Each ``(client, delivery)`` with the delivery as the message's bytes, joined only as
+    its client is reached (a chunk never holds every recipient's copy of a shared list)."""
+    for i, delivery in deliveries:
+        yield i, delivery_bytes(delivery)
+
+
+def delivery_size(delivery: Delivery) -> int:
+    """The message's length in bytes (what the wire carries to its recipient)."""
+    return len(delivery) if isinstance(delivery, bytes) else sum(map(len, delivery))
 
 
 @dataclass
@@ -136,17 +174,28 @@ class ClientGroup:
 
 
 def take_chunk(
-    pending: deque[int], deliveries: Mapping[int, bytes], limit: int, overhead: int = 0
-) -> list[tuple[int, bytes]]:
+    pending: deque[int], deliveries: Mapping[int, Delivery], limit: int, overhead: int = 0
+) -> list[tuple[int, Delivery]]:
     """Take clients off the front of ``pending`` with their deliveries, read only now, until
-    the chunk holds ``limit`` bytes (each delivery counted with ``overhead`` more)."""
-    chunk: list[tuple[int, bytes]] = []
+    the chunk holds ``limit`` bytes (each delivery counted with ``overhead`` more). A part
+    that deliveries of the chunk share (the same object) is counted once: pickled with the
+    chunk, it is written once."""
+    chunk: list[tuple[int, Delivery]] = []
+    shared: set[int] = set()
     size = 0
     while pending and size < limit:
         i = pending.popleft()
-        data = deliveries[i]
-        chunk.append((i, data))
-        size += overhead + len(data)
+        delivery = deliveries[i]
+        chunk.append((i, delivery))
+        size += overhead
+        if isinstance(delivery, bytes):
+            size += len(delivery)
+            continue
+        for part in delivery:
+            if id(part) not in shared:
+                size += len(part)
+                if len(part) >= SHARED_PART_BYTES:
+                    shared.add(id(part))
     return chunk
 
 
@@ -180,16 +229,17 @@ class Cohort:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def answer(self, deliveries: Mapping[int, bytes]) -> Iterator[Reply]:
+    def answer(self, deliveries: Mapping[int, Delivery]) -> Iterator[Reply]:
         """Every addressed client's reply to this stage, as they come (any order).
 
         A delivery is read from the mapping only when it is sent, and a worker is sent its
         clients' deliveries a chunk of at most ``DELIVERY_CHUNK_BYTES`` at a time (the next
         when it has answered the last), so a mapping that encodes on access never has a whole
-        stage's broadcast in memory.
+        stage's broadcast in memory. A part the chunk's deliveries share goes down the pipe
+        once a chunk (``take_chunk``).
         """
         if self._local is not None:
-            yield from self._local.answer((i, deliveries[i]) for i in sorted(deliveries))
+            yield from self._local.answer(joined((i, deliveries[i]) for i in sorted(deliveries)))
             return
         pending: list[deque[int]] = [deque() for _ in self._workers]
         for i in sorted(deliveries):
@@ -210,11 +260,11 @@ class Cohort:
         while busy:
             for ready in wait(list(busy)):
                 assert isinstance(ready, Connection)
-                reply: Reply | None = _receive(ready)
-                if reply is None:  # this chunk is answered
+                replies: list[Reply] | None = _receive(ready)
+                if replies is None:  # this chunk is answered
                     send_chunk(busy.pop(ready))
                 else:
-                    yield reply
+                    yield from replies
 
     def tally(self) -> Tally:
         if self._local is not None:
@@ -255,6 +305,22 @@ def _receive(conn: Connection) -> Any:
     return payload
 
 
+def _batched(replies: Iterable[Reply]) -> Iterator[list[Reply]]:
+    """Replies in batches of at most ``REPLY_BATCH`` replies or about ``REPLY_BATCH_BYTES``
+    (a masked input goes alone): one pipe message, and one wake-up of the parent, per batch
+    rather than per client, while a stage still never holds more than a batch of replies."""
+    batch: list[Reply] = []
+    size = 0
+    for reply in replies:
+        batch.append(reply)
+        size += len(reply[1] or b"")
+        if len(batch) >= REPLY_BATCH or size >= REPLY_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
 def _serve(conn: Connection, group: ClientGroup) -> None:
     """A worker's loop: answer stages until told to close."""
     while True:
@@ -266,9 +332,9 @@ def _serve(conn: Connection, group: ClientGroup) -> None:
             return
         try:
             if command[0] == "answer":
-                for reply in group.answer(command[1]):
-                    conn.send(("ok", reply))
-                conn.send(("ok", None))  # this batch is done
+                for replies in _batched(group.answer(joined(command[1]))):
+                    conn.send(("ok", replies))
+                conn.send(("ok", None))  # this chunk is done
             else:
                 conn.send(("ok", group.tally()))
         except SecAggError as exc:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import ConfigurationError, DecodeError, UsageError
-from secagg.protocol.codec import MAX_ID, Message, decode
+from secagg.protocol.codec import MAX_ID, SHARED_PART_BYTES, Message, decode
 from secagg.schemes.masking.messages import (
     CIPHERTEXT_BYTES,
     AdvertiseKeys,
@@ -259,3 +259,26 @@ def test_decoder_survives_any_single_byte_corruption(message: Message, data: st.
     except DecodeError:
         return
     assert decoded.encode() == bytes(encoded)
+
+
+@pytest.mark.parametrize("message", sample_messages(), ids=lambda m: type(m).__name__)
+def test_every_message_encoded_in_parts_is_its_bytes(message: Message) -> None:
+    assert b"".join(message.encode_parts()) == message.encode()
+
+
+def test_a_large_list_is_one_object_in_the_parts_of_every_recipients_message() -> None:
+    """The simulator sends each worker a chunk of deliveries in parts: the cohort's ids and
+    the contributions list, written into every recipient's message, are one object there
+    (pickled once a chunk); each message joined is still its own bytes."""
+    cohort = tuple(range(0, 9_000, 3))
+    config = _config(client_ids=cohort)
+    big = [p for p in config.encode_parts() if len(p) >= SHARED_PART_BYTES]
+    assert big == [struct.pack(f">{len(cohort)}I", *cohort)]
+    assert big[0] is config.encode_parts()[1]  # the same object each time it is encoded
+    entries = ContributionList.of((i, bytes([i % 251]) * 32) for i in cohort)
+    first, second = Contributions(SID, 3, 1, entries), Contributions(SID, 6, 1, entries)
+    parts = first.encode_parts(), second.encode_parts()
+    shared = [[p for p in ps if len(p) >= SHARED_PART_BYTES] for ps in parts]
+    assert shared[0] == [entries.wire] and shared[0][0] is shared[1][0] is entries.wire
+    assert [b"".join(ps) for ps in parts] == [first.encode(), second.encode()]
+    assert first.encode() != second.encode()  # the recipient differs

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol
 
-from secagg.cohort import ClientGroup, Cohort, Reply, Tally
+from secagg.cohort import ClientGroup, Cohort, Delivery, Reply, Tally
 from secagg.errors import ConfigurationError
 from secagg.extras import require
 from secagg.hazmat import prg
@@ -57,7 +57,7 @@ class ClientCohort(Protocol):
         traceback: TracebackType | None,
     ) -> None: ...
 
-    def answer(self, deliveries: Mapping[int, bytes]) -> Iterator[Reply]: ...
+    def answer(self, deliveries: Mapping[int, Delivery]) -> Iterator[Reply]: ...
 
     def tally(self) -> Tally: ...
 

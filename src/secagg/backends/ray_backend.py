@@ -85,7 +85,15 @@ import ray
 import ray.exceptions
 from numpy.typing import NDArray
 
-from secagg.cohort import DELIVERY_CHUNK_BYTES, ClientGroup, Reply, Tally, take_chunk
+from secagg.cohort import (
+    DELIVERY_CHUNK_BYTES,
+    ClientGroup,
+    Delivery,
+    Reply,
+    Tally,
+    joined,
+    take_chunk,
+)
 from secagg.errors import ConfigurationError, SecAggError, UsageError
 from secagg.hazmat import prg
 from secagg.hazmat.keys import Ed25519SigningKey
@@ -209,12 +217,12 @@ class _ClientBatch:
         return len(ids)
 
     def answer(
-        self, deliveries: Sequence[tuple[int, bytes]], chunk_bytes: int
+        self, deliveries: Sequence[tuple[int, Delivery]], chunk_bytes: int
     ) -> Iterator[list[Reply]]:
         group = self._built()
         chunk: list[Reply] = []
         size = 0
-        for reply in group.answer(deliveries):
+        for reply in group.answer(joined(deliveries)):
             chunk.append(reply)
             size += _REPLY_OVERHEAD + len(reply[1] or b"")
             if size >= chunk_bytes:
@@ -291,7 +299,7 @@ class RayCohort:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def answer(self, deliveries: Mapping[int, bytes]) -> Iterator[Reply]:
+    def answer(self, deliveries: Mapping[int, Delivery]) -> Iterator[Reply]:
         """Every addressed client's reply to this stage, as they come (any order).
 
         A delivery is read from the mapping only when its chunk is shipped, so a mapping that

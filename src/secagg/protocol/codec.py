@@ -35,6 +35,7 @@ __all__ = [
     "MAGIC",
     "MAX_ID",
     "NONCE_BYTES",
+    "SHARED_PART_BYTES",
     "TAGS",
     "VERSION",
     "Direction",
@@ -54,6 +55,10 @@ VERSION = 1
 MAX_ID = 2**32 - 1  # the largest u32: every id on the wire is one
 NONCE_BYTES = 16  # a round configuration's nonce
 DIGEST_BYTES = 32  # SHA-256: config ids, task hashes
+# ``Message.encode_parts`` keeps a field of at least this many bytes as the very object that was
+# written: a cohort's id list, or a contributions list, that the server writes into every
+# recipient's message is then one object in all of them.
+SHARED_PART_BYTES = 4096
 
 # Every message tag, and the class ("module:Class") that owns it. A new message is one line
 # here; a tag is never reused, so a retired message keeps its number out of use.
@@ -178,6 +183,24 @@ class Writer:
     def getvalue(self) -> bytes:
         return b"".join(self._parts)
 
+    def getparts(self) -> tuple[bytes, ...]:
+        """The encoding as consecutive parts whose concatenation is ``getvalue()``: each field
+        of at least ``SHARED_PART_BYTES`` the very bytes object written (not a copy), the
+        fields between them joined."""
+        parts: list[bytes] = []
+        small: list[bytes] = []
+        for part in self._parts:
+            if len(part) >= SHARED_PART_BYTES:
+                if small:
+                    parts.append(b"".join(small))
+                    small = []
+                parts.append(part)
+            else:
+                small.append(part)
+        if small:
+            parts.append(b"".join(small))
+        return tuple(parts)
+
 
 class Reader:
     """Strict decoding: every read is bounds-checked; counts before any allocation."""
@@ -286,12 +309,23 @@ class Message:
         return None
 
     def encode(self) -> bytes:
+        return self._written().getvalue()
+
+    def encode_parts(self) -> tuple[bytes, ...]:
+        """``encode()`` in consecutive parts (``b"".join`` of them is exactly ``encode()``),
+        each large field the very object the message holds (``Writer.getparts``). A transport
+        that carries many recipients' messages in one batch, such as the simulator's pipe to a
+        worker process, then carries a list they all share once, not once per recipient; what
+        each recipient receives is the same bytes."""
+        return self._written().getparts()
+
+    def _written(self) -> Writer:
         w = Writer()
         w.fixed(MAGIC, len(MAGIC))
         w.u8(VERSION)
         w.u8(self.TAG)
         self._write(w)
-        return w.getvalue()
+        return w
 
     def _write(self, w: Writer) -> None:
         raise NotImplementedError

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secagg.backends import Backend, ClientCohort, mask_applier, open_cohort
-from secagg.cohort import ClientGroup, default_workers
+from secagg.cohort import ClientGroup, Delivery, default_workers, delivery_size
 from secagg.errors import ConfigurationError
 from secagg.hazmat.randomness import DeterministicRandomness, Randomness, SystemRandomness, forked
 from secagg.parallel import MaskApplier
@@ -288,19 +288,25 @@ def root_randomness(seed: int | None, purpose: str) -> Randomness:
     )
 
 
-class _Deliveries(Mapping[int, bytes]):
+class _Deliveries(Mapping[int, Delivery]):
     """A stage's deliveries, each encoded (and metered) when the cohort reads it: a stage
-    that broadcasts O(n) bytes to each of n clients never holds all of them at once."""
+    that broadcasts O(n) bytes to each of n clients never holds all of them at once.
+
+    Each is the message's encoding in parts (``Message.encode_parts``), so a list the server
+    put in every recipient's message (the cohort's ids, the contributions) is one object that
+    a chunk to a worker carries once; the recipient receives, and the meter counts, the
+    message's bytes all the same."""
 
     def __init__(self, outgoing: Mapping[int, Message], meter: ByteMeter, *also: ByteMeter) -> None:
         self._outgoing = outgoing
         self._meters = (meter, *also)
 
-    def __getitem__(self, client_id: int) -> bytes:
-        data = self._outgoing[client_id].encode()
+    def __getitem__(self, client_id: int) -> Delivery:
+        parts = self._outgoing[client_id].encode_parts()
+        size = delivery_size(parts)
         for meter in self._meters:
-            meter.sent(client_id, len(data))
-        return data
+            meter.sent(client_id, size)
+        return parts
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._outgoing)
