@@ -131,3 +131,18 @@ def test_a_client_outside_the_cohort_is_refused() -> None:
     params = _params()
     config = _config(params, (0, 1, 2, 4, 5, 6, 7))
     assert _refused(ClientPolicy(params, ALLOWED), config) is AbortReason.UNKNOWN_ID
+
+
+def test_the_allow_list_check_is_remembered_per_cohort_and_a_new_stranger_still_refused() -> None:
+    """A process checks one configuration for thousands of its clients (the simulator), so
+    the allow-list comparison is memoised on the two sets: an accepted cohort does not vouch
+    for another one, which is compared afresh."""
+    params = _params()
+    policy = ClientPolicy(params, ALLOWED)
+    honest = _config(params)
+    for _ in range(3):
+        policy.check(honest, ME)
+    assert _refused(policy, _config(params, (*range(9), 4242))) is AbortReason.COHORT_NOT_ALLOWED
+    policy.check(honest, ME)
+    other = ClientPolicy(params, frozenset(range(9)))  # the same cohort, a shorter list
+    assert _refused(other, honest) is AbortReason.COHORT_NOT_ALLOWED

@@ -282,3 +282,24 @@ def test_a_large_list_is_one_object_in_the_parts_of_every_recipients_message() -
     assert shared[0] == [entries.wire] and shared[0][0] is shared[1][0] is entries.wire
     assert [b"".join(ps) for ps in parts] == [first.encode(), second.encode()]
     assert first.encode() != second.encode()  # the recipient differs
+
+
+def test_a_decoded_configuration_equals_its_original_and_its_ids_are_still_checked() -> None:
+    """Decoding takes the cohort's ids from their packed bytes (not packed and type-checked
+    again); the order is still checked, and a configuration compares its cohort as bytes."""
+    cohort = tuple(range(0, 30_000, 3))
+    config = _config(client_ids=cohort)
+    decoded = decode(config.encode())
+    assert isinstance(decoded, RoundConfig)
+    assert decoded == config and hash(decoded) == hash(config)
+    assert type(decoded.client_ids) is tuple and decoded.client_ids == cohort
+    assert decoded != _config(client_ids=(*cohort[:-1], cohort[-1] + 1))
+    assert decoded != _config(client_ids=cohort, dim=11)
+    data = bytearray(config.encode())
+    at = bytes(data).index(struct.pack(">3I", *cohort[:3]))
+    data[at : at + 8] = struct.pack(">2I", cohort[1], cohort[0])  # two ids swapped
+    with pytest.raises(DecodeError, match="strictly increasing"):
+        decode(bytes(data))
+    data[at : at + 8] = struct.pack(">2I", cohort[0], cohort[0])  # one id twice
+    with pytest.raises(DecodeError, match="strictly increasing"):
+        decode(bytes(data))

@@ -173,6 +173,62 @@ def test_a_list_memoised_for_the_honest_clients_vouches_for_no_other() -> None:
     _refuses(h, forged, AbortReason.BAD_CONTRIBUTIONS)
 
 
+def test_lists_checked_in_one_process_each_get_the_digest_and_session_of_their_own_bytes() -> None:
+    """The memo holds the last few lists, each keyed by its exact bytes: a process whose
+    clients are shown two lists (a split view) gives each the digest and session id that its
+    own list defines, however the checks interleave; a digest given that is not the list's
+    gives the session id of that digest."""
+    h = Harness(6, threshold=3, agree=False)
+    honest = _contributions(h)[VICTIM].contributions
+    config_id = h.config.config_id
+    wire = bytearray(honest.wire)
+    wire[-1] ^= 1
+    split = ContributionList(bytes(wire))
+    for entries in (honest, split, honest, split):
+        as_tuples = tuple(entries)  # the definition, computed without the memo
+        definition = derive.Session.agree(h.config, 1, as_tuples)
+        digest = derive.commitment_digest(
+            config_id, 1, derive.contribution_commitments(config_id, 1, as_tuples)
+        )
+        assert derive.contributions_digest(config_id, 1, entries) == digest
+        agreed = derive.Session.agree(h.config, 1, entries)
+        assert (agreed.session_id, agreed.graph_seed) == (
+            definition.session_id,
+            definition.graph_seed,
+        )
+        given = derive.Session.agree(h.config, 1, entries, digest=bytes(32))
+        assert (
+            given.session_id
+            == derive.Session.agree(h.config, 1, as_tuples, digest=bytes(32)).session_id
+        )
+        assert given.session_id != agreed.session_id
+    assert (
+        derive.Session.agree(h.config, 1, honest).session_id
+        != derive.Session.agree(h.config, 1, split).session_id
+    )
+
+
+@pytest.mark.parametrize(
+    ("cohort", "dense"),
+    [(tuple(range(0, 90, 3)), True), ((1, 5, 2**31, 2**32 - 2), False)],
+    ids=["dense ids: a membership table", "sparse ids: binary search"],
+)
+def test_strangers_and_absent_members_are_found_alike_in_dense_and_sparse_cohorts(
+    cohort: tuple[int, ...], dense: bool
+) -> None:
+    config = dataclasses.replace(Harness(6, threshold=3).config, client_ids=cohort)
+    assert (config.id_table is not None) is dense
+    ids = np.array(cohort, dtype=np.int64)
+    assert derive.first_stranger(config, ids) is None
+    for stranger in (cohort[0] + 1, cohort[-1] + 1, 2**32 - 1, 3 * 2**20, -1):
+        with_stranger = np.sort(np.append(ids, stranger))
+        assert derive.first_stranger(config, with_stranger) == stranger
+    present = cohort[1:-1:2]
+    entries = ContributionList.of((i, bytes([i % 251]) * 32) for i in present)
+    assert derive.Session.agree(config, 1, entries).absent == set(cohort) - set(present)
+    assert derive.Session.agree(config, 1, tuple(entries)).absent == set(cohort) - set(present)
+
+
 def test_a_session_without_one_of_the_committed_clients_is_refused() -> None:
     """Leaving out a committed client would let the server choose among sessions."""
     h = Harness(6, threshold=3, agree=False)

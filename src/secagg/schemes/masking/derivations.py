@@ -22,10 +22,10 @@ are hashed once per process for every client in it that checks the same list
 from __future__ import annotations
 
 import bisect
-import functools
 import hashlib
 import itertools
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -180,16 +180,53 @@ def contributions_digest(
     of ``contribution_commitments``, which a client compares with the digest the server
     fixed before anyone revealed.
 
-    Memoised on its exact inputs (the list's wire bytes themselves, compared byte for byte
-    on a hit, not a hash of them): every client of a round hosted in one process (the
-    simulator, a worker) checks the same list, and hashing its n commitments once serves them
-    all. A memoised value is the function's value for those very bytes, so no client takes
-    anything on trust; a list that differs in one byte is another key, hashed afresh."""
-    return _contributions_digest(config_id, attempt, ContributionList.of(contributions).wire)
+    Memoised on its exact inputs (``_agreed_list``: the list's wire bytes themselves, compared
+    byte for byte on a hit, not a hash of them): every client of a round hosted in one
+    process (the simulator, a worker) checks the same list, and hashing its n commitments
+    once serves them all. A memoised value is the function's value for those very bytes, so
+    no client takes anything on trust; a list that differs in one byte is another key, hashed
+    afresh."""
+    return _agreed_list(config_id, attempt, ContributionList.of(contributions).wire).digest
 
 
-@functools.lru_cache(maxsize=4)
-def _contributions_digest(config_id: bytes, attempt: int, wire: bytes) -> bytes:
+@dataclass(frozen=True)
+class _AgreedList:
+    """What a contributions list's wire bytes give under (config id, attempt): the digest
+    its n commitments hash to, and the session id of that digest and list."""
+
+    config_id: bytes
+    attempt: int
+    wire: bytes = field(repr=False)
+    digest: bytes
+    session_id: bytes
+
+
+# The last few lists checked in this process, most recent first (``_agreed_list``).
+_RECENT_LISTS = 4
+_recent: tuple[_AgreedList, ...] = ()
+_recent_lock = threading.Lock()
+
+
+def _agreed_list(config_id: bytes, attempt: int, wire: bytes) -> _AgreedList:
+    """The digest and session id of a list's exact bytes, memoised on exactly (config id,
+    attempt, bytes): a hit compares all the bytes (one ``memcmp``, cheaper than hashing them
+    for a dict key), so it is the value this function computes for them, whoever asked first.
+    Both are pure functions of public bytes; a process that hosts many clients of one round
+    hashes the list twice (the commitments, then the session id) instead of twice a client.
+    A list that differs anywhere (a split view, a forgery) is its own entry, computed afresh."""
+    global _recent
+    for entry in _recent:
+        if entry.attempt == attempt and entry.config_id == config_id and entry.wire == wire:
+            return entry
+    digest = _commitments_digest(config_id, attempt, wire)
+    session_id = _sha256_fields("secagg/v1/session", config_id, attempt, digest, tail=wire)
+    entry = _AgreedList(bytes(config_id), attempt, wire, digest, session_id)
+    with _recent_lock:
+        _recent = (entry, *_recent[: _RECENT_LISTS - 1])
+    return entry
+
+
+def _commitments_digest(config_id: bytes, attempt: int, wire: bytes) -> bytes:
     n = len(wire) // CONTRIBUTION_ENTRY_BYTES
     if n == 0:
         return commitment_digest(config_id, attempt, [])
@@ -228,19 +265,41 @@ def _sha256_fields(*fields: bytes | int | str, tail: bytes) -> bytes:
 
 
 def first_stranger(config: RoundConfig, ids: NDArray[np.int64]) -> int | None:
-    """The first of ``ids`` that is not in the config's cohort, or None (binary searches in
-    the cohort's sorted ids: no Python step per id)."""
-    cohort = config.id_array
-    found = _found_in(cohort, ids)
+    """The first of ``ids`` that is not in the config's cohort, or None (array lookups in
+    the cohort's membership table, or binary searches in its sorted ids: no Python step per
+    id)."""
+    found = _found_in(config, ids)
     if bool(found.all()):
         return None
     return int(ids[int(np.argmin(found))])
 
 
-def _found_in(cohort: NDArray[np.int64], ids: NDArray[np.int64]) -> NDArray[np.bool_]:
+def _found_in(config: RoundConfig, ids: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Whether each of ``ids`` is a member of the config's cohort."""
+    table = config.id_table
+    if table is not None:
+        top = len(table)
+        inside = (ids >= 0) & (ids < top)
+        in_table: NDArray[np.bool_] = table[np.where(inside, ids, 0)] & inside
+        return in_table
+    cohort = config.id_array
     where = np.minimum(np.searchsorted(cohort, ids), len(cohort) - 1)
     found: NDArray[np.bool_] = cohort[where] == ids
     return found
+
+
+def _absent(config: RoundConfig, ids: NDArray[np.int64]) -> frozenset[int]:
+    """The cohort's members that are not among ``ids``."""
+    cohort = config.id_array
+    members = ids[_found_in(config, ids)]
+    table = config.id_table
+    if table is not None:
+        present = np.zeros(len(table), dtype=np.bool_)
+        present[members] = True
+        return frozenset(cohort[~present[cohort]].tolist())
+    missing = np.ones(len(cohort), dtype=np.bool_)
+    missing[np.searchsorted(cohort, members)] = False
+    return frozenset(cohort[missing].tolist())
 
 
 @dataclass(frozen=True)
@@ -277,24 +336,33 @@ class Session:
         ``commitments``, if the caller has computed them already, or their ``digest``, if the
         caller has checked that the contributions hash to it (``contributions_digest``)."""
         config_id = config.config_id
-        if digest is None:
-            if commitments is None and isinstance(contributions, ContributionList):
-                digest = contributions_digest(config_id, attempt, contributions)
-            else:
-                if commitments is None:
-                    commitments = contribution_commitments(config_id, attempt, contributions)
+        if commitments is None and isinstance(contributions, ContributionList):
+            # Its wire bytes are the revealed list, u32 id || contribution each: the digest
+            # and the session id are those of its exact bytes (memoised on them).
+            agreed = _agreed_list(config_id, attempt, contributions.wire)
+            if digest is None:
+                digest = agreed.digest
+            session_id = (
+                agreed.session_id
+                if digest == agreed.digest
+                else _sha256_fields(
+                    "secagg/v1/session", config_id, attempt, digest, tail=contributions.wire
+                )
+            )
+            absent = _absent(config, contributions.ids)
+        elif isinstance(contributions, ContributionList):
+            if digest is None:
+                assert commitments is not None
                 digest = commitment_digest(config_id, attempt, commitments)
-        if isinstance(contributions, ContributionList):
-            # Its wire bytes are the revealed list, u32 id || contribution each.
             session_id = _sha256_fields(
                 "secagg/v1/session", config_id, attempt, digest, tail=contributions.wire
             )
-            cohort = config.id_array
-            missing = np.ones(len(cohort), dtype=np.bool_)
-            ids = contributions.ids
-            missing[np.searchsorted(cohort, ids[_found_in(cohort, ids)])] = False
-            absent = frozenset(cohort[missing].tolist())
+            absent = _absent(config, contributions.ids)
         else:
+            if digest is None:
+                if commitments is None:
+                    commitments = contribution_commitments(config_id, attempt, contributions)
+                digest = commitment_digest(config_id, attempt, commitments)
             revealed = b"".join(c.to_bytes(4, "big") + r for c, r in contributions)
             session_id = hashlib.sha256(
                 encode_fields("secagg/v1/session", config_id, attempt, digest, revealed)

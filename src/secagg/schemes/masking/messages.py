@@ -37,6 +37,7 @@ survivor set it was shown before anyone reveals a share (Bonawitz et al. 2017, s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -110,10 +111,31 @@ def _check_id(value: int, what: str) -> None:
         raise UsageError(f"{what} must be a u32, got {value!r}")
 
 
+class _DecodedIds(tuple[int, ...]):
+    """Ids unpacked from the wire, with the packed bytes they were unpacked from: they are u32
+    ints by construction, so only their order is left to check (a cohort of 20,000 is
+    decoded by each of its members: packing it again and scanning its types cost more than
+    the rest of the configuration)."""
+
+    packed: bytes
+
+    @classmethod
+    def read(cls, r: Reader) -> _DecodedIds:
+        n = r.count(4)
+        packed = r.fixed(4 * n)
+        ids = cls(struct.unpack(f">{n}I", packed))
+        ids.packed = packed
+        return ids
+
+
 def _check_client_ids(ids: tuple[int, ...]) -> bytes:
     """Strictly increasing u32s, returned packed as the wire has them. Every client decodes
     the cohort (thousands of ids), so the usual case is checked on that one packed array;
     any failure is named by the rules one id at a time."""
+    if type(ids) is _DecodedIds:
+        order = np.frombuffer(ids.packed, dtype=">u4")
+        if bool(np.all(order[1:] > order[:-1])):
+            return ids.packed
     try:
         packed = struct.pack(f">{len(ids)}I", *ids)
         exact = set(map(type, ids)) <= {int}
@@ -175,9 +197,10 @@ class RoundConfig(Message):
     _packed_ids: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        packed = _check_client_ids(self.client_ids)
         ids = tuple(self.client_ids)
         object.__setattr__(self, "client_ids", ids)
-        object.__setattr__(self, "_packed_ids", _check_client_ids(ids))
+        object.__setattr__(self, "_packed_ids", packed)
         n = len(ids)
         if n < 1:
             raise UsageError("a cohort needs a client")
@@ -202,6 +225,18 @@ class RoundConfig(Message):
             raise UsageError(f"min_cohort must be in 1..{n}")
         object.__setattr__(
             self, "config_id", hashlib.sha256(b"secagg/v1/config\x00" + self.encode()).digest()
+        )
+
+    def __eq__(self, other: object) -> bool:
+        """Field by field, as a dataclass compares, but the cohort as its packed ids (one
+        ``memcmp``; the same ids exactly when the same bytes): a client compares the
+        configuration it is sent with its own, and a cohort is thousands of ids. (The hash
+        stays the dataclass's, over every compared field.)"""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, RoundConfig)
+        return self._packed_ids == other._packed_ids and all(
+            getattr(self, name) == getattr(other, name) for name in _COMPARED_BESIDE_IDS
         )
 
     def terms(self) -> str:
@@ -229,6 +264,21 @@ class RoundConfig(Message):
         array = np.array(self.client_ids, dtype=np.int64)
         array.setflags(write=False)
         return array
+
+    @functools.cached_property
+    def id_table(self) -> NDArray[np.bool_] | None:
+        """Membership by id, for a cohort whose ids are dense enough (the largest below 64
+        per member, or below 2^20): ``id_table[i]`` says whether id ``i`` is a member, one
+        array lookup per id where a binary search costs a few dozen steps. Built once per
+        config; None for a sparse cohort, which is searched instead (``id_array``)."""
+        ids = self.id_array
+        top = int(ids[-1]) + 1
+        if top > max(64 * len(ids), 1 << 20):
+            return None
+        table = np.zeros(top, dtype=np.bool_)
+        table[ids] = True
+        table.setflags(write=False)
+        return table
 
     @property
     def active(self) -> bool:
@@ -266,7 +316,7 @@ class RoundConfig(Message):
             nonce=nonce,
             protocol=protocol,
             server_model=server_model,
-            client_ids=r.ids(),
+            client_ids=_DecodedIds.read(r),
             degree=r.u32(),
             threshold=r.u32(),
             ring_bits=r.u8(),
@@ -278,6 +328,12 @@ class RoundConfig(Message):
             min_cohort=r.u32(),
             dp=DpRound.read(r) if _flag(r) else None,
         )
+
+
+# RoundConfig's compared fields other than the cohort (compared as its packed ids).
+_COMPARED_BESIDE_IDS = tuple(
+    f.name for f in dataclasses.fields(RoundConfig) if f.compare and f.name != "client_ids"
+)
 
 
 def _flag(r: Reader) -> bool:

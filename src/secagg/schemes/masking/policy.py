@@ -21,6 +21,7 @@ simulator) calls ``ClientPolicy.check`` on every configuration before creating a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from secagg.dp.encoding import dp_round
@@ -30,6 +31,16 @@ from secagg.schemes.masking.messages import RoundConfig
 from secagg.schemes.masking.parameters import Params, check_round_config
 
 __all__ = ["ClientPolicy"]
+
+
+@functools.lru_cache(maxsize=8)
+def _strangers(cohort: frozenset[int], allowed: frozenset[int]) -> int:
+    """How many cohort members are not on the allow-list. Memoised on the two sets (equal
+    sets, equal answer): a process that checks one configuration for each of thousands of
+    its clients (the simulator) compares the cohort with the list once, not once a client. A
+    set hashes once and keeps its hash; a lookup with the same two objects is then immediate,
+    and with any others it compares them whole, so a changed cohort is checked afresh."""
+    return len(cohort - allowed)
 
 
 @dataclass(frozen=True)
@@ -95,11 +106,11 @@ class ClientPolicy:
                     f"{name} {theirs}; the deployment requires {ours}",
                 )
         if self.allowed is not None:
-            strangers = config.cohort - self.allowed
+            strangers = _strangers(config.cohort, self.allowed)
             if strangers:
                 raise ClientAbort(
                     AbortReason.COHORT_NOT_ALLOWED,
-                    f"{len(strangers)} cohort member(s) not on the allow-list",
+                    f"{strangers} cohort member(s) not on the allow-list",
                 )
         n = len(config.client_ids)
         if n < p.min_cohort:
