@@ -24,6 +24,7 @@ OWNED = (
     "## Primitives: the speeds the tests count instead of timing",
     "## Command-line start-up: `--help` beside `python -c pass`",
     "## Sessions: a session's round beside a one-shot round and plaintext (same run)",
+    "## Session agreement at 20,000 clients: the commit and advertise stages alone",
     # Measured by hand (two checkouts side by side), kept as written.
     "## The client journal's cost in Flower (side by side)",
     "## Refactors: the same round before and after (same run, alternating)",
