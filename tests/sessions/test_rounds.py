@@ -12,13 +12,20 @@ new set-up; a round that cannot be unmasked aborts before anyone reveals a share
 from __future__ import annotations
 
 import dataclasses
+import gc
+import types
 
 import pytest
 
-from secagg.errors import AbortReason, ClientAbort, RoundAborted
-from secagg.protocol.codec import Message
+from secagg.errors import AbortReason, ClientAbort, DropReason, RoundAborted
+from secagg.protocol.codec import Message, decode
 from secagg.protocol.stages import Stage
-from secagg.schemes.masking.session.messages import RoundTask
+from secagg.schemes.masking.session.messages import (
+    ForwardedShare,
+    RoundMessage,
+    RoundTask,
+    SessionUnmaskRequest,
+)
 from tests.sessions.cohort import Cohort, task_of
 
 
@@ -151,3 +158,61 @@ def test_departures_past_the_budget_ask_for_a_new_set_up() -> None:
     cohort.local.run_round(task_of(3), cohort.updates(), {3: Stage.MASKED_INPUT})
     assert server.needs_setup() == "3 members have left; the graph's parameters cover 2"
     assert server.threshold_margin == 7 - 3  # 7 answered the unmask request, t = 3
+
+
+def _objects_held(root: object) -> list[object]:
+    """Every object reachable from ``root`` (what it keeps alive), code aside."""
+    seen: set[int] = set()
+    stack, held = [root], []
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, type | types.ModuleType | types.FunctionType):
+            continue  # (code and what it reaches: not the server's state)
+        seen.add(id(o))
+        held.append(o)
+        stack.extend(gc.get_referents(o))
+    return held
+
+
+def test_the_server_keeps_no_masked_input_it_took_and_still_tells_a_retransmission() -> None:
+    """A member's masked input is in the sum once taken: until the stage closes the server
+    holds its digest, not the vector (the coordinator's memory in a session round is
+    O(window x dim), not O(members x dim)); a byte-identical retransmission is ignored, a
+    different second answer drops its sender."""
+    cohort = Cohort(6, dim=20_000, threshold=3)
+    server = cohort.server
+    cohort.local.set_up()
+    outgoing = server.open_round(task_of(1))
+    updates = cohort.updates()
+    answers: dict[int, bytes] = {}
+    for u, message in sorted(outgoing.items()):
+        client = cohort.clients[u]
+        client.set_input(*updates[u], task_of(1))
+        answer = client.receive(message.encode())
+        assert answer is not None
+        answers[u] = answer.encode()
+        server.receive(u, answers[u])
+    assert server.stage is Stage.MASKED_INPUT and not server.waiting_for()
+    other = decode(answers[1])
+    assert isinstance(other, RoundMessage)
+    assert len(other.packed_vector) > 10_000
+    assert max(len(o) for o in _objects_held(server) if isinstance(o, bytes)) < len(
+        other.packed_vector
+    )
+    server.receive(0, answers[0])  # a retransmission
+    assert 0 not in server.drops
+    server.receive(1, dataclasses.replace(other, packed_vector=bytes(len(other.packed_vector))))
+    assert server.drops[1].reason is DropReason.DUPLICATE
+
+
+def test_between_rounds_the_server_keeps_no_unmask_request() -> None:
+    """A closed round's unmask requests (a forwarded share for every member and neighbour,
+    O(members x k)) are answered: between rounds the server holds none of them, only the
+    members' keys and live neighbours for the next round."""
+    cohort = Cohort(8, degree=4, threshold=3)
+    cohort.local.set_up()
+    for r in (1, 2):
+        cohort.local.run_round(task_of(r), cohort.updates())
+        assert cohort.server.between_rounds
+        held = _objects_held(cohort.server)
+        assert not [o for o in held if isinstance(o, SessionUnmaskRequest | ForwardedShare)]

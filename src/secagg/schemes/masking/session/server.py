@@ -25,6 +25,8 @@ ordinary dropout of round r + 1: its round r + 1 key is what its neighbours hold
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -69,6 +71,18 @@ from secagg.schemes.masking.session.messages import (
 from secagg.schemes.masking.session.terms import SessionTerms
 
 __all__ = ["Member", "SessionServer"]
+
+
+def _kept(message: Message) -> Message:
+    """What the server keeps of an answer it took. A round message's masked input is in the
+    sum as soon as it is taken, so the digest of its packed vector stands for it: enough to
+    tell a retransmission from a different answer, without holding every member's vector
+    (b(m + 1) / 8 bytes each) until the stage closes (the one-shot server keeps the same
+    digest)."""
+    if isinstance(message, RoundMessage):
+        digest = hashlib.sha256(message.packed_vector).digest()
+        return dataclasses.replace(message, packed_vector=digest)
+    return message
 
 
 @dataclass(frozen=True)
@@ -305,7 +319,7 @@ class SessionServer:
             self._drop(sender, DropReason.WRONG_SESSION, "message of another round")
             return
         if sender in self._answers:
-            if self._answers[sender] != message:
+            if self._answers[sender] != _kept(message):
                 self._drop(sender, DropReason.DUPLICATE, "a second, different answer")
             return
         take: Callable[[int, Message], bool] = {
@@ -315,7 +329,7 @@ class SessionServer:
             Stage.UNMASK: self._take_unmask,
         }[self._stage]
         if take(sender, message):
-            self._answers[sender] = message
+            self._answers[sender] = _kept(message)
 
     def drop(self, client_id: int, reason: DropReason, detail: str = "") -> None:
         """The transport stopped hearing from ``client_id`` (disconnected, refused)."""
@@ -698,6 +712,9 @@ class SessionServer:
             self._chain = self._round_chain
         self._survivors = self._included
         self._sent = {}
+        # The round's unmask requests (a forwarded share per member and neighbour) are answered:
+        # nothing between rounds needs them.
+        self._requests = {}
         self._between = True
         self._expected = set()
         self._answers = {}
