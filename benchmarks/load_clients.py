@@ -1,5 +1,9 @@
 """Many secagg clients in one process, for the load benchmark: one asyncio task each.
 
+``--rounds`` is how many rounds each client takes part in before it stops; under a deployment
+whose ``[coordinator] session_rounds`` is above 0 each client keeps its session across them, as
+``secagg join`` does (the same caps from the same file).
+
 ``--drops 3:masked-input,17:train`` makes client 3 vanish as it is about to send its masked
 input and client 17 as it starts training: its task ends and its stream closes, as a device's
 would when the app is killed. Clients connect a little apart (``--connect-every``) so that a
@@ -61,6 +65,7 @@ async def main() -> None:
     parser.add_argument("--target", required=True)
     parser.add_argument("--drops", default="", help="id:stage,... (clients that vanish)")
     parser.add_argument("--connect-every", type=float, default=0.02)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     config = DeploymentConfig.load(args.config)
     assert config.tls is not None
@@ -82,11 +87,14 @@ async def main() -> None:
             pki=pki,
             stage_timeout=config.client_stage_timeout,
             retry_max=2.0,
+            # Sessions that span rounds: the deployment's caps, as `secagg join` reads them.
+            session_rounds=config.coordinator.session_rounds,
+            session_seconds=config.coordinator.session_seconds,
         )
         stage = drops.get(str(i))
         on_stage = None if stage is None else _dropper(stage)
         update = _half_precision(random_task(i, config.params.dim, 0))
-        clients.append(SecAggClient(settings, update, rounds=1, on_stage=on_stage))
+        clients.append(SecAggClient(settings, update, rounds=args.rounds, on_stage=on_stage))
 
     async def later(k: int, client: SecAggClient) -> None:
         await asyncio.sleep(k * args.connect_every)
