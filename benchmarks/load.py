@@ -440,7 +440,7 @@ def _round_label(r: dict[str, Any]) -> str:
     number = r.get("session_round")
     if number is None:
         return "one-shot"
-    return f"session {number}" + (" (+ set-up)" if number == 1 else "")
+    return f"session {number}" + (" + set-up" if number == 1 else "")
 
 
 def _rows(r: dict[str, Any]) -> list[str]:
@@ -501,7 +501,7 @@ def _per_client_line(r: dict[str, Any]) -> list[str]:
 
 def _details(r: dict[str, Any]) -> list[str]:
     seconds = r.get("coordinator_cpu_seconds")
-    cpu = "" if seconds is None else f" The coordinator used {seconds:.0f} CPU seconds."
+    cpu = "" if seconds is None else f" The coordinator used {seconds:.0f} CPU seconds"
     rounds = r.get("rounds") or [r]
     session = r.get("session_rounds", 0)
     what = (
@@ -523,7 +523,7 @@ def _details(r: dict[str, Any]) -> list[str]:
             f"- {label}stages: {stages}. Coordinator resident memory after / peak within each "
             f"stage (MiB): {memory}.",
         ]
-    lines[-1] += cpu
+    lines[-1] += cpu + (" in all." if cpu and len(rounds) > 1 else "." if cpu else "")
     lines += _per_client_line(r)
     errors = ", ".join(f"{x.get('max_error', float('nan')):.1e}" for x in rounds)
     included = ", ".join(f"{x['included']:,}" for x in rounds)
@@ -584,11 +584,11 @@ def write_markdown(results: list[dict[str, Any]]) -> None:
         "CPU seconds above.",
         "",
         "Sessions (docs/SERVICE_SESSIONS.md: set up once, then two messages a round). The rows "
-        "'session 1 (+ set-up)', 'session 2', 'session 3' are three rounds of one session over "
+        "'session 1 + set-up', 'session 2', 'session 3' are three rounds of one session over "
         "the same connections, each round's aggregate exact for its own included clients. Per "
         "connected client the coordinator holds about 86 KiB idle (1,000 and 5,000 clients), "
         "170-180 KiB after the set-up, and, at the start of rounds 2 and 3, 205 and 342 KiB "
-        "(1,000 x 100,000) or 192 and 228 KiB (5,000 x 10,000). The session server's own state "
+        "(1,000 x 100,000) or 192 and 227 KiB (5,000 x 10,000). The session server's own state "
         "is a few KB of that per member between rounds (the in-process line above), so nearly "
         "all of it is the transport's: three one-shot rounds over the same 1,000 clients grow "
         "the same way (the 'one-shot 1 of 3' to '3 of 3' rows), and it levels off (300 clients,"
