@@ -14,6 +14,12 @@ INSTALL := python -m pip install --quiet -c constraints.txt
 FLOWER_MYPY := $(VENV)/bin/mypy --cache-dir .mypy_cache/flower \
 	--python-executable $(FLOWER_VENV)/bin/python src/secagg/flower
 
+# The main suite runs on two workers, a test file each at a time (module fixtures run once,
+# and a file's tests share one process as they do alone): most tests wait on processes,
+# sockets and the Flower or Ray engines rather than compute, so two files at once fill the
+# two cores CI has. The Flower suite stays on one worker: each of its files starts an engine.
+PARALLEL := -n 2 --dist loadfile
+
 .PHONY: demo test test-flower lint bench clean proto
 
 $(STAMP): pyproject.toml constraints.txt
@@ -37,7 +43,7 @@ test: $(STAMP) $(FLOWER_STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 	$(FLOWER_MYPY)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q $(PARALLEL)
 	$(FLOWER_VENV)/bin/python -m pytest -q tests/flower
 
 # Only the Flower integration's tests (in their own venv).

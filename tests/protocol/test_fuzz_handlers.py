@@ -819,6 +819,12 @@ def test_a_handler_given_another_kind_of_message_aborts(stage: str) -> None:
 
 
 # ------------------------------------------------------------------------------ atheris
+# A bounded run (20,000 inputs, about 15 s on a quiet machine) takes minutes on a starved one:
+# the limits are waits for a hang, never a judgement of speed.
+FUZZ_RUN_TIMEOUT = 840
+
+
+@pytest.mark.timeout(FUZZ_RUN_TIMEOUT + 60)
 def test_atheris_fuzzes_the_decoder_for_a_bounded_run(tmp_path: Path) -> None:
     if importlib.util.find_spec("atheris") is None:
         pytest.skip("atheris is not installed")
@@ -847,7 +853,7 @@ def test_atheris_fuzzes_the_decoder_for_a_bounded_run(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=FUZZ_RUN_TIMEOUT,
         env=env,
         cwd=tmp_path,
     )
