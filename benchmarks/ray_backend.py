@@ -173,6 +173,14 @@ def section(runs: list[dict[str, Any]]) -> str:
                 if (p["aggregate_sha256"] == q["aggregate_sha256"])
                 else "**different aggregates**"
             )
+            if p.get("commit") != q.get("commit"):
+                # A ratio between two commits' runs measures the commits, not the backends.
+                lines.append(
+                    f"- {clients:,} clients x {dim:,} values: the two backends' kept runs are of "
+                    f"different commits ({p.get('commit')}, {q.get('commit')}): no ratio; "
+                    f"{same}."
+                )
+                continue
             lines.append(
                 f"- {clients:,} clients x {dim:,} values: Ray's wall time is "
                 f"{q['wall_seconds'] / p['wall_seconds']:.2f}x the process backend's, "
