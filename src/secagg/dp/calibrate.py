@@ -52,6 +52,7 @@ import numpy as np
 
 from secagg.checks import is_int, is_number
 from secagg.dp import accounting
+from secagg.dp.layers import NoiseLayers
 from secagg.dp.mechanism import Mechanism
 from secagg.dp.noise import MAX_LOCAL_VARIANCE
 from secagg.dp.rotation import padded_dimension
@@ -101,6 +102,9 @@ class DpConfig:
       probability ``sampling_rate`` (1: no sampling); or ``noise_multiplier``: the central
       noise std at ``min_clients`` in units of ``l2_clip`` (epsilon is then reported).
     - ``mechanism``: Skellam (default) or the distributed discrete Gaussian.
+    - ``noise_layers``: removable noise (docs/XNOISE.md): each client's Skellam noise is a
+      base for ``max_clients`` and layers the server takes off down to what the certified
+      honest inputs need (``layers``). Skellam only; needs ``max_clients > min_clients``.
     - ``beta``: conditional randomised rounding (0: plain randomised rounding, unbiased).
     - ``max_wrap_probability``: per coordinate of the sum; ``max_rounding_bias``: as a fraction
       of ``l2_clip``; ``max_rounding_inflation``: the largest tolerated Delta_2 / (clip x scale).
@@ -121,6 +125,7 @@ class DpConfig:
     max_wrap_probability: float = 1e-4
     max_rounding_bias: float = 0.01
     max_rounding_inflation: float = 2.0
+    noise_layers: bool = False
 
     def __post_init__(self) -> None:
         _require(is_int(self.dim) and self.dim >= 1, "dim must be a positive integer")
@@ -169,6 +174,21 @@ class DpConfig:
             raise ConfigurationError(
                 f"mechanism must be one of {names}, got {self.mechanism!r}"
             ) from None
+        _require(isinstance(self.noise_layers, bool), "noise_layers must be true or false")
+        if self.noise_layers:
+            # X8: the discrete Gaussian's accounting covers sums of identical components,
+            # which a base plus partly removed layers are not.
+            _require(
+                self.mechanism is Mechanism.SKELLAM,
+                "noise_layers needs the skellam mechanism (the discrete Gaussian's "
+                "accounting does not cover partly removed noise)",
+            )
+            _require(
+                self.max_clients > self.min_clients,
+                "noise_layers needs max_clients above min_clients: with no larger cohort "
+                "there is no noise to remove",
+            )
+            self.layers  # noqa: B018 (refuses a structure of more than 16 layers now)
         _require(is_number(self.beta) and 0.0 <= self.beta < 1.0, "beta must be in [0, 1)")
         _require(
             is_number(self.max_wrap_probability) and 0.0 < self.max_wrap_probability < 1.0,
@@ -186,6 +206,16 @@ class DpConfig:
             and self.max_rounding_inflation > 1.0,
             "max_rounding_inflation must be finite and above 1",
         )
+
+
+    @property
+    def layers(self) -> NoiseLayers | None:
+        """The removable layers each client adds (None: none): a function of this block
+        alone, ``min_clients`` and ``max_clients``, never of a cohort a server configures
+        (docs/XNOISE.md X3)."""
+        if not self.noise_layers:
+            return None
+        return NoiseLayers.for_cohort(self.min_clients, self.max_clients)
 
 
 @dataclass(frozen=True)
@@ -251,6 +281,12 @@ class DpPlan:
     @property
     def ring_modulus(self) -> int:
         return 1 << self.ring_bits
+
+    @property
+    def mu_total(self) -> float:
+        """The Skellam parameter the *sum* needs (the noise of ``min_clients`` clients): what
+        noise layers split (``secagg.dp.layers``)."""
+        return self.local_noise * self.config.min_clients
 
     def central_noise_std_for(self, included: int) -> float:
         """The std of the noise in the decoded sum of ``included`` inputs, original units."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ def dp_round(plan: DpPlan) -> DpRound:
         scale=plan.scale,
         local_noise=plan.local_noise,
         beta=plan.config.beta,
+        layers=plan.config.layers,
     )
 
 
@@ -68,12 +70,13 @@ class DpEncoding:
         ring: Ring,
         rng: Randomness,
         session_id: bytes,
+        layer_seeds: Sequence[bytes] = (),
     ) -> EncodedInput:
         if weight != 1:
             raise UsageError("with distributed DP every client weighs 1 (an unweighted mean)")
         if ring.bits != self.plan.ring_bits:
             raise UsageError(f"the plan needs a {self.plan.ring_bits}-bit ring, not {ring.bits}")
-        noisy, clipped = encode(self.plan, values, rotation_seed(session_id), rng)
+        noisy, clipped = encode(self.plan, values, rotation_seed(session_id), rng, layer_seeds)
         vector = np.empty(self.plan.padded_dim + 1, dtype=ring.dtype)
         vector[:-1] = noisy  # already reduced modulo 2^bits
         vector[-1] = 1

@@ -26,7 +26,7 @@ from secagg.dp.noise import skellam
 from secagg.errors import ConfigurationError, UsageError
 from secagg.hazmat.randomness import DeterministicRandomness
 
-__all__ = ["LAYER_PRECISION", "LAYER_SEED_BYTES", "NoiseLayers", "layer_noise"]
+__all__ = ["LAYER_PRECISION", "LAYER_SEED_BYTES", "MAX_LAYER_COUNT", "NoiseLayers", "layer_noise"]
 
 # The kept noise may exceed its target by at most this fraction of the per-client parameter
 # (variance): 0.5%, so 0.25% in standard deviation, which leaves the 1% for the
@@ -36,6 +36,8 @@ LAYER_PRECISION = Fraction(1, 200)
 LAYER_SEED_BYTES = 32
 # 2^bits units: past this the layers cost the server more than they could ever save.
 _MAX_BITS = 16
+# The most layers any structure has (layer 0 and one per bit): what a decoder may expect.
+MAX_LAYER_COUNT = _MAX_BITS + 1
 
 
 @dataclass(frozen=True)

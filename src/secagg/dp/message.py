@@ -1,9 +1,11 @@
 """DP's round message: the distributed-DP block of masking's round configuration.
 
 ``DpRound`` says what every client's encoding uses (``secagg.dp.encoding``); masking's
-``RoundConfig`` (``secagg.schemes.masking.messages``) carries it after a flag byte. It has no
-tag of its own: it travels only inside that message, written with the codec's ``Writer`` and
-read with its ``Reader``.
+``RoundConfig`` (``secagg.schemes.masking.messages``) carries it after a flag byte (``flag``:
+1, or 2 when it has removable noise layers, whose structure then follows its other fields, so
+that a round binds it and a block without layers keeps its bytes). It has no tag of its own:
+it travels only inside that message, written with the codec's ``Writer`` and read with its
+``Reader``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from secagg.errors import DecodeError, UsageError
+from secagg.dp.layers import NoiseLayers
+from secagg.errors import ConfigurationError, DecodeError, UsageError
 from secagg.protocol.codec import MAX_ID, Reader, Writer
 
 __all__ = ["MECHANISM_CODES", "DpRound"]
@@ -31,6 +34,9 @@ class DpRound:
     scale: float
     local_noise: float  # Skellam mu or discrete Gaussian sigma per client, in scaled units
     beta: float  # conditional rounding (0: plain randomised rounding)
+    # Removable noise (docs/XNOISE.md): the structure every client adds and the server may
+    # take off; None: no layers.
+    layers: NoiseLayers | None = None
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISM_CODES:
@@ -43,6 +49,16 @@ class DpRound:
                 raise UsageError(f"{name} must be finite and positive")
         if not (math.isfinite(self.beta) and 0.0 <= self.beta < 1.0):
             raise UsageError("beta must be in [0, 1)")
+        if self.layers is not None:
+            if not isinstance(self.layers, NoiseLayers):
+                raise UsageError("layers must be NoiseLayers")
+            if self.mechanism != "skellam":
+                raise UsageError("noise layers are Skellam only")
+
+    @property
+    def flag(self) -> int:
+        """The byte that announces this block in a round configuration."""
+        return 1 if self.layers is None else 2
 
     def write(self, w: Writer) -> None:
         w.u8(MECHANISM_CODES[self.mechanism])
@@ -51,17 +67,24 @@ class DpRound:
         w.f64(self.scale)
         w.f64(self.local_noise)
         w.f64(self.beta)
+        if self.layers is not None:
+            w.u32(self.layers.honest_min)
+            w.u32(self.layers.honest_max)
+            w.u8(self.layers.bits)
 
     @classmethod
-    def read(cls, r: Reader) -> DpRound:
-        return cls(
-            _mechanism(r.u8()),
-            r.u32(),
-            r.f64(),
-            r.f64(),
-            r.f64(),
-            r.f64(),
-        )
+    def read(cls, r: Reader, flag: int = 1) -> DpRound:
+        if flag not in (1, 2):
+            raise DecodeError(f"a DP block flag is 1 or 2, not {flag}")
+        fields = (_mechanism(r.u8()), r.u32(), r.f64(), r.f64(), r.f64(), r.f64())
+        layers = None
+        if flag == 2:
+            honest_min, honest_max, bits = r.u32(), r.u32(), r.u8()
+            try:
+                layers = NoiseLayers(honest_min, honest_max, bits)
+            except ConfigurationError as exc:
+                raise DecodeError(str(exc)) from None
+        return cls(*fields, layers=layers)
 
 
 def _mechanism(code: int) -> str:

@@ -9,7 +9,9 @@ Client (:func:`encode`), as in TensorFlow Federated's distributed DP:
 5. round each coordinate randomly to a neighbouring integer, up with probability equal to the
    fractional part; with ``beta > 0``, redraw the whole rounding until its L2 norm is within
    the bound the accounting assumed (conditional rounding);
-6. add the client's own discrete noise (Skellam or discrete Gaussian, from ``rng``);
+6. add the client's own discrete noise (Skellam or discrete Gaussian, from ``rng``); with
+   removable noise layers (docs/XNOISE.md), a Skellam base from ``rng`` and each layer from
+   its own seed, which the client shares so the server can take the layer off again;
 7. reduce modulo 2^bits: the ring vector, in [0, 2^bits), ready to be masked.
 
 Server (:func:`decode`), on the unmasked ring sum: centre each coordinate into
@@ -23,13 +25,15 @@ Every step is vectorised; a 100,000-value update encodes in a few tens of millis
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from secagg.dp.calibrate import DpPlan
-from secagg.dp.noise import sample
+from secagg.dp.layers import layer_noise
+from secagg.dp.noise import sample, skellam
 from secagg.dp.rotation import rotate, unrotate
 from secagg.errors import ConfigurationError, UsageError
 from secagg.hazmat.randomness import Randomness
@@ -57,12 +61,14 @@ def encode(
     values: NDArray[np.floating[Any]],
     seed: bytes,
     rng: Randomness,
+    layer_seeds: Sequence[bytes] = (),
 ) -> tuple[NDArray[np.uint64], bool]:
     """The client's ring vector (uint64, length ``plan.padded_dim``, values in [0, 2^bits)) and
     whether its update was clipped.
 
     ``seed`` is the round's 32-byte rotation seed (the same for every client); ``rng`` the
-    client's own randomness for rounding and noise (a ``SystemRandomness`` in deployment).
+    client's own randomness for rounding and noise (a ``SystemRandomness`` in deployment);
+    ``layer_seeds`` one fresh seed per noise layer when the plan has layers (none otherwise).
     """
     if not isinstance(plan, DpPlan):
         raise UsageError("encode expects a DpPlan")
@@ -92,10 +98,26 @@ def encode(
             raise UsageError("conditional rounding failed far beyond its stated probability")
 
     vector = rounded.astype(np.int64)
-    vector += sample(plan.mechanism, plan.local_noise, plan.padded_dim, rng)
+    vector += _noise(plan, layer_seeds, rng)
     # Two's complement: AND with 2^b - 1 is reduction modulo 2^b, negatives included.
     vector &= np.int64(plan.ring_modulus - 1)
     return vector.view(np.uint64), clipped
+
+
+def _noise(plan: DpPlan, layer_seeds: Sequence[bytes], rng: Randomness) -> NDArray[np.int64]:
+    """The client's noise: one draw of the plan's parameter, or a base and its layers whose
+    parameters add up to it (a sum of independent Skellams is Skellam)."""
+    layers = plan.config.layers
+    if layers is None:
+        if layer_seeds:
+            raise UsageError("layer seeds for a plan without noise layers")
+        return sample(plan.mechanism, plan.local_noise, plan.padded_dim, rng)
+    if len(layer_seeds) != layers.count:
+        raise UsageError(f"the plan has {layers.count} noise layers, not {len(layer_seeds)}")
+    noise = skellam(layers.base(plan.mu_total), plan.padded_dim, rng)
+    for layer, layer_seed in enumerate(layer_seeds):
+        noise += layer_noise(layers, layer, plan.mu_total, layer_seed, plan.padded_dim)
+    return noise
 
 
 def decode(

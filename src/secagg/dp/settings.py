@@ -108,10 +108,19 @@ class DpSettings:
         default=1.0,
     )
 
+    noise_layers: bool = knob(
+        section="dp",
+        flag="--dp-noise-layers",
+        help="DP: removable noise layers (Skellam only): the server takes off the noise the "
+        "surviving clients do not need, so every sum carries its target noise "
+        "(docs/XNOISE.md).",
+        default=False,
+    )
+
     def __post_init__(self) -> None:
         # The placeholder sizes are valid for any DpConfig: only this object's values are judged.
         clip = 1.0 if self.l2_clip is None else self.l2_clip
-        self._config(dim=1, min_clients=1, max_clients=1, l2_clip=clip)
+        self._config(dim=1, min_clients=1, max_clients=2, l2_clip=clip)
         object.__setattr__(self, "mechanism", Mechanism(self.mechanism))
 
     def with_clip(self, l2_clip: float) -> DpSettings:
@@ -140,6 +149,7 @@ class DpSettings:
             rounds=self.rounds,
             sampling_rate=self.sampling_rate,
             mechanism=self.mechanism,
+            noise_layers=self.noise_layers,
         )
 
     @classmethod

@@ -52,6 +52,7 @@ __all__ = [
     "contribution_commitments",
     "contributions_digest",
     "first_stranger",
+    "layer_commitment",
     "pair_mask_key",
     "self_mask_commitment",
     "self_mask_key",
@@ -118,16 +119,46 @@ def consistency_signed_bytes(session_id: bytes, survivors: tuple[int, ...]) -> b
     )
 
 
-def encode_share_plaintext(sender: int, recipient: int, self_mask: bytes, key: bytes) -> bytes:
-    return struct.pack(">II", sender, recipient) + self_mask + key
+def layer_commitment(seed: bytes, session_id: bytes, owner: int, layer: int) -> bytes:
+    """Binds a client to one noise layer's seed as ``self_mask_commitment`` binds it to its
+    self-mask seed (the seed is uniform, so the hash hides it): a holder's bad share of it is
+    caught, not subtracted (docs/XNOISE.md X6)."""
+    return hashlib.sha256(
+        encode_fields("secagg/v1/noise-layer-commitment", session_id, owner, layer, seed)
+    ).digest()
+
+
+def encode_share_plaintext(
+    sender: int, recipient: int, self_mask: bytes, key: bytes, layers: Sequence[bytes] = ()
+) -> bytes:
+    """One holder's sealed plaintext: the self-mask and key shares, then (removable noise)
+    a share of each layer seed, so that one holder holds all or none of them."""
+    return struct.pack(">II", sender, recipient) + self_mask + key + b"".join(layers)
 
 
 def decode_share_plaintext(data: bytes) -> tuple[int, int, bytes, bytes]:
-    if len(data) != SHARE_PLAINTEXT_BYTES:
-        raise DecodeError(f"share plaintext must be {SHARE_PLAINTEXT_BYTES} bytes")
+    """(sender, recipient, self-mask share, key share) of a plaintext without layers."""
+    sender, recipient, self_mask, key, _ = decode_layered_share_plaintext(data, 0)
+    return sender, recipient, self_mask, key
+
+
+def decode_layered_share_plaintext(
+    data: bytes, layers: int
+) -> tuple[int, int, bytes, bytes, tuple[bytes, ...]]:
+    """(sender, recipient, self-mask share, key share, layer shares) of a plaintext that
+    must hold exactly ``layers`` layer shares."""
+    if len(data) != SHARE_PLAINTEXT_BYTES + layers * SHARE_VALUE_BYTES:
+        raise DecodeError(
+            f"share plaintext must be {SHARE_PLAINTEXT_BYTES + layers * SHARE_VALUE_BYTES} bytes"
+        )
     sender, recipient = struct.unpack(">II", data[:8])
     middle = 8 + SHARE_VALUE_BYTES
-    return sender, recipient, data[8:middle], data[middle:]
+    end = middle + SHARE_VALUE_BYTES
+    layer_shares = tuple(
+        data[at : at + SHARE_VALUE_BYTES]
+        for at in range(SHARE_PLAINTEXT_BYTES, len(data), SHARE_VALUE_BYTES)
+    )
+    return sender, recipient, data[8:middle], data[middle:end], layer_shares
 
 
 def contribution_commitment(

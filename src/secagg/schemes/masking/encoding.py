@@ -15,6 +15,7 @@ is derived from the session, which no party chooses alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -43,7 +44,11 @@ class InputEncoding(Protocol):
         ring: Ring,
         rng: Randomness,
         session_id: bytes,
-    ) -> EncodedInput: ...
+        layer_seeds: Sequence[bytes] = (),
+    ) -> EncodedInput:
+        """The ring vector of an update (with distributed DP and removable noise, each
+        layer's noise drawn from its seed in ``layer_seeds``: docs/XNOISE.md)."""
+        ...
 
     def decode(self, total: RingArray, included: int, session_id: bytes) -> NDArray[np.float64]:
         """The aggregate from the ring sum of ``included`` clients' vectors."""
@@ -74,8 +79,11 @@ class QuantizedEncoding:
         ring: Ring,
         rng: Randomness,
         session_id: bytes,
+        layer_seeds: Sequence[bytes] = (),
     ) -> EncodedInput:
         del session_id  # nothing of the session goes into a quantised value
+        if layer_seeds:
+            raise UsageError("a quantised input has no noise layers")
         return self.quantizer.encode(np.asarray(values), weight, ring, rng)
 
     def decode(self, total: RingArray, included: int, session_id: bytes) -> NDArray[np.float64]:

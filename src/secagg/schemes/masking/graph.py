@@ -70,6 +70,7 @@ __all__ = [
     "GraphParameters",
     "ServerModel",
     "SurvivorRule",
+    "corrupt_clients",
     "find_secagg_plus_parameters",
     "full_graph_threshold",
     "harary_neighbours",
@@ -606,9 +607,17 @@ class SurvivorRule:
     quorum: int
     window: int
     least_in_window: int
+    # A, the corrupt clients the finder counts in this cohort: the one bound every count of
+    # honest inputs subtracts (docs/XNOISE.md X10), never re-derived from the quorum.
+    corrupt: int = 0
 
     def __post_init__(self) -> None:
-        if self.quorum < 1 or self.window < 0 or not 0 <= self.least_in_window <= self.window:
+        if (
+            self.quorum < 1
+            or self.window < 0
+            or not 0 <= self.least_in_window <= self.window
+            or self.corrupt < 0
+        ):
             raise ConfigurationError(f"an impossible survivor rule: {self}")
 
 
@@ -616,10 +625,10 @@ def survivor_rule(n: int, degree: int, adversarial_rate: float, sigma: int) -> S
     """The rule for a cohort of ``n`` on a graph of ``degree`` (A corrupt clients counted as
     the parameter finder counts them)."""
     _check_int("n", n, 2, _MAX_NODES)
-    corrupt, _ = _counts(n, _check_rate("adversarial_rate", adversarial_rate), 0.0)
+    corrupt = corrupt_clients(n, adversarial_rate)
     quorum = (n + corrupt) // 2 + 1
     if degree >= n - 1:
-        return SurvivorRule(quorum, 0, 0)
+        return SurvivorRule(quorum, 0, 0, corrupt)
     half = degree // 2
     # Slots of a window are a uniform half-subset of the ring, independent of which clients
     # are corrupt (the graph comes from every client's contribution): at most ``most`` corrupt
@@ -631,7 +640,15 @@ def survivor_rule(n: int, degree: int, adversarial_rate: float, sigma: int) -> S
         0,
         in_window.high,
     )
-    return SurvivorRule(quorum, half, min(most + 1, half))
+    return SurvivorRule(quorum, half, min(most + 1, half), corrupt)
+
+
+def corrupt_clients(n: int, adversarial_rate: float) -> int:
+    """A: the corrupt clients a cohort of ``n`` may hold at ``adversarial_rate``, counted as
+    the parameter finder counts them. Every rule that needs the corruption bound takes this
+    one (docs/XNOISE.md X10: two formulas would give two counts)."""
+    corrupt, _ = _counts(n, _check_rate("adversarial_rate", adversarial_rate), 0.0)
+    return corrupt
 
 
 def thin_window(

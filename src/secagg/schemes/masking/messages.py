@@ -45,11 +45,12 @@ import math
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, overload
+from typing import ClassVar, TypeVar, overload
 
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.dp.layers import MAX_LAYER_COUNT
 from secagg.dp.message import DpRound
 from secagg.errors import DecodeError, UsageError
 from secagg.hazmat import aead
@@ -72,6 +73,7 @@ __all__ = [
     "CIPHERTEXT_BYTES",
     "CLIENT_MESSAGE",
     "KEY_BYTES",
+    "LayerAnswer",
     "SHARE_PLAINTEXT_BYTES",
     "SIGNATURE_BYTES",
     "AdvertiseKeys",
@@ -91,7 +93,11 @@ __all__ = [
     "SurvivorList",
     "UnmaskRequest",
     "UnmaskResponse",
+    "ciphertext_bytes",
+    "sealed_layers",
 ]
+
+_E = TypeVar("_E")
 
 KEY_BYTES = 32
 SESSION_ID_BYTES = 32
@@ -152,9 +158,7 @@ def _check_client_ids(ids: tuple[int, ...]) -> bytes:
     return struct.pack(f">{len(ids)}I", *ids)
 
 
-def _read_entries(
-    r: Reader, item_size: int, read: Callable[[], tuple[int, bytes]]
-) -> tuple[tuple[int, bytes], ...]:
+def _read_entries(r: Reader, item_size: int, read: Callable[[], _E]) -> tuple[_E, ...]:
     n = r.count(item_size)
     return tuple(read() for _ in range(n))
 
@@ -301,7 +305,7 @@ class RoundConfig(Message):
         w.u32(self.max_weight)
         w.fixed(self.task_hash, DIGEST_BYTES)
         w.u32(self.min_cohort)
-        w.u8(0 if self.dp is None else 1)
+        w.u8(0 if self.dp is None else self.dp.flag)
         if self.dp is not None:
             self.dp.write(w)
 
@@ -326,7 +330,7 @@ class RoundConfig(Message):
             max_weight=r.u32(),
             task_hash=r.fixed(DIGEST_BYTES),
             min_cohort=r.u32(),
-            dp=DpRound.read(r) if _flag(r) else None,
+            dp=_dp_block(r),
         )
 
 
@@ -336,11 +340,10 @@ _COMPARED_BESIDE_IDS = tuple(
 )
 
 
-def _flag(r: Reader) -> bool:
-    value = r.u8()
-    if value not in (0, 1):
-        raise DecodeError(f"a flag is 0 or 1, not {value}")
-    return value == 1
+def _dp_block(r: Reader) -> DpRound | None:
+    """No DP (0), a DP block (1), or one with removable noise layers (2)."""
+    flag = r.u8()
+    return None if flag == 0 else DpRound.read(r, flag)
 
 
 def _lookup(codes: dict[str, int], code: int, what: str) -> str:
@@ -707,20 +710,36 @@ class EncryptedShares(Message):
     client_id: int
     self_mask_commitment: bytes = field(repr=False)
     ciphertexts: tuple[tuple[int, bytes], ...] = field(repr=False)  # (recipient, sealed)
+    # Removable noise (docs/XNOISE.md X6): a commitment to each layer seed, whose shares are
+    # sealed beside the self-mask and key shares (each ciphertext then holds them too). Last
+    # on the wire, and only when there are layers.
+    layer_commitments: tuple[bytes, ...] = field(default=(), repr=False)
 
     def audit_note(self, request: bytes) -> str:
         del request
-        return f"{len(self.ciphertexts)} neighbour(s)"
+        layers = f", {len(self.layer_commitments)} noise layer(s)" if self.layer_commitments else ""
+        return f"{len(self.ciphertexts)} neighbour(s){layers}"
 
     def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.client_id)
         w.fixed(self.self_mask_commitment, DIGEST_BYTES)
-        _write_ciphertexts(w, self.ciphertexts)
+        _write_ciphertexts(w, self.ciphertexts, len(self.layer_commitments))
+        if self.layer_commitments:
+            w.u8(len(self.layer_commitments))
+            for commitment in self.layer_commitments:
+                w.fixed(commitment, DIGEST_BYTES)
 
     @classmethod
     def _read(cls, r: Reader) -> EncryptedShares:
-        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(DIGEST_BYTES), _read_ciphertexts(r))
+        head = r.fixed(SESSION_ID_BYTES), r.u32(), r.fixed(DIGEST_BYTES)
+        ciphertexts, layers = _read_ciphertexts(r, trailer=DIGEST_BYTES)
+        commitments: tuple[bytes, ...] = ()
+        if layers:
+            if r.u8() != layers:
+                raise DecodeError("the layer commitments do not match the sealed shares")
+            commitments = tuple(r.fixed(DIGEST_BYTES) for _ in range(layers))
+        return cls(*head, ciphertexts, commitments)
 
 
 @dataclass(frozen=True)
@@ -735,25 +754,63 @@ class PeerShares(Message):
     recipient: int
     ciphertexts: tuple[tuple[int, bytes], ...] = field(repr=False)  # (sender, sealed)
 
+    @property
+    def layers(self) -> int:
+        """Noise layers whose shares each ciphertext holds (0: none)."""
+        return sealed_layers(len(self.ciphertexts[0][1])) if self.ciphertexts else 0
+
     def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
         w.u32(self.recipient)
-        _write_ciphertexts(w, self.ciphertexts)
+        _write_ciphertexts(w, self.ciphertexts, self.layers)
 
     @classmethod
     def _read(cls, r: Reader) -> PeerShares:
-        return cls(r.fixed(SESSION_ID_BYTES), r.u32(), _read_ciphertexts(r))
+        head = r.fixed(SESSION_ID_BYTES), r.u32()
+        ciphertexts, _ = _read_ciphertexts(r, trailer=None)
+        return cls(*head, ciphertexts)
 
 
-def _write_ciphertexts(w: Writer, entries: Sequence[tuple[int, bytes]]) -> None:
+def ciphertext_bytes(layers: int) -> int:
+    """A sealed share plaintext's size with ``layers`` noise-layer shares beside the two."""
+    return CIPHERTEXT_BYTES + layers * SHARE_VALUE_BYTES
+
+
+def sealed_layers(size: int) -> int:
+    """The noise layers a sealed share of ``size`` bytes holds; DecodeError if none fits."""
+    layers, rest = divmod(size - CIPHERTEXT_BYTES, SHARE_VALUE_BYTES)
+    if size < CIPHERTEXT_BYTES or rest or layers > MAX_LAYER_COUNT:
+        raise DecodeError(f"a sealed share of {size} bytes")
+    return layers
+
+
+def _write_ciphertexts(w: Writer, entries: Sequence[tuple[int, bytes]], layers: int) -> None:
+    size = ciphertext_bytes(layers)
     w.u32(len(entries))
     for peer, sealed in entries:
         w.u32(peer)
-        w.fixed(sealed, CIPHERTEXT_BYTES)
+        w.fixed(sealed, size)
 
 
-def _read_ciphertexts(r: Reader) -> tuple[tuple[int, bytes], ...]:
-    return _read_entries(r, 4 + CIPHERTEXT_BYTES, lambda: (r.u32(), r.fixed(CIPHERTEXT_BYTES)))
+def _read_ciphertexts(
+    r: Reader, *, trailer: int | None
+) -> tuple[tuple[tuple[int, bytes], ...], int]:
+    """The sealed shares and the noise layers each holds. Without layers a list is exactly
+    as it always was; with ``layers`` each sealed share is ``layers`` shares longer and, where
+    the message has a ``trailer`` of one ``trailer``-byte item per layer (and its count byte),
+    that follows the list. Every sealed share of a list has one size, so the bytes left fix
+    ``layers``: the one value whose layout fills them exactly."""
+    n = r.u32()
+    left = r.remaining()
+    for layers in range(MAX_LAYER_COUNT + 1):
+        size = ciphertext_bytes(layers)
+        tail = 0 if trailer is None or layers == 0 else 1 + layers * trailer
+        if n * (4 + size) + tail == left and (layers == 0 or n > 0 or trailer is not None):
+            break
+    else:
+        raise DecodeError(f"{n} sealed shares cannot fill the {left} bytes left")
+    entries = tuple((r.u32(), r.fixed(size)) for _ in range(n))
+    return entries, layers
 
 
 # --------------------------------------------------------------------------- masked input
@@ -803,6 +860,10 @@ class UnmaskRequest(Message):
     dropped: tuple[int, ...]
     # Active mode: the consistency signatures of the survivor set, (signer, signature).
     signatures: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
+    # Removable noise (docs/XNOISE.md X4): the inputs the server says the sum holds. Last on
+    # the wire, and only in a round with noise layers; a client counts it only in semi-honest
+    # mode (active mode counts the certified survivor set).
+    count: int | None = None
 
     def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
@@ -813,6 +874,8 @@ class UnmaskRequest(Message):
         for signer, signature in self.signatures:
             w.u32(signer)
             w.fixed(signature, SIGNATURE_BYTES)
+        if self.count is not None:
+            w.u32(self.count)
 
     @classmethod
     def _read(cls, r: Reader) -> UnmaskRequest:
@@ -825,7 +888,8 @@ class UnmaskRequest(Message):
         signatures = _read_entries(
             r, 4 + SIGNATURE_BYTES, lambda: (r.u32(), r.fixed(SIGNATURE_BYTES))
         )
-        return cls(session_id, recipient, survivors, dropped, signatures)
+        count = r.u32() if r.remaining() else None
+        return cls(session_id, recipient, survivors, dropped, signatures, count)
 
 
 @dataclass(frozen=True)
@@ -897,13 +961,23 @@ class UnmaskResponse(Message):
     client_id: int
     self_mask_shares: tuple[tuple[int, bytes], ...] = field(repr=False)  # (owner, share)
     key_shares: tuple[tuple[int, bytes], ...] = field(repr=False)  # (owner, share)
+    # Removable noise: what this client answered at, and the layer shares it released. Last
+    # on the wire, and only in a round with noise layers.
+    layers: LayerAnswer | None = None
 
     def audit_note(self, request: bytes) -> str:
         del request
-        return (
+        note = (
             f"self-mask shares of {listed_ids(u for u, _ in self.self_mask_shares)}; "
             f"key shares of {listed_ids(u for u, _ in self.key_shares)}"
         )
+        if self.layers is not None:
+            a = self.layers
+            note += (
+                f"; noise layers at count c={a.count}, A={a.corrupt}: w={a.units} unit(s), "
+                f"layer shares of {listed_ids(sorted({u for u, _, _ in a.shares}))}"
+            )
+        return note
 
     def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
@@ -913,6 +987,8 @@ class UnmaskResponse(Message):
             for owner, share in entries:
                 w.u32(owner)
                 w.fixed(share, SHARE_VALUE_BYTES)
+        if self.layers is not None:
+            self.layers.write(w)
 
     @classmethod
     def _read(cls, r: Reader) -> UnmaskResponse:
@@ -923,7 +999,39 @@ class UnmaskResponse(Message):
 
         self_mask = _read_entries(r, 4 + SHARE_VALUE_BYTES, entry)
         keys = _read_entries(r, 4 + SHARE_VALUE_BYTES, entry)
-        return cls(session_id, client_id, self_mask, keys)
+        layers = LayerAnswer.read(r) if r.remaining() else None
+        return cls(session_id, client_id, self_mask, keys, layers)
+
+
+@dataclass(frozen=True)
+class LayerAnswer:
+    """A client's answer about removable noise (docs/XNOISE.md X5): the count ``count`` it
+    answered at, the corruption bound ``corrupt`` (A) it subtracted, the ``units`` that come
+    off at ``count - corrupt`` (w, 0 outside [m, M]), and the shares of the removed layers of
+    each peer whose self-mask share it released, ``(owner, layer, share)``."""
+
+    count: int
+    corrupt: int
+    units: int
+    shares: tuple[tuple[int, int, bytes], ...] = field(default=(), repr=False)
+
+    def write(self, w: Writer) -> None:
+        w.u32(self.count)
+        w.u32(self.corrupt)
+        w.u32(self.units)
+        w.u32(len(self.shares))
+        for owner, layer, share in self.shares:
+            w.u32(owner)
+            w.u8(layer)
+            w.fixed(share, SHARE_VALUE_BYTES)
+
+    @classmethod
+    def read(cls, r: Reader) -> LayerAnswer:
+        count, corrupt, units = r.u32(), r.u32(), r.u32()
+        shares = _read_entries(
+            r, 5 + SHARE_VALUE_BYTES, lambda: (r.u32(), r.u8(), r.fixed(SHARE_VALUE_BYTES))
+        )
+        return cls(count, corrupt, units, shares)
 
 
 # What a client sends in each stage of a masking round, in the order of the stages: derived

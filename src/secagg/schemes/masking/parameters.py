@@ -29,6 +29,7 @@ from secagg.schemes.masking.graph import (
     SurvivorRule,
     find_secagg_plus_parameters,
     full_graph_threshold,
+    corrupt_clients,
     survivor_rule,
 )
 from secagg.schemes.masking.messages import CIPHERTEXT_BYTES, KEY_BYTES, RoundConfig
@@ -288,6 +289,11 @@ class Params:
                     f"t > (n + adversarial*n)/2, i.e. t >= {need}; got {threshold}"
                 )
         return GraphParameters(n=n, degree=degree, threshold=threshold, complete=complete)
+
+    def corrupt(self, n: int) -> int:
+        """A, the corrupt clients a cohort of ``n`` may hold (the finder's count): the one
+        bound the survivor rule, the signer's count floor and noise removal subtract."""
+        return corrupt_clients(n, self.adversarial_rate)
 
     def survivor_rule(self, n: int, degree: int) -> SurvivorRule:
         """What this deployment's clients require of an active round's survivor set, for a

@@ -676,10 +676,10 @@ class SessionClient:
         self._check_enough(sum(1 for v in state.live if v in members), "live neighbours survived")
         rule = self._survivor_rule
         assert rule is not None
-        n = len(self._config.client_ids)
-        # A from the quorum the client's own rule fixes (Q = floor((n + A)/2) + 1), rounded
-        # up: the sum must hold min_cohort honest inputs however the corrupt are placed (A5).
-        corrupt = max(0, 2 * rule.quorum - 1 - n)
+        # A as the finder counts it for this cohort, from the client's own rule: the one
+        # bound everything subtracts (docs/XNOISE.md X10). The sum must hold min_cohort
+        # honest inputs however the corrupt are placed (A5).
+        corrupt = rule.corrupt
         if len(survivors) - corrupt < self._config.min_cohort:
             self._leave(
                 AbortReason.COHORT_TOO_SMALL,
