@@ -66,6 +66,7 @@ __all__ = [
     "achieved_epsilon",
     "calibrate",
     "carried_noise_multiplier",
+    "epsilon_at_noise",
     "epsilon_spent",
     "wrap_probability_bound",
 ]
@@ -206,7 +207,6 @@ class DpConfig:
             and self.max_rounding_inflation > 1.0,
             "max_rounding_inflation must be finite and above 1",
         )
-
 
     @property
     def layers(self) -> NoiseLayers | None:
@@ -562,6 +562,23 @@ def _included_rdp(plan: DpPlan, included: int) -> np.ndarray:
         clients=included,
         sampling_rate=c.sampling_rate,
     )
+
+
+def epsilon_at_noise(plan: DpPlan, local_noise: float, honest: int) -> float:
+    """Epsilon (at the plan's delta) of one round whose sum holds the noise of ``honest``
+    inputs of ``local_noise`` each: how a round whose removable noise came off is accounted
+    (docs/XNOISE.md X7, at the noise it kept over the inputs its count vouches for)."""
+    c = plan.config
+    rdp = accounting.round_rdp(
+        c.mechanism,
+        scaled_clip=plan.scaled_clip,
+        dim=plan.padded_dim,
+        beta=c.beta,
+        local_noise=local_noise,
+        clients=honest,
+        sampling_rate=c.sampling_rate,
+    )
+    return accounting.epsilon_from_rdp(rdp, c.delta)
 
 
 def achieved_epsilon(plan: DpPlan, included: int) -> float:

@@ -45,6 +45,7 @@ __all__ = [
     "Aggregate",
     "ByteMeter",
     "Drop",
+    "NoiseTakenOff",
     "RoundClient",
     "RoundKind",
     "RoundListener",
@@ -75,6 +76,37 @@ class Aggregate:
     error_bound: float = 0.0
     # The revealed sum in the scheme's ring, before decoding (None: the scheme has no ring).
     ring_total: NDArray[np.unsignedinteger] | None = field(default=None, repr=False)
+    # Noise taken off the sum before decoding (None: none could be).
+    noise_taken_off: NoiseTakenOff | None = None
+
+
+@dataclass(frozen=True)
+class NoiseTakenOff:
+    """Noise a scheme took off a revealed sum before decoding it (removable noise layers,
+    docs/XNOISE.md): at the certified ``count`` c of inputs less ``corrupt`` (A), ``units``
+    (w) came off each included client, which keeps a noise parameter of ``kept``; the sum
+    carries ``noise_multiplier`` (its noise std over the honest inputs / the L2 clip) and
+    spends ``epsilon`` (None: the count vouches for no honest input). ``layers_left``
+    counts the (client, layer) pairs that were to come off but could not be rebuilt: they
+    stay in the sum (more noise, not less privacy)."""
+
+    count: int
+    corrupt: int
+    units: int
+    kept: float
+    noise_multiplier: float
+    epsilon: float | None
+    layers_left: int = 0
+
+    def summary(self) -> str:
+        """One line for a report."""
+        spent = "no epsilon" if self.epsilon is None else f"epsilon {self.epsilon:.4g}"
+        left = f", {self.layers_left} layer(s) left in" if self.layers_left else ""
+        return (
+            f"noise layers: c={self.count}, A={self.corrupt}, w={self.units} unit(s) off, "
+            f"kept mu={self.kept:.6g} per client, noise multiplier {self.noise_multiplier:.4g}, "
+            f"{spent}{left}"
+        )
 
 
 class RoundServer(Protocol):

@@ -49,6 +49,7 @@ from typing import NoReturn, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from secagg.dp.layers import LAYER_SEED_BYTES
 from secagg.errors import (
     AbortReason,
     AuthenticationError,
@@ -77,6 +78,7 @@ from secagg.schemes.masking.messages import (
     ConsistencySignature,
     Contributions,
     EncryptedShares,
+    LayerAnswer,
     MaskedInput,
     PeerKeyEntry,
     PeerKeys,
@@ -87,6 +89,7 @@ from secagg.schemes.masking.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from secagg.schemes.masking.removal import NoiseRemoval
 
 __all__ = [
     "Aborted",
@@ -175,6 +178,9 @@ class AwaitingPeerShares:
     peers: Mapping[int, PeerKeyEntry] = field(repr=False)
     share_keys: Mapping[int, bytes] = field(repr=False)  # AEAD key shared with each peer
     self_mask_seed: bytes = field(repr=False)
+    # Removable noise: one fresh seed per layer, its shares sent; forgotten once the layers
+    # are in the masked input (docs/XNOISE.md X1).
+    layer_seeds: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,8 @@ class AwaitingSurvivorList:
     masked_with: frozenset[int]
     held_shares: Mapping[int, tuple[Share, Share]] = field(repr=False)  # (self-mask, key)
     clipped: int
+    # Each peer's noise-layer shares, in layer order (empty without layers).
+    held_layers: Mapping[int, tuple[Share, ...]] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -197,15 +205,22 @@ class AwaitingUnmaskRequest:
     held_shares: Mapping[int, tuple[Share, Share]] = field(repr=False)  # (self-mask, key)
     clipped: int
     survivors: tuple[int, ...] | None = None
+    held_layers: Mapping[int, tuple[Share, ...]] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
 class Completed:
-    """Answered the unmask request: revealed one kind of share per peer, never both."""
+    """Answered the unmask request: revealed one kind of share per peer, never both. With
+    removable noise, the layer shares of ``revealed_layer_shares_of`` (a subset of the
+    self-mask ones), answered at count ``count`` less ``corrupt``: ``units`` came off."""
 
     revealed_self_mask_shares_of: frozenset[int]
     revealed_key_shares_of: frozenset[int]
     clipped: int
+    revealed_layer_shares_of: frozenset[int] = frozenset()
+    count: int | None = None
+    corrupt: int | None = None
+    units: int | None = None
 
 
 @dataclass(frozen=True)
@@ -241,12 +256,15 @@ class Client:
         pki: Mapping[int, bytes] | None = None,
         encoding: InputEncoding | None = None,
         survivor_rule: SurvivorRule | None = None,
+        noise_removal: NoiseRemoval | None = None,
     ) -> None:
         """``identity`` (this client's long-term signing key), ``pki`` (every cohort
         member's identity public key) and ``survivor_rule`` (from the client's own
         deployment, never from the server: ``Params.survivor_rule``) are required in active
         mode. ``encoding`` turns the update into the ring vector (default: the quantiser of
-        the config; a distributed-DP round needs its ``secagg.dp.encoding.DpEncoding``)."""
+        the config; a distributed-DP round needs its ``secagg.dp.encoding.DpEncoding``).
+        ``noise_removal`` (from the client's own deployment: its DP block's layers and the
+        finder's A for this cohort) is required in a round with removable noise layers."""
         if client_id not in config.cohort:
             raise UsageError(f"client {client_id} is not in the round's cohort")
         encoding = encoding_or_quantizer(config, encoding)
@@ -255,6 +273,18 @@ class Client:
                 "active mode needs the client's identity, the peers' public keys and the "
                 "survivor rule"
             )
+        config_layers = None if config.dp is None else config.dp.layers
+        ours = None if noise_removal is None else noise_removal.layers
+        if config_layers != ours:
+            # The policy refuses such a round first; this client never runs one.
+            raise UsageError("the round's noise layers are not the client's own")
+        if (
+            noise_removal is not None
+            and survivor_rule is not None
+            and noise_removal.corrupt != survivor_rule.corrupt
+        ):
+            raise UsageError("one corruption bound A everywhere (docs/XNOISE.md X10)")
+        self._removal = noise_removal
         self._survivor_rule = survivor_rule
         self._identity = identity
         self._pki = dict(pki or {})
@@ -480,24 +510,41 @@ class Client:
         t = self.config.threshold
         seed_shares = split(seed, xs, t, self._rng)
         key_shares = split(state.mask_keys.private_bytes(), xs, t, self._rng)
+        # Each layer from its own fresh seed, never derived from anything that is ever
+        # reconstructed (X1); shared to the same holders, in the same plaintext (X6).
+        layer_seeds = tuple(
+            self._rng.bytes(LAYER_SEED_BYTES)
+            for _ in range(0 if self._removal is None else self._removal.count)
+        )
+        layer_shares = [split(s, xs, t, self._rng) for s in layer_seeds]
         sid = self._sid
         ciphertexts = []
         share_keys: dict[int, bytes] = {}
-        for v, seed_share, key_share in zip(ids, seed_shares, key_shares, strict=True):
+        for i, (v, seed_share, key_share) in enumerate(
+            zip(ids, seed_shares, key_shares, strict=True)
+        ):
             key = share_keys[v] = self._share_key(state.cipher_keys, peers[v])
             plaintext = derivations.encode_share_plaintext(
-                self.client_id, v, seed_share.value_bytes(), key_share.value_bytes()
+                self.client_id,
+                v,
+                seed_share.value_bytes(),
+                key_share.value_bytes(),
+                [shares[i].value_bytes() for shares in layer_shares],
             )
             sealed = aead.seal(
                 key, plaintext, derivations.share_associated_data(sid, self.client_id, v), self._rng
             )
             ciphertexts.append((v, sealed))
-        self._state = AwaitingPeerShares(state.mask_keys, peers, share_keys, seed)
+        self._state = AwaitingPeerShares(state.mask_keys, peers, share_keys, seed, layer_seeds)
         return EncryptedShares(
             sid,
             self.client_id,
             derivations.self_mask_commitment(seed, sid, self.client_id),
             tuple(ciphertexts),
+            tuple(
+                derivations.layer_commitment(s, sid, self.client_id, j)
+                for j, s in enumerate(layer_seeds)
+            ),
         )
 
     # ----------------------------------------------------------------- round 2
@@ -513,14 +560,20 @@ class Client:
         self._input = None
         sid = self._sid
         held: dict[int, tuple[Share, Share]] = {}
+        held_layers: dict[int, tuple[Share, ...]] = {}
         missing: list[int] = []
         for sender, sealed in message.ciphertexts:
             shares = self._open_share(state, sender, sealed)
             if shares is None:
                 missing.append(sender)  # still masked with: the pairwise key needs no share
             else:
-                held[sender] = shares
-        encoded = self._encoding.encode(np.asarray(values), weight, self._ring, self._rng, sid)
+                held[sender] = shares[0], shares[1]
+                held_layers[sender] = shares[2]
+        # The layer seeds go into the noise here and are not kept past it (the state that
+        # follows has none): only their shares, held by the neighbours, can rebuild them.
+        encoded = self._encoding.encode(
+            np.asarray(values), weight, self._ring, self._rng, sid, state.layer_seeds
+        )
         vector = encoded.vector
         if vector.shape != (self.config.vector_length,):
             raise UsageError("the encoding made a vector of the wrong length")
@@ -549,9 +602,13 @@ class Client:
         packed = self._ring.pack(vector)
         self._clipped = encoded.clipped
         if self.config.active:
-            self._state = AwaitingSurvivorList(frozenset(senders), held, encoded.clipped)
+            self._state = AwaitingSurvivorList(
+                frozenset(senders), held, encoded.clipped, held_layers
+            )
         else:
-            self._state = AwaitingUnmaskRequest(frozenset(senders), held, encoded.clipped)
+            self._state = AwaitingUnmaskRequest(
+                frozenset(senders), held, encoded.clipped, held_layers=held_layers
+            )
         return MaskedInput(sid, self.client_id, tuple(missing), packed)
 
     # ----------------------------------------------------------------- consistency (active)
@@ -569,6 +626,7 @@ class Client:
             if u in self._neighbours and u not in state.masked_with:
                 self._abort(AbortReason.RESURRECTED_ID, f"peer {u} had already dropped")
         self._check_cohort_size(len(survivors), "inputs in the sum")
+        self._check_honest_floor(len(survivors))
         self._check_enough(
             sum(1 for u in survivors if u in state.masked_with), "neighbours survived"
         )
@@ -576,7 +634,7 @@ class Client:
         assert self._identity is not None
         signature = self._identity.sign(derivations.consistency_signed_bytes(self._sid, survivors))
         self._state = AwaitingUnmaskRequest(
-            state.masked_with, state.held_shares, state.clipped, survivors
+            state.masked_with, state.held_shares, state.clipped, survivors, state.held_layers
         )
         return ConsistencySignature(self._sid, self.client_id, signature)
 
@@ -606,18 +664,61 @@ class Client:
         self._check_enough(len(survivors), "neighbours survived")
         if state.survivors is not None:
             self._check_consistent(state, message)
+        answer = self._layer_answer(state, message) if self._removal is not None else None
         self_mask_shares = tuple(
             (u, state.held_shares[u][0].value_bytes()) for u in survivors if u in state.held_shares
         )
         key_shares = tuple(
             (u, state.held_shares[u][1].value_bytes()) for u in dropped if u in state.held_shares
         )
+        # Completed before the answer leaves: no second request of this round is answered
+        # (X5: two answers at two counts could strip every layer together).
         self._state = Completed(
             frozenset(u for u, _ in self_mask_shares),
             frozenset(u for u, _ in key_shares),
             state.clipped,
+            frozenset(u for u, _, _ in answer.shares) if answer is not None else frozenset(),
+            None if answer is None else answer.count,
+            None if answer is None else answer.corrupt,
+            None if answer is None else answer.units,
         )
-        return UnmaskResponse(self._sid, self.client_id, self_mask_shares, key_shares)
+        return UnmaskResponse(self._sid, self.client_id, self_mask_shares, key_shares, answer)
+
+    def _layer_answer(self, state: AwaitingUnmaskRequest, message: UnmaskRequest) -> LayerAnswer:
+        """The shares of exactly the layers that come off at the certified count, for the
+        peers whose self-mask shares this answer releases, and nothing else (X2, X4, X5).
+
+        The count: in active mode the size of the survivor set this client signed and saw a
+        quorum certify (a count the server states must be that very one); in semi-honest
+        mode the server's, refused above the session's participants (a lie on record)."""
+        removal = self._removal
+        assert removal is not None
+        if state.survivors is not None:
+            count = len(state.survivors)
+            if message.count is not None and message.count != count:
+                self._abort(
+                    AbortReason.INCONSISTENT_SURVIVORS,
+                    f"a count of {message.count}; the certified survivor set holds {count}",
+                )
+        else:
+            participants = len(self.session.participants)
+            if message.count is None:
+                count = 0  # no count stated: nothing is vouched for, nothing comes off
+            elif message.count > participants:
+                self._abort(
+                    AbortReason.INCONSISTENT_SURVIVORS,
+                    f"a count of {message.count} inputs; the round has {participants} participants",
+                )
+            else:
+                count = message.count
+        removed = removal.removed(count)
+        shares = tuple(
+            (u, layer, state.held_layers[u][layer].value_bytes())
+            for u in message.survivors
+            if u in state.held_shares
+            for layer in removed
+        )
+        return LayerAnswer(count, removal.corrupt, removal.units(count), shares)
 
     # ----------------------------------------------------------------- checks
     def _expect(
@@ -648,6 +749,18 @@ class Client:
             self._abort(AbortReason.WRONG_SESSION, "message belongs to another round")
         if recipient != self.client_id:
             self._abort(AbortReason.WRONG_SESSION, "message is addressed to another client")
+
+    def _check_honest_floor(self, survivors: int) -> None:
+        """X9: a survivor set is signed only if it holds the minimum cohort of honest inputs
+        however the A corrupt clients of this cohort are placed (as a session client's S10)."""
+        rule = self._survivor_rule
+        assert rule is not None
+        if survivors - rule.corrupt < self.config.min_cohort:
+            self._abort(
+                AbortReason.COHORT_TOO_SMALL,
+                f"{survivors} survivors hold fewer than {self.config.min_cohort} honest "
+                f"inputs if {rule.corrupt} are corrupt",
+            )
 
     def _check_cohort_size(self, count: int, what: str) -> None:
         if count < self.config.min_cohort:
@@ -778,16 +891,24 @@ class Client:
 
     def _open_share(
         self, state: AwaitingPeerShares, sender: int, sealed: bytes
-    ) -> tuple[Share, Share] | None:
-        """The sender's shares for this client, or None if they do not open or do not fit."""
+    ) -> tuple[Share, Share, tuple[Share, ...]] | None:
+        """The sender's shares for this client (self-mask, key, each noise layer's), or None
+        if they do not open or do not fit (a plaintext without this round's layers too)."""
         key = state.share_keys[sender]
         associated = derivations.share_associated_data(self._sid, sender, self.client_id)
+        layers = 0 if self._removal is None else self._removal.count
         try:
             plaintext = aead.open_sealed(key, sealed, associated)
-            origin, recipient, seed_share, key_share = derivations.decode_share_plaintext(plaintext)
+            origin, recipient, seed_share, key_share, layer_shares = (
+                derivations.decode_layered_share_plaintext(plaintext, layers)
+            )
             if (origin, recipient) != (sender, self.client_id):
                 return None
             x = derivations.share_x(self.client_id)
-            return Share.from_value_bytes(x, seed_share), Share.from_value_bytes(x, key_share)
+            return (
+                Share.from_value_bytes(x, seed_share),
+                Share.from_value_bytes(x, key_share),
+                tuple(Share.from_value_bytes(x, share) for share in layer_shares),
+            )
         except (AuthenticationError, DecodeError):
             return None

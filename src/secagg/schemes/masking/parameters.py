@@ -27,9 +27,9 @@ from secagg.schemes.masking.graph import (
     GraphParameters,
     ServerModel,
     SurvivorRule,
+    corrupt_clients,
     find_secagg_plus_parameters,
     full_graph_threshold,
-    corrupt_clients,
     survivor_rule,
 )
 from secagg.schemes.masking.messages import CIPHERTEXT_BYTES, KEY_BYTES, RoundConfig

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from secagg.dp.calibrate import DpPlan, achieved_epsilon
 from secagg.dp.encoding import DpEncoding
-from secagg.errors import AbortReason, ClientAbort, UsageError
+from secagg.errors import AbortReason, ClientAbort, ConfigurationError, UsageError
 from secagg.hazmat import prg
 from secagg.hazmat.keys import Ed25519SigningKey
 from secagg.hazmat.randomness import Randomness
@@ -24,6 +24,7 @@ from secagg.schemes.masking.graph import SurvivorRule
 from secagg.schemes.masking.messages import RoundConfig
 from secagg.schemes.masking.parameters import Params, check_round_config
 from secagg.schemes.masking.policy import ClientPolicy
+from secagg.schemes.masking.removal import NoiseRemoval
 from secagg.schemes.masking.server import Server
 from secagg.schemes.masking.session.client import SessionClient
 from secagg.schemes.masking.session.server import SessionServer
@@ -110,6 +111,7 @@ class MaskingScheme:
             apply_masks=self.apply_masks,
             encoding=self.encoding,
             survivor_rule=self._survivor_rule(config),
+            noise_removal=self._noise_removal(config),
         )
 
     def check(self, config: RoundOpening, client_id: int) -> None:
@@ -131,12 +133,14 @@ class MaskingScheme:
             pki=self.pki if config.active else None,
             encoding=self.encoding,
             survivor_rule=self._survivor_rule(config),
+            noise_removal=self._noise_removal(config),
         )
 
     def session_server(self, terms: SessionTerms) -> SessionServer:
         """The server of a session that spans rounds (docs/SESSIONS.md) under this
         deployment: its encoding, its identity keys and survivor rule in active mode."""
         check_round_config(terms.config)
+        self._refuse_layers_in_sessions()
         return SessionServer(
             terms,
             pki=self.pki if terms.config.active else None,
@@ -152,6 +156,7 @@ class MaskingScheme:
         """A client's side of a session under this deployment (``rng`` None: the operating
         system's, as a deployment must use; a seeded one only to reproduce a simulation)."""
         check_round_config(terms.config)
+        self._refuse_layers_in_sessions()
         return SessionClient(
             terms,
             client_id,
@@ -168,6 +173,19 @@ class MaskingScheme:
         if not config.active:
             return None
         return self.params.survivor_rule(len(config.client_ids), config.degree)
+
+    def _refuse_layers_in_sessions(self) -> None:
+        plan = self.params.dp_plan
+        if plan is not None and plan.config.layers is not None:
+            raise ConfigurationError(
+                "removable noise layers run in one-shot rounds only (not yet in sessions)"
+            )
+
+    def _noise_removal(self, config: RoundConfig) -> NoiseRemoval | None:
+        """Removable noise, from this deployment's own DP block and the finder's A for the
+        round's cohort (docs/XNOISE.md X3, X10): never from the configuration the server
+        sends (the policy refuses one whose layers differ)."""
+        return NoiseRemoval.of(self.params.dp_plan, self.params.corrupt(len(config.client_ids)))
 
     def error_bound(self, clients: int) -> float:
         return self.encoding.error_bound(clients)

@@ -75,7 +75,7 @@ from secagg.hazmat.randomness import SystemRandomness
 from secagg.hazmat.ring import Ring
 from secagg.hazmat.shamir import Share, combine
 from secagg.protocol.codec import Message, decode
-from secagg.protocol.runner import Aggregate
+from secagg.protocol.runner import Aggregate, NoiseTakenOff
 from secagg.protocol.stages import SESSION_AGREEMENT, Drop, Stage, missed
 from secagg.schemes.masking import derivations
 from secagg.schemes.masking.encoding import InputEncoding, encoding_or_quantizer
@@ -100,7 +100,9 @@ from secagg.schemes.masking.messages import (
     SurvivorList,
     UnmaskRequest,
     UnmaskResponse,
+    ciphertext_bytes,
 )
+from secagg.schemes.masking.removal import NoiseRemoval
 
 __all__ = [
     "Drop",
@@ -127,6 +129,8 @@ class RoundResult:
 
     included: tuple[int, ...]
     total: NDArray[np.unsignedinteger] = field(repr=False)
+    # Removable noise: what came off before the sum was revealed (None: no layers).
+    noise_taken_off: NoiseTakenOff | None = None
 
     @property
     def total_weight(self) -> int:
@@ -155,6 +159,7 @@ class RoundResult:
             encoding.decode(self.total, included, binding),
             encoding.error_bound(included),
             ring_total=self.total,
+            noise_taken_off=self.noise_taken_off,
         )
 
 
@@ -201,6 +206,8 @@ class SharesRouted:
 
     view: Mapping[int, tuple[int, ...]] = field(repr=False)
     self_mask_commitments: Mapping[int, bytes] = field(repr=False)
+    # Removable noise: each sharer's commitments to its layer seeds (empty without layers).
+    layer_commitments: Mapping[int, tuple[bytes, ...]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         committed = self.self_mask_commitments
@@ -344,13 +351,20 @@ class Server:
         apply_masks: prg.ApplyMasks = prg.apply_masks,
         encoding: InputEncoding | None = None,
         survivor_rule: SurvivorRule | None = None,
+        noise_removal: NoiseRemoval | None = None,
     ) -> None:
         """``pki`` (each client's identity public key) and ``survivor_rule`` (what the
         deployment's clients require of the survivor set) are required in active mode.
         ``apply_masks`` regenerates the masks to remove; a driver may pass one that uses
         every core (``secagg.parallel.MaskApplier``). ``encoding`` reads the unmasked sum
-        (default: the quantiser of the config; distributed DP needs its DP encoding)."""
+        (default: the quantiser of the config; distributed DP needs its DP encoding).
+        ``noise_removal`` takes removable noise layers off (required when the round's DP
+        block has them)."""
         encoding = encoding_or_quantizer(config, encoding)
+        config_layers = None if config.dp is None else config.dp.layers
+        if config_layers != (None if noise_removal is None else noise_removal.layers):
+            raise UsageError("the round's noise layers are not the deployment's")
+        self._removal = noise_removal
         self._encoding = encoding
         self._apply_masks = apply_masks
         if config.active and (pki is None or survivor_rule is None):
@@ -380,6 +394,7 @@ class Server:
         self._total: NDArray[np.unsignedinteger] | None = None
         self._seed_shares: dict[int, list[Share]] = {}
         self._key_shares: dict[int, list[Share]] = {}
+        self._layer_shares: dict[tuple[int, int], list[Share]] = {}  # (owner, layer)
         # Observations that drop nobody.
         self._anomalies: list[Drop] = []
         self._strangers = 0
@@ -667,6 +682,12 @@ class Server:
         if sorted(recipients) != sorted(peers) or len(set(recipients)) != len(recipients):
             self.drop(sender, DropReason.MALFORMED, "shares not addressed to exactly its peers")
             return None
+        layers = 0 if self._removal is None else self._removal.count
+        if len(message.layer_commitments) != layers or any(
+            len(sealed) != ciphertext_bytes(layers) for _, sealed in message.ciphertexts
+        ):
+            self.drop(sender, DropReason.MALFORMED, f"shares not of this round's {layers} layers")
+            return None
         return message
 
     def _take_masked_input(self, sender: int, message: Message) -> Message | None:
@@ -729,9 +750,52 @@ class Server:
                 except DecodeError as exc:
                     self.drop(sender, DropReason.BAD_SHARE, str(exc))
                     return None
+        layer_shares = self._parsed_layer_shares(sender, message, request, missing)
+        if layer_shares is None:
+            return None
         for pool, owner, share in parsed:
             pool.setdefault(owner, []).append(share)
+        for key, share in layer_shares:
+            self._layer_shares.setdefault(key, []).append(share)
         return message
+
+    def _parsed_layer_shares(
+        self,
+        sender: int,
+        message: UnmaskResponse,
+        request: UnmaskRequest,
+        missing: frozenset[int],
+    ) -> list[tuple[tuple[int, int], Share]] | None:
+        """The layer shares of an answer, (owner, layer) -> share: exactly the layers its
+        count removes, of exactly the peers whose self-mask shares it holds; None (and the
+        sender dropped) for anything else."""
+        removal = self._removal
+        if removal is None or message.layers is None:
+            if (removal is None) != (message.layers is None):
+                self.drop(sender, DropReason.MALFORMED, "an answer without this round's layers")
+                return None
+            return []
+        answer = message.layers
+        removed = removal.removed(answer.count)
+        expected = sorted((u, j) for u in request.survivors if u not in missing for j in removed)
+        keys = [(owner, layer) for owner, layer, _ in answer.shares]
+        if (
+            answer.corrupt != removal.corrupt
+            or answer.units != removal.units(answer.count)
+            or sorted(keys) != expected
+            or len(set(keys)) != len(keys)
+        ):
+            self.drop(sender, DropReason.MALFORMED, "layer shares for other layers than its count")
+            return None
+        x = derivations.share_x(sender)
+        parsed: list[tuple[tuple[int, int], Share]] = []
+        for owner, layer, value in answer.shares:
+            try:
+                parsed.append(((owner, layer), Share.from_value_bytes(x, value)))
+            except DecodeError as exc:
+                self.drop(sender, DropReason.BAD_SHARE, str(exc))
+                return None
+        return parsed
 
     # ----------------------------------------------------------------- stage transitions
     def close_stage(self) -> dict[int, Message]:
@@ -762,6 +826,7 @@ class Server:
         self._total = None
         self._seed_shares.clear()
         self._key_shares.clear()
+        self._layer_shares.clear()
         self._answers = {}
 
     def _current_waiting(self) -> Waiting:
@@ -888,10 +953,12 @@ class Server:
         state = self._current(Sharing)
         sealed: dict[int, dict[int, bytes]] = {}
         self_mask_commitments: dict[int, bytes] = {}
+        layer_commitments: dict[int, tuple[bytes, ...]] = {}
         for u, message in self._answers.items():
             assert isinstance(message, EncryptedShares)
             sealed[u] = dict(message.ciphertexts)
             self_mask_commitments[u] = message.self_mask_commitment
+            layer_commitments[u] = message.layer_commitments
         peers = state.advertised.peers
         self._prune(live, lambda u: peers[u])
         if not live:
@@ -899,6 +966,7 @@ class Server:
         routed = SharesRouted(
             {v: tuple(u for u in peers[v] if u in live) for v in sorted(live)},
             self_mask_commitments,
+            layer_commitments,
         )
         sid = state.agreed.session.session_id
         outgoing: dict[int, Message] = {
@@ -955,6 +1023,15 @@ class Server:
             )
         if self.config.active:
             self._check_certifiable(masked.included, state.agreed.session.graph_seed)
+            rule = self._survivor_rule
+            assert rule is not None
+            if len(live) - rule.corrupt < self.config.min_cohort:
+                # X9: no client signs a set that may hold fewer honest inputs than that.
+                raise RoundAborted(
+                    Stage.MASKED_INPUT,
+                    f"{len(live)} inputs hold fewer than {self.config.min_cohort} honest ones "
+                    f"if {rule.corrupt} are corrupt: no client signs such a survivor set",
+                )
             sid = state.agreed.session.session_id
             outgoing: dict[int, Message] = {
                 v: SurvivorList(sid, v, masked.included) for v in sorted(askable)
@@ -1007,6 +1084,9 @@ class Server:
                 tuple(u for u in view if u in included),
                 tuple(u for u in view if u not in included),
                 _certificate(state.agreed.neighbours[v], signatures, askable),
+                # The count the layers come off at: the survivor set's size (which active
+                # clients take from the set they signed, not from this field).
+                None if self._removal is None else len(masked.included),
             )
         self._advance(
             Unmasking(state.agreed, state.advertised, state.routed, masked, requests), askable
@@ -1059,10 +1139,57 @@ class Server:
                 masks.append((key, not derivations.subtracts_pair_mask(v, u)))
         self._apply_masks(total, masks)
         self._ring.reduce(total)
-        self._state = Completed(state, RoundResult(state.masked.included, total))
+        taken_off = None
+        if self._removal is not None:
+            taken_off = self._take_off_layers(state, total)
+        self._state = Completed(state, RoundResult(state.masked.included, total, taken_off))
         self._total = None
         self._answers = {}
         return {}
+
+    def _take_off_layers(
+        self, state: Unmasking, total: NDArray[np.unsignedinteger]
+    ) -> NoiseTakenOff:
+        """Rebuild each removed layer seed of each included client from its holders' shares,
+        check it against the client's commitment, regenerate the layer and subtract it modulo
+        2^b (which undoes every wrap it caused: X6). A seed that cannot be rebuilt leaves its
+        layer in the sum, counted in ``layers_left``: more noise, never less."""
+        removal = self._removal
+        assert removal is not None
+        sid = state.agreed.session.session_id
+        count = len(state.masked.included)
+        removed = removal.removed(count)
+        length = len(total) - 1  # the noisy values; the count of inputs is last
+        noise = np.zeros(length, dtype=np.int64)
+        left = 0
+        for u in state.masked.included:
+            commitments = state.routed.layer_commitments.get(u, ())
+            for layer in removed:
+
+                def matches(
+                    seed: bytes,
+                    owner: int = u,
+                    j: int = layer,
+                    expected: tuple[bytes, ...] = commitments,
+                ) -> bool:
+                    return derivations.layer_commitment(seed, sid, owner, j) == expected[j]
+
+                shares = self._layer_shares.get((u, layer), [])
+                rebuilt = (
+                    rebuild_verified(shares, self._t, matches) if len(shares) >= self._t else None
+                )
+                if rebuilt is None:
+                    left += 1
+                    continue
+                seed, window = rebuilt
+                if window != shares[: self._t]:
+                    self._note_bad_shares(u, shares, window, f"noise layer {layer} seed")
+                noise += removal.noise(layer, seed, length)
+        modulus_mask = np.int64((1 << self.config.ring_bits) - 1)
+        values = (total[:-1].astype(np.int64) - noise) & modulus_mask
+        total[:-1] = values.astype(total.dtype)
+        self._layer_shares = {}
+        return removal.taken_off(count, left)
 
     def _reconstruct(
         self, owner: int, shares: list[Share], verify: Callable[[bytes], bool], what: str
