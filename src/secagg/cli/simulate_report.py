@@ -340,6 +340,19 @@ def _dp_rows(report: RoundReport, plan: DpPlan) -> list[tuple[str, str]]:
                 f"{len(report.included)} inputs",
             )
         )
+    removed = report.noise_taken_off
+    if removed is not None:
+        left = (
+            f"; {removed.layers_left} layer(s) could not be rebuilt" if removed.layers_left else ""
+        )
+        rows.append(
+            (
+                "noise layers",
+                f"c={removed.count} certified inputs, A={removed.corrupt}: w={removed.units} "
+                f"unit(s) off, each client keeps mu={removed.kept:.6g}; the sum carries noise "
+                f"multiplier {removed.noise_multiplier:.3g}{left}",
+            )
+        )
     rows += [
         (
             "epsilon target",

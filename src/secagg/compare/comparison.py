@@ -139,7 +139,14 @@ class Row:
         if epsilon is None:
             return "none"
         dp = self.report.facts.dp
-        return f"epsilon {epsilon:.3g} (delta {None if dp is None else dp.delta})"
+        privacy = f"epsilon {epsilon:.3g} (delta {None if dp is None else dp.delta})"
+        removed = self.report.noise_taken_off
+        if removed is not None:
+            privacy += (
+                f"; noise layers c={removed.count} A={removed.corrupt} w={removed.units}, "
+                f"multiplier {removed.noise_multiplier:.3g}"
+            )
+        return privacy
 
     def to_json(self) -> dict[str, Any]:
         r = self.report

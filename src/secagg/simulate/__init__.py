@@ -30,6 +30,7 @@ from secagg.parallel import MaskApplier
 from secagg.protocol.codec import Message
 from secagg.protocol.runner import (
     ByteMeter,
+    NoiseTakenOff,
     RoundClient,
     RoundOutcome,
     RoundRecord,
@@ -219,6 +220,8 @@ class RoundReport:
     # of the updates (two significant figures: a hint, not any one client's norm). None
     # otherwise.
     dp_clip_hint: float | None = None
+    # Removable noise layers: what came off the sum (c, A, w, the noise kept); None: none.
+    noise_taken_off: NoiseTakenOff | None = None
 
     @property
     def protocol(self) -> str:
@@ -270,6 +273,9 @@ class RoundReport:
             "error_bound": self.error_bound,
             "epsilon": self.epsilon,
             "dp_clip_hint": self.dp_clip_hint,
+            "noise_layers": (
+                None if self.noise_taken_off is None else dataclasses.asdict(self.noise_taken_off)
+            ),
         }
 
 
@@ -562,6 +568,9 @@ def _report(
         included = aggregate.included
         bound = aggregate.error_bound  # for the number of inputs actually included
         epsilon = scheme.epsilon(len(included))
+        if aggregate.noise_taken_off is not None:
+            # Accounted at the noise the sum kept over the inputs its count vouches for.
+            epsilon = aggregate.noise_taken_off.epsilon
         if set(included) == outcome.contributed:
             exact = outcome.weighted_sum / outcome.weight_sum
         else:  # a client used its input but was not included: recompute over exactly those
@@ -610,6 +619,7 @@ def _report(
         error_bound=bound,
         epsilon=epsilon,
         dp_clip_hint=clip_hint,
+        noise_taken_off=None if aggregate is None else aggregate.noise_taken_off,
     )
 
 
