@@ -43,6 +43,10 @@ class Loot:
         self.masked_with: dict[int, frozenset[int]] = {}
         self.self_mask_shares: dict[int, dict[int, Share]] = {}  # owner -> holder -> share
         self.key_shares: dict[int, dict[int, Share]] = {}
+        # Removable noise: each sharer's layer-seed commitments, and (owner, layer) -> holder
+        # -> share of the layer seeds released.
+        self.layer_commitments: dict[int, tuple[bytes, ...]] = {}
+        self.layer_shares: dict[tuple[int, int], dict[int, Share]] = {}
 
     def take(self, sender: int, message: Message) -> None:
         """Keep what a client sent."""
@@ -51,6 +55,7 @@ class Loot:
         elif isinstance(message, EncryptedShares):
             self.commitments[sender] = message.self_mask_commitment
             self.sealed[sender] = dict(message.ciphertexts)
+            self.layer_commitments[sender] = message.layer_commitments
         elif isinstance(message, MaskedInput):
             ring = Ring(self.config.ring_bits)
             self.masked[sender] = ring.unpack(message.packed_vector, self.config.vector_length)
@@ -62,6 +67,11 @@ class Loot:
                 )
             for owner, value in message.key_shares:
                 self.key_shares.setdefault(owner, {})[sender] = Share.from_value_bytes(x, value)
+            if message.layers is not None:
+                for owner, layer, value in message.layers.shares:
+                    self.layer_shares.setdefault((owner, layer), {})[sender] = (
+                        Share.from_value_bytes(x, value)
+                    )
 
     def sent(self, recipient: int, message: Message) -> None:
         """Note what the attacker told a client: whose masks its masked input will hold."""
@@ -87,6 +97,22 @@ class Loot:
             self.self_mask_shares.get(owner, {}).values(),
             lambda s: derive.self_mask_commitment(s, sid, owner) == commitment,
         )
+
+    def layer_seed(self, owner: int, layer: int) -> bytes | None:
+        """A noise layer's seed, if the loot rebuilds it (checked against its commitment)."""
+        sid = self.session_id
+        commitments = self.layer_commitments.get(owner, ())
+        if layer >= len(commitments):
+            return None
+        return self._secret(
+            self.layer_shares.get((owner, layer), {}).values(),
+            lambda s: derive.layer_commitment(s, sid, owner, layer) == commitments[layer],
+        )
+
+    def layers_recovered(self, owner: int) -> frozenset[int]:
+        """Every layer of ``owner``'s noise whose seed the loot rebuilds: what it can take off."""
+        count = len(self.layer_commitments.get(owner, ()))
+        return frozenset(j for j in range(count) if self.layer_seed(owner, j) is not None)
 
     def mask_key(self, owner: int) -> bytes | None:
         advert = self.adverts.get(owner)

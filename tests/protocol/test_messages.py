@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from secagg.dp.layers import NoiseLayers
+from secagg.dp.message import DpRound
 from secagg.errors import ConfigurationError, DecodeError, UsageError
 from secagg.protocol.codec import MAX_ID, SHARED_PART_BYTES, Message, decode
 from secagg.schemes.masking.messages import (
@@ -21,6 +23,7 @@ from secagg.schemes.masking.messages import (
     ContributionList,
     Contributions,
     EncryptedShares,
+    LayerAnswer,
     MaskedInput,
     PeerKeyEntry,
     PeerKeys,
@@ -29,6 +32,7 @@ from secagg.schemes.masking.messages import (
     RoundConfig,
     UnmaskRequest,
     UnmaskResponse,
+    ciphertext_bytes,
 )
 from secagg.schemes.masking.parameters import check_round_config
 
@@ -98,6 +102,63 @@ def test_decoder_rejects_every_truncation(message: Message) -> None:
 def test_decoder_rejects_trailing_bytes(message: Message) -> None:
     with pytest.raises(DecodeError, match="trailing"):
         decode(message.encode() + b"\x00")
+
+
+def layered_messages() -> list[Message]:
+    """The messages of a round with removable noise layers (docs/XNOISE.md): each carries
+    its layer section last, and only then."""
+    layered = ciphertext_bytes(3)
+    dp = DpRound("skellam", 16, 1.0, 2.0, 3.0, 0.0, NoiseLayers.for_cohort(6, 10))
+    return [
+        _config(dp=dp),
+        EncryptedShares(
+            SID, 3, b"h" * 32, ((1, bytes(layered)), (4, bytes(layered))), (b"c" * 32,) * 3
+        ),
+        EncryptedShares(SID, 3, b"h" * 32, (), (b"c" * 32,) * 3),
+        PeerShares(SID, 3, ((1, bytes(layered)),)),
+        UnmaskRequest(SID, 3, (1, 2), (4,), (), 9),
+        UnmaskResponse(
+            SID,
+            3,
+            ((1, b"s" * 33),),
+            ((4, b"k" * 33),),
+            LayerAnswer(9, 1, 12, ((1, 0, b"l" * 33),)),
+        ),
+        UnmaskResponse(SID, 3, (), (), LayerAnswer(6, 1, 0)),
+    ]
+
+
+@pytest.mark.parametrize("message", layered_messages(), ids=lambda m: type(m).__name__)
+def test_every_layered_message_round_trips_and_rejects_trailing_bytes(message: Message) -> None:
+    data = message.encode()
+    assert decode(data) == message
+    assert decode(data).encode() == data
+    with pytest.raises(DecodeError, match="trailing"):
+        decode(data + b"\x00")
+
+
+@pytest.mark.parametrize("message", layered_messages(), ids=lambda m: type(m).__name__)
+def test_a_truncated_layered_message_never_decodes_to_itself(message: Message) -> None:
+    """The layer section is optional, so a message cut exactly before it decodes as one
+    without it (or, for sealed shares, with another layer count): never as the message
+    sent. A client or server of a layered round refuses the other shapes (a server drops an
+    answer without its layer section; a client counts a request without a count as none)."""
+    data = message.encode()
+    for cut in range(len(data)):
+        try:
+            decoded = decode(data[:cut])
+        except DecodeError:
+            continue
+        assert decoded != message
+
+
+def test_a_dp_block_without_layers_keeps_its_bytes() -> None:
+    dp = DpRound("skellam", 16, 1.0, 2.0, 3.0, 0.0)
+    plain = _config(dp=dp).encode()
+    with_layers = _config(dp=DpRound("skellam", 16, 1.0, 2.0, 3.0, 0.0, NoiseLayers(6, 10, 8)))
+    assert with_layers.encode()[: len(plain)] != plain  # the flag byte says 2, not 1
+    assert len(with_layers.encode()) == len(plain) + 9  # m, M (u32 each) and the bits (u8)
+    assert decode(plain) == _config(dp=dp)
 
 
 def test_decoder_rejects_bad_magic_version_and_tag() -> None:

@@ -340,6 +340,16 @@ _COMPARED_BESIDE_IDS = tuple(
 )
 
 
+def _optional(r: Reader, least: int, read: Callable[[], _E]) -> _E | None:
+    """A trailing section that only some rounds have: absent when nothing is left; fewer
+    bytes than it can hold are trailing bytes, not a section."""
+    if not r.remaining():
+        return None
+    if r.remaining() < least:
+        raise DecodeError(f"{r.remaining()} trailing bytes")
+    return read()
+
+
 def _dp_block(r: Reader) -> DpRound | None:
     """No DP (0), a DP block (1), or one with removable noise layers (2)."""
     flag = r.u8()
@@ -808,7 +818,7 @@ def _read_ciphertexts(
         if n * (4 + size) + tail == left and (layers == 0 or n > 0 or trailer is not None):
             break
     else:
-        raise DecodeError(f"{n} sealed shares cannot fill the {left} bytes left")
+        raise DecodeError(f"{n} sealed shares leave trailing bytes or too few: {left} left")
     entries = tuple((r.u32(), r.fixed(size)) for _ in range(n))
     return entries, layers
 
@@ -888,7 +898,7 @@ class UnmaskRequest(Message):
         signatures = _read_entries(
             r, 4 + SIGNATURE_BYTES, lambda: (r.u32(), r.fixed(SIGNATURE_BYTES))
         )
-        count = r.u32() if r.remaining() else None
+        count = _optional(r, 4, r.u32)
         return cls(session_id, recipient, survivors, dropped, signatures, count)
 
 
@@ -999,7 +1009,7 @@ class UnmaskResponse(Message):
 
         self_mask = _read_entries(r, 4 + SHARE_VALUE_BYTES, entry)
         keys = _read_entries(r, 4 + SHARE_VALUE_BYTES, entry)
-        layers = LayerAnswer.read(r) if r.remaining() else None
+        layers = _optional(r, 16, lambda: LayerAnswer.read(r))
         return cls(session_id, client_id, self_mask, keys, layers)
 
 
