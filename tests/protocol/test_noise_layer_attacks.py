@@ -12,26 +12,38 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from secagg.client_session import ClientSession, Offer
 from secagg.dp.calibrate import DpConfig
 from secagg.errors import AbortReason, ClientAbort
 from secagg.hazmat.randomness import DeterministicRandomness
-from secagg.protocol.codec import Message
+from secagg.journal import Journal
+from secagg.protocol.codec import Message, decode
+from secagg.protocol.runner import RoundRun
+from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.client import Client
 from secagg.schemes.masking.graph import ServerModel
-from secagg.schemes.masking.messages import SurvivorList, UnmaskRequest, UnmaskResponse
+from secagg.schemes.masking.messages import (
+    RoundConfig,
+    SurvivorList,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 from secagg.schemes.masking.parameters import Params, Protocol
 from secagg.schemes.masking.removal import NoiseRemoval
 from secagg.schemes.masking.server import Stage
+from secagg.service.wire import ModelTask
 from tests.protocol.loot import Loot
 
 CLIENTS = 10
 MIN_COHORT = 6
 DIM = 16
 CORRUPT = 1  # floor(0.1 x 10): the finder's A for this cohort
+TASK = ModelTask(np.zeros(DIM, dtype="<f4").tobytes(), 0)
 
 
 def deployment(*, active: bool) -> Params:
@@ -283,3 +295,51 @@ def test_active_no_client_signs_a_set_with_fewer_than_m_plus_a_members() -> None
             r.clients[i].receive(lie.encode())
         assert refused.value.reason is AbortReason.COHORT_TOO_SMALL
     assert all(not isinstance(m, UnmaskResponse) for _, m in r.taken)
+
+
+def test_the_journalled_client_answers_a_second_count_with_its_recorded_answer_or_nothing(
+    tmp_path: Path,
+) -> None:
+    """Through the client session and its journal (what ``secagg join`` and ``SecAggMod``
+    run): the same request again gets the recorded bytes; the same round asked at a larger
+    count is refused (the round is closed), and the audit line records c, A and w."""
+    params = deployment(active=False)
+    scheme = MaskingScheme(params)
+    config = scheme.round_config(range(CLIENTS), nonce=bytes(16), task_hash=TASK.binding())
+    sessions = {
+        i: ClientSession(
+            lambda cid, members: MaskingScheme(params),
+            Journal.open(tmp_path / f"node-{i}.journal"),
+            self_id=i,
+            allowed=frozenset(range(CLIENTS)),
+            stage_timeout=60.0,
+        )
+        for i in range(CLIENTS)
+    }
+    server = scheme.server(config)
+    run = RoundRun(server)
+    for stage, outgoing in run.stages():
+        if stage is Stage.UNMASK:
+            break
+        for i, message in outgoing.items():
+            session = sessions[i]
+            if isinstance(message, RoundConfig):
+                accepted = session.offer(Offer(config.encode(), TASK, round_id=0), 0.0)
+                reply = session.begin(accepted, np.full(DIM, 0.01), 1, 0.0).data
+            else:
+                reply = session.receive(message.encode(), 0.0).data
+            server.receive(i, reply)
+    victim = sessions[0]
+    request = outgoing[0]
+    assert isinstance(request, UnmaskRequest) and request.count == CLIENTS
+    first = victim.receive(request.encode(), 0.0).data
+    assert victim.receive(request.encode(), 0.0).data == first
+    with pytest.raises(ClientAbort) as refused:
+        victim.receive(recount(request, CLIENTS - 1).encode(), 0.0)
+    assert refused.value.reason is AbortReason.ROUND_CLOSED
+    answer = decode(first)
+    assert isinstance(answer, UnmaskResponse) and answer.layers is not None
+    removal = NoiseRemoval(params.dp_plan, CORRUPT)  # type: ignore[arg-type]
+    units = removal.units(CLIENTS)
+    assert (answer.layers.count, answer.layers.corrupt, answer.layers.units) == (10, 1, units)
+    assert f"noise layers at count c=10, A=1: w={units} unit(s)" in victim.audit(0)

@@ -553,13 +553,18 @@ def _included_rdp(plan: DpPlan, included: int) -> np.ndarray:
             "protocol must refuse to reveal it, and no epsilon covers it"
         )
     c = plan.config
+    # With removable noise layers the server takes off what the inputs beyond the minimum
+    # cohort carry (docs/XNOISE.md X7): every round spends its full target, so a count of
+    # inputs alone is charged at the minimum cohort's noise (the round's own report states
+    # the figure at the noise it kept: ``epsilon_at_noise``).
+    clients = included if c.layers is None else c.min_clients
     return accounting.round_rdp(
         c.mechanism,
         scaled_clip=plan.scaled_clip,
         dim=plan.padded_dim,
         beta=c.beta,
         local_noise=plan.local_noise,
-        clients=included,
+        clients=clients,
         sampling_rate=c.sampling_rate,
     )
 

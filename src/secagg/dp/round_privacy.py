@@ -97,6 +97,11 @@ def dp_series(plan: DpPlan) -> bytes:
     the clip in scaled units, the padded dimension, the rounding, each client's noise, the
     sampling rate and delta. Rounds of one series compose into one ``epsilon_spent``."""
     c = plan.config
+    # Removable noise layers change what each round spends (docs/XNOISE.md X7): such a
+    # deployment is a series of its own. Without them the fields, and every digest already
+    # in a ledger, are what they were.
+    layers = c.layers
+    layered = () if layers is None else ("noise-layers", layers.honest_min, layers.honest_max)
     return hashlib.sha256(
         encode_fields(
             # The label predates this module: ledgers hold series digested under it.
@@ -108,6 +113,7 @@ def dp_series(plan: DpPlan) -> bytes:
             repr(float(plan.local_noise)),
             repr(float(c.sampling_rate)),
             repr(float(c.delta)),
+            *layered,
         )
     ).digest()
 

@@ -767,7 +767,12 @@ class PeerShares(Message):
     @property
     def layers(self) -> int:
         """Noise layers whose shares each ciphertext holds (0: none)."""
-        return sealed_layers(len(self.ciphertexts[0][1])) if self.ciphertexts else 0
+        if not self.ciphertexts:
+            return 0
+        try:
+            return sealed_layers(len(self.ciphertexts[0][1]))
+        except DecodeError:
+            return 0  # no size fits: encoding it is the caller's error (a UsageError)
 
     def _write(self, w: Writer) -> None:
         w.fixed(self.session_id, SESSION_ID_BYTES)
