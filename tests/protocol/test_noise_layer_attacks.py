@@ -28,6 +28,7 @@ from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.client import Client
 from secagg.schemes.masking.graph import ServerModel
 from secagg.schemes.masking.messages import (
+    LayerAnswer,
     RoundConfig,
     SurvivorList,
     UnmaskRequest,
@@ -343,3 +344,40 @@ def test_the_journalled_client_answers_a_second_count_with_its_recorded_answer_o
     units = removal.units(CLIENTS)
     assert (answer.layers.count, answer.layers.corrupt, answer.layers.units) == (10, 1, units)
     assert f"noise layers at count c=10, A=1: w={units} unit(s)" in victim.audit(0)
+
+
+def test_a_layer_seed_that_cannot_be_rebuilt_stays_in_the_sum_and_is_reported() -> None:
+    """Partial removal: t + 1 clients answer, and one of them alters its share of one layer
+    seed of a peer that only t answering clients hold. No t shares of that seed match its
+    commitment, so the server subtracts nothing for it (never a wrong layer): the round
+    completes with that layer left in, counted in what the round states."""
+    r = Round(active=False)
+    r.run_until(Stage.UNMASK)
+    t = r.config.threshold
+    answering = sorted(r.outgoing)[: t + 1]
+    owner, liar = answering[0], answering[1]
+    layer = r.removal.removed(CLIENTS)[0]
+    for i in answering:
+        reply = r.ask(i, r.request(i))
+        assert reply is not None and reply.layers is not None
+        if i == liar:
+            shares = tuple(
+                (u, j, value[:-1] + bytes([value[-1] ^ 1]) if (u, j) == (owner, layer) else value)
+                for u, j, value in reply.layers.shares
+            )
+            reply = UnmaskResponse(
+                reply.session_id,
+                reply.client_id,
+                reply.self_mask_shares,
+                reply.key_shares,
+                LayerAnswer(reply.layers.count, reply.layers.corrupt, reply.layers.units, shares),
+            )
+        r.server.receive(i, reply.encode())
+    assert r.server.close_stage() == {}
+    taken = r.server.aggregate().noise_taken_off
+    assert taken is not None
+    assert (taken.count, taken.units, taken.layers_left) == (
+        CLIENTS,
+        r.removal.units(CLIENTS),
+        1,
+    )

@@ -107,7 +107,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     # The deployment file carries the rates, not degree/threshold: these rates give 12 and 8.
     graph = params.graph(CLIENTS)
     assert (graph.degree, graph.threshold) == (DEGREE, THRESHOLD)
-    assert params.survivor_rule(CLIENTS, DEGREE) == SurvivorRule(22, HALF, 3)
+    assert params.survivor_rule(CLIENTS, DEGREE) == SurvivorRule(22, HALF, 3, corrupt=2)
     path = DeploymentConfig.write(root, deployment, params, stage_timeout=30.0, min_clients=CLIENTS)
     config = DeploymentConfig.load(path)
     assert config.params == params

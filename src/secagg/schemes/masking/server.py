@@ -780,7 +780,8 @@ class Server:
         expected = sorted((u, j) for u in request.survivors if u not in missing for j in removed)
         keys = [(owner, layer) for owner, layer, _ in answer.shares]
         if (
-            answer.corrupt != removal.corrupt
+            answer.count != request.count
+            or answer.corrupt != removal.corrupt
             or answer.units != removal.units(answer.count)
             or sorted(keys) != expected
             or len(set(keys)) != len(keys)
