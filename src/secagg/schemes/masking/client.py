@@ -37,6 +37,10 @@ Any claim of the server that does not check out moves it to ``Aborted`` and rais
 both the self-mask share and the key share of one peer: for a survivor it reveals only the
 self-mask share, for a dropped peer only the key share, and the two lists must be disjoint
 and cover exactly the neighbours it masked with.
+
+With removable noise layers (docs/XNOISE.md) the client also shares a fresh seed per layer
+beside its self-mask seed, and in its one unmask answer releases the shares of exactly the
+layers its certified count removes, for the peers whose self-mask shares it releases.
 """
 
 from __future__ import annotations

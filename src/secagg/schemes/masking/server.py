@@ -44,6 +44,10 @@ against the clients' identity keys (``pki``) and drops a client whose signature 
 
 Memory stays O(dim + clients x degree): masked inputs are added to one running sum as they
 arrive.
+
+With removable noise layers (docs/XNOISE.md) each unmask request states the count of inputs
+in the sum; once the masks are off, the server rebuilds the removed layer seeds of every
+included client, checks each against its commitment, and subtracts the layers it regenerates.
 """
 
 from __future__ import annotations
