@@ -9,11 +9,15 @@ error is 1.1%, against a 5% margin (a failure is a bug, never bad luck).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from secagg.dp.calibrate import DpConfig
-from secagg.errors import ConfigurationError
+from secagg.dp.layers import NoiseLayers
+from secagg.errors import ClientAbort, ConfigurationError
+from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.parameters import Params, Protocol
 from secagg.schemes.masking.removal import NoiseRemoval
 from secagg.simulate import DropSchedule, simulate_round
@@ -138,3 +142,24 @@ def test_layers_are_skellam_only_and_need_a_cohort_above_its_minimum() -> None:
             target_epsilon=4.0,
             noise_layers=True,
         )
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [None, NoiseLayers(MIN_COHORT, CLIENTS, 3), NoiseLayers.for_cohort(MIN_COHORT - 3, CLIENTS)],
+    ids=["none", "coarser", "smaller-base"],
+)
+def test_the_policy_refuses_a_round_whose_layers_are_not_the_deployments(
+    layers: NoiseLayers | None,
+) -> None:
+    """The layer structure is part of the DP block the client compares with its own (X3): a
+    server can neither drop the layers nor choose another structure (a smaller base, or a
+    larger removable part)."""
+    scheme = MaskingScheme(params(layers=True))
+    config = scheme.round_config(range(CLIENTS), nonce=bytes(16))
+    scheme.check(config, 0)
+    assert config.dp is not None
+    forged = dataclasses.replace(config, dp=dataclasses.replace(config.dp, layers=layers))
+    assert forged.config_id != config.config_id
+    with pytest.raises(ClientAbort):
+        scheme.check(forged, 0)
