@@ -19,14 +19,14 @@ import pytest
 
 from secagg.client_session import ClientSession, Offer
 from secagg.dp.calibrate import DpConfig
-from secagg.errors import AbortReason, ClientAbort
+from secagg.errors import AbortReason, ClientAbort, RoundAborted
 from secagg.hazmat.randomness import DeterministicRandomness
 from secagg.journal import Journal
 from secagg.protocol.codec import Message, decode
 from secagg.protocol.runner import RoundRun
 from secagg.schemes.masking import MaskingScheme
 from secagg.schemes.masking.client import Client
-from secagg.schemes.masking.graph import ServerModel
+from secagg.schemes.masking.graph import ServerModel, SurvivorRule
 from secagg.schemes.masking.messages import (
     LayerAnswer,
     RoundConfig,
@@ -38,6 +38,7 @@ from secagg.schemes.masking.parameters import Params, Protocol
 from secagg.schemes.masking.removal import NoiseRemoval
 from secagg.schemes.masking.server import Stage
 from secagg.service.wire import ModelTask
+from tests.protocol.harness import Harness
 from tests.protocol.loot import Loot
 
 CLIENTS = 10
@@ -381,3 +382,22 @@ def test_a_layer_seed_that_cannot_be_rebuilt_stays_in_the_sum_and_is_reported() 
         r.removal.units(CLIENTS),
         1,
     )
+
+
+@pytest.mark.parametrize(("silent", "certifiable"), [((6, 7), True), ((5, 6, 7), False)])
+def test_the_honest_server_asks_no_one_to_sign_a_set_below_m_plus_a(
+    silent: tuple[int, ...], certifiable: bool
+) -> None:
+    """X9 on the server's side: with A = 2 and a minimum cohort of 4, six inputs go on to
+    be signed and five end the round before anyone signs or reveals anything (every
+    client would refuse to sign them)."""
+    rule = SurvivorRule(quorum=1, window=0, least_in_window=0, corrupt=2)
+    h = Harness(n=8, threshold=3, active=True, min_cohort=4, rule=rule)
+    h.advertise()
+    h.share()
+    if certifiable:
+        outgoing = h.mask(skip=silent)
+        assert all(isinstance(m, SurvivorList) for m in outgoing.values())
+    else:
+        with pytest.raises(RoundAborted, match="honest"):
+            h.mask(skip=silent)
