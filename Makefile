@@ -14,11 +14,11 @@ INSTALL := python -m pip install --quiet -c constraints.txt
 FLOWER_MYPY := $(VENV)/bin/mypy --cache-dir .mypy_cache/flower \
 	--python-executable $(FLOWER_VENV)/bin/python src/secagg/flower
 
-# The main suite runs on two workers, a test file each at a time (module fixtures run once,
-# and a file's tests share one process as they do alone): most tests wait on processes,
+# The main suite runs on two workers, a test file each at a time (tests/conftest.py groups
+# them by file, and the files that start Ray into one group): most tests wait on processes,
 # sockets and the Flower or Ray engines rather than compute, so two files at once fill the
 # two cores CI has. The Flower suite stays on one worker: each of its files starts an engine.
-PARALLEL := -n 2 --dist loadfile
+PARALLEL := -n 2 --dist loadgroup
 
 .PHONY: demo test test-flower lint bench clean proto
 
