@@ -19,6 +19,7 @@ OWNED = (
     "## Flower: secagg's integration vs Flower's SecAgg+ (same run)",
     "## Comparing schemes: masking beside CKKS and plaintext (same run)",
     "## Distributed DP: privacy against utility on the digits",
+    "## Distributed DP: removable noise layers",
     "## Ray backend",
     "## Active mode: the survivor certificate's cost per client",
     "## Primitives: the speeds the tests count instead of timing",
