@@ -53,7 +53,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +66,10 @@ from secagg.cohort import ClientGroup, default_workers
 from secagg.dp.settings import DpSettings, cohort_dp
 from secagg.hazmat.randomness import forked
 from secagg.parallel import MaskApplier
-from secagg.protocol.codec import Message
-from secagg.protocol.runner import RoundServer
 from secagg.protocol.stages import Stage
 from secagg.schemes.masking.parameters import Params
 from secagg.schemes.masking.removal import NoiseRemoval
-from secagg.simulate import DropSchedule, drive, root_randomness
+from secagg.simulate import DropSchedule, TimedServer, drive, root_randomness
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "## Distributed DP: removable noise layers"
@@ -105,33 +103,6 @@ def deployment(args: argparse.Namespace, layers: bool) -> Params:
     )
 
 
-class _Timed:
-    """The scheme's server, with the time spent inside its code counted."""
-
-    def __init__(self, server: RoundServer) -> None:
-        self.inner = server
-        self.seconds = 0.0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def _timed(self, call: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
-        try:
-            return call()
-        finally:
-            self.seconds += time.perf_counter() - started
-
-    def start(self) -> dict[int, Message]:
-        return self._timed(self.inner.start)  # type: ignore[no-any-return]
-
-    def receive(self, sender: int, data: Message | bytes) -> None:
-        self._timed(lambda: self.inner.receive(sender, data))
-
-    def close_stage(self) -> dict[int, Message]:
-        return self._timed(self.inner.close_stage)  # type: ignore[no-any-return]
-
-
 def one_round(params: Params, n: int, silent: Sequence[int], seed: int) -> dict[str, Any]:
     """One honest one-shot round of ``n`` zero inputs in which ``silent`` fall silent at the
     masked-input stage: the sum's noise (centred ring values), its count, the server's and
@@ -156,7 +127,7 @@ def one_round(params: Params, n: int, silent: Sequence[int], seed: int) -> dict[
         return ClientGroup(clients, zeros, [1] * n, np.ones(n), dim, scheme.reference)
 
     drops = DropSchedule({Stage.MASKED_INPUT.value: frozenset(silent)})
-    server = _Timed(scheme.server(config))
+    server = TimedServer(scheme.server(config))
     started = time.perf_counter()
     with open_cohort(Backend.PROCESS, group_of, tuple(range(n)), workers) as cohort:
         driven = drive(server, cohort, drops)  # type: ignore[arg-type]

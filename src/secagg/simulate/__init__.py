@@ -50,6 +50,7 @@ __all__ = [
     "RoundReport",
     "SimulationResult",
     "StageTraffic",
+    "TimedServer",
     "drive",
     "exact_mean",
     "integer_weights",
@@ -321,7 +322,7 @@ class _Deliveries(Mapping[int, Delivery]):
         return len(self._outgoing)
 
 
-class _TimedServer:
+class TimedServer:
     """The scheme's server, with the time spent inside it counted (the server's cost)."""
 
     def __init__(self, server: RoundServer) -> None:
@@ -481,7 +482,7 @@ def simulate_round(
 class _Outcome:
     config: RoundOpening
     record: RoundRecord
-    server: _TimedServer
+    server: TimedServer
     tally_clipped: int
     tally_norms: list[float]
     client_seconds: float
@@ -515,7 +516,7 @@ def _run(
             clients, inputs, int_weights, exact_weights, scheme.dim, scheme.reference
         )
 
-    server = _TimedServer(scheme.server(config))
+    server = TimedServer(scheme.server(config))
     with open_cohort(backend, group_of, tuple(range(n)), workers) as cohort:
         driven = drive(server, cohort, drops)
         tally = cohort.tally()

@@ -70,9 +70,9 @@ from secagg.simulate import (
     DropSchedule,
     InputSource,
     RoundReport,
+    TimedServer,
     _Outcome,
     _report,
-    _TimedServer,
     _with_baseline,
     drive,
     integer_weights,
@@ -772,7 +772,7 @@ class _SessionRun:
                     server = self.server_scheme.session_server(terms)
                 assert server is not None
                 schedule = self.plan.schedule(index + 1, stages, self.n)
-                timed = _TimedServer(SessionRound(server, tasks[index]))
+                timed = TimedServer(SessionRound(server, tasks[index]))
                 driven = drive(timed, cohort, schedule)
                 tally = cohort.tally()
                 setup = None
@@ -842,7 +842,7 @@ class _SessionRun:
         index: int,
         session: int,
         server: SessionServer,
-        timed: _TimedServer,
+        timed: TimedServer,
         driven: Driven,
         tally: Tally,
         schedule: DropSchedule,
